@@ -1,0 +1,27 @@
+//! Tidegate's core: the codec-agnostic packet model every protocol converts to and from, the
+//! path registry that decides who may publish and read where, and the stream fan-out that
+//! carries one publisher's frames to any number of readers.
+//!
+//! A protocol crate only ever talks to this crate:
+//!
+//! 1. it asks the [`PathManager`] for a [`Publisher`] (which reserves the path), then calls
+//!    [`Publisher::start`] with the tracks once it knows them and writes [`Frame`]s into the
+//!    returned [`Stream`];
+//! 2. or it asks for a [`Reader`], which yields frames starting at a keyframe.
+//!
+//! Both handles unregister when dropped, so a session that ends for any reason frees its path.
+
+pub mod auth;
+pub mod media;
+pub mod path;
+pub mod registry;
+pub mod stream;
+
+pub use auth::{Action, AuthError, Credentials};
+pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
+pub use path::{PathConf, PathMatch, PathMatcher, PathNameError};
+pub use registry::{
+    PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,
+    SessionInfo,
+};
+pub use stream::{RecvError, Stream, StreamConfig, StreamReader, StreamStats};

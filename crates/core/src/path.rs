@@ -1,0 +1,222 @@
+//! Path configuration and name matching: exact names, `~regex` names with capture groups,
+//! and `all_others` (alias `all`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use regex::Regex;
+
+/// The settings of one configured path (or of `pathDefaults`). Plain data: the server crate
+/// fills it from YAML.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathConf {
+    /// The name as written in the configuration: `cam1`, `~^cam(\d+)$` or `all_others`.
+    pub name: String,
+    /// `publisher` (a client publishes) or a URL the server pulls from.
+    pub source: String,
+    pub publish_user: String,
+    pub publish_pass: String,
+    pub publish_ips: Vec<IpNet>,
+    pub read_user: String,
+    pub read_pass: String,
+    pub read_ips: Vec<IpNet>,
+    pub srt_publish_passphrase: String,
+    pub srt_read_passphrase: String,
+    /// A new publisher replaces the current one instead of being refused.
+    pub override_publisher: bool,
+    /// 0 means no limit.
+    pub max_readers: u32,
+}
+
+impl Default for PathConf {
+    fn default() -> Self {
+        PathConf {
+            name: String::new(),
+            source: "publisher".into(),
+            publish_user: String::new(),
+            publish_pass: String::new(),
+            publish_ips: Vec::new(),
+            read_user: String::new(),
+            read_pass: String::new(),
+            read_ips: Vec::new(),
+            srt_publish_passphrase: String::new(),
+            srt_read_passphrase: String::new(),
+            override_publisher: false,
+            max_readers: 0,
+        }
+    }
+}
+
+/// Why a path name is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathNameError {
+    #[error("path name is empty")]
+    Empty,
+    #[error("path name is longer than {0} characters")]
+    TooLong(usize),
+    #[error("path name must not begin or end with a slash")]
+    Slash,
+    #[error("path name must not contain '//' or '..'")]
+    BadSegment,
+    #[error("path name may only contain letters, digits and _ - . ~ /, found {0:?}")]
+    BadChar(char),
+    #[error("invalid regular expression: {0}")]
+    Regex(String),
+}
+
+/// The longest path name accepted from a client.
+pub const MAX_PATH_NAME_LEN: usize = 256;
+
+/// Checks a concrete path name (what a client asks for).
+pub fn validate_path_name(name: &str) -> Result<(), PathNameError> {
+    if name.is_empty() {
+        return Err(PathNameError::Empty);
+    }
+    if name.len() > MAX_PATH_NAME_LEN {
+        return Err(PathNameError::TooLong(MAX_PATH_NAME_LEN));
+    }
+    if name.starts_with('/') || name.ends_with('/') {
+        return Err(PathNameError::Slash);
+    }
+    if name.contains("//") || name.split('/').any(|s| s == ".." || s == ".") {
+        return Err(PathNameError::BadSegment);
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~' | '/')))
+    {
+        return Err(PathNameError::BadChar(c));
+    }
+    Ok(())
+}
+
+/// The configuration a concrete path name resolved to.
+#[derive(Clone, Debug)]
+pub struct PathMatch {
+    pub conf: Arc<PathConf>,
+    /// Capture groups of a regex path; index 0 is the whole name.
+    pub captures: Vec<String>,
+}
+
+/// Resolves client path names to configured paths: exact names first, then regex paths in
+/// configuration order, then `all_others`.
+#[derive(Debug, Default)]
+pub struct PathMatcher {
+    exact: HashMap<String, Arc<PathConf>>,
+    regexes: Vec<(Regex, Arc<PathConf>)>,
+    all_others: Option<Arc<PathConf>>,
+}
+
+impl PathMatcher {
+    /// Builds a matcher from paths in configuration order.
+    pub fn new(paths: Vec<PathConf>) -> Result<PathMatcher, (String, PathNameError)> {
+        let mut m = PathMatcher::default();
+        for conf in paths {
+            let name = conf.name.clone();
+            if name == "all_others" || name == "all" {
+                m.all_others = Some(Arc::new(conf));
+            } else if let Some(re) = name.strip_prefix('~') {
+                let re = Regex::new(re)
+                    .map_err(|e| (name.clone(), PathNameError::Regex(e.to_string())))?;
+                m.regexes.push((re, Arc::new(conf)));
+            } else {
+                validate_path_name(&name).map_err(|e| (name.clone(), e))?;
+                m.exact.insert(name, Arc::new(conf));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn find(&self, name: &str) -> Option<PathMatch> {
+        if let Some(conf) = self.exact.get(name) {
+            return Some(PathMatch {
+                conf: conf.clone(),
+                captures: vec![name.to_string()],
+            });
+        }
+        for (re, conf) in &self.regexes {
+            if let Some(caps) = re.captures(name) {
+                return Some(PathMatch {
+                    conf: conf.clone(),
+                    captures: caps
+                        .iter()
+                        .map(|c| c.map(|m| m.as_str().to_string()).unwrap_or_default())
+                        .collect(),
+                });
+            }
+        }
+        self.all_others.as_ref().map(|conf| PathMatch {
+            conf: conf.clone(),
+            captures: vec![name.to_string()],
+        })
+    }
+
+    /// Exact-name paths, which exist (for the API) even before anyone publishes.
+    pub fn exact_names(&self) -> impl Iterator<Item = &String> {
+        self.exact.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(name: &str) -> PathConf {
+        PathConf {
+            name: name.into(),
+            ..PathConf::default()
+        }
+    }
+
+    #[test]
+    fn exact_then_regex_then_all_others() {
+        let m = PathMatcher::new(vec![
+            conf("all_others"),
+            conf(r"~^cam(\d+)/(main|sub)$"),
+            conf("cam1/main"),
+        ])
+        .unwrap();
+        assert_eq!(m.find("cam1/main").unwrap().conf.name, "cam1/main");
+        let re = m.find("cam42/sub").unwrap();
+        assert_eq!(re.conf.name, r"~^cam(\d+)/(main|sub)$");
+        assert_eq!(re.captures, vec!["cam42/sub", "42", "sub"]);
+        assert_eq!(m.find("other").unwrap().conf.name, "all_others");
+    }
+
+    #[test]
+    fn no_match_without_all_others() {
+        let m = PathMatcher::new(vec![conf("~^live/.+$")]).unwrap();
+        assert!(m.find("live/x").is_some());
+        assert!(m.find("vod/x").is_none());
+    }
+
+    #[test]
+    fn optional_capture_groups_are_empty() {
+        let m = PathMatcher::new(vec![conf(r"~^a(b)?$")]).unwrap();
+        assert_eq!(m.find("a").unwrap().captures, vec!["a", ""]);
+    }
+
+    #[test]
+    fn bad_regex_is_reported() {
+        let err = PathMatcher::new(vec![conf("~^(unclosed$")]).unwrap_err();
+        assert_eq!(err.0, "~^(unclosed$");
+        assert!(matches!(err.1, PathNameError::Regex(_)));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_path_name("live/stream-1_a.b~c").is_ok());
+        assert_eq!(validate_path_name(""), Err(PathNameError::Empty));
+        assert_eq!(validate_path_name("/a"), Err(PathNameError::Slash));
+        assert_eq!(validate_path_name("a/"), Err(PathNameError::Slash));
+        assert_eq!(validate_path_name("a//b"), Err(PathNameError::BadSegment));
+        assert_eq!(validate_path_name("a/../b"), Err(PathNameError::BadSegment));
+        assert_eq!(validate_path_name("a b"), Err(PathNameError::BadChar(' ')));
+        assert_eq!(validate_path_name("a?b"), Err(PathNameError::BadChar('?')));
+        assert!(matches!(
+            validate_path_name(&"a".repeat(300)),
+            Err(PathNameError::TooLong(_))
+        ));
+    }
+}

@@ -1,0 +1,524 @@
+//! The path registry: which paths exist, who publishes on each, who reads.
+//!
+//! Sessions hold RAII handles ([`Publisher`], [`Reader`]); dropping one unregisters it, so a
+//! session that ends for any reason (error, kick, panic unwinding its task) frees its slot.
+//! Every change is also sent as a [`PathEvent`] for the API, metrics and hooks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Action, AuthError, Credentials};
+use crate::media::StreamDesc;
+use crate::path::{validate_path_name, PathConf, PathMatch, PathMatcher, PathNameError};
+use crate::stream::{RecvError, Stream, StreamConfig, StreamReader};
+
+/// Identifies one session (a publisher or reader connection) for the whole process lifetime.
+pub type SessionId = u64;
+
+/// Who a session is, for logs and the API.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    /// The API's type name, e.g. `rtmpConn`, `srtConn`, `webRTCSession`.
+    pub kind: &'static str,
+    pub remote: Option<SocketAddr>,
+}
+
+/// Why a path operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("invalid path name: {0}")]
+    InvalidName(#[from] PathNameError),
+    #[error("path '{0}' is not configured")]
+    NotConfigured(String),
+    #[error("path '{0}' takes its stream from a source, it cannot be published to")]
+    NotPublishable(String),
+    #[error("path '{0}' already has a publisher")]
+    Busy(String),
+    #[error("no one is publishing to path '{0}'")]
+    NoOnePublishing(String),
+    #[error("path '{0}' has reached its maximum number of readers ({1})")]
+    TooManyReaders(String, u32),
+    #[error("not authorized: {0}")]
+    Auth(#[from] AuthError),
+}
+
+/// What happened on a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathEventKind {
+    /// A publisher started: the path has tracks and frames flow.
+    Ready,
+    /// The publisher left.
+    NotReady,
+    ReaderAdded,
+    ReaderRemoved,
+}
+
+#[derive(Clone, Debug)]
+pub struct PathEvent {
+    pub kind: PathEventKind,
+    pub path: String,
+    pub session: SessionId,
+    pub session_kind: &'static str,
+}
+
+/// A path as the control API shows it.
+#[derive(Clone, Debug)]
+pub struct PathInfo {
+    pub name: String,
+    pub conf_name: String,
+    /// The publisher (or source) session, if any.
+    pub source: Option<(&'static str, SessionId)>,
+    pub ready: bool,
+    pub ready_time: Option<SystemTime>,
+    pub tracks: Vec<&'static str>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub readers: Vec<(&'static str, SessionId)>,
+    pub reader_skips: u64,
+}
+
+struct PublisherSlot {
+    session: SessionInfo,
+    stream: Option<Arc<Stream>>,
+    ready_time: Option<SystemTime>,
+    kick: CancellationToken,
+}
+
+struct PathEntry {
+    conf: Arc<PathConf>,
+    publisher: Option<PublisherSlot>,
+    readers: BTreeMap<SessionId, SessionInfo>,
+    bytes_sent: Arc<AtomicU64>,
+    /// Bytes of publishers that already left, so the total survives a republish.
+    bytes_received_past: u64,
+}
+
+impl PathEntry {
+    fn is_idle(&self) -> bool {
+        self.publisher.is_none() && self.readers.is_empty()
+    }
+}
+
+struct Registry {
+    matcher: Arc<PathMatcher>,
+    paths: HashMap<String, PathEntry>,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    events: broadcast::Sender<PathEvent>,
+    stream_config: StreamConfig,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, kind: PathEventKind, path: &str, session: &SessionInfo) {
+        tracing::debug!(path, session = session.id, kind = ?kind, "path event");
+        let _ = self.events.send(PathEvent {
+            kind,
+            path: path.to_string(),
+            session: session.id,
+            session_kind: session.kind,
+        });
+    }
+}
+
+/// The registry of paths. Cheap to clone; every clone is the same registry.
+#[derive(Clone)]
+pub struct PathManager {
+    shared: Arc<Shared>,
+}
+
+impl PathManager {
+    pub fn new(matcher: PathMatcher, stream_config: StreamConfig) -> PathManager {
+        let (events, _) = broadcast::channel(1024);
+        PathManager {
+            shared: Arc::new(Shared {
+                registry: Mutex::new(Registry {
+                    matcher: Arc::new(matcher),
+                    paths: HashMap::new(),
+                }),
+                events,
+                stream_config,
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> SessionId {
+        self.shared.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Path events from now on.
+    pub fn events(&self) -> broadcast::Receiver<PathEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Finds the configuration of a concrete path name.
+    pub fn find(&self, name: &str) -> Result<PathMatch, PathError> {
+        validate_path_name(name)?;
+        let matcher = self.shared.lock().matcher.clone();
+        matcher
+            .find(name)
+            .ok_or_else(|| PathError::NotConfigured(name.to_string()))
+    }
+
+    /// Checks `creds` against the path's rules for `action`, returning its configuration.
+    pub fn authorize(
+        &self,
+        name: &str,
+        action: Action,
+        creds: &Credentials,
+    ) -> Result<PathMatch, PathError> {
+        let m = self.find(name)?;
+        m.conf.authorize(action, creds)?;
+        Ok(m)
+    }
+
+    /// Reserves `name` for a publisher. The path becomes ready when [`Publisher::start`] is
+    /// called with the tracks. A second publisher is refused, unless the path has
+    /// `overridePublisher`, in which case the current one is kicked and replaced.
+    pub fn publish(&self, name: &str, session: SessionInfo) -> Result<Publisher, PathError> {
+        let m = self.find(name)?;
+        if m.conf.source != "publisher" {
+            return Err(PathError::NotPublishable(name.to_string()));
+        }
+        self.claim(name, m.conf, session)
+    }
+
+    /// Reserves a path for a pulled source (the server itself publishes on it).
+    pub fn publish_source(&self, name: &str, session: SessionInfo) -> Result<Publisher, PathError> {
+        let m = self.find(name)?;
+        self.claim(name, m.conf, session)
+    }
+
+    fn claim(
+        &self,
+        name: &str,
+        conf: Arc<PathConf>,
+        session: SessionInfo,
+    ) -> Result<Publisher, PathError> {
+        let kick = CancellationToken::new();
+        let mut reg = self.shared.lock();
+        let entry = reg
+            .paths
+            .entry(name.to_string())
+            .or_insert_with(|| PathEntry {
+                conf: conf.clone(),
+                publisher: None,
+                readers: BTreeMap::new(),
+                bytes_sent: Arc::new(AtomicU64::new(0)),
+                bytes_received_past: 0,
+            });
+        let mut replaced = None;
+        if let Some(current) = &entry.publisher {
+            if !conf.override_publisher {
+                return Err(PathError::Busy(name.to_string()));
+            }
+            tracing::info!(
+                path = name,
+                old = current.session.id,
+                new = session.id,
+                "replacing the publisher (overridePublisher)"
+            );
+            replaced = entry.publisher.take();
+        }
+        if let Some(old) = &replaced {
+            old.kick.cancel();
+            if let Some(stream) = &old.stream {
+                entry.bytes_received_past += stream.stats().bytes_in.load(Ordering::Relaxed);
+                stream.close();
+            }
+        }
+        entry.publisher = Some(PublisherSlot {
+            session: session.clone(),
+            stream: None,
+            ready_time: None,
+            kick: kick.clone(),
+        });
+        drop(reg);
+        if let Some(old) = replaced {
+            if old.stream.is_some() {
+                self.shared
+                    .emit(PathEventKind::NotReady, name, &old.session);
+            }
+        }
+        Ok(Publisher {
+            shared: self.shared.clone(),
+            path: name.to_string(),
+            session,
+            conf,
+            stream: None,
+            kick,
+        })
+    }
+
+    /// Starts reading `name`. Its publisher must be ready.
+    pub fn read(&self, name: &str, session: SessionInfo) -> Result<Reader, PathError> {
+        let m = self.find(name)?;
+        let mut reg = self.shared.lock();
+        let Some(entry) = reg.paths.get_mut(name) else {
+            return Err(PathError::NoOnePublishing(name.to_string()));
+        };
+        let Some(stream) = entry.publisher.as_ref().and_then(|p| p.stream.clone()) else {
+            return Err(PathError::NoOnePublishing(name.to_string()));
+        };
+        let max = m.conf.max_readers;
+        if max > 0 && entry.readers.len() >= max as usize {
+            return Err(PathError::TooManyReaders(name.to_string(), max));
+        }
+        entry.readers.insert(session.id, session.clone());
+        let bytes_sent = entry.bytes_sent.clone();
+        drop(reg);
+        self.shared.emit(PathEventKind::ReaderAdded, name, &session);
+        Ok(Reader {
+            shared: self.shared.clone(),
+            path: name.to_string(),
+            reader: stream.subscribe(),
+            session,
+            conf: m.conf,
+            bytes_sent,
+        })
+    }
+
+    /// Kicks the publisher of `name` if it is `session` (or any publisher when `session` is
+    /// None). Returns whether one was kicked.
+    pub fn kick_publisher(&self, name: &str, session: Option<SessionId>) -> bool {
+        let reg = self.shared.lock();
+        match reg.paths.get(name).and_then(|e| e.publisher.as_ref()) {
+            Some(p) if session.is_none_or(|s| s == p.session.id) => {
+                p.kick.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every path that has a publisher or readers, plus every configured exact-name path,
+    /// sorted by name.
+    pub fn list(&self) -> Vec<PathInfo> {
+        let reg = self.shared.lock();
+        let mut out: BTreeMap<String, PathInfo> = BTreeMap::new();
+        for (name, e) in &reg.paths {
+            let stream = e.publisher.as_ref().and_then(|p| p.stream.as_ref());
+            let live_bytes = stream.map_or(0, |s| s.stats().bytes_in.load(Ordering::Relaxed));
+            out.insert(
+                name.clone(),
+                PathInfo {
+                    name: name.clone(),
+                    conf_name: e.conf.name.clone(),
+                    source: e.publisher.as_ref().map(|p| (p.session.kind, p.session.id)),
+                    ready: stream.is_some(),
+                    ready_time: e.publisher.as_ref().and_then(|p| p.ready_time),
+                    tracks: stream.map(|s| s.desc().codec_names()).unwrap_or_default(),
+                    bytes_received: e.bytes_received_past + live_bytes,
+                    bytes_sent: e.bytes_sent.load(Ordering::Relaxed),
+                    readers: e.readers.values().map(|r| (r.kind, r.id)).collect(),
+                    reader_skips: stream
+                        .map_or(0, |s| s.stats().reader_skips.load(Ordering::Relaxed)),
+                },
+            );
+        }
+        for name in reg.matcher.exact_names() {
+            if !out.contains_key(name) {
+                if let Some(m) = reg.matcher.find(name) {
+                    out.insert(
+                        name.clone(),
+                        PathInfo {
+                            name: name.clone(),
+                            conf_name: m.conf.name.clone(),
+                            source: None,
+                            ready: false,
+                            ready_time: None,
+                            tracks: Vec::new(),
+                            bytes_received: 0,
+                            bytes_sent: 0,
+                            readers: Vec::new(),
+                            reader_skips: 0,
+                        },
+                    );
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// One path, as in [`PathManager::list`].
+    pub fn get(&self, name: &str) -> Option<PathInfo> {
+        self.list().into_iter().find(|p| p.name == name)
+    }
+}
+
+/// A publisher's hold on a path. Dropping it frees the path and ends its readers.
+pub struct Publisher {
+    shared: Arc<Shared>,
+    path: String,
+    session: SessionInfo,
+    conf: Arc<PathConf>,
+    stream: Option<Arc<Stream>>,
+    kick: CancellationToken,
+}
+
+impl Publisher {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn conf(&self) -> &Arc<PathConf> {
+        &self.conf
+    }
+
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// Cancelled when this publisher is replaced (`overridePublisher`) or kicked by the API.
+    /// The session should stop when it fires.
+    pub fn kicked(&self) -> CancellationToken {
+        self.kick.clone()
+    }
+
+    /// Declares the tracks and makes the path ready. Returns the stream to write frames into.
+    /// Calling it again (the tracks changed) starts a new stream: current readers end.
+    pub fn start(&mut self, desc: StreamDesc) -> Arc<Stream> {
+        let stream = Arc::new(Stream::new(desc, self.shared.stream_config.clone()));
+        let mut reg = self.shared.lock();
+        let mine = reg
+            .paths
+            .get_mut(&self.path)
+            .and_then(|e| e.publisher.as_mut())
+            .filter(|p| p.session.id == self.session.id);
+        if let Some(slot) = mine {
+            if let Some(old) = slot.stream.replace(stream.clone()) {
+                old.close();
+            }
+            slot.ready_time = Some(SystemTime::now());
+            drop(reg);
+            tracing::info!(
+                path = %self.path,
+                tracks = ?stream.desc().codec_names(),
+                "stream is ready"
+            );
+            self.shared
+                .emit(PathEventKind::Ready, &self.path, &self.session);
+        } else {
+            // Replaced before it started: the stream is born closed; the session sees `kicked`.
+            drop(reg);
+            stream.close();
+        }
+        self.stream = Some(stream.clone());
+        stream
+    }
+
+    pub fn stream(&self) -> Option<&Arc<Stream>> {
+        self.stream.as_ref()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let mut reg = self.shared.lock();
+        let mut was_ready = false;
+        if let Some(entry) = reg.paths.get_mut(&self.path) {
+            if entry
+                .publisher
+                .as_ref()
+                .is_some_and(|p| p.session.id == self.session.id)
+            {
+                if let Some(slot) = entry.publisher.take() {
+                    if let Some(stream) = slot.stream {
+                        entry.bytes_received_past +=
+                            stream.stats().bytes_in.load(Ordering::Relaxed);
+                        was_ready = true;
+                    }
+                }
+            }
+            if entry.is_idle() {
+                reg.paths.remove(&self.path);
+            }
+        }
+        drop(reg);
+        if let Some(stream) = &self.stream {
+            stream.close();
+        }
+        if was_ready {
+            tracing::info!(path = %self.path, "stream is not ready any more");
+            self.shared
+                .emit(PathEventKind::NotReady, &self.path, &self.session);
+        }
+    }
+}
+
+/// A reader's hold on a path. Dropping it unregisters the reader.
+pub struct Reader {
+    shared: Arc<Shared>,
+    path: String,
+    session: SessionInfo,
+    conf: Arc<PathConf>,
+    reader: StreamReader,
+    bytes_sent: Arc<AtomicU64>,
+}
+
+impl Reader {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn conf(&self) -> &Arc<PathConf> {
+        &self.conf
+    }
+
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// The tracks of the stream being read.
+    pub fn desc(&self) -> StreamDesc {
+        self.reader.stream().desc()
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        self.reader.stream()
+    }
+
+    /// The next frame; [`RecvError::Closed`] once the publisher has left.
+    pub async fn recv(&mut self) -> Result<Arc<crate::media::Frame>, RecvError> {
+        self.reader.recv().await
+    }
+
+    /// Counts bytes this reader sent to its client (for the path's `bytesSent`).
+    pub fn add_bytes_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn skips(&self) -> u64 {
+        self.reader.skips()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut reg = self.shared.lock();
+        if let Some(entry) = reg.paths.get_mut(&self.path) {
+            entry.readers.remove(&self.session.id);
+            if entry.is_idle() {
+                reg.paths.remove(&self.path);
+            }
+        }
+        drop(reg);
+        self.shared
+            .emit(PathEventKind::ReaderRemoved, &self.path, &self.session);
+    }
+}

@@ -1,0 +1,460 @@
+//! Stream fan-out: one publisher, any number of readers, through one bounded ring.
+//!
+//! The publisher never waits for a reader: [`Stream::write`] puts the frame in a
+//! `tokio::sync::broadcast` ring and returns. A reader that falls more than the ring's
+//! capacity behind loses the oldest frames; it then skips forward to the next keyframe of the
+//! key track, so a decoder never sees a broken GOP, and the skip is counted. A GOP cache holds
+//! the frames since the last keyframe so that a new reader starts decoding at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use crate::media::{Frame, StreamDesc, TrackId};
+
+/// Limits of one stream's buffers. Every one bounds memory, whatever readers do.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    /// Frames the ring holds for readers; a reader further behind skips.
+    pub ring_capacity: usize,
+    /// The GOP cache is dropped (until the next keyframe) past this many frames...
+    pub gop_cache_max_frames: usize,
+    /// ...or this many payload bytes.
+    pub gop_cache_max_bytes: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            ring_capacity: 1024,
+            gop_cache_max_frames: 2048,
+            gop_cache_max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counters of one stream, readable at any time (API, metrics).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Times a reader fell behind the ring and had to skip forward.
+    pub reader_skips: AtomicU64,
+    /// Frames lost by lagging readers, all readers together.
+    pub frames_skipped: AtomicU64,
+}
+
+struct Inner {
+    tx: Option<broadcast::Sender<Arc<Frame>>>,
+    desc: StreamDesc,
+    gop: Vec<Arc<Frame>>,
+    gop_bytes: usize,
+    /// False after the cache overflowed, until the next keyframe.
+    gop_valid: bool,
+}
+
+/// The live frames of one publish.
+pub struct Stream {
+    inner: Mutex<Inner>,
+    key_track: Option<TrackId>,
+    config: StreamConfig,
+    stats: StreamStats,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("key_track", &self.key_track)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    pub fn new(desc: StreamDesc, config: StreamConfig) -> Stream {
+        let (tx, _) = broadcast::channel(config.ring_capacity.max(1));
+        Stream {
+            key_track: desc.key_track(),
+            inner: Mutex::new(Inner {
+                tx: Some(tx),
+                desc,
+                gop: Vec::new(),
+                gop_bytes: 0,
+                gop_valid: false,
+            }),
+            config,
+            stats: StreamStats::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the ring inconsistent: take it anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tracks as they are now (parameters updated by in-band changes).
+    pub fn desc(&self) -> StreamDesc {
+        self.lock().desc.clone()
+    }
+
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    pub fn key_track(&self) -> Option<TrackId> {
+        self.key_track
+    }
+
+    /// Hands a frame to every reader. Never waits.
+    pub fn write(&self, frame: Frame) {
+        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_in
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+        let frame = Arc::new(frame);
+        let mut inner = self.lock();
+        if let Some(params) = &frame.params {
+            if let Some(track) = inner.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
+                track.params = (**params).clone();
+            }
+        }
+        let starts_gop = frame.keyframe && Some(frame.track) == self.key_track;
+        if starts_gop {
+            inner.gop.clear();
+            inner.gop_bytes = 0;
+            inner.gop_valid = true;
+        }
+        if inner.gop_valid {
+            inner.gop_bytes += frame.data.len();
+            inner.gop.push(frame.clone());
+            if inner.gop.len() > self.config.gop_cache_max_frames
+                || inner.gop_bytes > self.config.gop_cache_max_bytes
+            {
+                inner.gop = Vec::new();
+                inner.gop_bytes = 0;
+                inner.gop_valid = false;
+            }
+        }
+        if let Some(tx) = &inner.tx {
+            // An error only means that nobody reads right now.
+            let _ = tx.send(frame);
+        }
+    }
+
+    /// A new reader. Its first frames are the GOP cache, so it starts on a keyframe.
+    pub fn subscribe(self: &Arc<Self>) -> StreamReader {
+        let inner = self.lock();
+        let (rx, backlog, resync) = match &inner.tx {
+            Some(tx) => {
+                let backlog: VecDeque<Arc<Frame>> = if inner.gop_valid {
+                    inner.gop.iter().cloned().collect()
+                } else {
+                    VecDeque::new()
+                };
+                // Without a cached GOP the reader waits for the next keyframe.
+                let resync = backlog.is_empty();
+                (Some(tx.subscribe()), backlog, resync)
+            }
+            None => (None, VecDeque::new(), false),
+        };
+        drop(inner);
+        StreamReader {
+            stream: self.clone(),
+            rx,
+            backlog,
+            resync,
+            skips: 0,
+            frames_skipped: 0,
+        }
+    }
+
+    /// Ends the stream: readers get the frames already in the ring, then [`RecvError::Closed`].
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.tx = None;
+        inner.gop.clear();
+        inner.gop_valid = false;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().tx.is_none()
+    }
+}
+
+/// Why a reader got no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    #[error("the stream has ended")]
+    Closed,
+}
+
+/// One reader's position in a stream.
+pub struct StreamReader {
+    stream: Arc<Stream>,
+    rx: Option<broadcast::Receiver<Arc<Frame>>>,
+    backlog: VecDeque<Arc<Frame>>,
+    /// Dropping frames until the next keyframe of the key track.
+    resync: bool,
+    skips: u64,
+    frames_skipped: u64,
+}
+
+impl StreamReader {
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Times this reader fell behind and skipped forward.
+    pub fn skips(&self) -> u64 {
+        self.skips
+    }
+
+    /// Frames this reader lost by falling behind.
+    pub fn frames_skipped(&self) -> u64 {
+        self.frames_skipped
+    }
+
+    /// The next frame. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Arc<Frame>, RecvError> {
+        loop {
+            if let Some(frame) = self.backlog.pop_front() {
+                return Ok(frame);
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Err(RecvError::Closed);
+            };
+            let got = match rx.recv().await {
+                Ok(frame) => Ok(frame),
+                Err(broadcast::error::RecvError::Lagged(n)) => Err(Some(n)),
+                Err(broadcast::error::RecvError::Closed) => Err(None),
+            };
+            if let Some(frame) = self.accept(got)? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// The next frame if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Arc<Frame>>, RecvError> {
+        loop {
+            if let Some(frame) = self.backlog.pop_front() {
+                return Ok(Some(frame));
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Err(RecvError::Closed);
+            };
+            let got = match rx.try_recv() {
+                Ok(frame) => Ok(frame),
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Err(Some(n)),
+                Err(broadcast::error::TryRecvError::Closed) => Err(None),
+            };
+            if let Some(frame) = self.accept(got)? {
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    /// Applies the skip rules to what the ring gave: `Err(Some(n))` is a lag of `n` frames,
+    /// `Err(None)` the end of the stream. `Ok(None)` means "dropped, ask again".
+    fn accept(
+        &mut self,
+        got: Result<Arc<Frame>, Option<u64>>,
+    ) -> Result<Option<Arc<Frame>>, RecvError> {
+        match got {
+            Ok(frame) => {
+                if self.resync {
+                    if frame.keyframe && Some(frame.track) == self.stream.key_track {
+                        self.resync = false;
+                    } else {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(frame))
+            }
+            Err(Some(n)) => {
+                self.skips += 1;
+                self.frames_skipped += n;
+                let stats = &self.stream.stats;
+                stats.reader_skips.fetch_add(1, Ordering::Relaxed);
+                stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(
+                    frames_lost = n,
+                    "reader fell behind the stream; skipping to the next keyframe"
+                );
+                self.resync = true;
+                Ok(None)
+            }
+            Err(None) => {
+                self.rx = None;
+                Err(RecvError::Closed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{CodecParams, Track};
+    use bytes::Bytes;
+    use std::time::{Duration, Instant};
+
+    fn desc() -> StreamDesc {
+        StreamDesc {
+            tracks: vec![
+                Track {
+                    id: 0,
+                    params: CodecParams::H264 {
+                        sps: Bytes::from_static(b"sps"),
+                        pps: Bytes::from_static(b"pps"),
+                    },
+                    clock_rate: 90_000,
+                },
+                Track {
+                    id: 1,
+                    params: CodecParams::Opus { channels: 2 },
+                    clock_rate: 48_000,
+                },
+            ],
+        }
+    }
+
+    fn video(n: i64, gop: i64) -> Frame {
+        Frame {
+            track: 0,
+            pts: n * 3000,
+            dts: n * 3000,
+            keyframe: n % gop == 0,
+            data: Bytes::from(vec![0u8; 1000]),
+            received: Instant::now(),
+            params: None,
+        }
+    }
+
+    fn small_config() -> StreamConfig {
+        StreamConfig {
+            ring_capacity: 16,
+            gop_cache_max_frames: 64,
+            gop_cache_max_bytes: 1 << 20,
+        }
+    }
+
+    async fn next(r: &mut StreamReader) -> Arc<Frame> {
+        tokio::time::timeout(Duration::from_secs(5), r.recv())
+            .await
+            .expect("a frame within 5 s")
+            .expect("stream open")
+    }
+
+    #[tokio::test]
+    async fn late_reader_starts_on_a_keyframe() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        for n in 0..13 {
+            stream.write(video(n, 5));
+        }
+        let mut r = stream.subscribe();
+        let first = next(&mut r).await;
+        assert!(first.keyframe);
+        assert_eq!(
+            first.pts,
+            10 * 3000,
+            "starts at the last keyframe, not an older one"
+        );
+        for n in 11..13 {
+            assert_eq!(next(&mut r).await.pts, n * 3000);
+        }
+        stream.write(video(13, 5));
+        assert_eq!(next(&mut r).await.pts, 13 * 3000);
+    }
+
+    #[tokio::test]
+    async fn reader_before_any_keyframe_waits_for_one() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        let mut r = stream.subscribe();
+        for n in 1..7 {
+            stream.write(video(n, 5));
+        }
+        let first = next(&mut r).await;
+        assert_eq!(first.pts, 5 * 3000);
+        assert!(first.keyframe);
+    }
+
+    #[tokio::test]
+    async fn stalled_reader_never_blocks_the_publisher_and_resyncs_on_a_keyframe() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        let mut stalled = stream.subscribe();
+        let mut live = stream.subscribe();
+        // The publisher writes 100 000 frames while one reader never reads: write never waits.
+        let total = 100_000;
+        let mut live_seen = 0;
+        for n in 0..total {
+            stream.write(video(n, 30));
+            // The live reader keeps up.
+            while let Some(_) = live.try_recv().unwrap() {
+                live_seen += 1;
+            }
+        }
+        assert_eq!(live_seen, total, "the live reader lost nothing");
+        assert_eq!(live.skips(), 0);
+        // The stalled reader resumes: it lost frames, counts the skip, and restarts on a keyframe.
+        let first = next(&mut stalled).await;
+        assert!(
+            first.keyframe,
+            "after a skip the reader restarts on a keyframe"
+        );
+        assert_eq!(stalled.skips(), 1);
+        assert!(stalled.frames_skipped() > 0);
+        assert_eq!(stream.stats().reader_skips.load(Ordering::Relaxed), 1);
+        // What the stalled reader could still get is bounded by the ring, not by the backlog.
+        let mut remaining = 1;
+        while let Some(_) = stalled.try_recv().unwrap() {
+            remaining += 1;
+        }
+        assert!(remaining <= small_config().ring_capacity);
+        assert_eq!(
+            stream.stats().frames_in.load(Ordering::Relaxed),
+            total as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn gop_cache_is_bounded() {
+        let cfg = small_config();
+        let stream = Arc::new(Stream::new(desc(), cfg.clone()));
+        // A GOP longer than the cache: the cache is dropped, not grown.
+        for n in 0..(cfg.gop_cache_max_frames as i64 + 10) {
+            stream.write(video(n, 1_000_000));
+        }
+        assert!(stream.lock().gop.is_empty());
+        let mut r = stream.subscribe();
+        stream.write(video(1_000_000, 1_000_000));
+        assert!(next(&mut r).await.keyframe);
+    }
+
+    #[tokio::test]
+    async fn close_ends_readers_after_the_ring_drains() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        let mut r = stream.subscribe();
+        stream.write(video(0, 5));
+        stream.close();
+        assert_eq!(next(&mut r).await.pts, 0);
+        assert_eq!(r.recv().await.unwrap_err(), RecvError::Closed);
+        let mut late = stream.subscribe();
+        assert_eq!(late.recv().await.unwrap_err(), RecvError::Closed);
+    }
+
+    #[tokio::test]
+    async fn in_band_params_update_the_description() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        let mut f = video(0, 1);
+        let new = CodecParams::H264 {
+            sps: Bytes::from_static(b"sps2"),
+            pps: Bytes::from_static(b"pps2"),
+        };
+        f.params = Some(Arc::new(new.clone()));
+        stream.write(f);
+        assert_eq!(stream.desc().tracks[0].params, new);
+    }
+}
