@@ -1,0 +1,143 @@
+//! The control API (`/v3/...`), with MediaMTX's routes and JSON shapes so its tooling works.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tidegate_core::{PathInfo, PathManager};
+
+pub fn router(paths: PathManager) -> Router {
+    Router::new()
+        .route("/v3/paths/list", get(paths_list))
+        .route("/v3/paths/get/{*name}", get(paths_get))
+        .fallback(not_found)
+        .with_state(paths)
+}
+
+#[derive(Serialize)]
+struct SessionRef {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiPath {
+    name: String,
+    conf_name: String,
+    source: Option<SessionRef>,
+    ready: bool,
+    ready_time: Option<String>,
+    tracks: Vec<&'static str>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    readers: Vec<SessionRef>,
+    reader_skips: u64,
+}
+
+impl From<PathInfo> for ApiPath {
+    fn from(p: PathInfo) -> Self {
+        ApiPath {
+            name: p.name,
+            conf_name: p.conf_name,
+            source: p.source.map(|(kind, id)| SessionRef {
+                kind,
+                id: id.to_string(),
+            }),
+            ready: p.ready,
+            ready_time: p
+                .ready_time
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            tracks: p.tracks,
+            bytes_received: p.bytes_received,
+            bytes_sent: p.bytes_sent,
+            readers: p
+                .readers
+                .into_iter()
+                .map(|(kind, id)| SessionRef {
+                    kind,
+                    id: id.to_string(),
+                })
+                .collect(),
+            reader_skips: p.reader_skips,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page<T> {
+    item_count: usize,
+    page_count: usize,
+    items: Vec<T>,
+}
+
+/// Applies MediaMTX's `?itemsPerPage=N&page=P` (page from 0) to a list.
+fn paginate<T>(
+    items: Vec<T>,
+    query: &HashMap<String, String>,
+) -> Result<Page<T>, (StatusCode, Json<ApiError>)> {
+    let num = |key: &str, default: usize| -> Result<usize, (StatusCode, Json<ApiError>)> {
+        match query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| error(StatusCode::BAD_REQUEST, &format!("invalid {key}"))),
+        }
+    };
+    let per_page = num("itemsPerPage", 100)?.clamp(1, 10_000);
+    let page = num("page", 0)?;
+    let item_count = items.len();
+    let page_count = item_count.div_ceil(per_page);
+    let items = items
+        .into_iter()
+        .skip(page.saturating_mul(per_page))
+        .take(per_page)
+        .collect();
+    Ok(Page {
+        item_count,
+        page_count,
+        items,
+    })
+}
+
+#[derive(Serialize)]
+pub struct ApiError {
+    error: String,
+}
+
+fn error(status: StatusCode, msg: &str) -> (StatusCode, Json<ApiError>) {
+    (
+        status,
+        Json(ApiError {
+            error: msg.to_string(),
+        }),
+    )
+}
+
+async fn paths_list(
+    State(paths): State<PathManager>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let items: Vec<ApiPath> = paths.list().into_iter().map(ApiPath::from).collect();
+    match paginate(items, &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn paths_get(State(paths): State<PathManager>, Path(name): Path<String>) -> Response {
+    match paths.get(&name) {
+        Some(p) => Json(ApiPath::from(p)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "path not found").into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such API endpoint").into_response()
+}

@@ -1,0 +1,517 @@
+//! The configuration: one YAML file, MediaMTX's key names where the meaning is the same.
+//!
+//! Defaults live in one place, the embedded `configs/tidegate.yml`: it is loaded first and the
+//! user's file is applied on top of it, then `TIDEGATE_<KEY>` environment variables. Every key
+//! is known to the tables below; an unknown key, a value of the wrong type or a bad value is an
+//! error that names the key and its line.
+
+mod value;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidegate_core::{PathConf, PathMatcher};
+
+use value::*;
+use yaml::{Node, Value};
+
+/// The embedded default configuration, compiled into the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../../configs/tidegate.yml");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    No,
+    Optional,
+    Strict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HlsVariant {
+    LowLatency,
+    Fmp4,
+    Mpegts,
+}
+
+/// Every setting, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub write_queue_size: u32,
+
+    pub api: bool,
+    pub api_address: SocketAddr,
+    pub metrics: bool,
+    pub metrics_address: SocketAddr,
+
+    pub rtmp: bool,
+    pub rtmp_address: SocketAddr,
+    pub rtmp_encryption: Encryption,
+    pub rtmps_address: SocketAddr,
+    pub rtmp_server_key: String,
+    pub rtmp_server_cert: String,
+
+    pub rtsp: bool,
+    pub rtsp_address: SocketAddr,
+
+    pub hls: bool,
+    pub hls_address: SocketAddr,
+    pub hls_variant: HlsVariant,
+    pub hls_segment_duration: Duration,
+    pub hls_part_duration: Duration,
+    pub hls_segment_count: u32,
+    pub hls_allow_origin: String,
+    pub hls_always_remux: bool,
+
+    pub webrtc: bool,
+    pub webrtc_address: SocketAddr,
+    pub webrtc_local_udp_address: SocketAddr,
+    pub webrtc_additional_hosts: Vec<String>,
+    pub webrtc_allow_origin: String,
+
+    pub srt: bool,
+    pub srt_address: SocketAddr,
+
+    pub path_defaults: PathConf,
+    /// Configured paths in file order.
+    pub paths: Vec<PathConf>,
+}
+
+type Setter<T> = fn(&mut T, &Node) -> Result<(), String>;
+
+macro_rules! set {
+    ($field:ident, $parse:expr) => {
+        |c, v| {
+            c.$field = $parse(v)?;
+            Ok(())
+        }
+    };
+}
+
+/// Every top-level key but `pathDefaults` and `paths`.
+pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
+    (
+        "logLevel",
+        set!(log_level, |v| one_of(
+            v,
+            &["error", "warn", "info", "debug"]
+        )),
+    ),
+    ("logFormat", set!(log_format, log_format)),
+    ("readTimeout", set!(read_timeout, duration)),
+    ("writeTimeout", set!(write_timeout, duration)),
+    (
+        "writeQueueSize",
+        set!(write_queue_size, |v| uint_in(v, 16, 1 << 20)),
+    ),
+    ("api", set!(api, boolean)),
+    ("apiAddress", set!(api_address, address)),
+    ("metrics", set!(metrics, boolean)),
+    ("metricsAddress", set!(metrics_address, address)),
+    ("rtmp", set!(rtmp, boolean)),
+    ("rtmpAddress", set!(rtmp_address, address)),
+    ("rtmpEncryption", set!(rtmp_encryption, encryption)),
+    ("rtmpsAddress", set!(rtmps_address, address)),
+    ("rtmpServerKey", set!(rtmp_server_key, string)),
+    ("rtmpServerCert", set!(rtmp_server_cert, string)),
+    ("rtsp", set!(rtsp, boolean)),
+    ("rtspAddress", set!(rtsp_address, address)),
+    ("hls", set!(hls, boolean)),
+    ("hlsAddress", set!(hls_address, address)),
+    ("hlsVariant", set!(hls_variant, hls_variant)),
+    ("hlsSegmentDuration", set!(hls_segment_duration, duration)),
+    ("hlsPartDuration", set!(hls_part_duration, duration)),
+    (
+        "hlsSegmentCount",
+        set!(hls_segment_count, |v| uint_in(v, 3, 100)),
+    ),
+    ("hlsAllowOrigin", set!(hls_allow_origin, string)),
+    ("hlsAlwaysRemux", set!(hls_always_remux, boolean)),
+    ("webrtc", set!(webrtc, boolean)),
+    ("webrtcAddress", set!(webrtc_address, address)),
+    (
+        "webrtcLocalUDPAddress",
+        set!(webrtc_local_udp_address, address),
+    ),
+    (
+        "webrtcAdditionalHosts",
+        set!(webrtc_additional_hosts, string_list),
+    ),
+    ("webrtcAllowOrigin", set!(webrtc_allow_origin, string)),
+    ("srt", set!(srt, boolean)),
+    ("srtAddress", set!(srt_address, address)),
+];
+
+/// Keys of `pathDefaults` and of each entry of `paths`.
+pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
+    ("source", set!(source, source)),
+    ("publishUser", set!(publish_user, string)),
+    ("publishPass", set!(publish_pass, string)),
+    ("publishIPs", set!(publish_ips, ip_list)),
+    ("readUser", set!(read_user, string)),
+    ("readPass", set!(read_pass, string)),
+    ("readIPs", set!(read_ips, ip_list)),
+    (
+        "srtPublishPassphrase",
+        set!(srt_publish_passphrase, srt_passphrase),
+    ),
+    (
+        "srtReadPassphrase",
+        set!(srt_read_passphrase, srt_passphrase),
+    ),
+    ("overridePublisher", set!(override_publisher, boolean)),
+    ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
+];
+
+/// Where a configuration error is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name, or `environment`.
+    pub origin: String,
+    /// 1-based line in the file; 0 when not from a file.
+    pub line: usize,
+    /// The key, dotted for nested keys (`paths.cam1.maxReaders`); empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: ", self.origin, self.line)?;
+        } else {
+            write!(f, "{}: ", self.origin)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Ctx<'a> {
+    origin: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, line: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_string(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A path as written: its name, line, and settings node (applied over `pathDefaults` at the end).
+#[derive(Clone, Debug)]
+struct RawPath {
+    name: String,
+    line: usize,
+    node: Node,
+    origin: String,
+}
+
+impl Config {
+    /// Loads the embedded defaults, then `file` (name and text) if given, then environment
+    /// overrides (`TIDEGATE_<KEY>` pairs).
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::blank();
+        let mut paths = Vec::new();
+        config.apply_file("embedded default", DEFAULT_CONFIG, &mut paths)?;
+        if let Some((name, text)) = file {
+            config.apply_file(name, text, &mut paths)?;
+        }
+        config.apply_env(env, &mut paths)?;
+        config.paths = Vec::with_capacity(paths.len());
+        for raw in &paths {
+            let ctx = Ctx {
+                origin: &raw.origin,
+            };
+            let key = format!("paths.{}", raw.name);
+            let mut conf = config.path_defaults.clone();
+            conf.name = raw.name.clone();
+            apply_map(&ctx, &raw.node, &key, PATH_KEYS, &mut conf)?;
+            config.paths.push(conf);
+        }
+        // Names and regexes are checked here so that the error can name the path's line.
+        for (raw, conf) in paths.iter().zip(&config.paths) {
+            PathMatcher::new(vec![conf.clone()]).map_err(|(_, e)| {
+                Ctx {
+                    origin: &raw.origin,
+                }
+                .err(raw.line, &format!("paths.{}", raw.name), e.to_string())
+            })?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every field set to a placeholder; [`Config::load`] always overwrites them all with the
+    /// embedded defaults (a test checks that the embedded file sets every key).
+    fn blank() -> Config {
+        let any: SocketAddr = ([0, 0, 0, 0], 0).into();
+        Config {
+            log_level: String::new(),
+            log_format: LogFormat::Text,
+            read_timeout: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            write_queue_size: 0,
+            api: false,
+            api_address: any,
+            metrics: false,
+            metrics_address: any,
+            rtmp: false,
+            rtmp_address: any,
+            rtmp_encryption: Encryption::No,
+            rtmps_address: any,
+            rtmp_server_key: String::new(),
+            rtmp_server_cert: String::new(),
+            rtsp: false,
+            rtsp_address: any,
+            hls: false,
+            hls_address: any,
+            hls_variant: HlsVariant::LowLatency,
+            hls_segment_duration: Duration::ZERO,
+            hls_part_duration: Duration::ZERO,
+            hls_segment_count: 0,
+            hls_allow_origin: String::new(),
+            hls_always_remux: false,
+            webrtc: false,
+            webrtc_address: any,
+            webrtc_local_udp_address: any,
+            webrtc_additional_hosts: Vec::new(),
+            webrtc_allow_origin: String::new(),
+            srt: false,
+            srt_address: any,
+            path_defaults: PathConf::default(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn apply_file(
+        &mut self,
+        origin: &str,
+        text: &str,
+        paths: &mut Vec<RawPath>,
+    ) -> Result<(), ConfigError> {
+        let ctx = Ctx { origin };
+        let root = yaml::parse(text).map_err(|e| ctx.err(e.line, "", e.message))?;
+        let Some(root) = root else {
+            return Ok(()); // an empty file changes nothing
+        };
+        let Value::Map(entries) = &root.value else {
+            return Err(ctx.err(root.line, "", "the configuration must be a map of keys"));
+        };
+        for e in entries {
+            match e.key.as_str() {
+                "pathDefaults" => {
+                    let mut defaults = self.path_defaults.clone();
+                    apply_map(&ctx, &e.value, "pathDefaults", PATH_KEYS, &mut defaults)?;
+                    self.path_defaults = defaults;
+                }
+                "paths" => {
+                    // A file that has `paths` replaces the paths of the files before it.
+                    paths.clear();
+                    match &e.value.value {
+                        Value::Map(items) => {
+                            for p in items {
+                                paths.push(RawPath {
+                                    name: p.key.clone(),
+                                    line: p.line,
+                                    node: p.value.clone(),
+                                    origin: origin.to_string(),
+                                });
+                            }
+                        }
+                        _ if e.value.is_null() => {}
+                        _ => return Err(ctx.err(e.line, "paths", "expected a map of path names")),
+                    }
+                }
+                key => {
+                    let setter = find(GLOBAL_KEYS, key).ok_or_else(|| {
+                        ctx.err(
+                            e.line,
+                            key,
+                            unknown_key(key, GLOBAL_KEYS, &["pathDefaults", "paths"]),
+                        )
+                    })?;
+                    setter(self, &e.value).map_err(|m| ctx.err(e.line, key, m))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+        paths: &mut [RawPath],
+    ) -> Result<(), ConfigError> {
+        let ctx = Ctx {
+            origin: "environment",
+        };
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (var, text) in vars {
+            let node = Node {
+                value: Value::Scalar(text, false),
+                line: 0,
+            };
+            let rest = &var[ENV_PREFIX.len()..];
+            if let Some(key) = rest.strip_prefix("PATHDEFAULTS_") {
+                let (name, setter) = find_env(PATH_KEYS, key)
+                    .ok_or_else(|| ctx.err(0, &var, "no such path setting"))?;
+                setter(&mut self.path_defaults, &node)
+                    .map_err(|m| ctx.err(0, &var, format!("(pathDefaults.{name}) {m}")))?;
+            } else if let Some(rest) = rest.strip_prefix("PATHS_") {
+                // TIDEGATE_PATHS_<NAME>_<KEY>: NAME matches a configured path, case-insensitively.
+                let found = paths.iter_mut().find_map(|p| {
+                    let upper = p.name.to_ascii_uppercase();
+                    let key = rest.strip_prefix(&upper)?.strip_prefix('_')?;
+                    let (name, _) = find_env(PATH_KEYS, key)?;
+                    Some((p, name))
+                });
+                let (path, key) = found.ok_or_else(|| {
+                    ctx.err(0, &var, "no configured path and path setting of that name")
+                })?;
+                set_in_map(&mut path.node, key, node);
+            } else {
+                let (name, setter) = find_env(GLOBAL_KEYS, rest)
+                    .ok_or_else(|| ctx.err(0, &var, "no such setting"))?;
+                setter(self, &node).map_err(|m| ctx.err(0, &var, format!("({name}) {m}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ctx = Ctx {
+            origin: "configuration",
+        };
+        if self.hls_part_duration >= self.hls_segment_duration {
+            return Err(ctx.err(
+                0,
+                "hlsPartDuration",
+                "must be shorter than hlsSegmentDuration",
+            ));
+        }
+        if self.hls_part_duration < Duration::from_millis(50) {
+            return Err(ctx.err(0, "hlsPartDuration", "must be at least 50ms"));
+        }
+        Ok(())
+    }
+
+    /// The path matcher for the registry.
+    pub fn matcher(&self) -> PathMatcher {
+        // Every path was checked in `load`, so this cannot fail; fall back to no paths if the
+        // impossible happens rather than panic.
+        PathMatcher::new(self.paths.clone()).unwrap_or_default()
+    }
+}
+
+const ENV_PREFIX: &str = "TIDEGATE_";
+
+fn find<T>(table: &[(&'static str, Setter<T>)], key: &str) -> Option<Setter<T>> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
+}
+
+fn find_env<T>(
+    table: &[(&'static str, Setter<T>)],
+    upper: &str,
+) -> Option<(&'static str, Setter<T>)> {
+    table
+        .iter()
+        .find(|(k, _)| k.to_ascii_uppercase() == upper)
+        .copied()
+}
+
+fn apply_map<T>(
+    ctx: &Ctx,
+    node: &Node,
+    prefix: &str,
+    table: &[(&'static str, Setter<T>)],
+    target: &mut T,
+) -> Result<(), ConfigError> {
+    if node.is_null() {
+        return Ok(());
+    }
+    let Value::Map(entries) = &node.value else {
+        return Err(ctx.err(node.line, prefix, "expected a map of settings"));
+    };
+    for e in entries {
+        let key = format!("{prefix}.{}", e.key);
+        let setter = find(table, &e.key)
+            .ok_or_else(|| ctx.err(e.line, &key, unknown_key(&e.key, table, &[])))?;
+        setter(target, &e.value).map_err(|m| ctx.err(e.line, &key, m))?;
+    }
+    Ok(())
+}
+
+fn set_in_map(node: &mut Node, key: &str, value: Node) {
+    if !matches!(node.value, Value::Map(_)) {
+        node.value = Value::Map(Vec::new());
+    }
+    if let Value::Map(entries) = &mut node.value {
+        entries.retain(|e| e.key != key);
+        entries.push(yaml::Entry {
+            key: key.to_string(),
+            line: 0,
+            value,
+        });
+    }
+}
+
+fn unknown_key<T>(key: &str, table: &[(&'static str, Setter<T>)], extra: &[&str]) -> String {
+    let names = table.iter().map(|(k, _)| *k).chain(extra.iter().copied());
+    match closest(key, names) {
+        Some(s) => format!("unknown key (did you mean '{s}'?)"),
+        None => "unknown key".to_string(),
+    }
+}
+
+/// The known key nearest to a mistyped one, if it is near enough to be a typo.
+fn closest<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = key.to_ascii_lowercase();
+    names
+        .map(|n| (edit_distance(&lower, &n.to_ascii_lowercase()), n))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::load(Some(("test.yml", text)), Vec::new())
+}
+
+fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(
+        Some(("test.yml", text)),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn top_level_keys(text: &str, section: Option<&str>) -> Vec<String> {
+    let root = yaml::parse(text).unwrap().unwrap();
+    let Value::Map(entries) = root.value else {
+        panic!("a map")
+    };
+    match section {
+        None => entries.into_iter().map(|e| e.key).collect(),
+        Some(s) => {
+            let e = entries.into_iter().find(|e| e.key == s).unwrap();
+            let Value::Map(inner) = e.value.value else {
+                panic!("a map")
+            };
+            inner.into_iter().map(|e| e.key).collect()
+        }
+    }
+}
+
+#[test]
+fn the_embedded_default_sets_every_key() {
+    let keys = top_level_keys(DEFAULT_CONFIG, None);
+    for (k, _) in GLOBAL_KEYS {
+        assert!(
+            keys.iter().any(|x| x == k),
+            "{k} is missing from configs/tidegate.yml"
+        );
+    }
+    let keys = top_level_keys(DEFAULT_CONFIG, Some("pathDefaults"));
+    for (k, _) in PATH_KEYS {
+        assert!(keys.iter().any(|x| x == k), "pathDefaults.{k} is missing");
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = Config::load(None, Vec::new()).unwrap();
+    assert_eq!(c.rtmp_address, "0.0.0.0:1935".parse().unwrap());
+    assert_eq!(c.rtmps_address.port(), 1936);
+    assert_eq!(c.rtsp_address.port(), 8554);
+    assert_eq!(c.hls_address.port(), 8888);
+    assert_eq!(c.webrtc_address.port(), 8889);
+    assert_eq!(c.webrtc_local_udp_address.port(), 8189);
+    assert_eq!(c.srt_address.port(), 8890);
+    assert_eq!(c.api_address, "127.0.0.1:9997".parse().unwrap());
+    assert_eq!(c.metrics_address.port(), 9998);
+    assert_eq!(c.rtmp_encryption, Encryption::No);
+    assert_eq!(c.hls_variant, HlsVariant::LowLatency);
+    assert_eq!(c.hls_segment_duration, Duration::from_secs(1));
+    assert_eq!(c.hls_part_duration, Duration::from_millis(200));
+    assert_eq!(c.hls_segment_count, 7);
+    assert_eq!(c.log_level, "info");
+    assert_eq!(c.paths.len(), 1);
+    assert_eq!(c.paths[0].name, "all_others");
+    assert!(!c.paths[0].override_publisher);
+}
+
+#[test]
+fn a_user_file_overrides_only_what_it_names() {
+    let c = load("rtmpAddress: 127.0.0.1:0\nhlsSegmentDuration: 2s\n").unwrap();
+    assert_eq!(c.rtmp_address, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(c.hls_segment_duration, Duration::from_secs(2));
+    assert_eq!(c.hls_part_duration, Duration::from_millis(200));
+    assert_eq!(
+        c.paths[0].name, "all_others",
+        "no paths key: the default paths stay"
+    );
+}
+
+#[test]
+fn paths_start_from_path_defaults() {
+    let c = load(
+        "pathDefaults:\n  maxReaders: 5\n  readUser: viewer\npaths:\n  cam1:\n    maxReaders: 2\n  '~^live/(.+)$':\n    overridePublisher: yes\n    publishIPs: [127.0.0.1, 10.0.0.0/8]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.paths.len(),
+        2,
+        "the file's paths replace the default ones"
+    );
+    assert_eq!(c.paths[0].name, "cam1");
+    assert_eq!(c.paths[0].max_readers, 2);
+    assert_eq!(c.paths[0].read_user, "viewer");
+    assert_eq!(c.paths[1].max_readers, 5);
+    assert!(c.paths[1].override_publisher);
+    assert_eq!(c.paths[1].publish_ips.len(), 2);
+    let m = c.matcher().find("live/abc").unwrap();
+    assert_eq!(m.captures, vec!["live/abc", "abc"]);
+}
+
+fn err(text: &str) -> ConfigError {
+    load(text).unwrap_err()
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_line() {
+    let e = err("logLevel: info\n\nrtmpAdress: :1935\n");
+    assert_eq!((e.line, e.key.as_str()), (3, "rtmpAdress"));
+    assert!(e.message.contains("did you mean 'rtmpAddress'"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "test.yml:3: rtmpAdress: unknown key (did you mean 'rtmpAddress'?)"
+    );
+
+    let e = err("paths:\n  cam:\n    readUsr: x\n");
+    assert_eq!((e.line, e.key.as_str()), (3, "paths.cam.readUsr"));
+    let e = err("pathDefaults:\n  colour: blue\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "pathDefaults.colour"));
+    assert_eq!(e.message, "unknown key");
+}
+
+#[test]
+fn wrong_types_and_bad_values_are_named_with_their_line() {
+    let cases = [
+        ("rtmp: [1, 2]\n", 1, "rtmp", "found a list"),
+        ("api: maybe\n", 1, "api", "expected yes or no"),
+        (
+            "\nhlsSegmentCount: many\n",
+            2,
+            "hlsSegmentCount",
+            "whole number",
+        ),
+        (
+            "hlsSegmentCount: 1000\n",
+            1,
+            "hlsSegmentCount",
+            "between 3 and 100",
+        ),
+        ("hlsPartDuration: 10\n", 1, "hlsPartDuration", "duration"),
+        ("rtspAddress: 8554\n", 1, "rtspAddress", "address"),
+        ("hlsVariant: dash\n", 1, "hlsVariant", "lowLatency"),
+        ("rtmpEncryption: maybe\n", 1, "rtmpEncryption", "optional"),
+        ("logLevel: loud\n", 1, "logLevel", "one of"),
+        (
+            "paths:\n  a:\n    maxReaders: -1\n",
+            3,
+            "paths.a.maxReaders",
+            "whole number",
+        ),
+        (
+            "paths:\n  a:\n    readIPs: [nope]\n",
+            3,
+            "paths.a.readIPs",
+            "IP address",
+        ),
+        (
+            "paths:\n  a:\n    srtReadPassphrase: short\n",
+            3,
+            "paths.a.srtReadPassphrase",
+            "10 to 79",
+        ),
+        (
+            "paths:\n  a:\n    source: ftp://x\n",
+            3,
+            "paths.a.source",
+            "URL",
+        ),
+        ("paths:\n  a: 5\n", 2, "paths.a", "map of settings"),
+        (
+            "paths:\n  ok:\n  '~^(bad$':\n",
+            3,
+            "paths.~^(bad$",
+            "regular expression",
+        ),
+        (
+            "paths:\n  'bad name':\n",
+            2,
+            "paths.bad name",
+            "letters, digits",
+        ),
+        (
+            "webrtcAdditionalHosts: {a: b}\n",
+            1,
+            "webrtcAdditionalHosts",
+            "found a map",
+        ),
+    ];
+    for (text, line, key, msg) in cases {
+        let e = err(text);
+        assert_eq!((e.line, e.key.as_str()), (line, key), "{text:?} gave {e}");
+        assert!(e.message.contains(msg), "{text:?} gave {e}");
+    }
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = err("a: 1\nb: [\n");
+    assert!(e.line >= 2, "{e}");
+    let e = err("a: 1\na: 2\n");
+    assert_eq!(e.line, 2);
+    let e = err("- just\n- a list\n");
+    assert!(e.message.contains("map of keys"));
+}
+
+#[test]
+fn cross_key_rules() {
+    let e = err("hlsPartDuration: 2s\n");
+    assert_eq!(e.key, "hlsPartDuration");
+}
+
+#[test]
+fn environment_overrides() {
+    let c = load_env(
+        "paths:\n  cam1:\n    readUser: file\n",
+        &[
+            ("TIDEGATE_RTMPADDRESS", "127.0.0.1:1940"),
+            ("TIDEGATE_API", "no"),
+            ("TIDEGATE_WEBRTCADDITIONALHOSTS", "192.168.1.2,example.com"),
+            ("TIDEGATE_PATHDEFAULTS_MAXREADERS", "9"),
+            ("TIDEGATE_PATHS_CAM1_READUSER", "env"),
+            ("OTHER_VARIABLE", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.rtmp_address.port(), 1940);
+    assert!(!c.api);
+    assert_eq!(
+        c.webrtc_additional_hosts,
+        vec!["192.168.1.2", "example.com"]
+    );
+    assert_eq!(c.paths[0].max_readers, 9);
+    assert_eq!(c.paths[0].read_user, "env");
+
+    let e = load_env("", &[("TIDEGATE_RTMPADRESS", ":1")]).unwrap_err();
+    assert_eq!(e.key, "TIDEGATE_RTMPADRESS");
+    assert_eq!(e.origin, "environment");
+    let e = load_env("", &[("TIDEGATE_HLSSEGMENTCOUNT", "x")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("TIDEGATE_HLSSEGMENTCOUNT: (hlsSegmentCount) expected a whole number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn docs_describe_every_key() {
+    let docs = include_str!("../../../../docs/configuration.md");
+    let names = GLOBAL_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(PATH_KEYS.iter().map(|(k, _)| *k))
+        .chain(["pathDefaults", "paths"]);
+    for k in names {
+        assert!(
+            docs.contains(&format!("`{k}`")),
+            "docs/configuration.md does not document `{k}`"
+        );
+    }
+}

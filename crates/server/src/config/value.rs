@@ -1,0 +1,268 @@
+//! Typed readers for configuration values. Each returns a message that says what was
+//! expected and what was found; the caller adds the key and line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::yaml::{Node, Value};
+use super::{Encryption, HlsVariant, LogFormat};
+
+fn scalar<'a>(v: &'a Node, what: &str) -> Result<&'a str, String> {
+    match &v.value {
+        Value::Scalar(s, _) => Ok(s),
+        Value::Seq(_) => Err(format!("expected {what}, found a list")),
+        Value::Map(_) => Err(format!("expected {what}, found a map")),
+    }
+}
+
+pub fn string(v: &Node) -> Result<String, String> {
+    if v.is_null() {
+        return Ok(String::new());
+    }
+    scalar(v, "a string").map(str::to_string)
+}
+
+pub fn boolean(v: &Node) -> Result<bool, String> {
+    let s = scalar(v, "yes or no")?;
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("expected yes or no, found '{s}'")),
+    }
+}
+
+pub fn one_of(v: &Node, allowed: &[&str]) -> Result<String, String> {
+    let s = scalar(v, "a word")?;
+    if allowed.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected one of {}, found '{s}'",
+            allowed.join(", ")
+        ))
+    }
+}
+
+pub fn log_format(v: &Node) -> Result<LogFormat, String> {
+    match one_of(v, &["text", "json"])?.as_str() {
+        "json" => Ok(LogFormat::Json),
+        _ => Ok(LogFormat::Text),
+    }
+}
+
+pub fn encryption(v: &Node) -> Result<Encryption, String> {
+    // `no` is a boolean-looking word; accept its spellings.
+    let s = scalar(v, "no, optional or strict")?;
+    match s.to_ascii_lowercase().as_str() {
+        "no" | "false" => Ok(Encryption::No),
+        "optional" => Ok(Encryption::Optional),
+        "strict" | "yes" | "true" => Ok(Encryption::Strict),
+        _ => Err(format!("expected no, optional or strict, found '{s}'")),
+    }
+}
+
+pub fn hls_variant(v: &Node) -> Result<HlsVariant, String> {
+    match one_of(v, &["lowLatency", "fmp4", "mpegts"])?.as_str() {
+        "fmp4" => Ok(HlsVariant::Fmp4),
+        "mpegts" => Ok(HlsVariant::Mpegts),
+        _ => Ok(HlsVariant::LowLatency),
+    }
+}
+
+pub fn uint_in(v: &Node, min: u32, max: u32) -> Result<u32, String> {
+    let s = scalar(v, "a whole number")?;
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("expected a whole number, found '{s}'"))?;
+    if n < u64::from(min) || n > u64::from(max) {
+        return Err(format!("must be between {min} and {max}, found {n}"));
+    }
+    Ok(n as u32)
+}
+
+/// `:1935` (every interface), `127.0.0.1:1935`, `[::1]:1935`, `localhost:1935`.
+pub fn address(v: &Node) -> Result<SocketAddr, String> {
+    let s = scalar(v, "an address like :1935")?;
+    let bad = || format!("expected an address like ':1935' or '127.0.0.1:1935', found '{s}'");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip: IpAddr = match host {
+        "" => IpAddr::from([0, 0, 0, 0]),
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        h => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad())?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Go-style durations: `200ms`, `1s`, `1.5s`, `2m`, `1h30m`. A bare number is refused: its
+/// unit would be a guess.
+pub fn duration(v: &Node) -> Result<Duration, String> {
+    let s = scalar(v, "a duration like 1s")?;
+    parse_duration(s)
+        .ok_or_else(|| format!("expected a duration like 200ms, 1s or 2m, found '{s}'"))
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += num * scale;
+    }
+    if !total.is_finite() || total > 1e9 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// A list, or (as environment variables give) one comma-separated string.
+pub fn string_list(v: &Node) -> Result<Vec<String>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    match &v.value {
+        Value::Seq(items) => items
+            .iter()
+            .map(|i| scalar(i, "a string").map(str::to_string))
+            .collect(),
+        Value::Scalar(s, _) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Value::Map(_) => Err("expected a list, found a map".into()),
+    }
+}
+
+/// IP addresses or CIDR ranges: `127.0.0.1`, `10.0.0.0/8`, `::1`.
+pub fn ip_list(v: &Node) -> Result<Vec<IpNet>, String> {
+    string_list(v)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!("expected an IP address or range like 10.0.0.0/8, found '{s}'")
+                })
+        })
+        .collect()
+}
+
+/// `publisher`, or a URL the server pulls from.
+pub fn source(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    const SCHEMES: &[&str] = &[
+        "rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "http://", "https://", "udp://",
+        "whep://", "wheps://",
+    ];
+    if s == "publisher" || SCHEMES.iter().any(|p| s.starts_with(p)) {
+        Ok(s)
+    } else {
+        Err(format!(
+            "expected 'publisher' or a URL (rtsp://, rtmp://, srt://, http(s)://, …), found '{s}'"
+        ))
+    }
+}
+
+/// SRT passphrases are 10 to 79 characters (empty: none).
+pub fn srt_passphrase(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    if !s.is_empty() && !(10..=79).contains(&s.chars().count()) {
+        return Err(format!(
+            "an SRT passphrase must be 10 to 79 characters, found {}",
+            s.chars().count()
+        ));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Node {
+        Node {
+            value: Value::Scalar(s.into(), true),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "1x", "s", "1.2.3s", "-1s", "1e400s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            address(&n(":1935")).unwrap(),
+            "0.0.0.0:1935".parse().unwrap()
+        );
+        assert_eq!(
+            address(&n("127.0.0.1:80")).unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            address(&n("[::1]:80")).unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            address(&n("localhost:0")).unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        for bad in ["1935", ":99999", "host:1", ":", "a:b"] {
+            assert!(address(&n(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn booleans_and_lists() {
+        assert!(boolean(&n("yes")).unwrap());
+        assert!(!boolean(&n("False")).unwrap());
+        assert!(boolean(&n("maybe")).is_err());
+        assert_eq!(string_list(&n("a, b,,c")).unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(ip_list(&n("127.0.0.1,10.0.0.0/8")).unwrap().len(), 2);
+        assert!(ip_list(&n("10.0.0.300")).is_err());
+        assert!(srt_passphrase(&n("short")).is_err());
+        assert!(srt_passphrase(&n("long enough")).is_ok());
+        assert!(source(&n("ftp://x")).is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The `tidegate` binary's library: configuration, wiring of protocol servers onto the core
+//! path registry, the control API and metrics, and orderly shutdown.
+
+pub mod api;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidegate_core::{PathManager, StreamConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    paths: PathManager,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    api_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// How long shutdown waits for sessions to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+impl Server {
+    /// Binds every enabled listener and starts serving. All listeners are bound before any is
+    /// served, so a port conflict stops start-up with nothing half-started.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let paths = PathManager::new(
+            config.matcher(),
+            StreamConfig {
+                ring_capacity: config.write_queue_size as usize,
+                ..StreamConfig::default()
+            },
+        );
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let api = match config.api {
+            true => Some(bind("API", config.api_address).await?),
+            false => None,
+        };
+        let metrics = match config.metrics {
+            true => Some(bind("metrics", config.metrics_address).await?),
+            false => None,
+        };
+        let api_addr = api.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+
+        if let (Some(listener), Some(addr)) = (api, api_addr) {
+            tracing::info!("[API] listener opened on {addr} (HTTP)");
+            let router = api::router(paths.clone());
+            tasks.spawn(serve_http(listener, router, shutdown.clone()));
+        }
+        if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
+            tracing::info!("[metrics] listener opened on {addr} (HTTP)");
+            let router = metrics::router(paths.clone());
+            tasks.spawn(serve_http(listener, router, shutdown.clone()));
+        }
+        for (enabled, name, addr) in [
+            (config.rtmp, "RTMP", config.rtmp_address),
+            (config.rtsp, "RTSP", config.rtsp_address),
+            (config.hls, "HLS", config.hls_address),
+            (config.webrtc, "WebRTC", config.webrtc_address),
+            (config.srt, "SRT", config.srt_address),
+        ] {
+            if enabled {
+                tracing::warn!(
+                    "[{name}] enabled in the configuration ({addr}), but this build has no {name} server yet; not listening"
+                );
+            }
+        }
+        Ok(Server {
+            paths,
+            shutdown,
+            tasks,
+            api_addr,
+            metrics_addr,
+        })
+    }
+
+    /// The path registry, for protocol servers and tests.
+    pub fn paths(&self) -> &PathManager {
+        &self.paths
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops accepting, closes every session and waits (bounded) for them to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
+        }
+    }
+}
+
+async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("HTTP server stopped: {e}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Prometheus metrics on `/metrics`, in the text exposition format. Names follow MediaMTX's
+//! (`paths`, `paths_bytes_received`, …) so that existing dashboards keep working. The text is
+//! rendered directly from the registry on each scrape: there is nothing to keep in sync.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tidegate_core::PathManager;
+
+pub fn router(paths: PathManager) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(paths)
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(paths: &PathManager) -> String {
+    let list = paths.list();
+    let mut out = String::new();
+    let families: [(&str, &str, &str); 5] = [
+        ("paths", "gauge", "1 for every path, with its state"),
+        (
+            "paths_bytes_received",
+            "counter",
+            "bytes received from the path's publisher",
+        ),
+        (
+            "paths_bytes_sent",
+            "counter",
+            "bytes sent to the path's readers",
+        ),
+        ("paths_readers", "gauge", "readers of the path"),
+        (
+            "paths_reader_skips",
+            "counter",
+            "times a reader fell behind and skipped to a keyframe",
+        ),
+    ];
+    for (i, (name, kind, help)) in families.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for p in &list {
+            let state = if p.ready { "ready" } else { "notReady" };
+            let value = match i {
+                0 => 1,
+                1 => p.bytes_received,
+                2 => p.bytes_sent,
+                3 => p.readers.len() as u64,
+                _ => p.reader_skips,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{name=\"{}\",state=\"{state}\"}} {value}",
+                label(&p.name)
+            );
+        }
+    }
+    out
+}
+
+async fn metrics(State(paths): State<PathManager>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&paths),
+    )
+}
