@@ -392,7 +392,7 @@ mod tests {
         for n in 0..total {
             stream.write(video(n, 30));
             // The live reader keeps up.
-            while let Some(_) = live.try_recv().unwrap() {
+            while live.try_recv().unwrap().is_some() {
                 live_seen += 1;
             }
         }
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(stream.stats().reader_skips.load(Ordering::Relaxed), 1);
         // What the stalled reader could still get is bounded by the ring, not by the backlog.
         let mut remaining = 1;
-        while let Some(_) = stalled.try_recv().unwrap() {
+        while stalled.try_recv().unwrap().is_some() {
             remaining += 1;
         }
         assert!(remaining <= small_config().ring_capacity);

@@ -1,5 +1,7 @@
 //! The path registry driven through its public API, as a protocol crate would.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! The control API and metrics, served by a real server on loopback, with a test publisher
 //! driving the core registry (as a protocol crate does).
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! The `tidegate` binary as users run it: configuration errors, start-up and signals.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -1,0 +1,164 @@
+//! Support for end-to-end tests: finding the third-party peers, running them bounded in time,
+//! and reading what they produced.
+//!
+//! A missing peer is a test failure with instructions, never a skip: `cargo xtask test`
+//! installs them all.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Where `cargo xtask peers` put the venv, npm packages and `bin/ffmpeg9`.
+pub fn peers_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEERS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/tidegate-peers")
+}
+
+/// The path of a peer program; panics (failing the test) when it is missing.
+pub fn peer(name: &str) -> PathBuf {
+    let local = peers_dir().join("bin").join(name);
+    if local.exists() {
+        return local;
+    }
+    let venv = peers_dir().join("venv/bin").join(name);
+    if venv.exists() {
+        return venv;
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = PathBuf::from(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "test peer '{name}' is missing: run `cargo xtask test` (or `cargo xtask peers`), which installs every peer"
+    );
+}
+
+/// A scratch directory for one test, removed and recreated.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidegate-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Runs a command to completion, killing it after `limit`. Panics on timeout.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{shown}: {e}")),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{shown} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// One decoded-or-demuxed packet as ffprobe reports it.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    pub stream: usize,
+    pub pts: Option<i64>,
+    pub dts: Option<i64>,
+    pub keyframe: bool,
+}
+
+/// What ffprobe sees in a file or URL: streams (codec, width, height) and packets.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub streams: Vec<serde_json::Value>,
+    pub packets: Vec<Packet>,
+}
+
+impl Probe {
+    pub fn codec(&self, kind: &str) -> Option<String> {
+        self.streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["codec_name"].as_str().map(str::to_string))
+    }
+
+    pub fn stream_index(&self, kind: &str) -> Option<usize> {
+        self.streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["index"].as_u64())
+            .map(|i| i as usize)
+    }
+
+    pub fn dimensions(&self) -> Option<(u64, u64)> {
+        let v = self.streams.iter().find(|s| s["codec_type"] == "video")?;
+        Some((v["width"].as_u64()?, v["height"].as_u64()?))
+    }
+
+    pub fn packets_of(&self, kind: &str) -> Vec<&Packet> {
+        match self.stream_index(kind) {
+            Some(i) => self.packets.iter().filter(|p| p.stream == i).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether the DTS of a stream's packets never go backwards.
+    pub fn dts_monotonic(&self, kind: &str) -> bool {
+        let dts: Vec<i64> = self.packets_of(kind).iter().filter_map(|p| p.dts).collect();
+        dts.windows(2).all(|w| w[0] <= w[1])
+    }
+}
+
+/// Runs ffprobe on a file or URL and returns streams and packets.
+pub fn ffprobe(input: &str, extra: &[&str], limit: Duration) -> Probe {
+    let out = run_bounded(
+        Command::new(peer("ffprobe"))
+            .args([
+                "-v",
+                "error",
+                "-of",
+                "json",
+                "-show_streams",
+                "-show_packets",
+            ])
+            .args(["-show_entries", "packet=stream_index,pts,dts,flags:stream"])
+            .args(extra)
+            .arg(input),
+        limit,
+    );
+    assert!(
+        out.status.success(),
+        "ffprobe {input} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe prints JSON");
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let packets = v["packets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| Packet {
+                    stream: p["stream_index"].as_u64().unwrap_or(0) as usize,
+                    pts: p["pts"].as_i64(),
+                    dts: p["dts"].as_i64(),
+                    keyframe: p["flags"].as_str().is_some_and(|f| f.starts_with('K')),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Probe { streams, packets }
+}
