@@ -4,6 +4,9 @@
 //! A missing peer is a test failure with instructions, never a skip: `cargo xtask test`
 //! installs them all.
 
+pub mod peers;
+pub mod server;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;

@@ -286,7 +286,8 @@ impl PathManager {
         Ok(Reader {
             shared: self.shared.clone(),
             path: name.to_string(),
-            reader: stream.subscribe(),
+            stream,
+            reader: None,
             session,
             conf: m.conf,
             bytes_sent,
@@ -467,7 +468,10 @@ pub struct Reader {
     path: String,
     session: SessionInfo,
     conf: Arc<PathConf>,
-    reader: StreamReader,
+    stream: Arc<Stream>,
+    /// Subscribed on the first `recv`, so that an egress reading a per-stream muxer instead
+    /// (see `Stream::extension`) holds no position in the ring.
+    reader: Option<StreamReader>,
     bytes_sent: Arc<AtomicU64>,
 }
 
@@ -486,16 +490,20 @@ impl Reader {
 
     /// The tracks of the stream being read.
     pub fn desc(&self) -> StreamDesc {
-        self.reader.stream().desc()
+        self.stream.desc()
     }
 
     pub fn stream(&self) -> &Arc<Stream> {
-        self.reader.stream()
+        &self.stream
     }
 
-    /// The next frame; [`RecvError::Closed`] once the publisher has left.
+    /// The next frame, starting on a keyframe; [`RecvError::Closed`] once the publisher has left.
     pub async fn recv(&mut self) -> Result<Arc<crate::media::Frame>, RecvError> {
-        self.reader.recv().await
+        let stream = &self.stream;
+        self.reader
+            .get_or_insert_with(|| stream.subscribe())
+            .recv()
+            .await
     }
 
     /// Counts bytes this reader sent to its client (for the path's `bytesSent`).
@@ -504,7 +512,7 @@ impl Reader {
     }
 
     pub fn skips(&self) -> u64 {
-        self.reader.skips()
+        self.reader.as_ref().map_or(0, StreamReader::skips)
     }
 }
 

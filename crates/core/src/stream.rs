@@ -6,6 +6,7 @@
 //! key track, so a decoder never sees a broken GOP, and the skip is counted. A GOP cache holds
 //! the frames since the last keyframe so that a new reader starts decoding at once.
 
+use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,6 +62,7 @@ pub struct Stream {
     key_track: Option<TrackId>,
     config: StreamConfig,
     stats: StreamStats,
+    extensions: Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -85,7 +87,24 @@ impl Stream {
             }),
             config,
             stats: StreamStats::default(),
+            extensions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Per-stream state of one egress, created once by the first caller and shared by every
+    /// later one: this is how an egress muxes once per stream ("mux once, send many"), e.g. RTMP
+    /// chunks or HLS parts made once and sent to every reader.
+    pub fn extension<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut ext = self.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        let id = TypeId::of::<T>();
+        if let Some((_, v)) = ext.iter().find(|(t, _)| *t == id) {
+            if let Ok(v) = v.clone().downcast::<T>() {
+                return v;
+            }
+        }
+        let v = Arc::new(init());
+        ext.push((id, v.clone()));
+        v
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -175,6 +194,12 @@ impl Stream {
         inner.tx = None;
         inner.gop.clear();
         inner.gop_valid = false;
+        drop(inner);
+        // Egress state (and the tasks it may own) goes with the stream.
+        self.extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn is_closed(&self) -> bool {

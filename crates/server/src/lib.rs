@@ -34,6 +34,7 @@ pub struct Server {
     tasks: TaskTracker,
     api_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    rtmp_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -67,6 +68,12 @@ impl Server {
             true => Some(bind("metrics", config.metrics_address).await?),
             false => None,
         };
+        let rtmp_plain = config.rtmp && config.rtmp_encryption != config::Encryption::Strict;
+        let rtmp = match rtmp_plain {
+            true => Some(bind("RTMP", config.rtmp_address).await?),
+            false => None,
+        };
+        let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let api_addr = api.as_ref().and_then(|l| l.local_addr().ok());
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
@@ -80,8 +87,27 @@ impl Server {
             let router = metrics::router(paths.clone());
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
+        if let (Some(listener), Some(addr)) = (rtmp, rtmp_addr) {
+            tracing::info!("[RTMP] listener opened on {addr} (TCP)");
+            let rtmp_config = tidegate_rtmp::RtmpConfig {
+                read_timeout: config.read_timeout,
+                write_timeout: config.write_timeout,
+            };
+            tasks.spawn(tidegate_rtmp::serve(
+                listener,
+                paths.clone(),
+                rtmp_config,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        if config.rtmp && config.rtmp_encryption != config::Encryption::No {
+            tracing::warn!(
+                "[RTMPS] rtmpEncryption is set, but this build has no RTMPS yet; not listening on {}",
+                config.rtmps_address
+            );
+        }
         for (enabled, name, addr) in [
-            (config.rtmp, "RTMP", config.rtmp_address),
             (config.rtsp, "RTSP", config.rtsp_address),
             (config.hls, "HLS", config.hls_address),
             (config.webrtc, "WebRTC", config.webrtc_address),
@@ -99,6 +125,7 @@ impl Server {
             tasks,
             api_addr,
             metrics_addr,
+            rtmp_addr,
         })
     }
 
@@ -113,6 +140,10 @@ impl Server {
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    pub fn rtmp_addr(&self) -> Option<SocketAddr> {
+        self.rtmp_addr
     }
 
     /// Stops accepting, closes every session and waits (bounded) for them to finish.

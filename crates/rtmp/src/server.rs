@@ -1,0 +1,550 @@
+//! The tokio driver: accepts connections, runs the session state machine, and connects
+//! publishers and players to the path registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tidegate_core::{
+    Action, CodecParams, Credentials, Frame, PathError, PathManager, Publisher, SessionInfo,
+    StreamDesc, Track,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::amf0::{decode_all, encode_all, Amf0};
+use crate::chunk::write_message;
+use crate::flv::{self, AudioState, Parsed, VideoState, AUDIO_TRACK, VIDEO_CLOCK, VIDEO_TRACK};
+use crate::mux::RtmpMux;
+use crate::session::{
+    Event, ServerSession, CSID_DATA, MEDIA_STREAM_ID, MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO,
+    OUT_CHUNK_SIZE,
+};
+
+#[derive(Clone, Debug)]
+pub struct RtmpConfig {
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Accepts RTMP connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    paths: PathManager,
+    config: RtmpConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (socket, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("RTMP accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let id = paths.new_session_id();
+        let span = tracing::info_span!("rtmp", conn = id, remote = %remote);
+        let conn = Conn {
+            socket,
+            remote,
+            id,
+            paths: paths.clone(),
+            config: config.clone(),
+            session: ServerSession::new(0),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(
+            async move {
+                tracing::debug!("connection opened");
+                match conn.run().await {
+                    Ok(()) => tracing::info!("connection closed"),
+                    Err(e) => tracing::info!("connection closed: {e}"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Session(#[from] crate::session::SessionError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no data for {0:?}")]
+    ReadTimeout(Duration),
+    #[error("client accepted no data for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Media(#[from] flv::FlvError),
+}
+
+struct Conn {
+    socket: TcpStream,
+    remote: SocketAddr,
+    id: u64,
+    paths: PathManager,
+    config: RtmpConfig,
+    session: ServerSession,
+    shutdown: CancellationToken,
+}
+
+/// Splits `name?query` and reads `user` / `pass` from the query.
+fn split_query(s: &str) -> (&str, Option<String>, Option<String>) {
+    let (name, query) = s.split_once('?').unwrap_or((s, ""));
+    let (mut user, mut pass) = (None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("user", v)) => user = Some(v.to_string()),
+            Some(("pass", v)) => pass = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    (name, user, pass)
+}
+
+impl Conn {
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        let out = self.session.take_output();
+        if !out.is_empty() {
+            self.write(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        match tokio::time::timeout(self.config.write_timeout, self.socket.write_all(data)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::WriteTimeout(self.config.write_timeout)),
+        }
+    }
+
+    /// Reads once from the socket into the session. Returns false on EOF.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<bool, ConnError> {
+        let n = match tokio::time::timeout(self.config.read_timeout, self.socket.read(buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnError::ReadTimeout(self.config.read_timeout)),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.session.feed(&buf[..n])?;
+        Ok(true)
+    }
+
+    async fn run(mut self) -> Result<(), ConnError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut app = String::new();
+        let mut tc_url = String::new();
+        let shutdown = self.shutdown.clone();
+        loop {
+            let open = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.read_some(&mut buf) => r?,
+            };
+            self.flush().await?;
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    Event::Connect { app: a, tc_url: t } => {
+                        app = a;
+                        tc_url = t;
+                    }
+                    Event::Publish { name } => {
+                        return self.publish(&app, &tc_url, &name, buf).await
+                    }
+                    Event::Play { name } => return self.play(&app, &tc_url, &name, buf).await,
+                    _ => {}
+                }
+            }
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+
+    fn resolve(&self, app: &str, tc_url: &str, name: &str) -> (String, Credentials) {
+        let (name, mut user, mut pass) = split_query(name);
+        let (app, u2, p2) = split_query(app);
+        let (_, u3, p3) = split_query(tc_url);
+        user = user.or(u2).or(u3);
+        pass = pass.or(p2).or(p3);
+        let path = match (app.trim_matches('/'), name.trim_matches('/')) {
+            ("", n) => n.to_string(),
+            (a, "") => a.to_string(),
+            (a, n) => format!("{a}/{n}"),
+        };
+        (
+            path,
+            Credentials {
+                user,
+                pass,
+                ip: self.remote.ip(),
+            },
+        )
+    }
+
+    async fn refuse(&mut self, code: &str, err: PathError) -> Result<(), ConnError> {
+        tracing::warn!("{err}");
+        self.session.reject(code, &err.to_string());
+        self.flush().await?;
+        Err(ConnError::Refused(err.to_string()))
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id,
+            kind: "rtmpConn",
+            remote: Some(self.remote),
+        }
+    }
+
+    async fn publish(
+        mut self,
+        app: &str,
+        tc_url: &str,
+        name: &str,
+        mut buf: Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let (path, creds) = self.resolve(app, tc_url, name);
+        let publisher = match self
+            .paths
+            .authorize(&path, Action::Publish, &creds)
+            .and_then(|_| self.paths.publish(&path, self.info()))
+        {
+            Ok(p) => p,
+            Err(e) => return self.refuse("NetStream.Publish.BadName", e).await,
+        };
+        tracing::info!(path, "is publishing");
+        self.session.accept_publish();
+        self.flush().await?;
+        let kicked = publisher.kicked();
+        let mut ingest = Ingest::new(publisher);
+        let shutdown = self.shutdown.clone();
+        loop {
+            let open = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = kicked.cancelled() => return Err(ConnError::Refused("replaced by another publisher, or kicked".into())),
+                r = self.read_some(&mut buf) => r?,
+            };
+            self.flush().await?;
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    Event::Media {
+                        type_id,
+                        timestamp,
+                        payload,
+                    } => ingest.on_message(type_id, timestamp, payload)?,
+                    Event::Stop => return Ok(()),
+                    _ => {}
+                }
+            }
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn play(
+        mut self,
+        app: &str,
+        tc_url: &str,
+        name: &str,
+        mut buf: Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let (path, creds) = self.resolve(app, tc_url, name);
+        let reader = match self
+            .paths
+            .authorize(&path, Action::Read, &creds)
+            .and_then(|_| self.paths.read(&path, self.info()))
+        {
+            Ok(r) => r,
+            Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
+        };
+        tracing::info!(path, "is reading");
+        let source = reader.stream().clone();
+        let mux = source.extension(|| RtmpMux::start(source.clone()));
+        let mut chunks = mux.chunks.subscribe();
+        let desc = source.desc();
+        self.session.accept_play();
+        let mut head = self.session.take_output();
+        start_of_stream(&desc, &mut head);
+        self.write(&head).await?;
+        reader.add_bytes_sent(head.len() as u64);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                f = chunks.recv() => match f {
+                    Ok(frame) => {
+                        self.write(&frame.data).await?;
+                        reader.add_bytes_sent(frame.data.len() as u64);
+                    }
+                    Err(_) => {
+                        self.session.end_of_stream();
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                },
+                r = read_bounded(&mut self.socket, &mut buf) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.session.feed(&buf[..n])?;
+                    self.flush().await?;
+                    while let Some(ev) = self.session.poll_event() {
+                        if ev == Event::Stop {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A player may send nothing for a long time (only acknowledgements): no read timeout here.
+async fn read_bounded(socket: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    socket.read(buf).await
+}
+
+/// onMetaData and the sequence headers a player needs before the first frame.
+fn start_of_stream(desc: &StreamDesc, out: &mut BytesMut) {
+    let mut meta: Vec<(&str, Amf0)> = Vec::new();
+    for t in &desc.tracks {
+        match &t.params {
+            CodecParams::H264 { sps, .. } => {
+                meta.push(("videocodecid", Amf0::Number(7.0)));
+                if let Ok(i) = tidegate_codec::h264::parse_sps(sps) {
+                    meta.push(("width", Amf0::Number(f64::from(i.width))));
+                    meta.push(("height", Amf0::Number(f64::from(i.height))));
+                }
+            }
+            CodecParams::H265 { sps, .. } => {
+                meta.push((
+                    "videocodecid",
+                    Amf0::Number(f64::from(u32::from_be_bytes(*b"hvc1"))),
+                ));
+                if let Ok(i) = tidegate_codec::h265::parse_sps(sps) {
+                    meta.push(("width", Amf0::Number(f64::from(i.width))));
+                    meta.push(("height", Amf0::Number(f64::from(i.height))));
+                }
+            }
+            CodecParams::Aac { .. } => meta.push(("audiocodecid", Amf0::Number(10.0))),
+            CodecParams::Opus { .. } => meta.push((
+                "audiocodecid",
+                Amf0::Number(f64::from(u32::from_be_bytes(*b"Opus"))),
+            )),
+            _ => {}
+        }
+    }
+    let props = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let body = encode_all(&[Amf0::string("onMetaData"), Amf0::EcmaArray(props)]);
+    write_message(
+        out,
+        CSID_DATA,
+        0,
+        MSG_DATA_AMF0,
+        MEDIA_STREAM_ID,
+        &body,
+        OUT_CHUNK_SIZE,
+    );
+    for t in &desc.tracks {
+        if let Some(seq) = flv::sequence_header(&t.params) {
+            let (csid, type_id) = if t.codec().is_video() {
+                (crate::session::CSID_VIDEO, MSG_VIDEO)
+            } else {
+                (crate::session::CSID_AUDIO, MSG_AUDIO)
+            };
+            write_message(out, csid, 0, type_id, MEDIA_STREAM_ID, &seq, OUT_CHUNK_SIZE);
+        }
+    }
+}
+
+/// Frames held back until the tracks are known (both sequence headers, or the metadata says
+/// a track is absent). Bounded: past this the stream starts with what it has.
+const MAX_PENDING: usize = 256;
+
+/// Turns a publisher's RTMP messages into frames of the packet model.
+struct Ingest {
+    publisher: Publisher,
+    stream: Option<Arc<tidegate_core::Stream>>,
+    video: VideoState,
+    audio: AudioState,
+    expect_video: bool,
+    expect_audio: bool,
+    pending: Vec<Frame>,
+    /// Timestamp unwrapping (RTMP timestamps are 32-bit ms).
+    last_ts: [Option<u32>; 2],
+    wraps: [i64; 2],
+    changed: [Option<CodecParams>; 2],
+    started_at: Instant,
+}
+
+impl Ingest {
+    fn new(publisher: Publisher) -> Ingest {
+        Ingest {
+            publisher,
+            stream: None,
+            video: VideoState::default(),
+            audio: AudioState::default(),
+            expect_video: true,
+            expect_audio: true,
+            pending: Vec::new(),
+            last_ts: [None, None],
+            wraps: [0, 0],
+            changed: [None, None],
+            started_at: Instant::now(),
+        }
+    }
+
+    fn unwrap_ts(&mut self, i: usize, ts: u32) -> i64 {
+        if let Some(last) = self.last_ts[i] {
+            // A jump back of more than half the range is a wrap, not a reorder.
+            if ts < last && last - ts > 0x8000_0000 {
+                self.wraps[i] += 1 << 32;
+            }
+        }
+        self.last_ts[i] = Some(ts);
+        self.wraps[i] + i64::from(ts)
+    }
+
+    fn on_message(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), ConnError> {
+        match type_id {
+            MSG_DATA_AMF0 => {
+                self.on_metadata(&payload);
+                return Ok(());
+            }
+            MSG_VIDEO | MSG_AUDIO => {}
+            _ => return Ok(()),
+        }
+        let video = type_id == MSG_VIDEO;
+        let i = usize::from(!video);
+        let ts = self.unwrap_ts(i, timestamp);
+        let parsed = if video {
+            self.video.parse(ts, &payload)
+        } else {
+            self.audio.parse(ts, &payload)
+        };
+        let parsed = match parsed {
+            Ok(p) => p,
+            // A frame before its sequence header: drop it (encoders do this at start).
+            Err(flv::FlvError::NoSequenceHeader) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match parsed {
+            Parsed::Params(p) => {
+                if self.stream.is_some() {
+                    self.changed[i] = Some(p);
+                }
+            }
+            Parsed::Frame {
+                dts_ms,
+                cts_ms,
+                keyframe,
+                data,
+            } => {
+                let (track, clock) = if video {
+                    (VIDEO_TRACK, VIDEO_CLOCK)
+                } else {
+                    (AUDIO_TRACK, self.audio.clock_rate())
+                };
+                let params = self.changed[i].take().map(Arc::new);
+                let frame = flv::to_frame(track, clock, dts_ms, cts_ms, keyframe, data, params);
+                match &self.stream {
+                    Some(s) => s.write(frame),
+                    None => {
+                        self.pending.push(frame);
+                        self.maybe_start();
+                    }
+                }
+            }
+            Parsed::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn on_metadata(&mut self, payload: &[u8]) {
+        let Ok(values) = decode_all(payload) else {
+            return;
+        };
+        let mut it = values.iter();
+        let mut first = it.next();
+        if first.and_then(Amf0::as_str) == Some("@setDataFrame") {
+            first = it.next();
+        }
+        if first.and_then(Amf0::as_str) != Some("onMetaData") {
+            return;
+        }
+        if let Some(meta) = it.next() {
+            // Only a metadata that lists codecs tells us a track is absent.
+            let has_codecs =
+                meta.get("videocodecid").is_some() || meta.get("audiocodecid").is_some();
+            if has_codecs {
+                self.expect_video = meta.get("videocodecid").is_some();
+                self.expect_audio = meta.get("audiocodecid").is_some();
+            }
+        }
+    }
+
+    fn maybe_start(&mut self) {
+        let have_video = self.video.params().is_some();
+        let have_audio = self.audio.params().is_some();
+        let ready = (have_video || !self.expect_video) && (have_audio || !self.expect_audio);
+        let overdue = self.pending.len() >= MAX_PENDING
+            || (self.started_at.elapsed() > Duration::from_secs(5) && (have_video || have_audio));
+        if !(ready || overdue) {
+            return;
+        }
+        let mut tracks = Vec::new();
+        if let Some(p) = self.video.params() {
+            tracks.push(Track {
+                id: VIDEO_TRACK,
+                params: p.clone(),
+                clock_rate: VIDEO_CLOCK,
+            });
+        }
+        if let Some(p) = self.audio.params() {
+            tracks.push(Track {
+                id: AUDIO_TRACK,
+                params: p.clone(),
+                clock_rate: self.audio.clock_rate(),
+            });
+        }
+        let desc = StreamDesc { tracks };
+        tracing::info!(tracks = ?desc.codec_names(), "publishing");
+        let stream = self.publisher.start(desc);
+        for f in self.pending.drain(..) {
+            let known = stream.desc().track(f.track).is_some();
+            if known {
+                stream.write(f);
+            }
+        }
+        self.stream = Some(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_credentials() {
+        assert_eq!(
+            split_query("stream?user=a&pass=b&x=1"),
+            ("stream", Some("a".into()), Some("b".into()))
+        );
+        assert_eq!(split_query("stream"), ("stream", None, None));
+    }
+}

@@ -1,0 +1,109 @@
+//! Running third-party peers as child processes that are always killed when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::peer;
+
+/// A peer process; killed on drop so a failing test leaves nothing behind.
+pub struct PeerProcess {
+    child: Option<Child>,
+    name: String,
+    stderr_path: std::path::PathBuf,
+}
+
+impl PeerProcess {
+    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> PeerProcess {
+        let stderr_path = log_dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).expect("peer log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        PeerProcess {
+            child: Some(child),
+            name: name.to_string(),
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, at most `limit`; panics with its log otherwise.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("not waited yet");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!(
+                    "{} did not exit within {limit:?}; its log:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: the peer vanishes without closing anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// ffmpeg arguments for the synthetic source: testsrc2 at `size`, 30 fps, a 1 kHz sine,
+/// H.264 baseline (1 s GOP) + AAC-LC 48 kHz stereo, in real time for `seconds`.
+pub fn synthetic_source(seconds: u32, size: &str) -> Vec<String> {
+    let args = format!(
+        "-hide_banner -loglevel error -nostdin -re \
+         -f lavfi -i testsrc2=size={size}:rate=30 -f lavfi -i sine=frequency=1000:sample_rate=48000 \
+         -t {seconds} -map 0:v -map 1:a \
+         -c:v libx264 -preset ultrafast -tune zerolatency -profile:v baseline -pix_fmt yuv420p \
+         -g 30 -keyint_min 30 -sc_threshold 0 -b:v 1000k -maxrate 1000k -bufsize 500k \
+         -c:a aac -b:a 128k -ac 2 -ar 48000"
+    );
+    args.split_whitespace().map(str::to_string).collect()
+}
+
+/// ffmpeg publishing the synthetic source to `url` in `format` (flv, mpegts, rtsp, ...).
+pub fn ffmpeg_publish(url: &str, seconds: u32, format: &str, log_dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(synthetic_source(seconds, "640x360"))
+        .args(["-f", format, url]);
+    PeerProcess::spawn("ffmpeg-publish", &mut cmd, log_dir)
+}
+
+/// ffmpeg reading `url` for `seconds` into `out` (stream copy), as a process to wait on.
+pub fn ffmpeg_read(url: &str, seconds: u32, out: &Path, log_dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-i", url, "-t", &seconds.to_string(), "-c", "copy"])
+        .arg(out);
+    PeerProcess::spawn("ffmpeg-read", &mut cmd, log_dir)
+}

@@ -1,0 +1,151 @@
+//! A Tidegate server running in the test process on loopback with ephemeral ports.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tidegate::config::Config;
+use tidegate::Server;
+use tidegate_core::PathManager;
+
+pub struct TestServer {
+    runtime: tokio::runtime::Runtime,
+    server: Option<Server>,
+    paths: PathManager,
+}
+
+impl TestServer {
+    /// Starts a server with every listener on 127.0.0.1:0, plus `extra` YAML (paths, ...).
+    pub fn start(extra: &str) -> TestServer {
+        let text = format!(
+            "apiAddress: 127.0.0.1:0\nmetricsAddress: 127.0.0.1:0\nrtmpAddress: 127.0.0.1:0\n\
+             rtmpsAddress: 127.0.0.1:0\nrtspAddress: 127.0.0.1:0\nhlsAddress: 127.0.0.1:0\n\
+             webrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:0\nsrtAddress: 127.0.0.1:0\n{extra}"
+        );
+        let config = Config::load(Some(("test.yml", &text)), Vec::new())
+            .unwrap_or_else(|e| panic!("test configuration: {e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .block_on(Server::start(config))
+            .unwrap_or_else(|e| panic!("server start: {e}"));
+        let paths = server.paths().clone();
+        TestServer {
+            runtime,
+            server: Some(server),
+            paths,
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn rtmp_addr(&self) -> SocketAddr {
+        self.server().rtmp_addr().expect("RTMP enabled")
+    }
+
+    pub fn rtmp_url(&self, path: &str) -> String {
+        format!("rtmp://{}/{path}", self.rtmp_addr())
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.server().api_addr().expect("API enabled")
+    }
+
+    pub fn paths(&self) -> &PathManager {
+        &self.paths
+    }
+
+    /// Waits (bounded) until `path` has a ready publisher. Event driven, no polling sleeps.
+    pub fn wait_ready(&self, path: &str, limit: Duration) {
+        self.wait_for(path, limit, true);
+    }
+
+    /// Waits (bounded) until `path` has no ready publisher.
+    pub fn wait_not_ready(&self, path: &str, limit: Duration) {
+        self.wait_for(path, limit, false);
+    }
+
+    fn wait_for(&self, path: &str, limit: Duration, ready: bool) {
+        let what = if ready { "ready" } else { "not ready" };
+        self.wait_until(path, limit, what, |p| p.is_some_and(|p| p.ready) == ready);
+    }
+
+    /// Reads `path` in the test itself until `n` more frames of its key track (video) have
+    /// gone through the server: "the publisher has been sending for a while", as an event.
+    pub fn wait_frames(&self, path: &str, n: usize, limit: Duration) {
+        let session = tidegate_core::SessionInfo {
+            id: self.paths.new_session_id(),
+            kind: "testReader",
+            remote: None,
+        };
+        let mut reader = self
+            .paths
+            .read(path, session)
+            .unwrap_or_else(|e| panic!("test reader on '{path}': {e}"));
+        let key = reader.stream().key_track();
+        let counted = self.runtime.block_on(async {
+            tokio::time::timeout(limit, async {
+                let mut seen = 0;
+                while seen < n {
+                    match reader.recv().await {
+                        Ok(f) if Some(f.track) == key => seen += 1,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                seen
+            })
+            .await
+        });
+        match counted {
+            Ok(seen) if seen >= n => {}
+            Ok(seen) => panic!("'{path}' ended after {seen} of {n} frames"),
+            Err(_) => panic!("'{path}' did not carry {n} frames within {limit:?}"),
+        }
+    }
+
+    /// Waits (bounded) until `path` has at least `n` readers.
+    pub fn wait_readers(&self, path: &str, n: usize, limit: Duration) {
+        self.wait_until(path, limit, &format!("read by {n}"), |p| {
+            p.is_some_and(|p| p.readers.len() >= n)
+        });
+    }
+
+    /// Waits for a path condition, re-checking on every path event.
+    fn wait_until(
+        &self,
+        path: &str,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(Option<&tidegate_core::PathInfo>) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        let mut events = self.paths.events();
+        loop {
+            if cond(self.paths.get(path).as_ref()) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = self
+                .runtime
+                .block_on(async { tokio::time::timeout(left, events.recv()).await });
+            if got.is_err() {
+                panic!("path '{path}' did not become {what} within {limit:?}");
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! RTMP against real peers: ffmpeg, GStreamer (rtmp2sink / rtmp2src) and ffmpeg 9 (Enhanced
+//! RTMP HEVC). Assertions are on the media that comes out.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, synthetic_source, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, scratch, Probe};
+
+const READY: Duration = Duration::from_secs(15);
+
+fn probe_file(path: &std::path::Path) -> Probe {
+    ffprobe(path.to_str().unwrap(), &[], Duration::from_secs(30))
+}
+
+/// Video and audio both present, right codecs and size, a frame count within one GOP (30
+/// frames) of `seconds` at 30 fps, and DTS that never go back.
+fn assert_media(p: &Probe, video: &str, audio: &str, seconds: u32) {
+    assert_eq!(p.codec("video").as_deref(), Some(video), "{:#?}", p.streams);
+    assert_eq!(p.codec("audio").as_deref(), Some(audio), "{:#?}", p.streams);
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    let frames = p.packets_of("video").len();
+    let expected = seconds as usize * 30;
+    assert!(
+        frames + 30 >= expected && frames <= expected + 30,
+        "{frames} video frames for {seconds} s at 30 fps"
+    );
+    assert!(p.packets_of("video").iter().any(|f| f.keyframe));
+    let audio_frames = p.packets_of("audio").len();
+    // AAC at 48 kHz: 46.9 frames/s.
+    assert!(
+        audio_frames as f64 >= (f64::from(seconds) - 1.5) * 46.9,
+        "{audio_frames} audio frames"
+    );
+    assert!(p.dts_monotonic("video"), "video DTS go backwards");
+    assert!(p.dts_monotonic("audio"), "audio DTS go backwards");
+}
+
+#[test]
+fn ffmpeg_publishes_and_ffmpeg_reads_back() {
+    let dir = scratch("rtmp-ffmpeg");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/test");
+    let _publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/test", READY);
+
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 5, &out, &dir);
+    let status = reader.wait(Duration::from_secs(30));
+    assert!(status.success(), "reader failed: {}", reader.stderr());
+    let p = probe_file(&out);
+    assert_media(&p, "h264", "aac", 5);
+    let first = p.packets_of("video")[0];
+    assert!(first.keyframe, "a reader's first video frame is a keyframe");
+
+    let info = server.paths().get("live/test").unwrap();
+    assert_eq!(info.tracks, vec!["H264", "MPEG-4 Audio"]);
+    assert!(
+        info.bytes_sent > 100_000,
+        "bytesSent counted: {}",
+        info.bytes_sent
+    );
+}
+
+#[test]
+fn gstreamer_publishes_and_ffmpeg_reads() {
+    let dir = scratch("rtmp-gst-publish");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/gst");
+    let pipeline = format!(
+        "videotestsrc is-live=true num-buffers=900 ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
+         ! flvmux streamable=true name=m ! rtmp2sink location={url} \
+         audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac ! aacparse ! m."
+    );
+    let mut cmd = Command::new(peer("gst-launch-1.0"));
+    cmd.arg("-q").args(pipeline.split_whitespace());
+    let _gst = PeerProcess::spawn("gst-rtmp2sink", &mut cmd, &dir);
+    server.wait_ready("live/gst", READY);
+
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+}
+
+#[test]
+fn ffmpeg_publishes_and_gstreamer_reads() {
+    let dir = scratch("rtmp-gst-read");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/forgst");
+    let _publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/forgst", READY);
+
+    let out = dir.join("gst.mp4");
+    // Five seconds of reading, then SIGINT: with -e, gst-launch sends EOS so mp4mux finishes
+    // the file (PEERS.md: always bound gst-launch with a kill-after).
+    let pipeline = format!(
+        "rtmp2src location={url} ! flvdemux name=d \
+         d.video ! queue ! h264parse ! mp4mux name=mx ! filesink location={} \
+         d.audio ! queue ! aacparse ! mx.",
+        out.display()
+    );
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "INT", "-k", "5", "5"])
+        .arg(peer("gst-launch-1.0"))
+        .args(["-q", "-e"])
+        .args(pipeline.split_whitespace());
+    let mut gst = PeerProcess::spawn("gst-rtmp2src", &mut cmd, &dir);
+    gst.wait(Duration::from_secs(20));
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+}
+
+#[test]
+fn hevc_over_enhanced_rtmp() {
+    let dir = scratch("rtmp-hevc");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/hevc");
+    let mut cmd = Command::new(peer("ffmpeg9"));
+    let mut args = synthetic_source(30, "640x360");
+    // Replace the H.264 encoder settings with HEVC.
+    let at = args.iter().position(|a| a == "libx264").unwrap();
+    args[at] = "libx265".into();
+    let profile = args.iter().position(|a| a == "-profile:v").unwrap();
+    args.drain(profile..profile + 2);
+    let tune = args.iter().position(|a| a == "-tune").unwrap();
+    args.drain(tune..tune + 2);
+    cmd.args(args)
+        .args(["-x265-params", "log-level=none:bframes=0"])
+        .args(["-f", "flv", &url]);
+    let _publisher = PeerProcess::spawn("ffmpeg9-hevc", &mut cmd, &dir);
+    server.wait_ready("live/hevc", READY);
+    assert_eq!(
+        server.paths().get("live/hevc").unwrap().tracks,
+        vec!["H265", "MPEG-4 Audio"]
+    );
+
+    let out = dir.join("read.mkv");
+    let mut cmd = Command::new(peer("ffmpeg9"));
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-i",
+        &url,
+    ])
+    .args(["-t", "5", "-c", "copy"])
+    .arg(&out);
+    let mut reader = PeerProcess::spawn("ffmpeg9-read", &mut cmd, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "hevc", "aac", 5);
+}
+
+#[test]
+fn credentials_are_checked() {
+    let dir = scratch("rtmp-auth");
+    let server = TestServer::start(
+        "paths:\n  live/secure:\n    publishUser: alice\n    publishPass: s3cret\n    readUser: bob\n    readPass: pw\n",
+    );
+    let base = server.rtmp_url("live/secure");
+
+    let mut wrong = ffmpeg_publish(&format!("{base}?user=alice&pass=nope"), 10, "flv", &dir);
+    let status = wrong.wait(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "a publisher with a wrong password is refused"
+    );
+    assert!(server.paths().get("live/secure").is_none_or(|p| !p.ready));
+
+    let _good = ffmpeg_publish(&format!("{base}?user=alice&pass=s3cret"), 30, "flv", &dir);
+    server.wait_ready("live/secure", READY);
+
+    let out = dir.join("anon.mkv");
+    let mut anon = ffmpeg_read(&base, 3, &out, &dir);
+    assert!(
+        !anon.wait(Duration::from_secs(20)).success(),
+        "a reader without credentials is refused"
+    );
+
+    let out = dir.join("bob.mkv");
+    let mut bob = ffmpeg_read(&format!("{base}?user=bob&pass=pw"), 3, &out, &dir);
+    assert!(
+        bob.wait(Duration::from_secs(20)).success(),
+        "{}",
+        bob.stderr()
+    );
+    assert!(probe_file(&out).packets_of("video").len() >= 60);
+}
+
+#[test]
+fn a_second_publisher_is_refused_and_the_first_carries_on() {
+    let dir = scratch("rtmp-busy");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/busy");
+    let _first = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/busy", READY);
+    let owner = server.paths().get("live/busy").unwrap().source;
+
+    let mut second = ffmpeg_publish(&url, 10, "flv", &dir);
+    assert!(
+        !second.wait(Duration::from_secs(20)).success(),
+        "second publisher refused"
+    );
+    assert_eq!(
+        server.paths().get("live/busy").unwrap().source,
+        owner,
+        "the first keeps the path"
+    );
+
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 3, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(20)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert!(probe_file(&out).packets_of("video").len() >= 60);
+}
+
+#[test]
+fn a_vanishing_publisher_ends_readers_and_frees_the_path() {
+    let dir = scratch("rtmp-kill");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/kill");
+    let mut publisher = ffmpeg_publish(&url, 60, "flv", &dir);
+    server.wait_ready("live/kill", READY);
+    // A full GOP in the cache, then the reader joins and at least one more second goes by.
+    server.wait_frames("live/kill", 35, READY);
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 50, &out, &dir);
+    server.wait_readers("live/kill", 1, READY);
+    server.wait_frames("live/kill", 30, READY);
+    publisher.kill9();
+    server.wait_not_ready("live/kill", Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    reader.wait(Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the reader ended {took:?} after the publisher died"
+    );
+    // The reader got at least the GOP it started on (1 s of frames).
+    assert!(probe_file(&out).packets_of("video").len() >= 25);
+
+    let _again = ffmpeg_publish(&url, 20, "flv", &dir);
+    server.wait_ready("live/kill", READY);
+}
