@@ -88,7 +88,10 @@ fn starts_serves_and_stops_on_sigterm() {
     let cfg = write_config(
         "ok.yml",
         &format!(
-            "apiAddress: 127.0.0.1:{api}\nmetricsAddress: 127.0.0.1:{metrics}\nlogFormat: json\n"
+            "apiAddress: 127.0.0.1:{api}\nmetricsAddress: 127.0.0.1:{metrics}\nlogFormat: json\n\
+             rtmpAddress: 127.0.0.1:0\nrtmpsAddress: 127.0.0.1:0\nrtspAddress: 127.0.0.1:0\n\
+             hlsAddress: 127.0.0.1:0\nwebrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
+             srtAddress: 127.0.0.1:0\n"
         ),
     );
     let mut child = Command::new(BIN)
@@ -109,7 +112,7 @@ fn starts_serves_and_stops_on_sigterm() {
     });
     let mut lines = Vec::new();
     let mut opened = 0;
-    while opened < 2 {
+    while opened < 3 {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("listeners open within 10 s; log so far: {lines:#?}"));
