@@ -4,6 +4,7 @@
 //! A missing peer is a test failure with instructions, never a skip: `cargo xtask test`
 //! installs them all.
 
+pub mod http;
 pub mod peers;
 pub mod server;
 
@@ -40,6 +41,18 @@ pub fn peer(name: &str) -> PathBuf {
     panic!(
         "test peer '{name}' is missing: run `cargo xtask test` (or `cargo xtask peers`), which installs every peer"
     );
+}
+
+/// A self-signed certificate for 127.0.0.1/localhost, written as `key.pem` and `cert.pem`
+/// into `dir`. Returns (key path, cert path).
+pub fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("rcgen");
+    let key = dir.join("key.pem");
+    let crt = dir.join("cert.pem");
+    std::fs::write(&key, cert.signing_key.serialize_pem()).expect("write key");
+    std::fs::write(&crt, cert.cert.pem()).expect("write cert");
+    (key, crt)
 }
 
 /// A scratch directory for one test, removed and recreated.

@@ -51,8 +51,17 @@ impl TestServer {
         format!("rtmp://{}/{path}", self.rtmp_addr())
     }
 
+    pub fn rtmps_url(&self, path: &str) -> String {
+        let addr = self.server().rtmps_addr().expect("RTMPS enabled");
+        format!("rtmps://{addr}/{path}")
+    }
+
     pub fn api_addr(&self) -> SocketAddr {
         self.server().api_addr().expect("API enabled")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.server().metrics_addr().expect("metrics enabled")
     }
 
     pub fn paths(&self) -> &PathManager {

@@ -258,3 +258,68 @@ fn a_vanishing_publisher_ends_readers_and_frees_the_path() {
     let _again = ffmpeg_publish(&url, 20, "flv", &dir);
     server.wait_ready("live/kill", READY);
 }
+
+#[test]
+fn rtmps_publish_and_read_and_the_connection_api() {
+    let dir = scratch("rtmps");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
+    let server = TestServer::start(&format!(
+        "rtmpEncryption: optional\nrtmpServerKey: {}\nrtmpServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    let url = server.rtmps_url("live/tls");
+    let mut publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/tls", READY);
+
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+
+    // optional: the same stream is readable over plain RTMP too.
+    let out = dir.join("plain.mkv");
+    let mut plain = ffmpeg_read(&server.rtmp_url("live/tls"), 3, &out, &dir);
+    assert!(
+        plain.wait(Duration::from_secs(30)).success(),
+        "{}",
+        plain.stderr()
+    );
+    assert!(probe_file(&out).packets_of("video").len() >= 60);
+
+    // The API lists the publisher on rtmpsconns, and a kick ends it.
+    let api = server.api_addr();
+    let list = tidegate_tests::http::get_json(api, "/v3/rtmpsconns/list");
+    let items = list["items"].as_array().unwrap();
+    let conn = items
+        .iter()
+        .find(|c| c["state"] == "publish")
+        .expect("the publisher");
+    assert_eq!(conn["path"], "live/tls");
+    assert!(conn["bytesReceived"].as_u64().unwrap() > 100_000);
+    assert!(conn["remoteAddr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let id = conn["id"].as_str().unwrap();
+    let one = tidegate_tests::http::get_json(api, &format!("/v3/rtmpsconns/get/{id}"));
+    assert_eq!(one["state"], "publish");
+    assert_eq!(
+        tidegate_tests::http::get_json(api, "/v3/rtmpconns/list")["itemCount"],
+        0
+    );
+    let (status, _) =
+        tidegate_tests::http::request(api, "POST", &format!("/v3/rtmpsconns/kick/{id}"));
+    assert_eq!(status, 200);
+    server.wait_not_ready("live/tls", Duration::from_secs(10));
+    assert!(
+        !publisher.wait(Duration::from_secs(20)).success(),
+        "a kicked publisher ends"
+    );
+    let (status, _) = tidegate_tests::http::request(api, "GET", "/v3/rtmpsconns/get/999999");
+    assert_eq!(status, 404);
+}

@@ -18,6 +18,8 @@ pub mod registry;
 pub mod stream;
 
 pub use auth::{Action, AuthError, Credentials};
+/// Re-exported so that protocol crates and tests share one `Bytes`.
+pub use bytes::Bytes;
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
 pub use path::{PathConf, PathMatch, PathMatcher, PathNameError};
 pub use registry::{

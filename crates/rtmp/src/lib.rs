@@ -3,10 +3,13 @@
 
 pub mod amf0;
 pub mod chunk;
+pub mod conns;
 pub mod flv;
 pub mod handshake;
 mod mux;
 mod server;
 pub mod session;
 
-pub use server::{serve, RtmpConfig};
+pub use conns::{ConnInfo, ConnRegistry, ConnState};
+pub use server::{serve, RtmpConfig, RtmpListener};
+pub use tokio_rustls::TlsAcceptor;

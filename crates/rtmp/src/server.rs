@@ -10,14 +10,16 @@ use tidegate_core::{
     Action, CodecParams, Credentials, Frame, PathError, PathManager, Publisher, SessionInfo,
     StreamDesc, Track,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::amf0::{decode_all, encode_all, Amf0};
 use crate::chunk::write_message;
+use crate::conns::{ConnGuard, ConnRegistry, ConnState};
 use crate::flv::{self, AudioState, Parsed, VideoState, AUDIO_TRACK, VIDEO_CLOCK, VIDEO_TRACK};
 use crate::mux::RtmpMux;
 use crate::session::{
@@ -31,18 +33,30 @@ pub struct RtmpConfig {
     pub write_timeout: Duration,
 }
 
+/// One listener: plain RTMP, or RTMPS when `tls` is set.
+pub struct RtmpListener {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub conns: Arc<ConnRegistry>,
+}
+
 /// Accepts RTMP connections until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    l: RtmpListener,
     paths: PathManager,
     config: RtmpConfig,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let kind = if l.tls.is_some() {
+        "rtmpsConn"
+    } else {
+        "rtmpConn"
+    };
     loop {
         let (socket, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
+            r = l.listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("RTMP accept failed: {e}");
@@ -52,20 +66,36 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let id = paths.new_session_id();
-        let span = tracing::info_span!("rtmp", conn = id, remote = %remote);
-        let conn = Conn {
-            socket,
-            remote,
-            id,
-            paths: paths.clone(),
-            config: config.clone(),
-            session: ServerSession::new(0),
-            shutdown: shutdown.clone(),
-        };
+        let span = tracing::info_span!("rtmp", conn = id, remote = %remote, tls = l.tls.is_some());
+        let guard = l.conns.add(id, remote);
+        let paths = paths.clone();
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        let tls = l.tls.clone();
         tasks.spawn(
             async move {
                 tracing::debug!("connection opened");
-                match conn.run().await {
+                let result = match tls {
+                    None => {
+                        Conn::new(socket, remote, id, kind, paths, config, shutdown, guard)
+                            .run()
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(config.read_timeout, acceptor.accept(socket))
+                            .await
+                        {
+                            Ok(Ok(tls)) => {
+                                Conn::new(tls, remote, id, kind, paths, config, shutdown, guard)
+                                    .run()
+                                    .await
+                            }
+                            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+                            Err(_) => Err(ConnError::Tls("handshake timed out".into())),
+                        }
+                    }
+                };
+                match result {
                     Ok(()) => tracing::info!("connection closed"),
                     Err(e) => tracing::info!("connection closed: {e}"),
                 }
@@ -89,16 +119,26 @@ enum ConnError {
     Refused(String),
     #[error("{0}")]
     Media(#[from] flv::FlvError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("kicked")]
+    Kicked,
 }
 
-struct Conn {
-    socket: TcpStream,
+struct Conn<S> {
+    socket: S,
     remote: SocketAddr,
     id: u64,
+    kind: &'static str,
     paths: PathManager,
     config: RtmpConfig,
     session: ServerSession,
     shutdown: CancellationToken,
+    guard: ConnGuard,
+}
+
+fn query_of(name: &str) -> &str {
+    name.split_once('?').map_or("", |(_, q)| q)
 }
 
 /// Splits `name?query` and reads `user` / `pass` from the query.
@@ -115,7 +155,42 @@ fn split_query(s: &str) -> (&str, Option<String>, Option<String>) {
     (name, user, pass)
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        socket: S,
+        remote: SocketAddr,
+        id: u64,
+        kind: &'static str,
+        paths: PathManager,
+        config: RtmpConfig,
+        shutdown: CancellationToken,
+        guard: ConnGuard,
+    ) -> Conn<S> {
+        Conn {
+            socket,
+            remote,
+            id,
+            kind,
+            paths,
+            config,
+            session: ServerSession::new(0),
+            shutdown,
+            guard,
+        }
+    }
+
+    /// Resolves when the server shuts down (Ok) or the API kicks this connection (Err).
+    async fn stopped(
+        shutdown: CancellationToken,
+        kick: CancellationToken,
+    ) -> Result<(), ConnError> {
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            _ = kick.cancelled() => Err(ConnError::Kicked),
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), ConnError> {
         let out = self.session.take_output();
         if !out.is_empty() {
@@ -126,7 +201,14 @@ impl Conn {
 
     async fn write(&mut self, data: &[u8]) -> Result<(), ConnError> {
         match tokio::time::timeout(self.config.write_timeout, self.socket.write_all(data)).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => {
+                r?;
+                self.guard
+                    .counters
+                    .sent
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
             Err(_) => Err(ConnError::WriteTimeout(self.config.write_timeout)),
         }
     }
@@ -140,18 +222,26 @@ impl Conn {
         if n == 0 {
             return Ok(false);
         }
+        self.received(n);
         self.session.feed(&buf[..n])?;
         Ok(true)
+    }
+
+    fn received(&self, n: usize) {
+        self.guard
+            .counters
+            .received
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn run(mut self) -> Result<(), ConnError> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut app = String::new();
         let mut tc_url = String::new();
-        let shutdown = self.shutdown.clone();
+        let (shutdown, kick) = (self.shutdown.clone(), self.guard.kick.clone());
         loop {
             let open = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                r = Self::stopped(shutdown.clone(), kick.clone()) => return r,
                 r = self.read_some(&mut buf) => r?,
             };
             self.flush().await?;
@@ -205,7 +295,7 @@ impl Conn {
     fn info(&self) -> SessionInfo {
         SessionInfo {
             id: self.id,
-            kind: "rtmpConn",
+            kind: self.kind,
             remote: Some(self.remote),
         }
     }
@@ -227,14 +317,15 @@ impl Conn {
             Err(e) => return self.refuse("NetStream.Publish.BadName", e).await,
         };
         tracing::info!(path, "is publishing");
+        self.guard.set(ConnState::Publish, &path, query_of(name));
         self.session.accept_publish();
         self.flush().await?;
         let kicked = publisher.kicked();
         let mut ingest = Ingest::new(publisher);
-        let shutdown = self.shutdown.clone();
+        let (shutdown, kick) = (self.shutdown.clone(), self.guard.kick.clone());
         loop {
             let open = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                r = Self::stopped(shutdown.clone(), kick.clone()) => return r,
                 _ = kicked.cancelled() => return Err(ConnError::Refused("replaced by another publisher, or kicked".into())),
                 r = self.read_some(&mut buf) => r?,
             };
@@ -273,6 +364,7 @@ impl Conn {
             Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
         };
         tracing::info!(path, "is reading");
+        self.guard.set(ConnState::Read, &path, query_of(name));
         let source = reader.stream().clone();
         let mux = source.extension(|| RtmpMux::start(source.clone()));
         let mut chunks = mux.chunks.subscribe();
@@ -284,7 +376,7 @@ impl Conn {
         reader.add_bytes_sent(head.len() as u64);
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
+                r = Self::stopped(self.shutdown.clone(), self.guard.kick.clone()) => return r,
                 f = chunks.recv() => match f {
                     Ok(frame) => {
                         self.write(&frame.data).await?;
@@ -301,6 +393,7 @@ impl Conn {
                     if n == 0 {
                         return Ok(());
                     }
+                    self.received(n);
                     self.session.feed(&buf[..n])?;
                     self.flush().await?;
                     while let Some(ev) = self.session.poll_event() {
@@ -314,8 +407,12 @@ impl Conn {
     }
 }
 
-/// A player may send nothing for a long time (only acknowledgements): no read timeout here.
-async fn read_bounded(socket: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+/// A player may send nothing for a long time (only acknowledgements): no read timeout here;
+/// a dead player is caught by the write timeout.
+async fn read_bounded<S: AsyncRead + Unpin>(
+    socket: &mut S,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     socket.read(buf).await
 }
 

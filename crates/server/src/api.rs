@@ -1,21 +1,43 @@
 //! The control API (`/v3/...`), with MediaMTX's routes and JSON shapes so its tooling works.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tidegate_core::{PathInfo, PathManager};
+use tidegate_rtmp::{ConnInfo, ConnRegistry};
 
-pub fn router(paths: PathManager) -> Router {
+/// What the API reads: the path registry and each protocol's session lists.
+#[derive(Clone)]
+pub struct ApiState {
+    pub paths: PathManager,
+    pub rtmp_conns: Arc<ConnRegistry>,
+    pub rtmps_conns: Arc<ConnRegistry>,
+}
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v3/paths/list", get(paths_list))
         .route("/v3/paths/get/{*name}", get(paths_get))
+        .route("/v3/rtmpconns/list", get(|s, q| rtmp_list(s, q, false)))
+        .route("/v3/rtmpconns/get/{id}", get(|s, p| rtmp_get(s, p, false)))
+        .route(
+            "/v3/rtmpconns/kick/{id}",
+            post(|s, p| rtmp_kick(s, p, false)),
+        )
+        .route("/v3/rtmpsconns/list", get(|s, q| rtmp_list(s, q, true)))
+        .route("/v3/rtmpsconns/get/{id}", get(|s, p| rtmp_get(s, p, true)))
+        .route(
+            "/v3/rtmpsconns/kick/{id}",
+            post(|s, p| rtmp_kick(s, p, true)),
+        )
         .fallback(not_found)
-        .with_state(paths)
+        .with_state(state)
 }
 
 #[derive(Serialize)]
@@ -121,20 +143,94 @@ fn error(status: StatusCode, msg: &str) -> (StatusCode, Json<ApiError>) {
 }
 
 async fn paths_list(
-    State(paths): State<PathManager>,
+    State(state): State<ApiState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let items: Vec<ApiPath> = paths.list().into_iter().map(ApiPath::from).collect();
+    let items: Vec<ApiPath> = state.paths.list().into_iter().map(ApiPath::from).collect();
     match paginate(items, &query) {
         Ok(page) => Json(page).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn paths_get(State(paths): State<PathManager>, Path(name): Path<String>) -> Response {
-    match paths.get(&name) {
+async fn paths_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.paths.get(&name) {
         Some(p) => Json(ApiPath::from(p)).into_response(),
         None => error(StatusCode::NOT_FOUND, "path not found").into_response(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiRtmpConn {
+    id: String,
+    created: String,
+    remote_addr: String,
+    state: &'static str,
+    path: String,
+    query: String,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+impl From<ConnInfo> for ApiRtmpConn {
+    fn from(c: ConnInfo) -> Self {
+        ApiRtmpConn {
+            id: c.id.to_string(),
+            created: humantime::format_rfc3339_millis(c.created).to_string(),
+            remote_addr: c.remote.to_string(),
+            state: c.state.as_str(),
+            path: c.path,
+            query: c.query,
+            bytes_received: c.bytes_received,
+            bytes_sent: c.bytes_sent,
+        }
+    }
+}
+
+fn rtmp_registry(state: &ApiState, tls: bool) -> &ConnRegistry {
+    if tls {
+        &state.rtmps_conns
+    } else {
+        &state.rtmp_conns
+    }
+}
+
+async fn rtmp_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+    tls: bool,
+) -> Response {
+    let items: Vec<ApiRtmpConn> = rtmp_registry(&state, tls)
+        .list()
+        .into_iter()
+        .map(ApiRtmpConn::from)
+        .collect();
+    match paginate(items, &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rtmp_get(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
+    let found = id
+        .parse()
+        .ok()
+        .and_then(|id| rtmp_registry(&state, tls).get(id));
+    match found {
+        Some(c) => Json(ApiRtmpConn::from(c)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "connection not found").into_response(),
+    }
+}
+
+async fn rtmp_kick(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
+    let kicked = id
+        .parse()
+        .is_ok_and(|id| rtmp_registry(&state, tls).kick(id));
+    if kicked {
+        StatusCode::OK.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "connection not found").into_response()
     }
 }
 

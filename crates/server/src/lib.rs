@@ -5,8 +5,10 @@ pub mod api;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidegate_core::{PathManager, StreamConfig};
@@ -19,6 +21,8 @@ use config::Config;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -35,6 +39,7 @@ pub struct Server {
     api_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     rtmp_addr: Option<SocketAddr>,
+    rtmps_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -60,6 +65,18 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        // TLS material is loaded before anything is bound, so a bad file stops start-up cleanly.
+        let rtmps_tls = match config.rtmp && config.rtmp_encryption != config::Encryption::No {
+            true => Some(
+                tls::acceptor(&config.rtmp_server_key, &config.rtmp_server_cert).map_err(
+                    |message| StartError::Config {
+                        key: "rtmpServerKey/rtmpServerCert",
+                        message,
+                    },
+                )?,
+            ),
+            false => None,
+        };
         let api = match config.api {
             true => Some(bind("API", config.api_address).await?),
             false => None,
@@ -73,13 +90,28 @@ impl Server {
             true => Some(bind("RTMP", config.rtmp_address).await?),
             false => None,
         };
+        let rtmps = match rtmps_tls {
+            Some(_) => Some(bind("RTMPS", config.rtmps_address).await?),
+            None => None,
+        };
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
+        let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
         let api_addr = api.as_ref().and_then(|l| l.local_addr().ok());
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
+        let rtmp_config = tidegate_rtmp::RtmpConfig {
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+        };
+        let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
+        let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         if let (Some(listener), Some(addr)) = (api, api_addr) {
             tracing::info!("[API] listener opened on {addr} (HTTP)");
-            let router = api::router(paths.clone());
+            let router = api::router(api::ApiState {
+                paths: paths.clone(),
+                rtmp_conns: rtmp_conns.clone(),
+                rtmps_conns: rtmps_conns.clone(),
+            });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
         if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
@@ -87,25 +119,27 @@ impl Server {
             let router = metrics::router(paths.clone());
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
-        if let (Some(listener), Some(addr)) = (rtmp, rtmp_addr) {
-            tracing::info!("[RTMP] listener opened on {addr} (TCP)");
-            let rtmp_config = tidegate_rtmp::RtmpConfig {
-                read_timeout: config.read_timeout,
-                write_timeout: config.write_timeout,
-            };
-            tasks.spawn(tidegate_rtmp::serve(
-                listener,
-                paths.clone(),
-                rtmp_config,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
-        }
-        if config.rtmp && config.rtmp_encryption != config::Encryption::No {
-            tracing::warn!(
-                "[RTMPS] rtmpEncryption is set, but this build has no RTMPS yet; not listening on {}",
-                config.rtmps_address
-            );
+        for (listener, addr, tls, conns, name) in [
+            (rtmp, rtmp_addr, None, &rtmp_conns, "RTMP"),
+            (rtmps, rtmps_addr, rtmps_tls, &rtmps_conns, "RTMPS"),
+        ] {
+            if let (Some(listener), Some(addr)) = (listener, addr) {
+                tracing::info!(
+                    "[{name}] listener opened on {addr} (TCP{})",
+                    if tls.is_some() { ", TLS" } else { "" }
+                );
+                tasks.spawn(tidegate_rtmp::serve(
+                    tidegate_rtmp::RtmpListener {
+                        listener,
+                        tls,
+                        conns: conns.clone(),
+                    },
+                    paths.clone(),
+                    rtmp_config.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+            }
         }
         for (enabled, name, addr) in [
             (config.rtsp, "RTSP", config.rtsp_address),
@@ -126,6 +160,7 @@ impl Server {
             api_addr,
             metrics_addr,
             rtmp_addr,
+            rtmps_addr,
         })
     }
 
@@ -144,6 +179,10 @@ impl Server {
 
     pub fn rtmp_addr(&self) -> Option<SocketAddr> {
         self.rtmp_addr
+    }
+
+    pub fn rtmps_addr(&self) -> Option<SocketAddr> {
+        self.rtmps_addr
     }
 
     /// Stops accepting, closes every session and waits (bounded) for them to finish.

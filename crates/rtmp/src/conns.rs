@@ -1,0 +1,146 @@
+//! The live RTMP connections, for the control API (`/v3/rtmpconns/...`) and kicks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Idle,
+    Read,
+    Publish,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Idle => "idle",
+            ConnState::Read => "read",
+            ConnState::Publish => "publish",
+        }
+    }
+}
+
+/// A snapshot of one connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub created: SystemTime,
+    pub remote: SocketAddr,
+    pub state: ConnState,
+    pub path: String,
+    pub query: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+struct Entry {
+    created: SystemTime,
+    remote: SocketAddr,
+    state: ConnState,
+    path: String,
+    query: String,
+    counters: Arc<Counters>,
+    kick: CancellationToken,
+}
+
+/// Byte counters a connection updates as it goes.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+}
+
+/// Connections of one listener kind (RTMP or RTMPS).
+#[derive(Default)]
+pub struct ConnRegistry {
+    conns: Mutex<BTreeMap<u64, Entry>>,
+}
+
+impl ConnRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(self: &Arc<Self>, id: u64, remote: SocketAddr) -> ConnGuard {
+        let counters = Arc::new(Counters::default());
+        let kick = CancellationToken::new();
+        self.lock().insert(
+            id,
+            Entry {
+                created: SystemTime::now(),
+                remote,
+                state: ConnState::Idle,
+                path: String::new(),
+                query: String::new(),
+                counters: counters.clone(),
+                kick: kick.clone(),
+            },
+        );
+        ConnGuard {
+            registry: self.clone(),
+            id,
+            counters,
+            kick,
+        }
+    }
+
+    pub fn list(&self) -> Vec<ConnInfo> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| ConnInfo {
+                id: *id,
+                created: e.created,
+                remote: e.remote,
+                state: e.state,
+                path: e.path.clone(),
+                query: e.query.clone(),
+                bytes_received: e.counters.received.load(Ordering::Relaxed),
+                bytes_sent: e.counters.sent.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<ConnInfo> {
+        self.list().into_iter().find(|c| c.id == id)
+    }
+
+    /// Closes a connection. Returns whether it existed.
+    pub fn kick(&self, id: u64) -> bool {
+        match self.lock().get(&id) {
+            Some(e) => {
+                e.kick.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's entry; removed when dropped.
+pub(crate) struct ConnGuard {
+    registry: Arc<ConnRegistry>,
+    id: u64,
+    pub counters: Arc<Counters>,
+    pub kick: CancellationToken,
+}
+
+impl ConnGuard {
+    pub fn set(&self, state: ConnState, path: &str, query: &str) {
+        if let Some(e) = self.registry.lock().get_mut(&self.id) {
+            e.state = state;
+            e.path = path.to_string();
+            e.query = query.to_string();
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
