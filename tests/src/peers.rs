@@ -107,3 +107,35 @@ pub fn ffmpeg_read(url: &str, seconds: u32, out: &Path, log_dir: &Path) -> PeerP
         .arg(out);
     PeerProcess::spawn("ffmpeg-read", &mut cmd, log_dir)
 }
+
+/// A free TCP port on 127.0.0.1 for a peer that needs its port in a config file.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// nginx with the RTMP module in the foreground, one process, listening on 127.0.0.1:`port`
+/// with a `live` application. Returns the process; its files live in `dir`.
+pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\n\
+         load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+         events {{ worker_connections 4096; }}\n\
+         rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+           application live {{ live on; record off; }} }} }}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let mut cmd = Command::new(peer("nginx"));
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("nginx-stderr.log"));
+    PeerProcess::spawn("nginx", &mut cmd, dir)
+}

@@ -323,3 +323,107 @@ fn rtmps_publish_and_read_and_the_connection_api() {
     let (status, _) = tidegate_tests::http::request(api, "GET", "/v3/rtmpsconns/get/999999");
     assert_eq!(status, 404);
 }
+
+/// Largest gap between consecutive video DTS, in the stream's time base units.
+fn max_video_gap(p: &Probe) -> i64 {
+    let dts: Vec<i64> = p.packets_of("video").iter().filter_map(|f| f.dts).collect();
+    dts.windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(i64::MAX)
+}
+
+#[test]
+fn push_to_two_destinations_survives_one_dying() {
+    use tidegate_tests::peers::{free_port, nginx_rtmp};
+    let dir = scratch("rtmp-push");
+    let (p1, p2) = (free_port(), free_port());
+    let mut nginx = nginx_rtmp(p2, &dir);
+    let listen = |name: &str, seconds: u32| {
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-listen", "1", "-timeout", "30"])
+            .args(["-i", &format!("rtmp://127.0.0.1:{p1}/live/sink")])
+            .args(["-t", &seconds.to_string(), "-c", "copy"])
+            .arg(dir.join(name));
+        PeerProcess::spawn(name, &mut cmd, &dir)
+    };
+    let mut sink1 = listen("sink1.mkv", 60);
+    let server = TestServer::start(&format!(
+        "paths:\n  live/src:\n    push:\n      - rtmp://127.0.0.1:{p1}/live/sink\n      - rtmp://127.0.0.1:{p2}/live/key\n"
+    ));
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/src"), 60, "flv", &dir);
+    server.wait_ready("live/src", READY);
+    server.wait_readers("live/src", 2, READY);
+
+    // Read from nginx while the other destination dies.
+    let out = dir.join("nginx.mkv");
+    let mut reader = ffmpeg_read(&format!("rtmp://127.0.0.1:{p2}/live/key"), 8, &out, &dir);
+    server.wait_frames("live/src", 60, READY);
+    sink1.kill9();
+    // Destination 1 comes back: the push reconnects to it.
+    let mut sink2 = listen("sink2.mkv", 3);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let p = probe_file(&out);
+    assert_media(&p, "h264", "aac", 8);
+    let gap = max_video_gap(&p);
+    assert!(
+        gap <= 100,
+        "nginx's copy has a {gap} ms gap while the other destination died"
+    );
+
+    assert!(
+        sink2.wait(Duration::from_secs(40)).success(),
+        "{}",
+        sink2.stderr()
+    );
+    let p2probe = probe_file(&dir.join("sink2.mkv"));
+    assert!(
+        p2probe.packets_of("video").len() >= 60,
+        "the revived destination receives again"
+    );
+    assert_eq!(p2probe.codec("audio").as_deref(), Some("aac"));
+
+    let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/live/src");
+    let push = v["push"].as_array().unwrap();
+    assert_eq!(push.len(), 2);
+    assert_eq!(push[0]["url"], format!("rtmp://127.0.0.1:{p1}/live/***"));
+    assert!(push[0]["reconnects"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(push[1]["reconnects"], 0, "{v}");
+    assert_eq!(push[1]["state"], "running");
+    assert!(push[1]["bytes"].as_u64().unwrap() > 500_000);
+    nginx.kill9();
+}
+
+#[test]
+fn a_path_pulls_an_rtmp_source() {
+    use tidegate_tests::peers::{free_port, nginx_rtmp};
+    let dir = scratch("rtmp-pull");
+    let port = free_port();
+    let _nginx = nginx_rtmp(port, &dir);
+    let _camera = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{port}/live/cam"),
+        60,
+        "flv",
+        &dir,
+    );
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtmp://127.0.0.1:{port}/live/cam\n"
+    ));
+    server.wait_ready("cam", Duration::from_secs(30));
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+    let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
+    assert_eq!(v["source"]["type"], "rtmpSource");
+    assert_eq!(v["sourceRelay"]["state"], "running");
+}

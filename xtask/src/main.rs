@@ -62,7 +62,7 @@ fn test(root: &Path, peers: &Path, extra: &[String]) -> Result<(), String> {
     run(cargo()
         .current_dir(root)
         .env("PEERS_DIR", peers)
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))
 }
 

@@ -27,6 +27,8 @@ pub struct PathConf {
     pub override_publisher: bool,
     /// 0 means no limit.
     pub max_readers: u32,
+    /// Destinations the stream is pushed to while the path has a publisher.
+    pub push: Vec<String>,
 }
 
 impl Default for PathConf {
@@ -44,6 +46,7 @@ impl Default for PathConf {
             srt_read_passphrase: String::new(),
             override_publisher: false,
             max_readers: 0,
+            push: Vec::new(),
         }
     }
 }

@@ -286,7 +286,8 @@ mod tests {
             Amf0::string("connect"),
             Amf0::object(&[("a", Amf0::Number(1.0))]),
         ]);
-        for cut in 1..bytes.len() - 3 {
+        let boundary = 1 + 2 + "connect".len(); // a cut between two values is a valid prefix
+        for cut in (1..bytes.len() - 3).filter(|&c| c != boundary) {
             assert!(decode_all(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         // A strict array claiming 4 billion elements.

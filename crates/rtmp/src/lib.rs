@@ -3,13 +3,17 @@
 
 pub mod amf0;
 pub mod chunk;
+pub mod client;
 pub mod conns;
 pub mod flv;
 pub mod handshake;
+mod ingest;
 mod mux;
+mod relay;
 mod server;
 pub mod session;
 
 pub use conns::{ConnInfo, ConnRegistry, ConnState};
+pub use relay::{pull, push, RelayStatus};
 pub use server::{serve, RtmpConfig, RtmpListener};
 pub use tokio_rustls::TlsAcceptor;

@@ -1,12 +1,15 @@
-//! Mux once, send many: each stream is turned into RTMP chunk bytes once, by one task, into a
-//! derived stream that every RTMP player reads. The derived stream reuses the core fan-out
-//! (bounded ring, GOP cache, skip-to-keyframe), so a slow player never slows the others.
+//! Frames of the packet model to RTMP messages.
+//!
+//! [`TagMaker`] turns frames into FLV tag bodies with RTMP timestamps; [`RtmpMux`] runs one per
+//! stream ("mux once, send many"): it chunks every frame once into a derived stream that every
+//! RTMP player reads. The derived stream reuses the core fan-out (bounded ring, GOP cache,
+//! skip-to-keyframe), so a slow player never slows the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tidegate_core::{rescale, CodecParams, Frame, Stream, StreamConfig, TrackId};
+use bytes::{Bytes, BytesMut};
+use tidegate_core::{rescale, CodecParams, Frame, Stream, StreamConfig, StreamDesc, TrackId};
 
 use crate::chunk::write_message;
 use crate::flv;
@@ -14,27 +17,33 @@ use crate::session::{
     CSID_AUDIO, CSID_VIDEO, MEDIA_STREAM_ID, MSG_AUDIO, MSG_VIDEO, OUT_CHUNK_SIZE,
 };
 
-/// The RTMP-serialised form of one stream.
-pub struct RtmpMux {
-    pub chunks: Arc<Stream>,
-}
-
 struct TrackOut {
     params: CodecParams,
     clock: u32,
     video: bool,
 }
 
-impl RtmpMux {
-    /// Starts the muxer task for `source`. It ends (closing the derived stream) when the source
-    /// ends.
-    pub fn start(source: Arc<Stream>) -> RtmpMux {
-        let desc = source.desc();
-        let chunks = Arc::new(Stream::new(desc.clone(), StreamConfig::default()));
-        let out = chunks.clone();
-        let mut reader = source.subscribe();
-        tokio::spawn(async move {
-            let mut tracks: HashMap<TrackId, TrackOut> = desc
+/// One RTMP message made from a frame.
+pub struct Tag {
+    pub type_id: u8,
+    /// Milliseconds since the first frame this maker saw.
+    pub timestamp: u32,
+    /// A sequence header to send first, when the parameters changed in band.
+    pub sequence_header: Option<Bytes>,
+    pub body: Bytes,
+}
+
+/// Frames to FLV tags for one stream: tracks the current codec parameters and a common time
+/// base for all tracks.
+pub struct TagMaker {
+    tracks: HashMap<TrackId, TrackOut>,
+    base_ms: Option<i64>,
+}
+
+impl TagMaker {
+    pub fn new(desc: &StreamDesc) -> TagMaker {
+        TagMaker {
+            tracks: desc
                 .tracks
                 .iter()
                 .map(|t| {
@@ -47,49 +56,81 @@ impl RtmpMux {
                         },
                     )
                 })
-                .collect();
-            let mut base_ms: Option<i64> = None;
+                .collect(),
+            base_ms: None,
+        }
+    }
+
+    /// The tag for a frame; None for a codec RTMP cannot carry.
+    pub fn make(&mut self, frame: &Frame) -> Option<Tag> {
+        let t = self.tracks.get_mut(&frame.track)?;
+        let dts_ms = rescale(frame.dts, t.clock, 1000);
+        let base = *self.base_ms.get_or_insert(dts_ms);
+        let timestamp = (dts_ms - base).clamp(0, i64::from(u32::MAX)) as u32;
+        let sequence_header = match &frame.params {
+            Some(p) => {
+                t.params = (**p).clone();
+                flv::sequence_header(&t.params)
+            }
+            None => None,
+        };
+        let cts = rescale(frame.pts, t.clock, 1000) - dts_ms;
+        let body = flv::frame_tag(&t.params, frame.keyframe, cts, &frame.data)?;
+        Some(Tag {
+            type_id: if t.video { MSG_VIDEO } else { MSG_AUDIO },
+            timestamp,
+            sequence_header,
+            body,
+        })
+    }
+}
+
+/// The RTMP-serialised form of one stream.
+pub struct RtmpMux {
+    pub chunks: Arc<Stream>,
+}
+
+impl RtmpMux {
+    /// Starts the muxer task for `source`. It ends (closing the derived stream) when the source
+    /// ends.
+    pub fn start(source: Arc<Stream>) -> RtmpMux {
+        let desc = source.desc();
+        let chunks = Arc::new(Stream::new(desc.clone(), StreamConfig::default()));
+        let out = chunks.clone();
+        let mut reader = source.subscribe();
+        tokio::spawn(async move {
+            let mut maker = TagMaker::new(&desc);
             while let Ok(frame) = reader.recv().await {
                 if out.is_closed() {
                     break;
                 }
-                let Some(t) = tracks.get_mut(&frame.track) else {
-                    continue;
-                };
-                let mut bytes = BytesMut::new();
-                let (csid, type_id) = if t.video {
-                    (CSID_VIDEO, MSG_VIDEO)
-                } else {
-                    (CSID_AUDIO, MSG_AUDIO)
-                };
-                let dts_ms = rescale(frame.dts, t.clock, 1000);
-                let base = *base_ms.get_or_insert(dts_ms);
-                let ts = (dts_ms - base).clamp(0, i64::from(u32::MAX)) as u32;
-                if let Some(p) = &frame.params {
-                    t.params = (**p).clone();
-                    if let Some(seq) = flv::sequence_header(&t.params) {
-                        write_message(
-                            &mut bytes,
-                            csid,
-                            ts,
-                            type_id,
-                            MEDIA_STREAM_ID,
-                            &seq,
-                            OUT_CHUNK_SIZE,
-                        );
-                    }
-                }
-                let cts = rescale(frame.pts, t.clock, 1000) - dts_ms;
-                let Some(tag) = flv::frame_tag(&t.params, frame.keyframe, cts, &frame.data) else {
+                let Some(tag) = maker.make(&frame) else {
                     continue; // a codec RTMP cannot carry: the play answer already said so
                 };
+                let csid = if tag.type_id == MSG_VIDEO {
+                    CSID_VIDEO
+                } else {
+                    CSID_AUDIO
+                };
+                let mut bytes = BytesMut::new();
+                if let Some(seq) = &tag.sequence_header {
+                    write_message(
+                        &mut bytes,
+                        csid,
+                        tag.timestamp,
+                        tag.type_id,
+                        MEDIA_STREAM_ID,
+                        seq,
+                        OUT_CHUNK_SIZE,
+                    );
+                }
                 write_message(
                     &mut bytes,
                     csid,
-                    ts,
-                    type_id,
+                    tag.timestamp,
+                    tag.type_id,
                     MEDIA_STREAM_ID,
-                    &tag,
+                    &tag.body,
                     OUT_CHUNK_SIZE,
                 );
                 out.write(Frame {

@@ -18,6 +18,7 @@ pub struct ApiState {
     pub paths: PathManager,
     pub rtmp_conns: Arc<ConnRegistry>,
     pub rtmps_conns: Arc<ConnRegistry>,
+    pub relays: Arc<crate::relays::Relays>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -60,6 +61,51 @@ struct ApiPath {
     bytes_sent: u64,
     readers: Vec<SessionRef>,
     reader_skips: u64,
+    /// Tidegate's addition: the `push:` destinations and their state.
+    push: Vec<ApiRelay>,
+    /// Tidegate's addition: the state of a pulled `source`, if any.
+    source_relay: Option<ApiRelay>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiRelay {
+    url: String,
+    state: &'static str,
+    bytes: u64,
+    reconnects: u64,
+    drops: u64,
+    last_error: String,
+}
+
+impl From<&tidegate_rtmp::RelayStatus> for ApiRelay {
+    fn from(r: &tidegate_rtmp::RelayStatus) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        ApiRelay {
+            url: r.url.clone(),
+            state: r.state(),
+            bytes: r.bytes.load(Relaxed),
+            reconnects: r.reconnects.load(Relaxed),
+            drops: r.drops.load(Relaxed),
+            last_error: r.last_error(),
+        }
+    }
+}
+
+impl ApiPath {
+    fn new(p: PathInfo, state: &ApiState) -> ApiPath {
+        let push = state
+            .relays
+            .pushes(&p.name)
+            .iter()
+            .map(|r| ApiRelay::from(&**r))
+            .collect();
+        let source_relay = state.relays.source(&p.name).map(|r| ApiRelay::from(&*r));
+        let mut api = ApiPath::from(p);
+        api.push = push;
+        api.source_relay = source_relay;
+        api
+    }
 }
 
 impl From<PathInfo> for ApiPath {
@@ -87,6 +133,8 @@ impl From<PathInfo> for ApiPath {
                 })
                 .collect(),
             reader_skips: p.reader_skips,
+            push: Vec::new(),
+            source_relay: None,
         }
     }
 }
@@ -146,7 +194,12 @@ async fn paths_list(
     State(state): State<ApiState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let items: Vec<ApiPath> = state.paths.list().into_iter().map(ApiPath::from).collect();
+    let items: Vec<ApiPath> = state
+        .paths
+        .list()
+        .into_iter()
+        .map(|p| ApiPath::new(p, &state))
+        .collect();
     match paginate(items, &query) {
         Ok(page) => Json(page).into_response(),
         Err(e) => e.into_response(),
@@ -155,7 +208,7 @@ async fn paths_list(
 
 async fn paths_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     match state.paths.get(&name) {
-        Some(p) => Json(ApiPath::from(p)).into_response(),
+        Some(p) => Json(ApiPath::new(p, &state)).into_response(),
         None => error(StatusCode::NOT_FOUND, "path not found").into_response(),
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod relays;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -105,12 +106,14 @@ impl Server {
         };
         let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
+        let relays = relays::start(&config, &paths, &tasks, &shutdown);
         if let (Some(listener), Some(addr)) = (api, api_addr) {
             tracing::info!("[API] listener opened on {addr} (HTTP)");
             let router = api::router(api::ApiState {
                 paths: paths.clone(),
                 rtmp_conns: rtmp_conns.clone(),
                 rtmps_conns: rtmps_conns.clone(),
+                relays: relays.clone(),
             });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }

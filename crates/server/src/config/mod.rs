@@ -171,6 +171,7 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ),
     ("overridePublisher", set!(override_publisher, boolean)),
     ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
+    ("push", set!(push, push_list)),
 ];
 
 /// Where a configuration error is.

@@ -194,6 +194,21 @@ pub fn source(v: &Node) -> Result<String, String> {
     }
 }
 
+/// Push destinations: `rtmp://` or `rtmps://` URLs with an app and a stream name.
+pub fn push_list(v: &Node) -> Result<Vec<String>, String> {
+    let urls = string_list(v)?;
+    for u in &urls {
+        let ok = (u.starts_with("rtmp://") || u.starts_with("rtmps://"))
+            && u.splitn(5, '/').filter(|s| !s.is_empty()).count() >= 4;
+        if !ok {
+            return Err(format!(
+                "expected rtmp://host[:port]/app/key or rtmps://…, found '{u}'"
+            ));
+        }
+    }
+    Ok(urls)
+}
+
 /// SRT passphrases are 10 to 79 characters (empty: none).
 pub fn srt_passphrase(v: &Node) -> Result<String, String> {
     let s = string(v)?;
@@ -264,5 +279,8 @@ mod tests {
         assert!(srt_passphrase(&n("short")).is_err());
         assert!(srt_passphrase(&n("long enough")).is_ok());
         assert!(source(&n("ftp://x")).is_err());
+        assert!(push_list(&n("rtmp://a/live/key, rtmps://b:443/app/k")).is_ok());
+        assert!(push_list(&n("rtmp://a/live")).is_err());
+        assert!(push_list(&n("srt://a:1/x/y")).is_err());
     }
 }

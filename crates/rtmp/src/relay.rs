@@ -1,0 +1,404 @@
+//! Relays over our RTMP client: pushing a path to a remote server (simulcast to Twitch,
+//! YouTube, any RTMP/RTMPS ingest) and pulling a remote stream into a path (`source: rtmp://`).
+//!
+//! Each relay reads the path through its own ring position, so a slow or dead destination only
+//! ever skips its own frames (counted as drops); it never slows the publisher, the readers or
+//! the other destinations. Failures reconnect with a capped exponential backoff.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tidegate_core::{PathError, PathManager, RecvError, SessionInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientEvent, ClientSession, Mode, RtmpUrl};
+use crate::ingest::Ingest;
+use crate::mux::TagMaker;
+use crate::server::stream_head;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the API shows of one relay.
+#[derive(Debug)]
+pub struct RelayStatus {
+    /// The URL with the stream key hidden.
+    pub url: String,
+    state: Mutex<&'static str>,
+    pub bytes: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub drops: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl RelayStatus {
+    pub fn new(url: &str) -> RelayStatus {
+        RelayStatus {
+            url: redact(url),
+            state: Mutex::new("idle"),
+            bytes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_state(&self, s: &'static str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    fn set_error(&self, e: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+    }
+}
+
+/// `rtmp://host/app/KEY` shown as `rtmp://host/app/***`: stream keys are secrets.
+fn redact(url: &str) -> String {
+    match RtmpUrl::parse(url) {
+        Ok(u) if !u.name.is_empty() => format!("{}/***", u.tc_url),
+        _ => url.to_string(),
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(url: &RtmpUrl) -> Result<Box<dyn Io>, String> {
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((url.host.as_str(), url.port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !url.tls {
+        return Ok(Box::new(tcp));
+    }
+    // RTMPS destinations are verified against the Web PKI roots, as browsers do.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+        .map_err(|e| format!("bad server name: {e}"))?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_string())?
+    .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Box::new(tls))
+}
+
+async fn write(io: &mut Box<dyn Io>, data: &[u8]) -> Result<(), String> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(IO_TIMEOUT, io.write_all(data))
+        .await
+        .map_err(|_| "the server accepted no data for 10 s".to_string())?
+        .map_err(|e| format!("write: {e}"))
+}
+
+/// Runs the session until the server starts the stream.
+async fn start(
+    io: &mut Box<dyn Io>,
+    session: &mut ClientSession,
+    buf: &mut [u8],
+) -> Result<(), String> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let out = session.take_output();
+        write(io, &out).await?;
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Started => return Ok(()),
+                ClientEvent::Error { code, description } => {
+                    return Err(format!("{code}: {description}"))
+                }
+                ClientEvent::Media { .. } => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, io.read(buf))
+            .await
+            .map_err(|_| "the server did not start the stream within 10 s".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection".into());
+        }
+        session.feed(&buf[..n]).map_err(|e| e.to_string())?;
+    }
+}
+
+enum Outcome {
+    /// The stream being pushed ended: wait for the next publish.
+    SourceEnded,
+    Cancelled,
+}
+
+/// Pushes `path` to `url` whenever it has a publisher, until `cancel`.
+pub async fn push(
+    url: String,
+    paths: PathManager,
+    path: String,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    let parsed = match RtmpUrl::parse(&url) {
+        Ok(u) => u,
+        Err(e) => {
+            status.set_state("failed");
+            status.set_error(&e);
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        match push_once(&parsed, &paths, &path, &status, &cancel).await {
+            Ok(Outcome::Cancelled) | Ok(Outcome::SourceEnded) => {
+                status.set_state("idle");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path,
+                    url = status.url,
+                    "push failed: {e}; reconnecting in {backoff:?}"
+                );
+                status.set_error(&e);
+                status.set_state("reconnecting");
+                status.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN; // it ran a good while: a fresh failure, not a flapping one
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn push_once(
+    url: &RtmpUrl,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+) -> Result<Outcome, String> {
+    let session_info = SessionInfo {
+        id: paths.new_session_id(),
+        kind: "rtmpPush",
+        remote: None,
+    };
+    let mut reader = match paths.read(path, session_info) {
+        Ok(r) => r,
+        Err(PathError::NoOnePublishing(_)) => return Ok(Outcome::SourceEnded),
+        Err(e) => return Err(e.to_string()),
+    };
+    status.set_state("connecting");
+    let mut io = connect(url).await?;
+    let mut session = ClientSession::new(Mode::Publish, &url.app, &url.tc_url, &url.name);
+    let mut buf = vec![0u8; 16 * 1024];
+    start(&mut io, &mut session, &mut buf).await?;
+    status.set_state("running");
+    tracing::info!(path, url = status.url, "pushing");
+    let desc = reader.desc();
+    for (type_id, body) in stream_head(&desc) {
+        session.send_media(type_id, 0, &body);
+    }
+    let mut maker = TagMaker::new(&desc);
+    let skips_before = reader.skips();
+    loop {
+        let out = session.take_output();
+        write(&mut io, &out).await?;
+        status.bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+        status
+            .drops
+            .store(reader.skips() - skips_before, Ordering::Relaxed);
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                session.close();
+                let _ = write(&mut io, &session.take_output()).await;
+                return Ok(Outcome::Cancelled);
+            }
+            f = reader.recv() => match f {
+                Ok(frame) => {
+                    if let Some(tag) = maker.make(&frame) {
+                        if let Some(seq) = &tag.sequence_header {
+                            session.send_media(tag.type_id, tag.timestamp, seq);
+                        }
+                        session.send_media(tag.type_id, tag.timestamp, &tag.body);
+                    }
+                }
+                Err(RecvError::Closed) => {
+                    session.close();
+                    let _ = write(&mut io, &session.take_output()).await;
+                    return Ok(Outcome::SourceEnded);
+                }
+            },
+            r = io.read(&mut buf) => {
+                let n = r.map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("the server closed the connection".into());
+                }
+                session.feed(&buf[..n]).map_err(|e| e.to_string())?;
+                while let Some(ev) = session.poll_event() {
+                    if let ClientEvent::Error { code, description } = ev {
+                        return Err(format!("{code}: {description}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pulls `url` into `path` (`source: rtmp://…`) until `cancel`, reconnecting when it drops.
+pub async fn pull(
+    url: String,
+    paths: PathManager,
+    path: String,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    let parsed = match RtmpUrl::parse(&url) {
+        Ok(u) => u,
+        Err(e) => {
+            status.set_state("failed");
+            status.set_error(&e);
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = pull_once(&parsed, &paths, &path, &status) => r,
+        };
+        let e = match result {
+            Ok(()) => "the source ended the stream".to_string(),
+            Err(e) => e,
+        };
+        tracing::warn!(
+            path,
+            url = status.url,
+            "source: {e}; reconnecting in {backoff:?}"
+        );
+        status.set_error(&e);
+        status.set_state("reconnecting");
+        status.reconnects.fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn pull_once(
+    url: &RtmpUrl,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+) -> Result<(), String> {
+    status.set_state("connecting");
+    let mut io = connect(url).await?;
+    let mut session = ClientSession::new(Mode::Play, &url.app, &url.tc_url, &url.name);
+    let mut buf = vec![0u8; 64 * 1024];
+    start(&mut io, &mut session, &mut buf).await?;
+    let publisher = paths
+        .publish_source(
+            path,
+            SessionInfo {
+                id: paths.new_session_id(),
+                kind: "rtmpSource",
+                remote: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let kicked = publisher.kicked();
+    let mut ingest = Ingest::new(publisher);
+    status.set_state("running");
+    tracing::info!(path, url = status.url, "pulling");
+    loop {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Media {
+                    type_id,
+                    timestamp,
+                    payload,
+                } => {
+                    status
+                        .bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    ingest
+                        .on_message(type_id, timestamp, payload)
+                        .map_err(|e| e.to_string())?;
+                }
+                ClientEvent::Error { code, description } => {
+                    return Err(format!("{code}: {description}"))
+                }
+                ClientEvent::Started => {}
+            }
+        }
+        let out = session.take_output();
+        write(&mut io, &out).await?;
+        let n = tokio::select! {
+            _ = kicked.cancelled() => return Err("kicked".into()),
+            r = tokio::time::timeout(IO_TIMEOUT, io.read(&mut buf)) => r
+                .map_err(|_| "no data from the source for 10 s".to_string())?
+                .map_err(|e| format!("read: {e}"))?,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        session.feed(&buf[..n]).map_err(|e| e.to_string())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_are_redacted() {
+        assert_eq!(
+            redact("rtmp://live.twitch.tv/app/live_123_secret"),
+            "rtmp://live.twitch.tv/app/***"
+        );
+        assert_eq!(
+            redact("rtmps://h:443/live2/k?x=1"),
+            "rtmps://h:443/live2/***"
+        );
+    }
+}
