@@ -1,13 +1,22 @@
-//! `cargo xtask bench`: performance figures, printed as a table.
+//! `cargo xtask bench [core|rtmp-fanout] [readers...]`: performance figures, printed as tables.
 //!
-//! Protocol benchmarks are measured as ratios against a reference peer in the same run
-//! (nginx-rtmp for RTMP fan-out) as the protocols land. The core fan-out figure needs no peer:
-//! it is the ceiling every egress shares. The benchmarks are built in release mode.
+//! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
+//!   shares).
+//! - `rtmp-fanout`: Tidegate and nginx-rtmp under the same load in the same run (default 100
+//!   and 1000 readers), as a ratio.
+//!
+//! Everything is built in release mode.
 
 use std::path::Path;
 use std::process::Command;
 
 pub fn run(root: &Path, peers: &Path, extra: &[String]) -> Result<(), String> {
+    // The benchmark starts the release binary of the server.
+    crate::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "-p", "tidegate"]),
+    )?;
     crate::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root)

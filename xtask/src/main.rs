@@ -22,8 +22,11 @@ fn main() -> ExitCode {
         }),
         Some("lint") => lint(&root),
         Some("bench") => peers::install(&root).and_then(|dir| bench::run(&root, &dir, &args[1..])),
+        Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|bench|peers> [args passed to cargo test]");
+            eprintln!(
+                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout] [readers...] | fuzz [seconds] [target...]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -64,6 +67,45 @@ fn test(root: &Path, peers: &Path, extra: &[String]) -> Result<(), String> {
         .env("PEERS_DIR", peers)
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))
+}
+
+/// Runs every fuzz target (or those named) for `seconds` each (default 60). Installs
+/// cargo-fuzz if missing; uses RUSTC_BOOTSTRAP because the machine has a stable toolchain only.
+fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
+    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let named: Vec<&String> = args.iter().filter(|a| a.parse::<u64>().is_err()).collect();
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let dir = root.join("fuzz");
+    let list = Command::new("cargo")
+        .current_dir(&dir)
+        .args(["fuzz", "list"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let targets: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|t| named.is_empty() || named.contains(&t))
+        .collect();
+    for t in targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        run(Command::new("cargo")
+            .current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "fuzz",
+                "run",
+                &t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ]))?;
+    }
+    Ok(())
 }
 
 fn lint(root: &Path) -> Result<(), String> {

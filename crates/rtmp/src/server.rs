@@ -1,6 +1,7 @@
 //! The tokio driver: accepts connections, runs the session state machine, and connects
 //! publishers and players to the path registry.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,17 +200,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), ConnError> {
-        match tokio::time::timeout(self.config.write_timeout, self.socket.write_all(data)).await {
-            Ok(r) => {
-                r?;
-                self.guard
-                    .counters
-                    .sent
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-            Err(_) => Err(ConnError::WriteTimeout(self.config.write_timeout)),
-        }
+        let limit = self.config.write_timeout;
+        let mut fut = std::pin::pin!(self.socket.write_all(data));
+        // Fast path: the socket buffer takes the data at once (the common case for a player
+        // keeping up), so no timer is armed per message; only a blocked write gets a deadline.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+        let result = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| ConnError::WriteTimeout(limit))?,
+        };
+        result?;
+        self.guard
+            .counters
+            .sent
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads once from the socket into the session. Returns false on EOF.
@@ -373,9 +380,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         start_of_stream(&desc, &mut head);
         self.write(&head).await?;
         reader.add_bytes_sent(head.len() as u64);
+        // Created once: re-registering a cancellation waiter per message costs a lock each time.
+        let stopped = Self::stopped(self.shutdown.clone(), self.guard.kick.clone());
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
-                r = Self::stopped(self.shutdown.clone(), self.guard.kick.clone()) => return r,
+                r = &mut stopped => return r,
                 f = chunks.recv() => match f {
                     Ok(frame) => {
                         self.write(&frame.data).await?;

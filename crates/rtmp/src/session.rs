@@ -115,8 +115,11 @@ impl ServerSession {
     pub fn feed(&mut self, data: &[u8]) -> Result<(), SessionError> {
         self.bytes_in += data.len() as u64;
         self.input.extend_from_slice(data);
-        if !self.handshake.is_done() && !self.handshake.feed(&mut self.input, &mut self.output)? {
-            return Ok(());
+        if !self.handshake.is_done() {
+            if !self.handshake.feed(&mut self.input, &mut self.output)? {
+                return Ok(());
+            }
+            tracing::debug!(digest = self.handshake.used_digest(), "handshake done");
         }
         while let Some(msg) = self.reader.read(&mut self.input)? {
             self.handle(msg.type_id, msg.timestamp, msg.payload)?;

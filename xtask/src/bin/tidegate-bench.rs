@@ -1,13 +1,57 @@
-//! Release-mode benchmarks behind `cargo xtask bench`.
+//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout] [readers...]`.
+//!
+//! `rtmp-fanout` runs the same load against Tidegate and nginx-rtmp in one invocation: one
+//! publisher sends a pre-encoded clip in real time, N readers in this process play it. For each
+//! server it reports the server's CPU time per delivered Gbit (from /proc), its peak RSS, and
+//! the frame delivery latency (publisher send → reader arrival, matched by payload) p50/p99.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidegate_core::{CodecParams, Frame, Stream, StreamConfig, StreamDesc, Track};
+use tidegate_rtmp::client::{ClientEvent, ClientSession, Mode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// One publisher, `readers` reader tasks; the publisher writes `frames` frames of `size`
-/// bytes at full speed. Returns (seconds, frames delivered, reader skips).
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let which = args.first().map(String::as_str).unwrap_or("all");
+    if which == "core" || which == "all" {
+        core_fanout(&rt);
+    }
+    if which == "rtmp-fanout" || which == "all" {
+        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+        let counts = if counts.is_empty() {
+            vec![100, 1000]
+        } else {
+            counts
+        };
+        if let Err(e) = rtmp_fanout(&rt, &counts) {
+            eprintln!("rtmp-fanout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// core fan-out
+
 async fn fanout(readers: usize, frames: u64, size: usize) -> (f64, u64, u64) {
     let desc = StreamDesc {
         tracks: vec![Track {
@@ -58,17 +102,7 @@ async fn fanout(readers: usize, frames: u64, size: usize) -> (f64, u64, u64) {
     (start.elapsed().as_secs_f64(), delivered, skips)
 }
 
-fn main() {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+fn core_fanout(rt: &tokio::runtime::Runtime) {
     println!("core fan-out (one stream, frames of 5 kB, written at full speed; in-process)");
     println!(
         "{:>8} {:>10} {:>16} {:>14} {:>8}",
@@ -87,4 +121,473 @@ fn main() {
             secs * 1e9 / delivered.max(1) as f64
         );
     }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTMP fan-out against nginx-rtmp
+
+/// One FLV tag of the clip.
+struct Tag {
+    type_id: u8,
+    timestamp: u32,
+    data: Bytes,
+}
+
+fn read_flv(path: &Path) -> Result<Vec<Tag>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.len() < 13 || &data[..3] != b"FLV" {
+        return Err("not an FLV file".into());
+    }
+    let mut pos = 13;
+    let mut tags = Vec::new();
+    while pos + 11 <= data.len() {
+        let h = &data[pos..pos + 11];
+        let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
+        let ts = (u32::from(h[7]) << 24)
+            | (u32::from(h[4]) << 16)
+            | (u32::from(h[5]) << 8)
+            | u32::from(h[6]);
+        let Some(body) = data.get(pos + 11..pos + 11 + size) else {
+            break;
+        };
+        if matches!(h[0], 8 | 9 | 18) {
+            tags.push(Tag {
+                type_id: h[0],
+                timestamp: ts,
+                data: Bytes::copy_from_slice(body),
+            });
+        }
+        pos += 11 + size + 4;
+    }
+    Ok(tags)
+}
+
+fn make_clip(dir: &Path) -> Result<PathBuf, String> {
+    let clip = dir.join("clip.flv");
+    if clip.exists() {
+        return Ok(clip);
+    }
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000",
+            "-t",
+            "10",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            "baseline",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "1000k",
+            "-maxrate",
+            "1000k",
+            "-bufsize",
+            "500k",
+        ])
+        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-f", "flv"])
+        .arg(&clip)
+        .status()
+        .map_err(|e| format!("ffmpeg: {e}"))?;
+    if !status.success() {
+        return Err("ffmpeg could not make the clip".into());
+    }
+    Ok(clip)
+}
+
+fn payload_key(data: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tidegate(root: &Path, dir: &Path) -> Result<Server, String> {
+    let port = free_port();
+    let conf = dir.join("tidegate.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("release/tidegate");
+    let child = Command::new(&bin)
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it with cargo build --release)",
+                bin.display()
+            )
+        })?;
+    Ok(Server {
+        name: "tidegate",
+        child,
+        port,
+    })
+}
+
+fn start_nginx(dir: &Path) -> Result<Server, String> {
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\nworker_rlimit_nofile 65536;\n\
+         events {{ worker_connections 8192; }}\n\
+         rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n application live {{ live on; record off; }} }} }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("nginx-stderr.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    Ok(Server {
+        name: "nginx-rtmp",
+        child,
+        port,
+    })
+}
+
+async fn wait_port(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on {port} after 10 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rtmp_connect(
+    port: u16,
+    mode: Mode,
+) -> Result<(TcpStream, ClientSession, Vec<ClientEvent>), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let tc = format!("rtmp://127.0.0.1:{port}/live");
+    let mut session = ClientSession::new(mode, "live", &tc, "bench");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut early = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = session.take_output();
+        s.write_all(&out).await.map_err(|e| e.to_string())?;
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Started => return Ok((s, session, early)),
+                ClientEvent::Error { code, .. } => return Err(code),
+                m => early.push(m),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut buf))
+            .await
+            .map_err(|_| "start timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        session.feed(&buf[..n]).map_err(|e| e.to_string())?;
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    bytes: AtomicU64,
+    video: AtomicU64,
+}
+
+struct RunResult {
+    cpu_per_gbit: f64,
+    cpu_share: f64,
+    rss_mb: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    gbits: f64,
+    readers_ok: usize,
+}
+
+async fn run_load(
+    server: &Server,
+    tags: Arc<Vec<Tag>>,
+    readers: usize,
+    seconds: u64,
+) -> Result<RunResult, String> {
+    wait_port(server.port).await?;
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    // Publisher: the clip in real time, looped.
+    let (mut ps, mut psession, _) = rtmp_connect(server.port, Mode::Publish).await?;
+    let sent2 = sent.clone();
+    let tags2 = tags.clone();
+    let stop = Arc::new(AtomicU64::new(0));
+    let stop_pub = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let start = Instant::now();
+        let clip_ms = tags2.last().map_or(1, |t| t.timestamp + 40);
+        let mut lap = 0u32;
+        let mut buf = vec![0u8; 4096];
+        'outer: loop {
+            for t in tags2.iter() {
+                let ts = lap * clip_ms + t.timestamp;
+                if lap > 0 && t.type_id == 18 {
+                    continue;
+                }
+                let due = start + Duration::from_millis(u64::from(ts));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                if stop_pub.load(Ordering::Relaxed) == 1 {
+                    break 'outer;
+                }
+                if t.type_id == 9 {
+                    sent2
+                        .lock()
+                        .map(|mut m| m.insert(payload_key(&t.data), Instant::now()))
+                        .ok();
+                }
+                psession.send_media(t.type_id, ts, &t.data);
+                let out = psession.take_output();
+                if ps.write_all(&out).await.is_err() {
+                    break 'outer;
+                }
+                // Drain acknowledgements so the server never stalls on our window.
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, ps.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break 'outer;
+                    }
+                    let _ = psession.feed(&buf[..n]);
+                }
+            }
+            lap += 1;
+        }
+    });
+    // Let the stream start (the first keyframe reaches the server).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let totals = Arc::new(Totals::default());
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let measuring = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    let port = server.port;
+    for _ in 0..readers {
+        let totals = totals.clone();
+        let sent = sent.clone();
+        let latencies = latencies.clone();
+        let measuring = measuring.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let Ok((mut s, mut session, _)) = rtmp_connect(port, Mode::Play).await else {
+                return false;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut mine = Vec::new();
+            while stop.load(Ordering::Relaxed) == 0 {
+                let n = match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => continue,
+                };
+                let now = Instant::now();
+                if measuring.load(Ordering::Relaxed) == 1 {
+                    totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if session.feed(&buf[..n]).is_err() {
+                    break;
+                }
+                let out = session.take_output();
+                if !out.is_empty() && s.write_all(&out).await.is_err() {
+                    break;
+                }
+                while let Some(ev) = session.poll_event() {
+                    if let ClientEvent::Media {
+                        type_id: 9,
+                        payload,
+                        ..
+                    } = ev
+                    {
+                        if measuring.load(Ordering::Relaxed) == 1 {
+                            totals.video.fetch_add(1, Ordering::Relaxed);
+                            let key = payload_key(&payload);
+                            if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&key).copied()) {
+                                mine.push(now.duration_since(t0).as_secs_f64() * 1000.0);
+                            }
+                        }
+                    }
+                }
+            }
+            latencies.lock().map(|mut l| l.extend(mine)).ok();
+            true
+        }));
+    }
+    // Warm-up while readers connect, then a measured window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    measuring.store(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(2, Ordering::Relaxed);
+    let cpu1 = cpu_seconds(pid);
+    let wall = t0.elapsed().as_secs_f64();
+    stop.store(1, Ordering::Relaxed);
+    let mut ok = 0;
+    for h in handles {
+        if let Ok(true) = h.await {
+            ok += 1;
+        }
+    }
+    let _ = publisher.await;
+    let bytes = totals.bytes.load(Ordering::Relaxed) as f64;
+    let gbits = bytes * 8.0 / 1e9;
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(RunResult {
+        cpu_per_gbit: (cpu1 - cpu0) / gbits.max(1e-9),
+        cpu_share: (cpu1 - cpu0) / wall,
+        rss_mb: peak_rss_mb(pid),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        gbits: gbits / wall,
+        readers_ok: ok,
+    })
+}
+
+fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("tidegate-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let clip = make_clip(&dir)?;
+    let tags = Arc::new(read_flv(&clip)?);
+    let seconds = 10;
+    println!("RTMP fan-out: 640x360 30 fps H.264 1 Mbit/s + AAC 128 kbit/s, {seconds} s measured per run");
+    println!(
+        "{:>8} {:>11} {:>11} {:>12} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "readers",
+        "server",
+        "Gbit/s",
+        "CPU s/Gbit",
+        "CPU share",
+        "RSS MB",
+        "p50 ms",
+        "p99 ms",
+        "readers"
+    );
+    for &n in counts {
+        let mut results = Vec::new();
+        for which in ["tidegate", "nginx-rtmp"] {
+            let server = match which {
+                "tidegate" => start_tidegate(&root, &dir)?,
+                _ => start_nginx(&dir)?,
+            };
+            let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
+            println!(
+                "{n:>8} {:>11} {:>11.3} {:>12.3} {:>9.1}% {:>9.1} {:>9.2} {:>9.2} {:>8}",
+                server.name,
+                r.gbits,
+                r.cpu_per_gbit,
+                r.cpu_share * 100.0,
+                r.rss_mb,
+                r.p50_ms,
+                r.p99_ms,
+                r.readers_ok
+            );
+            results.push(r);
+            drop(server);
+        }
+        if let [t, g] = &results[..] {
+            println!(
+                "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}",
+                "ratio",
+                t.cpu_per_gbit / g.cpu_per_gbit
+            );
+        }
+    }
+    Ok(())
 }
