@@ -427,3 +427,33 @@ fn a_path_pulls_an_rtmp_source() {
     assert_eq!(v["source"]["type"], "rtmpSource");
     assert_eq!(v["sourceRelay"]["state"], "running");
 }
+
+#[test]
+fn legacy_audio_codecs_pass_through() {
+    let dir = scratch("rtmp-legacy-audio");
+    let server = TestServer::start("");
+    for (name, codec, args) in [
+        ("mp3", "mp3", &["-c:a", "libmp3lame", "-ar", "44100", "-b:a", "96k"][..]),
+        ("alaw", "pcm_alaw", &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"][..]),
+        ("mulaw", "pcm_mulaw", &["-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"][..]),
+    ] {
+        let path = format!("live/{name}");
+        let url = server.rtmp_url(&path);
+        let mut src = synthetic_source(30, "640x360");
+        // Replace the AAC encoder settings with this codec's.
+        let at = src.iter().position(|a| a == "-c:a").unwrap();
+        src.truncate(at);
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(src).args(args).args(["-f", "flv", &url]);
+        let _publisher = PeerProcess::spawn(&format!("publish-{name}"), &mut cmd, &dir);
+        server.wait_ready(&path, READY);
+        let out = dir.join(format!("{name}.mkv"));
+        let mut reader = ffmpeg_read(&url, 3, &out, &dir);
+        assert!(reader.wait(Duration::from_secs(30)).success(), "{}", reader.stderr());
+        let p = probe_file(&out);
+        assert_eq!(p.codec("audio").as_deref(), Some(codec), "{name}");
+        assert_eq!(p.codec("video").as_deref(), Some("h264"));
+        assert!(p.packets_of("audio").len() >= 20, "{name}: audio flows");
+        assert!(p.dts_monotonic("audio"), "{name}");
+    }
+}
