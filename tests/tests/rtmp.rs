@@ -433,9 +433,21 @@ fn legacy_audio_codecs_pass_through() {
     let dir = scratch("rtmp-legacy-audio");
     let server = TestServer::start("");
     for (name, codec, args) in [
-        ("mp3", "mp3", &["-c:a", "libmp3lame", "-ar", "44100", "-b:a", "96k"][..]),
-        ("alaw", "pcm_alaw", &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"][..]),
-        ("mulaw", "pcm_mulaw", &["-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"][..]),
+        (
+            "mp3",
+            "mp3",
+            &["-c:a", "libmp3lame", "-ar", "44100", "-b:a", "96k"][..],
+        ),
+        (
+            "alaw",
+            "pcm_alaw",
+            &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"][..],
+        ),
+        (
+            "mulaw",
+            "pcm_mulaw",
+            &["-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"][..],
+        ),
     ] {
         let path = format!("live/{name}");
         let url = server.rtmp_url(&path);
@@ -449,11 +461,100 @@ fn legacy_audio_codecs_pass_through() {
         server.wait_ready(&path, READY);
         let out = dir.join(format!("{name}.mkv"));
         let mut reader = ffmpeg_read(&url, 3, &out, &dir);
-        assert!(reader.wait(Duration::from_secs(30)).success(), "{}", reader.stderr());
+        assert!(
+            reader.wait(Duration::from_secs(30)).success(),
+            "{}",
+            reader.stderr()
+        );
         let p = probe_file(&out);
         assert_eq!(p.codec("audio").as_deref(), Some(codec), "{name}");
         assert_eq!(p.codec("video").as_deref(), Some("h264"));
         assert!(p.packets_of("audio").len() >= 20, "{name}: audio flows");
         assert!(p.dts_monotonic("audio"), "{name}");
+    }
+}
+
+#[test]
+fn av1_and_vp9_over_enhanced_rtmp() {
+    let dir = scratch("rtmp-av1-vp9");
+    let server = TestServer::start("");
+    for (name, codec, encoder) in [
+        (
+            "av1",
+            "av1",
+            &[
+                "-c:v",
+                "libsvtav1",
+                "-preset",
+                "12",
+                "-g",
+                "30",
+                "-svtav1-params",
+                "lp=1",
+            ][..],
+        ),
+        (
+            "vp9",
+            "vp9",
+            &[
+                "-c:v",
+                "libvpx-vp9",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-g",
+                "30",
+                "-b:v",
+                "1000k",
+            ][..],
+        ),
+    ] {
+        let path = format!("live/{name}");
+        let url = server.rtmp_url(&path);
+        let mut cmd = Command::new(peer("ffmpeg9"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+            .args([
+                "-t", "30", "-map", "0:v", "-map", "1:a", "-pix_fmt", "yuv420p",
+            ])
+            .args(encoder)
+            .args(["-c:a", "aac", "-ac", "2", "-ar", "48000", "-f", "flv", &url]);
+        let _publisher = PeerProcess::spawn(&format!("publish-{name}"), &mut cmd, &dir);
+        server.wait_ready(&path, READY);
+        let out = dir.join(format!("{name}.mkv"));
+        let mut cmd = Command::new(peer("ffmpeg9"));
+        cmd.args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-i",
+            &url,
+        ])
+        .args(["-t", "3", "-c", "copy"])
+        .arg(&out);
+        let mut reader = PeerProcess::spawn(&format!("read-{name}"), &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(30)).success(),
+            "{}",
+            reader.stderr()
+        );
+        let p = probe_file(&out);
+        assert_eq!(p.codec("video").as_deref(), Some(codec), "{name}");
+        assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{name}");
+        assert_eq!(p.dimensions(), Some((640, 360)), "{name}");
+        assert!(
+            p.packets_of("video").len() >= 45,
+            "{name}: {} frames",
+            p.packets_of("video").len()
+        );
+        assert!(
+            p.packets_of("video")[0].keyframe,
+            "{name}: starts on a keyframe"
+        );
+        assert!(p.dts_monotonic("video"), "{name}");
     }
 }

@@ -6,6 +6,7 @@
 //! input it was given.
 
 pub mod aac;
+pub mod av1;
 pub mod bits;
 pub mod h264;
 pub mod h265;

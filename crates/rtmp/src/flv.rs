@@ -100,31 +100,56 @@ impl VideoState {
     fn parse_enhanced(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, FlvError> {
         let b0 = body[0];
         let packet_type = b0 & 0x0f;
+        let frame_type = (b0 >> 4) & 0x07;
         let fourcc = body
             .get(1..5)
             .ok_or(FlvError::Truncated("Enhanced RTMP video"))?;
         let rest = body.slice(5..);
-        let hevc = match fourcc {
-            b"avc1" => false,
-            b"hvc1" => true,
-            other => {
-                return Err(FlvError::Unsupported(format!(
-                    "Enhanced RTMP video FourCC {:?}",
-                    String::from_utf8_lossy(other)
-                )))
+        if matches!(packet_type, 2 | 4 | 7) || frame_type == 5 {
+            return Ok(Parsed::Nothing); // end of sequence, metadata, ModEx, command frames
+        }
+        match (fourcc, packet_type) {
+            (b"avc1", 0) => self.configure_avc(&rest),
+            (b"hvc1", 0) => self.configure_hevc(&rest),
+            (b"av01", 0) => {
+                let seq = tidegate_codec::av1::sequence_header_of_av1c(&rest)?;
+                let params = CodecParams::Av1 {
+                    sequence_header: seq,
+                };
+                self.params = Some(params.clone());
+                Ok(Parsed::Params(params))
             }
-        };
-        match packet_type {
-            0 if hevc => self.configure_hevc(&rest),
-            0 => self.configure_avc(&rest),
-            1 => {
+            (b"vp09", 0) => {
+                self.params = Some(CodecParams::Vp9);
+                Ok(Parsed::Params(CodecParams::Vp9))
+            }
+            (b"avc1" | b"hvc1", 1) => {
                 let cts = si24(rest.get(0..3).ok_or(FlvError::Truncated("video"))?);
-                self.frame(ts_ms, cts, rest.slice(3..), hevc)
+                self.frame(ts_ms, cts, rest.slice(3..), fourcc == b"hvc1")
             }
-            3 => self.frame(ts_ms, 0, rest, hevc),
-            2 | 4 | 7 => Ok(Parsed::Nothing),
-            t => Err(FlvError::Unsupported(format!(
+            (b"avc1" | b"hvc1", 3) => self.frame(ts_ms, 0, rest, fourcc == b"hvc1"),
+            // AV1 and VP9 coded frames have no composition offset (no reordering on the wire);
+            // the key flag is the frame type of the header.
+            (b"av01" | b"vp09", 1 | 3) => {
+                if self.params.is_none() {
+                    return Err(FlvError::NoSequenceHeader);
+                }
+                if fourcc == b"av01" {
+                    tidegate_codec::av1::split_obus(&rest)?;
+                }
+                Ok(Parsed::Frame {
+                    dts_ms: ts_ms,
+                    cts_ms: 0,
+                    keyframe: frame_type == 1,
+                    data: rest,
+                })
+            }
+            (b"avc1" | b"hvc1" | b"av01" | b"vp09", t) => Err(FlvError::Unsupported(format!(
                 "Enhanced RTMP video packet type {t}"
+            ))),
+            (other, _) => Err(FlvError::Unsupported(format!(
+                "Enhanced RTMP video FourCC {:?}",
+                String::from_utf8_lossy(other)
             ))),
         }
     }
@@ -316,6 +341,18 @@ pub fn sequence_header(params: &CodecParams) -> Option<Bytes> {
             out.put_slice(b"hvc1");
             out.put_slice(&HevcConfig::build(vps, sps, pps).ok()?);
         }
+        CodecParams::Av1 { sequence_header } => {
+            out.put_u8(0x80 | (1 << 4));
+            out.put_slice(b"av01");
+            out.put_slice(&tidegate_codec::av1::build_av1c(sequence_header).ok()?);
+        }
+        CodecParams::Vp9 => {
+            out.put_u8(0x80 | (1 << 4));
+            out.put_slice(b"vp09");
+            // vpcC version 1: profile 0, level 3.1, 8-bit 4:2:0, colours unspecified. Decoders
+            // take the real values from the VP9 frame headers.
+            out.put_slice(&[1, 0, 0, 0, 0, 31, 0x82, 2, 2, 2, 0, 0]);
+        }
         CodecParams::Aac { config } => {
             out.put_slice(&[0xaf, 0]);
             out.put_slice(config);
@@ -345,6 +382,14 @@ pub fn frame_tag(params: &CodecParams, keyframe: bool, cts_ms: i64, data: &[u8])
             out.put_u8(0x80 | (if keyframe { 1 } else { 2 } << 4) | 1);
             out.put_slice(b"hvc1");
             out.put_slice(cts);
+        }
+        CodecParams::Av1 { .. } | CodecParams::Vp9 => {
+            out.put_u8(0x80 | (if keyframe { 1 } else { 2 } << 4) | 1);
+            out.put_slice(if matches!(params, CodecParams::Vp9) {
+                b"vp09"
+            } else {
+                b"av01"
+            });
         }
         CodecParams::Aac { .. } => out.put_slice(&[0xaf, 1]),
         CodecParams::Opus { .. } => {

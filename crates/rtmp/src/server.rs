@@ -448,6 +448,20 @@ pub(crate) fn stream_head(desc: &StreamDesc) -> Vec<(u8, Bytes)> {
                     meta.push(("height", Amf0::Number(f64::from(i.height))));
                 }
             }
+            CodecParams::Av1 { sequence_header } => {
+                meta.push((
+                    "videocodecid",
+                    Amf0::Number(f64::from(u32::from_be_bytes(*b"av01"))),
+                ));
+                if let Ok(i) = tidegate_codec::av1::parse_sequence_header(sequence_header) {
+                    meta.push(("width", Amf0::Number(f64::from(i.max_width))));
+                    meta.push(("height", Amf0::Number(f64::from(i.max_height))));
+                }
+            }
+            CodecParams::Vp9 => meta.push((
+                "videocodecid",
+                Amf0::Number(f64::from(u32::from_be_bytes(*b"vp09"))),
+            )),
             CodecParams::Aac { .. } => meta.push(("audiocodecid", Amf0::Number(10.0))),
             CodecParams::Opus { .. } => meta.push((
                 "audiocodecid",
