@@ -558,3 +558,96 @@ fn av1_and_vp9_over_enhanced_rtmp() {
         assert!(p.dts_monotonic("video"), "{name}");
     }
 }
+
+/// A publisher that switches resolution mid-stream (new SPS/PPS in a new sequence header):
+/// the change reaches the registry in band and a reader decodes both sizes.
+#[test]
+fn parameter_changes_mid_stream_reach_readers() {
+    use tidegate_rtmp::client::{ClientEvent, ClientSession, Mode};
+    use tidegate_rtmp::flv::read_file;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = scratch("rtmp-param-change");
+    let clip = |name: &str, size: &str| {
+        let path = dir.join(name);
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(synthetic_source(3, size))
+            .args(["-f", "flv"])
+            .arg(&path);
+        let mut p = PeerProcess::spawn(name, &mut cmd, &dir);
+        assert!(p.wait(Duration::from_secs(30)).success(), "{}", p.stderr());
+        read_file(&std::fs::read(&path).unwrap()).unwrap()
+    };
+    // Encoded in real time by synthetic_source (-re): about 3 s each.
+    let a = clip("a.flv", "640x360");
+    let b = clip("b.flv", "320x180");
+    let server = TestServer::start("");
+    let addr = server.rtmp_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let publisher = rt.spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut session = ClientSession::new(Mode::Publish, "live", "rtmp://h/live", "switch");
+        let mut buf = vec![0u8; 65536];
+        loop {
+            s.write_all(&session.take_output()).await.unwrap();
+            if let Some(ClientEvent::Started) = session.poll_event() {
+                break;
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "server closed");
+            session.feed(&buf[..n]).unwrap();
+        }
+        // Clip A, then clip B with its own sequence headers, timestamps continuing, paced in
+        // real time.
+        let start = tokio::time::Instant::now();
+        let offset = a.last().map_or(0, |t| t.timestamp + 33);
+        let tags = a
+            .iter()
+            .map(|t| (t.timestamp, t))
+            .chain(b.iter().map(|t| (t.timestamp + offset, t)));
+        for (ts, t) in tags {
+            tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
+            session.send_media(t.type_id, ts, &t.body);
+            s.write_all(&session.take_output()).await.unwrap();
+        }
+    });
+    server.wait_ready("live/switch", READY);
+    let out = dir.join("read.flv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("live/switch"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    rt.block_on(publisher).unwrap();
+    let frames = tidegate_tests::run_bounded(
+        Command::new(peer("ffprobe"))
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v",
+                "-show_entries",
+                "frame=width,height",
+            ])
+            .args(["-of", "csv=p=0"])
+            .arg(&out),
+        Duration::from_secs(30),
+    );
+    let tags = read_file(&std::fs::read(&out).unwrap()).unwrap();
+    let headers = tags
+        .iter()
+        .filter(|t| t.type_id == 9 && t.body.get(..2) == Some(&[0x17, 0][..]))
+        .count();
+    assert!(
+        headers >= 2,
+        "{headers} AVC sequence headers reached the reader"
+    );
+    let text = String::from_utf8_lossy(&frames.stdout);
+    let big = text.lines().filter(|l| l.trim() == "640,360").count();
+    let small = text.lines().filter(|l| l.trim() == "320,180").count();
+    assert!(
+        big >= 30 && small >= 30,
+        "decoded {big} frames at 640x360 and {small} at 320x180"
+    );
+}

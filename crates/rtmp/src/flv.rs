@@ -305,6 +305,44 @@ impl AudioState {
     }
 }
 
+/// One tag of an FLV file.
+#[derive(Debug, Clone)]
+pub struct FileTag {
+    /// 8 audio, 9 video, 18 script data.
+    pub type_id: u8,
+    pub timestamp: u32,
+    pub body: Bytes,
+}
+
+/// Reads the audio, video and script tags of an FLV file (a truncated last tag is dropped).
+pub fn read_file(data: &[u8]) -> Result<Vec<FileTag>, FlvError> {
+    if data.len() < 13 || &data[..3] != b"FLV" {
+        return Err(FlvError::Truncated("file header"));
+    }
+    let header_len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;
+    let mut pos = header_len.max(9) + 4;
+    let mut tags = Vec::new();
+    while let Some(h) = data.get(pos..pos + 11) {
+        let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
+        let ts = (u32::from(h[7]) << 24)
+            | (u32::from(h[4]) << 16)
+            | (u32::from(h[5]) << 8)
+            | u32::from(h[6]);
+        let Some(body) = data.get(pos + 11..pos + 11 + size) else {
+            break;
+        };
+        if matches!(h[0] & 0x1f, 8 | 9 | 18) {
+            tags.push(FileTag {
+                type_id: h[0] & 0x1f,
+                timestamp: ts,
+                body: Bytes::copy_from_slice(body),
+            });
+        }
+        pos += 11 + size + 4;
+    }
+    Ok(tags)
+}
+
 /// Builds a frame of the packet model from a parsed coded frame.
 pub fn to_frame(
     track: TrackId,

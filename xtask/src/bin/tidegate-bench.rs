@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidegate_core::{CodecParams, Frame, Stream, StreamConfig, StreamDesc, Track};
 use tidegate_rtmp::client::{ClientEvent, ClientSession, Mode};
+use tidegate_rtmp::flv::FileTag as Tag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -127,40 +128,9 @@ fn core_fanout(rt: &tokio::runtime::Runtime) {
 // ---------------------------------------------------------------------------------------------
 // RTMP fan-out against nginx-rtmp
 
-/// One FLV tag of the clip.
-struct Tag {
-    type_id: u8,
-    timestamp: u32,
-    data: Bytes,
-}
-
 fn read_flv(path: &Path) -> Result<Vec<Tag>, String> {
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if data.len() < 13 || &data[..3] != b"FLV" {
-        return Err("not an FLV file".into());
-    }
-    let mut pos = 13;
-    let mut tags = Vec::new();
-    while pos + 11 <= data.len() {
-        let h = &data[pos..pos + 11];
-        let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
-        let ts = (u32::from(h[7]) << 24)
-            | (u32::from(h[4]) << 16)
-            | (u32::from(h[5]) << 8)
-            | u32::from(h[6]);
-        let Some(body) = data.get(pos + 11..pos + 11 + size) else {
-            break;
-        };
-        if matches!(h[0], 8 | 9 | 18) {
-            tags.push(Tag {
-                type_id: h[0],
-                timestamp: ts,
-                data: Bytes::copy_from_slice(body),
-            });
-        }
-        pos += 11 + size + 4;
-    }
-    Ok(tags)
+    tidegate_rtmp::flv::read_file(&data).map_err(|e| e.to_string())
 }
 
 fn make_clip(dir: &Path) -> Result<PathBuf, String> {
@@ -422,7 +392,7 @@ async fn run_load(
                         .map(|mut m| m.insert(payload_key(&t.data), Instant::now()))
                         .ok();
                 }
-                psession.send_media(t.type_id, ts, &t.data);
+                psession.send_media(t.type_id, ts, &t.body);
                 let out = psession.take_output();
                 if ps.write_all(&out).await.is_err() {
                     break 'outer;
