@@ -389,7 +389,7 @@ async fn run_load(
                 if t.type_id == 9 {
                     sent2
                         .lock()
-                        .map(|mut m| m.insert(payload_key(&t.data), Instant::now()))
+                        .map(|mut m| m.insert(payload_key(&t.body), Instant::now()))
                         .ok();
                 }
                 psession.send_media(t.type_id, ts, &t.body);
