@@ -5,12 +5,13 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::amf0::{decode_all, encode_all, Amf0};
+use crate::amf0::{decode_all, Amf0};
 use crate::chunk::{write_message, ChunkReader};
 use crate::handshake::HANDSHAKE_SIZE;
 use crate::session::{
-    SessionError, CSID_COMMAND, CSID_CONTROL, MSG_AUDIO, MSG_COMMAND_AMF0, MSG_DATA_AMF0,
-    MSG_SET_CHUNK_SIZE, MSG_USER_CONTROL, MSG_VIDEO, MSG_WINDOW_ACK_SIZE, OUT_CHUNK_SIZE,
+    be32, write_command, write_control, Acker, SessionError, MSG_AUDIO, MSG_COMMAND_AMF0,
+    MSG_DATA_AMF0, MSG_SET_CHUNK_SIZE, MSG_USER_CONTROL, MSG_VIDEO, MSG_WINDOW_ACK_SIZE,
+    OUT_CHUNK_SIZE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +54,7 @@ pub struct ClientSession {
     reader: ChunkReader,
     events: VecDeque<ClientEvent>,
     stream_id: u32,
-    bytes_in: u64,
-    acked: u64,
-    peer_window: u32,
+    acker: Acker,
 }
 
 const TXN_CONNECT: f64 = 1.0;
@@ -83,9 +82,7 @@ impl ClientSession {
             reader: ChunkReader::default(),
             events: VecDeque::new(),
             stream_id: 0,
-            bytes_in: 0,
-            acked: 0,
-            peer_window: 0,
+            acker: Acker::default(),
         }
     }
 
@@ -102,7 +99,7 @@ impl ClientSession {
     }
 
     pub fn feed(&mut self, data: &[u8]) -> Result<(), SessionError> {
-        self.bytes_in += data.len() as u64;
+        let ack = self.acker.received(data.len());
         self.input.extend_from_slice(data);
         if self.state == State::Handshake {
             if self.input.len() < 1 + 2 * HANDSHAKE_SIZE {
@@ -133,46 +130,26 @@ impl ClientSession {
         while let Some(msg) = self.reader.read(&mut self.input)? {
             self.handle(msg.type_id, msg.timestamp, msg.payload)?;
         }
-        if self.peer_window > 0 && self.bytes_in - self.acked >= u64::from(self.peer_window) {
-            self.acked = self.bytes_in;
-            let seq = (self.bytes_in & 0xffff_ffff) as u32;
+        if let Some(seq) = ack {
             self.control(crate::session::MSG_ACK, &seq.to_be_bytes());
         }
         Ok(())
     }
 
     fn control(&mut self, type_id: u8, payload: &[u8]) {
-        write_message(
-            &mut self.output,
-            CSID_CONTROL,
-            0,
-            type_id,
-            0,
-            payload,
-            OUT_CHUNK_SIZE,
-        );
+        write_control(&mut self.output, type_id, payload);
     }
 
     fn command(&mut self, stream_id: u32, values: &[Amf0]) {
-        let body = encode_all(values);
-        write_message(
-            &mut self.output,
-            CSID_COMMAND,
-            0,
-            MSG_COMMAND_AMF0,
-            stream_id,
-            &body,
-            OUT_CHUNK_SIZE,
-        );
+        write_command(&mut self.output, stream_id, values);
     }
 
     fn handle(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
-        let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         match type_id {
             MSG_SET_CHUNK_SIZE if payload.len() >= 4 => {
                 self.reader.set_chunk_size(be32(&payload) & 0x7fff_ffff)?
             }
-            MSG_WINDOW_ACK_SIZE if payload.len() >= 4 => self.peer_window = be32(&payload),
+            MSG_WINDOW_ACK_SIZE if payload.len() >= 4 => self.acker.window = be32(&payload),
             MSG_USER_CONTROL if payload.len() >= 6 && payload[1] == 6 => {
                 let mut b = [0u8; 6];
                 b[1] = 7;

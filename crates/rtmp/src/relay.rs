@@ -153,49 +153,51 @@ async fn start(
     }
 }
 
-enum Outcome {
-    /// The stream being pushed ended: wait for the next publish.
-    SourceEnded,
-    Cancelled,
-}
-
-/// Pushes `path` to `url` whenever it has a publisher, until `cancel`.
-pub async fn push(
-    url: String,
-    paths: PathManager,
-    path: String,
-    status: Arc<RelayStatus>,
-    cancel: CancellationToken,
-) {
-    let parsed = match RtmpUrl::parse(&url) {
-        Ok(u) => u,
+fn parse_or_fail(url: &str, status: &RelayStatus) -> Option<RtmpUrl> {
+    match RtmpUrl::parse(url) {
+        Ok(u) => Some(u),
         Err(e) => {
             status.set_state("failed");
             status.set_error(&e);
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Runs `attempt` until it is done for good (`Ok`) or `cancel` fires. After each failure it
+/// waits a backoff from 1 s, doubling up to 30 s, reset after a run longer than 30 s (a fresh
+/// failure, not a flapping one).
+async fn with_backoff<F, Fut>(
+    what: &str,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+    mut attempt: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        match push_once(&parsed, &paths, &path, &status, &cancel).await {
-            Ok(Outcome::Cancelled) | Ok(Outcome::SourceEnded) => {
-                status.set_state("idle");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    path,
-                    url = status.url,
-                    "push failed: {e}; reconnecting in {backoff:?}"
-                );
-                status.set_error(&e);
-                status.set_state("reconnecting");
-                status.reconnects.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt() => r,
+        };
+        let Err(e) = result else {
+            status.set_state("idle");
+            return;
+        };
+        tracing::warn!(
+            path,
+            url = status.url,
+            "{what}: {e}; reconnecting in {backoff:?}"
+        );
+        status.set_error(&e);
+        status.set_state("reconnecting");
+        status.reconnects.fetch_add(1, Ordering::Relaxed);
         if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN; // it ran a good while: a fresh failure, not a flapping one
+            backoff = BACKOFF_MIN;
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -205,13 +207,30 @@ pub async fn push(
     }
 }
 
+/// Pushes `path` to `url` while it has a publisher, until `cancel`.
+pub async fn push(
+    url: String,
+    paths: PathManager,
+    path: String,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    let Some(parsed) = parse_or_fail(&url, &status) else {
+        return;
+    };
+    with_backoff("push", &path, &status, &cancel, || {
+        push_once(&parsed, &paths, &path, &status, &cancel)
+    })
+    .await;
+}
+
 async fn push_once(
     url: &RtmpUrl,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
     cancel: &CancellationToken,
-) -> Result<Outcome, String> {
+) -> Result<(), String> {
     let session_info = SessionInfo {
         id: paths.new_session_id(),
         kind: "rtmpPush",
@@ -219,7 +238,8 @@ async fn push_once(
     };
     let mut reader = match paths.read(path, session_info) {
         Ok(r) => r,
-        Err(PathError::NoOnePublishing(_)) => return Ok(Outcome::SourceEnded),
+        // The stream ended: the next publish starts a new push.
+        Err(PathError::NoOnePublishing(_)) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     status.set_state("connecting");
@@ -246,7 +266,7 @@ async fn push_once(
             _ = cancel.cancelled() => {
                 session.close();
                 let _ = write(&mut io, &session.take_output()).await;
-                return Ok(Outcome::Cancelled);
+                return Ok(());
             }
             f = reader.recv() => match f {
                 Ok(frame) => {
@@ -260,7 +280,7 @@ async fn push_once(
                 Err(RecvError::Closed) => {
                     session.close();
                     let _ = write(&mut io, &session.take_output()).await;
-                    return Ok(Outcome::SourceEnded);
+                    return Ok(());
                 }
             },
             r = io.read(&mut buf) => {
@@ -287,42 +307,14 @@ pub async fn pull(
     status: Arc<RelayStatus>,
     cancel: CancellationToken,
 ) {
-    let parsed = match RtmpUrl::parse(&url) {
-        Ok(u) => u,
-        Err(e) => {
-            status.set_state("failed");
-            status.set_error(&e);
-            return;
-        }
+    let Some(parsed) = parse_or_fail(&url, &status) else {
+        return;
     };
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = pull_once(&parsed, &paths, &path, &status) => r,
-        };
-        let e = match result {
-            Ok(()) => "the source ended the stream".to_string(),
-            Err(e) => e,
-        };
-        tracing::warn!(
-            path,
-            url = status.url,
-            "source: {e}; reconnecting in {backoff:?}"
-        );
-        status.set_error(&e);
-        status.set_state("reconnecting");
-        status.reconnects.fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
+    with_backoff("source", &path, &status, &cancel, || async {
+        pull_once(&parsed, &paths, &path, &status).await?;
+        Err("the source ended the stream".to_string())
+    })
+    .await;
 }
 
 async fn pull_once(

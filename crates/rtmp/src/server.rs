@@ -240,17 +240,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Reads once into the session and sends its replies. Returns whether the connection is
+    /// still open; ends early on shutdown, an API kick, or `replaced` (another publisher took
+    /// the path).
+    async fn step(
+        &mut self,
+        buf: &mut [u8],
+        replaced: &CancellationToken,
+    ) -> Result<bool, ConnError> {
+        let (shutdown, kick) = (self.shutdown.clone(), self.guard.kick.clone());
+        let open = tokio::select! {
+            r = Self::stopped(shutdown, kick) => return r.map(|()| false),
+            _ = replaced.cancelled() => {
+                return Err(ConnError::Refused("replaced by another publisher, or kicked".into()))
+            }
+            r = self.read_some(buf) => r?,
+        };
+        self.flush().await?;
+        Ok(open)
+    }
+
     async fn run(mut self) -> Result<(), ConnError> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut app = String::new();
         let mut tc_url = String::new();
-        let (shutdown, kick) = (self.shutdown.clone(), self.guard.kick.clone());
+        let never = CancellationToken::new();
         loop {
-            let open = tokio::select! {
-                r = Self::stopped(shutdown.clone(), kick.clone()) => return r,
-                r = self.read_some(&mut buf) => r?,
-            };
-            self.flush().await?;
+            let open = self.step(&mut buf, &never).await?;
             while let Some(ev) = self.session.poll_event() {
                 match ev {
                     Event::Connect { app: a, tc_url: t } => {
@@ -328,14 +344,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await?;
         let kicked = publisher.kicked();
         let mut ingest = crate::ingest::Ingest::new(publisher);
-        let (shutdown, kick) = (self.shutdown.clone(), self.guard.kick.clone());
         loop {
-            let open = tokio::select! {
-                r = Self::stopped(shutdown.clone(), kick.clone()) => return r,
-                _ = kicked.cancelled() => return Err(ConnError::Refused("replaced by another publisher, or kicked".into())),
-                r = self.read_some(&mut buf) => r?,
-            };
-            self.flush().await?;
+            let open = self.step(&mut buf, &kicked).await?;
             while let Some(ev) = self.session.poll_event() {
                 match ev {
                     Event::Media {

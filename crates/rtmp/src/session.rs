@@ -76,8 +76,51 @@ pub enum Event {
 }
 
 /// The first four bytes as a big-endian u32 (callers check the length).
-fn be32(b: &[u8]) -> u32 {
+pub(crate) fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A protocol control message (chunk stream 2, message stream 0).
+pub(crate) fn write_control(out: &mut BytesMut, type_id: u8, payload: &[u8]) {
+    write_message(out, CSID_CONTROL, 0, type_id, 0, payload, OUT_CHUNK_SIZE);
+}
+
+/// An AMF0 command.
+pub(crate) fn write_command(out: &mut BytesMut, stream_id: u32, values: &[Amf0]) {
+    let body = encode_all(values);
+    write_message(
+        out,
+        CSID_COMMAND,
+        0,
+        MSG_COMMAND_AMF0,
+        stream_id,
+        &body,
+        OUT_CHUNK_SIZE,
+    );
+}
+
+/// Acknowledgements: counts received bytes and says when the peer's window is full.
+#[derive(Default)]
+pub(crate) struct Acker {
+    received: u64,
+    acked: u64,
+    pub window: u32,
+}
+
+impl Acker {
+    /// Counts `n` received bytes; returns the sequence number to acknowledge, if due.
+    pub fn received(&mut self, n: usize) -> Option<u32> {
+        self.received += n as u64;
+        if self.window > 0 && self.received - self.acked >= u64::from(self.window) {
+            self.acked = self.received;
+            return Some((self.received & 0xffff_ffff) as u32);
+        }
+        None
+    }
+
+    pub fn total(&self) -> u64 {
+        self.received
+    }
 }
 
 pub struct ServerSession {
@@ -86,10 +129,7 @@ pub struct ServerSession {
     output: BytesMut,
     reader: ChunkReader,
     events: VecDeque<Event>,
-    bytes_in: u64,
-    acked: u64,
-    peer_window: u32,
-    pending_txn: f64,
+    acker: Acker,
 }
 
 impl ServerSession {
@@ -100,20 +140,17 @@ impl ServerSession {
             output: BytesMut::new(),
             reader: ChunkReader::default(),
             events: VecDeque::new(),
-            bytes_in: 0,
-            acked: 0,
-            peer_window: 0,
-            pending_txn: 0.0,
+            acker: Acker::default(),
         }
     }
 
     /// Total bytes received.
     pub fn bytes_in(&self) -> u64 {
-        self.bytes_in
+        self.acker.total()
     }
 
     pub fn feed(&mut self, data: &[u8]) -> Result<(), SessionError> {
-        self.bytes_in += data.len() as u64;
+        let ack = self.acker.received(data.len());
         self.input.extend_from_slice(data);
         if !self.handshake.is_done() {
             if !self.handshake.feed(&mut self.input, &mut self.output)? {
@@ -124,9 +161,7 @@ impl ServerSession {
         while let Some(msg) = self.reader.read(&mut self.input)? {
             self.handle(msg.type_id, msg.timestamp, msg.payload)?;
         }
-        if self.peer_window > 0 && self.bytes_in - self.acked >= u64::from(self.peer_window) {
-            self.acked = self.bytes_in;
-            let seq = (self.bytes_in & 0xffff_ffff) as u32;
+        if let Some(seq) = ack {
             self.control(MSG_ACK, &seq.to_be_bytes());
         }
         Ok(())
@@ -142,28 +177,11 @@ impl ServerSession {
     }
 
     fn control(&mut self, type_id: u8, payload: &[u8]) {
-        write_message(
-            &mut self.output,
-            CSID_CONTROL,
-            0,
-            type_id,
-            0,
-            payload,
-            OUT_CHUNK_SIZE,
-        );
+        write_control(&mut self.output, type_id, payload);
     }
 
     fn command(&mut self, stream_id: u32, values: &[Amf0]) {
-        let body = encode_all(values);
-        write_message(
-            &mut self.output,
-            CSID_COMMAND,
-            0,
-            MSG_COMMAND_AMF0,
-            stream_id,
-            &body,
-            OUT_CHUNK_SIZE,
-        );
+        write_command(&mut self.output, stream_id, values);
     }
 
     fn status(&mut self, level: &str, code: &str, description: &str) {
@@ -199,7 +217,7 @@ impl ServerSession {
                 self.reader.set_chunk_size(size)?;
             }
             MSG_ABORT if payload.len() >= 4 => self.reader.abort(be32(&payload)),
-            MSG_WINDOW_ACK_SIZE if payload.len() >= 4 => self.peer_window = be32(&payload),
+            MSG_WINDOW_ACK_SIZE if payload.len() >= 4 => self.acker.window = be32(&payload),
             // Ping request (6): answer with a ping response (7) carrying the same time.
             MSG_USER_CONTROL if payload.len() >= 6 && payload[1] == 6 => {
                 self.user_control(7, be32(&payload[2..]));
@@ -315,11 +333,9 @@ impl ServerSession {
                 ],
             ),
             "publish" => {
-                self.pending_txn = txn;
                 self.events.push_back(Event::Publish { name: arg(3) });
             }
             "play" => {
-                self.pending_txn = txn;
                 self.events.push_back(Event::Play { name: arg(3) });
             }
             "deleteStream" | "closeStream" | "FCUnpublish" => self.events.push_back(Event::Stop),
