@@ -651,3 +651,71 @@ fn parameter_changes_mid_stream_reach_readers() {
         "decoded {big} frames at 640x360 and {small} at 320x180"
     );
 }
+
+/// Garbage, a truncated handshake, a lying chunk header and a flood of chunk streams each close
+/// their own connection; a publish and a read going on at the same time are untouched.
+#[test]
+fn bad_input_closes_only_its_own_connection() {
+    use std::io::{Read, Write};
+    let dir = scratch("rtmp-bad-input");
+    let server = TestServer::start("");
+    let url = server.rtmp_url("live/steady");
+    let _publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/steady", READY);
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 6, &out, &dir);
+
+    let mut handshake = vec![3u8];
+    handshake.extend(std::iter::repeat_n(0u8, 1536 * 2));
+    let mut flood = handshake.clone();
+    for csid in 3..200u8 {
+        // Type-0 headers of 1000-byte messages on ever new chunk streams, never finished.
+        flood.extend_from_slice(&[csid & 0x3f, 0, 0, 0, 0, 3, 0xe8, 9, 1, 0, 0, 0]);
+        flood.extend(std::iter::repeat_n(0u8, 128));
+        flood.extend_from_slice(&[0, csid, 0, 0, 0, 0, 3, 0xe8, 9, 1, 0, 0, 0]);
+        flood.extend(std::iter::repeat_n(0u8, 128));
+    }
+    let mut lying = handshake.clone();
+    lying.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 1, 8]); // type 3 with no header before
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("rtmpe", vec![6u8; 1537]),
+        ("lying chunk header", lying),
+        ("chunk stream flood", flood),
+        ("huge chunk size", {
+            let mut v = handshake.clone();
+            v.extend_from_slice(&[2, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]);
+            v
+        }),
+    ];
+    for (name, bytes) in cases {
+        let mut s = std::net::TcpStream::connect(server.rtmp_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&bytes);
+        // The server closes the connection (EOF or reset), within the timeout.
+        let mut sink = vec![0u8; 65536];
+        let closed = loop {
+            match s.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "{name}: the server should close the connection");
+    }
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let p = probe_file(&out);
+    assert_media(&p, "h264", "aac", 6);
+    assert!(max_video_gap(&p) <= 100, "the reader saw no gap");
+    assert!(server.paths().get("live/steady").unwrap().ready);
+}
