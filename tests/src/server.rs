@@ -56,6 +56,12 @@ impl TestServer {
         format!("rtmps://{addr}/{path}")
     }
 
+    /// `srt://127.0.0.1:PORT?streamid=ID` plus extra query items (ffmpeg's `latency` is in µs).
+    pub fn srt_url(&self, streamid: &str, extra: &str) -> String {
+        let addr = self.server().srt_addr().expect("SRT enabled");
+        format!("srt://{addr}?streamid={streamid}{extra}")
+    }
+
     pub fn api_addr(&self) -> SocketAddr {
         self.server().api_addr().expect("API enabled")
     }

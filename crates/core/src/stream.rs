@@ -188,6 +188,17 @@ impl Stream {
         }
     }
 
+    /// A new reader that skips the GOP cache and starts at the next keyframe: for egresses that
+    /// must not send a burst (SRT's sender paces by source time).
+    pub fn subscribe_from_next_keyframe(self: &Arc<Self>) -> StreamReader {
+        let mut r = self.subscribe();
+        if !r.backlog.is_empty() {
+            r.backlog.clear();
+            r.resync = true;
+        }
+        r
+    }
+
     /// Ends the stream: readers get the frames already in the ring, then [`RecvError::Closed`].
     pub fn close(&self) {
         let mut inner = self.lock();
@@ -456,6 +467,22 @@ mod tests {
         let mut r = stream.subscribe();
         stream.write(video(1_000_000, 1_000_000));
         assert!(next(&mut r).await.keyframe);
+    }
+
+    #[tokio::test]
+    async fn a_reader_can_skip_the_gop_cache() {
+        let stream = Arc::new(Stream::new(desc(), small_config()));
+        for n in 0..8 {
+            stream.write(video(n, 5));
+        }
+        let mut r = stream.subscribe_from_next_keyframe();
+        assert!(r.try_recv().unwrap().is_none(), "no backlog");
+        for n in 8..11 {
+            stream.write(video(n, 5));
+        }
+        let first = next(&mut r).await;
+        assert_eq!(first.pts, 10 * 3000);
+        assert!(first.keyframe);
     }
 
     #[tokio::test]

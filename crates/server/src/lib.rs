@@ -41,6 +41,7 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     rtmp_addr: Option<SocketAddr>,
     rtmps_addr: Option<SocketAddr>,
+    srt_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -95,6 +96,19 @@ impl Server {
             Some(_) => Some(bind("RTMPS", config.rtmps_address).await?),
             None => None,
         };
+        let srt = match config.srt {
+            true => Some(
+                tidegate_srt::bind(config.srt_address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: "SRT",
+                        addr: config.srt_address,
+                        source,
+                    })?,
+            ),
+            false => None,
+        };
+        let srt_addr = srt.as_ref().map(|s| s.local);
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
         let api_addr = api.as_ref().and_then(|l| l.local_addr().ok());
@@ -144,11 +158,22 @@ impl Server {
                 ));
             }
         }
+        if let Some(srt) = srt {
+            tracing::info!("[SRT] listener opened on {} (UDP)", srt.local);
+            tasks.spawn(tidegate_srt::serve(
+                srt,
+                paths.clone(),
+                tidegate_srt::SrtConfig {
+                    read_timeout: config.read_timeout,
+                },
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         for (enabled, name, addr) in [
             (config.rtsp, "RTSP", config.rtsp_address),
             (config.hls, "HLS", config.hls_address),
             (config.webrtc, "WebRTC", config.webrtc_address),
-            (config.srt, "SRT", config.srt_address),
         ] {
             if enabled {
                 tracing::warn!(
@@ -164,6 +189,7 @@ impl Server {
             metrics_addr,
             rtmp_addr,
             rtmps_addr,
+            srt_addr,
         })
     }
 
@@ -186,6 +212,10 @@ impl Server {
 
     pub fn rtmps_addr(&self) -> Option<SocketAddr> {
         self.rtmps_addr
+    }
+
+    pub fn srt_addr(&self) -> Option<SocketAddr> {
+        self.srt_addr
     }
 
     /// Stops accepting, closes every session and waits (bounded) for them to finish.

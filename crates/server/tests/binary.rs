@@ -112,7 +112,7 @@ fn starts_serves_and_stops_on_sigterm() {
     });
     let mut lines = Vec::new();
     let mut opened = 0;
-    while opened < 3 {
+    while opened < 4 {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("listeners open within 10 s; log so far: {lines:#?}"));

@@ -1,0 +1,307 @@
+//! The SRT listener: stream ids and passphrases decide, per connection, between publishing
+//! (TS in → frames) and reading (frames → TS once per stream → every reader).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use srt_protocol::settings::KeySettings;
+use srt_tokio::access::{RejectReason, ServerRejectReason};
+use srt_tokio::options::{ListenerOptions, Passphrase};
+use srt_tokio::{ConnectionRequest, SrtIncoming, SrtListener, SrtSocket};
+use tidegate_core::{
+    Action, Credentials, Frame, PathError, PathManager, SessionInfo, Stream, StreamConfig,
+};
+use tidegate_mpegts::demux::Demuxer;
+use tidegate_mpegts::frames::{Output, TsToFrames};
+use tidegate_mpegts::mux::Muxer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::streamid::{self, Mode};
+
+#[derive(Clone, Debug)]
+pub struct SrtConfig {
+    /// A publisher that sends nothing for this long is dropped.
+    pub read_timeout: Duration,
+}
+
+/// A bound listener, ready to serve.
+pub struct SrtServer {
+    listener: SrtListener,
+    incoming: SrtIncoming,
+    pub local: SocketAddr,
+}
+
+/// Binds the UDP port (so that start-up can fail cleanly before anything is served).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<SrtServer> {
+    let udp = tokio::net::UdpSocket::bind(addr).await?;
+    let local = udp.local_addr()?;
+    let options = ListenerOptions::new(local)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (listener, incoming) = SrtListener::bind_with_socket(options, udp).await?;
+    Ok(SrtServer {
+        listener,
+        incoming,
+        local,
+    })
+}
+
+/// How long a caller has to finish its handshake once accepted.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// libsrt's default live payload: 7 TS packets.
+const PAYLOAD: usize = 1316;
+
+pub async fn serve(
+    server: SrtServer,
+    paths: PathManager,
+    config: SrtConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let SrtServer {
+        listener,
+        mut incoming,
+        ..
+    } = server;
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = incoming.incoming().next() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let id = paths.new_session_id();
+        let span = tracing::info_span!("srt", conn = id, remote = %req.remote());
+        let (paths, config, shutdown) = (paths.clone(), config.clone(), shutdown.clone());
+        tasks.spawn(
+            async move {
+                match handle(req, id, paths, config, shutdown).await {
+                    Ok(()) => tracing::info!("connection closed"),
+                    Err(e) => tracing::info!("connection closed: {e}"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+}
+
+async fn reject(
+    req: ConnectionRequest,
+    reason: ServerRejectReason,
+    why: String,
+) -> Result<(), String> {
+    tracing::warn!("refused ({reason:?}): {why}");
+    let _ = req.reject(RejectReason::Server(reason)).await;
+    Err(why)
+}
+
+async fn handle(
+    req: ConnectionRequest,
+    id: u64,
+    paths: PathManager,
+    config: SrtConfig,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let Some(raw) = req.stream_id().map(|s| s.to_string()) else {
+        return reject(req, ServerRejectReason::BadRequest, "no stream id".into()).await;
+    };
+    let sid = match streamid::parse(&raw) {
+        Ok(s) => s,
+        Err(e) => return reject(req, ServerRejectReason::BadRequest, e).await,
+    };
+    let action = match sid.mode {
+        Mode::Publish => Action::Publish,
+        Mode::Read => Action::Read,
+    };
+    let creds = Credentials {
+        user: sid.user.clone(),
+        pass: sid.pass.clone(),
+        ip: req.remote().ip(),
+    };
+    let found = match paths.authorize(&sid.path, action, &creds) {
+        Ok(m) => m,
+        Err(e @ PathError::Auth(_)) => {
+            return reject(req, ServerRejectReason::Unauthorized, e.to_string()).await
+        }
+        Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
+    };
+    let passphrase = match sid.mode {
+        Mode::Publish => &found.conf.srt_publish_passphrase,
+        Mode::Read => &found.conf.srt_read_passphrase,
+    };
+    // The caller's own key size, Unspecified included: a fixed size would make srt-protocol
+    // panic on a caller that sent a passphrase without pbkeylen (PEERS.md §3b).
+    let keys = (!passphrase.is_empty()).then(|| KeySettings {
+        key_size: req.key_size(),
+        passphrase: Passphrase::from(passphrase.as_str()),
+    });
+    let session = SessionInfo {
+        id,
+        kind: "srtConn",
+        remote: Some(req.remote()),
+    };
+    match sid.mode {
+        Mode::Publish => {
+            let publisher = match paths.publish(&sid.path, session) {
+                Ok(p) => p,
+                Err(e @ PathError::Busy(_)) => {
+                    return reject(req, ServerRejectReason::Conflict, e.to_string()).await
+                }
+                Err(e) => return reject(req, ServerRejectReason::Forbidden, e.to_string()).await,
+            };
+            let socket = accept(req, keys).await?;
+            tracing::info!(path = sid.path, "is publishing");
+            publish(socket, publisher, config, shutdown).await
+        }
+        Mode::Read => {
+            let reader = match paths.read(&sid.path, session) {
+                Ok(r) => r,
+                Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
+            };
+            let source = reader.stream().clone();
+            let mux = source.extension(|| TsMux::start(source.clone()));
+            let Some(chunks) = mux.chunks.clone() else {
+                return reject(
+                    req,
+                    ServerRejectReason::NotSupMedia,
+                    "no track of this stream can travel in MPEG-TS".into(),
+                )
+                .await;
+            };
+            let socket = accept(req, keys).await?;
+            tracing::info!(path = sid.path, "is reading");
+            read(socket, reader, chunks, shutdown).await
+        }
+    }
+}
+
+async fn accept(req: ConnectionRequest, keys: Option<KeySettings>) -> Result<SrtSocket, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, req.accept(keys)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!(
+            "handshake failed (wrong or missing passphrase?): {e}"
+        )),
+        Err(_) => Err("handshake did not complete within 10 s".into()),
+    }
+}
+
+async fn publish(
+    mut socket: SrtSocket,
+    mut publisher: tidegate_core::Publisher,
+    config: SrtConfig,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let kicked = publisher.kicked();
+    let mut demux = Demuxer::default();
+    let mut frames = TsToFrames::default();
+    let mut stream: Option<Arc<Stream>> = None;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = kicked.cancelled() => return Err("replaced by another publisher, or kicked".into()),
+            r = tokio::time::timeout(config.read_timeout, socket.next()) => r,
+        };
+        let data = match next {
+            Err(_) => return Err(format!("no data for {:?}", config.read_timeout)),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
+            Ok(Some(Ok((_, data)))) => data,
+        };
+        demux.feed(&data);
+        while let Some(ev) = demux.poll_event() {
+            for out in frames.on_event(ev) {
+                match out {
+                    Output::Tracks(desc) => {
+                        tracing::info!(tracks = ?desc.codec_names(), "publishing");
+                        if !frames.ignored.is_empty() {
+                            tracing::info!(streams = ?frames.ignored, "streams not carried (unsupported in this build)");
+                        }
+                        stream = Some(publisher.start(desc));
+                    }
+                    Output::Frame(f) => {
+                        if let Some(s) = &stream {
+                            s.write(f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read(
+    mut socket: SrtSocket,
+    reader: tidegate_core::Reader,
+    chunks: Arc<Stream>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    // From the next keyframe, not from the GOP cache: srt-tokio 0.4 loses a connection that
+    // starts with a burst of a hundred packets (see docs/srt.md), so the reader joins live.
+    let mut sub = chunks.subscribe_from_next_keyframe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            f = sub.recv() => match f {
+                Ok(frame) => {
+                    let data: &Bytes = &frame.data;
+                    let mut pos = 0;
+                    while pos < data.len() {
+                        let end = (pos + PAYLOAD).min(data.len());
+                        socket
+                            .send((Instant::now(), data.slice(pos..end)))
+                            .await
+                            .map_err(|e| format!("send: {e}"))?;
+                        pos = end;
+                    }
+                    reader.add_bytes_sent(data.len() as u64);
+                }
+                Err(_) => break, // the publisher left
+            },
+            // The receive half is not polled: srt-tokio ends it at once on a connection whose
+            // peer only receives. A reader that hangs up is seen as a failed send.
+        }
+    }
+    let _ = socket.close().await;
+    Ok(())
+}
+
+/// Mux once, send many: one task turns the stream into TS packets for every SRT reader.
+struct TsMux {
+    chunks: Option<Arc<Stream>>,
+}
+
+impl TsMux {
+    fn start(source: Arc<Stream>) -> TsMux {
+        let desc = source.desc();
+        let mut muxer = Muxer::new(&desc);
+        if muxer.is_empty() {
+            return TsMux { chunks: None };
+        }
+        let out = Arc::new(Stream::new(desc, StreamConfig::default()));
+        let chunks = out.clone();
+        let mut sub = source.subscribe();
+        tokio::spawn(async move {
+            while let Ok(frame) = sub.recv().await {
+                let mut bytes = BytesMut::new();
+                muxer.write(&frame, &mut bytes);
+                if bytes.is_empty() {
+                    continue;
+                }
+                out.write(Frame {
+                    data: bytes.freeze(),
+                    ..(*frame).clone()
+                });
+            }
+            out.close();
+        });
+        TsMux {
+            chunks: Some(chunks),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! SRT against real peers: ffmpeg (libsrt 1.5), srt-live-transmit and GStreamer; across to
+//! RTMP both ways. Assertions are on the media that comes out.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, scratch, Probe};
+
+const READY: Duration = Duration::from_secs(15);
+/// ffmpeg's SRT latency is in microseconds: 200 ms.
+const LAT: &str = "&latency=200000";
+
+fn probe_file(path: &std::path::Path) -> Probe {
+    ffprobe(path.to_str().unwrap(), &[], Duration::from_secs(30))
+}
+
+fn assert_media(p: &Probe, seconds: u32) {
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"));
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    let frames = p.packets_of("video").len();
+    let expected = seconds as usize * 30;
+    assert!(
+        frames + 30 >= expected && frames <= expected + 30,
+        "{frames} video frames for {seconds} s"
+    );
+    let audio = p.packets_of("audio").len();
+    assert!(
+        audio as f64 >= (f64::from(seconds) - 1.5) * 46.9,
+        "{audio} audio frames"
+    );
+    assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
+}
+
+#[test]
+fn ffmpeg_publishes_over_srt_and_reads_over_srt_and_rtmp() {
+    let dir = scratch("srt-ffmpeg");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.srt_url("publish:cam1", LAT), 30, "mpegts", &dir);
+    server.wait_ready("cam1", READY);
+    assert_eq!(
+        server.paths().get("cam1").unwrap().tracks,
+        vec!["H264", "MPEG-4 Audio"]
+    );
+
+    let out = dir.join("srt.ts");
+    let mut reader = ffmpeg_read(&server.srt_url("read:cam1", LAT), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+
+    let out = dir.join("rtmp.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam1"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+}
+
+#[test]
+fn rtmp_in_srt_out_and_access_control_stream_ids() {
+    let dir = scratch("srt-from-rtmp");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/x"), 30, "flv", &dir);
+    server.wait_ready("live/x", READY);
+    // The SRT Access Control form, with a raw '#' (ffmpeg passes it literally).
+    let out = dir.join("srt.ts");
+    let mut reader = ffmpeg_read(
+        &server.srt_url("#!::r=live/x,m=request", LAT),
+        5,
+        &out,
+        &dir,
+    );
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+
+    // srt-live-transmit as a reader, into a file.
+    let out = dir.join("slt.ts");
+    let url = server.srt_url("read:live/x", "&latency=200");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "INT", "-k", "3", "5"])
+        .arg(peer("srt-live-transmit"))
+        .args(["-q", &url, "file://con"])
+        .stdout(std::fs::File::create(&out).unwrap());
+    let status = cmd.status().unwrap();
+    assert!(status.code().is_some(), "srt-live-transmit ran");
+    let p = probe_file(&out);
+    assert_eq!(p.codec("video").as_deref(), Some("h264"));
+    assert!(
+        p.packets_of("video").len() >= 90,
+        "{} frames",
+        p.packets_of("video").len()
+    );
+}
+
+#[test]
+fn passphrases_are_enforced() {
+    let dir = scratch("srt-passphrase");
+    let server = TestServer::start(
+        "paths:\n  sec:\n    srtPublishPassphrase: publishsecret1\n    srtReadPassphrase: readsecret123\n",
+    );
+    // Missing passphrase: refused.
+    let mut none = ffmpeg_publish(&server.srt_url("publish:sec", LAT), 10, "mpegts", &dir);
+    assert!(
+        !none.wait(Duration::from_secs(30)).success(),
+        "no passphrase is refused"
+    );
+    // Wrong passphrase: refused.
+    let mut wrong = ffmpeg_publish(
+        &server.srt_url("publish:sec", &format!("{LAT}&passphrase=wrongsecret99")),
+        10,
+        "mpegts",
+        &dir,
+    );
+    assert!(
+        !wrong.wait(Duration::from_secs(30)).success(),
+        "a wrong passphrase is refused"
+    );
+    assert!(server.paths().get("sec").is_none_or(|p| !p.ready));
+    // Right passphrase, no pbkeylen (the common case that crashes careless listeners).
+    let _good = ffmpeg_publish(
+        &server.srt_url("publish:sec", &format!("{LAT}&passphrase=publishsecret1")),
+        30,
+        "mpegts",
+        &dir,
+    );
+    server.wait_ready("sec", READY);
+    // Readers: the read passphrase with pbkeylen 32; the publish one is refused.
+    let out = dir.join("bad.ts");
+    let mut bad = ffmpeg_read(
+        &server.srt_url("read:sec", &format!("{LAT}&passphrase=publishsecret1")),
+        3,
+        &out,
+        &dir,
+    );
+    assert!(!bad.wait(Duration::from_secs(30)).success());
+    let out = dir.join("good.ts");
+    let mut good = ffmpeg_read(
+        &server.srt_url(
+            "read:sec",
+            &format!("{LAT}&passphrase=readsecret123&pbkeylen=32"),
+        ),
+        4,
+        &out,
+        &dir,
+    );
+    assert!(
+        good.wait(Duration::from_secs(30)).success(),
+        "{}",
+        good.stderr()
+    );
+    assert_media(&probe_file(&out), 4);
+}
+
+#[test]
+fn gstreamer_srtsink_publishes() {
+    let dir = scratch("srt-gst");
+    let server = TestServer::start("");
+    let uri = server.srt_url("", "").replace("?streamid=", "?mode=caller");
+    let pipeline = format!(
+        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse config-interval=-1 \
+         ! mpegtsmux alignment=7 name=m ! srtsink uri={uri} streamid=publish:gst latency=200 \
+         audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac ! aacparse ! m."
+    );
+    let mut cmd = Command::new(peer("gst-launch-1.0"));
+    cmd.arg("-q").args(pipeline.split_whitespace());
+    let _gst = PeerProcess::spawn("gst-srtsink", &mut cmd, &dir);
+    server.wait_ready("gst", READY);
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("gst"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+}
