@@ -62,6 +62,10 @@ impl TestServer {
         format!("srt://{addr}?streamid={streamid}{extra}")
     }
 
+    pub fn srt_addr(&self) -> SocketAddr {
+        self.server().srt_addr().expect("SRT enabled")
+    }
+
     pub fn api_addr(&self) -> SocketAddr {
         self.server().api_addr().expect("API enabled")
     }

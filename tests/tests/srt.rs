@@ -194,3 +194,40 @@ fn gstreamer_srtsink_publishes() {
     );
     assert_media(&probe_file(&out), 5);
 }
+
+/// 5 % of the datagrams lost each way between an ffmpeg publisher and the listener, at 200 ms
+/// latency: SRT's retransmission delivers every frame (read back over RTMP, no gap).
+#[test]
+fn five_percent_loss_loses_no_frames() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tidegate_tests::lossy::LossyRelay;
+    let dir = scratch("srt-loss");
+    let server = TestServer::start("");
+    let relay = LossyRelay::start(server.srt_addr(), 5, 0x5eed);
+    let url = format!("srt://{}?streamid=publish:lossy&latency=200000", relay.addr);
+    let _publisher = ffmpeg_publish(&url, 40, "mpegts", &dir);
+    server.wait_ready("lossy", READY);
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("lossy"), 8, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let p = probe_file(&out);
+    assert_media(&p, 8);
+    let dts: Vec<i64> = p.packets_of("video").iter().filter_map(|f| f.dts).collect();
+    let gap = dts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(gap <= 34, "a {gap} ms hole in the video: frames were lost");
+    let s = &relay.stats;
+    let (up, lost) = (s.up_forwarded.load(Relaxed), s.up_dropped.load(Relaxed));
+    eprintln!(
+        "loss relay: publisher→server {up} forwarded, {lost} dropped; server→publisher {} forwarded, {} dropped",
+        s.down_forwarded.load(Relaxed),
+        s.down_dropped.load(Relaxed)
+    );
+    assert!(
+        lost as f64 > 0.03 * (up + lost) as f64,
+        "the relay really dropped datagrams"
+    );
+}
