@@ -12,6 +12,7 @@
 //! Both handles unregister when dropped, so a session that ends for any reason frees its path.
 
 pub mod auth;
+pub mod conns;
 pub mod media;
 pub mod path;
 pub mod registry;
@@ -20,6 +21,7 @@ pub mod stream;
 pub use auth::{Action, AuthError, Credentials};
 /// Re-exported so that protocol crates and tests share one `Bytes`.
 pub use bytes::Bytes;
+pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
 pub use path::{PathConf, PathMatch, PathMatcher, PathNameError};
 pub use registry::{

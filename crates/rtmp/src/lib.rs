@@ -4,7 +4,6 @@
 pub mod amf0;
 pub mod chunk;
 pub mod client;
-pub mod conns;
 pub mod flv;
 pub mod handshake;
 mod ingest;
@@ -13,7 +12,7 @@ mod relay;
 mod server;
 pub mod session;
 
-pub use conns::{ConnInfo, ConnRegistry, ConnState};
 pub use relay::{pull, push, RelayStatus};
 pub use server::{serve, RtmpConfig, RtmpListener};
+pub use tidegate_core::{ConnInfo, ConnRegistry, ConnState};
 pub use tokio_rustls::TlsAcceptor;

@@ -19,13 +19,13 @@ use tracing::Instrument;
 
 use crate::amf0::{encode_all, Amf0};
 use crate::chunk::write_message;
-use crate::conns::{ConnGuard, ConnRegistry, ConnState};
 use crate::flv;
 use crate::mux::RtmpMux;
 use crate::session::{
     Event, ServerSession, CSID_DATA, MEDIA_STREAM_ID, MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO,
     OUT_CHUNK_SIZE,
 };
+use tidegate_core::{ConnGuard, ConnRegistry, ConnState};
 
 #[derive(Clone, Debug)]
 pub struct RtmpConfig {

@@ -18,6 +18,7 @@ pub struct ApiState {
     pub paths: PathManager,
     pub rtmp_conns: Arc<ConnRegistry>,
     pub rtmps_conns: Arc<ConnRegistry>,
+    pub srt_conns: Arc<ConnRegistry<tidegate_srt::SrtStats>>,
     pub relays: Arc<crate::relays::Relays>,
 }
 
@@ -37,6 +38,9 @@ pub fn router(state: ApiState) -> Router {
             "/v3/rtmpsconns/kick/{id}",
             post(|s, p| rtmp_kick(s, p, true)),
         )
+        .route("/v3/srtconns/list", get(srt_list))
+        .route("/v3/srtconns/get/{id}", get(srt_get))
+        .route("/v3/srtconns/kick/{id}", post(srt_kick))
         .fallback(not_found)
         .with_state(state)
 }
@@ -215,7 +219,7 @@ async fn paths_get(State(state): State<ApiState>, Path(name): Path<String>) -> R
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ApiRtmpConn {
+struct ApiConn {
     id: String,
     created: String,
     remote_addr: String,
@@ -224,20 +228,65 @@ struct ApiRtmpConn {
     query: String,
     bytes_received: u64,
     bytes_sent: u64,
+    /// Protocol statistics (SRT), flattened into the object as MediaMTX does.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
-impl From<ConnInfo> for ApiRtmpConn {
-    fn from(c: ConnInfo) -> Self {
-        ApiRtmpConn {
-            id: c.id.to_string(),
-            created: humantime::format_rfc3339_millis(c.created).to_string(),
-            remote_addr: c.remote.to_string(),
-            state: c.state.as_str(),
-            path: c.path,
-            query: c.query,
-            bytes_received: c.bytes_received,
-            bytes_sent: c.bytes_sent,
-        }
+/// What a protocol adds to its connections in the API.
+trait ConnExtra: Default + Send + Sync + 'static {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value>;
+}
+
+impl ConnExtra for () {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+}
+
+impl ConnExtra for tidegate_srt::SrtStats {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+            .collect()
+    }
+}
+
+fn api_conn<X: ConnExtra>(c: ConnInfo<X>) -> ApiConn {
+    ApiConn {
+        id: c.id.to_string(),
+        created: humantime::format_rfc3339_millis(c.created).to_string(),
+        remote_addr: c.remote.to_string(),
+        state: c.state.as_str(),
+        path: c.path,
+        query: c.query,
+        bytes_received: c.bytes_received,
+        bytes_sent: c.bytes_sent,
+        extra: c.extra.json(),
+    }
+}
+
+fn conns_list<X: ConnExtra>(reg: &ConnRegistry<X>, query: &HashMap<String, String>) -> Response {
+    let items: Vec<ApiConn> = reg.list().into_iter().map(api_conn).collect();
+    match paginate(items, query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn conns_get<X: ConnExtra>(reg: &ConnRegistry<X>, id: &str) -> Response {
+    match id.parse().ok().and_then(|id| reg.get(id)) {
+        Some(c) => Json(api_conn(c)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "connection not found").into_response(),
+    }
+}
+
+fn conns_kick<X: ConnExtra>(reg: &ConnRegistry<X>, id: &str) -> Response {
+    if id.parse().is_ok_and(|id| reg.kick(id)) {
+        StatusCode::OK.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "connection not found").into_response()
     }
 }
 
@@ -254,37 +303,30 @@ async fn rtmp_list(
     Query(query): Query<HashMap<String, String>>,
     tls: bool,
 ) -> Response {
-    let items: Vec<ApiRtmpConn> = rtmp_registry(&state, tls)
-        .list()
-        .into_iter()
-        .map(ApiRtmpConn::from)
-        .collect();
-    match paginate(items, &query) {
-        Ok(page) => Json(page).into_response(),
-        Err(e) => e.into_response(),
-    }
+    conns_list(rtmp_registry(&state, tls), &query)
 }
 
 async fn rtmp_get(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
-    let found = id
-        .parse()
-        .ok()
-        .and_then(|id| rtmp_registry(&state, tls).get(id));
-    match found {
-        Some(c) => Json(ApiRtmpConn::from(c)).into_response(),
-        None => error(StatusCode::NOT_FOUND, "connection not found").into_response(),
-    }
+    conns_get(rtmp_registry(&state, tls), &id)
 }
 
 async fn rtmp_kick(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
-    let kicked = id
-        .parse()
-        .is_ok_and(|id| rtmp_registry(&state, tls).kick(id));
-    if kicked {
-        StatusCode::OK.into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "connection not found").into_response()
-    }
+    conns_kick(rtmp_registry(&state, tls), &id)
+}
+
+async fn srt_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    conns_list(&state.srt_conns, &query)
+}
+
+async fn srt_get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    conns_get(&state.srt_conns, &id)
+}
+
+async fn srt_kick(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    conns_kick(&state.srt_conns, &id)
 }
 
 async fn not_found() -> Response {

@@ -120,6 +120,7 @@ impl Server {
         };
         let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
+        let srt_conns = Arc::new(tidegate_core::ConnRegistry::<tidegate_srt::SrtStats>::default());
         let relays = relays::start(&config, &paths, &tasks, &shutdown);
         if let (Some(listener), Some(addr)) = (api, api_addr) {
             tracing::info!("[API] listener opened on {addr} (HTTP)");
@@ -127,6 +128,7 @@ impl Server {
                 paths: paths.clone(),
                 rtmp_conns: rtmp_conns.clone(),
                 rtmps_conns: rtmps_conns.clone(),
+                srt_conns: srt_conns.clone(),
                 relays: relays.clone(),
             });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
@@ -166,6 +168,7 @@ impl Server {
                 tidegate_srt::SrtConfig {
                     read_timeout: config.read_timeout,
                 },
+                srt_conns.clone(),
                 shutdown.clone(),
                 tasks.clone(),
             ));

@@ -5,4 +5,4 @@
 mod server;
 pub mod streamid;
 
-pub use server::{bind, serve, SrtConfig, SrtServer};
+pub use server::{bind, serve, SrtConfig, SrtServer, SrtStats};

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
@@ -11,8 +11,10 @@ use srt_protocol::settings::KeySettings;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
 use srt_tokio::options::{ListenerOptions, Passphrase};
 use srt_tokio::{ConnectionRequest, SrtIncoming, SrtListener, SrtSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tidegate_core::{
-    Action, Credentials, Frame, PathError, PathManager, SessionInfo, Stream, StreamConfig,
+    Action, ConnGuard, ConnRegistry, ConnState, Credentials, Frame, PathError, PathManager,
+    SessionInfo, Stream, StreamConfig,
 };
 use tidegate_mpegts::demux::Demuxer;
 use tidegate_mpegts::frames::{Output, TsToFrames};
@@ -27,6 +29,64 @@ use crate::streamid::{self, Mode};
 pub struct SrtConfig {
     /// A publisher that sends nothing for this long is dropped.
     pub read_timeout: Duration,
+}
+
+/// SRT statistics of one connection, refreshed every second from srt-tokio, for the API
+/// (MediaMTX's names).
+#[derive(Default, Debug)]
+pub struct SrtStats {
+    packets_received: AtomicU64,
+    packets_sent: AtomicU64,
+    packets_received_loss: AtomicU64,
+    packets_retrans: AtomicU64,
+    packets_received_retrans: AtomicU64,
+    packets_received_drop: AtomicU64,
+    packets_send_drop: AtomicU64,
+    packets_sent_nak: AtomicU64,
+    packets_received_nak: AtomicU64,
+}
+
+impl SrtStats {
+    /// (name, value) pairs as the API shows them.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("packetsReceived", g(&self.packets_received)),
+            ("packetsSent", g(&self.packets_sent)),
+            ("packetsReceivedLoss", g(&self.packets_received_loss)),
+            ("packetsRetrans", g(&self.packets_retrans)),
+            ("packetsReceivedRetrans", g(&self.packets_received_retrans)),
+            ("packetsReceivedDrop", g(&self.packets_received_drop)),
+            ("packetsSendDrop", g(&self.packets_send_drop)),
+            ("packetsSentNAK", g(&self.packets_sent_nak)),
+            ("packetsReceivedNAK", g(&self.packets_received_nak)),
+        ]
+    }
+}
+
+/// Copies srt-tokio's statistics into the connection's entry until the connection ends.
+fn watch_statistics(
+    socket: &mut SrtSocket,
+    guard: &ConnGuard<SrtStats>,
+) -> tokio::task::JoinHandle<()> {
+    let mut stats = socket.statistics().clone();
+    let (extra, counters) = (guard.extra.clone(), guard.counters.clone());
+    tokio::spawn(async move {
+        while let Some(s) = stats.next().await {
+            let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+            set(&extra.packets_received, s.rx_data);
+            set(&extra.packets_sent, s.tx_data);
+            set(&extra.packets_received_loss, s.rx_loss_data);
+            set(&extra.packets_retrans, s.tx_retransmit_data);
+            set(&extra.packets_received_retrans, s.rx_retransmit_data);
+            set(&extra.packets_received_drop, s.rx_dropped_data);
+            set(&extra.packets_send_drop, s.tx_dropped_data);
+            set(&extra.packets_sent_nak, s.tx_nak);
+            set(&extra.packets_received_nak, s.rx_nak);
+            set(&counters.received, s.rx_bytes);
+            set(&counters.sent, s.tx_bytes);
+        }
+    })
 }
 
 /// A bound listener, ready to serve.
@@ -59,6 +119,7 @@ pub async fn serve(
     server: SrtServer,
     paths: PathManager,
     config: SrtConfig,
+    conns: Arc<ConnRegistry<SrtStats>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -78,9 +139,10 @@ pub async fn serve(
         let id = paths.new_session_id();
         let span = tracing::info_span!("srt", conn = id, remote = %req.remote());
         let (paths, config, shutdown) = (paths.clone(), config.clone(), shutdown.clone());
+        let guard = conns.add(id, req.remote());
         tasks.spawn(
             async move {
-                match handle(req, id, paths, config, shutdown).await {
+                match handle(req, id, paths, config, guard, shutdown).await {
                     Ok(()) => tracing::info!("connection closed"),
                     Err(e) => tracing::info!("connection closed: {e}"),
                 }
@@ -106,6 +168,7 @@ async fn handle(
     id: u64,
     paths: PathManager,
     config: SrtConfig,
+    guard: ConnGuard<SrtStats>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let Some(raw) = req.stream_id().map(|s| s.to_string()) else {
@@ -155,9 +218,13 @@ async fn handle(
                 }
                 Err(e) => return reject(req, ServerRejectReason::Forbidden, e.to_string()).await,
             };
-            let socket = accept(req, keys).await?;
+            let mut socket = accept(req, keys).await?;
             tracing::info!(path = sid.path, "is publishing");
-            publish(socket, publisher, config, shutdown).await
+            guard.set(ConnState::Publish, &sid.path, &raw);
+            let stats = watch_statistics(&mut socket, &guard);
+            let r = publish(socket, publisher, config, &guard, shutdown).await;
+            stats.abort();
+            r
         }
         Mode::Read => {
             let reader = match paths.read(&sid.path, session) {
@@ -174,9 +241,13 @@ async fn handle(
                 )
                 .await;
             };
-            let socket = accept(req, keys).await?;
+            let mut socket = accept(req, keys).await?;
             tracing::info!(path = sid.path, "is reading");
-            read(socket, reader, chunks, shutdown).await
+            guard.set(ConnState::Read, &sid.path, &raw);
+            let stats = watch_statistics(&mut socket, &guard);
+            let r = read(socket, reader, chunks, &guard, shutdown).await;
+            stats.abort();
+            r
         }
     }
 }
@@ -195,6 +266,7 @@ async fn publish(
     mut socket: SrtSocket,
     mut publisher: tidegate_core::Publisher,
     config: SrtConfig,
+    guard: &ConnGuard<SrtStats>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let kicked = publisher.kicked();
@@ -205,6 +277,7 @@ async fn publish(
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = kicked.cancelled() => return Err("replaced by another publisher, or kicked".into()),
+            _ = guard.kick.cancelled() => return Err("kicked".into()),
             r = tokio::time::timeout(config.read_timeout, socket.next()) => r,
         };
         let data = match next {
@@ -239,6 +312,7 @@ async fn read(
     mut socket: SrtSocket,
     reader: tidegate_core::Reader,
     chunks: Arc<Stream>,
+    guard: &ConnGuard<SrtStats>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     // From the next keyframe, not from the GOP cache: srt-tokio 0.4 loses a connection that
@@ -247,6 +321,7 @@ async fn read(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = guard.kick.cancelled() => break,
             f = sub.recv() => match f {
                 Ok(frame) => {
                     let data: &Bytes = &frame.data;
@@ -254,7 +329,7 @@ async fn read(
                     while pos < data.len() {
                         let end = (pos + PAYLOAD).min(data.len());
                         socket
-                            .send((Instant::now(), data.slice(pos..end)))
+                            .send((frame.received, data.slice(pos..end)))
                             .await
                             .map_err(|e| format!("send: {e}"))?;
                         pos = end;

@@ -1,4 +1,5 @@
-//! The live RTMP connections, for the control API (`/v3/rtmpconns/...`) and kicks.
+//! The live connections of one protocol listener, for the control API (`/v3/rtmpconns/...`,
+//! `/v3/srtconns/...`) and kicks. `X` is what a protocol adds per connection (SRT statistics).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ impl ConnState {
 
 /// A snapshot of one connection.
 #[derive(Clone, Debug)]
-pub struct ConnInfo {
+pub struct ConnInfo<X = ()> {
     pub id: u64,
     pub created: SystemTime,
     pub remote: SocketAddr,
@@ -36,15 +37,17 @@ pub struct ConnInfo {
     pub query: String,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    pub extra: Arc<X>,
 }
 
-struct Entry {
+struct Entry<X> {
     created: SystemTime,
     remote: SocketAddr,
     state: ConnState,
     path: String,
     query: String,
     counters: Arc<Counters>,
+    extra: Arc<X>,
     kick: CancellationToken,
 }
 
@@ -55,19 +58,28 @@ pub struct Counters {
     pub sent: AtomicU64,
 }
 
-/// Connections of one listener kind (RTMP or RTMPS).
-#[derive(Default)]
-pub struct ConnRegistry {
-    conns: Mutex<BTreeMap<u64, Entry>>,
+/// Connections of one listener (RTMP, RTMPS, SRT).
+pub struct ConnRegistry<X = ()> {
+    conns: Mutex<BTreeMap<u64, Entry<X>>>,
 }
 
-impl ConnRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+impl<X> Default for ConnRegistry<X> {
+    fn default() -> Self {
+        ConnRegistry {
+            conns: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<X>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn add(self: &Arc<Self>, id: u64, remote: SocketAddr) -> ConnGuard {
+    /// Registers a connection; it stays listed until the guard is dropped.
+    pub fn add(self: &Arc<Self>, id: u64, remote: SocketAddr) -> ConnGuard<X> {
         let counters = Arc::new(Counters::default());
+        let extra = Arc::new(X::default());
         let kick = CancellationToken::new();
         self.lock().insert(
             id,
@@ -78,6 +90,7 @@ impl ConnRegistry {
                 path: String::new(),
                 query: String::new(),
                 counters: counters.clone(),
+                extra: extra.clone(),
                 kick: kick.clone(),
             },
         );
@@ -85,11 +98,12 @@ impl ConnRegistry {
             registry: self.clone(),
             id,
             counters,
+            extra,
             kick,
         }
     }
 
-    pub fn list(&self) -> Vec<ConnInfo> {
+    pub fn list(&self) -> Vec<ConnInfo<X>> {
         self.lock()
             .iter()
             .map(|(id, e)| ConnInfo {
@@ -101,11 +115,12 @@ impl ConnRegistry {
                 query: e.query.clone(),
                 bytes_received: e.counters.received.load(Ordering::Relaxed),
                 bytes_sent: e.counters.sent.load(Ordering::Relaxed),
+                extra: e.extra.clone(),
             })
             .collect()
     }
 
-    pub fn get(&self, id: u64) -> Option<ConnInfo> {
+    pub fn get(&self, id: u64) -> Option<ConnInfo<X>> {
         self.list().into_iter().find(|c| c.id == id)
     }
 
@@ -122,14 +137,15 @@ impl ConnRegistry {
 }
 
 /// A connection's entry; removed when dropped.
-pub(crate) struct ConnGuard {
-    registry: Arc<ConnRegistry>,
+pub struct ConnGuard<X: Default + Send + Sync + 'static = ()> {
+    registry: Arc<ConnRegistry<X>>,
     id: u64,
     pub counters: Arc<Counters>,
+    pub extra: Arc<X>,
     pub kick: CancellationToken,
 }
 
-impl ConnGuard {
+impl<X: Default + Send + Sync + 'static> ConnGuard<X> {
     pub fn set(&self, state: ConnState, path: &str, query: &str) {
         if let Some(e) = self.registry.lock().get_mut(&self.id) {
             e.state = state;
@@ -139,7 +155,7 @@ impl ConnGuard {
     }
 }
 
-impl Drop for ConnGuard {
+impl<X: Default + Send + Sync + 'static> Drop for ConnGuard<X> {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
     }
