@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tidegate_core::{rescale, CodecParams, Frame, Stream, StreamConfig, StreamDesc, TrackId};
+use tidegate_core::{rescale, CodecParams, Frame, Stream, StreamDesc, TrackId};
 
 use crate::chunk::write_message;
 use crate::flv;
@@ -91,59 +91,39 @@ pub struct RtmpMux {
 }
 
 impl RtmpMux {
-    /// Starts the muxer task for `source`. It ends (closing the derived stream) when the source
-    /// ends.
+    /// Starts the muxer for `source`; its derived stream ends when the source ends.
     pub fn start(source: Arc<Stream>) -> RtmpMux {
-        let desc = source.desc();
-        let chunks = Arc::new(Stream::new(desc.clone(), StreamConfig::default()));
-        let out = chunks.clone();
-        let mut reader = source.subscribe();
-        tokio::spawn(async move {
-            let mut maker = TagMaker::new(&desc);
-            while let Ok(frame) = reader.recv().await {
-                if out.is_closed() {
-                    break;
-                }
-                let Some(tag) = maker.make(&frame) else {
-                    continue; // a codec RTMP cannot carry: the play answer already said so
-                };
-                let csid = if tag.type_id == MSG_VIDEO {
-                    CSID_VIDEO
-                } else {
-                    CSID_AUDIO
-                };
-                let mut bytes = BytesMut::new();
-                if let Some(seq) = &tag.sequence_header {
-                    write_message(
-                        &mut bytes,
-                        csid,
-                        tag.timestamp,
-                        tag.type_id,
-                        MEDIA_STREAM_ID,
-                        seq,
-                        OUT_CHUNK_SIZE,
-                    );
-                }
+        let mut maker = TagMaker::new(&source.desc());
+        let chunks = source.derive(move |frame| {
+            // A codec RTMP cannot carry gives no tag: the play answer already said so.
+            let tag = maker.make(frame)?;
+            let csid = if tag.type_id == MSG_VIDEO {
+                CSID_VIDEO
+            } else {
+                CSID_AUDIO
+            };
+            let mut bytes = BytesMut::new();
+            if let Some(seq) = &tag.sequence_header {
                 write_message(
                     &mut bytes,
                     csid,
                     tag.timestamp,
                     tag.type_id,
                     MEDIA_STREAM_ID,
-                    &tag.body,
+                    seq,
                     OUT_CHUNK_SIZE,
                 );
-                out.write(Frame {
-                    track: frame.track,
-                    pts: frame.pts,
-                    dts: frame.dts,
-                    keyframe: frame.keyframe,
-                    data: bytes.freeze(),
-                    received: frame.received,
-                    params: frame.params.clone(),
-                });
             }
-            out.close();
+            write_message(
+                &mut bytes,
+                csid,
+                tag.timestamp,
+                tag.type_id,
+                MEDIA_STREAM_ID,
+                &tag.body,
+                OUT_CHUNK_SIZE,
+            );
+            Some(bytes.freeze())
         });
         RtmpMux { chunks }
     }

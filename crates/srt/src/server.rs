@@ -13,8 +13,8 @@ use srt_tokio::options::{ListenerOptions, Passphrase};
 use srt_tokio::{ConnectionRequest, SrtIncoming, SrtListener, SrtSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tidegate_core::{
-    Action, ConnGuard, ConnRegistry, ConnState, Credentials, Frame, PathError, PathManager,
-    SessionInfo, Stream, StreamConfig,
+    Action, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager, SessionInfo,
+    Stream,
 };
 use tidegate_mpegts::demux::Demuxer;
 use tidegate_mpegts::frames::{Output, TsToFrames};
@@ -353,27 +353,14 @@ struct TsMux {
 
 impl TsMux {
     fn start(source: Arc<Stream>) -> TsMux {
-        let desc = source.desc();
-        let mut muxer = Muxer::new(&desc);
+        let mut muxer = Muxer::new(&source.desc());
         if muxer.is_empty() {
             return TsMux { chunks: None };
         }
-        let out = Arc::new(Stream::new(desc, StreamConfig::default()));
-        let chunks = out.clone();
-        let mut sub = source.subscribe();
-        tokio::spawn(async move {
-            while let Ok(frame) = sub.recv().await {
-                let mut bytes = BytesMut::new();
-                muxer.write(&frame, &mut bytes);
-                if bytes.is_empty() {
-                    continue;
-                }
-                out.write(Frame {
-                    data: bytes.freeze(),
-                    ..(*frame).clone()
-                });
-            }
-            out.close();
+        let chunks = source.derive(move |frame| {
+            let mut bytes = BytesMut::new();
+            muxer.write(frame, &mut bytes);
+            (!bytes.is_empty()).then(|| bytes.freeze())
         });
         TsMux {
             chunks: Some(chunks),
