@@ -43,6 +43,11 @@ impl TestServer {
         self.server.as_ref().expect("running")
     }
 
+    /// Whether a plain RTMP listener is open (not with `rtmpEncryption: strict`).
+    pub fn has_plain_rtmp(&self) -> bool {
+        self.server().rtmp_addr().is_some()
+    }
+
     pub fn rtmp_addr(&self) -> SocketAddr {
         self.server().rtmp_addr().expect("RTMP enabled")
     }

@@ -719,3 +719,26 @@ fn bad_input_closes_only_its_own_connection() {
     assert!(max_video_gap(&p) <= 100, "the reader saw no gap");
     assert!(server.paths().get("live/steady").unwrap().ready);
 }
+
+#[test]
+fn rtmps_strict_serves_only_tls() {
+    let dir = scratch("rtmps-strict");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
+    let server = TestServer::start(&format!(
+        "rtmpEncryption: strict\nrtmpServerKey: {}\nrtmpServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    assert!(!server.has_plain_rtmp(), "strict: no plain RTMP listener");
+    let url = server.rtmps_url("live/strict");
+    let _publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    server.wait_ready("live/strict", READY);
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&url, 3, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 3);
+}
