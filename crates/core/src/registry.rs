@@ -311,45 +311,15 @@ impl PathManager {
     /// sorted by name.
     pub fn list(&self) -> Vec<PathInfo> {
         let reg = self.shared.lock();
-        let mut out: BTreeMap<String, PathInfo> = BTreeMap::new();
-        for (name, e) in &reg.paths {
-            let stream = e.publisher.as_ref().and_then(|p| p.stream.as_ref());
-            let live_bytes = stream.map_or(0, |s| s.stats().bytes_in.load(Ordering::Relaxed));
-            out.insert(
-                name.clone(),
-                PathInfo {
-                    name: name.clone(),
-                    conf_name: e.conf.name.clone(),
-                    source: e.publisher.as_ref().map(|p| (p.session.kind, p.session.id)),
-                    ready: stream.is_some(),
-                    ready_time: e.publisher.as_ref().and_then(|p| p.ready_time),
-                    tracks: stream.map(|s| s.desc().codec_names()).unwrap_or_default(),
-                    bytes_received: e.bytes_received_past + live_bytes,
-                    bytes_sent: e.bytes_sent.load(Ordering::Relaxed),
-                    readers: e.readers.values().map(|r| (r.kind, r.id)).collect(),
-                    reader_skips: stream
-                        .map_or(0, |s| s.stats().reader_skips.load(Ordering::Relaxed)),
-                },
-            );
-        }
+        let mut out: BTreeMap<String, PathInfo> = reg
+            .paths
+            .iter()
+            .map(|(name, e)| (name.clone(), active_info(name, e)))
+            .collect();
         for name in reg.matcher.exact_names() {
             if !out.contains_key(name) {
                 if let Some(m) = reg.matcher.find(name) {
-                    out.insert(
-                        name.clone(),
-                        PathInfo {
-                            name: name.clone(),
-                            conf_name: m.conf.name.clone(),
-                            source: None,
-                            ready: false,
-                            ready_time: None,
-                            tracks: Vec::new(),
-                            bytes_received: 0,
-                            bytes_sent: 0,
-                            readers: Vec::new(),
-                            reader_skips: 0,
-                        },
-                    );
+                    out.insert(name.clone(), idle_info(name, &m.conf));
                 }
             }
         }
@@ -358,7 +328,50 @@ impl PathManager {
 
     /// One path, as in [`PathManager::list`].
     pub fn get(&self, name: &str) -> Option<PathInfo> {
-        self.list().into_iter().find(|p| p.name == name)
+        let reg = self.shared.lock();
+        if let Some(e) = reg.paths.get(name) {
+            return Some(active_info(name, e));
+        }
+        let matcher = reg.matcher.clone();
+        drop(reg);
+        if !matcher.exact_names().any(|n| n == name) {
+            return None;
+        }
+        matcher.find(name).map(|m| idle_info(name, &m.conf))
+    }
+}
+
+/// A path that has a publisher or readers.
+fn active_info(name: &str, e: &PathEntry) -> PathInfo {
+    let stream = e.publisher.as_ref().and_then(|p| p.stream.as_ref());
+    let live_bytes = stream.map_or(0, |s| s.stats().bytes_in.load(Ordering::Relaxed));
+    PathInfo {
+        name: name.to_string(),
+        conf_name: e.conf.name.clone(),
+        source: e.publisher.as_ref().map(|p| (p.session.kind, p.session.id)),
+        ready: stream.is_some(),
+        ready_time: e.publisher.as_ref().and_then(|p| p.ready_time),
+        tracks: stream.map(|s| s.desc().codec_names()).unwrap_or_default(),
+        bytes_received: e.bytes_received_past + live_bytes,
+        bytes_sent: e.bytes_sent.load(Ordering::Relaxed),
+        readers: e.readers.values().map(|r| (r.kind, r.id)).collect(),
+        reader_skips: stream.map_or(0, |s| s.stats().reader_skips.load(Ordering::Relaxed)),
+    }
+}
+
+/// A configured path nobody uses yet.
+fn idle_info(name: &str, conf: &PathConf) -> PathInfo {
+    PathInfo {
+        name: name.to_string(),
+        conf_name: conf.name.clone(),
+        source: None,
+        ready: false,
+        ready_time: None,
+        tracks: Vec::new(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        readers: Vec::new(),
+        reader_skips: 0,
     }
 }
 
