@@ -52,3 +52,90 @@ pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
+
+/// An HTTP response with its raw head and body bytes.
+pub struct Fetched {
+    pub status: u16,
+    /// The status line and headers, header names lower-cased.
+    pub head: String,
+    pub body: Vec<u8>,
+    /// Time from sending the request to the end of the body.
+    pub elapsed: Duration,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET `target` (path and query) with extra header lines; binary-safe, chunked bodies joined.
+/// Bounded by a 15 s socket timeout.
+pub fn fetch(addr: SocketAddr, target: &str, headers: &[&str]) -> Fetched {
+    let start = std::time::Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("HTTP answer within 15 s");
+    let elapsed = start.elapsed();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let raw = &buf[split + 4..];
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let head_lc = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k, v)) => format!("{}:{v}", k.to_ascii_lowercase()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = if head_lc.contains("transfer-encoding: chunked") {
+        dechunk_bytes(raw)
+    } else {
+        raw.to_vec()
+    };
+    Fetched {
+        status,
+        head: head_lc,
+        body,
+        elapsed,
+    }
+}
+
+fn dechunk_bytes(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let rest = &body[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}

@@ -71,6 +71,15 @@ impl TestServer {
         self.server().srt_addr().expect("SRT enabled")
     }
 
+    pub fn hls_addr(&self) -> SocketAddr {
+        self.server().hls_addr().expect("HLS enabled")
+    }
+
+    /// `http://127.0.0.1:PORT/<path>/<file>`.
+    pub fn hls_url(&self, path: &str, file: &str) -> String {
+        format!("http://{}/{path}/{file}", self.hls_addr())
+    }
+
     pub fn api_addr(&self) -> SocketAddr {
         self.server().api_addr().expect("API enabled")
     }

@@ -28,6 +28,7 @@ const APT: &[&str] = &[
     "wrk",
     "python3-venv",
     "iproute2",
+    "curl",
 ];
 
 const PIP: &[(&str, &str)] = &[("aiortc", "1.16.0"), ("imageio-ffmpeg", "0.8.1")];

@@ -81,6 +81,32 @@ pub struct SequenceInfo {
     pub max_height: u32,
 }
 
+impl SequenceInfo {
+    /// The RFC 6381 codec string of the AV1 ISOBMFF binding, e.g. `av01.0.04M.08`.
+    pub fn codec_string(&self) -> String {
+        let depth = match (self.high_bitdepth, self.twelve_bit) {
+            (false, _) => 8,
+            (true, false) => 10,
+            (true, true) => 12,
+        };
+        format!(
+            "av01.{}.{:02}{}.{:02}",
+            self.seq_profile,
+            self.seq_level_idx_0,
+            if self.seq_tier_0 { 'H' } else { 'M' },
+            depth
+        )
+    }
+
+    pub fn bit_depth(&self) -> u8 {
+        match (self.high_bitdepth, self.twelve_bit) {
+            (false, _) => 8,
+            (true, false) => 10,
+            (true, true) => 12,
+        }
+    }
+}
+
 /// Parses a sequence header OBU (with its OBU header).
 pub fn parse_sequence_header(obu: &[u8]) -> Result<SequenceInfo, CodecError> {
     const WHAT: &str = "AV1 sequence header";

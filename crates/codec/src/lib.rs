@@ -12,6 +12,7 @@ pub mod h264;
 pub mod h265;
 pub mod nal;
 pub mod opus;
+pub mod vp9;
 
 /// Why a bitstream could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,6 +20,7 @@ pub struct ApiState {
     pub rtmps_conns: Arc<ConnRegistry>,
     pub srt_conns: Arc<ConnRegistry<tidegate_srt::SrtStats>>,
     pub relays: Arc<crate::relays::Relays>,
+    pub hls: tidegate_hls::Hls,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -41,6 +42,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v3/srtconns/list", get(srt_list))
         .route("/v3/srtconns/get/{id}", get(srt_get))
         .route("/v3/srtconns/kick/{id}", post(srt_kick))
+        .route("/v3/hlsmuxers/list", get(hls_list))
+        .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
         .fallback(not_found)
         .with_state(state)
 }
@@ -327,6 +330,42 @@ async fn srt_get(State(state): State<ApiState>, Path(id): Path<String>) -> Respo
 
 async fn srt_kick(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     conns_kick(&state.srt_conns, &id)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiHlsMuxer {
+    path: String,
+    created: String,
+    last_request: String,
+    bytes_sent: u64,
+}
+
+fn api_hls(m: tidegate_hls::MuxerInfo) -> ApiHlsMuxer {
+    ApiHlsMuxer {
+        path: m.path,
+        created: humantime::format_rfc3339_millis(m.created).to_string(),
+        last_request: humantime::format_rfc3339_millis(m.last_request).to_string(),
+        bytes_sent: m.bytes_sent,
+    }
+}
+
+async fn hls_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let items: Vec<ApiHlsMuxer> = state.hls.muxers().into_iter().map(api_hls).collect();
+    match paginate(items, &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn hls_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.hls.muxers().into_iter().find(|m| m.path == name) {
+        Some(m) => Json(api_hls(m)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "HLS muxer not found").into_response(),
+    }
 }
 
 async fn not_found() -> Response {

@@ -42,6 +42,7 @@ pub struct Server {
     rtmp_addr: Option<SocketAddr>,
     rtmps_addr: Option<SocketAddr>,
     srt_addr: Option<SocketAddr>,
+    hls_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -79,6 +80,20 @@ impl Server {
             ),
             false => None,
         };
+        let hls_tls = match config.hls && config.hls_encryption {
+            true => Some(
+                tls::acceptor_with_alpn(
+                    &config.hls_server_key,
+                    &config.hls_server_cert,
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|message| StartError::Config {
+                    key: "hlsServerKey/hlsServerCert",
+                    message,
+                })?,
+            ),
+            false => None,
+        };
         let api = match config.api {
             true => Some(bind("API", config.api_address).await?),
             false => None,
@@ -108,6 +123,11 @@ impl Server {
             ),
             false => None,
         };
+        let hls_listener = match config.hls {
+            true => Some(bind("HLS", config.hls_address).await?),
+            false => None,
+        };
+        let hls_addr = hls_listener.as_ref().and_then(|l| l.local_addr().ok());
         let srt_addr = srt.as_ref().map(|s| s.local);
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
@@ -122,6 +142,24 @@ impl Server {
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let srt_conns = Arc::new(tidegate_core::ConnRegistry::<tidegate_srt::SrtStats>::default());
         let relays = relays::start(&config, &paths, &tasks, &shutdown);
+        let hls = tidegate_hls::Hls::new(
+            paths.clone(),
+            tidegate_hls::HlsConfig {
+                variant: match config.hls_variant {
+                    config::HlsVariant::LowLatency => tidegate_hls::Variant::LowLatency,
+                    config::HlsVariant::Fmp4 => tidegate_hls::Variant::Fmp4,
+                    config::HlsVariant::Mpegts => tidegate_hls::Variant::MpegTs,
+                },
+                segment_duration: config.hls_segment_duration,
+                part_duration: config.hls_part_duration,
+                segment_count: config.hls_segment_count,
+                always_remux: config.hls && config.hls_always_remux,
+                muxer_close_after: config.hls_muxer_close_after,
+                allow_origin: config.hls_allow_origin.clone(),
+            },
+            shutdown.clone(),
+            tasks.clone(),
+        );
         if let (Some(listener), Some(addr)) = (api, api_addr) {
             tracing::info!("[API] listener opened on {addr} (HTTP)");
             let router = api::router(api::ApiState {
@@ -130,6 +168,7 @@ impl Server {
                 rtmps_conns: rtmps_conns.clone(),
                 srt_conns: srt_conns.clone(),
                 relays: relays.clone(),
+                hls: hls.clone(),
             });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
@@ -173,9 +212,19 @@ impl Server {
                 tasks.clone(),
             ));
         }
+        if let (Some(listener), Some(addr)) = (hls_listener, hls_addr) {
+            tracing::info!(
+                "[HLS] listener opened on {addr} ({})",
+                if hls_tls.is_some() {
+                    "HTTPS, HTTP/2"
+                } else {
+                    "HTTP"
+                }
+            );
+            tasks.spawn(hls.clone().serve(listener, hls_tls));
+        }
         for (enabled, name, addr) in [
             (config.rtsp, "RTSP", config.rtsp_address),
-            (config.hls, "HLS", config.hls_address),
             (config.webrtc, "WebRTC", config.webrtc_address),
         ] {
             if enabled {
@@ -193,6 +242,7 @@ impl Server {
             rtmp_addr,
             rtmps_addr,
             srt_addr,
+            hls_addr,
         })
     }
 
@@ -219,6 +269,10 @@ impl Server {
 
     pub fn srt_addr(&self) -> Option<SocketAddr> {
         self.srt_addr
+    }
+
+    pub fn hls_addr(&self) -> Option<SocketAddr> {
+        self.hls_addr
     }
 
     /// Stops accepting, closes every session and waits (bounded) for them to finish.

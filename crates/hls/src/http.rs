@@ -1,0 +1,639 @@
+//! The HTTP side: `/<path>/index.m3u8` (multivariant), `/<path>/stream.m3u8` (media, with
+//! `_HLS_msn` / `_HLS_part` blocking reload and `_HLS_skip` delta updates), init segments,
+//! segments, parts (streamed while written), and `/<path>/` (a player page).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use bytes::Bytes;
+use tidegate_core::{Action, Credentials, PathError};
+
+use crate::muxer::Muxer;
+use crate::segmenter::Variant;
+use crate::Inner;
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new().fallback(handle).with_state(inner)
+}
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let router = router(inner.clone());
+    let shutdown = inner.shutdown.clone();
+    loop {
+        let (sock, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("[HLS] accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        inner.tasks.spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                    let mut r = router.clone();
+                    async move {
+                        use tower_service::Service;
+                        r.call(req.map(Body::new)).await
+                    }
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let result = match tls {
+                Some(acc) => {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!("[HLS] TLS handshake with {remote} failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::select! {
+                        r = conn => r,
+                        _ = shutdown.cancelled() => Ok(()),
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
+                    tokio::select! {
+                        r = conn => r,
+                        _ = shutdown.cancelled() => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("[HLS] connection from {remote}: {e}");
+            }
+        });
+    }
+}
+
+/// Percent-decodes a query value (`+` is a space).
+fn decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Query {
+    msn: Option<Result<u64, ()>>,
+    part: Option<Result<u64, ()>>,
+    skip: bool,
+    user: Option<String>,
+    pass: Option<String>,
+    /// What sub-resource URIs carry along (credentials), with its leading `?`.
+    forward: String,
+}
+
+fn parse_query(q: Option<&str>) -> Query {
+    let mut out = Query {
+        msn: None,
+        part: None,
+        skip: false,
+        user: None,
+        pass: None,
+        forward: String::new(),
+    };
+    let mut fwd = Vec::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "_HLS_msn" => out.msn = Some(v.parse().map_err(|_| ())),
+            "_HLS_part" => out.part = Some(v.parse().map_err(|_| ())),
+            "_HLS_skip" => out.skip = v == "YES" || v == "v2",
+            "user" => {
+                out.user = Some(decode(v));
+                fwd.push(pair);
+            }
+            "pass" => {
+                out.pass = Some(decode(v));
+                fwd.push(pair);
+            }
+            "token" | "jwt" => fwd.push(pair),
+            _ => {}
+        }
+    }
+    if !fwd.is_empty() {
+        out.forward = format!("?{}", fwd.join("&"));
+    }
+    out
+}
+
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+fn cors(inner: &Inner, r: &mut Response) {
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&inner.cfg.allow_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut r = Response::new(Body::from(msg.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut r = route(&inner, remote, &method, &uri, &headers).await;
+    cors(&inner, &mut r);
+    if method == Method::HEAD {
+        *r.body_mut() = Body::empty();
+    }
+    r
+}
+
+enum File {
+    Page,
+    Multivariant,
+    Media,
+    Init(u32),
+    Segment(u64),
+    Part(u64, u64),
+    Other,
+}
+
+fn parse_file(file: &str, prefix: Option<&str>) -> File {
+    match file {
+        "" => return File::Page,
+        "index.m3u8" => return File::Multivariant,
+        "stream.m3u8" => return File::Media,
+        _ => {}
+    }
+    let Some(rest) = prefix
+        .and_then(|p| file.strip_prefix(p))
+        .and_then(|r| r.strip_prefix('_'))
+    else {
+        return File::Other;
+    };
+    let stem = rest.rsplit_once('.').map_or(rest, |(s, _)| s);
+    if let Some(v) = stem.strip_prefix("init").and_then(|v| v.parse().ok()) {
+        return File::Init(v);
+    }
+    if let Some(m) = stem.strip_prefix("seg").and_then(|v| v.parse().ok()) {
+        return File::Segment(m);
+    }
+    if let Some((m, p)) = stem.strip_prefix("part").and_then(|v| v.split_once('_')) {
+        if let (Ok(m), Ok(p)) = (m.parse(), p.parse()) {
+            return File::Part(m, p);
+        }
+    }
+    File::Other
+}
+
+async fn route(
+    inner: &Arc<Inner>,
+    remote: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    if method == Method::OPTIONS {
+        let mut r = text(StatusCode::NO_CONTENT, "");
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("OPTIONS, GET, HEAD"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Range"),
+        );
+        return r;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let full = uri.path().trim_start_matches('/');
+    let Some((path, file)) = full.rsplit_once('/') else {
+        if full.is_empty() {
+            return text(StatusCode::NOT_FOUND, "no path given\n");
+        }
+        // `/cam1` → `/cam1/` (the player page), keeping the query.
+        let loc = match uri.query() {
+            Some(q) => format!("/{full}/?{q}"),
+            None => format!("/{full}/"),
+        };
+        let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
+        if let Ok(v) = HeaderValue::from_str(&loc) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    };
+    let q = parse_query(uri.query());
+    let (user, pass) = match basic_auth(headers) {
+        Some((u, p)) => (Some(u), Some(p)),
+        None => (q.user.clone(), q.pass.clone()),
+    };
+    let creds = Credentials {
+        user,
+        pass,
+        ip: remote.ip(),
+    };
+    if let Err(e) = inner.paths.authorize(path, Action::Read, &creds) {
+        return match e {
+            PathError::Auth(e) => {
+                tracing::info!("[HLS] {remote} refused on '{path}': {e}");
+                let mut r = text(StatusCode::UNAUTHORIZED, format!("{e}\n"));
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tidegate\""),
+                );
+                r
+            }
+            other => text(StatusCode::NOT_FOUND, format!("{other}\n")),
+        };
+    }
+    let existing = inner.existing(path);
+    let prefix = existing.as_ref().map(|m| m.state().prefix.clone());
+    match parse_file(file, prefix.as_deref()) {
+        File::Page => page(path),
+        File::Multivariant | File::Media => {
+            let mux = match existing {
+                Some(m) => m,
+                None => match inner.muxer(path) {
+                    Ok(m) => m,
+                    Err(e) => return text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                },
+            };
+            mux.touch();
+            let multivariant = matches!(parse_file(file, None), File::Multivariant);
+            playlist(inner, &mux, multivariant, &q, headers).await
+        }
+        File::Other => text(StatusCode::NOT_FOUND, "not found\n"),
+        f => {
+            let Some(mux) = existing else {
+                return text(StatusCode::NOT_FOUND, "no muxer for this path\n");
+            };
+            mux.touch();
+            media_file(&mux, f).await
+        }
+    }
+}
+
+fn target(mux: &Muxer) -> Duration {
+    Duration::from_secs(mux.state().target_duration.max(1))
+}
+
+async fn playlist(
+    inner: &Inner,
+    mux: &Arc<Muxer>,
+    multivariant: bool,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Response {
+    // The first segment: up to a GOP away. hls.js waits 10 s for a manifest by default.
+    let first_wait = Duration::from_secs(8).max(inner.cfg.segment_duration * 3);
+    if !mux.wait_for(first_wait, |s| s.ready()).await {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the muxer has no segment yet\n",
+        );
+    }
+    let ll = inner.cfg.variant == Variant::LowLatency;
+    let mut blocking = false;
+    if !multivariant && ll {
+        let msn = match q.msn {
+            Some(Ok(m)) => Some(m),
+            Some(Err(())) => return text(StatusCode::BAD_REQUEST, "bad _HLS_msn\n"),
+            None => None,
+        };
+        let part = match q.part {
+            Some(Ok(p)) => Some(p),
+            Some(Err(())) => return text(StatusCode::BAD_REQUEST, "bad _HLS_part\n"),
+            None => None,
+        };
+        if part.is_some() && msn.is_none() {
+            return text(StatusCode::BAD_REQUEST, "_HLS_part needs _HLS_msn\n");
+        }
+        if let Some(msn) = msn {
+            let last = mux.state().last_msn().unwrap_or(0);
+            if msn > last + 2 {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("_HLS_msn {msn} is too far ahead of the playlist (last {last})\n"),
+                );
+            }
+            blocking = true;
+            let limit = target(mux) * 3;
+            if !mux.wait_for(limit, |s| s.has(msn, part)).await {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the requested part did not appear in time\n",
+                );
+            }
+        }
+    }
+    let body = {
+        let st = mux.state();
+        if multivariant {
+            st.multivariant(&q.forward)
+        } else {
+            st.media(q.skip && ll, &q.forward)
+        }
+    };
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let mut r = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 3),
+            flate2::Compression::fast(),
+        );
+        let _ = enc.write_all(body.as_bytes());
+        let data = enc.finish().unwrap_or_default();
+        mux.bytes_sent
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut r = Response::new(Body::from(data));
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        mux.bytes_sent
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        Response::new(Body::from(body))
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.apple.mpegurl"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    // A blocking response names a unique playlist version, so caches may keep it a little;
+    // plain playlists change all the time.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if blocking {
+            "public, max-age=30"
+        } else {
+            "no-cache"
+        }),
+    );
+    r
+}
+
+fn media_response(mux: &Muxer, body: Body, len: Option<usize>, ts: bool) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if ts { "video/mp2t" } else { "video/mp4" }),
+    );
+    // File names are unique per muxer: their content never changes.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Some(n) = len {
+        mux.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    r
+}
+
+async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
+    let limit = target(mux) * 3;
+    let ts = mux.state().variant == Variant::MpegTs;
+    match f {
+        File::Init(v) => {
+            let data = mux
+                .state()
+                .inits
+                .iter()
+                .find(|(n, _)| *n == v)
+                .map(|(_, d)| d.clone());
+            match data {
+                Some(d) => {
+                    let n = d.len();
+                    media_response(mux, Body::from(d), Some(n), false)
+                }
+                None => text(StatusCode::NOT_FOUND, "no such init segment\n"),
+            }
+        }
+        File::Segment(msn) => {
+            // A segment being written is answered once complete.
+            let ok = mux
+                .wait_for(limit, |s| {
+                    s.segment(msn).is_none_or(|seg| seg.complete)
+                        || s.last_msn().is_some_and(|l| l < msn)
+                })
+                .await;
+            let parts = {
+                let st = mux.state();
+                match st.segment(msn) {
+                    Some(seg) if seg.complete && ok => Some(
+                        seg.parts
+                            .iter()
+                            .map(|p| p.data.clone())
+                            .collect::<Vec<Bytes>>(),
+                    ),
+                    _ => None,
+                }
+            };
+            match parts {
+                Some(parts) => {
+                    let n = parts.iter().map(Bytes::len).sum();
+                    let body = Body::from_stream(futures::stream::iter(
+                        parts.into_iter().map(Ok::<_, std::convert::Infallible>),
+                    ));
+                    media_response(mux, body, Some(n), ts)
+                }
+                None => text(StatusCode::NOT_FOUND, "no such segment\n"),
+            }
+        }
+        File::Part(msn, idx) => part(mux, msn, idx, limit).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+enum PartNow {
+    Done(Bytes),
+    Open,
+    Gone,
+    Later,
+}
+
+fn part_now(s: &crate::state::State, msn: u64, idx: u64) -> PartNow {
+    match s.segment(msn) {
+        Some(seg) => match seg.parts.get(idx as usize) {
+            Some(p) => PartNow::Done(p.data.clone()),
+            None if seg.complete => PartNow::Gone,
+            None if idx == seg.parts.len() as u64 => PartNow::Open,
+            None => PartNow::Later,
+        },
+        None if s.last_msn().is_some_and(|l| msn > l) => PartNow::Later,
+        None => PartNow::Gone,
+    }
+}
+
+/// A part: complete ones at once; the part being written (the preload hint) streamed chunk
+/// by chunk as the muxer writes it; one further ahead held until it starts.
+async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response {
+    let started = mux
+        .wait_for(limit, |s| !matches!(part_now(s, msn, idx), PartNow::Later))
+        .await;
+    if !started {
+        return text(StatusCode::NOT_FOUND, "the part did not start in time\n");
+    }
+    let now = part_now(&mux.state(), msn, idx);
+    match now {
+        PartNow::Done(d) => {
+            let n = d.len();
+            media_response(mux, Body::from(d), Some(n), false)
+        }
+        PartNow::Gone | PartNow::Later => text(StatusCode::NOT_FOUND, "no such part\n"),
+        PartNow::Open => {
+            let mux2 = mux.clone();
+            let rx = mux.subscribe();
+            let deadline = tokio::time::Instant::now() + limit;
+            let stream = futures::stream::unfold(
+                (mux2, rx, 0usize, false),
+                move |(mux, mut rx, sent, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        let (chunk, finished) = {
+                            let st = mux.state();
+                            match part_now(&st, msn, idx) {
+                                PartNow::Done(d) => (d.slice(sent.min(d.len())..), true),
+                                PartNow::Open => {
+                                    let mut skip = sent;
+                                    let mut out = Vec::new();
+                                    for c in &st.open_part {
+                                        if skip >= c.len() {
+                                            skip -= c.len();
+                                            continue;
+                                        }
+                                        out.extend_from_slice(&c[skip..]);
+                                        skip = 0;
+                                    }
+                                    (Bytes::from(out), false)
+                                }
+                                _ => (Bytes::new(), true),
+                            }
+                        };
+                        if !chunk.is_empty() || finished {
+                            if chunk.is_empty() {
+                                return None;
+                            }
+                            mux.bytes_sent
+                                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            let n = sent + chunk.len();
+                            return Some((Ok::<_, std::io::Error>(chunk), (mux, rx, n, finished)));
+                        }
+                        match tokio::time::timeout_at(deadline, rx.changed()).await {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                return Some((
+                                    Err(std::io::Error::other("part did not complete in time")),
+                                    (mux, rx, sent, true),
+                                ))
+                            }
+                        }
+                    }
+                },
+            );
+            media_response(mux, Body::from_stream(stream), None, false)
+        }
+    }
+}
+
+fn page(path: &str) -> Response {
+    let html = PLAYER_PAGE
+        .replace("{{PATH}}", &html_escape(path))
+        .replace("{{HLSJS}}", HLS_JS_URL);
+    let mut r = Response::new(Body::from(html));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// hls.js version the player page loads (from jsDelivr; Safari plays natively).
+pub const HLS_JS_URL: &str = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js";
+
+const PLAYER_PAGE: &str = include_str!("player.html");

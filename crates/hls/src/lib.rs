@@ -1,0 +1,200 @@
+//! HLS and Low-Latency HLS egress.
+//!
+//! One muxer per path ([`muxer`]) turns the path's frames into segments and parts
+//! ([`segmenter`], on `tidegate-fmp4` or `tidegate-mpegts`) and keeps the window that the HTTP
+//! server ([`http`]) serves: multivariant and media playlists with blocking reload and delta
+//! updates, init segments, segments, and parts streamed while they are written.
+
+pub mod http;
+pub mod muxer;
+pub mod segmenter;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tidegate_core::{PathError, PathEventKind, PathManager};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use muxer::Muxer;
+pub use segmenter::Variant;
+
+/// The `hls*` settings.
+#[derive(Clone, Debug)]
+pub struct HlsConfig {
+    pub variant: Variant,
+    pub segment_duration: Duration,
+    pub part_duration: Duration,
+    pub segment_count: u32,
+    pub always_remux: bool,
+    pub muxer_close_after: Duration,
+    pub allow_origin: String,
+}
+
+/// A muxer as the API shows it.
+#[derive(Clone, Debug)]
+pub struct MuxerInfo {
+    pub path: String,
+    pub created: SystemTime,
+    pub last_request: SystemTime,
+    pub bytes_sent: u64,
+}
+
+pub(crate) struct Inner {
+    pub paths: PathManager,
+    pub cfg: HlsConfig,
+    muxers: Mutex<HashMap<String, Arc<Muxer>>>,
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Inner {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Muxer>>> {
+        self.muxers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn remove(&self, mux: &Arc<Muxer>) {
+        let mut t = self.table();
+        if t.get(&mux.path).is_some_and(|m| Arc::ptr_eq(m, mux)) {
+            t.remove(&mux.path);
+        }
+    }
+
+    pub(crate) fn existing(&self, path: &str) -> Option<Arc<Muxer>> {
+        self.table().get(path).cloned()
+    }
+
+    /// The path's muxer, started if the path has a publisher.
+    pub(crate) fn muxer(self: &Arc<Self>, path: &str) -> Result<Arc<Muxer>, PathError> {
+        let mut t = self.table();
+        if let Some(m) = t.get(path) {
+            return Ok(m.clone());
+        }
+        let reader = self.paths.read(path, muxer::session(self))?;
+        let state = state::State::new(
+            prefix(),
+            self.cfg.variant,
+            self.cfg.segment_duration.as_secs_f64(),
+            self.cfg.part_duration.as_secs_f64(),
+            self.cfg.segment_count.max(1) as usize,
+        );
+        let mux = Arc::new(Muxer::new(path.to_string(), state));
+        mux.touch();
+        t.insert(path.to_string(), mux.clone());
+        drop(t);
+        self.tasks
+            .spawn(muxer::run(self.clone(), mux.clone(), reader));
+        Ok(mux)
+    }
+}
+
+/// A name prefix for one muxer's files: segment names never repeat across muxers, so CDNs may
+/// cache them forever.
+fn prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let mut x = nanos
+        ^ N.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // splitmix64: spread the bits, then base-36 it.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let mut s = String::new();
+    for _ in 0..8 {
+        s.push(char::from_digit((x % 36) as u32, 36).unwrap_or('0'));
+        x /= 36;
+    }
+    s
+}
+
+/// The HLS server: muxers and their HTTP front.
+#[derive(Clone)]
+pub struct Hls {
+    inner: Arc<Inner>,
+}
+
+impl Hls {
+    pub fn new(
+        paths: PathManager,
+        cfg: HlsConfig,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Hls {
+        let hls = Hls {
+            inner: Arc::new(Inner {
+                paths,
+                cfg,
+                muxers: Mutex::new(HashMap::new()),
+                shutdown,
+                tasks,
+            }),
+        };
+        if hls.inner.cfg.always_remux {
+            let inner = hls.inner.clone();
+            let mut events = inner.paths.events();
+            hls.inner.tasks.spawn(async move {
+                for p in inner.paths.list().into_iter().filter(|p| p.ready) {
+                    let _ = inner.muxer(&p.name);
+                }
+                loop {
+                    tokio::select! {
+                        ev = events.recv() => match ev {
+                            Ok(e) if e.kind == PathEventKind::Ready => {
+                                let _ = inner.muxer(&e.path);
+                            }
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                for p in inner.paths.list().into_iter().filter(|p| p.ready) {
+                                    let _ = inner.muxer(&p.name);
+                                }
+                            }
+                            Err(_) => break,
+                        },
+                        _ = inner.shutdown.cancelled() => break,
+                    }
+                }
+            });
+        }
+        hls
+    }
+
+    pub fn muxers(&self) -> Vec<MuxerInfo> {
+        let mut v: Vec<MuxerInfo> = self
+            .inner
+            .table()
+            .values()
+            .map(|m| MuxerInfo {
+                path: m.path.clone(),
+                created: m.created,
+                last_request: m.last_request(),
+                bytes_sent: m.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Serves HTTP (and HTTP/2, over TLS with ALPN or cleartext with prior knowledge) on
+    /// `listener` until shutdown.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        http::serve(self.inner, listener, tls).await
+    }
+
+    pub fn local_router(&self) -> axum::Router {
+        http::router(self.inner.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

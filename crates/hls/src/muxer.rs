@@ -1,0 +1,212 @@
+//! One muxer per path: reads the path's stream, feeds the segmenter and keeps the state that
+//! HTTP handlers serve. It outlives its publisher: when a new one starts within
+//! `hlsMuxerCloseAfter`, the playlist carries on with a discontinuity.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tidegate_core::{PathEventKind, Reader, SessionInfo};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::segmenter::{Segmenter, SegmenterConfig};
+use crate::state::State;
+use crate::Inner;
+
+pub struct Muxer {
+    pub path: String,
+    pub created: SystemTime,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    started: Instant,
+    last_request_ms: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub closed: CancellationToken,
+}
+
+impl Muxer {
+    pub fn new(path: String, state: State) -> Muxer {
+        Muxer {
+            path,
+            created: SystemTime::now(),
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            started: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn touch(&self) {
+        self.last_request_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn last_request(&self) -> SystemTime {
+        self.created + Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed))
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(
+            self.last_request_ms.load(Ordering::Relaxed),
+        ))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until `ready` holds for the state, or `limit` passes. Returns whether it holds.
+    pub async fn wait_for(&self, limit: Duration, mut ready: impl FnMut(&State) -> bool) -> bool {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if ready(&self.state()) {
+                return true;
+            }
+            if self.closed.is_cancelled() {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return ready(&self.state()),
+            }
+        }
+    }
+
+    fn apply(&self, events: &mut Vec<crate::segmenter::Event>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.state();
+            for ev in events.drain(..) {
+                st.apply(ev);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Reads the path until idle, shutdown or kick; then removes itself from the muxer table.
+pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, mut reader: Reader) {
+    let cfg = SegmenterConfig {
+        variant: inner.cfg.variant,
+        segment_duration: inner.cfg.segment_duration.as_secs_f64(),
+        part_duration: inner.cfg.part_duration.as_secs_f64(),
+    };
+    let mut events = inner.paths.events();
+    let mut offset = 0.0;
+    let mut discontinuity = false;
+    let idle = || !inner.cfg.always_remux && mux.idle_for() > inner.cfg.muxer_close_after;
+    tracing::info!(path = mux.path, "[HLS] muxer created");
+    'streams: loop {
+        let desc = reader.desc();
+        let mut seg = Segmenter::new(&desc, cfg.clone(), offset, discontinuity);
+        if let Some(why) = &seg.unsupported {
+            tracing::warn!(path = mux.path, "[HLS] {why}");
+        }
+        let mut out = Vec::new();
+        let mut first = true;
+        let video = desc
+            .tracks
+            .iter()
+            .find(|t| t.codec().is_video())
+            .map(|t| (t.id, t.clock_rate));
+        let mut rate: Option<(i64, u32)> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = reader.recv() => {
+                    let Ok(frame) = r else { break };
+                    if first {
+                        first = false;
+                        let wall = SystemTime::now() - frame.received.elapsed();
+                        mux.state().wall0 = wall - Duration::from_secs_f64(offset);
+                    }
+                    if let Some((vid, clock)) = video.filter(|v| v.0 == frame.track) {
+                        match &mut rate {
+                            None => rate = Some((frame.dts, 0)),
+                            Some((start, n)) => {
+                                *n += 1;
+                                let span = (frame.dts - *start) as f64 / f64::from(clock.max(1));
+                                if *n == 60 || (span >= 2.0 && *n > 1) {
+                                    let fps = f64::from(*n) / span;
+                                    if fps.is_finite() && fps > 0.0 && mux.state().frame_rate.is_none() {
+                                        mux.state().frame_rate = Some(fps);
+                                    }
+                                    let _ = vid;
+                                }
+                            }
+                        }
+                    }
+                    seg.push(&frame, &mut out);
+                    mux.apply(&mut out);
+                }
+                _ = tick.tick() => {
+                    if idle() {
+                        break 'streams;
+                    }
+                }
+                _ = mux.closed.cancelled() => break 'streams,
+                _ = inner.shutdown.cancelled() => break 'streams,
+            }
+        }
+        seg.finish(&mut out);
+        mux.apply(&mut out);
+        offset = seg.end();
+        discontinuity = true;
+        drop(reader);
+        tracing::info!(
+            path = mux.path,
+            "[HLS] publisher left, waiting for a new one"
+        );
+        // Wait for the next publisher of this path.
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let ready = match ev {
+                        Ok(e) => e.kind == PathEventKind::Ready && e.path == mux.path,
+                        Err(_) => true,
+                    };
+                    if ready {
+                        if let Ok(r) = inner.paths.read(&mux.path, session(&inner)) {
+                            reader = r;
+                            continue 'streams;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if idle() || inner.cfg.always_remux {
+                        break 'streams;
+                    }
+                    if let Ok(r) = inner.paths.read(&mux.path, session(&inner)) {
+                        reader = r;
+                        continue 'streams;
+                    }
+                }
+                _ = mux.closed.cancelled() => break 'streams,
+                _ = inner.shutdown.cancelled() => break 'streams,
+            }
+        }
+    }
+    mux.closed.cancel();
+    mux.changed.send_modify(|v| *v += 1);
+    inner.remove(&mux);
+    tracing::info!(path = mux.path, "[HLS] muxer closed");
+}
+
+pub(crate) fn session(inner: &Inner) -> SessionInfo {
+    SessionInfo {
+        id: inner.paths.new_session_id(),
+        kind: "hlsMuxer",
+        remote: None,
+    }
+}

@@ -1,0 +1,67 @@
+// Plays Tidegate's built-in HLS player page in headless Chromium and reports what hls.js saw.
+// Usage: node hls_player.mjs PAGE_URL SECONDS NODE_MODULES_DIR
+// The page loads hls.js from jsDelivr; the request is answered with the hls.js installed in
+// NODE_MODULES_DIR, so the test needs no Internet access. Prints one JSON object.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+
+const [url, secondsArg, modules] = process.argv.slice(2);
+const seconds = Number(secondsArg || 8);
+const require = createRequire(path.join(modules, 'package.json'));
+const { chromium } = require('playwright-core');
+const hlsjs = require.resolve('hls.js/dist/hls.min.js');
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  timeout: 30000,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--no-first-run',
+         '--autoplay-policy=no-user-gesture-required'],
+});
+const out = { url, samples: [] };
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.error('console:', m.text()); });
+  await page.route('https://cdn.jsdelivr.net/**', (route) =>
+    route.fulfill({ path: hlsjs, contentType: 'application/javascript' }));
+  const t0 = Date.now();
+  await page.goto(url, { timeout: 15000 });
+  const end = t0 + seconds * 1000;
+  while (Date.now() < end) {
+    await page.waitForTimeout(250);
+    const s = await page.evaluate(() => {
+      const t = window.tidegate;
+      if (!t || !t.hls) return null;
+      const q = t.video.getVideoPlaybackQuality();
+      const lvl = t.hls.levels && t.hls.levels[t.hls.currentLevel];
+      const det = lvl && lvl.details;
+      return {
+        frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, time: t.video.currentTime,
+        latency: t.hls.latency, width: t.video.videoWidth, height: t.video.videoHeight,
+        partTarget: det ? det.partTarget : null, canBlockReload: det ? det.canBlockReload : null,
+        errors: t.errors.slice(0, 10), hlsjs: window.Hls && Hls.version,
+      };
+    });
+    if (s) {
+      s.t = (Date.now() - t0) / 1000;
+      out.samples.push(s);
+      if (out.firstFrameAt === undefined && s.frames > 0) out.firstFrameAt = s.t;
+    }
+  }
+  const last = out.samples[out.samples.length - 1] || {};
+  Object.assign(out, {
+    framesDecoded: last.frames || 0, dropped: last.dropped, width: last.width, height: last.height,
+    partTarget: last.partTarget, canBlockReload: last.canBlockReload, errors: last.errors,
+    hlsjs: last.hlsjs, currentTime: last.time,
+  });
+  // Latency once playing: the samples of the last half of the run.
+  const lat = out.samples.filter((s) => s.frames > 0 && s.t > seconds / 2 && Number.isFinite(s.latency))
+    .map((s) => s.latency).sort((a, b) => a - b);
+  out.latencyMedian = lat.length ? lat[Math.floor(lat.length / 2)] : null;
+  out.latencyMax = lat.length ? lat[lat.length - 1] : null;
+} finally {
+  await browser.close();
+}
+out.samples = out.samples.length;
+console.log(JSON.stringify(out));
