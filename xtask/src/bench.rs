@@ -1,9 +1,12 @@
-//! `cargo xtask bench [core|rtmp-fanout] [readers...]`: performance figures, printed as tables.
+//! `cargo xtask bench [core|rtmp-fanout|hls-readers] [n...]`: performance figures, printed as
+//! tables.
 //!
 //! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
 //!   shares).
 //! - `rtmp-fanout`: Tidegate and nginx-rtmp under the same load in the same run (default 100
 //!   and 1000 readers), as a ratio.
+//! - `hls-readers`: 0 and 200 LL-HLS clients polling with blocking reload beside one RTMP
+//!   reader: server CPU, and whether the RTMP reader's latency moves.
 //!
 //! Everything is built in release mode.
 

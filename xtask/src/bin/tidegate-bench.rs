@@ -1,4 +1,8 @@
-//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout] [readers...]`.
+//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|hls-readers] [n...]`.
+//!
+//! `hls-readers` runs N LL-HLS clients (blocking reload on every part, then the part) beside
+//! one RTMP reader, and reports the server's CPU, the RTMP reader's frame latency (does HLS
+//! load slow the publisher's other readers?) and how long blocking reloads waited.
 //!
 //! `rtmp-fanout` runs the same load against Tidegate and nginx-rtmp in one invocation: one
 //! publisher sends a pre-encoded clip in real time, N readers in this process play it. For each
@@ -35,6 +39,18 @@ fn main() {
     let which = args.first().map(String::as_str).unwrap_or("all");
     if which == "core" || which == "all" {
         core_fanout(&rt);
+    }
+    if which == "hls-readers" || which == "all" {
+        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+        let counts = if counts.is_empty() || which == "all" {
+            vec![0, 200]
+        } else {
+            counts
+        };
+        if let Err(e) = hls_readers(&rt, &counts) {
+            eprintln!("hls-readers: {e}");
+            std::process::exit(1);
+        }
     }
     if which == "rtmp-fanout" || which == "all" {
         let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -229,13 +245,17 @@ impl Drop for Server {
     }
 }
 
-fn start_tidegate(root: &Path, dir: &Path) -> Result<Server, String> {
+fn start_tidegate(root: &Path, dir: &Path, hls_port: Option<u16>) -> Result<Server, String> {
     let port = free_port();
     let conf = dir.join("tidegate.yml");
+    let hls = match hls_port {
+        Some(p) => format!("hls: yes\nhlsAddress: 127.0.0.1:{p}\n"),
+        None => "hls: no\n".to_string(),
+    };
     std::fs::write(
         &conf,
         format!(
-            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n"
+            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nrtsp: no\n{hls}webrtc: no\nsrt: no\n"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -533,7 +553,7 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         let mut results = Vec::new();
         for which in ["tidegate", "nginx-rtmp"] {
             let server = match which {
-                "tidegate" => start_tidegate(&root, &dir)?,
+                "tidegate" => start_tidegate(&root, &dir, None)?,
                 _ => start_nginx(&dir)?,
             };
             let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
@@ -558,6 +578,189 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
                 t.cpu_per_gbit / g.cpu_per_gbit
             );
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HLS readers: N LL-HLS clients polling with blocking reload beside one RTMP reader
+
+#[derive(Default)]
+struct HlsTotals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// One HTTP/1.1 keep-alive GET; returns the status and body (Content-Length bodies only).
+async fn http_get(s: &mut TcpStream, target: &str) -> Result<(u16, Vec<u8>), String> {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed".into());
+        }
+        head.push(byte[0]);
+        if head.len() > 16 * 1024 {
+            return Err("header too long".into());
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.get(9..12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// A player's loop: blocking reload for the next part, then the newest listed part.
+async fn hls_client(
+    port: u16,
+    totals: Arc<HlsTotals>,
+    waits: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicU64>,
+) {
+    let mut s = loop {
+        if stop.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut next: Option<(u64, u64)> = None;
+    let mut mine = Vec::new();
+    while stop.load(Ordering::Relaxed) == 0 {
+        let target = match next {
+            Some((m, p)) => format!("/live/bench/stream.m3u8?_HLS_msn={m}&_HLS_part={p}"),
+            None => "/live/bench/stream.m3u8".to_string(),
+        };
+        let t0 = Instant::now();
+        let Ok((status, body)) = http_get(&mut s, &target).await else {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        totals.requests.fetch_add(1, Ordering::Relaxed);
+        totals.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        if status != 200 {
+            // Before the stream starts, 404/503 are expected; after, they are errors.
+            if next.is_some() {
+                totals.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            next = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if next.is_some() {
+            mine.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        let text = String::from_utf8_lossy(&body);
+        // The preload hint names the next part: ..._part<msn>_<i>.mp4
+        next = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+            .and_then(|u| u.rsplit_once("_part"))
+            .and_then(|(_, r)| r.strip_suffix(".mp4\""))
+            .and_then(|r| r.split_once('_'))
+            .and_then(|(m, p)| Some((m.parse().ok()?, p.parse().ok()?)));
+        let newest = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("#EXT-X-PART:"))
+            .and_then(|l| l.split("URI=\"").nth(1))
+            .and_then(|u| u.split('"').next())
+            .map(str::to_string);
+        if let Some(uri) = newest {
+            match http_get(&mut s, &format!("/live/bench/{uri}")).await {
+                Ok((200, b)) => {
+                    totals.requests.fetch_add(1, Ordering::Relaxed);
+                    totals.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+    waits.lock().map(|mut w| w.extend(mine)).ok();
+}
+
+fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("tidegate-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let clip = make_clip(&dir)?;
+    let tags = Arc::new(read_flv(&clip)?);
+    let seconds = 10;
+    println!("LL-HLS readers (blocking reload on every part, 200 ms parts) beside one RTMP reader, {seconds} s measured");
+    println!(
+        "{:>8} {:>10} {:>9} {:>13} {:>13} {:>10} {:>12} {:>12} {:>7}",
+        "clients",
+        "CPU share",
+        "RSS MB",
+        "RTMP p50 ms",
+        "RTMP p99 ms",
+        "HLS req/s",
+        "reload p50",
+        "reload p99",
+        "errors"
+    );
+    for &n in counts {
+        let hls_port = free_port();
+        let server = start_tidegate(&root, &dir, Some(hls_port))?;
+        let totals = Arc::new(HlsTotals::default());
+        let waits: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicU64::new(0));
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(rt.spawn(hls_client(
+                hls_port,
+                totals.clone(),
+                waits.clone(),
+                stop.clone(),
+            )));
+        }
+        let t0 = Instant::now();
+        let r = rt.block_on(run_load(&server, tags.clone(), 1, seconds))?;
+        let wall = t0.elapsed().as_secs_f64();
+        stop.store(1, Ordering::Relaxed);
+        rt.block_on(async {
+            for c in clients {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+            }
+        });
+        let mut w = waits.lock().map(|w| w.clone()).unwrap_or_default();
+        w.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            w.get(((w.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "{n:>8} {:>9.1}% {:>9.1} {:>13.2} {:>13.2} {:>10.0} {:>12.1} {:>12.1} {:>7}",
+            r.cpu_share * 100.0,
+            r.rss_mb,
+            r.p50_ms,
+            r.p99_ms,
+            totals.requests.load(Ordering::Relaxed) as f64 / wall,
+            pct(0.5),
+            pct(0.99),
+            totals.errors.load(Ordering::Relaxed)
+        );
+        drop(server);
     }
     Ok(())
 }
