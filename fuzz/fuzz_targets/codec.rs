@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tidegate_codec::{aac, h264, h265, nal, opus};
+use tidegate_codec::{aac, h264, h265, nal, opus, vp9};
 
 fuzz_target!(|data: &[u8]| {
     let _ = h264::parse_sps(data);
@@ -14,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = nal::split_annexb(data);
     let _ = nal::split_length_prefixed(data, 4);
     let _ = nal::length_prefixed_to_annexb(data);
+    let _ = vp9::parse_keyframe(data);
 });
