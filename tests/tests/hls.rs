@@ -246,6 +246,13 @@ fn hlsjs_plays_low_latency_from_rtmp() {
     assert!(item["bytesSent"].as_u64().unwrap() > 100_000, "{list}");
     let one = get_json(server.api_addr(), "/v3/hlsmuxers/get/live/cam");
     assert_eq!(one["path"], "live/cam");
+    let (status, metrics) = tidegate_tests::http::request(server.metrics_addr(), "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("hls_muxers{name=\"live/cam\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hls_muxers_bytes_sent{name=\"live/cam\"} "));
 }
 
 fn gst_read(url: &str, seconds: u64, dir: &std::path::Path) -> (usize, usize, String) {

@@ -637,3 +637,26 @@ fn html_escape(s: &str) -> String {
 pub const HLS_JS_URL: &str = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js";
 
 const PLAYER_PAGE: &str = include_str!("player.html");
+
+/// For the fuzz target: everything this module parses out of a request (path split, file
+/// name, query, Basic credentials), without a server.
+#[doc(hidden)]
+pub fn parse_request_for_fuzzing(target: &str, authorization: &[u8]) -> usize {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut n = 0;
+    if let Some((_, file)) = path.trim_start_matches('/').rsplit_once('/') {
+        n += match parse_file(file, Some("abc")) {
+            File::Part(m, p) => (m ^ p) as usize,
+            File::Segment(m) => m as usize,
+            File::Init(v) => v as usize,
+            _ => 0,
+        };
+    }
+    let q = parse_query(Some(query));
+    n += q.forward.len() + q.user.map_or(0, |u| u.len()) + usize::from(q.skip);
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(authorization) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    n + basic_auth(&headers).map_or(0, |(u, p)| u.len() + p.len())
+}

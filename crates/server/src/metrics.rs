@@ -11,10 +11,16 @@ use axum::routing::get;
 use axum::Router;
 use tidegate_core::PathManager;
 
-pub fn router(paths: PathManager) -> Router {
+#[derive(Clone)]
+struct MetricsState {
+    paths: PathManager,
+    hls: Option<tidegate_hls::Hls>,
+}
+
+pub fn router(paths: PathManager, hls: Option<tidegate_hls::Hls>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(paths)
+        .with_state(MetricsState { paths, hls })
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -22,6 +28,29 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// HLS muxers as MediaMTX names them: `hls_muxers` and `hls_muxers_bytes_sent`, by path.
+pub fn render_hls(hls: &tidegate_hls::Hls, out: &mut String) {
+    let muxers = hls.muxers();
+    let _ = writeln!(out, "# HELP hls_muxers 1 for every HLS muxer");
+    let _ = writeln!(out, "# TYPE hls_muxers gauge");
+    for m in &muxers {
+        let _ = writeln!(out, "hls_muxers{{name=\"{}\"}} 1", label(&m.path));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hls_muxers_bytes_sent bytes an HLS muxer has served"
+    );
+    let _ = writeln!(out, "# TYPE hls_muxers_bytes_sent counter");
+    for m in &muxers {
+        let _ = writeln!(
+            out,
+            "hls_muxers_bytes_sent{{name=\"{}\"}} {}",
+            label(&m.path),
+            m.bytes_sent
+        );
+    }
 }
 
 pub fn render(paths: &PathManager) -> String {
@@ -68,9 +97,10 @@ pub fn render(paths: &PathManager) -> String {
     out
 }
 
-async fn metrics(State(paths): State<PathManager>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&paths),
-    )
+async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
+    let mut text = render(&state.paths);
+    if let Some(hls) = &state.hls {
+        render_hls(hls, &mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
