@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, scratch, Probe};
+use tidegate_tests::{ffprobe, peer, run_bounded, scratch, Probe};
 
 const READY: Duration = Duration::from_secs(15);
 /// ffmpeg's SRT latency is in microseconds: 200 ms.
@@ -41,9 +41,6 @@ fn assert_media(p: &Probe, seconds: u32) {
     assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
 }
 
-/// SRT reading is not in the automated suite: srt-tokio 0.4 intermittently delivers nothing to
-/// a libsrt reader (about one run in four here; see docs/srt.md). Every SRT test reads back over
-/// RTMP until that is resolved.
 #[test]
 fn ffmpeg_publishes_over_srt_and_rtmp_reads() {
     let dir = scratch("srt-ffmpeg");
@@ -232,4 +229,183 @@ fn five_percent_loss_loses_no_frames() {
     );
     assert_eq!(status, 200);
     server.wait_not_ready("lossy", Duration::from_secs(10));
+}
+
+/// ffmpeg reading over SRT needs about 5 s before its first output (its MPEG-TS probe reads
+/// `analyzeduration` of stream); every bound below allows for that.
+fn ffmpeg_read_srt(
+    url: &str,
+    seconds: u32,
+    out: &std::path::Path,
+    dir: &std::path::Path,
+) -> PeerProcess {
+    ffmpeg_read(url, seconds, out, dir)
+}
+
+/// RTMP in → SRT out: ffmpeg (libsrt) and srt-live-transmit read the stream over SRT, in both
+/// stream id forms; the media is whole.
+#[test]
+fn rtmp_in_srt_out_for_ffmpeg_and_srt_live_transmit() {
+    let dir = scratch("srt-read");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/cam"), 60, "flv", &dir);
+    server.wait_ready("live/cam", READY);
+    for (i, id) in ["read:live/cam", "#!::r=live/cam,m=request"]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.join(format!("srt{i}.mkv"));
+        let mut reader = ffmpeg_read_srt(&server.srt_url(id, LAT), 5, &out, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(40)).success(),
+            "{id}: {}",
+            reader.stderr()
+        );
+        let p = probe_file(&out);
+        assert_media(&p, 5);
+        assert!(
+            p.packets_of("video")[0].keyframe,
+            "first frame is not a keyframe"
+        );
+    }
+    // srt-live-transmit writes what it receives to stdout for 5 s.
+    let url = format!("{}&latency=200", server.srt_url("read:live/cam", ""));
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "5"])
+            .arg(peer("srt-live-transmit"))
+            .args([url.as_str(), "file://con"]),
+        Duration::from_secs(20),
+    );
+    let ts = dir.join("slt.ts");
+    std::fs::write(&ts, &out.stdout).unwrap();
+    let p = probe_file(&ts);
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"));
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    let frames = p.packets_of("video").len();
+    assert!(frames >= 90, "srt-live-transmit got {frames} frames in 5 s");
+    assert!(p.dts_monotonic("video"));
+}
+
+/// SRT in → SRT out, with a read passphrase: none or a wrong one is refused, the right one
+/// gets the media.
+#[test]
+fn srt_in_srt_out_with_a_read_passphrase() {
+    let dir = scratch("srt-srt");
+    let server = TestServer::start("paths:\n  sec:\n    srtReadPassphrase: readsecret123\n");
+    let _publisher = ffmpeg_publish(&server.srt_url("publish:sec", LAT), 60, "mpegts", &dir);
+    server.wait_ready("sec", READY);
+    for bad in ["", "&passphrase=wrongsecret99"] {
+        let out = dir.join("bad.mkv");
+        let mut reader = ffmpeg_read(
+            &server.srt_url("read:sec", &format!("{LAT}{bad}")),
+            2,
+            &out,
+            &dir,
+        );
+        assert!(
+            !reader.wait(Duration::from_secs(20)).success(),
+            "read without the right passphrase was accepted"
+        );
+    }
+    let out = dir.join("good.mkv");
+    let url = server.srt_url("read:sec", &format!("{LAT}&passphrase=readsecret123"));
+    let mut reader = ffmpeg_read_srt(&url, 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(40)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// ffmpeg as an SRT listener sending the synthetic source, with a passphrase.
+fn ffmpeg_srt_listener_source(port: u16, dir: &std::path::Path) -> PeerProcess {
+    let url = format!(
+        "srt://127.0.0.1:{port}?mode=listener&latency=200000&passphrase=cameraSecret42&pbkeylen=16&listen_timeout=30000000"
+    );
+    ffmpeg_publish(&url, 60, "mpegts", dir)
+}
+
+/// `source: srt://…` pulls a remote SRT listener (caller mode, encrypted): the path is readable
+/// over RTMP; when the remote goes away and comes back, the path resumes by itself.
+#[test]
+fn srt_source_pulls_a_remote_listener_and_reconnects() {
+    let dir = scratch("srt-pull");
+    let port = free_udp_port();
+    let mut camera = ffmpeg_srt_listener_source(port, &dir);
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: srt://127.0.0.1:{port}?latency=200&passphrase=cameraSecret42&pbkeylen=16\n"
+    ));
+    server.wait_ready("cam", READY);
+    let out = dir.join("pull.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+    let path = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
+    assert_eq!(path["source"]["type"], "srtSource", "{path}");
+    assert!(
+        path["sourceRelay"]["url"]
+            .as_str()
+            .unwrap()
+            .contains("passphrase=***"),
+        "{path}"
+    );
+
+    // The camera goes away: the path is not ready; it comes back: the path resumes.
+    camera.kill9();
+    server.wait_not_ready("cam", Duration::from_secs(20));
+    let _camera = ffmpeg_srt_listener_source(port, &dir);
+    server.wait_ready("cam", Duration::from_secs(40));
+    let out = dir.join("pull2.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 3, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), 3);
+}
+
+/// `push: srt://…`: an RTMP publish is pushed to an SRT listener (ffmpeg), which records it.
+#[test]
+fn push_to_an_srt_destination() {
+    let dir = scratch("srt-push");
+    let port = free_udp_port();
+    let server = TestServer::start(&format!(
+        "paths:\n  live:\n    push:\n      - srt://127.0.0.1:{port}?streamid=from-tidegate&latency=200\n"
+    ));
+    // The destination listens first (ffmpeg waits up to 30 s for a caller).
+    let out = dir.join("pushed.mkv");
+    let listen =
+        format!("srt://127.0.0.1:{port}?mode=listener&latency=200000&listen_timeout=30000000");
+    let mut sink = ffmpeg_read(&listen, 5, &out, &dir);
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live"), 60, "flv", &dir);
+    server.wait_ready("live", READY);
+    assert!(
+        sink.wait(Duration::from_secs(50)).success(),
+        "{}",
+        sink.stderr()
+    );
+    assert_media(&probe_file(&out), 5);
+    let path = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/live");
+    let push = &path["push"][0];
+    assert!(push["bytes"].as_u64().unwrap() > 100_000, "{path}");
 }

@@ -16,6 +16,7 @@ pub mod conns;
 pub mod media;
 pub mod path;
 pub mod registry;
+pub mod relay;
 pub mod stream;
 
 pub use auth::{Action, AuthError, Credentials};

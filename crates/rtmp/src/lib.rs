@@ -12,7 +12,7 @@ mod relay;
 mod server;
 pub mod session;
 
-pub use relay::{pull, push, RelayStatus};
+pub use relay::{pull, push, redact, RelayStatus};
 pub use server::{serve, RtmpConfig, RtmpListener};
 pub use tidegate_core::{ConnInfo, ConnRegistry, ConnState};
 pub use tokio_rustls::TlsAcceptor;

@@ -5,10 +5,12 @@
 //! ever skips its own frames (counted as drops); it never slows the publisher, the readers or
 //! the other destinations. Failures reconnect with a capped exponential backoff.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tidegate_core::relay::with_backoff;
+pub use tidegate_core::relay::RelayStatus;
 use tidegate_core::{PathError, PathManager, RecvError, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,55 +23,9 @@ use crate::server::stream_head;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// What the API shows of one relay.
-#[derive(Debug)]
-pub struct RelayStatus {
-    /// The URL with the stream key hidden.
-    pub url: String,
-    state: Mutex<&'static str>,
-    pub bytes: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub drops: AtomicU64,
-    last_error: Mutex<String>,
-}
-
-impl RelayStatus {
-    pub fn new(url: &str) -> RelayStatus {
-        RelayStatus {
-            url: redact(url),
-            state: Mutex::new("idle"),
-            bytes: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            drops: AtomicU64::new(0),
-            last_error: Mutex::new(String::new()),
-        }
-    }
-
-    pub fn state(&self) -> &'static str {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_state(&self, s: &'static str) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
-    }
-
-    fn set_error(&self, e: &str) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
-    }
-}
 
 /// `rtmp://host/app/KEY` shown as `rtmp://host/app/***`: stream keys are secrets.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match RtmpUrl::parse(url) {
         Ok(u) if !u.name.is_empty() => format!("{}/***", u.tc_url),
         _ => url.to_string(),
@@ -161,49 +117,6 @@ fn parse_or_fail(url: &str, status: &RelayStatus) -> Option<RtmpUrl> {
             status.set_error(&e);
             None
         }
-    }
-}
-
-/// Runs `attempt` until it is done for good (`Ok`) or `cancel` fires. After each failure it
-/// waits a backoff from 1 s, doubling up to 30 s, reset after a run longer than 30 s (a fresh
-/// failure, not a flapping one).
-async fn with_backoff<F, Fut>(
-    what: &str,
-    path: &str,
-    status: &RelayStatus,
-    cancel: &CancellationToken,
-    mut attempt: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = attempt() => r,
-        };
-        let Err(e) = result else {
-            status.set_state("idle");
-            return;
-        };
-        tracing::warn!(
-            path,
-            url = status.url,
-            "{what}: {e}; reconnecting in {backoff:?}"
-        );
-        status.set_error(&e);
-        status.set_state("reconnecting");
-        status.reconnects.fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -19,6 +19,15 @@ pub struct Relays {
     sources: Mutex<HashMap<String, Arc<RelayStatus>>>,
 }
 
+/// A relay URL as the API and logs show it: stream keys and passphrases hidden.
+pub fn shown_url(url: &str) -> String {
+    if url.starts_with("srt://") {
+        tidegate_srt::caller::redact(url)
+    } else {
+        tidegate_rtmp::redact(url)
+    }
+}
+
 impl Relays {
     pub fn pushes(&self, path: &str) -> Vec<Arc<RelayStatus>> {
         self.pushes
@@ -46,7 +55,9 @@ pub fn start(
 ) -> Arc<Relays> {
     let relays = Arc::new(Relays::default());
     for conf in &config.paths {
-        let pulled = conf.source.starts_with("rtmp://") || conf.source.starts_with("rtmps://");
+        let pulled = ["rtmp://", "rtmps://", "srt://"]
+            .iter()
+            .any(|p| conf.source.starts_with(p));
         let exact = !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
         if conf.source == "publisher" {
             continue;
@@ -54,24 +65,28 @@ pub fn start(
         if !(pulled && exact) {
             tracing::warn!(
                 path = conf.name,
-                "source {} is not pulled yet (this build pulls rtmp:// and rtmps:// on exact-name paths)",
+                "source {} is not pulled yet (this build pulls rtmp://, rtmps:// and srt:// on exact-name paths)",
                 conf.source
             );
             continue;
         }
-        let status = Arc::new(RelayStatus::new(&conf.source));
+        let status = Arc::new(RelayStatus::new(&crate::relays::shown_url(&conf.source)));
         relays
             .sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(conf.name.clone(), status.clone());
-        tasks.spawn(tidegate_rtmp::pull(
+        let (url, p, name, c) = (
             conf.source.clone(),
             paths.clone(),
             conf.name.clone(),
-            status,
             shutdown.clone(),
-        ));
+        );
+        if url.starts_with("srt://") {
+            tasks.spawn(tidegate_srt::caller::pull(url, p, name, status, c));
+        } else {
+            tasks.spawn(tidegate_rtmp::pull(url, p, name, status, c));
+        }
     }
     let has_push = config.paths.iter().any(|p| !p.push.is_empty());
     if has_push {
@@ -107,7 +122,7 @@ pub fn start(
                     .conf
                     .push
                     .iter()
-                    .map(|u| Arc::new(RelayStatus::new(u)))
+                    .map(|u| Arc::new(RelayStatus::new(&crate::relays::shown_url(u))))
                     .collect();
                 relays2
                     .pushes
@@ -116,13 +131,17 @@ pub fn start(
                     .insert(ev.path.clone(), statuses.clone());
                 for (url, status) in m.conf.push.iter().zip(statuses) {
                     // Each push ends by itself when the stream it reads ends.
-                    tasks2.spawn(tidegate_rtmp::push(
+                    let (u, p, name, c) = (
                         url.clone(),
                         paths.clone(),
                         ev.path.clone(),
-                        status,
                         shutdown.clone(),
-                    ));
+                    );
+                    if u.starts_with("srt://") {
+                        tasks2.spawn(tidegate_srt::caller::push(u, p, name, status, c));
+                    } else {
+                        tasks2.spawn(tidegate_rtmp::push(u, p, name, status, c));
+                    }
                 }
             }
         });

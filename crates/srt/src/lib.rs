@@ -2,6 +2,7 @@
 //! readers, built on srt-tokio (pure Rust; interoperates with libsrt 1.5: stream ids, AES,
 //! retransmission). The TS work is `tidegate-mpegts`.
 
+pub mod caller;
 mod server;
 pub mod streamid;
 

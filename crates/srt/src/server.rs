@@ -222,7 +222,14 @@ async fn handle(
             tracing::info!(path = sid.path, "is publishing");
             guard.set(ConnState::Publish, &sid.path, &raw);
             let stats = watch_statistics(&mut socket, &guard);
-            let r = publish(socket, publisher, config, &guard, shutdown).await;
+            let r = publish(
+                socket,
+                publisher,
+                config.read_timeout,
+                &guard.kick,
+                shutdown,
+            )
+            .await;
             stats.abort();
             r
         }
@@ -245,7 +252,7 @@ async fn handle(
             tracing::info!(path = sid.path, "is reading");
             guard.set(ConnState::Read, &sid.path, &raw);
             let stats = watch_statistics(&mut socket, &guard);
-            let r = read(socket, reader, chunks, &guard, shutdown).await;
+            let r = read(socket, reader, chunks, &guard.kick, shutdown).await;
             stats.abort();
             r
         }
@@ -262,11 +269,13 @@ async fn accept(req: ConnectionRequest, keys: Option<KeySettings>) -> Result<Srt
     }
 }
 
-async fn publish(
+/// Demuxes what `socket` receives into `publisher`'s stream until the peer closes, goes
+/// silent for `read_timeout`, or `kick` / `shutdown` fires.
+pub(crate) async fn publish(
     mut socket: SrtSocket,
     mut publisher: tidegate_core::Publisher,
-    config: SrtConfig,
-    guard: &ConnGuard<SrtStats>,
+    read_timeout: Duration,
+    kick: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let kicked = publisher.kicked();
@@ -277,11 +286,11 @@ async fn publish(
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = kicked.cancelled() => return Err("replaced by another publisher, or kicked".into()),
-            _ = guard.kick.cancelled() => return Err("kicked".into()),
-            r = tokio::time::timeout(config.read_timeout, socket.next()) => r,
+            _ = kick.cancelled() => return Err("kicked".into()),
+            r = tokio::time::timeout(read_timeout, socket.next()) => r,
         };
         let data = match next {
-            Err(_) => return Err(format!("no data for {:?}", config.read_timeout)),
+            Err(_) => return Err(format!("no data for {read_timeout:?}")),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
             Ok(Some(Ok((_, data)))) => data,
@@ -308,11 +317,13 @@ async fn publish(
     }
 }
 
-async fn read(
+/// Sends `chunks` (the path muxed to TS) from its next key frame until the stream ends, the
+/// peer goes away, or `kick` / `shutdown` fires.
+pub(crate) async fn read(
     mut socket: SrtSocket,
     reader: tidegate_core::Reader,
     chunks: Arc<Stream>,
-    guard: &ConnGuard<SrtStats>,
+    kick: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     // From the next keyframe, not from the GOP cache: srt-tokio 0.4 loses a connection that
@@ -321,7 +332,7 @@ async fn read(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = guard.kick.cancelled() => break,
+            _ = kick.cancelled() => break,
             f = sub.recv() => match f {
                 Ok(frame) => {
                     let data: &Bytes = &frame.data;
@@ -347,12 +358,12 @@ async fn read(
 }
 
 /// Mux once, send many: one task turns the stream into TS packets for every SRT reader.
-struct TsMux {
-    chunks: Option<Arc<Stream>>,
+pub(crate) struct TsMux {
+    pub(crate) chunks: Option<Arc<Stream>>,
 }
 
 impl TsMux {
-    fn start(source: Arc<Stream>) -> TsMux {
+    pub(crate) fn start(source: Arc<Stream>) -> TsMux {
         let mut muxer = Muxer::new(&source.desc());
         if muxer.is_empty() {
             return TsMux { chunks: None };

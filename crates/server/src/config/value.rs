@@ -185,6 +185,10 @@ pub fn source(v: &Node) -> Result<String, String> {
         "rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "http://", "https://", "udp://",
         "whep://", "wheps://",
     ];
+    if s.starts_with("srt://") {
+        tidegate_srt::caller::SrtUrl::parse(&s)?;
+        return Ok(s);
+    }
     if s == "publisher" || SCHEMES.iter().any(|p| s.starts_with(p)) {
         Ok(s)
     } else {
@@ -194,15 +198,20 @@ pub fn source(v: &Node) -> Result<String, String> {
     }
 }
 
-/// Push destinations: `rtmp://` or `rtmps://` URLs with an app and a stream name.
+/// Push destinations: `rtmp://` or `rtmps://` URLs with an app and a stream name, or
+/// `srt://host:port?…` URLs.
 pub fn push_list(v: &Node) -> Result<Vec<String>, String> {
     let urls = string_list(v)?;
     for u in &urls {
+        if u.starts_with("srt://") {
+            tidegate_srt::caller::SrtUrl::parse(u)?;
+            continue;
+        }
         let ok = (u.starts_with("rtmp://") || u.starts_with("rtmps://"))
             && u.splitn(5, '/').filter(|s| !s.is_empty()).count() >= 4;
         if !ok {
             return Err(format!(
-                "expected rtmp://host[:port]/app/key or rtmps://…, found '{u}'"
+                "expected rtmp://host[:port]/app/key, rtmps://… or srt://host:port?…, found '{u}'"
             ));
         }
     }
