@@ -43,6 +43,8 @@ pub struct Server {
     rtmps_addr: Option<SocketAddr>,
     srt_addr: Option<SocketAddr>,
     hls_addr: Option<SocketAddr>,
+    rtsp_addr: Option<SocketAddr>,
+    rtsp_udp_ports: Option<(u16, u16)>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -128,6 +130,24 @@ impl Server {
             false => None,
         };
         let hls_addr = hls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let rtsp_listener = match config.rtsp {
+            true => Some(bind("RTSP", config.rtsp_address).await?),
+            false => None,
+        };
+        let rtsp_addr = rtsp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let rtsp_udp = match config.rtsp {
+            true => Some(
+                tidegate_rtsp::Udp::bind(config.rtp_address, config.rtcp_address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: "RTP/RTCP (UDP)",
+                        addr: config.rtp_address,
+                        source,
+                    })?,
+            ),
+            false => None,
+        };
+        let rtsp_udp_ports = rtsp_udp.as_ref().map(|u| u.ports());
         let srt_addr = srt.as_ref().map(|s| s.local);
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
@@ -223,10 +243,24 @@ impl Server {
             );
             tasks.spawn(hls.clone().serve(listener, hls_tls));
         }
-        for (enabled, name, addr) in [
-            (config.rtsp, "RTSP", config.rtsp_address),
-            (config.webrtc, "WebRTC", config.webrtc_address),
-        ] {
+        if let (Some(listener), Some(addr)) = (rtsp_listener, rtsp_addr) {
+            let (rtp, rtcp) = rtsp_udp_ports.unwrap_or_default();
+            tracing::info!(
+                "[RTSP] listener opened on {addr} (TCP), RTP on UDP {rtp}, RTCP on UDP {rtcp}"
+            );
+            tasks.spawn(tidegate_rtsp::serve(
+                listener,
+                rtsp_udp,
+                paths.clone(),
+                tidegate_rtsp::RtspConfig {
+                    read_timeout: config.read_timeout,
+                    write_timeout: config.write_timeout,
+                },
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        for (enabled, name, addr) in [(config.webrtc, "WebRTC", config.webrtc_address)] {
             if enabled {
                 tracing::warn!(
                     "[{name}] enabled in the configuration ({addr}), but this build has no {name} server yet; not listening"
@@ -243,6 +277,8 @@ impl Server {
             rtmps_addr,
             srt_addr,
             hls_addr,
+            rtsp_addr,
+            rtsp_udp_ports,
         })
     }
 
@@ -269,6 +305,15 @@ impl Server {
 
     pub fn srt_addr(&self) -> Option<SocketAddr> {
         self.srt_addr
+    }
+
+    pub fn rtsp_addr(&self) -> Option<SocketAddr> {
+        self.rtsp_addr
+    }
+
+    /// The RTP and RTCP UDP ports of RTSP sessions.
+    pub fn rtsp_udp_ports(&self) -> Option<(u16, u16)> {
+        self.rtsp_udp_ports
     }
 
     pub fn hls_addr(&self) -> Option<SocketAddr> {

@@ -63,6 +63,8 @@ pub struct Config {
 
     pub rtsp: bool,
     pub rtsp_address: SocketAddr,
+    pub rtp_address: SocketAddr,
+    pub rtcp_address: SocketAddr,
 
     pub hls: bool,
     pub hls_address: SocketAddr,
@@ -130,6 +132,8 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("rtmpServerCert", set!(rtmp_server_cert, string)),
     ("rtsp", set!(rtsp, boolean)),
     ("rtspAddress", set!(rtsp_address, address)),
+    ("rtpAddress", set!(rtp_address, address)),
+    ("rtcpAddress", set!(rtcp_address, address)),
     ("hls", set!(hls, boolean)),
     ("hlsAddress", set!(hls_address, address)),
     ("hlsVariant", set!(hls_variant, hls_variant)),
@@ -294,6 +298,8 @@ impl Config {
             rtmp_server_cert: String::new(),
             rtsp: false,
             rtsp_address: any,
+            rtp_address: any,
+            rtcp_address: any,
             hls: false,
             hls_address: any,
             hls_variant: HlsVariant::LowLatency,

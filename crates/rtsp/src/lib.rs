@@ -1,0 +1,12 @@
+//! RTSP for Tidegate: a sans-IO message parser ([`message`]), SDP ([`sdp`]), Basic and Digest
+//! auth ([`auth`]), packetize-once per stream ([`mux`]) and the tokio server ([`server`]):
+//! publish with ANNOUNCE/SETUP/RECORD, read with DESCRIBE/SETUP/PLAY, over TCP (interleaved)
+//! or UDP unicast.
+
+pub mod auth;
+pub mod message;
+pub mod mux;
+pub mod sdp;
+pub mod server;
+
+pub use server::{serve, RtspConfig, Udp};

@@ -1,0 +1,225 @@
+//! RTSP 1.0 messages (RFC 2326) off a TCP stream: requests and `$`-framed interleaved data,
+//! with limits on everything allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Largest request line plus headers.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest body (an SDP).
+pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("body larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn cseq(&self) -> &str {
+        self.header("CSeq").unwrap_or("0")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Request(Request),
+    Interleaved { channel: u8, data: Bytes },
+}
+
+/// Splits a byte stream into requests and interleaved frames.
+#[derive(Default)]
+pub struct Parser {
+    buf: BytesMut,
+}
+
+impl Parser {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    pub fn poll(&mut self) -> Result<Option<Input>, MessageError> {
+        // Clients may send CRLFs between messages.
+        while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+            self.buf.advance(1);
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        if self.buf[0] == b'$' {
+            if self.buf.len() < 4 {
+                return Ok(None);
+            }
+            let len = usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+            if self.buf.len() < 4 + len {
+                return Ok(None);
+            }
+            let channel = self.buf[1];
+            self.buf.advance(4);
+            let data = self.buf.split_to(len).freeze();
+            return Ok(Some(Input::Interleaved { channel, data }));
+        }
+        let Some(end) = find(&self.buf, b"\r\n\r\n") else {
+            if self.buf.len() > MAX_HEAD {
+                return Err(MessageError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        if end > MAX_HEAD {
+            return Err(MessageError::HeadTooLarge);
+        }
+        let head = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| MessageError::Malformed("not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let first = lines.next().ok_or(MessageError::Malformed("empty"))?;
+        let mut parts = first.split(' ');
+        let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(MessageError::Malformed("bad request line"));
+        };
+        if !version.starts_with("RTSP/")
+            || method.is_empty()
+            || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+        {
+            return Err(MessageError::Malformed("bad request line"));
+        }
+        let mut headers = Vec::new();
+        for line in lines {
+            let (k, v) = line
+                .split_once(':')
+                .ok_or(MessageError::Malformed("header without ':'"))?;
+            if headers.len() >= MAX_HEADERS {
+                return Err(MessageError::TooManyHeaders);
+            }
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+            .map(|(_, v)| {
+                v.parse::<usize>()
+                    .map_err(|_| MessageError::Malformed("bad Content-Length"))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        if len > MAX_BODY {
+            return Err(MessageError::BodyTooLarge);
+        }
+        if self.buf.len() < end + 4 + len {
+            return Ok(None);
+        }
+        let req = Request {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            headers,
+            body: Bytes::new(),
+        };
+        self.buf.advance(end + 4);
+        let body = self.buf.split_to(len).freeze();
+        Ok(Some(Input::Request(Request { body, ..req })))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A response with `CSeq` and the given headers and body.
+pub fn response(
+    status: u16,
+    reason: &str,
+    cseq: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    out.put_slice(
+        format!("RTSP/1.0 {status} {reason}\r\nCSeq: {cseq}\r\nServer: Tidegate\r\n").as_bytes(),
+    );
+    for (k, v) in headers {
+        out.put_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    if !body.is_empty() {
+        out.put_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// `$ channel len data`.
+pub fn interleaved(channel: u8, data: &[u8], out: &mut BytesMut) {
+    out.put_u8(b'$');
+    out.put_u8(channel);
+    out.put_u16(data.len().min(0xffff) as u16);
+    out.put_slice(&data[..data.len().min(0xffff)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_interleaved_frames_split_at_any_byte() {
+        let raw = b"OPTIONS rtsp://h/a RTSP/1.0\r\nCSeq: 1\r\n\r\n$\x01\x00\x03abcANNOUNCE rtsp://h/a RTSP/1.0\r\nCSeq: 2\r\nContent-Length: 4\r\n\r\nv=0\n";
+        for split in 0..raw.len() {
+            let mut p = Parser::default();
+            let mut got = Vec::new();
+            p.feed(&raw[..split]);
+            while let Some(i) = p.poll().unwrap() {
+                got.push(i);
+            }
+            p.feed(&raw[split..]);
+            while let Some(i) = p.poll().unwrap() {
+                got.push(i);
+            }
+            assert_eq!(got.len(), 3, "split at {split}");
+            match &got[2] {
+                Input::Request(r) => {
+                    assert_eq!(r.method, "ANNOUNCE");
+                    assert_eq!(r.cseq(), "2");
+                    assert_eq!(&r.body[..], b"v=0\n");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_garbage() {
+        let mut p = Parser::default();
+        p.feed(&vec![b'A'; MAX_HEAD + 10]);
+        assert_eq!(p.poll(), Err(MessageError::HeadTooLarge));
+        let mut p = Parser::default();
+        p.feed(b"DESCRIBE x RTSP/1.0\r\nContent-Length: 99999999\r\n\r\n");
+        assert_eq!(p.poll(), Err(MessageError::BodyTooLarge));
+        let mut p = Parser::default();
+        p.feed(b"\x00\x01 garbage\r\n\r\n");
+        assert!(p.poll().is_err());
+        let mut p = Parser::default();
+        let many: String = (0..100).map(|i| format!("X{i}: y\r\n")).collect();
+        p.feed(format!("OPTIONS * RTSP/1.0\r\n{many}\r\n").as_bytes());
+        assert_eq!(p.poll(), Err(MessageError::TooManyHeaders));
+    }
+}

@@ -1,0 +1,359 @@
+//! The SDP RTSP needs (RFC 4566): media lines with rtpmap, fmtp and control, parsed from
+//! ANNOUNCE and built for DESCRIBE.
+
+use base64::Engine;
+use bytes::Bytes;
+use std::fmt::Write;
+use tidegate_core::{CodecParams, G711Law, StreamDesc, TrackId};
+use tidegate_rtp::depack::Depacketizer;
+use tidegate_rtp::pack::PackKind;
+
+/// At most this many media in one SDP.
+pub const MAX_MEDIA: usize = 16;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Media {
+    pub kind: String,
+    pub pt: u8,
+    pub encoding: String,
+    pub clock: u32,
+    pub channels: Option<u8>,
+    pub fmtp: Vec<(String, String)>,
+    pub control: Option<String>,
+}
+
+impl Media {
+    fn fmtp(&self, key: &str) -> Option<&str> {
+        self.fmtp
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
+    let mut out: Vec<Media> = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if out.len() >= MAX_MEDIA {
+                return Err(format!("more than {MAX_MEDIA} media"));
+            }
+            let f: Vec<&str> = m.split_whitespace().collect();
+            let pt = f.get(3).and_then(|p| p.parse().ok()).ok_or("bad m= line")?;
+            let mut media = Media {
+                kind: f[0].to_string(),
+                pt,
+                ..Media::default()
+            };
+            // Static payload types.
+            match pt {
+                0 => (media.encoding, media.clock, media.channels) = ("PCMU".into(), 8000, Some(1)),
+                8 => (media.encoding, media.clock, media.channels) = ("PCMA".into(), 8000, Some(1)),
+                _ => {}
+            }
+            out.push(media);
+            continue;
+        }
+        let Some(media) = out.last_mut() else {
+            continue;
+        };
+        if let Some(a) = line.strip_prefix("a=rtpmap:") {
+            let (pt, rest) = a.split_once(' ').ok_or("bad rtpmap")?;
+            if pt.parse() != Ok(media.pt) {
+                continue;
+            }
+            let mut it = rest.split('/');
+            media.encoding = it.next().unwrap_or("").to_ascii_uppercase();
+            media.clock = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            media.channels = it.next().and_then(|c| c.parse().ok());
+        } else if let Some(a) = line.strip_prefix("a=fmtp:") {
+            let (pt, rest) = a.split_once(' ').unwrap_or((a, ""));
+            if pt.parse() != Ok(media.pt) {
+                continue;
+            }
+            media.fmtp = rest
+                .split(';')
+                .filter_map(|kv| kv.trim().split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .take(32)
+                .collect();
+        } else if let Some(c) = line.strip_prefix("a=control:") {
+            media.control = Some(c.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn b64(s: &str) -> Option<Bytes> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Bytes::from)
+}
+
+fn hex(s: &str) -> Option<Bytes> {
+    if !s.len().is_multiple_of(2) || s.len() > 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+}
+
+/// What a published media becomes: its parameters (None when they only come in band), its
+/// clock and its depacketizer.
+pub struct Incoming {
+    pub params: Option<CodecParams>,
+    pub clock: u32,
+    pub depack: Depacketizer,
+    pub video: bool,
+    /// H.265 (parameter sets in band are VPS/SPS/PPS).
+    pub h265: bool,
+}
+
+/// The track a published media becomes, or why it cannot be carried.
+pub fn incoming(m: &Media) -> Result<Incoming, String> {
+    let enc = m.encoding.as_str();
+    Ok(match enc {
+        "H264" => {
+            let params = m.fmtp("sprop-parameter-sets").and_then(|s| {
+                let mut it = s.split(',');
+                Some(CodecParams::H264 {
+                    sps: b64(it.next()?)?,
+                    pps: b64(it.next()?)?,
+                })
+            });
+            Incoming {
+                params,
+                clock: 90_000,
+                depack: Depacketizer::h264(),
+                video: true,
+                h265: false,
+            }
+        }
+        "H265" => {
+            let params = (|| {
+                Some(CodecParams::H265 {
+                    vps: b64(m.fmtp("sprop-vps")?)?,
+                    sps: b64(m.fmtp("sprop-sps")?)?,
+                    pps: b64(m.fmtp("sprop-pps")?)?,
+                })
+            })();
+            Incoming {
+                params,
+                clock: 90_000,
+                depack: Depacketizer::h265(),
+                video: true,
+                h265: true,
+            }
+        }
+        "MPEG4-GENERIC" => {
+            let config = m.fmtp("config").and_then(hex).ok_or("AAC without config")?;
+            let size = m
+                .fmtp("sizelength")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(13);
+            let index = m
+                .fmtp("indexlength")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3);
+            Incoming {
+                params: Some(CodecParams::Aac { config }),
+                clock: m.clock.max(1),
+                depack: Depacketizer::aac(size, index),
+                video: false,
+                h265: false,
+            }
+        }
+        "OPUS" => Incoming {
+            params: Some(CodecParams::Opus {
+                channels: m.channels.unwrap_or(2),
+            }),
+            clock: 48_000,
+            depack: Depacketizer::frame(),
+            video: false,
+            h265: false,
+        },
+        "PCMU" | "PCMA" => Incoming {
+            params: Some(CodecParams::G711 {
+                law: if enc == "PCMU" {
+                    G711Law::MuLaw
+                } else {
+                    G711Law::ALaw
+                },
+                sample_rate: m.clock.max(1),
+                channels: m.channels.unwrap_or(1),
+            }),
+            clock: m.clock.max(1),
+            depack: Depacketizer::frame(),
+            video: false,
+            h265: false,
+        },
+        other => return Err(format!("codec {other} is not supported over RTSP yet")),
+    })
+}
+
+/// One track as DESCRIBE offers it.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub track: TrackId,
+    pub pt: u8,
+    pub clock: u32,
+    pub kind: PackKind,
+}
+
+/// The SDP of `desc` for DESCRIBE, and how each offered track is packetized.
+pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
+    let mut s = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Tidegate\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=control:*\r\n");
+    let mut out = Vec::new();
+    let b64e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for t in &desc.tracks {
+        let i = out.len();
+        let pt = 96 + i as u8;
+        let (media, rtpmap, fmtp, clock, kind) = match &t.params {
+            CodecParams::H264 { sps, pps } => {
+                let pli = sps
+                    .get(1..4)
+                    .map(|b| format!("{:02X}{:02X}{:02X}", b[0], b[1], b[2]))
+                    .unwrap_or_default();
+                (
+                    "video",
+                    "H264/90000".to_string(),
+                    format!(
+                        "packetization-mode=1;profile-level-id={pli};sprop-parameter-sets={},{}",
+                        b64e(sps),
+                        b64e(pps)
+                    ),
+                    90_000,
+                    PackKind::H264,
+                )
+            }
+            CodecParams::H265 { vps, sps, pps } => (
+                "video",
+                "H265/90000".to_string(),
+                format!(
+                    "sprop-vps={};sprop-sps={};sprop-pps={}",
+                    b64e(vps),
+                    b64e(sps),
+                    b64e(pps)
+                ),
+                90_000,
+                PackKind::H265,
+            ),
+            CodecParams::Aac { config } => {
+                let asc = tidegate_codec::aac::AudioSpecificConfig::parse(config);
+                let (rate, ch) = asc
+                    .map(|a| (a.sample_rate, a.channels))
+                    .unwrap_or((t.clock_rate, 2));
+                let cfg: String = config.iter().map(|b| format!("{b:02X}")).collect();
+                (
+                    "audio",
+                    format!("MPEG4-GENERIC/{rate}/{ch}"),
+                    format!("profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={cfg}"),
+                    rate,
+                    PackKind::Aac,
+                )
+            }
+            CodecParams::Opus { channels } => (
+                "audio",
+                "opus/48000/2".to_string(),
+                format!("sprop-stereo={}", u8::from(*channels >= 2)),
+                48_000,
+                PackKind::Frame,
+            ),
+            CodecParams::G711 {
+                law,
+                sample_rate,
+                channels,
+            } => (
+                "audio",
+                format!(
+                    "{}/{sample_rate}/{channels}",
+                    if *law == G711Law::MuLaw {
+                        "PCMU"
+                    } else {
+                        "PCMA"
+                    }
+                ),
+                String::new(),
+                *sample_rate,
+                PackKind::Frame,
+            ),
+            _ => continue,
+        };
+        let _ = write!(s, "m={media} 0 RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n");
+        if !fmtp.is_empty() {
+            let _ = write!(s, "a=fmtp:{pt} {fmtp}\r\n");
+        }
+        let _ = write!(s, "a=control:trackID={i}\r\n");
+        out.push(Outgoing {
+            track: t.id,
+            pt,
+            clock,
+            kind,
+        });
+    }
+    (s, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FFMPEG_ANNOUNCE: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=tool:libavformat 59.27.100\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAA8DxYuS,aMuMsg==; profile-level-id=42C01E\r\na=control:streamid=0\r\nm=audio 0 RTP/AVP 97\r\nb=AS:128\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\na=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3; config=1190\r\na=control:streamid=1\r\n";
+
+    #[test]
+    fn ffmpeg_announce_parses_into_tracks() {
+        let m = parse(FFMPEG_ANNOUNCE).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].control.as_deref(), Some("streamid=0"));
+        let v = incoming(&m[0]).unwrap();
+        assert!(matches!(v.params, Some(CodecParams::H264 { .. })));
+        let a = incoming(&m[1]).unwrap();
+        assert_eq!(a.clock, 48_000);
+        assert_eq!(
+            a.params,
+            Some(CodecParams::Aac {
+                config: Bytes::from_static(&[0x11, 0x90])
+            })
+        );
+    }
+
+    #[test]
+    fn built_sdp_parses_back() {
+        let m = parse(FFMPEG_ANNOUNCE).unwrap();
+        let desc = StreamDesc {
+            tracks: m
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let inc = incoming(m).unwrap();
+                    tidegate_core::Track {
+                        id: i as u32,
+                        params: inc.params.unwrap(),
+                        clock_rate: inc.clock,
+                    }
+                })
+                .collect(),
+        };
+        let (sdp, out) = build(&desc);
+        assert_eq!(out.len(), 2);
+        let back = parse(&sdp).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].fmtp("config"), Some("1190"));
+        assert_eq!(back[0].control.as_deref(), Some("trackID=0"));
+        assert_eq!(
+            incoming(&back[0]).unwrap().params,
+            desc.tracks[0].params.clone().into()
+        );
+    }
+
+    #[test]
+    fn too_many_media_is_an_error() {
+        let sdp: String = (0..10_000).map(|_| "m=video 0 RTP/AVP 96\r\n").collect();
+        assert!(parse(&sdp).is_err());
+    }
+}

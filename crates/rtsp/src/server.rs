@@ -1,0 +1,898 @@
+//! The RTSP server: one task per TCP connection, UDP RTP/RTCP on two shared sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tidegate_codec::{h264, h265, nal};
+use tidegate_core::{
+    Action, CodecParams, Credentials, Frame, PathError, PathManager, Publisher, Reader,
+    SessionInfo, Stream, StreamDesc, StreamReader, Track,
+};
+use tidegate_rtp::depack::Unit;
+use tidegate_rtp::RtpPacket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, Given, REALM};
+use crate::message::{interleaved, response, Input, Parser, Request};
+use crate::mux::{split, RtpMux};
+use crate::sdp::{self, Incoming};
+
+#[derive(Clone, Debug)]
+pub struct RtspConfig {
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+type Route = (mpsc::Sender<(usize, Bytes)>, usize);
+
+/// The UDP side: RTP and RTCP sockets shared by every session, and where incoming RTP from
+/// UDP publishers goes (by source address).
+pub struct Udp {
+    pub rtp: Arc<UdpSocket>,
+    pub rtcp: Arc<UdpSocket>,
+    routes: Mutex<HashMap<SocketAddr, Route>>,
+}
+
+impl Udp {
+    pub async fn bind(rtp: SocketAddr, rtcp: SocketAddr) -> std::io::Result<Arc<Udp>> {
+        Ok(Arc::new(Udp {
+            rtp: Arc::new(UdpSocket::bind(rtp).await?),
+            rtcp: Arc::new(UdpSocket::bind(rtcp).await?),
+            routes: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn ports(&self) -> (u16, u16) {
+        let p = |s: &UdpSocket| s.local_addr().map(|a| a.port()).unwrap_or(0);
+        (p(&self.rtp), p(&self.rtcp))
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Route>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn receive(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.rtp.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    let route = self.routes().get(&from).cloned();
+                    if let Some((tx, idx)) = route {
+                        let _ = tx.try_send((idx, Bytes::copy_from_slice(&buf[..n])));
+                    }
+                }
+                // Receiver and sender reports are read and dropped: nothing here needs them yet.
+                _ = self.rtcp.recv_from(&mut rtcp_buf) => {}
+            }
+        }
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    udp: Option<Arc<Udp>>,
+    paths: PathManager,
+    config: RtspConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    if let Some(u) = &udp {
+        tasks.spawn(u.clone().receive(shutdown.clone()));
+    }
+    loop {
+        let (sock, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("[RTSP] accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let id = paths.new_session_id();
+        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tracing::info!(conn = id, "[RTSP] {remote} connected");
+            match conn.run(sock, shutdown).await {
+                Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
+                Err(e) => tracing::info!(conn = id, "[RTSP] {remote} closed: {e}"),
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tr {
+    Tcp { ch: u8 },
+    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+}
+
+/// Per reader and track: what the next sender report counts.
+#[derive(Clone, Copy, Default)]
+struct SrState {
+    last: Option<Instant>,
+    packets: u32,
+    octets: u32,
+}
+
+/// Sender reports go out on the first packet, then every this often.
+const SR_INTERVAL: Duration = Duration::from_secs(2);
+
+struct PubTrack {
+    inc: Incoming,
+    control: String,
+    params: Option<CodecParams>,
+    tr: Option<Tr>,
+    base: Option<i64>,
+    last: Option<u32>,
+    ext: i64,
+}
+
+struct Conn {
+    id: u64,
+    remote: SocketAddr,
+    paths: PathManager,
+    config: RtspConfig,
+    udp: Option<Arc<Udp>>,
+    session: String,
+    nonce: String,
+    path: Option<String>,
+    pubs: Vec<PubTrack>,
+    publisher: Option<Publisher>,
+    stream: Option<Arc<Stream>>,
+    started: Instant,
+    mux: Option<Arc<RtpMux>>,
+    reader: Option<Reader>,
+    reads: Vec<Option<Tr>>,
+    srs: Vec<SrState>,
+    playing: Option<StreamReader>,
+    udp_rx: Option<mpsc::Receiver<(usize, Bytes)>>,
+    udp_tx: Option<mpsc::Sender<(usize, Bytes)>>,
+    routes: Vec<SocketAddr>,
+    last_activity: Instant,
+    close: bool,
+}
+
+fn uri_path(uri: &str) -> String {
+    let rest = uri
+        .strip_prefix("rtsp://")
+        .or_else(|| uri.strip_prefix("rtsps://"))
+        .unwrap_or(uri);
+    let rest = match rest.find('/') {
+        Some(i) if uri.contains("://") => &rest[i..],
+        Some(_) => rest,
+        None => "",
+    };
+    let rest = rest.split('?').next().unwrap_or("");
+    rest.trim_matches('/').to_string()
+}
+
+struct TransportReq {
+    tcp: bool,
+    interleaved: Option<(u8, u8)>,
+    client_port: Option<(u16, u16)>,
+    multicast: bool,
+}
+
+fn parse_transport(h: &str) -> Option<TransportReq> {
+    let first = h.split(',').next()?;
+    let mut t = TransportReq {
+        tcp: false,
+        interleaved: None,
+        client_port: None,
+        multicast: false,
+    };
+    for (i, part) in first.split(';').map(str::trim).enumerate() {
+        if i == 0 {
+            if !part.starts_with("RTP/AVP") {
+                return None;
+            }
+            t.tcp = part.ends_with("/TCP");
+            continue;
+        }
+        let pair = |v: &str| -> Option<(u16, u16)> {
+            let (a, b) = v.split_once('-').unwrap_or((v, ""));
+            let a: u16 = a.parse().ok()?;
+            Some((a, b.parse().unwrap_or(a.wrapping_add(1))))
+        };
+        if part == "multicast" {
+            t.multicast = true;
+        } else if let Some(v) = part.strip_prefix("interleaved=") {
+            let (a, b) = pair(v)?;
+            t.interleaved = Some((a.min(255) as u8, b.min(255) as u8));
+        } else if let Some(v) = part.strip_prefix("client_port=") {
+            t.client_port = pair(v);
+        }
+    }
+    Some(t)
+}
+
+const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, RECORD, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+impl Conn {
+    fn new(
+        id: u64,
+        remote: SocketAddr,
+        paths: PathManager,
+        config: RtspConfig,
+        udp: Option<Arc<Udp>>,
+    ) -> Conn {
+        Conn {
+            id,
+            remote,
+            paths,
+            config,
+            udp,
+            session: format!("{:016x}", id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed),
+            nonce: format!(
+                "{:032x}",
+                (id as u128).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                    ^ Instant::now().elapsed().as_nanos()
+            ),
+            path: None,
+            pubs: Vec::new(),
+            publisher: None,
+            stream: None,
+            started: Instant::now(),
+            mux: None,
+            reader: None,
+            reads: Vec::new(),
+            srs: Vec::new(),
+            playing: None,
+            udp_rx: None,
+            udp_tx: None,
+            routes: Vec::new(),
+            last_activity: Instant::now(),
+            close: false,
+        }
+    }
+
+    fn info(&self, kind: &'static str) -> SessionInfo {
+        SessionInfo {
+            id: self.id,
+            kind,
+            remote: Some(self.remote),
+        }
+    }
+
+    async fn run(mut self, sock: TcpStream, shutdown: CancellationToken) -> Result<(), String> {
+        let (mut rd, mut wr) = sock.into_split();
+        let mut parser = Parser::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let result = loop {
+            let mut out = BytesMut::new();
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                r = rd.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => n,
+                        Err(e) => break Err(format!("read: {e}")),
+                    };
+                    self.last_activity = Instant::now();
+                    parser.feed(&buf[..n]);
+                    loop {
+                        match parser.poll() {
+                            Ok(Some(Input::Request(req))) => {
+                                let resp = self.handle(&req);
+                                out.extend_from_slice(&resp);
+                            }
+                            Ok(Some(Input::Interleaved { channel, data })) => self.on_interleaved(channel, data),
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = wr.write_all(&response(400, "Bad Request", "0", &[], b"")).await;
+                                return Err(format!("bad request: {e}"));
+                            }
+                        }
+                    }
+                }
+                f = recv_playing(&mut self.playing) => match f {
+                    Some(frame) => self.send_packets(&frame, &mut out).await,
+                    None => break Err("the publisher left".into()),
+                },
+                u = recv_udp(&mut self.udp_rx) => {
+                    if let Some((idx, data)) = u {
+                        self.last_activity = Instant::now();
+                        self.on_rtp(idx, &data);
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.playing.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
+                        break Err(format!("nothing received for {:?}", self.config.read_timeout));
+                    }
+                    if let Some(p) = &self.publisher {
+                        if p.kicked().is_cancelled() {
+                            break Err("kicked".into());
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                match tokio::time::timeout(self.config.write_timeout, wr.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(format!("write: {e}")),
+                    Err(_) => break Err("write timed out".into()),
+                }
+                if let Some(r) = &self.reader {
+                    r.add_bytes_sent(out.len() as u64);
+                }
+            }
+            if self.close {
+                break Ok(());
+            }
+        };
+        if let Some(udp) = &self.udp {
+            let mut routes = udp.routes();
+            for r in &self.routes {
+                routes.remove(r);
+            }
+        }
+        result
+    }
+
+    fn unauthorized(&self, cseq: &str, why: &str) -> Bytes {
+        tracing::info!(conn = self.id, "[RTSP] {} refused: {why}", self.remote);
+        response(
+            401,
+            "Unauthorized",
+            cseq,
+            &[
+                (
+                    "WWW-Authenticate",
+                    format!("Digest realm=\"{REALM}\", nonce=\"{}\"", self.nonce),
+                ),
+                ("WWW-Authenticate", format!("Basic realm=\"{REALM}\"")),
+            ],
+            b"",
+        )
+    }
+
+    /// Checks the request's credentials for `action` on `path`; Err is the response to send.
+    fn authorize(&self, req: &Request, path: &str, action: Action) -> Result<(), Bytes> {
+        let cseq = req.cseq();
+        let conf = match self.paths.find(path) {
+            Ok(m) => m.conf,
+            Err(e) => {
+                return Err(response(
+                    404,
+                    "Not Found",
+                    cseq,
+                    &[],
+                    format!("{e}\n").as_bytes(),
+                ))
+            }
+        };
+        let (want_user, want_pass) = match action {
+            Action::Publish => (&conf.publish_user, &conf.publish_pass),
+            Action::Read => (&conf.read_user, &conf.read_pass),
+        };
+        let (user, pass) = match auth::parse(req.header("Authorization")) {
+            Given::None => (None, None),
+            Given::Basic { user, pass } => (Some(user), Some(pass)),
+            Given::Digest {
+                user,
+                realm,
+                nonce,
+                uri,
+                response: resp,
+            } => {
+                let ok = nonce == self.nonce
+                    && auth::digest_ok(&req.method, &user, want_pass, &realm, &nonce, &uri, &resp);
+                // A proven Digest stands for the configured password; otherwise a wrong one.
+                let pass = if ok {
+                    want_pass.clone()
+                } else {
+                    format!("{want_pass}\u{0}wrong")
+                };
+                (Some(user), Some(pass))
+            }
+        };
+        let _ = want_user;
+        let creds = Credentials {
+            user,
+            pass,
+            ip: self.remote.ip(),
+        };
+        match self.paths.authorize(path, action, &creds) {
+            Ok(_) => Ok(()),
+            Err(PathError::Auth(e)) => Err(self.unauthorized(cseq, &e.to_string())),
+            Err(e) => Err(response(
+                404,
+                "Not Found",
+                cseq,
+                &[],
+                format!("{e}\n").as_bytes(),
+            )),
+        }
+    }
+
+    fn session_header(&self) -> (&'static str, String) {
+        ("Session", format!("{};timeout=60", self.session))
+    }
+
+    fn handle(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq().to_string();
+        match req.method.as_str() {
+            "OPTIONS" | "GET_PARAMETER" | "SET_PARAMETER" => response(
+                200,
+                "OK",
+                &cseq,
+                &[("Public", PUBLIC.to_string()), self.session_header()],
+                b"",
+            ),
+            "DESCRIBE" => self.describe(req),
+            "ANNOUNCE" => self.announce(req),
+            "SETUP" => self.setup(req),
+            "PLAY" => self.play(req),
+            "RECORD" => self.record(req),
+            "PAUSE" => {
+                self.playing = None;
+                response(200, "OK", &cseq, &[self.session_header()], b"")
+            }
+            "TEARDOWN" => {
+                self.close = true;
+                response(200, "OK", &cseq, &[self.session_header()], b"")
+            }
+            _ => response(501, "Not Implemented", &cseq, &[], b""),
+        }
+    }
+
+    fn describe(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq();
+        let path = uri_path(&req.uri);
+        if let Err(r) = self.authorize(req, &path, Action::Read) {
+            return r;
+        }
+        let reader = match self.paths.read(&path, self.info("rtspSession")) {
+            Ok(r) => r,
+            Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
+        };
+        let source = reader.stream().clone();
+        let mux = source.extension(|| RtpMux::start(source.clone()));
+        if mux.packets.is_none() {
+            return response(
+                415,
+                "Unsupported Media Type",
+                cseq,
+                &[],
+                b"no track of this stream can travel over RTSP\n",
+            );
+        }
+        tracing::info!(conn = self.id, path, "[RTSP] is reading");
+        self.reads = vec![None; mux.tracks.len()];
+        self.srs = vec![SrState::default(); mux.tracks.len()];
+        let sdp = mux.sdp.clone();
+        self.mux = Some(mux);
+        self.reader = Some(reader);
+        self.path = Some(path);
+        let base = format!("{}/", req.uri.trim_end_matches('/'));
+        response(
+            200,
+            "OK",
+            cseq,
+            &[
+                ("Content-Base", base),
+                ("Content-Type", "application/sdp".into()),
+            ],
+            sdp.as_bytes(),
+        )
+    }
+
+    fn announce(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq();
+        let path = uri_path(&req.uri);
+        if let Err(r) = self.authorize(req, &path, Action::Publish) {
+            return r;
+        }
+        let text = String::from_utf8_lossy(&req.body);
+        let medias = match sdp::parse(&text) {
+            Ok(m) if !m.is_empty() => m,
+            Ok(_) => return response(400, "Bad Request", cseq, &[], b"no media in the SDP\n"),
+            Err(e) => return response(400, "Bad Request", cseq, &[], format!("{e}\n").as_bytes()),
+        };
+        let mut pubs = Vec::new();
+        for (i, m) in medias.iter().enumerate() {
+            match sdp::incoming(m) {
+                Ok(inc) => pubs.push(PubTrack {
+                    params: inc.params.clone(),
+                    inc,
+                    control: m.control.clone().unwrap_or_else(|| format!("trackID={i}")),
+                    tr: None,
+                    base: None,
+                    last: None,
+                    ext: 0,
+                }),
+                Err(e) => {
+                    return response(
+                        415,
+                        "Unsupported Media Type",
+                        cseq,
+                        &[],
+                        format!("{e}\n").as_bytes(),
+                    )
+                }
+            }
+        }
+        let publisher = match self.paths.publish(&path, self.info("rtspSession")) {
+            Ok(p) => p,
+            Err(e @ PathError::Busy(_)) => {
+                return response(409, "Conflict", cseq, &[], format!("{e}\n").as_bytes())
+            }
+            Err(e) => return response(403, "Forbidden", cseq, &[], format!("{e}\n").as_bytes()),
+        };
+        self.publisher = Some(publisher);
+        self.pubs = pubs;
+        self.path = Some(path);
+        response(200, "OK", cseq, &[self.session_header()], b"")
+    }
+
+    /// Which track a SETUP URL names: its control suffix, or the next one not set up.
+    fn track_index(&self, uri: &str, controls: &[String], set: &[bool]) -> Option<usize> {
+        let full = uri_path(uri);
+        let base = self.path.clone().unwrap_or_default();
+        let rest = full.strip_prefix(&base).unwrap_or(&full).trim_matches('/');
+        if !rest.is_empty() {
+            if let Some(i) = controls.iter().position(|c| {
+                let c = c.trim_matches('/');
+                c == rest || uri.ends_with(c) || c.ends_with(rest)
+            }) {
+                return Some(i);
+            }
+            if let Some(n) = rest.strip_prefix("trackID=").and_then(|n| n.parse().ok()) {
+                return (n < controls.len()).then_some(n);
+            }
+        }
+        set.iter().position(|s| !s)
+    }
+
+    fn setup(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq();
+        let Some(t) = req.header("Transport").and_then(parse_transport) else {
+            return response(461, "Unsupported Transport", cseq, &[], b"");
+        };
+        if t.multicast {
+            return response(
+                461,
+                "Unsupported Transport",
+                cseq,
+                &[],
+                b"multicast is not supported yet\n",
+            );
+        }
+        let publishing = self.publisher.is_some();
+        if !publishing && self.mux.is_none() {
+            // SETUP without DESCRIBE: describe now (VLC and some NVRs do this).
+            let path = uri_path(&req.uri);
+            let path = path
+                .rsplit_once('/')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or(path);
+            let mut fake = req.clone();
+            fake.uri = format!("rtsp://x/{path}");
+            let r = self.describe(&fake);
+            if self.mux.is_none() {
+                return r;
+            }
+        }
+        let controls: Vec<String> = if publishing {
+            self.pubs.iter().map(|p| p.control.clone()).collect()
+        } else {
+            (0..self.reads.len())
+                .map(|i| format!("trackID={i}"))
+                .collect()
+        };
+        let set: Vec<bool> = if publishing {
+            self.pubs.iter().map(|p| p.tr.is_some()).collect()
+        } else {
+            self.reads.iter().map(Option::is_some).collect()
+        };
+        let Some(idx) = self.track_index(&req.uri, &controls, &set) else {
+            return response(404, "Not Found", cseq, &[], b"no such track\n");
+        };
+        let (tr, header) = if t.tcp {
+            let (a, b) = t.interleaved.unwrap_or((2 * idx as u8, 2 * idx as u8 + 1));
+            (
+                Tr::Tcp { ch: a },
+                format!("RTP/AVP/TCP;unicast;interleaved={a}-{b}"),
+            )
+        } else {
+            let Some(udp) = &self.udp else {
+                return response(
+                    461,
+                    "Unsupported Transport",
+                    cseq,
+                    &[],
+                    b"UDP is disabled\n",
+                );
+            };
+            let Some((rtp, rtcp)) = t.client_port else {
+                return response(
+                    461,
+                    "Unsupported Transport",
+                    cseq,
+                    &[],
+                    b"client_port missing\n",
+                );
+            };
+            let (srtp, srtcp) = udp.ports();
+            let client = SocketAddr::new(self.remote.ip(), rtp);
+            let client_rtcp = SocketAddr::new(self.remote.ip(), rtcp);
+            (
+                Tr::Udp {
+                    rtp: client,
+                    rtcp: client_rtcp,
+                },
+                format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};server_port={srtp}-{srtcp}"),
+            )
+        };
+        if publishing {
+            if let (Tr::Udp { rtp, .. }, Some(udp)) = (tr, &self.udp) {
+                let tx = self
+                    .udp_tx
+                    .get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(4096);
+                        self.udp_rx = Some(rx);
+                        tx
+                    })
+                    .clone();
+                udp.routes().insert(rtp, (tx, idx));
+                self.routes.push(rtp);
+            }
+            self.pubs[idx].tr = Some(tr);
+        } else {
+            self.reads[idx] = Some(tr);
+        }
+        response(
+            200,
+            "OK",
+            cseq,
+            &[("Transport", header), self.session_header()],
+            b"",
+        )
+    }
+
+    fn play(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq();
+        let Some(packets) = self.mux.as_ref().and_then(|m| m.packets.clone()) else {
+            return response(455, "Method Not Valid in This State", cseq, &[], b"");
+        };
+        if self.reads.iter().all(Option::is_none) {
+            return response(
+                455,
+                "Method Not Valid in This State",
+                cseq,
+                &[],
+                b"no track set up\n",
+            );
+        }
+        self.playing = Some(packets.subscribe());
+        response(
+            200,
+            "OK",
+            cseq,
+            &[self.session_header(), ("Range", "npt=0.000-".into())],
+            b"",
+        )
+    }
+
+    fn record(&mut self, req: &Request) -> Bytes {
+        let cseq = req.cseq();
+        if self.publisher.is_none() || self.pubs.iter().any(|p| p.tr.is_none()) {
+            return response(
+                455,
+                "Method Not Valid in This State",
+                cseq,
+                &[],
+                b"set up every track first\n",
+            );
+        }
+        tracing::info!(
+            conn = self.id,
+            path = self.path.as_deref().unwrap_or(""),
+            "[RTSP] is publishing"
+        );
+        self.started = Instant::now();
+        self.try_start();
+        response(200, "OK", cseq, &[self.session_header()], b"")
+    }
+
+    /// Starts the stream once every track's parameters are known.
+    fn try_start(&mut self) {
+        if self.stream.is_some() || self.pubs.iter().any(|p| p.params.is_none()) {
+            return;
+        }
+        let Some(publisher) = self.publisher.as_mut() else {
+            return;
+        };
+        let desc = StreamDesc {
+            tracks: self
+                .pubs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    Some(Track {
+                        id: i as u32,
+                        params: p.params.clone()?,
+                        clock_rate: p.inc.clock,
+                    })
+                })
+                .collect(),
+        };
+        self.stream = Some(publisher.start(desc));
+    }
+
+    fn on_interleaved(&mut self, channel: u8, data: Bytes) {
+        if self.publisher.is_none() {
+            return; // a reader's RTCP receiver reports
+        }
+        if let Some(idx) = self
+            .pubs
+            .iter()
+            .position(|p| p.tr == Some(Tr::Tcp { ch: channel }))
+        {
+            self.on_rtp(idx, &data);
+        }
+    }
+
+    fn on_rtp(&mut self, idx: usize, data: &[u8]) {
+        let Ok(p) = RtpPacket::parse(data) else {
+            return;
+        };
+        let Some(t) = self.pubs.get_mut(idx) else {
+            return;
+        };
+        let mut units = Vec::new();
+        t.inc.depack.push(&p, &mut units);
+        for u in units {
+            self.on_unit(idx, u);
+        }
+    }
+
+    fn on_unit(&mut self, idx: usize, u: Unit) {
+        let started = self.started;
+        let t = &mut self.pubs[idx];
+        match t.last {
+            Some(last) => t.ext += i64::from(u.timestamp.wrapping_sub(last) as i32),
+            None => t.ext = i64::from(u.timestamp),
+        }
+        t.last = Some(u.timestamp);
+        let clock = i64::from(t.inc.clock);
+        // Tracks are aligned by arrival: each starts where the session clock is.
+        let base = *t.base.get_or_insert_with(|| {
+            t.ext - (started.elapsed().as_micros() as i64 * clock / 1_000_000)
+        });
+        let pts = t.ext - base;
+        let mut changed = None;
+        if t.inc.video && u.keyframe {
+            let nals = nal::split_length_prefixed(&u.data, 4).unwrap_or_default();
+            let found = if t.inc.h265 {
+                h265::find_params(nals.iter().copied()).map(|(v, s, p)| CodecParams::H265 {
+                    vps: Bytes::copy_from_slice(v),
+                    sps: Bytes::copy_from_slice(s),
+                    pps: Bytes::copy_from_slice(p),
+                })
+            } else {
+                h264::find_params(nals.iter().copied()).map(|(s, p)| CodecParams::H264 {
+                    sps: Bytes::copy_from_slice(s),
+                    pps: Bytes::copy_from_slice(p),
+                })
+            };
+            if let Some(f) = found {
+                if t.params.as_ref() != Some(&f) {
+                    let was = t.params.replace(f.clone());
+                    if was.is_some() {
+                        changed = Some(Arc::new(f));
+                    }
+                }
+            }
+        }
+        self.try_start();
+        let Some(stream) = &self.stream else { return };
+        stream.write(Frame {
+            track: idx as u32,
+            pts,
+            dts: pts,
+            keyframe: u.keyframe,
+            data: u.data,
+            received: Instant::now(),
+            params: changed,
+        });
+    }
+
+    async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
+        let wall = std::time::SystemTime::now()
+            .checked_sub(frame.received.elapsed())
+            .unwrap_or_else(std::time::SystemTime::now);
+        for (idx, pkt) in split(frame.data.clone()) {
+            let Some(tr) = self.reads.get(idx).copied().flatten() else {
+                continue;
+            };
+            let sr = &mut self.srs[idx];
+            sr.packets = sr.packets.wrapping_add(1);
+            sr.octets = sr.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+            // A sender report maps this packet's RTP time to the wall clock of its ingest.
+            let report = (sr.last.is_none_or(|t| t.elapsed() >= SR_INTERVAL) && pkt.len() >= 12)
+                .then(|| {
+                    sr.last = Some(Instant::now());
+                    let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+                    let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+                    tidegate_rtp::rtcp::sender_report(
+                        ssrc,
+                        tidegate_rtp::rtcp::ntp(wall),
+                        ts,
+                        sr.packets,
+                        sr.octets,
+                    )
+                });
+            match tr {
+                Tr::Tcp { ch } => {
+                    if let Some(r) = &report {
+                        interleaved(ch.wrapping_add(1), r, out);
+                    }
+                    interleaved(ch, &pkt, out);
+                }
+                Tr::Udp { rtp, rtcp } => {
+                    if let Some(udp) = &self.udp {
+                        if let Some(r) = &report {
+                            let _ = udp.rtcp.send_to(r, rtcp).await;
+                        }
+                        let _ = udp.rtp.send_to(&pkt, rtp).await;
+                        if let Some(r) = &self.reader {
+                            r.add_bytes_sent(pkt.len() as u64);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn recv_playing(r: &mut Option<StreamReader>) -> Option<Arc<Frame>> {
+    match r {
+        Some(r) => r.recv().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_udp(r: &mut Option<mpsc::Receiver<(usize, Bytes)>>) -> Option<(usize, Bytes)> {
+    match r {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_and_transports() {
+        assert_eq!(
+            uri_path("rtsp://127.0.0.1:8554/live/cam/trackID=1?x=1"),
+            "live/cam/trackID=1"
+        );
+        assert_eq!(uri_path("rtsp://host/cam"), "cam");
+        assert_eq!(uri_path("rtsp://host"), "");
+        let t = parse_transport("RTP/AVP/TCP;unicast;interleaved=2-3;mode=record").unwrap();
+        assert!(t.tcp && t.interleaved == Some((2, 3)));
+        let t = parse_transport("RTP/AVP;unicast;client_port=5000-5001").unwrap();
+        assert!(!t.tcp && t.client_port == Some((5000, 5001)));
+        assert!(parse_transport("RAW/RAW/UDP;unicast").is_none());
+        assert!(parse_transport("RTP/AVP;multicast").unwrap().multicast);
+    }
+}
