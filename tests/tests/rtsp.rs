@@ -1,0 +1,218 @@
+//! RTSP against real peers: ffmpeg and GStreamer publish (TCP and UDP, H.264 + AAC, H.265)
+//! and read (TCP and UDP); any ingest reaches RTSP and RTSP reaches every egress; credentials
+//! (Basic and Digest); hostile input closes only its own connection.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, run_bounded, scratch, Probe};
+
+const READY: Duration = Duration::from_secs(15);
+
+fn probe_file(path: &std::path::Path) -> Probe {
+    ffprobe(path.to_str().unwrap(), &[], Duration::from_secs(30))
+}
+
+fn assert_media(p: &Probe, video: &str, audio: Option<&str>, seconds: u32) {
+    assert_eq!(p.codec("video").as_deref(), Some(video), "{:#?}", p.streams);
+    assert_eq!(p.codec("audio").as_deref(), audio, "{:#?}", p.streams);
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    let frames = p.packets_of("video").len();
+    let expected = seconds as usize * 30;
+    assert!(
+        frames + 30 >= expected && frames <= expected + 30,
+        "{frames} video frames for {seconds} s"
+    );
+    if audio.is_some() {
+        let a = p.packets_of("audio").len();
+        assert!(a as f64 >= (f64::from(seconds) - 1.0) * 46.0, "{a} audio frames");
+    }
+    assert!(p.dts_monotonic("video"), "video DTS not monotonic");
+}
+
+/// ffmpeg reading `url` over RTSP with `transport` for `seconds`.
+fn ffmpeg_rtsp_read(url: &str, transport: &str, seconds: u32, out: &std::path::Path, dir: &std::path::Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-rtsp_transport", transport, "-i", url])
+        .args(["-t", &seconds.to_string(), "-c", "copy"])
+        .arg(out);
+    PeerProcess::spawn("ffmpeg-rtsp-read", &mut cmd, dir)
+}
+
+fn read_and_check(url: &str, transport: &str, video: &str, audio: Option<&str>, dir: &std::path::Path) {
+    let out = dir.join(format!("read-{transport}.mkv"));
+    let mut r = ffmpeg_rtsp_read(url, transport, 4, &out, dir);
+    assert!(
+        r.wait(Duration::from_secs(30)).success(),
+        "{transport}: {}",
+        r.stderr()
+    );
+    assert_media(&probe_file(&out), video, audio, 4);
+}
+
+/// GStreamer rtspsrc for `seconds`: (decoded buffers on both sinks, the first video caps).
+fn gst_rtsp_read(url: &str, protocols: &str, seconds: u64) -> (usize, String) {
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "-k", "5", &seconds.to_string()])
+            .arg(peer("gst-launch-1.0"))
+            .args(["-e", "-v", "rtspsrc", &format!("location={url}"), &format!("protocols={protocols}"), "name=s"])
+            .args(["s.", "!", "queue", "!", "decodebin", "!", "fakesink", "name=x", "silent=false", "sync=true"])
+            .args(["s.", "!", "queue", "!", "decodebin", "!", "fakesink", "name=y", "silent=false", "sync=true"]),
+        Duration::from_secs(seconds + 15),
+    );
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    let buffers = log.matches("last-message = chain").count();
+    let caps = log
+        .lines()
+        .find(|l| l.contains("video/x-raw") && l.contains("width=(int)"))
+        .unwrap_or("")
+        .to_string();
+    (buffers, caps)
+}
+
+/// ffmpeg publishes H.264 + AAC over RTSP/TCP and over RTSP/UDP; ffmpeg reads each back over
+/// TCP and UDP, GStreamer (rtspsrc) over TCP and UDP.
+#[test]
+fn ffmpeg_publishes_over_tcp_and_udp_and_ffmpeg_and_gstreamer_read() {
+    let dir = scratch("rtsp-ffmpeg");
+    let server = TestServer::start("");
+    for publish in ["tcp", "udp"] {
+        let path = format!("live/{publish}");
+        let url = server.rtsp_url(&path);
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(tidegate_tests::peers::synthetic_source(40, "640x360"))
+            .args(["-f", "rtsp", "-rtsp_transport", publish, &url]);
+        let _publisher = PeerProcess::spawn(&format!("publish-{publish}"), &mut cmd, &dir);
+        server.wait_ready(&path, READY);
+        assert_eq!(server.paths().get(&path).unwrap().tracks, vec!["H264", "MPEG-4 Audio"]);
+        for read in ["tcp", "udp"] {
+            read_and_check(&url, read, "h264", Some("aac"), &dir);
+        }
+        for protocols in ["tcp", "udp"] {
+            let (buffers, caps) = gst_rtsp_read(&url, protocols, 6);
+            eprintln!("GStreamer over {protocols}: {buffers} buffers");
+            assert!(buffers >= 200, "GStreamer ({protocols}) decoded only {buffers} buffers");
+            assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+        }
+    }
+}
+
+/// GStreamer rtspclientsink publishes H.265; ffmpeg reads H.265 back.
+#[test]
+fn gstreamer_publishes_h265_and_ffmpeg_reads_it() {
+    let dir = scratch("rtsp-h265");
+    let server = TestServer::start("");
+    let url = server.rtsp_url("cam265");
+    let pipeline = format!(
+        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h265parse config-interval=-1 \
+         ! rtspclientsink location={url} protocols=tcp"
+    );
+    let mut cmd = Command::new(peer("gst-launch-1.0"));
+    cmd.arg("-q").args(pipeline.split_whitespace());
+    let _gst = PeerProcess::spawn("gst-rtspclientsink", &mut cmd, &dir);
+    server.wait_ready("cam265", READY);
+    assert_eq!(server.paths().get("cam265").unwrap().tracks, vec!["H265"]);
+    read_and_check(&url, "tcp", "hevc", None, &dir);
+}
+
+/// RTSP in → RTMP, SRT and HLS out, read by their own clients; RTMP in → RTSP out.
+#[test]
+fn rtsp_reaches_every_egress_and_rtmp_reaches_rtsp() {
+    let dir = scratch("rtsp-cross");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtsp_url("cam"), 60, "rtsp", &dir);
+    server.wait_ready("cam", READY);
+    for (name, url) in [
+        ("rtmp", server.rtmp_url("cam")),
+        ("srt", server.srt_url("read:cam", "&latency=200000")),
+        ("hls", server.hls_url("cam", "index.m3u8")),
+    ] {
+        let out = dir.join(format!("{name}.mkv"));
+        let mut r = tidegate_tests::peers::ffmpeg_read(&url, 4, &out, &dir);
+        assert!(r.wait(Duration::from_secs(40)).success(), "{name}: {}", r.stderr());
+        assert_media(&probe_file(&out), "h264", Some("aac"), 4);
+    }
+    let _rtmp = ffmpeg_publish(&server.rtmp_url("fromrtmp"), 40, "flv", &dir);
+    server.wait_ready("fromrtmp", READY);
+    read_and_check(&server.rtsp_url("fromrtmp"), "tcp", "h264", Some("aac"), &dir);
+}
+
+fn rtsp_request(addr: std::net::SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// Read credentials: none or wrong → 401 with Digest and Basic challenges; Basic and Digest
+/// (ffmpeg answers the Digest challenge) with the right ones work.
+#[test]
+fn basic_and_digest_credentials() {
+    let dir = scratch("rtsp-auth");
+    let server = TestServer::start("paths:\n  sec:\n    readUser: bob\n    readPass: pw\n");
+    let _publisher = ffmpeg_publish(&server.rtsp_url("sec"), 40, "rtsp", &dir);
+    server.wait_ready("sec", READY);
+    let addr: std::net::SocketAddr = server.rtsp_url("").trim_start_matches("rtsp://").trim_end_matches('/').parse().unwrap();
+    let url = server.rtsp_url("sec");
+    let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
+    assert!(r.starts_with("RTSP/1.0 401"), "{r}");
+    assert!(r.contains("WWW-Authenticate: Digest realm=\"tidegate\", nonce="), "{r}");
+    assert!(r.contains("WWW-Authenticate: Basic"), "{r}");
+    let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 2\r\nAuthorization: Basic Ym9iOnB3\r\n\r\n"));
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    assert!(r.contains("m=video"), "{r}");
+    let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 3\r\nAuthorization: Basic Ym9iOnd4\r\n\r\n"));
+    assert!(r.starts_with("RTSP/1.0 401"), "{r}");
+    // ffmpeg with the right credentials (it answers the Digest challenge), and the wrong ones.
+    let with = |user: &str| url.replacen("rtsp://", &format!("rtsp://{user}@"), 1);
+    read_and_check(&with("bob:pw"), "tcp", "h264", Some("aac"), &dir);
+    let out = dir.join("bad.mkv");
+    let mut r = ffmpeg_rtsp_read(&with("bob:nope"), "tcp", 2, &out, &dir);
+    assert!(!r.wait(Duration::from_secs(20)).success());
+    assert!(r.stderr().contains("401"), "{}", r.stderr());
+}
+
+/// Truncated requests, a 1 MB header, garbage interleaved data and an SDP with 10 000 media
+/// each close their own connection; a reader of the same server carries on.
+#[test]
+fn hostile_input_closes_only_its_connection() {
+    let dir = scratch("rtsp-hostile");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtsp_url("cam"), 60, "rtsp", &dir);
+    server.wait_ready("cam", READY);
+    let out = dir.join("reader.mkv");
+    let mut reader = ffmpeg_rtsp_read(&server.rtsp_url("cam"), "tcp", 8, &out, &dir);
+    server.wait_readers("cam", 1, Duration::from_secs(20));
+    let addr: std::net::SocketAddr = server.rtsp_url("").trim_start_matches("rtsp://").trim_end_matches('/').parse().unwrap();
+    let url = server.rtsp_url("x");
+    let big_sdp: String = "v=0\r\n".to_string() + &"m=video 0 RTP/AVP 96\r\n".repeat(10_000);
+    let attacks: Vec<Vec<u8>> = vec![
+        b"DESCRIBE rtsp://h/cam RTSP/1.0\r\nCSeq: 1\r\nContent-Le".to_vec(),
+        [b"OPTIONS * RTSP/1.0\r\nX: ".to_vec(), vec![b'a'; 1 << 20]].concat(),
+        [b"$\x00\xff\xff".to_vec(), vec![0xde; 70_000], b"\x00\x01\x02garbage\r\n\r\n".to_vec()].concat(),
+        format!("ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Length: {}\r\n\r\n{big_sdp}", big_sdp.len()).into_bytes(),
+    ];
+    for a in attacks {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&a);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        // The server answers (400/413) or closes; either way the read ends within the bound.
+        let _ = s.read_to_end(&mut sink);
+    }
+    assert!(reader.wait(Duration::from_secs(30)).success(), "{}", reader.stderr());
+    assert_media(&probe_file(&out), "h264", Some("aac"), 8);
+    assert!(server.paths().get("cam").unwrap().ready);
+}
