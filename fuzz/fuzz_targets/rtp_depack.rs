@@ -1,0 +1,27 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tidegate_rtp::{Depacketizer, RtpPacket};
+
+// A sequence of RTP packets (each prefixed by a one-byte length) through every depacketizer.
+fuzz_target!(|data: &[u8]| {
+    let mut ds = [
+        Depacketizer::h264(),
+        Depacketizer::h265(),
+        Depacketizer::aac(13, 3),
+        Depacketizer::aac(6, 2),
+        Depacketizer::frame(),
+    ];
+    let mut rest = data;
+    let mut out = Vec::new();
+    while let Some((&n, tail)) = rest.split_first() {
+        let n = usize::from(n).min(tail.len());
+        let (pkt, next) = tail.split_at(n);
+        rest = next;
+        if let Ok(p) = RtpPacket::parse(pkt) {
+            for d in ds.iter_mut() {
+                d.push(&p, &mut out);
+            }
+        }
+        out.clear();
+    }
+});
