@@ -18,7 +18,7 @@ impl TestServer {
     pub fn start(extra: &str) -> TestServer {
         let text = format!(
             "apiAddress: 127.0.0.1:0\nmetricsAddress: 127.0.0.1:0\nrtmpAddress: 127.0.0.1:0\n\
-             rtmpsAddress: 127.0.0.1:0\nrtspAddress: 127.0.0.1:0\nrtpAddress: 127.0.0.1:0\nrtcpAddress: 127.0.0.1:0\nhlsAddress: 127.0.0.1:0\n\
+             rtmpsAddress: 127.0.0.1:0\nrtspAddress: 127.0.0.1:0\nrtspsAddress: 127.0.0.1:0\nrtpAddress: 127.0.0.1:0\nrtcpAddress: 127.0.0.1:0\nhlsAddress: 127.0.0.1:0\n\
              webrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:0\nsrtAddress: 127.0.0.1:0\n{extra}"
         );
         let config = Config::load(Some(("test.yml", &text)), Vec::new())
@@ -74,6 +74,11 @@ impl TestServer {
     pub fn rtsp_url(&self, path: &str) -> String {
         let addr = self.server().rtsp_addr().expect("RTSP enabled");
         format!("rtsp://{addr}/{path}")
+    }
+
+    pub fn rtsps_url(&self, path: &str) -> String {
+        let addr = self.server().rtsps_addr().expect("RTSPS enabled");
+        format!("rtsps://{addr}/{path}")
     }
 
     pub fn hls_addr(&self) -> SocketAddr {

@@ -216,3 +216,24 @@ fn hostile_input_closes_only_its_connection() {
     assert_media(&probe_file(&out), "h264", Some("aac"), 8);
     assert!(server.paths().get("cam").unwrap().ready);
 }
+
+/// RTSPS (`rtspEncryption: optional`) with a generated certificate: ffmpeg publishes over
+/// RTSPS and reads over RTSPS; the same stream is readable over plain RTSP.
+#[test]
+fn rtsps_with_ffmpeg() {
+    let dir = scratch("rtsps");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
+    let server = TestServer::start(&format!(
+        "rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    let url = server.rtsps_url("secure");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(tidegate_tests::peers::synthetic_source(40, "640x360"))
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp", &url]);
+    let _publisher = PeerProcess::spawn("publish-rtsps", &mut cmd, &dir);
+    server.wait_ready("secure", READY);
+    read_and_check(&url, "tcp", "h264", Some("aac"), &dir);
+    read_and_check(&server.rtsp_url("secure"), "tcp", "h264", Some("aac"), &dir);
+}

@@ -14,7 +14,7 @@ use tidegate_core::{
 use tidegate_rtp::depack::Unit;
 use tidegate_rtp::RtpPacket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,8 +78,11 @@ impl Udp {
     }
 }
 
+/// Serves RTSP on `listener`, or RTSPS when `tls` is given (then only TCP-interleaved
+/// transport: RTP over UDP would travel in the clear, and SRTP is not implemented).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     udp: Option<Arc<Udp>>,
     paths: PathManager,
     config: RtspConfig,
@@ -103,11 +106,22 @@ pub async fn serve(
         };
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
-        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp.clone());
+        let udp = if tls.is_some() { None } else { udp.clone() };
+        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp);
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            tracing::info!(conn = id, "[RTSP] {remote} connected");
-            match conn.run(sock, shutdown).await {
+            let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
+            tracing::info!(conn = id, "[{name}] {remote} connected");
+            let r = match tls {
+                Some(acc) => match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
+                    Ok(Ok(s)) => conn.run(s, shutdown).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
+                None => conn.run(sock, shutdown).await,
+            };
+            match r {
                 Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
                 Err(e) => tracing::info!(conn = id, "[RTSP] {remote} closed: {e}"),
             }
@@ -269,8 +283,11 @@ impl Conn {
         }
     }
 
-    async fn run(mut self, sock: TcpStream, shutdown: CancellationToken) -> Result<(), String> {
-        let (mut rd, mut wr) = sock.into_split();
+    async fn run<S>(mut self, sock: S, shutdown: CancellationToken) -> Result<(), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+    {
+        let (mut rd, mut wr) = tokio::io::split(sock);
         let mut parser = Parser::default();
         let mut buf = vec![0u8; 64 * 1024];
         let mut tick = tokio::time::interval(Duration::from_secs(1));

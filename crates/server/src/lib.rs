@@ -45,6 +45,7 @@ pub struct Server {
     hls_addr: Option<SocketAddr>,
     rtsp_addr: Option<SocketAddr>,
     rtsp_udp_ports: Option<(u16, u16)>,
+    rtsps_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -130,11 +131,27 @@ impl Server {
             false => None,
         };
         let hls_addr = hls_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let rtsp_listener = match config.rtsp {
+        let rtsp_listener = match config.rtsp && config.rtsp_encryption != config::Encryption::Strict {
             true => Some(bind("RTSP", config.rtsp_address).await?),
             false => None,
         };
         let rtsp_addr = rtsp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let rtsps_tls = match config.rtsp && config.rtsp_encryption != config::Encryption::No {
+            true => Some(
+                tls::acceptor(&config.rtsp_server_key, &config.rtsp_server_cert).map_err(
+                    |message| StartError::Config {
+                        key: "rtspServerKey/rtspServerCert",
+                        message,
+                    },
+                )?,
+            ),
+            false => None,
+        };
+        let rtsps_listener = match rtsps_tls {
+            Some(_) => Some(bind("RTSPS", config.rtsps_address).await?),
+            None => None,
+        };
+        let rtsps_addr = rtsps_listener.as_ref().and_then(|l| l.local_addr().ok());
         let rtsp_udp = match config.rtsp {
             true => Some(
                 tidegate_rtsp::Udp::bind(config.rtp_address, config.rtcp_address)
@@ -243,6 +260,22 @@ impl Server {
             );
             tasks.spawn(hls.clone().serve(listener, hls_tls));
         }
+        let rtsp_config = tidegate_rtsp::RtspConfig {
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+        };
+        if let (Some(listener), Some(addr)) = (rtsps_listener, rtsps_addr) {
+            tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)");
+            tasks.spawn(tidegate_rtsp::serve(
+                listener,
+                rtsps_tls,
+                None,
+                paths.clone(),
+                rtsp_config.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         if let (Some(listener), Some(addr)) = (rtsp_listener, rtsp_addr) {
             let (rtp, rtcp) = rtsp_udp_ports.unwrap_or_default();
             tracing::info!(
@@ -250,12 +283,10 @@ impl Server {
             );
             tasks.spawn(tidegate_rtsp::serve(
                 listener,
+                None,
                 rtsp_udp,
                 paths.clone(),
-                tidegate_rtsp::RtspConfig {
-                    read_timeout: config.read_timeout,
-                    write_timeout: config.write_timeout,
-                },
+                rtsp_config,
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -279,6 +310,7 @@ impl Server {
             hls_addr,
             rtsp_addr,
             rtsp_udp_ports,
+            rtsps_addr,
         })
     }
 
@@ -314,6 +346,10 @@ impl Server {
     /// The RTP and RTCP UDP ports of RTSP sessions.
     pub fn rtsp_udp_ports(&self) -> Option<(u16, u16)> {
         self.rtsp_udp_ports
+    }
+
+    pub fn rtsps_addr(&self) -> Option<SocketAddr> {
+        self.rtsps_addr
     }
 
     pub fn hls_addr(&self) -> Option<SocketAddr> {
