@@ -31,13 +31,22 @@ fn assert_media(p: &Probe, video: &str, audio: Option<&str>, seconds: u32) {
     );
     if audio.is_some() {
         let a = p.packets_of("audio").len();
-        assert!(a as f64 >= (f64::from(seconds) - 1.0) * 46.0, "{a} audio frames");
+        assert!(
+            a as f64 >= (f64::from(seconds) - 1.0) * 46.0,
+            "{a} audio frames"
+        );
     }
     assert!(p.dts_monotonic("video"), "video DTS not monotonic");
 }
 
 /// ffmpeg reading `url` over RTSP with `transport` for `seconds`.
-fn ffmpeg_rtsp_read(url: &str, transport: &str, seconds: u32, out: &std::path::Path, dir: &std::path::Path) -> PeerProcess {
+fn ffmpeg_rtsp_read(
+    url: &str,
+    transport: &str,
+    seconds: u32,
+    out: &std::path::Path,
+    dir: &std::path::Path,
+) -> PeerProcess {
     let mut cmd = Command::new(peer("ffmpeg"));
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
         .args(["-rtsp_transport", transport, "-i", url])
@@ -46,7 +55,13 @@ fn ffmpeg_rtsp_read(url: &str, transport: &str, seconds: u32, out: &std::path::P
     PeerProcess::spawn("ffmpeg-rtsp-read", &mut cmd, dir)
 }
 
-fn read_and_check(url: &str, transport: &str, video: &str, audio: Option<&str>, dir: &std::path::Path) {
+fn read_and_check(
+    url: &str,
+    transport: &str,
+    video: &str,
+    audio: Option<&str>,
+    dir: &std::path::Path,
+) {
     let out = dir.join(format!("read-{transport}.mkv"));
     let mut r = ffmpeg_rtsp_read(url, transport, 4, &out, dir);
     assert!(
@@ -63,9 +78,38 @@ fn gst_rtsp_read(url: &str, protocols: &str, seconds: u64) -> (usize, String) {
         Command::new(peer("timeout"))
             .args(["-s", "INT", "-k", "5", &seconds.to_string()])
             .arg(peer("gst-launch-1.0"))
-            .args(["-e", "-v", "rtspsrc", &format!("location={url}"), &format!("protocols={protocols}"), "name=s"])
-            .args(["s.", "!", "queue", "!", "decodebin", "!", "fakesink", "name=x", "silent=false", "sync=true"])
-            .args(["s.", "!", "queue", "!", "decodebin", "!", "fakesink", "name=y", "silent=false", "sync=true"]),
+            .args([
+                "-e",
+                "-v",
+                "rtspsrc",
+                &format!("location={url}"),
+                &format!("protocols={protocols}"),
+                "name=s",
+            ])
+            .args([
+                "s.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "name=x",
+                "silent=false",
+                "sync=true",
+            ])
+            .args([
+                "s.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "name=y",
+                "silent=false",
+                "sync=true",
+            ]),
         Duration::from_secs(seconds + 15),
     );
     let log = String::from_utf8_lossy(&out.stdout).to_string();
@@ -92,14 +136,20 @@ fn ffmpeg_publishes_over_tcp_and_udp_and_ffmpeg_and_gstreamer_read() {
             .args(["-f", "rtsp", "-rtsp_transport", publish, &url]);
         let _publisher = PeerProcess::spawn(&format!("publish-{publish}"), &mut cmd, &dir);
         server.wait_ready(&path, READY);
-        assert_eq!(server.paths().get(&path).unwrap().tracks, vec!["H264", "MPEG-4 Audio"]);
+        assert_eq!(
+            server.paths().get(&path).unwrap().tracks,
+            vec!["H264", "MPEG-4 Audio"]
+        );
         for read in ["tcp", "udp"] {
             read_and_check(&url, read, "h264", Some("aac"), &dir);
         }
         for protocols in ["tcp", "udp"] {
             let (buffers, caps) = gst_rtsp_read(&url, protocols, 6);
             eprintln!("GStreamer over {protocols}: {buffers} buffers");
-            assert!(buffers >= 200, "GStreamer ({protocols}) decoded only {buffers} buffers");
+            assert!(
+                buffers >= 200,
+                "GStreamer ({protocols}) decoded only {buffers} buffers"
+            );
             assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
         }
     }
@@ -138,12 +188,22 @@ fn rtsp_reaches_every_egress_and_rtmp_reaches_rtsp() {
     ] {
         let out = dir.join(format!("{name}.mkv"));
         let mut r = tidegate_tests::peers::ffmpeg_read(&url, 4, &out, &dir);
-        assert!(r.wait(Duration::from_secs(40)).success(), "{name}: {}", r.stderr());
+        assert!(
+            r.wait(Duration::from_secs(40)).success(),
+            "{name}: {}",
+            r.stderr()
+        );
         assert_media(&probe_file(&out), "h264", Some("aac"), 4);
     }
     let _rtmp = ffmpeg_publish(&server.rtmp_url("fromrtmp"), 40, "flv", &dir);
     server.wait_ready("fromrtmp", READY);
-    read_and_check(&server.rtsp_url("fromrtmp"), "tcp", "h264", Some("aac"), &dir);
+    read_and_check(
+        &server.rtsp_url("fromrtmp"),
+        "tcp",
+        "h264",
+        Some("aac"),
+        &dir,
+    );
 }
 
 fn rtsp_request(addr: std::net::SocketAddr, req: &str) -> String {
@@ -163,16 +223,30 @@ fn basic_and_digest_credentials() {
     let server = TestServer::start("paths:\n  sec:\n    readUser: bob\n    readPass: pw\n");
     let _publisher = ffmpeg_publish(&server.rtsp_url("sec"), 40, "rtsp", &dir);
     server.wait_ready("sec", READY);
-    let addr: std::net::SocketAddr = server.rtsp_url("").trim_start_matches("rtsp://").trim_end_matches('/').parse().unwrap();
+    let addr: std::net::SocketAddr = server
+        .rtsp_url("")
+        .trim_start_matches("rtsp://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     let url = server.rtsp_url("sec");
     let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
     assert!(r.starts_with("RTSP/1.0 401"), "{r}");
-    assert!(r.contains("WWW-Authenticate: Digest realm=\"tidegate\", nonce="), "{r}");
+    assert!(
+        r.contains("WWW-Authenticate: Digest realm=\"tidegate\", nonce="),
+        "{r}"
+    );
     assert!(r.contains("WWW-Authenticate: Basic"), "{r}");
-    let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 2\r\nAuthorization: Basic Ym9iOnB3\r\n\r\n"));
+    let r = rtsp_request(
+        addr,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 2\r\nAuthorization: Basic Ym9iOnB3\r\n\r\n"),
+    );
     assert!(r.starts_with("RTSP/1.0 200"), "{r}");
     assert!(r.contains("m=video"), "{r}");
-    let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 3\r\nAuthorization: Basic Ym9iOnd4\r\n\r\n"));
+    let r = rtsp_request(
+        addr,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 3\r\nAuthorization: Basic Ym9iOnd4\r\n\r\n"),
+    );
     assert!(r.starts_with("RTSP/1.0 401"), "{r}");
     // ffmpeg with the right credentials (it answers the Digest challenge), and the wrong ones.
     let with = |user: &str| url.replacen("rtsp://", &format!("rtsp://{user}@"), 1);
@@ -194,14 +268,28 @@ fn hostile_input_closes_only_its_connection() {
     let out = dir.join("reader.mkv");
     let mut reader = ffmpeg_rtsp_read(&server.rtsp_url("cam"), "tcp", 8, &out, &dir);
     server.wait_readers("cam", 1, Duration::from_secs(20));
-    let addr: std::net::SocketAddr = server.rtsp_url("").trim_start_matches("rtsp://").trim_end_matches('/').parse().unwrap();
+    let addr: std::net::SocketAddr = server
+        .rtsp_url("")
+        .trim_start_matches("rtsp://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     let url = server.rtsp_url("x");
     let big_sdp: String = "v=0\r\n".to_string() + &"m=video 0 RTP/AVP 96\r\n".repeat(10_000);
     let attacks: Vec<Vec<u8>> = vec![
         b"DESCRIBE rtsp://h/cam RTSP/1.0\r\nCSeq: 1\r\nContent-Le".to_vec(),
         [b"OPTIONS * RTSP/1.0\r\nX: ".to_vec(), vec![b'a'; 1 << 20]].concat(),
-        [b"$\x00\xff\xff".to_vec(), vec![0xde; 70_000], b"\x00\x01\x02garbage\r\n\r\n".to_vec()].concat(),
-        format!("ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Length: {}\r\n\r\n{big_sdp}", big_sdp.len()).into_bytes(),
+        [
+            b"$\x00\xff\xff".to_vec(),
+            vec![0xde; 70_000],
+            b"\x00\x01\x02garbage\r\n\r\n".to_vec(),
+        ]
+        .concat(),
+        format!(
+            "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Length: {}\r\n\r\n{big_sdp}",
+            big_sdp.len()
+        )
+        .into_bytes(),
     ];
     for a in attacks {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -212,9 +300,42 @@ fn hostile_input_closes_only_its_connection() {
         // The server answers (400/413) or closes; either way the read ends within the bound.
         let _ = s.read_to_end(&mut sink);
     }
-    assert!(reader.wait(Duration::from_secs(30)).success(), "{}", reader.stderr());
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
     assert_media(&probe_file(&out), "h264", Some("aac"), 8);
     assert!(server.paths().get("cam").unwrap().ready);
+
+    // The publisher's session in the API, with its transport and RTP counters; kicking it
+    // ends the publish.
+    let list = tidegate_tests::http::get_json(server.api_addr(), "/v3/rtspsessions/list");
+    let s = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "publish")
+        .expect("the publisher in /v3/rtspsessions/list")
+        .clone();
+    assert_eq!(s["path"], "cam");
+    // ffmpeg's RTSP muxer publishes over UDP by default.
+    assert_eq!(s["transport"], "UDP");
+    let received = s["rtpPacketsReceived"].as_u64().unwrap();
+    assert!(received > 500, "{s}");
+    assert!(
+        s["rtpPacketsLost"].as_u64().unwrap() * 100 <= received,
+        "{s}"
+    );
+    assert!(s["bytesReceived"].as_u64().unwrap() > 500_000, "{s}");
+    let id = s["id"].as_str().unwrap();
+    let (status, _) = tidegate_tests::http::request(
+        server.api_addr(),
+        "POST",
+        &format!("/v3/rtspsessions/kick/{id}"),
+    );
+    assert_eq!(status, 200);
+    server.wait_not_ready("cam", Duration::from_secs(10));
 }
 
 /// RTSPS (`rtspEncryption: optional`) with a generated certificate: ffmpeg publishes over

@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tidegate_codec::{h264, h265, nal};
 use tidegate_core::{
-    Action, CodecParams, Credentials, Frame, PathError, PathManager, Publisher, Reader,
+    Action, CodecParams, ConnGuard, Credentials, Frame, PathError, PathManager, Publisher, Reader,
     SessionInfo, Stream, StreamDesc, StreamReader, Track,
 };
 use tidegate_rtp::depack::Unit;
@@ -31,6 +32,25 @@ pub struct RtspConfig {
 }
 
 type Route = (mpsc::Sender<(usize, Bytes)>, usize);
+
+/// What `/v3/rtspsessions` shows of a session beyond the common fields.
+#[derive(Default, Debug)]
+pub struct RtspStats {
+    transport: Mutex<&'static str>,
+    pub rtp_packets_received: AtomicU64,
+    pub rtp_packets_sent: AtomicU64,
+    pub rtp_packets_lost: AtomicU64,
+}
+
+impl RtspStats {
+    /// `UDP`, `TCP` or empty before SETUP.
+    pub fn transport(&self) -> &'static str {
+        *self.transport.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sessions of one listener (RTSP or RTSPS), for the API.
+pub type RtspConns = tidegate_core::ConnRegistry<RtspStats>;
 
 /// The UDP side: RTP and RTCP sockets shared by every session, and where incoming RTP from
 /// UDP publishers goes (by source address).
@@ -84,6 +104,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     udp: Option<Arc<Udp>>,
+    conns: Arc<RtspConns>,
     paths: PathManager,
     config: RtspConfig,
     shutdown: CancellationToken,
@@ -107,18 +128,21 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
         let udp = if tls.is_some() { None } else { udp.clone() };
-        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp);
+        let guard = conns.add(id, remote);
+        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp, guard);
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
             let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
             tracing::info!(conn = id, "[{name}] {remote} connected");
             let r = match tls {
-                Some(acc) => match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
-                    Ok(Ok(s)) => conn.run(s, shutdown).await,
-                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-                    Err(_) => Err("TLS handshake timed out".into()),
-                },
+                Some(acc) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
+                        Ok(Ok(s)) => conn.run(s, shutdown).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
                 None => conn.run(sock, shutdown).await,
             };
             match r {
@@ -179,6 +203,8 @@ struct Conn {
     routes: Vec<SocketAddr>,
     last_activity: Instant,
     close: bool,
+    guard: ConnGuard<RtspStats>,
+    lost_reported: u64,
 }
 
 fn uri_path(uri: &str) -> String {
@@ -244,6 +270,7 @@ impl Conn {
         paths: PathManager,
         config: RtspConfig,
         udp: Option<Arc<Udp>>,
+        guard: ConnGuard<RtspStats>,
     ) -> Conn {
         Conn {
             id,
@@ -272,6 +299,8 @@ impl Conn {
             routes: Vec::new(),
             last_activity: Instant::now(),
             close: false,
+            guard,
+            lost_reported: 0,
         }
     }
 
@@ -295,6 +324,7 @@ impl Conn {
             let mut out = BytesMut::new();
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = self.guard.kick.cancelled() => break Err("kicked".into()),
                 r = rd.read(&mut buf) => {
                     let n = match r {
                         Ok(0) => break Ok(()),
@@ -302,6 +332,7 @@ impl Conn {
                         Err(e) => break Err(format!("read: {e}")),
                     };
                     self.last_activity = Instant::now();
+                    self.guard.counters.received.fetch_add(n as u64, Ordering::Relaxed);
                     parser.feed(&buf[..n]);
                     loop {
                         match parser.poll() {
@@ -325,6 +356,7 @@ impl Conn {
                 u = recv_udp(&mut self.udp_rx) => {
                     if let Some((idx, data)) = u {
                         self.last_activity = Instant::now();
+                        self.guard.counters.received.fetch_add(data.len() as u64, Ordering::Relaxed);
                         self.on_rtp(idx, &data);
                     }
                 }
@@ -348,6 +380,10 @@ impl Conn {
                 if let Some(r) = &self.reader {
                     r.add_bytes_sent(out.len() as u64);
                 }
+                self.guard
+                    .counters
+                    .sent
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
             }
             if self.close {
                 break Ok(());
@@ -657,6 +693,12 @@ impl Conn {
                 format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};server_port={srtp}-{srtcp}"),
             )
         };
+        *self
+            .guard
+            .extra
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = if t.tcp { "TCP" } else { "UDP" };
         if publishing {
             if let (Tr::Udp { rtp, .. }, Some(udp)) = (tr, &self.udp) {
                 let tx = self
@@ -698,6 +740,8 @@ impl Conn {
             );
         }
         self.playing = Some(packets.subscribe());
+        let path = self.path.clone().unwrap_or_default();
+        self.guard.set(tidegate_core::ConnState::Read, &path, "");
         response(
             200,
             "OK",
@@ -724,6 +768,8 @@ impl Conn {
             "[RTSP] is publishing"
         );
         self.started = Instant::now();
+        let path = self.path.clone().unwrap_or_default();
+        self.guard.set(tidegate_core::ConnState::Publish, &path, "");
         self.try_start();
         response(200, "OK", cseq, &[self.session_header()], b"")
     }
@@ -775,6 +821,13 @@ impl Conn {
         };
         let mut units = Vec::new();
         t.inc.depack.push(&p, &mut units);
+        let stats = &self.guard.extra;
+        stats.rtp_packets_received.fetch_add(1, Ordering::Relaxed);
+        let lost: u64 = self.pubs.iter().map(|p| p.inc.depack.packets_lost).sum();
+        if lost != self.lost_reported {
+            stats.rtp_packets_lost.store(lost, Ordering::Relaxed);
+            self.lost_reported = lost;
+        }
         for u in units {
             self.on_unit(idx, u);
         }
@@ -839,6 +892,10 @@ impl Conn {
             let Some(tr) = self.reads.get(idx).copied().flatten() else {
                 continue;
             };
+            self.guard
+                .extra
+                .rtp_packets_sent
+                .fetch_add(1, Ordering::Relaxed);
             let sr = &mut self.srs[idx];
             sr.packets = sr.packets.wrapping_add(1);
             sr.octets = sr.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
@@ -869,6 +926,10 @@ impl Conn {
                             let _ = udp.rtcp.send_to(r, rtcp).await;
                         }
                         let _ = udp.rtp.send_to(&pkt, rtp).await;
+                        self.guard
+                            .counters
+                            .sent
+                            .fetch_add(pkt.len() as u64, Ordering::Relaxed);
                         if let Some(r) = &self.reader {
                             r.add_bytes_sent(pkt.len() as u64);
                         }

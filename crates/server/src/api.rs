@@ -21,6 +21,8 @@ pub struct ApiState {
     pub srt_conns: Arc<ConnRegistry<tidegate_srt::SrtStats>>,
     pub relays: Arc<crate::relays::Relays>,
     pub hls: tidegate_hls::Hls,
+    pub rtsp_conns: Arc<tidegate_rtsp::RtspConns>,
+    pub rtsps_conns: Arc<tidegate_rtsp::RtspConns>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -42,6 +44,28 @@ pub fn router(state: ApiState) -> Router {
         .route("/v3/srtconns/list", get(srt_list))
         .route("/v3/srtconns/get/{id}", get(srt_get))
         .route("/v3/srtconns/kick/{id}", post(srt_kick))
+        .route("/v3/rtspconns/list", get(|s, q| rtsp_list(s, q, false)))
+        .route("/v3/rtspconns/get/{id}", get(|s, p| rtsp_get(s, p, false)))
+        .route("/v3/rtspsessions/list", get(|s, q| rtsp_list(s, q, false)))
+        .route(
+            "/v3/rtspsessions/get/{id}",
+            get(|s, p| rtsp_get(s, p, false)),
+        )
+        .route(
+            "/v3/rtspsessions/kick/{id}",
+            post(|s, p| rtsp_kick(s, p, false)),
+        )
+        .route("/v3/rtspsconns/list", get(|s, q| rtsp_list(s, q, true)))
+        .route("/v3/rtspsconns/get/{id}", get(|s, p| rtsp_get(s, p, true)))
+        .route("/v3/rtspssessions/list", get(|s, q| rtsp_list(s, q, true)))
+        .route(
+            "/v3/rtspssessions/get/{id}",
+            get(|s, p| rtsp_get(s, p, true)),
+        )
+        .route(
+            "/v3/rtspssessions/kick/{id}",
+            post(|s, p| rtsp_kick(s, p, true)),
+        )
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
         .fallback(not_found)
@@ -254,6 +278,51 @@ impl ConnExtra for tidegate_srt::SrtStats {
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
             .collect()
     }
+}
+
+impl ConnExtra for tidegate_rtsp::RtspStats {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut m = serde_json::Map::new();
+        m.insert("transport".into(), self.transport().into());
+        m.insert(
+            "rtpPacketsReceived".into(),
+            self.rtp_packets_received.load(Relaxed).into(),
+        );
+        m.insert(
+            "rtpPacketsSent".into(),
+            self.rtp_packets_sent.load(Relaxed).into(),
+        );
+        m.insert(
+            "rtpPacketsLost".into(),
+            self.rtp_packets_lost.load(Relaxed).into(),
+        );
+        m
+    }
+}
+
+fn rtsp_registry(state: &ApiState, tls: bool) -> &tidegate_rtsp::RtspConns {
+    if tls {
+        &state.rtsps_conns
+    } else {
+        &state.rtsp_conns
+    }
+}
+
+async fn rtsp_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+    tls: bool,
+) -> Response {
+    conns_list(rtsp_registry(&state, tls), &query)
+}
+
+async fn rtsp_get(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
+    conns_get(rtsp_registry(&state, tls), &id)
+}
+
+async fn rtsp_kick(State(state): State<ApiState>, Path(id): Path<String>, tls: bool) -> Response {
+    conns_kick(rtsp_registry(&state, tls), &id)
 }
 
 fn api_conn<X: ConnExtra>(c: ConnInfo<X>) -> ApiConn {

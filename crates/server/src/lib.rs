@@ -131,10 +131,11 @@ impl Server {
             false => None,
         };
         let hls_addr = hls_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let rtsp_listener = match config.rtsp && config.rtsp_encryption != config::Encryption::Strict {
-            true => Some(bind("RTSP", config.rtsp_address).await?),
-            false => None,
-        };
+        let rtsp_listener =
+            match config.rtsp && config.rtsp_encryption != config::Encryption::Strict {
+                true => Some(bind("RTSP", config.rtsp_address).await?),
+                false => None,
+            };
         let rtsp_addr = rtsp_listener.as_ref().and_then(|l| l.local_addr().ok());
         let rtsps_tls = match config.rtsp && config.rtsp_encryption != config::Encryption::No {
             true => Some(
@@ -178,6 +179,8 @@ impl Server {
         let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let srt_conns = Arc::new(tidegate_core::ConnRegistry::<tidegate_srt::SrtStats>::default());
+        let rtsp_conns = Arc::new(tidegate_rtsp::RtspConns::default());
+        let rtsps_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let relays = relays::start(&config, &paths, &tasks, &shutdown);
         let hls = tidegate_hls::Hls::new(
             paths.clone(),
@@ -206,6 +209,8 @@ impl Server {
                 srt_conns: srt_conns.clone(),
                 relays: relays.clone(),
                 hls: hls.clone(),
+                rtsp_conns: rtsp_conns.clone(),
+                rtsps_conns: rtsps_conns.clone(),
             });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
@@ -270,6 +275,7 @@ impl Server {
                 listener,
                 rtsps_tls,
                 None,
+                rtsps_conns.clone(),
                 paths.clone(),
                 rtsp_config.clone(),
                 shutdown.clone(),
@@ -285,6 +291,7 @@ impl Server {
                 listener,
                 None,
                 rtsp_udp,
+                rtsp_conns.clone(),
                 paths.clone(),
                 rtsp_config,
                 shutdown.clone(),
