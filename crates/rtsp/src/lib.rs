@@ -9,4 +9,4 @@ pub mod mux;
 pub mod sdp;
 pub mod server;
 
-pub use server::{serve, RtspConfig, RtspConns, RtspStats, Udp};
+pub use server::{serve, RtspConfig, RtspConns, RtspListener, RtspStats, Udp};

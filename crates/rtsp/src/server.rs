@@ -98,18 +98,30 @@ impl Udp {
     }
 }
 
-/// Serves RTSP on `listener`, or RTSPS when `tls` is given (then only TCP-interleaved
-/// transport: RTP over UDP would travel in the clear, and SRTP is not implemented).
+/// One RTSP or RTSPS listener and what its sessions share.
+pub struct RtspListener {
+    pub listener: TcpListener,
+    /// RTSPS when set (then only TCP-interleaved transport: RTP over UDP would travel in the
+    /// clear, and SRTP is not implemented).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub udp: Option<Arc<Udp>>,
+    pub conns: Arc<RtspConns>,
+}
+
+/// Serves RTSP (or RTSPS) sessions until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    udp: Option<Arc<Udp>>,
-    conns: Arc<RtspConns>,
+    l: RtspListener,
     paths: PathManager,
     config: RtspConfig,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let RtspListener {
+        listener,
+        tls,
+        udp,
+        conns,
+    } = l;
     if let Some(u) = &udp {
         tasks.spawn(u.clone().receive(shutdown.clone()));
     }

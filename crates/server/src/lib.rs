@@ -272,10 +272,12 @@ impl Server {
         if let (Some(listener), Some(addr)) = (rtsps_listener, rtsps_addr) {
             tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)");
             tasks.spawn(tidegate_rtsp::serve(
-                listener,
-                rtsps_tls,
-                None,
-                rtsps_conns.clone(),
+                tidegate_rtsp::RtspListener {
+                    listener,
+                    tls: rtsps_tls,
+                    udp: None,
+                    conns: rtsps_conns.clone(),
+                },
                 paths.clone(),
                 rtsp_config.clone(),
                 shutdown.clone(),
@@ -288,10 +290,12 @@ impl Server {
                 "[RTSP] listener opened on {addr} (TCP), RTP on UDP {rtp}, RTCP on UDP {rtcp}"
             );
             tasks.spawn(tidegate_rtsp::serve(
-                listener,
-                None,
-                rtsp_udp,
-                rtsp_conns.clone(),
+                tidegate_rtsp::RtspListener {
+                    listener,
+                    tls: None,
+                    udp: rtsp_udp,
+                    conns: rtsp_conns.clone(),
+                },
                 paths.clone(),
                 rtsp_config,
                 shutdown.clone(),
