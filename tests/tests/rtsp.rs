@@ -358,3 +358,114 @@ fn rtsps_with_ffmpeg() {
     read_and_check(&url, "tcp", "h264", Some("aac"), &dir);
     read_and_check(&server.rtsp_url("secure"), "tcp", "h264", Some("aac"), &dir);
 }
+
+/// The camera stand-in (gst-rtsp-server through Debian's python3-gi) on `port`.
+fn camera(port: u16, dir: &std::path::Path, name: &str) -> PeerProcess {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script)
+        .args(["--port", &port.to_string(), "--max-seconds", "120"]);
+    let cam = PeerProcess::spawn(name, &mut cmd, dir);
+    assert!(
+        wait_log(&cam, "listening on", 1, Duration::from_secs(15)),
+        "the camera did not start: {}",
+        cam.stderr()
+    );
+    cam
+}
+
+/// Waits (bounded) until `what` appears `n` times in the peer's log.
+fn wait_log(p: &PeerProcess, what: &str, n: usize, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if p.stderr().matches(what).count() >= n {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_rtmp_and_check(server: &TestServer, path: &str, seconds: u32, dir: &std::path::Path) {
+    let out = dir.join(format!("{path}-rtmp.mkv"));
+    let mut r = tidegate_tests::peers::ffmpeg_read(&server.rtmp_url(path), seconds, &out, dir);
+    assert!(r.wait(Duration::from_secs(30)).success(), "{}", r.stderr());
+    assert_media(&probe_file(&out), "h264", Some("aac"), seconds);
+}
+
+/// `source: rtsp://…` pulls a camera over TCP and over UDP (retina); killing the camera and
+/// starting it again resumes the path without restarting Tidegate.
+#[test]
+fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
+    let dir = scratch("rtsp-pull");
+    for transport in ["tcp", "udp"] {
+        let port = tidegate_tests::peers::free_port();
+        let mut cam = camera(port, &dir, &format!("camera-{transport}"));
+        let server = TestServer::start(&format!(
+            "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    rtspTransport: {transport}\n"
+        ));
+        server.wait_ready("cam", READY);
+        assert_eq!(
+            server.paths().get("cam").unwrap().tracks,
+            vec!["H264", "MPEG-4 Audio"]
+        );
+        read_rtmp_and_check(&server, "cam", 3, &dir);
+        read_and_check(&server.rtsp_url("cam"), "tcp", "h264", Some("aac"), &dir);
+        if transport == "tcp" {
+            cam.kill9();
+            server.wait_not_ready("cam", Duration::from_secs(20));
+            let _cam = camera(port, &dir, "camera-again");
+            server.wait_ready("cam", Duration::from_secs(40));
+            read_rtmp_and_check(&server, "cam", 3, &dir);
+        }
+    }
+}
+
+/// `sourceOnDemand`: no connection to the camera while nobody reads; one within about a
+/// second of the first reader; none after `sourceOnDemandCloseAfter` without readers.
+#[test]
+fn an_on_demand_camera_is_pulled_only_while_read() {
+    let dir = scratch("rtsp-ondemand");
+    let port = tidegate_tests::peers::free_port();
+    let cam = camera(port, &dir, "camera");
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    sourceOnDemand: yes\n    sourceOnDemandCloseAfter: 2s\n"
+    ));
+    // Nobody reads: the camera sees no client for 2 s.
+    assert!(
+        !wait_log(&cam, "client connected", 1, Duration::from_secs(2)),
+        "pulled without a reader"
+    );
+    assert!(!server.paths().get("cam").is_some_and(|p| p.ready));
+    // A reader: the camera is connected at once and the reader gets the stream.
+    let started = std::time::Instant::now();
+    let out = dir.join("reader.mkv");
+    let mut reader = ffmpeg_rtsp_read(&server.rtsp_url("cam"), "tcp", 4, &out, &dir);
+    assert!(wait_log(
+        &cam,
+        "client connected",
+        1,
+        Duration::from_secs(5)
+    ));
+    let delay = started.elapsed();
+    eprintln!("camera connected {delay:?} after the reader started");
+    assert!(delay < Duration::from_millis(1500), "{delay:?}");
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", Some("aac"), 4);
+    // The reader left: the camera is released after sourceOnDemandCloseAfter.
+    let left = std::time::Instant::now();
+    assert!(
+        wait_log(&cam, "client closed", 1, Duration::from_secs(10)),
+        "{}",
+        cam.stderr()
+    );
+    eprintln!("camera released {:?} after the reader left", left.elapsed());
+    server.wait_not_ready("cam", Duration::from_secs(10));
+    assert_eq!(cam.stderr().matches("client connected").count(), 1);
+}

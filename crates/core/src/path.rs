@@ -29,6 +29,14 @@ pub struct PathConf {
     pub max_readers: u32,
     /// Destinations the stream is pushed to while the path has a publisher.
     pub push: Vec<String>,
+    /// How a pulled `rtsp://` source asks for RTP: `automatic`, `udp`, `tcp` or `multicast`.
+    pub rtsp_transport: String,
+    /// Pull the source only while someone reads the path.
+    pub source_on_demand: bool,
+    /// How long a reader waits for an on-demand source to become ready.
+    pub source_on_demand_start_timeout: std::time::Duration,
+    /// An on-demand source is closed this long after its last reader left.
+    pub source_on_demand_close_after: std::time::Duration,
 }
 
 impl Default for PathConf {
@@ -47,6 +55,10 @@ impl Default for PathConf {
             override_publisher: false,
             max_readers: 0,
             push: Vec::new(),
+            rtsp_transport: "automatic".into(),
+            source_on_demand: false,
+            source_on_demand_start_timeout: std::time::Duration::from_secs(10),
+            source_on_demand_close_after: std::time::Duration::from_secs(10),
         }
     }
 }

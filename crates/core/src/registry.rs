@@ -58,6 +58,8 @@ pub enum PathEventKind {
     NotReady,
     ReaderAdded,
     ReaderRemoved,
+    /// A reader asked for a path whose on-demand source is not running.
+    Demand,
 }
 
 #[derive(Clone, Debug)]
@@ -292,6 +294,40 @@ impl PathManager {
             conf: m.conf,
             bytes_sent,
         })
+    }
+
+    /// As [`PathManager::read`], but a path with an on-demand source that is not running is
+    /// asked to start it (a [`PathEventKind::Demand`] event) and waited for, up to the path's
+    /// `sourceOnDemandStartTimeout`.
+    pub async fn read_or_demand(
+        &self,
+        name: &str,
+        session: SessionInfo,
+    ) -> Result<Reader, PathError> {
+        let mut events = self.events();
+        match self.read(name, session.clone()) {
+            Err(PathError::NoOnePublishing(_)) => {}
+            other => return other,
+        }
+        let m = self.find(name)?;
+        if m.conf.source == "publisher" || !m.conf.source_on_demand {
+            return Err(PathError::NoOnePublishing(name.to_string()));
+        }
+        self.shared.emit(PathEventKind::Demand, name, &session);
+        let deadline = tokio::time::Instant::now() + m.conf.source_on_demand_start_timeout;
+        loop {
+            match self.read(name, session.clone()) {
+                Err(PathError::NoOnePublishing(_)) => {}
+                other => return other,
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Err(PathError::NoOnePublishing(name.to_string())),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    return Err(PathError::NoOnePublishing(name.to_string()))
+                }
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Kicks the publisher of `name` if it is `session` (or any publisher when `session` is

@@ -323,7 +323,7 @@ async fn route(
         File::Multivariant | File::Media => {
             let mux = match existing {
                 Some(m) => m,
-                None => match inner.muxer(path) {
+                None => match inner.muxer_or_demand(path).await {
                     Ok(m) => m,
                     Err(e) => return text(StatusCode::NOT_FOUND, format!("{e}\n")),
                 },

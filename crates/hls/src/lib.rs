@@ -66,6 +66,27 @@ impl Inner {
         self.table().get(path).cloned()
     }
 
+    /// The path's muxer, started if the path has a publisher (or an on-demand source that
+    /// starts in time).
+    pub(crate) async fn muxer_or_demand(
+        self: &Arc<Self>,
+        path: &str,
+    ) -> Result<Arc<Muxer>, PathError> {
+        if let Some(m) = self.existing(path) {
+            return Ok(m);
+        }
+        match self.muxer(path) {
+            Err(PathError::NoOnePublishing(_)) => {}
+            other => return other,
+        }
+        let reader = self
+            .paths
+            .read_or_demand(path, muxer::session(self))
+            .await?;
+        drop(reader);
+        self.muxer(path)
+    }
+
     /// The path's muxer, started if the path has a publisher.
     pub(crate) fn muxer(self: &Arc<Self>, path: &str) -> Result<Arc<Muxer>, PathError> {
         let mut t = self.table();

@@ -371,11 +371,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
         let (path, creds) = self.resolve(app, tc_url, name);
-        let reader = match self
-            .paths
-            .authorize(&path, Action::Read, &creds)
-            .and_then(|_| self.paths.read(&path, self.info()))
-        {
+        let authorized = self.paths.authorize(&path, Action::Read, &creds);
+        let reader = match match authorized {
+            Ok(_) => self.paths.read_or_demand(&path, self.info()).await,
+            Err(e) => Err(e),
+        } {
             Ok(r) => r,
             Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
         };

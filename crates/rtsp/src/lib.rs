@@ -8,5 +8,6 @@ pub mod message;
 pub mod mux;
 pub mod sdp;
 pub mod server;
+pub mod source;
 
 pub use server::{serve, RtspConfig, RtspConns, RtspListener, RtspStats, Udp};

@@ -349,7 +349,7 @@ impl Conn {
                     loop {
                         match parser.poll() {
                             Ok(Some(Input::Request(req))) => {
-                                let resp = self.handle(&req);
+                                let resp = self.handle(&req).await;
                                 out.extend_from_slice(&resp);
                             }
                             Ok(Some(Input::Interleaved { channel, data })) => self.on_interleaved(channel, data),
@@ -490,7 +490,7 @@ impl Conn {
         ("Session", format!("{};timeout=60", self.session))
     }
 
-    fn handle(&mut self, req: &Request) -> Bytes {
+    async fn handle(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq().to_string();
         match req.method.as_str() {
             "OPTIONS" | "GET_PARAMETER" | "SET_PARAMETER" => response(
@@ -500,9 +500,9 @@ impl Conn {
                 &[("Public", PUBLIC.to_string()), self.session_header()],
                 b"",
             ),
-            "DESCRIBE" => self.describe(req),
+            "DESCRIBE" => self.describe(req).await,
             "ANNOUNCE" => self.announce(req),
-            "SETUP" => self.setup(req),
+            "SETUP" => self.setup(req).await,
             "PLAY" => self.play(req),
             "RECORD" => self.record(req),
             "PAUSE" => {
@@ -517,13 +517,17 @@ impl Conn {
         }
     }
 
-    fn describe(&mut self, req: &Request) -> Bytes {
+    async fn describe(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let path = uri_path(&req.uri);
         if let Err(r) = self.authorize(req, &path, Action::Read) {
             return r;
         }
-        let reader = match self.paths.read(&path, self.info("rtspSession")) {
+        let reader = match self
+            .paths
+            .read_or_demand(&path, self.info("rtspSession"))
+            .await
+        {
             Ok(r) => r,
             Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };
@@ -625,7 +629,7 @@ impl Conn {
         set.iter().position(|s| !s)
     }
 
-    fn setup(&mut self, req: &Request) -> Bytes {
+    async fn setup(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let Some(t) = req.header("Transport").and_then(parse_transport) else {
             return response(461, "Unsupported Transport", cseq, &[], b"");
@@ -649,7 +653,7 @@ impl Conn {
                 .unwrap_or(path);
             let mut fake = req.clone();
             fake.uri = format!("rtsp://x/{path}");
-            let r = self.describe(&fake);
+            let r = self.describe(&fake).await;
             if self.mux.is_none() {
                 return r;
             }

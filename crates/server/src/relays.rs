@@ -54,39 +54,43 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> Arc<Relays> {
     let relays = Arc::new(Relays::default());
+    let mut on_demand: HashMap<String, (Arc<tidegate_core::PathConf>, Arc<RelayStatus>)> =
+        HashMap::new();
     for conf in &config.paths {
-        let pulled = ["rtmp://", "rtmps://", "srt://"]
-            .iter()
-            .any(|p| conf.source.starts_with(p));
-        let exact = !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
         if conf.source == "publisher" {
             continue;
         }
+        let pulled = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
+            .iter()
+            .any(|p| conf.source.starts_with(p));
+        let exact = !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
         if !(pulled && exact) {
             tracing::warn!(
                 path = conf.name,
-                "source {} is not pulled yet (this build pulls rtmp://, rtmps:// and srt:// on exact-name paths)",
-                conf.source
+                "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt:// on exact-name paths)",
+                shown_url(&conf.source)
             );
             continue;
         }
-        let status = Arc::new(RelayStatus::new(&crate::relays::shown_url(&conf.source)));
+        let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
         relays
             .sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(conf.name.clone(), status.clone());
-        let (url, p, name, c) = (
-            conf.source.clone(),
-            paths.clone(),
-            conf.name.clone(),
-            shutdown.clone(),
-        );
-        if url.starts_with("srt://") {
-            tasks.spawn(tidegate_srt::caller::pull(url, p, name, status, c));
+        if conf.source_on_demand {
+            on_demand.insert(conf.name.clone(), (Arc::new(conf.clone()), status));
         } else {
-            tasks.spawn(tidegate_rtmp::pull(url, p, name, status, c));
+            tasks.spawn(source(conf, paths.clone(), status, shutdown.clone()));
         }
+    }
+    if !on_demand.is_empty() {
+        tasks.spawn(on_demand_sources(
+            on_demand,
+            paths.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
     }
     let has_push = config.paths.iter().any(|p| !p.push.is_empty());
     if has_push {
@@ -147,4 +151,80 @@ pub fn start(
         });
     }
     relays
+}
+
+/// The pull of `conf.source`, whatever its protocol, until `cancel`.
+fn source(
+    conf: &tidegate_core::PathConf,
+    paths: PathManager,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let (url, name) = (conf.source.clone(), conf.name.clone());
+    if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
+        use tidegate_rtsp::source::SourceTransport;
+        let transport = match conf.rtsp_transport.as_str() {
+            "udp" => SourceTransport::Udp,
+            "tcp" => SourceTransport::Tcp,
+            _ => SourceTransport::Automatic,
+        };
+        Box::pin(tidegate_rtsp::source::pull(
+            url, transport, paths, name, status, cancel,
+        ))
+    } else if url.starts_with("srt://") {
+        Box::pin(tidegate_srt::caller::pull(url, paths, name, status, cancel))
+    } else {
+        Box::pin(tidegate_rtmp::pull(url, paths, name, status, cancel))
+    }
+}
+
+/// Starts on-demand sources when a reader asks (a `Demand` path event) and stops each
+/// `sourceOnDemandCloseAfter` after its last reader left.
+async fn on_demand_sources(
+    sources: HashMap<String, (Arc<tidegate_core::PathConf>, Arc<RelayStatus>)>,
+    paths: PathManager,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut events = paths.events();
+    let mut running: HashMap<String, (CancellationToken, std::time::Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                if ev.kind != PathEventKind::Demand || running.contains_key(&ev.path) {
+                    continue;
+                }
+                let Some((conf, status)) = sources.get(&ev.path) else { continue };
+                tracing::info!(path = ev.path, "starting the on-demand source");
+                let token = shutdown.child_token();
+                tasks.spawn(source(conf, paths.clone(), status.clone(), token.clone()));
+                running.insert(ev.path.clone(), (token, std::time::Instant::now()));
+            }
+            _ = tick.tick() => {
+                let mut stop = Vec::new();
+                for (name, (token, last_busy)) in running.iter_mut() {
+                    let busy = paths.get(name).is_some_and(|p| !p.readers.is_empty());
+                    if busy {
+                        *last_busy = std::time::Instant::now();
+                    }
+                    let close_after = sources.get(name).map_or(std::time::Duration::from_secs(10), |s| s.0.source_on_demand_close_after);
+                    if last_busy.elapsed() >= close_after {
+                        token.cancel();
+                        stop.push(name.clone());
+                    }
+                }
+                for name in stop {
+                    tracing::info!(path = name, "closing the on-demand source: no readers");
+                    running.remove(&name);
+                }
+            }
+        }
+    }
 }

@@ -234,7 +234,7 @@ async fn handle(
             r
         }
         Mode::Read => {
-            let reader = match paths.read(&sid.path, session) {
+            let reader = match paths.read_or_demand(&sid.path, session).await {
                 Ok(r) => r,
                 Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
             };

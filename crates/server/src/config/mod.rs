@@ -192,6 +192,16 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ("overridePublisher", set!(override_publisher, boolean)),
     ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
     ("push", set!(push, push_list)),
+    ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
+    ("sourceOnDemand", set!(source_on_demand, boolean)),
+    (
+        "sourceOnDemandStartTimeout",
+        set!(source_on_demand_start_timeout, duration),
+    ),
+    (
+        "sourceOnDemandCloseAfter",
+        set!(source_on_demand_close_after, duration),
+    ),
 ];
 
 /// Where a configuration error is.

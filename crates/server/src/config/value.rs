@@ -293,3 +293,14 @@ mod tests {
         assert!(push_list(&n("srt://a:1/x/y")).is_err());
     }
 }
+
+/// `rtspTransport`: how a pulled RTSP source asks for RTP.
+pub fn rtsp_transport(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    match s.as_str() {
+        "automatic" | "udp" | "tcp" | "multicast" => Ok(s),
+        _ => Err(format!(
+            "expected automatic, udp, tcp or multicast, found '{s}'"
+        )),
+    }
+}

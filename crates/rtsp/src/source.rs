@@ -1,0 +1,301 @@
+//! Pulled cameras: `source: rtsp://…` (and `rtsps://`) read with retina, the RTSP client
+//! library of the Moonfire NVR project, which copes with many real cameras' quirks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use retina::client::{
+    Credentials as RetinaCreds, InitialTimestampPolicy, PlayOptions, Session, SessionOptions,
+    SetupOptions, TcpTransportOptions, Transport, UdpTransportOptions,
+};
+use retina::codec::{CodecItem, ParametersRef};
+use tidegate_codec::{h264, h265};
+use tidegate_core::relay::{with_backoff, RelayStatus};
+use tidegate_core::{CodecParams, Frame, G711Law, PathManager, SessionInfo, StreamDesc, Track};
+use tokio_util::sync::CancellationToken;
+
+/// How a pulled source asks for RTP (`rtspTransport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceTransport {
+    /// TCP first (it crosses NATs and firewalls); what MediaMTX tries second.
+    Automatic,
+    Udp,
+    Tcp,
+}
+
+/// When a pulled source runs.
+#[derive(Clone, Debug)]
+pub struct OnDemand {
+    /// Only pull while someone reads.
+    pub enabled: bool,
+    /// Stop this long after the last reader left.
+    pub close_after: Duration,
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URL as the API shows it: the password hidden.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn params_of(
+    p: ParametersRef<'_>,
+    encoding: &str,
+    clock: u32,
+    channels: u8,
+) -> Option<CodecParams> {
+    match p {
+        ParametersRef::Video(v) => match encoding {
+            "h264" => {
+                let c = h264::AvcConfig::parse(v.extra_data()).ok()?;
+                Some(CodecParams::H264 {
+                    sps: c.sps.first()?.clone(),
+                    pps: c.pps.first()?.clone(),
+                })
+            }
+            "h265" => {
+                let c = h265::HevcConfig::parse(v.extra_data()).ok()?;
+                Some(CodecParams::H265 {
+                    vps: c.vps.first()?.clone(),
+                    sps: c.sps.first()?.clone(),
+                    pps: c.pps.first()?.clone(),
+                })
+            }
+            _ => None,
+        },
+        ParametersRef::Audio(a) => match encoding {
+            "mpeg4-generic" => Some(CodecParams::Aac {
+                config: Bytes::copy_from_slice(a.extra_data()),
+            }),
+            "opus" => Some(CodecParams::Opus { channels }),
+            "pcmu" | "pcma" => Some(CodecParams::G711 {
+                law: if encoding == "pcmu" {
+                    G711Law::MuLaw
+                } else {
+                    G711Law::ALaw
+                },
+                sample_rate: clock,
+                channels,
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn carried(media: &str, encoding: &str) -> bool {
+    matches!(
+        (media, encoding),
+        ("video", "h264" | "h265") | ("audio", "mpeg4-generic" | "opus" | "pcmu" | "pcma")
+    )
+}
+
+/// Pulls `url` into `path` until `cancel`, reconnecting with the relays' backoff. With
+/// `on_demand.enabled`, the caller starts this when a reader asks and cancels it when idle.
+pub async fn pull(
+    url: String,
+    transport: SourceTransport,
+    paths: PathManager,
+    path: String,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    let parsed = match url::Url::parse(&url) {
+        Ok(u) => u,
+        Err(e) => {
+            status.set_state("failed");
+            status.set_error(&format!("bad URL: {e}"));
+            return;
+        }
+    };
+    let use_udp = std::sync::atomic::AtomicBool::new(transport == SourceTransport::Udp);
+    let use_udp = &use_udp;
+    let (paths, path2, cancel2) = (&paths, &path, &cancel);
+    let status2 = &status;
+    with_backoff("source", &path, &status, &cancel, move || {
+        let parsed = parsed.clone();
+        async move {
+            let udp = use_udp.load(Ordering::Relaxed);
+            let r = pull_once(parsed, udp, paths, path2, status2, cancel2).await;
+            // `automatic`: TCP first, then UDP, alternating on failures.
+            if r.is_err() && transport == SourceTransport::Automatic {
+                use_udp.store(!udp, Ordering::Relaxed);
+            }
+            r
+        }
+    })
+    .await;
+}
+
+async fn pull_once(
+    mut url: url::Url,
+    udp: bool,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    status.set_state("connecting");
+    let creds = (!url.username().is_empty()).then(|| RetinaCreds {
+        username: url.username().to_string(),
+        password: url.password().unwrap_or("").to_string(),
+    });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let options = SessionOptions::default()
+        .creds(creds)
+        .user_agent("Tidegate".to_string());
+    let mut session = tokio::time::timeout(IO_TIMEOUT, Session::describe(url, options))
+        .await
+        .map_err(|_| "DESCRIBE timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let chosen: Vec<usize> = session
+        .streams()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| carried(s.media(), s.encoding_name()))
+        .map(|(i, _)| i)
+        .collect();
+    if chosen.is_empty() {
+        return Err("the source has no track Tidegate can carry".into());
+    }
+    for &i in &chosen {
+        let tr = if udp {
+            Transport::Udp(UdpTransportOptions::default())
+        } else {
+            Transport::Tcp(TcpTransportOptions::default())
+        };
+        tokio::time::timeout(
+            IO_TIMEOUT,
+            session.setup(i, SetupOptions::default().transport(tr)),
+        )
+        .await
+        .map_err(|_| "SETUP timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    }
+    let playing = tokio::time::timeout(
+        IO_TIMEOUT,
+        session.play(PlayOptions::default().initial_timestamp(InitialTimestampPolicy::Permissive)),
+    )
+    .await
+    .map_err(|_| "PLAY timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let mut demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+    status.set_state("running");
+    tracing::info!(path, url = status.url, udp, "pulling");
+
+    let info = |d: &retina::client::Demuxed, i: usize| {
+        let s = &d.streams()[i];
+        let channels = s.channels().map_or(1, |c| c.get().min(8) as u8);
+        (
+            s.encoding_name().to_string(),
+            s.clock_rate_hz(),
+            channels,
+            s.parameters()
+                .and_then(|p| params_of(p, s.encoding_name(), s.clock_rate_hz(), channels)),
+        )
+    };
+    let mut params: Vec<Option<CodecParams>> =
+        chosen.iter().map(|&i| info(&demuxed, i).3).collect();
+    let mut publisher = None;
+    let mut stream = None;
+    let started = Instant::now();
+    loop {
+        let item = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = tokio::time::timeout(IO_TIMEOUT, demuxed.next()) => r,
+        };
+        let item = match item {
+            Err(_) => return Err("no data from the source for 10 s".into()),
+            Ok(None) => return Err("the source ended the session".into()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(i))) => i,
+        };
+        let (sid, ts, keyframe, data, new_params) = match item {
+            CodecItem::VideoFrame(f) => {
+                let sid = f.stream_id();
+                let ts = f.timestamp();
+                let key = f.is_random_access_point();
+                let newp = f.has_new_parameters();
+                (sid, ts, key, f.into_data(), newp)
+            }
+            CodecItem::AudioFrame(f) => {
+                (f.stream_id(), f.timestamp(), true, f.data().to_vec(), false)
+            }
+            _ => continue,
+        };
+        let Some(idx) = chosen.iter().position(|&c| c == sid) else {
+            continue;
+        };
+        status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut changed = None;
+        if new_params || params[idx].is_none() {
+            let p = info(&demuxed, sid).3;
+            if p.is_some() && p != params[idx] {
+                if params[idx].is_some() {
+                    changed = p.clone().map(Arc::new);
+                }
+                params[idx] = p;
+            }
+        }
+        if stream.is_none() {
+            if params.iter().any(Option::is_none) {
+                if started.elapsed() > IO_TIMEOUT {
+                    return Err("the source sent no codec parameters within 10 s".into());
+                }
+                continue;
+            }
+            let desc = StreamDesc {
+                tracks: chosen
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| Track {
+                        id: i as u32,
+                        params: params[i].clone().unwrap_or(CodecParams::Mp3),
+                        clock_rate: info(&demuxed, s).1,
+                    })
+                    .collect(),
+            };
+            let mut p = paths
+                .publish_source(
+                    path,
+                    SessionInfo {
+                        id: paths.new_session_id(),
+                        kind: "rtspSource",
+                        remote: None,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            stream = Some(p.start(desc));
+            publisher = Some(p);
+        }
+        if publisher
+            .as_ref()
+            .is_some_and(|p| p.kicked().is_cancelled())
+        {
+            return Err("kicked".into());
+        }
+        if let Some(s) = &stream {
+            let pts = ts.elapsed();
+            s.write(Frame {
+                track: idx as u32,
+                pts,
+                dts: pts,
+                keyframe,
+                data: Bytes::from(data),
+                received: Instant::now(),
+                params: changed,
+            });
+        }
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""An IP camera stand-in for the tests: an RTSP server (gst-rtsp-server, Debian's python3-gi)
+serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz. Each client
+connection and disconnection is printed to stderr ("client connected" / "client closed"),
+so a test can count them. It exits by itself after --max-seconds.
+
+Run with /usr/bin/python3 (not a venv python): python3-gi is a Debian package.
+"""
+import argparse
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def say(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-seconds", type=int, default=120)
+    a = p.parse_args()
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(a.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(
+        "( videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 "
+        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
+        "! rtph264pay name=pay0 pt=96 config-interval=-1 "
+        "audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
+        "! avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
+    )
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/cam", factory)
+
+    def on_client(_server, client):
+        say("client connected")
+        client.connect("closed", lambda _c: say("client closed"))
+
+    server.connect("client-connected", on_client)
+    if server.attach(None) == 0:
+        sys.exit("cannot bind")
+    say(f"listening on rtsp://127.0.0.1:{a.port}/cam")
+    loop = GLib.MainLoop()
+    GLib.timeout_add_seconds(a.max_seconds, loop.quit)
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()
