@@ -230,6 +230,17 @@ pub fn srt_passphrase(v: &Node) -> Result<String, String> {
     Ok(s)
 }
 
+/// `rtspTransport`: how a pulled RTSP source asks for RTP.
+pub fn rtsp_transport(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    match s.as_str() {
+        "automatic" | "udp" | "tcp" | "multicast" => Ok(s),
+        _ => Err(format!(
+            "expected automatic, udp, tcp or multicast, found '{s}'"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,16 +302,5 @@ mod tests {
         assert!(push_list(&n("rtmp://a/live/key, rtmps://b:443/app/k")).is_ok());
         assert!(push_list(&n("rtmp://a/live")).is_err());
         assert!(push_list(&n("srt://a:1/x/y")).is_err());
-    }
-}
-
-/// `rtspTransport`: how a pulled RTSP source asks for RTP.
-pub fn rtsp_transport(v: &Node) -> Result<String, String> {
-    let s = string(v)?;
-    match s.as_str() {
-        "automatic" | "udp" | "tcp" | "multicast" => Ok(s),
-        _ => Err(format!(
-            "expected automatic, udp, tcp or multicast, found '{s}'"
-        )),
     }
 }
