@@ -287,9 +287,11 @@ fn gst_read(url: &str, seconds: u64, dir: &std::path::Path) -> (usize, usize, St
     std::fs::write(dir.join("gst.log"), &log).unwrap();
     let video = log.matches("v: last-message = chain").count();
     let audio = log.matches("a: last-message = chain").count();
+    // Caps appear as notify lines or, escaped, in the sink's caps event: unescape first.
     let caps = log
+        .replace('\\', "")
         .lines()
-        .find(|l| l.contains("caps = video/x-raw, format"))
+        .find(|l| l.contains("video/x-raw, format") && l.contains("width=(int)"))
         .unwrap_or("")
         .to_string();
     (video, audio, caps)

@@ -1,4 +1,7 @@
-//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|hls-readers] [n...]`.
+//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|rtsp-fanout|hls-readers] [n...]`.
+//!
+//! `rtsp-fanout` runs RTMP, RTSP/TCP and RTSP/UDP readers of the same publish in one run and
+//! reports each one's server CPU per delivered Gbit as a ratio to RTMP's.
 //!
 //! `hls-readers` runs N LL-HLS clients (blocking reload on every part, then the part) beside
 //! one RTMP reader, and reports the server's CPU, the RTMP reader's frame latency (does HLS
@@ -49,6 +52,18 @@ fn main() {
         };
         if let Err(e) = hls_readers(&rt, &counts) {
             eprintln!("hls-readers: {e}");
+            std::process::exit(1);
+        }
+    }
+    if which == "rtsp-fanout" || which == "all" {
+        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+        let counts = if counts.is_empty() || which == "all" {
+            vec![100, 1000]
+        } else {
+            counts
+        };
+        if let Err(e) = rtsp_fanout(&rt, &counts) {
+            eprintln!("rtsp-fanout: {e}");
             std::process::exit(1);
         }
     }
@@ -246,16 +261,32 @@ impl Drop for Server {
 }
 
 fn start_tidegate(root: &Path, dir: &Path, hls_port: Option<u16>) -> Result<Server, String> {
+    start_tidegate_with(root, dir, hls_port, None)
+}
+
+/// With `rtsp`: (RTSP TCP port, RTP UDP port, RTCP UDP port).
+fn start_tidegate_with(
+    root: &Path,
+    dir: &Path,
+    hls_port: Option<u16>,
+    rtsp: Option<(u16, u16, u16)>,
+) -> Result<Server, String> {
     let port = free_port();
     let conf = dir.join("tidegate.yml");
-    let hls = match hls_port {
+    let mut hls = match hls_port {
         Some(p) => format!("hls: yes\nhlsAddress: 127.0.0.1:{p}\n"),
         None => "hls: no\n".to_string(),
     };
+    match rtsp {
+        Some((t, rtp, rtcp)) => hls.push_str(&format!(
+            "rtspAddress: 127.0.0.1:{t}\nrtpAddress: 127.0.0.1:{rtp}\nrtcpAddress: 127.0.0.1:{rtcp}\n"
+        )),
+        None => hls.push_str("rtsp: no\n"),
+    }
     std::fs::write(
         &conf,
         format!(
-            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nrtsp: no\n{hls}webrtc: no\nsrt: no\n"
+            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\n{hls}webrtc: no\nsrt: no\n"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -374,11 +405,32 @@ struct RunResult {
     readers_ok: usize,
 }
 
+/// What the readers of a load run speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReaderKind {
+    Rtmp,
+    /// RTSP on this port, TCP-interleaved or UDP.
+    Rtsp {
+        port: u16,
+        udp: bool,
+    },
+}
+
 async fn run_load(
     server: &Server,
     tags: Arc<Vec<Tag>>,
     readers: usize,
     seconds: u64,
+) -> Result<RunResult, String> {
+    run_load_with(server, tags, readers, seconds, ReaderKind::Rtmp).await
+}
+
+async fn run_load_with(
+    server: &Server,
+    tags: Arc<Vec<Tag>>,
+    readers: usize,
+    seconds: u64,
+    kind: ReaderKind,
 ) -> Result<RunResult, String> {
     wait_port(server.port).await?;
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -442,6 +494,12 @@ async fn run_load(
         let latencies = latencies.clone();
         let measuring = measuring.clone();
         let stop = stop.clone();
+        if let ReaderKind::Rtsp { port, udp } = kind {
+            handles.push(tokio::spawn(rtsp_reader(
+                port, udp, totals, latencies, measuring, stop,
+            )));
+            continue;
+        }
         handles.push(tokio::spawn(async move {
             let Ok((mut s, mut session, _)) = rtmp_connect(port, Mode::Play).await else {
                 return false;
@@ -761,6 +819,280 @@ fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
             totals.errors.load(Ordering::Relaxed)
         );
         drop(server);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTSP fan-out: RTSP readers (TCP-interleaved or UDP) of the same publish, beside RTMP readers
+
+/// Reads one RTSP response (head and Content-Length body).
+async fn rtsp_response(s: &mut TcpStream) -> Result<String, String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed".into());
+        }
+        head.push(byte[0]);
+        if head.len() > 16 * 1024 {
+            return Err("response head too long".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    if !text.starts_with("RTSP/1.0 200") {
+        return Err(text.lines().next().unwrap_or("").to_string());
+    }
+    Ok(text + &String::from_utf8_lossy(&body))
+}
+
+async fn rtsp_request(s: &mut TcpStream, req: String) -> Result<String, String> {
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    rtsp_response(s).await
+}
+
+/// Sender report of a track: (wall clock of the RTP time, RTP time).
+type SrMap = Option<(std::time::SystemTime, u32)>;
+
+fn on_rtcp(data: &[u8], sr: &mut SrMap) {
+    if data.len() >= 20 && data[1] == 200 {
+        let ntp = u64::from_be_bytes(data[8..16].try_into().unwrap_or([0; 8]));
+        let secs = (ntp >> 32).saturating_sub(2_208_988_800);
+        let nanos = ((ntp & 0xffff_ffff) * 1_000_000_000) >> 32;
+        let wall = std::time::UNIX_EPOCH + Duration::new(secs, nanos as u32);
+        let ts = u32::from_be_bytes(data[16..20].try_into().unwrap_or([0; 4]));
+        *sr = Some((wall, ts));
+    }
+}
+
+/// Latency of a video packet that ends a frame: now minus the ingest time the last sender
+/// report maps its RTP time to.
+fn rtp_latency_ms(pkt: &[u8], sr: &SrMap) -> Option<f64> {
+    if pkt.len() < 12 || pkt[1] & 0x80 == 0 {
+        return None;
+    }
+    let (wall, sr_ts) = (*sr)?;
+    let ts = u32::from_be_bytes(pkt[4..8].try_into().ok()?);
+    let offset = f64::from(ts.wrapping_sub(sr_ts) as i32) / 90_000.0;
+    let ingest = if offset >= 0.0 {
+        wall + Duration::from_secs_f64(offset)
+    } else {
+        wall - Duration::from_secs_f64(-offset)
+    };
+    std::time::SystemTime::now()
+        .duration_since(ingest)
+        .ok()
+        .map(|d| d.as_secs_f64() * 1000.0)
+}
+
+async fn rtsp_reader(
+    port: u16,
+    udp: bool,
+    totals: Arc<Totals>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    measuring: Arc<AtomicU64>,
+    stop: Arc<AtomicU64>,
+) -> bool {
+    let url = format!("rtsp://127.0.0.1:{port}/live/bench");
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let _ = s.set_nodelay(true);
+    let Ok(sdp) = rtsp_request(
+        &mut s,
+        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+    )
+    .await
+    else {
+        return false;
+    };
+    // Track 0 is the video (the publisher sends H.264 + AAC).
+    let tracks = sdp.matches("a=control:trackID=").count();
+    let mut session = String::new();
+    let mut socks = Vec::new();
+    for i in 0..tracks {
+        let transport = if udp {
+            let (Ok(rtp), Ok(rtcp)) = (
+                tokio::net::UdpSocket::bind("127.0.0.1:0").await,
+                tokio::net::UdpSocket::bind("127.0.0.1:0").await,
+            ) else {
+                return false;
+            };
+            let p = |u: &tokio::net::UdpSocket| u.local_addr().map(|a| a.port()).unwrap_or(0);
+            let t = format!("RTP/AVP;unicast;client_port={}-{}", p(&rtp), p(&rtcp));
+            socks.push((rtp, rtcp));
+            t
+        } else {
+            format!("RTP/AVP/TCP;unicast;interleaved={}-{}", 2 * i, 2 * i + 1)
+        };
+        let req = format!(
+            "SETUP {url}/trackID={i} RTSP/1.0\r\nCSeq: {}\r\nTransport: {transport}\r\n{session}\r\n",
+            i + 2
+        );
+        let Ok(resp) = rtsp_request(&mut s, req).await else {
+            return false;
+        };
+        if let Some(id) = resp.lines().find_map(|l| l.strip_prefix("Session: ")) {
+            session = format!("Session: {}\r\n", id.split(';').next().unwrap_or(""));
+        }
+    }
+    if rtsp_request(
+        &mut s,
+        format!("PLAY {url} RTSP/1.0\r\nCSeq: 9\r\n{session}\r\n"),
+    )
+    .await
+    .is_err()
+    {
+        return false;
+    }
+    let mut mine = Vec::new();
+    let mut sr: SrMap = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut rtp_buf = vec![0u8; 2048];
+    let mut rtcp_buf = vec![0u8; 2048];
+    while stop.load(Ordering::Relaxed) == 0 {
+        let on = measuring.load(Ordering::Relaxed) == 1;
+        if udp {
+            let (vrtp, vrtcp) = (&socks[0].0, &socks[0].1);
+            tokio::select! {
+                r = vrtp.recv(&mut rtp_buf) => {
+                    let Ok(n) = r else { break };
+                    if on {
+                        totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        if rtp_buf[1] & 0x80 != 0 {
+                            totals.video.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(l) = rtp_latency_ms(&rtp_buf[..n], &sr) {
+                            mine.push(l);
+                        }
+                    }
+                }
+                r = vrtcp.recv(&mut rtcp_buf) => {
+                    if let Ok(n) = r {
+                        on_rtcp(&rtcp_buf[..n], &mut sr);
+                    }
+                }
+                r = async {
+                    match socks.get(1) {
+                        Some((a, _)) => a.recv(&mut buf).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let (Ok(n), true) = (r, on) {
+                        totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => continue,
+        };
+        if on {
+            totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        while pending.len() >= at + 4 && pending[at] == b'$' {
+            let ch = pending[at + 1];
+            let len = usize::from(u16::from_be_bytes([pending[at + 2], pending[at + 3]]));
+            if pending.len() < at + 4 + len {
+                break;
+            }
+            let pkt = &pending[at + 4..at + 4 + len];
+            match ch {
+                0 if on && pkt.len() > 1 && pkt[1] & 0x80 != 0 => {
+                    totals.video.fetch_add(1, Ordering::Relaxed);
+                    if let Some(l) = rtp_latency_ms(pkt, &sr) {
+                        mine.push(l);
+                    }
+                }
+                1 => on_rtcp(pkt, &mut sr),
+                _ => {}
+            }
+            at += 4 + len;
+        }
+        pending.drain(..at);
+    }
+    latencies.lock().map(|mut l| l.extend(mine)).ok();
+    true
+}
+
+fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("tidegate-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let clip = make_clip(&dir)?;
+    let tags = Arc::new(read_flv(&clip)?);
+    let seconds = 10;
+    println!(
+        "RTSP fan-out against RTMP fan-out of the same clip in the same run, {seconds} s measured"
+    );
+    println!("(RTSP latency: ingest → reader, from each track's RTCP sender report; RTMP: publisher send → reader)");
+    println!(
+        "{:>8} {:>10} {:>11} {:>12} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "readers",
+        "reader",
+        "Gbit/s",
+        "CPU s/Gbit",
+        "CPU share",
+        "RSS MB",
+        "p50 ms",
+        "p99 ms",
+        "readers"
+    );
+    for &n in counts {
+        let mut rtmp_cost = None;
+        for (name, kind) in [
+            ("rtmp", None),
+            ("rtsp-tcp", Some(false)),
+            ("rtsp-udp", Some(true)),
+        ] {
+            let rtsp_ports = (free_port(), free_port(), free_port());
+            let server = start_tidegate_with(&root, &dir, None, Some(rtsp_ports))?;
+            let kind = match kind {
+                None => ReaderKind::Rtmp,
+                Some(udp) => ReaderKind::Rtsp {
+                    port: rtsp_ports.0,
+                    udp,
+                },
+            };
+            let r = rt.block_on(run_load_with(&server, tags.clone(), n, seconds, kind))?;
+            println!(
+                "{n:>8} {name:>10} {:>11.3} {:>12.3} {:>9.1}% {:>9.1} {:>9.2} {:>9.2} {:>8}",
+                r.gbits,
+                r.cpu_per_gbit,
+                r.cpu_share * 100.0,
+                r.rss_mb,
+                r.p50_ms,
+                r.p99_ms,
+                r.readers_ok
+            );
+            match rtmp_cost {
+                None => rtmp_cost = Some(r.cpu_per_gbit),
+                Some(base) => println!(
+                    "{n:>8} {name:>10} CPU per Gbit / RTMP's = {:.2}",
+                    r.cpu_per_gbit / base
+                ),
+            }
+            drop(server);
+        }
     }
     Ok(())
 }
