@@ -361,32 +361,82 @@ fn rtsps_with_ffmpeg() {
     read_and_check(&server.rtsp_url("secure"), "tcp", "h264", Some("aac"), &dir);
 }
 
-/// The camera stand-in (gst-rtsp-server through Debian's python3-gi) on `port`.
-fn camera(port: u16, dir: &std::path::Path, name: &str) -> PeerProcess {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py");
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(script)
-        .args(["--port", &port.to_string(), "--max-seconds", "120"]);
-    let cam = PeerProcess::spawn(name, &mut cmd, dir);
-    assert!(
-        wait_log(&cam, "listening on", 1, Duration::from_secs(15)),
-        "the camera did not start: {}",
-        cam.stderr()
-    );
-    cam
+/// The camera stand-in (gst-rtsp-server through Debian's python3-gi) on `port`. Its log
+/// lines arrive through a channel, so tests wait on them as events.
+struct Camera {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
 }
 
-/// Waits (bounded) until `what` appears `n` times in the peer's log.
-fn wait_log(p: &PeerProcess, what: &str, n: usize, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if p.stderr().matches(what).count() >= n {
-            return true;
+impl Camera {
+    fn start(port: u16) -> Camera {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--max-seconds", "120"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the camera stand-in needs /usr/bin/python3 with python3-gi");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut cam = Camera {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        assert!(
+            cam.wait("listening on", 1, Duration::from_secs(15)),
+            "the camera did not start: {:?}",
+            cam.seen
+        );
+        cam
+    }
+
+    fn count(&mut self, what: &str) -> usize {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
         }
-        if std::time::Instant::now() > deadline {
-            return false;
+        self.seen.iter().filter(|l| l.contains(what)).count()
+    }
+
+    /// Waits until `what` has been logged `n` times, at most `limit`.
+    fn wait(&mut self, what: &str, n: usize, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.count(what) >= n {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => return self.count(what) >= n,
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -404,7 +454,7 @@ fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
     let dir = scratch("rtsp-pull");
     for transport in ["tcp", "udp"] {
         let port = tidegate_tests::peers::free_port();
-        let mut cam = camera(port, &dir, &format!("camera-{transport}"));
+        let mut cam = Camera::start(port);
         let server = TestServer::start(&format!(
             "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    rtspTransport: {transport}\n"
         ));
@@ -416,9 +466,9 @@ fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
         read_rtmp_and_check(&server, "cam", 3, &dir);
         read_and_check(&server.rtsp_url("cam"), "tcp", "h264", Some("aac"), &dir);
         if transport == "tcp" {
-            cam.kill9();
+            cam.kill();
             server.wait_not_ready("cam", Duration::from_secs(20));
-            let _cam = camera(port, &dir, "camera-again");
+            let _cam = Camera::start(port);
             server.wait_ready("cam", Duration::from_secs(40));
             read_rtmp_and_check(&server, "cam", 3, &dir);
         }
@@ -431,13 +481,13 @@ fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
 fn an_on_demand_camera_is_pulled_only_while_read() {
     let dir = scratch("rtsp-ondemand");
     let port = tidegate_tests::peers::free_port();
-    let cam = camera(port, &dir, "camera");
+    let mut cam = Camera::start(port);
     let server = TestServer::start(&format!(
         "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    sourceOnDemand: yes\n    sourceOnDemandCloseAfter: 2s\n"
     ));
     // Nobody reads: the camera sees no client for 2 s.
     assert!(
-        !wait_log(&cam, "client connected", 1, Duration::from_secs(2)),
+        !cam.wait("client connected", 1, Duration::from_secs(2)),
         "pulled without a reader"
     );
     assert!(!server.paths().get("cam").is_some_and(|p| p.ready));
@@ -445,12 +495,7 @@ fn an_on_demand_camera_is_pulled_only_while_read() {
     let started = std::time::Instant::now();
     let out = dir.join("reader.mkv");
     let mut reader = ffmpeg_rtsp_read(&server.rtsp_url("cam"), "tcp", 4, &out, &dir);
-    assert!(wait_log(
-        &cam,
-        "client connected",
-        1,
-        Duration::from_secs(5)
-    ));
+    assert!(cam.wait("client connected", 1, Duration::from_secs(5)));
     let delay = started.elapsed();
     eprintln!("camera connected {delay:?} after the reader started");
     assert!(delay < Duration::from_millis(1500), "{delay:?}");
@@ -463,11 +508,11 @@ fn an_on_demand_camera_is_pulled_only_while_read() {
     // The reader left: the camera is released after sourceOnDemandCloseAfter.
     let left = std::time::Instant::now();
     assert!(
-        wait_log(&cam, "client closed", 1, Duration::from_secs(10)),
-        "{}",
-        cam.stderr()
+        cam.wait("client closed", 1, Duration::from_secs(10)),
+        "{:?}",
+        cam.seen
     );
     eprintln!("camera released {:?} after the reader left", left.elapsed());
     server.wait_not_ready("cam", Duration::from_secs(10));
-    assert_eq!(cam.stderr().matches("client connected").count(), 1);
+    assert_eq!(cam.count("client connected"), 1);
 }

@@ -18,6 +18,7 @@ pub mod path;
 pub mod registry;
 pub mod relay;
 pub mod stream;
+pub mod text;
 
 pub use auth::{Action, AuthError, Credentials};
 /// Re-exported so that protocol crates and tests share one `Bytes`.

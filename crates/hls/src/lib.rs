@@ -114,19 +114,7 @@ impl Inner {
 /// A name prefix for one muxer's files: segment names never repeat across muxers, so CDNs may
 /// cache them forever.
 fn prefix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let mut x = nanos
-        ^ N.fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // splitmix64: spread the bits, then base-36 it.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
+    let mut x = tidegate_core::text::random_u64();
     let mut s = String::new();
     for _ in 0..8 {
         s.push(char::from_digit((x % 36) as u32, 36).unwrap_or('0'));

@@ -19,17 +19,6 @@ pub struct RtpMux {
 /// RTP packets carried over TCP are not bound by a path MTU; UDP ones are.
 pub const MTU: usize = 1400;
 
-fn pseudo_random(seed: u64) -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut x = t ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 impl RtpMux {
     pub fn start(source: Arc<Stream>) -> RtpMux {
         let desc = source.desc();
@@ -43,9 +32,8 @@ impl RtpMux {
         }
         let mut packers: Vec<(Packetizer, u32, u32)> = tracks
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let r = pseudo_random(i as u64);
+            .map(|t| {
+                let r = tidegate_core::text::random_u64();
                 let mut p = Packetizer::new(t.kind, t.pt, r as u32, (r >> 32) as u16, MTU);
                 if let Some(tr) = desc.track(t.track) {
                     p.set_params(&tr.params);

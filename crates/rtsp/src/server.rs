@@ -290,11 +290,11 @@ impl Conn {
             paths,
             config,
             udp,
-            session: format!("{:016x}", id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed),
+            session: format!("{:016x}", tidegate_core::text::random_u64()),
             nonce: format!(
-                "{:032x}",
-                (id as u128).wrapping_mul(0x2545_f491_4f6c_dd1d)
-                    ^ Instant::now().elapsed().as_nanos()
+                "{:016x}{:016x}",
+                tidegate_core::text::random_u64(),
+                tidegate_core::text::random_u64()
             ),
             path: None,
             pubs: Vec::new(),

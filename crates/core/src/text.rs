@@ -1,0 +1,63 @@
+//! Small helpers every protocol needs for URLs and identifiers.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Percent-decodes a URL component; with `plus_as_space`, `+` is a space (query strings of
+/// HTML forms and players). Invalid escapes are kept as they are; invalid UTF-8 is replaced.
+pub fn percent_decode(v: &str, plus_as_space: bool) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h << 4) | l);
+                i += 3;
+            }
+            (b'+', _, _) if plus_as_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An unpredictable 64-bit value (SipHash keyed from the OS's randomness by the standard
+/// library, over a process-wide counter and the time): for session ids, nonces, SSRCs and
+/// file-name prefixes. Not for key material.
+pub fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    h.write_u64(now);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_and_randomness() {
+        assert_eq!(percent_decode("a%20b+c%2", true), "a b c%2");
+        assert_eq!(percent_decode("%23!::r=a+b", false), "#!::r=a+b");
+        assert_eq!(percent_decode("%zz%", false), "%zz%");
+        let (a, b) = (random_u64(), random_u64());
+        assert_ne!(a, b);
+    }
+}
