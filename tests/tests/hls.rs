@@ -740,3 +740,56 @@ fn srt_in_hls_out() {
     );
     assert_media(&probe_file(&out), "h264", "aac", 5);
 }
+
+/// `hlsAlwaysRemux`: the muxer exists as soon as the path is published, before any request;
+/// without it, a muxer nobody requests closes after `hlsMuxerCloseAfter`.
+#[test]
+fn always_remux_and_idle_close() {
+    let dir = scratch("hls-lifetime");
+    let muxers = |server: &TestServer| -> Vec<String> {
+        get_json(server.api_addr(), "/v3/hlsmuxers/list")["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let wait_for = |server: &TestServer, want: &[&str], limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = muxers(server);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "muxers {got:?}, expected {want:?}"
+            );
+            // The API is polled; each answer is an event of its own.
+            server.wait_frames("cam", 1, Duration::from_secs(5));
+        }
+    };
+    let server = TestServer::start("hlsAlwaysRemux: yes\n");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("cam"), 30, "flv", &dir);
+    server.wait_ready("cam", READY);
+    wait_for(&server, &["cam"], Duration::from_secs(10));
+    // Already muxing: the first playlist request is answered from segments made before it.
+    let f = hls_file(&server, "cam", "stream.m3u8");
+    assert_eq!(f.status, 200);
+    assert!(f.elapsed < Duration::from_secs(1), "{:?}", f.elapsed);
+    drop(server);
+
+    let server = TestServer::start("hlsMuxerCloseAfter: 2s\n");
+    let _publisher2 = ffmpeg_publish(&server.rtmp_url("cam"), 30, "flv", &dir);
+    server.wait_ready("cam", READY);
+    assert!(muxers(&server).is_empty(), "a muxer without a request");
+    assert_eq!(hls_file(&server, "cam", "index.m3u8").status, 200);
+    wait_for(&server, &["cam"], Duration::from_secs(5));
+    let asked = Instant::now();
+    wait_for(&server, &[], Duration::from_secs(10));
+    let closed_after = asked.elapsed();
+    eprintln!("muxer closed {closed_after:?} after the last request");
+    assert!(closed_after >= Duration::from_secs(2), "{closed_after:?}");
+    // The reader it held is gone too.
+    assert!(server.paths().get("cam").unwrap().readers.is_empty());
+}

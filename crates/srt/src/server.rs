@@ -326,9 +326,13 @@ pub(crate) async fn read(
     kick: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    // From the next keyframe, not from the GOP cache: srt-tokio 0.4 loses a connection that
-    // starts with a burst of a hundred packets (see docs/srt.md), so the reader joins live.
+    // From the next keyframe, not from the GOP cache, so the reader joins live.
     let mut sub = chunks.subscribe_from_next_keyframe();
+    // srt-tokio stamps a packet with its source time minus the connection's start; a time
+    // before the start (a frame ingested before the handshake, delivered late by a busy muxer
+    // task) wraps to ~71 minutes ahead, and a libsrt receiver then holds everything behind it.
+    // Source times are therefore never earlier than now, the connection being up.
+    let floor = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -340,7 +344,7 @@ pub(crate) async fn read(
                     while pos < data.len() {
                         let end = (pos + PAYLOAD).min(data.len());
                         socket
-                            .send((frame.received, data.slice(pos..end)))
+                            .send((frame.received.max(floor), data.slice(pos..end)))
                             .await
                             .map_err(|e| format!("send: {e}"))?;
                         pos = end;
