@@ -783,9 +783,10 @@ fn always_remux_and_idle_close() {
     let _publisher2 = ffmpeg_publish(&server.rtmp_url("cam"), 30, "flv", &dir);
     server.wait_ready("cam", READY);
     assert!(muxers(&server).is_empty(), "a muxer without a request");
+    // The muxer counts a request from its start.
+    let asked = Instant::now();
     assert_eq!(hls_file(&server, "cam", "index.m3u8").status, 200);
     wait_for(&server, &["cam"], Duration::from_secs(5));
-    let asked = Instant::now();
     wait_for(&server, &[], Duration::from_secs(10));
     let closed_after = asked.elapsed();
     eprintln!("muxer closed {closed_after:?} after the last request");
