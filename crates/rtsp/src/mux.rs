@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tidegate_core::{rescale, Stream};
 use tidegate_rtp::pack::Packetizer;
 
@@ -12,12 +12,18 @@ use crate::sdp::{self, Outgoing};
 pub struct RtpMux {
     pub sdp: String,
     pub tracks: Vec<Outgoing>,
-    /// Each frame's packets as `[track index u8][length u16][packet]...`.
+    /// Each frame's packets already framed for TCP-interleaved readers with the usual channel
+    /// layout (track *i*: RTP on channel 2*i*, RTCP on 2*i*+1): `$ channel length packet`...,
+    /// with an RTCP sender report per track every [`SR_INTERVAL`]. Such readers write these
+    /// bytes as they are; the others take them apart with [`split`].
     pub packets: Option<Arc<Stream>>,
 }
 
 /// RTP packets carried over TCP are not bound by a path MTU; UDP ones are.
 pub const MTU: usize = 1400;
+
+/// Sender reports go out with the first frame of a track, then this often.
+pub const SR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RtpMux {
     pub fn start(source: Arc<Stream>) -> RtpMux {
@@ -30,6 +36,7 @@ impl RtpMux {
                 packets: None,
             };
         }
+        let mut last_sr: Vec<Option<std::time::Instant>> = vec![None; tracks.len()];
         let mut packers: Vec<(Packetizer, u32, u32)> = tracks
             .iter()
             .map(|t| {
@@ -52,11 +59,26 @@ impl RtpMux {
             let ts = (rescale(frame.pts, *clock_in, outs[idx].clock) as u32).wrapping_add(*offset);
             let mut pkts = Vec::new();
             p.packetize(&frame.data, ts, frame.keyframe, &mut pkts);
-            let mut b = BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 3).sum());
+            let mut b =
+                BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 4).sum::<usize>() + 32);
+            let ch = 2 * idx as u8;
+            if last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {
+                // The NTP time of this frame's ingest ↔ its RTP time.
+                last_sr[idx] = Some(std::time::Instant::now());
+                let wall = std::time::SystemTime::now()
+                    .checked_sub(frame.received.elapsed())
+                    .unwrap_or_else(std::time::SystemTime::now);
+                let sr = tidegate_rtp::rtcp::sender_report(
+                    p.ssrc,
+                    tidegate_rtp::rtcp::ntp(wall),
+                    ts,
+                    p.packets,
+                    p.octets,
+                );
+                crate::message::interleaved(ch + 1, &sr, &mut b);
+            }
             for pk in pkts {
-                b.put_u8(idx as u8);
-                b.put_u16(pk.len() as u16);
-                b.put_slice(&pk);
+                crate::message::interleaved(ch, &pk, &mut b);
             }
             (!b.is_empty()).then(|| b.freeze())
         });
@@ -68,18 +90,18 @@ impl RtpMux {
     }
 }
 
-/// Splits a derived frame back into `(track index, packet)`.
-pub fn split(mut data: Bytes) -> Vec<(usize, Bytes)> {
+/// Splits a derived frame back into `(channel, packet)` (channel 2*i*: RTP of track *i*,
+/// 2*i*+1: its RTCP).
+pub fn split(mut data: Bytes) -> Vec<(u8, Bytes)> {
     let mut out = Vec::new();
-    while data.len() >= 3 {
-        let idx = usize::from(data[0]);
-        let len = usize::from(u16::from_be_bytes([data[1], data[2]]));
-        if data.len() < 3 + len {
+    while data.len() >= 4 && data[0] == b'$' {
+        let ch = data[1];
+        let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        if data.len() < 4 + len {
             break;
         }
-        let pkt = data.slice(3..3 + len);
-        out.push((idx, pkt));
-        data = data.slice(3 + len..);
+        out.push((ch, data.slice(4..4 + len)));
+        data = data.slice(4 + len..);
     }
     out
 }

@@ -171,17 +171,6 @@ enum Tr {
     Udp { rtp: SocketAddr, rtcp: SocketAddr },
 }
 
-/// Per reader and track: what the next sender report counts.
-#[derive(Clone, Copy, Default)]
-struct SrState {
-    last: Option<Instant>,
-    packets: u32,
-    octets: u32,
-}
-
-/// Sender reports go out on the first packet, then every this often.
-const SR_INTERVAL: Duration = Duration::from_secs(2);
-
 struct PubTrack {
     inc: Incoming,
     control: String,
@@ -208,7 +197,6 @@ struct Conn {
     mux: Option<Arc<RtpMux>>,
     reader: Option<Reader>,
     reads: Vec<Option<Tr>>,
-    srs: Vec<SrState>,
     playing: Option<StreamReader>,
     udp_rx: Option<mpsc::Receiver<(usize, Bytes)>>,
     udp_tx: Option<mpsc::Sender<(usize, Bytes)>>,
@@ -304,7 +292,6 @@ impl Conn {
             mux: None,
             reader: None,
             reads: Vec::new(),
-            srs: Vec::new(),
             playing: None,
             udp_rx: None,
             udp_tx: None,
@@ -334,6 +321,7 @@ impl Conn {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
             let mut out = BytesMut::new();
+            let mut direct: Option<Bytes> = None;
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = self.guard.kick.cancelled() => break Err("kicked".into()),
@@ -362,6 +350,8 @@ impl Conn {
                     }
                 }
                 f = recv_playing(&mut self.playing) => match f {
+                    // The usual TCP layout: the shared bytes go out as they are, no copy.
+                    Some(frame) if self.direct() => direct = Some(frame.data.clone()),
                     Some(frame) => self.send_packets(&frame, &mut out).await,
                     None => break Err("the publisher left".into()),
                 },
@@ -382,6 +372,24 @@ impl Conn {
                         }
                     }
                 }
+            }
+            if let Some(d) = direct {
+                match tokio::time::timeout(self.config.write_timeout, wr.write_all(&d)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(format!("write: {e}")),
+                    Err(_) => break Err("write timed out".into()),
+                }
+                if let Some(r) = &self.reader {
+                    r.add_bytes_sent(d.len() as u64);
+                }
+                self.guard
+                    .counters
+                    .sent
+                    .fetch_add(d.len() as u64, Ordering::Relaxed);
+                self.guard
+                    .extra
+                    .rtp_packets_sent
+                    .fetch_add(count_rtp(&d), Ordering::Relaxed);
             }
             if !out.is_empty() {
                 match tokio::time::timeout(self.config.write_timeout, wr.write_all(&out)).await {
@@ -544,7 +552,6 @@ impl Conn {
         }
         tracing::info!(conn = self.id, path, "[RTSP] is reading");
         self.reads = vec![None; mux.tracks.len()];
-        self.srs = vec![SrState::default(); mux.tracks.len()];
         let sdp = mux.sdp.clone();
         self.mux = Some(mux);
         self.reader = Some(reader);
@@ -900,60 +907,64 @@ impl Conn {
         });
     }
 
+    /// Whether every track is set up over TCP on the usual channels (track *i* on 2*i*), so
+    /// the mux's framed bytes can be written as they are.
+    fn direct(&self) -> bool {
+        self.reads
+            .iter()
+            .enumerate()
+            .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
+    }
+
     async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
-        let wall = std::time::SystemTime::now()
-            .checked_sub(frame.received.elapsed())
-            .unwrap_or_else(std::time::SystemTime::now);
-        for (idx, pkt) in split(frame.data.clone()) {
+        for (ch, pkt) in split(frame.data.clone()) {
+            let (idx, rtcp) = (usize::from(ch / 2), ch % 2 == 1);
             let Some(tr) = self.reads.get(idx).copied().flatten() else {
                 continue;
             };
-            self.guard
-                .extra
-                .rtp_packets_sent
-                .fetch_add(1, Ordering::Relaxed);
-            let sr = &mut self.srs[idx];
-            sr.packets = sr.packets.wrapping_add(1);
-            sr.octets = sr.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-            // A sender report maps this packet's RTP time to the wall clock of its ingest.
-            let report = (sr.last.is_none_or(|t| t.elapsed() >= SR_INTERVAL) && pkt.len() >= 12)
-                .then(|| {
-                    sr.last = Some(Instant::now());
-                    let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
-                    let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
-                    tidegate_rtp::rtcp::sender_report(
-                        ssrc,
-                        tidegate_rtp::rtcp::ntp(wall),
-                        ts,
-                        sr.packets,
-                        sr.octets,
-                    )
-                });
+            if !rtcp {
+                self.guard
+                    .extra
+                    .rtp_packets_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             match tr {
-                Tr::Tcp { ch } => {
-                    if let Some(r) = &report {
-                        interleaved(ch.wrapping_add(1), r, out);
-                    }
-                    interleaved(ch, &pkt, out);
-                }
-                Tr::Udp { rtp, rtcp } => {
+                Tr::Tcp { ch } => interleaved(ch + u8::from(rtcp), &pkt, out),
+                Tr::Udp {
+                    rtp,
+                    rtcp: rtcp_addr,
+                } => {
                     if let Some(udp) = &self.udp {
-                        if let Some(r) = &report {
-                            let _ = udp.rtcp.send_to(r, rtcp).await;
-                        }
-                        let _ = udp.rtp.send_to(&pkt, rtp).await;
-                        self.guard
-                            .counters
-                            .sent
-                            .fetch_add(pkt.len() as u64, Ordering::Relaxed);
-                        if let Some(r) = &self.reader {
-                            r.add_bytes_sent(pkt.len() as u64);
+                        let r = if rtcp {
+                            udp.rtcp.send_to(&pkt, rtcp_addr).await
+                        } else {
+                            udp.rtp.send_to(&pkt, rtp).await
+                        };
+                        if r.is_ok() {
+                            self.guard
+                                .counters
+                                .sent
+                                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                            if let Some(r) = &self.reader {
+                                r.add_bytes_sent(pkt.len() as u64);
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// RTP packets (even channels) in interleaved-framed bytes.
+fn count_rtp(mut d: &[u8]) -> u64 {
+    let mut n = 0;
+    while d.len() >= 4 && d[0] == b'$' {
+        let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+        n += u64::from(d[1].is_multiple_of(2));
+        d = d.get(4 + len..).unwrap_or(&[]);
+    }
+    n
 }
 
 async fn recv_playing(r: &mut Option<StreamReader>) -> Option<Arc<Frame>> {

@@ -329,16 +329,28 @@ pub(crate) async fn read(
     // From the next keyframe, not from the GOP cache, so the reader joins live.
     let mut sub = chunks.subscribe_from_next_keyframe();
     // srt-tokio stamps a packet with its source time minus the connection's start; a time
-    // before the start (a frame ingested before the handshake, delivered late by a busy muxer
-    // task) wraps to ~71 minutes ahead, and a libsrt receiver then holds everything behind it.
-    // Source times are therefore never earlier than now, the connection being up.
+    // before the start wraps to ~71 minutes ahead, and a libsrt receiver then holds everything
+    // behind it. And a connection that starts with a burst loses everything. Both happen when
+    // the TS muxer task was created for this reader and replays the GOP cache just after the
+    // subscription: frames ingested before the connection was up are therefore skipped, the
+    // reader starts on the first key frame ingested after it, and source times never precede
+    // the connection.
     let floor = std::time::Instant::now();
+    let key = chunks.key_track();
+    let mut joined = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = kick.cancelled() => break,
             f = sub.recv() => match f {
                 Ok(frame) => {
+                    if !joined {
+                        let is_key = frame.keyframe && key.is_none_or(|k| k == frame.track);
+                        if !(is_key && frame.received >= floor) {
+                            continue;
+                        }
+                        joined = true;
+                    }
                     let data: &Bytes = &frame.data;
                     let mut pos = 0;
                     while pos < data.len() {
