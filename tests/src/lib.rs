@@ -179,3 +179,14 @@ pub fn ffprobe(input: &str, extra: &[&str], limit: Duration) -> Probe {
         .unwrap_or_default();
     Probe { streams, packets }
 }
+
+/// The first raw-video caps a `gst-launch-1.0 -v` log shows (e.g. `… width=(int)640, …`), or
+/// an empty string. Caps appear as notify lines or, escaped, in a sink's caps event: the log is
+/// unescaped first.
+pub fn gst_video_caps(log: &str) -> String {
+    log.replace('\\', "")
+        .lines()
+        .find(|l| l.contains("video/x-raw") && l.contains("width=(int)"))
+        .unwrap_or("")
+        .to_string()
+}

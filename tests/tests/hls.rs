@@ -287,13 +287,7 @@ fn gst_read(url: &str, seconds: u64, dir: &std::path::Path) -> (usize, usize, St
     std::fs::write(dir.join("gst.log"), &log).unwrap();
     let video = log.matches("v: last-message = chain").count();
     let audio = log.matches("a: last-message = chain").count();
-    // Caps appear as notify lines or, escaped, in the sink's caps event: unescape first.
-    let caps = log
-        .replace('\\', "")
-        .lines()
-        .find(|l| l.contains("video/x-raw, format") && l.contains("width=(int)"))
-        .unwrap_or("")
-        .to_string();
+    let caps = tidegate_tests::gst_video_caps(&log);
     (video, audio, caps)
 }
 

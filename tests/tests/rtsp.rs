@@ -114,13 +114,7 @@ fn gst_rtsp_read(url: &str, protocols: &str, seconds: u64) -> (usize, String) {
     );
     let log = String::from_utf8_lossy(&out.stdout).to_string();
     let buffers = log.matches("last-message = chain").count();
-    // Caps appear as notify lines or, escaped, in a sink's caps event: unescape first.
-    let caps = log
-        .replace('\\', "")
-        .lines()
-        .find(|l| l.contains("video/x-raw") && l.contains("width=(int)"))
-        .unwrap_or("")
-        .to_string();
+    let caps = tidegate_tests::gst_video_caps(&log);
     (buffers, caps)
 }
 

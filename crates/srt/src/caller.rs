@@ -140,6 +140,16 @@ fn watch_bytes(
     })
 }
 
+/// The parsed URL, or the relay marked failed with the reason.
+fn parse_or_fail(url: &str, status: &RelayStatus) -> Option<SrtUrl> {
+    SrtUrl::parse(url)
+        .map_err(|e| {
+            status.set_state("failed");
+            status.set_error(&e);
+        })
+        .ok()
+}
+
 /// Pulls `url` into `path` (`source: srt://…`) until `cancel`, reconnecting when it drops.
 pub async fn pull(
     url: String,
@@ -148,13 +158,8 @@ pub async fn pull(
     status: Arc<RelayStatus>,
     cancel: CancellationToken,
 ) {
-    let parsed = match SrtUrl::parse(&url) {
-        Ok(u) => u,
-        Err(e) => {
-            status.set_state("failed");
-            status.set_error(&e);
-            return;
-        }
+    let Some(parsed) = parse_or_fail(&url, &status) else {
+        return;
     };
     with_backoff("source", &path, &status, &cancel, || async {
         status.set_state("connecting");
@@ -189,13 +194,8 @@ pub async fn push(
     status: Arc<RelayStatus>,
     cancel: CancellationToken,
 ) {
-    let parsed = match SrtUrl::parse(&url) {
-        Ok(u) => u,
-        Err(e) => {
-            status.set_state("failed");
-            status.set_error(&e);
-            return;
-        }
+    let Some(parsed) = parse_or_fail(&url, &status) else {
+        return;
     };
     with_backoff("push", &path, &status, &cancel, || async {
         let reader = match paths.read(

@@ -43,39 +43,24 @@ fn main() {
     if which == "core" || which == "all" {
         core_fanout(&rt);
     }
-    if which == "hls-readers" || which == "all" {
-        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
-        let counts = if counts.is_empty() || which == "all" {
-            vec![0, 200]
-        } else {
-            counts
-        };
-        if let Err(e) = hls_readers(&rt, &counts) {
-            eprintln!("hls-readers: {e}");
-            std::process::exit(1);
+    type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
+    let benches: [(&str, &[usize], Bench); 3] = [
+        ("hls-readers", &[0, 200], hls_readers),
+        ("rtsp-fanout", &[100, 1000], rtsp_fanout),
+        ("rtmp-fanout", &[100, 1000], rtmp_fanout),
+    ];
+    for (name, defaults, run) in benches {
+        if which != name && which != "all" {
+            continue;
         }
-    }
-    if which == "rtsp-fanout" || which == "all" {
-        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
-        let counts = if counts.is_empty() || which == "all" {
-            vec![100, 1000]
+        let given: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+        let counts = if given.is_empty() || which == "all" {
+            defaults.to_vec()
         } else {
-            counts
+            given
         };
-        if let Err(e) = rtsp_fanout(&rt, &counts) {
-            eprintln!("rtsp-fanout: {e}");
-            std::process::exit(1);
-        }
-    }
-    if which == "rtmp-fanout" || which == "all" {
-        let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
-        let counts = if counts.is_empty() {
-            vec![100, 1000]
-        } else {
-            counts
-        };
-        if let Err(e) = rtmp_fanout(&rt, &counts) {
-            eprintln!("rtmp-fanout: {e}");
+        if let Err(e) = run(&rt, &counts) {
+            eprintln!("{name}: {e}");
             std::process::exit(1);
         }
     }
@@ -238,6 +223,19 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The repository root, the bench's scratch directory and the clip's FLV tags.
+fn setup() -> Result<(PathBuf, PathBuf, Arc<Vec<Tag>>), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("tidegate-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let clip = make_clip(&dir)?;
+    let tags = Arc::new(read_flv(&clip)?);
+    Ok((root, dir, tags))
 }
 
 fn free_port() -> u16 {
@@ -585,14 +583,7 @@ async fn run_load_with(
 }
 
 fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join("tidegate-bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let clip = make_clip(&dir)?;
-    let tags = Arc::new(read_flv(&clip)?);
+    let (root, dir, tags) = setup()?;
     let seconds = 10;
     println!("RTMP fan-out: 640x360 30 fps H.264 1 Mbit/s + AAC 128 kbit/s, {seconds} s measured per run");
     println!(
@@ -754,14 +745,7 @@ async fn hls_client(
 }
 
 fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join("tidegate-bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let clip = make_clip(&dir)?;
-    let tags = Arc::new(read_flv(&clip)?);
+    let (root, dir, tags) = setup()?;
     let seconds = 10;
     println!("LL-HLS readers (blocking reload on every part, 200 ms parts) beside one RTMP reader, {seconds} s measured");
     println!(
@@ -1032,14 +1016,7 @@ async fn rtsp_reader(
 }
 
 fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join("tidegate-bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let clip = make_clip(&dir)?;
-    let tags = Arc::new(read_flv(&clip)?);
+    let (root, dir, tags) = setup()?;
     let seconds = 10;
     println!(
         "RTSP fan-out against RTMP fan-out of the same clip in the same run, {seconds} s measured"
