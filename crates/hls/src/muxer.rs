@@ -95,7 +95,18 @@ impl Muxer {
 }
 
 /// Reads the path until idle, shutdown or kick; then removes itself from the muxer table.
-pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, mut reader: Reader) {
+pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, reader: Reader) {
+    // The reader (the path's `hlsMuxer` reader) is released before the muxer leaves the
+    // table, so whoever sees the muxer gone also sees the path without it.
+    read_streams(&inner, &mux, reader).await;
+    mux.closed.cancel();
+    mux.changed.send_modify(|v| *v += 1);
+    inner.remove(&mux);
+    tracing::info!(path = mux.path, "[HLS] muxer closed");
+}
+
+/// Feeds the segmenter from the path, across publishers, until idle, shutdown or close.
+async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) {
     let cfg = SegmenterConfig {
         variant: inner.cfg.variant,
         segment_duration: inner.cfg.segment_duration.as_secs_f64(),
@@ -177,7 +188,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, mut reader: Reader) 
                         Err(_) => true,
                     };
                     if ready {
-                        if let Ok(r) = inner.paths.read(&mux.path, session(&inner)) {
+                        if let Ok(r) = inner.paths.read(&mux.path, session(inner)) {
                             reader = r;
                             continue 'streams;
                         }
@@ -187,7 +198,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, mut reader: Reader) 
                     if idle() || inner.cfg.always_remux {
                         break 'streams;
                     }
-                    if let Ok(r) = inner.paths.read(&mux.path, session(&inner)) {
+                    if let Ok(r) = inner.paths.read(&mux.path, session(inner)) {
                         reader = r;
                         continue 'streams;
                     }
@@ -197,10 +208,6 @@ pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, mut reader: Reader) 
             }
         }
     }
-    mux.closed.cancel();
-    mux.changed.send_modify(|v| *v += 1);
-    inner.remove(&mux);
-    tracing::info!(path = mux.path, "[HLS] muxer closed");
 }
 
 pub(crate) fn session(inner: &Inner) -> SessionInfo {
