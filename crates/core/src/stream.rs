@@ -63,6 +63,9 @@ pub struct Stream {
     config: StreamConfig,
     stats: StreamStats,
     extensions: Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>,
+    /// Readers that need a keyframe now (a WebRTC viewer joined or lost packets) ask the
+    /// publisher through this; publishers that can ask their encoder (WHIP, RTSP) listen.
+    keyframe_wanted: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Stream {
@@ -88,7 +91,19 @@ impl Stream {
             config,
             stats: StreamStats::default(),
             extensions: Mutex::new(Vec::new()),
+            keyframe_wanted: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the publisher for a keyframe, if it can produce one on demand (rate limiting is the
+    /// publisher's business: it may get many requests).
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.notify_one();
+    }
+
+    /// Resolves when a reader asked for a keyframe (see [`Stream::request_keyframe`]).
+    pub async fn keyframe_requested(&self) {
+        self.keyframe_wanted.notified().await
     }
 
     /// Per-stream state of one egress, created once by the first caller and shared by every

@@ -23,6 +23,7 @@ pub struct ApiState {
     pub hls: tidegate_hls::Hls,
     pub rtsp_conns: Arc<tidegate_rtsp::RtspConns>,
     pub rtsps_conns: Arc<tidegate_rtsp::RtspConns>,
+    pub webrtc_sessions: Arc<tidegate_webrtc::WebRtcSessions>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -41,6 +42,9 @@ pub fn router(state: ApiState) -> Router {
             "/v3/rtmpsconns/kick/{id}",
             post(|s, p| rtmp_kick(s, p, true)),
         )
+        .route("/v3/webrtcsessions/list", get(webrtc_list))
+        .route("/v3/webrtcsessions/get/{id}", get(webrtc_get))
+        .route("/v3/webrtcsessions/kick/{id}", post(webrtc_kick))
         .route("/v3/srtconns/list", get(srt_list))
         .route("/v3/srtconns/get/{id}", get(srt_get))
         .route("/v3/srtconns/kick/{id}", post(srt_kick))
@@ -278,6 +282,53 @@ impl ConnExtra for tidegate_srt::SrtStats {
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
             .collect()
     }
+}
+
+impl ConnExtra for tidegate_webrtc::WebRtcStats {
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let notes = self.notes();
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "peerConnectionEstablished".into(),
+            self.peer_connection_established.load(Relaxed).into(),
+        );
+        m.insert("localCandidate".into(), notes.local_candidate.into());
+        m.insert("remoteCandidate".into(), notes.remote_candidate.into());
+        m.insert(
+            "rtpPacketsReceived".into(),
+            self.rtp_packets_received.load(Relaxed).into(),
+        );
+        m.insert(
+            "rtpPacketsSent".into(),
+            self.rtp_packets_sent.load(Relaxed).into(),
+        );
+        m.insert(
+            "rtpPacketsLost".into(),
+            self.rtp_packets_lost.load(Relaxed).into(),
+        );
+        m.insert(
+            "rttMs".into(),
+            (self.rtt_us.load(Relaxed) as f64 / 1000.0).into(),
+        );
+        m.insert("warnings".into(), notes.warnings.into());
+        m
+    }
+}
+
+async fn webrtc_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    conns_list(&state.webrtc_sessions, &query)
+}
+
+async fn webrtc_get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    conns_get(&state.webrtc_sessions, &id)
+}
+
+async fn webrtc_kick(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    conns_kick(&state.webrtc_sessions, &id)
 }
 
 impl ConnExtra for tidegate_rtsp::RtspStats {

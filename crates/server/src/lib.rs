@@ -46,6 +46,8 @@ pub struct Server {
     rtsp_addr: Option<SocketAddr>,
     rtsp_udp_ports: Option<(u16, u16)>,
     rtsps_addr: Option<SocketAddr>,
+    webrtc_addr: Option<SocketAddr>,
+    webrtc_udp_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -179,6 +181,39 @@ impl Server {
         let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let srt_conns = Arc::new(tidegate_core::ConnRegistry::<tidegate_srt::SrtStats>::default());
+        let webrtc_listener = match config.webrtc {
+            true => Some(bind("WebRTC", config.webrtc_address).await?),
+            false => None,
+        };
+        let webrtc_addr = webrtc_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let webrtc = match config.webrtc {
+            true => Some(
+                tidegate_webrtc::WebRtc::start(
+                    paths.clone(),
+                    config.webrtc_local_udp_address,
+                    tidegate_webrtc::WebRtcConfig {
+                        additional_hosts: config.webrtc_additional_hosts.clone(),
+                        ips_from_interfaces: config.webrtc_ips_from_interfaces,
+                        handshake_timeout: config.webrtc_handshake_timeout,
+                        allow_origin: config.webrtc_allow_origin.clone(),
+                        ice_servers: config.webrtc_ice_servers.clone(),
+                    },
+                    shutdown.clone(),
+                    tasks.clone(),
+                )
+                .await
+                .map_err(|e| match e {
+                    tidegate_webrtc::WebRtcError::Bind(addr, source) => StartError::Bind {
+                        what: "WebRTC UDP",
+                        addr,
+                        source,
+                    },
+                })?,
+            ),
+            false => None,
+        };
+        let webrtc_udp_addr = webrtc.as_ref().and_then(|w| w.udp_addr());
+        let webrtc_sessions = webrtc.as_ref().map(|w| w.sessions()).unwrap_or_default();
         let rtsp_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let rtsps_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let relays = relays::start(&config, &paths, &tasks, &shutdown);
@@ -211,6 +246,7 @@ impl Server {
                 hls: hls.clone(),
                 rtsp_conns: rtsp_conns.clone(),
                 rtsps_conns: rtsps_conns.clone(),
+                webrtc_sessions: webrtc_sessions.clone(),
             });
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
@@ -302,12 +338,13 @@ impl Server {
                 tasks.clone(),
             ));
         }
-        for (enabled, name, addr) in [(config.webrtc, "WebRTC", config.webrtc_address)] {
-            if enabled {
-                tracing::warn!(
-                    "[{name}] enabled in the configuration ({addr}), but this build has no {name} server yet; not listening"
-                );
-            }
+        if let (Some(listener), Some(addr), Some(webrtc)) = (webrtc_listener, webrtc_addr, webrtc) {
+            tracing::info!("[WebRTC] listener opened on {addr} (HTTP)");
+            tasks.spawn(serve_http_with_peer(
+                listener,
+                webrtc.router(),
+                shutdown.clone(),
+            ));
         }
         Ok(Server {
             paths,
@@ -322,6 +359,8 @@ impl Server {
             rtsp_addr,
             rtsp_udp_ports,
             rtsps_addr,
+            webrtc_addr,
+            webrtc_udp_addr,
         })
     }
 
@@ -359,6 +398,14 @@ impl Server {
         self.rtsp_udp_ports
     }
 
+    pub fn webrtc_addr(&self) -> Option<SocketAddr> {
+        self.webrtc_addr
+    }
+
+    pub fn webrtc_udp_addr(&self) -> Option<SocketAddr> {
+        self.webrtc_udp_addr
+    }
+
     pub fn rtsps_addr(&self) -> Option<SocketAddr> {
         self.rtsps_addr
     }
@@ -377,6 +424,23 @@ impl Server {
         {
             tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
         }
+    }
+}
+
+/// Like [`serve_http`], for routers that want the client's address (`ConnectInfo`).
+async fn serve_http_with_peer(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await;
+    if let Err(e) = result {
+        tracing::error!("HTTP server stopped: {e}");
     }
 }
 

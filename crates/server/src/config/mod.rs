@@ -88,6 +88,9 @@ pub struct Config {
     pub webrtc_local_udp_address: SocketAddr,
     pub webrtc_additional_hosts: Vec<String>,
     pub webrtc_allow_origin: String,
+    pub webrtc_ips_from_interfaces: bool,
+    pub webrtc_handshake_timeout: Duration,
+    pub webrtc_ice_servers: Vec<tidegate_webrtc::IceServer>,
 
     pub srt: bool,
     pub srt_address: SocketAddr,
@@ -168,6 +171,15 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         set!(webrtc_additional_hosts, string_list),
     ),
     ("webrtcAllowOrigin", set!(webrtc_allow_origin, string)),
+    (
+        "webrtcIPsFromInterfaces",
+        set!(webrtc_ips_from_interfaces, boolean),
+    ),
+    (
+        "webrtcHandshakeTimeout",
+        set!(webrtc_handshake_timeout, duration),
+    ),
+    ("webrtcICEServers2", set!(webrtc_ice_servers, ice_servers)),
     ("srt", set!(srt, boolean)),
     ("srtAddress", set!(srt_address, address)),
 ];
@@ -339,6 +351,9 @@ impl Config {
             webrtc_local_udp_address: any,
             webrtc_additional_hosts: Vec::new(),
             webrtc_allow_origin: String::new(),
+            webrtc_ips_from_interfaces: true,
+            webrtc_handshake_timeout: Duration::from_secs(10),
+            webrtc_ice_servers: Vec::new(),
             srt: false,
             srt_address: any,
             path_defaults: PathConf::default(),

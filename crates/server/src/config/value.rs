@@ -164,6 +164,47 @@ pub fn string_list(v: &Node) -> Result<Vec<String>, String> {
     }
 }
 
+/// `webrtcICEServers2`: a list of `{url, username, password}` maps.
+pub fn ice_servers(v: &Node) -> Result<Vec<tidegate_webrtc::IceServer>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of {url, username, password}".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            return Err(format!(
+                "line {}: expected a map with url, username, password",
+                item.line
+            ));
+        };
+        let mut s = tidegate_webrtc::IceServer::default();
+        for e in entries {
+            let value = string(&e.value)?;
+            match e.key.as_str() {
+                "url" => s.url = value,
+                "username" => s.username = value,
+                "password" => s.password = value,
+                "clientOnly" => {}
+                other => return Err(format!("line {}: unknown key '{other}'", e.line)),
+            }
+        }
+        let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"]
+            .iter()
+            .any(|p| s.url.starts_with(p));
+        if !scheme_ok {
+            return Err(format!(
+                "line {}: url must start with stun:, stuns:, turn: or turns:",
+                item.line
+            ));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
 /// IP addresses or CIDR ranges: `127.0.0.1`, `10.0.0.0/8`, `::1`.
 pub fn ip_list(v: &Node) -> Result<Vec<IpNet>, String> {
     string_list(v)?

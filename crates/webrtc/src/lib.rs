@@ -1,0 +1,313 @@
+//! WebRTC for Tidegate: WHIP ingest (RFC 9725) and WHEP egress, every session multiplexed on
+//! one UDP port.
+//!
+//! Each session is a str0m [`str0m::Rtc`] (sans-IO: ICE-lite, DTLS-SRTP, RTCP, NACK, packetizing)
+//! owned by one task. One receive loop reads the shared UDP socket and routes each datagram: by
+//! source address once a session has claimed it, otherwise by the USERNAME of a STUN binding
+//! request, whose first half is the ufrag we gave that session in its answer.
+//!
+//! Frames cross to the rest of Tidegate only as [`tidegate_core::Frame`]s: a WHIP session
+//! publishes on its path, a WHEP session reads one.
+
+mod http;
+mod media;
+mod session;
+pub mod stun;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidegate_core::{ConnRegistry, PathManager};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// An ICE server announced to clients (`webrtcICEServers2`), in `Link` headers and the pages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IceServer {
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebRtcConfig {
+    /// `webrtcAdditionalHosts`: more host candidates (IPs or names) on the UDP port.
+    pub additional_hosts: Vec<String>,
+    /// `webrtcIPsFromInterfaces`: announce the machine's interface addresses when the UDP
+    /// socket listens on every address.
+    pub ips_from_interfaces: bool,
+    /// `webrtcHandshakeTimeout`: a session that has not connected by then is closed.
+    pub handshake_timeout: Duration,
+    /// `webrtcAllowOrigin`.
+    pub allow_origin: String,
+    /// `webrtcICEServers2`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            additional_hosts: Vec::new(),
+            ips_from_interfaces: true,
+            handshake_timeout: Duration::from_secs(10),
+            allow_origin: "*".into(),
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+/// What the control API shows of a session, beyond the common connection fields.
+#[derive(Default, Debug)]
+pub struct WebRtcStats {
+    pub peer_connection_established: std::sync::atomic::AtomicBool,
+    pub rtp_packets_received: AtomicU64,
+    pub rtp_packets_sent: AtomicU64,
+    pub rtp_packets_lost: AtomicU64,
+    /// Round-trip time in microseconds (0 until measured).
+    pub rtt_us: AtomicU64,
+    notes: Mutex<SessionNotes>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct SessionNotes {
+    pub local_candidate: String,
+    pub remote_candidate: String,
+    /// Why a track is not carried (e.g. AAC audio on WHEP), for the API and logs.
+    pub warnings: Vec<String>,
+}
+
+impl WebRtcStats {
+    pub fn notes(&self) -> SessionNotes {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn update_notes(&self, f: impl FnOnce(&mut SessionNotes)) {
+        f(&mut self.notes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+pub type WebRtcSessions = ConnRegistry<WebRtcStats>;
+
+/// One datagram for a session.
+pub(crate) struct Datagram {
+    pub source: SocketAddr,
+    pub data: Bytes,
+    pub at: Instant,
+}
+
+type SessionKey = u64;
+
+#[derive(Default)]
+struct Routes {
+    by_ufrag: HashMap<String, (SessionKey, mpsc::Sender<Datagram>)>,
+    by_addr: HashMap<SocketAddr, (SessionKey, mpsc::Sender<Datagram>)>,
+}
+
+/// What the HTTP side keeps of a session to PATCH or DELETE it.
+pub(crate) struct Resource {
+    pub path: String,
+    pub role: session::Role,
+    pub kick: CancellationToken,
+    pub candidates: mpsc::Sender<String>,
+}
+
+pub(crate) struct Inner {
+    pub paths: PathManager,
+    pub config: WebRtcConfig,
+    pub socket: Arc<UdpSocket>,
+    pub candidates: Vec<SocketAddr>,
+    routes: Mutex<Routes>,
+    pub resources: Mutex<HashMap<String, Resource>>,
+    pub sessions: Arc<WebRtcSessions>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Inner {
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn resources(&self) -> MutexGuard<'_, HashMap<String, Resource>> {
+        self.resources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add_route(&self, ufrag: &str, key: SessionKey, tx: mpsc::Sender<Datagram>) {
+        self.routes().by_ufrag.insert(ufrag.to_string(), (key, tx));
+    }
+
+    pub(crate) fn remove_routes(&self, key: SessionKey) {
+        let mut r = self.routes();
+        r.by_ufrag.retain(|_, (k, _)| *k != key);
+        r.by_addr.retain(|_, (k, _)| *k != key);
+    }
+
+    fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
+        let mut r = self.routes();
+        if let Some(ufrag) = stun::local_ufrag(data) {
+            // A binding request names its session; it may come from a new address (another
+            // candidate pair, or a NAT rebinding), which then belongs to that session.
+            let (key, tx) = r.by_ufrag.get(ufrag)?.clone();
+            r.by_addr.insert(source, (key, tx.clone()));
+            return Some(tx);
+        }
+        r.by_addr.get(&source).map(|(_, tx)| tx.clone())
+    }
+}
+
+/// The WebRTC server: the UDP socket, its sessions, and the WHIP/WHEP HTTP routes.
+#[derive(Clone)]
+pub struct WebRtc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebRtcError {
+    #[error("cannot listen on UDP {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl WebRtc {
+    /// Binds the UDP port and starts its receive loop.
+    pub async fn start(
+        paths: PathManager,
+        udp_addr: SocketAddr,
+        config: WebRtcConfig,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<WebRtc, WebRtcError> {
+        // One crypto provider for the process (str0m's DTLS and SRTP).
+        static CRYPTO: std::sync::Once = std::sync::Once::new();
+        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+
+        let socket = UdpSocket::bind(udp_addr)
+            .await
+            .map_err(|e| WebRtcError::Bind(udp_addr, e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| WebRtcError::Bind(udp_addr, e))?;
+        let candidates = host_candidates(local, &config);
+        tracing::info!(
+            "[WebRTC] UDP listener opened on {local}, host candidates {:?}",
+            candidates
+        );
+        let inner = Arc::new(Inner {
+            paths,
+            config,
+            socket: Arc::new(socket),
+            candidates,
+            routes: Mutex::new(Routes::default()),
+            resources: Mutex::new(HashMap::new()),
+            sessions: Arc::new(WebRtcSessions::default()),
+            shutdown,
+            tasks,
+        });
+        inner.tasks.spawn(receive_loop(inner.clone()));
+        Ok(WebRtc { inner })
+    }
+
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.inner.socket.local_addr().ok()
+    }
+
+    pub fn sessions(&self) -> Arc<WebRtcSessions> {
+        self.inner.sessions.clone()
+    }
+
+    /// The WHIP/WHEP endpoints and the built-in pages, for the HTTP listener on `webrtcAddress`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.inner.clone())
+    }
+}
+
+/// Host candidates: the bound address, or every interface address when bound to all of them,
+/// plus `webrtcAdditionalHosts`.
+fn host_candidates(local: SocketAddr, config: &WebRtcConfig) -> Vec<SocketAddr> {
+    let port = local.port();
+    let mut out = Vec::new();
+    if local.ip().is_unspecified() {
+        if config.ips_from_interfaces {
+            for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+                let ip = iface.ip();
+                let family_ok = match local.ip() {
+                    IpAddr::V4(_) => ip.is_ipv4(),
+                    IpAddr::V6(_) => true,
+                };
+                // Link-local IPv6 needs a scope id that SDP cannot carry.
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if family_ok && !link_local {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    } else {
+        out.push(local);
+    }
+    for host in &config.additional_hosts {
+        let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                .map(|a| a.collect())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("[WebRTC] webrtcAdditionalHosts: cannot resolve {host}: {e}");
+                    Vec::new()
+                }),
+        };
+        for a in resolved {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+async fn receive_loop(inner: Arc<Inner>) {
+    let mut buf = vec![0u8; 2048];
+    let mut unrouted: u64 = 0;
+    loop {
+        let (n, source) = tokio::select! {
+            r = inner.socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP port unreachable from a peer that left shows up here on Linux.
+                    tracing::debug!("[WebRTC] UDP receive: {e}");
+                    continue;
+                }
+            },
+            _ = inner.shutdown.cancelled() => return,
+        };
+        let data = &buf[..n];
+        match inner.route(source, data) {
+            Some(tx) => {
+                // A full queue means the session is not keeping up: drop, as the network would.
+                let _ = tx.try_send(Datagram {
+                    source,
+                    data: Bytes::copy_from_slice(data),
+                    at: Instant::now(),
+                });
+            }
+            None => {
+                unrouted += 1;
+                if unrouted.is_power_of_two() {
+                    tracing::debug!(
+                        "[WebRTC] {unrouted} datagram(s) for no session, last from {source}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_key() -> SessionKey {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,721 @@
+//! One WHIP or WHEP session: its str0m `Rtc`, driven by one task.
+//!
+//! The HTTP handler creates the session (answer made here, so that the offer's errors become
+//! HTTP errors); the task then owns the `Rtc`: datagrams from the receive loop, timers, and
+//! frames (WHEP) or keyframe requests (WHIP) from the path go in; datagrams go out on the
+//! shared UDP socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use tidegate_core::{
+    Action, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError, SessionInfo,
+    StreamDesc, StreamReader, TrackId,
+};
+use tokio::sync::mpsc;
+
+use crate::media::{self, Ingest, IngestAction};
+use crate::{Datagram, Inner, Resource, WebRtcStats};
+
+/// Least time between two keyframe requests a session sends.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Whip,
+    Whep,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Whip => "WHIP",
+            Role::Whep => "WHEP",
+        }
+    }
+}
+
+/// An HTTP error for the handler to send, with a message for the JSON body and the log.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: u16, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<PathError> for Refused {
+    fn from(e: PathError) -> Refused {
+        let status = match &e {
+            PathError::InvalidName(_) => 400,
+            PathError::NotConfigured(_) | PathError::NoOnePublishing(_) => 404,
+            PathError::NotPublishable(_) => 400,
+            PathError::Busy(_) => 409,
+            PathError::TooManyReaders(..) => 503,
+            PathError::Auth(tidegate_core::AuthError::IpNotAllowed(..)) => 403,
+            PathError::Auth(_) => 401,
+        };
+        Refused::new(status, e.to_string())
+    }
+}
+
+/// What the handler answers with.
+pub(crate) struct Created {
+    pub answer: String,
+    pub secret: String,
+    pub ufrag: String,
+}
+
+pub(crate) struct Request<'a> {
+    pub role: Role,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub offer: &'a str,
+    pub creds: Credentials,
+    pub remote: SocketAddr,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut s = String::with_capacity(n + 16);
+    while s.len() < n {
+        s.push_str(&format!("{:016x}", tidegate_core::text::random_u64()));
+    }
+    s.truncate(n);
+    s
+}
+
+/// The codecs an offer lists (`a=rtpmap` names, upper case).
+fn offered_codecs(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|enc| enc.split('/').next())
+        .map(|n| n.to_ascii_uppercase())
+        .collect()
+}
+
+fn codec_sdp_name(c: RtcCodec) -> &'static str {
+    match c {
+        RtcCodec::H264 => "H264",
+        RtcCodec::H265 => "H265",
+        RtcCodec::Vp8 => "VP8",
+        RtcCodec::Vp9 => "VP9",
+        RtcCodec::Av1 => "AV1",
+        RtcCodec::Opus => "OPUS",
+        RtcCodec::PCMU => "PCMU",
+        RtcCodec::PCMA => "PCMA",
+        _ => "?",
+    }
+}
+
+fn enable(cfg: RtcConfig, c: RtcCodec) -> RtcConfig {
+    match c {
+        RtcCodec::H264 => cfg.enable_h264(true),
+        RtcCodec::H265 => cfg.enable_h265(true),
+        RtcCodec::Vp8 => cfg.enable_vp8(true),
+        RtcCodec::Vp9 => cfg.enable_vp9(true),
+        RtcCodec::Av1 => cfg.enable_av1(true),
+        RtcCodec::Opus => cfg.enable_opus(true, false),
+        RtcCodec::PCMU => cfg.enable_pcmu(true, false),
+        RtcCodec::PCMA => cfg.enable_pcma(true, false),
+        _ => cfg,
+    }
+}
+
+/// A track of the path that a WHEP viewer receives.
+struct OutTrack {
+    track: TrackId,
+    codec: RtcCodec,
+    kind: MediaKind,
+    clock: u32,
+    mid: Option<Mid>,
+    pt: Option<Pt>,
+}
+
+struct Whep {
+    reader: Reader,
+    sub: Option<StreamReader>,
+    desc: StreamDesc,
+    out: Vec<OutTrack>,
+    bframes_warned: bool,
+}
+
+enum RoleState {
+    Whip(Box<Ingest>),
+    Whep(Box<Whep>),
+}
+
+/// Validates the offer and the client, takes the path, answers, and starts the session task.
+pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Created, Refused> {
+    let offer = SdpOffer::from_sdp_string(req.offer).map_err(|e| {
+        // The parser's message carries pointers; keep its human lines.
+        let text = e.to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.split(" at PointerOffset").next().unwrap_or(l).trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        Refused::new(400, format!("invalid SDP offer: {}", lines.join("; ")))
+    })?;
+    let offered = offered_codecs(req.offer);
+    let action = match req.role {
+        Role::Whip => Action::Publish,
+        Role::Whep => Action::Read,
+    };
+    inner.paths.authorize(req.path, action, &req.creds)?;
+    let id = inner.paths.new_session_id();
+    let info = SessionInfo {
+        id,
+        kind: "webRTCSession",
+        remote: Some(req.remote),
+    };
+    let mut cfg = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .set_stats_interval(Some(Duration::from_secs(1)));
+    let mut warnings = Vec::new();
+    let state = match req.role {
+        Role::Whip => {
+            // One video and one audio codec, the most widely re-muxable first, so that the
+            // publisher cannot pick one that no egress carries when it has a better one.
+            let video = [RtcCodec::H264, RtcCodec::Vp8, RtcCodec::Vp9, RtcCodec::H265]
+                .into_iter()
+                .find(|c| offered.iter().any(|o| o == codec_sdp_name(*c)));
+            let audio = [RtcCodec::Opus, RtcCodec::PCMU, RtcCodec::PCMA]
+                .into_iter()
+                .find(|c| offered.iter().any(|o| o == codec_sdp_name(*c)));
+            if video.is_none() && audio.is_none() {
+                return Err(Refused::new(
+                    400,
+                    "the offer has no codec Tidegate takes over WHIP (H264, VP8, VP9, H265, Opus, PCMU, PCMA)",
+                ));
+            }
+            for c in [video, audio].into_iter().flatten() {
+                cfg = enable(cfg, c);
+            }
+            let publisher = inner.paths.publish(req.path, info.clone())?;
+            RoleState::Whip(Box::new(Ingest::new(publisher, 0)))
+        }
+        Role::Whep => {
+            let reader = inner.paths.read_or_demand(req.path, info.clone()).await?;
+            let desc = reader.desc();
+            let mut out = Vec::new();
+            let mut have_video = false;
+            let mut have_audio = false;
+            for t in &desc.tracks {
+                let video = t.codec().is_video();
+                if (video && have_video) || (!video && have_audio) {
+                    continue;
+                }
+                let Some(c) = media::rtc_codec(&t.params) else {
+                    warnings.push(format!(
+                        "track {} ({}) is not sent: WebRTC cannot carry it",
+                        t.id,
+                        t.codec().name()
+                    ));
+                    continue;
+                };
+                if !offered.iter().any(|o| o == codec_sdp_name(c)) {
+                    warnings.push(format!(
+                        "track {} ({}) is not sent: the client did not offer it",
+                        t.id,
+                        t.codec().name()
+                    ));
+                    continue;
+                }
+                cfg = enable(cfg, c);
+                if video {
+                    have_video = true;
+                } else {
+                    have_audio = true;
+                }
+                out.push(OutTrack {
+                    track: t.id,
+                    codec: c,
+                    kind: if video {
+                        MediaKind::Video
+                    } else {
+                        MediaKind::Audio
+                    },
+                    clock: t.clock_rate,
+                    mid: None,
+                    pt: None,
+                });
+            }
+            if out.is_empty() {
+                return Err(Refused::new(
+                    400,
+                    format!(
+                        "no track of '{}' can be sent to this client ({})",
+                        req.path,
+                        warnings.join("; ")
+                    ),
+                ));
+            }
+            RoleState::Whep(Box::new(Whep {
+                reader,
+                sub: None,
+                desc,
+                out,
+                bframes_warned: false,
+            }))
+        }
+    };
+    let ufrag = random_hex(16);
+    cfg = cfg.set_local_ice_credentials(IceCreds {
+        ufrag: ufrag.clone(),
+        pass: random_hex(32),
+    });
+    let mut rtc = cfg.build(Instant::now());
+    for addr in &inner.candidates {
+        match Candidate::host(*addr, "udp") {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => tracing::debug!("[WebRTC] candidate {addr}: {e}"),
+        }
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| Refused::new(400, format!("cannot answer the offer: {e}")))?;
+    let answer = answer.to_sdp_string();
+
+    let guard = inner.sessions.add(id, req.remote);
+    guard.set(
+        match req.role {
+            Role::Whip => ConnState::Publish,
+            Role::Whep => ConnState::Read,
+        },
+        req.path,
+        req.query,
+    );
+    for w in &warnings {
+        tracing::warn!("[WebRTC] [session {id}] {w}");
+    }
+    guard.extra.update_notes(|n| n.warnings = warnings.clone());
+    let secret = random_hex(32);
+    let (tx, rx) = mpsc::channel(1024);
+    let (cand_tx, cand_rx) = mpsc::channel(16);
+    let key = crate::next_key();
+    inner.add_route(&ufrag, key, tx);
+    inner.resources().insert(
+        secret.clone(),
+        Resource {
+            path: req.path.to_string(),
+            role: req.role,
+            kick: guard.kick.clone(),
+            candidates: cand_tx,
+        },
+    );
+    tracing::info!(
+        "[WebRTC] [session {id}] {} session created for '{}' from {}",
+        req.role.name(),
+        req.path,
+        req.remote
+    );
+    let task = Task {
+        inner: inner.clone(),
+        key,
+        id,
+        role: req.role,
+        secret: secret.clone(),
+        rx,
+        cand_rx,
+        guard,
+    };
+    inner.tasks.spawn(task.run(rtc, state));
+    Ok(Created {
+        answer,
+        secret,
+        ufrag,
+    })
+}
+
+struct Task {
+    inner: Arc<Inner>,
+    key: u64,
+    id: u64,
+    role: Role,
+    secret: String,
+    rx: mpsc::Receiver<Datagram>,
+    cand_rx: mpsc::Receiver<String>,
+    guard: ConnGuard<WebRtcStats>,
+}
+
+enum RoleEvent {
+    Frame(Result<Arc<Frame>, RecvError>),
+    KeyframeWanted,
+}
+
+async fn role_event(state: &mut RoleState) -> RoleEvent {
+    match state {
+        RoleState::Whep(w) => match &mut w.sub {
+            Some(s) => RoleEvent::Frame(s.recv().await),
+            None => std::future::pending().await,
+        },
+        RoleState::Whip(i) => match &i.stream {
+            Some(s) => {
+                s.keyframe_requested().await;
+                RoleEvent::KeyframeWanted
+            }
+            None => std::future::pending().await,
+        },
+    }
+}
+
+/// Per-session bookkeeping the event handlers share.
+struct Ctx {
+    connected: bool,
+    ended: Option<String>,
+    last_keyframe_request: Option<Instant>,
+    egress_packets: HashMap<Mid, (u64, u64)>,
+    ingress_packets: HashMap<Mid, u64>,
+    bytes_sent: u64,
+}
+
+impl Ctx {
+    fn keyframe_due(&mut self, now: Instant) -> bool {
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
+        {
+            return false;
+        }
+        self.last_keyframe_request = Some(now);
+        true
+    }
+}
+
+impl Task {
+    async fn run(mut self, mut rtc: Rtc, mut state: RoleState) {
+        let started = tokio::time::Instant::now();
+        let handshake_deadline = started + self.inner.config.handshake_timeout;
+        let kick = self.guard.kick.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let local_addr = self
+            .inner
+            .socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut ctx = Ctx {
+            connected: false,
+            ended: None,
+            last_keyframe_request: None,
+            egress_packets: HashMap::new(),
+            ingress_packets: HashMap::new(),
+            bytes_sent: 0,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let timeout = match self.drain(&mut rtc, &mut state, &mut ctx).await {
+                Ok(t) => t,
+                Err(e) => {
+                    ctx.ended.get_or_insert(e);
+                    break;
+                }
+            };
+            if ctx.ended.is_some() || !rtc.is_alive() {
+                break;
+            }
+            let now = Instant::now();
+            let wake = tokio::time::Instant::now() + timeout.saturating_duration_since(now);
+            let wake = if ctx.connected {
+                wake
+            } else {
+                wake.min(handshake_deadline)
+            };
+            tokio::select! {
+                _ = kick.cancelled() => {
+                    ctx.ended = Some("closed by the client or the API".into());
+                }
+                _ = shutdown.cancelled() => {
+                    ctx.ended = Some("server shutting down".into());
+                }
+                d = self.rx.recv() => {
+                    let Some(d) = d else { break };
+                    let Ok(contents) = d.data.as_ref().try_into() else { continue };
+                    let input = Input::Receive(d.at, Receive {
+                        proto: Protocol::Udp,
+                        source: d.source,
+                        destination: local_addr,
+                        contents,
+                    });
+                    if let Err(e) = rtc.handle_input(input) {
+                        tracing::debug!("[WebRTC] [session {}] input: {e}", self.id);
+                    }
+                }
+                c = self.cand_rx.recv() => {
+                    if let Some(line) = c {
+                        match Candidate::from_sdp_string(&line) {
+                            Ok(c) => rtc.add_remote_candidate(c),
+                            Err(e) => tracing::debug!("[WebRTC] [session {}] candidate {line:?}: {e}", self.id),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if !ctx.connected && tokio::time::Instant::now() >= handshake_deadline {
+                        ctx.ended = Some(format!(
+                            "no connection within webrtcHandshakeTimeout ({:?})",
+                            self.inner.config.handshake_timeout
+                        ));
+                    } else if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
+                        ctx.ended = Some(format!("timer: {e}"));
+                    }
+                }
+                _ = tick.tick() => {
+                    if let RoleState::Whip(i) = &mut state {
+                        i.tick(Instant::now());
+                    }
+                }
+                ev = role_event(&mut state) => match ev {
+                    RoleEvent::Frame(Ok(frame)) => {
+                        if let RoleState::Whep(w) = &mut state {
+                            self.write_frame(&mut rtc, w, &frame);
+                        }
+                    }
+                    RoleEvent::Frame(Err(RecvError::Closed)) => {
+                        ctx.ended = Some("the publisher left".into());
+                    }
+                    RoleEvent::KeyframeWanted => {
+                        if let (true, RoleState::Whip(i)) = (ctx.keyframe_due(Instant::now()), &state) {
+                            request_keyframe(&mut rtc, &i.video_mids);
+                        }
+                    }
+                },
+            }
+            if ctx.ended.is_some() {
+                break;
+            }
+        }
+        // Tell the peer (DTLS close_notify) on the way out when we can.
+        let _ = rtc.close();
+        while let Ok(Output::Transmit(t)) = rtc.poll_output() {
+            let _ = self.inner.socket.send_to(&t.contents, t.destination).await;
+        }
+        self.inner.remove_routes(self.key);
+        self.inner.resources().remove(&self.secret);
+        tracing::info!(
+            "[WebRTC] [session {}] {} session closed: {}",
+            self.id,
+            self.role.name(),
+            ctx.ended.as_deref().unwrap_or("connection ended")
+        );
+    }
+
+    /// Polls the `Rtc` until it wants time to pass: sends its datagrams, handles its events.
+    async fn drain(
+        &mut self,
+        rtc: &mut Rtc,
+        state: &mut RoleState,
+        ctx: &mut Ctx,
+    ) -> Result<Instant, String> {
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Transmit(t)) => {
+                    if let Err(e) = self.inner.socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!("[WebRTC] [session {}] send: {e}", self.id);
+                    }
+                }
+                Ok(Output::Event(e)) => self.event(rtc, state, ctx, e),
+                Err(e) => return Err(format!("WebRTC error: {e}")),
+            }
+        }
+    }
+
+    fn event(&mut self, rtc: &mut Rtc, state: &mut RoleState, ctx: &mut Ctx, e: Event) {
+        let stats = &self.guard.extra;
+        match e {
+            Event::Connected => {
+                ctx.connected = true;
+                stats
+                    .peer_connection_established
+                    .store(true, Ordering::Relaxed);
+                tracing::info!("[WebRTC] [session {}] peer connection established", self.id);
+                if let RoleState::Whep(w) = state {
+                    // Join live, at the next keyframe, and ask the publisher for one now.
+                    let stream = w.reader.stream().clone();
+                    w.sub = Some(stream.subscribe_from_next_keyframe());
+                    stream.request_keyframe();
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                ctx.ended = Some("ICE disconnected (the peer went away)".into());
+            }
+            Event::MediaAdded(m) => match state {
+                RoleState::Whip(i) => {
+                    if m.direction.is_receiving() {
+                        i.expected += 1;
+                        if m.kind == MediaKind::Video {
+                            i.video_mids.push(m.mid);
+                        }
+                    }
+                }
+                RoleState::Whep(w) => {
+                    if let Some(t) = w
+                        .out
+                        .iter_mut()
+                        .find(|t| t.kind == m.kind && t.mid.is_none())
+                    {
+                        t.mid = Some(m.mid);
+                    }
+                }
+            },
+            Event::MediaData(d) => {
+                if let RoleState::Whip(i) = state {
+                    if i.on_media(&d) == IngestAction::RequestKeyframe
+                        && ctx.keyframe_due(Instant::now())
+                    {
+                        request_keyframe(rtc, &i.video_mids);
+                    }
+                    stats
+                        .rtp_packets_lost
+                        .store(i.packets_lost, Ordering::Relaxed);
+                }
+            }
+            Event::KeyframeRequest(_) => {
+                if let RoleState::Whep(w) = state {
+                    if ctx.keyframe_due(Instant::now()) {
+                        w.reader.stream().request_keyframe();
+                    }
+                }
+            }
+            Event::PeerStats(s) => {
+                self.guard
+                    .counters
+                    .received
+                    .store(s.peer_bytes_rx, Ordering::Relaxed);
+                self.guard
+                    .counters
+                    .sent
+                    .store(s.peer_bytes_tx, Ordering::Relaxed);
+                if let RoleState::Whep(w) = state {
+                    w.reader
+                        .add_bytes_sent(s.peer_bytes_tx.saturating_sub(ctx.bytes_sent));
+                    ctx.bytes_sent = s.peer_bytes_tx;
+                }
+                if let Some(rtt) = s.rtt {
+                    stats
+                        .rtt_us
+                        .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                }
+                if let Some(p) = &s.selected_candidate_pair {
+                    let (l, r) = (p.local.addr.to_string(), p.remote.addr.to_string());
+                    stats.update_notes(|n| {
+                        n.local_candidate = l;
+                        n.remote_candidate = r;
+                    });
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                let lost = s.remote.as_ref().map_or(0, |r| r.packets_lost);
+                ctx.egress_packets.insert(s.mid, (s.packets, lost));
+                let (sent, lost) = ctx
+                    .egress_packets
+                    .values()
+                    .fold((0, 0), |(a, b), (p, l)| (a + p, b + l));
+                stats.rtp_packets_sent.store(sent, Ordering::Relaxed);
+                stats.rtp_packets_lost.store(lost, Ordering::Relaxed);
+                if let Some(rtt) = s.rtt {
+                    stats
+                        .rtt_us
+                        .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                }
+            }
+            Event::MediaIngressStats(s) => {
+                ctx.ingress_packets.insert(s.mid, s.packets);
+                let n = ctx.ingress_packets.values().sum();
+                stats.rtp_packets_received.store(n, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn write_frame(&mut self, rtc: &mut Rtc, w: &mut Whep, frame: &Frame) {
+        if let Some(p) = &frame.params {
+            if let Some(t) = w.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
+                t.params = (**p).clone();
+            }
+        }
+        let Some(out) = w.out.iter_mut().find(|t| t.track == frame.track) else {
+            return;
+        };
+        let Some(mid) = out.mid else { return };
+        if out.kind == MediaKind::Video && frame.pts != frame.dts && !w.bframes_warned {
+            w.bframes_warned = true;
+            let msg = "the stream has B-frames, which WebRTC cannot reorder: the picture may \
+                       stutter (publish with B-frames off, e.g. ffmpeg -bf 0 or an encoder's \
+                       baseline profile)";
+            tracing::warn!("[WebRTC] [session {}] {msg}", self.id);
+            self.guard
+                .extra
+                .update_notes(|n| n.warnings.push(msg.to_string()));
+        }
+        let Some(params) = w.desc.track(frame.track).map(|t| t.params.clone()) else {
+            return;
+        };
+        let Some(writer) = rtc.writer(mid) else {
+            return;
+        };
+        let pt = match out.pt {
+            Some(pt) => pt,
+            None => {
+                let Some(pt) = writer
+                    .payload_params()
+                    .find(|p| p.spec().codec == out.codec)
+                    .map(|p| p.pt())
+                else {
+                    return;
+                };
+                out.pt = Some(pt);
+                pt
+            }
+        };
+        let Some(data) = media::egress_payload(frame, &params) else {
+            return;
+        };
+        let time = media::media_time(frame.pts, out.clock, out.codec);
+        if let Err(e) = writer.write(pt, frame.received, time, &data[..]) {
+            tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
+        }
+    }
+}
+
+/// Asks a WHIP publisher for a keyframe (PLI) on each of its video media.
+fn request_keyframe(rtc: &mut Rtc, mids: &[Mid]) {
+    for &mid in mids {
+        if let Some(mut w) = rtc.writer(mid) {
+            if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offered_codec_names() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 VP8/90000\r\n\
+                   a=rtpmap:97 H264/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(offered_codecs(sdp), vec!["VP8", "H264", "OPUS"]);
+    }
+}
