@@ -80,17 +80,33 @@ impl Fetched {
 /// GET `target` (path and query) with extra header lines; binary-safe, chunked bodies joined.
 /// Bounded by a 15 s socket timeout.
 pub fn fetch(addr: SocketAddr, target: &str, headers: &[&str]) -> Fetched {
+    send(addr, "GET", target, headers, b"")
+}
+
+/// Any request with a body (sent with its `Content-Length`); otherwise as [`fetch`].
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Fetched {
     let start = std::time::Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("send");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("send");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).expect("HTTP answer within 15 s");
     let elapsed = start.elapsed();

@@ -12,15 +12,18 @@ pub struct PeerProcess {
     child: Option<Child>,
     name: String,
     stderr_path: std::path::PathBuf,
+    stdout_path: std::path::PathBuf,
 }
 
 impl PeerProcess {
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> PeerProcess {
         let stderr_path = log_dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("peer log file");
+        let stdout_path = log_dir.join(format!("{name}.stdout"));
+        let stdout = std::fs::File::create(&stdout_path).expect("peer output file");
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -28,7 +31,13 @@ impl PeerProcess {
             child: Some(child),
             name: name.to_string(),
             stderr_path,
+            stdout_path,
         }
+    }
+
+    /// What the peer printed on stdout (a report, for the peers that write one).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -90,6 +90,15 @@ impl TestServer {
         format!("http://{}/{path}/{file}", self.hls_addr())
     }
 
+    pub fn webrtc_addr(&self) -> SocketAddr {
+        self.server().webrtc_addr().expect("WebRTC enabled")
+    }
+
+    /// `http://127.0.0.1:PORT/<path>/<tail>` on the WebRTC (WHIP/WHEP) listener.
+    pub fn webrtc_url(&self, path: &str, tail: &str) -> String {
+        format!("http://{}/{path}/{tail}", self.webrtc_addr())
+    }
+
     pub fn api_addr(&self) -> SocketAddr {
         self.server().api_addr().expect("API enabled")
     }

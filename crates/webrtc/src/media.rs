@@ -168,9 +168,13 @@ impl Ingest {
         if ready == 0 || !(all || waited) {
             return;
         }
-        let tracks: Vec<Track> = self
-            .tracks
-            .iter()
+        let mut order: Vec<&InTrack> = self.tracks.iter().collect();
+        // Video first, as every other ingest announces its tracks.
+        order.sort_by_key(|t| {
+            !matches!(t.params.as_ref().map(|p| p.codec().is_video()), Some(true))
+        });
+        let tracks: Vec<Track> = order
+            .into_iter()
             .filter_map(|t| {
                 Some(Track {
                     id: t.id,

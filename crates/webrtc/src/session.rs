@@ -109,6 +109,53 @@ fn offered_codecs(sdp: &str) -> Vec<String> {
         .collect()
 }
 
+/// RFC 3264 §6: a rejected medium (port 0) still lists a format, and sends nothing. str0m
+/// writes `m=audio 0 UDP/TLS/RTP/SAVPF` with no format (and its usual direction), which strict
+/// parsers (aiortc) refuse: give it the offer's first format for that medium, and `inactive`.
+fn complete_rejected_media(offer: &str, answer: &str) -> String {
+    // The offer's media sections: (m= line body, rtpmap lines).
+    let mut sections: Vec<(&str, Vec<&str>)> = Vec::new();
+    for l in offer.lines().map(str::trim) {
+        if let Some(m) = l.strip_prefix("m=") {
+            sections.push((m, Vec::new()));
+        } else if let (Some(last), true) = (sections.last_mut(), l.starts_with("a=rtpmap:")) {
+            last.1.push(l);
+        }
+    }
+    let mut out = String::with_capacity(answer.len() + 64);
+    let mut index = None::<usize>;
+    let mut rejected = false;
+    for line in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        let mut line = line.to_string();
+        let mut extra = None;
+        if let Some(m) = line.strip_prefix("m=") {
+            index = Some(index.map_or(0, |i| i + 1));
+            let parts: Vec<&str> = m.split_whitespace().collect();
+            rejected = parts.get(1) == Some(&"0");
+            if rejected && parts.len() == 3 {
+                let section = index.and_then(|i| sections.get(i));
+                let fmt = section
+                    .and_then(|(m, _)| m.split_whitespace().nth(3))
+                    .unwrap_or("0");
+                line = format!("m={} 0 {} {fmt}", parts[0], parts[2]);
+                let prefix = format!("a=rtpmap:{fmt} ");
+                extra = section
+                    .and_then(|(_, maps)| maps.iter().find(|l| l.starts_with(&prefix)))
+                    .map(|l| l.to_string());
+            }
+        } else if rejected && matches!(line.as_str(), "a=sendonly" | "a=recvonly" | "a=sendrecv") {
+            line = "a=inactive".into();
+        }
+        out.push_str(&line);
+        out.push_str("\r\n");
+        if let Some(e) = extra {
+            out.push_str(&e);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
 fn codec_sdp_name(c: RtcCodec) -> &'static str {
     match c {
         RtcCodec::H264 => "H264",
@@ -294,7 +341,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| Refused::new(400, format!("cannot answer the offer: {e}")))?;
-    let answer = answer.to_sdp_string();
+    let answer = complete_rejected_media(req.offer, &answer.to_sdp_string());
 
     let guard = inner.sessions.add(id, req.remote);
     guard.set(
@@ -387,6 +434,9 @@ struct Ctx {
     egress_packets: HashMap<Mid, (u64, u64)>,
     ingress_packets: HashMap<Mid, u64>,
     bytes_sent: u64,
+    /// Where the peer's last datagram came from (the remote side of the pair in use).
+    last_source: Option<SocketAddr>,
+    local_addr: SocketAddr,
 }
 
 impl Ctx {
@@ -420,6 +470,8 @@ impl Task {
             egress_packets: HashMap::new(),
             ingress_packets: HashMap::new(),
             bytes_sent: 0,
+            last_source: None,
+            local_addr,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -449,6 +501,7 @@ impl Task {
                 }
                 d = self.rx.recv() => {
                     let Some(d) = d else { break };
+                    ctx.last_source = Some(d.source);
                     let Ok(contents) = d.data.as_ref().try_into() else { continue };
                     let input = Input::Receive(d.at, Receive {
                         proto: Protocol::Udp,
@@ -547,7 +600,17 @@ impl Task {
                 stats
                     .peer_connection_established
                     .store(true, Ordering::Relaxed);
-                tracing::info!("[WebRTC] [session {}] peer connection established", self.id);
+                let (local, remote) = (ctx.local_addr, ctx.last_source);
+                stats.update_notes(|n| {
+                    n.local_candidate = local.to_string();
+                    n.remote_candidate = remote.map(|r| r.to_string()).unwrap_or_default();
+                });
+                tracing::info!(
+                    "[WebRTC] [session {}] peer connection established ({} <-> {})",
+                    self.id,
+                    local,
+                    remote.map(|r| r.to_string()).unwrap_or_default()
+                );
                 if let RoleState::Whep(w) = state {
                     // Join live, at the next keyframe, and ask the publisher for one now.
                     let stream = w.reader.stream().clone();
@@ -711,6 +774,17 @@ fn request_keyframe(rtc: &mut Rtc, mids: &[Mid]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejected_media_get_a_format_and_go_inactive() {
+        let offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n";
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=sendonly\r\nm=audio 0 UDP/TLS/RTP/SAVPF \r\na=mid:1\r\na=sendonly\r\n";
+        let fixed = complete_rejected_media(offer, answer);
+        assert_eq!(
+            fixed,
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=sendonly\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=mid:1\r\na=inactive\r\n"
+        );
+    }
 
     #[test]
     fn offered_codec_names() {

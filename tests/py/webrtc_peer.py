@@ -1,0 +1,236 @@
+"""WHIP publisher and WHEP viewers for Tidegate's tests, on aiortc.
+
+    python webrtc_peer.py whip URL --seconds 10 [--codec H264|VP8] [--audio] [--size 640x360]
+                               [--fps 30] [--user U --pass P | --token T]
+    python webrtc_peer.py whep URL --seconds 5 [--viewers N] [--user U --pass P | --token T]
+
+Prints one JSON object on stdout. Exit status: 0 when media flowed, 1 when it did not, 2 on an
+HTTP or negotiation error (the JSON then has "status" and "error").
+
+Loopback only: aiortc is given no ICE servers (it would use Google's STUN) and aioice is told
+that 127.0.0.1 is the only host address (it skips loopback otherwise).
+"""
+import argparse
+import asyncio
+import base64
+import fractions
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import aioice.ice
+import av
+from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription, VideoStreamTrack)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+
+
+class Refused(Exception):
+    def __init__(self, status, error):
+        super().__init__(f"HTTP {status}: {error}")
+        self.status, self.error = status, error
+
+
+def auth_headers(args):
+    if args.token:
+        return {"Authorization": f"Bearer {args.token}"}
+    if args.user is not None:
+        raw = f"{args.user}:{args.password or ''}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+    return {}
+
+
+def http(method, url, body=None, headers=None, timeout=10.0):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            # resp.headers is case-insensitive (hyper sends lower-case names).
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+async def negotiate(pc, url, args):
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp", **auth_headers(args)}
+    status, h, body = await asyncio.to_thread(
+        http, "POST", url, pc.localDescription.sdp.encode(), headers)
+    if status != 201:
+        try:
+            err = json.loads(body).get("error", "")
+        except ValueError:
+            err = body[:300].decode(errors="replace")
+        raise Refused(status, err)
+    if not h.get("Content-Type", "").startswith("application/sdp"):
+        raise Refused(status, f"answer Content-Type is {h.get('Content-Type')!r}")
+    location = h.get("Location")
+    if not location:
+        raise Refused(status, "no Location header")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body.decode(), type="answer"))
+    return urllib.parse.urljoin(url, location), h.get("ETag")
+
+
+async def delete(resource, args):
+    if resource:
+        status, _, _ = await asyncio.to_thread(http, "DELETE", resource, None, auth_headers(args), 5.0)
+        return status
+    return None
+
+
+class Pattern(VideoStreamTrack):
+    """A moving bar, paced in real time (no numpy needed)."""
+
+    def __init__(self, width, height, fps):
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.count = 0
+        self.t0 = None
+
+    async def recv(self):
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        delay = self.t0 + self.count / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        y = frame.planes[0]
+        row = bytearray([16 + (self.count % 200)] * y.line_size)
+        bar = (self.count * 8) % max(1, self.width - 32)
+        row[bar:bar + 32] = b"\xeb" * 32
+        y.update(bytes(row) * self.height)
+        for p in frame.planes[1:]:
+            p.update(bytes([128]) * (p.line_size * (self.height // 2)))
+        frame.pts = int(self.count * 90000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.count += 1
+        return frame
+
+
+def only_codec(transceiver, kind, codec):
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    want = [c for c in caps if c.mimeType.lower() == f"{kind}/{codec}".lower()]
+    if want:
+        transceiver.setCodecPreferences(want)
+
+
+async def whip(args):
+    w, h = (int(v) for v in args.size.split("x"))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = Pattern(w, h, args.fps)
+    t = pc.addTransceiver(video, direction="sendonly")
+    only_codec(t, "video", args.codec)
+    if args.audio:
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    states = []
+    pc.on("connectionstatechange", lambda: states.append(pc.connectionState))
+    out = {"role": "whip"}
+    try:
+        resource, etag = await negotiate(pc, args.url, args)
+        out.update(resource=resource, etag=etag)
+        deadline = time.monotonic() + 10
+        while pc.connectionState != "connected" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        out["connected"] = pc.connectionState == "connected"
+        start = video.count
+        await asyncio.sleep(args.seconds)
+        out["frames_sent"] = video.count - start
+        out["delete_status"] = await delete(resource, args)
+    except Refused as e:
+        out.update(status=e.status, error=e.error)
+        await pc.close()
+        print(json.dumps(out))
+        return 2
+    finally:
+        out["states"] = states
+    await pc.close()
+    print(json.dumps(out))
+    return 0 if out.get("connected") and out.get("frames_sent", 0) > 0 else 1
+
+
+async def consume(track, stats, kind, deadline):
+    while time.monotonic() < deadline:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.01, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, MediaStreamError):
+            return
+        now = time.monotonic()
+        if kind == "video":
+            stats["frames"] += 1
+            stats["width"], stats["height"] = frame.width, frame.height
+            stats["pts"].append(frame.pts)
+            stats.setdefault("first_frame_at", now)
+        else:
+            stats["audio_frames"] += 1
+
+
+async def one_viewer(args, index, deadline_after):
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    stats = {"frames": 0, "audio_frames": 0, "pts": [], "width": 0, "height": 0, "kinds": []}
+    tasks = []
+    started = time.monotonic()
+
+    @pc.on("track")
+    def on_track(track):
+        stats["kinds"].append(track.kind)
+        tasks.append(asyncio.ensure_future(
+            consume(track, stats, track.kind, started + deadline_after)))
+
+    try:
+        resource, _ = await negotiate(pc, args.url, args)
+    except Refused as e:
+        await pc.close()
+        return {"index": index, "status": e.status, "error": e.error}
+    stats["answered_after"] = time.monotonic() - started
+    while time.monotonic() < started + deadline_after:
+        await asyncio.sleep(0.1)
+    for t in tasks:
+        t.cancel()
+    await delete(resource, args)
+    await pc.close()
+    pts = stats.pop("pts")
+    first = stats.pop("first_frame_at", None)
+    stats["first_frame_after"] = None if first is None else first - started
+    stats["unique_pts"] = len(set(pts))
+    stats["pts_monotonic"] = all(b > a for a, b in zip(pts, pts[1:]))
+    span = (max(pts) - min(pts)) / 90000 if len(pts) > 1 else 0
+    stats["pts_span_s"] = round(span, 3)
+    stats["index"] = index
+    return stats
+
+
+async def whep(args):
+    viewers = await asyncio.gather(*(one_viewer(args, i, args.seconds) for i in range(args.viewers)))
+    out = {"role": "whep", "viewers": viewers}
+    print(json.dumps(out))
+    if any("status" in v for v in viewers):
+        return 2
+    return 0 if all(v["frames"] > 0 for v in viewers) else 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=["whip", "whep"])
+    ap.add_argument("url")
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--codec", default="H264")
+    ap.add_argument("--audio", action="store_true")
+    ap.add_argument("--size", default="640x360")
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--viewers", type=int, default=1)
+    ap.add_argument("--user")
+    ap.add_argument("--pass", dest="password")
+    ap.add_argument("--token")
+    args = ap.parse_args()
+    run = whip if args.role == "whip" else whep
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,571 @@
+//! WebRTC (WHIP/WHEP) against real peers: aiortc, ffmpeg 9's WHIP muxer and headless Chromium
+//! on the built-in pages; across to RTMP and SRT both ways. Every ICE candidate is 127.0.0.1:
+//! the server is bound there, aiortc is told to offer loopback only, and Chromium gets
+//! `--allow-loopback-in-peer-connection`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tidegate_tests::http::{get_json, send};
+use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch};
+
+const READY: Duration = Duration::from_secs(15);
+
+fn webrtc_peer(args: &[&str]) -> Command {
+    let mut cmd = Command::new(peer("python"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args(args);
+    cmd
+}
+
+/// An aiortc WHIP publisher running in the background.
+fn whip_publisher(url: &str, seconds: u32, extra: &[&str], dir: &Path) -> PeerProcess {
+    let secs = seconds.to_string();
+    let mut args = vec!["whip", url, "--seconds", &secs];
+    args.extend_from_slice(extra);
+    PeerProcess::spawn("aiortc-whip", &mut webrtc_peer(&args), dir)
+}
+
+/// What one WHEP viewer decoded, checked for a live 30 fps 640x360 picture.
+fn assert_live_video(v: &Value, seconds: f64, fps_min: f64) {
+    let frames = v["frames"].as_f64().unwrap();
+    assert!(
+        frames >= seconds * fps_min,
+        "{frames} frames in {seconds} s: {v}"
+    );
+    let span = v["pts_span_s"].as_f64().unwrap();
+    let fps = v["unique_pts"].as_f64().unwrap() / span.max(0.001);
+    assert!(fps >= fps_min, "{fps:.1} fps: {v}");
+    assert_eq!(v["pts_monotonic"], true, "{v}");
+}
+
+fn sessions(server: &TestServer) -> Vec<Value> {
+    get_json(server.api_addr(), "/v3/webrtcsessions/list")["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn wait_sessions(
+    server: &TestServer,
+    pred: impl Fn(&[Value]) -> bool,
+    limit: Duration,
+) -> Vec<Value> {
+    let end = Instant::now() + limit;
+    loop {
+        let s = sessions(server);
+        if pred(&s) || Instant::now() > end {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// aiortc publishes H264 + Opus over WHIP; an aiortc viewer plays it over WHEP: at least 25
+/// fps decoded over 5 s, audio present; the API lists both sessions as connected.
+#[test]
+fn aiortc_whip_to_aiortc_whep() {
+    let dir = scratch("webrtc-aiortc");
+    let server = TestServer::start("");
+    let mut publisher = whip_publisher(
+        &server.webrtc_url("live/cam", "whip"),
+        20,
+        &["--audio"],
+        &dir,
+    );
+    server.wait_ready("live/cam", READY);
+    let info = server.paths().get("live/cam").unwrap();
+    assert_eq!(info.tracks, vec!["H264", "Opus"]);
+
+    let mut viewer = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("live/cam", "whep"),
+        "--seconds",
+        "6",
+    ]);
+    let viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
+    let both = wait_sessions(
+        &server,
+        |s| s.len() == 2 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(10),
+    );
+    assert_eq!(both.len(), 2, "{both:?}");
+    let states: Vec<&str> = both.iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert!(
+        states.contains(&"publish") && states.contains(&"read"),
+        "{states:?}"
+    );
+    for s in &both {
+        assert_eq!(s["path"], "live/cam");
+        assert!(
+            s["remoteCandidate"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{s}"
+        );
+    }
+
+    let mut viewer = viewer;
+    let status = viewer.wait(Duration::from_secs(30));
+    let out = viewer.stdout();
+    assert!(status.success(), "{out}\n{}", viewer.stderr());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let v = &v["viewers"][0];
+    eprintln!("WHEP viewer: {v}");
+    assert_live_video(v, 5.0, 25.0);
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert!(v["audio_frames"].as_u64().unwrap() >= 200, "audio: {v}");
+    // Joined on a fresh keyframe the publisher was asked for, not after a whole GOP.
+    let first = v["first_frame_after"].as_f64().unwrap();
+    eprintln!("first WHEP frame {first:.3} s after the offer");
+    assert!(first < 1.5, "first frame after {first} s");
+    // The publisher's packets are counted.
+    let s = sessions(&server);
+    let publish = s.iter().find(|x| x["state"] == "publish").unwrap();
+    assert!(
+        publish["rtpPacketsReceived"].as_u64().unwrap() > 100,
+        "{publish}"
+    );
+    publisher.kill9();
+}
+
+/// ffmpeg 9 publishes H264 + Opus with its WHIP muxer; ffmpeg reads it back over RTMP
+/// (Enhanced RTMP Opus) and SRT (Opus in MPEG-TS): both tracks, frames, dimensions.
+#[test]
+fn ffmpeg_whip_to_rtmp_and_srt() {
+    let dir = scratch("webrtc-ffmpeg-whip");
+    let server = TestServer::start("");
+    let ffmpeg9 = peer("ffmpeg9");
+    let mut cmd = Command::new(&ffmpeg9);
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args([
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-profile:v", "baseline", "-g", "30", "-bf", "0"])
+        .args(["-c:a", "libopus", "-ar", "48000", "-ac", "2", "-f", "whip"])
+        .arg(server.webrtc_url("whip/ff", "whip"));
+    let mut publisher = PeerProcess::spawn("ffmpeg9-whip", &mut cmd, &dir);
+    server.wait_ready("whip/ff", READY);
+    assert_eq!(
+        server.paths().get("whip/ff").unwrap().tracks,
+        vec!["H264", "Opus"]
+    );
+
+    for (name, url) in [
+        ("rtmp", server.rtmp_url("whip/ff")),
+        (
+            "srt",
+            format!(
+                "srt://{}?streamid=read:whip/ff&latency=200000",
+                server.srt_addr()
+            ),
+        ),
+    ] {
+        let out = dir.join(format!("{name}.mkv"));
+        let mut cmd = Command::new(&ffmpeg9);
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-i", &url, "-t", "4", "-c", "copy"])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn(&format!("ffmpeg9-read-{name}"), &mut cmd, &dir);
+        let status = reader.wait(Duration::from_secs(45));
+        assert!(status.success(), "{name}: {}", reader.stderr());
+        let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(
+            p.codec("video").as_deref(),
+            Some("h264"),
+            "{name}: {:#?}",
+            p.streams
+        );
+        assert_eq!(
+            p.codec("audio").as_deref(),
+            Some("opus"),
+            "{name}: {:#?}",
+            p.streams
+        );
+        assert_eq!(p.dimensions(), Some((640, 360)), "{name}");
+        let frames = p.packets_of("video").len();
+        assert!(
+            (90..=150).contains(&frames),
+            "{name}: {frames} video frames in 4 s"
+        );
+        let audio = p.packets_of("audio").len();
+        assert!(audio >= 150, "{name}: {audio} Opus packets in 4 s");
+        assert!(p.dts_monotonic("video"), "{name}");
+        eprintln!("WHIP (ffmpeg 9) -> {name}: {frames} video frames, {audio} Opus packets");
+    }
+    publisher.kill9();
+}
+
+/// Headless Chromium publishes its fake camera and microphone from the built-in publish page
+/// over WHIP, and plays it back on the built-in player page over WHEP.
+#[test]
+fn chromium_publish_page_to_play_page() {
+    let server = TestServer::start("");
+    let node = peer("node");
+    let modules = peers_dir().join("node/node_modules");
+    let out = run_bounded(
+        Command::new(node)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+            .arg(&modules)
+            .arg("5")
+            .arg("--publish")
+            .arg(server.webrtc_url("browser", "publish?autostart=yes"))
+            .arg("--play")
+            .arg(server.webrtc_url("browser", "")),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("Chromium pages: {r}");
+    let info = server.paths().get("browser").unwrap();
+    assert!(info.tracks.contains(&"H264"), "{:?}", info.tracks);
+    assert!(info.tracks.contains(&"Opus"), "{:?}", info.tracks);
+    let play = &r["play"];
+    // Chromium's fake camera is 640x480 at 20 fps.
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    assert!(play["frames"].as_u64().unwrap() >= 75, "{r}");
+    assert_eq!(play["audio"], true, "{r}");
+    assert!(r["firstFrameAfter"].as_f64().unwrap() < 3.0, "{r}");
+}
+
+/// ffmpeg publishes H264 + AAC over RTMP; an aiortc viewer plays the video over WHEP. AAC
+/// cannot travel over WebRTC: the answer carries video only and the API says why.
+#[test]
+fn rtmp_to_whep() {
+    let dir = scratch("webrtc-rtmp-whep");
+    let server = TestServer::start("");
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("live/rtmp"), 30, "flv", &dir);
+    server.wait_ready("live/rtmp", READY);
+    let mut viewer = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("live/rtmp", "whep"),
+        "--seconds",
+        "6",
+    ]);
+    let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
+    let s = wait_sessions(
+        &server,
+        |s| s.iter().any(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(10),
+    );
+    let warnings = s[0]["warnings"].to_string();
+    assert!(
+        warnings.contains("MPEG-4 Audio") && warnings.contains("cannot carry"),
+        "{warnings}"
+    );
+    let status = viewer.wait(Duration::from_secs(30));
+    let out = viewer.stdout();
+    assert!(status.success(), "{out}\n{}", viewer.stderr());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let v = &v["viewers"][0];
+    eprintln!("RTMP -> WHEP viewer: {v}");
+    assert_live_video(v, 4.0, 25.0);
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert_eq!(v["audio_frames"], 0, "{v}");
+    assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
+    publisher.kill9();
+}
+
+/// A canned browser-like offer: one H264 medium, `direction` sendonly (WHIP) or recvonly (WHEP).
+fn offer(direction: &str) -> String {
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "m=video 9 UDP/TLS/RTP/SAVPF 102",
+        "c=IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        "a=fingerprint:sha-256 8B:87:09:8A:5D:C2:F3:33:EF:C5:B1:F6:84:3A:3D:D6:A3:E2:9C:17:4C:E7:46:3B:1B:CE:84:98:DD:8E:AF:7B",
+        "a=setup:actpass",
+        "a=mid:0",
+        &format!("a={direction}"),
+        "a=rtcp-mux",
+        "a=rtpmap:102 H264/90000",
+        "a=rtcp-fb:102 nack pli",
+        "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        "",
+    ]
+    .join("\r\n")
+}
+
+fn error_of(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("JSON error body: {:?}", String::from_utf8_lossy(body)));
+    v["error"].as_str().unwrap().to_string()
+}
+
+/// The HTTP contract: CORS and ICE servers on OPTIONS; 201 with Location, ETag and an SDP
+/// answer; 401 with wrong credentials (Basic or Bearer), 404 for an unknown path or one with no
+/// publisher, 415 for a non-SDP body, 400 for a broken offer; DELETE ends the session; a
+/// session that never connects is gone after webrtcHandshakeTimeout.
+#[test]
+fn whip_whep_http_contract() {
+    let server = TestServer::start(
+        "webrtcHandshakeTimeout: 1s\nwebrtcICEServers2:\n  - url: stun:stun.example.org:3478\n  - url: turn:turn.example.org:3478\n    username: u\n    password: p\n\
+         paths:\n  cam:\n    publishUser: pub\n    publishPass: secret\n  free:\n",
+    );
+    let addr = server.webrtc_addr();
+    let sdp = ["Content-Type: application/sdp"];
+
+    let r = send(addr, "OPTIONS", "/cam/whip", &[], b"");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("PATCH"));
+    let links: Vec<&str> = r.head.lines().filter(|l| l.starts_with("link:")).collect();
+    assert_eq!(links.len(), 2, "{}", r.head);
+    assert!(
+        links[1].contains("<turn:turn.example.org:3478>") && links[1].contains("username=\"u\"")
+    );
+
+    // Credentials.
+    let r = send(
+        addr,
+        "POST",
+        "/cam/whip",
+        &sdp,
+        offer("sendonly").as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.header("www-authenticate").is_some());
+    assert!(error_of(&r.body).contains("credentials"));
+    let wrong = [
+        "Content-Type: application/sdp",
+        "Authorization: Basic cHViOndyb25n",
+    ];
+    assert_eq!(
+        send(
+            addr,
+            "POST",
+            "/cam/whip",
+            &wrong,
+            offer("sendonly").as_bytes()
+        )
+        .status,
+        401
+    );
+    let bearer = [
+        "Content-Type: application/sdp",
+        "Authorization: Bearer pub:secret",
+    ];
+    let r = send(
+        addr,
+        "POST",
+        "/cam/whip",
+        &bearer,
+        offer("sendonly").as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    assert!(r.header("etag").is_some());
+    assert_eq!(
+        r.header("accept-patch"),
+        Some("application/trickle-ice-sdpfrag")
+    );
+    let answer = r.text();
+    assert!(
+        answer.contains("a=ice-lite") && answer.contains("H264/90000"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(" 127.0.0.1 "),
+        "a loopback host candidate: {answer}"
+    );
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.starts_with("/cam/whip/"), "{location}");
+
+    // Trickle candidates are taken; DELETE ends the session and frees the path.
+    let frag = ["Content-Type: application/trickle-ice-sdpfrag"];
+    let body = b"a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n";
+    assert_eq!(send(addr, "PATCH", &location, &frag, body).status, 204);
+    assert_eq!(
+        server.paths().get("cam").map(|p| p.source.is_some()),
+        Some(true)
+    );
+    assert_eq!(send(addr, "DELETE", &location, &[], b"").status, 200);
+    let gone = wait_sessions(&server, |s| s.is_empty(), Duration::from_secs(5));
+    assert!(gone.is_empty(), "{gone:?}");
+    assert_eq!(send(addr, "DELETE", &location, &[], b"").status, 404);
+
+    // Paths, publishers and bodies.
+    let r = send(
+        addr,
+        "POST",
+        "/nowhere/whep",
+        &sdp,
+        offer("recvonly").as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = send(
+        addr,
+        "POST",
+        "/free/whep",
+        &sdp,
+        offer("recvonly").as_bytes(),
+    );
+    assert_eq!(r.status, 404);
+    assert!(error_of(&r.body).contains("no one is publishing"));
+    let r = send(
+        addr,
+        "POST",
+        "/free/whip",
+        &["Content-Type: text/plain"],
+        b"v=0",
+    );
+    assert_eq!(r.status, 415);
+    let r = send(
+        addr,
+        "POST",
+        "/free/whip",
+        &sdp,
+        b"v=0\r\nthis is not SDP\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(error_of(&r.body).contains("invalid SDP offer"));
+
+    // A session that never connects is closed after the handshake timeout, freeing the path.
+    let t0 = Instant::now();
+    let r = send(
+        addr,
+        "POST",
+        "/free/whip",
+        &sdp,
+        offer("sendonly").as_bytes(),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(sessions(&server).len(), 1);
+    let gone = wait_sessions(&server, |s| s.is_empty(), Duration::from_secs(5));
+    assert!(gone.is_empty(), "{gone:?}");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    assert!(server
+        .paths()
+        .get("free")
+        .is_none_or(|p| p.source.is_none()));
+    eprintln!("unconnected session closed {took:?} after the offer (webrtcHandshakeTimeout 1s)");
+
+    // The pages are served.
+    let r = send(addr, "GET", "/free/publish", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("getUserMedia"));
+    let r = send(addr, "GET", "/free/", &[], b"");
+    assert!(r.text().contains("whep"));
+}
+
+/// 50 WHEP viewers of one RTMP stream, all in one aiortc process: every one decodes; the
+/// server's CPU and memory per viewer are printed.
+#[test]
+fn fifty_whep_viewers() {
+    let dir = scratch("webrtc-fifty");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    let args =
+        "-hide_banner -loglevel error -nostdin -re -f lavfi -i testsrc2=size=320x180:rate=15 \
+                -t 40 -c:v libx264 -preset ultrafast -tune zerolatency -profile:v baseline \
+                -g 15 -b:v 300k -f flv";
+    cmd.args(args.split_whitespace())
+        .arg(server.rtmp_url("fan"));
+    let mut publisher = PeerProcess::spawn("ffmpeg-publish", &mut cmd, &dir);
+    server.wait_ready("fan", READY);
+    let rss0 = rss_kib();
+    let cpu0 = cpu_ticks();
+    let t0 = Instant::now();
+    let mut viewers = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("fan", "whep"),
+        "--seconds",
+        "10",
+        "--viewers",
+        "50",
+    ]);
+    let mut viewers = PeerProcess::spawn("aiortc-whep-50", &mut viewers, &dir);
+    let all = wait_sessions(
+        &server,
+        |s| s.len() == 50 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(30),
+    );
+    assert_eq!(all.len(), 50);
+    let rss_peak = rss_kib();
+    let status = viewers.wait(Duration::from_secs(90));
+    let cpu = (cpu_ticks() - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    let out = viewers.stdout();
+    assert!(status.success(), "{out}\n{}", viewers.stderr());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let list = v["viewers"].as_array().unwrap();
+    assert_eq!(list.len(), 50);
+    let mut min_frames = u64::MAX;
+    for x in list {
+        assert_eq!(
+            (x["width"].as_u64(), x["height"].as_u64()),
+            (Some(320), Some(180)),
+            "{x}"
+        );
+        min_frames = min_frames.min(x["frames"].as_u64().unwrap());
+    }
+    // 15 fps for about 8 s once connected (the 50 peers share two cores with the server).
+    assert!(
+        min_frames >= 60,
+        "a viewer decoded only {min_frames} frames"
+    );
+    let per_viewer = rss_peak.saturating_sub(rss0) as f64 / 50.0;
+    eprintln!(
+        "50 WHEP viewers (320x180 15 fps, 300 kbit/s): server CPU {:.1}% of a core, \
+         {per_viewer:.0} KiB RSS per viewer, fewest frames decoded {min_frames}",
+        cpu * 100.0
+    );
+    publisher.kill9();
+}
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// utime + stime of this process (the server runs in it), in clock ticks.
+fn cpu_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
