@@ -14,6 +14,15 @@ mod media;
 mod session;
 pub mod stun;
 
+/// Entry points for the fuzz targets (`fuzz/fuzz_targets/webrtc_*.rs`).
+pub mod fuzzing {
+    /// What the WHIP/WHEP handler does with an offer before any session exists: str0m parses
+    /// it, we read its codecs, an ICE-lite `Rtc` answers it, and the answer is completed.
+    pub fn offer(text: &str) {
+        crate::session::fuzz_offer(text)
+    }
+}
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -109,6 +109,23 @@ fn offered_codecs(sdp: &str) -> Vec<String> {
         .collect()
 }
 
+pub(crate) fn fuzz_offer(text: &str) {
+    let codecs = offered_codecs(text);
+    let Ok(offer) = SdpOffer::from_sdp_string(text) else {
+        return;
+    };
+    let mut cfg = RtcConfig::new().set_ice_lite(true).clear_codecs();
+    for c in [RtcCodec::H264, RtcCodec::Vp8, RtcCodec::Opus] {
+        if codecs.iter().any(|o| o == codec_sdp_name(c)) {
+            cfg = enable(cfg, c);
+        }
+    }
+    let mut rtc = cfg.build(Instant::now());
+    if let Ok(answer) = rtc.sdp_api().accept_offer(offer) {
+        let _ = complete_rejected_media(text, &answer.to_sdp_string());
+    }
+}
+
 /// RFC 3264 §6: a rejected medium (port 0) still lists a format, and sends nothing. str0m
 /// writes `m=audio 0 UDP/TLS/RTP/SAVPF` with no format (and its usual direction), which strict
 /// parsers (aiortc) refuse: give it the offer's first format for that medium, and `inactive`.
