@@ -129,6 +129,11 @@ fn aiortc_whip_to_aiortc_whep() {
     let first = v["first_frame_after"].as_f64().unwrap();
     eprintln!("first WHEP frame {first:.3} s after the offer");
     assert!(first < 1.5, "first frame after {first} s");
+    // Frame ingress -> packets sent, from the server's histogram.
+    let (p50, p99, n) = egress_latency(&server);
+    eprintln!("WHIP -> WHEP added latency over {n} frames: p50 <= {p50} ms, p99 <= {p99} ms");
+    assert!(n > 100, "{n} frames measured");
+    assert!(p50 <= 10.0, "p50 {p50} ms");
     // The publisher's packets are counted.
     let s = sessions(&server);
     let publish = s.iter().find(|x| x["state"] == "publish").unwrap();
@@ -139,8 +144,8 @@ fn aiortc_whip_to_aiortc_whep() {
     publisher.kill9();
 }
 
-/// ffmpeg 9 publishes H264 + Opus with its WHIP muxer; ffmpeg reads it back over RTMP
-/// (Enhanced RTMP Opus) and SRT (Opus in MPEG-TS): both tracks, frames, dimensions.
+/// ffmpeg 9 publishes H264 + Opus with its WHIP muxer; ffmpeg reads it back over LL-HLS (fMP4
+/// Opus), RTMP (Enhanced RTMP Opus) and SRT (Opus in MPEG-TS): both tracks, frames, dimensions.
 #[test]
 fn ffmpeg_whip_to_rtmp_and_srt() {
     let dir = scratch("webrtc-ffmpeg-whip");
@@ -171,6 +176,7 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
     );
 
     for (name, url) in [
+        ("hls", server.hls_url("whip/ff", "index.m3u8")),
         ("rtmp", server.rtmp_url("whip/ff")),
         (
             "srt",
@@ -295,6 +301,62 @@ fn rtmp_to_whep() {
     );
     assert_eq!(v["audio_frames"], 0, "{v}");
     assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
+    publisher.kill9();
+}
+
+/// aiortc publishes VP8 over WHIP; an aiortc viewer plays it over WHEP (VP8 end to end).
+#[test]
+fn aiortc_vp8_whip_to_whep() {
+    let dir = scratch("webrtc-vp8");
+    let server = TestServer::start("");
+    let mut publisher = whip_publisher(
+        &server.webrtc_url("vp8", "whip"),
+        20,
+        &["--codec", "VP8"],
+        &dir,
+    );
+    server.wait_ready("vp8", READY);
+    assert_eq!(server.paths().get("vp8").unwrap().tracks, vec!["VP8"]);
+    let mut viewer = webrtc_peer(&["whep", &server.webrtc_url("vp8", "whep"), "--seconds", "5"]);
+    let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
+    let status = viewer.wait(Duration::from_secs(30));
+    let out = viewer.stdout();
+    assert!(status.success(), "{out}\n{}", viewer.stderr());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let v = &v["viewers"][0];
+    eprintln!("VP8 WHEP viewer: {v}");
+    assert_live_video(v, 4.0, 25.0);
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    publisher.kill9();
+}
+
+/// A stream with B-frames (RTMP from ffmpeg, x264 main profile) is refused over WHEP with a
+/// message that says why and what to change.
+#[test]
+fn whep_refuses_b_frames() {
+    let dir = scratch("webrtc-bframes");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    let args =
+        "-hide_banner -loglevel error -nostdin -re -f lavfi -i testsrc2=size=320x180:rate=30 \
+                -t 30 -c:v libx264 -preset veryfast -profile:v main -bf 2 -g 30 -f flv";
+    cmd.args(args.split_whitespace()).arg(server.rtmp_url("bf"));
+    let mut publisher = PeerProcess::spawn("ffmpeg-publish", &mut cmd, &dir);
+    server.wait_ready("bf", READY);
+    server.wait_frames("bf", 30, READY);
+    let r = send(
+        server.webrtc_addr(),
+        "POST",
+        "/bf/whep",
+        &["Content-Type: application/sdp"],
+        offer("recvonly").as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = error_of(&r.body);
+    assert!(e.contains("B-frames") && e.contains("-bf 0"), "{e}");
     publisher.kill9();
 }
 
@@ -551,6 +613,31 @@ fn fifty_whep_viewers() {
         cpu * 100.0
     );
     publisher.kill9();
+}
+
+/// (p50, p99) upper bounds in ms, and the count, from `webrtc_egress_latency_seconds`.
+fn egress_latency(server: &TestServer) -> (f64, f64, u64) {
+    let r = send(server.metrics_addr(), "GET", "/metrics", &[], b"");
+    let text = r.text();
+    let mut buckets = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("webrtc_egress_latency_seconds_bucket{le=\"") {
+            let (le, n) = rest.split_once("\"} ").unwrap();
+            buckets.push((
+                le.parse::<f64>().unwrap_or(f64::INFINITY),
+                n.parse::<u64>().unwrap(),
+            ));
+        }
+    }
+    let total = buckets.last().map_or(0, |b| b.1);
+    let q = |f: f64| {
+        let want = (total as f64 * f).ceil() as u64;
+        buckets
+            .iter()
+            .find(|b| b.1 >= want)
+            .map_or(f64::INFINITY, |b| b.0 * 1000.0)
+    };
+    (q(0.5), q(0.99), total)
 }
 
 fn rss_kib() -> u64 {

@@ -45,6 +45,9 @@ pub struct StreamStats {
     pub reader_skips: AtomicU64,
     /// Frames lost by lagging readers, all readers together.
     pub frames_skipped: AtomicU64,
+    /// Video frames whose decode order differs from presentation order (B-frames) were seen:
+    /// egresses without decode timestamps (WebRTC) refuse such streams.
+    pub reordered_video: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -143,6 +146,9 @@ impl Stream {
     /// Hands a frame to every reader. Never waits.
     pub fn write(&self, frame: Frame) {
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        if frame.pts != frame.dts && Some(frame.track) == self.key_track {
+            self.stats.reordered_video.store(true, Ordering::Relaxed);
+        }
         self.stats
             .bytes_in
             .fetch_add(frame.data.len() as u64, Ordering::Relaxed);

@@ -252,7 +252,11 @@ impl Server {
         }
         if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
             tracing::info!("[metrics] listener opened on {addr} (HTTP)");
-            let router = metrics::router(paths.clone(), config.hls.then(|| hls.clone()));
+            let router = metrics::router(
+                paths.clone(),
+                config.hls.then(|| hls.clone()),
+                webrtc.clone(),
+            );
             tasks.spawn(serve_http(listener, router, shutdown.clone()));
         }
         for (listener, addr, tls, conns, name) in [

@@ -15,12 +15,40 @@ use tidegate_core::PathManager;
 struct MetricsState {
     paths: PathManager,
     hls: Option<tidegate_hls::Hls>,
+    webrtc: Option<tidegate_webrtc::WebRtc>,
 }
 
-pub fn router(paths: PathManager, hls: Option<tidegate_hls::Hls>) -> Router {
+pub fn router(
+    paths: PathManager,
+    hls: Option<tidegate_hls::Hls>,
+    webrtc: Option<tidegate_webrtc::WebRtc>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(MetricsState { paths, hls })
+        .with_state(MetricsState { paths, hls, webrtc })
+}
+
+/// WebRTC: `webrtc_sessions` (MediaMTX's name) and the egress latency histogram (ours).
+pub fn render_webrtc(w: &tidegate_webrtc::WebRtc, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_sessions WebRTC sessions (WHIP and WHEP)"
+    );
+    let _ = writeln!(out, "# TYPE webrtc_sessions gauge");
+    let _ = writeln!(out, "webrtc_sessions {}", w.sessions().list().len());
+    let (buckets, count, sum) = w.egress_latency().snapshot();
+    let name = "webrtc_egress_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} time from a frame entering the gateway to its packets leaving for a WHEP viewer"
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, n) in tidegate_webrtc::LATENCY_BUCKETS.iter().zip(&buckets) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -101,6 +129,9 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
     let mut text = render(&state.paths);
     if let Some(hls) = &state.hls {
         render_hls(hls, &mut text);
+    }
+    if let Some(w) = &state.webrtc {
+        render_webrtc(w, &mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -103,6 +103,46 @@ impl WebRtcStats {
 
 pub type WebRtcSessions = ConnRegistry<WebRtcStats>;
 
+/// Upper bounds (seconds) of the egress latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// Time from a frame entering the gateway to its last packet leaving on the UDP socket to a
+/// WHEP viewer: a Prometheus-style cumulative histogram.
+#[derive(Default, Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (cumulative count per bucket, total count, sum in seconds).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
 /// One datagram for a session.
 pub(crate) struct Datagram {
     pub source: SocketAddr,
@@ -134,6 +174,7 @@ pub(crate) struct Inner {
     routes: Mutex<Routes>,
     pub resources: Mutex<HashMap<String, Resource>>,
     pub sessions: Arc<WebRtcSessions>,
+    pub latency: Arc<LatencyHistogram>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -214,6 +255,7 @@ impl WebRtc {
             routes: Mutex::new(Routes::default()),
             resources: Mutex::new(HashMap::new()),
             sessions: Arc::new(WebRtcSessions::default()),
+            latency: Arc::new(LatencyHistogram::default()),
             shutdown,
             tasks,
         });
@@ -223,6 +265,11 @@ impl WebRtc {
 
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.inner.socket.local_addr().ok()
+    }
+
+    /// Frame ingress → packets sent to WHEP viewers.
+    pub fn egress_latency(&self) -> Arc<LatencyHistogram> {
+        self.inner.latency.clone()
     }
 
     pub fn sessions(&self) -> Arc<WebRtcSessions> {

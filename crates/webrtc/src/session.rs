@@ -25,6 +25,10 @@ use tokio::sync::mpsc;
 use crate::media::{self, Ingest, IngestAction};
 use crate::{Datagram, Inner, Resource, WebRtcStats};
 
+const BFRAMES: &str = "the stream has B-frames, which WebRTC cannot carry (it has no decode \
+    timestamps): publish with B-frames off for WebRTC viewers (ffmpeg -bf 0, x264 baseline \
+    profile, OBS 'bframes=0')";
+
 /// Least time between two keyframe requests a session sends.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -216,7 +220,6 @@ struct Whep {
     sub: Option<StreamReader>,
     desc: StreamDesc,
     out: Vec<OutTrack>,
-    bframes_warned: bool,
 }
 
 enum RoleState {
@@ -277,6 +280,14 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         }
         Role::Whep => {
             let reader = inner.paths.read_or_demand(req.path, info.clone()).await?;
+            if reader
+                .stream()
+                .stats()
+                .reordered_video
+                .load(Ordering::Relaxed)
+            {
+                return Err(Refused::new(400, BFRAMES));
+            }
             let desc = reader.desc();
             let mut out = Vec::new();
             let mut have_video = false;
@@ -336,7 +347,6 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                 sub: None,
                 desc,
                 out,
-                bframes_warned: false,
             }))
         }
     };
@@ -454,6 +464,8 @@ struct Ctx {
     /// Where the peer's last datagram came from (the remote side of the pair in use).
     last_source: Option<SocketAddr>,
     local_addr: SocketAddr,
+    /// Ingress time of the frame just handed to str0m, until its packets are sent.
+    sent_pending: Option<Instant>,
 }
 
 impl Ctx {
@@ -489,6 +501,7 @@ impl Task {
             bytes_sent: 0,
             last_source: None,
             local_addr,
+            sent_pending: None,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -499,6 +512,9 @@ impl Task {
                     break;
                 }
             };
+            if let Some(received) = ctx.sent_pending.take() {
+                self.inner.latency.observe(received.elapsed());
+            }
             if ctx.ended.is_some() || !rtc.is_alive() {
                 break;
             }
@@ -556,7 +572,12 @@ impl Task {
                 ev = role_event(&mut state) => match ev {
                     RoleEvent::Frame(Ok(frame)) => {
                         if let RoleState::Whep(w) = &mut state {
-                            self.write_frame(&mut rtc, w, &frame);
+                            if let Err(e) = self.write_frame(&mut rtc, w, &frame) {
+                                ctx.ended = Some(e);
+                            } else if w.out.iter().any(|t| t.track == frame.track) {
+                                // Measured once this frame's packets have left (next drain).
+                                ctx.sent_pending = Some(frame.received);
+                            }
                         }
                     }
                     RoleEvent::Frame(Err(RecvError::Closed)) => {
@@ -727,31 +748,30 @@ impl Task {
         }
     }
 
-    fn write_frame(&mut self, rtc: &mut Rtc, w: &mut Whep, frame: &Frame) {
+    fn write_frame(&mut self, rtc: &mut Rtc, w: &mut Whep, frame: &Frame) -> Result<(), String> {
         if let Some(p) = &frame.params {
             if let Some(t) = w.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
                 t.params = (**p).clone();
             }
         }
         let Some(out) = w.out.iter_mut().find(|t| t.track == frame.track) else {
-            return;
+            return Ok(());
         };
-        let Some(mid) = out.mid else { return };
-        if out.kind == MediaKind::Video && frame.pts != frame.dts && !w.bframes_warned {
-            w.bframes_warned = true;
-            let msg = "the stream has B-frames, which WebRTC cannot reorder: the picture may \
-                       stutter (publish with B-frames off, e.g. ffmpeg -bf 0 or an encoder's \
-                       baseline profile)";
-            tracing::warn!("[WebRTC] [session {}] {msg}", self.id);
+        let Some(mid) = out.mid else {
+            return Ok(());
+        };
+        if out.kind == MediaKind::Video && frame.pts != frame.dts {
+            // B-frames appeared after the answer: end the session with the reason.
             self.guard
                 .extra
-                .update_notes(|n| n.warnings.push(msg.to_string()));
+                .update_notes(|n| n.warnings.push(BFRAMES.to_string()));
+            return Err(BFRAMES.to_string());
         }
         let Some(params) = w.desc.track(frame.track).map(|t| t.params.clone()) else {
-            return;
+            return Ok(());
         };
         let Some(writer) = rtc.writer(mid) else {
-            return;
+            return Ok(());
         };
         let pt = match out.pt {
             Some(pt) => pt,
@@ -761,19 +781,20 @@ impl Task {
                     .find(|p| p.spec().codec == out.codec)
                     .map(|p| p.pt())
                 else {
-                    return;
+                    return Ok(());
                 };
                 out.pt = Some(pt);
                 pt
             }
         };
         let Some(data) = media::egress_payload(frame, &params) else {
-            return;
+            return Ok(());
         };
         let time = media::media_time(frame.pts, out.clock, out.codec);
         if let Err(e) = writer.write(pt, frame.received, time, &data[..]) {
             tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
         }
+        Ok(())
     }
 }
 
