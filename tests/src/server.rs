@@ -16,11 +16,28 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with every listener on 127.0.0.1:0, plus `extra` YAML (paths, ...).
     pub fn start(extra: &str) -> TestServer {
-        let text = format!(
-            "apiAddress: 127.0.0.1:0\nmetricsAddress: 127.0.0.1:0\nrtmpAddress: 127.0.0.1:0\n\
-             rtmpsAddress: 127.0.0.1:0\nrtspAddress: 127.0.0.1:0\nrtspsAddress: 127.0.0.1:0\nrtpAddress: 127.0.0.1:0\nrtcpAddress: 127.0.0.1:0\nhlsAddress: 127.0.0.1:0\n\
-             webrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:0\nsrtAddress: 127.0.0.1:0\n{extra}"
-        );
+        // Every listener on loopback with an ephemeral port, unless `extra` sets that key.
+        let base = [
+            ("apiAddress", "127.0.0.1:0"),
+            ("metricsAddress", "127.0.0.1:0"),
+            ("rtmpAddress", "127.0.0.1:0"),
+            ("rtmpsAddress", "127.0.0.1:0"),
+            ("rtspAddress", "127.0.0.1:0"),
+            ("rtspsAddress", "127.0.0.1:0"),
+            ("rtpAddress", "127.0.0.1:0"),
+            ("rtcpAddress", "127.0.0.1:0"),
+            ("hlsAddress", "127.0.0.1:0"),
+            ("webrtcAddress", "127.0.0.1:0"),
+            ("webrtcLocalUDPAddress", "127.0.0.1:0"),
+            ("srtAddress", "127.0.0.1:0"),
+        ];
+        let mut text = String::new();
+        for (k, v) in base {
+            if !extra.lines().any(|l| l.starts_with(&format!("{k}:"))) {
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+        }
+        text.push_str(extra);
         let config = Config::load(Some(("test.yml", &text)), Vec::new())
             .unwrap_or_else(|e| panic!("test configuration: {e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -92,6 +109,10 @@ impl TestServer {
 
     pub fn webrtc_addr(&self) -> SocketAddr {
         self.server().webrtc_addr().expect("WebRTC enabled")
+    }
+
+    pub fn webrtc_tcp_addr(&self) -> SocketAddr {
+        self.server().webrtc_tcp_addr().expect("ICE-TCP enabled")
     }
 
     /// `http://127.0.0.1:PORT/<path>/<tail>` on the WebRTC (WHIP/WHEP) listener.

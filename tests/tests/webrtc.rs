@@ -263,6 +263,47 @@ fn chromium_publish_page_to_play_page() {
     assert!(r["firstFrameAfter"].as_f64().unwrap() < 3.0, "{r}");
 }
 
+/// ICE-TCP only (no UDP port): Chromium publishes from the built-in page and plays on the
+/// player page over TCP (RFC 6544 passive candidates, RFC 4571 framing).
+#[test]
+fn chromium_over_ice_tcp() {
+    let dir = scratch("webrtc-ice-tcp");
+    let server =
+        TestServer::start("webrtcLocalUDPAddress: \"\"\nwebrtcLocalTCPAddress: 127.0.0.1:0\n");
+    let tcp = server.webrtc_tcp_addr();
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+        .arg(peers_dir().join("node/node_modules"))
+        .arg("5")
+        .arg("--publish")
+        .arg(server.webrtc_url("tcp", "publish?autostart=yes"))
+        .arg("--play")
+        .arg(server.webrtc_url("tcp", ""));
+    let mut node = PeerProcess::spawn("chromium-pages", &mut cmd, &dir);
+    let both = wait_sessions(
+        &server,
+        |s| s.len() == 2 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(30),
+    );
+    assert_eq!(both.len(), 2, "{both:?}");
+    for s in &both {
+        assert_eq!(s["localCandidate"], tcp.to_string(), "{s}");
+    }
+    let status = node.wait(Duration::from_secs(90));
+    let out = node.stdout();
+    assert!(status.success(), "{out}\n{}", node.stderr());
+    let r: Value = serde_json::from_str(out.trim()).unwrap();
+    eprintln!("Chromium over ICE-TCP: {r}");
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    assert_eq!(play["audio"], true, "{r}");
+}
+
 /// ffmpeg publishes H264 + AAC over RTMP; an aiortc viewer plays the video over WHEP. AAC
 /// cannot travel over WebRTC: the answer carries video only and the API says why.
 #[test]

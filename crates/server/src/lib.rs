@@ -48,6 +48,7 @@ pub struct Server {
     rtsps_addr: Option<SocketAddr>,
     webrtc_addr: Option<SocketAddr>,
     webrtc_udp_addr: Option<SocketAddr>,
+    webrtc_tcp_addr: Option<SocketAddr>,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -191,6 +192,7 @@ impl Server {
                 tidegate_webrtc::WebRtc::start(
                     paths.clone(),
                     config.webrtc_local_udp_address,
+                    config.webrtc_local_tcp_address,
                     tidegate_webrtc::WebRtcConfig {
                         additional_hosts: config.webrtc_additional_hosts.clone(),
                         ips_from_interfaces: config.webrtc_ips_from_interfaces,
@@ -204,7 +206,7 @@ impl Server {
                 .await
                 .map_err(|e| match e {
                     tidegate_webrtc::WebRtcError::Bind(addr, source) => StartError::Bind {
-                        what: "WebRTC UDP",
+                        what: "WebRTC UDP/TCP",
                         addr,
                         source,
                     },
@@ -213,6 +215,7 @@ impl Server {
             false => None,
         };
         let webrtc_udp_addr = webrtc.as_ref().and_then(|w| w.udp_addr());
+        let webrtc_tcp_addr = webrtc.as_ref().and_then(|w| w.tcp_addr());
         let webrtc_sessions = webrtc.as_ref().map(|w| w.sessions()).unwrap_or_default();
         let rtsp_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let rtsps_conns = Arc::new(tidegate_rtsp::RtspConns::default());
@@ -365,6 +368,7 @@ impl Server {
             rtsps_addr,
             webrtc_addr,
             webrtc_udp_addr,
+            webrtc_tcp_addr,
         })
     }
 
@@ -408,6 +412,10 @@ impl Server {
 
     pub fn webrtc_udp_addr(&self) -> Option<SocketAddr> {
         self.webrtc_udp_addr
+    }
+
+    pub fn webrtc_tcp_addr(&self) -> Option<SocketAddr> {
+        self.webrtc_tcp_addr
     }
 
     pub fn rtsps_addr(&self) -> Option<SocketAddr> {

@@ -143,8 +143,9 @@ impl LatencyHistogram {
     }
 }
 
-/// One datagram for a session.
+/// One datagram for a session (over UDP, or one RFC 4571 frame of an ICE-TCP connection).
 pub(crate) struct Datagram {
+    pub tcp: bool,
     pub source: SocketAddr,
     pub data: Bytes,
     pub at: Instant,
@@ -169,8 +170,13 @@ pub(crate) struct Resource {
 pub(crate) struct Inner {
     pub paths: PathManager,
     pub config: WebRtcConfig,
-    pub socket: Arc<UdpSocket>,
+    pub socket: Option<Arc<UdpSocket>>,
+    /// UDP host candidates.
     pub candidates: Vec<SocketAddr>,
+    /// ICE-TCP passive host candidates (`webrtcLocalTCPAddress`).
+    pub tcp_candidates: Vec<SocketAddr>,
+    /// Open ICE-TCP connections by remote address: where a session's TCP transmits go.
+    tcp_conns: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     routes: Mutex<Routes>,
     pub resources: Mutex<HashMap<String, Resource>>,
     pub sessions: Arc<WebRtcSessions>,
@@ -196,6 +202,35 @@ impl Inner {
         let mut r = self.routes();
         r.by_ufrag.retain(|_, (k, _)| *k != key);
         r.by_addr.retain(|_, (k, _)| *k != key);
+    }
+
+    /// Sends what a session's `Rtc` gave out, on UDP or on the ICE-TCP connection it names.
+    pub(crate) async fn transmit(&self, t: &str0m::net::Transmit) {
+        match t.proto {
+            str0m::net::Protocol::Udp => {
+                if let Some(sock) = &self.socket {
+                    if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+                        tracing::debug!("[WebRTC] UDP send to {}: {e}", t.destination);
+                    }
+                }
+            }
+            _ => {
+                let tx = self
+                    .tcp_conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&t.destination)
+                    .cloned();
+                if let Some(tx) = tx {
+                    let len = t.contents.len().min(usize::from(u16::MAX));
+                    let mut framed = Vec::with_capacity(len + 2);
+                    framed.extend_from_slice(&(len as u16).to_be_bytes());
+                    framed.extend_from_slice(&t.contents[..len]);
+                    // A connection that cannot keep up loses packets, as UDP would.
+                    let _ = tx.try_send(Bytes::from(framed));
+                }
+            }
+        }
     }
 
     fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
@@ -224,10 +259,12 @@ pub enum WebRtcError {
 }
 
 impl WebRtc {
-    /// Binds the UDP port and starts its receive loop.
+    /// Binds the UDP port (`udp_addr`, None for TCP only) and the ICE-TCP port (`tcp_addr`, if
+    /// any) and starts their receive loops.
     pub async fn start(
         paths: PathManager,
-        udp_addr: SocketAddr,
+        udp_addr: Option<SocketAddr>,
+        tcp_addr: Option<SocketAddr>,
         config: WebRtcConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -236,22 +273,41 @@ impl WebRtc {
         static CRYPTO: std::sync::Once = std::sync::Once::new();
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
 
-        let socket = UdpSocket::bind(udp_addr)
-            .await
-            .map_err(|e| WebRtcError::Bind(udp_addr, e))?;
-        let local = socket
-            .local_addr()
-            .map_err(|e| WebRtcError::Bind(udp_addr, e))?;
-        let candidates = host_candidates(local, &config);
-        tracing::info!(
-            "[WebRTC] UDP listener opened on {local}, host candidates {:?}",
-            candidates
-        );
+        let mut socket = None;
+        let mut candidates = Vec::new();
+        if let Some(addr) = udp_addr {
+            let s = UdpSocket::bind(addr)
+                .await
+                .map_err(|e| WebRtcError::Bind(addr, e))?;
+            let local = s.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
+            candidates = host_candidates(local, &config);
+            tracing::info!(
+                "[WebRTC] UDP listener opened on {local}, host candidates {:?}",
+                candidates
+            );
+            socket = Some(Arc::new(s));
+        }
+        let mut tcp = None;
+        let mut tcp_candidates = Vec::new();
+        if let Some(addr) = tcp_addr {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| WebRtcError::Bind(addr, e))?;
+            let local = l.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
+            tcp_candidates = host_candidates(local, &config);
+            tracing::info!(
+                "[WebRTC] ICE-TCP listener opened on {local}, host candidates {:?}",
+                tcp_candidates
+            );
+            tcp = Some(l);
+        }
         let inner = Arc::new(Inner {
             paths,
             config,
-            socket: Arc::new(socket),
+            socket,
             candidates,
+            tcp_candidates,
+            tcp_conns: Mutex::new(HashMap::new()),
             routes: Mutex::new(Routes::default()),
             resources: Mutex::new(HashMap::new()),
             sessions: Arc::new(WebRtcSessions::default()),
@@ -259,12 +315,21 @@ impl WebRtc {
             shutdown,
             tasks,
         });
-        inner.tasks.spawn(receive_loop(inner.clone()));
+        if inner.socket.is_some() {
+            inner.tasks.spawn(receive_loop(inner.clone()));
+        }
+        if let Some(l) = tcp {
+            inner.tasks.spawn(tcp_accept_loop(inner.clone(), l));
+        }
         Ok(WebRtc { inner })
     }
 
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.inner.socket.local_addr().ok()
+        self.inner.socket.as_ref()?.local_addr().ok()
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_candidates.first().copied()
     }
 
     /// Frame ingress → packets sent to WHEP viewers.
@@ -326,11 +391,14 @@ fn host_candidates(local: SocketAddr, config: &WebRtcConfig) -> Vec<SocketAddr> 
 }
 
 async fn receive_loop(inner: Arc<Inner>) {
+    let Some(socket) = inner.socket.clone() else {
+        return;
+    };
     let mut buf = vec![0u8; 2048];
     let mut unrouted: u64 = 0;
     loop {
         let (n, source) = tokio::select! {
-            r = inner.socket.recv_from(&mut buf) => match r {
+            r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP port unreachable from a peer that left shows up here on Linux.
@@ -345,6 +413,7 @@ async fn receive_loop(inner: Arc<Inner>) {
             Some(tx) => {
                 // A full queue means the session is not keeping up: drop, as the network would.
                 let _ = tx.try_send(Datagram {
+                    tcp: false,
                     source,
                     data: Bytes::copy_from_slice(data),
                     at: Instant::now(),
@@ -360,6 +429,94 @@ async fn receive_loop(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// ICE-TCP (RFC 6544, passive side): every connection carries RFC 4571 frames (a 16-bit
+/// length, then one STUN, DTLS or SRTP packet), routed to sessions like UDP datagrams.
+async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+    loop {
+        let (sock, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("[WebRTC] ICE-TCP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = inner.shutdown.cancelled() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        inner.tasks.spawn(tcp_conn(inner.clone(), sock, remote));
+    }
+}
+
+async fn tcp_conn(inner: Arc<Inner>, sock: tokio::net::TcpStream, remote: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    inner
+        .tcp_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(remote, tx);
+    let writer = async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        let mut len = [0u8; 2];
+        let mut routed = false;
+        loop {
+            // A connection that never names a session is dropped after the handshake timeout.
+            let first = if routed {
+                rd.read_exact(&mut len).await
+            } else {
+                match tokio::time::timeout(inner.config.handshake_timeout, rd.read_exact(&mut len))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
+            if first.is_err() {
+                return;
+            }
+            let n = usize::from(u16::from_be_bytes(len));
+            // RFC 4571 frames are at most 65535 bytes: the allocation is bounded by the format.
+            let mut data = vec![0u8; n];
+            if rd.read_exact(&mut data).await.is_err() {
+                return;
+            }
+            let Some(tx) = inner.route(remote, &data) else {
+                if !routed {
+                    tracing::debug!("[WebRTC] ICE-TCP {remote}: first frame names no session");
+                    return;
+                }
+                continue;
+            };
+            routed = true;
+            let _ = tx.try_send(Datagram {
+                tcp: true,
+                source: remote,
+                data: Bytes::from(data),
+                at: Instant::now(),
+            });
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = inner.shutdown.cancelled() => {}
+    }
+    inner
+        .tcp_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&remote);
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);

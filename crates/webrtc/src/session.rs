@@ -364,6 +364,19 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
             Err(e) => tracing::debug!("[WebRTC] candidate {addr}: {e}"),
         }
     }
+    for addr in &inner.tcp_candidates {
+        let c = Candidate::builder()
+            .tcp()
+            .host(*addr)
+            .tcptype(str0m::net::TcpType::Passive)
+            .build();
+        match c {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => tracing::debug!("[WebRTC] TCP candidate {addr}: {e}"),
+        }
+    }
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -487,11 +500,19 @@ impl Task {
         let handshake_deadline = started + self.inner.config.handshake_timeout;
         let kick = self.guard.kick.clone();
         let shutdown = self.inner.shutdown.clone();
-        let local_addr = self
+        let udp_local = self
             .inner
             .socket
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let tcp_local = self
+            .inner
+            .tcp_candidates
+            .first()
+            .copied()
+            .unwrap_or(udp_local);
+        let local_addr = udp_local;
         let mut ctx = Ctx {
             connected: false,
             ended: None,
@@ -535,11 +556,14 @@ impl Task {
                 d = self.rx.recv() => {
                     let Some(d) = d else { break };
                     ctx.last_source = Some(d.source);
+                    if d.tcp {
+                        ctx.local_addr = tcp_local;
+                    }
                     let Ok(contents) = d.data.as_ref().try_into() else { continue };
                     let input = Input::Receive(d.at, Receive {
-                        proto: Protocol::Udp,
+                        proto: if d.tcp { Protocol::Tcp } else { Protocol::Udp },
                         source: d.source,
-                        destination: local_addr,
+                        destination: if d.tcp { tcp_local } else { udp_local },
                         contents,
                     });
                     if let Err(e) = rtc.handle_input(input) {
@@ -597,7 +621,7 @@ impl Task {
         // Tell the peer (DTLS close_notify) on the way out when we can.
         let _ = rtc.close();
         while let Ok(Output::Transmit(t)) = rtc.poll_output() {
-            let _ = self.inner.socket.send_to(&t.contents, t.destination).await;
+            self.inner.transmit(&t).await;
         }
         self.inner.remove_routes(self.key);
         self.inner.resources().remove(&self.secret);
@@ -619,11 +643,7 @@ impl Task {
         loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    if let Err(e) = self.inner.socket.send_to(&t.contents, t.destination).await {
-                        tracing::debug!("[WebRTC] [session {}] send: {e}", self.id);
-                    }
-                }
+                Ok(Output::Transmit(t)) => self.inner.transmit(&t).await,
                 Ok(Output::Event(e)) => self.event(rtc, state, ctx, e),
                 Err(e) => return Err(format!("WebRTC error: {e}")),
             }

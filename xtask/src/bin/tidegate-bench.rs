@@ -44,8 +44,9 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 3] = [
+    let benches: [(&str, &[usize], Bench); 4] = [
         ("hls-readers", &[0, 200], hls_readers),
+        ("webrtc", &[1, 20], webrtc),
         ("rtsp-fanout", &[100, 1000], rtsp_fanout),
         ("rtmp-fanout", &[100, 1000], rtmp_fanout),
     ];
@@ -1070,6 +1071,163 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
             }
             drop(server);
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebRTC: one WHIP publisher (ffmpeg 9), N WHEP viewers (aiortc, decoding), the added latency
+// (frame ingress -> packets sent, the server's own histogram) and the server's CPU and memory.
+
+/// Cumulative (le seconds, count) buckets of `webrtc_egress_latency_seconds`.
+fn webrtc_latency_buckets(metrics_port: u16) -> Result<Vec<(f64, u64)>, String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", metrics_port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("webrtc_egress_latency_seconds_bucket{le=\"") {
+            if let Some((le, n)) = rest.split_once("\"} ") {
+                out.push((
+                    le.parse().unwrap_or(f64::INFINITY),
+                    n.trim().parse().unwrap_or(0),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The bucket bound (ms) under which fraction `q` of the observations fall.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let b = before.iter().find(|x| x.0 == *le).map_or(0, |x| x.1);
+            (*le, n.saturating_sub(b))
+        })
+        .collect();
+    let total = delta.last().map_or(0, |d| d.1);
+    let want = (total as f64 * q).ceil() as u64;
+    delta
+        .iter()
+        .find(|d| d.1 >= want && total > 0)
+        .map_or(f64::NAN, |d| d.0 * 1000.0)
+}
+
+fn webrtc(_rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let (root, dir, _) = setup()?;
+    let peers = std::env::var("PEERS_DIR")
+        .map(PathBuf::from)
+        .map_err(|_| "PEERS_DIR unset")?;
+    let python = peers.join("venv/bin/python");
+    let ffmpeg9 = peers.join("bin/ffmpeg9");
+    let script = root.join("tests/py/webrtc_peer.py");
+    let seconds = 12;
+    println!("WebRTC: ffmpeg 9 WHIP publisher (640x360 30 fps H264 + Opus), aiortc WHEP viewers for {seconds} s");
+    println!(
+        "{:>8} {:>10} {:>9} {:>16} {:>16} {:>14}",
+        "viewers", "CPU share", "RSS MB", "added p50 ms <=", "added p99 ms <=", "fewest frames"
+    );
+    for &n in counts {
+        let (http, udp, metrics) = (free_port(), free_port(), free_port());
+        let conf = dir.join("webrtc.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "logLevel: warn\napi: no\nmetricsAddress: 127.0.0.1:{metrics}\nrtmp: no\nrtsp: no\nhls: no\nsrt: no\n\
+                 webrtcAddress: 127.0.0.1:{http}\nwebrtcLocalUDPAddress: 127.0.0.1:{udp}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        let child = Command::new(target.join("release/tidegate"))
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("tidegate: {e}"))?;
+        let server = Server {
+            name: "tidegate",
+            child,
+            port: http,
+        };
+        let pid = server.child.id();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut publisher = Command::new(&ffmpeg9)
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+            .args([
+                "-t",
+                &(seconds + 20).to_string(),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+            ])
+            .args([
+                "-tune",
+                "zerolatency",
+                "-profile:v",
+                "baseline",
+                "-g",
+                "30",
+                "-bf",
+                "0",
+            ])
+            .args(["-c:a", "libopus", "-ar", "48000", "-ac", "2", "-f", "whip"])
+            .arg(format!("http://127.0.0.1:{http}/bench/whip"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", ffmpeg9.display()))?;
+        std::thread::sleep(Duration::from_secs(3));
+        let before = webrtc_latency_buckets(metrics)?;
+        let cpu0 = cpu_seconds(pid);
+        let t0 = Instant::now();
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(["whep", &format!("http://127.0.0.1:{http}/bench/whep")])
+            .args([
+                "--seconds",
+                &seconds.to_string(),
+                "--viewers",
+                &n.to_string(),
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", python.display()))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds(pid) - cpu0) / wall;
+        let after = webrtc_latency_buckets(metrics)?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        let fewest = report
+            .split("\"frames\": ")
+            .skip(1)
+            .filter_map(|p| p.split(',').next()?.trim().parse::<u64>().ok())
+            .min()
+            .unwrap_or(0);
+        println!(
+            "{n:>8} {:>9.1}% {:>9.1} {:>16.1} {:>16.1} {:>14}",
+            cpu * 100.0,
+            peak_rss_mb(pid),
+            bucket_quantile(&before, &after, 0.5),
+            bucket_quantile(&before, &after, 0.99),
+            fewest
+        );
+        let _ = publisher.kill();
+        let _ = publisher.wait();
+        let _ = server.name;
+        drop(server);
     }
     Ok(())
 }

@@ -85,7 +85,8 @@ pub struct Config {
 
     pub webrtc: bool,
     pub webrtc_address: SocketAddr,
-    pub webrtc_local_udp_address: SocketAddr,
+    pub webrtc_local_udp_address: Option<SocketAddr>,
+    pub webrtc_local_tcp_address: Option<SocketAddr>,
     pub webrtc_additional_hosts: Vec<String>,
     pub webrtc_allow_origin: String,
     pub webrtc_ips_from_interfaces: bool,
@@ -164,7 +165,11 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("webrtcAddress", set!(webrtc_address, address)),
     (
         "webrtcLocalUDPAddress",
-        set!(webrtc_local_udp_address, address),
+        set!(webrtc_local_udp_address, optional_address),
+    ),
+    (
+        "webrtcLocalTCPAddress",
+        set!(webrtc_local_tcp_address, optional_address),
     ),
     (
         "webrtcAdditionalHosts",
@@ -348,7 +353,8 @@ impl Config {
             hls_muxer_close_after: Duration::ZERO,
             webrtc: false,
             webrtc_address: any,
-            webrtc_local_udp_address: any,
+            webrtc_local_udp_address: Some(any),
+            webrtc_local_tcp_address: None,
             webrtc_additional_hosts: Vec::new(),
             webrtc_allow_origin: String::new(),
             webrtc_ips_from_interfaces: true,

@@ -51,7 +51,8 @@ fn defaults() {
     assert_eq!(c.rtsp_address.port(), 8554);
     assert_eq!(c.hls_address.port(), 8888);
     assert_eq!(c.webrtc_address.port(), 8889);
-    assert_eq!(c.webrtc_local_udp_address.port(), 8189);
+    assert_eq!(c.webrtc_local_udp_address.map(|a| a.port()), Some(8189));
+    assert_eq!(c.webrtc_local_tcp_address, None);
     assert_eq!(c.srt_address.port(), 8890);
     assert_eq!(c.api_address, "127.0.0.1:9997".parse().unwrap());
     assert_eq!(c.metrics_address.port(), 9998);

@@ -102,6 +102,14 @@ pub fn address(v: &Node) -> Result<SocketAddr, String> {
 
 /// Go-style durations: `200ms`, `1s`, `1.5s`, `2m`, `1h30m`. A bare number is refused: its
 /// unit would be a guess.
+/// An address, or an empty string for "off" (MediaMTX's way of disabling a listener).
+pub fn optional_address(v: &Node) -> Result<Option<SocketAddr>, String> {
+    if v.is_null() || matches!(&v.value, Value::Scalar(s, _) if s.trim().is_empty()) {
+        return Ok(None);
+    }
+    address(v).map(Some)
+}
+
 pub fn duration(v: &Node) -> Result<Duration, String> {
     let s = scalar(v, "a duration like 1s")?;
     parse_duration(s)
