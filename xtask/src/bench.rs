@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|rtmp-fanout|hls-readers] [n...]`: performance figures, printed as
+//! `cargo xtask bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...]`: performance figures, printed as
 //! tables.
 //!
 //! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
@@ -7,6 +7,9 @@
 //!   and 1000 readers), as a ratio.
 //! - `hls-readers`: 0 and 200 LL-HLS clients polling with blocking reload beside one RTMP
 //!   reader: server CPU, and whether the RTMP reader's latency moves.
+//! - `rtsp-fanout`: RTSP readers over TCP and UDP beside RTMP readers of the same clip.
+//! - `webrtc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers: the added latency
+//!   (frame ingress -> packets sent, the server's histogram), CPU and memory.
 //!
 //! Everything is built in release mode.
 

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout] [readers...] | fuzz [seconds] [target...]"
+                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...]"
             );
             return ExitCode::from(2);
         }
