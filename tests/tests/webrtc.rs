@@ -226,26 +226,11 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
 #[test]
 fn chromium_publish_page_to_play_page() {
     let server = TestServer::start("");
-    let node = peer("node");
-    let modules = peers_dir().join("node/node_modules");
-    let out = run_bounded(
-        Command::new(node)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
-            .arg(&modules)
-            .arg("5")
-            .arg("--publish")
-            .arg(server.webrtc_url("browser", "publish?autostart=yes"))
-            .arg("--play")
-            .arg(server.webrtc_url("browser", "")),
-        Duration::from_secs(90),
+    let r = chromium_pages(
+        Some(server.webrtc_url("browser", "publish?autostart=yes")),
+        &server.webrtc_url("browser", ""),
+        5,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("Chromium pages: {r}");
     let info = server.paths().get("browser").unwrap();
     assert!(info.tracks.contains(&"H264"), "{:?}", info.tracks);
@@ -261,6 +246,74 @@ fn chromium_publish_page_to_play_page() {
     assert!(play["frames"].as_u64().unwrap() >= 75, "{r}");
     assert_eq!(play["audio"], true, "{r}");
     assert!(r["firstFrameAfter"].as_f64().unwrap() < 3.0, "{r}");
+}
+
+/// Runs the pages script and returns its report.
+fn chromium_pages(publish: Option<String>, play: &str, seconds: u32) -> Value {
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+        .arg(peers_dir().join("node/node_modules"))
+        .arg(seconds.to_string());
+    if let Some(p) = publish {
+        cmd.arg("--publish").arg(p);
+    }
+    cmd.arg("--play").arg(play);
+    let out = run_bounded(&mut cmd, Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// Chromium publishes VP9 (the publish page restricted to it) and plays it back: VP9 end to end.
+#[test]
+fn chromium_vp9_publish_and_play() {
+    let server = TestServer::start("");
+    let r = chromium_pages(
+        Some(server.webrtc_url("vp9", "publish?autostart=yes&codec=VP9")),
+        &server.webrtc_url("vp9", ""),
+        4,
+    );
+    eprintln!("Chromium VP9: {r}");
+    assert_eq!(
+        server.paths().get("vp9").unwrap().tracks,
+        vec!["VP9", "Opus"]
+    );
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+}
+
+/// AV1 from ffmpeg 9 (SVT-AV1 over Enhanced RTMP) plays in Chromium over WHEP.
+#[test]
+fn rtmp_av1_to_chromium_whep() {
+    let dir = scratch("webrtc-av1");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("ffmpeg9"));
+    let args = "-hide_banner -loglevel error -nostdin -re -f lavfi -i testsrc2=size=640x360:rate=30 \
+                -t 40 -c:v libsvtav1 -preset 12 -g 30 -svtav1-params tune=0 -pix_fmt yuv420p -f flv";
+    cmd.args(args.split_whitespace())
+        .arg(server.rtmp_url("av1"));
+    let mut publisher = PeerProcess::spawn("ffmpeg9-av1", &mut cmd, &dir);
+    server.wait_ready("av1", READY);
+    assert_eq!(server.paths().get("av1").unwrap().tracks, vec!["AV1"]);
+    let r = chromium_pages(None, &server.webrtc_url("av1", ""), 4);
+    eprintln!("Chromium AV1: {r}");
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    publisher.kill9();
 }
 
 /// ICE-TCP only (no UDP port): Chromium publishes from the built-in page and plays on the
