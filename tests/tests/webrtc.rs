@@ -32,6 +32,15 @@ fn whip_publisher(url: &str, seconds: u32, extra: &[&str], dir: &Path) -> PeerPr
     PeerProcess::spawn("aiortc-whip", &mut webrtc_peer(&args), dir)
 }
 
+/// Waits for a peer that prints a JSON report (`webrtc_peer.py`, `webrtc_pages.mjs`) to end and
+/// parses the report (failing with its logs).
+fn viewer_report(p: &mut PeerProcess) -> Value {
+    let status = p.wait(Duration::from_secs(90));
+    let out = p.stdout();
+    assert!(status.success(), "{out}\n{}", p.stderr());
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 /// What one WHEP viewer decoded, checked for a live 30 fps 640x360 picture.
 fn assert_live_video(v: &Value, seconds: f64, fps_min: f64) {
     let frames = v["frames"].as_f64().unwrap();
@@ -113,11 +122,8 @@ fn aiortc_whip_to_aiortc_whep() {
     }
 
     let mut viewer = viewer;
-    let status = viewer.wait(Duration::from_secs(30));
-    let out = viewer.stdout();
-    assert!(status.success(), "{out}\n{}", viewer.stderr());
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let v = &v["viewers"][0];
+    let report = viewer_report(&mut viewer);
+    let v = &report["viewers"][0];
     eprintln!("WHEP viewer: {v}");
     assert_live_video(v, 5.0, 25.0);
     assert_eq!(
@@ -342,10 +348,7 @@ fn chromium_over_ice_tcp() {
     for s in &both {
         assert_eq!(s["localCandidate"], tcp.to_string(), "{s}");
     }
-    let status = node.wait(Duration::from_secs(90));
-    let out = node.stdout();
-    assert!(status.success(), "{out}\n{}", node.stderr());
-    let r: Value = serde_json::from_str(out.trim()).unwrap();
+    let r = viewer_report(&mut node);
     eprintln!("Chromium over ICE-TCP: {r}");
     let play = &r["play"];
     assert_eq!(
@@ -382,11 +385,8 @@ fn rtmp_to_whep() {
         warnings.contains("MPEG-4 Audio") && warnings.contains("cannot carry"),
         "{warnings}"
     );
-    let status = viewer.wait(Duration::from_secs(30));
-    let out = viewer.stdout();
-    assert!(status.success(), "{out}\n{}", viewer.stderr());
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let v = &v["viewers"][0];
+    let report = viewer_report(&mut viewer);
+    let v = &report["viewers"][0];
     eprintln!("RTMP -> WHEP viewer: {v}");
     assert_live_video(v, 4.0, 25.0);
     assert_eq!(
@@ -413,11 +413,8 @@ fn aiortc_vp8_whip_to_whep() {
     assert_eq!(server.paths().get("vp8").unwrap().tracks, vec!["VP8"]);
     let mut viewer = webrtc_peer(&["whep", &server.webrtc_url("vp8", "whep"), "--seconds", "5"]);
     let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
-    let status = viewer.wait(Duration::from_secs(30));
-    let out = viewer.stdout();
-    assert!(status.success(), "{out}\n{}", viewer.stderr());
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let v = &v["viewers"][0];
+    let report = viewer_report(&mut viewer);
+    let v = &report["viewers"][0];
     eprintln!("VP8 WHEP viewer: {v}");
     assert_live_video(v, 4.0, 25.0);
     assert_eq!(
@@ -679,11 +676,8 @@ fn fifty_whep_viewers() {
     );
     assert_eq!(all.len(), 50);
     let rss_peak = rss_kib();
-    let status = viewers.wait(Duration::from_secs(90));
+    let v = viewer_report(&mut viewers);
     let cpu = (cpu_ticks() - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
-    let out = viewers.stdout();
-    assert!(status.success(), "{out}\n{}", viewers.stderr());
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
     let list = v["viewers"].as_array().unwrap();
     assert_eq!(list.len(), 50);
     let mut min_frames = u64::MAX;

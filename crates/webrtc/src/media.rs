@@ -332,6 +332,34 @@ fn annexb(with_params: bool, params: &[&Bytes], nals: &[&[u8]]) -> Bytes {
     Bytes::from(out)
 }
 
+/// WHEP payloads made once per stream, not once per viewer: the viewers of a stream write the
+/// same frames moments apart, so the last few are kept, keyed by the frame itself (held, so
+/// that its address cannot be reused while it is a key).
+#[derive(Default)]
+pub(crate) struct EgressCache {
+    recent: std::sync::Mutex<VecDeque<Made>>,
+}
+
+/// A frame and the payload made of it.
+type Made = (Arc<Frame>, Arc<[u8]>);
+
+const EGRESS_CACHE: usize = 16;
+
+impl EgressCache {
+    pub fn payload(&self, frame: &Arc<Frame>, params: &CodecParams) -> Option<Arc<[u8]>> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = recent.iter().find(|(f, _)| Arc::ptr_eq(f, frame)) {
+            return Some(p.clone());
+        }
+        let p: Arc<[u8]> = Arc::from(&egress_payload(frame, params)?[..]);
+        if recent.len() >= EGRESS_CACHE {
+            recent.pop_front();
+        }
+        recent.push_back((frame.clone(), p.clone()));
+        Some(p)
+    }
+}
+
 /// A track's time as the viewer's RTP clock counts it.
 pub(crate) fn media_time(pts: i64, from: u32, codec: RtcCodec) -> MediaTime {
     let to = rtc_clock(codec);

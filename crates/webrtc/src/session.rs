@@ -217,6 +217,7 @@ struct OutTrack {
 
 struct Whep {
     reader: Reader,
+    cache: Arc<media::EgressCache>,
     sub: Option<StreamReader>,
     desc: StreamDesc,
     out: Vec<OutTrack>,
@@ -343,6 +344,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                 ));
             }
             RoleState::Whep(Box::new(Whep {
+                cache: reader.stream().extension(media::EgressCache::default),
                 reader,
                 sub: None,
                 desc,
@@ -768,7 +770,12 @@ impl Task {
         }
     }
 
-    fn write_frame(&mut self, rtc: &mut Rtc, w: &mut Whep, frame: &Frame) -> Result<(), String> {
+    fn write_frame(
+        &mut self,
+        rtc: &mut Rtc,
+        w: &mut Whep,
+        frame: &Arc<Frame>,
+    ) -> Result<(), String> {
         if let Some(p) = &frame.params {
             if let Some(t) = w.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
                 t.params = (**p).clone();
@@ -807,11 +814,11 @@ impl Task {
                 pt
             }
         };
-        let Some(data) = media::egress_payload(frame, &params) else {
+        let Some(data) = w.cache.payload(frame, &params) else {
             return Ok(());
         };
         let time = media::media_time(frame.pts, out.clock, out.codec);
-        if let Err(e) = writer.write(pt, frame.received, time, &data[..]) {
+        if let Err(e) = writer.write(pt, frame.received, time, data) {
             tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
         }
         Ok(())

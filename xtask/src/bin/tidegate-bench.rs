@@ -1079,8 +1079,7 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
 // WebRTC: one WHIP publisher (ffmpeg 9), N WHEP viewers (aiortc, decoding), the added latency
 // (frame ingress -> packets sent, the server's own histogram) and the server's CPU and memory.
 
-/// Cumulative (le seconds, count) buckets of `webrtc_egress_latency_seconds`.
-fn webrtc_latency_buckets(metrics_port: u16) -> Result<Vec<(f64, u64)>, String> {
+fn webrtc_metrics(metrics_port: u16) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(("127.0.0.1", metrics_port)).map_err(|e| e.to_string())?;
@@ -1090,6 +1089,12 @@ fn webrtc_latency_buckets(metrics_port: u16) -> Result<Vec<(f64, u64)>, String> 
         .map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// Cumulative (le seconds, count) buckets of `webrtc_egress_latency_seconds`.
+fn webrtc_latency_buckets(metrics_port: u16) -> Result<Vec<(f64, u64)>, String> {
+    let text = webrtc_metrics(metrics_port)?;
     let mut out = Vec::new();
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("webrtc_egress_latency_seconds_bucket{le=\"") {
@@ -1121,7 +1126,7 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
         .map_or(f64::NAN, |d| d.0 * 1000.0)
 }
 
-fn webrtc(_rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
     let (root, dir, _) = setup()?;
     let peers = std::env::var("PEERS_DIR")
         .map(PathBuf::from)
@@ -1161,7 +1166,7 @@ fn webrtc(_rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String>
             port: http,
         };
         let pid = server.child.id();
-        std::thread::sleep(Duration::from_millis(500));
+        rt.block_on(wait_port(metrics))?;
         let mut publisher = Command::new(&ffmpeg9)
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
             .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
@@ -1190,7 +1195,14 @@ fn webrtc(_rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String>
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("{}: {e}", ffmpeg9.display()))?;
-        std::thread::sleep(Duration::from_secs(3));
+        // The publisher is in once the server counts its session.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !webrtc_metrics(metrics)?.contains("webrtc_sessions 1") {
+            if Instant::now() > deadline {
+                return Err("the WHIP publisher did not connect within 15 s".into());
+            }
+            rt.block_on(tokio::time::sleep(Duration::from_millis(100)));
+        }
         let before = webrtc_latency_buckets(metrics)?;
         let cpu0 = cpu_seconds(pid);
         let t0 = Instant::now();
