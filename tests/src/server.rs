@@ -107,6 +107,11 @@ impl TestServer {
         format!("http://{}/{path}/{file}", self.hls_addr())
     }
 
+    /// The RTSP listener's (RTP, RTCP) UDP ports; None when UDP is off (`rtspTransports`).
+    pub fn rtsp_udp_ports(&self) -> Option<(u16, u16)> {
+        self.server().rtsp_udp_ports()
+    }
+
     pub fn webrtc_addr(&self) -> SocketAddr {
         self.server().webrtc_addr().expect("WebRTC enabled")
     }

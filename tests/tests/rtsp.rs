@@ -205,10 +205,124 @@ fn rtsp_reaches_every_egress_and_rtmp_reaches_rtsp() {
 fn rtsp_request(addr: std::net::SocketAddr, req: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rtsp_send(&mut s, req)
+}
+
+/// One request on an open connection, and the start of its response (one read).
+fn rtsp_send(s: &mut TcpStream, req: &str) -> String {
     s.write_all(req.as_bytes()).unwrap();
     let mut buf = vec![0u8; 8192];
     let n = s.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rtsp_addr(server: &TestServer) -> std::net::SocketAddr {
+    server
+        .rtsp_url("")
+        .trim_start_matches("rtsp://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+/// RFC 7616 Digest with SHA-256 (the first challenge offered) proves the password;
+/// `rtspAuthMethods: [digest]` drops the Basic challenge and refuses Basic credentials, while
+/// ffmpeg's Digest still works.
+#[test]
+fn sha256_digest_and_auth_methods() {
+    let dir = scratch("rtsp-auth-sha256");
+    let server = TestServer::start(
+        "rtspAuthMethods: [digest]\npaths:\n  sec:\n    readUser: bob\n    readPass: pw\n",
+    );
+    let _publisher = ffmpeg_publish(&server.rtsp_url("sec"), 40, "rtsp", &dir);
+    server.wait_ready("sec", READY);
+    let addr = rtsp_addr(&server);
+    let url = server.rtsp_url("sec");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = rtsp_send(
+        &mut s,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 401"), "{r}");
+    assert!(!r.contains("Basic"), "Basic is not offered: {r}");
+    let first = r
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate:"))
+        .unwrap();
+    assert!(first.ends_with("algorithm=SHA-256"), "{first}");
+    let nonce = first
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let digest = |pass: &str| {
+        let ha1 = sha256_hex(&format!("bob:tidegate:{pass}"));
+        let ha2 = sha256_hex(&format!("DESCRIBE:{url}"));
+        let resp = sha256_hex(&format!("{ha1}:{nonce}:{ha2}"));
+        format!(
+            "Authorization: Digest username=\"bob\", realm=\"tidegate\", nonce=\"{nonce}\", uri=\"{url}\", response=\"{resp}\", algorithm=SHA-256"
+        )
+    };
+    let r = rtsp_send(
+        &mut s,
+        &format!(
+            "DESCRIBE {url} RTSP/1.0\r\nCSeq: 2\r\n{}\r\n\r\n",
+            digest("nope")
+        ),
+    );
+    assert!(r.starts_with("RTSP/1.0 401"), "{r}");
+    let r = rtsp_send(
+        &mut s,
+        &format!(
+            "DESCRIBE {url} RTSP/1.0\r\nCSeq: 3\r\n{}\r\n\r\n",
+            digest("pw")
+        ),
+    );
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    // Right Basic credentials are refused: the method is off.
+    let r = rtsp_request(
+        addr,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAuthorization: Basic Ym9iOnB3\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 401"), "{r}");
+    let with = url.replacen("rtsp://", "rtsp://bob:pw@", 1);
+    read_and_check(&with, "tcp", "h264", Some("aac"), &dir);
+}
+
+/// `rtspTransports: [tcp]`: no UDP sockets, a UDP SETUP gets 461 (ffmpeg over UDP fails), TCP
+/// works; `[udp]`: a TCP SETUP gets 461.
+#[test]
+fn rtsp_transports_restrict_setup() {
+    let dir = scratch("rtsp-transports");
+    let server = TestServer::start("rtspTransports: [tcp]\n");
+    assert_eq!(server.rtsp_udp_ports(), None);
+    let _publisher = ffmpeg_publish(&server.rtsp_url("t"), 40, "rtsp", &dir);
+    server.wait_ready("t", READY);
+    read_and_check(&server.rtsp_url("t"), "tcp", "h264", Some("aac"), &dir);
+    let out = dir.join("udp.mkv");
+    let mut r = ffmpeg_rtsp_read(&server.rtsp_url("t"), "udp", 2, &out, &dir);
+    assert!(!r.wait(Duration::from_secs(20)).success());
+    assert!(r.stderr().contains("461"), "{}", r.stderr());
+
+    let server = TestServer::start("rtspTransports: [udp]\n");
+    let addr = rtsp_addr(&server);
+    let url = server.rtsp_url("u");
+    let r = rtsp_request(
+        addr,
+        &format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 461"), "{r}");
 }
 
 /// Read credentials: none or wrong → 401 with Digest and Basic challenges; Basic and Digest
@@ -219,12 +333,7 @@ fn basic_and_digest_credentials() {
     let server = TestServer::start("paths:\n  sec:\n    readUser: bob\n    readPass: pw\n");
     let _publisher = ffmpeg_publish(&server.rtsp_url("sec"), 40, "rtsp", &dir);
     server.wait_ready("sec", READY);
-    let addr: std::net::SocketAddr = server
-        .rtsp_url("")
-        .trim_start_matches("rtsp://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = rtsp_addr(&server);
     let url = server.rtsp_url("sec");
     let r = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
     assert!(r.starts_with("RTSP/1.0 401"), "{r}");

@@ -1,4 +1,5 @@
-//! Basic and Digest (MD5, RFC 2617) credentials as cameras and NVRs send them.
+//! Basic and Digest (MD5 as in RFC 2617, SHA-256 as in RFC 7616) credentials as cameras and
+//! NVRs send them.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -8,17 +9,51 @@ pub const REALM: &str = "tidegate";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Given {
     None,
-    Basic {
-        user: String,
-        pass: String,
-    },
-    Digest {
-        user: String,
-        realm: String,
-        nonce: String,
-        uri: String,
-        response: String,
-    },
+    Basic { user: String, pass: String },
+    Digest(DigestFields),
+}
+
+/// What a Digest `Authorization` header carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestFields {
+    pub user: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    /// `MD5` (also when absent) or `SHA-256`.
+    pub algorithm: String,
+}
+
+/// `rtspAuthMethods`: which schemes the server challenges with and accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Methods {
+    pub basic: bool,
+    pub digest: bool,
+}
+
+impl Default for Methods {
+    fn default() -> Self {
+        Methods {
+            basic: true,
+            digest: true,
+        }
+    }
+}
+
+/// The `WWW-Authenticate` values of a 401, strongest first (RFC 7616 §3.7: SHA-256 before MD5).
+pub fn challenges(methods: Methods, nonce: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if methods.digest {
+        out.push(format!(
+            "Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=SHA-256"
+        ));
+        out.push(format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\""));
+    }
+    if methods.basic {
+        out.push(format!("Basic realm=\"{REALM}\""));
+    }
+    out
 }
 
 fn unquote(v: &str) -> String {
@@ -48,37 +83,50 @@ pub fn parse(header: Option<&str>) -> Given {
                 .map(|(_, v)| unquote(v))
                 .unwrap_or_default()
         };
-        return Given::Digest {
+        return Given::Digest(DigestFields {
             user: f("username"),
             realm: f("realm"),
             nonce: f("nonce"),
             uri: f("uri"),
             response: f("response"),
-        };
+            algorithm: f("algorithm"),
+        });
     }
     Given::None
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn md5_hex(s: &str) -> String {
-    Md5::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Md5::digest(s.as_bytes()))
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
 /// Whether a Digest response proves knowledge of `pass`.
-pub fn digest_ok(
-    method: &str,
-    user: &str,
-    pass: &str,
-    realm: &str,
-    nonce: &str,
-    uri: &str,
-    response: &str,
-) -> bool {
-    let ha1 = md5_hex(&format!("{user}:{realm}:{pass}"));
-    let ha2 = md5_hex(&format!("{method}:{uri}"));
-    let expect = md5_hex(&format!("{ha1}:{nonce}:{ha2}"));
+pub fn digest_ok(method: &str, pass: &str, d: &DigestFields) -> bool {
+    let DigestFields {
+        user,
+        realm,
+        nonce,
+        uri,
+        response,
+        algorithm,
+    } = d;
+    let h: fn(&str) -> String = if algorithm.is_empty() || algorithm.eq_ignore_ascii_case("MD5") {
+        md5_hex
+    } else if algorithm.eq_ignore_ascii_case("SHA-256") {
+        sha256_hex
+    } else {
+        return false;
+    };
+    let ha1 = h(&format!("{user}:{realm}:{pass}"));
+    let ha2 = h(&format!("{method}:{uri}"));
+    let expect = h(&format!("{ha1}:{nonce}:{ha2}"));
     // Constant time over equal lengths.
     expect.len() == response.len()
         && expect
@@ -100,22 +148,60 @@ mod tests {
         let resp = md5_hex(&format!("{ha1}:abc:{ha2}"));
         let h = format!("Digest username=\"bob\", realm=\"tidegate\", nonce=\"abc\", uri=\"rtsp://h/cam\", response=\"{resp}\"");
         match parse(Some(&h)) {
-            Given::Digest {
-                user,
-                realm,
-                nonce,
-                uri,
-                response,
-            } => {
-                assert!(digest_ok(
-                    "DESCRIBE", &user, "pw", &realm, &nonce, &uri, &response
-                ));
-                assert!(!digest_ok(
-                    "DESCRIBE", &user, "nope", &realm, &nonce, &uri, &response
-                ));
+            Given::Digest(d) => {
+                assert!(digest_ok("DESCRIBE", "pw", &d));
+                assert!(!digest_ok("DESCRIBE", "nope", &d));
             }
             other => panic!("{other:?}"),
         }
+        // RFC 7616 with SHA-256.
+        let ha1 = sha256_hex("bob:tidegate:pw");
+        let ha2 = sha256_hex("DESCRIBE:rtsp://h/cam");
+        let resp = sha256_hex(&format!("{ha1}:abc:{ha2}"));
+        let h = format!("Digest username=\"bob\", realm=\"tidegate\", nonce=\"abc\", uri=\"rtsp://h/cam\", response=\"{resp}\", algorithm=SHA-256");
+        match parse(Some(&h)) {
+            Given::Digest(d) => {
+                assert_eq!(d.algorithm, "SHA-256");
+                assert!(digest_ok("DESCRIBE", "pw", &d));
+                assert!(!digest_ok("DESCRIBE", "nope", &d));
+                // The same response claimed as MD5 fails; unknown algorithms fail.
+                let md5 = DigestFields {
+                    algorithm: "MD5".into(),
+                    ..d.clone()
+                };
+                assert!(!digest_ok("DESCRIBE", "pw", &md5));
+                let other = DigestFields {
+                    algorithm: "SHA-512-256".into(),
+                    ..d
+                };
+                assert!(!digest_ok("DESCRIBE", "pw", &other));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            challenges(
+                Methods {
+                    basic: false,
+                    digest: true
+                },
+                "n"
+            ),
+            vec![
+                "Digest realm=\"tidegate\", nonce=\"n\", algorithm=SHA-256".to_string(),
+                "Digest realm=\"tidegate\", nonce=\"n\"".to_string()
+            ]
+        );
+        assert_eq!(
+            challenges(
+                Methods {
+                    basic: true,
+                    digest: false
+                },
+                "n"
+            )
+            .len(),
+            1
+        );
         assert_eq!(
             parse(Some("Basic Ym9iOnB3")),
             Given::Basic {

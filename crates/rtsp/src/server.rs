@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Given, REALM};
+use crate::auth::{self, Given};
 use crate::message::{interleaved, response, Input, Parser, Request};
 use crate::mux::{split, RtpMux};
 use crate::sdp::{self, Incoming};
@@ -29,6 +29,10 @@ use crate::sdp::{self, Incoming};
 pub struct RtspConfig {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `rtspAuthMethods`.
+    pub auth_methods: auth::Methods,
+    /// `rtspTransports` has `tcp` (UDP is allowed when the listener has UDP sockets).
+    pub allow_tcp: bool,
 }
 
 type Route = (mpsc::Sender<(usize, Bytes)>, usize);
@@ -424,13 +428,10 @@ impl Conn {
             401,
             "Unauthorized",
             cseq,
-            &[
-                (
-                    "WWW-Authenticate",
-                    format!("Digest realm=\"{REALM}\", nonce=\"{}\"", self.nonce),
-                ),
-                ("WWW-Authenticate", format!("Basic realm=\"{REALM}\"")),
-            ],
+            &auth::challenges(self.config.auth_methods, &self.nonce)
+                .into_iter()
+                .map(|c| ("WWW-Authenticate", c))
+                .collect::<Vec<_>>(),
             b"",
         )
     }
@@ -454,18 +455,16 @@ impl Conn {
             Action::Publish => (&conf.publish_user, &conf.publish_pass),
             Action::Read => (&conf.read_user, &conf.read_pass),
         };
+        let methods = self.config.auth_methods;
         let (user, pass) = match auth::parse(req.header("Authorization")) {
             Given::None => (None, None),
+            // A scheme that rtspAuthMethods leaves out counts as no credentials.
+            Given::Basic { .. } if !methods.basic => (None, None),
+            Given::Digest(_) if !methods.digest => (None, None),
             Given::Basic { user, pass } => (Some(user), Some(pass)),
-            Given::Digest {
-                user,
-                realm,
-                nonce,
-                uri,
-                response: resp,
-            } => {
-                let ok = nonce == self.nonce
-                    && auth::digest_ok(&req.method, &user, want_pass, &realm, &nonce, &uri, &resp);
+            Given::Digest(d) => {
+                let ok = d.nonce == self.nonce && auth::digest_ok(&req.method, want_pass, &d);
+                let user = d.user;
                 // A proven Digest stands for the configured password; otherwise a wrong one.
                 let pass = if ok {
                     want_pass.clone()
@@ -650,6 +649,15 @@ impl Conn {
                 b"multicast is not supported yet\n",
             );
         }
+        if t.tcp && !self.config.allow_tcp {
+            return response(
+                461,
+                "Unsupported Transport",
+                cseq,
+                &[],
+                b"TCP is disabled (rtspTransports)\n",
+            );
+        }
         let publishing = self.publisher.is_some();
         if !publishing && self.mux.is_none() {
             // SETUP without DESCRIBE: describe now (VLC and some NVRs do this).
@@ -693,7 +701,7 @@ impl Conn {
                     "Unsupported Transport",
                     cseq,
                     &[],
-                    b"UDP is disabled\n",
+                    b"UDP is disabled (rtspTransports)\n",
                 );
             };
             let Some((rtp, rtcp)) = t.client_port else {

@@ -156,7 +156,7 @@ impl Server {
             None => None,
         };
         let rtsps_addr = rtsps_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let rtsp_udp = match config.rtsp {
+        let rtsp_udp = match config.rtsp && config.rtsp_transports.iter().any(|t| t == "udp") {
             true => Some(
                 tidegate_rtsp::Udp::bind(config.rtp_address, config.rtcp_address)
                     .await
@@ -311,6 +311,11 @@ impl Server {
         let rtsp_config = tidegate_rtsp::RtspConfig {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
+            auth_methods: tidegate_rtsp::auth::Methods {
+                basic: config.rtsp_auth_methods.iter().any(|m| m == "basic"),
+                digest: config.rtsp_auth_methods.iter().any(|m| m == "digest"),
+            },
+            allow_tcp: config.rtsp_transports.iter().any(|t| t == "tcp"),
         };
         if let (Some(listener), Some(addr)) = (rtsps_listener, rtsps_addr) {
             tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)");

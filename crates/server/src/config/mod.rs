@@ -68,6 +68,10 @@ pub struct Config {
     pub rtsp_server_key: String,
     pub rtsp_server_cert: String,
     pub rtp_address: SocketAddr,
+    /// `rtspTransports`: any of `udp`, `multicast`, `tcp`.
+    pub rtsp_transports: Vec<String>,
+    /// `rtspAuthMethods`: any of `basic`, `digest`.
+    pub rtsp_auth_methods: Vec<String>,
     pub rtcp_address: SocketAddr,
 
     pub hls: bool,
@@ -145,6 +149,17 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("rtspServerKey", set!(rtsp_server_key, string)),
     ("rtspServerCert", set!(rtsp_server_cert, string)),
     ("rtpAddress", set!(rtp_address, address)),
+    (
+        "rtspTransports",
+        set!(rtsp_transports, |v| subset_of(
+            v,
+            &["udp", "multicast", "tcp"]
+        )),
+    ),
+    (
+        "rtspAuthMethods",
+        set!(rtsp_auth_methods, |v| subset_of(v, &["basic", "digest"])),
+    ),
     ("rtcpAddress", set!(rtcp_address, address)),
     ("hls", set!(hls, boolean)),
     ("hlsAddress", set!(hls_address, address)),
@@ -338,6 +353,8 @@ impl Config {
             rtsp_server_key: String::new(),
             rtsp_server_cert: String::new(),
             rtp_address: any,
+            rtsp_transports: vec!["udp".into(), "multicast".into(), "tcp".into()],
+            rtsp_auth_methods: vec!["basic".into(), "digest".into()],
             rtcp_address: any,
             hls: false,
             hls_address: any,

@@ -172,6 +172,20 @@ pub fn string_list(v: &Node) -> Result<Vec<String>, String> {
     }
 }
 
+/// A non-empty list whose items all come from `allowed`.
+pub fn subset_of(v: &Node, allowed: &[&str]) -> Result<Vec<String>, String> {
+    let items = string_list(v)?;
+    if items.is_empty() {
+        return Err(format!("expected at least one of {}", allowed.join(", ")));
+    }
+    for i in &items {
+        if !allowed.contains(&i.as_str()) {
+            return Err(format!("'{i}' is not one of {}", allowed.join(", ")));
+        }
+    }
+    Ok(items)
+}
+
 /// `webrtcICEServers2`: a list of `{url, username, password}` maps.
 pub fn ice_servers(v: &Node) -> Result<Vec<tidegate_webrtc::IceServer>, String> {
     if v.is_null() {
