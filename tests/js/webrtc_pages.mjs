@@ -37,7 +37,7 @@ const until = async (page, pred, ms) => {
   return s;
 };
 try {
-  const ctx = await browser.newContext();
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
   if (publishUrl) {
     const pub = await ctx.newPage();
     pub.on('console', (m) => { if (m.type() === 'error') console.error('publish console:', m.text()); });

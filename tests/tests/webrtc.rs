@@ -13,7 +13,7 @@ use serde_json::Value;
 use tidegate_tests::http::{get_json, send};
 use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch};
+use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch, self_signed};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -320,6 +320,43 @@ fn rtmp_av1_to_chromium_whep() {
     );
     assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
     publisher.kill9();
+}
+
+/// `webrtcEncryption`: the pages and WHIP/WHEP over HTTPS (a self-signed certificate), which is
+/// what a browser needs to give the camera to a page that is not on localhost.
+#[test]
+fn chromium_over_https() {
+    let dir = scratch("webrtc-https");
+    let (key, cert) = self_signed(&dir);
+    let server = TestServer::start(&format!(
+        "webrtcEncryption: yes\nwebrtcServerKey: {}\nwebrtcServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    let base = format!("https://{}", server.webrtc_addr());
+    let r = chromium_pages(
+        Some(format!("{base}/secure/publish?autostart=yes")),
+        &format!("{base}/secure/"),
+        4,
+    );
+    eprintln!("Chromium over HTTPS: {r}");
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    // Plain HTTP is not served on that port.
+    let plain = std::net::TcpStream::connect(server.webrtc_addr()).map(|mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /secure/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut b = [0u8; 64];
+        let n = s.read(&mut b).unwrap_or(0);
+        String::from_utf8_lossy(&b[..n]).to_string()
+    });
+    assert!(!plain.unwrap().starts_with("HTTP/1.1 200"));
 }
 
 /// ICE-TCP only (no UDP port): Chromium publishes from the built-in page and plays on the

@@ -192,15 +192,9 @@ impl Hls {
 
     /// Serves HTTP (and HTTP/2, over TLS with ALPN or cleartext with prior knowledge) on
     /// `listener` until shutdown.
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) {
-        http::serve(self.inner, listener, tls).await
-    }
-
-    pub fn local_router(&self) -> axum::Router {
+    /// The HLS routes (playlists, segments, parts, player page), for the HTTP(S) listener on
+    /// `hlsAddress`; requests must carry the client's `ConnectInfo`.
+    pub fn router(&self) -> axum::Router {
         http::router(self.inner.clone())
     }
 }

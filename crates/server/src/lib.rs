@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod relays;
@@ -83,6 +84,20 @@ impl Server {
                         message,
                     },
                 )?,
+            ),
+            false => None,
+        };
+        let webrtc_tls = match config.webrtc && config.webrtc_encryption {
+            true => Some(
+                tls::acceptor_with_alpn(
+                    &config.webrtc_server_key,
+                    &config.webrtc_server_cert,
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|message| StartError::Config {
+                    key: "webrtcServerKey/webrtcServerCert",
+                    message,
+                })?,
             ),
             false => None,
         };
@@ -306,7 +321,14 @@ impl Server {
                     "HTTP"
                 }
             );
-            tasks.spawn(hls.clone().serve(listener, hls_tls));
+            tasks.spawn(http::serve(
+                "HLS",
+                listener,
+                hls.router(),
+                hls_tls,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
         }
         let rtsp_config = tidegate_rtsp::RtspConfig {
             read_timeout: config.read_timeout,
@@ -351,11 +373,21 @@ impl Server {
             ));
         }
         if let (Some(listener), Some(addr), Some(webrtc)) = (webrtc_listener, webrtc_addr, webrtc) {
-            tracing::info!("[WebRTC] listener opened on {addr} (HTTP)");
-            tasks.spawn(serve_http_with_peer(
+            tracing::info!(
+                "[WebRTC] listener opened on {addr} ({})",
+                if webrtc_tls.is_some() {
+                    "HTTPS"
+                } else {
+                    "HTTP"
+                }
+            );
+            tasks.spawn(http::serve(
+                "WebRTC",
                 listener,
                 webrtc.router(),
+                webrtc_tls,
                 shutdown.clone(),
+                tasks.clone(),
             ));
         }
         Ok(Server {
@@ -441,23 +473,6 @@ impl Server {
         {
             tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
         }
-    }
-}
-
-/// Like [`serve_http`], for routers that want the client's address (`ConnectInfo`).
-async fn serve_http_with_peer(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) {
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
-    if let Err(e) = result {
-        tracing::error!("HTTP server stopped: {e}");
     }
 }
 
