@@ -3,6 +3,7 @@
     python webrtc_peer.py whip URL --seconds 10 [--codec H264|VP8] [--audio] [--size 640x360]
                                [--fps 30] [--user U --pass P | --token T]
     python webrtc_peer.py whep URL --seconds 5 [--viewers N] [--user U --pass P | --token T]
+                               [--via HOST:PORT (a UDP relay in front of the server)]
 
 Prints one JSON object on stdout. Exit status: 0 when media flowed, 1 when it did not, 2 on an
 HTTP or negotiation error (the JSON then has "status" and "error").
@@ -55,6 +56,19 @@ def http(method, url, body=None, headers=None, timeout=10.0):
         return e.code, e.headers, e.read()
 
 
+def via(sdp, addr):
+    """Points the answer's UDP host candidates at `addr` (a relay in front of the server)."""
+    host, port = addr.rsplit(":", 1)
+    out = []
+    for line in sdp.splitlines():
+        parts = line.split()
+        if line.startswith("a=candidate:") and len(parts) > 7 and parts[2].lower() == "udp":
+            parts[4], parts[5] = host, port
+            line = " ".join(parts)
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
 async def negotiate(pc, url, args):
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp", **auth_headers(args)}
@@ -71,7 +85,10 @@ async def negotiate(pc, url, args):
     location = h.get("Location")
     if not location:
         raise Refused(status, "no Location header")
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=body.decode(), type="answer"))
+    answer = body.decode()
+    if getattr(args, "via", None):
+        answer = via(answer, args.via)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     return urllib.parse.urljoin(url, location), h.get("ETag")
 
 
@@ -227,6 +244,7 @@ def main():
     ap.add_argument("--user")
     ap.add_argument("--pass", dest="password")
     ap.add_argument("--token")
+    ap.add_argument("--via", help="HOST:PORT of a UDP relay to reach the server through")
     args = ap.parse_args()
     run = whip if args.role == "whip" else whep
     sys.exit(asyncio.run(run(args)))

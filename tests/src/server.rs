@@ -116,6 +116,10 @@ impl TestServer {
         self.server().webrtc_addr().expect("WebRTC enabled")
     }
 
+    pub fn webrtc_udp_addr(&self) -> SocketAddr {
+        self.server().webrtc_udp_addr().expect("WebRTC UDP enabled")
+    }
+
     pub fn webrtc_tcp_addr(&self) -> SocketAddr {
         self.server().webrtc_tcp_addr().expect("ICE-TCP enabled")
     }

@@ -307,6 +307,7 @@ impl ConnExtra for tidegate_webrtc::WebRtcStats {
             "rtpPacketsLost".into(),
             self.rtp_packets_lost.load(Relaxed).into(),
         );
+        m.insert("nacks".into(), self.nacks.load(Relaxed).into());
         m.insert(
             "rttMs".into(),
             (self.rtt_us.load(Relaxed) as f64 / 1000.0).into(),

@@ -78,6 +78,8 @@ pub struct WebRtcStats {
     pub rtp_packets_received: AtomicU64,
     pub rtp_packets_sent: AtomicU64,
     pub rtp_packets_lost: AtomicU64,
+    /// NACKs: sent to a publisher, received from a viewer (each asks for retransmissions).
+    pub nacks: AtomicU64,
     /// Round-trip time in microseconds (0 until measured).
     pub rtt_us: AtomicU64,
     notes: Mutex<SessionNotes>,

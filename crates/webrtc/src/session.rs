@@ -473,8 +473,8 @@ struct Ctx {
     connected: bool,
     ended: Option<String>,
     last_keyframe_request: Option<Instant>,
-    egress_packets: HashMap<Mid, (u64, u64)>,
-    ingress_packets: HashMap<Mid, u64>,
+    egress_packets: HashMap<Mid, (u64, u64, u64)>,
+    ingress_packets: HashMap<Mid, (u64, u64)>,
     bytes_sent: u64,
     /// Where the peer's last datagram came from (the remote side of the pair in use).
     last_source: Option<SocketAddr>,
@@ -748,13 +748,14 @@ impl Task {
             }
             Event::MediaEgressStats(s) => {
                 let lost = s.remote.as_ref().map_or(0, |r| r.packets_lost);
-                ctx.egress_packets.insert(s.mid, (s.packets, lost));
-                let (sent, lost) = ctx
+                ctx.egress_packets.insert(s.mid, (s.packets, lost, s.nacks));
+                let (sent, lost, nacks) = ctx
                     .egress_packets
                     .values()
-                    .fold((0, 0), |(a, b), (p, l)| (a + p, b + l));
+                    .fold((0, 0, 0), |(a, b, c), (p, l, n)| (a + p, b + l, c + n));
                 stats.rtp_packets_sent.store(sent, Ordering::Relaxed);
                 stats.rtp_packets_lost.store(lost, Ordering::Relaxed);
+                stats.nacks.store(nacks, Ordering::Relaxed);
                 if let Some(rtt) = s.rtt {
                     stats
                         .rtt_us
@@ -762,9 +763,13 @@ impl Task {
                 }
             }
             Event::MediaIngressStats(s) => {
-                ctx.ingress_packets.insert(s.mid, s.packets);
-                let n = ctx.ingress_packets.values().sum();
+                ctx.ingress_packets.insert(s.mid, (s.packets, s.nacks));
+                let (n, nacks) = ctx
+                    .ingress_packets
+                    .values()
+                    .fold((0, 0), |(a, b), (p, k)| (a + p, b + k));
                 stats.rtp_packets_received.store(n, Ordering::Relaxed);
+                stats.nacks.store(nacks, Ordering::Relaxed);
             }
             _ => {}
         }
