@@ -1,6 +1,7 @@
 """WHIP publisher and WHEP viewers for Tidegate's tests, on aiortc.
 
-    python webrtc_peer.py whip URL --seconds 10 [--codec H264|VP8] [--audio] [--size 640x360]
+    python webrtc_peer.py whip URL --seconds 10 [--codec H264|VP8] [--audio] [--audio-codec PCMU]
+                               [--size 640x360]
                                [--fps 30] [--user U --pass P | --token T]
     python webrtc_peer.py whep URL --seconds 5 [--viewers N] [--user U --pass P | --token T]
                                [--via HOST:PORT (a UDP relay in front of the server)]
@@ -141,8 +142,10 @@ async def whip(args):
     video = Pattern(w, h, args.fps)
     t = pc.addTransceiver(video, direction="sendonly")
     only_codec(t, "video", args.codec)
-    if args.audio:
-        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    if args.audio or args.audio_codec:
+        a = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        if args.audio_codec:
+            only_codec(a, "audio", args.audio_codec)
     states = []
     pc.on("connectionstatechange", lambda: states.append(pc.connectionState))
     out = {"role": "whip"}
@@ -238,6 +241,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--codec", default="H264")
     ap.add_argument("--audio", action="store_true")
+    ap.add_argument("--audio-codec", help="opus (default), PCMU or PCMA")
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--viewers", type=int, default=1)

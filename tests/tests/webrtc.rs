@@ -484,6 +484,67 @@ fn whep_viewer_recovers_from_loss() {
     publisher.kill9();
 }
 
+/// aiortc publishes H264 + G.711 µ-law (PCMU) over WHIP: ffmpeg reads it over RTSP (both
+/// tracks), and an aiortc viewer gets the PCMU audio back over WHEP.
+#[test]
+fn whip_g711_to_rtsp_and_whep() {
+    let dir = scratch("webrtc-g711");
+    let server = TestServer::start("");
+    let mut publisher = whip_publisher(
+        &server.webrtc_url("g711", "whip"),
+        25,
+        &["--audio-codec", "PCMU"],
+        &dir,
+    );
+    server.wait_ready("g711", READY);
+    assert_eq!(
+        server.paths().get("g711").unwrap().tracks,
+        vec!["H264", "G711"]
+    );
+    let out = dir.join("rtsp.mkv");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-rtsp_transport",
+        "tcp",
+    ])
+    .args(["-i", &server.rtsp_url("g711"), "-t", "3", "-c", "copy"])
+    .arg(&out);
+    let mut reader = PeerProcess::spawn("ffmpeg-rtsp", &mut cmd, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    assert_eq!(
+        p.codec("audio").as_deref(),
+        Some("pcm_mulaw"),
+        "{:#?}",
+        p.streams
+    );
+    let audio = p.packets_of("audio").len();
+    assert!(audio >= 50, "{audio} G.711 packets in 3 s");
+    let mut viewer = webrtc_peer(&["whep", &server.webrtc_url("g711", "whep"), "--seconds", "4"]);
+    let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
+    let report = viewer_report(&mut viewer);
+    let v = &report["viewers"][0];
+    eprintln!("G.711 WHIP -> RTSP: {audio} audio packets; -> WHEP: {v}");
+    assert!(v["audio_frames"].as_u64().unwrap() >= 100, "{v}");
+    assert!(v["frames"].as_u64().unwrap() >= 75, "{v}");
+    publisher.kill9();
+}
+
 /// aiortc publishes VP8 over WHIP; an aiortc viewer plays it over WHEP (VP8 end to end).
 #[test]
 fn aiortc_vp8_whip_to_whep() {
