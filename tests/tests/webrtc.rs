@@ -298,6 +298,38 @@ fn chromium_vp9_publish_and_play() {
     assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
 }
 
+/// Chromium publishes three simulcast layers (640x480, 320x240, 160x120); the path takes the
+/// largest, and the player gets 640x480.
+#[test]
+fn chromium_simulcast_takes_the_largest_layer() {
+    let dir = scratch("webrtc-simulcast");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+        .arg(peers_dir().join("node/node_modules"))
+        .arg("4")
+        .arg("--publish")
+        .arg(server.webrtc_url("sim", "publish?autostart=yes&simulcast=yes"))
+        .arg("--play")
+        .arg(server.webrtc_url("sim", ""));
+    let mut node = PeerProcess::spawn("chromium-pages", &mut cmd, &dir);
+    let s = wait_sessions(
+        &server,
+        |s| s.iter().any(|x| x["simulcastLayer"] == "h"),
+        Duration::from_secs(30),
+    );
+    assert!(s.iter().any(|x| x["simulcastLayer"] == "h"), "{s:?}");
+    let r = viewer_report(&mut node);
+    eprintln!("Chromium simulcast: {r}");
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+}
+
 /// AV1 from ffmpeg 9 (SVT-AV1 over Enhanced RTMP) plays in Chromium over WHEP.
 #[test]
 fn rtmp_av1_to_chromium_whep() {

@@ -312,6 +312,9 @@ impl ConnExtra for tidegate_webrtc::WebRtcStats {
             "rttMs".into(),
             (self.rtt_us.load(Relaxed) as f64 / 1000.0).into(),
         );
+        if !notes.simulcast_layer.is_empty() {
+            m.insert("simulcastLayer".into(), notes.simulcast_layer.into());
+        }
         m.insert("warnings".into(), notes.warnings.into());
         m
     }

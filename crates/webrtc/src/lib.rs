@@ -89,6 +89,8 @@ pub struct WebRtcStats {
 pub struct SessionNotes {
     pub local_candidate: String,
     pub remote_candidate: String,
+    /// The simulcast layer (rid) a WHIP publisher's video is taken from, if it sends layers.
+    pub simulcast_layer: String,
     /// Why a track is not carried (e.g. AAC audio on WHEP), for the API and logs.
     pub warnings: Vec<String>,
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::collections::HashMap;
 use str0m::format::Codec as RtcCodec;
-use str0m::media::{MediaData, MediaTime, Mid};
+
+use str0m::media::{MediaData, MediaTime, Mid, Rid};
 use tidegate_codec::{h264, h265, nal, vp9};
 use tidegate_core::{CodecParams, Frame, G711Law, Publisher, Stream, StreamDesc, Track, TrackId};
 
@@ -23,10 +25,13 @@ struct InTrack {
     codec: RtcCodec,
     clock: u32,
     params: Option<CodecParams>,
-    /// (first RTP time, its pts), so that every track starts at its arrival time.
-    base: Option<(i64, i64)>,
+    /// Per simulcast layer (None without simulcast): (first RTP time, its pts), so that every
+    /// track and layer starts at its arrival time (layers have their own RTP clocks).
+    bases: HashMap<Option<Rid>, (i64, i64)>,
     waiting_key: bool,
     last_seq: Option<u64>,
+    /// Simulcast: the layer taken (the largest picture seen in a keyframe) and its pixels.
+    layer: Option<(Rid, u64)>,
 }
 
 /// A WHIP publisher's media on its way into the path.
@@ -43,6 +48,8 @@ pub(crate) struct Ingest {
     first_data: Option<Instant>,
     /// RTP packets never recovered (gaps in the sequence numbers of delivered frames).
     pub packets_lost: u64,
+    /// The simulcast layer just taken, for the session to show (taken once read).
+    pub layer_taken: Option<String>,
 }
 
 /// What the session should do after a frame came in.
@@ -65,6 +72,7 @@ impl Ingest {
             pending: VecDeque::new(),
             first_data: None,
             packets_lost: 0,
+            layer_taken: None,
         }
     }
 
@@ -83,9 +91,10 @@ impl Ingest {
                     codec,
                     clock: d.params.spec().clock_rate.get(),
                     params: None,
-                    base: None,
+                    bases: HashMap::new(),
                     waiting_key: true,
                     last_seq: None,
+                    layer: None,
                 });
                 self.tracks.len() - 1
             }
@@ -96,6 +105,33 @@ impl Ingest {
         if t.codec != codec {
             // A payload type switch mid-session: not supported, keep the first codec.
             return IngestAction::None;
+        }
+        let rtp = d.time.numer() as i64;
+        let arrival = d.network_time.saturating_duration_since(epoch);
+        let clock = t.clock;
+        let (base_rtp, base_pts) = *t.bases.entry(d.rid).or_insert_with(|| {
+            let pts = (arrival.as_micros() as i64).saturating_mul(i64::from(clock)) / 1_000_000;
+            (rtp, pts)
+        });
+        let converted = convert(codec, &d.data);
+        if let Some(rid) = d.rid {
+            // Simulcast: keep one layer, the largest picture a keyframe has shown; move to a
+            // larger one at its keyframe.
+            let pixels = match &converted {
+                Some((data, true, params)) => picture_pixels(data, params.as_ref()),
+                _ => 0,
+            };
+            let better = pixels > 0 && t.layer.is_none_or(|(r, px)| r != rid && pixels > px);
+            if better {
+                tracing::info!("[WebRTC] simulcast: taking layer {rid} ({pixels} pixels)");
+                self.layer_taken = Some(rid.to_string());
+                t.layer = Some((rid, pixels));
+                t.last_seq = None;
+                t.waiting_key = true;
+            }
+            if t.layer.map(|(r, _)| r) != Some(rid) {
+                return IngestAction::None;
+            }
         }
         let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
         if let Some(prev) = t.last_seq {
@@ -112,7 +148,7 @@ impl Ingest {
             t.waiting_key = true;
             return IngestAction::RequestKeyframe;
         }
-        let Some((data, keyframe, params)) = convert(codec, &d.data) else {
+        let Some((data, keyframe, params)) = converted else {
             return IngestAction::None;
         };
         let mut changed = None;
@@ -130,12 +166,6 @@ impl Ingest {
             }
             t.waiting_key = false;
         }
-        let rtp = d.time.numer() as i64;
-        let arrival = d.network_time.saturating_duration_since(epoch);
-        let (base_rtp, base_pts) = *t.base.get_or_insert_with(|| {
-            let pts = (arrival.as_micros() as i64).saturating_mul(i64::from(t.clock)) / 1_000_000;
-            (rtp, pts)
-        });
         let pts = rtp - base_rtp + base_pts;
         let frame = Frame {
             track: t.id,
@@ -265,6 +295,29 @@ fn convert(codec: RtcCodec, data: &[u8]) -> Option<(Bytes, bool, Option<CodecPar
         )),
         _ => None,
     }
+}
+
+/// The picture size of a keyframe (0 when it cannot be read), to compare simulcast layers.
+fn picture_pixels(data: &Bytes, params: Option<&CodecParams>) -> u64 {
+    let dims = match params {
+        Some(CodecParams::H264 { sps, .. }) => {
+            h264::parse_sps(sps).ok().map(|i| (i.width, i.height))
+        }
+        Some(CodecParams::H265 { sps, .. }) => {
+            h265::parse_sps(sps).ok().map(|i| (i.width, i.height))
+        }
+        Some(CodecParams::Vp9) => vp9::parse_keyframe(data)
+            .ok()
+            .flatten()
+            .map(|i| (i.width, i.height)),
+        Some(CodecParams::Vp8) if data.len() >= 10 && data[3..6] == [0x9d, 0x01, 0x2a] => {
+            let w = u32::from(u16::from_le_bytes([data[6], data[7]]) & 0x3fff);
+            let h = u32::from(u16::from_le_bytes([data[8], data[9]]) & 0x3fff);
+            Some((w, h))
+        }
+        _ => None,
+    };
+    dims.map_or(0, |(w, h)| u64::from(w) * u64::from(h))
 }
 
 /// The str0m codec that carries a track, if WebRTC can carry it.

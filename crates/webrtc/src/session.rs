@@ -710,6 +710,9 @@ impl Task {
                     stats
                         .rtp_packets_lost
                         .store(i.packets_lost, Ordering::Relaxed);
+                    if let Some(rid) = i.layer_taken.take() {
+                        stats.update_notes(|n| n.simulcast_layer = rid);
+                    }
                 }
             }
             Event::KeyframeRequest(_) => {
