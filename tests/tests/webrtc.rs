@@ -18,6 +18,14 @@ use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch, self_signed
 
 const READY: Duration = Duration::from_secs(15);
 
+/// Tests that run Chromium (which encodes and decodes video in software) or 50 decoders take
+/// turns: on two cores, two of them at once starve each other's frame rates.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn webrtc_peer(args: &[&str]) -> Command {
     let mut cmd = Command::new(peer("python"));
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
@@ -232,6 +240,7 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
 /// over WHIP, and plays it back on the built-in player page over WHEP.
 #[test]
 fn chromium_publish_page_to_play_page() {
+    let _turn = heavy();
     let server = TestServer::start("");
     let r = chromium_pages(
         Some(server.webrtc_url("browser", "publish?autostart=yes")),
@@ -278,6 +287,7 @@ fn chromium_pages(publish: Option<String>, play: &str, seconds: u32) -> Value {
 /// Chromium publishes VP9 (the publish page restricted to it) and plays it back: VP9 end to end.
 #[test]
 fn chromium_vp9_publish_and_play() {
+    let _turn = heavy();
     let server = TestServer::start("");
     let r = chromium_pages(
         Some(server.webrtc_url("vp9", "publish?autostart=yes&codec=VP9")),
@@ -298,10 +308,35 @@ fn chromium_vp9_publish_and_play() {
     assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
 }
 
+/// Chromium publishes AV1 over WHIP (the publish page restricted to it) and plays it back.
+#[test]
+fn chromium_av1_publish_and_play() {
+    let _turn = heavy();
+    let server = TestServer::start("");
+    let r = chromium_pages(
+        Some(server.webrtc_url("av1w", "publish?autostart=yes&codec=AV1")),
+        &server.webrtc_url("av1w", ""),
+        4,
+    );
+    eprintln!("Chromium AV1 over WHIP: {r}");
+    assert_eq!(
+        server.paths().get("av1w").unwrap().tracks,
+        vec!["AV1", "Opus"]
+    );
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+}
+
 /// Chromium publishes three simulcast layers (640x480, 320x240, 160x120); the path takes the
 /// largest, and the player gets 640x480.
 #[test]
 fn chromium_simulcast_takes_the_largest_layer() {
+    let _turn = heavy();
     let dir = scratch("webrtc-simulcast");
     let server = TestServer::start("");
     let mut cmd = Command::new(peer("node"));
@@ -333,6 +368,7 @@ fn chromium_simulcast_takes_the_largest_layer() {
 /// AV1 from ffmpeg 9 (SVT-AV1 over Enhanced RTMP) plays in Chromium over WHEP.
 #[test]
 fn rtmp_av1_to_chromium_whep() {
+    let _turn = heavy();
     let dir = scratch("webrtc-av1");
     let server = TestServer::start("");
     let mut cmd = Command::new(peer("ffmpeg9"));
@@ -359,6 +395,7 @@ fn rtmp_av1_to_chromium_whep() {
 /// what a browser needs to give the camera to a page that is not on localhost.
 #[test]
 fn chromium_over_https() {
+    let _turn = heavy();
     let dir = scratch("webrtc-https");
     let (key, cert) = self_signed(&dir);
     let server = TestServer::start(&format!(
@@ -396,6 +433,7 @@ fn chromium_over_https() {
 /// player page over TCP (RFC 6544 passive candidates, RFC 4571 framing).
 #[test]
 fn chromium_over_ice_tcp() {
+    let _turn = heavy();
     let dir = scratch("webrtc-ice-tcp");
     let server =
         TestServer::start("webrtcLocalUDPAddress: \"\"\nwebrtcLocalTCPAddress: 127.0.0.1:0\n");
@@ -825,6 +863,7 @@ fn whip_whep_http_contract() {
 /// server's CPU and memory per viewer are printed.
 #[test]
 fn fifty_whep_viewers() {
+    let _turn = heavy();
     let dir = scratch("webrtc-fifty");
     let server = TestServer::start("");
     let mut cmd = Command::new(peer("ffmpeg"));

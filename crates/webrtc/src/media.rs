@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use str0m::format::Codec as RtcCodec;
 
 use str0m::media::{MediaData, MediaTime, Mid, Rid};
-use tidegate_codec::{h264, h265, nal, vp9};
+use tidegate_codec::{av1, h264, h265, nal, vp9};
 use tidegate_core::{CodecParams, Frame, G711Law, Publisher, Stream, StreamDesc, Track, TrackId};
 
 /// Frames held while the tracks are not all known yet.
@@ -121,7 +121,13 @@ impl Ingest {
                 Some((data, true, params)) => picture_pixels(data, params.as_ref()),
                 _ => 0,
             };
-            let better = pixels > 0 && t.layer.is_none_or(|(r, px)| r != rid && pixels > px);
+            let key = matches!(&converted, Some((_, true, _)));
+            // The first layer to show a keyframe is taken even when its size cannot be read.
+            let better = key
+                && match t.layer {
+                    None => true,
+                    Some((r, px)) => r != rid && pixels > px,
+                };
             if better {
                 tracing::info!("[WebRTC] simulcast: taking layer {rid} ({pixels} pixels)");
                 self.layer_taken = Some(rid.to_string());
@@ -142,7 +148,7 @@ impl Ingest {
         t.last_seq = Some(last);
         let is_video = matches!(
             codec,
-            RtcCodec::H264 | RtcCodec::H265 | RtcCodec::Vp8 | RtcCodec::Vp9
+            RtcCodec::H264 | RtcCodec::H265 | RtcCodec::Vp8 | RtcCodec::Vp9 | RtcCodec::Av1
         );
         if is_video && !d.contiguous && !t.waiting_key {
             t.waiting_key = true;
@@ -267,6 +273,23 @@ fn convert(codec: RtcCodec, data: &[u8]) -> Option<(Bytes, bool, Option<CodecPar
             let key = h265::is_keyframe(nals.iter().copied());
             Some((nal::to_length_prefixed(nals), key, params))
         }
+        RtcCodec::Av1 => {
+            // str0m gives low-overhead OBUs with sizes, our canonical form. A temporal unit
+            // with a sequence header starts a coded video sequence (browsers send one with
+            // every keyframe).
+            let mut pos = 0;
+            let mut seq = None;
+            while pos < data.len() {
+                let obu = av1::parse_obu(&data[pos..]).ok()?;
+                if obu.obu_type == av1::OBU_SEQUENCE_HEADER {
+                    seq = Some(Bytes::copy_from_slice(&data[pos..pos + obu.len]));
+                }
+                pos += obu.len;
+            }
+            let key = seq.is_some();
+            let params = seq.map(|sequence_header| CodecParams::Av1 { sequence_header });
+            Some((Bytes::copy_from_slice(data), key, params))
+        }
         RtcCodec::Vp8 => {
             let key = data.first().is_some_and(|b| b & 1 == 0);
             Some((Bytes::copy_from_slice(data), key, Some(CodecParams::Vp8)))
@@ -306,6 +329,9 @@ fn picture_pixels(data: &Bytes, params: Option<&CodecParams>) -> u64 {
         Some(CodecParams::H265 { sps, .. }) => {
             h265::parse_sps(sps).ok().map(|i| (i.width, i.height))
         }
+        Some(CodecParams::Av1 { sequence_header }) => av1::parse_sequence_header(sequence_header)
+            .ok()
+            .map(|i| (i.max_width, i.max_height)),
         Some(CodecParams::Vp9) => vp9::parse_keyframe(data)
             .ok()
             .flatten()

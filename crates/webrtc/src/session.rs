@@ -261,16 +261,22 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         Role::Whip => {
             // One video and one audio codec, the most widely re-muxable first, so that the
             // publisher cannot pick one that no egress carries when it has a better one.
-            let video = [RtcCodec::H264, RtcCodec::Vp8, RtcCodec::Vp9, RtcCodec::H265]
-                .into_iter()
-                .find(|c| offered.iter().any(|o| o == codec_sdp_name(*c)));
+            let video = [
+                RtcCodec::H264,
+                RtcCodec::Vp8,
+                RtcCodec::Vp9,
+                RtcCodec::H265,
+                RtcCodec::Av1,
+            ]
+            .into_iter()
+            .find(|c| offered.iter().any(|o| o == codec_sdp_name(*c)));
             let audio = [RtcCodec::Opus, RtcCodec::PCMU, RtcCodec::PCMA]
                 .into_iter()
                 .find(|c| offered.iter().any(|o| o == codec_sdp_name(*c)));
             if video.is_none() && audio.is_none() {
                 return Err(Refused::new(
                     400,
-                    "the offer has no codec Tidegate takes over WHIP (H264, VP8, VP9, H265, Opus, PCMU, PCMA)",
+                    "the offer has no codec Tidegate takes over WHIP (H264, VP8, VP9, H265, AV1, Opus, PCMU, PCMA)",
                 ));
             }
             for c in [video, audio].into_iter().flatten() {
