@@ -528,3 +528,41 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 pub(crate) fn next_key() -> SessionKey {
     NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_candidates_from_interfaces_and_additional_hosts() {
+        let config = WebRtcConfig {
+            additional_hosts: vec!["203.0.113.7".into(), "localhost".into()],
+            ..WebRtcConfig::default()
+        };
+        let any: SocketAddr = "0.0.0.0:8189".parse().expect("addr");
+        let c = host_candidates(any, &config);
+        // The loopback interface is always there; the additional IP is added once.
+        assert!(
+            c.contains(&"127.0.0.1:8189".parse().expect("addr")),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&"203.0.113.7:8189".parse().expect("addr")),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.iter().filter(|a| a.ip().is_loopback()).count(),
+            1,
+            "{c:?}"
+        );
+        // A bound address is the only host candidate besides the additional hosts.
+        let bound: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let only = host_candidates(bound, &WebRtcConfig::default());
+        assert_eq!(only, vec![bound]);
+        let off = WebRtcConfig {
+            ips_from_interfaces: false,
+            ..WebRtcConfig::default()
+        };
+        assert!(host_candidates(any, &off).is_empty());
+    }
+}
