@@ -72,50 +72,46 @@ fn read_and_check(
     assert_media(&probe_file(&out), video, audio, 4);
 }
 
+/// The gst-launch arguments that read `url` with rtspsrc and decode both tracks into fakesinks
+/// that log every buffer.
+fn gst_rtsp_args(url: &str, protocols: &str) -> Vec<String> {
+    let mut args = vec![
+        "-e".to_string(),
+        "-v".to_string(),
+        "rtspsrc".to_string(),
+        format!("location={url}"),
+        format!("protocols={protocols}"),
+        "name=s".to_string(),
+    ];
+    for sink in ["x", "y"] {
+        for a in ["s.", "!", "queue", "!", "decodebin", "!", "fakesink"] {
+            args.push(a.to_string());
+        }
+        args.push(format!("name={sink}"));
+        args.push("silent=false".to_string());
+        args.push("sync=true".to_string());
+    }
+    args
+}
+
+/// What gst-launch -v printed: (decoded buffers on both sinks, the first video caps).
+fn gst_buffers_and_caps(log: &str) -> (usize, String) {
+    (
+        log.matches("last-message = chain").count(),
+        tidegate_tests::gst_video_caps(log),
+    )
+}
+
 /// GStreamer rtspsrc for `seconds`: (decoded buffers on both sinks, the first video caps).
 fn gst_rtsp_read(url: &str, protocols: &str, seconds: u64) -> (usize, String) {
     let out = run_bounded(
         Command::new(peer("timeout"))
             .args(["-s", "INT", "-k", "5", &seconds.to_string()])
             .arg(peer("gst-launch-1.0"))
-            .args([
-                "-e",
-                "-v",
-                "rtspsrc",
-                &format!("location={url}"),
-                &format!("protocols={protocols}"),
-                "name=s",
-            ])
-            .args([
-                "s.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "name=x",
-                "silent=false",
-                "sync=true",
-            ])
-            .args([
-                "s.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "name=y",
-                "silent=false",
-                "sync=true",
-            ]),
+            .args(gst_rtsp_args(url, protocols)),
         Duration::from_secs(seconds + 15),
     );
-    let log = String::from_utf8_lossy(&out.stdout).to_string();
-    let buffers = log.matches("last-message = chain").count();
-    let caps = tidegate_tests::gst_video_caps(&log);
-    (buffers, caps)
+    gst_buffers_and_caps(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// ffmpeg publishes H.264 + AAC over RTSP/TCP and over RTSP/UDP; ffmpeg reads each back over
@@ -231,6 +227,84 @@ fn rtsp_addr(server: &TestServer) -> std::net::SocketAddr {
         .trim_end_matches('/')
         .parse()
         .unwrap()
+}
+
+/// Multicast readers, in a network namespace of their own (multicast on loopback needs the
+/// `MULTICAST` flag on `lo` and a 224.0.0.0/4 route, which only a private namespace may get):
+/// the server binary, an ffmpeg publisher and the readers all run in it. ffmpeg
+/// (`-rtsp_transport udp_multicast`) and GStreamer (`protocols=udp-mcast`) read the stream from
+/// the groups.
+#[test]
+fn multicast_readers_in_a_network_namespace() {
+    let dir = scratch("rtsp-multicast");
+    // The server binary built beside this test (cargo test --workspace --all-targets builds it).
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("tidegate");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p tidegate",
+        bin.display()
+    );
+    let conf = dir.join("tidegate.yml");
+    // A private namespace: nothing else binds there, so fixed ports cannot collide.
+    std::fs::write(
+        &conf,
+        "logLevel: info\napiAddress: 127.0.0.1:9997\nmetrics: no\nrtmp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+         rtspAddress: 127.0.0.1:8554\nrtspsAddress: 127.0.0.1:8322\nrtpAddress: 127.0.0.1:8000\nrtcpAddress: 127.0.0.1:8001\n\
+         multicastIPRange: 224.1.0.0/16\nmulticastRTPPort: 8002\nmulticastRTCPPort: 8003\n",
+    )
+    .unwrap();
+    let q = |p: &std::path::Path| format!("'{}'", p.display());
+    let publish: Vec<String> = tidegate_tests::peers::synthetic_source(30, "640x360");
+    let gst: Vec<String> = gst_rtsp_args("rtsp://127.0.0.1:8554/mc", "udp-mcast")
+        .into_iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let script = format!(
+        "set -e\n\
+         ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo\n\
+         {bin} {conf} > {dir}/server.log 2>&1 &\n\
+         {ffmpeg} {publish} -f rtsp -rtsp_transport tcp rtsp://127.0.0.1:8554/mc > {dir}/publish.log 2>&1 &\n\
+         i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/get/mc | grep -q '\"ready\":true'; do\n\
+           i=$((i+1)); [ $i -le 150 ] || {{ echo 'no stream after 15 s' >&2; exit 3; }}; sleep 0.1; done\n\
+         {ffmpeg} -hide_banner -loglevel error -nostdin -y -rtsp_transport udp_multicast \
+           -i rtsp://127.0.0.1:8554/mc -t 4 -c copy {dir}/ffmpeg.mkv\n\
+         {timeout} -s INT -k 5 6 {gst_launch} {gst} > {dir}/gst.log 2>&1 || true\n\
+         {curl} -sf http://127.0.0.1:9997/v3/rtspsessions/list > {dir}/sessions.json || true\n",
+        bin = q(&bin),
+        conf = q(&conf),
+        dir = q(&dir),
+        ffmpeg = q(&peer("ffmpeg")),
+        curl = q(&peer("curl")),
+        timeout = q(&peer("timeout")),
+        gst_launch = q(&peer("gst-launch-1.0")),
+        publish = publish.join(" "),
+        gst = gst.join(" "),
+    );
+    let out = run_bounded(
+        Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
+        Duration::from_secs(90),
+    );
+    let server_log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nserver log:\n{server_log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_media(&probe_file(&dir.join("ffmpeg.mkv")), "h264", Some("aac"), 4);
+    let gst_log = std::fs::read_to_string(dir.join("gst.log")).unwrap_or_default();
+    let (buffers, caps) = gst_buffers_and_caps(&gst_log);
+    assert!(
+        buffers > 100,
+        "GStreamer decoded {buffers} buffers over multicast:\n{gst_log}"
+    );
+    assert!(caps.contains("width=(int)640"), "{caps}");
+    eprintln!("multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers");
 }
 
 /// RFC 7616 Digest with SHA-256 (the first challenge offered) proves the password;

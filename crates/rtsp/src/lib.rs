@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod message;
+pub mod multicast;
 pub mod mux;
 pub mod sdp;
 pub mod server;

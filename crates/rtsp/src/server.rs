@@ -33,6 +33,8 @@ pub struct RtspConfig {
     pub auth_methods: auth::Methods,
     /// `rtspTransports` has `tcp` (UDP is allowed when the listener has UDP sockets).
     pub allow_tcp: bool,
+    /// `rtspTransports` has `multicast`: the groups to hand out.
+    pub multicast: Option<Arc<crate::multicast::Groups>>,
 }
 
 type Route = (mpsc::Sender<(usize, Bytes)>, usize);
@@ -171,8 +173,15 @@ pub async fn serve(
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tr {
-    Tcp { ch: u8 },
-    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    Tcp {
+        ch: u8,
+    },
+    Udp {
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+    },
+    /// Sent once per stream to the track's group (see `multicast`), not by this session.
+    Multicast,
 }
 
 struct PubTrack {
@@ -209,6 +218,8 @@ struct Conn {
     close: bool,
     guard: ConnGuard<RtspStats>,
     lost_reported: u64,
+    /// Counted as a multicast reader of the stream while playing.
+    multicast: Option<crate::multicast::Member>,
 }
 
 fn uri_path(uri: &str) -> String {
@@ -297,6 +308,7 @@ impl Conn {
             reader: None,
             reads: Vec::new(),
             playing: None,
+            multicast: None,
             udp_rx: None,
             udp_tx: None,
             routes: Vec::new(),
@@ -640,13 +652,13 @@ impl Conn {
         let Some(t) = req.header("Transport").and_then(parse_transport) else {
             return response(461, "Unsupported Transport", cseq, &[], b"");
         };
-        if t.multicast {
+        if t.multicast && (self.config.multicast.is_none() || self.publisher.is_some()) {
             return response(
                 461,
                 "Unsupported Transport",
                 cseq,
                 &[],
-                b"multicast is not supported yet\n",
+                b"multicast is for reading, and only with multicast in rtspTransports\n",
             );
         }
         if t.tcp && !self.config.allow_tcp {
@@ -688,7 +700,22 @@ impl Conn {
         let Some(idx) = self.track_index(&req.uri, &controls, &set) else {
             return response(404, "Not Found", cseq, &[], b"no such track\n");
         };
-        let (tr, header) = if t.tcp {
+        let (tr, header) = if t.multicast {
+            let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) else {
+                return response(461, "Unsupported Transport", cseq, &[], b"");
+            };
+            let sg = reader
+                .stream()
+                .extension(crate::multicast::StreamGroups::default);
+            let group = sg.group(groups, idx, self.reads.len());
+            (
+                Tr::Multicast,
+                format!(
+                    "RTP/AVP;multicast;destination={group};port={}-{};ttl=16",
+                    groups.conf.rtp_port, groups.conf.rtcp_port
+                ),
+            )
+        } else if t.tcp {
             let (a, b) = t.interleaved.unwrap_or((2 * idx as u8, 2 * idx as u8 + 1));
             (
                 Tr::Tcp { ch: a },
@@ -729,7 +756,13 @@ impl Conn {
             .extra
             .transport
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = if t.tcp { "TCP" } else { "UDP" };
+            .unwrap_or_else(|e| e.into_inner()) = if t.multicast {
+            "UDP-multicast"
+        } else if t.tcp {
+            "TCP"
+        } else {
+            "UDP"
+        };
         if publishing {
             if let (Tr::Udp { rtp, .. }, Some(udp)) = (tr, &self.udp) {
                 let tx = self
@@ -771,6 +804,14 @@ impl Conn {
             );
         }
         self.playing = Some(packets.subscribe());
+        if self.reads.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
+            if let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) {
+                let sg = reader
+                    .stream()
+                    .extension(crate::multicast::StreamGroups::default);
+                self.multicast = Some(sg.join(&packets, &groups.conf));
+            }
+        }
         let path = self.path.clone().unwrap_or_default();
         self.guard.set(tidegate_core::ConnState::Read, &path, "");
         response(
@@ -937,6 +978,7 @@ impl Conn {
                     .fetch_add(1, Ordering::Relaxed);
             }
             match tr {
+                Tr::Multicast => {}
                 Tr::Tcp { ch } => interleaved(ch + u8::from(rtcp), &pkt, out),
                 Tr::Udp {
                     rtp,

@@ -338,6 +338,21 @@ impl Server {
                 digest: config.rtsp_auth_methods.iter().any(|m| m == "digest"),
             },
             allow_tcp: config.rtsp_transports.iter().any(|t| t == "tcp"),
+            multicast: config
+                .rtsp_transports
+                .iter()
+                .any(|t| t == "multicast")
+                .then(|| {
+                    let net = config.multicast_ip_range;
+                    Arc::new(tidegate_rtsp::multicast::Groups::new(
+                        tidegate_rtsp::multicast::MulticastConf {
+                            base: net.network(),
+                            size: 1u32 << (32 - u32::from(net.prefix_len())).min(31),
+                            rtp_port: config.multicast_rtp_port,
+                            rtcp_port: config.multicast_rtcp_port,
+                        },
+                    ))
+                }),
         };
         if let (Some(listener), Some(addr)) = (rtsps_listener, rtsps_addr) {
             tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)");

@@ -70,6 +70,9 @@ pub struct Config {
     pub rtp_address: SocketAddr,
     /// `rtspTransports`: any of `udp`, `multicast`, `tcp`.
     pub rtsp_transports: Vec<String>,
+    pub multicast_ip_range: ipnet::Ipv4Net,
+    pub multicast_rtp_port: u16,
+    pub multicast_rtcp_port: u16,
     /// `rtspAuthMethods`: any of `basic`, `digest`.
     pub rtsp_auth_methods: Vec<String>,
     pub rtcp_address: SocketAddr,
@@ -159,6 +162,9 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
             &["udp", "multicast", "tcp"]
         )),
     ),
+    ("multicastIPRange", set!(multicast_ip_range, ipv4_net)),
+    ("multicastRTPPort", set!(multicast_rtp_port, port)),
+    ("multicastRTCPPort", set!(multicast_rtcp_port, port)),
     (
         "rtspAuthMethods",
         set!(rtsp_auth_methods, |v| subset_of(v, &["basic", "digest"])),
@@ -361,6 +367,10 @@ impl Config {
             rtp_address: any,
             rtsp_transports: vec!["udp".into(), "multicast".into(), "tcp".into()],
             rtsp_auth_methods: vec!["basic".into(), "digest".into()],
+            multicast_ip_range: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(224, 1, 0, 0), 16)
+                .unwrap_or_default(),
+            multicast_rtp_port: 8002,
+            multicast_rtcp_port: 8003,
             rtcp_address: any,
             hls: false,
             hls_address: any,

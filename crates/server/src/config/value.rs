@@ -172,6 +172,23 @@ pub fn string_list(v: &Node) -> Result<Vec<String>, String> {
     }
 }
 
+/// A multicast IPv4 range like `224.1.0.0/16`.
+pub fn ipv4_net(v: &Node) -> Result<ipnet::Ipv4Net, String> {
+    let s = scalar(v, "a range like 224.1.0.0/16")?;
+    let net: ipnet::Ipv4Net = s
+        .parse()
+        .map_err(|_| format!("expected a range like '224.1.0.0/16', found '{s}'"))?;
+    if !net.network().is_multicast() {
+        return Err(format!("'{s}' is not a multicast range (224.0.0.0/4)"));
+    }
+    Ok(net.trunc())
+}
+
+/// A UDP/TCP port number.
+pub fn port(v: &Node) -> Result<u16, String> {
+    uint_in(v, 1, 65535).map(|p| p as u16)
+}
+
 /// A non-empty list whose items all come from `allowed`.
 pub fn subset_of(v: &Node, allowed: &[&str]) -> Result<Vec<String>, String> {
     let items = string_list(v)?;
