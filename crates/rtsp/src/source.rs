@@ -1,4 +1,5 @@
-//! Pulled cameras: `source: rtsp://…` (and `rtsps://`) read with retina, the RTSP client
+//! Pulled cameras: `source: rtsp://…` read with retina (which has no TLS: `rtsps://` sources
+//! fail with its error and are retried with backoff), the RTSP client
 //! library of the Moonfire NVR project, which copes with many real cameras' quirks.
 
 use std::sync::atomic::Ordering;
