@@ -825,7 +825,10 @@ fn whip_whep_http_contract() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("getUserMedia"));
     let r = send(addr, "GET", "/free/", &[], b"");
-    assert!(r.text().contains("whep"));
+    assert!(r.text().contains("whep") && r.text().contains("webrtc.js"));
+    let r = send(addr, "GET", "/free/webrtc.js", &[], b"");
+    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(r.text().contains("negotiate"));
 }
 
 /// 50 WHEP viewers of one RTMP stream, all in one aiortc process: every one decodes; the

@@ -21,6 +21,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 const PUBLISH_PAGE: &str = include_str!("publish.html");
 const PLAY_PAGE: &str = include_str!("play.html");
+const PAGE_SCRIPT: &str = include_str!("webrtc.js");
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new().fallback(handle).with_state(inner)
@@ -31,6 +32,8 @@ enum Target<'a> {
     Resource(&'a str, Role, &'a str),
     PublishPage,
     PlayPage,
+    /// `webrtc.js`, what both pages share.
+    PageScript,
     AddSlash,
 }
 
@@ -53,6 +56,9 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
     }
     if last == "publish" && !head.is_empty() {
         return Some(Target::PublishPage);
+    }
+    if last == "webrtc.js" && !head.is_empty() {
+        return Some(Target::PageScript);
     }
     if let Some((name, kind)) = head.rsplit_once('/') {
         if let Some(role) = role_of(kind) {
@@ -158,12 +164,10 @@ fn json_error(status: u16, message: &str) -> Response {
     r
 }
 
-fn page(html: &'static str) -> Response {
-    let mut r = Response::new(Body::from(html));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+fn page(text: &'static str, content_type: &'static str) -> Response {
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -315,8 +319,9 @@ async fn route(
                 None => json_error(404, "session not found"),
             }
         }
-        (Target::PublishPage, Method::GET) => page(PUBLISH_PAGE),
-        (Target::PlayPage, Method::GET) => page(PLAY_PAGE),
+        (Target::PublishPage, Method::GET) => page(PUBLISH_PAGE, "text/html; charset=utf-8"),
+        (Target::PlayPage, Method::GET) => page(PLAY_PAGE, "text/html; charset=utf-8"),
+        (Target::PageScript, Method::GET) => page(PAGE_SCRIPT, "text/javascript; charset=utf-8"),
         (Target::AddSlash, Method::GET) => {
             let mut r = status(StatusCode::MOVED_PERMANENTLY);
             let loc = match uri.query() {
@@ -352,6 +357,10 @@ mod tests {
             Some(Target::PublishPage)
         ));
         assert!(matches!(parse_target("/cam/"), Some(Target::PlayPage)));
+        assert!(matches!(
+            parse_target("/cam/webrtc.js"),
+            Some(Target::PageScript)
+        ));
         assert!(matches!(parse_target("/cam"), Some(Target::AddSlash)));
         assert!(parse_target("/whip").is_none());
     }
