@@ -12,6 +12,9 @@ const seconds = Number(secondsArg || 6);
 const opt = (name) => { const i = rest.indexOf(name); return i >= 0 ? rest[i + 1] : null; };
 const publishUrl = opt('--publish');
 const playUrl = opt('--play');
+// --drop-layer RID: after the player has played for half the time, the publisher stops that
+// simulcast layer; the report then has the player's state before and after.
+const dropLayer = opt('--drop-layer');
 const require = createRequire(path.join(modules, 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -38,8 +41,9 @@ const until = async (page, pred, ms) => {
 };
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+  let pub = null;
   if (publishUrl) {
-    const pub = await ctx.newPage();
+    pub = await ctx.newPage();
     pub.on('console', (m) => { if (m.type() === 'error') console.error('publish console:', m.text()); });
     const t0 = Date.now();
     await pub.goto(publishUrl, { timeout: 15000 });
@@ -56,7 +60,14 @@ try {
     out.firstFrameAfter = first && first.frames > 0 ? (Date.now() - t0) / 1000 : null;
     const startFrames = first ? first.frames : 0;
     const t1 = Date.now();
-    await play.waitForTimeout(seconds * 1000);
+    if (dropLayer && pub) {
+      await play.waitForTimeout(seconds * 500);
+      out.beforeDrop = await state(play);
+      await pub.evaluate((rid) => window.tidegateLayers({ [rid]: false }), dropLayer);
+      await play.waitForTimeout(seconds * 500);
+    } else {
+      await play.waitForTimeout(seconds * 1000);
+    }
     const s = await state(play);
     const q = await play.evaluate(() => {
       const v = document.getElementById('video');

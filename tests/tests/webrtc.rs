@@ -320,30 +320,56 @@ fn chromium_av1_publish_and_play() {
 }
 
 /// Chromium publishes three simulcast layers (640x480, 320x240, 160x120); the path takes the
-/// largest, and the player gets 640x480.
+/// largest (the player gets 640x480). Then the publisher stops that layer: the path moves to
+/// the next one within seconds and the player keeps playing, at 320x240.
 #[test]
-fn chromium_simulcast_takes_the_largest_layer() {
+fn chromium_simulcast_takes_the_largest_layer_and_falls_back() {
     let _turn = heavy();
     let dir = scratch("webrtc-simulcast");
     let server = TestServer::start("");
     let mut cmd = Command::new(peer("node"));
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
         .arg(peers_dir().join("node/node_modules"))
-        .arg("4")
+        .arg("10")
         .arg("--publish")
         .arg(server.webrtc_url("sim", "publish?autostart=yes&simulcast=yes"))
         .arg("--play")
-        .arg(server.webrtc_url("sim", ""));
+        .arg(server.webrtc_url("sim", ""))
+        .arg("--drop-layer")
+        .arg("h");
     let mut node = PeerProcess::spawn("chromium-pages", &mut cmd, &dir);
-    let s = wait_sessions(
-        &server,
-        |s| s.iter().any(|x| x["simulcastLayer"] == "h"),
-        Duration::from_secs(30),
-    );
-    assert!(s.iter().any(|x| x["simulcastLayer"] == "h"), "{s:?}");
+    let layer = |l: &str| {
+        let s = wait_sessions(
+            &server,
+            |s| s.iter().any(|x| x["simulcastLayer"] == l),
+            Duration::from_secs(30),
+        );
+        assert!(
+            s.iter().any(|x| x["simulcastLayer"] == l),
+            "layer {l}: {s:?}"
+        );
+    };
+    layer("h");
+    layer("m");
     let r = viewer_report(&mut node);
     eprintln!("Chromium simulcast: {r}");
-    assert_fake_camera(&r);
+    let before = &r["beforeDrop"];
+    assert_eq!(
+        (before["width"].as_u64(), before["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{r}"
+    );
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(320), Some(240)),
+        "{r}"
+    );
+    let after = play["frames"].as_u64().unwrap() - before["frames"].as_u64().unwrap();
+    assert!(
+        after >= 40,
+        "{after} frames in the 5 s after the top layer stopped: {r}"
+    );
 }
 
 /// AV1 from ffmpeg 9 (SVT-AV1 over Enhanced RTMP) plays in Chromium over WHEP.
@@ -827,7 +853,10 @@ fn whip_whep_http_contract() {
     let r = send(addr, "GET", "/free/", &[], b"");
     assert!(r.text().contains("whep") && r.text().contains("webrtc.js"));
     let r = send(addr, "GET", "/free/webrtc.js", &[], b"");
-    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
     assert!(r.text().contains("negotiate"));
 }
 

@@ -32,7 +32,12 @@ struct InTrack {
     last_seq: Option<u64>,
     /// Simulcast: the layer taken (the largest picture seen in a keyframe) and its pixels.
     layer: Option<(Rid, u64)>,
+    /// When the layer taken last gave a frame (a layer the encoder stops is left).
+    layer_seen: Option<Instant>,
 }
+
+/// A simulcast layer that has sent nothing for this long is given up for another one.
+const LAYER_STALE: Duration = Duration::from_secs(1);
 
 /// A WHIP publisher's media on its way into the path.
 pub(crate) struct Ingest {
@@ -95,6 +100,7 @@ impl Ingest {
                     waiting_key: true,
                     last_seq: None,
                     layer: None,
+                    layer_seen: None,
                 });
                 self.tracks.len() - 1
             }
@@ -123,10 +129,14 @@ impl Ingest {
             };
             let key = matches!(&converted, Some((_, true, _)));
             // The first layer to show a keyframe is taken even when its size cannot be read.
+            let stale = t
+                .layer_seen
+                .is_some_and(|seen| d.network_time.saturating_duration_since(seen) > LAYER_STALE);
             let better = key
                 && match t.layer {
                     None => true,
-                    Some((r, px)) => r != rid && pixels > px,
+                    // Up to a larger layer, or to any layer when the one taken went quiet.
+                    Some((r, px)) => r != rid && (pixels > px || stale),
                 };
             if better {
                 tracing::info!("[WebRTC] simulcast: taking layer {rid} ({pixels} pixels)");
@@ -138,6 +148,7 @@ impl Ingest {
             if t.layer.map(|(r, _)| r) != Some(rid) {
                 return IngestAction::None;
             }
+            t.layer_seen = Some(d.network_time);
         }
         let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
         if let Some(prev) = t.last_seq {
@@ -229,11 +240,23 @@ impl Ingest {
         self.stream = Some(stream);
     }
 
-    /// Called on a timer too, so that a publisher with one silent medium still starts.
-    pub fn tick(&mut self, now: Instant) {
+    /// Called on a timer too, so that a publisher with one silent medium still starts. Returns
+    /// the simulcast layers to ask for a keyframe: every layer of a track whose layer taken
+    /// went quiet, so that another can take over at once.
+    pub fn tick(&mut self, now: Instant) -> Vec<(Mid, Rid)> {
         if self.stream.is_none() {
             self.maybe_start(now);
         }
+        let mut want = Vec::new();
+        for t in &self.tracks {
+            let quiet = t
+                .layer_seen
+                .is_some_and(|seen| now.saturating_duration_since(seen) > LAYER_STALE);
+            if quiet {
+                want.extend(t.bases.keys().flatten().map(|rid| (t.mid, *rid)));
+            }
+        }
+        want
     }
 }
 

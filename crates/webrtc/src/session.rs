@@ -598,7 +598,14 @@ impl Task {
                 }
                 _ = tick.tick() => {
                     if let RoleState::Whip(i) = &mut state {
-                        i.tick(Instant::now());
+                        let quiet = i.tick(Instant::now());
+                        if !quiet.is_empty() && ctx.keyframe_due(Instant::now()) {
+                            for (mid, rid) in quiet {
+                                if let Some(mut w) = rtc.writer(mid) {
+                                    let _ = w.request_keyframe(Some(rid), KeyframeRequestKind::Pli);
+                                }
+                            }
+                        }
                     }
                 }
                 ev = role_event(&mut state) => match ev {
