@@ -1079,22 +1079,29 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
 // WebRTC: one WHIP publisher (ffmpeg 9), N WHEP viewers (aiortc, decoding), the added latency
 // (frame ingress -> packets sent, the server's own histogram) and the server's CPU and memory.
 
-fn webrtc_metrics(metrics_port: u16) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect(("127.0.0.1", metrics_port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    Ok(text)
+/// The metrics page, through the bench's one HTTP client ([`http_get`]).
+fn webrtc_metrics(rt: &tokio::runtime::Runtime, metrics_port: u16) -> Result<String, String> {
+    rt.block_on(async {
+        let mut s = TcpStream::connect(("127.0.0.1", metrics_port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(5), http_get(&mut s, "/metrics"))
+                .await
+                .map_err(|_| "metrics: no answer in 5 s".to_string())??;
+        if status != 200 {
+            return Err(format!("metrics: HTTP {status}"));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    })
 }
 
 /// Cumulative (le seconds, count) buckets of `webrtc_egress_latency_seconds`.
-fn webrtc_latency_buckets(metrics_port: u16) -> Result<Vec<(f64, u64)>, String> {
-    let text = webrtc_metrics(metrics_port)?;
+fn webrtc_latency_buckets(
+    rt: &tokio::runtime::Runtime,
+    metrics_port: u16,
+) -> Result<Vec<(f64, u64)>, String> {
+    let text = webrtc_metrics(rt, metrics_port)?;
     let mut out = Vec::new();
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("webrtc_egress_latency_seconds_bucket{le=\"") {
@@ -1195,15 +1202,15 @@ fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> 
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("{}: {e}", ffmpeg9.display()))?;
-        // The publisher is in once the server counts its session.
+        // The publisher is in once its path is ready (its tracks known, frames flowing).
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !webrtc_metrics(metrics)?.contains("webrtc_sessions 1") {
+        while !webrtc_metrics(rt, metrics)?.contains("paths{name=\"bench\",state=\"ready\"} 1") {
             if Instant::now() > deadline {
-                return Err("the WHIP publisher did not connect within 15 s".into());
+                return Err("the WHIP publisher's path was not ready within 15 s".into());
             }
-            rt.block_on(tokio::time::sleep(Duration::from_millis(100)));
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
         }
-        let before = webrtc_latency_buckets(metrics)?;
+        let before = webrtc_latency_buckets(rt, metrics)?;
         let cpu0 = cpu_seconds(pid);
         let t0 = Instant::now();
         let out = Command::new(&python)
@@ -1220,7 +1227,7 @@ fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> 
             .map_err(|e| format!("{}: {e}", python.display()))?;
         let wall = t0.elapsed().as_secs_f64();
         let cpu = (cpu_seconds(pid) - cpu0) / wall;
-        let after = webrtc_latency_buckets(metrics)?;
+        let after = webrtc_latency_buckets(rt, metrics)?;
         let report = String::from_utf8_lossy(&out.stdout);
         let fewest = report
             .split("\"frames\": ")
