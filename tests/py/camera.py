@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """An IP camera stand-in for the tests: an RTSP server (gst-rtsp-server, Debian's python3-gi)
-serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz. Each client
+serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz (rtsps:// with
+--cert and --key, as cameras with self-signed certificates do). Each client
 connection and disconnection is printed to stderr ("client connected" / "client closed"),
 so a test can count them. It exits by itself after --max-seconds.
 
@@ -13,17 +14,33 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def say(line):
     print(line, file=sys.stderr, flush=True)
 
 
+class OpenAuth(GstRtspServer.RTSPAuth):
+    """TLS without access control: every client may read (tokens cannot be filled from
+    Python, their structures are copies)."""
+
+    def do_authenticate(self, _ctx):
+        return True
+
+    def do_check(self, ctx, check):
+        # The connect check is where the server starts TLS on the connection.
+        if check == "auth.check.connect":
+            return GstRtspServer.RTSPAuth.do_check(self, ctx, check)
+        return True
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-seconds", type=int, default=120)
+    p.add_argument("--cert", help="PEM certificate: serve RTSPS")
+    p.add_argument("--key", help="PEM private key of --cert")
     a = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -38,6 +55,15 @@ def main():
         "! avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
     )
     factory.set_shared(True)
+    scheme = "rtsp"
+    if a.cert:
+        # RTSPS: TLS on the same port.
+        with open(a.cert) as c, open(a.key) as k:
+            cert = Gio.TlsCertificate.new_from_pem(c.read() + k.read(), -1)
+        auth = OpenAuth()
+        auth.set_tls_certificate(cert)
+        server.set_auth(auth)
+        scheme = "rtsps"
     server.get_mount_points().add_factory("/cam", factory)
 
     def on_client(_server, client):
@@ -47,7 +73,7 @@ def main():
     server.connect("client-connected", on_client)
     if server.attach(None) == 0:
         sys.exit("cannot bind")
-    say(f"listening on rtsp://127.0.0.1:{a.port}/cam")
+    say(f"listening on {scheme}://127.0.0.1:{a.port}/cam")
     loop = GLib.MainLoop()
     GLib.timeout_add_seconds(a.max_seconds, loop.quit)
     loop.run()

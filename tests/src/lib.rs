@@ -47,13 +47,26 @@ pub fn peer(name: &str) -> PathBuf {
 /// A self-signed certificate for 127.0.0.1/localhost, written as `key.pem` and `cert.pem`
 /// into `dir`. Returns (key path, cert path).
 pub fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (key, crt, _) = self_signed_pinned(dir);
+    (key, crt)
+}
+
+/// As [`self_signed`], with the certificate's SHA-256 fingerprint in the colon form openssl
+/// prints (`AB:CD:…`), as a `sourceFingerprint` would be written.
+pub fn self_signed_pinned(dir: &std::path::Path) -> (PathBuf, PathBuf, String) {
+    use sha2::Digest;
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
         .expect("rcgen");
     let key = dir.join("key.pem");
     let crt = dir.join("cert.pem");
     std::fs::write(&key, cert.signing_key.serialize_pem()).expect("write key");
     std::fs::write(&crt, cert.cert.pem()).expect("write cert");
-    (key, crt)
+    let fingerprint = sha2::Sha256::digest(cert.cert.der())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    (key, crt, fingerprint)
 }
 
 /// A scratch directory for one test, removed and recreated.

@@ -148,3 +148,45 @@ pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
         .arg(dir.join("nginx-stderr.log"));
     PeerProcess::spawn("nginx", &mut cmd, dir)
 }
+
+/// Node-Media-Server (npm) serving plain RTMP on `rtmp_port` and RTMPS on `rtmps_port` with
+/// `key`/`cert`, run in `dir` (where it keeps its store). Returns once both ports accept.
+pub fn node_media_server(
+    rtmp_port: u16,
+    rtmps_port: u16,
+    key: &Path,
+    cert: &Path,
+    dir: &Path,
+) -> PeerProcess {
+    let modules = crate::peers_dir().join("node/node_modules");
+    assert!(
+        modules.join("node-media-server").is_dir(),
+        "test peer 'node-media-server' is missing: run `cargo xtask test`, which installs every peer"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/js/nms_rtmps.mjs");
+    let mut cmd = Command::new(peer("node"));
+    cmd.current_dir(dir)
+        .arg(script)
+        .arg(rtmp_port.to_string())
+        .arg(rtmps_port.to_string())
+        .arg(key)
+        .arg(cert)
+        .arg(&modules);
+    let nms = PeerProcess::spawn("node-media-server", &mut cmd, dir);
+    for port in [rtmp_port, rtmps_port] {
+        wait_listening(port, Duration::from_secs(15));
+    }
+    nms
+}
+
+/// Waits until 127.0.0.1:`port` accepts a TCP connection, at most `limit`. Panics after.
+pub fn wait_listening(port: u16, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -190,6 +190,23 @@ impl TestServer {
         }
     }
 
+    /// Polls `/v3/paths/get/{path}` until its `sourceRelay.lastError` contains `what`, at most
+    /// `limit` (the source's retries are not path events). Returns the last error seen.
+    pub fn wait_source_error(&self, path: &str, what: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let v = crate::http::get_json(self.api_addr(), &format!("/v3/paths/get/{path}"));
+            let err = v["sourceRelay"]["lastError"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if err.contains(what) || std::time::Instant::now() > deadline {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits (bounded) until `path` has at least `n` readers.
     pub fn wait_readers(&self, path: &str, n: usize, limit: Duration) {
         self.wait_until(path, limit, &format!("read by {n}"), |p| {

@@ -428,6 +428,42 @@ fn a_path_pulls_an_rtmp_source() {
     assert_eq!(v["sourceRelay"]["state"], "running");
 }
 
+/// `source: rtmps://…` from a third-party RTMPS server (Node-Media-Server) with a self-signed
+/// certificate, pinned by `sourceFingerprint`: read back over RTMP. Unpinned, the certificate
+/// is refused (no Web PKI root signs it) and the API says so.
+#[test]
+fn a_path_pulls_an_rtmps_source_pinned_by_fingerprint() {
+    use tidegate_tests::peers::{free_port, node_media_server};
+    let dir = scratch("rtmps-pull");
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let (plain, tls) = (free_port(), free_port());
+    let _nms = node_media_server(plain, tls, &key, &cert, &dir);
+    let _camera = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{plain}/live/cam"),
+        60,
+        "flv",
+        &dir,
+    );
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtmps://127.0.0.1:{tls}/live/cam\n    sourceFingerprint: \"{fingerprint}\"\n\
+         \x20 unpinned:\n    source: rtmps://127.0.0.1:{tls}/live/cam\n"
+    ));
+    server.wait_ready("cam", Duration::from_secs(30));
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+    let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
+    assert_eq!(v["sourceRelay"]["state"], "running", "{v}");
+    let err = server.wait_source_error("unpinned", "UnknownIssuer", Duration::from_secs(15));
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(!server.paths().get("unpinned").is_some_and(|p| p.ready));
+}
+
 #[test]
 fn legacy_audio_codecs_pass_through() {
     let dir = scratch("rtmp-legacy-audio");

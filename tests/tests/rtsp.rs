@@ -548,10 +548,16 @@ struct Camera {
 
 impl Camera {
     fn start(port: u16) -> Camera {
+        Camera::start_with(port, &[])
+    }
+
+    /// With `extra` arguments for camera.py (`--cert`, `--key`: RTSPS).
+    fn start_with(port: u16, extra: &[&str]) -> Camera {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--max-seconds", "120"])
+            .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -649,6 +655,43 @@ fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
             server.wait_ready("cam", Duration::from_secs(40));
             read_rtmp_and_check(&server, "cam", 3, &dir);
         }
+    }
+}
+
+/// `source: rtsps://…` pulls a camera serving RTSPS with a self-signed certificate (the camera
+/// stand-in with TLS): pinned with `sourceFingerprint` (colon form, as openssl prints it), the
+/// path carries H.264 + AAC to RTMP and RTSP readers. With another fingerprint, or with none
+/// (no Web PKI root signs the camera), the path stays empty and the API says why.
+#[test]
+fn an_rtsps_camera_is_pulled_with_its_certificate_fingerprint() {
+    let dir = scratch("rtsps-pull");
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let port = tidegate_tests::peers::free_port();
+    let (k, c) = (key.display().to_string(), cert.display().to_string());
+    let mut cam = Camera::start_with(port, &["--cert", &c, "--key", &k]);
+    let wrong = "00".repeat(32);
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtsps://127.0.0.1:{port}/cam\n    sourceFingerprint: \"{fingerprint}\"\n\
+         \x20 wrong:\n    source: rtsps://127.0.0.1:{port}/cam\n    sourceFingerprint: {wrong}\n\
+         \x20 unpinned:\n    source: rtsps://127.0.0.1:{port}/cam\n"
+    ));
+    server.wait_ready("cam", READY);
+    assert_eq!(
+        server.paths().get("cam").unwrap().tracks,
+        vec!["H264", "MPEG-4 Audio"]
+    );
+    read_rtmp_and_check(&server, "cam", 3, &dir);
+    read_and_check(&server.rtsp_url("cam"), "tcp", "h264", Some("aac"), &dir);
+    let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
+    assert_eq!(v["sourceRelay"]["state"], "running");
+    assert!(cam.count("client connected") >= 1);
+
+    let err = server.wait_source_error("wrong", "fingerprint", Duration::from_secs(15));
+    assert!(err.contains("not the sourceFingerprint"), "{err}");
+    let err = server.wait_source_error("unpinned", "UnknownIssuer", Duration::from_secs(15));
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    for path in ["wrong", "unpinned"] {
+        assert!(!server.paths().get(path).is_some_and(|p| p.ready), "{path}");
     }
 }
 

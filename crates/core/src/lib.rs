@@ -19,6 +19,7 @@ pub mod registry;
 pub mod relay;
 pub mod stream;
 pub mod text;
+pub mod tls;
 
 pub use auth::{Action, AuthError, Credentials};
 /// Re-exported so that protocol crates and tests share one `Bytes`.

@@ -31,6 +31,9 @@ pub struct PathConf {
     pub push: Vec<String>,
     /// How a pulled `rtsp://` source asks for RTP: `automatic`, `udp`, `tcp` or `multicast`.
     pub rtsp_transport: String,
+    /// The SHA-256 fingerprint (hex) a pulled `rtsps://` or `rtmps://` server's certificate
+    /// must have, instead of a Web PKI check: for self-signed cameras. Empty: Web PKI.
+    pub source_fingerprint: String,
     /// Pull the source only while someone reads the path.
     pub source_on_demand: bool,
     /// How long a reader waits for an on-demand source to become ready.
@@ -56,6 +59,7 @@ impl Default for PathConf {
             max_readers: 0,
             push: Vec::new(),
             rtsp_transport: "automatic".into(),
+            source_fingerprint: String::new(),
             source_on_demand: false,
             source_on_demand_start_timeout: std::time::Duration::from_secs(10),
             source_on_demand_close_after: std::time::Duration::from_secs(10),

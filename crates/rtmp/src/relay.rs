@@ -35,7 +35,14 @@ pub fn redact(url: &str) -> String {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn connect(url: &RtmpUrl) -> Result<Box<dyn Io>, String> {
+/// Opens the connection; `rtmps://` is checked against the Web PKI roots, or against
+/// `fingerprint` (the path's `sourceFingerprint`) when it is set.
+async fn connect(url: &RtmpUrl, fingerprint: &str) -> Result<Box<dyn Io>, String> {
+    if url.tls {
+        let tls =
+            tidegate_core::tls::connect(&url.host, url.port, fingerprint, CONNECT_TIMEOUT).await?;
+        return Ok(Box::new(tls));
+    }
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((url.host.as_str(), url.port)),
@@ -44,28 +51,7 @@ async fn connect(url: &RtmpUrl) -> Result<Box<dyn Io>, String> {
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    if !url.tls {
-        return Ok(Box::new(tcp));
-    }
-    // RTMPS destinations are verified against the Web PKI roots, as browsers do.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-        .map_err(|e| format!("bad server name: {e}"))?;
-    let tls = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_string())?
-    .map_err(|e| format!("TLS: {e}"))?;
-    Ok(Box::new(tls))
+    Ok(Box::new(tcp))
 }
 
 async fn write(io: &mut Box<dyn Io>, data: &[u8]) -> Result<(), String> {
@@ -156,7 +142,7 @@ async fn push_once(
         Err(e) => return Err(e.to_string()),
     };
     status.set_state("connecting");
-    let mut io = connect(url).await?;
+    let mut io = connect(url, "").await?;
     let mut session = ClientSession::new(Mode::Publish, &url.app, &url.tc_url, &url.name);
     let mut buf = vec![0u8; 16 * 1024];
     start(&mut io, &mut session, &mut buf).await?;
@@ -213,8 +199,10 @@ async fn push_once(
 }
 
 /// Pulls `url` into `path` (`source: rtmp://…`) until `cancel`, reconnecting when it drops.
+/// `fingerprint` pins an `rtmps://` server's certificate (`sourceFingerprint`).
 pub async fn pull(
     url: String,
+    fingerprint: String,
     paths: PathManager,
     path: String,
     status: Arc<RelayStatus>,
@@ -224,7 +212,7 @@ pub async fn pull(
         return;
     };
     with_backoff("source", &path, &status, &cancel, || async {
-        pull_once(&parsed, &paths, &path, &status).await?;
+        pull_once(&parsed, &fingerprint, &paths, &path, &status).await?;
         Err("the source ended the stream".to_string())
     })
     .await;
@@ -232,12 +220,13 @@ pub async fn pull(
 
 async fn pull_once(
     url: &RtmpUrl,
+    fingerprint: &str,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
 ) -> Result<(), String> {
     status.set_state("connecting");
-    let mut io = connect(url).await?;
+    let mut io = connect(url, fingerprint).await?;
     let mut session = ClientSession::new(Mode::Play, &url.app, &url.tc_url, &url.name);
     let mut buf = vec![0u8; 64 * 1024];
     start(&mut io, &mut session, &mut buf).await?;

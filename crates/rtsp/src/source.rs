@@ -1,6 +1,10 @@
-//! Pulled cameras: `source: rtsp://…` read with retina (which has no TLS: `rtsps://` sources
-//! fail with its error and are retried with backoff), the RTSP client
+//! Pulled cameras: `source: rtsp://…` and `rtsps://…` read with retina, the RTSP client
 //! library of the Moonfire NVR project, which copes with many real cameras' quirks.
+//!
+//! retina speaks plain TCP only. For `rtsps://` Tidegate opens the TLS connection itself
+//! (verified against the Web PKI roots or pinned with `sourceFingerprint`) and hands retina a
+//! one-shot loopback port that relays to it: retina's RTSP session then runs, interleaved
+//! over TCP, inside that TLS connection. RTSPS over UDP would need SRTP, which retina lacks.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -101,11 +105,56 @@ fn carried(media: &str, encoding: &str) -> bool {
     )
 }
 
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens TLS to an `rtsps://` source and returns the `rtsp://127.0.0.1:<port>/…` URL that
+/// reaches it through a relay accepting one connection (for at most [`IO_TIMEOUT`]), with the
+/// relay's task. The URL keeps the path and query; the TLS errors (fingerprint, issuer) are
+/// the caller's to report.
+async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
+    let host = url.host_str().ok_or("the rtsps:// URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port().unwrap_or(322);
+    let mut tls = tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?;
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| format!("cannot open the TLS relay: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot open the TLS relay: {e}"))?;
+    let task = tokio::spawn(async move {
+        let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
+        else {
+            return;
+        };
+        drop(listener);
+        let _ = plain.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
+    });
+    let mut inner = url.clone();
+    let rewritten = inner.set_scheme("rtsp").is_ok()
+        && inner.set_host(Some("127.0.0.1")).is_ok()
+        && inner.set_port(Some(local.port())).is_ok();
+    if !rewritten {
+        return Err(format!("cannot relay {}", redact(url.as_str())));
+    }
+    Ok((inner, AbortOnDrop(task)))
+}
+
 /// Pulls `url` into `path` until `cancel`, reconnecting with the relays' backoff. With
 /// `on_demand.enabled`, the caller starts this when a reader asks and cancels it when idle.
+/// `fingerprint` pins an `rtsps://` camera's certificate (`sourceFingerprint`).
 pub async fn pull(
     url: String,
     transport: SourceTransport,
+    fingerprint: String,
     paths: PathManager,
     path: String,
     status: Arc<RelayStatus>,
@@ -119,17 +168,38 @@ pub async fn pull(
             return;
         }
     };
+    let tls = parsed.scheme() == "rtsps";
+    if tls && transport == SourceTransport::Udp {
+        status.set_state("failed");
+        status.set_error(
+            "rtsps:// over UDP needs SRTP, which is not supported: use rtspTransport tcp or automatic",
+        );
+        tracing::error!(
+            path,
+            "rtsps:// sources are pulled over TCP only (rtspTransport: udp)"
+        );
+        return;
+    }
     let use_udp = std::sync::atomic::AtomicBool::new(transport == SourceTransport::Udp);
     let use_udp = &use_udp;
-    let (paths, path2, cancel2) = (&paths, &path, &cancel);
+    let (paths, path2, cancel2, fingerprint) = (&paths, &path, &cancel, &fingerprint);
     let status2 = &status;
     with_backoff("source", &path, &status, &cancel, move || {
         let parsed = parsed.clone();
         async move {
             let udp = use_udp.load(Ordering::Relaxed);
-            let r = pull_once(parsed, udp, paths, path2, status2, cancel2).await;
-            // `automatic`: TCP first, then UDP, alternating on failures.
-            if r.is_err() && transport == SourceTransport::Automatic {
+            let r = if tls {
+                match tls_tunnel(&parsed, fingerprint).await {
+                    Ok((inner, _relay)) => {
+                        pull_once(inner, false, paths, path2, status2, cancel2).await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                pull_once(parsed, udp, paths, path2, status2, cancel2).await
+            };
+            // `automatic`: TCP first, then UDP, alternating on failures (TCP only over TLS).
+            if r.is_err() && transport == SourceTransport::Automatic && !tls {
                 use_udp.store(!udp, Ordering::Relaxed);
             }
             r

@@ -161,6 +161,7 @@ fn source(
     cancel: CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let (url, name) = (conf.source.clone(), conf.name.clone());
+    let fingerprint = conf.source_fingerprint.clone();
     if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
         use tidegate_rtsp::source::SourceTransport;
         let transport = match conf.rtsp_transport.as_str() {
@@ -169,12 +170,25 @@ fn source(
             _ => SourceTransport::Automatic,
         };
         Box::pin(tidegate_rtsp::source::pull(
-            url, transport, paths, name, status, cancel,
+            url,
+            transport,
+            fingerprint,
+            paths,
+            name,
+            status,
+            cancel,
         ))
     } else if url.starts_with("srt://") {
         Box::pin(tidegate_srt::caller::pull(url, paths, name, status, cancel))
     } else {
-        Box::pin(tidegate_rtmp::pull(url, paths, name, status, cancel))
+        Box::pin(tidegate_rtmp::pull(
+            url,
+            fingerprint,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
     }
 }
 

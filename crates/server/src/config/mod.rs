@@ -237,6 +237,7 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
     ("push", set!(push, push_list)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
+    ("sourceFingerprint", set!(source_fingerprint, fingerprint)),
     ("sourceOnDemand", set!(source_on_demand, boolean)),
     (
         "sourceOnDemandStartTimeout",

@@ -167,6 +167,12 @@ fn wrong_types_and_bad_values_are_named_with_their_line() {
             "paths.a.source",
             "URL",
         ),
+        (
+            "paths:\n  a:\n    sourceFingerprint: ab:cd\n",
+            3,
+            "paths.a.sourceFingerprint",
+            "SHA-256 fingerprint",
+        ),
         ("paths:\n  a: 5\n", 2, "paths.a", "map of settings"),
         (
             "paths:\n  ok:\n  '~^(bad$':\n",

@@ -321,6 +321,15 @@ pub fn rtsp_transport(v: &Node) -> Result<String, String> {
     }
 }
 
+/// `sourceFingerprint`: a SHA-256 certificate fingerprint (empty: none).
+pub fn fingerprint(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    if !s.is_empty() {
+        tidegate_core::tls::parse_fingerprint(&s)?;
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
