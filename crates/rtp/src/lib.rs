@@ -1,4 +1,4 @@
-//! RTP for Tidegate: packets ([`packet`]), RTCP sender reports ([`rtcp`]), and one
+//! RTP for Tidegate: packets ([`packet`]), RTCP sender reports ([`rtcp`]), SRTP ([`srtp`]), and one
 //! depacketizer and packetizer per codec behind one enum ([`depack`], [`pack`]). Shared by
 //! RTSP and, later, WebRTC.
 //!
@@ -10,6 +10,7 @@ pub mod depack;
 pub mod pack;
 pub mod packet;
 pub mod rtcp;
+pub mod srtp;
 
 pub use depack::{Depacketizer, Unit};
 pub use pack::Packetizer;

@@ -1,10 +1,11 @@
 //! RTSP for Tidegate: a sans-IO message parser ([`message`]), SDP ([`sdp`]), Basic and Digest
 //! auth ([`auth`]), packetize-once per stream ([`mux`]) and the tokio server ([`server`]):
 //! publish with ANNOUNCE/SETUP/RECORD, read with DESCRIBE/SETUP/PLAY, over TCP (interleaved)
-//! or UDP unicast.
+//! or UDP unicast and multicast; over RTSPS, SRTP keyed by MIKEY ([`mikey`]).
 
 pub mod auth;
 pub mod message;
+pub mod mikey;
 pub mod multicast;
 pub mod mux;
 pub mod sdp;

@@ -1,0 +1,284 @@
+//! MIKEY (RFC 3830) as RTSPS uses it to hand out SRTP keys (RFC 4567: `a=key-mgmt:mikey` in
+//! SDP, the `KeyMgmt` header in SETUP): a pre-shared-key message whose key payload is not
+//! encrypted, because the RTSP connection carrying it is TLS. This is what GStreamer,
+//! MediaMTX and Axis cameras exchange.
+//!
+//! [`build`] makes the message for one SRTP master key (key and salt, 30 bytes, as a TEK:
+//! GStreamer reads the key data as key and salt together); [`parse`] reads such a message
+//! from a peer, with the salt in the key data or in its own field.
+
+use base64::Engine;
+
+/// A MIKEY message larger than this is refused before it is parsed.
+pub const MAX_LEN: usize = 4096;
+
+/// Why a MIKEY message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MikeyError {
+    #[error("MIKEY message truncated")]
+    Truncated,
+    #[error("MIKEY message larger than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("not base64")]
+    Base64,
+    #[error("unsupported MIKEY message: {0}")]
+    Unsupported(&'static str),
+    #[error("the MIKEY key is {0} bytes; AES_CM_128_HMAC_SHA1_80 needs 30 (key and salt)")]
+    KeyLength(usize),
+}
+
+// Payload types (RFC 3830, 6.1).
+const PT_LAST: u8 = 0;
+const PT_KEMAC: u8 = 1;
+const PT_T: u8 = 5;
+const PT_SP: u8 = 10;
+const PT_RAND: u8 = 11;
+const PT_KEY_DATA: u8 = 20;
+const PT_GENERAL_EXT: u8 = 21;
+
+/// A message carrying `master` (16-byte key then 14-byte salt), with an SRTP policy of
+/// AES-CM-128, HMAC-SHA1, 80-bit tags, and RTP and RTCP both encrypted and authenticated.
+pub fn build(master: &[u8; tidegate_rtp::srtp::MASTER_LEN]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(128);
+    // Common header: version 1, PSK init, next T, no verification, PRF MIKEY-1, random CSB
+    // ID, no crypto sessions listed, SRTP-ID map.
+    m.extend_from_slice(&[1, 0, PT_T, 0]);
+    m.extend_from_slice(&(tidegate_core::text::random_u64() as u32).to_be_bytes());
+    m.extend_from_slice(&[0, 0]);
+    // T: NTP-UTC now.
+    m.extend_from_slice(&[PT_RAND, 0]);
+    m.extend_from_slice(&ntp_now().to_be_bytes());
+    // RAND: 16 bytes.
+    m.extend_from_slice(&[PT_SP, 16]);
+    m.extend_from_slice(&tidegate_core::text::random_u64().to_be_bytes());
+    m.extend_from_slice(&tidegate_core::text::random_u64().to_be_bytes());
+    // SP: policy 0, SRTP.
+    let params: &[(u8, u8)] = &[
+        (0, 1),   // encryption: AES-CM
+        (1, 16),  // session encryption key length
+        (2, 1),   // authentication: HMAC-SHA-1
+        (3, 20),  // session authentication key length
+        (4, 14),  // session salt length
+        (7, 1),   // SRTP encryption on
+        (8, 1),   // SRTCP encryption on
+        (10, 1),  // SRTP authentication on
+        (11, 10), // authentication tag length
+    ];
+    m.extend_from_slice(&[PT_KEMAC, 0, 0]);
+    m.extend_from_slice(&((params.len() * 3) as u16).to_be_bytes());
+    for (t, v) in params {
+        m.extend_from_slice(&[*t, 1, *v]);
+    }
+    // KEMAC: no encryption, no MAC; one key data sub-payload: a TEK, no validity.
+    let mut key = vec![PT_LAST, 2 << 4];
+    key.extend_from_slice(&(master.len() as u16).to_be_bytes());
+    key.extend_from_slice(master);
+    m.extend_from_slice(&[PT_LAST, 0]);
+    m.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    m.extend_from_slice(&key);
+    m.push(0); // MAC algorithm: none
+    m
+}
+
+/// `build` in base64, as `a=key-mgmt:mikey` and `KeyMgmt` carry it.
+pub fn build_base64(master: &[u8; tidegate_rtp::srtp::MASTER_LEN]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(build(master))
+}
+
+fn ntp_now() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() + 2_208_988_800;
+    (secs << 32) | ((u64::from(since.subsec_nanos()) << 32) / 1_000_000_000)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MikeyError> {
+        if self.0.len() < n {
+            return Err(MikeyError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, MikeyError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<usize, MikeyError> {
+        let b = self.take(2)?;
+        Ok(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+}
+
+/// The SRTP master key (key then salt) of a MIKEY message.
+pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+    if data.len() > MAX_LEN {
+        return Err(MikeyError::TooLong);
+    }
+    let mut c = Cursor(data);
+    let version = c.u8()?;
+    let data_type = c.u8()?;
+    let mut next = c.u8()?;
+    c.take(1 + 4)?; // V/PRF, CSB ID
+    let n_cs = usize::from(c.u8()?);
+    let map_type = c.u8()?;
+    if version != 1 {
+        return Err(MikeyError::Unsupported("version"));
+    }
+    if data_type != 0 && data_type != 1 {
+        return Err(MikeyError::Unsupported(
+            "only pre-shared-key messages are read",
+        ));
+    }
+    if map_type != 0 {
+        return Err(MikeyError::Unsupported("crypto session map"));
+    }
+    c.take(n_cs * 9)?; // policy, SSRC, ROC per crypto session
+    let mut key = None;
+    while next != PT_LAST {
+        let this = next;
+        next = c.u8()?;
+        match this {
+            PT_T => {
+                let len = match c.u8()? {
+                    0 | 1 => 8,
+                    2 => 4,
+                    _ => return Err(MikeyError::Unsupported("timestamp type")),
+                };
+                c.take(len)?;
+            }
+            PT_RAND => {
+                let len = usize::from(c.u8()?);
+                c.take(len)?;
+            }
+            PT_SP => {
+                c.take(2)?; // policy number, protocol
+                let len = c.u16()?;
+                c.take(len)?;
+            }
+            PT_GENERAL_EXT => {
+                c.take(1)?;
+                let len = c.u16()?;
+                c.take(len)?;
+            }
+            PT_KEMAC => {
+                let enc = c.u8()?;
+                let len = c.u16()?;
+                let body = c.take(len)?;
+                let mac = c.u8()?;
+                if enc != 0 || mac != 0 {
+                    return Err(MikeyError::Unsupported("encrypted or MACed key payload"));
+                }
+                key = Some(key_data(body)?);
+            }
+            _ => return Err(MikeyError::Unsupported("payload type")),
+        }
+    }
+    key.ok_or(MikeyError::Unsupported("no key payload"))
+}
+
+/// The first key data sub-payload of a KEMAC: key, plus its salt when separate.
+fn key_data(body: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+    let mut c = Cursor(body);
+    let _next = c.u8()?;
+    let type_kv = c.u8()?;
+    let (kind, kv) = (type_kv >> 4, type_kv & 0x0f);
+    let len = c.u16()?;
+    let mut key = c.take(len)?.to_vec();
+    // TGK+SALT (1) and TEK+SALT (3) carry the salt in its own field.
+    if kind == 1 || kind == 3 {
+        let len = c.u16()?;
+        key.extend_from_slice(c.take(len)?);
+    }
+    if kv > 2 {
+        return Err(MikeyError::Unsupported("key validity type"));
+    }
+    key.as_slice()
+        .try_into()
+        .map_err(|_| MikeyError::KeyLength(key.len()))
+}
+
+/// The key of a base64 MIKEY message (`a=key-mgmt:mikey <b64>`, or `KeyMgmt`'s `data=`).
+pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+    let b64 = b64.trim().trim_matches('"');
+    if b64.len() > MAX_LEN * 4 / 3 + 4 {
+        return Err(MikeyError::TooLong);
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| MikeyError::Base64)?;
+    parse(&data)
+}
+
+/// The `data=` of a `KeyMgmt` header (`prot=mikey; uri="…"; data="…"`), if it is MIKEY.
+pub fn key_mgmt_header_data(h: &str) -> Option<&str> {
+    let mut mikey = false;
+    let mut data = None;
+    for part in h.split(';').map(str::trim) {
+        if part.eq_ignore_ascii_case("prot=mikey") {
+            mikey = true;
+        } else if let Some(d) = part.strip_prefix("data=") {
+            data = Some(d.trim_matches('"'));
+        }
+    }
+    data.filter(|_| mikey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_we_build_parses_back() {
+        let master: [u8; 30] = std::array::from_fn(|i| i as u8);
+        assert_eq!(parse(&build(&master)), Ok(master));
+        assert_eq!(parse_base64(&build_base64(&master)), Ok(master));
+    }
+
+    #[test]
+    fn a_separate_salt_is_joined_to_the_key() {
+        let mut m = build(&[0; 30]);
+        // Rewrite the key sub-payload as TEK+SALT: 16 bytes of key, 14 of salt.
+        let kemac = m.len() - 1 - (4 + 30) - 4;
+        m.truncate(kemac);
+        let mut sub = vec![0, 3 << 4, 0, 16];
+        sub.extend_from_slice(&[1; 16]);
+        sub.extend_from_slice(&[0, 14]);
+        sub.extend_from_slice(&[2; 14]);
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&(sub.len() as u16).to_be_bytes());
+        m.extend_from_slice(&sub);
+        m.push(0);
+        let key = parse(&m).unwrap();
+        assert_eq!(&key[..16], &[1; 16]);
+        assert_eq!(&key[16..], &[2; 14]);
+    }
+
+    #[test]
+    fn bad_messages_are_refused_not_panicked_on() {
+        let good = build(&[5; 30]);
+        for n in 0..good.len() {
+            assert!(parse(&good[..n]).is_err(), "a message cut at {n} bytes");
+        }
+        assert_eq!(parse(&vec![1; MAX_LEN + 1]), Err(MikeyError::TooLong));
+        assert_eq!(parse_base64("%%%"), Err(MikeyError::Base64));
+        let mut encrypted = good.clone();
+        let kemac_enc = encrypted.len() - 1 - (4 + 30) - 2 - 1;
+        encrypted[kemac_enc] = 1;
+        assert!(matches!(parse(&encrypted), Err(MikeyError::Unsupported(_))));
+    }
+
+    #[test]
+    fn key_mgmt_headers() {
+        assert_eq!(
+            key_mgmt_header_data(r#"prot=mikey; uri="rtsps://h/p/trackID=0"; data="AQID""#),
+            Some("AQID")
+        );
+        assert_eq!(key_mgmt_header_data("prot=other; data=AQID"), None);
+    }
+}
