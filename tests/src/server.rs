@@ -26,6 +26,8 @@ impl TestServer {
             ("rtspsAddress", "127.0.0.1:0"),
             ("rtpAddress", "127.0.0.1:0"),
             ("rtcpAddress", "127.0.0.1:0"),
+            ("srtpAddress", "127.0.0.1:0"),
+            ("srtcpAddress", "127.0.0.1:0"),
             ("hlsAddress", "127.0.0.1:0"),
             ("webrtcAddress", "127.0.0.1:0"),
             ("webrtcLocalUDPAddress", "127.0.0.1:0"),

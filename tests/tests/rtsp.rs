@@ -83,6 +83,10 @@ fn gst_rtsp_args(url: &str, protocols: &str) -> Vec<String> {
         format!("protocols={protocols}"),
         "name=s".to_string(),
     ];
+    if url.starts_with("rtsps://") {
+        // The tests' certificates are self-signed.
+        args.push("tls-validation-flags=0".to_string());
+    }
     for sink in ["x", "y"] {
         for a in ["s.", "!", "queue", "!", "decodebin", "!", "fakesink"] {
             args.push(a.to_string());
@@ -536,6 +540,137 @@ fn rtsps_with_ffmpeg() {
     server.wait_ready("secure", READY);
     read_and_check(&url, "tcp", "h264", Some("aac"), &dir);
     read_and_check(&server.rtsp_url("secure"), "tcp", "h264", Some("aac"), &dir);
+}
+
+/// RTSPS with SRTP (`RTP/SAVP`, keys in MIKEY as RFC 4567 has them): GStreamer publishes
+/// H.264 + Opus (its rtspclientsink sends AAC as MP4A-LATM, which Tidegate does not take) with `rtspclientsink profiles=savp protocols=udp`, and `rtspsrc` reads it back
+/// over RTSPS UDP and TCP (it takes the SAVP offer of the DESCRIBE and decrypts with srtpdec,
+/// which drops any packet whose tag is wrong): both tracks decoded. The API shows the
+/// publisher as SAVP over UDP with no packet refused. ffmpeg, which has no MIKEY, still reads
+/// over TCP, inside the TLS. RTP in the clear over UDP is refused on RTSPS (461), and SAVP
+/// on plain RTSP.
+#[test]
+fn rtsps_srtp_with_gstreamer_over_udp_and_tcp() {
+    let dir = scratch("rtsps-srtp");
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let server = TestServer::start(&format!(
+        "rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    let url = server.rtsps_url("secure");
+    let pipeline = format!(
+        "rtspclientsink name=s location={url} protocols=udp profiles=savp tls-validation-flags=0 \
+         videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! s. \
+         audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert \
+         ! opusenc ! s."
+    );
+    let mut cmd = Command::new(peer("gst-launch-1.0"));
+    cmd.arg("-q").args(pipeline.split_whitespace());
+    let _gst = PeerProcess::spawn("gst-rtspclientsink-savp", &mut cmd, &dir);
+    server.wait_ready("secure", READY);
+    server.wait_frames("secure", 60, Duration::from_secs(10));
+    let list = tidegate_tests::http::get_json(server.api_addr(), "/v3/rtspssessions/list");
+    let publisher = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "publish")
+        .unwrap_or_else(|| panic!("no publisher in {list}"))
+        .clone();
+    eprintln!("SRTP publisher: {publisher}");
+    assert_eq!(publisher["transport"], "UDP", "{publisher}");
+    assert_eq!(publisher["profile"], "SAVP", "{publisher}");
+    assert_eq!(publisher["srtpPacketsRefused"], 0, "{publisher}");
+    assert!(publisher["rtpPacketsReceived"].as_u64().unwrap() > 100);
+
+    for protocols in ["udp", "tcp"] {
+        let (buffers, caps) = gst_rtsp_read(&url, protocols, 6);
+        eprintln!("GStreamer over RTSPS {protocols} (SRTP): {buffers} buffers");
+        assert!(
+            buffers >= 200,
+            "GStreamer ({protocols}) decoded only {buffers} buffers"
+        );
+        assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+    }
+
+    // ffmpeg (no MIKEY; it reads RTSPS over TCP only) ignores the SAVP offer: plain RTP inside
+    // the TLS.
+    read_and_check(&url, "tcp", "h264", Some("opus"), &dir);
+
+    // By hand: the DESCRIBE offers SAVP with a MIKEY key; plain RTP over UDP is refused on
+    // RTSPS, and SAVP on plain RTSP.
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let describe = format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+    let reply = rtsps_request(port, &fingerprint, &describe);
+    assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");
+    assert_eq!(reply.matches("RTP/SAVP").count(), 2, "{reply}");
+    assert_eq!(reply.matches("a=key-mgmt:mikey ").count(), 2, "{reply}");
+    let setup = |url: &str, transport: &str| {
+        format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: {transport}\r\n\r\n")
+    };
+    let plain_udp = rtsps_request(
+        port,
+        &fingerprint,
+        &setup(&url, "RTP/AVP;unicast;client_port=5000-5001"),
+    );
+    assert!(plain_udp.starts_with("RTSP/1.0 461"), "{plain_udp}");
+    let plain = server.rtsp_url("secure");
+    let savp_in_clear = rtsp_request(
+        rtsp_addr(&server),
+        &setup(&plain, "RTP/SAVP;unicast;client_port=5000-5001"),
+    );
+    assert!(savp_in_clear.starts_with("RTSP/1.0 461"), "{savp_in_clear}");
+}
+
+/// One request over RTSPS to 127.0.0.1:`port` (the certificate pinned by `fingerprint`), and
+/// the start of its response.
+fn rtsps_request(port: u16, fingerprint: &str, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut s =
+            tidegate_core::tls::connect("127.0.0.1", port, fingerprint, Duration::from_secs(10))
+                .await
+                .unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let mut n = 0;
+        // The head and any body, until the response is complete or 10 s have passed.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if n >= head_end + 4 + len || n == buf.len() {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
 }
 
 /// The camera stand-in (gst-rtsp-server through Debian's python3-gi) on `port`. Its log

@@ -41,6 +41,14 @@ pub enum SrtpError {
     TooManySsrcs,
 }
 
+/// A fresh master key and salt from the operating system's CSPRNG (None if it failed).
+pub fn random_master() -> Option<[u8; MASTER_LEN]> {
+    use ring::rand::SecureRandom;
+    let mut k = [0u8; MASTER_LEN];
+    ring::rand::SystemRandom::new().fill(&mut k).ok()?;
+    Some(k)
+}
+
 struct Keys {
     enc: [u8; KEY_LEN],
     salt: [u8; SALT_LEN],

@@ -33,7 +33,6 @@ const PT_KEMAC: u8 = 1;
 const PT_T: u8 = 5;
 const PT_SP: u8 = 10;
 const PT_RAND: u8 = 11;
-const PT_KEY_DATA: u8 = 20;
 const PT_GENERAL_EXT: u8 = 21;
 
 /// A message carrying `master` (16-byte key then 14-byte salt), with an SRTP policy of

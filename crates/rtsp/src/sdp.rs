@@ -20,6 +20,10 @@ pub struct Media {
     pub channels: Option<u8>,
     pub fmtp: Vec<(String, String)>,
     pub control: Option<String>,
+    /// The transport profile of the m= line (`RTP/AVP`, `RTP/SAVP`, …).
+    pub profile: String,
+    /// `a=key-mgmt:mikey <base64>` of the media, or of the session when the media has none.
+    pub key_mgmt: Option<String>,
 }
 
 impl Media {
@@ -33,7 +37,15 @@ impl Media {
 
 pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
     let mut out: Vec<Media> = Vec::new();
+    let mut session_key = None;
     for line in sdp.lines().map(str::trim) {
+        if let Some(k) = line.strip_prefix("a=key-mgmt:mikey ") {
+            match out.last_mut() {
+                Some(m) => m.key_mgmt = Some(k.trim().to_string()),
+                None => session_key = Some(k.trim().to_string()),
+            }
+            continue;
+        }
         if let Some(m) = line.strip_prefix("m=") {
             if out.len() >= MAX_MEDIA {
                 return Err(format!("more than {MAX_MEDIA} media"));
@@ -42,6 +54,7 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
             let pt = f.get(3).and_then(|p| p.parse().ok()).ok_or("bad m= line")?;
             let mut media = Media {
                 kind: f[0].to_string(),
+                profile: f.get(2).unwrap_or(&"").to_string(),
                 pt,
                 ..Media::default()
             };
@@ -81,7 +94,37 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
             media.control = Some(c.to_string());
         }
     }
+    for m in &mut out {
+        if m.key_mgmt.is_none() {
+            m.key_mgmt.clone_from(&session_key);
+        }
+    }
     Ok(out)
+}
+
+/// The DESCRIBE SDP for an RTSPS reader: every media `RTP/SAVP`, with `key_mgmt` (a base64
+/// MIKEY message) as its `a=key-mgmt:mikey` at the end of its section (RFC 4567).
+pub fn secure(sdp: &str, key_mgmt: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 256);
+    let mut in_media = false;
+    let key_line = format!("a=key-mgmt:mikey {key_mgmt}\r\n");
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_media {
+                out.push_str(&key_line);
+            }
+            in_media = true;
+            out.push_str("m=");
+            out.push_str(&m.replacen(" RTP/AVP ", " RTP/SAVP ", 1));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    if in_media {
+        out.push_str(&key_line);
+    }
+    out
 }
 
 fn b64(s: &str) -> Option<Bytes> {
@@ -349,6 +392,19 @@ mod tests {
             incoming(&back[0]).unwrap().params,
             desc.tracks[0].params.clone().into()
         );
+        // The RTSPS form: SAVP media, each with its key.
+        let secure = secure(&sdp, "AQID");
+        assert_eq!(secure.matches("RTP/SAVP").count(), 2);
+        assert!(!secure.contains("RTP/AVP "));
+        let back = parse(&secure).unwrap();
+        assert!(back.iter().all(|m| m.profile == "RTP/SAVP"));
+        assert!(back.iter().all(|m| m.key_mgmt.as_deref() == Some("AQID")));
+        assert_eq!(back[1].fmtp("config"), Some("1190"));
+        // A session-level key applies to every media.
+        let session = FFMPEG_ANNOUNCE.replace("t=0 0\r\n", "t=0 0\r\na=key-mgmt:mikey BBBB\r\n");
+        let m = parse(&session).unwrap();
+        assert!(m.iter().all(|m| m.key_mgmt.as_deref() == Some("BBBB")));
+        assert_eq!(m[0].profile, "RTP/AVP");
     }
 
     #[test]

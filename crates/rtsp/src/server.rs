@@ -13,6 +13,7 @@ use tidegate_core::{
     SessionInfo, Stream, StreamDesc, StreamReader, Track,
 };
 use tidegate_rtp::depack::Unit;
+use tidegate_rtp::srtp;
 use tidegate_rtp::RtpPacket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -43,6 +44,10 @@ type Route = (mpsc::Sender<(usize, Bytes)>, usize);
 #[derive(Default, Debug)]
 pub struct RtspStats {
     transport: Mutex<&'static str>,
+    /// The session sends or receives SRTP (`RTP/SAVP`).
+    pub srtp: std::sync::atomic::AtomicBool,
+    /// SRTP packets that failed authentication or were replays.
+    pub srtp_packets_refused: AtomicU64,
     pub rtp_packets_received: AtomicU64,
     pub rtp_packets_sent: AtomicU64,
     pub rtp_packets_lost: AtomicU64,
@@ -107,8 +112,8 @@ impl Udp {
 /// One RTSP or RTSPS listener and what its sessions share.
 pub struct RtspListener {
     pub listener: TcpListener,
-    /// RTSPS when set (then only TCP-interleaved transport: RTP over UDP would travel in the
-    /// clear, and SRTP is not implemented).
+    /// RTSPS when set. Its UDP sockets (`srtpAddress`, `srtcpAddress`) carry SRTP only: RTP
+    /// in the clear is refused over UDP, and TCP interleaved travels inside the TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub udp: Option<Arc<Udp>>,
     pub conns: Arc<RtspConns>,
@@ -145,9 +150,16 @@ pub async fn serve(
         };
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
-        let udp = if tls.is_some() { None } else { udp.clone() };
         let guard = conns.add(id, remote);
-        let conn = Conn::new(id, remote, paths.clone(), config.clone(), udp, guard);
+        let mut conn = Conn::new(
+            id,
+            remote,
+            paths.clone(),
+            config.clone(),
+            udp.clone(),
+            guard,
+        );
+        conn.tls = tls.is_some();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
@@ -187,6 +199,8 @@ enum Tr {
 struct PubTrack {
     inc: Incoming,
     control: String,
+    /// The publisher's MIKEY key from ANNOUNCE (`a=key-mgmt`), for `RTP/SAVP`.
+    key_mgmt: Option<String>,
     params: Option<CodecParams>,
     tr: Option<Tr>,
     base: Option<i64>,
@@ -220,6 +234,14 @@ struct Conn {
     lost_reported: u64,
     /// Counted as a multicast reader of the stream while playing.
     multicast: Option<crate::multicast::Member>,
+    /// An RTSPS connection.
+    tls: bool,
+    /// The SRTP master key this connection's readers are sent with (RTSPS, from DESCRIBE).
+    srtp_key: Option<[u8; srtp::MASTER_LEN]>,
+    /// Per track: SRTP for what is sent to a reader (`RTP/SAVP`), or received from a publisher.
+    srtp_out: Vec<Option<srtp::Context>>,
+    srtp_in: Vec<Option<srtp::Context>>,
+    srtp_refused: u64,
 }
 
 fn uri_path(uri: &str) -> String {
@@ -237,6 +259,8 @@ fn uri_path(uri: &str) -> String {
 }
 
 struct TransportReq {
+    /// `RTP/SAVP`: SRTP, keyed by MIKEY.
+    savp: bool,
     tcp: bool,
     interleaved: Option<(u8, u8)>,
     client_port: Option<(u16, u16)>,
@@ -246,6 +270,7 @@ struct TransportReq {
 fn parse_transport(h: &str) -> Option<TransportReq> {
     let first = h.split(',').next()?;
     let mut t = TransportReq {
+        savp: false,
         tcp: false,
         interleaved: None,
         client_port: None,
@@ -253,9 +278,10 @@ fn parse_transport(h: &str) -> Option<TransportReq> {
     };
     for (i, part) in first.split(';').map(str::trim).enumerate() {
         if i == 0 {
-            if !part.starts_with("RTP/AVP") {
+            if !part.starts_with("RTP/AVP") && !part.starts_with("RTP/SAVP") {
                 return None;
             }
+            t.savp = part.starts_with("RTP/SAVP");
             t.tcp = part.ends_with("/TCP");
             continue;
         }
@@ -316,6 +342,11 @@ impl Conn {
             close: false,
             guard,
             lost_reported: 0,
+            tls: false,
+            srtp_key: None,
+            srtp_out: Vec::new(),
+            srtp_in: Vec::new(),
+            srtp_refused: 0,
         }
     }
 
@@ -563,7 +594,17 @@ impl Conn {
         }
         tracing::info!(conn = self.id, path, "[RTSP] is reading");
         self.reads = vec![None; mux.tracks.len()];
-        let sdp = mux.sdp.clone();
+        self.srtp_out = (0..mux.tracks.len()).map(|_| None).collect();
+        let mut sdp = mux.sdp.clone();
+        if self.tls {
+            // RTSPS: the media are offered as SRTP with this connection's key (RFC 4567);
+            // a client that SETUPs plain RTP/AVP over TCP gets it inside the TLS instead.
+            let Some(key) = self.srtp_key.or_else(srtp::random_master) else {
+                return response(500, "Internal Server Error", cseq, &[], b"no randomness\n");
+            };
+            self.srtp_key = Some(key);
+            sdp = sdp::secure(&sdp, &crate::mikey::build_base64(&key));
+        }
         self.mux = Some(mux);
         self.reader = Some(reader);
         self.path = Some(path);
@@ -599,6 +640,7 @@ impl Conn {
                     params: inc.params.clone(),
                     inc,
                     control: m.control.clone().unwrap_or_else(|| format!("trackID={i}")),
+                    key_mgmt: m.key_mgmt.clone(),
                     tr: None,
                     base: None,
                     last: None,
@@ -623,6 +665,7 @@ impl Conn {
             Err(e) => return response(403, "Forbidden", cseq, &[], format!("{e}\n").as_bytes()),
         };
         self.publisher = Some(publisher);
+        self.srtp_in = pubs.iter().map(|_| None).collect();
         self.pubs = pubs;
         self.path = Some(path);
         response(200, "OK", cseq, &[self.session_header()], b"")
@@ -659,6 +702,24 @@ impl Conn {
                 cseq,
                 &[],
                 b"multicast is for reading, and only with multicast in rtspTransports\n",
+            );
+        }
+        if t.savp && (!self.tls || t.multicast) {
+            return response(
+                461,
+                "Unsupported Transport",
+                cseq,
+                &[],
+                b"RTP/SAVP (SRTP) is offered over RTSPS, for unicast UDP and TCP\n",
+            );
+        }
+        if self.tls && !t.savp && !t.tcp && !t.multicast {
+            return response(
+                461,
+                "Unsupported Transport",
+                cseq,
+                &[],
+                b"over RTSPS, UDP needs RTP/SAVP (SRTP): RTP in the clear is refused\n",
             );
         }
         if t.tcp && !self.config.allow_tcp {
@@ -700,6 +761,31 @@ impl Conn {
         let Some(idx) = self.track_index(&req.uri, &controls, &set) else {
             return response(404, "Not Found", cseq, &[], b"no such track\n");
         };
+        let profile = if t.savp { "RTP/SAVP" } else { "RTP/AVP" };
+        let mut key_mgmt = None;
+        if t.savp {
+            self.guard.extra.srtp.store(true, Ordering::Relaxed);
+            match self.srtp_context(req, publishing, idx) {
+                Ok((ctx, ours)) => {
+                    if publishing {
+                        self.srtp_in[idx] = Some(ctx);
+                    } else {
+                        self.srtp_out[idx] = Some(ctx);
+                        // Our key again, for a client that did not DESCRIBE (RFC 4567).
+                        key_mgmt = ours.map(|k| {
+                            format!(
+                                "prot=mikey; uri=\"{}\"; data=\"{}\"",
+                                req.uri,
+                                crate::mikey::build_base64(&k)
+                            )
+                        });
+                    }
+                }
+                Err(why) => {
+                    return response(400, "Bad Request", cseq, &[], format!("{why}\n").as_bytes())
+                }
+            }
+        }
         let (tr, header) = if t.multicast {
             let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) else {
                 return response(461, "Unsupported Transport", cseq, &[], b"");
@@ -711,7 +797,7 @@ impl Conn {
             (
                 Tr::Multicast,
                 format!(
-                    "RTP/AVP;multicast;destination={group};port={}-{};ttl=16",
+                    "{profile};multicast;destination={group};port={}-{};ttl=16",
                     groups.conf.rtp_port, groups.conf.rtcp_port
                 ),
             )
@@ -719,7 +805,7 @@ impl Conn {
             let (a, b) = t.interleaved.unwrap_or((2 * idx as u8, 2 * idx as u8 + 1));
             (
                 Tr::Tcp { ch: a },
-                format!("RTP/AVP/TCP;unicast;interleaved={a}-{b}"),
+                format!("{profile}/TCP;unicast;interleaved={a}-{b}"),
             )
         } else {
             let Some(udp) = &self.udp else {
@@ -748,7 +834,7 @@ impl Conn {
                     rtp: client,
                     rtcp: client_rtcp,
                 },
-                format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};server_port={srtp}-{srtcp}"),
+                format!("{profile};unicast;client_port={rtp}-{rtcp};server_port={srtp}-{srtcp}"),
             )
         };
         *self
@@ -780,13 +866,37 @@ impl Conn {
         } else {
             self.reads[idx] = Some(tr);
         }
-        response(
-            200,
-            "OK",
-            cseq,
-            &[("Transport", header), self.session_header()],
-            b"",
-        )
+        let mut headers = vec![("Transport", header), self.session_header()];
+        if let Some(k) = key_mgmt {
+            headers.push(("KeyMgmt", k));
+        }
+        response(200, "OK", cseq, &headers, b"")
+    }
+
+    /// The SRTP context of an `RTP/SAVP` SETUP: a publisher's key from its `KeyMgmt` header or
+    /// its ANNOUNCE SDP; for a reader, this connection's key (returned to be sent again).
+    fn srtp_context(
+        &mut self,
+        req: &Request,
+        publishing: bool,
+        idx: usize,
+    ) -> Result<(srtp::Context, Option<[u8; srtp::MASTER_LEN]>), String> {
+        if publishing {
+            let given = req
+                .header("KeyMgmt")
+                .and_then(crate::mikey::key_mgmt_header_data)
+                .map(str::to_string)
+                .or_else(|| self.pubs.get(idx).and_then(|p| p.key_mgmt.clone()))
+                .ok_or("RTP/SAVP needs the publisher's MIKEY key (KeyMgmt or a=key-mgmt)")?;
+            let key = crate::mikey::parse_base64(&given).map_err(|e| format!("KeyMgmt: {e}"))?;
+            return Ok((srtp::Context::new(&key), None));
+        }
+        let key = self
+            .srtp_key
+            .or_else(srtp::random_master)
+            .ok_or("no randomness for an SRTP key")?;
+        self.srtp_key = Some(key);
+        Ok((srtp::Context::new(&key), Some(key)))
     }
 
     fn play(&mut self, req: &Request) -> Bytes {
@@ -885,6 +995,31 @@ impl Conn {
     }
 
     fn on_rtp(&mut self, idx: usize, data: &[u8]) {
+        let plain;
+        let data = match self.srtp_in.get_mut(idx).and_then(Option::as_mut) {
+            Some(ctx) => match ctx.unprotect_rtp(data) {
+                Ok(v) => {
+                    plain = v;
+                    &plain[..]
+                }
+                Err(e) => {
+                    self.srtp_refused += 1;
+                    self.guard
+                        .extra
+                        .srtp_packets_refused
+                        .store(self.srtp_refused, Ordering::Relaxed);
+                    if self.srtp_refused.is_power_of_two() {
+                        tracing::warn!(
+                            conn = self.id,
+                            refused = self.srtp_refused,
+                            "[RTSP] SRTP packet refused: {e}"
+                        );
+                    }
+                    return;
+                }
+            },
+            None => data,
+        };
         let Ok(p) = RtpPacket::parse(data) else {
             return;
         };
@@ -959,10 +1094,12 @@ impl Conn {
     /// Whether every track is set up over TCP on the usual channels (track *i* on 2*i*), so
     /// the mux's framed bytes can be written as they are.
     fn direct(&self) -> bool {
-        self.reads
-            .iter()
-            .enumerate()
-            .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
+        self.srtp_out.iter().all(Option::is_none)
+            && self
+                .reads
+                .iter()
+                .enumerate()
+                .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
     }
 
     async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
@@ -970,6 +1107,20 @@ impl Conn {
             let (idx, rtcp) = (usize::from(ch / 2), ch % 2 == 1);
             let Some(tr) = self.reads.get(idx).copied().flatten() else {
                 continue;
+            };
+            let pkt = match self.srtp_out.get_mut(idx).and_then(Option::as_mut) {
+                Some(ctx) => {
+                    let sealed = if rtcp {
+                        ctx.protect_rtcp(&pkt)
+                    } else {
+                        ctx.protect_rtp(&pkt)
+                    };
+                    match sealed {
+                        Ok(v) => Bytes::from(v),
+                        Err(_) => continue,
+                    }
+                }
+                None => pkt,
             };
             if !rtcp {
                 self.guard

@@ -340,6 +340,16 @@ impl ConnExtra for tidegate_rtsp::RtspStats {
         use std::sync::atomic::Ordering::Relaxed;
         let mut m = serde_json::Map::new();
         m.insert("transport".into(), self.transport().into());
+        let profile = if self.srtp.load(Relaxed) {
+            "SAVP"
+        } else {
+            "AVP"
+        };
+        m.insert("profile".into(), profile.into());
+        m.insert(
+            "srtpPacketsRefused".into(),
+            self.srtp_packets_refused.load(Relaxed).into(),
+        );
         m.insert(
             "rtpPacketsReceived".into(),
             self.rtp_packets_received.load(Relaxed).into(),

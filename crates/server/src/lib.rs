@@ -184,6 +184,20 @@ impl Server {
             false => None,
         };
         let rtsp_udp_ports = rtsp_udp.as_ref().map(|u| u.ports());
+        // RTSPS over UDP: SRTP and SRTCP on their own ports, as MediaMTX.
+        let srtp_udp =
+            match rtsps_listener.is_some() && config.rtsp_transports.iter().any(|t| t == "udp") {
+                true => Some(
+                    tidegate_rtsp::Udp::bind(config.srtp_address, config.srtcp_address)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            what: "SRTP/SRTCP (UDP)",
+                            addr: config.srtp_address,
+                            source,
+                        })?,
+                ),
+                false => None,
+            };
         let srt_addr = srt.as_ref().map(|s| s.local);
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
@@ -355,12 +369,20 @@ impl Server {
                 }),
         };
         if let (Some(listener), Some(addr)) = (rtsps_listener, rtsps_addr) {
-            tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)");
+            match &srtp_udp {
+                Some(u) => {
+                    let (rtp, rtcp) = u.ports();
+                    tracing::info!(
+                        "[RTSPS] listener opened on {addr} (TCP, TLS), SRTP on UDP {rtp}, SRTCP on UDP {rtcp}"
+                    );
+                }
+                None => tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)"),
+            }
             tasks.spawn(tidegate_rtsp::serve(
                 tidegate_rtsp::RtspListener {
                     listener,
                     tls: rtsps_tls,
-                    udp: None,
+                    udp: srtp_udp,
                     conns: rtsps_conns.clone(),
                 },
                 paths.clone(),

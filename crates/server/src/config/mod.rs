@@ -76,6 +76,9 @@ pub struct Config {
     /// `rtspAuthMethods`: any of `basic`, `digest`.
     pub rtsp_auth_methods: Vec<String>,
     pub rtcp_address: SocketAddr,
+    /// UDP ports for SRTP and SRTCP of RTSPS sessions.
+    pub srtp_address: SocketAddr,
+    pub srtcp_address: SocketAddr,
 
     pub hls: bool,
     pub hls_address: SocketAddr,
@@ -170,6 +173,8 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         set!(rtsp_auth_methods, |v| subset_of(v, &["basic", "digest"])),
     ),
     ("rtcpAddress", set!(rtcp_address, address)),
+    ("srtpAddress", set!(srtp_address, address)),
+    ("srtcpAddress", set!(srtcp_address, address)),
     ("hls", set!(hls, boolean)),
     ("hlsAddress", set!(hls_address, address)),
     ("hlsVariant", set!(hls_variant, hls_variant)),
@@ -373,6 +378,8 @@ impl Config {
             multicast_rtp_port: 8002,
             multicast_rtcp_port: 8003,
             rtcp_address: any,
+            srtp_address: any,
+            srtcp_address: any,
             hls: false,
             hls_address: any,
             hls_variant: HlsVariant::LowLatency,
