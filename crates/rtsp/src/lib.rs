@@ -4,6 +4,7 @@
 //! or UDP unicast and multicast; over RTSPS, SRTP keyed by MIKEY ([`mikey`]).
 
 pub mod auth;
+mod batch;
 pub mod message;
 pub mod mikey;
 pub mod multicast;

@@ -1103,6 +1103,8 @@ impl Conn {
     }
 
     async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
+        // A frame's RTP packets to UDP readers leave in one `sendmmsg` at the end.
+        let mut batch: Vec<(Bytes, SocketAddr)> = Vec::new();
         for (ch, pkt) in split(frame.data.clone()) {
             let (idx, rtcp) = (usize::from(ch / 2), ch % 2 == 1);
             let Some(tr) = self.reads.get(idx).copied().flatten() else {
@@ -1135,24 +1137,26 @@ impl Conn {
                     rtp,
                     rtcp: rtcp_addr,
                 } => {
-                    if let Some(udp) = &self.udp {
-                        let r = if rtcp {
-                            udp.rtcp.send_to(&pkt, rtcp_addr).await
-                        } else {
-                            udp.rtp.send_to(&pkt, rtp).await
-                        };
-                        if r.is_ok() {
-                            self.guard
-                                .counters
-                                .sent
-                                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
-                            if let Some(r) = &self.reader {
-                                r.add_bytes_sent(pkt.len() as u64);
-                            }
+                    if !rtcp {
+                        batch.push((pkt, rtp));
+                    } else if let Some(udp) = &self.udp {
+                        if udp.rtcp.send_to(&pkt, rtcp_addr).await.is_ok() {
+                            self.count_sent(pkt.len() as u64);
                         }
                     }
                 }
             }
+        }
+        if let (false, Some(udp)) = (batch.is_empty(), &self.udp) {
+            let sent = crate::batch::send_all(&udp.rtp, &batch).await;
+            self.count_sent(sent);
+        }
+    }
+
+    fn count_sent(&self, bytes: u64) {
+        self.guard.counters.sent.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(r) = &self.reader {
+            r.add_bytes_sent(bytes);
         }
     }
 }
