@@ -399,6 +399,19 @@ fn push_to_two_destinations_survives_one_dying() {
     nginx.kill9();
 }
 
+/// Waits for the pulled path `cam` and reads 5 s of it over RTMP: H.264 + AAC.
+fn read_pulled_cam(server: &TestServer, dir: &std::path::Path) {
+    server.wait_ready("cam", Duration::from_secs(30));
+    let out = dir.join("read.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert_media(&probe_file(&out), "h264", "aac", 5);
+}
+
 #[test]
 fn a_path_pulls_an_rtmp_source() {
     use tidegate_tests::peers::{free_port, nginx_rtmp};
@@ -414,15 +427,7 @@ fn a_path_pulls_an_rtmp_source() {
     let server = TestServer::start(&format!(
         "paths:\n  cam:\n    source: rtmp://127.0.0.1:{port}/live/cam\n"
     ));
-    server.wait_ready("cam", Duration::from_secs(30));
-    let out = dir.join("read.mkv");
-    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, &dir);
-    assert!(
-        reader.wait(Duration::from_secs(30)).success(),
-        "{}",
-        reader.stderr()
-    );
-    assert_media(&probe_file(&out), "h264", "aac", 5);
+    read_pulled_cam(&server, &dir);
     let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
     assert_eq!(v["source"]["type"], "rtmpSource");
     assert_eq!(v["sourceRelay"]["state"], "running");
@@ -448,15 +453,7 @@ fn a_path_pulls_an_rtmps_source_pinned_by_fingerprint() {
         "paths:\n  cam:\n    source: rtmps://127.0.0.1:{tls}/live/cam\n    sourceFingerprint: \"{fingerprint}\"\n\
          \x20 unpinned:\n    source: rtmps://127.0.0.1:{tls}/live/cam\n"
     ));
-    server.wait_ready("cam", Duration::from_secs(30));
-    let out = dir.join("read.mkv");
-    let mut reader = ffmpeg_read(&server.rtmp_url("cam"), 5, &out, &dir);
-    assert!(
-        reader.wait(Duration::from_secs(30)).success(),
-        "{}",
-        reader.stderr()
-    );
-    assert_media(&probe_file(&out), "h264", "aac", 5);
+    read_pulled_cam(&server, &dir);
     let v = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/cam");
     assert_eq!(v["sourceRelay"]["state"], "running", "{v}");
     let err = server.wait_source_error("unpinned", "UnknownIssuer", Duration::from_secs(15));

@@ -118,6 +118,18 @@ fn gst_rtsp_read(url: &str, protocols: &str, seconds: u64) -> (usize, String) {
     gst_buffers_and_caps(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// GStreamer rtspsrc reads `url` over `protocols` for 6 s: at least 200 buffers decoded on
+/// its two sinks, video 640x360.
+fn gst_reads_640x360(url: &str, protocols: &str) {
+    let (buffers, caps) = gst_rtsp_read(url, protocols, 6);
+    eprintln!("GStreamer over {protocols} from {url}: {buffers} buffers");
+    assert!(
+        buffers >= 200,
+        "GStreamer ({protocols}) decoded only {buffers} buffers"
+    );
+    assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+}
+
 /// ffmpeg publishes H.264 + AAC over RTSP/TCP and over RTSP/UDP; ffmpeg reads each back over
 /// TCP and UDP, GStreamer (rtspsrc) over TCP and UDP.
 #[test]
@@ -140,13 +152,7 @@ fn ffmpeg_publishes_over_tcp_and_udp_and_ffmpeg_and_gstreamer_read() {
             read_and_check(&url, read, "h264", Some("aac"), &dir);
         }
         for protocols in ["tcp", "udp"] {
-            let (buffers, caps) = gst_rtsp_read(&url, protocols, 6);
-            eprintln!("GStreamer over {protocols}: {buffers} buffers");
-            assert!(
-                buffers >= 200,
-                "GStreamer ({protocols}) decoded only {buffers} buffers"
-            );
-            assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+            gst_reads_640x360(&url, protocols);
         }
     }
 }
@@ -586,13 +592,7 @@ fn rtsps_srtp_with_gstreamer_over_udp_and_tcp() {
     assert!(publisher["rtpPacketsReceived"].as_u64().unwrap() > 100);
 
     for protocols in ["udp", "tcp"] {
-        let (buffers, caps) = gst_rtsp_read(&url, protocols, 6);
-        eprintln!("GStreamer over RTSPS {protocols} (SRTP): {buffers} buffers");
-        assert!(
-            buffers >= 200,
-            "GStreamer ({protocols}) decoded only {buffers} buffers"
-        );
-        assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+        gst_reads_640x360(&url, protocols);
     }
 
     // ffmpeg (no MIKEY; it reads RTSPS over TCP only) ignores the SAVP offer: plain RTP inside

@@ -61,6 +61,26 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// The RTP/RTCP (or SRTP/SRTCP) socket pair of an RTSP listener, when `enabled`.
+async fn bind_udp(
+    enabled: bool,
+    what: &'static str,
+    rtp: SocketAddr,
+    rtcp: SocketAddr,
+) -> Result<Option<Arc<tidegate_rtsp::Udp>>, StartError> {
+    if !enabled {
+        return Ok(None);
+    }
+    tidegate_rtsp::Udp::bind(rtp, rtcp)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            what,
+            addr: rtp,
+            source,
+        })
+}
+
 impl Server {
     /// Binds every enabled listener and starts serving. All listeners are bound before any is
     /// served, so a port conflict stops start-up with nothing half-started.
@@ -171,33 +191,23 @@ impl Server {
             None => None,
         };
         let rtsps_addr = rtsps_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let rtsp_udp = match config.rtsp && config.rtsp_transports.iter().any(|t| t == "udp") {
-            true => Some(
-                tidegate_rtsp::Udp::bind(config.rtp_address, config.rtcp_address)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        what: "RTP/RTCP (UDP)",
-                        addr: config.rtp_address,
-                        source,
-                    })?,
-            ),
-            false => None,
-        };
+        let udp = config.rtsp_transports.iter().any(|t| t == "udp");
+        let rtsp_udp = bind_udp(
+            config.rtsp && udp,
+            "RTP/RTCP (UDP)",
+            config.rtp_address,
+            config.rtcp_address,
+        )
+        .await?;
         let rtsp_udp_ports = rtsp_udp.as_ref().map(|u| u.ports());
         // RTSPS over UDP: SRTP and SRTCP on their own ports, as MediaMTX.
-        let srtp_udp =
-            match rtsps_listener.is_some() && config.rtsp_transports.iter().any(|t| t == "udp") {
-                true => Some(
-                    tidegate_rtsp::Udp::bind(config.srtp_address, config.srtcp_address)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            what: "SRTP/SRTCP (UDP)",
-                            addr: config.srtp_address,
-                            source,
-                        })?,
-                ),
-                false => None,
-            };
+        let srtp_udp = bind_udp(
+            rtsps_listener.is_some() && udp,
+            "SRTP/SRTCP (UDP)",
+            config.srtp_address,
+            config.srtcp_address,
+        )
+        .await?;
         let srt_addr = srt.as_ref().map(|s| s.local);
         let rtmp_addr = rtmp.as_ref().and_then(|l| l.local_addr().ok());
         let rtmps_addr = rtmps.as_ref().and_then(|l| l.local_addr().ok());
