@@ -38,13 +38,19 @@ class OpenAuth(GstRtspServer.RTSPAuth):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--max-seconds", type=int, default=120)
     p.add_argument("--cert", help="PEM certificate: serve RTSPS")
     p.add_argument("--key", help="PEM private key of --cert")
+    p.add_argument(
+        "--multicast",
+        action="store_true",
+        help="send RTP to multicast groups only (224.3.0.0-10, ports 5000-5010)",
+    )
     a = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
+    server.set_address(a.address)
     server.set_service(str(a.port))
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
@@ -64,6 +70,14 @@ def main():
         auth.set_tls_certificate(cert)
         server.set_auth(auth)
         scheme = "rtsps"
+    if a.multicast:
+        gi.require_version("GstRtsp", "1.0")
+        from gi.repository import GstRtsp
+
+        pool = GstRtspServer.RTSPAddressPool()
+        pool.add_range("224.3.0.0", "224.3.0.10", 5000, 5010, 16)
+        factory.set_address_pool(pool)
+        factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP_MCAST)
     server.get_mount_points().add_factory("/cam", factory)
 
     def on_client(_server, client):
@@ -73,7 +87,7 @@ def main():
     server.connect("client-connected", on_client)
     if server.attach(None) == 0:
         sys.exit("cannot bind")
-    say(f"listening on {scheme}://127.0.0.1:{a.port}/cam")
+    say(f"listening on {scheme}://{a.address}:{a.port}/cam")
     loop = GLib.MainLoop()
     GLib.timeout_add_seconds(a.max_seconds, loop.quit)
     loop.run()

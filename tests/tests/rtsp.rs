@@ -239,15 +239,9 @@ fn rtsp_addr(server: &TestServer) -> std::net::SocketAddr {
         .unwrap()
 }
 
-/// Multicast readers, in a network namespace of their own (multicast on loopback needs the
-/// `MULTICAST` flag on `lo` and a 224.0.0.0/4 route, which only a private namespace may get):
-/// the server binary, an ffmpeg publisher and the readers all run in it. ffmpeg
-/// (`-rtsp_transport udp_multicast`) and GStreamer (`protocols=udp-mcast`) read the stream from
-/// the groups.
-#[test]
-fn multicast_readers_in_a_network_namespace() {
-    let dir = scratch("rtsp-multicast");
-    // The server binary built beside this test (cargo test --workspace --all-targets builds it).
+/// The server binary built beside this test (cargo test --workspace --all-targets builds it),
+/// for tests that run it inside a network namespace.
+fn server_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -259,6 +253,88 @@ fn multicast_readers_in_a_network_namespace() {
         "{} is missing: cargo build -p tidegate",
         bin.display()
     );
+    bin
+}
+
+/// `rtspTransport: multicast`: a camera stand-in that serves multicast only (gst-rtsp-server
+/// with an address pool) is pulled by our own RTSP client (retina has no multicast). The
+/// camera runs in a network namespace of its own, linked to the server's by a veth pair with
+/// the multicast route on it, as a camera on a LAN (gst-rtsp-server holds the group's ports
+/// on its own host without SO_REUSEPORT, so the two cannot share a namespace); ffmpeg reads
+/// the path back over RTMP: H.264 + AAC for 4 s, monotonic, 640x360.
+#[test]
+fn a_multicast_camera_is_pulled_in_a_network_namespace() {
+    let dir = scratch("rtsp-pull-multicast");
+    let bin = server_binary();
+    let conf = dir.join("tidegate.yml");
+    std::fs::write(
+        &conf,
+        "logLevel: info\napiAddress: 127.0.0.1:9997\nmetrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+         rtmpAddress: 127.0.0.1:1935\n\
+         paths:\n  cam:\n    source: rtsp://10.99.0.2:8555/cam\n    rtspTransport: multicast\n",
+    )
+    .unwrap();
+    let q = |p: &std::path::Path| format!("'{}'", p.display());
+    let camera = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py"));
+    let script = format!(
+        "set -e\n\
+         ip link set lo up\n\
+         {unshare} --net sh -c 'echo $$ > {dir}/camera.pid; i=0; until ip link show vb >/dev/null 2>&1; do \
+           i=$((i+1)); [ $i -le 200 ] || exit 4; sleep 0.05; done; \
+           ip link set lo up; ip addr add 10.99.0.2/24 dev vb; ip link set vb up; ip route add 224.0.0.0/4 dev vb; \
+           exec /usr/bin/python3 {camera} --address 10.99.0.2 --port 8555 --multicast --max-seconds 60' \
+           > {dir}/camera.log 2>&1 &\n\
+         i=0; until [ -s {dir}/camera.pid ]; do i=$((i+1)); [ $i -le 200 ] || exit 5; sleep 0.05; done\n\
+         ip link add va type veth peer name vb\n\
+         ip link set vb netns $(cat {dir}/camera.pid)\n\
+         ip addr add 10.99.0.1/24 dev va && ip link set va up && ip route add 224.0.0.0/4 dev va\n\
+         {bin} {conf} > {dir}/server.log 2>&1 &\n\
+         i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/get/cam | grep -q '\"ready\":true'; do\n\
+           i=$((i+1)); [ $i -le 300 ] || {{ echo 'no stream after 30 s' >&2; exit 3; }}; sleep 0.1; done\n\
+         {ffmpeg} -hide_banner -loglevel error -nostdin -y -i rtmp://127.0.0.1:1935/cam -t 4 -c copy {dir}/read.mkv\n\
+         {curl} -sf http://127.0.0.1:9997/v3/paths/get/cam > {dir}/path.json\n",
+        unshare = q(&peer("unshare")),
+        camera = q(camera),
+        bin = q(&bin),
+        conf = q(&conf),
+        dir = q(&dir),
+        ffmpeg = q(&peer("ffmpeg")),
+        curl = q(&peer("curl")),
+    );
+    let out = run_bounded(
+        Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
+        Duration::from_secs(90),
+    );
+    let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nserver log:\n{}\ncamera log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log("server.log"),
+        log("camera.log")
+    );
+    assert_media(&probe_file(&dir.join("read.mkv")), "h264", Some("aac"), 4);
+    let path: serde_json::Value = serde_json::from_str(&log("path.json")).unwrap();
+    assert_eq!(path["source"]["type"], "rtspSource", "{path}");
+    assert_eq!(path["sourceRelay"]["state"], "running", "{path}");
+    assert!(
+        log("server.log").contains("joined"),
+        "{}",
+        log("server.log")
+    );
+    assert!(log("camera.log").contains("client connected"));
+}
+
+/// Multicast readers, in a network namespace of their own (multicast on loopback needs the
+/// `MULTICAST` flag on `lo` and a 224.0.0.0/4 route, which only a private namespace may get):
+/// the server binary, an ffmpeg publisher and the readers all run in it. ffmpeg
+/// (`-rtsp_transport udp_multicast`) and GStreamer (`protocols=udp-mcast`) read the stream from
+/// the groups.
+#[test]
+fn multicast_readers_in_a_network_namespace() {
+    let dir = scratch("rtsp-multicast");
+    let bin = server_binary();
     let conf = dir.join("tidegate.yml");
     // A private namespace: nothing else binds there, so fixed ports cannot collide.
     std::fs::write(

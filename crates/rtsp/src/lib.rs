@@ -5,6 +5,8 @@
 
 pub mod auth;
 mod batch;
+pub mod client;
+pub mod ingest;
 pub mod message;
 pub mod mikey;
 pub mod multicast;

@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tidegate_codec::{h264, h265, nal};
 use tidegate_core::{
-    Action, CodecParams, ConnGuard, Credentials, Frame, PathError, PathManager, Publisher, Reader,
-    SessionInfo, Stream, StreamDesc, StreamReader, Track,
+    Action, ConnGuard, Credentials, Frame, PathError, PathManager, Publisher, Reader, SessionInfo,
+    Stream, StreamReader,
 };
-use tidegate_rtp::depack::Unit;
 use tidegate_rtp::srtp;
 use tidegate_rtp::RtpPacket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Given};
+use crate::ingest::InTrack;
 use crate::message::{interleaved, response, Input, Parser, Request};
 use crate::mux::{split, RtpMux};
-use crate::sdp::{self, Incoming};
+use crate::sdp;
 
 #[derive(Clone, Debug)]
 pub struct RtspConfig {
@@ -197,15 +196,11 @@ enum Tr {
 }
 
 struct PubTrack {
-    inc: Incoming,
+    t: InTrack,
     control: String,
     /// The publisher's MIKEY key from ANNOUNCE (`a=key-mgmt`), for `RTP/SAVP`.
     key_mgmt: Option<String>,
-    params: Option<CodecParams>,
     tr: Option<Tr>,
-    base: Option<i64>,
-    last: Option<u32>,
-    ext: i64,
 }
 
 struct Conn {
@@ -637,14 +632,10 @@ impl Conn {
         for (i, m) in medias.iter().enumerate() {
             match sdp::incoming(m) {
                 Ok(inc) => pubs.push(PubTrack {
-                    params: inc.params.clone(),
-                    inc,
+                    t: InTrack::new(inc),
                     control: m.control.clone().unwrap_or_else(|| format!("trackID={i}")),
                     key_mgmt: m.key_mgmt.clone(),
                     tr: None,
-                    base: None,
-                    last: None,
-                    ext: 0,
                 }),
                 Err(e) => {
                     return response(
@@ -958,27 +949,15 @@ impl Conn {
 
     /// Starts the stream once every track's parameters are known.
     fn try_start(&mut self) {
-        if self.stream.is_some() || self.pubs.iter().any(|p| p.params.is_none()) {
+        if self.stream.is_some() {
             return;
         }
         let Some(publisher) = self.publisher.as_mut() else {
             return;
         };
-        let desc = StreamDesc {
-            tracks: self
-                .pubs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| {
-                    Some(Track {
-                        id: i as u32,
-                        params: p.params.clone()?,
-                        clock_rate: p.inc.clock,
-                    })
-                })
-                .collect(),
-        };
-        self.stream = Some(publisher.start(desc));
+        if let Some(desc) = crate::ingest::desc(self.pubs.iter().map(|p| &p.t)) {
+            self.stream = Some(publisher.start(desc));
+        }
     }
 
     fn on_interleaved(&mut self, channel: u8, data: Bytes) {
@@ -1026,69 +1005,20 @@ impl Conn {
         let Some(t) = self.pubs.get_mut(idx) else {
             return;
         };
-        let mut units = Vec::new();
-        t.inc.depack.push(&p, &mut units);
+        let frames = t.t.push(idx, &p, self.started);
         let stats = &self.guard.extra;
         stats.rtp_packets_received.fetch_add(1, Ordering::Relaxed);
-        let lost: u64 = self.pubs.iter().map(|p| p.inc.depack.packets_lost).sum();
+        let lost: u64 = self.pubs.iter().map(|p| p.t.inc.depack.packets_lost).sum();
         if lost != self.lost_reported {
             stats.rtp_packets_lost.store(lost, Ordering::Relaxed);
             self.lost_reported = lost;
         }
-        for u in units {
-            self.on_unit(idx, u);
-        }
-    }
-
-    fn on_unit(&mut self, idx: usize, u: Unit) {
-        let started = self.started;
-        let t = &mut self.pubs[idx];
-        match t.last {
-            Some(last) => t.ext += i64::from(u.timestamp.wrapping_sub(last) as i32),
-            None => t.ext = i64::from(u.timestamp),
-        }
-        t.last = Some(u.timestamp);
-        let clock = i64::from(t.inc.clock);
-        // Tracks are aligned by arrival: each starts where the session clock is.
-        let base = *t.base.get_or_insert_with(|| {
-            t.ext - (started.elapsed().as_micros() as i64 * clock / 1_000_000)
-        });
-        let pts = t.ext - base;
-        let mut changed = None;
-        if t.inc.video && u.keyframe {
-            let nals = nal::split_length_prefixed(&u.data, 4).unwrap_or_default();
-            let found = if t.inc.h265 {
-                h265::find_params(nals.iter().copied()).map(|(v, s, p)| CodecParams::H265 {
-                    vps: Bytes::copy_from_slice(v),
-                    sps: Bytes::copy_from_slice(s),
-                    pps: Bytes::copy_from_slice(p),
-                })
-            } else {
-                h264::find_params(nals.iter().copied()).map(|(s, p)| CodecParams::H264 {
-                    sps: Bytes::copy_from_slice(s),
-                    pps: Bytes::copy_from_slice(p),
-                })
-            };
-            if let Some(f) = found {
-                if t.params.as_ref() != Some(&f) {
-                    let was = t.params.replace(f.clone());
-                    if was.is_some() {
-                        changed = Some(Arc::new(f));
-                    }
-                }
+        for f in frames {
+            self.try_start();
+            if let Some(stream) = &self.stream {
+                stream.write(f);
             }
         }
-        self.try_start();
-        let Some(stream) = &self.stream else { return };
-        stream.write(Frame {
-            track: idx as u32,
-            pts,
-            dts: pts,
-            keyframe: u.keyframe,
-            data: u.data,
-            received: Instant::now(),
-            params: changed,
-        });
     }
 
     /// Whether every track is set up over TCP on the usual channels (track *i* on 2*i*), so

@@ -29,6 +29,8 @@ pub enum SourceTransport {
     Automatic,
     Udp,
     Tcp,
+    /// Multicast, read by our own client (`client`): retina has none.
+    Multicast,
 }
 
 /// When a pulled source runs.
@@ -168,6 +170,22 @@ pub async fn pull(
             return;
         }
     };
+    if transport == SourceTransport::Multicast {
+        let (paths, path2, cancel2, fingerprint) = (&paths, &path, &cancel, &fingerprint);
+        let status2 = &status;
+        with_backoff("source", &path, &status, &cancel, move || {
+            crate::client::pull_multicast(
+                parsed.clone(),
+                fingerprint,
+                paths,
+                path2,
+                status2,
+                cancel2,
+            )
+        })
+        .await;
+        return;
+    }
     let tls = parsed.scheme() == "rtsps";
     if tls && transport == SourceTransport::Udp {
         status.set_state("failed");

@@ -167,6 +167,7 @@ fn source(
         let transport = match conf.rtsp_transport.as_str() {
             "udp" => SourceTransport::Udp,
             "tcp" => SourceTransport::Tcp,
+            "multicast" => SourceTransport::Multicast,
             _ => SourceTransport::Automatic,
         };
         Box::pin(tidegate_rtsp::source::pull(

@@ -1,0 +1,466 @@
+//! Our own RTSP client, for pulled cameras that retina cannot read: multicast
+//! (`rtspTransport: multicast`; retina has no multicast). retina stays the client for TCP and
+//! unicast UDP, where it copes with more camera quirks than this one does.
+//!
+//! It speaks what cameras and gst-rtsp-server need for a multicast read: DESCRIBE (Basic or
+//! Digest on a 401), SETUP per track with `RTP/AVP;multicast`, PLAY, keep-alives, TEARDOWN;
+//! over TCP or TLS (`rtsps://`, with `sourceFingerprint`). Packets become frames through the
+//! same [`InTrack`] as RTSP publishers' do.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidegate_core::relay::RelayStatus;
+use tidegate_core::{PathManager, SessionInfo};
+use tidegate_rtp::RtpPacket;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::InTrack;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response head larger than this, or a body larger than [`MAX_BODY`], ends the session.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// The RTSP connection: requests out, responses in (interleaved data skipped).
+struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    cseq: u32,
+    session: Option<String>,
+    creds: Option<(String, String)>,
+    /// The 401 challenges, answered on every later request.
+    challenges: Vec<String>,
+}
+
+/// Parses one response from the front of `buf`: Ok(None) when more bytes are needed; the
+/// number of bytes it used. Interleaved frames (`$`) before it are skipped.
+fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
+    let mut start = 0;
+    while buf.get(start) == Some(&b'$') {
+        let Some(h) = buf.get(start..start + 4) else {
+            return Ok(None);
+        };
+        start += 4 + usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if start > buf.len() {
+            return Ok(None);
+        }
+    }
+    let rest = &buf[start..];
+    let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if rest.len() > MAX_HEAD {
+            return Err("response head over 16 KiB".into());
+        }
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&rest[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .strip_prefix("RTSP/1.0 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an RTSP response: {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .take(64)
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    if len > MAX_BODY {
+        return Err("response body over 64 KiB".into());
+    }
+    let body_start = start + end + 4;
+    if buf.len() < body_start + len {
+        return Ok(None);
+    }
+    let body = buf[body_start..body_start + len].to_vec();
+    Ok(Some((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        body_start + len,
+    )))
+}
+
+impl Conn {
+    async fn send(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, String)],
+    ) -> Result<(), String> {
+        self.cseq += 1;
+        let mut req = format!(
+            "{method} {uri} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: Tidegate\r\n",
+            self.cseq
+        );
+        if let Some(s) = &self.session {
+            req.push_str(&format!("Session: {s}\r\n"));
+        }
+        if let Some((user, pass)) = &self.creds {
+            let ch: Vec<&str> = self.challenges.iter().map(String::as_str).collect();
+            if let Some(a) = crate::auth::authorization(&ch, method, uri, user, pass) {
+                req.push_str(&format!("Authorization: {a}\r\n"));
+            }
+        }
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tokio::time::timeout(IO_TIMEOUT, self.io.write_all(req.as_bytes()))
+            .await
+            .map_err(|_| format!("{method}: the camera accepted nothing for 10 s"))?
+            .map_err(|e| format!("{method}: {e}"))
+    }
+
+    async fn response(&mut self, method: &str) -> Result<Response, String> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((r, used)) = parse_response(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.io.read(&mut chunk))
+                .await
+                .map_err(|_| format!("{method}: no response within 10 s"))?
+                .map_err(|e| format!("{method}: {e}"))?;
+            if n == 0 {
+                return Err(format!("{method}: the camera closed the connection"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A request and its response; a 401 is answered once with the URL's credentials.
+    async fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Response, String> {
+        self.send(method, uri, extra).await?;
+        let mut r = self.response(method).await?;
+        if r.status == 401 && self.creds.is_some() && self.challenges.is_empty() {
+            self.challenges = r
+                .all("WWW-Authenticate")
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            self.send(method, uri, extra).await?;
+            r = self.response(method).await?;
+        }
+        if r.status != 200 {
+            return Err(format!("{method}: the camera answered {}", r.status));
+        }
+        if let Some(s) = r.header("Session") {
+            self.session = Some(s.split(';').next().unwrap_or("").trim().to_string());
+        }
+        Ok(r)
+    }
+}
+
+/// For the fuzz target: the response parser on arbitrary bytes.
+#[doc(hidden)]
+pub fn fuzz_response(data: &[u8]) {
+    if let Ok(Some((r, used))) = parse_response(data) {
+        assert!(used <= data.len() && r.body.len() <= MAX_BODY);
+    }
+    let _ = multicast_target(&String::from_utf8_lossy(data));
+}
+
+/// A track's control URL against the session's base.
+fn control_url(base: &str, control: Option<&str>) -> String {
+    match control {
+        None | Some("*") => base.trim_end_matches('/').to_string(),
+        Some(c) if c.starts_with("rtsp://") || c.starts_with("rtsps://") => c.to_string(),
+        Some(c) => format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            c.trim_start_matches('/')
+        ),
+    }
+}
+
+/// `destination` and the RTP port of a multicast `Transport` answer.
+fn multicast_target(transport: &str) -> Option<(Ipv4Addr, u16)> {
+    let mut group: Option<Ipv4Addr> = None;
+    let mut port = None;
+    for part in transport.split(';').map(str::trim) {
+        if let Some(d) = part.strip_prefix("destination=") {
+            group = d.parse().ok();
+        } else if let Some(p) = part.strip_prefix("port=") {
+            port = p.split('-').next().and_then(|p| p.parse().ok());
+        }
+    }
+    Some((group?, port?)).filter(|(g, _)| g.is_multicast())
+}
+
+/// A socket bound to `group:port` (so that another group on the same port is not mixed in),
+/// joined on every interface, shareable with other readers of the group.
+fn join(group: Ipv4Addr, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    // Other receivers of the group on this host (the camera's own RTCP socket, when the
+    // camera is local) may hold the port with SO_REUSEPORT.
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((group, port)).into())?;
+    s.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One multicast pull of `url` into `path`, until the camera stops, the data stops for 10 s,
+/// or `cancel`. `fingerprint` pins an `rtsps://` camera.
+pub async fn pull_multicast(
+    mut url: url::Url,
+    fingerprint: &str,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    status.set_state("connecting");
+    let creds = (!url.username().is_empty()).then(|| {
+        (
+            url.username().to_string(),
+            url.password().unwrap_or("").to_string(),
+        )
+    });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let host = url
+        .host_str()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tls = url.scheme() == "rtsps";
+    let port = url.port().unwrap_or(if tls { 322 } else { 554 });
+    let io: Box<dyn Io> = if tls {
+        Box::new(tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?)
+    } else {
+        let tcp = tokio::time::timeout(
+            IO_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Box::new(tcp)
+    };
+    let mut c = Conn {
+        io,
+        buf: Vec::new(),
+        cseq: 0,
+        session: None,
+        creds,
+        challenges: Vec::new(),
+    };
+    let url_s = url.to_string();
+    let r = c
+        .request("DESCRIBE", &url_s, &[("Accept", "application/sdp".into())])
+        .await?;
+    let base = r
+        .header("Content-Base")
+        .or_else(|| r.header("Content-Location"))
+        .unwrap_or(&url_s)
+        .to_string();
+    let medias = crate::sdp::parse(&String::from_utf8_lossy(&r.body))?;
+    let mut tracks = Vec::new();
+    let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(1024);
+    let mut receivers = Vec::new();
+    for m in &medias {
+        let Ok(inc) = crate::sdp::incoming(m) else {
+            continue;
+        };
+        let idx = tracks.len();
+        let uri = control_url(&base, m.control.as_deref());
+        let r = c
+            .request("SETUP", &uri, &[("Transport", "RTP/AVP;multicast".into())])
+            .await?;
+        let transport = r.header("Transport").unwrap_or("");
+        let (group, rtp_port) = multicast_target(transport)
+            .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
+        let sock = join(group, rtp_port).map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
+        let tx = tx.clone();
+        receivers.push(AbortOnDrop(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = sock.recv(&mut buf).await {
+                if tx
+                    .send((idx, Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })));
+        tracing::info!(path, track = idx, %group, port = rtp_port, "[RTSP source] joined");
+        tracks.push(InTrack::new(inc));
+    }
+    drop(tx);
+    if tracks.is_empty() {
+        return Err("the source has no track Tidegate can carry".into());
+    }
+    let play_uri = base.trim_end_matches('/').to_string();
+    c.request("PLAY", &play_uri, &[("Range", "npt=0.000-".into())])
+        .await?;
+    status.set_state("running");
+    tracing::info!(path, url = status.url, "pulling over multicast");
+
+    let started = Instant::now();
+    let mut publisher = None;
+    let mut stream = None;
+    let mut keepalive = tokio::time::interval(Duration::from_secs(20));
+    keepalive.tick().await;
+    let mut scratch = [0u8; 4096];
+    let end = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            _ = keepalive.tick() => c.send("GET_PARAMETER", &play_uri, &[]).await?,
+            // Keep-alive answers and anything else the camera says are read and dropped.
+            n = c.io.read(&mut scratch) => match n {
+                Ok(0) | Err(_) => break Err("the camera closed the connection".to_string()),
+                Ok(_) => {}
+            },
+            p = tokio::time::timeout(IO_TIMEOUT, rx.recv()) => {
+                let (idx, data) = match p {
+                    Err(_) => break Err("no data from the source for 10 s".to_string()),
+                    Ok(None) => break Err("the multicast receivers stopped".to_string()),
+                    Ok(Some(x)) => x,
+                };
+                status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                let Ok(p) = RtpPacket::parse(&data) else { continue };
+                let frames = tracks[idx].push(idx, &p, started);
+                if stream.is_none() {
+                    let Some(desc) = crate::ingest::desc(&tracks) else {
+                        if started.elapsed() > IO_TIMEOUT {
+                            break Err("the source sent no codec parameters within 10 s".to_string());
+                        }
+                        continue;
+                    };
+                    let mut p = paths
+                        .publish_source(
+                            path,
+                            SessionInfo {
+                                id: paths.new_session_id(),
+                                kind: "rtspSource",
+                                remote: None,
+                            },
+                        )
+                        .map_err(|e| e.to_string())?;
+                    stream = Some(p.start(desc));
+                    publisher = Some(p);
+                }
+                if publisher.as_ref().is_some_and(|p: &tidegate_core::Publisher| p.kicked().is_cancelled()) {
+                    break Err("kicked".to_string());
+                }
+                if let Some(s) = &stream {
+                    for f in frames {
+                        s.write(f);
+                    }
+                }
+            }
+        }
+    };
+    // Leave politely, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(1), c.send("TEARDOWN", &play_uri, &[])).await;
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_parse_after_interleaved_data_and_wait_for_their_body() {
+        let mut buf = vec![b'$', 0, 0, 2, 9, 9];
+        buf.extend_from_slice(
+            b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 4\r\nSession: ab;timeout=60\r\n\r\nv=0",
+        );
+        assert!(
+            parse_response(&buf).unwrap().is_none(),
+            "the body is one byte short"
+        );
+        buf.push(b'\n');
+        let (r, used) = parse_response(&buf).unwrap().unwrap();
+        assert_eq!(
+            (r.status, used, r.body.as_slice()),
+            (200, buf.len(), &b"v=0\n"[..])
+        );
+        assert_eq!(r.header("session"), Some("ab;timeout=60"));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        assert!(parse_response(&vec![b'a'; MAX_HEAD + 1]).is_err());
+    }
+
+    #[test]
+    fn control_urls_and_multicast_answers() {
+        assert_eq!(
+            control_url("rtsp://h/cam/", Some("stream=0")),
+            "rtsp://h/cam/stream=0"
+        );
+        assert_eq!(
+            control_url("rtsp://h/cam/", Some("rtsp://h/x")),
+            "rtsp://h/x"
+        );
+        assert_eq!(control_url("rtsp://h/cam/", None), "rtsp://h/cam");
+        assert_eq!(
+            multicast_target("RTP/AVP;multicast;destination=224.3.0.1;ttl=16;port=5000-5001"),
+            Some((Ipv4Addr::new(224, 3, 0, 1), 5000))
+        );
+        assert_eq!(
+            multicast_target("RTP/AVP;unicast;destination=10.0.0.1;port=5000-5001"),
+            None
+        );
+    }
+}

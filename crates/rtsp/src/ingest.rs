@@ -1,0 +1,112 @@
+//! RTP in → frames: what an RTSP publisher (ANNOUNCE/RECORD) and a camera pulled by our own
+//! client share. Per track: the depacketizer, the 32-bit RTP timestamp extended across wraps,
+//! the track's start aligned with the session's clock, and the parameter sets found in band.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tidegate_codec::{h264, h265, nal};
+use tidegate_core::{CodecParams, Frame, StreamDesc, Track};
+use tidegate_rtp::RtpPacket;
+
+use crate::sdp::Incoming;
+
+/// One published RTP track.
+pub struct InTrack {
+    pub inc: Incoming,
+    /// Known parameters (from the SDP, or the last key frame).
+    pub params: Option<CodecParams>,
+    base: Option<i64>,
+    last: Option<u32>,
+    ext: i64,
+}
+
+impl InTrack {
+    pub fn new(inc: Incoming) -> InTrack {
+        InTrack {
+            params: inc.params.clone(),
+            inc,
+            base: None,
+            last: None,
+            ext: 0,
+        }
+    }
+
+    /// Depacketizes `p` and returns the frames it completed (track `idx`, times from
+    /// `started`, the session's start). A key frame with new parameter sets carries them.
+    pub fn push(&mut self, idx: usize, p: &RtpPacket<'_>, started: Instant) -> Vec<Frame> {
+        let mut units = Vec::new();
+        self.inc.depack.push(p, &mut units);
+        units
+            .into_iter()
+            .map(|u| {
+                match self.last {
+                    Some(last) => self.ext += i64::from(u.timestamp.wrapping_sub(last) as i32),
+                    None => self.ext = i64::from(u.timestamp),
+                }
+                self.last = Some(u.timestamp);
+                let clock = i64::from(self.inc.clock);
+                let ext = self.ext;
+                // Tracks are aligned by arrival: each starts where the session clock is.
+                let base = *self.base.get_or_insert_with(|| {
+                    ext - (started.elapsed().as_micros() as i64 * clock / 1_000_000)
+                });
+                let pts = ext - base;
+                let changed = if self.inc.video && u.keyframe {
+                    self.new_params(&u.data)
+                } else {
+                    None
+                };
+                Frame {
+                    track: idx as u32,
+                    pts,
+                    dts: pts,
+                    keyframe: u.keyframe,
+                    data: u.data,
+                    received: Instant::now(),
+                    params: changed,
+                }
+            })
+            .collect()
+    }
+
+    /// Parameter sets in a key frame that differ from the known ones: recorded, and returned
+    /// when they replace earlier ones (the frame then carries them).
+    fn new_params(&mut self, data: &Bytes) -> Option<Arc<CodecParams>> {
+        let nals = nal::split_length_prefixed(data, 4).unwrap_or_default();
+        let found = if self.inc.h265 {
+            h265::find_params(nals.iter().copied()).map(|(v, s, p)| CodecParams::H265 {
+                vps: Bytes::copy_from_slice(v),
+                sps: Bytes::copy_from_slice(s),
+                pps: Bytes::copy_from_slice(p),
+            })
+        } else {
+            h264::find_params(nals.iter().copied()).map(|(s, p)| CodecParams::H264 {
+                sps: Bytes::copy_from_slice(s),
+                pps: Bytes::copy_from_slice(p),
+            })
+        }?;
+        if self.params.as_ref() == Some(&found) {
+            return None;
+        }
+        let was = self.params.replace(found.clone());
+        was.map(|_| Arc::new(found))
+    }
+}
+
+/// The stream a set of tracks makes, once every track's parameters are known.
+pub fn desc<'a>(tracks: impl IntoIterator<Item = &'a InTrack>) -> Option<StreamDesc> {
+    let tracks = tracks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Some(Track {
+                id: i as u32,
+                params: t.params.clone()?,
+                clock_rate: t.inc.clock,
+            })
+        })
+        .collect::<Option<Vec<Track>>>()?;
+    Some(StreamDesc { tracks })
+}
