@@ -846,11 +846,12 @@ fn read_rtmp_and_check(server: &TestServer, path: &str, seconds: u32, dir: &std:
 #[test]
 fn a_camera_is_pulled_over_tcp_and_udp_and_survives_a_restart() {
     let dir = scratch("rtsp-pull");
-    for transport in ["tcp", "udp"] {
+    // UDP twice: by retina, and by our own client with rtspAnyPort.
+    for (transport, any_port) in [("tcp", "no"), ("udp", "no"), ("udp", "yes")] {
         let port = tidegate_tests::peers::free_port();
         let mut cam = Camera::start(port);
         let server = TestServer::start(&format!(
-            "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    rtspTransport: {transport}\n"
+            "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n    rtspTransport: {transport}\n    rtspAnyPort: {any_port}\n"
         ));
         server.wait_ready("cam", READY);
         assert_eq!(
@@ -904,6 +905,50 @@ fn an_rtsps_camera_is_pulled_with_its_certificate_fingerprint() {
     for path in ["wrong", "unpinned"] {
         assert!(!server.paths().get(path).is_some_and(|p| p.ready), "{path}");
     }
+}
+
+/// `source: rtsps://…` with `rtspTransport: udp`: SRTP from an RTSPS camera, read by our own
+/// client (retina has no SRTP). The camera is a Tidegate serving RTSPS with SRTP (that side is
+/// checked against GStreamer above), fed by ffmpeg over RTSP; the puller takes the MIKEY key of
+/// its DESCRIBE, SETUPs `RTP/SAVP` over UDP and decrypts; ffmpeg reads the result over RTMP.
+#[test]
+fn an_rtsps_camera_is_pulled_over_udp_with_srtp() {
+    let dir = scratch("rtsps-srtp-pull");
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let camera = TestServer::start(&format!(
+        "rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(tidegate_tests::peers::synthetic_source(60, "640x360"))
+        .args([
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            &camera.rtsp_url("cam"),
+        ]);
+    let _publisher = PeerProcess::spawn("publish", &mut cmd, &dir);
+    camera.wait_ready("cam", READY);
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: {}\n    rtspTransport: udp\n    sourceFingerprint: \"{fingerprint}\"\n",
+        camera.rtsps_url("cam")
+    ));
+    server.wait_ready("cam", READY);
+    read_rtmp_and_check(&server, "cam", 4, &dir);
+    let list = tidegate_tests::http::get_json(camera.api_addr(), "/v3/rtspssessions/list");
+    let reader = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "read")
+        .unwrap_or_else(|| panic!("no RTSPS reader in {list}"))
+        .clone();
+    eprintln!("the puller, seen by the camera: {reader}");
+    assert_eq!(reader["transport"], "UDP", "{reader}");
+    assert_eq!(reader["profile"], "SAVP", "{reader}");
+    assert!(reader["rtpPacketsSent"].as_u64().unwrap() > 100, "{reader}");
 }
 
 /// `sourceOnDemand`: no connection to the camera while nobody reads; one within about a

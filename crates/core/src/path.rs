@@ -34,6 +34,8 @@ pub struct PathConf {
     /// The SHA-256 fingerprint (hex) a pulled `rtsps://` or `rtmps://` server's certificate
     /// must have, instead of a Web PKI check: for self-signed cameras. Empty: Web PKI.
     pub source_fingerprint: String,
+    /// A pulled `rtsp://` camera over UDP may send from ports other than those it announced.
+    pub rtsp_any_port: bool,
     /// Pull the source only while someone reads the path.
     pub source_on_demand: bool,
     /// How long a reader waits for an on-demand source to become ready.
@@ -60,6 +62,7 @@ impl Default for PathConf {
             push: Vec::new(),
             rtsp_transport: "automatic".into(),
             source_fingerprint: String::new(),
+            rtsp_any_port: false,
             source_on_demand: false,
             source_on_demand_start_timeout: std::time::Duration::from_secs(10),
             source_on_demand_close_after: std::time::Duration::from_secs(10),

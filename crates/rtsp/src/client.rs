@@ -1,11 +1,13 @@
 //! Our own RTSP client, for pulled cameras that retina cannot read: multicast
-//! (`rtspTransport: multicast`; retina has no multicast). retina stays the client for TCP and
-//! unicast UDP, where it copes with more camera quirks than this one does.
+//! (`rtspTransport: multicast`; retina has none), SRTP over UDP from `rtsps://` cameras
+//! (retina has no SRTP), and UDP from any source port (`rtspAnyPort`; retina connects its UDP
+//! sockets to the announced ports). retina stays the client for everything else, where it
+//! copes with more camera quirks than this one does.
 //!
-//! It speaks what cameras and gst-rtsp-server need for a multicast read: DESCRIBE (Basic or
-//! Digest on a 401), SETUP per track with `RTP/AVP;multicast`, PLAY, keep-alives, TEARDOWN;
-//! over TCP or TLS (`rtsps://`, with `sourceFingerprint`). Packets become frames through the
-//! same [`InTrack`] as RTSP publishers' do.
+//! It speaks what cameras and gst-rtsp-server need: DESCRIBE (Basic or Digest on a 401),
+//! SETUP per track, PLAY, keep-alives, TEARDOWN; over TCP or TLS (`rtsps://`, with
+//! `sourceFingerprint`). SRTP keys come from the SDP's `a=key-mgmt` (MIKEY). Packets become
+//! frames through the same [`InTrack`] as RTSP publishers' do.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -249,6 +251,53 @@ fn join(group: Ipv4Addr, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s.into())
 }
 
+/// How our client asks for RTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `RTP/AVP;multicast`: the groups the camera names.
+    Multicast,
+    /// `RTP/AVP;unicast` (or `RTP/SAVP` with `srtp`) to a port pair of ours; with `any_port`,
+    /// packets from any port of the camera's address are taken, not only its `server_port`.
+    Udp { srtp: bool, any_port: bool },
+}
+
+/// Whether a unicast packet from `from` is the camera's: its address, and its announced RTP
+/// port unless any port is allowed.
+fn from_camera(
+    from: SocketAddr,
+    camera: std::net::IpAddr,
+    server_port: Option<u16>,
+    any_port: bool,
+) -> bool {
+    from.ip() == camera && (any_port || server_port.is_none_or(|p| p == from.port()))
+}
+
+/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as `client_port` expects.
+async fn port_pair() -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), String> {
+    for _ in 0..32 {
+        let rtp = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .await
+            .map_err(|e| format!("UDP: {e}"))?;
+        let port = rtp.local_addr().map_err(|e| format!("UDP: {e}"))?.port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port + 1)).await {
+            return Ok((rtp, rtcp));
+        }
+    }
+    Err("no free UDP port pair".into())
+}
+
+/// `server_port`'s RTP port in a unicast `Transport` answer.
+fn server_rtp_port(transport: &str) -> Option<u16> {
+    transport
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("server_port="))
+        .and_then(|p| p.split('-').next())
+        .and_then(|p| p.parse().ok())
+}
+
 /// A task that ends with its owner.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -258,10 +307,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One multicast pull of `url` into `path`, until the camera stops, the data stops for 10 s,
+/// One pull of `url` into `path` in `mode`, until the camera stops, the data stops for 10 s,
 /// or `cancel`. `fingerprint` pins an `rtsps://` camera.
-pub async fn pull_multicast(
+pub async fn pull(
     mut url: url::Url,
+    mode: Mode,
     fingerprint: &str,
     paths: &PathManager,
     path: &str,
@@ -285,8 +335,10 @@ pub async fn pull_multicast(
         .to_string();
     let tls = url.scheme() == "rtsps";
     let port = url.port().unwrap_or(if tls { 322 } else { 554 });
-    let io: Box<dyn Io> = if tls {
-        Box::new(tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?)
+    let (io, camera): (Box<dyn Io>, _) = if tls {
+        let s = tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?;
+        let camera = s.get_ref().0.peer_addr().map_err(|e| e.to_string())?.ip();
+        (Box::new(s), camera)
     } else {
         let tcp = tokio::time::timeout(
             IO_TIMEOUT,
@@ -296,7 +348,8 @@ pub async fn pull_multicast(
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        Box::new(tcp)
+        let camera = tcp.peer_addr().map_err(|e| e.to_string())?.ip();
+        (Box::new(tcp), camera)
     };
     let mut c = Conn {
         io,
@@ -319,33 +372,95 @@ pub async fn pull_multicast(
     let mut tracks = Vec::new();
     let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(1024);
     let mut receivers = Vec::new();
+    let mut srtp = Vec::new();
     for m in &medias {
         let Ok(inc) = crate::sdp::incoming(m) else {
             continue;
         };
         let idx = tracks.len();
         let uri = control_url(&base, m.control.as_deref());
-        let r = c
-            .request("SETUP", &uri, &[("Transport", "RTP/AVP;multicast".into())])
-            .await?;
-        let transport = r.header("Transport").unwrap_or("");
-        let (group, rtp_port) = multicast_target(transport)
-            .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
-        let sock = join(group, rtp_port).map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
         let tx = tx.clone();
-        receivers.push(AbortOnDrop(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok(n) = sock.recv(&mut buf).await {
-                if tx
-                    .send((idx, Bytes::copy_from_slice(&buf[..n])))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        match mode {
+            Mode::Multicast => {
+                let r = c
+                    .request("SETUP", &uri, &[("Transport", "RTP/AVP;multicast".into())])
+                    .await?;
+                let transport = r.header("Transport").unwrap_or("");
+                let (group, rtp_port) = multicast_target(transport)
+                    .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
+                let sock = join(group, rtp_port)
+                    .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
+                receivers.push(AbortOnDrop(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    while let Ok(n) = sock.recv(&mut buf).await {
+                        if tx
+                            .send((idx, Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                })));
+                tracing::info!(path, track = idx, %group, port = rtp_port, "[RTSP source] joined");
+                srtp.push(None);
             }
-        })));
-        tracing::info!(path, track = idx, %group, port = rtp_port, "[RTSP source] joined");
+            Mode::Udp {
+                srtp: secure,
+                any_port,
+            } => {
+                let (rtp, rtcp) = port_pair().await?;
+                let p = rtp.local_addr().map_err(|e| e.to_string())?.port();
+                let mut headers = vec![(
+                    "Transport",
+                    format!(
+                        "{};unicast;client_port={p}-{}",
+                        if secure { "RTP/SAVP" } else { "RTP/AVP" },
+                        p + 1
+                    ),
+                )];
+                let ctx = if secure {
+                    // The camera's key is in the SDP; ours (for the receiver reports we
+                    // might send) goes in KeyMgmt, as RFC 4567 has it.
+                    let theirs = m
+                        .key_mgmt
+                        .as_deref()
+                        .ok_or("the camera offers no SRTP key (a=key-mgmt) for RTSPS over UDP")?;
+                    let key = crate::mikey::parse_base64(theirs)
+                        .map_err(|e| format!("a=key-mgmt: {e}"))?;
+                    let ours = tidegate_rtp::srtp::random_master().ok_or("no randomness")?;
+                    headers.push((
+                        "KeyMgmt",
+                        format!(
+                            "prot=mikey; uri=\"{uri}\"; data=\"{}\"",
+                            crate::mikey::build_base64(&ours)
+                        ),
+                    ));
+                    Some(tidegate_rtp::srtp::Context::new(&key))
+                } else {
+                    None
+                };
+                let r = c.request("SETUP", &uri, &headers).await?;
+                let server_port = server_rtp_port(r.header("Transport").unwrap_or(""));
+                receivers.push(AbortOnDrop(tokio::spawn(async move {
+                    let _rtcp = rtcp; // held: the camera's receiver-report port stays ours
+                    let mut buf = vec![0u8; 2048];
+                    while let Ok((n, from)) = rtp.recv_from(&mut buf).await {
+                        if !from_camera(from, camera, server_port, any_port) {
+                            continue;
+                        }
+                        if tx
+                            .send((idx, Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                })));
+                srtp.push(ctx);
+            }
+        }
         tracks.push(InTrack::new(inc));
     }
     drop(tx);
@@ -356,7 +471,12 @@ pub async fn pull_multicast(
     c.request("PLAY", &play_uri, &[("Range", "npt=0.000-".into())])
         .await?;
     status.set_state("running");
-    tracing::info!(path, url = status.url, "pulling over multicast");
+    tracing::info!(
+        path,
+        url = status.url,
+        ?mode,
+        "pulling with our RTSP client"
+    );
 
     let started = Instant::now();
     let mut publisher = None;
@@ -380,7 +500,15 @@ pub async fn pull_multicast(
                     Ok(Some(x)) => x,
                 };
                 status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                let Ok(p) = RtpPacket::parse(&data) else { continue };
+                let plain;
+                let data = match srtp[idx].as_mut() {
+                    Some(ctx) => match ctx.unprotect_rtp(&data) {
+                        Ok(v) => { plain = v; &plain[..] }
+                        Err(_) => continue,
+                    },
+                    None => &data[..],
+                };
+                let Ok(p) = RtpPacket::parse(data) else { continue };
                 let frames = tracks[idx].push(idx, &p, started);
                 if stream.is_none() {
                     let Some(desc) = crate::ingest::desc(&tracks) else {
@@ -441,6 +569,39 @@ mod tests {
         assert_eq!(r.header("session"), Some("ab;timeout=60"));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_response(&vec![b'a'; MAX_HEAD + 1]).is_err());
+    }
+
+    #[test]
+    fn only_the_cameras_packets_are_taken() {
+        let cam: std::net::IpAddr = Ipv4Addr::new(10, 0, 0, 2).into();
+        let from = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        assert!(from_camera(
+            from([10, 0, 0, 2], 6000),
+            cam,
+            Some(6000),
+            false
+        ));
+        assert!(!from_camera(
+            from([10, 0, 0, 2], 6100),
+            cam,
+            Some(6000),
+            false
+        ));
+        assert!(
+            from_camera(from([10, 0, 0, 2], 6100), cam, Some(6000), true),
+            "rtspAnyPort"
+        );
+        assert!(!from_camera(
+            from([10, 0, 0, 9], 6000),
+            cam,
+            Some(6000),
+            true
+        ));
+        assert!(from_camera(from([10, 0, 0, 2], 6100), cam, None, false));
+        assert_eq!(
+            server_rtp_port("RTP/AVP;unicast;client_port=1-2;server_port=8000-8001"),
+            Some(8000)
+        );
     }
 
     #[test]

@@ -152,11 +152,14 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
 
 /// Pulls `url` into `path` until `cancel`, reconnecting with the relays' backoff. With
 /// `on_demand.enabled`, the caller starts this when a reader asks and cancels it when idle.
-/// `fingerprint` pins an `rtsps://` camera's certificate (`sourceFingerprint`).
+/// `fingerprint` pins an `rtsps://` camera's certificate (`sourceFingerprint`); `any_port`
+/// (`rtspAnyPort`) takes UDP packets from any port of the camera.
+#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     url: String,
     transport: SourceTransport,
     fingerprint: String,
+    any_port: bool,
     paths: PathManager,
     path: String,
     status: Arc<RelayStatus>,
@@ -170,12 +173,24 @@ pub async fn pull(
             return;
         }
     };
-    if transport == SourceTransport::Multicast {
+    let tls = parsed.scheme() == "rtsps";
+    // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), and
+    // UDP from any port.
+    let own = match transport {
+        SourceTransport::Multicast => Some(crate::client::Mode::Multicast),
+        SourceTransport::Udp if tls || any_port => Some(crate::client::Mode::Udp {
+            srtp: tls,
+            any_port,
+        }),
+        _ => None,
+    };
+    if let Some(mode) = own {
         let (paths, path2, cancel2, fingerprint) = (&paths, &path, &cancel, &fingerprint);
         let status2 = &status;
         with_backoff("source", &path, &status, &cancel, move || {
-            crate::client::pull_multicast(
+            crate::client::pull(
                 parsed.clone(),
+                mode,
                 fingerprint,
                 paths,
                 path2,
@@ -184,18 +199,6 @@ pub async fn pull(
             )
         })
         .await;
-        return;
-    }
-    let tls = parsed.scheme() == "rtsps";
-    if tls && transport == SourceTransport::Udp {
-        status.set_state("failed");
-        status.set_error(
-            "rtsps:// over UDP needs SRTP, which is not supported: use rtspTransport tcp or automatic",
-        );
-        tracing::error!(
-            path,
-            "rtsps:// sources are pulled over TCP only (rtspTransport: udp)"
-        );
         return;
     }
     let use_udp = std::sync::atomic::AtomicBool::new(transport == SourceTransport::Udp);

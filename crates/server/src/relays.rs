@@ -174,6 +174,7 @@ fn source(
             url,
             transport,
             fingerprint,
+            conf.rtsp_any_port,
             paths,
             name,
             status,

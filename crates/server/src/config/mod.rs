@@ -243,6 +243,7 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ("push", set!(push, push_list)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
     ("sourceFingerprint", set!(source_fingerprint, fingerprint)),
+    ("rtspAnyPort", set!(rtsp_any_port, boolean)),
     ("sourceOnDemand", set!(source_on_demand, boolean)),
     (
         "sourceOnDemandStartTimeout",
