@@ -463,42 +463,46 @@ fn chromium_over_ice_tcp() {
     assert_eq!(r["play"]["audio"], true, "{r}");
 }
 
-/// ffmpeg publishes H264 + AAC over RTMP; an aiortc viewer plays the video over WHEP. AAC
-/// cannot travel over WebRTC: the answer carries video only and the API says why.
+/// ffmpeg publishes H264 + AAC over RTMP, then over RTSP; an aiortc viewer plays the video
+/// over WHEP. AAC cannot travel over WebRTC: the answer carries video only and the API says why.
 #[test]
-fn rtmp_to_whep() {
+fn rtmp_and_rtsp_to_whep() {
     let dir = scratch("webrtc-rtmp-whep");
     let server = TestServer::start("");
-    let mut publisher = ffmpeg_publish(&server.rtmp_url("live/rtmp"), 30, "flv", &dir);
-    server.wait_ready("live/rtmp", READY);
-    let mut viewer = webrtc_peer(&[
-        "whep",
-        &server.webrtc_url("live/rtmp", "whep"),
-        "--seconds",
-        "6",
-    ]);
-    let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
-    let s = wait_sessions(
-        &server,
-        |s| s.iter().any(|x| x["peerConnectionEstablished"] == true),
-        Duration::from_secs(10),
-    );
-    let warnings = s[0]["warnings"].to_string();
-    assert!(
-        warnings.contains("MPEG-4 Audio") && warnings.contains("cannot carry"),
-        "{warnings}"
-    );
-    let report = viewer_report(&mut viewer);
-    let v = &report["viewers"][0];
-    eprintln!("RTMP -> WHEP viewer: {v}");
-    assert_live_video(v, 4.0, 25.0);
-    assert_eq!(
-        (v["width"].as_u64(), v["height"].as_u64()),
-        (Some(640), Some(360))
-    );
-    assert_eq!(v["audio_frames"], 0, "{v}");
-    assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
-    publisher.kill9();
+    for (path, url, format) in [
+        ("live/rtmp", server.rtmp_url("live/rtmp"), "flv"),
+        ("live/rtsp", server.rtsp_url("live/rtsp"), "rtsp"),
+    ] {
+        let mut publisher = ffmpeg_publish(&url, 30, format, &dir);
+        server.wait_ready(path, READY);
+        let mut viewer = webrtc_peer(&["whep", &server.webrtc_url(path, "whep"), "--seconds", "6"]);
+        let mut viewer = PeerProcess::spawn(&format!("aiortc-whep-{format}"), &mut viewer, &dir);
+        let s = wait_sessions(
+            &server,
+            |s| {
+                s.iter()
+                    .any(|x| x["path"] == path && x["peerConnectionEstablished"] == true)
+            },
+            Duration::from_secs(10),
+        );
+        let session = s.iter().find(|x| x["path"] == path).unwrap();
+        let warnings = session["warnings"].to_string();
+        assert!(
+            warnings.contains("MPEG-4 Audio") && warnings.contains("cannot carry"),
+            "{warnings}"
+        );
+        let report = viewer_report(&mut viewer);
+        let v = &report["viewers"][0];
+        eprintln!("{format} -> WHEP viewer: {v}");
+        assert_live_video(v, 4.0, 25.0);
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(640), Some(360))
+        );
+        assert_eq!(v["audio_frames"], 0, "{v}");
+        assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
+        publisher.kill9();
+    }
 }
 
 /// A WHEP viewer behind a link that drops 5 % of datagrams each way (a seeded userspace relay:
