@@ -1,18 +1,64 @@
-//! Sending a frame's RTP packets to a UDP reader in one system call (`sendmmsg`), instead of
-//! one `sendto` per packet: UDP readers then cost about what TCP readers cost per frame.
-//! Through nix's safe wrapper (the workspace forbids `unsafe`).
+//! Sending a frame's RTP packets to a UDP reader in as few system calls as possible, instead of
+//! one `sendto` per packet. A run of packets of one size (a video frame's fragments; the last
+//! may be shorter) goes as one UDP GSO send (`UDP_SEGMENT`: the kernel cuts it into datagrams
+//! late, so the stack runs once per run rather than once per packet); the rest go in one
+//! `sendmmsg`. Through nix's safe wrappers (the workspace forbids `unsafe`). Where GSO is
+//! refused (an old kernel, a device without it), the socket falls back to `sendmmsg` for good.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
-use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::socket::{
+    sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// At most this many datagrams per system call.
 const MAX_BATCH: usize = 64;
+/// A GSO send carries at most this many bytes (the kernel's limit is 64 KiB of UDP payload).
+const MAX_GSO_BYTES: usize = 60_000;
+
+/// Cleared the first time the kernel refuses a GSO send: from then on, `sendmmsg` only.
+static GSO: AtomicBool = AtomicBool::new(true);
+
+/// Where the run of same-size packets to one address that starts at `from` ends (exclusive):
+/// every packet as long as the first, but the last, which may be shorter.
+fn run_end(pkts: &[(Bytes, SocketAddr)], from: usize) -> usize {
+    let (size, to) = (pkts[from].0.len(), pkts[from].1);
+    let mut end = from + 1;
+    let mut bytes = size;
+    while end < pkts.len()
+        && end - from < MAX_BATCH
+        && pkts[end].1 == to
+        && pkts[end - 1].0.len() == size
+        && pkts[end].0.len() <= size
+        && bytes + pkts[end].0.len() <= MAX_GSO_BYTES
+    {
+        bytes += pkts[end].0.len();
+        end += 1;
+    }
+    end
+}
+
+/// One GSO send of a run: the kernel sends each `segment` bytes as a datagram.
+fn send_gso(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> std::io::Result<usize> {
+    let segment = run[0].0.len() as u16;
+    let iov: Vec<IoSlice<'_>> = run.iter().map(|(b, _)| IoSlice::new(b)).collect();
+    let to = SockaddrStorage::from(run[0].1);
+    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+    Ok(sendmsg(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        Some(&to),
+    )?)
+}
 
 /// One `sendmmsg` of the first packets of `pkts`: how many the kernel took.
 fn send_some(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> std::io::Result<usize> {
@@ -38,7 +84,58 @@ fn send_some(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> std::io::Result<
 /// Sends every packet of `pkts` from `sock`, as few system calls as the kernel allows, waiting
 /// while the socket buffer is full. Returns the bytes sent. A packet the kernel refuses (an
 /// ICMP error queued for the socket, say) is skipped, as a failed `sendto` would be.
-pub async fn send_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u64 {
+pub async fn send_all(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> u64 {
+    let mut bytes = 0u64;
+    let mut from = 0;
+    let mut rest_start = None;
+    while from < pkts.len() {
+        let end = run_end(pkts, from);
+        if end - from >= 2 && GSO.load(Ordering::Relaxed) {
+            // Whatever came before this run leaves first, in order.
+            if let Some(start) = rest_start.take() {
+                bytes += send_mmsg_all(sock, &pkts[start..from]).await;
+            }
+            match send_run(sock, &pkts[from..end]).await {
+                Some(sent) => {
+                    bytes += sent;
+                    from = end;
+                    continue;
+                }
+                None => GSO.store(false, Ordering::Relaxed),
+            }
+        }
+        rest_start.get_or_insert(from);
+        from = end;
+    }
+    if let Some(start) = rest_start {
+        bytes += send_mmsg_all(sock, &pkts[start..]).await;
+    }
+    bytes
+}
+
+/// A run as one GSO send, waiting while the buffer is full. None when the kernel refuses GSO.
+async fn send_run(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> Option<u64> {
+    loop {
+        if sock.writable().await.is_err() {
+            return Some(0);
+        }
+        match sock.try_io(Interest::WRITABLE, || send_gso(sock, run)) {
+            Ok(_) => return Some(run.iter().map(|(b, _)| b.len() as u64).sum()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
+            {
+                tracing::info!("UDP GSO refused ({e}): RTP to UDP readers goes by sendmmsg");
+                return None;
+            }
+            // Another error (an ICMP error queued for the socket): the run is lost, as a failed
+            // sendto would lose its packet.
+            Err(_) => return Some(0),
+        }
+    }
+}
+
+/// `pkts` by `sendmmsg`, waiting while the buffer is full.
+async fn send_mmsg_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u64 {
     let mut bytes = 0u64;
     while !pkts.is_empty() {
         if sock.writable().await.is_err() {
@@ -60,6 +157,61 @@ pub async fn send_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_same_size_packets_to_one_address() {
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let p = |n: usize, to| (Bytes::from(vec![0u8; n]), to);
+        let pkts = vec![
+            p(30, a),
+            p(1400, a),
+            p(1400, a),
+            p(700, a),
+            p(1400, a),
+            p(1400, b),
+        ];
+        assert_eq!(run_end(&pkts, 0), 1, "a short packet, then longer ones");
+        assert_eq!(
+            run_end(&pkts, 1),
+            4,
+            "full-size packets and a shorter last one"
+        );
+        assert_eq!(run_end(&pkts, 4), 5, "another address");
+        assert_eq!(run_end(&pkts, 5), 6);
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_runs_arrives_whole_and_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        // Parameter sets, then fragments of one size and a shorter last one, twice.
+        let sizes: Vec<usize> = [40, 20]
+            .into_iter()
+            .chain(std::iter::repeat_n(1000, 20))
+            .chain([300, 50])
+            .chain(std::iter::repeat_n(900, 10))
+            .chain([10])
+            .collect();
+        let pkts: Vec<(Bytes, SocketAddr)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Bytes::from(vec![i as u8; *n]), to))
+            .collect();
+        let sent = send_all(&tx, &pkts).await;
+        assert_eq!(sent, sizes.iter().sum::<usize>() as u64);
+        eprintln!("UDP GSO in use: {}", GSO.load(Ordering::Relaxed));
+        let mut buf = vec![0u8; 65536];
+        for (i, n) in sizes.iter().enumerate() {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, *n, "datagram {i}");
+            assert!(buf[..got].iter().all(|b| *b == i as u8), "datagram {i}");
+        }
+    }
 
     #[tokio::test]
     async fn a_batch_arrives_whole_and_in_order() {
