@@ -176,9 +176,9 @@ fn gstreamer_publishes_h265_and_ffmpeg_reads_it() {
     read_and_check(&url, "tcp", "hevc", None, &dir);
 }
 
-/// RTSP in → RTMP, SRT and HLS out, read by their own clients; RTMP in → RTSP out.
+/// RTSP in → RTMP, SRT and HLS out, read by their own clients; RTMP and SRT in → RTSP out.
 #[test]
-fn rtsp_reaches_every_egress_and_rtmp_reaches_rtsp() {
+fn rtsp_reaches_every_egress_and_rtmp_and_srt_reach_rtsp() {
     let dir = scratch("rtsp-cross");
     let server = TestServer::start("");
     let _publisher = ffmpeg_publish(&server.rtsp_url("cam"), 60, "rtsp", &dir);
@@ -198,14 +198,12 @@ fn rtsp_reaches_every_egress_and_rtmp_reaches_rtsp() {
         assert_media(&probe_file(&out), "h264", Some("aac"), 4);
     }
     let _rtmp = ffmpeg_publish(&server.rtmp_url("fromrtmp"), 40, "flv", &dir);
-    server.wait_ready("fromrtmp", READY);
-    read_and_check(
-        &server.rtsp_url("fromrtmp"),
-        "tcp",
-        "h264",
-        Some("aac"),
-        &dir,
-    );
+    let srt = server.srt_url("publish:fromsrt", "&latency=200000");
+    let _srt = ffmpeg_publish(&srt, 40, "mpegts", &dir);
+    for path in ["fromrtmp", "fromsrt"] {
+        server.wait_ready(path, READY);
+        read_and_check(&server.rtsp_url(path), "tcp", "h264", Some("aac"), &dir);
+    }
 }
 
 fn rtsp_request(addr: std::net::SocketAddr, req: &str) -> String {
