@@ -905,6 +905,73 @@ fn an_rtsps_camera_is_pulled_with_its_certificate_fingerprint() {
     }
 }
 
+/// A TCP proxy for RTSP connections to `to` that adds `shift` to the `server_port` of every
+/// answer: a camera that announces RTP ports it does not send from. UDP does not go through it.
+fn lying_proxy(to: std::net::SocketAddr, shift: u16) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(camera)) = (client, TcpStream::connect(to)) else {
+                continue;
+            };
+            let (mut up_from, mut up_to) =
+                (client.try_clone().unwrap(), camera.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut up_from, &mut up_to));
+            let (mut down_from, mut down_to) = (camera, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = down_from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    // Answers are text in UDP mode; a SETUP answer fits one read here.
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let out = match text.split_once("server_port=") {
+                        Some((head, rest)) => {
+                            let end = rest
+                                .find(|c: char| !c.is_ascii_digit() && c != '-')
+                                .unwrap_or(rest.len());
+                            let shifted: Vec<String> = rest[..end]
+                                .split('-')
+                                .filter_map(|p| p.parse::<u16>().ok())
+                                .map(|p| (p + shift).to_string())
+                                .collect();
+                            format!("{head}server_port={}{}", shifted.join("-"), &rest[end..])
+                        }
+                        None => text,
+                    };
+                    if down_to.write_all(out.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `rtspAnyPort`: a camera that sends RTP from ports other than those it announced (the
+/// stand-in behind a proxy that shifts `server_port` in its SETUP answers). With
+/// `rtspAnyPort: yes` the path carries the stream; without it nothing is taken (retina's
+/// sockets are connected to the announced ports) and the source reports no data.
+#[test]
+fn rtsp_any_port_takes_packets_from_unannounced_ports() {
+    let dir = scratch("rtsp-any-port");
+    let port = tidegate_tests::peers::free_port();
+    let _cam = Camera::start(port);
+    let proxy = lying_proxy(([127, 0, 0, 1], port).into(), 100);
+    let server = TestServer::start(&format!(
+        "paths:\n  any:\n    source: rtsp://{proxy}/cam\n    rtspTransport: udp\n    rtspAnyPort: yes\n\
+         \x20 strict:\n    source: rtsp://{proxy}/cam\n    rtspTransport: udp\n"
+    ));
+    server.wait_ready("any", READY);
+    read_rtmp_and_check(&server, "any", 3, &dir);
+    let err = server.wait_source_error("strict", "no data", Duration::from_secs(30));
+    assert!(err.contains("no data from the source"), "{err}");
+    assert!(!server.paths().get("strict").is_some_and(|p| p.ready));
+}
+
 /// `source: rtsps://…` with `rtspTransport: udp`: SRTP from an RTSPS camera, read by our own
 /// client (retina has no SRTP). The camera is a Tidegate serving RTSPS with SRTP (that side is
 /// checked against GStreamer above), fed by ffmpeg over RTSP; the puller takes the MIKEY key of
