@@ -209,6 +209,17 @@ impl TestServer {
         }
     }
 
+    /// The first entry of `/v3/{list}/list` (`rtspsessions`, `srtconns`, …) whose `state` is
+    /// `state`. Panics, showing the list, when there is none.
+    pub fn api_entry(&self, list: &str, state: &str) -> serde_json::Value {
+        let v = crate::http::get_json(self.api_addr(), &format!("/v3/{list}/list"));
+        v["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|c| c["state"] == state))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {state} entry in /v3/{list}/list: {v}"))
+    }
+
     /// Waits (bounded) until `path` has at least `n` readers.
     pub fn wait_readers(&self, path: &str, n: usize, limit: Duration) {
         self.wait_until(path, limit, &format!("read by {n}"), |p| {

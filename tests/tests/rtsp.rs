@@ -573,14 +573,7 @@ fn hostile_input_closes_only_its_connection() {
 
     // The publisher's session in the API, with its transport and RTP counters; kicking it
     // ends the publish.
-    let list = tidegate_tests::http::get_json(server.api_addr(), "/v3/rtspsessions/list");
-    let s = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["state"] == "publish")
-        .expect("the publisher in /v3/rtspsessions/list")
-        .clone();
+    let s = server.api_entry("rtspsessions", "publish");
     assert_eq!(s["path"], "cam");
     // ffmpeg's RTSP muxer publishes over UDP by default.
     assert_eq!(s["transport"], "UDP");
@@ -651,14 +644,7 @@ fn rtsps_srtp_with_gstreamer_over_udp_and_tcp() {
     let _gst = PeerProcess::spawn("gst-rtspclientsink-savp", &mut cmd, &dir);
     server.wait_ready("secure", READY);
     server.wait_frames("secure", 60, Duration::from_secs(10));
-    let list = tidegate_tests::http::get_json(server.api_addr(), "/v3/rtspssessions/list");
-    let publisher = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["state"] == "publish")
-        .unwrap_or_else(|| panic!("no publisher in {list}"))
-        .clone();
+    let publisher = server.api_entry("rtspssessions", "publish");
     eprintln!("SRTP publisher: {publisher}");
     assert_eq!(publisher["transport"], "UDP", "{publisher}");
     assert_eq!(publisher["profile"], "SAVP", "{publisher}");
@@ -1002,14 +988,7 @@ fn an_rtsps_camera_is_pulled_over_udp_with_srtp() {
     ));
     server.wait_ready("cam", READY);
     read_rtmp_and_check(&server, "cam", 4, &dir);
-    let list = tidegate_tests::http::get_json(camera.api_addr(), "/v3/rtspssessions/list");
-    let reader = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["state"] == "read")
-        .unwrap_or_else(|| panic!("no RTSPS reader in {list}"))
-        .clone();
+    let reader = camera.api_entry("rtspssessions", "read");
     eprintln!("the puller, seen by the camera: {reader}");
     assert_eq!(reader["transport"], "UDP", "{reader}");
     assert_eq!(reader["profile"], "SAVP", "{reader}");

@@ -203,14 +203,7 @@ fn five_percent_loss_loses_no_frames() {
     );
 
     // The SRT statistics of the publisher's connection show the losses and what refilled them.
-    let list = tidegate_tests::http::get_json(server.api_addr(), "/v3/srtconns/list");
-    let conn = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["state"] == "publish")
-        .expect("the publisher in /v3/srtconns/list")
-        .clone();
+    let conn = server.api_entry("srtconns", "publish");
     eprintln!("publisher connection: {conn}");
     assert_eq!(conn["path"], "lossy");
     assert_eq!(conn["query"], "publish:lossy");

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidegate_core::relay::RelayStatus;
-use tidegate_core::{PathManager, SessionInfo};
+use tidegate_core::PathManager;
 use tidegate_rtp::RtpPacket;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::InTrack;
+use crate::source::AbortOnDrop;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response head larger than this, or a body larger than [`MAX_BODY`], ends the session.
@@ -298,15 +299,6 @@ fn server_rtp_port(transport: &str) -> Option<u16> {
         .and_then(|p| p.parse().ok())
 }
 
-/// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One pull of `url` into `path` in `mode`, until the camera stops, the data stops for 10 s,
 /// or `cancel`. `fingerprint` pins an `rtsps://` camera.
 pub async fn pull(
@@ -517,17 +509,8 @@ pub async fn pull(
                         }
                         continue;
                     };
-                    let mut p = paths
-                        .publish_source(
-                            path,
-                            SessionInfo {
-                                id: paths.new_session_id(),
-                                kind: "rtspSource",
-                                remote: None,
-                            },
-                        )
-                        .map_err(|e| e.to_string())?;
-                    stream = Some(p.start(desc));
+                    let (p, s) = crate::source::publish_camera(paths, path, desc)?;
+                    stream = Some(s);
                     publisher = Some(p);
                 }
                 if publisher.as_ref().is_some_and(|p: &tidegate_core::Publisher| p.kicked().is_cancelled()) {

@@ -107,8 +107,26 @@ fn carried(media: &str, encoding: &str) -> bool {
     )
 }
 
+/// The pulled camera as the publisher of `path`, its stream started with `desc`.
+pub(crate) fn publish_camera(
+    paths: &PathManager,
+    path: &str,
+    desc: StreamDesc,
+) -> Result<(tidegate_core::Publisher, Arc<tidegate_core::Stream>), String> {
+    let session = SessionInfo {
+        id: paths.new_session_id(),
+        kind: "rtspSource",
+        remote: None,
+    };
+    let mut p = paths
+        .publish_source(path, session)
+        .map_err(|e| e.to_string())?;
+    let stream = p.start(desc);
+    Ok((p, stream))
+}
+
 /// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -358,17 +376,8 @@ async fn pull_once(
                     })
                     .collect(),
             };
-            let mut p = paths
-                .publish_source(
-                    path,
-                    SessionInfo {
-                        id: paths.new_session_id(),
-                        kind: "rtspSource",
-                        remote: None,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-            stream = Some(p.start(desc));
+            let (p, s) = publish_camera(paths, path, desc)?;
+            stream = Some(s);
             publisher = Some(p);
         }
         if publisher
