@@ -767,6 +767,10 @@ fn always_remux_and_idle_close() {
     let _publisher = ffmpeg_publish(&server.rtmp_url("cam"), 30, "flv", &dir);
     server.wait_ready("cam", READY);
     wait_for(&server, &["cam"], Duration::from_secs(10));
+    // Three seconds of video through the server: the muxer, started without a request, has
+    // finished segments by now (the CI run of 2026-11-29 asked sooner, and waited 1.008 s
+    // for the first one).
+    server.wait_frames("cam", 90, Duration::from_secs(10));
     // Already muxing: the first playlist request is answered from segments made before it.
     let f = hls_file(&server, "cam", "stream.m3u8");
     assert_eq!(f.status, 200);
