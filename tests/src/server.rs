@@ -220,6 +220,31 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no {state} entry in /v3/{list}/list: {v}"))
     }
 
+    /// Polls `/v3/{list}/list` (bounded) until an entry satisfies `cond`, and returns it.
+    pub fn wait_api_entry(
+        &self,
+        list: &str,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = crate::http::get_json(self.api_addr(), &format!("/v3/{list}/list"));
+            if let Some(e) = v["items"]
+                .as_array()
+                .and_then(|i| i.iter().find(|e| cond(e)))
+            {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no entry of /v3/{list}/list {what} within {limit:?}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits (bounded) until `path` has at least `n` readers.
     pub fn wait_readers(&self, path: &str, n: usize, limit: Duration) {
         self.wait_until(path, limit, &format!("read by {n}"), |p| {

@@ -157,6 +157,116 @@ fn ffmpeg_publishes_over_tcp_and_udp_and_ffmpeg_and_gstreamer_read() {
     }
 }
 
+/// A GStreamer reader of `url` over `protocols` runs until its receiver reports reach the API
+/// (`list`: `rtspsessions` or `rtspssessions`): its read session, once RTCP has come in.
+fn gst_reader_reports(
+    server: &TestServer,
+    url: &str,
+    protocols: &str,
+    list: &str,
+    dir: &std::path::Path,
+) -> serde_json::Value {
+    let mut cmd = Command::new(peer("timeout"));
+    cmd.args(["-s", "INT", "-k", "5", "40"])
+        .arg(peer("gst-launch-1.0"))
+        .args(gst_rtsp_args(url, protocols));
+    let _reader = PeerProcess::spawn(&format!("gst-reports-{protocols}"), &mut cmd, dir);
+    let transport = protocols.to_uppercase();
+    let entry = server.wait_api_entry(list, Duration::from_secs(25), "with a report", |e| {
+        e["state"] == "read"
+            && e["transport"] == transport.as_str()
+            && e["rtcpPacketsReceived"].as_u64() >= Some(1)
+    });
+    eprintln!("GStreamer reader over {protocols}: {entry}");
+    entry
+}
+
+/// Readers' RTCP receiver reports reach the API: GStreamer's over UDP and over TCP (loss 0
+/// and a small jitter on loopback), and a hand-made report over TCP whose figures come back
+/// exactly (42 lost, 9000 ticks of 90 kHz = 0.1 s jitter).
+#[test]
+fn readers_receiver_reports_show_loss_and_jitter() {
+    let dir = scratch("rtsp-reports");
+    let server = TestServer::start("");
+    let url = server.rtsp_url("live/rr");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(tidegate_tests::peers::synthetic_source(60, "640x360"))
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp", &url]);
+    let _publisher = PeerProcess::spawn("publish", &mut cmd, &dir);
+    server.wait_ready("live/rr", READY);
+
+    for protocols in ["udp", "tcp"] {
+        let e = gst_reader_reports(&server, &url, protocols, "rtspsessions", &dir);
+        assert_eq!(e["rtpPacketsLost"], 0, "{e}");
+        let jitter = e["rtpPacketsJitter"].as_f64().unwrap();
+        assert!((0.0..0.5).contains(&jitter), "{e}");
+    }
+
+    // By hand: DESCRIBE, SETUP the video over TCP, PLAY, then a receiver report on channel 1.
+    let mut s = TcpStream::connect(rtsp_addr(&server)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let local = s.local_addr().unwrap().to_string();
+    let r = rtsp_send(
+        &mut s,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    let r = rtsp_send(
+        &mut s,
+        &format!(
+            "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 2\r\n\
+             Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+        ),
+    );
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    let session = r
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = rtsp_send(
+        &mut s,
+        &format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    // Keep reading what the server sends, so its writes never stall.
+    let mut drain = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let mut rr = vec![0x81, 201, 0, 7];
+    rr.extend_from_slice(&7u32.to_be_bytes()); // the reader's SSRC
+    rr.extend_from_slice(&0x1234u32.to_be_bytes()); // the source's
+    rr.extend_from_slice(&((16u32 << 24) | 42).to_be_bytes()); // 16/256 lately, 42 in all
+    rr.extend_from_slice(&5000u32.to_be_bytes()); // highest sequence number
+    rr.extend_from_slice(&9000u32.to_be_bytes()); // jitter, 90 kHz ticks
+    rr.extend_from_slice(&[0; 8]); // LSR, DLSR
+    let mut framed = vec![b'$', 1, 0, rr.len() as u8];
+    framed.extend_from_slice(&rr);
+    s.write_all(&framed).unwrap();
+    let e = server.wait_api_entry("rtspsessions", Duration::from_secs(10), "from us", |e| {
+        e["remoteAddr"] == local.as_str() && e["rtcpPacketsReceived"] == 1
+    });
+    assert_eq!(e["rtpPacketsLost"], 42, "{e}");
+    assert!(
+        (e["rtpPacketsJitter"].as_f64().unwrap() - 0.1).abs() < 1e-3,
+        "{e}"
+    );
+    // A malformed report is not counted, and the session carries on: the next report (50
+    // lost) is read, and two reports in all were counted.
+    s.write_all(&[b'$', 1, 0, 4, 0x81, 201, 0, 9]).unwrap();
+    framed[16..20].copy_from_slice(&((16u32 << 24) | 50).to_be_bytes());
+    s.write_all(&framed).unwrap();
+    let e = server.wait_api_entry("rtspsessions", Duration::from_secs(10), "from us", |e| {
+        e["remoteAddr"] == local.as_str() && e["rtpPacketsLost"] == 50
+    });
+    assert_eq!(e["rtcpPacketsReceived"], 2, "{e}");
+}
+
 /// GStreamer rtspclientsink publishes H.265; ffmpeg reads H.265 back.
 #[test]
 fn gstreamer_publishes_h265_and_ffmpeg_reads_it() {
@@ -654,6 +764,10 @@ fn rtsps_srtp_with_gstreamer_over_udp_and_tcp() {
     for protocols in ["udp", "tcp"] {
         gst_reads_640x360(&url, protocols);
     }
+    // GStreamer's receiver reports come as SRTCP under the key it sent in its SETUP.
+    let e = gst_reader_reports(&server, &url, "udp", "rtspssessions", &dir);
+    assert_eq!(e["profile"], "SAVP", "{e}");
+    assert_eq!(e["rtpPacketsLost"], 0, "{e}");
 
     // ffmpeg (no MIKEY; it reads RTSPS over TCP only) ignores the SAVP offer: plain RTP inside
     // the TLS.

@@ -1,5 +1,6 @@
-//! RTCP sender reports (RFC 3550 §6.4.1): the NTP ↔ RTP timestamp mapping players use for
-//! A/V sync.
+//! RTCP (RFC 3550 §6.4): sender reports, the NTP ↔ RTP timestamp mapping players use for A/V
+//! sync; and the report blocks of the sender and receiver reports a reader sends back, which
+//! say how much it lost and how much jitter it sees.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,9 +30,134 @@ pub fn sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, packets: u32, octets: u32
     b
 }
 
+/// The most report blocks one RTCP packet holds (its count is five bits).
+const MAX_BLOCKS: usize = 31;
+
+/// What one receiver reports of one source (a report block, RFC 3550 §6.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportBlock {
+    /// The source reported on.
+    pub ssrc: u32,
+    /// Packets lost since the last report, in 256ths.
+    pub fraction_lost: u8,
+    /// Packets lost since the receiver started (24-bit signed: duplicates can make it negative).
+    pub packets_lost: i32,
+    /// The highest sequence number received, extended by the count of wraps.
+    pub highest_seq: u32,
+    /// Interarrival jitter, in the track's RTP clock units.
+    pub jitter: u32,
+}
+
+/// Why an RTCP compound packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RtcpError {
+    #[error("truncated RTCP packet")]
+    Truncated,
+    #[error("not RTCP version 2")]
+    Version,
+    #[error("RTCP packet shorter than its report count says")]
+    Count,
+}
+
+/// The report blocks of the sender (200) and receiver (201) reports in a compound RTCP packet;
+/// other packet types (SDES, BYE, feedback) are skipped. Allocates at most one entry per 24
+/// bytes of input.
+pub fn report_blocks(mut compound: &[u8]) -> Result<Vec<ReportBlock>, RtcpError> {
+    let mut out = Vec::new();
+    if compound.is_empty() {
+        return Err(RtcpError::Truncated);
+    }
+    while !compound.is_empty() {
+        let head = compound.get(..4).ok_or(RtcpError::Truncated)?;
+        if head[0] >> 6 != 2 {
+            return Err(RtcpError::Version);
+        }
+        let size = (usize::from(u16::from_be_bytes([head[2], head[3]])) + 1) * 4;
+        let pkt = compound.get(..size).ok_or(RtcpError::Truncated)?;
+        compound = &compound[size..];
+        let count = usize::from(head[0] & 0x1f).min(MAX_BLOCKS);
+        let first = match head[1] {
+            200 => 28,
+            201 => 8,
+            _ => continue,
+        };
+        let blocks = pkt.get(first..first + 24 * count).ok_or(RtcpError::Count)?;
+        for b in blocks.chunks_exact(24) {
+            let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            // The 24-bit count, sign-extended.
+            let lost = ((word(4) << 8) as i32) >> 8;
+            out.push(ReportBlock {
+                ssrc: word(0),
+                fraction_lost: b[4],
+                packets_lost: lost,
+                highest_seq: word(8),
+                jitter: word(12),
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver report from `from` with one block on `of`.
+    fn rr(from: u32, of: u32, fraction: u8, lost: i32, jitter: u32) -> Vec<u8> {
+        let mut b = vec![0x81, 201, 0, 7];
+        b.extend_from_slice(&from.to_be_bytes());
+        b.extend_from_slice(&of.to_be_bytes());
+        let lost = (lost as u32) & 0x00ff_ffff;
+        b.extend_from_slice(&((u32::from(fraction) << 24) | lost).to_be_bytes());
+        b.extend_from_slice(&70_000u32.to_be_bytes());
+        b.extend_from_slice(&jitter.to_be_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b
+    }
+
+    #[test]
+    fn report_blocks_of_a_compound_packet() {
+        let mut c = rr(9, 0x1234, 64, 17, 450);
+        // An SDES after it, as RFC 3550 requires, is skipped.
+        c.extend_from_slice(&[0x81, 202, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0]);
+        let b = report_blocks(&c).unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(
+            b[0],
+            ReportBlock {
+                ssrc: 0x1234,
+                fraction_lost: 64,
+                packets_lost: 17,
+                highest_seq: 70_000,
+                jitter: 450
+            }
+        );
+        // Duplicates make the cumulative count negative.
+        assert_eq!(
+            report_blocks(&rr(1, 2, 0, -3, 0)).unwrap()[0].packets_lost,
+            -3
+        );
+        // A sender report's blocks come after its sender info.
+        let mut sr = sender_report(5, 0, 0, 0, 0).to_vec();
+        sr[0] |= 1;
+        sr[3] = 12;
+        sr.extend_from_slice(&rr(0, 0x77, 1, 2, 3)[8..]);
+        assert_eq!(report_blocks(&sr).unwrap()[0].ssrc, 0x77);
+    }
+
+    #[test]
+    fn malformed_reports_are_refused() {
+        let c = rr(9, 1, 0, 0, 0);
+        assert_eq!(report_blocks(&c[..30]), Err(RtcpError::Truncated));
+        assert_eq!(report_blocks(&[]), Err(RtcpError::Truncated));
+        let mut v1 = c.clone();
+        v1[0] = 0x41;
+        assert_eq!(report_blocks(&v1), Err(RtcpError::Version));
+        // Two blocks announced, room for one.
+        let mut two = c.clone();
+        two[0] = 0x82;
+        assert_eq!(report_blocks(&two), Err(RtcpError::Count));
+    }
 
     #[test]
     fn sender_report_layout_and_ntp_epoch() {

@@ -37,7 +37,10 @@ pub struct RtspConfig {
     pub multicast: Option<Arc<crate::multicast::Groups>>,
 }
 
-type Route = (mpsc::Sender<(usize, Bytes)>, usize);
+/// A packet from a session's UDP peer: the track, whether it came in on the RTCP socket, the
+/// bytes.
+type UdpIn = (usize, bool, Bytes);
+type Route = (mpsc::Sender<UdpIn>, usize);
 
 /// What `/v3/rtspsessions` shows of a session beyond the common fields.
 #[derive(Default, Debug)]
@@ -50,6 +53,11 @@ pub struct RtspStats {
     pub rtp_packets_received: AtomicU64,
     pub rtp_packets_sent: AtomicU64,
     pub rtp_packets_lost: AtomicU64,
+    /// RTCP packets from the peer that were read (a reader's receiver reports).
+    pub rtcp_packets_received: AtomicU64,
+    /// A reader's interarrival jitter from its receiver reports, in microseconds (the mean
+    /// over its tracks).
+    pub jitter_us: AtomicU64,
 }
 
 impl RtspStats {
@@ -62,8 +70,8 @@ impl RtspStats {
 /// The sessions of one listener (RTSP or RTSPS), for the API.
 pub type RtspConns = tidegate_core::ConnRegistry<RtspStats>;
 
-/// The UDP side: RTP and RTCP sockets shared by every session, and where incoming RTP from
-/// UDP publishers goes (by source address).
+/// The UDP side: RTP and RTCP sockets shared by every session, and where what comes in goes,
+/// by source address: RTP from UDP publishers, RTCP receiver reports from UDP readers.
 pub struct Udp {
     pub rtp: Arc<UdpSocket>,
     pub rtcp: Arc<UdpSocket>,
@@ -88,6 +96,15 @@ impl Udp {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A datagram to the session whose peer sent it, if any (else dropped: a publisher's sender
+    /// reports, strays).
+    fn route(&self, from: SocketAddr, rtcp: bool, data: &[u8]) {
+        let route = self.routes().get(&from).cloned();
+        if let Some((tx, idx)) = route {
+            let _ = tx.try_send((idx, rtcp, Bytes::copy_from_slice(data)));
+        }
+    }
+
     async fn receive(self: Arc<Self>, shutdown: CancellationToken) {
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
@@ -96,13 +113,12 @@ impl Udp {
                 _ = shutdown.cancelled() => return,
                 r = self.rtp.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    let route = self.routes().get(&from).cloned();
-                    if let Some((tx, idx)) = route {
-                        let _ = tx.try_send((idx, Bytes::copy_from_slice(&buf[..n])));
-                    }
+                    self.route(from, false, &buf[..n]);
                 }
-                // Receiver and sender reports are read and dropped: nothing here needs them yet.
-                _ = self.rtcp.recv_from(&mut rtcp_buf) => {}
+                r = self.rtcp.recv_from(&mut rtcp_buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    self.route(from, true, &rtcp_buf[..n]);
+                }
             }
         }
     }
@@ -220,8 +236,8 @@ struct Conn {
     reader: Option<Reader>,
     reads: Vec<Option<Tr>>,
     playing: Option<StreamReader>,
-    udp_rx: Option<mpsc::Receiver<(usize, Bytes)>>,
-    udp_tx: Option<mpsc::Sender<(usize, Bytes)>>,
+    udp_rx: Option<mpsc::Receiver<UdpIn>>,
+    udp_tx: Option<mpsc::Sender<UdpIn>>,
     routes: Vec<SocketAddr>,
     last_activity: Instant,
     close: bool,
@@ -237,6 +253,8 @@ struct Conn {
     srtp_out: Vec<Option<srtp::Context>>,
     srtp_in: Vec<Option<srtp::Context>>,
     srtp_refused: u64,
+    /// Per track read: the reader's last receiver report on it.
+    reports: Vec<Option<tidegate_rtp::rtcp::ReportBlock>>,
 }
 
 fn uri_path(uri: &str) -> String {
@@ -342,6 +360,7 @@ impl Conn {
             srtp_out: Vec::new(),
             srtp_in: Vec::new(),
             srtp_refused: 0,
+            reports: Vec::new(),
         }
     }
 
@@ -398,10 +417,14 @@ impl Conn {
                     None => break Err("the publisher left".into()),
                 },
                 u = recv_udp(&mut self.udp_rx) => {
-                    if let Some((idx, data)) = u {
+                    if let Some((idx, rtcp, data)) = u {
                         self.last_activity = Instant::now();
                         self.guard.counters.received.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        self.on_rtp(idx, &data);
+                        if rtcp {
+                            self.on_reader_rtcp(idx, &data);
+                        } else {
+                            self.on_rtp(idx, &data);
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -590,6 +613,8 @@ impl Conn {
         tracing::info!(conn = self.id, path, "[RTSP] is reading");
         self.reads = vec![None; mux.tracks.len()];
         self.srtp_out = (0..mux.tracks.len()).map(|_| None).collect();
+        self.srtp_in = (0..mux.tracks.len()).map(|_| None).collect();
+        self.reports = vec![None; mux.tracks.len()];
         let mut sdp = mux.sdp.clone();
         if self.tls {
             // RTSPS: the media are offered as SRTP with this connection's key (RFC 4567);
@@ -762,6 +787,12 @@ impl Conn {
                         self.srtp_in[idx] = Some(ctx);
                     } else {
                         self.srtp_out[idx] = Some(ctx);
+                        // The reader's own key, for the SRTCP reports it sends (RFC 4567).
+                        self.srtp_in[idx] = req
+                            .header("KeyMgmt")
+                            .and_then(crate::mikey::key_mgmt_header_data)
+                            .and_then(|k| crate::mikey::parse_base64(k).ok())
+                            .map(|k| srtp::Context::new(&k));
                         // Our key again, for a client that did not DESCRIBE (RFC 4567).
                         key_mgmt = ours.map(|k| {
                             format!(
@@ -840,19 +871,21 @@ impl Conn {
         } else {
             "UDP"
         };
+        // What comes in over UDP: a publisher's RTP, a reader's RTCP.
+        if let (Tr::Udp { rtp, rtcp }, Some(udp)) = (tr, &self.udp) {
+            let from = if publishing { rtp } else { rtcp };
+            let tx = self
+                .udp_tx
+                .get_or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(4096);
+                    self.udp_rx = Some(rx);
+                    tx
+                })
+                .clone();
+            udp.routes().insert(from, (tx, idx));
+            self.routes.push(from);
+        }
         if publishing {
-            if let (Tr::Udp { rtp, .. }, Some(udp)) = (tr, &self.udp) {
-                let tx = self
-                    .udp_tx
-                    .get_or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(4096);
-                        self.udp_rx = Some(rx);
-                        tx
-                    })
-                    .clone();
-                udp.routes().insert(rtp, (tx, idx));
-                self.routes.push(rtp);
-            }
             self.pubs[idx].tr = Some(tr);
         } else {
             self.reads[idx] = Some(tr);
@@ -962,7 +995,16 @@ impl Conn {
 
     fn on_interleaved(&mut self, channel: u8, data: Bytes) {
         if self.publisher.is_none() {
-            return; // a reader's RTCP receiver reports
+            // A reader's RTCP, on the channel after its track's RTP.
+            let ch = channel.wrapping_sub(1);
+            if let Some(idx) = self
+                .reads
+                .iter()
+                .position(|t| channel % 2 == 1 && *t == Some(Tr::Tcp { ch }))
+            {
+                self.on_reader_rtcp(idx, &data);
+            }
+            return;
         }
         if let Some(idx) = self
             .pubs
@@ -970,6 +1012,61 @@ impl Conn {
             .position(|p| p.tr == Some(Tr::Tcp { ch: channel }))
         {
             self.on_rtp(idx, &data);
+        }
+    }
+
+    /// A reader's RTCP on track `idx`: its receiver report says what it lost and the jitter it
+    /// sees. SRTCP is read with the reader's own key (from its SETUP's `KeyMgmt`).
+    fn on_reader_rtcp(&mut self, idx: usize, data: &[u8]) {
+        if self.publisher.is_some() || idx >= self.reports.len() {
+            return;
+        }
+        let plain;
+        let data = match (
+            self.srtp_out.get(idx).is_some_and(Option::is_some),
+            self.srtp_in.get_mut(idx).and_then(Option::as_mut),
+        ) {
+            (false, _) => data,
+            (true, Some(ctx)) => match ctx.unprotect_rtcp(data) {
+                Ok(v) => {
+                    plain = v;
+                    &plain[..]
+                }
+                Err(_) => return,
+            },
+            // SRTCP under a key the reader never sent.
+            (true, None) => return,
+        };
+        let Ok(blocks) = tidegate_rtp::rtcp::report_blocks(data) else {
+            return;
+        };
+        let stats = &self.guard.extra;
+        stats.rtcp_packets_received.fetch_add(1, Ordering::Relaxed);
+        // One RTP session per track, one source in it: the block is about this track.
+        let Some(block) = blocks.first() else {
+            return; // no report block yet (nothing received)
+        };
+        self.reports[idx] = Some(*block);
+        let lost: i64 = self
+            .reports
+            .iter()
+            .flatten()
+            .map(|b| i64::from(b.packets_lost.max(0)))
+            .sum();
+        stats.rtp_packets_lost.store(lost as u64, Ordering::Relaxed);
+        let clocks = self.mux.as_ref().map(|m| &m.tracks);
+        let jitters: Vec<u64> = self
+            .reports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let clock = u64::from(clocks?.get(i)?.clock.max(1));
+                Some(u64::from(b.as_ref()?.jitter) * 1_000_000 / clock)
+            })
+            .collect();
+        if !jitters.is_empty() {
+            let mean = jitters.iter().sum::<u64>() / jitters.len() as u64;
+            stats.jitter_us.store(mean, Ordering::Relaxed);
         }
     }
 
@@ -1109,7 +1206,7 @@ async fn recv_playing(r: &mut Option<StreamReader>) -> Option<Arc<Frame>> {
     }
 }
 
-async fn recv_udp(r: &mut Option<mpsc::Receiver<(usize, Bytes)>>) -> Option<(usize, Bytes)> {
+async fn recv_udp(r: &mut Option<mpsc::Receiver<UdpIn>>) -> Option<UdpIn> {
     match r {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

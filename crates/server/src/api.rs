@@ -362,6 +362,15 @@ impl ConnExtra for tidegate_rtsp::RtspStats {
             "rtpPacketsLost".into(),
             self.rtp_packets_lost.load(Relaxed).into(),
         );
+        m.insert(
+            "rtcpPacketsReceived".into(),
+            self.rtcp_packets_received.load(Relaxed).into(),
+        );
+        // Seconds, as a reader's receiver reports give it.
+        m.insert(
+            "rtpPacketsJitter".into(),
+            (self.jitter_us.load(Relaxed) as f64 / 1e6).into(),
+        );
         m
     }
 }
