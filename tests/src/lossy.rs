@@ -1,5 +1,6 @@
 //! A UDP relay that drops a share of datagrams in both directions, deterministically from a
-//! seed: a stand-in for `tc netem loss`, which the test machines' kernel lacks (no sch_netem).
+//! seed, and can delay what goes back to the client: a stand-in for `tc netem loss … delay …`,
+//! which the test machines' kernel lacks (no sch_netem).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,17 @@ impl Rng {
 impl LossyRelay {
     /// Relays one client to `target`, dropping `percent` % of datagrams each way.
     pub fn start(target: SocketAddr, percent: u64, seed: u64) -> LossyRelay {
+        LossyRelay::start_delayed(target, percent, seed, Duration::ZERO)
+    }
+
+    /// As [`LossyRelay::start`], and what `target` sends back reaches the client `delay`
+    /// later (a delay line in its own thread): the round trip grows by `delay`.
+    pub fn start_delayed(
+        target: SocketAddr,
+        percent: u64,
+        seed: u64,
+        delay: Duration,
+    ) -> LossyRelay {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let back = UdpSocket::bind("127.0.0.1:0").expect("bind");
         back.connect(target).expect("connect");
@@ -77,6 +89,20 @@ impl LossyRelay {
                 }
             });
         }
+        // The delay line: datagrams to the client with the time they are due.
+        let (line, due) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>, SocketAddr)>();
+        {
+            let front = front.clone();
+            std::thread::spawn(move || {
+                // Ends when the sending thread (and its channel end) ends.
+                while let Ok((at, data, to)) = due.recv() {
+                    if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let _ = front.send_to(&data, to);
+                }
+            });
+        }
         {
             let (front, back, stats, stop) = (front, back, stats.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -89,7 +115,14 @@ impl LossyRelay {
                     };
                     if rng.drop(percent) {
                         stats.down_dropped.fetch_add(1, Ordering::Relaxed);
-                    } else if front.send_to(&buf[..n], to).is_ok() {
+                    } else if delay.is_zero() {
+                        if front.send_to(&buf[..n], to).is_ok() {
+                            stats.down_forwarded.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if line
+                        .send((std::time::Instant::now() + delay, buf[..n].to_vec(), to))
+                        .is_ok()
+                    {
                         stats.down_forwarded.fetch_add(1, Ordering::Relaxed);
                     }
                 }

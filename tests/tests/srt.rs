@@ -41,10 +41,20 @@ fn assert_media(p: &Probe, seconds: u32) {
     assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
 }
 
+/// ffmpeg publishes over SRT and is read over RTMP, after hostile datagrams were thrown at the
+/// listener: garbage, and 16 bytes that make srt-protocol's parser panic (they cost that
+/// datagram, not the listener).
 #[test]
 fn ffmpeg_publishes_over_srt_and_rtmp_reads() {
     let dir = scratch("srt-ffmpeg");
     let server = TestServer::start("");
+    let hostile = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let parser_panic: [u8; 16] = [
+        0xff, 0xff, 0x00, 0x07, 0xff, 0xff, 0xff, 0x00, 0, 0, 0, 0, 0, 0x15, 0, 0,
+    ];
+    for d in [&parser_panic[..], &[0u8; 3][..], &[0xffu8; 1500][..]] {
+        hostile.send_to(d, server.srt_addr()).unwrap();
+    }
     let _publisher = ffmpeg_publish(&server.srt_url("publish:cam1", LAT), 30, "mpegts", &dir);
     server.wait_ready("cam1", READY);
     assert_eq!(
@@ -166,15 +176,17 @@ fn gstreamer_srtsink_publishes() {
     assert_media(&probe_file(&out), 5);
 }
 
-/// 5 % of the datagrams lost each way between an ffmpeg publisher and the listener, at 200 ms
-/// latency: SRT's retransmission delivers every frame (read back over RTMP, no gap).
+/// 5 % of the datagrams lost each way between an ffmpeg publisher and the listener, 40 ms
+/// added to the round trip, at 200 ms latency: SRT's retransmission delivers every frame (read
+/// back over RTMP, no gap), and the connection's statistics show the loss, the retransmissions,
+/// the round-trip time and the receive buffer.
 #[test]
 fn five_percent_loss_loses_no_frames() {
     use std::sync::atomic::Ordering::Relaxed;
     use tidegate_tests::lossy::LossyRelay;
     let dir = scratch("srt-loss");
     let server = TestServer::start("");
-    let relay = LossyRelay::start(server.srt_addr(), 5, 0x5eed);
+    let relay = LossyRelay::start_delayed(server.srt_addr(), 5, 0x5eed, Duration::from_millis(40));
     let url = format!("srt://{}?streamid=publish:lossy&latency=200000", relay.addr);
     let _publisher = ffmpeg_publish(&url, 40, "mpegts", &dir);
     server.wait_ready("lossy", READY);
@@ -214,6 +226,18 @@ fn five_percent_loss_loses_no_frames() {
     );
     assert!(conn["packetsSentNAK"].as_u64().unwrap() > 0, "{conn}");
     assert!(conn["bytesReceived"].as_u64().unwrap() > 500_000, "{conn}");
+    // RTT: the relay's 40 ms, and little more on loopback.
+    let rtt = conn["msRTT"].as_f64().unwrap();
+    assert!((35.0..150.0).contains(&rtt), "msRTT {rtt}: {conn}");
+    // The receive buffer holds about the agreed latency of media.
+    assert_eq!(conn["msReceiveTsbPdDelay"], 200.0, "{conn}");
+    let buffered = conn["msReceiveBuf"].as_f64().unwrap();
+    assert!(
+        (50.0..=400.0).contains(&buffered),
+        "msReceiveBuf {buffered}: {conn}"
+    );
+    assert!(conn["packetsReceiveBuf"].as_u64().unwrap() > 10, "{conn}");
+    assert!(conn["mbpsReceiveRate"].as_f64().unwrap() > 0.1, "{conn}");
     let id = conn["id"].as_str().unwrap().to_string();
     let (status, _) = tidegate_tests::http::request(
         server.api_addr(),
@@ -284,6 +308,35 @@ fn rtmp_in_srt_out_for_ffmpeg_and_srt_live_transmit() {
     let frames = p.packets_of("video").len();
     assert!(frames >= 90, "srt-live-transmit got {frames} frames in 5 s");
     assert!(p.dts_monotonic("video"));
+}
+
+/// An SRT reader's connection shows the round trip (from the reader's ACKs: srt-live-transmit
+/// behind a relay that adds 30 ms), the agreed latency and the send buffer.
+#[test]
+fn a_readers_statistics_show_its_round_trip() {
+    use tidegate_tests::lossy::LossyRelay;
+    let dir = scratch("srt-reader-stats");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/cam"), 60, "flv", &dir);
+    server.wait_ready("live/cam", READY);
+    let relay = LossyRelay::start_delayed(server.srt_addr(), 0, 1, Duration::from_millis(30));
+    let url = format!("srt://{}?streamid=read:live/cam&latency=300", relay.addr);
+    let mut cmd = Command::new(peer("timeout"));
+    cmd.args(["-s", "INT", "30"])
+        .arg(peer("srt-live-transmit"))
+        .args([url.as_str(), "file://con"]);
+    let _reader = PeerProcess::spawn("slt-read", &mut cmd, &dir);
+    let conn = server.wait_api_entry("srtconns", Duration::from_secs(20), "with an RTT", |c| {
+        c["state"] == "read"
+            && c["msRTT"].as_f64() >= Some(25.0)
+            && c["packetsSent"].as_u64() >= Some(100)
+    });
+    eprintln!("reader connection: {conn}");
+    let rtt = conn["msRTT"].as_f64().unwrap();
+    assert!(rtt < 150.0, "msRTT {rtt}: {conn}");
+    assert_eq!(conn["msSendTsbPdDelay"], 300.0, "{conn}");
+    assert!(conn["bytesSent"].as_u64().unwrap() > 100_000, "{conn}");
+    assert!(conn.get("packetsSendBuf").is_some() && conn.get("msSendBuf").is_some());
 }
 
 /// SRT in → SRT out, with a read passphrase: none or a wrong one is refused, the right one

@@ -279,7 +279,13 @@ impl ConnExtra for tidegate_srt::SrtStats {
     fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         self.snapshot()
             .into_iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+            .map(|(k, v)| {
+                let v = match v {
+                    tidegate_srt::Figure::Count(n) => serde_json::Value::from(n),
+                    tidegate_srt::Figure::Float(f) => serde_json::Value::from(f),
+                };
+                (k.to_string(), v)
+            })
             .collect()
     }
 }

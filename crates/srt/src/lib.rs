@@ -3,7 +3,8 @@
 //! retransmission). The TS work is `tidegate-mpegts`.
 
 pub mod caller;
+pub mod io;
 mod server;
 pub mod streamid;
 
-pub use server::{bind, serve, SrtConfig, SrtServer, SrtStats};
+pub use server::{bind, serve, Figure, SrtConfig, SrtServer, SrtStats};

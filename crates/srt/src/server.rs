@@ -3,14 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
-use srt_protocol::settings::KeySettings;
-use srt_tokio::access::{RejectReason, ServerRejectReason};
-use srt_tokio::options::{ListenerOptions, Passphrase};
-use srt_tokio::{ConnectionRequest, SrtIncoming, SrtListener, SrtSocket};
+use futures::{Sink, SinkExt, StreamExt};
+use srt_protocol::access::ServerRejectReason;
+use srt_protocol::options::Passphrase;
+use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tidegate_core::{
     Action, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager, SessionInfo,
@@ -23,7 +22,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::io::{Incoming, LinkStats, RejectReason, SrtConn};
 use crate::streamid::{self, Mode};
+
+/// What `publish` and `read` need of a connection: srt-tokio's socket (callers) and our
+/// listener's [`SrtConn`] both are one.
+pub(crate) trait DataSocket:
+    futures::Stream<Item = std::io::Result<(Instant, Bytes)>>
+    + Sink<(Instant, Bytes), Error = std::io::Error>
+    + Unpin
+{
+}
+
+impl<T> DataSocket for T where
+    T: futures::Stream<Item = std::io::Result<(Instant, Bytes)>>
+        + Sink<(Instant, Bytes), Error = std::io::Error>
+        + Unpin
+{
+}
 
 #[derive(Clone, Debug)]
 pub struct SrtConfig {
@@ -31,10 +47,23 @@ pub struct SrtConfig {
     pub read_timeout: Duration,
 }
 
-/// SRT statistics of one connection, refreshed every second from srt-tokio, for the API
-/// (MediaMTX's names).
+/// SRT statistics of one connection, refreshed every second, for the API (MediaMTX's names).
 #[derive(Default, Debug)]
 pub struct SrtStats {
+    /// Smoothed RTT, in microseconds.
+    rtt_us: AtomicU64,
+    /// Receive buffer: the time span of what is buffered (µs), the packets in it (from the
+    /// receiver's last full ACK), the receiver's data rate (bytes/s).
+    receive_buf_us: AtomicU64,
+    receive_buf_packets: AtomicU64,
+    receive_rate: AtomicU64,
+    /// Send buffer: time span (µs), packets, bytes.
+    send_buf_us: AtomicU64,
+    send_buf_packets: AtomicU64,
+    send_buf_bytes: AtomicU64,
+    /// The latencies agreed in the handshake (µs).
+    receive_latency_us: AtomicU64,
+    send_latency_us: AtomicU64,
     packets_received: AtomicU64,
     packets_sent: AtomicU64,
     packets_received_loss: AtomicU64,
@@ -46,11 +75,36 @@ pub struct SrtStats {
     packets_received_nak: AtomicU64,
 }
 
+/// One figure of a connection, as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Figure {
+    Count(u64),
+    Float(f64),
+}
+
 impl SrtStats {
     /// (name, value) pairs as the API shows them.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+    pub fn snapshot(&self) -> Vec<(&'static str, Figure)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
+        let ms = |a: &AtomicU64| Figure::Float(g(a) as f64 / 1000.0);
+        let mut v = vec![
+            ("msRTT", ms(&self.rtt_us)),
+            ("msReceiveBuf", ms(&self.receive_buf_us)),
+            (
+                "packetsReceiveBuf",
+                Figure::Count(g(&self.receive_buf_packets)),
+            ),
+            (
+                "mbpsReceiveRate",
+                Figure::Float(g(&self.receive_rate) as f64 * 8.0 / 1e6),
+            ),
+            ("msSendBuf", ms(&self.send_buf_us)),
+            ("packetsSendBuf", Figure::Count(g(&self.send_buf_packets))),
+            ("bytesSendBuf", Figure::Count(g(&self.send_buf_bytes))),
+            ("msReceiveTsbPdDelay", ms(&self.receive_latency_us)),
+            ("msSendTsbPdDelay", ms(&self.send_latency_us)),
+        ];
+        let counts = vec![
             ("packetsReceived", g(&self.packets_received)),
             ("packetsSent", g(&self.packets_sent)),
             ("packetsReceivedLoss", g(&self.packets_received_loss)),
@@ -60,20 +114,39 @@ impl SrtStats {
             ("packetsSendDrop", g(&self.packets_send_drop)),
             ("packetsSentNAK", g(&self.packets_sent_nak)),
             ("packetsReceivedNAK", g(&self.packets_received_nak)),
-        ]
+        ];
+        v.extend(counts.into_iter().map(|(k, n)| (k, Figure::Count(n))));
+        v
     }
 }
 
-/// Copies srt-tokio's statistics into the connection's entry until the connection ends.
-fn watch_statistics(
-    socket: &mut SrtSocket,
-    guard: &ConnGuard<SrtStats>,
-) -> tokio::task::JoinHandle<()> {
-    let mut stats = socket.statistics().clone();
+/// Copies the connection's statistics into its entry until the connection ends.
+fn watch_statistics(socket: &SrtConn, guard: &ConnGuard<SrtStats>) -> tokio::task::JoinHandle<()> {
+    let mut stats = socket.statistics();
     let (extra, counters) = (guard.extra.clone(), guard.counters.clone());
     tokio::spawn(async move {
-        while let Some(s) = stats.next().await {
+        loop {
+            let link: LinkStats = stats.borrow_and_update().clone();
+            let s = &link.socket;
             let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+            let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            set(&extra.rtt_us, link.rtt.map_or(0, us));
+            set(&extra.receive_buf_us, us(s.rx_acknowledged_time));
+            set(
+                &extra.receive_buf_packets,
+                link.receive_buffer_available.map_or(0, |free| {
+                    u64::from(link.receive_buffer_size.saturating_sub(free))
+                }),
+            );
+            set(
+                &extra.receive_rate,
+                u64::from(link.receive_rate.unwrap_or(0)),
+            );
+            set(&extra.send_buf_us, us(s.tx_buffered_time));
+            set(&extra.send_buf_packets, s.tx_buffered_data);
+            set(&extra.send_buf_bytes, s.tx_buffered_bytes);
+            set(&extra.receive_latency_us, us(link.recv_latency));
+            set(&extra.send_latency_us, us(link.send_latency));
             set(&extra.packets_received, s.rx_data);
             set(&extra.packets_sent, s.tx_data);
             set(&extra.packets_received_loss, s.rx_loss_data);
@@ -85,27 +158,28 @@ fn watch_statistics(
             set(&extra.packets_received_nak, s.rx_nak);
             set(&counters.received, s.rx_bytes);
             set(&counters.sent, s.tx_bytes);
+            if stats.changed().await.is_err() {
+                break;
+            }
         }
     })
 }
 
 /// A bound listener, ready to serve.
 pub struct SrtServer {
-    listener: SrtListener,
-    incoming: SrtIncoming,
+    socket: tokio::net::UdpSocket,
+    settings: ConnInitSettings,
     pub local: SocketAddr,
 }
 
 /// Binds the UDP port (so that start-up can fail cleanly before anything is served).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<SrtServer> {
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
-    let local = udp.local_addr()?;
-    let options = ListenerOptions::new(local)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let (listener, incoming) = SrtListener::bind_with_socket(options, udp).await?;
+    let socket = tokio::net::UdpSocket::bind(addr).await?;
+    let local = socket.local_addr()?;
+    let settings = crate::io::settings(local)?;
     Ok(SrtServer {
-        listener,
-        incoming,
+        socket,
+        settings,
         local,
     })
 }
@@ -124,14 +198,14 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let SrtServer {
-        listener,
-        mut incoming,
-        ..
+        socket, settings, ..
     } = server;
+    let (tx, mut incoming) = futures::channel::mpsc::channel(100);
+    tasks.spawn(crate::io::listen(socket, settings, tx, shutdown.clone()));
     loop {
         let req = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = incoming.incoming().next() => match r {
+            r = incoming.next() => match r {
                 Some(r) => r,
                 None => break,
             },
@@ -150,28 +224,23 @@ pub async fn serve(
             .instrument(span),
         );
     }
-    drop(listener);
 }
 
-async fn reject(
-    req: ConnectionRequest,
-    reason: ServerRejectReason,
-    why: String,
-) -> Result<(), String> {
+async fn reject(req: Incoming, reason: ServerRejectReason, why: String) -> Result<(), String> {
     tracing::warn!("refused ({reason:?}): {why}");
-    let _ = req.reject(RejectReason::Server(reason)).await;
+    req.reject(RejectReason::Server(reason)).await;
     Err(why)
 }
 
 async fn handle(
-    req: ConnectionRequest,
+    req: Incoming,
     id: u64,
     paths: PathManager,
     config: SrtConfig,
     guard: ConnGuard<SrtStats>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let Some(raw) = req.stream_id().map(|s| s.to_string()) else {
+    let Some(raw) = req.stream_id() else {
         return reject(req, ServerRejectReason::BadRequest, "no stream id".into()).await;
     };
     let sid = match streamid::parse(&raw) {
@@ -218,10 +287,10 @@ async fn handle(
                 }
                 Err(e) => return reject(req, ServerRejectReason::Forbidden, e.to_string()).await,
             };
-            let mut socket = accept(req, keys).await?;
+            let socket = accept(req, keys).await?;
             tracing::info!(path = sid.path, "is publishing");
             guard.set(ConnState::Publish, &sid.path, &raw);
-            let stats = watch_statistics(&mut socket, &guard);
+            let stats = watch_statistics(&socket, &guard);
             let r = publish(
                 socket,
                 publisher,
@@ -248,10 +317,10 @@ async fn handle(
                 )
                 .await;
             };
-            let mut socket = accept(req, keys).await?;
+            let socket = accept(req, keys).await?;
             tracing::info!(path = sid.path, "is reading");
             guard.set(ConnState::Read, &sid.path, &raw);
-            let stats = watch_statistics(&mut socket, &guard);
+            let stats = watch_statistics(&socket, &guard);
             let r = read(socket, reader, chunks, &guard.kick, shutdown).await;
             stats.abort();
             r
@@ -259,7 +328,7 @@ async fn handle(
     }
 }
 
-async fn accept(req: ConnectionRequest, keys: Option<KeySettings>) -> Result<SrtSocket, String> {
+async fn accept(req: Incoming, keys: Option<KeySettings>) -> Result<SrtConn, String> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, req.accept(keys)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(format!(
@@ -272,7 +341,7 @@ async fn accept(req: ConnectionRequest, keys: Option<KeySettings>) -> Result<Srt
 /// Demuxes what `socket` receives into `publisher`'s stream until the peer closes, goes
 /// silent for `read_timeout`, or `kick` / `shutdown` fires.
 pub(crate) async fn publish(
-    mut socket: SrtSocket,
+    mut socket: impl DataSocket,
     mut publisher: tidegate_core::Publisher,
     read_timeout: Duration,
     kick: &CancellationToken,
@@ -320,7 +389,7 @@ pub(crate) async fn publish(
 /// Sends `chunks` (the path muxed to TS) from its next key frame until the stream ends, the
 /// peer goes away, or `kick` / `shutdown` fires.
 pub(crate) async fn read(
-    mut socket: SrtSocket,
+    mut socket: impl DataSocket,
     reader: tidegate_core::Reader,
     chunks: Arc<Stream>,
     kick: &CancellationToken,
