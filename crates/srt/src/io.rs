@@ -207,7 +207,8 @@ pub async fn listen(
                     responses: responses.clone(),
                     opened,
                 };
-                let r = incoming.try_send(req);
+                // Waits while the server is behind on requests, as srt-tokio's listener does.
+                let r = incoming.send(req).await;
                 if r.is_ok() {
                     pending.insert(session, tx);
                 }

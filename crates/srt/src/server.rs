@@ -434,8 +434,8 @@ pub(crate) async fn read(
                 }
                 Err(_) => break, // the publisher left
             },
-            // The receive half is not polled: srt-tokio ends it at once on a connection whose
-            // peer only receives. A reader that hangs up is seen as a failed send.
+            // The receive half is not polled (a reader sends no data; srt-tokio, used for
+            // pushes, even ends it at once). A reader that hangs up is seen as a failed send.
         }
     }
     let _ = socket.close().await;
