@@ -438,26 +438,36 @@ fn a_multicast_camera_is_pulled_in_a_network_namespace() {
 /// `MULTICAST` flag on `lo` and a 224.0.0.0/4 route, which only a private namespace may get):
 /// the server binary, an ffmpeg publisher and the readers all run in it. ffmpeg
 /// (`-rtsp_transport udp_multicast`) and GStreamer (`protocols=udp-mcast`) read the stream from
-/// the groups.
+/// the groups; GStreamer again over RTSPS, from groups of their own carrying SRTP under the
+/// stream's key (MIKEY in the SDP).
 #[test]
 fn multicast_readers_in_a_network_namespace() {
     let dir = scratch("rtsp-multicast");
     let bin = server_binary();
     let conf = dir.join("tidegate.yml");
+    let (key, cert, _) = tidegate_tests::self_signed_pinned(&dir);
     // A private namespace: nothing else binds there, so fixed ports cannot collide.
     std::fs::write(
         &conf,
-        "logLevel: info\napiAddress: 127.0.0.1:9997\nmetrics: no\nrtmp: no\nhls: no\nwebrtc: no\nsrt: no\n\
-         rtspAddress: 127.0.0.1:8554\nrtspsAddress: 127.0.0.1:8322\nrtpAddress: 127.0.0.1:8000\nrtcpAddress: 127.0.0.1:8001\n\
-         multicastIPRange: 224.1.0.0/16\nmulticastRTPPort: 8002\nmulticastRTCPPort: 8003\n",
+        format!(
+            "logLevel: info\napiAddress: 127.0.0.1:9997\nmetrics: no\nrtmp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+             rtspAddress: 127.0.0.1:8554\nrtspsAddress: 127.0.0.1:8322\nrtpAddress: 127.0.0.1:8000\nrtcpAddress: 127.0.0.1:8001\n\
+             multicastIPRange: 224.1.0.0/16\nmulticastRTPPort: 8002\nmulticastRTCPPort: 8003\n\
+             rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n",
+            key.display(),
+            cert.display()
+        ),
     )
     .unwrap();
     let q = |p: &std::path::Path| format!("'{}'", p.display());
     let publish: Vec<String> = tidegate_tests::peers::synthetic_source(30, "640x360");
-    let gst: Vec<String> = gst_rtsp_args("rtsp://127.0.0.1:8554/mc", "udp-mcast")
-        .into_iter()
-        .map(|a| format!("'{a}'"))
-        .collect();
+    let gst_args = |url: &str| -> String {
+        gst_rtsp_args(url, "udp-mcast")
+            .into_iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let script = format!(
         "set -e\n\
          ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo\n\
@@ -468,7 +478,11 @@ fn multicast_readers_in_a_network_namespace() {
          {ffmpeg} -hide_banner -loglevel error -nostdin -y -rtsp_transport udp_multicast \
            -i rtsp://127.0.0.1:8554/mc -t 4 -c copy {dir}/ffmpeg.mkv\n\
          {timeout} -s INT -k 5 6 {gst_launch} {gst} > {dir}/gst.log 2>&1 || true\n\
-         {curl} -sf http://127.0.0.1:9997/v3/rtspsessions/list > {dir}/sessions.json || true\n",
+         {timeout} -s INT -k 5 6 {gst_launch} {gsts} > {dir}/gsts.log 2>&1 & gst=$!\n\
+         i=0; until {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list | grep '\"state\":\"read\"' | grep -q UDP-multicast; do\n\
+           i=$((i+1)); [ $i -le 100 ] || break; sleep 0.1; done\n\
+         {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list > {dir}/secure.json || true\n\
+         wait $gst || true\n",
         bin = q(&bin),
         conf = q(&conf),
         dir = q(&dir),
@@ -477,7 +491,8 @@ fn multicast_readers_in_a_network_namespace() {
         timeout = q(&peer("timeout")),
         gst_launch = q(&peer("gst-launch-1.0")),
         publish = publish.join(" "),
-        gst = gst.join(" "),
+        gst = gst_args("rtsp://127.0.0.1:8554/mc"),
+        gsts = gst_args("rtsps://127.0.0.1:8322/mc"),
     );
     let out = run_bounded(
         Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
@@ -498,7 +513,25 @@ fn multicast_readers_in_a_network_namespace() {
         "GStreamer decoded {buffers} buffers over multicast:\n{gst_log}"
     );
     assert!(caps.contains("width=(int)640"), "{caps}");
-    eprintln!("multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers");
+    let gsts_log = std::fs::read_to_string(dir.join("gsts.log")).unwrap_or_default();
+    let (sealed, caps) = gst_buffers_and_caps(&gsts_log);
+    assert!(
+        sealed > 100,
+        "GStreamer decoded {sealed} buffers over SRTP multicast:\n{gsts_log}"
+    );
+    assert!(caps.contains("width=(int)640"), "{caps}");
+    // While it played, its session was a SAVP multicast one.
+    let secure = std::fs::read_to_string(dir.join("secure.json")).unwrap_or_default();
+    let secure: serde_json::Value = serde_json::from_str(&secure).unwrap_or_default();
+    let entry = secure["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|e| e["state"] == "read"))
+        .unwrap_or_else(|| panic!("no RTSPS reader while GStreamer played: {secure}"));
+    assert_eq!(entry["transport"], "UDP-multicast", "{entry}");
+    assert_eq!(entry["profile"], "SAVP", "{entry}");
+    eprintln!(
+        "multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers, {sealed} over SRTP"
+    );
 }
 
 /// RFC 7616 Digest with SHA-256 (the first challenge offered) proves the password;

@@ -108,6 +108,8 @@ impl Keys {
 #[derive(Default, Clone, Copy)]
 struct SsrcState {
     started: bool,
+    /// Before the first packet: the rollover counter it carries (MIKEY's, else 0).
+    first_roc: u32,
     roc: u32,
     s_l: u16,
     rtp_seen: u64,
@@ -120,7 +122,7 @@ impl SsrcState {
     /// The packet index guessed from `seq` (Appendix A).
     fn guess(&self, seq: u16) -> u64 {
         if !self.started {
-            return u64::from(seq);
+            return u64::from(self.first_roc) << 16 | u64::from(seq);
         }
         let roc = i64::from(self.roc);
         let v = if self.s_l < 32768 {
@@ -212,6 +214,22 @@ impl Context {
             return Err(SrtpError::TooManySsrcs);
         }
         Ok(self.ssrcs.entry(ssrc).or_default())
+    }
+
+    /// The rollover counter of `ssrc`'s first packet, as a key exchange gives it (MIKEY's
+    /// SRTP-ID map): for a receiver joining a stream that has already wrapped its sequence
+    /// numbers. Ignored once a packet of `ssrc` went through.
+    pub fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), SrtpError> {
+        let st = self.state(ssrc)?;
+        if !st.started {
+            st.first_roc = roc;
+        }
+        Ok(())
+    }
+
+    /// The rollover counter of the newest packet of `ssrc` seen or sent, if any.
+    pub fn roc(&self, ssrc: u32) -> Option<u32> {
+        self.ssrcs.get(&ssrc).filter(|s| s.started).map(|s| s.roc)
     }
 
     /// Encrypts and tags an RTP packet. The rollover counter of its SSRC starts at 0 with the
@@ -407,5 +425,30 @@ mod tests {
         let mut other = Context::new(&[2; MASTER_LEN]);
         assert_eq!(other.unprotect_rtcp(&sealed), Err(SrtpError::Auth));
         assert_eq!(other.unprotect_rtp(&[0u8; 5]), Err(SrtpError::Truncated));
+    }
+
+    #[test]
+    fn a_receiver_told_the_roc_joins_after_a_wrap() {
+        let master = [7u8; MASTER_LEN];
+        let mut tx = Context::new(&master);
+        let pkt = |seq: u16| {
+            let mut p = vec![0x80, 96];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 9]);
+            p.extend_from_slice(b"payload");
+            p
+        };
+        tx.protect_rtp(&pkt(65535)).unwrap();
+        let wrapped = tx.protect_rtp(&pkt(3)).unwrap();
+        assert_eq!(tx.roc(9), Some(1));
+        // Told nothing, a receiver assumes ROC 0 and the tag fails.
+        assert_eq!(
+            Context::new(&master).unprotect_rtp(&wrapped),
+            Err(SrtpError::Auth)
+        );
+        let mut rx = Context::new(&master);
+        rx.set_roc(9, 1).unwrap();
+        assert_eq!(rx.unprotect_rtp(&wrapped).unwrap(), pkt(3));
+        assert_eq!(rx.roc(9), Some(1));
     }
 }

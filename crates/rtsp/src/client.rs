@@ -418,7 +418,7 @@ pub async fn pull(
                         .key_mgmt
                         .as_deref()
                         .ok_or("the camera offers no SRTP key (a=key-mgmt) for RTSPS over UDP")?;
-                    let key = crate::mikey::parse_base64(theirs)
+                    let (key, sessions) = crate::mikey::parse_base64_with_sessions(theirs)
                         .map_err(|e| format!("a=key-mgmt: {e}"))?;
                     let ours = tidegate_rtp::srtp::random_master().ok_or("no randomness")?;
                     headers.push((
@@ -428,7 +428,12 @@ pub async fn pull(
                             crate::mikey::build_base64(&ours)
                         ),
                     ));
-                    Some(tidegate_rtp::srtp::Context::new(&key))
+                    // A stream that has wrapped its sequence numbers says where it is.
+                    let mut ctx = tidegate_rtp::srtp::Context::new(&key);
+                    for cs in sessions {
+                        let _ = ctx.set_roc(cs.ssrc, cs.roc);
+                    }
+                    Some(ctx)
                 } else {
                     None
                 };

@@ -35,15 +35,38 @@ const PT_SP: u8 = 10;
 const PT_RAND: u8 = 11;
 const PT_GENERAL_EXT: u8 = 21;
 
+/// One crypto session of the SRTP-ID map: a source and the rollover counter its packets
+/// carry (RFC 3830, 6.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CryptoSession {
+    pub ssrc: u32,
+    pub roc: u32,
+}
+
 /// A message carrying `master` (16-byte key then 14-byte salt), with an SRTP policy of
 /// AES-CM-128, HMAC-SHA1, 80-bit tags, and RTP and RTCP both encrypted and authenticated.
 pub fn build(master: &[u8; tidegate_rtp::srtp::MASTER_LEN]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(128);
+    build_with_sessions(master, &[])
+}
+
+/// As [`build`], listing `sessions` (at most 255) in the SRTP-ID map: a receiver joining a
+/// stream applies each ROC to the first packet of its SSRC (GStreamer does).
+pub fn build_with_sessions(
+    master: &[u8; tidegate_rtp::srtp::MASTER_LEN],
+    sessions: &[CryptoSession],
+) -> Vec<u8> {
+    let sessions = &sessions[..sessions.len().min(255)];
+    let mut m = Vec::with_capacity(128 + 9 * sessions.len());
     // Common header: version 1, PSK init, next T, no verification, PRF MIKEY-1, random CSB
-    // ID, no crypto sessions listed, SRTP-ID map.
+    // ID, the crypto sessions, SRTP-ID map: policy 0, SSRC, ROC each.
     m.extend_from_slice(&[1, 0, PT_T, 0]);
     m.extend_from_slice(&(tidegate_core::text::random_u64() as u32).to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&[sessions.len() as u8, 0]);
+    for cs in sessions {
+        m.push(0);
+        m.extend_from_slice(&cs.ssrc.to_be_bytes());
+        m.extend_from_slice(&cs.roc.to_be_bytes());
+    }
     // T: NTP-UTC now.
     m.extend_from_slice(&[PT_RAND, 0]);
     m.extend_from_slice(&ntp_now().to_be_bytes());
@@ -116,6 +139,14 @@ impl<'a> Cursor<'a> {
 
 /// The SRTP master key (key then salt) of a MIKEY message.
 pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+    parse_with_sessions(data).map(|(key, _)| key)
+}
+
+/// A MIKEY message's key and its SRTP-ID map.
+#[allow(clippy::type_complexity)]
+pub fn parse_with_sessions(
+    data: &[u8],
+) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), MikeyError> {
     if data.len() > MAX_LEN {
         return Err(MikeyError::TooLong);
     }
@@ -137,7 +168,14 @@ pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyE
     if map_type != 0 {
         return Err(MikeyError::Unsupported("crypto session map"));
     }
-    c.take(n_cs * 9)?; // policy, SSRC, ROC per crypto session
+    let mut sessions = Vec::with_capacity(n_cs);
+    for _ in 0..n_cs {
+        let cs = c.take(9)?; // policy, SSRC, ROC
+        sessions.push(CryptoSession {
+            ssrc: u32::from_be_bytes([cs[1], cs[2], cs[3], cs[4]]),
+            roc: u32::from_be_bytes([cs[5], cs[6], cs[7], cs[8]]),
+        });
+    }
     let mut key = None;
     while next != PT_LAST {
         let this = next;
@@ -178,7 +216,8 @@ pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyE
             _ => return Err(MikeyError::Unsupported("payload type")),
         }
     }
-    key.ok_or(MikeyError::Unsupported("no key payload"))
+    let key = key.ok_or(MikeyError::Unsupported("no key payload"))?;
+    Ok((key, sessions))
 }
 
 /// The first key data sub-payload of a KEMAC: key, plus its salt when separate.
@@ -204,6 +243,14 @@ fn key_data(body: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyEr
 
 /// The key of a base64 MIKEY message (`a=key-mgmt:mikey <b64>`, or `KeyMgmt`'s `data=`).
 pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+    parse_base64_with_sessions(b64).map(|(key, _)| key)
+}
+
+/// The key and SRTP-ID map of a base64 MIKEY message.
+#[allow(clippy::type_complexity)]
+pub fn parse_base64_with_sessions(
+    b64: &str,
+) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), MikeyError> {
     let b64 = b64.trim().trim_matches('"');
     if b64.len() > MAX_LEN * 4 / 3 + 4 {
         return Err(MikeyError::TooLong);
@@ -211,7 +258,7 @@ pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], M
     let data = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| MikeyError::Base64)?;
-    parse(&data)
+    parse_with_sessions(&data)
 }
 
 /// The `data=` of a `KeyMgmt` header (`prot=mikey; uri="…"; data="…"`), if it is MIKEY.
@@ -279,5 +326,20 @@ mod tests {
             Some("AQID")
         );
         assert_eq!(key_mgmt_header_data("prot=other; data=AQID"), None);
+    }
+
+    #[test]
+    fn crypto_sessions_round_trip() {
+        let key = [3u8; tidegate_rtp::srtp::MASTER_LEN];
+        let cs = [
+            CryptoSession {
+                ssrc: 0x1234_5678,
+                roc: 2,
+            },
+            CryptoSession { ssrc: 9, roc: 0 },
+        ];
+        let (k, got) = parse_with_sessions(&build_with_sessions(&key, &cs)).unwrap();
+        assert_eq!((k, got.as_slice()), (key, &cs[..]));
+        assert!(parse_with_sessions(&build(&key)).unwrap().1.is_empty());
     }
 }

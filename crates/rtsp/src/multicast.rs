@@ -111,6 +111,19 @@ impl StreamGroups {
     }
 }
 
+/// The groups of `stream` for readers of one profile: SRTP (`savp`) readers get groups of
+/// their own, carrying the sealed packets.
+pub fn stream_groups(stream: &Arc<Stream>, savp: bool) -> Arc<StreamGroups> {
+    /// The SRTP readers' groups, kept apart from the plain ones on the stream.
+    #[derive(Default)]
+    struct Sealed(Arc<StreamGroups>);
+    if savp {
+        stream.extension(Sealed::default).0.clone()
+    } else {
+        stream.extension(StreamGroups::default)
+    }
+}
+
 /// One multicast reader; the last one to leave stops the sender.
 pub struct Member {
     groups: Arc<StreamGroups>,

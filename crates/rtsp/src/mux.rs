@@ -17,6 +17,8 @@ pub struct RtpMux {
     /// with an RTCP sender report per track every [`SR_INTERVAL`]. Such readers write these
     /// bytes as they are; the others take them apart with [`split`].
     pub packets: Option<Arc<Stream>>,
+    /// Per track, the SSRC of its packets.
+    pub ssrcs: Vec<u32>,
 }
 
 /// RTP packets carried over TCP are not bound by a path MTU; UDP ones are.
@@ -34,6 +36,7 @@ impl RtpMux {
                 sdp,
                 tracks,
                 packets: None,
+                ssrcs: Vec::new(),
             };
         }
         let mut last_sr: Vec<Option<std::time::Instant>> = vec![None; tracks.len()];
@@ -49,6 +52,7 @@ impl RtpMux {
                 (p, clock_in, (r >> 48) as u32)
             })
             .collect();
+        let ssrcs = packers.iter().map(|(p, _, _)| p.ssrc).collect();
         let outs = tracks.clone();
         let packets = source.derive(move |frame| {
             let idx = outs.iter().position(|t| t.track == frame.track)?;
@@ -86,7 +90,78 @@ impl RtpMux {
             sdp,
             tracks,
             packets: Some(packets),
+            ssrcs,
         }
+    }
+}
+
+/// The stream's packets as SRTP and SRTCP under one key per stream, sealed once for every
+/// `RTP/SAVP` reader, unicast and multicast (as MediaMTX does). Every reader gets the same
+/// packets (one SSRC and one sequence per track), so a key shared by all of them never
+/// encrypts two different packets with the same keystream. Readers learn the key, and per
+/// track the SSRC and the rollover counter of the newest packet (MIKEY's SRTP-ID map), in the
+/// DESCRIBE's `a=key-mgmt` or the SETUP's `KeyMgmt`.
+pub struct SrtpMux {
+    key: [u8; tidegate_rtp::srtp::MASTER_LEN],
+    ssrcs: Vec<u32>,
+    /// Per track: the rollover counter of the newest packet sealed.
+    rocs: Arc<Vec<std::sync::atomic::AtomicU32>>,
+    /// Framed as [`RtpMux::packets`] is, for the same readers' paths.
+    pub packets: Arc<Stream>,
+}
+
+impl SrtpMux {
+    /// Seals `mux`'s packets from now on; None without randomness for a key.
+    pub fn start(mux: &RtpMux, plain: &Arc<Stream>) -> Option<SrtpMux> {
+        let key = tidegate_rtp::srtp::random_master()?;
+        let mut ctx = tidegate_rtp::srtp::Context::new(&key);
+        let ssrcs = mux.ssrcs.clone();
+        let rocs: Arc<Vec<std::sync::atomic::AtomicU32>> =
+            Arc::new(ssrcs.iter().map(|_| Default::default()).collect());
+        let (track_ssrcs, track_rocs) = (ssrcs.clone(), rocs.clone());
+        let packets = plain.derive(move |frame| {
+            let mut b = BytesMut::with_capacity(frame.data.len() + 256);
+            for (ch, pkt) in split(frame.data.clone()) {
+                let sealed = if ch % 2 == 1 {
+                    ctx.protect_rtcp(&pkt)
+                } else {
+                    ctx.protect_rtp(&pkt)
+                };
+                if let Ok(sealed) = sealed {
+                    crate::message::interleaved(ch, &sealed, &mut b);
+                }
+                let track = usize::from(ch / 2);
+                if let (Some(ssrc), Some(roc)) = (track_ssrcs.get(track), track_rocs.get(track)) {
+                    if let Some(r) = ctx.roc(*ssrc) {
+                        roc.store(r, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            (!b.is_empty()).then(|| b.freeze())
+        });
+        Some(SrtpMux {
+            key,
+            ssrcs,
+            rocs,
+            packets,
+        })
+    }
+
+    /// The base64 MIKEY message for track `idx` (`a=key-mgmt:mikey …`, `KeyMgmt`'s `data=`).
+    pub fn mikey(&self, idx: usize) -> String {
+        let sessions: Vec<crate::mikey::CryptoSession> = self
+            .ssrcs
+            .get(idx)
+            .zip(self.rocs.get(idx))
+            .map(|(ssrc, roc)| crate::mikey::CryptoSession {
+                ssrc: *ssrc,
+                roc: roc.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .into_iter()
+            .collect();
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(crate::mikey::build_with_sessions(&self.key, &sessions))
     }
 }
 

@@ -104,16 +104,16 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
 
 /// The DESCRIBE SDP for an RTSPS reader: every media `RTP/SAVP`, with `key_mgmt` (a base64
 /// MIKEY message) as its `a=key-mgmt:mikey` at the end of its section (RFC 4567).
-pub fn secure(sdp: &str, key_mgmt: &str) -> String {
+pub fn secure(sdp: &str, key_mgmt: impl Fn(usize) -> String) -> String {
     let mut out = String::with_capacity(sdp.len() + 256);
-    let mut in_media = false;
-    let key_line = format!("a=key-mgmt:mikey {key_mgmt}\r\n");
+    let mut media = 0;
+    let key_line = |i: usize| format!("a=key-mgmt:mikey {}\r\n", key_mgmt(i));
     for line in sdp.lines() {
         if let Some(m) = line.strip_prefix("m=") {
-            if in_media {
-                out.push_str(&key_line);
+            if media > 0 {
+                out.push_str(&key_line(media - 1));
             }
-            in_media = true;
+            media += 1;
             out.push_str("m=");
             out.push_str(&m.replacen(" RTP/AVP ", " RTP/SAVP ", 1));
         } else {
@@ -121,8 +121,8 @@ pub fn secure(sdp: &str, key_mgmt: &str) -> String {
         }
         out.push_str("\r\n");
     }
-    if in_media {
-        out.push_str(&key_line);
+    if media > 0 {
+        out.push_str(&key_line(media - 1));
     }
     out
 }
@@ -393,7 +393,7 @@ mod tests {
             desc.tracks[0].params.clone().into()
         );
         // The RTSPS form: SAVP media, each with its key.
-        let secure = secure(&sdp, "AQID");
+        let secure = secure(&sdp, |i| format!("AQID{i}"));
         assert_eq!(secure.matches("RTP/SAVP").count(), 2);
         assert!(!secure.contains("RTP/AVP "));
         let back = parse(&secure).unwrap();

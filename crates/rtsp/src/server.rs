@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Given};
 use crate::ingest::InTrack;
 use crate::message::{interleaved, response, Input, Parser, Request};
-use crate::mux::{split, RtpMux};
+use crate::mux::{split, RtpMux, SrtpMux};
 use crate::sdp;
 
 #[derive(Clone, Debug)]
@@ -247,10 +247,11 @@ struct Conn {
     multicast: Option<crate::multicast::Member>,
     /// An RTSPS connection.
     tls: bool,
-    /// The SRTP master key this connection's readers are sent with (RTSPS, from DESCRIBE).
-    srtp_key: Option<[u8; srtp::MASTER_LEN]>,
-    /// Per track: SRTP for what is sent to a reader (`RTP/SAVP`), or received from a publisher.
-    srtp_out: Vec<Option<srtp::Context>>,
+    /// The stream's SRTP packets (RTSPS), sealed once for every `RTP/SAVP` reader.
+    sealer: Option<Arc<Option<SrtpMux>>>,
+    /// A reader's profile, from its first SETUP: `RTP/SAVP` (true) or `RTP/AVP`.
+    savp: Option<bool>,
+    /// Per track: SRTP for what a publisher sends, or for a reader's SRTCP reports.
     srtp_in: Vec<Option<srtp::Context>>,
     srtp_refused: u64,
     /// Per track read: the reader's last receiver report on it.
@@ -356,8 +357,8 @@ impl Conn {
             guard,
             lost_reported: 0,
             tls: false,
-            srtp_key: None,
-            srtp_out: Vec::new(),
+            sealer: None,
+            savp: None,
             srtp_in: Vec::new(),
             srtp_refused: 0,
             reports: Vec::new(),
@@ -612,20 +613,18 @@ impl Conn {
         }
         tracing::info!(conn = self.id, path, "[RTSP] is reading");
         self.reads = vec![None; mux.tracks.len()];
-        self.srtp_out = (0..mux.tracks.len()).map(|_| None).collect();
         self.srtp_in = (0..mux.tracks.len()).map(|_| None).collect();
         self.reports = vec![None; mux.tracks.len()];
         let mut sdp = mux.sdp.clone();
+        self.mux = Some(mux);
         if self.tls {
-            // RTSPS: the media are offered as SRTP with this connection's key (RFC 4567);
-            // a client that SETUPs plain RTP/AVP over TCP gets it inside the TLS instead.
-            let Some(key) = self.srtp_key.or_else(srtp::random_master) else {
+            // RTSPS: the media are offered as SRTP with the stream's key (RFC 4567); a client
+            // that SETUPs plain RTP/AVP over TCP gets it inside the TLS instead.
+            let Some(sealer) = self.sealer() else {
                 return response(500, "Internal Server Error", cseq, &[], b"no randomness\n");
             };
-            self.srtp_key = Some(key);
-            sdp = sdp::secure(&sdp, &crate::mikey::build_base64(&key));
+            sdp = sdp::secure(&sdp, |i| mikey_of(&sealer, i));
         }
-        self.mux = Some(mux);
         self.reader = Some(reader);
         self.path = Some(path);
         let base = format!("{}/", req.uri.trim_end_matches('/'));
@@ -720,22 +719,22 @@ impl Conn {
                 b"multicast is for reading, and only with multicast in rtspTransports\n",
             );
         }
-        if t.savp && (!self.tls || t.multicast) {
+        if t.savp && !self.tls {
             return response(
                 461,
                 "Unsupported Transport",
                 cseq,
                 &[],
-                b"RTP/SAVP (SRTP) is offered over RTSPS, for unicast UDP and TCP\n",
+                b"RTP/SAVP (SRTP) is offered over RTSPS\n",
             );
         }
-        if self.tls && !t.savp && !t.tcp && !t.multicast {
+        if self.tls && !t.savp && !t.tcp {
             return response(
                 461,
                 "Unsupported Transport",
                 cseq,
                 &[],
-                b"over RTSPS, UDP needs RTP/SAVP (SRTP): RTP in the clear is refused\n",
+                b"over RTSPS, UDP and multicast need RTP/SAVP (SRTP): RTP in the clear is refused\n",
             );
         }
         if t.tcp && !self.config.allow_tcp {
@@ -779,42 +778,53 @@ impl Conn {
         };
         let profile = if t.savp { "RTP/SAVP" } else { "RTP/AVP" };
         let mut key_mgmt = None;
+        if !publishing && *self.savp.get_or_insert(t.savp) != t.savp {
+            return response(
+                461,
+                "Unsupported Transport",
+                cseq,
+                &[],
+                b"every track of a session takes the same profile (RTP/AVP or RTP/SAVP)\n",
+            );
+        }
         if t.savp {
             self.guard.extra.srtp.store(true, Ordering::Relaxed);
-            match self.srtp_context(req, publishing, idx) {
-                Ok((ctx, ours)) => {
-                    if publishing {
-                        self.srtp_in[idx] = Some(ctx);
-                    } else {
-                        self.srtp_out[idx] = Some(ctx);
-                        // The reader's own key, for the SRTCP reports it sends (RFC 4567).
-                        self.srtp_in[idx] = req
-                            .header("KeyMgmt")
-                            .and_then(crate::mikey::key_mgmt_header_data)
-                            .and_then(|k| crate::mikey::parse_base64(k).ok())
-                            .map(|k| srtp::Context::new(&k));
-                        // Our key again, for a client that did not DESCRIBE (RFC 4567).
-                        key_mgmt = ours.map(|k| {
-                            format!(
-                                "prot=mikey; uri=\"{}\"; data=\"{}\"",
-                                req.uri,
-                                crate::mikey::build_base64(&k)
-                            )
-                        });
+            if publishing {
+                match self.publisher_srtp(req, idx) {
+                    Ok(ctx) => self.srtp_in[idx] = Some(ctx),
+                    Err(why) => {
+                        return response(
+                            400,
+                            "Bad Request",
+                            cseq,
+                            &[],
+                            format!("{why}\n").as_bytes(),
+                        )
                     }
                 }
-                Err(why) => {
-                    return response(400, "Bad Request", cseq, &[], format!("{why}\n").as_bytes())
-                }
+            } else {
+                // The reader's own key, for the SRTCP reports it sends (RFC 4567).
+                self.srtp_in[idx] = req
+                    .header("KeyMgmt")
+                    .and_then(crate::mikey::key_mgmt_header_data)
+                    .and_then(|k| crate::mikey::parse_base64(k).ok())
+                    .map(|k| srtp::Context::new(&k));
+                // The stream's key again, for a client that did not DESCRIBE (RFC 4567).
+                let Some(sealer) = self.sealer() else {
+                    return response(500, "Internal Server Error", cseq, &[], b"no randomness\n");
+                };
+                key_mgmt = Some(format!(
+                    "prot=mikey; uri=\"{}\"; data=\"{}\"",
+                    req.uri,
+                    mikey_of(&sealer, idx)
+                ));
             }
         }
         let (tr, header) = if t.multicast {
             let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) else {
                 return response(461, "Unsupported Transport", cseq, &[], b"");
             };
-            let sg = reader
-                .stream()
-                .extension(crate::multicast::StreamGroups::default);
+            let sg = crate::multicast::stream_groups(reader.stream(), t.savp);
             let group = sg.group(groups, idx, self.reads.len());
             (
                 Tr::Multicast,
@@ -897,35 +907,46 @@ impl Conn {
         response(200, "OK", cseq, &headers, b"")
     }
 
-    /// The SRTP context of an `RTP/SAVP` SETUP: a publisher's key from its `KeyMgmt` header or
-    /// its ANNOUNCE SDP; for a reader, this connection's key (returned to be sent again).
-    fn srtp_context(
-        &mut self,
-        req: &Request,
-        publishing: bool,
-        idx: usize,
-    ) -> Result<(srtp::Context, Option<[u8; srtp::MASTER_LEN]>), String> {
-        if publishing {
-            let given = req
-                .header("KeyMgmt")
-                .and_then(crate::mikey::key_mgmt_header_data)
-                .map(str::to_string)
-                .or_else(|| self.pubs.get(idx).and_then(|p| p.key_mgmt.clone()))
-                .ok_or("RTP/SAVP needs the publisher's MIKEY key (KeyMgmt or a=key-mgmt)")?;
-            let key = crate::mikey::parse_base64(&given).map_err(|e| format!("KeyMgmt: {e}"))?;
-            return Ok((srtp::Context::new(&key), None));
+    /// The SRTP context of a publisher's `RTP/SAVP` SETUP: its key from its `KeyMgmt` header
+    /// or its ANNOUNCE SDP, with the rollover counters it announces.
+    fn publisher_srtp(&mut self, req: &Request, idx: usize) -> Result<srtp::Context, String> {
+        let given = req
+            .header("KeyMgmt")
+            .and_then(crate::mikey::key_mgmt_header_data)
+            .map(str::to_string)
+            .or_else(|| self.pubs.get(idx).and_then(|p| p.key_mgmt.clone()))
+            .ok_or("RTP/SAVP needs the publisher's MIKEY key (KeyMgmt or a=key-mgmt)")?;
+        let (key, sessions) = crate::mikey::parse_base64_with_sessions(&given)
+            .map_err(|e| format!("KeyMgmt: {e}"))?;
+        let mut ctx = srtp::Context::new(&key);
+        for cs in sessions {
+            let _ = ctx.set_roc(cs.ssrc, cs.roc);
         }
-        let key = self
-            .srtp_key
-            .or_else(srtp::random_master)
-            .ok_or("no randomness for an SRTP key")?;
-        self.srtp_key = Some(key);
-        Ok((srtp::Context::new(&key), Some(key)))
+        Ok(ctx)
+    }
+
+    /// The stream's SRTP sealer, made by the first RTSPS reader of the stream (None only
+    /// without randomness for a key).
+    fn sealer(&mut self) -> Option<Arc<Option<SrtpMux>>> {
+        if self.sealer.is_none() {
+            let mux = self.mux.as_ref()?;
+            let packets = mux.packets.clone()?;
+            self.sealer = Some(packets.extension(|| SrtpMux::start(mux, &packets)));
+        }
+        self.sealer.clone().filter(|s| s.is_some())
     }
 
     fn play(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
-        let Some(packets) = self.mux.as_ref().and_then(|m| m.packets.clone()) else {
+        let savp = self.savp == Some(true);
+        let packets = if savp {
+            self.sealer
+                .as_ref()
+                .and_then(|s| s.as_ref().as_ref().map(|s| s.packets.clone()))
+        } else {
+            self.mux.as_ref().and_then(|m| m.packets.clone())
+        };
+        let Some(packets) = packets else {
             return response(455, "Method Not Valid in This State", cseq, &[], b"");
         };
         if self.reads.iter().all(Option::is_none) {
@@ -940,9 +961,7 @@ impl Conn {
         self.playing = Some(packets.subscribe());
         if self.reads.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
             if let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) {
-                let sg = reader
-                    .stream()
-                    .extension(crate::multicast::StreamGroups::default);
+                let sg = crate::multicast::stream_groups(reader.stream(), savp);
                 self.multicast = Some(sg.join(&packets, &groups.conf));
             }
         }
@@ -1023,7 +1042,7 @@ impl Conn {
         }
         let plain;
         let data = match (
-            self.srtp_out.get(idx).is_some_and(Option::is_some),
+            self.savp == Some(true),
             self.srtp_in.get_mut(idx).and_then(Option::as_mut),
         ) {
             (false, _) => data,
@@ -1121,12 +1140,10 @@ impl Conn {
     /// Whether every track is set up over TCP on the usual channels (track *i* on 2*i*), so
     /// the mux's framed bytes can be written as they are.
     fn direct(&self) -> bool {
-        self.srtp_out.iter().all(Option::is_none)
-            && self
-                .reads
-                .iter()
-                .enumerate()
-                .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
+        self.reads
+            .iter()
+            .enumerate()
+            .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
     }
 
     async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
@@ -1136,20 +1153,6 @@ impl Conn {
             let (idx, rtcp) = (usize::from(ch / 2), ch % 2 == 1);
             let Some(tr) = self.reads.get(idx).copied().flatten() else {
                 continue;
-            };
-            let pkt = match self.srtp_out.get_mut(idx).and_then(Option::as_mut) {
-                Some(ctx) => {
-                    let sealed = if rtcp {
-                        ctx.protect_rtcp(&pkt)
-                    } else {
-                        ctx.protect_rtp(&pkt)
-                    };
-                    match sealed {
-                        Ok(v) => Bytes::from(v),
-                        Err(_) => continue,
-                    }
-                }
-                None => pkt,
             };
             if !rtcp {
                 self.guard
@@ -1186,6 +1189,11 @@ impl Conn {
             r.add_bytes_sent(bytes);
         }
     }
+}
+
+/// Track `idx`'s MIKEY message of a stream's sealer (`sealer()` only returns made ones).
+fn mikey_of(sealer: &Option<SrtpMux>, idx: usize) -> String {
+    sealer.as_ref().map_or_else(String::new, |s| s.mikey(idx))
 }
 
 /// RTP packets (even channels) in interleaved-framed bytes.
