@@ -7,7 +7,8 @@
 //!   and 1000 readers), as a ratio.
 //! - `hls-readers`: 0 and 200 LL-HLS clients polling with blocking reload beside one RTMP
 //!   reader: server CPU, and whether the RTMP reader's latency moves.
-//! - `rtsp-fanout`: RTSP readers over TCP and UDP beside RTMP readers of the same clip.
+//! - `rtsp-fanout`: RTSP readers over TCP and UDP beside RTMP readers of the same clip
+//!   (`--mbps=8` for the 8 Mbit/s publish the RTSP issue names; the default clip is 1 Mbit/s).
 //! - `webrtc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers: the added latency
 //!   (frame ingress -> packets sent, the server's histogram), CPU and memory.
 //!

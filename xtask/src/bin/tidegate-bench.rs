@@ -39,6 +39,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // `--mbps=N`: the clip's video bitrate (the RTSP issue's figure is 8).
+    if let Some(m) = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--mbps="))
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        let _ = VIDEO_KBPS.set((m * 1000.0) as u32);
+    }
+    let _ = UDP_GRO.set(args.iter().any(|a| a == "--udp-gro"));
     let which = args.first().map(String::as_str).unwrap_or("all");
     if which == "core" || which == "all" {
         core_fanout(&rt);
@@ -150,8 +159,59 @@ fn read_flv(path: &Path) -> Result<Vec<Tag>, String> {
     tidegate_rtmp::flv::read_file(&data).map_err(|e| e.to_string())
 }
 
+/// The video bitrate of the clip, in kbit/s: 1000 unless `--mbps=N` was given.
+static VIDEO_KBPS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// `--udp-gro`: the RTSP/UDP readers take GSO sends whole (`UDP_GRO`), as a reader on another
+/// host spares the server: on loopback the receiving side's work runs on the sender's CPU.
+static UDP_GRO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// One read from a UDP reader's RTP socket: the bytes, and the datagram size when the kernel
+/// handed over a GSO send whole (`UDP_GRO`).
+async fn recv_gro(
+    sock: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<usize>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    loop {
+        sock.readable().await?;
+        let r = sock.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!(i32);
+            let msg = recvmsg::<SockaddrStorage>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )?;
+            let seg = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
+                    _ => None,
+                })
+            });
+            Ok((msg.bytes, seg))
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+fn video_kbps() -> u32 {
+    *VIDEO_KBPS.get().unwrap_or(&1000)
+}
+
 fn make_clip(dir: &Path) -> Result<PathBuf, String> {
-    let clip = dir.join("clip.flv");
+    let kbps = video_kbps();
+    let clip = if kbps == 1000 {
+        dir.join("clip.flv")
+    } else {
+        dir.join(format!("clip-{kbps}k.flv"))
+    };
+    let (rate, buf) = (format!("{kbps}k"), format!("{}k", kbps / 2));
     if clip.exists() {
         return Ok(clip);
     }
@@ -184,11 +244,11 @@ fn make_clip(dir: &Path) -> Result<PathBuf, String> {
             "-sc_threshold",
             "0",
             "-b:v",
-            "1000k",
+            &rate,
             "-maxrate",
-            "1000k",
+            &rate,
             "-bufsize",
-            "500k",
+            &buf,
         ])
         .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-f", "flv"])
         .arg(&clip)
@@ -912,6 +972,13 @@ async fn rtsp_reader(
             ) else {
                 return false;
             };
+            if *UDP_GRO.get().unwrap_or(&false) {
+                let _ = nix::sys::socket::setsockopt(
+                    &rtp,
+                    nix::sys::socket::sockopt::UdpGroSegment,
+                    &true,
+                );
+            }
             let p = |u: &tokio::net::UdpSocket| u.local_addr().map(|a| a.port()).unwrap_or(0);
             let t = format!("RTP/AVP;unicast;client_port={}-{}", p(&rtp), p(&rtcp));
             socks.push((rtp, rtcp));
@@ -943,22 +1010,24 @@ async fn rtsp_reader(
     let mut sr: SrMap = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
-    let mut rtp_buf = vec![0u8; 2048];
+    let mut rtp_buf = vec![0u8; 65_536];
     let mut rtcp_buf = vec![0u8; 2048];
     while stop.load(Ordering::Relaxed) == 0 {
         let on = measuring.load(Ordering::Relaxed) == 1;
         if udp {
             let (vrtp, vrtcp) = (&socks[0].0, &socks[0].1);
             tokio::select! {
-                r = vrtp.recv(&mut rtp_buf) => {
-                    let Ok(n) = r else { break };
+                r = recv_gro(vrtp, &mut rtp_buf) => {
+                    let Ok((n, seg)) = r else { break };
                     if on {
                         totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        if rtp_buf[1] & 0x80 != 0 {
-                            totals.video.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Some(l) = rtp_latency_ms(&rtp_buf[..n], &sr) {
-                            mine.push(l);
+                        for pkt in rtp_buf[..n].chunks(seg.unwrap_or(n).max(1)) {
+                            if pkt.len() > 1 && pkt[1] & 0x80 != 0 {
+                                totals.video.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(l) = rtp_latency_ms(pkt, &sr) {
+                                mine.push(l);
+                            }
                         }
                     }
                 }
@@ -1020,7 +1089,8 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     let (root, dir, tags) = setup()?;
     let seconds = 10;
     println!(
-        "RTSP fan-out against RTMP fan-out of the same clip in the same run, {seconds} s measured"
+        "RTSP fan-out against RTMP fan-out of the same clip ({} kbit/s video + 128 kbit/s audio) in the same run, {seconds} s measured",
+        video_kbps()
     );
     println!("(RTSP latency: ingest → reader, from each track's RTCP sender report; RTMP: publisher send → reader)");
     println!(
