@@ -134,6 +134,90 @@ async fn send_run(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> Option<u64> 
     }
 }
 
+/// Where the run of same-size RTP packets of one channel that starts at `from` ends (as
+/// [`run_end`], for a frame split by channel).
+pub fn same_size_run(pkts: &[(u8, Bytes)], from: usize) -> usize {
+    let (ch, size) = (pkts[from].0, pkts[from].1.len());
+    let mut end = from + 1;
+    let mut bytes = size;
+    while end < pkts.len()
+        && end - from < MAX_BATCH
+        && pkts[end].0 == ch
+        && pkts[end - 1].1.len() == size
+        && pkts[end].1.len() <= size
+        && bytes + pkts[end].1.len() <= MAX_GSO_BYTES
+    {
+        bytes += pkts[end].1.len();
+        end += 1;
+    }
+    end
+}
+
+/// One `sendmmsg` of the run to the first addresses of `to` (at most [`MAX_BATCH`]), each as
+/// one GSO message: how many the kernel took.
+fn gso_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr]) -> std::io::Result<usize> {
+    let n = to.len().min(MAX_BATCH);
+    let iov: Vec<IoSlice<'_>> = run.iter().map(|b| IoSlice::new(b)).collect();
+    let slices = std::iter::repeat_n(&iov, n);
+    let addrs: Vec<Option<SockaddrStorage>> = to[..n]
+        .iter()
+        .map(|a| Some(SockaddrStorage::from(*a)))
+        .collect();
+    let segment = run.first().map_or(0, |b| b.len()) as u16;
+    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, Some(nix::cmsg_space!(u16)));
+    let sent = sendmmsg(
+        sock.as_raw_fd(),
+        &mut headers,
+        slices,
+        &addrs,
+        cmsg,
+        MsgFlags::empty(),
+    )?;
+    Ok(sent.count())
+}
+
+/// A run of same-size packets (the last may be shorter) to every address of `to`: one GSO
+/// message per address, [`MAX_BATCH`] addresses per system call; by `sendmmsg` of single
+/// datagrams where the kernel refuses GSO. Returns, per address, whether it was sent.
+pub async fn send_run_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr]) -> Vec<bool> {
+    let mut sent = vec![false; to.len()];
+    if run.is_empty() {
+        return sent;
+    }
+    let mut at = 0;
+    while at < to.len() && GSO.load(Ordering::Relaxed) {
+        if sock.writable().await.is_err() {
+            return sent;
+        }
+        match sock.try_io(Interest::WRITABLE, || gso_to_many(sock, run, &to[at..])) {
+            Ok(n) => {
+                let n = n.max(1).min(to.len() - at);
+                sent[at..at + n].iter_mut().for_each(|s| *s = true);
+                at += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
+            {
+                tracing::info!("UDP GSO refused ({e}): RTP to UDP readers goes by sendmmsg");
+                GSO.store(false, Ordering::Relaxed);
+            }
+            // The first destination refused it (an ICMP error queued for the socket): skipped,
+            // as a failed sendto would be.
+            Err(_) => at += 1,
+        }
+    }
+    if at < to.len() {
+        let rest: Vec<(Bytes, SocketAddr)> = to[at..]
+            .iter()
+            .flat_map(|a| run.iter().map(move |b| ((*b).clone(), *a)))
+            .collect();
+        send_mmsg_all(sock, &rest).await;
+        sent[at..].iter_mut().for_each(|s| *s = true);
+    }
+    sent
+}
+
 /// `pkts` by `sendmmsg`, waiting while the buffer is full.
 async fn send_mmsg_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u64 {
     let mut bytes = 0u64;

@@ -1,11 +1,13 @@
 //! RTSP for Tidegate: a sans-IO message parser ([`message`]), SDP ([`sdp`]), Basic and Digest
-//! auth ([`auth`]), packetize-once per stream ([`mux`]) and the tokio server ([`server`]):
+//! auth ([`auth`]), packetize-once per stream ([`mux`]), one sender per stream for UDP readers ([`fanout`])
+//! and the tokio server ([`server`]):
 //! publish with ANNOUNCE/SETUP/RECORD, read with DESCRIBE/SETUP/PLAY, over TCP (interleaved)
 //! or UDP unicast and multicast; over RTSPS, SRTP keyed by MIKEY ([`mikey`]).
 
 pub mod auth;
 mod batch;
 pub mod client;
+pub mod fanout;
 pub mod ingest;
 pub mod message;
 pub mod mikey;

@@ -236,6 +236,10 @@ struct Conn {
     reader: Option<Reader>,
     reads: Vec<Option<Tr>>,
     playing: Option<StreamReader>,
+    /// A reader whose tracks are all unicast UDP: served by the stream's UDP fan-out task.
+    fan: Option<crate::fanout::Membership>,
+    /// What of the fan-out's counts was already added to the connection's.
+    fan_counted: (u64, u64),
     udp_rx: Option<mpsc::Receiver<UdpIn>>,
     udp_tx: Option<mpsc::Sender<UdpIn>>,
     routes: Vec<SocketAddr>,
@@ -348,6 +352,8 @@ impl Conn {
             reader: None,
             reads: Vec::new(),
             playing: None,
+            fan: None,
+            fan_counted: (0, 0),
             multicast: None,
             udp_rx: None,
             udp_tx: None,
@@ -428,8 +434,10 @@ impl Conn {
                         }
                     }
                 }
+                _ = fan_ended(&self.fan) => break Err("the publisher left".into()),
                 _ = tick.tick() => {
-                    if self.playing.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
+                    self.count_fan();
+                    if self.playing.is_none() && self.fan.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
                         break Err(format!("nothing received for {:?}", self.config.read_timeout));
                     }
                     if let Some(p) = &self.publisher {
@@ -475,6 +483,7 @@ impl Conn {
                 break Ok(());
             }
         };
+        self.count_fan();
         if let Some(udp) = &self.udp {
             let mut routes = udp.routes();
             for r in &self.routes {
@@ -576,6 +585,8 @@ impl Conn {
             "RECORD" => self.record(req),
             "PAUSE" => {
                 self.playing = None;
+                self.count_fan();
+                self.fan = None;
                 response(200, "OK", &cseq, &[self.session_header()], b"")
             }
             "TEARDOWN" => {
@@ -958,7 +969,29 @@ impl Conn {
                 b"no track set up\n",
             );
         }
-        self.playing = Some(packets.subscribe());
+        let udp_only = self.reads.iter().all(|t| matches!(t, Some(Tr::Udp { .. })));
+        match (self.udp.clone(), udp_only) {
+            (Some(udp), true) => {
+                let dests = self
+                    .reads
+                    .iter()
+                    .map(|t| match t {
+                        Some(Tr::Udp { rtp, rtcp }) => Some((*rtp, *rtcp)),
+                        _ => None,
+                    })
+                    .collect();
+                let fanout = packets.extension(crate::fanout::UdpFanout::default);
+                self.count_fan();
+                self.fan_counted = (0, 0);
+                self.fan = Some(fanout.join(
+                    crate::fanout::Member::new(dests),
+                    &packets,
+                    udp.rtp.clone(),
+                    udp.rtcp.clone(),
+                ));
+            }
+            _ => self.playing = Some(packets.subscribe()),
+        }
         if self.reads.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
             if let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) {
                 let sg = crate::multicast::stream_groups(reader.stream(), savp);
@@ -1183,6 +1216,24 @@ impl Conn {
         }
     }
 
+    /// Adds what the fan-out sent since the last call to the connection's counts.
+    fn count_fan(&mut self) {
+        let Some(m) = self.fan.as_ref().map(|f| f.member().clone()) else {
+            return;
+        };
+        let (bytes, pkts) = (
+            m.bytes.load(Ordering::Relaxed),
+            m.rtp_packets.load(Ordering::Relaxed),
+        );
+        let (b0, p0) = self.fan_counted;
+        self.fan_counted = (bytes, pkts);
+        self.count_sent(bytes.saturating_sub(b0));
+        self.guard
+            .extra
+            .rtp_packets_sent
+            .fetch_add(pkts.saturating_sub(p0), Ordering::Relaxed);
+    }
+
     fn count_sent(&self, bytes: u64) {
         self.guard.counters.sent.fetch_add(bytes, Ordering::Relaxed);
         if let Some(r) = &self.reader {
@@ -1210,6 +1261,14 @@ fn count_rtp(mut d: &[u8]) -> u64 {
 async fn recv_playing(r: &mut Option<StreamReader>) -> Option<Arc<Frame>> {
     match r {
         Some(r) => r.recv().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the stream a fan-out reader plays has ended.
+async fn fan_ended(f: &Option<crate::fanout::Membership>) {
+    match f {
+        Some(f) => f.member().ended.cancelled().await,
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,224 @@
+//! UDP readers of a stream served by one task: each frame is split once, and each run of its
+//! same-size RTP packets goes to every reader in one `sendmmsg` of GSO messages (the same
+//! packets, one message per reader, the kernel cutting each into datagrams), instead of every
+//! reader's task waking for the frame and making its own system call.
+//!
+//! A reader joins at PLAY when every track it set up is unicast UDP. The task keeps the frames
+//! since the last key frame (as the stream's GOP cache does) and sends them to a reader that
+//! joins before adding it to the live ones, so a reader starts on a key frame at once, in
+//! order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tidegate_core::{Frame, Stream};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::mux::split;
+
+/// The most frames kept for a joining reader (a GOP longer than this is not replayed).
+const MAX_GOP_FRAMES: usize = 1024;
+
+/// One UDP reader of the stream.
+pub struct Member {
+    /// Per track: where its RTP and RTCP go (None: the track is not set up).
+    pub dests: Vec<Option<(SocketAddr, SocketAddr)>>,
+    /// Bytes and RTP packets sent to it.
+    pub bytes: AtomicU64,
+    pub rtp_packets: AtomicU64,
+    /// Cancelled when the stream ends.
+    pub ended: CancellationToken,
+    /// Set when its session leaves (checked when a joiner becomes live).
+    left: std::sync::atomic::AtomicBool,
+}
+
+impl Member {
+    pub fn new(dests: Vec<Option<(SocketAddr, SocketAddr)>>) -> Arc<Member> {
+        Arc::new(Member {
+            dests,
+            bytes: AtomicU64::new(0),
+            rtp_packets: AtomicU64::new(0),
+            ended: CancellationToken::new(),
+            left: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+/// A stream's UDP readers and their sender.
+#[derive(Default)]
+pub struct UdpFanout {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Copied on change, so the task takes the current list without holding the lock.
+    live: Arc<Vec<Arc<Member>>>,
+    joining: Vec<Arc<Member>>,
+    /// Members, joining ones included: the task stops when none is left.
+    count: usize,
+    sender: Option<CancellationToken>,
+}
+
+/// A reader's place in the fan-out; dropping it leaves.
+pub struct Membership {
+    fanout: Arc<UdpFanout>,
+    member: Arc<Member>,
+}
+
+impl Membership {
+    pub fn member(&self) -> &Arc<Member> {
+        &self.member
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut s = self.fanout.lock();
+        self.member.left.store(true, Ordering::Relaxed);
+        s.count = s.count.saturating_sub(1);
+        s.joining.retain(|m| !Arc::ptr_eq(m, &self.member));
+        if s.live.iter().any(|m| Arc::ptr_eq(m, &self.member)) {
+            let live: Vec<Arc<Member>> = s
+                .live
+                .iter()
+                .filter(|m| !Arc::ptr_eq(m, &self.member))
+                .cloned()
+                .collect();
+            s.live = Arc::new(live);
+        }
+        if s.count == 0 {
+            if let Some(t) = s.sender.take() {
+                t.cancel();
+            }
+        }
+    }
+}
+
+impl UdpFanout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `member`; the first one starts the task over `packets` (the stream's framed
+    /// RTP/RTCP, plain or sealed), sending from `rtp` and `rtcp`.
+    pub fn join(
+        self: &Arc<Self>,
+        member: Arc<Member>,
+        packets: &Arc<Stream>,
+        rtp: Arc<UdpSocket>,
+        rtcp: Arc<UdpSocket>,
+    ) -> Membership {
+        let mut s = self.lock();
+        s.joining.push(member.clone());
+        s.count += 1;
+        if s.sender.is_none() {
+            let token = CancellationToken::new();
+            s.sender = Some(token.clone());
+            let sub = packets.subscribe();
+            let key = packets.key_track();
+            tokio::spawn(run(self.clone(), sub, key, rtp, rtcp, token));
+        }
+        Membership {
+            fanout: self.clone(),
+            member,
+        }
+    }
+}
+
+async fn run(
+    fanout: Arc<UdpFanout>,
+    mut sub: tidegate_core::StreamReader,
+    key: Option<u32>,
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    token: CancellationToken,
+) {
+    let mut gop: Vec<Arc<Frame>> = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            _ = token.cancelled() => return,
+            f = sub.recv() => match f {
+                Ok(f) => f,
+                Err(_) => break,
+            },
+        };
+        if frame.keyframe && key.is_none_or(|k| k == frame.track) {
+            gop.clear();
+        }
+        if gop.len() < MAX_GOP_FRAMES {
+            gop.push(frame.clone());
+        } else {
+            gop.clear(); // too long to replay: joiners wait for the next key frame
+        }
+        let (live, joining) = {
+            let mut s = fanout.lock();
+            (s.live.clone(), std::mem::take(&mut s.joining))
+        };
+        if !joining.is_empty() {
+            // The GOP so far (this frame included) to the newcomers alone, then they are live.
+            for f in &gop {
+                send_frame(&rtp, &rtcp, f, &joining).await;
+            }
+            let mut s = fanout.lock();
+            let mut next: Vec<Arc<Member>> = s.live.iter().cloned().collect();
+            // A joiner whose session left during the replay is not added.
+            next.extend(
+                joining
+                    .into_iter()
+                    .filter(|m| !m.left.load(Ordering::Relaxed)),
+            );
+            s.live = Arc::new(next);
+        }
+        send_frame(&rtp, &rtcp, &frame, &live).await;
+    }
+    // The stream ended: every reader's session closes.
+    let s = fanout.lock();
+    for m in s.live.iter().chain(s.joining.iter()) {
+        m.ended.cancel();
+    }
+}
+
+/// One frame to `members`: each run of same-size RTP packets of a track as GSO messages in
+/// `sendmmsg` calls, RTCP packets one message per reader.
+async fn send_frame(rtp: &UdpSocket, rtcp: &UdpSocket, frame: &Frame, members: &[Arc<Member>]) {
+    if members.is_empty() {
+        return;
+    }
+    let pkts = split(frame.data.clone());
+    let mut from = 0;
+    while from < pkts.len() {
+        let (ch, _) = pkts[from];
+        let track = usize::from(ch / 2);
+        if ch % 2 == 1 {
+            // RTCP (a sender report): one datagram per reader.
+            let to: Vec<(Bytes, SocketAddr)> = members
+                .iter()
+                .filter_map(|m| m.dests.get(track).copied().flatten())
+                .map(|(_, rtcp_addr)| (pkts[from].1.clone(), rtcp_addr))
+                .collect();
+            crate::batch::send_all(rtcp, &to).await;
+            from += 1;
+            continue;
+        }
+        let end = crate::batch::same_size_run(&pkts, from);
+        let run: Vec<&Bytes> = pkts[from..end].iter().map(|(_, b)| b).collect();
+        let targets: Vec<(&Arc<Member>, SocketAddr)> = members
+            .iter()
+            .filter_map(|m| Some((m, m.dests.get(track).copied().flatten()?.0)))
+            .collect();
+        let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+        let sent = crate::batch::send_run_to_many(rtp, &run, &addrs).await;
+        let bytes: u64 = run.iter().map(|b| b.len() as u64).sum();
+        for ((m, _), ok) in targets.iter().zip(sent) {
+            if ok {
+                m.bytes.fetch_add(bytes, Ordering::Relaxed);
+                m.rtp_packets.fetch_add(run.len() as u64, Ordering::Relaxed);
+            }
+        }
+        from = end;
+    }
+}
