@@ -222,3 +222,108 @@ async fn send_frame(rtp: &UdpSocket, rtcp: &UdpSocket, frame: &Frame, members: &
         from = end;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use std::time::{Duration, Instant};
+    use tidegate_core::{CodecParams, StreamConfig, StreamDesc, Track};
+
+    fn stream() -> Arc<Stream> {
+        let desc = StreamDesc {
+            tracks: vec![Track {
+                id: 0,
+                params: CodecParams::H264 {
+                    sps: Bytes::from_static(&[0x67, 0x42, 0, 0x1e]),
+                    pps: Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80]),
+                },
+                clock_rate: 90_000,
+            }],
+        };
+        Arc::new(Stream::new(desc, StreamConfig::default()))
+    }
+
+    /// Frame `no` of track 0: three RTP-sized packets (1000, 1000 and 300 bytes), each
+    /// starting with the frame number and its index in the frame.
+    fn frame(no: u8, key: bool) -> Frame {
+        let mut b = BytesMut::new();
+        for (i, len) in [1000usize, 1000, 300].into_iter().enumerate() {
+            let mut p = vec![no; len];
+            p[1] = i as u8;
+            crate::message::interleaved(0, &p, &mut b);
+        }
+        Frame {
+            track: 0,
+            pts: i64::from(no) * 3000,
+            dts: i64::from(no) * 3000,
+            keyframe: key,
+            data: b.freeze(),
+            received: Instant::now(),
+            params: None,
+        }
+    }
+
+    /// The next `n` datagrams on `sock` as (frame, index, length), each within 5 s.
+    async fn datagrams(sock: &UdpSocket, n: usize) -> Vec<(u8, u8, usize)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..n {
+            let len = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+                .await
+                .expect("a datagram within 5 s")
+                .expect("recv");
+            out.push((buf[0], buf[1], len));
+        }
+        out
+    }
+
+    fn expect(frames: &[u8]) -> Vec<(u8, u8, usize)> {
+        frames
+            .iter()
+            .flat_map(|&f| [(f, 0, 1000), (f, 1, 1000), (f, 2, 300)])
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn joiners_get_the_gop_in_order_then_live_frames_and_leavers_nothing() {
+        let s = stream();
+        let bind = || UdpSocket::bind("127.0.0.1:0");
+        let (rtp, rtcp) = (
+            Arc::new(bind().await.unwrap()),
+            Arc::new(bind().await.unwrap()),
+        );
+        let (a, b) = (bind().await.unwrap(), bind().await.unwrap());
+        let to = |u: &UdpSocket| {
+            let addr = u.local_addr().unwrap();
+            vec![Some((addr, addr))]
+        };
+        s.write(frame(1, true));
+        s.write(frame(2, false));
+        let fan = s.extension(UdpFanout::default);
+        let ma = fan.join(Member::new(to(&a)), &s, rtp.clone(), rtcp.clone());
+        s.write(frame(3, false));
+        // From the key frame, in order, each packet its own datagram.
+        assert_eq!(datagrams(&a, 9).await, expect(&[1, 2, 3]));
+
+        let mb = fan.join(Member::new(to(&b)), &s, rtp.clone(), rtcp.clone());
+        s.write(frame(4, false));
+        assert_eq!(datagrams(&b, 12).await, expect(&[1, 2, 3, 4]));
+        assert_eq!(datagrams(&a, 3).await, expect(&[4]));
+        assert_eq!(ma.member().rtp_packets.load(Ordering::Relaxed), 12);
+        assert_eq!(ma.member().bytes.load(Ordering::Relaxed), 4 * 2300);
+
+        // A leaver gets nothing more: b's copy of frame 5 is sent after a's would have been.
+        drop(ma);
+        s.write(frame(5, false));
+        assert_eq!(datagrams(&b, 3).await, expect(&[5]));
+        let mut buf = [0u8; 2048];
+        assert!(a.try_recv(&mut buf).is_err(), "a left but still receives");
+
+        // The stream ends: the remaining reader is told.
+        s.close();
+        tokio::time::timeout(Duration::from_secs(5), mb.member().ended.cancelled())
+            .await
+            .expect("told within 5 s");
+    }
+}

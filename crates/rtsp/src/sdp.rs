@@ -398,7 +398,8 @@ mod tests {
         assert!(!secure.contains("RTP/AVP "));
         let back = parse(&secure).unwrap();
         assert!(back.iter().all(|m| m.profile == "RTP/SAVP"));
-        assert!(back.iter().all(|m| m.key_mgmt.as_deref() == Some("AQID")));
+        assert_eq!(back[0].key_mgmt.as_deref(), Some("AQID0"));
+        assert_eq!(back[1].key_mgmt.as_deref(), Some("AQID1"));
         assert_eq!(back[1].fmtp("config"), Some("1190"));
         // A session-level key applies to every media.
         let session = FFMPEG_ANNOUNCE.replace("t=0 0\r\n", "t=0 0\r\na=key-mgmt:mikey BBBB\r\n");
