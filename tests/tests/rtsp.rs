@@ -439,13 +439,24 @@ fn a_multicast_camera_is_pulled_in_a_network_namespace() {
 /// the server binary, an ffmpeg publisher and the readers all run in it. ffmpeg
 /// (`-rtsp_transport udp_multicast`) and GStreamer (`protocols=udp-mcast`) read the stream from
 /// the groups; GStreamer again over RTSPS, from groups of their own carrying SRTP under the
-/// stream's key (MIKEY in the SDP).
+/// stream's key (MIKEY in the SDP); and a second Tidegate pulls the path as an `rtsps://`
+/// camera with `rtspTransport: multicast` (SRTP multicast, our client), read back over RTMP.
 #[test]
 fn multicast_readers_in_a_network_namespace() {
     let dir = scratch("rtsp-multicast");
     let bin = server_binary();
     let conf = dir.join("tidegate.yml");
-    let (key, cert, _) = tidegate_tests::self_signed_pinned(&dir);
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let puller = dir.join("puller.yml");
+    std::fs::write(
+        &puller,
+        format!(
+            "logLevel: info\napiAddress: 127.0.0.1:9998\nmetrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+             rtmpAddress: 127.0.0.1:1935\n\
+             paths:\n  pulled:\n    source: rtsps://127.0.0.1:8322/mc\n    rtspTransport: multicast\n    sourceFingerprint: {fingerprint}\n"
+        ),
+    )
+    .unwrap();
     // A private namespace: nothing else binds there, so fixed ports cannot collide.
     std::fs::write(
         &conf,
@@ -482,7 +493,12 @@ fn multicast_readers_in_a_network_namespace() {
          i=0; until {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list | grep '\"state\":\"read\"' | grep -q UDP-multicast; do\n\
            i=$((i+1)); [ $i -le 100 ] || break; sleep 0.1; done\n\
          {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list > {dir}/secure.json || true\n\
-         wait $gst || true\n",
+         wait $gst || true\n\
+         {bin} {puller} > {dir}/puller.log 2>&1 &\n\
+         i=0; until {curl} -sf http://127.0.0.1:9998/v3/paths/get/pulled | grep -q '\"ready\":true'; do\n\
+           i=$((i+1)); [ $i -le 150 ] || {{ echo 'the SRTP multicast pull is not ready after 15 s' >&2; exit 6; }}; sleep 0.1; done\n\
+         {ffmpeg} -hide_banner -loglevel error -nostdin -y -i rtmp://127.0.0.1:1935/pulled -t 4 -c copy {dir}/pulled.mkv\n\
+         {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list > {dir}/pulled-session.json || true\n",
         bin = q(&bin),
         conf = q(&conf),
         dir = q(&dir),
@@ -493,6 +509,7 @@ fn multicast_readers_in_a_network_namespace() {
         publish = publish.join(" "),
         gst = gst_args("rtsp://127.0.0.1:8554/mc"),
         gsts = gst_args("rtsps://127.0.0.1:8322/mc"),
+        puller = q(&puller),
     );
     let out = run_bounded(
         Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
@@ -529,8 +546,17 @@ fn multicast_readers_in_a_network_namespace() {
         .unwrap_or_else(|| panic!("no RTSPS reader while GStreamer played: {secure}"));
     assert_eq!(entry["transport"], "UDP-multicast", "{entry}");
     assert_eq!(entry["profile"], "SAVP", "{entry}");
+    // The pull: H.264 + AAC for 4 s out of the second Tidegate, and the camera saw a SAVP
+    // multicast session.
+    assert_media(&probe_file(&dir.join("pulled.mkv")), "h264", Some("aac"), 4);
+    let pulled = std::fs::read_to_string(dir.join("pulled-session.json")).unwrap_or_default();
+    assert!(
+        pulled.contains("UDP-multicast") && pulled.contains("SAVP"),
+        "the camera's sessions while pulled: {pulled}"
+    );
     eprintln!(
-        "multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers, {sealed} over SRTP"
+        "multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers, {sealed} over SRTP; \
+         SRTP multicast pull read back for 4 s"
     );
 }
 

@@ -255,8 +255,8 @@ fn join(group: Ipv4Addr, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
 /// How our client asks for RTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// `RTP/AVP;multicast`: the groups the camera names.
-    Multicast,
+    /// `RTP/AVP;multicast` (or `RTP/SAVP` with `srtp`): the groups the camera names.
+    Multicast { srtp: bool },
     /// `RTP/AVP;unicast` (or `RTP/SAVP` with `srtp`) to a port pair of ours; with `any_port`,
     /// packets from any port of the camera's address are taken, not only its `server_port`.
     Udp { srtp: bool, any_port: bool },
@@ -271,6 +271,35 @@ fn from_camera(
     any_port: bool,
 ) -> bool {
     from.ip() == camera && (any_port || server_port.is_none_or(|p| p == from.port()))
+}
+
+/// The SRTP context for a camera's media `m` (its key, and the rollover counters of a stream
+/// that has wrapped its sequence numbers, from the SDP's MIKEY), and our own key for the
+/// receiver reports we might send, added to the SETUP's `headers` as RFC 4567 has it.
+fn camera_srtp(
+    m: &crate::sdp::Media,
+    uri: &str,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<tidegate_rtp::srtp::Context, String> {
+    let theirs = m
+        .key_mgmt
+        .as_deref()
+        .ok_or("the camera offers no SRTP key (a=key-mgmt) for RTSPS over UDP")?;
+    let (key, sessions) =
+        crate::mikey::parse_base64_with_sessions(theirs).map_err(|e| format!("a=key-mgmt: {e}"))?;
+    let ours = tidegate_rtp::srtp::random_master().ok_or("no randomness")?;
+    headers.push((
+        "KeyMgmt",
+        format!(
+            "prot=mikey; uri=\"{uri}\"; data=\"{}\"",
+            crate::mikey::build_base64(&ours)
+        ),
+    ));
+    let mut ctx = tidegate_rtp::srtp::Context::new(&key);
+    for cs in sessions {
+        let _ = ctx.set_roc(cs.ssrc, cs.roc);
+    }
+    Ok(ctx)
 }
 
 /// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as `client_port` expects.
@@ -373,10 +402,17 @@ pub async fn pull(
         let uri = control_url(&base, m.control.as_deref());
         let tx = tx.clone();
         match mode {
-            Mode::Multicast => {
-                let r = c
-                    .request("SETUP", &uri, &[("Transport", "RTP/AVP;multicast".into())])
-                    .await?;
+            Mode::Multicast { srtp: secure } => {
+                let mut headers = vec![(
+                    "Transport",
+                    format!("{};multicast", if secure { "RTP/SAVP" } else { "RTP/AVP" }),
+                )];
+                let ctx = if secure {
+                    Some(camera_srtp(m, &uri, &mut headers)?)
+                } else {
+                    None
+                };
+                let r = c.request("SETUP", &uri, &headers).await?;
                 let transport = r.header("Transport").unwrap_or("");
                 let (group, rtp_port) = multicast_target(transport)
                     .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
@@ -395,7 +431,7 @@ pub async fn pull(
                     }
                 })));
                 tracing::info!(path, track = idx, %group, port = rtp_port, "[RTSP source] joined");
-                srtp.push(None);
+                srtp.push(ctx);
             }
             Mode::Udp {
                 srtp: secure,
@@ -412,28 +448,7 @@ pub async fn pull(
                     ),
                 )];
                 let ctx = if secure {
-                    // The camera's key is in the SDP; ours (for the receiver reports we
-                    // might send) goes in KeyMgmt, as RFC 4567 has it.
-                    let theirs = m
-                        .key_mgmt
-                        .as_deref()
-                        .ok_or("the camera offers no SRTP key (a=key-mgmt) for RTSPS over UDP")?;
-                    let (key, sessions) = crate::mikey::parse_base64_with_sessions(theirs)
-                        .map_err(|e| format!("a=key-mgmt: {e}"))?;
-                    let ours = tidegate_rtp::srtp::random_master().ok_or("no randomness")?;
-                    headers.push((
-                        "KeyMgmt",
-                        format!(
-                            "prot=mikey; uri=\"{uri}\"; data=\"{}\"",
-                            crate::mikey::build_base64(&ours)
-                        ),
-                    ));
-                    // A stream that has wrapped its sequence numbers says where it is.
-                    let mut ctx = tidegate_rtp::srtp::Context::new(&key);
-                    for cs in sessions {
-                        let _ = ctx.set_roc(cs.ssrc, cs.roc);
-                    }
-                    Some(ctx)
+                    Some(camera_srtp(m, &uri, &mut headers)?)
                 } else {
                     None
                 };

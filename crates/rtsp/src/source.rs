@@ -195,7 +195,7 @@ pub async fn pull(
     // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), and
     // UDP from any port.
     let own = match transport {
-        SourceTransport::Multicast => Some(crate::client::Mode::Multicast),
+        SourceTransport::Multicast => Some(crate::client::Mode::Multicast { srtp: tls }),
         SourceTransport::Udp if tls || any_port => Some(crate::client::Mode::Udp {
             srtp: tls,
             any_port,
