@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use srt_tokio::SrtSocket;
+use crate::io::{CallSettings, SrtConn};
 use tidegate_core::relay::{with_backoff, RelayStatus};
 use tidegate_core::{PathError, PathManager, SessionInfo};
 use tokio_util::sync::CancellationToken;
@@ -106,36 +105,42 @@ pub fn redact(url: &str) -> String {
     format!("{base}?{}", q.join("&"))
 }
 
-async fn connect(u: &SrtUrl) -> Result<SrtSocket, String> {
+async fn connect(u: &SrtUrl) -> Result<SrtConn, String> {
     let addr = tokio::net::lookup_host((u.host.as_str(), u.port))
         .await
         .map_err(|e| format!("resolve {}: {e}", u.host))?
         .next()
         .ok_or_else(|| format!("{} has no address", u.host))?;
-    let mut b = SrtSocket::builder();
-    if let Some(l) = u.latency {
-        b = b.latency(l);
-    }
-    if let Some(p) = &u.passphrase {
-        b = b.encryption(u.key_size, p.as_str());
-    }
-    tokio::time::timeout(CONNECT_TIMEOUT, b.call(addr, u.streamid.as_deref()))
+    let how = CallSettings {
+        stream_id: u.streamid.clone(),
+        latency: u.latency,
+        encryption: u.passphrase.clone().map(|p| (u.key_size, p)),
+    };
+    crate::io::call(addr, &how, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| "the SRT handshake did not complete within 10 s".to_string())?
-        .map_err(|e| format!("SRT connect: {e}"))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                "the SRT handshake did not complete within 10 s".to_string()
+            }
+            _ => format!("SRT connect: {e}"),
+        })
 }
 
 fn watch_bytes(
-    socket: &mut SrtSocket,
+    socket: &SrtConn,
     status: &Arc<RelayStatus>,
     sent: bool,
 ) -> tokio::task::JoinHandle<()> {
-    let mut stats = socket.statistics().clone();
+    let mut stats = socket.statistics();
     let status = status.clone();
     tokio::spawn(async move {
-        while let Some(s) = stats.next().await {
+        loop {
+            let s = stats.borrow_and_update().socket.clone();
             let b = if sent { s.tx_bytes } else { s.rx_bytes };
             status.bytes.store(b, Ordering::Relaxed);
+            if stats.changed().await.is_err() {
+                break;
+            }
         }
     })
 }
@@ -163,7 +168,7 @@ pub async fn pull(
     };
     with_backoff("source", &path, &status, &cancel, || async {
         status.set_state("connecting");
-        let mut socket = connect(&parsed).await?;
+        let socket = connect(&parsed).await?;
         let publisher = paths
             .publish_source(
                 &path,
@@ -176,7 +181,7 @@ pub async fn pull(
             .map_err(|e| e.to_string())?;
         status.set_state("running");
         tracing::info!(path, url = status.url, "pulling");
-        let watcher = watch_bytes(&mut socket, &status, false);
+        let watcher = watch_bytes(&socket, &status, false);
         let kick = publisher.kicked();
         let r = publish(socket, publisher, SOURCE_TIMEOUT, &kick, cancel.clone()).await;
         watcher.abort();
@@ -217,10 +222,10 @@ pub async fn push(
             return Err("no track of this stream can travel in MPEG-TS".to_string());
         };
         status.set_state("connecting");
-        let mut socket = connect(&parsed).await?;
+        let socket = connect(&parsed).await?;
         status.set_state("running");
         tracing::info!(path, url = status.url, "pushing");
-        let watcher = watch_bytes(&mut socket, &status, true);
+        let watcher = watch_bytes(&socket, &status, true);
         let kick = CancellationToken::new();
         let r = read(socket, reader, chunks, &kick, cancel.clone()).await;
         watcher.abort();

@@ -6,7 +6,8 @@
 //! receive rate off the full ACKs it sends (publishers) or receives (readers).
 //!
 //! One task per listener (the UDP socket, handshakes, access control by [`Incoming`]) and one
-//! per connection (its packets handed over on a bounded channel).
+//! per connection (its packets handed over on a bounded channel). Callers ([`call`]) use the
+//! same connection loop on a socket of their own.
 
 use std::collections::HashMap;
 use std::io;
@@ -408,6 +409,129 @@ async fn run_connection(
     link.socket = conn.statistics().clone();
     stats.send_replace(link);
     received.close_channel();
+}
+
+/// What a caller asks for: the latency both ways, and encryption (key size 0 = the
+/// listener's choice; 16, 24 or 32 bytes) with a passphrase of 10 to 79 characters.
+#[derive(Clone, Debug, Default)]
+pub struct CallSettings {
+    pub stream_id: Option<String>,
+    pub latency: Option<Duration>,
+    pub encryption: Option<(u16, String)>,
+}
+
+/// Calls the SRT listener at `remote` (caller mode): srt-protocol's handshake, then the same
+/// connection loop as the listener's, on a socket of its own whose datagrams go through the
+/// same guarded parser. Fails after `timeout` without an answer, or with the listener's
+/// refusal.
+pub async fn call(
+    remote: SocketAddr,
+    how: &CallSettings,
+    timeout: Duration,
+) -> io::Result<SrtConn> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let mut options = srt_protocol::options::SocketOptions::default();
+    if let Some(l) = how.latency {
+        options.sender.peer_latency = l;
+        options.receiver.latency = l;
+    }
+    if let Some((size, pass)) = &how.encryption {
+        options.encryption.key_size = (*size)
+            .try_into()
+            .map_err(|_| invalid(format!("key size {size}")))?;
+        options.encryption.passphrase = Some(
+            pass.clone()
+                .try_into()
+                .map_err(|_| invalid("a passphrase is 10 to 79 characters".into()))?,
+        );
+    }
+    let options =
+        srt_protocol::options::CallerOptions::with(remote, how.stream_id.as_deref(), options)
+            .map_err(|e| invalid(e.to_string()))?
+            .into_value();
+    let local: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Arc::new(UdpSocket::bind(local).await?);
+    let ipv6 = remote.is_ipv6();
+    let mut connect = srt_protocol::protocol::pending_connection::connect::Connect::new(
+        remote,
+        options.socket.connect.local.ip(),
+        options.socket.clone().into(),
+        how.stream_id.clone(),
+        srt_protocol::packet::SeqNumber::new_truncate(tidegate_core::text::random_u64() as u32),
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = BytesMut::with_capacity(1500);
+    let deadline = tokio::time::Instant::now() + timeout;
+    use srt_protocol::protocol::pending_connection::ConnectionResult as R;
+    let connection = loop {
+        let result = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to the SRT handshake"));
+            }
+            now = tick.tick() => connect.handle_tick(now.into_std()),
+            r = socket.recv_from(&mut buf) => {
+                let packet = match r {
+                    Ok((n, from)) => parse_datagram(&buf[..n], ipv6).map(|p| (p, from)),
+                    Err(e) => Err(ReceivePacketError::Io(e)),
+                };
+                connect.handle_packet(packet, Instant::now())
+            }
+        };
+        match result {
+            R::SendPacket((p, to)) => {
+                send(&socket, &mut out, &p, to).await?;
+            }
+            R::Reject(p, why) => {
+                if let Some((p, to)) = p {
+                    let _ = send(&socket, &mut out, &p, to).await;
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    why.to_string(),
+                ));
+            }
+            R::Connected(p, connection) => {
+                if let Some((p, to)) = p {
+                    send(&socket, &mut out, &p, to).await?;
+                }
+                break connection;
+            }
+            R::Failure(e) => return Err(e),
+            R::NotHandled(_) | R::NoAction | R::RequestAccess(_) => {}
+        }
+    };
+    let (mut packets, conn) = spawn_connection(socket.clone(), connection);
+    // The socket's datagrams from the listener to the connection, until it ends.
+    tokio::spawn(async move {
+        loop {
+            let r = tokio::select! {
+                r = socket.recv_from(&mut buf) => r,
+                // The connection may end while the peer is silent.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if packets.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Ok((n, from)) = r else { return };
+            if from != remote {
+                continue;
+            }
+            let Ok(p) = parse_datagram(&buf[..n], ipv6) else {
+                continue;
+            };
+            if packets.send((p, from)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(conn)
 }
 
 /// The listener's settings from srt-tokio's listener options (latency, buffers, defaults).

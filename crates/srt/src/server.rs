@@ -25,8 +25,8 @@ use tracing::Instrument;
 use crate::io::{Incoming, LinkStats, RejectReason, SrtConn};
 use crate::streamid::{self, Mode};
 
-/// What `publish` and `read` need of a connection: srt-tokio's socket (callers) and our
-/// listener's [`SrtConn`] both are one.
+/// What `publish` and `read` need of a connection (an [`SrtConn`], the listener's or a
+/// caller's).
 pub(crate) trait DataSocket:
     futures::Stream<Item = std::io::Result<(Instant, Bytes)>>
     + Sink<(Instant, Bytes), Error = std::io::Error>
@@ -397,7 +397,7 @@ pub(crate) async fn read(
 ) -> Result<(), String> {
     // From the next keyframe, not from the GOP cache, so the reader joins live.
     let mut sub = chunks.subscribe_from_next_keyframe();
-    // srt-tokio stamps a packet with its source time minus the connection's start; a time
+    // srt-protocol stamps a packet with its source time minus the connection's start; a time
     // before the start wraps to ~71 minutes ahead, and a libsrt receiver then holds everything
     // behind it. And a connection that starts with a burst loses everything. Both happen when
     // the TS muxer task was created for this reader and replays the GOP cache just after the
@@ -434,8 +434,8 @@ pub(crate) async fn read(
                 }
                 Err(_) => break, // the publisher left
             },
-            // The receive half is not polled (a reader sends no data; srt-tokio, used for
-            // pushes, even ends it at once). A reader that hangs up is seen as a failed send.
+            // The receive half is not polled (a reader sends no data). A reader that hangs up
+            // is seen as a failed send.
         }
     }
     let _ = socket.close().await;
