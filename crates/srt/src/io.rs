@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -170,12 +171,21 @@ impl Incoming {
     }
 }
 
+/// The sessions a listener holds: open connections, and requests not yet opened.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    pub open: std::sync::atomic::AtomicUsize,
+    pub pending: std::sync::atomic::AtomicUsize,
+}
+
 /// Runs the listener on `socket` until `shutdown`: handshakes are answered here, connection
-/// requests go to `incoming`, open connections get their packets from here.
+/// requests go to `incoming`, open connections get their packets from here. `sessions` follows
+/// how many it holds.
 pub async fn listen(
     socket: UdpSocket,
     settings: ConnInitSettings,
     incoming: mpsc::Sender<Incoming>,
+    sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 ) {
     let socket = Arc::new(socket);
@@ -194,6 +204,8 @@ pub async fn listen(
     let mut input = Input::Timer;
     let mut given_up = std::collections::HashSet::new();
     loop {
+        sessions.open.store(open.len(), Ordering::Relaxed);
+        sessions.pending.store(pending.len(), Ordering::Relaxed);
         let action = listener.handle_input(Instant::now(), input);
         let next = NextInputContext::for_action(&action);
         input = match action {
@@ -550,6 +562,59 @@ mod tests {
     pub const PARSER_PANIC: [u8; 16] = [
         0xff, 0xff, 0x00, 0x07, 0xff, 0xff, 0xff, 0x00, 0, 0, 0, 0, 0, 0x15, 0, 0,
     ];
+
+    /// A caller of ours connects to a listener of ours, data flows, both ends close: the
+    /// listener forgets the session (no entry left behind for a peer that never sends again).
+    #[tokio::test]
+    async fn a_closed_connection_leaves_the_listener() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let sessions = Arc::new(Sessions::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(listen(
+            sock,
+            settings(addr).unwrap(),
+            tx,
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+        let server = tokio::spawn(async move {
+            let req = rx.next().await.unwrap();
+            assert_eq!(req.stream_id().as_deref(), Some("publish:x"));
+            req.accept(None).await.unwrap()
+        });
+        let how = CallSettings {
+            stream_id: Some("publish:x".into()),
+            ..CallSettings::default()
+        };
+        let mut caller = call(addr, &how, Duration::from_secs(5)).await.unwrap();
+        let mut accepted = server.await.unwrap();
+        caller
+            .send((Instant::now(), Bytes::from_static(b"hello")))
+            .await
+            .unwrap();
+        let (_, got) = tokio::time::timeout(Duration::from_secs(5), accepted.next())
+            .await
+            .expect("data within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"hello");
+        assert_eq!(sessions.open.load(Ordering::Relaxed), 1);
+
+        caller.close().await.unwrap();
+        drop((caller, accepted));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sessions.open.load(Ordering::Relaxed) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the session is still held after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(sessions.pending.load(Ordering::Relaxed), 0);
+        shutdown.cancel();
+    }
 
     #[test]
     fn a_datagram_that_panics_the_parser_is_an_error() {

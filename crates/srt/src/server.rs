@@ -201,7 +201,13 @@ pub async fn serve(
         socket, settings, ..
     } = server;
     let (tx, mut incoming) = futures::channel::mpsc::channel(100);
-    tasks.spawn(crate::io::listen(socket, settings, tx, shutdown.clone()));
+    tasks.spawn(crate::io::listen(
+        socket,
+        settings,
+        tx,
+        Arc::new(crate::io::Sessions::default()),
+        shutdown.clone(),
+    ));
     loop {
         let req = tokio::select! {
             _ = shutdown.cancelled() => break,
