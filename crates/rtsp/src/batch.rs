@@ -26,23 +26,30 @@ const MAX_GSO_BYTES: usize = 60_000;
 /// Cleared the first time the kernel refuses a GSO send: from then on, `sendmmsg` only.
 static GSO: AtomicBool = AtomicBool::new(true);
 
-/// Where the run of same-size packets to one address that starts at `from` ends (exclusive):
-/// every packet as long as the first, but the last, which may be shorter.
-fn run_end(pkts: &[(Bytes, SocketAddr)], from: usize) -> usize {
-    let (size, to) = (pkts[from].0.len(), pkts[from].1);
+/// Where the run of same-size packets to one place that starts at `from` ends (exclusive):
+/// every packet as long as the first, but the last, which may be shorter; at most
+/// [`MAX_BATCH`] packets and [`MAX_GSO_BYTES`]. `key` gives a packet's place (its address, or
+/// its channel) and its length.
+fn run_end_by<T, K: PartialEq>(pkts: &[T], from: usize, key: impl Fn(&T) -> (K, usize)) -> usize {
+    let (to, size) = key(&pkts[from]);
     let mut end = from + 1;
     let mut bytes = size;
-    while end < pkts.len()
-        && end - from < MAX_BATCH
-        && pkts[end].1 == to
-        && pkts[end - 1].0.len() == size
-        && pkts[end].0.len() <= size
-        && bytes + pkts[end].0.len() <= MAX_GSO_BYTES
-    {
-        bytes += pkts[end].0.len();
+    let mut last = size;
+    while end < pkts.len() && end - from < MAX_BATCH {
+        let (place, len) = key(&pkts[end]);
+        if place != to || last != size || len > size || bytes + len > MAX_GSO_BYTES {
+            break;
+        }
+        bytes += len;
+        last = len;
         end += 1;
     }
     end
+}
+
+/// [`run_end_by`] for packets with their addresses.
+fn run_end(pkts: &[(Bytes, SocketAddr)], from: usize) -> usize {
+    run_end_by(pkts, from, |(b, a)| (*a, b.len()))
 }
 
 /// One GSO send of a run: the kernel sends each `segment` bytes as a datagram.
@@ -134,23 +141,9 @@ async fn send_run(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> Option<u64> 
     }
 }
 
-/// Where the run of same-size RTP packets of one channel that starts at `from` ends (as
-/// [`run_end`], for a frame split by channel).
+/// [`run_end_by`] for a frame split by channel.
 pub fn same_size_run(pkts: &[(u8, Bytes)], from: usize) -> usize {
-    let (ch, size) = (pkts[from].0, pkts[from].1.len());
-    let mut end = from + 1;
-    let mut bytes = size;
-    while end < pkts.len()
-        && end - from < MAX_BATCH
-        && pkts[end].0 == ch
-        && pkts[end - 1].1.len() == size
-        && pkts[end].1.len() <= size
-        && bytes + pkts[end].1.len() <= MAX_GSO_BYTES
-    {
-        bytes += pkts[end].1.len();
-        end += 1;
-    }
-    end
+    run_end_by(pkts, from, |(ch, b)| (*ch, b.len()))
 }
 
 /// One `sendmmsg` of the run to the first addresses of `to` (at most [`MAX_BATCH`]), each as
