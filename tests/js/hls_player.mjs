@@ -1,7 +1,7 @@
 // Plays Tidegate's built-in HLS player page in headless Chromium and reports what hls.js saw.
 // Usage: node hls_player.mjs PAGE_URL SECONDS NODE_MODULES_DIR
-// The page loads hls.js from jsDelivr; the request is answered with the hls.js installed in
-// NODE_MODULES_DIR, so the test needs no Internet access. Prints one JSON object.
+// The page must work with no Internet access: every request for a host other than loopback
+// is aborted and listed in `external` (the test fails on any). Prints one JSON object.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -9,7 +9,6 @@ const [url, secondsArg, modules] = process.argv.slice(2);
 const seconds = Number(secondsArg || 8);
 const require = createRequire(path.join(modules, 'package.json'));
 const { chromium } = require('playwright-core');
-const hlsjs = require.resolve('hls.js/dist/hls.min.js');
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -19,12 +18,21 @@ const browser = await chromium.launch({
          '--disable-component-update', '--disable-sync', '--no-first-run',
          '--autoplay-policy=no-user-gesture-required'],
 });
-const out = { url, samples: [] };
+const out = { url, samples: [], external: [] };
+const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 try {
   const page = await browser.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.error('console:', m.text()); });
-  await page.route('https://cdn.jsdelivr.net/**', (route) =>
-    route.fulfill({ path: hlsjs, contentType: 'application/javascript' }));
+  await page.route('**/*', (route) => {
+    const u = route.request().url();
+    let host = null;
+    try { host = new URL(u).hostname; } catch (e) { /* not a URL with a host */ }
+    if (host !== null && host !== '' && !local.has(host)) {
+      out.external.push(u);
+      return route.abort('blockedbyclient');
+    }
+    return route.continue();
+  });
   const t0 = Date.now();
   await page.goto(url, { timeout: 15000 });
   const end = t0 + seconds * 1000;

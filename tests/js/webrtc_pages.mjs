@@ -27,7 +27,8 @@ const browser = await chromium.launch({
          '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
          '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'],
 });
-const out = {};
+const out = { external: [] };
+const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 const state = (page) => page.evaluate(() => window.tidegate ? { ...window.tidegate } : null);
 const until = async (page, pred, ms) => {
   const end = Date.now() + ms;
@@ -41,6 +42,17 @@ const until = async (page, pred, ms) => {
 };
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The pages must work with no Internet access: any other host is aborted and listed.
+  await ctx.route('**/*', (route) => {
+    const u = route.request().url();
+    let host = null;
+    try { host = new URL(u).hostname; } catch (e) { /* no host */ }
+    if (host !== null && host !== '' && !local.has(host)) {
+      out.external.push(u);
+      return route.abort('blockedbyclient');
+    }
+    return route.continue();
+  });
   let pub = null;
   if (publishUrl) {
     pub = await ctx.newPage();

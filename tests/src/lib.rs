@@ -44,6 +44,23 @@ pub fn peer(name: &str) -> PathBuf {
     );
 }
 
+/// The server binary built beside the test binaries (`cargo test --workspace --all-targets`
+/// builds it), for tests that run it as a process of its own.
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps")
+        .join("tidegate");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p tidegate",
+        bin.display()
+    );
+    bin
+}
+
 /// A self-signed certificate for 127.0.0.1/localhost, written as `key.pem` and `cert.pem`
 /// into `dir`. Returns (key path, cert path).
 pub fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {

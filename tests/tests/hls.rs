@@ -193,7 +193,8 @@ fn hls_file(server: &TestServer, path: &str, file: &str) -> tidegate_tests::http
 // ---------------------------------------------------------------------------------------------
 
 /// RTMP in (ffmpeg) → hls.js in headless Chromium through the built-in player page: frames
-/// decoded, the right size, LL-HLS detected, and the latency hls.js reports.
+/// decoded, the right size, LL-HLS detected, and the latency hls.js reports. The page works
+/// offline: hls.js is the server's own copy and every non-loopback request fails the test.
 #[test]
 fn hlsjs_plays_low_latency_from_rtmp() {
     let dir = scratch("hls-hlsjs");
@@ -223,6 +224,28 @@ fn hlsjs_plays_low_latency_from_rtmp() {
     assert!(frames >= 200, "only {frames} frames decoded in 12 s: {r}");
     assert_eq!(r["width"], 640);
     assert_eq!(r["height"], 360);
+    // Offline: hls.js came from the server itself, and nothing else was asked of the Internet.
+    assert_eq!(r["external"], serde_json::json!([]), "{r}");
+    assert_eq!(
+        r["hlsjs"].as_str(),
+        Some(include_str!("../../crates/hls/assets/hls.js/VERSION").trim()),
+        "{r}"
+    );
+    // The library itself: whole, or gzipped for a client that takes gzip; cacheable.
+    let vendored = include_bytes!("../../crates/hls/assets/hls.js/hls.min.js");
+    let plain = hls_file(&server, "live/cam", "hls.min.js");
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.body.as_slice(), vendored.as_slice());
+    assert!(plain
+        .header("cache-control")
+        .is_some_and(|c| c.contains("max-age")));
+    let gz = fetch(
+        server.hls_addr(),
+        "/live/cam/hls.min.js?v=1",
+        &["Accept-Encoding: gzip"],
+    );
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert!(gz.body.starts_with(&[0x1f, 0x8b]) && gz.body.len() < vendored.len() / 2);
     assert_eq!(r["partTarget"].as_f64(), Some(0.2));
     assert_eq!(r["canBlockReload"], true);
     let fatal: Vec<_> = r["errors"]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, run_bounded, scratch, Probe};
+use tidegate_tests::{ffprobe, peer, run_bounded, scratch, server_binary, Probe};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -347,21 +347,21 @@ fn rtsp_addr(server: &TestServer) -> std::net::SocketAddr {
         .unwrap()
 }
 
-/// The server binary built beside this test (cargo test --workspace --all-targets builds it),
-/// for tests that run it inside a network namespace.
-fn server_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("tidegate");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build -p tidegate",
-        bin.display()
-    );
-    bin
+/// `sh -c script` in a network namespace and a PID namespace of its own: the shell is the
+/// namespace's init, so when it ends (done, failed, or killed with `unshare` on a timeout)
+/// the kernel ends everything it started in the background too. None outlives the test.
+fn in_namespaces(script: &str) -> Command {
+    let mut cmd = Command::new(peer("unshare"));
+    cmd.args([
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd
 }
 
 /// `rtspTransport: multicast`: a camera stand-in that serves multicast only (gst-rtsp-server
@@ -409,10 +409,7 @@ fn a_multicast_camera_is_pulled_in_a_network_namespace() {
         ffmpeg = q(&peer("ffmpeg")),
         curl = q(&peer("curl")),
     );
-    let out = run_bounded(
-        Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
-        Duration::from_secs(90),
-    );
+    let out = run_bounded(&mut in_namespaces(&script), Duration::from_secs(90));
     let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -511,10 +508,7 @@ fn multicast_readers_in_a_network_namespace() {
         gsts = gst_args("rtsps://127.0.0.1:8322/mc"),
         puller = q(&puller),
     );
-    let out = run_bounded(
-        Command::new(peer("unshare")).args(["--net", "--kill-child", "sh", "-c", &script]),
-        Duration::from_secs(90),
-    );
+    let out = run_bounded(&mut in_namespaces(&script), Duration::from_secs(90));
     let server_log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert!(
         out.status.success(),

@@ -280,6 +280,8 @@ fn chromium_pages(publish: Option<String>, play: &str, seconds: u32) -> Value {
 
 /// Chromium's fake camera came through: 640x480 at 15+ fps (it makes 20).
 fn assert_fake_camera(r: &Value) {
+    // The built-in pages work offline: no request left loopback.
+    assert_eq!(r["external"], serde_json::json!([]), "{r}");
     let play = &r["play"];
     assert_eq!(
         (play["width"].as_u64(), play["height"].as_u64()),

@@ -5,9 +5,12 @@
 //! - `lint`: `cargo fmt --check` and `cargo clippy -D warnings`.
 //! - `bench`: performance figures (see `bench.rs`).
 //! - `peers`: only installs the peers.
+//! - `vendor hls.js [VERSION]`: refreshes the hls.js the binary serves (see `vendor.rs`).
 
 mod bench;
+mod leftovers;
 mod peers;
+mod vendor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,9 +26,10 @@ fn main() -> ExitCode {
         Some("lint") => lint(&root),
         Some("bench") => peers::install(&root).and_then(|dir| bench::run(&root, &dir, &args[1..])),
         Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("vendor") => vendor::run_vendor(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...]"
+                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js [version]"
             );
             return ExitCode::from(2);
         }
@@ -61,12 +65,37 @@ fn cargo() -> Command {
 }
 
 fn test(root: &Path, peers: &Path, extra: &[String]) -> Result<(), String> {
+    // Every process the tests start inherits this marker; whatever still carries it once
+    // cargo test is done was left behind by a test, which fails the run.
+    let marker = format!("{}-{}", std::process::id(), unix_time());
     // Tests find the peers through PEERS_DIR, and fail (never skip) when one is missing.
-    run(cargo()
+    let tests = run(cargo()
         .current_dir(root)
         .env("PEERS_DIR", peers)
+        .env(SUITE_MARKER, &marker)
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
-        .args(extra))
+        .args(extra));
+    let left = leftovers::reap(SUITE_MARKER, &marker);
+    tests?;
+    if left.is_empty() {
+        eprintln!("xtask: no process started by the tests is left running");
+        Ok(())
+    } else {
+        Err(format!(
+            "{} process(es) started by the tests were still running after them (now killed):\n{}",
+            left.len(),
+            left.join("\n")
+        ))
+    }
+}
+
+/// The environment variable that marks the processes of one `cargo xtask test` run.
+const SUITE_MARKER: &str = "E2E_SUITE_TIDEGATE";
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs every fuzz target (or those named) for `seconds` each (default 60). Installs

@@ -34,7 +34,6 @@ const APT: &[&str] = &[
 const PIP: &[(&str, &str)] = &[("aiortc", "1.16.0"), ("imageio-ffmpeg", "0.8.1")];
 const NPM: &[(&str, &str)] = &[
     ("playwright-core", "1.65.1"),
-    ("hls.js", "1.7.4"),
     ("node-media-server", "4.4.3"),
 ];
 

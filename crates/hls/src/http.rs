@@ -186,6 +186,11 @@ async fn route(
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     let full = uri.path().trim_start_matches('/');
+    // The player's library, served from the binary: public code, no credentials needed, and
+    // no request leaves the machine for it.
+    if full == HLS_JS_FILE || full.ends_with(&format!("/{HLS_JS_FILE}")) {
+        return hls_js(headers);
+    }
     let Some((path, file)) = full.rsplit_once('/') else {
         if full.is_empty() {
             return text(StatusCode::NOT_FOUND, "no path given\n");
@@ -522,9 +527,10 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
 }
 
 fn page(path: &str) -> Response {
-    let html = PLAYER_PAGE
-        .replace("{{PATH}}", &html_escape(path))
-        .replace("{{HLSJS}}", HLS_JS_URL);
+    let html = PLAYER_PAGE.replace("{{PATH}}", &html_escape(path)).replace(
+        "{{HLSJS}}",
+        &format!("{HLS_JS_FILE}?v={}", hls_js_version()),
+    );
     let mut r = Response::new(Body::from(html));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -535,15 +541,63 @@ fn page(path: &str) -> Response {
     r
 }
 
+/// The name the player page asks for, next to itself (`/<path>/hls.min.js`).
+const HLS_JS_FILE: &str = "hls.min.js";
+
+/// hls.js, vendored by `cargo xtask vendor hls.js` (its licence is beside it).
+const HLS_JS: &str = include_str!("../assets/hls.js/hls.min.js");
+
+/// The vendored hls.js version; the page's URL carries it so a new binary is never served a
+/// stale cached copy.
+pub fn hls_js_version() -> &'static str {
+    include_str!("../assets/hls.js/VERSION").trim()
+}
+
+/// hls.js, gzipped once (to about a third) for every client that takes gzip.
+fn hls_js(headers: &HeaderMap) -> Response {
+    static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let body = if gzip {
+        GZIPPED
+            .get_or_init(|| {
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(HLS_JS.len() / 3),
+                    flate2::Compression::best(),
+                );
+                // Writing to a Vec cannot fail.
+                let _ = enc.write_all(HLS_JS.as_bytes());
+                Bytes::from(enc.finish().unwrap_or_default())
+            })
+            .clone()
+    } else {
+        Bytes::from_static(HLS_JS.as_bytes())
+    };
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
-
-/// hls.js version the player page loads (from jsDelivr; Safari plays natively).
-pub const HLS_JS_URL: &str = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js";
 
 const PLAYER_PAGE: &str = include_str!("player.html");
 

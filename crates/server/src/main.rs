@@ -8,27 +8,54 @@ use tidegate::config::Config;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Configuration file. Default: ./tidegate.yml if it exists, else the embedded default.
+    /// Configuration file. Default: the first that exists of ./tidegate.yml,
+    /// /etc/tidegate/tidegate.yml, then MediaMTX's ./mediamtx.yml, /usr/local/etc/mediamtx.yml,
+    /// /usr/etc/mediamtx.yml and /etc/mediamtx/mediamtx.yml; else the embedded default.
     config: Option<PathBuf>,
+}
+
+/// Where the configuration is looked for when none is named, in order: ours first, then
+/// MediaMTX's file in the places MediaMTX looks, so that its users' file is found as it is.
+const SEARCH: &[&str] = &[
+    "tidegate.yml",
+    "/etc/tidegate/tidegate.yml",
+    "mediamtx.yml",
+    "/usr/local/etc/mediamtx.yml",
+    "/usr/etc/mediamtx.yml",
+    "/etc/mediamtx/mediamtx.yml",
+];
+
+/// The named file, or the first of [`SEARCH`] that exists; `None` for the embedded default.
+/// A file that exists but cannot be read is an error, not a reason to look further.
+fn find_config(named: Option<PathBuf>) -> Result<Option<(PathBuf, String)>, String> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    if let Some(p) = named {
+        return read(&p).map(|t| Some((p, t)));
+    }
+    for candidate in SEARCH {
+        let p = PathBuf::from(candidate);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => return Ok(Some((p, t))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+        }
+    }
+    Ok(None)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (path, text) = match args.config {
-        Some(p) => match std::fs::read_to_string(&p) {
-            Ok(t) => (Some(p), Some(t)),
-            Err(e) => {
-                eprintln!("tidegate: cannot read {}: {e}", p.display());
-                return ExitCode::from(1);
-            }
-        },
-        None => match std::fs::read_to_string("tidegate.yml") {
-            Ok(t) => (Some(PathBuf::from("tidegate.yml")), Some(t)),
-            Err(_) => (None, None),
-        },
+    let found = match find_config(args.config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tidegate: {e}");
+            return ExitCode::from(1);
+        }
     };
-    let name = path.as_ref().map(|p| p.display().to_string());
-    let file = name.as_deref().zip(text.as_deref());
+    let name = found.as_ref().map(|(p, _)| p.display().to_string());
+    let file = name.as_deref().zip(found.as_ref().map(|(_, t)| t.as_str()));
     let config = match Config::load(file, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -42,6 +69,9 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         name.as_deref().unwrap_or("embedded default")
     );
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

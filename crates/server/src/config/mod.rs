@@ -1,7 +1,8 @@
 //! The configuration: one YAML file, MediaMTX's key names where the meaning is the same.
 //!
 //! Defaults live in one place, the embedded `configs/tidegate.yml`: it is loaded first and the
-//! user's file is applied on top of it, then `TIDEGATE_<KEY>` environment variables. Every key
+//! user's file is applied on top of it, then `MTX_<KEY>` and `TIDEGATE_<KEY>` environment
+//! variables (a variable that names no setting is a warning, not an error). Every key
 //! is known to the tables below; an unknown key, a value of the wrong type or a bad value is an
 //! error that names the key and its line.
 
@@ -112,6 +113,10 @@ pub struct Config {
     pub path_defaults: PathConf,
     /// Configured paths in file order.
     pub paths: Vec<PathConf>,
+
+    /// What loading noticed but did not refuse (environment variables that name no setting),
+    /// for the log once it is up.
+    pub warnings: Vec<String>,
 }
 
 type Setter<T> = fn(&mut T, &Node) -> Result<(), String>;
@@ -309,7 +314,7 @@ struct RawPath {
 
 impl Config {
     /// Loads the embedded defaults, then `file` (name and text) if given, then environment
-    /// overrides (`TIDEGATE_<KEY>` pairs).
+    /// overrides (`MTX_<KEY>`, then `TIDEGATE_<KEY>` pairs).
     pub fn load(
         file: Option<(&str, &str)>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -409,6 +414,7 @@ impl Config {
             srt_address: any,
             path_defaults: PathConf::default(),
             paths: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -466,49 +472,101 @@ impl Config {
         Ok(())
     }
 
+    /// `TIDEGATE_<KEY>` and MediaMTX's `MTX_<KEY>` overrides; `TIDEGATE_` wins where both set
+    /// a key. A variable that names no setting is not an error (a deploy script's own
+    /// `TIDEGATE_BIN` must not stop the server): it becomes a warning, with the nearest
+    /// setting's name. A setting with a bad value is still an error.
     fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
-        paths: &mut [RawPath],
+        paths: &mut Vec<RawPath>,
     ) -> Result<(), ConfigError> {
         let ctx = Ctx {
             origin: "environment",
         };
-        let mut vars: Vec<(String, String)> = env
+        let mut vars: Vec<(usize, String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter_map(|(k, v)| {
+                let rank = ENV_PREFIXES.iter().position(|p| k.starts_with(p))?;
+                Some((rank, k, v))
+            })
             .collect();
-        vars.sort();
-        for (var, text) in vars {
+        // MTX_ first, then TIDEGATE_, so that TIDEGATE_ wins; by name within each.
+        vars.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (rank, var, text) in vars {
             let node = Node {
                 value: Value::Scalar(text, false),
                 line: 0,
             };
-            let rest = &var[ENV_PREFIX.len()..];
+            let prefix = ENV_PREFIXES[rank];
+            let rest = &var[prefix.len()..];
             if let Some(key) = rest.strip_prefix("PATHDEFAULTS_") {
-                let (name, setter) = find_env(PATH_KEYS, key)
-                    .ok_or_else(|| ctx.err(0, &var, "no such path setting"))?;
+                let Some((name, setter)) = find_env(PATH_KEYS, key) else {
+                    self.warn_env(&var, prefix, "PATHDEFAULTS_", key, PATH_KEYS);
+                    continue;
+                };
                 setter(&mut self.path_defaults, &node)
                     .map_err(|m| ctx.err(0, &var, format!("(pathDefaults.{name}) {m}")))?;
             } else if let Some(rest) = rest.strip_prefix("PATHS_") {
-                // TIDEGATE_PATHS_<NAME>_<KEY>: NAME matches a configured path, case-insensitively.
-                let found = paths.iter_mut().find_map(|p| {
+                // <PREFIX>PATHS_<NAME>_<KEY>: NAME matches a configured path case-insensitively;
+                // with none, a path of that name (lower case, up to the first `_`) is created,
+                // as MediaMTX does.
+                let found = paths.iter().enumerate().find_map(|(i, p)| {
                     let upper = p.name.to_ascii_uppercase();
                     let key = rest.strip_prefix(&upper)?.strip_prefix('_')?;
                     let (name, _) = find_env(PATH_KEYS, key)?;
-                    Some((p, name))
+                    Some((i, name))
                 });
-                let (path, key) = found.ok_or_else(|| {
-                    ctx.err(0, &var, "no configured path and path setting of that name")
-                })?;
-                set_in_map(&mut path.node, key, node);
+                let (index, key) = match found {
+                    Some(f) => f,
+                    None => {
+                        let (name, key) = rest.split_once('_').unwrap_or((rest, ""));
+                        let Some((key, _)) = find_env(PATH_KEYS, key).filter(|_| !name.is_empty())
+                        else {
+                            let scope = format!("PATHS_{name}_");
+                            self.warn_env(&var, prefix, &scope, key, PATH_KEYS);
+                            continue;
+                        };
+                        paths.push(RawPath {
+                            name: name.to_ascii_lowercase(),
+                            line: 0,
+                            node: Node {
+                                value: Value::Map(Vec::new()),
+                                line: 0,
+                            },
+                            origin: "environment".to_string(),
+                        });
+                        (paths.len() - 1, key)
+                    }
+                };
+                set_in_map(&mut paths[index].node, key, node);
             } else {
-                let (name, setter) = find_env(GLOBAL_KEYS, rest)
-                    .ok_or_else(|| ctx.err(0, &var, "no such setting"))?;
+                let Some((name, setter)) = find_env(GLOBAL_KEYS, rest) else {
+                    self.warn_env(&var, prefix, "", rest, GLOBAL_KEYS);
+                    continue;
+                };
                 setter(self, &node).map_err(|m| ctx.err(0, &var, format!("({name}) {m}")))?;
             }
         }
         Ok(())
+    }
+
+    /// Records that `var` names no setting, with the nearest one's variable name if any.
+    fn warn_env<T>(
+        &mut self,
+        var: &str,
+        prefix: &str,
+        scope: &str,
+        key: &str,
+        table: &[(&'static str, Setter<T>)],
+    ) {
+        let upper: Vec<String> = table.iter().map(|(k, _)| k.to_ascii_uppercase()).collect();
+        let hint = closest(key, upper.iter().map(String::as_str))
+            .map(|k| format!(" (did you mean {prefix}{scope}{k}?)"))
+            .unwrap_or_default();
+        self.warnings.push(format!(
+            "environment: {var} is not a setting{hint}; ignored"
+        ));
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -536,7 +594,8 @@ impl Config {
     }
 }
 
-const ENV_PREFIX: &str = "TIDEGATE_";
+/// Prefixes of environment overrides, the stronger first: ours, then MediaMTX's.
+const ENV_PREFIXES: [&str; 2] = ["TIDEGATE_", "MTX_"];
 
 fn find<T>(table: &[(&'static str, Setter<T>)], key: &str) -> Option<Setter<T>> {
     table.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)

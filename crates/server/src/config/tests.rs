@@ -239,15 +239,53 @@ fn environment_overrides() {
     assert_eq!(c.paths[0].max_readers, 9);
     assert_eq!(c.paths[0].read_user, "env");
 
-    let e = load_env("", &[("TIDEGATE_RTMPADRESS", ":1")]).unwrap_err();
-    assert_eq!(e.key, "TIDEGATE_RTMPADRESS");
-    assert_eq!(e.origin, "environment");
+    // A variable that names no setting is a warning with the nearest name, not an error.
+    let c = load_env(
+        "",
+        &[("TIDEGATE_RTMPADRESS", ":1"), ("TIDEGATE_BIN", "/usr/bin")],
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[1]
+            .contains("TIDEGATE_RTMPADRESS is not a setting (did you mean TIDEGATE_RTMPADDRESS?)"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings[0].contains("TIDEGATE_BIN is not a setting"));
     let e = load_env("", &[("TIDEGATE_HLSSEGMENTCOUNT", "x")]).unwrap_err();
     assert!(
         e.to_string()
             .contains("TIDEGATE_HLSSEGMENTCOUNT: (hlsSegmentCount) expected a whole number"),
         "{e}"
     );
+}
+
+#[test]
+fn mediamtx_environment_overrides() {
+    // MediaMTX's MTX_ names work; TIDEGATE_ wins over MTX_ for one key; MTX_PATHS_<NAME>_<KEY>
+    // creates the path when no configured path has that name, as in MediaMTX.
+    let c = load_env(
+        "paths:\n  cam1:\n    readUser: file\n",
+        &[
+            ("MTX_RTMPADDRESS", "127.0.0.1:1941"),
+            ("MTX_RTSPADDRESS", "127.0.0.1:8555"),
+            ("TIDEGATE_RTSPADDRESS", "127.0.0.1:8556"),
+            ("MTX_PATHS_CAM1_READUSER", "mtx"),
+            ("MTX_PATHS_NEWCAM_SOURCE", "rtsp://127.0.0.1:554/x"),
+            ("MTX_PATHDEFAULTS_MAXREADERS", "3"),
+            ("MTX_PATH", "hook-variable"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.rtmp_address.port(), 1941);
+    assert_eq!(c.rtsp_address.port(), 8556);
+    assert_eq!(c.paths[0].read_user, "mtx");
+    assert_eq!(c.paths[1].name, "newcam");
+    assert_eq!(c.paths[1].max_readers, 3);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let e = load_env("", &[("MTX_RTMPADDRESS", "nowhere")]).unwrap_err();
+    assert_eq!(e.key, "MTX_RTMPADDRESS");
 }
 
 #[test]
