@@ -94,13 +94,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Runs a command to completion, killing it after `limit`. Panics on timeout.
+/// Runs a command to completion, killing it (and its process group: what it started too)
+/// after `limit`. Panics on timeout.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    use std::os::unix::process::CommandExt;
     let shown = format!("{cmd:?}");
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
     let pid = child.id();
@@ -112,7 +115,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
         Ok(out) => out.unwrap_or_else(|e| panic!("{shown}: {e}")),
         Err(_) => {
             let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+                .args(["-KILL", "--", &format!("-{pid}")])
                 .status();
             panic!("{shown} did not finish within {limit:?}");
         }

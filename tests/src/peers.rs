@@ -16,7 +16,10 @@ pub struct PeerProcess {
 }
 
 impl PeerProcess {
+    /// Starts `cmd` in a process group of its own, so that whatever it starts in turn (a
+    /// `timeout` wrapper's child, a shell's jobs) is killed with it.
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> PeerProcess {
+        use std::os::unix::process::CommandExt;
         let stderr_path = log_dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("peer log file");
         let stdout_path = log_dir.join(format!("{name}.stdout"));
@@ -25,6 +28,7 @@ impl PeerProcess {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         PeerProcess {
@@ -59,9 +63,7 @@ impl PeerProcess {
         match rx.recv_timeout(limit) {
             Ok(status) => status.expect("wait"),
             Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+                kill_group(pid);
                 panic!(
                     "{} did not exit within {limit:?}; its log:\n{}",
                     self.name,
@@ -71,13 +73,24 @@ impl PeerProcess {
         }
     }
 
-    /// SIGKILL: the peer vanishes without closing anything.
+    /// SIGKILL to the peer and its process group: it vanishes without closing anything, and
+    /// so does anything it started.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            kill_group(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// SIGKILL to the process group led by `pid`.
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for PeerProcess {

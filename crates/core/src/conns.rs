@@ -158,5 +158,7 @@ impl<X: Default + Send + Sync + 'static> ConnGuard<X> {
 impl<X: Default + Send + Sync + 'static> Drop for ConnGuard<X> {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        // The connection is over: whatever still waits on its kick (a grant's watch) ends.
+        self.kick.cancel();
     }
 }

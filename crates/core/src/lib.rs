@@ -21,7 +21,9 @@ pub mod stream;
 pub mod text;
 pub mod tls;
 
-pub use auth::{Action, AuthError, Credentials};
+pub use auth::{
+    Action, AuthError, AuthFuture, AuthRequest, Authenticator, Credentials, Grant, PathRules, Proof,
+};
 /// Re-exported so that protocol crates and tests share one `Bytes`.
 pub use bytes::Bytes;
 pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};

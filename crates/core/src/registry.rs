@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, AuthError, Credentials};
+use crate::auth::{AuthError, AuthRequest, Authenticator, Grant, PathRules};
 use crate::media::StreamDesc;
 use crate::path::{validate_path_name, PathConf, PathMatch, PathMatcher, PathNameError};
 use crate::stream::{RecvError, Stream, StreamConfig, StreamReader};
@@ -115,6 +115,7 @@ struct Registry {
 
 struct Shared {
     registry: Mutex<Registry>,
+    authenticator: std::sync::RwLock<Arc<dyn Authenticator>>,
     events: broadcast::Sender<PathEvent>,
     stream_config: StreamConfig,
     next_session: AtomicU64,
@@ -152,6 +153,7 @@ impl PathManager {
                     paths: HashMap::new(),
                 }),
                 events,
+                authenticator: std::sync::RwLock::new(Arc::new(PathRules)),
                 stream_config,
                 next_session: AtomicU64::new(1),
             }),
@@ -177,16 +179,47 @@ impl PathManager {
             .ok_or_else(|| PathError::NotConfigured(name.to_string()))
     }
 
-    /// Checks `creds` against the path's rules for `action`, returning its configuration.
-    pub fn authorize(
+    /// Installs who decides (the server's auth manager); [`PathRules`] until then.
+    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
+        if let Ok(mut a) = self.shared.authenticator.write() {
+            *a = auth;
+        }
+    }
+
+    fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.shared
+            .authenticator
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Asks whether `req` may go ahead. For a request about a path, the path must be
+    /// configured (its configuration is returned); the authenticator sees it.
+    pub async fn authorize(
         &self,
-        name: &str,
-        action: Action,
-        creds: &Credentials,
-    ) -> Result<PathMatch, PathError> {
-        let m = self.find(name)?;
-        m.conf.authorize(action, creds)?;
-        Ok(m)
+        req: &AuthRequest,
+    ) -> Result<(Option<PathMatch>, Grant), PathError> {
+        let found = if req.action.on_path() {
+            Some(self.find(&req.path)?)
+        } else {
+            None
+        };
+        let auth = self.authenticator();
+        let grant = auth
+            .authorize(req, found.as_ref().map(|m| m.conf.as_ref()))
+            .await?;
+        Ok((found, grant))
+    }
+
+    /// [`PathManager::authorize`] for a path: its configuration and the grant.
+    pub async fn authorize_path(&self, req: &AuthRequest) -> Result<(PathMatch, Grant), PathError> {
+        let (found, grant) = self.authorize(req).await?;
+        let m = match found {
+            Some(m) => m,
+            None => self.find(&req.path)?,
+        };
+        Ok((m, grant))
     }
 
     /// Reserves `name` for a publisher. The path becomes ready when [`Publisher::start`] is

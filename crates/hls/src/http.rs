@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
-use tidegate_core::{Action, Credentials, PathError};
+use tidegate_core::{Action, AuthRequest, Credentials, PathError};
 
 use crate::muxer::Muxer;
 use crate::segmenter::Variant;
@@ -34,6 +34,7 @@ struct Query {
     skip: bool,
     user: Option<String>,
     pass: Option<String>,
+    token: Option<String>,
     /// What sub-resource URIs carry along (credentials), with its leading `?`.
     forward: String,
 }
@@ -45,6 +46,7 @@ fn parse_query(q: Option<&str>) -> Query {
         skip: false,
         user: None,
         pass: None,
+        token: None,
         forward: String::new(),
     };
     let mut fwd = Vec::new();
@@ -62,7 +64,10 @@ fn parse_query(q: Option<&str>) -> Query {
                 out.pass = Some(decode(v));
                 fwd.push(pair);
             }
-            "token" | "jwt" => fwd.push(pair),
+            "token" | "jwt" => {
+                out.token = Some(tidegate_core::text::percent_decode(v, false));
+                fwd.push(pair);
+            }
             _ => {}
         }
     }
@@ -84,6 +89,15 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
     Some((u.to_string(), p.to_string()))
+}
+
+/// `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 fn cors(inner: &Inner, r: &mut Response) {
@@ -211,12 +225,15 @@ async fn route(
         Some((u, p)) => (Some(u), Some(p)),
         None => (q.user.clone(), q.pass.clone()),
     };
-    let creds = Credentials {
-        user,
-        pass,
-        ip: remote.ip(),
-    };
-    if let Err(e) = inner.paths.authorize(path, Action::Read, &creds) {
+    let mut creds = Credentials::new(user, pass, remote.ip());
+    creds.token = bearer(headers);
+    if creds.token.is_none() && q.token.is_some() {
+        creds.token = q.token.clone();
+        creds.token_from_query = true;
+    }
+    let ask =
+        AuthRequest::new(Action::Read, path, "hls", creds).with_query(uri.query().unwrap_or(""));
+    if let Err(e) = inner.paths.authorize_path(&ask).await {
         return match e {
             PathError::Auth(e) => {
                 tracing::info!("[HLS] {remote} refused on '{path}': {e}");

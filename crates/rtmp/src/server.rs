@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{
-    Action, CodecParams, Credentials, PathError, PathManager, SessionInfo, StreamDesc,
+    Action, AuthRequest, CodecParams, Credentials, PathError, PathManager, SessionInfo, StreamDesc,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -141,18 +141,36 @@ fn query_of(name: &str) -> &str {
     name.split_once('?').map_or("", |(_, q)| q)
 }
 
-/// Splits `name?query` and reads `user` / `pass` from the query.
-fn split_query(s: &str) -> (&str, Option<String>, Option<String>) {
+/// What `name?query` carries: the name, `user`, `pass`, and a token (`token` or `jwt`).
+struct Split<'a> {
+    name: &'a str,
+    query: &'a str,
+    user: Option<String>,
+    pass: Option<String>,
+    token: Option<String>,
+}
+
+/// Splits `name?query` and reads `user`, `pass` and `token` (or `jwt`) from the query.
+fn split_query(s: &str) -> Split<'_> {
     let (name, query) = s.split_once('?').unwrap_or((s, ""));
-    let (mut user, mut pass) = (None, None);
+    let mut out = Split {
+        name,
+        query,
+        user: None,
+        pass: None,
+        token: None,
+    };
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("user", v)) => user = Some(v.to_string()),
-            Some(("pass", v)) => pass = Some(v.to_string()),
+            Some(("user", v)) => out.user = Some(v.to_string()),
+            Some(("pass", v)) => out.pass = Some(v.to_string()),
+            Some(("token" | "jwt", v)) => {
+                out.token = Some(tidegate_core::text::percent_decode(v, false))
+            }
             _ => {}
         }
     }
-    (name, user, pass)
+    out
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -286,25 +304,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    fn resolve(&self, app: &str, tc_url: &str, name: &str) -> (String, Credentials) {
-        let (name, mut user, mut pass) = split_query(name);
-        let (app, u2, p2) = split_query(app);
-        let (_, u3, p3) = split_query(tc_url);
-        user = user.or(u2).or(u3);
-        pass = pass.or(p2).or(p3);
-        let path = match (app.trim_matches('/'), name.trim_matches('/')) {
+    /// The path and the authorization request for `action`: credentials from the stream
+    /// name's query, else the app's, else the tcUrl's.
+    fn resolve(&self, app: &str, tc_url: &str, name: &str, action: Action) -> AuthRequest {
+        let n = split_query(name);
+        let a = split_query(app);
+        let t = split_query(tc_url);
+        let path = match (a.name.trim_matches('/'), n.name.trim_matches('/')) {
             ("", n) => n.to_string(),
             (a, "") => a.to_string(),
             (a, n) => format!("{a}/{n}"),
         };
-        (
-            path,
-            Credentials {
-                user,
-                pass,
-                ip: self.remote.ip(),
-            },
-        )
+        let query = [n.query, a.query, t.query]
+            .into_iter()
+            .find(|q| !q.is_empty())
+            .unwrap_or("");
+        let mut creds = Credentials::new(
+            n.user.or(a.user).or(t.user),
+            n.pass.or(a.pass).or(t.pass),
+            self.remote.ip(),
+        );
+        creds.token = n.token.or(a.token).or(t.token);
+        AuthRequest::new(action, &path, "rtmp", creds)
+            .with_query(query)
+            .with_id(self.id)
     }
 
     async fn refuse(&mut self, code: &str, err: PathError) -> Result<(), ConnError> {
@@ -329,13 +352,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         name: &str,
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
-        let (path, creds) = self.resolve(app, tc_url, name);
-        let publisher = match self
-            .paths
-            .authorize(&path, Action::Publish, &creds)
-            .and_then(|_| self.paths.publish(&path, self.info()))
-        {
-            Ok(p) => p,
+        let req = self.resolve(app, tc_url, name, Action::Publish);
+        let path = req.path.clone();
+        let publisher = match self.paths.authorize_path(&req).await {
+            Ok((_, grant)) => match self.paths.publish(&path, self.info()) {
+                Ok(p) => {
+                    grant.enforce(
+                        self.guard.kick.clone(),
+                        format!("[RTMP] publisher of '{path}'"),
+                    );
+                    p
+                }
+                Err(e) => return self.refuse("NetStream.Publish.BadName", e).await,
+            },
             Err(e) => return self.refuse("NetStream.Publish.BadName", e).await,
         };
         tracing::info!(path, "is publishing");
@@ -370,13 +399,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         name: &str,
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
-        let (path, creds) = self.resolve(app, tc_url, name);
-        let authorized = self.paths.authorize(&path, Action::Read, &creds);
-        let reader = match match authorized {
-            Ok(_) => self.paths.read_or_demand(&path, self.info()).await,
-            Err(e) => Err(e),
-        } {
-            Ok(r) => r,
+        let req = self.resolve(app, tc_url, name, Action::Read);
+        let path = req.path.clone();
+        let reader = match self.paths.authorize_path(&req).await {
+            Ok((_, grant)) => match self.paths.read_or_demand(&path, self.info()).await {
+                Ok(r) => {
+                    grant.enforce(
+                        self.guard.kick.clone(),
+                        format!("[RTMP] reader of '{path}'"),
+                    );
+                    r
+                }
+                Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
+            },
             Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
         };
         tracing::info!(path, "is reading");
@@ -521,10 +556,21 @@ mod tests {
 
     #[test]
     fn query_credentials() {
+        let s = split_query("stream?user=a&pass=b&x=1&jwt=t%2Bk");
         assert_eq!(
-            split_query("stream?user=a&pass=b&x=1"),
-            ("stream", Some("a".into()), Some("b".into()))
+            (s.name, s.query, s.user.as_deref(), s.pass.as_deref()),
+            (
+                "stream",
+                "user=a&pass=b&x=1&jwt=t%2Bk",
+                Some("a"),
+                Some("b")
+            )
         );
-        assert_eq!(split_query("stream"), ("stream", None, None));
+        assert_eq!(s.token.as_deref(), Some("t+k"));
+        let s = split_query("stream");
+        assert_eq!(
+            (s.name, s.user, s.pass, s.token),
+            ("stream", None, None, None)
+        );
     }
 }

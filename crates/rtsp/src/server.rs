@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{
-    Action, ConnGuard, Credentials, Frame, PathError, PathManager, Publisher, Reader, SessionInfo,
-    Stream, StreamReader,
+    Action, AuthRequest, ConnGuard, Credentials, Frame, Grant, PathError, PathManager, Publisher,
+    Reader, SessionInfo, Stream, StreamReader,
 };
 use tidegate_rtp::srtp;
 use tidegate_rtp::RtpPacket;
@@ -508,51 +508,42 @@ impl Conn {
     }
 
     /// Checks the request's credentials for `action` on `path`; Err is the response to send.
-    fn authorize(&self, req: &Request, path: &str, action: Action) -> Result<(), Bytes> {
+    /// Basic gives user and password; Digest gives a proof checked against each candidate's
+    /// plain password; `?token=` / `?jwt=` in the URL gives a token.
+    async fn authorize(&self, req: &Request, path: &str, action: Action) -> Result<Grant, Bytes> {
         let cseq = req.cseq();
-        let conf = match self.paths.find(path) {
-            Ok(m) => m.conf,
-            Err(e) => {
-                return Err(response(
-                    404,
-                    "Not Found",
-                    cseq,
-                    &[],
-                    format!("{e}\n").as_bytes(),
-                ))
-            }
-        };
-        let (want_user, want_pass) = match action {
-            Action::Publish => (&conf.publish_user, &conf.publish_pass),
-            Action::Read => (&conf.read_user, &conf.read_pass),
-        };
         let methods = self.config.auth_methods;
-        let (user, pass) = match auth::parse(req.header("Authorization")) {
-            Given::None => (None, None),
+        let mut creds = Credentials::new(None, None, self.remote.ip());
+        match auth::parse(req.header("Authorization")) {
+            Given::None => {}
             // A scheme that rtspAuthMethods leaves out counts as no credentials.
-            Given::Basic { .. } if !methods.basic => (None, None),
-            Given::Digest(_) if !methods.digest => (None, None),
-            Given::Basic { user, pass } => (Some(user), Some(pass)),
-            Given::Digest(d) => {
-                let ok = d.nonce == self.nonce && auth::digest_ok(&req.method, want_pass, &d);
-                let user = d.user;
-                // A proven Digest stands for the configured password; otherwise a wrong one.
-                let pass = if ok {
-                    want_pass.clone()
-                } else {
-                    format!("{want_pass}\u{0}wrong")
-                };
-                (Some(user), Some(pass))
+            Given::Basic { .. } if !methods.basic => {}
+            Given::Digest(_) if !methods.digest => {}
+            Given::Basic { user, pass } => {
+                creds.user = Some(user);
+                creds.pass = Some(pass);
             }
-        };
-        let _ = want_user;
-        let creds = Credentials {
-            user,
-            pass,
-            ip: self.remote.ip(),
-        };
-        match self.paths.authorize(path, action, &creds) {
-            Ok(_) => Ok(()),
+            Given::Digest(d) => {
+                let fresh = d.nonce == self.nonce;
+                let method = req.method.clone();
+                creds.user = Some(d.user.clone());
+                creds.proof = Some(std::sync::Arc::new(move |user: &str, pass: &str| {
+                    fresh && d.user == user && auth::digest_ok(&method, pass, &d)
+                }));
+            }
+        }
+        let query = req.uri.split_once('?').map_or("", |(_, q)| q);
+        creds.token = query
+            .split('&')
+            .find_map(|pair| match pair.split_once('=') {
+                Some(("token" | "jwt", v)) => Some(tidegate_core::text::percent_decode(v, false)),
+                _ => None,
+            });
+        let ask = AuthRequest::new(action, path, "rtsp", creds)
+            .with_query(query)
+            .with_id(self.id);
+        match self.paths.authorize_path(&ask).await {
+            Ok((_, grant)) => Ok(grant),
             Err(PathError::Auth(e)) => Err(self.unauthorized(cseq, &e.to_string())),
             Err(e) => Err(response(
                 404,
@@ -579,7 +570,7 @@ impl Conn {
                 b"",
             ),
             "DESCRIBE" => self.describe(req).await,
-            "ANNOUNCE" => self.announce(req),
+            "ANNOUNCE" => self.announce(req).await,
             "SETUP" => self.setup(req).await,
             "PLAY" => self.play(req),
             "RECORD" => self.record(req),
@@ -600,15 +591,22 @@ impl Conn {
     async fn describe(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let path = uri_path(&req.uri);
-        if let Err(r) = self.authorize(req, &path, Action::Read) {
-            return r;
-        }
+        let grant = match self.authorize(req, &path, Action::Read).await {
+            Ok(g) => g,
+            Err(r) => return r,
+        };
         let reader = match self
             .paths
             .read_or_demand(&path, self.info("rtspSession"))
             .await
         {
-            Ok(r) => r,
+            Ok(r) => {
+                grant.enforce(
+                    self.guard.kick.clone(),
+                    format!("[RTSP] reader of '{path}'"),
+                );
+                r
+            }
             Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };
         let source = reader.stream().clone();
@@ -651,12 +649,17 @@ impl Conn {
         )
     }
 
-    fn announce(&mut self, req: &Request) -> Bytes {
+    async fn announce(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let path = uri_path(&req.uri);
-        if let Err(r) = self.authorize(req, &path, Action::Publish) {
-            return r;
-        }
+        let grant = match self.authorize(req, &path, Action::Publish).await {
+            Ok(g) => g,
+            Err(r) => return r,
+        };
+        grant.enforce(
+            self.guard.kick.clone(),
+            format!("[RTSP] publisher of '{path}'"),
+        );
         let text = String::from_utf8_lossy(&req.body);
         let medias = match sdp::parse(&text) {
             Ok(m) if !m.is_empty() => m,

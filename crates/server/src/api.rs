@@ -24,6 +24,7 @@ pub struct ApiState {
     pub rtsp_conns: Arc<tidegate_rtsp::RtspConns>,
     pub rtsps_conns: Arc<tidegate_rtsp::RtspConns>,
     pub webrtc_sessions: Arc<tidegate_webrtc::WebRtcSessions>,
+    pub auth: Arc<tidegate_auth::AuthManager>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -72,8 +73,15 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
+        .route("/v3/auth/jwks/refresh", post(jwks_refresh))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// `POST /v3/auth/jwks/refresh`: the JWKS is fetched again for the next token.
+async fn jwks_refresh(State(s): State<ApiState>) -> axum::http::StatusCode {
+    s.auth.refresh_jwks().await;
+    axum::http::StatusCode::OK
 }
 
 #[derive(Serialize)]

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -94,6 +95,8 @@ impl Server {
         );
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let auth = tidegate_auth::AuthManager::new(config.auth.clone());
+        paths.set_authenticator(auth.clone());
 
         // TLS material is loaded before anything is bound, so a bad file stops start-up cleanly.
         let rtmps_tls = match config.rtmp && config.rtmp_encryption != config::Encryption::No {
@@ -289,8 +292,24 @@ impl Server {
                 rtsp_conns: rtsp_conns.clone(),
                 rtsps_conns: rtsps_conns.clone(),
                 webrtc_sessions: webrtc_sessions.clone(),
-            });
-            tasks.spawn(serve_http(listener, router, shutdown.clone()));
+                auth: auth.clone(),
+            })
+            .layer(axum::middleware::from_fn_with_state(
+                guard::Guard {
+                    paths: paths.clone(),
+                    action: tidegate_core::Action::Api,
+                    protocol: "api",
+                },
+                guard::require,
+            ));
+            tasks.spawn(http::serve(
+                "API",
+                listener,
+                router,
+                None,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
         }
         if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
             tracing::info!("[metrics] listener opened on {addr} (HTTP)");
@@ -298,8 +317,23 @@ impl Server {
                 paths.clone(),
                 config.hls.then(|| hls.clone()),
                 webrtc.clone(),
-            );
-            tasks.spawn(serve_http(listener, router, shutdown.clone()));
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                guard::Guard {
+                    paths: paths.clone(),
+                    action: tidegate_core::Action::Metrics,
+                    protocol: "metrics",
+                },
+                guard::require,
+            ));
+            tasks.spawn(http::serve(
+                "metrics",
+                listener,
+                router,
+                None,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
         }
         for (listener, addr, tls, conns, name) in [
             (rtmp, rtmp_addr, None, &rtmp_conns, "RTMP"),
@@ -520,14 +554,5 @@ impl Server {
         {
             tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
         }
-    }
-}
-
-async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("HTTP server stopped: {e}");
     }
 }

@@ -12,8 +12,8 @@ use srt_protocol::options::Passphrase;
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tidegate_core::{
-    Action, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager, SessionInfo,
-    Stream,
+    Action, AuthRequest, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager,
+    SessionInfo, Stream,
 };
 use tidegate_mpegts::demux::Demuxer;
 use tidegate_mpegts::frames::{Output, TsToFrames};
@@ -257,12 +257,9 @@ async fn handle(
         Mode::Publish => Action::Publish,
         Mode::Read => Action::Read,
     };
-    let creds = Credentials {
-        user: sid.user.clone(),
-        pass: sid.pass.clone(),
-        ip: req.remote().ip(),
-    };
-    let found = match paths.authorize(&sid.path, action, &creds) {
+    let creds = Credentials::new(sid.user.clone(), sid.pass.clone(), req.remote().ip());
+    let ask = AuthRequest::new(action, &sid.path, "srt", creds).with_id(id);
+    let (found, grant) = match paths.authorize_path(&ask).await {
         Ok(m) => m,
         Err(e @ PathError::Auth(_)) => {
             return reject(req, ServerRejectReason::Unauthorized, e.to_string()).await
@@ -294,6 +291,10 @@ async fn handle(
                 Err(e) => return reject(req, ServerRejectReason::Forbidden, e.to_string()).await,
             };
             let socket = accept(req, keys).await?;
+            grant.enforce(
+                guard.kick.clone(),
+                format!("[SRT] publisher of '{}'", sid.path),
+            );
             tracing::info!(path = sid.path, "is publishing");
             guard.set(ConnState::Publish, &sid.path, &raw);
             let stats = watch_statistics(&socket, &guard);
@@ -324,6 +325,10 @@ async fn handle(
                 .await;
             };
             let socket = accept(req, keys).await?;
+            grant.enforce(
+                guard.kick.clone(),
+                format!("[SRT] reader of '{}'", sid.path),
+            );
             tracing::info!(path = sid.path, "is reading");
             guard.set(ConnState::Read, &sid.path, &raw);
             let stats = watch_statistics(&socket, &guard);

@@ -71,11 +71,14 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
 fn credentials(headers: &HeaderMap, query: &str, remote: SocketAddr) -> Credentials {
     let mut user = None;
     let mut pass = None;
+    let mut token = None;
+    let mut bearer = false;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "user" => user = Some(tidegate_core::text::percent_decode(v, true)),
             "pass" => pass = Some(tidegate_core::text::percent_decode(v, true)),
+            "token" | "jwt" => token = Some(tidegate_core::text::percent_decode(v, false)),
             _ => {}
         }
     }
@@ -91,6 +94,8 @@ fn credentials(headers: &HeaderMap, query: &str, remote: SocketAddr) -> Credenti
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
         } else if scheme.eq_ignore_ascii_case("bearer") {
+            bearer = true;
+            token = Some(value.to_string());
             Some(value.to_string())
         } else {
             None
@@ -109,11 +114,10 @@ fn credentials(headers: &HeaderMap, query: &str, remote: SocketAddr) -> Credenti
             }
         }
     }
-    Credentials {
-        user,
-        pass,
-        ip: remote.ip(),
-    }
+    let mut creds = Credentials::new(user, pass, remote.ip());
+    creds.token_from_query = token.is_some() && !bearer;
+    creds.token = token;
+    creds
 }
 
 fn cors(inner: &Inner, mut r: Response) -> Response {

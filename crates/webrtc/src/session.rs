@@ -17,8 +17,8 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tidegate_core::{
-    Action, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError, SessionInfo,
-    StreamDesc, StreamReader, TrackId,
+    Action, AuthRequest, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError,
+    SessionInfo, StreamDesc, StreamReader, TrackId,
 };
 use tokio::sync::mpsc;
 
@@ -245,8 +245,11 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         Role::Whip => Action::Publish,
         Role::Whep => Action::Read,
     };
-    inner.paths.authorize(req.path, action, &req.creds)?;
     let id = inner.paths.new_session_id();
+    let ask = AuthRequest::new(action, req.path, "webrtc", req.creds.clone())
+        .with_query(req.query)
+        .with_id(id);
+    let (_, grant) = inner.paths.authorize_path(&ask).await?;
     let info = SessionInfo {
         id,
         kind: "webRTCSession",
@@ -392,6 +395,14 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
     let answer = complete_rejected_media(req.offer, &answer.to_sdp_string());
 
     let guard = inner.sessions.add(id, req.remote);
+    let role = match req.role {
+        Role::Whip => "publisher",
+        Role::Whep => "reader",
+    };
+    grant.enforce(
+        guard.kick.clone(),
+        format!("[WebRTC] {role} of '{}'", req.path),
+    );
     guard.set(
         match req.role {
             Role::Whip => ConnState::Publish,

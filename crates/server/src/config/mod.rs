@@ -110,6 +110,9 @@ pub struct Config {
     pub srt: bool,
     pub srt_address: SocketAddr,
 
+    /// `authMethod`, `authInternalUsers`, `authHTTP…`, `authJWT…`.
+    pub auth: tidegate_auth::AuthConfig,
+
     pub path_defaults: PathConf,
     /// Configured paths in file order.
     pub paths: Vec<PathConf>,
@@ -125,6 +128,15 @@ macro_rules! set {
     ($field:ident, $parse:expr) => {
         |c, v| {
             c.$field = $parse(v)?;
+            Ok(())
+        }
+    };
+}
+
+macro_rules! set_auth {
+    ($($field:ident).+, $parse:expr) => {
+        |c, v| {
+            c.auth.$($field).+ = $parse(v)?;
             Ok(())
         }
     };
@@ -224,6 +236,28 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("webrtcICEServers2", set!(webrtc_ice_servers, ice_servers)),
     ("srt", set!(srt, boolean)),
     ("srtAddress", set!(srt_address, address)),
+    ("authMethod", set_auth!(method, auth_method)),
+    (
+        "authInternalUsers",
+        set_auth!(internal_users, internal_users),
+    ),
+    ("authHTTPAddress", set_auth!(http_address, http_url)),
+    (
+        "authHTTPFingerprint",
+        set_auth!(http_fingerprint, fingerprint),
+    ),
+    ("authHTTPExclude", set_auth!(http_exclude, permissions)),
+    ("authHTTPRecheckPeriod", set_auth!(http_recheck, duration)),
+    ("authJWTJWKS", set_auth!(jwt.jwks, http_url)),
+    (
+        "authJWTJWKSFingerprint",
+        set_auth!(jwt.jwks_fingerprint, fingerprint),
+    ),
+    ("authJWTClaimKey", set_auth!(jwt.claim_key, string)),
+    ("authJWTIssuer", set_auth!(jwt.issuer, string)),
+    ("authJWTAudience", set_auth!(jwt.audience, string)),
+    ("authJWTExclude", set_auth!(jwt_exclude, permissions)),
+    ("authJWTInHTTPQuery", set_auth!(jwt_in_http_query, boolean)),
 ];
 
 /// Keys of `pathDefaults` and of each entry of `paths`.
@@ -346,8 +380,56 @@ impl Config {
                 .err(raw.line, &format!("paths.{}", raw.name), e.to_string())
             })?;
         }
+        config.resolve_auth()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The per-path `publishUser`/`readUser`/`…IPs` keys, as in MediaMTX: when any path (or
+    /// `pathDefaults`) has one, those keys decide publish and read on their path, and the
+    /// users list keeps only playback for anyone and api/metrics/pprof from localhost. They
+    /// cannot be combined with an `authInternalUsers` of one's own.
+    fn resolve_auth(&mut self) -> Result<(), ConfigError> {
+        let ctx = Ctx {
+            origin: "configuration",
+        };
+        self.auth.timeout = self.read_timeout;
+        let legacy = |p: &PathConf| {
+            !p.publish_user.is_empty()
+                || !p.publish_pass.is_empty()
+                || !p.publish_ips.is_empty()
+                || !p.read_user.is_empty()
+                || !p.read_pass.is_empty()
+                || !p.read_ips.is_empty()
+        };
+        if legacy(&self.path_defaults) || self.paths.iter().any(legacy) {
+            if self.auth.internal_users != tidegate_auth::default_users() {
+                return Err(ctx.err(
+                    0,
+                    "authInternalUsers",
+                    "cannot be used together with the per-path publishUser, publishPass, publishIPs, readUser, readPass, readIPs keys",
+                ));
+            }
+            self.auth.path_credentials = true;
+            self.auth.internal_users = tidegate_auth::default_users()
+                .into_iter()
+                .map(|mut u| {
+                    u.permissions.retain(|p| {
+                        p.action != tidegate_core::Action::Publish
+                            && p.action != tidegate_core::Action::Read
+                    });
+                    u
+                })
+                .collect();
+        }
+        let a = &self.auth;
+        if a.method == tidegate_auth::Method::Http && a.http_address.is_empty() {
+            return Err(ctx.err(0, "authHTTPAddress", "must be set when authMethod is http"));
+        }
+        if a.method == tidegate_auth::Method::Jwt && a.jwt.jwks.is_empty() {
+            return Err(ctx.err(0, "authJWTJWKS", "must be set when authMethod is jwt"));
+        }
+        Ok(())
     }
 
     /// Every field set to a placeholder; [`Config::load`] always overwrites them all with the
@@ -412,6 +494,10 @@ impl Config {
             webrtc_ice_servers: Vec::new(),
             srt: false,
             srt_address: any,
+            auth: tidegate_auth::AuthConfig {
+                internal_users: Vec::new(),
+                ..tidegate_auth::AuthConfig::default()
+            },
             path_defaults: PathConf::default(),
             paths: Vec::new(),
             warnings: Vec::new(),

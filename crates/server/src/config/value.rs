@@ -330,6 +330,120 @@ pub fn fingerprint(v: &Node) -> Result<String, String> {
     Ok(s)
 }
 
+/// `authMethod`: `internal`, `http` or `jwt`.
+pub fn auth_method(v: &Node) -> Result<tidegate_auth::Method, String> {
+    Ok(match one_of(v, &["internal", "http", "jwt"])?.as_str() {
+        "http" => tidegate_auth::Method::Http,
+        "jwt" => tidegate_auth::Method::Jwt,
+        _ => tidegate_auth::Method::Internal,
+    })
+}
+
+/// A list of `{action, path}` (`authHTTPExclude`, `authJWTExclude`, a user's `permissions`).
+pub fn permissions(v: &Node) -> Result<Vec<tidegate_auth::Permission>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of {action, path}".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            return Err(format!(
+                "line {}: expected a map with action and path",
+                item.line
+            ));
+        };
+        let (mut action, mut path) = (None, String::new());
+        for e in entries {
+            match e.key.as_str() {
+                "action" => {
+                    let a = string(&e.value)?;
+                    action = Some(tidegate_core::Action::parse(&a).ok_or_else(|| {
+                        format!(
+                            "line {}: action must be one of publish, read, playback, api, metrics, pprof; found '{a}'",
+                            e.line
+                        )
+                    })?);
+                }
+                "path" => path = string(&e.value)?,
+                other => return Err(format!("line {}: unknown key '{other}'", e.line)),
+            }
+        }
+        let action =
+            action.ok_or_else(|| format!("line {}: a permission needs an action", item.line))?;
+        out.push(
+            tidegate_auth::Permission::new(action, &path)
+                .map_err(|e| format!("line {}: path: {e}", item.line))?,
+        );
+    }
+    Ok(out)
+}
+
+/// `authInternalUsers`: a list of `{user, pass, ips, permissions}`.
+pub fn internal_users(v: &Node) -> Result<Vec<tidegate_auth::InternalUser>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of {user, pass, ips, permissions}".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            return Err(format!(
+                "line {}: expected a map with user, pass, ips, permissions",
+                item.line
+            ));
+        };
+        let mut user = tidegate_auth::InternalUser {
+            user: tidegate_auth::Secret::Plain(String::new()),
+            pass: tidegate_auth::Secret::Plain(String::new()),
+            ips: Vec::new(),
+            permissions: Vec::new(),
+        };
+        for e in entries {
+            let at = |m: String| format!("line {}: {}: {m}", e.line, e.key);
+            match e.key.as_str() {
+                "user" => {
+                    user.user = tidegate_auth::Secret::parse(&string(&e.value)?).map_err(at)?
+                }
+                "pass" => {
+                    user.pass = tidegate_auth::Secret::parse(&string(&e.value)?).map_err(at)?
+                }
+                "ips" => user.ips = ip_list(&e.value).map_err(at)?,
+                "permissions" => user.permissions = permissions(&e.value).map_err(at)?,
+                other => return Err(format!("line {}: unknown key '{other}'", e.line)),
+            }
+        }
+        // As MediaMTX: a name is required, and `any` takes no password.
+        if user.user.is_empty() {
+            return Err(format!(
+                "line {}: user must not be empty (use 'any' for anyone)",
+                item.line
+            ));
+        }
+        if user.is_any() && !user.pass.is_empty() {
+            return Err(format!(
+                "line {}: the 'any' user takes no password",
+                item.line
+            ));
+        }
+        out.push(user);
+    }
+    Ok(out)
+}
+
+/// Empty, or an `http://` / `https://` URL.
+pub fn http_url(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    if !s.is_empty() && !s.starts_with("http://") && !s.starts_with("https://") {
+        return Err(format!("expected an http:// or https:// URL, found '{s}'"));
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

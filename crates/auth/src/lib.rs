@@ -1,0 +1,394 @@
+//! Who may publish, read and administer, decided in one place for every protocol and every
+//! HTTP surface (MediaMTX's `internal/auth/manager.go` is the model; names and defaults are
+//! its own).
+//!
+//! - `authMethod: internal`: `authInternalUsers` (names and passwords plain, `sha256:` or
+//!   `argon2:`; IP ranges; `{action, path}` permissions, `~regex` paths). The old per-path
+//!   `publishUser`/`readUser`/`…IPs` keys still decide publish and read on their path.
+//! - `authMethod: http`: a POST of MediaMTX's JSON body to `authHTTPAddress`; 2xx allows.
+//!   Bounded by `readTimeout`; a failing server refuses (fails closed). Live sessions are asked
+//!   about again every `authHTTPRecheckPeriod` (0: never), like nginx-rtmp's `on_update`.
+//! - `authMethod: jwt`: a JWT verified against `authJWTJWKS` (see [`jwt`]); the session ends at
+//!   its `exp`.
+//!
+//! Every failed attempt with credentials is delayed and counted per address ([`limiter`]), and
+//! logged with protocol, action, path and address, never with the secret.
+
+pub mod fetch;
+pub mod jwt;
+pub mod limiter;
+pub mod secret;
+pub mod users;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tidegate_core::{AuthError, AuthFuture, AuthRequest, Authenticator, Grant, PathConf};
+
+pub use jwt::JwtConfig;
+pub use secret::Secret;
+pub use users::{default_users, localhost, InternalUser, Permission};
+
+use limiter::{Before, Limiter};
+use users::{covered, Match};
+
+/// `authMethod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Method {
+    #[default]
+    Internal,
+    Http,
+    Jwt,
+}
+
+/// Every auth setting, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    pub method: Method,
+    pub internal_users: Vec<InternalUser>,
+    /// Some path has `publishUser`/`readUser`/`…IPs`: those keys decide publish and read on
+    /// their path (MediaMTX's deprecated-credentials mode), the users list the rest.
+    pub path_credentials: bool,
+    pub http_address: String,
+    pub http_fingerprint: String,
+    /// Actions not sent to the HTTP server: `authInternalUsers` decides them instead.
+    pub http_exclude: Vec<Permission>,
+    /// How often a live session's HTTP decision is asked again; zero: never.
+    pub http_recheck: Duration,
+    pub jwt: JwtConfig,
+    /// Actions that need no JWT: `authInternalUsers` decides them instead.
+    pub jwt_exclude: Vec<Permission>,
+    /// Whether HLS and WebRTC may carry the token in the URL's query (RTMP, RTSP and SRT
+    /// always may: they have nowhere else).
+    pub jwt_in_http_query: bool,
+    /// Bound on each call to the HTTP auth server or the JWKS URL.
+    pub timeout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: Method::Internal,
+            internal_users: default_users(),
+            path_credentials: false,
+            http_address: String::new(),
+            http_fingerprint: String::new(),
+            http_exclude: Vec::new(),
+            http_recheck: Duration::ZERO,
+            jwt: JwtConfig {
+                claim_key: "mediamtx_permissions".into(),
+                ..JwtConfig::default()
+            },
+            jwt_exclude: Vec::new(),
+            jwt_in_http_query: true,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Live {
+    user: String,
+    grant: Grant,
+}
+
+/// The installed authenticator.
+pub struct AuthManager {
+    config: RwLock<Arc<AuthConfig>>,
+    jwt: RwLock<Arc<jwt::Jwt>>,
+    limiter: Limiter,
+    /// Grants of live sessions, to end those whose user a reload removes.
+    live: Mutex<Vec<Live>>,
+}
+
+impl AuthManager {
+    pub fn new(config: AuthConfig) -> Arc<AuthManager> {
+        let jwt = jwt::Jwt::new(config.jwt.clone(), config.timeout);
+        Arc::new(AuthManager {
+            config: RwLock::new(Arc::new(config)),
+            jwt: RwLock::new(Arc::new(jwt)),
+            limiter: Limiter::default(),
+            live: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn config(&self) -> Arc<AuthConfig> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn jwt(&self) -> Arc<jwt::Jwt> {
+        self.jwt
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// `POST /v3/auth/jwks/refresh`: the next token fetches the JWKS again.
+    pub async fn refresh_jwks(&self) {
+        self.jwt().refresh().await;
+    }
+
+    /// Applies new settings. Sessions of internal users that are no longer in the list end,
+    /// with a log line saying so.
+    pub fn reload(&self, config: AuthConfig) {
+        let old = self.config();
+        if old.jwt != config.jwt || old.timeout != config.timeout {
+            if let Ok(mut j) = self.jwt.write() {
+                *j = Arc::new(jwt::Jwt::new(config.jwt.clone(), config.timeout));
+            }
+        }
+        let kept: Vec<String> = config
+            .internal_users
+            .iter()
+            .filter_map(|u| u.user.plain().map(str::to_string))
+            .collect();
+        let internal = config.method == Method::Internal;
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
+        }
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|l| !l.grant.done.is_cancelled());
+        for l in live.iter() {
+            if internal && !l.user.is_empty() && !kept.contains(&l.user) {
+                l.grant.revoke(&format!(
+                    "user '{}' was removed from the configuration",
+                    l.user
+                ));
+            }
+        }
+    }
+
+    /// Failures from `ip` in the last minute.
+    pub fn failures(&self, ip: std::net::IpAddr) -> usize {
+        self.limiter.failures(ip, Instant::now())
+    }
+
+    fn track(&self, grant: &Grant) {
+        if grant.user.is_empty() {
+            return;
+        }
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|l| !l.grant.done.is_cancelled() && !l.grant.revoked.is_cancelled());
+        live.push(Live {
+            user: grant.user.clone(),
+            grant: grant.clone(),
+        });
+    }
+
+    async fn decide(
+        &self,
+        config: &Arc<AuthConfig>,
+        req: &AuthRequest,
+        conf: Option<&PathConf>,
+    ) -> Result<Grant, AuthError> {
+        match config.method {
+            Method::Internal => internal(config, req, conf).await,
+            Method::Http if covered(&config.http_exclude, req) => internal(config, req, conf).await,
+            Method::Http => http(config, req).await,
+            Method::Jwt if covered(&config.jwt_exclude, req) => internal(config, req, conf).await,
+            Method::Jwt => self.by_jwt(config, req).await,
+        }
+    }
+
+    async fn by_jwt(&self, config: &AuthConfig, req: &AuthRequest) -> Result<Grant, AuthError> {
+        let http = matches!(req.protocol, "hls" | "webrtc") || !req.action.on_path();
+        let from_query_refused = req.creds.token_from_query && http && !config.jwt_in_http_query;
+        let token = req
+            .creds
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty() && !from_query_refused)
+            .or(req.creds.pass.as_deref().filter(|p| !p.is_empty()));
+        let Some(token) = token else {
+            return Err(AuthError::CredentialsRequired);
+        };
+        let v = self.jwt().verify(token).await.map_err(|e| match e {
+            jwt::Error::Unavailable(e) => {
+                tracing::error!("[auth] {e}; refusing");
+                AuthError::Unavailable(e)
+            }
+            jwt::Error::Refused(e) => AuthError::Denied(e),
+        })?;
+        if !covered(&v.permissions, req) {
+            return Err(AuthError::Denied(format!(
+                "the token does not allow {} on '{}'",
+                req.action.as_str(),
+                req.path
+            )));
+        }
+        let mut grant = Grant::for_user(&v.subject);
+        grant.expires = v.expires;
+        Ok(grant)
+    }
+}
+
+impl Authenticator for AuthManager {
+    fn authorize<'a>(&'a self, req: &'a AuthRequest, conf: Option<&'a PathConf>) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let ip = req.creds.ip;
+            let what = describe(req);
+            if let Before::Refuse { first } = self.limiter.before(ip, Instant::now()) {
+                if first {
+                    tracing::warn!(
+                        "[auth] {what}: {} failed attempts from {ip} within a minute; refusing it at once until they age out",
+                        limiter::LIMIT
+                    );
+                }
+                return Err(AuthError::RateLimited(ip));
+            }
+            let config = self.config();
+            match self.decide(&config, req, conf).await {
+                Ok(grant) => {
+                    self.track(&grant);
+                    Ok(grant)
+                }
+                Err(e) if req.creds.presented() && !matches!(e, AuthError::Unavailable(_)) => {
+                    let delay = self.limiter.failed(ip, Instant::now());
+                    tracing::warn!("[auth] {what}: refused: {e}");
+                    tokio::time::sleep(delay).await;
+                    Err(e)
+                }
+                Err(e) => {
+                    tracing::info!("[auth] {what}: refused: {e}");
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// `rtmp 127.0.0.1 publish 'cam1' (user 'bob')`: what the logs say of a request, without any
+/// secret.
+fn describe(req: &AuthRequest) -> String {
+    let mut s = format!("{} {} {}", req.protocol, req.creds.ip, req.action.as_str());
+    if req.action.on_path() {
+        s.push_str(&format!(" '{}'", req.path));
+    }
+    if let Some(u) = req.creds.user.as_deref().filter(|u| !u.is_empty()) {
+        s.push_str(&format!(" (user '{u}')"));
+    }
+    s
+}
+
+/// `authMethod: internal` (and what HTTP and JWT exclude).
+async fn internal(
+    config: &Arc<AuthConfig>,
+    req: &AuthRequest,
+    conf: Option<&PathConf>,
+) -> Result<Grant, AuthError> {
+    if config.path_credentials {
+        if let (Some(c), tidegate_core::Action::Publish | tidegate_core::Action::Read) =
+            (conf, req.action)
+        {
+            c.authorize(req.action, &req.creds)?;
+            return Ok(Grant::for_user(req.creds.user.as_deref().unwrap_or("")));
+        }
+    }
+    let mut wrong = false;
+    for (i, u) in config.internal_users.iter().enumerate() {
+        let m = if u.is_slow() {
+            // argon2 costs milliseconds of CPU by design: not on a runtime thread.
+            let (config, req) = (config.clone(), req.clone());
+            tokio::task::spawn_blocking(move || config.internal_users[i].check(&req))
+                .await
+                .unwrap_or(Match::WrongCredentials)
+        } else {
+            u.check(req)
+        };
+        match m {
+            Match::Yes(user) => return Ok(Grant::for_user(&user)),
+            Match::WrongCredentials => wrong = true,
+            Match::NotCovered => {}
+        }
+    }
+    if !req.creds.presented() {
+        Err(AuthError::CredentialsRequired)
+    } else if wrong {
+        Err(AuthError::WrongCredentials)
+    } else {
+        Err(AuthError::Denied(format!(
+            "no user may {} {}from {}",
+            req.action.as_str(),
+            if req.action.on_path() {
+                format!("'{}' ", req.path)
+            } else {
+                String::new()
+            },
+            req.creds.ip
+        )))
+    }
+}
+
+/// The JSON MediaMTX posts to `authHTTPAddress`.
+fn http_body(req: &AuthRequest) -> Vec<u8> {
+    let body = serde_json::json!({
+        "ip": req.creds.ip.to_string(),
+        "user": req.creds.user.clone().unwrap_or_default(),
+        "password": req.creds.pass.clone().unwrap_or_default(),
+        "token": req.creds.token.clone().unwrap_or_default(),
+        "action": req.action.as_str(),
+        "path": req.path,
+        "protocol": req.protocol,
+        "id": req.id,
+        "query": req.query,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// One question to the HTTP auth server: Ok on 2xx.
+async fn ask_http(config: &AuthConfig, body: Vec<u8>) -> Result<(), AuthError> {
+    let answer = fetch::request(
+        "POST",
+        &config.http_address,
+        body,
+        &config.http_fingerprint,
+        config.timeout,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(
+            "[auth] the HTTP auth server {} cannot be asked: {e}; refusing",
+            config.http_address
+        );
+        AuthError::Unavailable(e)
+    })?;
+    if (200..300).contains(&answer.status) {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&answer.body);
+    let text: String = text.trim().chars().take(200).collect();
+    Err(AuthError::Denied(if text.is_empty() {
+        format!("the HTTP auth server answered {}", answer.status)
+    } else {
+        format!("the HTTP auth server answered {}: {text}", answer.status)
+    }))
+}
+
+/// `authMethod: http`.
+async fn http(config: &Arc<AuthConfig>, req: &AuthRequest) -> Result<Grant, AuthError> {
+    let body = http_body(req);
+    ask_http(config, body.clone()).await?;
+    let mut grant = Grant::for_user(req.creds.user.as_deref().unwrap_or(""));
+    if !config.http_recheck.is_zero() {
+        let period = config.http_recheck;
+        let config = config.clone();
+        let check: tidegate_core::auth::Recheck = Arc::new(move || {
+            let (config, body) = (config.clone(), body.clone());
+            Box::pin(async move {
+                match ask_http(&config, body).await {
+                    Ok(()) => Ok(()),
+                    // The server could not be asked: the session goes on (logged above).
+                    Err(AuthError::Unavailable(_)) => Ok(()),
+                    Err(e) => Err(format!("the HTTP auth server no longer allows it ({e})")),
+                }
+            })
+        });
+        grant.recheck = Some((period, check));
+    }
+    Ok(grant)
+}
+
+#[cfg(test)]
+mod tests;
