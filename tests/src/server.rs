@@ -39,6 +39,15 @@ impl TestServer {
                 text.push_str(&format!("{k}: {v}\n"));
             }
         }
+        // Stream keys in a file of this server's own, never in the working directory.
+        if !extra.lines().any(|l| l.starts_with("keyStore:")) {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let file = std::env::temp_dir()
+                .join(format!("tidegate-e2e-{}-keys-{n}.db", std::process::id()));
+            let _ = std::fs::remove_file(&file);
+            text.push_str(&format!("keyStore: {}\n", file.display()));
+        }
         text.push_str(extra);
         let config = Config::load(Some(("test.yml", &text)), Vec::new())
             .unwrap_or_else(|e| panic!("test configuration: {e}"));

@@ -64,18 +64,22 @@ fn webrtc_peer(args: &[&str]) -> Command {
     cmd
 }
 
-/// `authInternalUsers` with a SHA-256 publisher and an argon2 viewer: on RTMP, RTSP (Basic),
+/// `authInternalUsers` with a SHA-256 publisher and an argon2 viewer: on RTMP, RTMPS, RTSP (Basic),
 /// SRT, HLS, WHIP and WHEP the right credentials are let in (media read back) and wrong ones
 /// refused (the client fails; no path is created).
 #[test]
 fn internal_users_with_hashed_passwords_on_every_protocol() {
     let dir = scratch("auth-internal");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
     let server = TestServer::start(&format!(
-        "rtspAuthMethods: [basic]\n\
+        "rtmpEncryption: optional\nrtmpServerKey: {}\nrtmpServerCert: {}\n\
+         rtspAuthMethods: [basic]\n\
          authInternalUsers:\n\
          \x20 - user: pub\n    pass: sha256:{}\n    permissions:\n      - action: publish\n        path: ~^cam\n\
          \x20 - user: viewer\n    pass: argon2:{}\n    permissions:\n      - action: read\n        path: ~^cam\n\
          \x20 - user: any\n    ips: [127.0.0.1]\n    permissions:\n      - action: api\n",
+        key.display(),
+        cert.display(),
         sha256_b64("pubpass"),
         argon2_phc("viewpass"),
     ));
@@ -94,11 +98,17 @@ fn internal_users_with_hashed_passwords_on_every_protocol() {
     let srt = |u: &str, p: &str| server.srt_url(&format!("read:cam:{u}:{p}"), "");
     let hls = format!("http://{}/cam/index.m3u8", server.hls_addr());
     let hls_with = |u: &str, p: &str| hls.replacen("http://", &format!("http://{u}:{p}@"), 1);
+    let rtmps = server.rtmps_url("cam");
     let cases = [
         (
             "rtmp",
             format!("{rtmp}?user=viewer&pass=viewpass"),
             format!("{rtmp}?user=pub&pass=pubpass"),
+        ),
+        (
+            "rtmps",
+            format!("{rtmps}?user=viewer&pass=viewpass"),
+            format!("{rtmps}?user=viewer&pass=x"),
         ),
         (
             "rtsp",
@@ -264,10 +274,14 @@ fn http_auth_asks_the_auth_server_and_fails_closed() {
             "good",
             "--allow-user",
             "slow",
+            "--allow-user",
+            "later-denied",
             "--delay-user",
             "slow",
             "--delay",
             "30",
+            "--deny-file",
+            dir.join("deny").to_str().unwrap(),
         ],
     );
     let server = TestServer::start(&format!(
@@ -317,6 +331,28 @@ fn http_auth_asks_the_auth_server_and_fails_closed() {
     // The API was excluded: it never reached the auth server.
     let _ = request(server.api_addr(), "GET", "/v3/paths/list");
     assert!(!auth.requests().iter().any(|b| b["action"] == "api"));
+    drop(server);
+
+    // Re-check: a live publisher whose right the auth server takes back is ended at the next
+    // re-check (every 500 ms here).
+    let server = TestServer::start(&format!(
+        "authMethod: http\nauthHTTPAddress: http://127.0.0.1:{}/auth\nauthHTTPRecheckPeriod: 500ms\n",
+        auth.port
+    ));
+    let mut p = ffmpeg_publish(
+        &format!("{}?user=later-denied&pass=x", server.rtmp_url("re")),
+        60,
+        "flv",
+        &dir,
+    );
+    server.wait_ready("re", READY);
+    let t = Instant::now();
+    std::fs::write(dir.join("deny"), "later-denied").unwrap();
+    server.wait_not_ready("re", Duration::from_secs(10));
+    let ended = t.elapsed();
+    eprintln!("http re-check: the refused publisher ended {ended:?} after the auth server changed its mind");
+    assert!(ended <= Duration::from_millis(1500), "{ended:?}");
+    assert!(!p.wait(Duration::from_secs(20)).success());
     drop(server);
 
     // A dead auth server: refused, not waited on.

@@ -29,9 +29,24 @@ pub async fn request(
     fingerprint: &str,
     limit: Duration,
 ) -> Result<Answer, String> {
-    tokio::time::timeout(limit, exchange(method, url, body, fingerprint, limit))
-        .await
-        .map_err(|_| format!("no answer within {limit:?}"))?
+    request_as(method, url, body, fingerprint, limit, None).await
+}
+
+/// [`request`] with an `Authorization` header.
+pub async fn request_as(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    fingerprint: &str,
+    limit: Duration,
+    authorization: Option<String>,
+) -> Result<Answer, String> {
+    tokio::time::timeout(
+        limit,
+        exchange(method, url, body, fingerprint, limit, authorization),
+    )
+    .await
+    .map_err(|_| format!("no answer within {limit:?}"))?
 }
 
 async fn exchange(
@@ -40,6 +55,7 @@ async fn exchange(
     body: Vec<u8>,
     fingerprint: &str,
     limit: Duration,
+    authorization: Option<String>,
 ) -> Result<Answer, String> {
     let u = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
     let host = u.host_str().ok_or("the URL has no host")?.to_string();
@@ -53,7 +69,11 @@ async fn exchange(
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder();
+    if let Some(a) = authorization {
+        req = req.header(hyper::header::AUTHORIZATION, a);
+    }
+    let req = req
         .method(method)
         .uri(target)
         .header(hyper::header::HOST, authority)

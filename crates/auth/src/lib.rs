@@ -11,11 +11,19 @@
 //! - `authMethod: jwt`: a JWT verified against `authJWTJWKS` (see [`jwt`]); the session ends at
 //!   its `exp`.
 //!
+//! Whatever the method, a stream key ([`keys`]: `?key=`, a password or bearer token that looks
+//! like one, or the last URL segment of a path with `streamKeyInPath`) is checked against the
+//! key store first; a path with `streamKeyRequired` takes publishers with a valid key only.
+//! Sessions opened with a key end when it expires, is revoked, or is rotated out after its grace
+//! period: a poller looks at the keys live sessions hold twice a second (other processes that
+//! share the store revoke too).
+//!
 //! Every failed attempt with credentials is delayed and counted per address ([`limiter`]), and
 //! logged with protocol, action, path and address, never with the secret.
 
 pub mod fetch;
 pub mod jwt;
+pub mod keys;
 pub mod limiter;
 pub mod secret;
 pub mod users;
@@ -86,10 +94,43 @@ impl Default for AuthConfig {
     }
 }
 
+/// A live grant, held weakly: who or which key it came from, and how to take it back.
 struct Live {
-    user: String,
-    grant: Grant,
+    /// The internal user's name, or the stream key's id.
+    owner: String,
+    alive: std::sync::Weak<()>,
+    revoked: tokio_util::sync::CancellationToken,
+    why: Arc<Mutex<Option<String>>>,
 }
+
+impl Live {
+    /// Tracks `grant` (giving it the strong handle) under `owner`.
+    fn of(owner: &str, grant: &mut Grant) -> Live {
+        let hold = Arc::new(());
+        let alive = Arc::downgrade(&hold);
+        grant.hold = Some(hold);
+        Live {
+            owner: owner.to_string(),
+            alive,
+            revoked: grant.revoked.clone(),
+            why: grant.why.clone(),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.alive.strong_count() == 0 || self.revoked.is_cancelled()
+    }
+
+    fn revoke(&self, why: &str) {
+        if let Ok(mut w) = self.why.lock() {
+            w.get_or_insert_with(|| why.to_string());
+        }
+        self.revoked.cancel();
+    }
+}
+
+/// How often the keys of live sessions are looked at.
+const KEY_POLL: Duration = Duration::from_millis(400);
 
 /// The installed authenticator.
 pub struct AuthManager {
@@ -98,17 +139,156 @@ pub struct AuthManager {
     limiter: Limiter,
     /// Grants of live sessions, to end those whose user a reload removes.
     live: Mutex<Vec<Live>>,
+    keys: Option<Arc<keys::KeyStore>>,
+    /// Grants of live sessions opened with a key, by key id.
+    key_live: Mutex<Vec<Live>>,
 }
 
 impl AuthManager {
     pub fn new(config: AuthConfig) -> Arc<AuthManager> {
+        AuthManager::with_keys(config, None)
+    }
+
+    /// A manager with a stream-key store. Must be called within a tokio runtime when `keys`
+    /// is given (the revocation poller is spawned on it).
+    pub fn with_keys(config: AuthConfig, keys: Option<Arc<keys::KeyStore>>) -> Arc<AuthManager> {
         let jwt = jwt::Jwt::new(config.jwt.clone(), config.timeout);
-        Arc::new(AuthManager {
+        let m = Arc::new(AuthManager {
             config: RwLock::new(Arc::new(config)),
             jwt: RwLock::new(Arc::new(jwt)),
             limiter: Limiter::default(),
             live: Mutex::new(Vec::new()),
-        })
+            keys,
+            key_live: Mutex::new(Vec::new()),
+        });
+        if m.keys.is_some() {
+            let weak = Arc::downgrade(&m);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(KEY_POLL).await;
+                    let Some(m) = weak.upgrade() else { return };
+                    m.poll_keys().await;
+                }
+            });
+        }
+        m
+    }
+
+    pub fn keys(&self) -> Option<&Arc<keys::KeyStore>> {
+        self.keys.as_ref()
+    }
+
+    /// Ends the live sessions opened with key `id` (a revocation here; other processes see it
+    /// through the poller).
+    pub fn revoke_key(&self, id: &str, why: &str) {
+        let live = self.key_live.lock().unwrap_or_else(|e| e.into_inner());
+        for l in live.iter().filter(|l| l.owner == id) {
+            l.revoke(why);
+        }
+    }
+
+    /// Looks at the keys live sessions hold: revoked, deleted or expired (a rotation shortens
+    /// the old key's life) ends them.
+    async fn poll_keys(&self) {
+        let Some(store) = &self.keys else { return };
+        let ids: Vec<String> = {
+            let mut live = self.key_live.lock().unwrap_or_else(|e| e.into_inner());
+            live.retain(|l| !l.gone());
+            let mut ids: Vec<String> = live.iter().map(|l| l.owner.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let states = match store.states(ids).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("[auth] cannot look at the stream keys of live sessions: {e}");
+                return;
+            }
+        };
+        let now = std::time::SystemTime::now();
+        for (id, state) in states {
+            let why = match state {
+                keys::KeyState::Revoked => "its stream key was revoked",
+                keys::KeyState::Gone => "its stream key was deleted",
+                keys::KeyState::Valid { expires: Some(e) } if e <= now => "its stream key expired",
+                keys::KeyState::Valid { .. } => continue,
+            };
+            self.revoke_key(&id, why);
+        }
+    }
+
+    /// The stream key a request carries, if any: the last URL segment of a `streamKeyInPath`
+    /// path, or `?key=`, a password or a token that looks like one of ours (`tgk_…`). Any
+    /// `?key=` counts on a path that requires a key; elsewhere a `key` that is not one of
+    /// ours is left to the auth method (MediaMTX users' HTTP auth servers read their own).
+    fn presented_key(req: &AuthRequest, required: bool) -> Option<String> {
+        if let Some(k) = &req.creds.key {
+            return Some(k.clone());
+        }
+        for pair in req.query.split('&') {
+            if let Some(("key", v)) = pair.split_once('=') {
+                let v = tidegate_core::text::percent_decode(v, false);
+                if required || keys::looks_like_key(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        [&req.creds.pass, &req.creds.token]
+            .into_iter()
+            .flatten()
+            .find(|v| keys::looks_like_key(v))
+            .cloned()
+    }
+
+    /// A key decides, when one is presented or the path requires one for publishing.
+    async fn by_key(
+        &self,
+        req: &AuthRequest,
+        conf: Option<&PathConf>,
+    ) -> Option<Result<Grant, AuthError>> {
+        let required = req.action == tidegate_core::Action::Publish
+            && conf.is_some_and(|c| c.stream_key_required);
+        let key = Self::presented_key(req, required);
+        let Some(key) = key else {
+            return required.then(|| {
+                Err(AuthError::Denied(
+                    "a stream key is required to publish here".into(),
+                ))
+            });
+        };
+        let Some(store) = &self.keys else {
+            return Some(Err(AuthError::Denied("no key store is configured".into())));
+        };
+        match store
+            .check(key, req.path.clone(), req.action, req.creds.ip)
+            .await
+        {
+            Ok(rec) => {
+                let mut grant = Grant::for_user(&format!(
+                    "key {}{}",
+                    rec.id,
+                    if rec.label.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", rec.label)
+                    }
+                ));
+                grant.expires = rec.expires;
+                let mut live = self.key_live.lock().unwrap_or_else(|e| e.into_inner());
+                live.retain(|l| !l.gone());
+                live.push(Live::of(&rec.id, &mut grant));
+                Some(Ok(grant))
+            }
+            Err(keys::KeyError::Store(e)) => {
+                tracing::error!("[auth] key store: {e}; refusing");
+                Some(Err(AuthError::Unavailable(e)))
+            }
+            Err(e) => Some(Err(AuthError::Denied(e.to_string()))),
+        }
     }
 
     fn config(&self) -> Arc<AuthConfig> {
@@ -149,12 +329,12 @@ impl AuthManager {
             *c = Arc::new(config);
         }
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|l| !l.grant.done.is_cancelled());
+        live.retain(|l| !l.gone());
         for l in live.iter() {
-            if internal && !l.user.is_empty() && !kept.contains(&l.user) {
-                l.grant.revoke(&format!(
+            if internal && !l.owner.is_empty() && !kept.contains(&l.owner) {
+                l.revoke(&format!(
                     "user '{}' was removed from the configuration",
-                    l.user
+                    l.owner
                 ));
             }
         }
@@ -165,16 +345,15 @@ impl AuthManager {
         self.limiter.failures(ip, Instant::now())
     }
 
-    fn track(&self, grant: &Grant) {
-        if grant.user.is_empty() {
+    /// Remembers a named user's grant (weakly: a grant nobody holds any more is forgotten),
+    /// so that a reload that removes the user can end the session.
+    fn track(&self, grant: &mut Grant) {
+        if grant.user.is_empty() || grant.hold.is_some() {
             return;
         }
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|l| !l.grant.done.is_cancelled() && !l.grant.revoked.is_cancelled());
-        live.push(Live {
-            user: grant.user.clone(),
-            grant: grant.clone(),
-        });
+        live.retain(|l| !l.gone());
+        live.push(Live::of(&grant.user.clone(), grant));
     }
 
     async fn decide(
@@ -239,12 +418,19 @@ impl Authenticator for AuthManager {
                 return Err(AuthError::RateLimited(ip));
             }
             let config = self.config();
-            match self.decide(&config, req, conf).await {
-                Ok(grant) => {
-                    self.track(&grant);
+            let decided = match self.by_key(req, conf).await {
+                Some(r) => r,
+                None => self.decide(&config, req, conf).await,
+            };
+            match decided {
+                Ok(mut grant) => {
+                    self.track(&mut grant);
                     Ok(grant)
                 }
-                Err(e) if req.creds.presented() && !matches!(e, AuthError::Unavailable(_)) => {
+                Err(e)
+                    if (req.creds.presented() || Self::presented_key(req, false).is_some())
+                        && !matches!(e, AuthError::Unavailable(_)) =>
+                {
                     let delay = self.limiter.failed(ip, Instant::now());
                     tracing::warn!("[auth] {what}: refused: {e}");
                     tokio::time::sleep(delay).await;

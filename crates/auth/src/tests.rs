@@ -274,3 +274,25 @@ async fn http_auth_posts_mediamtx_fields_and_fails_closed() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn grants_nobody_holds_are_forgotten() {
+    let m = AuthManager::new(AuthConfig {
+        internal_users: vec![user("alice", "a", &[(Action::Read, "")])],
+        ..AuthConfig::default()
+    });
+    // HLS asks once per request and drops the grant: the manager must not keep them all.
+    for _ in 0..100 {
+        let g = m
+            .authorize(&req(Action::Read, "x", Some("alice"), Some("a")), None)
+            .await
+            .unwrap();
+        drop(g);
+    }
+    let held = m
+        .authorize(&req(Action::Read, "x", Some("alice"), Some("a")), None)
+        .await
+        .unwrap();
+    assert_eq!(m.live.lock().unwrap().len(), 1);
+    drop(held);
+}

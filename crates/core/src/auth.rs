@@ -73,6 +73,9 @@ pub struct Credentials {
     pub token: Option<String>,
     /// The token came from the URL's query (`?jwt=`, `?token=`), not a header.
     pub token_from_query: bool,
+    /// A stream key given where no other field fits (the last URL segment of a path with
+    /// `streamKeyInPath`); `?key=` and key-shaped passwords are found by the authenticator.
+    pub key: Option<String>,
     pub ip: IpAddr,
     /// RTSP Digest: the client's answer, checked against each candidate's plain password.
     pub proof: Option<Proof>,
@@ -86,6 +89,7 @@ impl Credentials {
             pass,
             token: None,
             token_from_query: false,
+            key: None,
             ip,
             proof: None,
         }
@@ -95,7 +99,11 @@ impl Credentials {
     /// a failed attempt).
     pub fn presented(&self) -> bool {
         let some = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-        some(&self.user) || some(&self.pass) || some(&self.token) || self.proof.is_some()
+        some(&self.user)
+            || some(&self.pass)
+            || some(&self.token)
+            || some(&self.key)
+            || self.proof.is_some()
     }
 }
 
@@ -106,6 +114,7 @@ impl std::fmt::Debug for Credentials {
             .field("user", &self.user)
             .field("pass", &self.pass.as_ref().map(|_| "***"))
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("key", &self.key.as_ref().map(|_| "***"))
             .field("ip", &self.ip)
             .field("proof", &self.proof.is_some())
             .finish()
@@ -200,6 +209,9 @@ pub struct Grant {
     pub done: CancellationToken,
     /// Asked again every period while the session lives (HTTP auth's re-check).
     pub recheck: Option<(Duration, Recheck)>,
+    /// Kept alive by every clone of the grant: whoever tracks live grants holds it weakly, and
+    /// lets go when the last clone (the session's) is dropped.
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Grant {
@@ -233,6 +245,7 @@ impl Grant {
             why: Arc::new(std::sync::Mutex::new(None)),
             done: CancellationToken::new(),
             recheck: None,
+            hold: None,
         }
     }
 

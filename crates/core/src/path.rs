@@ -42,6 +42,11 @@ pub struct PathConf {
     pub source_on_demand_start_timeout: std::time::Duration,
     /// An on-demand source is closed this long after its last reader left.
     pub source_on_demand_close_after: std::time::Duration,
+    /// Publishing needs a valid stream key.
+    pub stream_key_required: bool,
+    /// `<name>/<key>` means this path with that stream key (OBS: server `rtmp://host/<name>`,
+    /// stream key `<key>`).
+    pub stream_key_in_path: bool,
 }
 
 impl Default for PathConf {
@@ -66,6 +71,8 @@ impl Default for PathConf {
             source_on_demand: false,
             source_on_demand_start_timeout: std::time::Duration::from_secs(10),
             source_on_demand_close_after: std::time::Duration::from_secs(10),
+            stream_key_required: false,
+            stream_key_in_path: false,
         }
     }
 }
@@ -148,6 +155,11 @@ impl PathMatcher {
             }
         }
         Ok(m)
+    }
+
+    /// The configuration of an exactly-named path (no regex, no `all_others`).
+    pub fn exact(&self, name: &str) -> Option<&Arc<PathConf>> {
+        self.exact.get(name)
     }
 
     pub fn find(&self, name: &str) -> Option<PathMatch> {

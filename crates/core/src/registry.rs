@@ -212,8 +212,20 @@ impl PathManager {
         Ok((found, grant))
     }
 
-    /// [`PathManager::authorize`] for a path: its configuration and the grant.
-    pub async fn authorize_path(&self, req: &AuthRequest) -> Result<(PathMatch, Grant), PathError> {
+    /// [`PathManager::authorize`] for a path: its configuration and the grant. A name
+    /// `<path>/<key>` where `<path>` is an exact path with `streamKeyInPath` is rewritten in
+    /// `req` to `<path>`, with `<key>` as the stream key: callers use `req.path` afterwards.
+    pub async fn authorize_path(
+        &self,
+        req: &mut AuthRequest,
+    ) -> Result<(PathMatch, Grant), PathError> {
+        if let Some((parent, last)) = req.path.rsplit_once('/') {
+            let matcher = self.shared.lock().matcher.clone();
+            if matcher.exact(parent).is_some_and(|c| c.stream_key_in_path) && !last.is_empty() {
+                req.creds.key = Some(last.to_string());
+                req.path = parent.to_string();
+            }
+        }
         let (found, grant) = self.authorize(req).await?;
         let m = match found {
             Some(m) => m,

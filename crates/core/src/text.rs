@@ -48,9 +48,38 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// `n` hex digits from the operating system's CSPRNG (ring's `SystemRandom`): for anything a
+/// client could abuse by guessing (ICE passwords, WHIP/WHEP resource ids, RTSP session ids).
+pub fn secret_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut raw = vec![0u8; n.div_ceil(2)];
+    if ring::rand::SystemRandom::new().fill(&mut raw).is_err() {
+        // Never seen on a working Linux: fall back to SipHash keyed from the OS's randomness,
+        // and say so.
+        tracing::error!("the operating system's random number generator failed");
+        for chunk in raw.chunks_mut(8) {
+            let r = random_u64().to_be_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+    let mut s: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    s.truncate(n);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_hex_is_hex_of_the_length_asked_and_differs() {
+        let a = secret_hex(32);
+        let b = secret_hex(32);
+        assert_eq!(a.len(), 32);
+        assert_eq!(secret_hex(7).len(), 7);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn decoding_and_randomness() {

@@ -231,9 +231,12 @@ async fn route(
         creds.token = q.token.clone();
         creds.token_from_query = true;
     }
-    let ask =
+    let mut ask =
         AuthRequest::new(Action::Read, path, "hls", creds).with_query(uri.query().unwrap_or(""));
-    if let Err(e) = inner.paths.authorize_path(&ask).await {
+    // A `streamKeyInPath` name (`live/<key>/index.m3u8`) is read as its path.
+    let authorized = inner.paths.authorize_path(&mut ask).await;
+    let path: &str = &ask.path;
+    if let Err(e) = authorized {
         return match e {
             PathError::Auth(e) => {
                 tracing::info!("[HLS] {remote} refused on '{path}': {e}");

@@ -352,9 +352,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         name: &str,
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
-        let req = self.resolve(app, tc_url, name, Action::Publish);
+        let mut req = self.resolve(app, tc_url, name, Action::Publish);
+        let authorized = self.paths.authorize_path(&mut req).await;
         let path = req.path.clone();
-        let publisher = match self.paths.authorize_path(&req).await {
+        let publisher = match authorized {
             Ok((_, grant)) => match self.paths.publish(&path, self.info()) {
                 Ok(p) => {
                     grant.enforce(
@@ -399,9 +400,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         name: &str,
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
-        let req = self.resolve(app, tc_url, name, Action::Read);
+        let mut req = self.resolve(app, tc_url, name, Action::Read);
+        let authorized = self.paths.authorize_path(&mut req).await;
         let path = req.path.clone();
-        let reader = match self.paths.authorize_path(&req).await {
+        let reader = match authorized {
             Ok((_, grant)) => match self.paths.read_or_demand(&path, self.info()).await {
                 Ok(r) => {
                     grant.enforce(

@@ -337,7 +337,7 @@ impl Conn {
             paths,
             config,
             udp,
-            session: format!("{:016x}", tidegate_core::text::random_u64()),
+            session: tidegate_core::text::secret_hex(16),
             nonce: format!(
                 "{:016x}{:016x}",
                 tidegate_core::text::random_u64(),
@@ -510,7 +510,13 @@ impl Conn {
     /// Checks the request's credentials for `action` on `path`; Err is the response to send.
     /// Basic gives user and password; Digest gives a proof checked against each candidate's
     /// plain password; `?token=` / `?jwt=` in the URL gives a token.
-    async fn authorize(&self, req: &Request, path: &str, action: Action) -> Result<Grant, Bytes> {
+    /// Ok is the grant and the path name to use (a `streamKeyInPath` name loses its key).
+    async fn authorize(
+        &self,
+        req: &Request,
+        path: &str,
+        action: Action,
+    ) -> Result<(Grant, String), Bytes> {
         let cseq = req.cseq();
         let methods = self.config.auth_methods;
         let mut creds = Credentials::new(None, None, self.remote.ip());
@@ -539,11 +545,11 @@ impl Conn {
                 Some(("token" | "jwt", v)) => Some(tidegate_core::text::percent_decode(v, false)),
                 _ => None,
             });
-        let ask = AuthRequest::new(action, path, "rtsp", creds)
+        let mut ask = AuthRequest::new(action, path, "rtsp", creds)
             .with_query(query)
             .with_id(self.id);
-        match self.paths.authorize_path(&ask).await {
-            Ok((_, grant)) => Ok(grant),
+        match self.paths.authorize_path(&mut ask).await {
+            Ok((_, grant)) => Ok((grant, ask.path)),
             Err(PathError::Auth(e)) => Err(self.unauthorized(cseq, &e.to_string())),
             Err(e) => Err(response(
                 404,
@@ -591,7 +597,7 @@ impl Conn {
     async fn describe(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let path = uri_path(&req.uri);
-        let grant = match self.authorize(req, &path, Action::Read).await {
+        let (grant, path) = match self.authorize(req, &path, Action::Read).await {
             Ok(g) => g,
             Err(r) => return r,
         };
@@ -652,7 +658,7 @@ impl Conn {
     async fn announce(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let path = uri_path(&req.uri);
-        let grant = match self.authorize(req, &path, Action::Publish).await {
+        let (grant, path) = match self.authorize(req, &path, Action::Publish).await {
             Ok(g) => g,
             Err(r) => return r,
         };

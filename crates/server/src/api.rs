@@ -74,6 +74,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
         .route("/v3/auth/jwks/refresh", post(jwks_refresh))
+        .route("/v3/keys/list", get(crate::api_keys::list))
+        .route("/v3/keys/get/{id}", get(crate::api_keys::get))
+        .route("/v3/keys/create", post(crate::api_keys::create))
+        .route("/v3/keys/rotate/{id}", post(crate::api_keys::rotate))
+        .route("/v3/keys/revoke/{id}", post(crate::api_keys::revoke))
         .fallback(not_found)
         .with_state(state)
 }

@@ -2,6 +2,8 @@
 //! path registry, the control API and metrics, and orderly shutdown.
 
 pub mod api;
+pub mod api_keys;
+pub mod cli;
 pub mod config;
 pub mod guard;
 pub mod http;
@@ -95,7 +97,13 @@ impl Server {
         );
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let auth = tidegate_auth::AuthManager::new(config.auth.clone());
+        let keys = tidegate_auth::keys::KeyStore::open(config.key_store.clone())
+            .map(Arc::new)
+            .map_err(|message| StartError::Config {
+                key: "keyStore",
+                message,
+            })?;
+        let auth = tidegate_auth::AuthManager::with_keys(config.auth.clone(), Some(keys));
         paths.set_authenticator(auth.clone());
 
         // TLS material is loaded before anything is bound, so a bad file stops start-up cleanly.

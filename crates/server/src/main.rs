@@ -6,12 +6,20 @@ use tidegate::config::Config;
 
 /// Tidegate: a live media gateway. Any ingest (RTMP, RTSP, SRT, WebRTC) to any egress.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
     /// Configuration file. Default: the first that exists of ./tidegate.yml,
     /// /etc/tidegate/tidegate.yml, then MediaMTX's ./mediamtx.yml, /usr/local/etc/mediamtx.yml,
     /// /usr/etc/mediamtx.yml and /etc/mediamtx/mediamtx.yml; else the embedded default.
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Stream keys of a running server, through its API.
+    Keys(tidegate::cli::Keys),
 }
 
 /// Where the configuration is looked for when none is named, in order: ours first, then
@@ -47,6 +55,9 @@ fn find_config(named: Option<PathBuf>) -> Result<Option<(PathBuf, String)>, Stri
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Keys(k)) = args.cmd {
+        return tidegate::cli::run(k);
+    }
     let found = match find_config(args.config) {
         Ok(f) => f,
         Err(e) => {

@@ -258,8 +258,13 @@ async fn handle(
         Mode::Read => Action::Read,
     };
     let creds = Credentials::new(sid.user.clone(), sid.pass.clone(), req.remote().ip());
-    let ask = AuthRequest::new(action, &sid.path, "srt", creds).with_id(id);
-    let (found, grant) = match paths.authorize_path(&ask).await {
+    let mut ask = AuthRequest::new(action, &sid.path, "srt", creds).with_id(id);
+    let authorized = paths.authorize_path(&mut ask).await;
+    let sid = streamid::StreamId {
+        path: ask.path.clone(),
+        ..sid
+    };
+    let (found, grant) = match authorized {
         Ok(m) => m,
         Err(e @ PathError::Auth(_)) => {
             return reject(req, ServerRejectReason::Unauthorized, e.to_string()).await

@@ -94,13 +94,10 @@ pub(crate) struct Request<'a> {
     pub remote: SocketAddr,
 }
 
+/// ICE credentials and resource ids: from the OS's CSPRNG (a guessed resource id could end
+/// or renegotiate someone else's session).
 fn random_hex(n: usize) -> String {
-    let mut s = String::with_capacity(n + 16);
-    while s.len() < n {
-        s.push_str(&format!("{:016x}", tidegate_core::text::random_u64()));
-    }
-    s.truncate(n);
-    s
+    tidegate_core::text::secret_hex(n)
 }
 
 /// The codecs an offer lists (`a=rtpmap` names, upper case).
@@ -246,10 +243,12 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         Role::Whep => Action::Read,
     };
     let id = inner.paths.new_session_id();
-    let ask = AuthRequest::new(action, req.path, "webrtc", req.creds.clone())
+    let mut ask = AuthRequest::new(action, req.path, "webrtc", req.creds.clone())
         .with_query(req.query)
         .with_id(id);
-    let (_, grant) = inner.paths.authorize_path(&ask).await?;
+    let (_, grant) = inner.paths.authorize_path(&mut ask).await?;
+    let path = ask.path.clone();
+    let req = Request { path: &path, ..req };
     let info = SessionInfo {
         id,
         kind: "webRTCSession",

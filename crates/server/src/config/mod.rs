@@ -112,6 +112,8 @@ pub struct Config {
 
     /// `authMethod`, `authInternalUsers`, `authHTTP…`, `authJWT…`.
     pub auth: tidegate_auth::AuthConfig,
+    /// `keyStore`: the SQLite file stream keys live in.
+    pub key_store: std::path::PathBuf,
 
     pub path_defaults: PathConf,
     /// Configured paths in file order.
@@ -258,6 +260,7 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("authJWTAudience", set_auth!(jwt.audience, string)),
     ("authJWTExclude", set_auth!(jwt_exclude, permissions)),
     ("authJWTInHTTPQuery", set_auth!(jwt_in_http_query, boolean)),
+    ("keyStore", set!(key_store, key_store)),
 ];
 
 /// Keys of `pathDefaults` and of each entry of `paths`.
@@ -292,6 +295,8 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         "sourceOnDemandCloseAfter",
         set!(source_on_demand_close_after, duration),
     ),
+    ("streamKeyRequired", set!(stream_key_required, boolean)),
+    ("streamKeyInPath", set!(stream_key_in_path, boolean)),
 ];
 
 /// Where a configuration error is.
@@ -498,6 +503,7 @@ impl Config {
                 internal_users: Vec::new(),
                 ..tidegate_auth::AuthConfig::default()
             },
+            key_store: std::path::PathBuf::new(),
             path_defaults: PathConf::default(),
             paths: Vec::new(),
             warnings: Vec::new(),
