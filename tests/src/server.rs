@@ -16,6 +16,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with every listener on 127.0.0.1:0, plus `extra` YAML (paths, ...).
     pub fn start(extra: &str) -> TestServer {
+        crate::logs::install();
         // Every listener on loopback with an ephemeral port, unless `extra` sets that key.
         let base = [
             ("apiAddress", "127.0.0.1:0"),

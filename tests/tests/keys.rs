@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_tests::http::request;
 use tidegate_tests::peers::{ffmpeg_publish, free_port, PeerProcess};
-use tidegate_tests::{run_bounded, scratch, server_binary};
+use tidegate_tests::{peer, run_bounded, scratch, server_binary};
 
 struct Node {
     process: PeerProcess,
@@ -21,7 +21,7 @@ struct Node {
     rtmp: u16,
 }
 
-fn start(dir: &Path, name: &str, store: &Path) -> Node {
+fn start(dir: &Path, name: &str, store: &str) -> Node {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let rtmp = free_port();
     let conf = dir.join(format!("{name}.yml"));
@@ -32,7 +32,7 @@ fn start(dir: &Path, name: &str, store: &Path) -> Node {
              apiAddress: {api}\nrtmpAddress: 127.0.0.1:{rtmp}\nkeyStore: {}\n\
              paths:\n  live:\n    streamKeyRequired: yes\n    streamKeyInPath: yes\n\
              \x20 studio/cam:\n    streamKeyRequired: yes\n",
-            store.display()
+            store
         ),
     )
     .unwrap();
@@ -134,7 +134,8 @@ fn within(t: Duration, from: Duration, to: Duration) -> bool {
 fn stream_keys_end_to_end() {
     let dir = scratch("keys");
     let store: PathBuf = dir.join("store/keys.db");
-    let a = start(&dir, "a", &store);
+    let store = store.to_str().unwrap();
+    let a = start(&dir, "a", store);
 
     // OBS-style: server rtmp://host/live, stream key K.
     let (k1, rec) = a.keys(&["create", "live", "--label", "Sunday service"]);
@@ -221,7 +222,7 @@ fn stream_keys_end_to_end() {
 
     // A restart loses no key: the rotated-in key publishes on the restarted server.
     drop(a);
-    let a = start(&dir, "a2", &store);
+    let a = start(&dir, "a2", store);
     let mut p4 = ffmpeg_publish(&a.url(&format!("live/{k4}")), 60, "flv", &dir);
     a.wait_ready(&mut p4);
     p4.kill9();
@@ -229,7 +230,7 @@ fn stream_keys_end_to_end() {
 
     // Two processes sharing the store: a key made and revoked on one ends a publish on the
     // other.
-    let b = start(&dir, "b", &store);
+    let b = start(&dir, "b", store);
     let (k5, r5) = a.keys(&["create", "live"]);
     let mut p5 = ffmpeg_publish(&b.url(&format!("live/{}", k5.unwrap())), 60, "flv", &dir);
     b.wait_ready(&mut p5);
@@ -240,4 +241,99 @@ fn stream_keys_end_to_end() {
     assert!(gone <= Duration::from_secs(1), "{gone:?}");
     let log = b.process.stderr();
     assert!(log.contains("its stream key was revoked"), "{log}");
+}
+
+/// A PostgreSQL server from Debian's package, on loopback, in `dir`, run as the `postgres`
+/// user (it refuses root), trusting local connections. Killed with the test.
+fn postgres(dir: &Path) -> (PeerProcess, u16) {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
+        .filter(|b| b.join("initdb").exists())
+        .expect("PostgreSQL is missing: run `cargo xtask test` (or `cargo xtask peers`), which installs it");
+    let data = dir.join("pgdata");
+    std::fs::create_dir_all(&data).unwrap();
+    let as_postgres = |args: &[&str]| {
+        let mut c = Command::new(peer("runuser"));
+        c.args(["-u", "postgres", "--"]).args(args);
+        c
+    };
+    let chown = run_bounded(
+        Command::new(peer("chown"))
+            .args(["-R", "postgres:postgres"])
+            .arg(&data),
+        Duration::from_secs(10),
+    );
+    assert!(chown.status.success());
+    let init = run_bounded(
+        &mut as_postgres(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "--auth=trust",
+            "-U",
+            "postgres",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = free_port();
+    let server = PeerProcess::spawn(
+        "postgres",
+        &mut as_postgres(&[
+            bin.join("postgres").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-k",
+            data.to_str().unwrap(),
+        ]),
+        dir,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.stderr().contains("ready to accept connections") {
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not start:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+/// Two Tidegate processes share one PostgreSQL key store: a key made through one publishes on
+/// the other, and a revocation through the first ends that publish within a second.
+#[test]
+fn a_postgres_key_store_is_shared_by_two_processes() {
+    let dir = scratch("keys-pg");
+    let (_pg, port) = postgres(&dir);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let a = start(&dir, "a", &url);
+    let b = start(&dir, "b", &url);
+    let (key, rec) = a.keys(&["create", "live", "--label", "fleet"]);
+    let key = key.unwrap();
+    assert!(refused(
+        &b.url("live/tgk_0123456789abcdef0123456789abcdef"),
+        &dir
+    ));
+    let mut p = ffmpeg_publish(&b.url(&format!("live/{key}")), 60, "flv", &dir);
+    b.wait_ready(&mut p);
+    // B recorded the use in the shared store; A sees it.
+    let (_, got) = a.keys(&["get", rec["id"].as_str().unwrap()]);
+    assert_eq!(got["uses"], 1, "{got}");
+    let t = Instant::now();
+    a.keys(&["revoke", rec["id"].as_str().unwrap()]);
+    let gone = b.wait_gone(Duration::from_secs(5)).duration_since(t);
+    eprintln!("PostgreSQL: revoked on one process, the publish on the other ended after {gone:?}");
+    assert!(gone <= Duration::from_secs(1), "{gone:?}");
+    assert!(!p.wait(Duration::from_secs(20)).success());
+    assert!(b.process.stderr().contains("its stream key was revoked"));
 }

@@ -29,6 +29,7 @@ const APT: &[&str] = &[
     "python3-venv",
     "iproute2",
     "curl",
+    "postgresql",
 ];
 
 const PIP: &[(&str, &str)] = &[("aiortc", "1.16.0"), ("imageio-ffmpeg", "0.8.1")];

@@ -3,9 +3,12 @@
 //! sessions it opened end). A key is shown once, at creation, and stored only as its SHA-256
 //! (keys are 128 random bits: a fast hash cannot be guessed back).
 //!
-//! The store is an embedded SQLite file (rusqlite, bundled build): every Tidegate process that
-//! opens the same file sees the same keys, and a key survives restarts. Calls run on tokio's
-//! blocking pool, never on a runtime thread.
+//! The store is an embedded SQLite file (rusqlite, bundled build) by default: every Tidegate
+//! process that opens the same file sees the same keys, and a key survives restarts. SQLite
+//! calls run on tokio's blocking pool, never on a runtime thread. For a fleet on several
+//! machines the store is PostgreSQL (`postgres://…`, tokio-postgres): every node sees the same
+//! keys, and a revocation on one ends the session on another (each node's poller looks at the
+//! keys its live sessions hold).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -98,9 +101,22 @@ pub enum KeyState {
 }
 
 pub struct KeyStore {
+    backend: Backend,
+    /// The file, or the PostgreSQL URL with its password hidden.
+    pub location: String,
+}
+
+enum Backend {
     /// Opened on first use: a server where nobody uses keys never creates the file.
-    db: Arc<Mutex<Option<Connection>>>,
-    pub location: PathBuf,
+    Sqlite {
+        db: Arc<Mutex<Option<Connection>>>,
+        file: PathBuf,
+    },
+    /// Connected on first use, and again after the connection is lost.
+    Postgres {
+        url: String,
+        client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    },
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -176,11 +192,32 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 impl KeyStore {
-    /// A store in the SQLite file at `location`, created (with its directory) on first use.
-    pub fn open(location: PathBuf) -> Result<KeyStore, String> {
+    /// A store in the SQLite file at `location` (created, with its directory, on first use),
+    /// or in PostgreSQL when `location` is a `postgres://` URL.
+    pub fn open(location: &str) -> Result<KeyStore, String> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            location
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+            return Ok(KeyStore {
+                backend: Backend::Postgres {
+                    url: location.to_string(),
+                    client: tokio::sync::Mutex::new(None),
+                },
+                location: hide_password(location),
+            });
+        }
+        let file = location.strip_prefix("sqlite:").unwrap_or(location);
+        let file = file.strip_prefix("//").unwrap_or(file);
+        if file.is_empty() {
+            return Err("expected a SQLite file or a postgres:// URL".into());
+        }
         Ok(KeyStore {
-            db: Arc::new(Mutex::new(None)),
-            location,
+            backend: Backend::Sqlite {
+                db: Arc::new(Mutex::new(None)),
+                file: PathBuf::from(file),
+            },
+            location: file.to_string(),
         })
     }
 
@@ -199,13 +236,14 @@ impl KeyStore {
         Ok(db)
     }
 
-    /// Runs `f` on the connection (opened if need be), on the blocking pool.
+    /// Runs `f` on the SQLite connection (opened if need be), on the blocking pool.
     async fn with<T: Send + 'static>(
-        &self,
+        db: &Arc<Mutex<Option<Connection>>>,
+        file: &std::path::Path,
         f: impl FnOnce(&mut Connection) -> Result<T, KeyError> + Send + 'static,
     ) -> Result<T, KeyError> {
-        let db = self.db.clone();
-        let location = self.location.clone();
+        let db = db.clone();
+        let location = file.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut guard = db.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {
@@ -222,36 +260,89 @@ impl KeyStore {
 
     /// Creates a key; returns its record and the key itself (shown this once).
     pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), KeyError> {
-        self.with(move |c| insert(c, &new, None)).await
+        let (row, secret) = new_row(&new)?;
+        match &self.backend {
+            Backend::Sqlite { db, file } => Self::with(db, file, move |c| {
+                sqlite_insert(c, &row)?;
+                sqlite_get(c, &row.id)?
+                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))
+            })
+            .await
+            .map(|r| (r, secret)),
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                pg_insert(c, &row).await?;
+                let rec = pg_get(c, &row.id)
+                    .await?
+                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                Ok((rec, secret))
+            }
+        }
     }
 
     pub async fn list(&self, path: Option<String>) -> Result<Vec<KeyRecord>, KeyError> {
-        self.with(move |c| {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM stream_keys WHERE ?1 IS NULL OR path = ?1 ORDER BY created"
-            );
-            let mut st = c.prepare(&sql).map_err(store)?;
-            let rows = st.query_map(params![path], record).map_err(store)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(store)
-        })
-        .await
+        match &self.backend {
+            Backend::Sqlite { db, file } => {
+                Self::with(db, file, move |c| {
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM stream_keys WHERE ?1 IS NULL OR path = ?1 ORDER BY created"
+                    );
+                    let mut st = c.prepare(&sql).map_err(store)?;
+                    let rows = st.query_map(params![path], record).map_err(store)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(store)
+                })
+                .await
+            }
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM stream_keys WHERE $1::TEXT IS NULL OR path = $1 ORDER BY created"
+                );
+                let rows = c.query(&sql, &[&path]).await.map_err(pg_err)?;
+                rows.iter().map(pg_record).collect()
+            }
+        }
     }
 
     pub async fn get(&self, id: String) -> Result<Option<KeyRecord>, KeyError> {
-        self.with(move |c| get(c, &id)).await
+        match &self.backend {
+            Backend::Sqlite { db, file } => Self::with(db, file, move |c| sqlite_get(c, &id)).await,
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                pg_get(pg_client(&mut g)?, &id).await
+            }
+        }
     }
 
     /// Revokes a key at once. Returns its record, or None if there is no such key.
     pub async fn revoke(&self, id: String) -> Result<Option<KeyRecord>, KeyError> {
-        self.with(move |c| {
-            c.execute(
-                "UPDATE stream_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-                params![id, ms(SystemTime::now())],
-            )
-            .map_err(store)?;
-            get(c, &id)
-        })
-        .await
+        let now = ms(SystemTime::now());
+        match &self.backend {
+            Backend::Sqlite { db, file } => {
+                Self::with(db, file, move |c| {
+                    c.execute(
+                        "UPDATE stream_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+                        params![id, now],
+                    )
+                    .map_err(store)?;
+                    sqlite_get(c, &id)
+                })
+                .await
+            }
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                c.execute(
+                    "UPDATE stream_keys SET revoked = $2 WHERE id = $1 AND revoked IS NULL",
+                    &[&id, &now],
+                )
+                .await
+                .map_err(pg_err)?;
+                pg_get(c, &id).await
+            }
+        }
     }
 
     /// Issues a new key with the old one's settings; the old one stays valid for `grace`
@@ -261,38 +352,50 @@ impl KeyStore {
         id: String,
         grace: Duration,
     ) -> Result<Option<(KeyRecord, String)>, KeyError> {
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store)?;
-            let Some(old) = get(&tx, &id)? else {
-                return Ok(None);
-            };
-            if old.revoked.is_some() {
-                return Err(KeyError::Revoked);
+        let until = SystemTime::now() + grace;
+        match &self.backend {
+            Backend::Sqlite { db, file } => {
+                Self::with(db, file, move |c| {
+                    let tx = c.transaction().map_err(store)?;
+                    let Some(old) = sqlite_get(&tx, &id)? else {
+                        return Ok(None);
+                    };
+                    let (row, secret, until) = successor(&old, until)?;
+                    sqlite_insert(&tx, &row)?;
+                    tx.execute(
+                        "UPDATE stream_keys SET expires = ?2, rotated_to = ?3 WHERE id = ?1",
+                        params![id, until, row.id],
+                    )
+                    .map_err(store)?;
+                    let rec = sqlite_get(&tx, &row.id)?
+                        .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                    tx.commit().map_err(store)?;
+                    Ok(Some((rec, secret)))
+                })
+                .await
             }
-            let new = NewKey {
-                path: old.path.clone(),
-                action: Action::parse(&old.action),
-                label: old.label.clone(),
-                not_before: None,
-                expires: old.expires,
-                max_uses: old.max_uses,
-                ips: old.ips.iter().filter_map(|s| s.parse().ok()).collect(),
-            };
-            let (rec, secret) = insert(&tx, &new, None)?;
-            let until = SystemTime::now() + grace;
-            let until = match old.expires {
-                Some(e) if e < until => e,
-                _ => until,
-            };
-            tx.execute(
-                "UPDATE stream_keys SET expires = ?2, rotated_to = ?3 WHERE id = ?1",
-                params![id, ms(until), rec.id],
-            )
-            .map_err(store)?;
-            tx.commit().map_err(store)?;
-            Ok(Some((rec, secret)))
-        })
-        .await
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let Some(old) = pg_get(&tx, &id).await? else {
+                    return Ok(None);
+                };
+                let (row, secret, until) = successor(&old, until)?;
+                pg_insert(&tx, &row).await?;
+                tx.execute(
+                    "UPDATE stream_keys SET expires = $2, rotated_to = $3 WHERE id = $1",
+                    &[&id, &until, &row.id],
+                )
+                .await
+                .map_err(pg_err)?;
+                let rec = pg_get(&tx, &row.id)
+                    .await?
+                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                tx.commit().await.map_err(pg_err)?;
+                Ok(Some((rec, secret)))
+            }
+        }
     }
 
     /// Checks `secret` for `action` on `path` from `ip`; counts the use. The error says why
@@ -304,119 +407,360 @@ impl KeyStore {
         action: Action,
         ip: IpAddr,
     ) -> Result<KeyRecord, KeyError> {
-        self.with(move |c| {
-            let now = SystemTime::now();
-            let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE hash = ?1");
-            let rec = c
-                .query_row(&sql, params![hash(&secret)], record)
-                .optional()
-                .map_err(store)?
-                .ok_or(KeyError::Unknown)?;
-            if rec.path != path || rec.action != action.as_str() {
-                return Err(KeyError::OtherPath);
+        let now = SystemTime::now();
+        let h = hash(&secret);
+        match &self.backend {
+            Backend::Sqlite { db, file } => {
+                Self::with(db, file, move |c| {
+                    let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE hash = ?1");
+                    let rec = c
+                        .query_row(&sql, params![h], record)
+                        .optional()
+                        .map_err(store)?
+                        .ok_or(KeyError::Unknown)?;
+                    validate(&rec, &path, action, ip, now)?;
+                    c.execute(
+                        "UPDATE stream_keys SET uses = uses + 1, last_used = ?2, last_used_ip = ?3 WHERE id = ?1",
+                        params![rec.id, ms(now), ip.to_string()],
+                    )
+                    .map_err(store)?;
+                    Ok(rec)
+                })
+                .await
             }
-            if rec.revoked.is_some() {
-                return Err(KeyError::Revoked);
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE hash = $1");
+                let row = c.query_opt(&sql, &[&h]).await.map_err(pg_err)?;
+                let rec = pg_record(&row.ok_or(KeyError::Unknown)?)?;
+                validate(&rec, &path, action, ip, now)?;
+                c.execute(
+                    "UPDATE stream_keys SET uses = uses + 1, last_used = $2, last_used_ip = $3 WHERE id = $1",
+                    &[&rec.id, &ms(now), &ip.to_string()],
+                )
+                .await
+                .map_err(pg_err)?;
+                Ok(rec)
             }
-            if rec.not_before.is_some_and(|t| now < t) {
-                return Err(KeyError::NotYet);
-            }
-            if rec.expires.is_some_and(|t| now >= t) {
-                return Err(KeyError::Expired);
-            }
-            if rec.max_uses.is_some_and(|m| rec.uses >= m) {
-                return Err(KeyError::UsedUp);
-            }
-            let nets: Vec<IpNet> = rec.ips.iter().filter_map(|s| s.parse().ok()).collect();
-            if !nets.is_empty() && !nets.iter().any(|n| n.contains(&ip)) {
-                return Err(KeyError::Address(ip));
-            }
-            c.execute(
-                "UPDATE stream_keys SET uses = uses + 1, last_used = ?2, last_used_ip = ?3 WHERE id = ?1",
-                params![rec.id, ms(now), ip.to_string()],
-            )
-            .map_err(store)?;
-            Ok(rec)
-        })
-        .await
+        }
     }
 
     /// The states of keys live sessions depend on.
     pub async fn states(&self, ids: Vec<String>) -> Result<Vec<(String, KeyState)>, KeyError> {
-        self.with(move |c| {
-            let mut st = c
-                .prepare("SELECT revoked, expires FROM stream_keys WHERE id = ?1")
-                .map_err(store)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row = st
-                    .query_row(params![id], |r| {
-                        Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = match &self.backend {
+            Backend::Sqlite { db, file } => {
+                Self::with(db, file, move |c| {
+                    let mut st = c
+                        .prepare("SELECT revoked, expires FROM stream_keys WHERE id = ?1")
+                        .map_err(store)?;
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let row = st
+                            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                            .map_err(store)?;
+                        match row {
+                            Some((revoked, expires)) => out.push((id, revoked, expires)),
+                            None => out.push((id, None, Some(-1))),
+                        }
+                    }
+                    Ok(out)
+                })
+                .await?
+            }
+            Backend::Postgres { url, client } => {
+                let mut g = pg(client, url).await?;
+                let c = pg_client(&mut g)?;
+                let found = c
+                    .query(
+                        "SELECT id, revoked, expires FROM stream_keys WHERE id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                ids.iter()
+                    .map(|id| {
+                        found
+                            .iter()
+                            .find(|r| r.try_get::<_, String>(0).is_ok_and(|v| &v == id))
+                            .map_or(Ok((id.clone(), None, Some(-1))), |r| {
+                                Ok((
+                                    id.clone(),
+                                    r.try_get(1).map_err(pg_err)?,
+                                    r.try_get(2).map_err(pg_err)?,
+                                ))
+                            })
                     })
-                    .optional()
-                    .map_err(store)?;
-                let state = match row {
-                    None => KeyState::Gone,
-                    Some((Some(_), _)) => KeyState::Revoked,
-                    Some((None, e)) => KeyState::Valid {
+                    .collect::<Result<Vec<_>, KeyError>>()?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(id, revoked, expires)| {
+                let state = match (revoked, expires) {
+                    (_, Some(-1)) => KeyState::Gone,
+                    (Some(_), _) => KeyState::Revoked,
+                    (None, e) => KeyState::Valid {
                         expires: from_ms(e),
                     },
                 };
-                out.push((id, state));
-            }
-            Ok(out)
-        })
-        .await
+                (id, state)
+            })
+            .collect())
     }
+}
+
+/// A new key's row: its fields and hash, and the key itself.
+struct Row {
+    id: String,
+    path: String,
+    action: &'static str,
+    label: String,
+    hash: String,
+    not_before: Option<i64>,
+    expires: Option<i64>,
+    max_uses: Option<i64>,
+    ips: String,
+    created: i64,
+}
+
+fn new_row(new: &NewKey) -> Result<(Row, String), KeyError> {
+    if new.path.is_empty() {
+        return Err(KeyError::Invalid("a key needs a path".into()));
+    }
+    let action = new.action.unwrap_or(Action::Publish);
+    if !matches!(action, Action::Publish | Action::Read) {
+        return Err(KeyError::Invalid("a key is for publish or read".into()));
+    }
+    let secret = format!("{PREFIX}{}", tidegate_core::text::secret_hex(32));
+    let ips: Vec<String> = new.ips.iter().map(ToString::to_string).collect();
+    Ok((
+        Row {
+            id: tidegate_core::text::secret_hex(16),
+            path: new.path.clone(),
+            action: action.as_str(),
+            label: new.label.clone(),
+            hash: hash(&secret),
+            not_before: new.not_before.map(ms),
+            expires: new.expires.map(ms),
+            max_uses: new.max_uses.map(|m| m as i64),
+            ips: ips.join(","),
+            created: ms(SystemTime::now()),
+        },
+        secret,
+    ))
+}
+
+/// The key that replaces `old` (same settings), and when `old` dies: `until`, or its own
+/// expiry if sooner.
+fn successor(old: &KeyRecord, until: SystemTime) -> Result<(Row, String, i64), KeyError> {
+    if old.revoked.is_some() {
+        return Err(KeyError::Revoked);
+    }
+    let (row, secret) = new_row(&NewKey {
+        path: old.path.clone(),
+        action: Action::parse(&old.action),
+        label: old.label.clone(),
+        not_before: None,
+        expires: old.expires,
+        max_uses: old.max_uses,
+        ips: old.ips.iter().filter_map(|s| s.parse().ok()).collect(),
+    })?;
+    let until = match old.expires {
+        Some(e) if e < until => e,
+        _ => until,
+    };
+    Ok((row, secret, ms(until)))
+}
+
+/// Whether `rec` lets `action` on `path` from `ip` at `now`.
+fn validate(
+    rec: &KeyRecord,
+    path: &str,
+    action: Action,
+    ip: IpAddr,
+    now: SystemTime,
+) -> Result<(), KeyError> {
+    if rec.path != path || rec.action != action.as_str() {
+        return Err(KeyError::OtherPath);
+    }
+    if rec.revoked.is_some() {
+        return Err(KeyError::Revoked);
+    }
+    if rec.not_before.is_some_and(|t| now < t) {
+        return Err(KeyError::NotYet);
+    }
+    if rec.expires.is_some_and(|t| now >= t) {
+        return Err(KeyError::Expired);
+    }
+    if rec.max_uses.is_some_and(|m| rec.uses >= m) {
+        return Err(KeyError::UsedUp);
+    }
+    let nets: Vec<IpNet> = rec.ips.iter().filter_map(|s| s.parse().ok()).collect();
+    if !nets.is_empty() && !nets.iter().any(|n| n.contains(&ip)) {
+        return Err(KeyError::Address(ip));
+    }
+    Ok(())
+}
+
+fn hide_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stream_keys (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    action TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL UNIQUE,
+    not_before BIGINT,
+    expires BIGINT,
+    max_uses BIGINT,
+    uses BIGINT NOT NULL DEFAULT 0,
+    ips TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL,
+    revoked BIGINT,
+    rotated_to TEXT,
+    last_used BIGINT,
+    last_used_ip TEXT
+);
+CREATE INDEX IF NOT EXISTS stream_keys_path ON stream_keys(path);
+";
+
+/// The PostgreSQL client, connected (and the schema made) if it is not.
+async fn pg<'a>(
+    slot: &'a tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    url: &str,
+) -> Result<tokio::sync::MutexGuard<'a, Option<tokio_postgres::Client>>, KeyError> {
+    let mut g = slot.lock().await;
+    if g.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+        let (client, conn) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_postgres::connect(url, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| KeyError::Store("PostgreSQL did not answer within 10 s".into()))?
+        .map_err(pg_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!("[auth] PostgreSQL key store connection lost: {e}");
+            }
+        });
+        client.batch_execute(PG_SCHEMA).await.map_err(pg_err)?;
+        *g = Some(client);
+    }
+    Ok(g)
+}
+
+fn pg_client<'a>(
+    g: &'a mut tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>,
+) -> Result<&'a mut tokio_postgres::Client, KeyError> {
+    g.as_mut()
+        .ok_or_else(|| KeyError::Store("PostgreSQL is not connected".into()))
+}
+
+fn pg_err(e: tokio_postgres::Error) -> KeyError {
+    KeyError::Store(format!("PostgreSQL: {e}"))
+}
+
+fn pg_record(r: &tokio_postgres::Row) -> Result<KeyRecord, KeyError> {
+    let ips: String = r.try_get(8).map_err(pg_err)?;
+    Ok(KeyRecord {
+        id: r.try_get(0).map_err(pg_err)?,
+        path: r.try_get(1).map_err(pg_err)?,
+        action: r.try_get(2).map_err(pg_err)?,
+        label: r.try_get(3).map_err(pg_err)?,
+        not_before: from_ms(r.try_get(4).map_err(pg_err)?),
+        expires: from_ms(r.try_get(5).map_err(pg_err)?),
+        max_uses: r
+            .try_get::<_, Option<i64>>(6)
+            .map_err(pg_err)?
+            .map(|v| v.max(0) as u64),
+        uses: r.try_get::<_, i64>(7).map_err(pg_err)?.max(0) as u64,
+        ips: ips
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        created: from_ms(Some(r.try_get(9).map_err(pg_err)?)),
+        revoked: from_ms(r.try_get(10).map_err(pg_err)?),
+        rotated_to: r.try_get(11).map_err(pg_err)?,
+        last_used: from_ms(r.try_get(12).map_err(pg_err)?),
+        last_used_ip: r.try_get(13).map_err(pg_err)?,
+    })
+}
+
+async fn pg_get<C: tokio_postgres::GenericClient>(
+    c: &C,
+    id: &str,
+) -> Result<Option<KeyRecord>, KeyError> {
+    let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE id = $1");
+    match c.query_opt(&sql, &[&id]).await.map_err(pg_err)? {
+        Some(r) => pg_record(&r).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn pg_insert<C: tokio_postgres::GenericClient>(c: &C, r: &Row) -> Result<(), KeyError> {
+    c.execute(
+        "INSERT INTO stream_keys (id, path, action, label, hash, not_before, expires, max_uses, ips, created)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &r.id,
+            &r.path,
+            &r.action,
+            &r.label,
+            &r.hash,
+            &r.not_before,
+            &r.expires,
+            &r.max_uses,
+            &r.ips,
+            &r.created,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(())
 }
 
 fn store(e: rusqlite::Error) -> KeyError {
     KeyError::Store(e.to_string())
 }
 
-fn get(c: &Connection, id: &str) -> Result<Option<KeyRecord>, KeyError> {
+fn sqlite_get(c: &Connection, id: &str) -> Result<Option<KeyRecord>, KeyError> {
     let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE id = ?1");
     c.query_row(&sql, params![id], record)
         .optional()
         .map_err(store)
 }
 
-fn insert(
-    c: &Connection,
-    new: &NewKey,
-    id: Option<String>,
-) -> Result<(KeyRecord, String), KeyError> {
-    if new.path.is_empty() {
-        return Err(KeyError::Invalid("a key needs a path".into()));
-    }
-    let action = new.action.unwrap_or(Action::Publish);
-    if !matches!(action, Action::Publish | Action::Read) {
-        return Err(KeyError::Invalid(
-            "a key is for publish or read".to_string(),
-        ));
-    }
-    let id = id.unwrap_or_else(|| tidegate_core::text::secret_hex(16));
-    let secret = format!("{PREFIX}{}", tidegate_core::text::secret_hex(32));
-    let ips: Vec<String> = new.ips.iter().map(ToString::to_string).collect();
+fn sqlite_insert(c: &Connection, r: &Row) -> Result<(), KeyError> {
     c.execute(
         "INSERT INTO stream_keys (id, path, action, label, hash, not_before, expires, max_uses, ips, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
-            id,
-            new.path,
-            action.as_str(),
-            new.label,
-            hash(&secret),
-            new.not_before.map(ms),
-            new.expires.map(ms),
-            new.max_uses.map(|m| m as i64),
-            ips.join(","),
-            ms(SystemTime::now()),
+            r.id,
+            r.path,
+            r.action,
+            r.label,
+            r.hash,
+            r.not_before,
+            r.expires,
+            r.max_uses,
+            r.ips,
+            r.created
         ],
     )
     .map_err(store)?;
-    let rec = get(c, &id)?.ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
-    Ok((rec, secret))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -432,7 +776,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tidegate-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let file = dir.join("keys.db");
-        let store = KeyStore::open(file.clone()).unwrap();
+        let store = KeyStore::open(file.to_str().unwrap()).unwrap();
         let (rec, key) = store
             .create(NewKey {
                 path: "live".into(),
@@ -513,14 +857,14 @@ mod tests {
             check(&key3, "live", Action::Publish).await,
             Err(KeyError::Address(ip()))
         );
-        let other = KeyStore::open(file.clone()).unwrap();
+        let other = KeyStore::open(file.to_str().unwrap()).unwrap();
         other.revoke(rec3.id.clone()).await.unwrap();
         assert_eq!(
             store.states(vec![rec3.id.clone()]).await.unwrap()[0].1,
             KeyState::Revoked
         );
         drop(store);
-        let reopened = KeyStore::open(file).unwrap();
+        let reopened = KeyStore::open(file.to_str().unwrap()).unwrap();
         assert_eq!(reopened.list(Some("live".into())).await.unwrap().len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,6 +3,7 @@
 //! the client's address as axum's `ConnectInfo`, for credentials by IP and the logs.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,15 +11,55 @@ use axum::extract::ConnectInfo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How a listener serves: TLS, and the proxies whose `X-Forwarded-For` is believed.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `*TrustedProxies`: a request from one of these carries the client's address in
+    /// `X-Forwarded-For`; from anyone else that header is ignored.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left were
+/// written by the client and prove nothing).
+pub fn client_address(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> SocketAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip()) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(v) = value.to_str() else { return peer };
+        for part in v.rsplit(',') {
+            match part.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if is_trusted(&ip) => continue,
+                Ok(ip) => {
+                    client = SocketAddr::new(ip, 0);
+                    break;
+                }
+                Err(_) => return peer,
+            }
+        }
+    }
+    client
+}
+
 /// Serves `router` on `listener` until `shutdown`; every connection is a task on `tasks`.
 pub async fn serve(
     name: &'static str,
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    options: Options,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let tls = options.tls.clone();
+    let trusted = options.trusted_proxies.clone();
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -38,6 +79,7 @@ pub async fn serve(
             remote,
             router.clone(),
             tls.clone(),
+            trusted.clone(),
             shutdown.clone(),
         ));
     }
@@ -49,10 +91,12 @@ async fn connection(
     remote: SocketAddr,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    trusted: Arc<Vec<ipnet::IpNet>>,
     shutdown: CancellationToken,
 ) {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(remote));
+        let client = client_address(remote, req.headers(), &trusted);
+        req.extensions_mut().insert(ConnectInfo(client));
         let mut r = router.clone();
         async move {
             use tower_service::Service;
@@ -88,5 +132,110 @@ async fn connection(
     };
     if let Err(e) = result {
         tracing::debug!("[{name}] connection from {remote}: {e}");
+    }
+}
+
+/// CORS for the API and metrics (`apiAllowOrigins`, `metricsAllowOrigins`): an `Origin` that
+/// matches an entry (`*`, an exact origin, or one wildcard such as `https://*.example.com`)
+/// gets `Access-Control-Allow-Origin`; preflights are answered here.
+pub async fn cors(
+    axum::extract::State(allowed): axum::extract::State<Arc<Vec<String>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, Method, StatusCode};
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string);
+    let allow = origin.as_deref().and_then(|o| {
+        allowed.iter().find_map(|a| match a.as_str() {
+            "*" => Some("*".to_string()),
+            a if origin_matches(a, o) => Some(o.to_string()),
+            _ => None,
+        })
+    });
+    let preflight = req.method() == Method::OPTIONS;
+    let mut r = if preflight {
+        let mut r = axum::response::Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("OPTIONS, GET, POST, PATCH, DELETE"),
+        );
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        r.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    r
+}
+
+/// `https://*.example.com` matches `https://a.example.com`; anything else matches itself.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    match pattern.split_once('*') {
+        Some((head, tail)) => {
+            origin.len() >= head.len() + tail.len()
+                && origin.starts_with(head)
+                && origin.ends_with(tail)
+        }
+        None => pattern == origin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "1.2.3.4, 203.0.113.9, 10.0.0.7".parse().unwrap(),
+        );
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(
+            client_address(proxy, &h, &trusted).ip().to_string(),
+            "203.0.113.9"
+        );
+        assert_eq!(client_address(stranger, &h, &trusted), stranger);
+        assert_eq!(client_address(proxy, &h, &[]), proxy);
+        h.insert("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(client_address(proxy, &h, &trusted), proxy);
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_matches(
+            "https://*.example.com",
+            "https://a.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://example.org"
+        ));
+        assert!(origin_matches(
+            "http://localhost:3000",
+            "http://localhost:3000"
+        ));
+        assert!(!origin_matches(
+            "http://localhost:3000",
+            "http://localhost:3001"
+        ));
     }
 }

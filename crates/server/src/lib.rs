@@ -97,7 +97,7 @@ impl Server {
         );
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let keys = tidegate_auth::keys::KeyStore::open(config.key_store.clone())
+        let keys = tidegate_auth::keys::KeyStore::open(&config.key_store)
             .map(Arc::new)
             .map_err(|message| StartError::Config {
                 key: "keyStore",
@@ -141,6 +141,34 @@ impl Server {
                 )
                 .map_err(|message| StartError::Config {
                     key: "hlsServerKey/hlsServerCert",
+                    message,
+                })?,
+            ),
+            false => None,
+        };
+        let api_tls = match config.api && config.api_encryption {
+            true => Some(
+                tls::acceptor_with_alpn(
+                    &config.api_server_key,
+                    &config.api_server_cert,
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|message| StartError::Config {
+                    key: "apiServerKey/apiServerCert",
+                    message,
+                })?,
+            ),
+            false => None,
+        };
+        let metrics_tls = match config.metrics && config.metrics_encryption {
+            true => Some(
+                tls::acceptor_with_alpn(
+                    &config.metrics_server_key,
+                    &config.metrics_server_cert,
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|message| StartError::Config {
+                    key: "metricsServerKey/metricsServerCert",
                     message,
                 })?,
             ),
@@ -289,7 +317,10 @@ impl Server {
             tasks.clone(),
         );
         if let (Some(listener), Some(addr)) = (api, api_addr) {
-            tracing::info!("[API] listener opened on {addr} (HTTP)");
+            tracing::info!(
+                "[API] listener opened on {addr} ({})",
+                if api_tls.is_some() { "HTTPS" } else { "HTTP" }
+            );
             let router = api::router(api::ApiState {
                 paths: paths.clone(),
                 rtmp_conns: rtmp_conns.clone(),
@@ -310,17 +341,31 @@ impl Server {
                 },
                 guard::require,
             ));
+            let router = router.layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.api_allow_origins.clone()),
+                http::cors,
+            ));
             tasks.spawn(http::serve(
                 "API",
                 listener,
                 router,
-                None,
+                http::Options {
+                    tls: api_tls,
+                    trusted_proxies: Arc::new(config.api_trusted_proxies.clone()),
+                },
                 shutdown.clone(),
                 tasks.clone(),
             ));
         }
         if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
-            tracing::info!("[metrics] listener opened on {addr} (HTTP)");
+            tracing::info!(
+                "[metrics] listener opened on {addr} ({})",
+                if metrics_tls.is_some() {
+                    "HTTPS"
+                } else {
+                    "HTTP"
+                }
+            );
             let router = metrics::router(
                 paths.clone(),
                 config.hls.then(|| hls.clone()),
@@ -334,11 +379,18 @@ impl Server {
                 },
                 guard::require,
             ));
+            let router = router.layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.metrics_allow_origins.clone()),
+                http::cors,
+            ));
             tasks.spawn(http::serve(
                 "metrics",
                 listener,
                 router,
-                None,
+                http::Options {
+                    tls: metrics_tls,
+                    trusted_proxies: Arc::new(config.metrics_trusted_proxies.clone()),
+                },
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -391,7 +443,10 @@ impl Server {
                 "HLS",
                 listener,
                 hls.router(),
-                hls_tls,
+                http::Options {
+                    tls: hls_tls,
+                    trusted_proxies: Arc::new(config.hls_trusted_proxies.clone()),
+                },
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -474,7 +529,10 @@ impl Server {
                 "WebRTC",
                 listener,
                 webrtc.router(),
-                webrtc_tls,
+                http::Options {
+                    tls: webrtc_tls,
+                    trusted_proxies: Arc::new(config.webrtc_trusted_proxies.clone()),
+                },
                 shutdown.clone(),
                 tasks.clone(),
             ));

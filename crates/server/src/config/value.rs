@@ -444,23 +444,12 @@ pub fn http_url(v: &Node) -> Result<String, String> {
     Ok(s)
 }
 
-/// `keyStore`: a SQLite file (`./tidegate-keys.db`, or `sqlite:<file>`).
-pub fn key_store(v: &Node) -> Result<std::path::PathBuf, String> {
+/// `keyStore`: a SQLite file (`./tidegate-keys.db`, or `sqlite:<file>`), or a
+/// `postgres://user:pass@host/db` URL.
+pub fn key_store(v: &Node) -> Result<String, String> {
     let s = string(v)?;
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        return Err(
-            "PostgreSQL key stores are not built yet; use a SQLite file (several processes on one machine may share it)"
-                .into(),
-        );
-    }
-    let file = s
-        .strip_prefix("sqlite:")
-        .unwrap_or(&s)
-        .trim_start_matches("//");
-    if file.is_empty() {
-        return Err("expected the file stream keys are kept in".into());
-    }
-    Ok(std::path::PathBuf::from(file))
+    tidegate_auth::keys::KeyStore::open(&s)?;
+    Ok(s)
 }
 
 #[cfg(test)]
