@@ -491,6 +491,22 @@ fn jwt_from_a_jwks() {
     let _publisher = ffmpeg_publish(&format!("{rtmp}?jwt={good}"), 60, "flv", &dir);
     server.wait_ready("cam", READY);
     assert_eq!(hls_status(server.hls_addr(), &good), 200);
+    // The player's way: the token in the page's query is carried to every URI it is given.
+    let r = fetch(
+        server.hls_addr(),
+        &format!("/cam/index.m3u8?jwt={good}"),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let media = r
+        .text()
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap_or_default()
+        .to_string();
+    assert!(media.contains(&format!("jwt={good}")), "{media}");
+    let r = fetch(server.hls_addr(), &format!("/cam/{media}"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // ES256 with a key the JWKS does not have yet.
     let es = mint(&dir, "e1", claims(now_s() + 120, "tidegate"));

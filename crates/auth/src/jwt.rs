@@ -194,6 +194,36 @@ impl Jwt {
     }
 }
 
+/// For the fuzz target: a token (as a client sends it) checked against a fixed one-key JWKS,
+/// and the same bytes read as a permissions claim.
+#[doc(hidden)]
+pub fn verify_for_fuzzing(token: &str) -> usize {
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","kid":"k","alg":"ES256","crv":"P-256",
+        "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+    let Ok(set) = serde_json::from_str::<JwkSet>(JWKS) else {
+        return 0;
+    };
+    let jwt = Jwt::new(
+        JwtConfig {
+            claim_key: "mediamtx_permissions".into(),
+            audience: "tidegate".into(),
+            ..JwtConfig::default()
+        },
+        Duration::from_secs(1),
+    );
+    let mut n = 0;
+    if let Ok(header) = decode_header(token) {
+        n += jwt
+            .check(&set, &header, token)
+            .map_or(1, |v| v.permissions.len());
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(token) {
+        n += parse_permissions(&v).map_or(0, |p| p.len());
+    }
+    n
+}
+
 /// `[{action, path}]` as JSON.
 pub fn parse_permissions(v: &serde_json::Value) -> Result<Vec<Permission>, String> {
     let list = v.as_array().ok_or("expected a list of permissions")?;

@@ -91,6 +91,21 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
+/// Whether the client takes `Content-Encoding: gzip`.
+fn takes_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+}
+
+fn gzip(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 3), level);
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
 /// `Authorization: Bearer <token>`.
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -338,17 +353,8 @@ async fn playlist(
             st.media(q.skip && ll, &q.forward)
         }
     };
-    let gzip = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    let mut r = if gzip {
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(body.len() / 3),
-            flate2::Compression::fast(),
-        );
-        let _ = enc.write_all(body.as_bytes());
-        let data = enc.finish().unwrap_or_default();
+    let mut r = if takes_gzip(headers) {
+        let data = gzip(body.as_bytes(), flate2::Compression::fast());
         mux.bytes_sent
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut r = Response::new(Body::from(data));
@@ -576,21 +582,10 @@ pub fn hls_js_version() -> &'static str {
 /// hls.js, gzipped once (to about a third) for every client that takes gzip.
 fn hls_js(headers: &HeaderMap) -> Response {
     static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let gzip = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    let body = if gzip {
+    let gzipped = takes_gzip(headers);
+    let body = if gzipped {
         GZIPPED
-            .get_or_init(|| {
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(HLS_JS.len() / 3),
-                    flate2::Compression::best(),
-                );
-                // Writing to a Vec cannot fail.
-                let _ = enc.write_all(HLS_JS.as_bytes());
-                Bytes::from(enc.finish().unwrap_or_default())
-            })
+            .get_or_init(|| Bytes::from(gzip(HLS_JS.as_bytes(), flate2::Compression::best())))
             .clone()
     } else {
         Bytes::from_static(HLS_JS.as_bytes())
@@ -606,7 +601,7 @@ fn hls_js(headers: &HeaderMap) -> Response {
         HeaderValue::from_static("public, max-age=86400"),
     );
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if gzip {
+    if gzipped {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r

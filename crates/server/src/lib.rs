@@ -64,6 +64,22 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// The TLS acceptor (ALPN `h2`, `http/1.1`) of an HTTPS listener, when `enabled`; a bad key
+/// or certificate stops start-up, naming `what`.
+fn https(
+    enabled: bool,
+    key: &str,
+    cert: &str,
+    what: &'static str,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    if !enabled {
+        return Ok(None);
+    }
+    tls::acceptor_with_alpn(key, cert, &[b"h2", b"http/1.1"])
+        .map(Some)
+        .map_err(|message| StartError::Config { key: what, message })
+}
+
 /// The RTP/RTCP (or SRTP/SRTCP) socket pair of an RTSP listener, when `enabled`.
 async fn bind_udp(
     enabled: bool,
@@ -118,62 +134,30 @@ impl Server {
             ),
             false => None,
         };
-        let webrtc_tls = match config.webrtc && config.webrtc_encryption {
-            true => Some(
-                tls::acceptor_with_alpn(
-                    &config.webrtc_server_key,
-                    &config.webrtc_server_cert,
-                    &[b"h2", b"http/1.1"],
-                )
-                .map_err(|message| StartError::Config {
-                    key: "webrtcServerKey/webrtcServerCert",
-                    message,
-                })?,
-            ),
-            false => None,
-        };
-        let hls_tls = match config.hls && config.hls_encryption {
-            true => Some(
-                tls::acceptor_with_alpn(
-                    &config.hls_server_key,
-                    &config.hls_server_cert,
-                    &[b"h2", b"http/1.1"],
-                )
-                .map_err(|message| StartError::Config {
-                    key: "hlsServerKey/hlsServerCert",
-                    message,
-                })?,
-            ),
-            false => None,
-        };
-        let api_tls = match config.api && config.api_encryption {
-            true => Some(
-                tls::acceptor_with_alpn(
-                    &config.api_server_key,
-                    &config.api_server_cert,
-                    &[b"h2", b"http/1.1"],
-                )
-                .map_err(|message| StartError::Config {
-                    key: "apiServerKey/apiServerCert",
-                    message,
-                })?,
-            ),
-            false => None,
-        };
-        let metrics_tls = match config.metrics && config.metrics_encryption {
-            true => Some(
-                tls::acceptor_with_alpn(
-                    &config.metrics_server_key,
-                    &config.metrics_server_cert,
-                    &[b"h2", b"http/1.1"],
-                )
-                .map_err(|message| StartError::Config {
-                    key: "metricsServerKey/metricsServerCert",
-                    message,
-                })?,
-            ),
-            false => None,
-        };
+        let webrtc_tls = https(
+            config.webrtc && config.webrtc_encryption,
+            &config.webrtc_server_key,
+            &config.webrtc_server_cert,
+            "webrtcServerKey/webrtcServerCert",
+        )?;
+        let hls_tls = https(
+            config.hls && config.hls_encryption,
+            &config.hls_server_key,
+            &config.hls_server_cert,
+            "hlsServerKey/hlsServerCert",
+        )?;
+        let api_tls = https(
+            config.api && config.api_encryption,
+            &config.api_server_key,
+            &config.api_server_cert,
+            "apiServerKey/apiServerCert",
+        )?;
+        let metrics_tls = https(
+            config.metrics && config.metrics_encryption,
+            &config.metrics_server_key,
+            &config.metrics_server_cert,
+            "metricsServerKey/metricsServerCert",
+        )?;
         let api = match config.api {
             true => Some(bind("API", config.api_address).await?),
             false => None,
