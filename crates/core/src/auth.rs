@@ -261,6 +261,11 @@ impl Grant {
     /// re-check, logging why; returns at once when the session ends first. Spawned once per
     /// session: one helper shared by every protocol.
     pub fn enforce(self, kick: CancellationToken, what: String) {
+        // Nothing can end this grant (no expiry, no re-check, nobody tracks it to revoke it):
+        // no task for it, so that a thousand anonymous readers cost nothing here.
+        if self.expires.is_none() && self.recheck.is_none() && self.hold.is_none() {
+            return;
+        }
         tokio::spawn(async move {
             let expiry = async {
                 match self.expires {
@@ -486,7 +491,9 @@ mod tests {
         assert!(kick.is_cancelled());
 
         let kick = CancellationToken::new();
-        let g = Grant::for_user("u");
+        let mut g = Grant::for_user("u");
+        // Tracked (someone may revoke it), as the auth manager's grants are.
+        g.hold = Some(Arc::new(()));
         g.clone().enforce(kick.clone(), "test".into());
         tokio::task::yield_now().await;
         assert!(!kick.is_cancelled());
