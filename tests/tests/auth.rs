@@ -528,9 +528,9 @@ fn jwt_from_a_jwks() {
     assert_eq!(status, 200);
 }
 
-/// Tokens that expire mid-stream end their sessions within a second of `exp`: an RTMP
-/// publisher, and RTMP, SRT and WHEP readers (the path's publisher has a longer token and
-/// carries on).
+/// Tokens that expire mid-stream end their sessions within a second of `exp`: RTMP, SRT and
+/// WHIP publishers, and RTMP, SRT and WHEP readers (the read path's publisher has a longer
+/// token and carries on).
 #[test]
 fn sessions_end_when_their_token_expires() {
     let dir = scratch("auth-jwt-expiry");
@@ -589,20 +589,44 @@ fn sessions_end_when_their_token_expires() {
         ]),
         &dir,
     );
-    let mut short_pub = ffmpeg_publish(
-        &format!("{}?jwt={short}", server.rtmp_url("cam2")),
-        60,
-        "flv",
+    // Publishers with the short token: RTMP (cam2), SRT (cam3), WHIP (cam4).
+    let mut short_pubs = vec![
+        ffmpeg_publish(
+            &format!("{}?jwt={short}", server.rtmp_url("cam2")),
+            60,
+            "flv",
+            &dir,
+        ),
+        ffmpeg_publish(
+            &server.srt_url(&format!("publish:cam3::{short}"), "&latency=200000"),
+            60,
+            "mpegts",
+            &dir,
+        ),
+    ];
+    let mut whip = PeerProcess::spawn(
+        "whip",
+        &mut webrtc_peer(&[
+            "whip",
+            &server.webrtc_url("cam4", "whip"),
+            "--seconds",
+            "30",
+            "--token",
+            &short,
+        ]),
         &dir,
     );
     server.wait_readers("cam", 3, READY);
-    server.wait_ready("cam2", READY);
+    let publishers = ["cam2", "cam3", "cam4"];
+    for p in publishers {
+        server.wait_ready(p, READY);
+    }
     // Watch the sessions go, and note when.
     let kinds = ["rtmpConn", "srtConn", "webRTCSession"];
     let mut ended: Vec<Option<f64>> = vec![None; kinds.len()];
-    let mut pub_ended = None;
+    let mut pub_ended: Vec<Option<f64>> = vec![None; publishers.len()];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (ended.iter().any(Option::is_none) || pub_ended.is_none()) && Instant::now() < deadline {
+    while (ended.iter().chain(&pub_ended).any(Option::is_none)) && Instant::now() < deadline {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -617,33 +641,35 @@ fn sessions_end_when_their_token_expires() {
                 ended[i] = Some(t);
             }
         }
-        if pub_ended.is_none() && !server.paths().get("cam2").is_some_and(|p| p.ready) {
-            pub_ended = Some(t);
+        for (i, p) in publishers.iter().enumerate() {
+            if pub_ended[i].is_none() && !server.paths().get(p).is_some_and(|p| p.ready) {
+                pub_ended[i] = Some(t);
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let exp = exp as f64;
-    for (k, e) in kinds.iter().zip(&ended) {
-        let e = e.unwrap_or_else(|| panic!("the {k} reader did not end"));
-        eprintln!("{k} reader ended {:+.3} s from exp", e - exp);
+    let sessions = kinds
+        .iter()
+        .map(|k| format!("{k} reader"))
+        .chain(["RTMP publisher", "SRT publisher", "WHIP publisher"].map(String::from));
+    for (what, e) in sessions.zip(ended.iter().chain(&pub_ended)) {
+        let e = e.unwrap_or_else(|| panic!("the {what} did not end"));
+        eprintln!("{what} ended {:+.3} s from exp", e - exp);
         assert!(
             e >= exp - 0.05 && e <= exp + 1.0,
-            "{k}: {:+.3} s from exp",
+            "{what}: {:+.3} s from exp",
             e - exp
         );
     }
-    let e = pub_ended.expect("the publisher did not end");
-    eprintln!("publisher ended {:+.3} s from exp", e - exp);
-    assert!(
-        e >= exp - 0.05 && e <= exp + 1.0,
-        "publisher: {:+.3} s",
-        e - exp
-    );
     // The clients saw their sessions close; the long-token publisher is still there.
-    assert!(!short_pub.wait(Duration::from_secs(20)).success());
+    for p in &mut short_pubs {
+        assert!(!p.wait(Duration::from_secs(20)).success());
+    }
     rtmp_reader.wait(Duration::from_secs(20));
     srt_reader.wait(Duration::from_secs(20));
     whep.kill9();
+    whip.kill9();
     assert!(server.paths().get("cam").is_some_and(|p| p.ready));
 }
 
