@@ -142,7 +142,18 @@ pub struct AuthManager {
     keys: Option<Arc<keys::KeyStore>>,
     /// Grants of live sessions opened with a key, by key id.
     key_live: Mutex<Vec<Live>>,
+    /// HLS asks once per request (several a second per viewer): a key it checked in the last
+    /// second is taken from here, not from the store, and not counted as another use.
+    hls_keys: Mutex<std::collections::HashMap<HlsKey, (Instant, keys::KeyRecord)>>,
 }
+
+/// A key as HLS presented it: the key, the path, the client's address.
+type HlsKey = (String, String, std::net::IpAddr);
+
+/// How long an HLS request may rely on the previous check of the same key.
+const HLS_KEY_FRESH: Duration = Duration::from_secs(1);
+/// Keys remembered for HLS at most (the table is emptied when full).
+const HLS_KEYS_MAX: usize = 10_000;
 
 impl AuthManager {
     pub fn new(config: AuthConfig) -> Arc<AuthManager> {
@@ -160,6 +171,7 @@ impl AuthManager {
             live: Mutex::new(Vec::new()),
             keys,
             key_live: Mutex::new(Vec::new()),
+            hls_keys: Mutex::new(std::collections::HashMap::new()),
         });
         if m.keys.is_some() {
             let weak = Arc::downgrade(&m);
@@ -181,6 +193,10 @@ impl AuthManager {
     /// Ends the live sessions opened with key `id` (a revocation here; other processes see it
     /// through the poller).
     pub fn revoke_key(&self, id: &str, why: &str) {
+        self.hls_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, rec)| rec.id != id);
         let live = self.key_live.lock().unwrap_or_else(|e| e.into_inner());
         for l in live.iter().filter(|l| l.owner == id) {
             l.revoke(why);
@@ -263,10 +279,37 @@ impl AuthManager {
         let Some(store) = &self.keys else {
             return Some(Err(AuthError::Denied("no key store is configured".into())));
         };
-        match store
-            .check(key, req.path.clone(), req.action, req.creds.ip)
-            .await
-        {
+        let hls = req.protocol == "hls";
+        let cached = hls
+            .then(|| {
+                let now = Instant::now();
+                let map = self.hls_keys.lock().unwrap_or_else(|e| e.into_inner());
+                map.get(&(key.clone(), req.path.clone(), req.creds.ip))
+                    .filter(|(at, rec)| {
+                        now.duration_since(*at) < HLS_KEY_FRESH
+                            && rec.action == req.action.as_str()
+                            && rec.expires.is_none_or(|e| e > std::time::SystemTime::now())
+                    })
+                    .map(|(_, rec)| rec.clone())
+            })
+            .flatten();
+        let checked = match cached {
+            Some(rec) => Ok(rec),
+            None => {
+                store
+                    .check(key.clone(), req.path.clone(), req.action, req.creds.ip)
+                    .await
+            }
+        };
+        if let (true, Ok(rec)) = (hls, &checked) {
+            let mut map = self.hls_keys.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= HLS_KEYS_MAX {
+                map.clear();
+            }
+            map.entry((key, req.path.clone(), req.creds.ip))
+                .or_insert_with(|| (Instant::now(), rec.clone()));
+        }
+        match checked {
             Ok(rec) => {
                 let mut grant = Grant::for_user(&format!(
                     "key {}{}",

@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tidegate_core::{Action, AuthError, AuthRequest, Authenticator, Credentials, PathConf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,4 +296,31 @@ async fn grants_nobody_holds_are_forgotten() {
         .unwrap();
     assert_eq!(m.live.lock().unwrap().len(), 1);
     drop(held);
+}
+
+#[tokio::test]
+async fn hls_requests_with_a_key_hit_the_store_once_a_second() {
+    let file = std::env::temp_dir().join(format!("tidegate-hls-keys-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let store = Arc::new(keys::KeyStore::open(file.to_str().unwrap()).unwrap());
+    let (rec, key) = store
+        .create(keys::NewKey {
+            path: "cam".into(),
+            action: Some(Action::Read),
+            ..keys::NewKey::default()
+        })
+        .await
+        .unwrap();
+    let m = AuthManager::with_keys(AuthConfig::default(), Some(store.clone()));
+    let mut r = req(Action::Read, "cam", None, Some(&key));
+    r.protocol = "hls";
+    for _ in 0..20 {
+        assert!(m.authorize(&r, None).await.is_ok());
+    }
+    assert_eq!(store.get(rec.id.clone()).await.unwrap().unwrap().uses, 1);
+    // Revoked here: the remembered check goes at once.
+    store.revoke(rec.id.clone()).await.unwrap();
+    m.revoke_key(&rec.id, "revoked");
+    assert!(m.authorize(&r, None).await.is_err());
+    let _ = std::fs::remove_file(&file);
 }
