@@ -28,7 +28,7 @@ pub use auth::{
 pub use bytes::Bytes;
 pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
-pub use path::{PathConf, PathMatch, PathMatcher, PathNameError};
+pub use path::{PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
 pub use registry::{
     PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,
     SessionInfo,

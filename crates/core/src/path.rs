@@ -47,6 +47,44 @@ pub struct PathConf {
     /// `<name>/<key>` means this path with that stream key (OBS: server `rtmp://host/<name>`,
     /// stream key `<key>`).
     pub stream_key_in_path: bool,
+    /// Recording: see `tidegate-record`.
+    pub record: RecordConf,
+}
+
+/// How a path is recorded (`record*` keys). Plain data, read by `tidegate-record`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordConf {
+    pub enabled: bool,
+    /// `recordPath`: a template with `%path` and time placeholders, no extension.
+    pub path: String,
+    /// `recordFormat`: `fmp4` or `mpegts`.
+    pub format: String,
+    pub part_duration: std::time::Duration,
+    pub max_part_size: u64,
+    pub segment_duration: std::time::Duration,
+    /// Zero keeps segments forever.
+    pub delete_after: std::time::Duration,
+    /// `recordSync`: when written data is forced to disk: `part`, `segment` or `off`.
+    pub sync: String,
+    pub run_on_segment_create: String,
+    pub run_on_segment_complete: String,
+}
+
+impl Default for RecordConf {
+    fn default() -> Self {
+        RecordConf {
+            enabled: false,
+            path: "./recordings/%path/%Y-%m-%d_%H-%M-%S-%f".into(),
+            format: "fmp4".into(),
+            part_duration: std::time::Duration::from_secs(1),
+            max_part_size: 50 * 1024 * 1024,
+            segment_duration: std::time::Duration::from_secs(3600),
+            delete_after: std::time::Duration::from_secs(86400),
+            sync: "part".into(),
+            run_on_segment_create: String::new(),
+            run_on_segment_complete: String::new(),
+        }
+    }
 }
 
 impl Default for PathConf {
@@ -73,6 +111,7 @@ impl Default for PathConf {
             source_on_demand_close_after: std::time::Duration::from_secs(10),
             stream_key_required: false,
             stream_key_in_path: false,
+            record: RecordConf::default(),
         }
     }
 }

@@ -312,6 +312,15 @@ impl PathManager {
         })
     }
 
+    /// The stream published on `name` and its settings, for in-process consumers that are
+    /// not clients (the recorder): no reader is registered and `maxReaders` does not count it.
+    pub fn stream(&self, name: &str) -> Option<(Arc<Stream>, Arc<PathConf>)> {
+        let m = self.find(name).ok()?;
+        let reg = self.shared.lock();
+        let stream = reg.paths.get(name)?.publisher.as_ref()?.stream.clone()?;
+        Some((stream, m.conf))
+    }
+
     /// Starts reading `name`. Its publisher must be ready.
     pub fn read(&self, name: &str, session: SessionInfo) -> Result<Reader, PathError> {
         let m = self.find(name)?;

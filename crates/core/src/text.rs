@@ -33,6 +33,20 @@ pub fn percent_decode(v: &str, plus_as_space: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Percent-encodes a URL query component: everything but unreserved characters (RFC 3986)
+/// and `/`.
+pub fn percent_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// An unpredictable 64-bit value (SipHash keyed from the OS's randomness by the standard
 /// library, over a process-wide counter and the time): for session ids, nonces, SSRCs and
 /// file-name prefixes. Not for key material.

@@ -61,7 +61,19 @@ pub async fn require(
     next: Next,
 ) -> Response {
     let creds = credentials(&req, remote);
-    let ask = AuthRequest::new(guard.action, "", guard.protocol, creds)
+    // Playback asks for a path: the one in `?path=`.
+    let path = if guard.action == Action::Playback {
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|p| p.strip_prefix("path="))
+            .map(|v| tidegate_core::text::percent_decode(v, true))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let ask = AuthRequest::new(guard.action, &path, guard.protocol, creds)
         .with_query(req.uri().query().unwrap_or(""));
     match guard.paths.authorize(&ask).await {
         Ok(_) => next.run(req).await,

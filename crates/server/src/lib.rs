@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod cli;
 pub mod config;
 pub mod guard;
+mod hooks;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -53,6 +54,8 @@ pub struct Server {
     webrtc_addr: Option<SocketAddr>,
     webrtc_udp_addr: Option<SocketAddr>,
     webrtc_tcp_addr: Option<SocketAddr>,
+    playback_addr: Option<SocketAddr>,
+    recorder: tidegate_record::Recorder,
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -158,6 +161,17 @@ impl Server {
             &config.metrics_server_cert,
             "metricsServerKey/metricsServerCert",
         )?;
+        let playback_tls = https(
+            config.playback && config.playback_encryption,
+            &config.playback_server_key,
+            &config.playback_server_cert,
+            "playbackServerKey/playbackServerCert",
+        )?;
+        let playback = match config.playback {
+            true => Some(bind("playback", config.playback_address).await?),
+            false => None,
+        };
+        let playback_addr = playback.as_ref().and_then(|l| l.local_addr().ok());
         let api = match config.api {
             true => Some(bind("API", config.api_address).await?),
             false => None,
@@ -282,6 +296,62 @@ impl Server {
         let rtsp_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let rtsps_conns = Arc::new(tidegate_rtsp::RtspConns::default());
         let relays = relays::start(&config, &paths, &tasks, &shutdown);
+        // Every template a path may record with: their roots are indexed for playback.
+        let mut templates = Vec::new();
+        for c in std::iter::once(&config.path_defaults).chain(config.paths.iter()) {
+            if let Ok(t) = tidegate_record::Template::new(&c.record.path) {
+                if !templates
+                    .iter()
+                    .any(|x: &tidegate_record::Template| x.raw() == t.raw())
+                {
+                    templates.push(t);
+                }
+            }
+        }
+        let recorder = tidegate_record::Recorder::start(
+            paths.clone(),
+            templates,
+            shutdown.clone(),
+            tasks.clone(),
+        )
+        .await;
+        hooks::record_hooks(&recorder, &tasks, &shutdown);
+        if let (Some(listener), Some(addr)) = (playback, playback_addr) {
+            tracing::info!(
+                "[playback] listener opened on {addr} ({})",
+                if playback_tls.is_some() {
+                    "HTTPS"
+                } else {
+                    "HTTP"
+                }
+            );
+            let router = tidegate_record::playback::router(tidegate_record::playback::Playback {
+                index: recorder.index().clone(),
+            })
+            .layer(axum::middleware::from_fn_with_state(
+                guard::Guard {
+                    paths: paths.clone(),
+                    action: tidegate_core::Action::Playback,
+                    protocol: "playback",
+                },
+                guard::require,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.playback_allow_origins.clone()),
+                http::cors,
+            ));
+            tasks.spawn(http::serve(
+                "playback",
+                listener,
+                router,
+                http::Options {
+                    tls: playback_tls,
+                    trusted_proxies: Arc::new(config.playback_trusted_proxies.clone()),
+                },
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         let hls = tidegate_hls::Hls::new(
             paths.clone(),
             tidegate_hls::HlsConfig {
@@ -537,7 +607,18 @@ impl Server {
             webrtc_addr,
             webrtc_udp_addr,
             webrtc_tcp_addr,
+            playback_addr,
+            recorder,
         })
+    }
+
+    pub fn playback_addr(&self) -> Option<SocketAddr> {
+        self.playback_addr
+    }
+
+    /// The recorder: its index and counters.
+    pub fn recorder(&self) -> &tidegate_record::Recorder {
+        &self.recorder
     }
 
     /// The path registry, for protocol servers and tests.

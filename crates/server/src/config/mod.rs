@@ -122,6 +122,14 @@ pub struct Config {
     pub srt: bool,
     pub srt_address: SocketAddr,
 
+    pub playback: bool,
+    pub playback_address: SocketAddr,
+    pub playback_encryption: bool,
+    pub playback_server_key: String,
+    pub playback_server_cert: String,
+    pub playback_allow_origins: Vec<String>,
+    pub playback_trusted_proxies: Vec<ipnet::IpNet>,
+
     /// `authMethod`, `authInternalUsers`, `authHTTP…`, `authJWT…`.
     pub auth: tidegate_auth::AuthConfig,
     /// `keyStore`: the SQLite file, or the PostgreSQL URL, stream keys live in.
@@ -142,6 +150,15 @@ macro_rules! set {
     ($field:ident, $parse:expr) => {
         |c, v| {
             c.$field = $parse(v)?;
+            Ok(())
+        }
+    };
+}
+
+macro_rules! set_rec {
+    ($field:ident, $parse:expr) => {
+        |c, v| {
+            c.record.$field = $parse(v)?;
             Ok(())
         }
     };
@@ -294,6 +311,19 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("authJWTExclude", set_auth!(jwt_exclude, permissions)),
     ("authJWTInHTTPQuery", set_auth!(jwt_in_http_query, boolean)),
     ("keyStore", set!(key_store, key_store)),
+    ("playback", set!(playback, boolean)),
+    ("playbackAddress", set!(playback_address, address)),
+    ("playbackEncryption", set!(playback_encryption, boolean)),
+    ("playbackServerKey", set!(playback_server_key, string)),
+    ("playbackServerCert", set!(playback_server_cert, string)),
+    (
+        "playbackAllowOrigins",
+        set!(playback_allow_origins, string_list),
+    ),
+    (
+        "playbackTrustedProxies",
+        set!(playback_trusted_proxies, ip_list),
+    ),
 ];
 
 /// Keys of `pathDefaults` and of each entry of `paths`.
@@ -330,6 +360,34 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ),
     ("streamKeyRequired", set!(stream_key_required, boolean)),
     ("streamKeyInPath", set!(stream_key_in_path, boolean)),
+    ("record", set_rec!(enabled, boolean)),
+    ("recordPath", set_rec!(path, record_path)),
+    (
+        "recordFormat",
+        set_rec!(format, |v| one_of(v, &["fmp4", "mpegts"])),
+    ),
+    (
+        "recordPartDuration",
+        set_rec!(part_duration, positive_duration),
+    ),
+    ("recordMaxPartSize", set_rec!(max_part_size, size)),
+    (
+        "recordSegmentDuration",
+        set_rec!(segment_duration, positive_duration),
+    ),
+    ("recordDeleteAfter", set_rec!(delete_after, duration)),
+    (
+        "recordSync",
+        set_rec!(sync, |v| one_of(v, &["part", "segment", "off"])),
+    ),
+    (
+        "runOnRecordSegmentCreate",
+        set_rec!(run_on_segment_create, string),
+    ),
+    (
+        "runOnRecordSegmentComplete",
+        set_rec!(run_on_segment_complete, string),
+    ),
 ];
 
 /// Where a configuration error is.
@@ -544,6 +602,13 @@ impl Config {
             webrtc_ice_servers: Vec::new(),
             srt: false,
             srt_address: any,
+            playback: false,
+            playback_address: any,
+            playback_encryption: false,
+            playback_server_key: String::new(),
+            playback_server_cert: String::new(),
+            playback_allow_origins: Vec::new(),
+            playback_trusted_proxies: Vec::new(),
             auth: tidegate_auth::AuthConfig {
                 internal_users: Vec::new(),
                 ..tidegate_auth::AuthConfig::default()

@@ -141,6 +141,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" => 86400.0,
             _ => return None,
         };
         rest = &rest[unit_len..];
@@ -449,6 +450,50 @@ pub fn http_url(v: &Node) -> Result<String, String> {
 pub fn key_store(v: &Node) -> Result<String, String> {
     let s = string(v)?;
     tidegate_auth::keys::KeyStore::open(&s)?;
+    Ok(s)
+}
+
+/// A duration that must not be zero.
+pub fn positive_duration(v: &Node) -> Result<Duration, String> {
+    let d = duration(v)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// A size in bytes: a number, optionally with K, M, G (powers of 1000) or KiB, MiB, GiB
+/// (powers of 1024), as MediaMTX's `recordMaxPartSize: 50M`.
+pub fn size(v: &Node) -> Result<u64, String> {
+    let s = scalar(v, "a size like 50M")?.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("expected a size like 50M or 1GiB, found '{s}'")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a size like 50M or 1GiB, found '{s}'"))?;
+    let bytes = n * scale;
+    if !(1.0..=1e12).contains(&bytes) {
+        return Err(format!("'{s}' is out of range (1 byte to 1T)"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `recordPath`: a template with `%path` and a start time (see `tidegate-record`).
+pub fn record_path(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    tidegate_record::Template::new(&s).map_err(|e| e.to_string())?;
     Ok(s)
 }
 

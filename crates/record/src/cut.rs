@@ -1,0 +1,242 @@
+//! Cutting recorded fMP4 segments into one stream for `/get`: from the key frame at or
+//! before the asked start to the asked end, across segment boundaries, one `moof` + `mdat`
+//! out per part in. Only the segments' boxes are read up front; media is read part by part
+//! as the output is sent, so memory stays at about one part whatever the window.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+
+use bytes::Bytes;
+use tidegate_fmp4::{Sample, TrackRun};
+
+use crate::index::Segment;
+use crate::read::{scan, ReadError, Scan};
+
+/// Consecutive segments further apart than this are not joined: the output stops at a gap.
+pub const MAX_GAP_US: i64 = 1_000_000;
+
+/// Largest part read into memory at once.
+pub const MAX_PART: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    #[error("no recording in the asked window")]
+    Nothing,
+    #[error("{0}")]
+    Read(#[from] ReadError),
+}
+
+/// What `/get` sends: the init, then fragments made by [`Cut::next_fragment`].
+pub struct Cut {
+    pub init: Bytes,
+    segments: Vec<(Segment, Scan)>,
+    /// Where the output's time zero is, in µs since the epoch (the key frame).
+    origin_us: i64,
+    /// Where the window ends, µs since the epoch.
+    end_us: i64,
+    /// Position: segment, part.
+    seg: usize,
+    part: usize,
+    file: Option<File>,
+    seq: u32,
+    /// Time of the first sample sent, µs since the epoch.
+    pub first_us: i64,
+}
+
+fn sample_times(scan: &Scan, traf: &crate::read::Traf) -> (u32, Vec<u64>) {
+    let ts = scan
+        .tracks
+        .iter()
+        .find(|t| t.id == traf.track_id)
+        .map_or(90_000, |t| t.timescale.max(1));
+    let mut t = traf.base_decode_time;
+    let mut v = Vec::with_capacity(traf.samples.len());
+    for s in &traf.samples {
+        v.push(t);
+        t += u64::from(s.duration);
+    }
+    (ts, v)
+}
+
+fn ticks_to_us(t: u64, ts: u32) -> i64 {
+    (i128::from(t) * 1_000_000 / i128::from(ts.max(1))) as i64
+}
+
+impl Cut {
+    /// Plans the cut of `[start_us, start_us + duration_us)` from `segments` (time order).
+    pub fn new(segments: Vec<Segment>, start_us: i64, duration_us: i64) -> Result<Cut, CutError> {
+        let end_us = start_us.saturating_add(duration_us.max(0));
+        let mut chosen: Vec<(Segment, Scan)> = Vec::new();
+        for s in segments {
+            if s.format != "fmp4" {
+                continue;
+            }
+            if s.start >= end_us {
+                break;
+            }
+            if let Some((prev, prev_scan)) = chosen.last() {
+                let prev_end = prev.start + (prev_scan.duration() * 1e6) as i64;
+                // A gap, or tracks that differ: the output stops here.
+                if s.start - prev_end > MAX_GAP_US {
+                    break;
+                }
+            }
+            let f = File::open(&s.file).map_err(ReadError::Io)?;
+            let sc = scan(&mut BufReader::new(f))?;
+            if let Some((_, first)) = chosen.first() {
+                if first.tracks != sc.tracks {
+                    break;
+                }
+            }
+            if sc.parts.is_empty() {
+                continue;
+            }
+            chosen.push((s, sc));
+        }
+        // Drop leading segments that end before the window.
+        while chosen.len() > 1 {
+            let (s, sc) = &chosen[0];
+            if s.start + (sc.duration() * 1e6) as i64 <= start_us {
+                chosen.remove(0);
+            } else {
+                break;
+            }
+        }
+        let Some((first, sc)) = chosen.first() else {
+            return Err(CutError::Nothing);
+        };
+        // The key track: the first video track, else the first track.
+        let key = sc
+            .tracks
+            .iter()
+            .find(|t| t.video)
+            .or(sc.tracks.first())
+            .map(|t| t.id)
+            .ok_or(CutError::Nothing)?;
+        // The last sync sample of the key track at or before start (else the first).
+        let mut origin_us = None;
+        'parts: for p in &sc.parts {
+            for traf in p.trafs.iter().filter(|t| t.track_id == key) {
+                let (ts, times) = sample_times(sc, traf);
+                for (s, t) in traf.samples.iter().zip(times) {
+                    let at = first.start + ticks_to_us(t, ts);
+                    if at > start_us && origin_us.is_some() {
+                        break 'parts;
+                    }
+                    if s.is_sync() {
+                        origin_us = Some(at);
+                    }
+                }
+            }
+        }
+        let origin_us = origin_us.ok_or(CutError::Nothing)?;
+        if origin_us >= end_us {
+            return Err(CutError::Nothing);
+        }
+        Ok(Cut {
+            init: sc.init.clone(),
+            segments: chosen,
+            origin_us,
+            end_us,
+            seg: 0,
+            part: 0,
+            file: None,
+            seq: 0,
+            first_us: origin_us,
+        })
+    }
+
+    /// The next fragment, or `None` when the window is sent. Blocking (reads the file).
+    pub fn next_fragment(&mut self) -> Result<Option<Bytes>, CutError> {
+        loop {
+            let Some((seg, sc)) = self.segments.get(self.seg) else {
+                return Ok(None);
+            };
+            let Some(part) = sc.parts.get(self.part) else {
+                self.seg += 1;
+                self.part = 0;
+                self.file = None;
+                continue;
+            };
+            self.part += 1;
+            if self.file.is_none() {
+                self.file = Some(File::open(&seg.file).map_err(ReadError::Io)?);
+            }
+            // Skip whole parts outside the window.
+            let part_start = seg.start + (sc.part_start(part) * 1e6) as i64;
+            if part_start >= self.end_us {
+                self.segments.truncate(self.seg + 1);
+                self.part = usize::MAX;
+                continue;
+            }
+            let mut any_in = false;
+            let mut runs_meta = Vec::new();
+            for traf in &part.trafs {
+                let (ts, times) = sample_times(sc, traf);
+                let last = times.last().copied().unwrap_or(0)
+                    + u64::from(traf.samples.last().map_or(0, |s| s.duration));
+                if seg.start + ticks_to_us(last, ts) > self.origin_us {
+                    any_in = true;
+                }
+                runs_meta.push((traf, ts, times));
+            }
+            if !any_in {
+                continue;
+            }
+            let len = part.end - part.offset;
+            if len > MAX_PART {
+                return Err(ReadError::Format("part too large").into());
+            }
+            let mut buf = vec![0u8; len as usize];
+            let f = self.file.as_mut().ok_or(CutError::Nothing)?;
+            f.seek(SeekFrom::Start(part.offset))
+                .map_err(ReadError::Io)?;
+            f.read_exact(&mut buf).map_err(ReadError::Io)?;
+            let buf = Bytes::from(buf);
+            let mut runs: Vec<(u32, u64, Vec<Sample>)> = Vec::new();
+            for (traf, ts, times) in runs_meta {
+                let mut offset = traf.data_offset;
+                let mut samples = Vec::new();
+                let mut base = None;
+                for (s, t) in traf.samples.iter().zip(times) {
+                    let at = seg.start + ticks_to_us(t, ts);
+                    let range = offset as usize..(offset + u64::from(s.size)) as usize;
+                    offset += u64::from(s.size);
+                    if at < self.origin_us || at >= self.end_us {
+                        continue;
+                    }
+                    let Some(data) = buf.get(range.clone()).map(|_| buf.slice(range)) else {
+                        return Err(ReadError::Format("sample outside its part").into());
+                    };
+                    if base.is_none() {
+                        // Output time: from the key frame, in this track's ticks.
+                        let out_us = at - self.origin_us;
+                        base = Some((i128::from(out_us) * i128::from(ts) / 1_000_000) as u64);
+                    }
+                    samples.push(Sample {
+                        duration: s.duration,
+                        composition_offset: s.composition_offset,
+                        keyframe: s.is_sync(),
+                        data,
+                    });
+                }
+                if let Some(b) = base {
+                    runs.push((traf.track_id, b, samples));
+                }
+            }
+            if runs.is_empty() {
+                continue;
+            }
+            self.seq = self.seq.wrapping_add(1);
+            let track_runs: Vec<TrackRun<'_>> = runs
+                .iter()
+                .map(|(id, b, s)| TrackRun {
+                    track_id: *id,
+                    base_decode_time: *b,
+                    samples: s,
+                })
+                .collect();
+            return Ok(Some(tidegate_fmp4::fragment(self.seq, &track_runs)));
+        }
+    }
+}
