@@ -153,6 +153,23 @@ impl TestServer {
         &self.paths
     }
 
+    pub fn playback_addr(&self) -> SocketAddr {
+        self.server().playback_addr().expect("playback enabled")
+    }
+
+    pub fn recorder(&self) -> &tidegate_record::Recorder {
+        self.server().recorder()
+    }
+
+    /// Starts watching the recorder's segment events (before the publisher starts, so that
+    /// none is missed).
+    pub fn segment_watch(&self) -> SegmentWatch {
+        SegmentWatch {
+            events: self.recorder().events(),
+            handle: self.runtime.handle().clone(),
+        }
+    }
+
     /// Waits (bounded) until `path` has a ready publisher. Event driven, no polling sleeps.
     pub fn wait_ready(&self, path: &str, limit: Duration) {
         self.wait_for(path, limit, true);
@@ -294,5 +311,48 @@ impl Drop for TestServer {
                 let _ = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
             });
         }
+    }
+}
+
+/// The recorder's segment events since [`TestServer::segment_watch`].
+pub struct SegmentWatch {
+    events: tokio::sync::broadcast::Receiver<tidegate_record::SegmentEvent>,
+    handle: tokio::runtime::Handle,
+}
+
+impl SegmentWatch {
+    /// Waits (bounded) until `n` more segments of `path` are complete; returns their files
+    /// and durations, in order. Event driven.
+    pub fn wait_complete(
+        &mut self,
+        path: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<(std::path::PathBuf, f64)> {
+        let events = &mut self.events;
+        self.handle.block_on(async {
+            let mut done = Vec::new();
+            let _ = tokio::time::timeout(limit, async {
+                while done.len() < n {
+                    match events.recv().await {
+                        Ok(e)
+                            if e.path == path
+                                && e.kind == tidegate_record::SegmentEventKind::Complete =>
+                        {
+                            done.push((e.file, e.duration))
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+            assert!(
+                done.len() >= n,
+                "{} of {n} segments of '{path}' complete within {limit:?}",
+                done.len()
+            );
+            done
+        })
     }
 }

@@ -80,7 +80,10 @@ pub async fn require(
         Err(PathError::Auth(e)) => refused(&e),
         Err(e) => {
             let mut r = Response::new(Body::from(format!("{e}\n")));
-            *r.status_mut() = StatusCode::FORBIDDEN;
+            *r.status_mut() = match e {
+                PathError::NotConfigured(_) | PathError::InvalidName(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
             r
         }
     }

@@ -1,0 +1,288 @@
+//! Recording and playback with real peers: ffmpeg publishes (RTMP, SRT, RTSP), the server
+//! records in fMP4 and MPEG-TS, ffprobe and ffmpeg check every segment (codecs, dimensions,
+//! monotonic timestamps, every frame decodes), segments meet with no gap and no overlap, the
+//! playback server lists them and cuts a window across two of them, hooks run with MediaMTX's
+//! variables, retention deletes what is old and nothing else.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use tidegate_tests::http::fetch;
+use tidegate_tests::peers::ffmpeg_publish;
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, run_bounded, scratch};
+
+const READY: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// ffmpeg decodes every frame of `file` without an error line.
+fn decodes_cleanly(file: &Path) {
+    let out = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-v", "error", "-nostdin", "-i"])
+            .arg(file)
+            .args(["-f", "null", "-"]),
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "{} does not decode cleanly: {err}",
+        file.display()
+    );
+}
+
+/// Video frames of `file`, after checking codecs, size and timestamps.
+fn check_segment(file: &Path, video: &str, audio: &str) -> usize {
+    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some(video),
+        "{}",
+        file.display()
+    );
+    assert_eq!(
+        p.codec("audio").as_deref(),
+        Some(audio),
+        "{}",
+        file.display()
+    );
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
+    let v = p.packets_of("video");
+    assert!(v[0].keyframe, "{} starts on a key frame", file.display());
+    decodes_cleanly(file);
+    v.len()
+}
+
+fn wait_lines(file: &Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// RTMP (H.264 + AAC) recorded in fMP4 and in MPEG-TS at once, in 2 s segments: every
+/// segment plays, they meet exactly, nothing published is missing, hooks ran for each, and
+/// playback lists one span and cuts a window across two segments.
+#[test]
+fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
+    let dir = scratch("record-rtmp");
+    let rec = dir.join("rec");
+    let hooks = dir.join("hooks.txt");
+    let created = dir.join("created.txt");
+    let server = TestServer::start(&format!(
+        "playback: yes\nplaybackAddress: 127.0.0.1:0\n\
+         pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
+         recordSegmentDuration: 2s\n  \
+         runOnRecordSegmentCreate: echo \"$MTX_PATH $MTX_SEGMENT_PATH\" >> {}\n  \
+         runOnRecordSegmentComplete: echo \"$MTX_PATH $MTX_SEGMENT_PATH $MTX_SEGMENT_DURATION\" >> {}\n\
+         paths:\n  mp4:\n  ts:\n    recordFormat: mpegts\n",
+        rec.display(),
+        created.display(),
+        hooks.display()
+    ));
+    let mut watch_mp4 = server.segment_watch();
+    let mut watch_ts = server.segment_watch();
+    let mut a = ffmpeg_publish(&server.rtmp_url("mp4"), 7, "flv", &dir);
+    let mut b = ffmpeg_publish(&server.rtmp_url("ts"), 7, "flv", &dir);
+    server.wait_ready("mp4", READY);
+    assert!(a.wait(LIMIT).success() && b.wait(LIMIT).success());
+    server.wait_not_ready("mp4", READY);
+    server.wait_not_ready("ts", READY);
+
+    for (path, watch, video, audio) in [
+        ("mp4", &mut watch_mp4, "h264", "aac"),
+        ("ts", &mut watch_ts, "h264", "aac"),
+    ] {
+        let index = server.recorder().index().segments(path, None, None);
+        assert!(index.len() >= 3, "{path}: {index:?}");
+        let done = watch.wait_complete(path, index.len(), LIMIT);
+        let index = server.recorder().index().segments(path, None, None);
+        let mut frames = 0;
+        for (i, s) in index.iter().enumerate() {
+            assert!(!s.recording);
+            assert_eq!(s.file, done[i].0);
+            assert!(s.file.extension().unwrap() == if path == "ts" { "ts" } else { "mp4" });
+            frames += check_segment(&s.file, video, audio);
+            if i + 1 < index.len() {
+                // 2 s each (key frames every second), and the next starts where this ends.
+                assert!((s.duration - 2.0).abs() < 0.05, "{path}: {s:?}");
+                let gap = index[i + 1].start - s.end();
+                assert!(
+                    gap.abs() <= 1_000,
+                    "{path}: {gap} µs between segments {i} and {}",
+                    i + 1
+                );
+            }
+        }
+        // 7 s at 30 fps: all of it (the last part is written when the publisher leaves).
+        assert!(
+            frames >= 205,
+            "{path}: {frames} video frames recorded of 210"
+        );
+        if path == "mp4" {
+            // Each fMP4 segment's timestamps start at zero.
+            for s in &index {
+                let p = ffprobe(s.file.to_str().unwrap(), &[], Duration::from_secs(30));
+                assert_eq!(
+                    p.packets_of("video")[0].dts,
+                    Some(0),
+                    "{}",
+                    s.file.display()
+                );
+            }
+        }
+    }
+
+    // Hooks: one line per segment created and per segment complete, with the duration.
+    let n = server.recorder().index().segments("mp4", None, None).len()
+        + server.recorder().index().segments("ts", None, None).len();
+    let complete = wait_lines(&hooks, n);
+    assert_eq!(complete.len(), n, "{complete:?}");
+    assert_eq!(wait_lines(&created, n).len(), n);
+    for l in &complete {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert!(f[0] == "mp4" || f[0] == "ts", "{l}");
+        assert!(Path::new(f[1]).exists(), "{l}");
+        let d: f64 = f[2].parse().unwrap();
+        assert!(d > 0.5 && d < 2.1, "{l}");
+    }
+
+    // Playback: one span for the whole recording.
+    let pb = server.playback_addr();
+    let list = fetch(pb, "/list?path=mp4", &[]);
+    assert_eq!(list.status, 200, "{}", list.text());
+    let spans: serde_json::Value = serde_json::from_str(&list.text()).unwrap();
+    let spans = spans.as_array().unwrap();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let total = spans[0]["duration"].as_f64().unwrap();
+    assert!((total - 7.0).abs() < 0.2, "{spans:?}");
+    assert!(spans[0]["url"]
+        .as_str()
+        .unwrap()
+        .contains("/get?path=mp4&start="));
+
+    // A 2 s window from 1.5 s in: across the first two segments.
+    let first = server.recorder().index().segments("mp4", None, None)[0].start;
+    let start = tidegate_record::playback::format_time(first + 1_500_000);
+    let got = fetch(
+        pb,
+        &format!(
+            "/get?path=mp4&start={}&duration=2",
+            tidegate_core::text::percent_encode(&start)
+        ),
+        &[],
+    );
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("content-type"), Some("video/mp4"));
+    let file = dir.join("window.mp4");
+    std::fs::write(&file, &got.body).unwrap();
+    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+    let v = p.packets_of("video");
+    assert!(v[0].keyframe);
+    // From the key frame at 1 s (one GOP at most before the start) to 3.5 s.
+    let last = v.last().unwrap().pts.unwrap() as f64 / 90_000.0;
+    assert!((last - 2.5).abs() < 0.1, "the window ends at {last} s");
+    assert!(
+        v.len() >= 70 && v.len() <= 80,
+        "{} frames in the window",
+        v.len()
+    );
+    assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
+    decodes_cleanly(&file);
+
+    // Errors: no such path, a bad time, a TS recording.
+    assert_eq!(fetch(pb, "/list?path=nothing", &[]).status, 404);
+    assert_eq!(
+        fetch(pb, "/get?path=mp4&start=yesterday&duration=1", &[]).status,
+        400
+    );
+    let ts_first = server.recorder().index().segments("ts", None, None)[0].start;
+    let ts_start =
+        tidegate_core::text::percent_encode(&tidegate_record::playback::format_time(ts_first));
+    assert_eq!(
+        fetch(
+            pb,
+            &format!("/get?path=ts&start={ts_start}&duration=1"),
+            &[]
+        )
+        .status,
+        400
+    );
+}
+
+/// Retention: segments that ended longer ago than `recordDeleteAfter` are deleted, newer ones
+/// and paths that keep forever are not, and emptied directories go.
+#[test]
+fn retention_deletes_what_is_old_and_nothing_else() {
+    let dir = scratch("record-retention");
+    let rec = dir.join("rec");
+    let server = TestServer::start(&format!(
+        "pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
+         recordSegmentDuration: 1s\n  recordDeleteAfter: 1h\n\
+         paths:\n  old:\n  forever:\n    recordDeleteAfter: 0s\n",
+        rec.display(),
+    ));
+    let mut w1 = server.segment_watch();
+    let mut w2 = server.segment_watch();
+    let mut a = ffmpeg_publish(&server.rtmp_url("old"), 4, "flv", &dir);
+    let mut b = ffmpeg_publish(&server.rtmp_url("forever"), 4, "flv", &dir);
+    assert!(a.wait(LIMIT).success() && b.wait(LIMIT).success());
+    server.wait_not_ready("old", READY);
+    server.wait_not_ready("forever", READY);
+    let n_old = server.recorder().index().segments("old", None, None).len();
+    let n_forever = server
+        .recorder()
+        .index()
+        .segments("forever", None, None)
+        .len();
+    w1.wait_complete("old", n_old, LIMIT);
+    w2.wait_complete("forever", n_forever, LIMIT);
+    let old = server.recorder().index().segments("old", None, None);
+    assert!(old.len() >= 3);
+
+    // Now: nothing is an hour old.
+    assert!(server.recorder().clean_once(SystemTime::now()).is_empty());
+    // An hour and two seconds from the second segment's end: the first two go.
+    let cut = old[1].end() + 3_600_000_000 + 1;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(cut as u64);
+    let deleted = server.recorder().clean_once(at);
+    assert_eq!(deleted, vec![old[0].file.clone(), old[1].file.clone()]);
+    assert!(!old[0].file.exists() && !old[1].file.exists());
+    assert!(old[2..].iter().all(|s| s.file.exists()));
+    assert_eq!(
+        server.recorder().index().segments("old", None, None).len(),
+        old.len() - 2
+    );
+    // A year later: every segment of `old` goes (and its directory), none of `forever`.
+    let year = SystemTime::now() + Duration::from_secs(365 * 86400);
+    server.recorder().clean_once(year);
+    assert!(server
+        .recorder()
+        .index()
+        .segments("old", None, None)
+        .is_empty());
+    assert!(
+        !rec.join("old").exists(),
+        "the emptied directory is removed"
+    );
+    assert_eq!(
+        server
+            .recorder()
+            .index()
+            .segments("forever", None, None)
+            .len(),
+        n_forever
+    );
+    let journal = std::fs::read_to_string(rec.join(".tidegate-index.jsonl")).unwrap();
+    assert!(journal.contains("\"op\":\"del\""));
+}
