@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use tidegate_tests::http::fetch;
-use tidegate_tests::peers::ffmpeg_publish;
+use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
 use tidegate_tests::server::TestServer;
 use tidegate_tests::{ffprobe, peer, run_bounded, scratch};
 
@@ -285,4 +285,165 @@ fn retention_deletes_what_is_old_and_nothing_else() {
     );
     let journal = std::fs::read_to_string(rec.join(".tidegate-index.jsonl")).unwrap();
     assert!(journal.contains("\"op\":\"del\""));
+}
+
+/// The server binary as a process of its own, recording every path to `rec` with 1 s parts.
+fn recording_server(dir: &Path, rec: &Path, rtmp: u16, playback: u16) -> PeerProcess {
+    let conf = dir.join("tidegate.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "logLevel: info\napi: no\nmetrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+             rtmpAddress: 127.0.0.1:{rtmp}\nplayback: yes\nplaybackAddress: 127.0.0.1:{playback}\n\
+             keyStore: {}\n\
+             pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
+             recordPartDuration: 1s\n  recordSegmentDuration: 3s\n",
+            dir.join("keys.db").display(),
+            rec.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(tidegate_tests::server_binary());
+    cmd.arg(&conf);
+    let p = PeerProcess::spawn("tidegate", &mut cmd, dir);
+    tidegate_tests::peers::wait_listening(rtmp, Duration::from_secs(20));
+    tidegate_tests::peers::wait_listening(playback, Duration::from_secs(20));
+    p
+}
+
+fn mp4_files(rec: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(rec.join("cam"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "mp4"));
+    v.sort();
+    v
+}
+
+/// Video frames ffmpeg decodes from `file` (errors on a cut last part allowed).
+fn decoded_video_frames(file: &Path) -> usize {
+    let out = run_bounded(
+        Command::new(peer("ffprobe"))
+            .args(["-v", "quiet", "-count_frames", "-select_streams", "v:0"])
+            .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+            .arg(file),
+        Duration::from_secs(60),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+fn micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// kill -9 of the server mid-recording, at three random instants: every file on disk plays in
+/// ffmpeg up to its last whole part, at most about a part of media is lost, and after a
+/// restart the cut file is trimmed (it then decodes without an error), `/list` shows every
+/// segment, and recording resumes in a new segment.
+#[test]
+fn kill_9_mid_recording_loses_at_most_a_part() {
+    let dir = scratch("record-kill9");
+    let rec = dir.join("rec");
+    let rtmp = tidegate_tests::peers::free_port();
+    let playback = tidegate_tests::peers::free_port();
+    let template = tidegate_record::Template::new(&format!(
+        "{}/%path/%Y-%m-%d_%H-%M-%S-%f",
+        rec.display()
+    ))
+    .unwrap();
+    let mut seed = (micros_now() as u64) | 1;
+    for round in 0..3 {
+        let mut server = recording_server(&dir, &rec, rtmp, playback);
+        let before = mp4_files(&rec).len();
+        let mut publisher = ffmpeg_publish(&format!("rtmp://127.0.0.1:{rtmp}/cam"), 60, "flv", &dir);
+        // Wait for the new segment's first whole part on disk (the init alone is ~1 kB).
+        let deadline = std::time::Instant::now() + READY;
+        let file = loop {
+            let files = mp4_files(&rec);
+            if files.len() > before {
+                let f = files.last().unwrap().clone();
+                if std::fs::metadata(&f).map_or(0, |m| m.len()) > 20_000 {
+                    break f;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: nothing recorded");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // A random instant 0.5 s to 4.5 s later (xorshift: a different one each run).
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(500 + seed % 4000));
+        server.kill9();
+        let killed_at = micros_now();
+        publisher.kill9();
+
+        // Every file plays up to its last whole part, before any repair.
+        let files = mp4_files(&rec);
+        let mut latest_end = 0;
+        for f in &files {
+            let scan = tidegate_record::read::scan(&mut std::fs::File::open(f).unwrap())
+                .unwrap_or_else(|e| panic!("round {round}: {} unreadable: {e}", f.display()));
+            let whole: usize = scan
+                .parts
+                .iter()
+                .flat_map(|p| p.trafs.iter().filter(|t| t.track_id == 1))
+                .map(|t| t.samples.len())
+                .sum();
+            let decoded = decoded_video_frames(f);
+            assert!(
+                decoded >= whole,
+                "round {round}: {} decodes {decoded} of its {whole} whole frames",
+                f.display()
+            );
+            let (_, start, _) = template.parse(f).unwrap();
+            latest_end = latest_end.max(start + (scan.duration() * 1e6) as i64);
+        }
+        assert!(latest_end > 0, "round {round}: no media on disk");
+        let lost = (killed_at - latest_end) as f64 / 1e6;
+        assert!(
+            lost <= 1.5,
+            "round {round}: {lost:.3} s of media lost at kill -9 (parts are 1 s; {} cut at {})",
+            file.display(),
+            killed_at
+        );
+        eprintln!("round {round}: {lost:.3} s lost at kill -9");
+
+        // Restart: the cut part is trimmed (a file cut before its first part, holding no
+        // media, is removed), every segment is listed as one span per run.
+        let server = recording_server(&dir, &rec, rtmp, playback);
+        let files = mp4_files(&rec);
+        for f in &files {
+            decodes_cleanly(f);
+        }
+        let list = fetch(([127, 0, 0, 1], playback).into(), "/list?path=cam", &[]);
+        assert_eq!(list.status, 200);
+        let spans: serde_json::Value = serde_json::from_str(&list.text()).unwrap();
+        let listed: f64 = spans
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["duration"].as_f64().unwrap())
+            .sum();
+        // Runs closer than a second (a quick restart) are one span; together they hold every
+        // segment on disk.
+        let on_disk: f64 = files
+            .iter()
+            .map(|f| {
+                tidegate_record::read::scan(&mut std::fs::File::open(f).unwrap())
+                    .unwrap()
+                    .duration()
+            })
+            .sum();
+        assert!(
+            (listed - on_disk).abs() < 0.1 * files.len() as f64 + 1.5 * round as f64,
+            "listed {listed} s, on disk {on_disk} s: {spans}"
+        );
+        drop(server);
+    }
+    // Each round made at least one segment of its own, and all are on disk.
+    assert!(mp4_files(&rec).len() >= 3);
 }

@@ -137,6 +137,14 @@ impl Index {
             }
             scanned += 1;
             match scan_file(&file, &ext) {
+                // Cut before its first part: it holds no media.
+                Some((duration, _, _)) if duration <= 0.0 => {
+                    tracing::info!(
+                        "recording {} holds no media (cut before its first part): removed",
+                        file.display()
+                    );
+                    let _ = std::fs::remove_file(&file);
+                }
                 Some((duration, size, codecs)) => found.push(Segment {
                     path,
                     file,
