@@ -329,7 +329,10 @@ fn decoded_video_frames(file: &Path) -> usize {
             .arg(file),
         Duration::from_secs(60),
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn micros_now() -> i64 {
@@ -349,16 +352,15 @@ fn kill_9_mid_recording_loses_at_most_a_part() {
     let rec = dir.join("rec");
     let rtmp = tidegate_tests::peers::free_port();
     let playback = tidegate_tests::peers::free_port();
-    let template = tidegate_record::Template::new(&format!(
-        "{}/%path/%Y-%m-%d_%H-%M-%S-%f",
-        rec.display()
-    ))
-    .unwrap();
+    let template =
+        tidegate_record::Template::new(&format!("{}/%path/%Y-%m-%d_%H-%M-%S-%f", rec.display()))
+            .unwrap();
     let mut seed = (micros_now() as u64) | 1;
     for round in 0..3 {
         let mut server = recording_server(&dir, &rec, rtmp, playback);
         let before = mp4_files(&rec).len();
-        let mut publisher = ffmpeg_publish(&format!("rtmp://127.0.0.1:{rtmp}/cam"), 60, "flv", &dir);
+        let mut publisher =
+            ffmpeg_publish(&format!("rtmp://127.0.0.1:{rtmp}/cam"), 60, "flv", &dir);
         // Wait for the new segment's first whole part on disk (the init alone is ~1 kB).
         let deadline = std::time::Instant::now() + READY;
         let file = loop {
@@ -369,7 +371,10 @@ fn kill_9_mid_recording_loses_at_most_a_part() {
                     break f;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "round {round}: nothing recorded");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: nothing recorded"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         // A random instant 0.5 s to 4.5 s later (xorshift: a different one each run).
@@ -446,4 +451,191 @@ fn kill_9_mid_recording_loses_at_most_a_part() {
     }
     // Each round made at least one segment of its own, and all are on disk.
     assert!(mp4_files(&rec).len() >= 3);
+}
+
+/// ffmpeg publishing testsrc2 (640x360, 30 fps, 1 s GOP) and a sine with `venc`/`aenc` to
+/// `url` in `format`, for `seconds`.
+fn publish_with(
+    url: &str,
+    venc: &[&str],
+    aenc: &[&str],
+    format: &str,
+    seconds: u32,
+    dir: &Path,
+) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", &seconds.to_string(), "-map", "0:v", "-map", "1:a"])
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(venc)
+        .args(aenc)
+        .args(["-ac", "2", "-ar", "48000", "-f", format, url]);
+    PeerProcess::spawn(&format!("publish-{format}"), &mut cmd, dir)
+}
+
+/// Waits for every segment of `path` to be complete once its publisher has left, and checks
+/// each (codecs, size, timestamps, clean decode); returns the recorded seconds.
+fn recorded(
+    server: &TestServer,
+    watch: &mut tidegate_tests::server::SegmentWatch,
+    path: &str,
+    video: Option<(&str, (u64, u64))>,
+    audio: &str,
+) -> f64 {
+    server.wait_not_ready(path, READY);
+    let n = server.recorder().index().segments(path, None, None).len();
+    assert!(n >= 1, "{path}: nothing recorded");
+    watch.wait_complete(path, n, LIMIT);
+    let mut seconds = 0.0;
+    for s in server.recorder().index().segments(path, None, None) {
+        let p = ffprobe(s.file.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(
+            p.codec("audio").as_deref(),
+            Some(audio),
+            "{}",
+            s.file.display()
+        );
+        assert!(p.dts_monotonic("audio"), "{}", s.file.display());
+        match video {
+            Some((codec, size)) => {
+                assert_eq!(
+                    p.codec("video").as_deref(),
+                    Some(codec),
+                    "{}",
+                    s.file.display()
+                );
+                assert_eq!(p.dimensions(), Some(size), "{}", s.file.display());
+                assert!(p.dts_monotonic("video"));
+                assert!(p.packets_of("video")[0].keyframe);
+            }
+            None => assert_eq!(p.codec("video"), None, "{}", s.file.display()),
+        }
+        decodes_cleanly(&s.file);
+        seconds += s.duration;
+    }
+    seconds
+}
+
+fn record_config(rec: &Path) -> String {
+    format!(
+        "pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
+         recordSegmentDuration: 2s\n\
+         paths:\n  ~mp4$:\n  ~ts$:\n    recordFormat: mpegts\n",
+        rec.display()
+    )
+}
+
+/// SRT (H.265 + AAC in MPEG-TS from ffmpeg) recorded in fMP4 (hvc1) and MPEG-TS.
+#[test]
+fn srt_h265_recorded_in_both_formats() {
+    let dir = scratch("record-srt");
+    let server = TestServer::start(&record_config(&dir.join("rec")));
+    let mut w1 = server.segment_watch();
+    let mut w2 = server.segment_watch();
+    let x265 = [
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "log-level=none:bframes=0",
+        "-preset",
+        "ultrafast",
+    ];
+    let aac = ["-c:a", "aac"];
+    let mut a = publish_with(
+        &server.srt_url("publish:srt-mp4", "&latency=200000"),
+        &x265,
+        &aac,
+        "mpegts",
+        5,
+        &dir,
+    );
+    let mut b = publish_with(
+        &server.srt_url("publish:srt-ts", "&latency=200000"),
+        &x265,
+        &aac,
+        "mpegts",
+        5,
+        &dir,
+    );
+    assert!(a.wait(LIMIT).success(), "{}", a.stderr());
+    assert!(b.wait(LIMIT).success(), "{}", b.stderr());
+    for (path, w) in [("srt-mp4", &mut w1), ("srt-ts", &mut w2)] {
+        let s = recorded(&server, w, path, Some(("hevc", (640, 360))), "aac");
+        assert!(s > 3.5, "{path}: {s} s recorded of 5");
+    }
+}
+
+/// RTSP (H.264 + Opus from ffmpeg) recorded in fMP4 and MPEG-TS (Opus in both).
+#[test]
+fn rtsp_h264_opus_recorded_in_both_formats() {
+    let dir = scratch("record-rtsp");
+    let server = TestServer::start(&record_config(&dir.join("rec")));
+    let mut w1 = server.segment_watch();
+    let mut w2 = server.segment_watch();
+    let x264 = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+    ];
+    let opus = ["-c:a", "libopus", "-b:a", "64k"];
+    let url = |p: &str| server.rtsp_url(p);
+    let mut a = publish_with(&url("rtsp-mp4"), &x264, &opus, "rtsp", 5, &dir);
+    let mut b = publish_with(&url("rtsp-ts"), &x264, &opus, "rtsp", 5, &dir);
+    assert!(a.wait(LIMIT).success(), "{}", a.stderr());
+    assert!(b.wait(LIMIT).success(), "{}", b.stderr());
+    for (path, w) in [("rtsp-mp4", &mut w1), ("rtsp-ts", &mut w2)] {
+        let s = recorded(&server, w, path, Some(("h264", (640, 360))), "opus");
+        assert!(s > 3.5, "{path}: {s} s recorded of 5");
+    }
+}
+
+/// Chromium publishing `codec` + Opus over WHIP, for 4 s, to `path`.
+fn chromium_whip(server: &TestServer, path: &str, codec: &str) {
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+        .arg(tidegate_tests::peers_dir().join("node/node_modules"))
+        .arg("4")
+        .arg("--publish")
+        .arg(server.webrtc_url(path, &format!("publish?autostart=yes&codec={codec}")))
+        .arg("--play")
+        .arg(server.webrtc_url(path, ""));
+    let out = run_bounded(&mut cmd, Duration::from_secs(90));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// WHIP from Chromium: VP9 + Opus and AV1 + Opus in fMP4; in MPEG-TS, which cannot hold VP9,
+/// the Opus track alone, and the log says why.
+#[test]
+fn whip_vp9_and_av1_recorded() {
+    let dir = scratch("record-whip");
+    let server = TestServer::start(&record_config(&dir.join("rec")));
+    for (codec, ffprobe_name) in [("VP9", "vp9"), ("AV1", "av1")] {
+        let path = format!("{}-mp4", codec.to_ascii_lowercase());
+        let mut w = server.segment_watch();
+        chromium_whip(&server, &path, codec);
+        let s = recorded(
+            &server,
+            &mut w,
+            &path,
+            Some((ffprobe_name, (640, 480))),
+            "opus",
+        );
+        assert!(s > 2.0, "{path}: {s} s recorded");
+    }
+    let mut w = server.segment_watch();
+    chromium_whip(&server, "vp9-ts", "VP9");
+    let s = recorded(&server, &mut w, "vp9-ts", None, "opus");
+    assert!(s > 2.0, "vp9-ts: {s} s recorded");
+    let said = tidegate_tests::logs::lines_with(&["vp9-ts", "VP9 cannot be stored in mpegts"]);
+    assert!(!said.is_empty(), "the log says VP9 was left out");
 }
