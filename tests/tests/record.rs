@@ -218,6 +218,44 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
         .status,
         400
     );
+
+    // The control API lists both recordings with their segments, and deletes one.
+    let api = server.api_addr();
+    let list: serde_json::Value =
+        serde_json::from_str(&fetch(api, "/v3/recordings/list", &[]).text()).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mp4", "ts"], "{list}");
+    let mp4 = server.recorder().index().segments("mp4", None, None);
+    let got: serde_json::Value =
+        serde_json::from_str(&fetch(api, "/v3/recordings/get/mp4", &[]).text()).unwrap();
+    assert_eq!(
+        got["segments"].as_array().unwrap().len(),
+        mp4.len(),
+        "{got}"
+    );
+    let first_start = got["segments"][0]["start"].as_str().unwrap().to_string();
+    let del = tidegate_tests::http::send(
+        api,
+        "DELETE",
+        &format!(
+            "/v3/recordings/deletesegment?path=mp4&start={}",
+            tidegate_core::text::percent_encode(&first_start)
+        ),
+        &[],
+        b"",
+    );
+    assert_eq!(del.status, 200, "{}", del.text());
+    assert!(!mp4[0].file.exists());
+    assert_eq!(
+        server.recorder().index().segments("mp4", None, None).len(),
+        mp4.len() - 1
+    );
+    assert_eq!(fetch(api, "/v3/recordings/get/nothing", &[]).status, 404);
 }
 
 /// Retention: segments that ended longer ago than `recordDeleteAfter` are deleted, newer ones

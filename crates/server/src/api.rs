@@ -25,6 +25,7 @@ pub struct ApiState {
     pub rtsps_conns: Arc<tidegate_rtsp::RtspConns>,
     pub webrtc_sessions: Arc<tidegate_webrtc::WebRtcSessions>,
     pub auth: Arc<tidegate_auth::AuthManager>,
+    pub recorder: tidegate_record::Recorder,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -73,6 +74,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
+        .route("/v3/recordings/list", get(recordings_list))
+        .route("/v3/recordings/get/{*name}", get(recordings_get))
+        .route(
+            "/v3/recordings/deletesegment",
+            axum::routing::delete(recordings_delete),
+        )
         .route("/v3/auth/jwks/refresh", post(jwks_refresh))
         .route("/v3/keys/list", get(crate::api_keys::list))
         .route("/v3/keys/get/{id}", get(crate::api_keys::get))
@@ -527,6 +534,108 @@ async fn hls_get(State(state): State<ApiState>, Path(name): Path<String>) -> Res
     match state.hls.muxers().into_iter().find(|m| m.path == name) {
         Some(m) => Json(api_hls(m)).into_response(),
         None => error(StatusCode::NOT_FOUND, "HLS muxer not found").into_response(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiSegment {
+    start: String,
+    /// Tidegate's own: seconds, size in bytes, format, codecs, still being written.
+    duration: f64,
+    size: u64,
+    format: String,
+    codecs: Vec<String>,
+    recording: bool,
+}
+
+#[derive(Serialize)]
+struct ApiRecording {
+    name: String,
+    segments: Vec<ApiSegment>,
+}
+
+fn api_recording(state: &ApiState, name: &str) -> ApiRecording {
+    ApiRecording {
+        name: name.to_string(),
+        segments: state
+            .recorder
+            .index()
+            .segments(name, None, None)
+            .into_iter()
+            .map(|s| ApiSegment {
+                start: tidegate_record::playback::format_time(s.start),
+                duration: s.duration,
+                size: s.size,
+                format: s.format,
+                codecs: s.codecs,
+                recording: s.recording,
+            })
+            .collect(),
+    }
+}
+
+async fn recordings_list(
+    State(state): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let names = state.recorder.index().paths();
+    match paginate(names, &q) {
+        Ok(page) => Json(Page {
+            item_count: page.item_count,
+            page_count: page.page_count,
+            items: page
+                .items
+                .iter()
+                .map(|n| api_recording(&state, n))
+                .collect::<Vec<_>>(),
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn recordings_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let r = api_recording(&state, &name);
+    if r.segments.is_empty() {
+        return error(StatusCode::NOT_FOUND, "recording not found").into_response();
+    }
+    Json(r).into_response()
+}
+
+async fn recordings_delete(
+    State(state): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(path), Some(start)) = (q.get("path"), q.get("start")) else {
+        return error(StatusCode::BAD_REQUEST, "path and start are needed").into_response();
+    };
+    let Some(start) = tidegate_record::playback::parse_time(start) else {
+        return error(StatusCode::BAD_REQUEST, "start is not RFC 3339").into_response();
+    };
+    let Some(seg) = state
+        .recorder
+        .index()
+        .segments(path, Some(start), Some(start + 1))
+        .into_iter()
+        .find(|s| (s.start - start).abs() < 1_000)
+    else {
+        return error(StatusCode::NOT_FOUND, "segment not found").into_response();
+    };
+    if seg.recording {
+        return error(StatusCode::BAD_REQUEST, "the segment is being recorded").into_response();
+    }
+    let template = state
+        .paths
+        .find(path)
+        .map(|m| m.conf.record.path.clone())
+        .unwrap_or_default();
+    let recorder = state.recorder.clone();
+    let done = tokio::task::spawn_blocking(move || recorder.delete(&seg, &template)).await;
+    match done {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
     }
 }
 

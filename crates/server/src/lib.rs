@@ -386,6 +386,7 @@ impl Server {
                 rtsps_conns: rtsps_conns.clone(),
                 webrtc_sessions: webrtc_sessions.clone(),
                 auth: auth.clone(),
+                recorder: recorder.clone(),
             })
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {
