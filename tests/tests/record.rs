@@ -677,3 +677,92 @@ fn whip_vp9_and_av1_recorded() {
     let said = tidegate_tests::logs::lines_with(&["vp9-ts", "VP9 cannot be stored in mpegts"]);
     assert!(!said.is_empty(), "the log says VP9 was left out");
 }
+
+/// The recording directory becomes read-only mid-stream (a read-only file system is mounted
+/// over it, in the server's own mount namespace): the live reader sees no gap, the error is
+/// logged once per segment that could not be created (not once per frame), and what was
+/// recorded before stays whole.
+#[test]
+fn read_only_directory_mid_stream_spares_the_live_stream() {
+    let dir = scratch("record-readonly");
+    let rec = dir.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    let rtmp = tidegate_tests::peers::free_port();
+    let conf = dir.join("tidegate.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "logLevel: info\napi: no\nmetrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+             rtmpAddress: 127.0.0.1:{rtmp}\nkeyStore: {}\n\
+             pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
+             recordSegmentDuration: 1s\n",
+            dir.join("keys.db").display(),
+            rec.display()
+        ),
+    )
+    .unwrap();
+    // The server in a mount namespace of its own: `unshare` execs it, so its pid is the
+    // server's, and `nsenter` can mount over the directory for it alone.
+    let mut cmd = Command::new(peer("unshare"));
+    cmd.args(["--mount", "--propagation", "private"])
+        .arg(tidegate_tests::server_binary())
+        .arg(&conf);
+    let mut server = PeerProcess::spawn("tidegate", &mut cmd, &dir);
+    tidegate_tests::peers::wait_listening(rtmp, Duration::from_secs(20));
+    let url = format!("rtmp://127.0.0.1:{rtmp}/cam");
+    let mut publisher = ffmpeg_publish(&url, 9, "flv", &dir);
+    // A live reader for the whole time.
+    let live = dir.join("live.mkv");
+    let deadline = std::time::Instant::now() + READY;
+    while !server.stderr().contains("recording to") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut reader = tidegate_tests::peers::ffmpeg_read(&url, 7, &live, &dir);
+    // Two segments done, then the directory goes read-only.
+    let deadline = std::time::Instant::now() + READY;
+    while server.stderr().matches("complete (").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mounted = run_bounded(
+        Command::new(peer("nsenter"))
+            .args(["-t", &server.pid().to_string(), "-m"])
+            .args(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none"])
+            .arg(&rec),
+        Duration::from_secs(10),
+    );
+    assert!(
+        mounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    let kept: Vec<PathBuf> = mp4_files(&rec);
+    assert!(publisher.wait(LIMIT).success());
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    server.kill9();
+    let log = server.stderr();
+
+    // The live reader: 7 s of video with no hole.
+    let p = ffprobe(live.to_str().unwrap(), &[], Duration::from_secs(30));
+    let v = p.packets_of("video");
+    assert!(v.len() >= 190, "{} live frames of 210", v.len());
+    let pts: Vec<i64> = v.iter().filter_map(|p| p.pts).collect();
+    let mut sorted = pts.clone();
+    sorted.sort();
+    let hole = sorted.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(hole <= 100, "a {hole} ms hole in the live stream");
+
+    // Refused segments: one error line each, a few in all, never one per frame.
+    let errors = log.matches("this segment is not recorded").count();
+    assert!(
+        (1..=8).contains(&errors),
+        "{errors} error lines for ~6 segments refused:\n{log}"
+    );
+    assert!(log.contains("Read-only file system"), "{log}");
+    // What was recorded before is whole.
+    assert!(kept.len() >= 2);
+    for f in &kept {
+        decodes_cleanly(f);
+    }
+}
