@@ -133,8 +133,10 @@ impl Cut {
         if origin_us >= end_us {
             return Err(CutError::Nothing);
         }
+        // Presentation starts at the asked time; decoding at the key frame before it.
+        let skip = (start_us - origin_us).max(0);
         Ok(Cut {
-            init: sc.init.clone(),
+            init: with_edit_list(&sc.init, skip, end_us - origin_us - skip),
             segments: chosen,
             origin_us,
             end_us,
@@ -239,4 +241,99 @@ impl Cut {
             return Ok(Some(tidegate_fmp4::fragment(self.seq, &track_runs)));
         }
     }
+}
+
+fn put_box(out: &mut Vec<u8>, kind: &[u8], body: &[u8]) {
+    out.extend_from_slice(&((8 + body.len()) as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(body);
+}
+
+/// The boxes of `data` as (type, whole box), stopping at anything malformed.
+fn split_boxes(mut data: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    let mut v = Vec::new();
+    while data.len() >= 8 {
+        let size = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if size < 8 || size > data.len() {
+            break;
+        }
+        v.push(([data[4], data[5], data[6], data[7]], &data[..size]));
+        data = &data[size..];
+    }
+    v
+}
+
+fn timescale_of(full_box: &[u8]) -> Option<u32> {
+    // mvhd / mdhd: version 0 has 32-bit times (timescale at 20), version 1 64-bit (at 28).
+    let at = if full_box.get(8) == Some(&1) { 28 } else { 20 };
+    full_box
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The init with an edit list on every track that starts presentation `skip_us` into the
+/// media (the output begins on a key frame before the asked start; players begin showing at
+/// the asked start) and lasts `duration_us`. Returns the init unchanged if it cannot be read.
+pub fn with_edit_list(init: &[u8], skip_us: i64, duration_us: i64) -> Bytes {
+    let mut out = Vec::with_capacity(init.len() + 128);
+    let top = split_boxes(init);
+    let Some(movie_ts) = top
+        .iter()
+        .find(|(k, _)| k == b"moov")
+        .and_then(|(_, moov)| {
+            split_boxes(&moov[8..])
+                .into_iter()
+                .find(|(k, _)| k == b"mvhd")
+                .and_then(|(_, b)| timescale_of(b))
+        })
+    else {
+        return Bytes::copy_from_slice(init);
+    };
+    for (kind, whole) in &top {
+        if kind != b"moov" {
+            out.extend_from_slice(whole);
+            continue;
+        }
+        let mut moov = Vec::with_capacity(whole.len() + 64);
+        for (k, child) in split_boxes(&whole[8..]) {
+            if &k != b"trak" {
+                moov.extend_from_slice(child);
+                continue;
+            }
+            let parts = split_boxes(&child[8..]);
+            let track_ts = parts
+                .iter()
+                .find(|(k, _)| k == b"mdia")
+                .and_then(|(_, m)| {
+                    split_boxes(&m[8..])
+                        .into_iter()
+                        .find(|(k, _)| k == b"mdhd")
+                        .and_then(|(_, b)| timescale_of(b))
+                })
+                .unwrap_or(90_000);
+            let mut elst = Vec::with_capacity(32);
+            elst.extend_from_slice(&[1, 0, 0, 0]); // version 1, no flags
+            elst.extend_from_slice(&1u32.to_be_bytes());
+            let seg = i128::from(duration_us.max(0)) * i128::from(movie_ts) / 1_000_000;
+            let media = i128::from(skip_us.max(0)) * i128::from(track_ts) / 1_000_000;
+            elst.extend_from_slice(&(seg as u64).to_be_bytes());
+            elst.extend_from_slice(&(media as i64).to_be_bytes());
+            elst.extend_from_slice(&[0, 1, 0, 0]); // rate 1.0
+            let mut edts = Vec::with_capacity(48);
+            put_box(&mut edts, b"elst", &elst);
+            let mut trak = Vec::with_capacity(child.len() + 48);
+            for (k, b) in parts {
+                if &k == b"edts" {
+                    continue;
+                }
+                trak.extend_from_slice(b);
+                if &k == b"tkhd" {
+                    put_box(&mut trak, b"edts", &edts);
+                }
+            }
+            put_box(&mut moov, b"trak", &trak);
+        }
+        put_box(&mut out, b"moov", &moov);
+    }
+    Bytes::from(out)
 }
