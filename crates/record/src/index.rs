@@ -52,7 +52,6 @@ enum Line {
     Del { file: PathBuf },
 }
 
-#[derive(Default)]
 struct Inner {
     /// Path name → start → segment.
     paths: HashMap<String, BTreeMap<i64, Segment>>,
@@ -62,9 +61,24 @@ struct Inner {
 }
 
 /// Cheap to clone; every clone is the same index.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Index {
     inner: Arc<Mutex<Inner>>,
+    /// True once the files on disk are all in (see [`Index::load_roots`]).
+    loaded: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            inner: Arc::new(Mutex::new(Inner {
+                paths: HashMap::new(),
+                journals: HashMap::new(),
+                roots: Vec::new(),
+            })),
+            loaded: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl Index {
@@ -73,9 +87,9 @@ impl Index {
     }
 
     /// Loads every segment under the roots of `templates`, checking the journal against the
-    /// files and repairing it. Blocking: call it from a blocking thread.
-    pub fn load(templates: &[Template]) -> Index {
-        let index = Index::default();
+    /// files and repairing it, into this index (which may already be recording: segments being
+    /// written are left alone). Blocking: call it from a blocking thread.
+    pub fn load_roots(&self, templates: &[Template]) {
         let mut roots: Vec<(PathBuf, Vec<Template>)> = Vec::new();
         for t in templates {
             let root = t.root();
@@ -90,7 +104,7 @@ impl Index {
         }
         for (root, templates) in roots {
             let started = std::time::Instant::now();
-            let (n, scanned) = index.load_root(&root, &templates);
+            let (n, scanned) = self.load_root(&root, &templates);
             if n > 0 {
                 tracing::info!(
                     "recordings in {}: {n} segments ({scanned} scanned) in {:?}",
@@ -99,7 +113,32 @@ impl Index {
                 );
             }
         }
+        self.loaded.send_replace(true);
+    }
+
+    /// An index loaded from `templates` (blocking).
+    pub fn load(templates: &[Template]) -> Index {
+        let index = Index::default();
+        index.load_roots(templates);
         index
+    }
+
+    /// Waits until the files on disk are in, at most `limit`; returns whether they are.
+    pub async fn wait_loaded(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.loaded.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|l| *l))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn recording_files(&self) -> std::collections::HashSet<PathBuf> {
+        self.lock()
+            .paths
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|s| s.recording)
+            .map(|s| s.file.clone())
+            .collect()
     }
 
     fn load_root(&self, root: &Path, templates: &[Template]) -> (usize, usize) {
@@ -135,6 +174,10 @@ impl Index {
                     continue;
                 }
             }
+            // A file being written now is the recorder's, not the scanner's.
+            if self.recording_files().contains(&file) {
+                continue;
+            }
             scanned += 1;
             match scan_file(&file, &ext) {
                 // Cut before its first part: it holds no media.
@@ -159,15 +202,28 @@ impl Index {
             }
         }
         let n = found.len();
-        // Write the journal anew: the segments that are there, nothing else.
+        // Merge, then write the journal anew under the lock, so that no segment completed
+        // meanwhile is lost from it: every completed segment under this root, nothing else.
+        let mut inner = self.lock();
+        for s in found {
+            let m = inner.paths.entry(s.path.clone()).or_default();
+            if !m.get(&s.start).is_some_and(|x| x.recording) {
+                m.insert(s.start, s);
+            }
+        }
         let tmp = root.join(format!("{JOURNAL}.tmp"));
         let written = (|| -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
             let mut buf = Vec::new();
-            for s in &found {
+            for s in inner
+                .paths
+                .values()
+                .flat_map(|m| m.values())
+                .filter(|s| !s.recording && s.file.starts_with(root))
+            {
                 serde_json::to_writer(&mut buf, &Line::Add(s.clone()))?;
                 buf.push(b'\n');
             }
+            let mut f = File::create(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &journal_path)
@@ -177,15 +233,10 @@ impl Index {
                 tracing::warn!("cannot write {}: {e}", journal_path.display());
             }
         }
-        let mut inner = self.lock();
-        for s in found {
-            inner
-                .paths
-                .entry(s.path.clone())
-                .or_default()
-                .insert(s.start, s);
-        }
+        // Appends go to the new file from now on.
+        inner.journals.remove(root);
         inner.roots.push(root.to_path_buf());
+        drop(inner);
         (n, scanned)
     }
 
@@ -197,6 +248,49 @@ impl Index {
             .entry(s.path.clone())
             .or_default()
             .insert(s.start, s);
+    }
+
+    /// Forgets a segment that was never written (its file could not be created).
+    pub fn forget(&self, path: &str, start: i64) {
+        let mut inner = self.lock();
+        if let Some(m) = inner.paths.get_mut(path) {
+            m.remove(&start);
+            if m.is_empty() {
+                inner.paths.remove(path);
+            }
+        }
+    }
+
+    /// Spans of `path` overlapping `[from, to)` (µs): segments closer than `tolerance` µs
+    /// joined, as (start, end). Computed in place, without copying segments.
+    pub fn spans(
+        &self,
+        path: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        tolerance: i64,
+    ) -> Vec<(i64, i64)> {
+        let inner = self.lock();
+        let Some(m) = inner.paths.get(path) else {
+            return Vec::new();
+        };
+        let from = from.unwrap_or(i64::MIN);
+        let to = to.unwrap_or(i64::MAX);
+        let first = m.range(..=from).next_back().map_or(i64::MIN, |(k, _)| *k);
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        for s in m.range(first..to).map(|(_, s)| s) {
+            let end = s.end();
+            if end <= from && !s.recording {
+                continue;
+            }
+            match out.last_mut() {
+                Some((_, e)) if s.start - *e <= tolerance && s.start >= *e - tolerance => {
+                    *e = (*e).max(end);
+                }
+                _ => out.push((s.start, end)),
+            }
+        }
+        out
     }
 
     /// The open segment grew.

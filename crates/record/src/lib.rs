@@ -82,17 +82,19 @@ pub struct Recorder {
 const CLEAN_EVERY: Duration = Duration::from_secs(30);
 
 impl Recorder {
-    /// Loads the index of every template's root (blocking: scans directories) and starts
-    /// recording every path with `record: yes` as it becomes ready.
-    pub async fn start(
+    /// Starts recording every path with `record: yes` as it becomes ready, and indexing every
+    /// template's root in the background.
+    pub fn start(
         paths: PathManager,
         templates: Vec<Template>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Recorder {
-        let index = tokio::task::spawn_blocking(move || Index::load(&templates))
-            .await
-            .unwrap_or_default();
+        // The archive is indexed in the background: recording starts at once, and the
+        // playback server waits for the index (see `Index::wait_loaded`).
+        let index = Index::default();
+        let loading = index.clone();
+        tasks.spawn_blocking(move || loading.load_roots(&templates));
         let rec = Recorder {
             inner: Arc::new(Inner {
                 paths,

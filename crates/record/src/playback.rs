@@ -15,10 +15,12 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::cut::{Cut, CutError};
-use crate::index::{Index, Segment};
+use crate::index::Index;
 
 /// Consecutive segments closer than this are one span in `/list`.
 pub const SPAN_TOLERANCE_US: i64 = 1_000_000;
+/// How long a request waits for the archive to be indexed after a start.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Playback {
@@ -63,25 +65,6 @@ pub struct Span {
     pub url: String,
 }
 
-/// Joins segments that follow each other (within [`SPAN_TOLERANCE_US`]) into spans of
-/// (start µs, duration s).
-pub fn spans(segments: &[Segment]) -> Vec<(i64, f64)> {
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for s in segments {
-        match out.last_mut() {
-            Some((_, end))
-                if s.start - *end <= SPAN_TOLERANCE_US && s.start >= *end - SPAN_TOLERANCE_US =>
-            {
-                *end = (*end).max(s.end());
-            }
-            _ => out.push((s.start, s.end())),
-        }
-    }
-    out.into_iter()
-        .map(|(a, b)| (a, (b - a) as f64 / 1e6))
-        .collect()
-}
-
 fn host(headers: &HeaderMap) -> String {
     headers
         .get(header::HOST)
@@ -112,8 +95,14 @@ async fn list(
         },
         None => None,
     };
-    let segments = p.index.segments(path, start, end);
-    if segments.is_empty() {
+    if !p.index.wait_loaded(LOAD_WAIT).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the recordings are still being indexed",
+        );
+    }
+    let spans = p.index.spans(path, start, end, SPAN_TOLERANCE_US);
+    if spans.is_empty() {
         return error(StatusCode::NOT_FOUND, "no recordings found");
     }
     let scheme = if headers
@@ -126,8 +115,9 @@ async fn list(
         "http"
     };
     let host = host(&headers);
-    let list: Vec<Span> = spans(&segments)
+    let list: Vec<Span> = spans
         .into_iter()
+        .map(|(s, e)| (s, (e - s) as f64 / 1e6))
         .map(|(mut s, mut d)| {
             // Clipped to the asked window.
             if let Some(a) = start {
@@ -187,6 +177,12 @@ async fn get_window(
                 format!("unsupported format: {f} (fmp4 is)"),
             )
         }
+    }
+    if !p.index.wait_loaded(LOAD_WAIT).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the recordings are still being indexed",
+        );
     }
     let duration_us = (duration * 1e6).min(i64::MAX as f64 / 2.0) as i64;
     let segments = p

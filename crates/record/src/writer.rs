@@ -171,9 +171,22 @@ fn run(ctx: Context, rx: mpsc::Receiver<Cmd>, queued: Arc<AtomicU64>) {
                     close(&ctx, o, None);
                 }
                 queued.fetch_sub(init.len() as u64, Ordering::Relaxed);
+                // In the index before the file exists, so that an index load running now
+                // never takes it for a crashed file to repair.
+                ctx.index.started(Segment {
+                    path: ctx.path.clone(),
+                    file: file.clone(),
+                    start,
+                    duration: 0.0,
+                    size: init.len() as u64,
+                    codecs,
+                    format: ctx.format.name().into(),
+                    recording: true,
+                });
                 let handle = match create(&file, &init, ctx.sync) {
                     Ok(f) => Some(f),
                     Err(e) => {
+                        ctx.index.forget(&ctx.path, start);
                         ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             "[record] path '{}': cannot create {}: {e}; this segment is not \
@@ -185,16 +198,6 @@ fn run(ctx: Context, rx: mpsc::Receiver<Cmd>, queued: Arc<AtomicU64>) {
                     }
                 };
                 if handle.is_some() {
-                    ctx.index.started(Segment {
-                        path: ctx.path.clone(),
-                        file: file.clone(),
-                        start,
-                        duration: 0.0,
-                        size: init.len() as u64,
-                        codecs,
-                        format: ctx.format.name().into(),
-                        recording: true,
-                    });
                     tracing::info!(
                         "[record] path '{}': recording to {}",
                         ctx.path,

@@ -579,6 +579,11 @@ async fn recordings_list(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    state
+        .recorder
+        .index()
+        .wait_loaded(std::time::Duration::from_secs(30))
+        .await;
     let names = state.recorder.index().paths();
     match paginate(names, &q) {
         Ok(page) => Json(Page {
@@ -596,6 +601,11 @@ async fn recordings_list(
 }
 
 async fn recordings_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    state
+        .recorder
+        .index()
+        .wait_loaded(std::time::Duration::from_secs(30))
+        .await;
     let r = api_recording(&state, &name);
     if r.segments.is_empty() {
         return error(StatusCode::NOT_FOUND, "recording not found").into_response();

@@ -313,8 +313,7 @@ impl Server {
             templates,
             shutdown.clone(),
             tasks.clone(),
-        )
-        .await;
+        );
         hooks::record_hooks(&recorder, &tasks, &shutdown);
         if let (Some(listener), Some(addr)) = (playback, playback_addr) {
             tracing::info!(

@@ -27,6 +27,9 @@ use tidegate_rtmp::flv::FileTag as Tag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../bench_record.rs"]
+mod bench_record;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +56,8 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 4] = [
+    let benches: [(&str, &[usize], Bench); 5] = [
+        ("record", &[20], bench_record::record),
         ("hls-readers", &[0, 200], hls_readers),
         ("webrtc", &[1, 20], webrtc),
         ("rtsp-fanout", &[100, 1000], rtsp_fanout),
@@ -349,26 +353,31 @@ fn start_tidegate_with(
         ),
     )
     .map_err(|e| e.to_string())?;
+    let child = spawn_tidegate(root, &conf, Stdio::null())?;
+    Ok(Server {
+        name: "tidegate",
+        child,
+        port,
+    })
+}
+
+/// The release binary on `conf`, its log to `stderr`.
+fn spawn_tidegate(root: &Path, conf: &Path, stderr: Stdio) -> Result<Child, String> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
     let bin = target.join("release/tidegate");
-    let child = Command::new(&bin)
-        .arg(&conf)
+    Command::new(&bin)
+        .arg(conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| {
             format!(
                 "{}: {e} (build it with cargo build --release)",
                 bin.display()
             )
-        })?;
-    Ok(Server {
-        name: "tidegate",
-        child,
-        port,
-    })
+        })
 }
 
 fn start_nginx(dir: &Path) -> Result<Server, String> {
@@ -417,12 +426,21 @@ async fn rtmp_connect(
     port: u16,
     mode: Mode,
 ) -> Result<(TcpStream, ClientSession, Vec<ClientEvent>), String> {
+    rtmp_connect_to(port, mode, "bench").await
+}
+
+/// An RTMP client session on `live/<stream>`, started.
+async fn rtmp_connect_to(
+    port: u16,
+    mode: Mode,
+    stream: &str,
+) -> Result<(TcpStream, ClientSession, Vec<ClientEvent>), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
     let tc = format!("rtmp://127.0.0.1:{port}/live");
-    let mut session = ClientSession::new(mode, "live", &tc, "bench");
+    let mut session = ClientSession::new(mode, "live", &tc, stream);
     let mut buf = vec![0u8; 64 * 1024];
     let mut early = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -475,37 +493,23 @@ enum ReaderKind {
     },
 }
 
-async fn run_load(
-    server: &Server,
+/// Publishes the clip to `live/<stream>` in real time, looped, until `stop` is 1. With
+/// `sent`, records when each video payload went out (for latency).
+async fn publish_clip(
+    port: u16,
+    stream: &str,
     tags: Arc<Vec<Tag>>,
-    readers: usize,
-    seconds: u64,
-) -> Result<RunResult, String> {
-    run_load_with(server, tags, readers, seconds, ReaderKind::Rtmp).await
-}
-
-async fn run_load_with(
-    server: &Server,
-    tags: Arc<Vec<Tag>>,
-    readers: usize,
-    seconds: u64,
-    kind: ReaderKind,
-) -> Result<RunResult, String> {
-    wait_port(server.port).await?;
-    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    // Publisher: the clip in real time, looped.
-    let (mut ps, mut psession, _) = rtmp_connect(server.port, Mode::Publish).await?;
-    let sent2 = sent.clone();
-    let tags2 = tags.clone();
-    let stop = Arc::new(AtomicU64::new(0));
-    let stop_pub = stop.clone();
-    let publisher = tokio::spawn(async move {
+    sent: Option<Arc<Mutex<HashMap<u64, Instant>>>>,
+    stop: Arc<AtomicU64>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let (mut ps, mut psession, _) = rtmp_connect_to(port, Mode::Publish, stream).await?;
+    Ok(tokio::spawn(async move {
         let start = Instant::now();
-        let clip_ms = tags2.last().map_or(1, |t| t.timestamp + 40);
+        let clip_ms = tags.last().map_or(1, |t| t.timestamp + 40);
         let mut lap = 0u32;
         let mut buf = vec![0u8; 4096];
         'outer: loop {
-            for t in tags2.iter() {
+            for t in tags.iter() {
                 let ts = lap * clip_ms + t.timestamp;
                 if lap > 0 && t.type_id == 18 {
                     continue;
@@ -514,12 +518,11 @@ async fn run_load_with(
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     tokio::time::sleep(wait).await;
                 }
-                if stop_pub.load(Ordering::Relaxed) == 1 {
+                if stop.load(Ordering::Relaxed) == 1 {
                     break 'outer;
                 }
-                if t.type_id == 9 {
-                    sent2
-                        .lock()
+                if let (9, Some(sent)) = (t.type_id, &sent) {
+                    sent.lock()
                         .map(|mut m| m.insert(payload_key(&t.body), Instant::now()))
                         .ok();
                 }
@@ -539,7 +542,37 @@ async fn run_load_with(
             }
             lap += 1;
         }
-    });
+    }))
+}
+
+async fn run_load(
+    server: &Server,
+    tags: Arc<Vec<Tag>>,
+    readers: usize,
+    seconds: u64,
+) -> Result<RunResult, String> {
+    run_load_with(server, tags, readers, seconds, ReaderKind::Rtmp).await
+}
+
+async fn run_load_with(
+    server: &Server,
+    tags: Arc<Vec<Tag>>,
+    readers: usize,
+    seconds: u64,
+    kind: ReaderKind,
+) -> Result<RunResult, String> {
+    wait_port(server.port).await?;
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    // Publisher: the clip in real time, looped.
+    let stop = Arc::new(AtomicU64::new(0));
+    let publisher = publish_clip(
+        server.port,
+        "bench",
+        tags.clone(),
+        Some(sent.clone()),
+        stop.clone(),
+    )
+    .await?;
     // Let the stream start (the first keyframe reaches the server).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = Arc::new(Totals::default());
