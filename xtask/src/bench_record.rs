@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use super::{cpu_seconds, free_port, publish_clip, spawn_tidegate, wait_port};
 
+
 const PATHS: usize = 10;
 const DAYS: i64 = 30;
 const SEGMENT_US: i64 = 60_000_000;
@@ -307,6 +308,10 @@ pub fn record(rt: &tokio::runtime::Runtime, _counts: &[usize]) -> Result<(), Str
             pct(&mut ttfb.clone(), 0.5),
             pct(&mut ttfb, 1.0),
             pct(&mut total, 0.5)
+        );
+        println!(
+            "playback server peak RSS with the month indexed: {:.0} MB",
+            super::peak_rss_mb(child.id())
         );
         let _ = child.kill();
         let _ = child.wait();
