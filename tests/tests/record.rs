@@ -166,10 +166,12 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
     assert_eq!(spans.len(), 1, "{spans:?}");
     let total = spans[0]["duration"].as_f64().unwrap();
     assert!((total - 7.0).abs() < 0.2, "{spans:?}");
-    assert!(spans[0]["url"]
-        .as_str()
-        .unwrap()
-        .contains("/get?path=mp4&start="));
+    // MediaMTX's URL: query keys sorted, the span's own start and duration.
+    let url = spans[0]["url"].as_str().unwrap();
+    assert!(
+        url.contains("/get?duration=") && url.contains("&path=mp4&start="),
+        "{url}"
+    );
 
     // A 2 s window from 1.5 s in: across the first two segments.
     let first = server.recorder().index().segments("mp4", None, None)[0].start;

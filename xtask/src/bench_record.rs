@@ -24,7 +24,6 @@ use tokio::net::TcpStream;
 
 use super::{cpu_seconds, free_port, publish_clip, spawn_tidegate, wait_port};
 
-
 const PATHS: usize = 10;
 const DAYS: i64 = 30;
 const SEGMENT_US: i64 = 60_000_000;

@@ -68,7 +68,7 @@ impl Cut {
         let end_us = start_us.saturating_add(duration_us.max(0));
         let mut chosen: Vec<(Segment, Scan)> = Vec::new();
         for s in segments {
-            if s.format != "fmp4" {
+            if s.format != crate::Format::Fmp4 {
                 continue;
             }
             if s.start >= end_us {

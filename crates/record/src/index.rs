@@ -22,18 +22,19 @@ pub const JOURNAL: &str = ".tidegate-index.jsonl";
 /// Directories deeper than this under a root are not searched.
 const MAX_DEPTH: usize = 16;
 
-/// One segment file.
+/// One segment file. Kept small: a month of minute segments for 10 paths is 430,000 of them
+/// (path names and codec lists are shared between segments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Segment {
-    pub path: String,
+    pub path: Arc<str>,
     pub file: PathBuf,
     /// Microseconds since the Unix epoch.
     pub start: i64,
     /// Seconds.
     pub duration: f64,
     pub size: u64,
-    pub codecs: Vec<String>,
-    pub format: String,
+    pub codecs: Arc<[String]>,
+    pub format: Format,
     /// Still being written.
     #[serde(skip)]
     pub recording: bool,
@@ -50,6 +51,13 @@ impl Segment {
 enum Line {
     Add(Segment),
     Del { file: PathBuf },
+}
+
+/// [`Line`] without copying the segment.
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum LineRef<'a> {
+    Add(&'a Segment),
 }
 
 struct Inner {
@@ -131,24 +139,38 @@ impl Index {
             .is_ok_and(|r| r.is_ok())
     }
 
-    fn recording_files(&self) -> std::collections::HashSet<PathBuf> {
+    /// Whether the segment of `path` starting at `start` is being written now.
+    fn is_recording(&self, path: &str, start: i64) -> bool {
         self.lock()
             .paths
-            .values()
-            .flat_map(|m| m.values())
-            .filter(|s| s.recording)
-            .map(|s| s.file.clone())
-            .collect()
+            .get(path)
+            .and_then(|m| m.get(&start))
+            .is_some_and(|s| s.recording)
     }
 
     fn load_root(&self, root: &Path, templates: &[Template]) -> (usize, usize) {
         let journal_path = root.join(JOURNAL);
         let mut known: HashMap<PathBuf, Segment> = HashMap::new();
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut codec_lists: HashMap<Vec<String>, Arc<[String]>> = HashMap::new();
+        let mut share = |s: &mut Segment| {
+            let n = names
+                .entry(s.path.to_string())
+                .or_insert_with(|| s.path.clone())
+                .clone();
+            s.path = n;
+            let c = codec_lists
+                .entry(s.codecs.to_vec())
+                .or_insert_with(|| s.codecs.clone())
+                .clone();
+            s.codecs = c;
+        };
         if let Ok(f) = File::open(&journal_path) {
             for line in BufReader::new(f).lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Line>(&line) {
-                    Ok(Line::Add(s)) => {
+                    Ok(Line::Add(mut s)) => {
+                        share(&mut s);
                         known.insert(s.file.clone(), s);
                     }
                     Ok(Line::Del { file }) => {
@@ -159,24 +181,23 @@ impl Index {
                 }
             }
         }
-        let mut files = Vec::new();
-        walk(root, 0, &mut files);
-        let mut found = Vec::new();
+        let mut found = Vec::with_capacity(known.len());
         let mut scanned = 0;
-        for file in files {
+        walk(root, 0, &mut |file| {
             let Some((path, start, ext)) = templates.iter().find_map(|t| t.parse(&file)) else {
-                continue;
+                return;
             };
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            if let Some(s) = known.get(&file) {
+            if let Some(s) = known.remove(&file) {
                 if s.size == size {
-                    found.push(s.clone());
-                    continue;
+                    found.push(s);
+                    return;
                 }
             }
-            // A file being written now is the recorder's, not the scanner's.
-            if self.recording_files().contains(&file) {
-                continue;
+            // A file being written now is the recorder's, not the scanner's (the recorder
+            // puts a segment in the index before it creates the file).
+            if self.is_recording(&path, start) {
+                return;
             }
             scanned += 1;
             match scan_file(&file, &ext) {
@@ -188,44 +209,47 @@ impl Index {
                     );
                     let _ = std::fs::remove_file(&file);
                 }
-                Some((duration, size, codecs)) => found.push(Segment {
-                    path,
-                    file,
-                    start,
-                    duration,
-                    size,
-                    codecs,
-                    format: if ext == "ts" { "mpegts" } else { "fmp4" }.into(),
-                    recording: false,
-                }),
+                Some((duration, size, codecs)) => {
+                    let mut s = Segment {
+                        path: Arc::from(path.as_str()),
+                        file,
+                        start,
+                        duration,
+                        size,
+                        codecs: Arc::from(codecs),
+                        format: format_of(&ext),
+                        recording: false,
+                    };
+                    share(&mut s);
+                    found.push(s);
+                }
                 None => tracing::warn!("recording {} is unreadable, left out", file.display()),
             }
-        }
+        });
+        drop(known);
         let n = found.len();
         // Merge, then write the journal anew under the lock, so that no segment completed
         // meanwhile is lost from it: every completed segment under this root, nothing else.
         let mut inner = self.lock();
         for s in found {
-            let m = inner.paths.entry(s.path.clone()).or_default();
+            let m = inner.paths.entry(s.path.to_string()).or_default();
             if !m.get(&s.start).is_some_and(|x| x.recording) {
                 m.insert(s.start, s);
             }
         }
         let tmp = root.join(format!("{JOURNAL}.tmp"));
         let written = (|| -> std::io::Result<()> {
-            let mut buf = Vec::new();
+            let mut f = std::io::BufWriter::new(File::create(&tmp)?);
             for s in inner
                 .paths
                 .values()
                 .flat_map(|m| m.values())
                 .filter(|s| !s.recording && s.file.starts_with(root))
             {
-                serde_json::to_writer(&mut buf, &Line::Add(s.clone()))?;
-                buf.push(b'\n');
+                serde_json::to_writer(&mut f, &LineRef::Add(s))?;
+                f.write_all(b"\n")?;
             }
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, &journal_path)
         })();
         if let Err(e) = written {
@@ -245,7 +269,7 @@ impl Index {
         let mut inner = self.lock();
         inner
             .paths
-            .entry(s.path.clone())
+            .entry(s.path.to_string())
             .or_default()
             .insert(s.start, s);
     }
@@ -399,7 +423,7 @@ fn append(inner: &mut Inner, root: &Path, line: &Line) {
     }
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, depth: usize, out: &mut impl FnMut(PathBuf)) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -412,7 +436,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             Ok(t) if t.is_dir() => walk(&p, depth + 1, out),
             Ok(t) if t.is_file() => {
                 if matches!(p.extension().and_then(|x| x.to_str()), Some("mp4" | "ts")) {
-                    out.push(p);
+                    out(p);
                 }
             }
             _ => {}

@@ -13,7 +13,8 @@ use tidegate_core::{rescale, CodecParams, Frame, StreamDesc, TrackId};
 use tidegate_fmp4::{InitTrack, Sample, TrackRun, VIDEO_TIMESCALE};
 use tidegate_mpegts::mux::Muxer as TsMuxer;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Fmp4,
     MpegTs,

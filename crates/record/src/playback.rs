@@ -133,8 +133,9 @@ async fn list(
                 }
             }
             let start = format_time(s);
+            // Query keys sorted, as MediaMTX writes them.
             let url = format!(
-                "{scheme}://{host}/get?path={}&start={}&duration={d}",
+                "{scheme}://{host}/get?duration={d}&path={}&start={}",
                 tidegate_core::text::percent_encode(path),
                 tidegate_core::text::percent_encode(&start),
             );
@@ -191,7 +192,7 @@ async fn get_window(
     if segments.is_empty() {
         return error(StatusCode::NOT_FOUND, "no recordings found");
     }
-    if segments.iter().all(|s| s.format != "fmp4") {
+    if segments.iter().all(|s| s.format != crate::Format::Fmp4) {
         return error(
             StatusCode::BAD_REQUEST,
             "these recordings are MPEG-TS: playback serves fMP4 recordings (recordFormat: fmp4)",

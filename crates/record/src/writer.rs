@@ -174,13 +174,13 @@ fn run(ctx: Context, rx: mpsc::Receiver<Cmd>, queued: Arc<AtomicU64>) {
                 // In the index before the file exists, so that an index load running now
                 // never takes it for a crashed file to repair.
                 ctx.index.started(Segment {
-                    path: ctx.path.clone(),
+                    path: Arc::from(ctx.path.as_str()),
                     file: file.clone(),
                     start,
                     duration: 0.0,
                     size: init.len() as u64,
-                    codecs,
-                    format: ctx.format.name().into(),
+                    codecs: Arc::from(codecs),
+                    format: ctx.format,
                     recording: true,
                 });
                 let handle = match create(&file, &init, ctx.sync) {

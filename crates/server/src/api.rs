@@ -567,8 +567,8 @@ fn api_recording(state: &ApiState, name: &str) -> ApiRecording {
                 start: tidegate_record::playback::format_time(s.start),
                 duration: s.duration,
                 size: s.size,
-                format: s.format,
-                codecs: s.codecs,
+                format: s.format.name().to_string(),
+                codecs: s.codecs.to_vec(),
                 recording: s.recording,
             })
             .collect(),
@@ -643,7 +643,7 @@ async fn recordings_delete(
     let recorder = state.recorder.clone();
     let done = tokio::task::spawn_blocking(move || recorder.delete(&seg, &template)).await;
     match done {
-        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Ok(())) => Json(serde_json::json!({ "status": "ok" })).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
     }

@@ -785,6 +785,17 @@ impl Config {
         if self.hls_part_duration < Duration::from_millis(50) {
             return Err(ctx.err(0, "hlsPartDuration", "must be at least 50ms"));
         }
+        for p in std::iter::once(&self.path_defaults).chain(&self.paths) {
+            let r = &p.record;
+            let key = if p.name.is_empty() {
+                "pathDefaults.recordDeleteAfter".to_string()
+            } else {
+                format!("paths.{}.recordDeleteAfter", p.name)
+            };
+            if !r.delete_after.is_zero() && r.delete_after < r.segment_duration {
+                return Err(ctx.err(0, &key, "must be 0s or at least recordSegmentDuration"));
+            }
+        }
         Ok(())
     }
 

@@ -462,8 +462,8 @@ pub fn positive_duration(v: &Node) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A size in bytes: a number, optionally with K, M, G (powers of 1000) or KiB, MiB, GiB
-/// (powers of 1024), as MediaMTX's `recordMaxPartSize: 50M`.
+/// A size in bytes: a number, optionally with `K`, `M`, `G` (or `KB`, `MB`, `GB`, `KiB`,
+/// `MiB`, `GiB`), powers of 1024 all of them, as MediaMTX reads `recordMaxPartSize: 50M`.
 pub fn size(v: &Node) -> Result<u64, String> {
     let s = scalar(v, "a size like 50M")?.trim();
     let split = s
@@ -472,17 +472,14 @@ pub fn size(v: &Node) -> Result<u64, String> {
     let (num, unit) = s.split_at(split);
     let scale: f64 = match unit.trim() {
         "" | "B" => 1.0,
-        "K" | "KB" => 1e3,
-        "M" | "MB" => 1e6,
-        "G" | "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("expected a size like 50M or 1GiB, found '{s}'")),
+        "K" | "KB" | "KiB" => 1024.0,
+        "M" | "MB" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("expected a size like 50M or 1G, found '{s}'")),
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("expected a size like 50M or 1GiB, found '{s}'"))?;
+        .map_err(|_| format!("expected a size like 50M or 1G, found '{s}'"))?;
     let bytes = n * scale;
     if !(1.0..=1e12).contains(&bytes) {
         return Err(format!("'{s}' is out of range (1 byte to 1T)"));
