@@ -262,6 +262,16 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
         mp4.len() - 1
     );
     assert_eq!(fetch(api, "/v3/recordings/get/nothing", &[]).status, 404);
+
+    // Metrics count what was written.
+    let m = fetch(server.metrics_addr(), "/metrics", &[]).text();
+    let written: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tidegate_record_bytes_written_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(written > 500_000, "{written} bytes written");
+    assert!(m.contains("tidegate_record_parts_dropped_total 0"), "{m}");
 }
 
 /// Retention: segments that ended longer ago than `recordDeleteAfter` are deleted, newer ones

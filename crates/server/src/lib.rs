@@ -424,6 +424,7 @@ impl Server {
                 paths.clone(),
                 config.hls.then(|| hls.clone()),
                 webrtc.clone(),
+                recorder.clone(),
             )
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {

@@ -16,16 +16,65 @@ struct MetricsState {
     paths: PathManager,
     hls: Option<tidegate_hls::Hls>,
     webrtc: Option<tidegate_webrtc::WebRtc>,
+    recorder: tidegate_record::Recorder,
 }
 
 pub fn router(
     paths: PathManager,
     hls: Option<tidegate_hls::Hls>,
     webrtc: Option<tidegate_webrtc::WebRtc>,
+    recorder: tidegate_record::Recorder,
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(MetricsState { paths, hls, webrtc })
+        .with_state(MetricsState {
+            paths,
+            hls,
+            webrtc,
+            recorder,
+        })
+}
+
+/// Recording: Tidegate's own counters.
+pub fn render_record(r: &tidegate_record::Recorder, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = r.stats();
+    for (name, help, kind, v) in [
+        (
+            "tidegate_record_paths",
+            "paths being recorded now",
+            "gauge",
+            r.recording().len() as u64,
+        ),
+        (
+            "tidegate_record_bytes_written_total",
+            "bytes of media parts written to recordings",
+            "counter",
+            s.bytes_written.load(Relaxed),
+        ),
+        (
+            "tidegate_record_parts_dropped_total",
+            "recording parts dropped because the disk did not keep up",
+            "counter",
+            s.parts_dropped.load(Relaxed),
+        ),
+        (
+            "tidegate_record_errors_total",
+            "segment files that could not be created or written",
+            "counter",
+            s.errors.load(Relaxed),
+        ),
+        (
+            "tidegate_record_segments_deleted_total",
+            "segments deleted by retention or the API",
+            "counter",
+            s.segments_deleted.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {v}");
+    }
 }
 
 /// WebRTC: `webrtc_sessions` (MediaMTX's name) and the egress latency histogram (ours).
@@ -130,6 +179,7 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
     if let Some(hls) = &state.hls {
         render_hls(hls, &mut text);
     }
+    render_record(&state.recorder, &mut text);
     if let Some(w) = &state.webrtc {
         render_webrtc(w, &mut text);
     }
