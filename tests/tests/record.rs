@@ -525,7 +525,7 @@ fn publish_with(
         .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
         .args(venc)
         .args(aenc)
-        .args(["-ac", "2", "-ar", "48000", "-f", format, url]);
+        .args(["-f", format, url]);
     PeerProcess::spawn(&format!("publish-{format}"), &mut cmd, dir)
 }
 
@@ -596,7 +596,7 @@ fn srt_h265_recorded_in_both_formats() {
         "-preset",
         "ultrafast",
     ];
-    let aac = ["-c:a", "aac"];
+    let aac = ["-c:a", "aac", "-ac", "2", "-ar", "48000"];
     let mut a = publish_with(
         &server.srt_url("publish:srt-mp4", "&latency=200000"),
         &x265,
@@ -636,7 +636,7 @@ fn rtsp_h264_opus_recorded_in_both_formats() {
         "-tune",
         "zerolatency",
     ];
-    let opus = ["-c:a", "libopus", "-b:a", "64k"];
+    let opus = ["-c:a", "libopus", "-b:a", "64k", "-ac", "2", "-ar", "48000"];
     let url = |p: &str| server.rtsp_url(p);
     let mut a = publish_with(&url("rtsp-mp4"), &x264, &opus, "rtsp", 5, &dir);
     let mut b = publish_with(&url("rtsp-ts"), &x264, &opus, "rtsp", 5, &dir);
@@ -780,5 +780,90 @@ fn read_only_directory_mid_stream_spares_the_live_stream() {
     assert!(kept.len() >= 2);
     for f in &kept {
         decodes_cleanly(f);
+    }
+}
+
+/// The codecs fMP4 holds beyond HLS's: MP3 and G.711 A-law over RTMP, AC-3 over SRT (ffmpeg),
+/// VP8 over WHIP (aiortc), each recorded as it arrived and decoded by ffmpeg without an error.
+#[test]
+fn mp3_g711_ac3_and_vp8_recorded_in_fmp4() {
+    let dir = scratch("record-codecs");
+    let server = TestServer::start(&record_config(&dir.join("rec")));
+    let x264 = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+    ];
+    let cases: [(&str, &[&str], &str, String); 3] = [
+        (
+            "mp3-mp4",
+            &["-c:a", "libmp3lame", "-ar", "44100", "-b:a", "96k"],
+            "flv",
+            server.rtmp_url("mp3-mp4"),
+        ),
+        (
+            "alaw-mp4",
+            &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"],
+            "flv",
+            server.rtmp_url("alaw-mp4"),
+        ),
+        (
+            "ac3-mp4",
+            &["-c:a", "ac3", "-ar", "48000", "-ac", "2"],
+            "mpegts",
+            server.srt_url("publish:ac3-mp4", "&latency=200000"),
+        ),
+    ];
+    let mut watches = Vec::new();
+    let mut publishers = Vec::new();
+    for (path, aenc, format, url) in &cases {
+        watches.push(server.segment_watch());
+        publishers.push((path, publish_with(url, &x264, aenc, format, 4, &dir)));
+    }
+    for (path, p) in &mut publishers {
+        assert!(p.wait(LIMIT).success(), "{path}: {}", p.stderr());
+    }
+    for ((path, _, _, _), (w, audio)) in cases
+        .iter()
+        .zip(watches.iter_mut().zip(["mp3", "pcm_alaw", "ac3"]))
+    {
+        let s = recorded(&server, w, path, Some(("h264", (640, 360))), audio);
+        assert!(s > 2.5, "{path}: {s} s recorded of 4");
+    }
+    // VP8 from aiortc (its publisher sends video only with --codec VP8).
+    let mut w = server.segment_watch();
+    let mut cmd = Command::new(peer("python"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args([
+            "whip",
+            &server.webrtc_url("vp8-mp4", "whip"),
+            "--seconds",
+            "4",
+        ])
+        .args(["--codec", "VP8"]);
+    let mut whip = PeerProcess::spawn("aiortc-whip", &mut cmd, &dir);
+    assert!(whip.wait(LIMIT).success(), "{}", whip.stderr());
+    server.wait_not_ready("vp8-mp4", READY);
+    let n = server
+        .recorder()
+        .index()
+        .segments("vp8-mp4", None, None)
+        .len();
+    assert!(n >= 1, "VP8 recorded");
+    w.wait_complete("vp8-mp4", n, LIMIT);
+    for s in server.recorder().index().segments("vp8-mp4", None, None) {
+        let p = ffprobe(s.file.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(
+            p.codec("video").as_deref(),
+            Some("vp8"),
+            "{}",
+            s.file.display()
+        );
+        assert!(p.packets_of("video").len() >= 30);
+        assert!(p.dts_monotonic("video"));
+        decodes_cleanly(&s.file);
     }
 }

@@ -31,12 +31,40 @@ pub enum Fmp4Error {
 /// The codec-specific part of a track's sample description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SampleEntry {
-    Avc { avcc: Bytes },
-    Hevc { hvcc: Bytes },
-    Av1 { av1c: Bytes },
-    Vp9 { info: vp9::KeyFrameInfo },
-    Aac { config: Bytes, channels: u8 },
-    Opus { channels: u8 },
+    Avc {
+        avcc: Bytes,
+    },
+    Hevc {
+        hvcc: Bytes,
+    },
+    Av1 {
+        av1c: Bytes,
+    },
+    Vp9 {
+        info: vp9::KeyFrameInfo,
+    },
+    Aac {
+        config: Bytes,
+        channels: u8,
+    },
+    Opus {
+        channels: u8,
+    },
+    Vp8,
+    /// MPEG-1/2 Audio (MP3) in `mp4a` with object type 0x6B.
+    Mp3 {
+        channels: u8,
+    },
+    /// AC-3 with its `dac3` fields.
+    Ac3 {
+        dac3: [u8; 3],
+        channels: u8,
+    },
+    /// G.711 as it arrived, in a QuickTime `ulaw` / `alaw` entry (ffmpeg and GStreamer read it).
+    G711 {
+        alaw: bool,
+        channels: u8,
+    },
 }
 
 /// One track of an init segment.
@@ -152,7 +180,75 @@ impl InitTrack {
                 | SampleEntry::Hevc { .. }
                 | SampleEntry::Av1 { .. }
                 | SampleEntry::Vp9 { .. }
+                | SampleEntry::Vp8
         )
+    }
+
+    /// As [`InitTrack::from_params`], plus the codecs whose timescale is the track's clock
+    /// (VP8, MP3, AC-3, G.711: for recordings, which keep every codec the format allows).
+    /// `first_frame` is a frame of the track if one is known (VP8 needs a key frame for its
+    /// size; MP3 takes its channel count from a frame header).
+    pub fn from_track(
+        id: u32,
+        params: &CodecParams,
+        clock_rate: u32,
+        first_frame: Option<&[u8]>,
+    ) -> Result<InitTrack, Fmp4Error> {
+        let audio = |entry, codec: &str, sample_rate: u32| InitTrack {
+            id,
+            timescale: clock_rate.max(1),
+            width: 0,
+            height: 0,
+            sample_rate,
+            entry,
+            codec: codec.to_string(),
+        };
+        Ok(match params {
+            CodecParams::Vp8 => {
+                let frame = first_frame.ok_or(Fmp4Error::NeedKeyFrame)?;
+                let (width, height) = vp8_size(frame).ok_or(Fmp4Error::NeedKeyFrame)?;
+                InitTrack {
+                    id,
+                    timescale: VIDEO_TIMESCALE,
+                    width,
+                    height,
+                    sample_rate: 0,
+                    entry: SampleEntry::Vp8,
+                    codec: "vp08.00.10.08".to_string(),
+                }
+            }
+            CodecParams::Mp3 => {
+                let (rate, channels) = first_frame.and_then(mp3_header).unwrap_or((44_100, 2));
+                audio(SampleEntry::Mp3 { channels }, "mp4a.6B", rate)
+            }
+            CodecParams::Ac3 {
+                sample_rate,
+                channels,
+            } => audio(
+                SampleEntry::Ac3 {
+                    dac3: dac3(*sample_rate, *channels),
+                    channels: (*channels).max(1),
+                },
+                "ac-3",
+                *sample_rate,
+            ),
+            CodecParams::G711 {
+                law,
+                sample_rate,
+                channels,
+            } => {
+                let alaw = *law == tidegate_core::G711Law::ALaw;
+                audio(
+                    SampleEntry::G711 {
+                        alaw,
+                        channels: (*channels).max(1),
+                    },
+                    if alaw { "alaw" } else { "ulaw" },
+                    *sample_rate,
+                )
+            }
+            other => InitTrack::from_params(id, other, first_frame)?,
+        })
     }
 }
 
@@ -343,7 +439,31 @@ fn write_sample_entry(b: &mut BytesMut, t: &InitTrack) {
             });
         }),
         SampleEntry::Aac { config, channels } => audio_entry(b, b"mp4a", t, *channels, |b| {
-            full_box(b, b"esds", 0, 0, |b| write_esds(b, t.id, config));
+            full_box(b, b"esds", 0, 0, |b| write_esds(b, t.id, 0x40, config));
+        }),
+        SampleEntry::Mp3 { channels } => audio_entry(b, b"mp4a", t, *channels, |b| {
+            full_box(b, b"esds", 0, 0, |b| write_esds(b, t.id, 0x6b, &[]));
+        }),
+        SampleEntry::Ac3 { dac3, channels } => audio_entry(b, b"ac-3", t, *channels, |b| {
+            mp4_box(b, b"dac3", |b| b.put_slice(dac3));
+        }),
+        SampleEntry::G711 { alaw, channels } => audio_entry(
+            b,
+            if *alaw { b"alaw" } else { b"ulaw" },
+            t,
+            *channels,
+            |_| {},
+        ),
+        SampleEntry::Vp8 => visual_entry(b, b"vp08", t, |b| {
+            full_box(b, b"vpcC", 1, 0, |b| {
+                b.put_u8(0); // profile
+                b.put_u8(10); // level
+                b.put_u8((8 << 4) | (1 << 1)); // 8 bits, 4:2:0 colocated, limited range
+                b.put_u8(2);
+                b.put_u8(2);
+                b.put_u8(2);
+                b.put_u16(0);
+            });
         }),
         SampleEntry::Opus { channels } => audio_entry(b, b"Opus", t, *channels, |b| {
             mp4_box(b, b"dOps", |b| {
@@ -360,10 +480,10 @@ fn write_sample_entry(b: &mut BytesMut, t: &InitTrack) {
 
 /// MPEG-4 descriptors with one-byte sizes (every descriptor here is shorter than 128 bytes,
 /// AudioSpecificConfigs are at most 5 bytes as [`aac`] writes them, a few more as encoders do).
-fn write_esds(b: &mut BytesMut, es_id: u32, asc: &[u8]) {
+fn write_esds(b: &mut BytesMut, es_id: u32, object_type: u8, asc: &[u8]) {
     let asc = &asc[..asc.len().min(64)];
     let dsi_len = asc.len();
-    let dcd_len = 13 + 2 + dsi_len;
+    let dcd_len = 13 + if dsi_len > 0 { 2 + dsi_len } else { 0 };
     let es_len = 3 + 2 + dcd_len + 3;
     b.put_u8(0x03);
     b.put_u8(es_len as u8);
@@ -371,17 +491,72 @@ fn write_esds(b: &mut BytesMut, es_id: u32, asc: &[u8]) {
     b.put_u8(0);
     b.put_u8(0x04);
     b.put_u8(dcd_len as u8);
-    b.put_u8(0x40); // Audio ISO/IEC 14496-3
+    b.put_u8(object_type); // 0x40 AAC (ISO/IEC 14496-3), 0x6B MPEG-1 Audio
     b.put_u8(0x15); // audio stream
     b.put_uint(0, 3); // buffer size
     b.put_u32(0); // max bitrate
     b.put_u32(0); // average bitrate
-    b.put_u8(0x05);
-    b.put_u8(dsi_len as u8);
-    b.put_slice(asc);
+    if dsi_len > 0 {
+        b.put_u8(0x05);
+        b.put_u8(dsi_len as u8);
+        b.put_slice(asc);
+    }
     b.put_u8(0x06);
     b.put_u8(1);
     b.put_u8(0x02);
+}
+
+/// Width and height of a VP8 key frame (RFC 6386 §9.1), or None for an inter frame.
+pub fn vp8_size(frame: &[u8]) -> Option<(u32, u32)> {
+    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u32::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+    let h = u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+    (w > 0 && h > 0).then_some((w, h))
+}
+
+/// Sample rate and channels of an MPEG audio frame header.
+pub fn mp3_header(frame: &[u8]) -> Option<(u32, u8)> {
+    if frame.len() < 4 || frame[0] != 0xff || frame[1] & 0xe0 != 0xe0 {
+        return None;
+    }
+    let version = (frame[1] >> 3) & 3; // 0: 2.5, 2: 2, 3: 1
+    let base = match (frame[2] >> 2) & 3 {
+        0 => 44_100,
+        1 => 48_000,
+        2 => 32_000,
+        _ => return None,
+    };
+    let rate = match version {
+        3 => base,
+        2 => base / 2,
+        0 => base / 4,
+        _ => return None,
+    };
+    let channels = if frame[3] >> 6 == 3 { 1 } else { 2 };
+    Some((rate, channels))
+}
+
+/// The `dac3` fields (ETSI TS 102 366 F.4) for a stream of `sample_rate` and `channels`:
+/// fscod, bsid 8, bsmod 0, acmod and lfeon from the channel count, bit rate code 448 kbit/s
+/// (informational: decoders read each frame's own header).
+fn dac3(sample_rate: u32, channels: u8) -> [u8; 3] {
+    let fscod: u32 = match sample_rate {
+        48_000 => 0,
+        44_100 => 1,
+        _ => 2,
+    };
+    let (acmod, lfeon): (u32, u32) = match channels {
+        1 => (1, 0),
+        3 => (3, 0),
+        4 => (6, 0),
+        5 => (7, 0),
+        6 => (7, 1),
+        _ => (2, 0),
+    };
+    let v = (fscod << 22) | (8 << 17) | (acmod << 11) | (lfeon << 10) | (15 << 5);
+    [(v >> 16) as u8, (v >> 8) as u8, v as u8]
 }
 
 /// One sample of a fragment.

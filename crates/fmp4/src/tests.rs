@@ -151,3 +151,40 @@ fn fragment_offsets_point_at_each_runs_samples() {
     assert!(moof_len < frag.len());
     assert!(fragment(1, &[]).is_empty());
 }
+
+#[test]
+fn frame_headers_of_the_recording_codecs() {
+    // VP8 key frame: frame tag, start code, 640x360.
+    let vp8 = [0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+    assert_eq!(crate::vp8_size(&vp8), Some((640, 360)));
+    let mut inter = vp8;
+    inter[0] |= 1;
+    assert_eq!(crate::vp8_size(&inter), None);
+    // MPEG-1 Layer III, 44.1 kHz, joint stereo; MPEG-2 at 24 kHz mono.
+    assert_eq!(
+        crate::mp3_header(&[0xff, 0xfb, 0x90, 0x44]),
+        Some((44_100, 2))
+    );
+    assert_eq!(
+        crate::mp3_header(&[0xff, 0xf3, 0x84, 0xc4]),
+        Some((24_000, 1))
+    );
+    assert_eq!(crate::mp3_header(&[0x00, 0xfb, 0x90, 0x44]), None);
+    // AC-3 48 kHz 5.1: fscod 0, bsid 8, acmod 7, lfe on.
+    // fscod(2) bsid(5) bsmod(3) acmod(3) lfeon(1) bit_rate_code(5) reserved(5).
+    assert_eq!(super::dac3(48_000, 6), [0x10, 0x3d, 0xe0]);
+    let init = crate::InitTrack::from_track(
+        1,
+        &tidegate_core::CodecParams::G711 {
+            law: tidegate_core::G711Law::ALaw,
+            sample_rate: 8000,
+            channels: 1,
+        },
+        8000,
+        None,
+    )
+    .unwrap();
+    assert_eq!((init.timescale, init.codec.as_str()), (8000, "alaw"));
+    let seg = crate::init_segment(&[init]);
+    assert!(seg.windows(4).any(|w| w == b"alaw"));
+}

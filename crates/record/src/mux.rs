@@ -118,15 +118,8 @@ pub struct RecordMuxer {
 
 fn carried(format: Format, p: &CodecParams) -> bool {
     match format {
-        Format::Fmp4 => matches!(
-            p,
-            CodecParams::H264 { .. }
-                | CodecParams::H265 { .. }
-                | CodecParams::Av1 { .. }
-                | CodecParams::Vp9
-                | CodecParams::Aac { .. }
-                | CodecParams::Opus { .. }
-        ),
+        // fMP4 holds every codec of the packet model.
+        Format::Fmp4 => true,
         Format::MpegTs => matches!(
             p,
             CodecParams::H264 { .. }
@@ -266,8 +259,13 @@ impl RecordMuxer {
             let key_source = self.key.map(|k| self.tracks[k].source);
             let mut inits = Vec::new();
             for t in &self.tracks {
-                let data = (Some(t.source) == key_source).then_some(first).flatten();
-                match InitTrack::from_params(t.mp4_id, &t.params, data) {
+                // A frame of the track, for codecs whose description needs one.
+                let data = match (Some(t.source) == key_source, &t.pending) {
+                    (true, _) => first,
+                    (false, Some(p)) => Some(&p.data[..]),
+                    _ => t.ready.first().map(|s| &s.data[..]),
+                };
+                match InitTrack::from_track(t.mp4_id, &t.params, t.clock_rate, data) {
                     Ok(i) => inits.push(i),
                     Err(e) => {
                         tracing::debug!("cannot write an init yet: {e}");
