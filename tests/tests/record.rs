@@ -206,6 +206,47 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
     assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
     decodes_cleanly(&file);
 
+    // The same window as a non-fragmented MP4: one moov with every sample table, and the edit
+    // list applied by ffmpeg: it starts at the asked time and lasts exactly the asked 2 s.
+    let got = fetch(
+        pb,
+        &format!(
+            "/get?path=mp4&start={}&duration=2&format=mp4",
+            tidegate_core::text::percent_encode(&start)
+        ),
+        &[],
+    );
+    assert_eq!(got.status, 200, "{}", got.text());
+    let file = dir.join("window-plain.mp4");
+    std::fs::write(&file, &got.body).unwrap();
+    let out = run_bounded(
+        Command::new(peer("ffprobe"))
+            .args(["-v", "error", "-count_frames", "-of", "json"])
+            .args([
+                "-show_entries",
+                "format=duration,start_time:stream=codec_type,nb_read_frames",
+            ])
+            .arg(&file),
+        Duration::from_secs(30),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let num = |x: &serde_json::Value| x.as_str().unwrap().parse::<f64>().unwrap();
+    assert!((num(&v["format"]["duration"]) - 2.0).abs() < 0.05, "{v}");
+    assert!(num(&v["format"]["start_time"]).abs() < 0.05, "{v}");
+    let video = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .unwrap();
+    let frames = num(&video["nb_read_frames"]);
+    assert!(
+        (58.0..=62.0).contains(&frames),
+        "{frames} frames shown of 2 s at 30 fps"
+    );
+    assert!(!got.body.windows(4).any(|w| w == b"moof"), "not fragmented");
+    decodes_cleanly(&file);
+
     // Errors: no such path, a bad time, a TS recording.
     assert_eq!(fetch(pb, "/list?path=nothing", &[]).status, 404);
     assert_eq!(

@@ -41,6 +41,23 @@ pub struct Cut {
     seq: u32,
     /// Time of the first sample sent, µs since the epoch.
     pub first_us: i64,
+    /// The first segment's init as recorded, and how far the asked start is past the key
+    /// frame (for `format=mp4`).
+    source_init: Bytes,
+    skip_us: i64,
+}
+
+/// Most samples a `format=mp4` answer may hold: its tables are built before the first byte.
+pub const MAX_MP4_SAMPLES: usize = 4_000_000;
+
+/// One run of samples of one track, contiguous in a segment file: a chunk of the MP4.
+struct Chunk {
+    seg: usize,
+    track_id: u32,
+    first_dts: u64,
+    samples: Vec<crate::read::SampleInfo>,
+    offset: u64,
+    len: u64,
 }
 
 fn sample_times(scan: &Scan, traf: &crate::read::Traf) -> (u32, Vec<u64>) {
@@ -135,8 +152,9 @@ impl Cut {
         }
         // Presentation starts at the asked time; decoding at the key frame before it.
         let skip = (start_us - origin_us).max(0);
+        let source_init = sc.init.clone();
         Ok(Cut {
-            init: with_edit_list(&sc.init, skip, end_us - origin_us - skip),
+            init: with_edit_list(&source_init, skip, end_us - origin_us - skip),
             segments: chosen,
             origin_us,
             end_us,
@@ -145,6 +163,8 @@ impl Cut {
             file: None,
             seq: 0,
             first_us: origin_us,
+            source_init,
+            skip_us: skip,
         })
     }
 
@@ -336,4 +356,349 @@ pub fn with_edit_list(init: &[u8], skip_us: i64, duration_us: i64) -> Bytes {
         put_box(&mut out, b"moov", &moov);
     }
     Bytes::from(out)
+}
+
+/// A whole-box writer: type, then the body, size patched in.
+fn boxed(out: &mut Vec<u8>, kind: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(kind);
+    body(out);
+    let size = (out.len() - at) as u32;
+    out[at..at + 4].copy_from_slice(&size.to_be_bytes());
+}
+
+fn full(out: &mut Vec<u8>, kind: &[u8; 4], version: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    boxed(out, kind, |b| {
+        b.extend_from_slice(&[version, 0, 0, 0]);
+        body(b);
+    });
+}
+
+fn put32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_be_bytes());
+}
+
+/// What a `format=mp4` answer is: the header (`ftyp`, `moov` with every sample table,
+/// the `mdat` header), then these file ranges in order.
+pub struct Mp4Plan {
+    pub header: Bytes,
+    pub reads: Vec<(std::path::PathBuf, u64, u64)>,
+}
+
+impl Cut {
+    /// The samples of the window as chunks (metadata only; nothing of the media is read).
+    fn chunks(&self) -> Result<Vec<Chunk>, CutError> {
+        let mut chunks = Vec::new();
+        let mut total = 0usize;
+        for (si, (seg, sc)) in self.segments.iter().enumerate() {
+            for part in &sc.parts {
+                if seg.start + (sc.part_start(part) * 1e6) as i64 >= self.end_us {
+                    break;
+                }
+                for traf in &part.trafs {
+                    let (ts, times) = sample_times(sc, traf);
+                    let mut offset = part.offset + traf.data_offset;
+                    let mut chunk: Option<Chunk> = None;
+                    for (s, t) in traf.samples.iter().zip(times) {
+                        let at = seg.start + ticks_to_us(t, ts);
+                        let here = offset;
+                        offset += u64::from(s.size);
+                        if at < self.origin_us || at >= self.end_us {
+                            continue;
+                        }
+                        let c = chunk.get_or_insert_with(|| Chunk {
+                            seg: si,
+                            track_id: traf.track_id,
+                            first_dts: (i128::from(at - self.origin_us) * i128::from(ts)
+                                / 1_000_000) as u64,
+                            samples: Vec::new(),
+                            offset: here,
+                            len: 0,
+                        });
+                        c.samples.push(*s);
+                        c.len += u64::from(s.size);
+                    }
+                    if let Some(c) = chunk {
+                        total += c.samples.len();
+                        chunks.push(c);
+                    }
+                }
+                if total > MAX_MP4_SAMPLES {
+                    return Err(ReadError::Format(
+                        "the window is too long for format=mp4 (use fmp4)",
+                    )
+                    .into());
+                }
+            }
+        }
+        if chunks.is_empty() {
+            return Err(CutError::Nothing);
+        }
+        Ok(chunks)
+    }
+
+    /// Plans a non-fragmented MP4 of the window (`/get?format=mp4`): sample tables for every
+    /// track, an edit list at the asked start, media read from the segments in order.
+    pub fn mp4(self) -> Result<Mp4Plan, CutError> {
+        let chunks = self.chunks()?;
+        let src = split_boxes(&self.source_init);
+        let moov_src = src
+            .iter()
+            .find(|(k, _)| k == b"moov")
+            .map(|(_, b)| &b[8..])
+            .ok_or(ReadError::Format("no moov"))?;
+        let traks: Vec<&[u8]> = split_boxes(moov_src)
+            .into_iter()
+            .filter(|(k, _)| k == b"trak")
+            .map(|(_, b)| b)
+            .collect();
+        let tracks = &self.segments[0].1.tracks;
+        let duration_us = (self.end_us - self.origin_us - self.skip_us).max(0);
+        let movie_ts = 1000u32;
+        // Everything but the chunk offsets, which need the moov's size: built twice.
+        let build = |mdat_start: u64| -> Vec<u8> {
+            let mut out = Vec::new();
+            boxed(&mut out, b"ftyp", |b| {
+                b.extend_from_slice(b"isom");
+                put32(b, 512);
+                for brand in [b"isom", b"iso2", b"mp41"] {
+                    b.extend_from_slice(brand);
+                }
+            });
+            boxed(&mut out, b"moov", |b| {
+                full(b, b"mvhd", 0, |b| {
+                    put32(b, 0);
+                    put32(b, 0);
+                    put32(b, movie_ts);
+                    put32(b, (duration_us / 1000) as u32);
+                    put32(b, 0x0001_0000);
+                    b.extend_from_slice(&[1, 0]);
+                    b.extend_from_slice(&[0; 10]);
+                    for v in [0x0001_0000u32, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000] {
+                        put32(b, v);
+                    }
+                    b.extend_from_slice(&[0; 24]);
+                    put32(b, tracks.iter().map(|t| t.id).max().unwrap_or(0) + 1);
+                });
+                // Chunk offsets in mdat order.
+                let mut offsets = Vec::with_capacity(chunks.len());
+                let mut at = mdat_start;
+                for c in &chunks {
+                    offsets.push(at);
+                    at += c.len;
+                }
+                for trak in &traks {
+                    write_trak(
+                        b,
+                        trak,
+                        tracks,
+                        &chunks,
+                        &offsets,
+                        duration_us,
+                        self.skip_us,
+                    );
+                }
+            });
+            out
+        };
+        let probe = build(0);
+        let mdat_start = probe.len() as u64 + 16;
+        let mut header = build(mdat_start);
+        let media: u64 = chunks.iter().map(|c| c.len).sum();
+        put32(&mut header, 1);
+        header.extend_from_slice(b"mdat");
+        header.extend_from_slice(&(16 + media).to_be_bytes());
+        let reads = chunks
+            .iter()
+            .map(|c| (self.segments[c.seg].0.file.clone(), c.offset, c.len))
+            .collect();
+        Ok(Mp4Plan {
+            header: Bytes::from(header),
+            reads,
+        })
+    }
+}
+
+/// One `trak` of the MP4: the recording's own `tkhd`, `mdhd`, `hdlr` and `stsd`, durations set,
+/// an edit list, and sample tables for this track's chunks.
+fn write_trak(
+    b: &mut Vec<u8>,
+    src: &[u8],
+    tracks: &[crate::read::TrackInfo],
+    chunks: &[Chunk],
+    offsets: &[u64],
+    duration_us: i64,
+    skip_us: i64,
+) {
+    let parts = split_boxes(&src[8..]);
+    let Some(tkhd) = parts.iter().find(|(k, _)| k == b"tkhd").map(|(_, b)| *b) else {
+        return;
+    };
+    let id = if tkhd.get(8) == Some(&1) {
+        tkhd.get(28..32)
+    } else {
+        tkhd.get(20..24)
+    }
+    .map_or(0, |v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+    let ts = tracks
+        .iter()
+        .find(|t| t.id == id)
+        .map_or(90_000, |t| t.timescale.max(1));
+    let mine: Vec<(usize, &Chunk)> = chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.track_id == id)
+        .collect();
+    let media_ticks: u64 = mine
+        .iter()
+        .flat_map(|(_, c)| c.samples.iter())
+        .map(|s| u64::from(s.duration))
+        .sum();
+    let movie_ms = (duration_us / 1000).max(0) as u32;
+    boxed(b, b"trak", |b| {
+        let mut t = tkhd.to_vec();
+        if t.get(8) == Some(&0) && t.len() >= 32 {
+            t[28..32].copy_from_slice(&movie_ms.to_be_bytes());
+        }
+        b.extend_from_slice(&t);
+        boxed(b, b"edts", |b| {
+            full(b, b"elst", 1, |b| {
+                put32(b, 1);
+                b.extend_from_slice(&u64::from(movie_ms).to_be_bytes());
+                let media = (i128::from(skip_us) * i128::from(ts) / 1_000_000) as i64;
+                b.extend_from_slice(&media.to_be_bytes());
+                b.extend_from_slice(&[0, 1, 0, 0]);
+            });
+        });
+        let Some(mdia) = parts.iter().find(|(k, _)| k == b"mdia").map(|(_, b)| *b) else {
+            return;
+        };
+        boxed(b, b"mdia", |b| {
+            for (k, child) in split_boxes(&mdia[8..]) {
+                match &k {
+                    b"mdhd" => {
+                        let mut m = child.to_vec();
+                        if m.get(8) == Some(&0) && m.len() >= 28 {
+                            m[24..28].copy_from_slice(
+                                &(media_ticks.min(u64::from(u32::MAX)) as u32).to_be_bytes(),
+                            );
+                        }
+                        b.extend_from_slice(&m);
+                    }
+                    b"minf" => boxed(b, b"minf", |b| {
+                        for (k, child) in split_boxes(&child[8..]) {
+                            if &k != b"stbl" {
+                                b.extend_from_slice(child);
+                                continue;
+                            }
+                            let stsd = split_boxes(&child[8..])
+                                .into_iter()
+                                .find(|(k, _)| k == b"stsd")
+                                .map(|(_, b)| b.to_vec())
+                                .unwrap_or_default();
+                            boxed(b, b"stbl", |b| {
+                                b.extend_from_slice(&stsd);
+                                sample_tables(b, &mine, offsets);
+                            });
+                        }
+                    }),
+                    _ => b.extend_from_slice(child),
+                }
+            }
+        });
+    });
+}
+
+fn sample_tables(b: &mut Vec<u8>, mine: &[(usize, &Chunk)], offsets: &[u64]) {
+    let samples: Vec<&crate::read::SampleInfo> =
+        mine.iter().flat_map(|(_, c)| c.samples.iter()).collect();
+    // Decode times: each chunk starts where its own first sample says (a gap between
+    // segments stays a gap), so the last sample before a chunk is stretched to meet it.
+    let mut durations: Vec<u32> = Vec::with_capacity(samples.len());
+    for (i, (_, c)) in mine.iter().enumerate() {
+        let next_start = mine.get(i + 1).map(|(_, n)| n.first_dts);
+        let mut t = c.first_dts;
+        for (j, s) in c.samples.iter().enumerate() {
+            let last = j + 1 == c.samples.len();
+            let d = match (last, next_start) {
+                (true, Some(n)) if n > t => (n - t).min(u64::from(u32::MAX)) as u32,
+                _ => s.duration,
+            };
+            durations.push(d);
+            t += u64::from(s.duration);
+        }
+    }
+    full(b, b"stts", 0, |b| {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for d in &durations {
+            match runs.last_mut() {
+                Some((n, v)) if v == d => *n += 1,
+                _ => runs.push((1, *d)),
+            }
+        }
+        put32(b, runs.len() as u32);
+        for (n, v) in runs {
+            put32(b, n);
+            put32(b, v);
+        }
+    });
+    if samples.iter().any(|s| s.composition_offset != 0) {
+        full(b, b"ctts", 1, |b| {
+            let mut runs: Vec<(u32, i32)> = Vec::new();
+            for s in &samples {
+                match runs.last_mut() {
+                    Some((n, v)) if *v == s.composition_offset => *n += 1,
+                    _ => runs.push((1, s.composition_offset)),
+                }
+            }
+            put32(b, runs.len() as u32);
+            for (n, v) in runs {
+                put32(b, n);
+                b.extend_from_slice(&v.to_be_bytes());
+            }
+        });
+    }
+    if samples.iter().any(|s| !s.is_sync()) {
+        full(b, b"stss", 0, |b| {
+            let sync: Vec<u32> = samples
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_sync())
+                .map(|(i, _)| i as u32 + 1)
+                .collect();
+            put32(b, sync.len() as u32);
+            for n in sync {
+                put32(b, n);
+            }
+        });
+    }
+    full(b, b"stsc", 0, |b| {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (i, (_, c)) in mine.iter().enumerate() {
+            let n = c.samples.len() as u32;
+            if runs.last().is_none_or(|(_, m)| *m != n) {
+                runs.push((i as u32 + 1, n));
+            }
+        }
+        put32(b, runs.len() as u32);
+        for (first, n) in runs {
+            put32(b, first);
+            put32(b, n);
+            put32(b, 1);
+        }
+    });
+    full(b, b"stsz", 0, |b| {
+        put32(b, 0);
+        put32(b, samples.len() as u32);
+        for s in &samples {
+            put32(b, s.size);
+        }
+    });
+    full(b, b"co64", 0, |b| {
+        put32(b, mine.len() as u32);
+        for (i, _) in mine {
+            b.extend_from_slice(&offsets[*i].to_be_bytes());
+        }
+    });
 }

@@ -170,15 +170,16 @@ async fn get_window(
             "duration is missing or not a positive number of seconds",
         );
     };
-    match q.get("format").map(String::as_str) {
-        None | Some("") | Some("fmp4") => {}
+    let mp4 = match q.get("format").map(String::as_str) {
+        None | Some("") | Some("fmp4") => false,
+        Some("mp4") => true,
         Some(f) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("unsupported format: {f} (fmp4 is)"),
+                format!("invalid format: {f} (fmp4 or mp4)"),
             )
         }
-    }
+    };
     if !p.index.wait_loaded(LOAD_WAIT).await {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,6 +206,9 @@ async fn get_window(
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     };
+    if mp4 {
+        return mp4_answer(cut).await;
+    }
     // A blocking thread reads part by part; the channel holds a few, so memory stays small
     // and a slow client slows the reading, not the server.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -235,6 +239,54 @@ async fn get_window(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "video/mp4")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+/// `format=mp4`: the header (tables for the whole window) first, then the media read range by
+/// range from the segments, as the client takes it.
+async fn mp4_answer(cut: Cut) -> Response {
+    let plan = match tokio::task::spawn_blocking(move || cut.mp4()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(CutError::Nothing)) => return error(StatusCode::NOT_FOUND, "no recordings found"),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    };
+    let length = plan.header.len() as u64 + plan.reads.iter().map(|r| r.2).sum::<u64>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        if tx.blocking_send(Ok(plan.header)).is_err() {
+            return;
+        }
+        let mut open: Option<(std::path::PathBuf, std::fs::File)> = None;
+        for (file, offset, len) in plan.reads {
+            let read = (|| -> std::io::Result<Bytes> {
+                if open.as_ref().is_none_or(|(p, _)| *p != file) {
+                    open = Some((file.clone(), std::fs::File::open(&file)?));
+                }
+                let f = &mut open
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::other("closed"))?
+                    .1;
+                f.seek(SeekFrom::Start(offset))?;
+                let mut buf = vec![0u8; len.min(crate::cut::MAX_PART) as usize];
+                f.read_exact(&mut buf)?;
+                Ok(Bytes::from(buf))
+            })();
+            let failed = read.is_err();
+            if tx.blocking_send(read).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .header(header::CONTENT_LENGTH, length)
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
