@@ -430,6 +430,25 @@ fn decoded_video_frames(file: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// GStreamer demuxes and decodes `file` to its end (qtdemux, h264parse, avdec_h264): the
+/// pipeline reaches end-of-stream with no error.
+fn gstreamer_plays(file: &Path) {
+    let out = run_bounded(
+        Command::new(peer("gst-launch-1.0"))
+            .args(["-m", "filesrc"])
+            .arg(format!("location={}", file.display()))
+            .args(["!", "qtdemux", "!", "h264parse", "!", "avdec_h264", "!", "fakesink"]),
+        Duration::from_secs(60),
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && log.contains("EOS") && !log.contains("ERROR"),
+        "GStreamer cannot play {}: {log}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn micros_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -438,7 +457,7 @@ fn micros_now() -> i64 {
 }
 
 /// kill -9 of the server mid-recording, at three random instants: every file on disk plays in
-/// ffmpeg up to its last whole part, at most about a part of media is lost, and after a
+/// ffmpeg and GStreamer up to its last whole part, at most about a part of media is lost, and after a
 /// restart the cut file is trimmed (it then decodes without an error), `/list` shows every
 /// segment, and recording resumes in a new segment.
 #[test]
@@ -499,6 +518,7 @@ fn kill_9_mid_recording_loses_at_most_a_part() {
                 "round {round}: {} decodes {decoded} of its {whole} whole frames",
                 f.display()
             );
+            gstreamer_plays(f);
             let (_, start, _) = template.parse(f).unwrap();
             latest_end = latest_end.max(start + (scan.duration() * 1e6) as i64);
         }
@@ -622,71 +642,71 @@ fn record_config(rec: &Path) -> String {
     )
 }
 
+/// Publishes with `venc`/`aenc` to `<name>-mp4` (fMP4) and `<name>-ts` (MPEG-TS) at once, for
+/// 5 s, with `url` making each path's URL; checks both recordings.
+fn both_formats(
+    name: &str,
+    url: impl Fn(&TestServer, &str) -> String,
+    venc: &[&str],
+    aenc: &[&str],
+    format: &str,
+    codecs: (&str, &str),
+) {
+    let dir = scratch(&format!("record-{name}"));
+    let server = TestServer::start(&record_config(&dir.join("rec")));
+    let paths = [format!("{name}-mp4"), format!("{name}-ts")];
+    let mut watches = [server.segment_watch(), server.segment_watch()];
+    let mut publishers: Vec<PeerProcess> = paths
+        .iter()
+        .map(|p| publish_with(&url(&server, p), venc, aenc, format, 5, &dir))
+        .collect();
+    for p in &mut publishers {
+        assert!(p.wait(LIMIT).success(), "{}", p.stderr());
+    }
+    for (path, w) in paths.iter().zip(&mut watches) {
+        let s = recorded(&server, w, path, Some((codecs.0, (640, 360))), codecs.1);
+        assert!(s > 3.5, "{path}: {s} s recorded of 5");
+    }
+}
+
 /// SRT (H.265 + AAC in MPEG-TS from ffmpeg) recorded in fMP4 (hvc1) and MPEG-TS.
 #[test]
 fn srt_h265_recorded_in_both_formats() {
-    let dir = scratch("record-srt");
-    let server = TestServer::start(&record_config(&dir.join("rec")));
-    let mut w1 = server.segment_watch();
-    let mut w2 = server.segment_watch();
-    let x265 = [
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "log-level=none:bframes=0",
-        "-preset",
-        "ultrafast",
-    ];
-    let aac = ["-c:a", "aac", "-ac", "2", "-ar", "48000"];
-    let mut a = publish_with(
-        &server.srt_url("publish:srt-mp4", "&latency=200000"),
-        &x265,
-        &aac,
+    both_formats(
+        "srt",
+        |s, p| s.srt_url(&format!("publish:{p}"), "&latency=200000"),
+        &[
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "log-level=none:bframes=0",
+            "-preset",
+            "ultrafast",
+        ],
+        &["-c:a", "aac", "-ac", "2", "-ar", "48000"],
         "mpegts",
-        5,
-        &dir,
+        ("hevc", "aac"),
     );
-    let mut b = publish_with(
-        &server.srt_url("publish:srt-ts", "&latency=200000"),
-        &x265,
-        &aac,
-        "mpegts",
-        5,
-        &dir,
-    );
-    assert!(a.wait(LIMIT).success(), "{}", a.stderr());
-    assert!(b.wait(LIMIT).success(), "{}", b.stderr());
-    for (path, w) in [("srt-mp4", &mut w1), ("srt-ts", &mut w2)] {
-        let s = recorded(&server, w, path, Some(("hevc", (640, 360))), "aac");
-        assert!(s > 3.5, "{path}: {s} s recorded of 5");
-    }
 }
 
 /// RTSP (H.264 + Opus from ffmpeg) recorded in fMP4 and MPEG-TS (Opus in both).
 #[test]
 fn rtsp_h264_opus_recorded_in_both_formats() {
-    let dir = scratch("record-rtsp");
-    let server = TestServer::start(&record_config(&dir.join("rec")));
-    let mut w1 = server.segment_watch();
-    let mut w2 = server.segment_watch();
-    let x264 = [
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-    ];
-    let opus = ["-c:a", "libopus", "-b:a", "64k", "-ac", "2", "-ar", "48000"];
-    let url = |p: &str| server.rtsp_url(p);
-    let mut a = publish_with(&url("rtsp-mp4"), &x264, &opus, "rtsp", 5, &dir);
-    let mut b = publish_with(&url("rtsp-ts"), &x264, &opus, "rtsp", 5, &dir);
-    assert!(a.wait(LIMIT).success(), "{}", a.stderr());
-    assert!(b.wait(LIMIT).success(), "{}", b.stderr());
-    for (path, w) in [("rtsp-mp4", &mut w1), ("rtsp-ts", &mut w2)] {
-        let s = recorded(&server, w, path, Some(("h264", (640, 360))), "opus");
-        assert!(s > 3.5, "{path}: {s} s recorded of 5");
-    }
+    both_formats(
+        "rtsp",
+        |s, p| s.rtsp_url(p),
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ],
+        &["-c:a", "libopus", "-b:a", "64k", "-ac", "2", "-ar", "48000"],
+        "rtsp",
+        ("h264", "opus"),
+    );
 }
 
 /// Chromium publishing `codec` + Opus over WHIP, for 4 s, to `path`.
@@ -741,7 +761,21 @@ fn whip_vp9_and_av1_recorded() {
 /// recorded before stays whole.
 #[test]
 fn read_only_directory_mid_stream_spares_the_live_stream() {
-    let dir = scratch("record-readonly");
+    disk_trouble("record-readonly", "ro,size=1m", "Read-only file system");
+}
+
+/// The disk fills up mid-stream (a 300 kB file system mounted over the directory): segments
+/// are cut short or not created, one error line each, the live reader has no gap, and what
+/// was recorded before stays whole.
+#[test]
+fn full_disk_mid_stream_spares_the_live_stream() {
+    disk_trouble("record-full", "size=300k", "No space left on device");
+}
+
+/// Runs the disk-trouble scenario: after two segments, a tmpfs mounted with `mount_opts` over
+/// the directory; `error` is what the log must say.
+fn disk_trouble(name: &str, mount_opts: &str, error: &str) {
+    let dir = scratch(name);
     let rec = dir.join("rec");
     std::fs::create_dir_all(&rec).unwrap();
     let rtmp = tidegate_tests::peers::free_port();
@@ -785,7 +819,7 @@ fn read_only_directory_mid_stream_spares_the_live_stream() {
     let mounted = run_bounded(
         Command::new(peer("nsenter"))
             .args(["-t", &server.pid().to_string(), "-m"])
-            .args(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none"])
+            .args(["mount", "-t", "tmpfs", "-o", mount_opts, "none"])
             .arg(&rec),
         Duration::from_secs(10),
     );
@@ -811,12 +845,12 @@ fn read_only_directory_mid_stream_spares_the_live_stream() {
     assert!(hole <= 100, "a {hole} ms hole in the live stream");
 
     // Refused segments: one error line each, a few in all, never one per frame.
-    let errors = log.matches("this segment is not recorded").count();
+    let errors = log.matches("is not recorded").count();
     assert!(
         (1..=8).contains(&errors),
         "{errors} error lines for ~6 segments refused:\n{log}"
     );
-    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(log.contains(error), "{log}");
     // What was recorded before is whole.
     assert!(kept.len() >= 2);
     for f in &kept {
@@ -907,4 +941,59 @@ fn mp3_g711_ac3_and_vp8_recorded_in_fmp4() {
         assert!(p.dts_monotonic("video"));
         decodes_cleanly(&s.file);
     }
+}
+
+/// Playback is behind the `playback` permission (401 with a Basic challenge without it, the
+/// path checked), and served over HTTPS with `playbackEncryption` (curl, TLS).
+#[test]
+fn playback_needs_its_permission_and_speaks_https() {
+    let dir = scratch("record-playback-auth");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
+    let server = TestServer::start(&format!(
+        "playback: yes\nplaybackAddress: 127.0.0.1:0\nplaybackEncryption: yes\n\
+         playbackServerKey: {}\nplaybackServerCert: {}\n\
+         authInternalUsers:\n\
+         \x20 - user: any\n    permissions:\n      - action: publish\n      - action: read\n\
+         \x20 - user: archivist\n    pass: secret\n    permissions:\n      - action: playback\n        path: cam\n\
+         \x20 - user: any\n    ips: [127.0.0.1]\n    permissions:\n      - action: api\n\
+         pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n\
+         paths:\n  cam:\n  other:\n",
+        key.display(),
+        cert.display(),
+        dir.join("rec").display()
+    ));
+    let mut w = server.segment_watch();
+    let mut p = ffmpeg_publish(&server.rtmp_url("cam"), 3, "flv", &dir);
+    assert!(p.wait(LIMIT).success());
+    server.wait_not_ready("cam", READY);
+    let n = server.recorder().index().segments("cam", None, None).len();
+    w.wait_complete("cam", n, LIMIT);
+    let addr = server.playback_addr();
+    let curl = |user: Option<&str>, target: &str| -> (String, String) {
+        let mut cmd = Command::new(peer("curl"));
+        cmd.args(["-sk", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"]);
+        if let Some(u) = user {
+            cmd.args(["-u", u]);
+        }
+        cmd.arg(format!("https://{addr}{target}"));
+        let out = run_bounded(&mut cmd, Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let code = text.lines().last().unwrap_or("").to_string();
+        (code, text)
+    };
+    let (code, head) = curl(None, "/list?path=cam");
+    assert_eq!(code, "401", "{head}");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
+    assert_eq!(curl(Some("archivist:wrong"), "/list?path=cam").0, "401");
+    assert_eq!(curl(Some("archivist:secret"), "/list?path=cam").0, "200");
+    // The permission is for `cam` only.
+    assert_eq!(curl(Some("archivist:secret"), "/list?path=other").0, "401");
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = run_bounded(
+        Command::new(peer("curl"))
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{addr}/list?path=cam")),
+        Duration::from_secs(30),
+    );
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }

@@ -295,18 +295,9 @@ impl Index {
         tolerance: i64,
     ) -> Vec<(i64, i64)> {
         let inner = self.lock();
-        let Some(m) = inner.paths.get(path) else {
-            return Vec::new();
-        };
-        let from = from.unwrap_or(i64::MIN);
-        let to = to.unwrap_or(i64::MAX);
-        let first = m.range(..=from).next_back().map_or(i64::MIN, |(k, _)| *k);
         let mut out: Vec<(i64, i64)> = Vec::new();
-        for s in m.range(first..to).map(|(_, s)| s) {
+        for s in overlapping(&inner, path, from, to) {
             let end = s.end();
-            if end <= from && !s.recording {
-                continue;
-            }
             match out.last_mut() {
                 Some((_, e)) if s.start - *e <= tolerance && s.start >= *e - tolerance => {
                     *e = (*e).max(end);
@@ -359,18 +350,7 @@ impl Index {
     /// Segments of `path` that overlap `[from, to)` (µs), in time order.
     pub fn segments(&self, path: &str, from: Option<i64>, to: Option<i64>) -> Vec<Segment> {
         let inner = self.lock();
-        let Some(m) = inner.paths.get(path) else {
-            return Vec::new();
-        };
-        let from = from.unwrap_or(i64::MIN);
-        let to = to.unwrap_or(i64::MAX);
-        // The segment that starts before `from` may still overlap it.
-        let first = m.range(..=from).next_back().map_or(i64::MIN, |(k, _)| *k);
-        m.range(first..to)
-            .map(|(_, s)| s)
-            .filter(|s| s.end() > from || s.recording)
-            .cloned()
-            .collect()
+        overlapping(&inner, path, from, to).cloned().collect()
     }
 
     /// Every path with segments, sorted.
@@ -391,6 +371,24 @@ impl Index {
                 .collect()
         })
     }
+}
+
+/// Segments of `path` overlapping `[from, to)` (µs), in time order.
+fn overlapping<'a>(
+    inner: &'a Inner,
+    path: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> impl Iterator<Item = &'a Segment> + 'a {
+    let from = from.unwrap_or(i64::MIN);
+    let to = to.unwrap_or(i64::MAX);
+    inner.paths.get(path).into_iter().flat_map(move |m| {
+        // The segment that starts before `from` may still overlap it.
+        let first = m.range(..=from).next_back().map_or(i64::MIN, |(k, _)| *k);
+        m.range(first..to)
+            .map(|(_, s)| s)
+            .filter(move |s| s.end() > from || s.recording)
+    })
 }
 
 fn append(inner: &mut Inner, root: &Path, line: &Line) {

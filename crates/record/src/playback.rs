@@ -233,13 +233,24 @@ async fn get_window(
             }
         }
     });
+    streamed(rx, None)
+}
+
+/// A `video/mp4` answer whose body is what a producer thread sends on `rx`.
+fn streamed(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    length: Option<u64>,
+) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Response::builder()
+    let mut r = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "video/mp4")
-        .body(Body::from_stream(stream))
+        .header(header::CONTENT_TYPE, "video/mp4");
+    if let Some(n) = length {
+        r = r.header(header::CONTENT_LENGTH, n);
+    }
+    r.body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
 
@@ -280,13 +291,5 @@ async fn mp4_answer(cut: Cut) -> Response {
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "video/mp4")
-        .header(header::CONTENT_LENGTH, length)
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+    streamed(rx, Some(length))
 }
