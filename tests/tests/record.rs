@@ -437,7 +437,16 @@ fn gstreamer_plays(file: &Path) {
         Command::new(peer("gst-launch-1.0"))
             .args(["-m", "filesrc"])
             .arg(format!("location={}", file.display()))
-            .args(["!", "qtdemux", "!", "h264parse", "!", "avdec_h264", "!", "fakesink"]),
+            .args([
+                "!",
+                "qtdemux",
+                "!",
+                "h264parse",
+                "!",
+                "avdec_h264",
+                "!",
+                "fakesink",
+            ]),
         Duration::from_secs(60),
     );
     let log = String::from_utf8_lossy(&out.stdout);
@@ -984,7 +993,11 @@ fn playback_needs_its_permission_and_speaks_https() {
     };
     let (code, head) = curl(None, "/list?path=cam");
     assert_eq!(code, "401", "{head}");
-    assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{head}"
+    );
     assert_eq!(curl(Some("archivist:wrong"), "/list?path=cam").0, "401");
     assert_eq!(curl(Some("archivist:secret"), "/list?path=cam").0, "200");
     // The permission is for `cam` only.

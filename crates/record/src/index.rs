@@ -60,7 +60,7 @@ enum LineRef<'a> {
     Add(&'a Segment),
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// Path name → start → segment.
     paths: HashMap<String, BTreeMap<i64, Segment>>,
     journals: HashMap<PathBuf, File>,
@@ -137,6 +137,12 @@ impl Index {
         tokio::time::timeout(limit, rx.wait_for(|l| *l))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Holds the index's lock (tests: a writer thread that updates the index stalls).
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> MutexGuard<'_, Inner> {
+        self.lock()
     }
 
     /// Whether the segment of `path` starting at `start` is being written now.

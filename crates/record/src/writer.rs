@@ -321,3 +321,54 @@ fn close(ctx: &Context, mut o: Open, duration: Option<f64>) {
         conf: ctx.conf.clone(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk that does not keep up (here: the writer thread held on the index's lock) never
+    /// holds up the muxer's side: parts past [`MAX_QUEUED`] are dropped at once and counted.
+    #[test]
+    fn a_stalled_disk_drops_parts_instead_of_waiting() {
+        let dir = std::env::temp_dir().join(format!("tidegate-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let index = Index::default();
+        let stats = Arc::new(Stats::default());
+        let mut w = Writer::spawn(Context {
+            path: "cam".into(),
+            root: dir.clone(),
+            format: Format::Fmp4,
+            sync: Sync::Off,
+            index: index.clone(),
+            events: broadcast::channel(16).0,
+            stats: stats.clone(),
+            conf: Arc::new(tidegate_core::PathConf::default()),
+        })
+        .unwrap();
+        let stall = index.stall();
+        w.open(
+            dir.join("cam/a.mp4"),
+            0,
+            Bytes::from_static(b"init"),
+            vec![],
+        );
+        let part = Bytes::from(vec![0u8; 1 << 20]);
+        let started = std::time::Instant::now();
+        for _ in 0..64 {
+            w.part(part.clone(), 1.0);
+        }
+        // 64 MiB offered against 32 MiB of queue: about half dropped, and no waiting.
+        let dropped = stats.parts_dropped.load(Ordering::Relaxed);
+        assert!((31..=33).contains(&dropped), "{dropped} parts dropped");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        drop(stall);
+        w.close(1.0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(w.finish());
+        let written = std::fs::metadata(dir.join("cam/a.mp4")).unwrap().len();
+        assert_eq!(written, 4 + (64 - dropped) * (1 << 20));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
