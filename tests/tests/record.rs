@@ -130,15 +130,21 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
             "{path}: {frames} video frames recorded of 210"
         );
         if path == "mp4" {
-            // Each fMP4 segment's timestamps start at zero.
-            for s in &index {
+            // Each fMP4 segment's timestamps start at zero, and its last frame ends where the
+            // next segment begins: no gap, no overlap (first and last timestamps).
+            for (i, s) in index.iter().enumerate() {
                 let p = ffprobe(s.file.to_str().unwrap(), &[], Duration::from_secs(30));
-                assert_eq!(
-                    p.packets_of("video")[0].dts,
-                    Some(0),
-                    "{}",
-                    s.file.display()
-                );
+                let v = p.packets_of("video");
+                assert_eq!(v[0].dts, Some(0), "{}", s.file.display());
+                if i + 1 < index.len() {
+                    let last = v.iter().filter_map(|p| p.pts).max().unwrap();
+                    let end = last + 3000; // one frame at 30 fps, 90 kHz
+                    let next = (index[i + 1].start - s.start) * 9 / 100;
+                    assert!(
+                        (end - next).abs() <= 90,
+                        "segment {i} ends at {end}, the next starts at {next} (90 kHz)"
+                    );
+                }
             }
         }
     }
