@@ -70,13 +70,14 @@ fn sample_times(scan: &Scan, traf: &crate::read::Traf) -> (u32, Vec<u64>) {
     let mut v = Vec::with_capacity(traf.samples.len());
     for s in &traf.samples {
         v.push(t);
-        t += u64::from(s.duration);
+        t = t.saturating_add(u64::from(s.duration));
     }
     (ts, v)
 }
 
+/// Ticks to µs, saturating (sizes come from files).
 fn ticks_to_us(t: u64, ts: u32) -> i64 {
-    (i128::from(t) * 1_000_000 / i128::from(ts.max(1))) as i64
+    (i128::from(t) * 1_000_000 / i128::from(ts.max(1))).min(i128::from(i64::MAX / 4)) as i64
 }
 
 impl Cut {
@@ -92,7 +93,9 @@ impl Cut {
                 break;
             }
             if let Some((prev, prev_scan)) = chosen.last() {
-                let prev_end = prev.start + (prev_scan.duration() * 1e6) as i64;
+                let prev_end = prev
+                    .start
+                    .saturating_add((prev_scan.duration() * 1e6) as i64);
                 // A gap, or tracks that differ: the output stops here.
                 if s.start - prev_end > MAX_GAP_US {
                     break;
@@ -113,7 +116,7 @@ impl Cut {
         // Drop leading segments that end before the window.
         while chosen.len() > 1 {
             let (s, sc) = &chosen[0];
-            if s.start + (sc.duration() * 1e6) as i64 <= start_us {
+            if s.start.saturating_add((sc.duration() * 1e6) as i64) <= start_us {
                 chosen.remove(0);
             } else {
                 break;
@@ -136,7 +139,7 @@ impl Cut {
             for traf in p.trafs.iter().filter(|t| t.track_id == key) {
                 let (ts, times) = sample_times(sc, traf);
                 for (s, t) in traf.samples.iter().zip(times) {
-                    let at = first.start + ticks_to_us(t, ts);
+                    let at = first.start.saturating_add(ticks_to_us(t, ts));
                     if at > start_us && origin_us.is_some() {
                         break 'parts;
                     }
@@ -185,7 +188,7 @@ impl Cut {
                 self.file = Some(File::open(&seg.file).map_err(ReadError::Io)?);
             }
             // Skip whole parts outside the window.
-            let part_start = seg.start + (sc.part_start(part) * 1e6) as i64;
+            let part_start = seg.start.saturating_add((sc.part_start(part) * 1e6) as i64);
             if part_start >= self.end_us {
                 self.segments.truncate(self.seg + 1);
                 self.part = usize::MAX;
@@ -197,7 +200,7 @@ impl Cut {
                 let (ts, times) = sample_times(sc, traf);
                 let last = times.last().copied().unwrap_or(0)
                     + u64::from(traf.samples.last().map_or(0, |s| s.duration));
-                if seg.start + ticks_to_us(last, ts) > self.origin_us {
+                if seg.start.saturating_add(ticks_to_us(last, ts)) > self.origin_us {
                     any_in = true;
                 }
                 runs_meta.push((traf, ts, times));
@@ -221,7 +224,7 @@ impl Cut {
                 let mut samples = Vec::new();
                 let mut base = None;
                 for (s, t) in traf.samples.iter().zip(times) {
-                    let at = seg.start + ticks_to_us(t, ts);
+                    let at = seg.start.saturating_add(ticks_to_us(t, ts));
                     let range = offset as usize..(offset + u64::from(s.size)) as usize;
                     offset += u64::from(s.size);
                     if at < self.origin_us || at >= self.end_us {
@@ -393,7 +396,7 @@ impl Cut {
         let mut total = 0usize;
         for (si, (seg, sc)) in self.segments.iter().enumerate() {
             for part in &sc.parts {
-                if seg.start + (sc.part_start(part) * 1e6) as i64 >= self.end_us {
+                if seg.start.saturating_add((sc.part_start(part) * 1e6) as i64) >= self.end_us {
                     break;
                 }
                 for traf in &part.trafs {
@@ -401,7 +404,7 @@ impl Cut {
                     let mut offset = part.offset + traf.data_offset;
                     let mut chunk: Option<Chunk> = None;
                     for (s, t) in traf.samples.iter().zip(times) {
-                        let at = seg.start + ticks_to_us(t, ts);
+                        let at = seg.start.saturating_add(ticks_to_us(t, ts));
                         let here = offset;
                         offset += u64::from(s.size);
                         if at < self.origin_us || at >= self.end_us {

@@ -42,7 +42,8 @@ pub struct Segment {
 
 impl Segment {
     pub fn end(&self) -> i64 {
-        self.start + (self.duration * 1e6).round() as i64
+        self.start
+            .saturating_add((self.duration * 1e6).round() as i64)
     }
 }
 

@@ -303,7 +303,9 @@ impl Recorder {
                     codecs,
                 } => {
                     let (wall, origin) = clock.unwrap_or((0, 0));
-                    let start_us = wall + (start - origin) * 100 / 9;
+                    let start_us =
+                        (i128::from(wall) + (i128::from(start) - i128::from(origin)) * 100 / 9)
+                            .clamp(0, i128::from(i64::MAX / 4)) as i64;
                     let file = template.render(name, start_us, format.extension());
                     writer.open(file, start_us, init, codecs);
                 }

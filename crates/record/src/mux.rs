@@ -240,7 +240,7 @@ impl RecordMuxer {
         let pts = rescale(frame.pts, t.clock_rate, t.timescale);
         if let Some(prev) = &t.pending {
             if dts <= prev.dts {
-                dts = prev.dts + 1;
+                dts = prev.dts.saturating_add(1);
             }
         }
         let next = Pending {
@@ -304,7 +304,9 @@ impl RecordMuxer {
                         return;
                     }
                 }
-                Some(seg) if s.keyframe && start - seg >= self.cfg.segment_duration => {
+                Some(seg)
+                    if s.keyframe && start.saturating_sub(seg) >= self.cfg.segment_duration =>
+                {
                     self.close_segment(start, out);
                     if !self.open_segment(start, Some(&s.data), out) {
                         return;
@@ -312,7 +314,7 @@ impl RecordMuxer {
                 }
                 Some(_) => {
                     if self.part_has_samples
-                        && (start - self.part_start >= self.cfg.part_duration
+                        && (start.saturating_sub(self.part_start) >= self.cfg.part_duration
                             || self.part_bytes + len > self.cfg.max_part_size)
                     {
                         self.flush(start, out);
@@ -326,7 +328,7 @@ impl RecordMuxer {
             }
         }
         let t = &mut self.tracks[idx];
-        let duration = (next - s.dts).clamp(1, i64::from(u32::MAX)) as u32;
+        let duration = next.saturating_sub(s.dts).clamp(1, i64::from(u32::MAX)) as u32;
         t.last_duration = duration;
         if t.ready.is_empty() {
             t.ready_base = s.dts;
@@ -353,14 +355,15 @@ impl RecordMuxer {
             let limit = rescale(at, 90_000, t.timescale);
             if let Some(cut) = t.ready.iter().position(|s| {
                 let here = dts;
-                dts += i64::from(s.duration);
+                dts = dts.saturating_add(i64::from(s.duration));
                 here >= limit
             }) {
-                let base = t.ready_base
-                    + t.ready[..cut]
+                let base = t.ready_base.saturating_add(
+                    t.ready[..cut]
                         .iter()
                         .map(|s| i64::from(s.duration))
-                        .sum::<i64>();
+                        .sum::<i64>(),
+                );
                 carry.push((i, base, t.ready.split_off(cut)));
             }
         }
@@ -371,15 +374,17 @@ impl RecordMuxer {
                 .iter()
                 .map(|t| TrackRun {
                     track_id: t.mp4_id,
-                    base_decode_time: (t.ready_base - rescale(seg, 90_000, t.timescale)).max(0)
-                        as u64,
+                    base_decode_time: t
+                        .ready_base
+                        .saturating_sub(rescale(seg, 90_000, t.timescale))
+                        .max(0) as u64,
                     samples: &t.ready,
                 })
                 .collect();
             let data = tidegate_fmp4::fragment(self.fragment_seq, &runs);
             out.push(Out::Part {
                 data,
-                duration: (at - self.part_start).max(0) as f64 / 90_000.0,
+                duration: at.saturating_sub(self.part_start).max(0) as f64 / 90_000.0,
             });
         }
         for t in &mut self.tracks {
@@ -400,7 +405,7 @@ impl RecordMuxer {
         self.flush(at, out);
         self.seg_start = None;
         out.push(Out::SegmentEnd {
-            duration: (at - start).max(0) as f64 / 90_000.0,
+            duration: at.saturating_sub(start).max(0) as f64 / 90_000.0,
         });
     }
 
@@ -411,7 +416,7 @@ impl RecordMuxer {
         if key && frame.keyframe {
             let rotate = match self.seg_start {
                 None => true,
-                Some(seg) => time - seg >= self.cfg.segment_duration,
+                Some(seg) => time.saturating_sub(seg) >= self.cfg.segment_duration,
             };
             if rotate {
                 self.close_ts_segment(time, out);
@@ -431,12 +436,15 @@ impl RecordMuxer {
                 self.part_start = time;
                 self.part_has_samples = false;
             } else if self.part_has_samples
-                && (time - self.part_start >= self.cfg.part_duration
+                && (time.saturating_sub(self.part_start) >= self.cfg.part_duration
                     || self.ts_buf.len() as u64 + frame.data.len() as u64 > self.cfg.max_part_size)
             {
                 self.flush_ts(time, out);
             }
-        } else if key && self.part_has_samples && time - self.part_start >= self.cfg.part_duration {
+        } else if key
+            && self.part_has_samples
+            && time.saturating_sub(self.part_start) >= self.cfg.part_duration
+        {
             self.flush_ts(time, out);
         }
         let Some(seg) = self.seg_start else { return };
@@ -450,10 +458,12 @@ impl RecordMuxer {
             let t = &mut self.tracks[idx];
             let prev = t.ready_base;
             if prev != 0 && time > prev {
-                t.last_duration = (time - prev).min(i64::from(u32::MAX)) as u32;
+                t.last_duration = time.saturating_sub(prev).min(i64::from(u32::MAX)) as u32;
             }
             t.ready_base = time;
-            self.end = self.end.max(time + i64::from(t.last_duration));
+            self.end = self
+                .end
+                .max(time.saturating_add(i64::from(t.last_duration)));
         }
     }
 
@@ -461,7 +471,7 @@ impl RecordMuxer {
         if !self.ts_buf.is_empty() {
             out.push(Out::Part {
                 data: self.ts_buf.split().freeze(),
-                duration: (at - self.part_start).max(0) as f64 / 90_000.0,
+                duration: at.saturating_sub(self.part_start).max(0) as f64 / 90_000.0,
             });
         }
         self.part_start = at;
@@ -474,7 +484,7 @@ impl RecordMuxer {
         };
         self.flush_ts(at, out);
         out.push(Out::SegmentEnd {
-            duration: (at - start).max(0) as f64 / 90_000.0,
+            duration: at.saturating_sub(start).max(0) as f64 / 90_000.0,
         });
     }
 
@@ -487,7 +497,9 @@ impl RecordMuxer {
         }
         for idx in 0..self.tracks.len() {
             if let Some(p) = self.tracks[idx].pending.take() {
-                let next = p.dts + i64::from(self.tracks[idx].last_duration.max(1));
+                let next = p
+                    .dts
+                    .saturating_add(i64::from(self.tracks[idx].last_duration.max(1)));
                 self.commit(idx, p, next, out);
             }
         }

@@ -163,3 +163,29 @@ fn nothing_is_written_before_the_first_key_frame() {
     m.push(&frame(0, 7200, false), &mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn wild_timestamps_do_not_panic() {
+    // A publisher's timestamps are whatever it sends: jumps to the ends of i64 and back.
+    for format in [Format::Fmp4, Format::MpegTs] {
+        let mut m = RecordMuxer::new(&desc(), cfg(format));
+        let mut out = Vec::new();
+        for (i, ts) in [
+            0,
+            i64::MAX - 5,
+            i64::MIN + 5,
+            3600,
+            i64::MAX,
+            -1,
+            i64::MIN,
+            7200,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.push(&frame(0, ts, i % 2 == 0), &mut out);
+            m.push(&frame(1, ts, true), &mut out);
+        }
+        m.finish(&mut out);
+    }
+}

@@ -118,7 +118,8 @@ impl Scan {
         for p in &self.parts {
             for t in &p.trafs {
                 let d: u64 = t.samples.iter().map(|s| u64::from(s.duration)).sum();
-                let e = (t.base_decode_time + d) as f64 / f64::from(self.timescale(t.track_id));
+                let e = t.base_decode_time.saturating_add(d) as f64
+                    / f64::from(self.timescale(t.track_id));
                 end = end.max(e);
             }
         }
@@ -263,13 +264,14 @@ pub fn parse_moof(data: &[u8]) -> Result<Vec<Traf>, ReadError> {
                     };
                 }
                 b"trun" => {
-                    let version = b[0];
+                    let version = b.first().copied().unwrap_or(0);
                     let flags = be32(b, 0)? & 0x00ff_ffff;
                     let count = be32(b, 4)? as usize;
                     let mut at = 8;
                     if flags & 0x01 != 0 {
                         let off = be32(b, at)? as i32;
-                        t.data_offset = (base_offset as i64 + i64::from(off)).max(0) as u64;
+                        t.data_offset =
+                            (base_offset as i64).saturating_add(i64::from(off)).max(0) as u64;
                         at += 4;
                     }
                     let first_flags = if flags & 0x04 != 0 {
@@ -402,7 +404,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
                 // Every sample must lie inside this part.
                 let inside = trafs.iter().all(|t| {
                     let len: u64 = t.samples.iter().map(|s| u64::from(s.size)).sum();
-                    pos + t.data_offset + len <= end
+                    pos.saturating_add(t.data_offset).saturating_add(len) <= end
                 });
                 if !inside {
                     return Err(ReadError::Format("sample data outside its mdat"));
