@@ -84,7 +84,7 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
          pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
          recordSegmentDuration: 2s\n  \
          runOnRecordSegmentCreate: echo \"$MTX_PATH $MTX_SEGMENT_PATH\" >> {}\n  \
-         runOnRecordSegmentComplete: echo \"$MTX_PATH $MTX_SEGMENT_PATH $MTX_SEGMENT_DURATION\" >> {}\n\
+         runOnRecordSegmentComplete: echo \"$MTX_PATH $MTX_SEGMENT_PATH $MTX_SEGMENT_DURATION $RTSP_PORT\" >> {}\n\
          paths:\n  mp4:\n  ts:\n    recordFormat: mpegts\n",
         rec.display(),
         created.display(),
@@ -161,6 +161,13 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
         assert!(Path::new(f[1]).exists(), "{l}");
         let d: f64 = f[2].parse().unwrap();
         assert!(d > 0.5 && d < 2.1, "{l}");
+        let rtsp_port = server
+            .rtsp_url("x")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .replace("/x", "");
+        assert_eq!(f[3], rtsp_port, "{l}");
     }
 
     // Playback: one span for the whole recording.

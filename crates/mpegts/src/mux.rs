@@ -120,7 +120,11 @@ impl Muxer {
         let is_video = self.tracks[idx].stream_id == 0xe0;
         let psi_due = match self.last_psi {
             None => true,
-            Some(last) => (is_video && frame.keyframe) || dts.saturating_sub(last) >= PSI_INTERVAL || dts < last,
+            Some(last) => {
+                (is_video && frame.keyframe)
+                    || dts.saturating_sub(last) >= PSI_INTERVAL
+                    || dts < last
+            }
         };
         if psi_due {
             self.psi(out);

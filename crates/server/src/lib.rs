@@ -314,7 +314,13 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         );
-        hooks::record_hooks(&recorder, &tasks, &shutdown);
+        hooks::record_hooks(
+            &recorder,
+            &paths,
+            rtsp_addr.map(|a| a.port()),
+            &tasks,
+            &shutdown,
+        );
         if let (Some(listener), Some(addr)) = (playback, playback_addr) {
             tracing::info!(
                 "[playback] listener opened on {addr} ({})",
