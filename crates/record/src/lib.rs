@@ -317,6 +317,12 @@ impl Recorder {
 
     /// Deletes segments older than their path's `recordDeleteAfter`, every [`CLEAN_EVERY`].
     async fn retention(&self) {
+        // Not while the archive is being indexed: a segment deleted now could come back from
+        // the scan that listed it before.
+        tokio::select! {
+            _ = self.inner.index.wait_loaded(Duration::from_secs(86_400 * 365)) => {}
+            _ = self.inner.shutdown.cancelled() => return,
+        }
         let mut tick = tokio::time::interval(CLEAN_EVERY);
         loop {
             tokio::select! {

@@ -623,6 +623,11 @@ async fn recordings_delete(
     let Some(start) = tidegate_record::playback::parse_time(start) else {
         return error(StatusCode::BAD_REQUEST, "start is not RFC 3339").into_response();
     };
+    state
+        .recorder
+        .index()
+        .wait_loaded(std::time::Duration::from_secs(30))
+        .await;
     let Some(seg) = state
         .recorder
         .index()
