@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod conns;
+pub mod fanout;
 pub mod media;
 pub mod path;
 pub mod registry;
@@ -27,6 +28,10 @@ pub use auth::{
 /// Re-exported so that protocol crates and tests share one `Bytes`.
 pub use bytes::Bytes;
 pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};
+pub use fanout::{
+    Attached, Egress, EgressReader, Muxer, SharedTcp, Sink, SinkIo, SinkLimits, SinkStatus,
+    Transport,
+};
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
 pub use path::{PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
 pub use registry::{

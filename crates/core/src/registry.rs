@@ -614,6 +614,11 @@ impl Reader {
         self.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The counter behind [`Reader::add_bytes_sent`], for a writer outside the reader's task.
+    pub fn bytes_sent_counter(&self) -> Arc<AtomicU64> {
+        self.bytes_sent.clone()
+    }
+
     pub fn skips(&self) -> u64 {
         self.reader.as_ref().map_or(0, StreamReader::skips)
     }

@@ -24,6 +24,10 @@ pub struct StreamConfig {
     pub gop_cache_max_frames: usize,
     /// ...or this many payload bytes.
     pub gop_cache_max_bytes: usize,
+    /// How long byte-stream egresses (RTMP, RTSP over TCP) may hold an audio frame so that it
+    /// leaves in one write with the next video frame (`audioCoalesce`); zero writes each frame
+    /// at once.
+    pub audio_coalesce: std::time::Duration,
 }
 
 impl Default for StreamConfig {
@@ -32,6 +36,7 @@ impl Default for StreamConfig {
             ring_capacity: 1024,
             gop_cache_max_frames: 2048,
             gop_cache_max_bytes: 64 << 20,
+            audio_coalesce: std::time::Duration::from_millis(50),
         }
     }
 }
@@ -69,6 +74,7 @@ pub struct Stream {
     /// Readers that need a keyframe now (a WebRTC viewer joined or lost packets) ask the
     /// publisher through this; publishers that can ask their encoder (WHIP, RTSP) listen.
     keyframe_wanted: tokio::sync::Notify,
+    egresses: crate::fanout::Egresses,
 }
 
 impl std::fmt::Debug for Stream {
@@ -95,6 +101,7 @@ impl Stream {
             stats: StreamStats::default(),
             extensions: Mutex::new(Vec::new()),
             keyframe_wanted: tokio::sync::Notify::new(),
+            egresses: Default::default(),
         }
     }
 
@@ -133,6 +140,25 @@ impl Stream {
     /// The tracks as they are now (parameters updated by in-band changes).
     pub fn desc(&self) -> StreamDesc {
         self.lock().desc.clone()
+    }
+
+    pub(crate) fn egresses(&self) -> &crate::fanout::Egresses {
+        &self.egresses
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    /// The frames since the last keyframe of the key track (empty when there is none or the
+    /// cache overflowed).
+    pub fn gop_snapshot(&self) -> Vec<Arc<Frame>> {
+        let inner = self.lock();
+        if inner.gop_valid {
+            inner.gop.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn stats(&self) -> &StreamStats {
@@ -257,6 +283,7 @@ impl Stream {
         inner.gop_valid = false;
         drop(inner);
         // Egress state (and the tasks it may own) goes with the stream.
+        self.egresses.clear();
         self.extensions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -424,6 +451,7 @@ mod tests {
             ring_capacity: 16,
             gop_cache_max_frames: 64,
             gop_cache_max_bytes: 1 << 20,
+            ..StreamConfig::default()
         }
     }
 

@@ -1,15 +1,12 @@
 //! Frames of the packet model to RTMP messages.
 //!
-//! [`TagMaker`] turns frames into FLV tag bodies with RTMP timestamps; [`RtmpMux`] runs one per
-//! stream ("mux once, send many"): it chunks every frame once into a derived stream that every
-//! RTMP player reads. The derived stream reuses the core fan-out (bounded ring, GOP cache,
-//! skip-to-keyframe), so a slow player never slows the others.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! [`TagMaker`] turns frames into FLV tag bodies with RTMP timestamps; [`RtmpMuxer`] is the
+//! fan-out engine's RTMP format (`tidegate_core::fanout`): one per stream while it has players,
+//! it chunks every frame once, and the engine writes those bytes to every player's socket.
 
 use bytes::{Bytes, BytesMut};
-use tidegate_core::{rescale, CodecParams, Frame, Stream, StreamDesc, TrackId};
+use std::collections::HashMap;
+use tidegate_core::{rescale, CodecParams, Frame, Muxer, StreamDesc, TrackId};
 
 use crate::chunk::write_message;
 use crate::flv;
@@ -85,46 +82,53 @@ impl TagMaker {
     }
 }
 
-/// The RTMP-serialised form of one stream.
-pub struct RtmpMux {
-    pub chunks: Arc<Stream>,
+/// The RTMP muxer of the fan-out engine: each frame chunked once for every player of a stream.
+pub struct RtmpMuxer {
+    maker: TagMaker,
 }
 
-impl RtmpMux {
-    /// Starts the muxer for `source`; its derived stream ends when the source ends.
-    pub fn start(source: Arc<Stream>) -> RtmpMux {
-        let mut maker = TagMaker::new(&source.desc());
-        let chunks = source.derive(move |frame| {
-            // A codec RTMP cannot carry gives no tag: the play answer already said so.
-            let tag = maker.make(frame)?;
-            let csid = if tag.type_id == MSG_VIDEO {
-                CSID_VIDEO
-            } else {
-                CSID_AUDIO
-            };
-            let mut bytes = BytesMut::new();
-            if let Some(seq) = &tag.sequence_header {
-                write_message(
-                    &mut bytes,
-                    csid,
-                    tag.timestamp,
-                    tag.type_id,
-                    MEDIA_STREAM_ID,
-                    seq,
-                    OUT_CHUNK_SIZE,
-                );
-            }
+impl RtmpMuxer {
+    pub fn new(desc: &StreamDesc) -> RtmpMuxer {
+        RtmpMuxer {
+            maker: TagMaker::new(desc),
+        }
+    }
+}
+
+impl Muxer for RtmpMuxer {
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+        // A codec RTMP cannot carry gives no tag: the play answer already said so.
+        let tag = self.maker.make(frame)?;
+        let csid = if tag.type_id == MSG_VIDEO {
+            CSID_VIDEO
+        } else {
+            CSID_AUDIO
+        };
+        let mut bytes = BytesMut::new();
+        if let Some(seq) = &tag.sequence_header {
             write_message(
                 &mut bytes,
                 csid,
                 tag.timestamp,
                 tag.type_id,
                 MEDIA_STREAM_ID,
-                &tag.body,
+                seq,
                 OUT_CHUNK_SIZE,
             );
-            Some(bytes.freeze())
-        });
-        RtmpMux { chunks }
+        }
+        write_message(
+            &mut bytes,
+            csid,
+            tag.timestamp,
+            tag.type_id,
+            MEDIA_STREAM_ID,
+            &tag.body,
+            OUT_CHUNK_SIZE,
+        );
+        Some(bytes.freeze())
+    }
+
+    fn coalesce(&self) -> bool {
+        true
     }
 }

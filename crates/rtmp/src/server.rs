@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tidegate_core::{
     Action, AuthRequest, CodecParams, Credentials, PathError, PathManager, SessionInfo, StreamDesc,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -20,12 +21,14 @@ use tracing::Instrument;
 use crate::amf0::{encode_all, Amf0};
 use crate::chunk::write_message;
 use crate::flv;
-use crate::mux::RtmpMux;
+use crate::mux::RtmpMuxer;
 use crate::session::{
     Event, ServerSession, CSID_DATA, MEDIA_STREAM_ID, MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO,
     OUT_CHUNK_SIZE,
 };
-use tidegate_core::{ConnGuard, ConnRegistry, ConnState};
+use tidegate_core::{
+    ConnGuard, ConnRegistry, ConnState, SharedTcp, Sink, SinkLimits, SinkStatus, Transport,
+};
 
 #[derive(Clone, Debug)]
 pub struct RtmpConfig {
@@ -77,6 +80,8 @@ pub async fn serve(
                 tracing::debug!("connection opened");
                 let result = match tls {
                     None => {
+                        // Shared, so that a stream's fan-out writer can write to it directly.
+                        let socket = SharedTcp::new(socket);
                         Conn::new(socket, remote, id, kind, paths, config, shutdown, guard)
                             .run()
                             .await
@@ -173,7 +178,7 @@ fn split_query(s: &str) -> Split<'_> {
     out
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+impl<S: Transport> Conn<S> {
     #[allow(clippy::too_many_arguments)]
     fn new(
         socket: S,
@@ -419,12 +424,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         tracing::info!(path, "is reading");
         self.guard.set(ConnState::Read, &path, query_of(name));
         let source = reader.stream().clone();
-        let mux = source.extension(|| RtmpMux::start(source.clone()));
-        let mut chunks = mux.chunks.subscribe();
+        let egress = source.egress(|s| RtmpMuxer::new(&s.desc()));
         let desc = source.desc();
         self.session.accept_play();
         let mut head = self.session.take_output();
         start_of_stream(&desc, &mut head);
+        if let Some(tcp) = self.socket.shared_tcp() {
+            return self.play_push(tcp, head, &egress, &reader, buf).await;
+        }
+        // TLS: this task reads the muxed messages and writes them through the record layer.
+        let mut chunks = egress.subscribe();
         self.write(&head).await?;
         reader.add_bytes_sent(head.len() as u64);
         // Created once: re-registering a cancellation waiter per message costs a lock each time.
@@ -459,6 +468,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// A player on plain TCP: the stream's fan-out writer writes the media to the socket
+    /// itself; this task reads the player's messages, sends the session's answers through the
+    /// same sink (so they never split a media message), and drains the sink's queue when the
+    /// socket was full.
+    async fn play_push(
+        &mut self,
+        tcp: SharedTcp,
+        head: BytesMut,
+        egress: &Arc<tidegate_core::Egress>,
+        reader: &tidegate_core::Reader,
+        mut buf: Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let counters = self.guard.counters.clone();
+        let path_sent = reader.bytes_sent_counter();
+        let limits = SinkLimits {
+            max_frames: reader.stream().config().ring_capacity,
+            max_bytes: reader.stream().config().gop_cache_max_bytes,
+        };
+        let sink = Arc::new(Sink::new(tcp.0.clone(), limits).on_sent(move |n| {
+            counters.sent.fetch_add(n, Ordering::Relaxed);
+            path_sent.fetch_add(n, Ordering::Relaxed);
+        }));
+        sink.send_control(head.freeze());
+        let _attached = egress.attach(sink.clone());
+        let stopped = Self::stopped(self.shutdown.clone(), self.guard.kick.clone());
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                r = &mut stopped => return r,
+                s = sink.wanted() => match s {
+                    SinkStatus::Backlog => self.drain(&tcp, &sink).await?,
+                    SinkStatus::Ended => {
+                        self.session.end_of_stream();
+                        sink.send_control(self.session.take_output().freeze());
+                        self.drain(&tcp, &sink).await?;
+                        return Ok(());
+                    }
+                    SinkStatus::Failed(kind) => return Err(std::io::Error::from(kind).into()),
+                    SinkStatus::Idle => {}
+                },
+                r = read_bounded(&mut self.socket, &mut buf) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.received(n);
+                    self.session.feed(&buf[..n])?;
+                    sink.send_control(self.session.take_output().freeze());
+                    while let Some(ev) = self.session.poll_event() {
+                        if ev == Event::Stop {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the sink's queue as the socket takes it, within the write timeout.
+    async fn drain(&self, tcp: &SharedTcp, sink: &Sink) -> Result<(), ConnError> {
+        let limit = self.config.write_timeout;
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                if sink.drain()? {
+                    return Ok::<(), std::io::Error>(());
+                }
+                tcp.0.writable().await?;
+            }
+        })
+        .await;
+        match drained {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::WriteTimeout(limit)),
         }
     }
 }

@@ -111,6 +111,7 @@ impl Server {
             config.matcher(),
             StreamConfig {
                 ring_capacity: config.write_queue_size as usize,
+                audio_coalesce: config.audio_coalesce,
                 ..StreamConfig::default()
             },
         );

@@ -12,7 +12,7 @@ use tidegate_core::relay::{with_backoff, RelayStatus};
 use tidegate_core::{PathError, PathManager, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{publish, read, TsMux};
+use crate::server::{publish, read, TsMuxer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pulled source that sends nothing for this long is reconnected.
@@ -217,8 +217,7 @@ pub async fn push(
             Err(e) => return Err(e.to_string()),
         };
         let source = reader.stream().clone();
-        let mux = source.extension(|| TsMux::start(source.clone()));
-        let Some(chunks) = mux.chunks.clone() else {
+        let Some(egress) = TsMuxer::egress(&source) else {
             return Err("no track of this stream can travel in MPEG-TS".to_string());
         };
         status.set_state("connecting");
@@ -227,7 +226,7 @@ pub async fn push(
         tracing::info!(path, url = status.url, "pushing");
         let watcher = watch_bytes(&socket, &status, true);
         let kick = CancellationToken::new();
-        let r = read(socket, reader, chunks, &kick, cancel.clone()).await;
+        let r = read(socket, reader, &egress, &kick, cancel.clone()).await;
         watcher.abort();
         if cancel.is_cancelled() {
             return Ok(());

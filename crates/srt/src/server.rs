@@ -320,8 +320,7 @@ async fn handle(
                 Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
             };
             let source = reader.stream().clone();
-            let mux = source.extension(|| TsMux::start(source.clone()));
-            let Some(chunks) = mux.chunks.clone() else {
+            let Some(egress) = TsMuxer::egress(&source) else {
                 return reject(
                     req,
                     ServerRejectReason::NotSupMedia,
@@ -337,7 +336,7 @@ async fn handle(
             tracing::info!(path = sid.path, "is reading");
             guard.set(ConnState::Read, &sid.path, &raw);
             let stats = watch_statistics(&socket, &guard);
-            let r = read(socket, reader, chunks, &guard.kick, shutdown).await;
+            let r = read(socket, reader, &egress, &guard.kick, shutdown).await;
             stats.abort();
             r
         }
@@ -407,12 +406,12 @@ pub(crate) async fn publish(
 pub(crate) async fn read(
     mut socket: impl DataSocket,
     reader: tidegate_core::Reader,
-    chunks: Arc<Stream>,
+    egress: &Arc<tidegate_core::Egress>,
     kick: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     // From the next keyframe, not from the GOP cache, so the reader joins live.
-    let mut sub = chunks.subscribe_from_next_keyframe();
+    let mut sub = egress.subscribe_from_next_keyframe();
     // srt-protocol stamps a packet with its source time minus the connection's start; a time
     // before the start wraps to ~71 minutes ahead, and a libsrt receiver then holds everything
     // behind it. And a connection that starts with a burst loses everything. Both happen when
@@ -421,7 +420,7 @@ pub(crate) async fn read(
     // reader starts on the first key frame ingested after it, and source times never precede
     // the connection.
     let floor = std::time::Instant::now();
-    let key = chunks.key_track();
+    let key = reader.stream().key_track();
     let mut joined = false;
     loop {
         tokio::select! {
@@ -458,24 +457,27 @@ pub(crate) async fn read(
     Ok(())
 }
 
-/// Mux once, send many: one task turns the stream into TS packets for every SRT reader.
-pub(crate) struct TsMux {
-    pub(crate) chunks: Option<Arc<Stream>>,
+/// The fan-out engine's MPEG-TS format: one per stream while it has SRT readers or pushes.
+pub(crate) struct TsMuxer(Muxer);
+
+impl TsMuxer {
+    /// None when no track of the stream can travel in MPEG-TS.
+    pub(crate) fn new(desc: &tidegate_core::StreamDesc) -> Option<TsMuxer> {
+        let m = Muxer::new(desc);
+        (!m.is_empty()).then_some(TsMuxer(m))
+    }
+
+    /// The stream's running TS egress, or a new one; None when no track fits in TS.
+    pub(crate) fn egress(source: &Arc<Stream>) -> Option<Arc<tidegate_core::Egress>> {
+        let muxer = TsMuxer::new(&source.desc())?;
+        Some(source.egress(move |_| muxer))
+    }
 }
 
-impl TsMux {
-    pub(crate) fn start(source: Arc<Stream>) -> TsMux {
-        let mut muxer = Muxer::new(&source.desc());
-        if muxer.is_empty() {
-            return TsMux { chunks: None };
-        }
-        let chunks = source.derive(move |frame| {
-            let mut bytes = BytesMut::new();
-            muxer.write(frame, &mut bytes);
-            (!bytes.is_empty()).then(|| bytes.freeze())
-        });
-        TsMux {
-            chunks: Some(chunks),
-        }
+impl tidegate_core::Muxer for TsMuxer {
+    fn mux(&mut self, frame: &tidegate_core::Frame) -> Option<Bytes> {
+        let mut bytes = BytesMut::new();
+        self.0.write(frame, &mut bytes);
+        (!bytes.is_empty()).then(|| bytes.freeze())
     }
 }

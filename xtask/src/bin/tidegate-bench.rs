@@ -32,6 +32,12 @@ mod bench_record;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some("__floor"), Some(port)) = (
+        args.first().map(String::as_str),
+        args.get(1).and_then(|p| p.parse::<u16>().ok()),
+    ) {
+        floor_main(port);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -478,6 +484,9 @@ struct RunResult {
     rss_mb: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Audio messages' latency (RTMP readers only; NaN otherwise).
+    audio_p50_ms: f64,
+    audio_p99_ms: f64,
     gbits: f64,
     readers_ok: usize,
 }
@@ -521,12 +530,21 @@ async fn publish_clip(
                 if stop.load(Ordering::Relaxed) == 1 {
                     break 'outer;
                 }
-                if let (9, Some(sent)) = (t.type_id, &sent) {
+                // AAC frames of a steady tone repeat: make each one unique (its last 4 bytes
+                // numbered; nothing decodes them) so that its latency can be matched.
+                let mut body = t.body.clone();
+                if t.type_id == 8 && body.len() > 6 && body.get(1) == Some(&1) {
+                    let mut b = body.to_vec();
+                    let at = b.len() - 4;
+                    b[at..].copy_from_slice(&(ts ^ 0x5a5a_0000).to_be_bytes());
+                    body = Bytes::from(b);
+                }
+                if let (8 | 9, Some(sent)) = (t.type_id, &sent) {
                     sent.lock()
-                        .map(|mut m| m.insert(payload_key(&t.body), Instant::now()))
+                        .map(|mut m| m.insert(payload_key(&body), Instant::now()))
                         .ok();
                 }
-                psession.send_media(t.type_id, ts, &t.body);
+                psession.send_media(t.type_id, ts, &body);
                 let out = psession.take_output();
                 if ps.write_all(&out).await.is_err() {
                     break 'outer;
@@ -577,6 +595,7 @@ async fn run_load_with(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = Arc::new(Totals::default());
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let audio_latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let measuring = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     let port = server.port;
@@ -584,6 +603,7 @@ async fn run_load_with(
         let totals = totals.clone();
         let sent = sent.clone();
         let latencies = latencies.clone();
+        let audio_latencies = audio_latencies.clone();
         let measuring = measuring.clone();
         let stop = stop.clone();
         if let ReaderKind::Rtsp { port, udp } = kind {
@@ -598,6 +618,7 @@ async fn run_load_with(
             };
             let mut buf = vec![0u8; 64 * 1024];
             let mut mine = Vec::new();
+            let mut mine_audio = Vec::new();
             while stop.load(Ordering::Relaxed) == 0 {
                 let n = match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
                     .await
@@ -619,22 +640,33 @@ async fn run_load_with(
                 }
                 while let Some(ev) = session.poll_event() {
                     if let ClientEvent::Media {
-                        type_id: 9,
+                        type_id: type_id @ (8 | 9),
                         payload,
                         ..
                     } = ev
                     {
                         if measuring.load(Ordering::Relaxed) == 1 {
-                            totals.video.fetch_add(1, Ordering::Relaxed);
+                            if type_id == 9 {
+                                totals.video.fetch_add(1, Ordering::Relaxed);
+                            }
                             let key = payload_key(&payload);
                             if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&key).copied()) {
-                                mine.push(now.duration_since(t0).as_secs_f64() * 1000.0);
+                                let ms = now.duration_since(t0).as_secs_f64() * 1000.0;
+                                if type_id == 9 {
+                                    mine.push(ms);
+                                } else {
+                                    mine_audio.push(ms);
+                                }
                             }
                         }
                     }
                 }
             }
             latencies.lock().map(|mut l| l.extend(mine)).ok();
+            audio_latencies
+                .lock()
+                .map(|mut l| l.extend(mine_audio))
+                .ok();
             true
         }));
     }
@@ -658,50 +690,161 @@ async fn run_load_with(
     let _ = publisher.await;
     let bytes = totals.bytes.load(Ordering::Relaxed) as f64;
     let gbits = bytes * 8.0 / 1e9;
-    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+    let sorted = |l: &Mutex<Vec<f64>>| {
+        let mut v = l.lock().map(|l| l.clone()).unwrap_or_default();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    };
+    let (lat, alat) = (sorted(&latencies), sorted(&audio_latencies));
+    let quantile = |v: &[f64], p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p) as usize)
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let pct = |p: f64| quantile(&lat, p);
     Ok(RunResult {
         cpu_per_gbit: (cpu1 - cpu0) / gbits.max(1e-9),
         cpu_share: (cpu1 - cpu0) / wall,
         rss_mb: peak_rss_mb(pid),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        audio_p50_ms: quantile(&alat, 0.5),
+        audio_p99_ms: quantile(&alat, 0.99),
         gbits: gbits / wall,
         readers_ok: ok,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loopback floor: what any RTMP server must at least spend here
+
+/// A minimal RTMP server in its own process (this binary, `__floor <port>`): it accepts the
+/// same publisher and players, and from the publisher's thread writes each message's chunks,
+/// made once, to every player with one blocking `write` each. No ring, no tasks, no queues,
+/// no coalescing: the cost of the system calls and of loopback itself, which every server pays.
+fn floor_main(port: u16) -> ! {
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("floor: {e}");
+            std::process::exit(1);
+        }
+    };
+    let players: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+    for conn in listener.incoming() {
+        let Ok(s) = conn else { continue };
+        let players = players.clone();
+        std::thread::spawn(move || floor_conn(s, &players));
+    }
+    std::process::exit(0)
+}
+
+fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStream>>) {
+    use std::io::{Read, Write};
+    use tidegate_rtmp::session::{Event, ServerSession, CSID_AUDIO, CSID_VIDEO, MEDIA_STREAM_ID};
+    let _ = s.set_nodelay(true);
+    let mut session = ServerSession::new(0);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = bytes::BytesMut::new();
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if session.feed(&buf[..n]).is_err() {
+            return;
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::Publish { .. } => session.accept_publish(),
+                Event::Play { .. } => {
+                    session.accept_play();
+                    if s.write_all(&session.take_output()).is_err() {
+                        return;
+                    }
+                    if let (Ok(w), Ok(mut p)) = (s.try_clone(), players.lock()) {
+                        p.push(w);
+                    }
+                    // The player only sends acknowledgements from now on.
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    return;
+                }
+                Event::Media {
+                    type_id,
+                    timestamp,
+                    payload,
+                } if type_id == 8 || type_id == 9 => {
+                    out.clear();
+                    let csid = if type_id == 9 { CSID_VIDEO } else { CSID_AUDIO };
+                    tidegate_rtmp::chunk::write_message(
+                        &mut out,
+                        csid,
+                        timestamp,
+                        type_id,
+                        MEDIA_STREAM_ID,
+                        &payload,
+                        tidegate_rtmp::session::OUT_CHUNK_SIZE,
+                    );
+                    if let Ok(mut p) = players.lock() {
+                        p.retain_mut(|w| w.write_all(&out).is_ok());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let reply = session.take_output();
+        if !reply.is_empty() && s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn start_floor() -> Result<Server, String> {
+    let port = free_port();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = Command::new(exe)
+        .args(["__floor", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("floor: {e}"))?;
+    Ok(Server {
+        name: "floor",
+        child,
+        port,
     })
 }
 
 fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
     let (root, dir, tags) = setup()?;
     let seconds = 10;
-    println!("RTMP fan-out: 640x360 30 fps H.264 1 Mbit/s + AAC 128 kbit/s, {seconds} s measured per run");
     println!(
-        "{:>8} {:>11} {:>11} {:>12} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "RTMP fan-out: 640x360 30 fps H.264 {:.1} Mbit/s + AAC 128 kbit/s, {seconds} s measured per run",
+        f64::from(video_kbps()) / 1000.0
+    );
+    println!(
+        "{:>8} {:>11} {:>9} {:>11} {:>10} {:>8} {:>16} {:>16} {:>8}",
         "readers",
         "server",
         "Gbit/s",
         "CPU s/Gbit",
         "CPU share",
         "RSS MB",
-        "p50 ms",
-        "p99 ms",
+        "video p50/p99 ms",
+        "audio p50/p99 ms",
         "readers"
     );
     for &n in counts {
         let mut results = Vec::new();
-        for which in ["tidegate", "nginx-rtmp"] {
+        for which in ["tidegate", "nginx-rtmp", "floor"] {
             let server = match which {
                 "tidegate" => start_tidegate(&root, &dir, None)?,
-                _ => start_nginx(&dir)?,
+                "nginx-rtmp" => start_nginx(&dir)?,
+                _ => start_floor()?,
             };
             let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
             println!(
-                "{n:>8} {:>11} {:>11.3} {:>12.3} {:>9.1}% {:>9.1} {:>9.2} {:>9.2} {:>8}",
+                "{n:>8} {:>11} {:>9.3} {:>11.3} {:>9.1}% {:>8.1} {:>7.2} / {:<6.2} {:>7.2} / {:<6.2} {:>8}",
                 server.name,
                 r.gbits,
                 r.cpu_per_gbit,
@@ -709,16 +852,20 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
                 r.rss_mb,
                 r.p50_ms,
                 r.p99_ms,
+                r.audio_p50_ms,
+                r.audio_p99_ms,
                 r.readers_ok
             );
             results.push(r);
             drop(server);
         }
-        if let [t, g] = &results[..] {
+        if let [t, g, f] = &results[..] {
             println!(
-                "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}",
+                "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}, tidegate / floor = {:.2}, nginx-rtmp / floor = {:.2}",
                 "ratio",
-                t.cpu_per_gbit / g.cpu_per_gbit
+                t.cpu_per_gbit / g.cpu_per_gbit,
+                t.cpu_per_gbit / f.cpu_per_gbit,
+                g.cpu_per_gbit / f.cpu_per_gbit,
             );
         }
     }

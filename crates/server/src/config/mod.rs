@@ -49,6 +49,7 @@ pub struct Config {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub write_queue_size: u32,
+    pub audio_coalesce: Duration,
 
     pub api: bool,
     pub api_address: SocketAddr,
@@ -188,6 +189,16 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     (
         "writeQueueSize",
         set!(write_queue_size, |v| uint_in(v, 16, 1 << 20)),
+    ),
+    (
+        "audioCoalesce",
+        set!(audio_coalesce, |v| {
+            let d = duration(v)?;
+            if d > Duration::from_secs(1) {
+                return Err("at most 1s".to_string());
+            }
+            Ok(d)
+        }),
     ),
     ("api", set!(api, boolean)),
     ("apiAddress", set!(api_address, address)),
@@ -538,6 +549,7 @@ impl Config {
             read_timeout: Duration::ZERO,
             write_timeout: Duration::ZERO,
             write_queue_size: 0,
+            audio_coalesce: Duration::ZERO,
             api: false,
             api_address: any,
             api_encryption: false,

@@ -1,0 +1,1142 @@
+//! The fan-out engine: a stream's frames serialised once per egress format, shared by every
+//! reader of that format, and written to readers' sockets without a task wake-up per reader.
+//!
+//! An [`Egress`] is one format's muxer for one stream (RTMP chunks, interleaved RTP, MPEG-TS,
+//! RTP packets...). [`Stream::egress`] gives the running one or starts it; it lives while some
+//! reader holds it and its task ends with the last one (or with the stream). Its output is a
+//! stream of its own, with the same ring, GOP cache and skip rules as the source, so it has its
+//! own keyframe-aligned join point.
+//!
+//! Readers take the output in one of two ways:
+//! - **pull** ([`Egress::subscribe`]): a reader task receives each muxed frame, for egresses
+//!   whose sending is per reader anyway (SRT's paced sender, SRTP per viewer, TLS records);
+//! - **push** ([`Egress::attach`]): the reader hands a [`Sink`] (its socket) to the egress; the
+//!   egress task offers each batch of muxed frames to every sink with one non-blocking vectored
+//!   write. Only when a socket is full does the rest wait in that sink's private queue, which
+//!   the reader's own task drains when the socket is writable; a queue past its bound drops its
+//!   media (never a partly written frame, never control messages) and the reader resumes at the
+//!   next keyframe, counted as a skip. The publisher never waits, and no reader delays another
+//!   more than one non-blocking system call.
+
+use std::any::TypeId;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::media::{Frame, TrackId};
+use crate::stream::{RecvError, Stream, StreamReader};
+
+/// Serialises frames into one egress format, once per stream.
+pub trait Muxer: Send + 'static {
+    /// The wire bytes of one frame, or None to leave the frame out.
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes>;
+
+    /// Whether frames of the other tracks (audio) may wait up to the stream's
+    /// `audio_coalesce` for the next frame of the key track (video), so that they leave in
+    /// one write with it: for byte-stream egresses whose readers buffer by timestamp (RTMP,
+    /// RTSP over TCP), where each write costs a system call per reader.
+    fn coalesce(&self) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(&Frame) -> Option<Bytes> + Send + 'static> Muxer for F {
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+        self(frame)
+    }
+}
+
+/// Frames taken from the source per wake-up at most: frames that arrived together (audio and
+/// video of one publisher read) leave together, in one write per reader.
+const MAX_BATCH: usize = 64;
+/// Buffers per vectored write (Linux takes up to 1024).
+const MAX_IOV: usize = 128;
+
+/// One format's muxer for one stream, shared by its readers. Dropped with its last reader.
+pub struct Egress {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+struct Shared {
+    out: Arc<Stream>,
+    /// Push readers; replaced (copy on write) when one joins or leaves, so the writer offers a
+    /// batch to a snapshot without holding the lock.
+    sinks: Mutex<Arc<Vec<Arc<Sink>>>>,
+    key_track: Option<TrackId>,
+}
+
+impl Shared {
+    fn sinks(&self) -> MutexGuard<'_, Arc<Vec<Arc<Sink>>>> {
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").finish_non_exhaustive()
+    }
+}
+
+/// Per-stream registry of running egresses, by muxer type (and a key for muxers with
+/// per-egress settings).
+#[derive(Default)]
+pub(crate) struct Egresses(Mutex<Vec<(TypeId, u64, Weak<Egress>)>>);
+
+impl Egresses {
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl Stream {
+    /// The running egress of muxer type `M` for this stream, or a new one made by `make`.
+    /// It runs while a reader holds it.
+    pub fn egress<M: Muxer>(self: &Arc<Self>, make: impl FnOnce(&Arc<Stream>) -> M) -> Arc<Egress> {
+        self.egress_keyed(0, make)
+    }
+
+    /// As [`Stream::egress`], with `key` telling apart egresses of one muxer type with
+    /// different settings (e.g. an encryption key).
+    pub fn egress_keyed<M: Muxer>(
+        self: &Arc<Self>,
+        key: u64,
+        make: impl FnOnce(&Arc<Stream>) -> M,
+    ) -> Arc<Egress> {
+        let id = TypeId::of::<M>();
+        let mut reg = self.egresses().0.lock().unwrap_or_else(|e| e.into_inner());
+        reg.retain(|(_, _, w)| w.strong_count() > 0);
+        if let Some(e) = reg
+            .iter()
+            .find(|(t, k, _)| *t == id && *k == key)
+            .and_then(|(_, _, w)| w.upgrade())
+        {
+            return e;
+        }
+        let muxer = make(self);
+        let e = Arc::new(Egress::start(self, muxer));
+        reg.push((id, key, Arc::downgrade(&e)));
+        e
+    }
+
+    /// Egresses of this stream that are running now (for tests and stats).
+    pub fn running_egresses(&self) -> usize {
+        let reg = self.egresses().0.lock().unwrap_or_else(|e| e.into_inner());
+        reg.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
+    }
+}
+
+impl Egress {
+    fn start(source: &Arc<Stream>, mut muxer: impl Muxer) -> Egress {
+        let out = Arc::new(Stream::new(source.desc(), source.config().clone()));
+        let key_track = source.key_track();
+        let shared = Arc::new(Shared {
+            out,
+            sinks: Mutex::new(Arc::new(Vec::new())),
+            key_track,
+        });
+        let stop = CancellationToken::new();
+        let mut src = source.subscribe();
+        let task_shared = shared.clone();
+        let task_stop = stop.clone();
+        let hold = if muxer.coalesce() {
+            source.config().audio_coalesce
+        } else {
+            std::time::Duration::ZERO
+        };
+        tokio::spawn(async move {
+            let shared = task_shared;
+            let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(MAX_BATCH);
+            let mut items: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+            let mut ended = false;
+            // While frames are held for the next key-track frame: when they must leave anyway.
+            let mut deadline: Option<tokio::time::Instant> = None;
+            let timer = tokio::time::sleep(std::time::Duration::ZERO);
+            tokio::pin!(timer);
+            while !ended {
+                let mut due = false;
+                tokio::select! {
+                    biased;
+                    _ = task_stop.cancelled() => break,
+                    r = src.recv() => match r {
+                        Ok(f) => batch.push(f),
+                        Err(RecvError::Closed) => ended = true,
+                    },
+                    _ = &mut timer, if deadline.is_some() => due = true,
+                }
+                while !ended && batch.len() < MAX_BATCH {
+                    match src.try_recv() {
+                        Ok(Some(f)) => batch.push(f),
+                        Ok(None) => break,
+                        Err(RecvError::Closed) => ended = true,
+                    }
+                }
+                if !hold.is_zero() && !due && !ended && batch.len() < MAX_BATCH {
+                    let key = shared.key_track;
+                    if !batch.iter().any(|f| Some(f.track) == key) {
+                        // Only other tracks' frames: hold them for the next video frame.
+                        if deadline.is_none() && !batch.is_empty() {
+                            let at = tokio::time::Instant::now() + hold;
+                            deadline = Some(at);
+                            timer.as_mut().reset(at);
+                        }
+                        continue;
+                    }
+                }
+                deadline = None;
+                let mut muxed = Vec::with_capacity(batch.len());
+                for f in batch.drain(..) {
+                    if let Some(data) = muxer.mux(&f) {
+                        items.push(Item {
+                            data: data.clone(),
+                            join: f.keyframe && Some(f.track) == shared.key_track,
+                        });
+                        muxed.push(Frame {
+                            data,
+                            ..(*f).clone()
+                        });
+                    }
+                }
+                if muxed.is_empty() {
+                    continue;
+                }
+                // The output's GOP cache and the sink list change together, so a joiner gets
+                // each frame exactly once: from the cache, or from this offer.
+                let sinks = {
+                    let g = shared.sinks();
+                    for f in muxed {
+                        shared.out.write(f);
+                    }
+                    g.clone()
+                };
+                for s in sinks.iter() {
+                    s.offer(&items);
+                }
+                items.clear();
+            }
+            shared.out.close();
+            if ended {
+                let sinks = shared.sinks().clone();
+                for s in sinks.iter() {
+                    s.end();
+                }
+            }
+        });
+        Egress { shared, stop }
+    }
+
+    /// A pull reader of the muxed output, starting with its GOP cache.
+    pub fn subscribe(self: &Arc<Self>) -> EgressReader {
+        EgressReader {
+            reader: self.shared.out.subscribe(),
+            _egress: self.clone(),
+        }
+    }
+
+    /// A pull reader that starts at the next keyframe (no burst).
+    pub fn subscribe_from_next_keyframe(self: &Arc<Self>) -> EgressReader {
+        EgressReader {
+            reader: self.shared.out.subscribe_from_next_keyframe(),
+            _egress: self.clone(),
+        }
+    }
+
+    /// Adds a push reader: the GOP cache is offered to it at once, then every new batch.
+    /// Whatever the sink already holds (a stream head) goes first.
+    pub fn attach(self: &Arc<Self>, sink: Arc<Sink>) -> Attached {
+        let mut g = self.shared.sinks();
+        if self.shared.out.is_closed() {
+            sink.end();
+        } else {
+            let gop = self.shared.out.gop_snapshot();
+            if gop.is_empty() {
+                sink.lock().resync = true;
+            } else {
+                let items: Vec<Item> = gop
+                    .iter()
+                    .map(|f| Item {
+                        data: f.data.clone(),
+                        join: f.keyframe && Some(f.track) == self.shared.key_track,
+                    })
+                    .collect();
+                for chunk in items.chunks(MAX_BATCH) {
+                    sink.offer(chunk);
+                }
+            }
+            let mut list = Vec::with_capacity(g.len() + 1);
+            list.extend(g.iter().cloned());
+            list.push(sink.clone());
+            *g = Arc::new(list);
+        }
+        drop(g);
+        Attached {
+            egress: self.clone(),
+            sink,
+        }
+    }
+
+    /// Push readers attached now.
+    pub fn sinks(&self) -> usize {
+        self.shared.sinks().len()
+    }
+}
+
+/// A pull reader of an egress's output; holds the egress alive.
+pub struct EgressReader {
+    reader: StreamReader,
+    _egress: Arc<Egress>,
+}
+
+impl EgressReader {
+    /// The next muxed frame (its `data` is the wire bytes). Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Arc<Frame>, RecvError> {
+        self.reader.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Result<Option<Arc<Frame>>, RecvError> {
+        self.reader.try_recv()
+    }
+
+    pub fn skips(&self) -> u64 {
+        self.reader.skips()
+    }
+
+    pub fn frames_skipped(&self) -> u64 {
+        self.reader.frames_skipped()
+    }
+}
+
+/// A push reader's place in an egress; leaving drops it from the writer's list.
+pub struct Attached {
+    egress: Arc<Egress>,
+    sink: Arc<Sink>,
+}
+
+impl Attached {
+    pub fn sink(&self) -> &Arc<Sink> {
+        &self.sink
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.sink.detached.store(true, Ordering::Relaxed);
+        let mut g = self.egress.shared.sinks();
+        let list: Vec<Arc<Sink>> = g
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, &self.sink))
+            .cloned()
+            .collect();
+        *g = Arc::new(list);
+    }
+}
+
+/// One muxed frame offered to sinks.
+#[derive(Clone)]
+struct Item {
+    data: Bytes,
+    /// A keyframe of the key track: a reader may start (or resume) here.
+    join: bool,
+}
+
+/// A socket that takes bytes without waiting.
+pub trait SinkIo: Send + Sync + 'static {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl SinkIo for tokio::net::TcpStream {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
+    }
+}
+
+/// A plain TCP socket shared by its connection's task (which reads it and writes its control
+/// messages through the [`Sink`]) and a stream's fan-out writer. It reads and writes like a
+/// `TcpStream`.
+#[derive(Clone)]
+pub struct SharedTcp(pub Arc<tokio::net::TcpStream>);
+
+impl SharedTcp {
+    pub fn new(s: tokio::net::TcpStream) -> SharedTcp {
+        SharedTcp(Arc::new(s))
+    }
+}
+
+impl tokio::io::AsyncRead for SharedTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        // The socket closes when the last holder drops it.
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Transports a connection may run on; a plain TCP one can be handed to the fan-out engine.
+pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// The shared TCP socket under this transport, when the engine may write to it directly
+    /// (plain TCP; not TLS, whose records the connection's task must make).
+    fn shared_tcp(&self) -> Option<SharedTcp> {
+        None
+    }
+}
+
+impl Transport for SharedTcp {
+    fn shared_tcp(&self) -> Option<SharedTcp> {
+        Some(self.clone())
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport
+    for tokio_rustls::server::TlsStream<S>
+{
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport
+    for tokio_rustls::client::TlsStream<S>
+{
+}
+
+impl Transport for tokio::net::TcpStream {}
+
+/// Bounds of one push reader's private queue.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkLimits {
+    /// Media frames waiting; past this the reader skips to the next keyframe.
+    pub max_frames: usize,
+    /// Bytes waiting (media and control); past this the media is dropped.
+    pub max_bytes: usize,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        SinkLimits {
+            max_frames: 1024,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+struct Queued {
+    data: Bytes,
+    media: bool,
+}
+
+#[derive(Default)]
+struct SinkState {
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    queued_media: usize,
+    /// The front entry is partly written: it must go whole before anything else.
+    front_partial: bool,
+    /// Dropping media until the next join point.
+    resync: bool,
+    /// The stream ended: once the queue is empty the reader is done.
+    ended: bool,
+    failed: Option<io::ErrorKind>,
+    skips: u64,
+    frames_skipped: u64,
+}
+
+/// What a push reader's task should do next (see [`Sink::wanted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkStatus {
+    /// Bytes wait for the socket to be writable: call [`Sink::drain`] when it is.
+    Backlog,
+    /// The stream ended and everything was written.
+    Ended,
+    /// A write failed; close the connection.
+    Failed(io::ErrorKind),
+    /// Nothing to do.
+    Idle,
+}
+
+/// A push reader's socket and private queue.
+pub struct Sink {
+    io: Arc<dyn SinkIo>,
+    state: Mutex<SinkState>,
+    notify: Notify,
+    limits: SinkLimits,
+    detached: AtomicBool,
+    sent: AtomicU64,
+    on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl Sink {
+    pub fn new(io: Arc<dyn SinkIo>, limits: SinkLimits) -> Sink {
+        Sink {
+            io,
+            state: Mutex::new(SinkState::default()),
+            notify: Notify::new(),
+            limits,
+            detached: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            on_sent: None,
+        }
+    }
+
+    /// Calls `f` with the number of bytes after each write that took some (byte counters).
+    pub fn on_sent(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Sink {
+        self.on_sent = Some(Box::new(f));
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes written to the socket so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Times this reader fell behind and skipped to a keyframe.
+    pub fn skips(&self) -> u64 {
+        self.lock().skips
+    }
+
+    /// Media frames this reader lost by falling behind.
+    pub fn frames_skipped(&self) -> u64 {
+        self.lock().frames_skipped
+    }
+
+    /// Bytes of the reader's own (control messages, a stream head): sent in order with the
+    /// media, never dropped.
+    pub fn send_control(&self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        if st.queue.is_empty() {
+            let slices = [IoSlice::new(&data)];
+            match self.write_now(&slices) {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => {
+                    st.front_partial = n > 0;
+                    Self::push(&mut st, data.slice(n..), false);
+                }
+                Err(e) => st.failed = Some(e.kind()),
+            }
+        } else {
+            Self::push(&mut st, data, false);
+            self.check_bounds(&mut st);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    fn push(st: &mut SinkState, data: Bytes, media: bool) {
+        st.queued_bytes += data.len();
+        st.queued_media += usize::from(media);
+        st.queue.push_back(Queued { data, media });
+    }
+
+    /// One non-blocking vectored write; `Ok(0)` when the socket takes nothing now.
+    fn write_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            match self.io.try_write_vectored(slices) {
+                Ok(0) if !slices.iter().all(|s| s.is_empty()) => {
+                    return Err(io::ErrorKind::WriteZero.into())
+                }
+                Ok(n) => {
+                    if n > 0 {
+                        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        if let Some(f) = &self.on_sent {
+                            f(n as u64);
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Offers muxed frames: written at once if the socket takes them, else queued (bounded).
+    fn offer(&self, items: &[Item]) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut st = self.lock();
+        if st.failed.is_some() || st.ended {
+            return;
+        }
+        let mut items = items;
+        if st.resync {
+            match items.iter().position(|i| i.join) {
+                Some(at) => {
+                    st.frames_skipped += at as u64;
+                    st.resync = false;
+                    items = &items[at..];
+                }
+                None => {
+                    st.frames_skipped += items.len() as u64;
+                    return;
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let mut wake = false;
+        if st.queue.is_empty() {
+            // The common case: the socket takes the whole batch in one system call.
+            let mut done = 0; // items written whole
+            let mut partial = 0; // bytes of items[done] written
+            'write: while done < items.len() {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV.min(items.len()));
+                slices.push(IoSlice::new(&items[done].data[partial..]));
+                for i in &items[done + 1..] {
+                    if slices.len() == MAX_IOV {
+                        break;
+                    }
+                    slices.push(IoSlice::new(&i.data));
+                }
+                let mut n = match self.write_now(&slices) {
+                    Ok(0) => break 'write,
+                    Ok(n) => n,
+                    Err(e) => {
+                        st.failed = Some(e.kind());
+                        drop(st);
+                        self.notify.notify_one();
+                        return;
+                    }
+                };
+                while n > 0 && done < items.len() {
+                    let left = items[done].data.len() - partial;
+                    if n >= left {
+                        n -= left;
+                        done += 1;
+                        partial = 0;
+                    } else {
+                        partial += n;
+                        n = 0;
+                    }
+                }
+            }
+            if done < items.len() {
+                st.front_partial = partial > 0;
+                Self::push(&mut st, items[done].data.slice(partial..), true);
+                for i in &items[done + 1..] {
+                    Self::push(&mut st, i.data.clone(), true);
+                }
+                wake = true;
+            }
+        } else {
+            for i in items {
+                Self::push(&mut st, i.data.clone(), true);
+            }
+            self.check_bounds(&mut st);
+        }
+        drop(st);
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Past the bounds, the queued media goes (but a partly written frame and control bytes
+    /// stay) and the reader resumes at the next keyframe.
+    fn check_bounds(&self, st: &mut SinkState) {
+        if st.queued_media <= self.limits.max_frames && st.queued_bytes <= self.limits.max_bytes {
+            return;
+        }
+        let before = st.queue.len();
+        let keep_front = if st.front_partial {
+            st.queue.pop_front()
+        } else {
+            None
+        };
+        let mut dropped = 0u64;
+        st.queue.retain(|q| {
+            if q.media {
+                dropped += 1;
+            }
+            !q.media
+        });
+        if let Some(f) = keep_front {
+            st.queue.push_front(f);
+        }
+        st.queued_bytes = st.queue.iter().map(|q| q.data.len()).sum();
+        st.queued_media = st.queue.iter().filter(|q| q.media).count();
+        st.skips += 1;
+        st.frames_skipped += dropped;
+        st.resync = true;
+        tracing::warn!(
+            frames_lost = dropped,
+            queued = before,
+            "reader fell behind the stream; skipping to the next keyframe"
+        );
+    }
+
+    /// Writes what waits, as far as the socket takes it: `Ok(true)` when nothing is left.
+    pub fn drain(&self) -> io::Result<bool> {
+        let mut st = self.lock();
+        if let Some(kind) = st.failed {
+            return Err(kind.into());
+        }
+        while !st.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = st
+                .queue
+                .iter()
+                .take(MAX_IOV)
+                .map(|q| IoSlice::new(&q.data))
+                .collect();
+            let mut n = match self.write_now(&slices) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) => {
+                    st.failed = Some(e.kind());
+                    return Err(e);
+                }
+            };
+            drop(slices);
+            while n > 0 {
+                let Some(front) = st.queue.front_mut() else {
+                    break;
+                };
+                let len = front.data.len();
+                if n >= len {
+                    let q = st.queue.pop_front().expect("front exists");
+                    st.queued_bytes -= len;
+                    st.queued_media -= usize::from(q.media);
+                    st.front_partial = false;
+                    n -= len;
+                } else {
+                    front.data = front.data.slice(n..);
+                    st.queued_bytes -= n;
+                    st.front_partial = true;
+                    n = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn end(&self) {
+        self.lock().ended = true;
+        self.notify.notify_one();
+    }
+
+    /// What the reader's task must do now.
+    pub fn status(&self) -> SinkStatus {
+        let st = self.lock();
+        if let Some(kind) = st.failed {
+            SinkStatus::Failed(kind)
+        } else if !st.queue.is_empty() {
+            SinkStatus::Backlog
+        } else if st.ended {
+            SinkStatus::Ended
+        } else {
+            SinkStatus::Idle
+        }
+    }
+
+    /// Resolves when [`Sink::status`] is not `Idle`.
+    pub async fn wanted(&self) -> SinkStatus {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.status() {
+                SinkStatus::Idle => notified.await,
+                s => return s,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{CodecParams, StreamDesc, Track};
+    use crate::stream::StreamConfig;
+    use std::time::{Duration, Instant};
+
+    fn desc() -> StreamDesc {
+        StreamDesc {
+            tracks: vec![Track {
+                id: 0,
+                params: CodecParams::H264 {
+                    sps: Bytes::from_static(b"sps"),
+                    pps: Bytes::from_static(b"pps"),
+                },
+                clock_rate: 90_000,
+            }],
+        }
+    }
+
+    fn video(n: i64, gop: i64) -> Frame {
+        Frame {
+            track: 0,
+            pts: n * 3000,
+            dts: n * 3000,
+            keyframe: n % gop == 0,
+            data: Bytes::from(n.to_be_bytes().to_vec()),
+            received: Instant::now(),
+            params: None,
+        }
+    }
+
+    /// A socket that takes up to `room` bytes, then blocks until given more room.
+    #[derive(Default)]
+    struct Pipe {
+        got: Mutex<Vec<u8>>,
+        room: Mutex<usize>,
+        calls: AtomicU64,
+    }
+
+    impl Pipe {
+        fn open() -> Arc<Pipe> {
+            let p = Arc::new(Pipe::default());
+            *p.room.lock().unwrap() = usize::MAX;
+            p
+        }
+        fn stalled() -> Arc<Pipe> {
+            Arc::new(Pipe::default())
+        }
+        /// The 8-byte frame numbers received.
+        fn frames(&self) -> Vec<i64> {
+            self.got
+                .lock()
+                .unwrap()
+                .chunks(8)
+                .map(|c| i64::from_be_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+    }
+
+    impl SinkIo for Pipe {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut got = self.got.lock().unwrap();
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(*room);
+                got.extend_from_slice(&b[..take]);
+                *room -= take;
+                n += take;
+                if *room == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    fn config() -> StreamConfig {
+        StreamConfig {
+            ring_capacity: 64,
+            gop_cache_max_frames: 64,
+            gop_cache_max_bytes: 1 << 20,
+            ..StreamConfig::default()
+        }
+    }
+
+    /// The egress's output so far: frame number n becomes its 8 bytes.
+    fn muxer() -> impl Muxer {
+        |f: &Frame| Some(f.data.clone())
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_joiner_starts_on_the_egress_keyframe_and_gets_each_frame_once() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let first = Arc::new(Sink::new(Pipe::open(), SinkLimits::default()));
+        let _a = egress.attach(first.clone());
+        for n in 0..13 {
+            stream.write(video(n, 5));
+        }
+        until("frames through the egress", || {
+            egress.shared.out.stats().frames_in.load(Ordering::Relaxed) == 13
+        })
+        .await;
+        let mut r = egress.subscribe();
+        // A late push reader gets the GOP cache (frames 10, 11, 12), then the rest.
+        let pipe = Pipe::open();
+        let late = Arc::new(Sink::new(pipe.clone(), SinkLimits::default()));
+        let _b = egress.attach(late);
+        stream.write(video(13, 5));
+        until("frame 13", || pipe.frames().last() == Some(&13)).await;
+        assert_eq!(pipe.frames(), vec![10, 11, 12, 13]);
+        // A late pull reader starts at the same join point.
+        let mut seen = Vec::new();
+        while seen.last() != Some(&13) {
+            let f = tokio::time::timeout(Duration::from_secs(5), r.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            seen.push(i64::from_be_bytes(f.data[..].try_into().unwrap()));
+        }
+        assert_eq!(seen.first(), Some(&10));
+    }
+
+    #[tokio::test]
+    async fn a_reader_before_any_keyframe_waits_for_one() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let pipe = Pipe::open();
+        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        for n in 1..8 {
+            stream.write(video(n, 5));
+        }
+        until("frame 7", || pipe.frames().last() == Some(&7)).await;
+        assert_eq!(pipe.frames(), vec![5, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_delays_nobody_and_resumes_at_a_keyframe() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let limits = SinkLimits {
+            max_frames: 16,
+            max_bytes: 1 << 20,
+        };
+        let (fast_pipe, slow_pipe) = (Pipe::open(), Pipe::stalled());
+        // The stalled socket takes 12 bytes: one frame and half of the next.
+        *slow_pipe.room.lock().unwrap() = 12;
+        let slow = Arc::new(Sink::new(slow_pipe.clone(), limits));
+        let _a = egress.attach(Arc::new(Sink::new(fast_pipe.clone(), limits)));
+        let _b = egress.attach(slow.clone());
+        let total = 2_000;
+        for n in 0..total {
+            // The publisher never waits, whatever the stalled reader does.
+            let t = Instant::now();
+            stream.write(video(n, 30));
+            assert!(t.elapsed() < Duration::from_millis(100));
+            if n % 32 == 0 {
+                let want = n;
+                until("the fast reader", || {
+                    fast_pipe.frames().last() == Some(&want)
+                })
+                .await;
+            }
+        }
+        until("the fast reader", || {
+            fast_pipe.frames().len() == total as usize
+        })
+        .await;
+        assert_eq!(
+            fast_pipe.frames(),
+            (0..total).collect::<Vec<_>>(),
+            "the fast reader lost nothing"
+        );
+        // The stalled one's queue stayed bounded...
+        {
+            let st = slow.lock();
+            assert!(
+                st.queued_media <= limits.max_frames + 1,
+                "{}",
+                st.queued_media
+            );
+            assert!(st.skips >= 1);
+            assert!(st.frames_skipped > 0);
+        }
+        assert_eq!(slow.status(), SinkStatus::Backlog);
+        // ...and once the socket drains, it gets the partly written frame whole, then resumes
+        // on a keyframe.
+        *slow_pipe.room.lock().unwrap() = usize::MAX;
+        assert!(slow.drain().unwrap());
+        stream.write(video(total, 30));
+        let next_key = (total + 29) / 30 * 30;
+        for n in total + 1..=next_key + 2 {
+            stream.write(video(n, 30));
+        }
+        until("the stalled reader to resume", || {
+            slow_pipe.frames().last() == Some(&(next_key + 2))
+        })
+        .await;
+        let frames = slow_pipe.frames();
+        assert_eq!(&frames[..2], &[0, 1], "the partly written frame went whole");
+        let resumed = frames.iter().position(|&n| n >= 2 && n % 30 == 0).unwrap();
+        for w in frames[resumed..].windows(2) {
+            assert_eq!(w[1], w[0] + 1, "after the skip, no hole");
+        }
+        assert!(frames[2..resumed].len() <= limits.max_frames + 1);
+    }
+
+    #[tokio::test]
+    async fn control_bytes_keep_their_order_and_are_never_dropped() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let pipe = Pipe::stalled();
+        let limits = SinkLimits {
+            max_frames: 4,
+            max_bytes: 1 << 20,
+        };
+        let sink = Arc::new(Sink::new(pipe.clone(), limits));
+        sink.send_control(Bytes::from(100i64.to_be_bytes().to_vec()));
+        let _a = egress.attach(sink.clone());
+        for n in 0..20 {
+            stream.write(video(n, 30));
+        }
+        until("frames queued", || sink.lock().frames_skipped > 0).await;
+        sink.send_control(Bytes::from(200i64.to_be_bytes().to_vec()));
+        *pipe.room.lock().unwrap() = usize::MAX;
+        assert!(sink.drain().unwrap());
+        let frames = pipe.frames();
+        assert_eq!(frames.first(), Some(&100));
+        assert_eq!(frames.last(), Some(&200));
+    }
+
+    #[tokio::test]
+    async fn the_muxer_goes_with_its_last_reader() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let muxed = Arc::new(AtomicU64::new(0));
+        let count = muxed.clone();
+        let make = move || {
+            let count = count.clone();
+            move |f: &Frame| {
+                count.fetch_add(1, Ordering::Relaxed);
+                Some(f.data.clone())
+            }
+        };
+        let e1 = stream.egress(|_| make());
+        let e2 = stream.egress(|_| make());
+        assert!(Arc::ptr_eq(&e1, &e2), "one muxer per format and stream");
+        let r = e1.subscribe();
+        let a = e2.attach(Arc::new(Sink::new(Pipe::open(), SinkLimits::default())));
+        drop((e1, e2));
+        stream.write(video(0, 5));
+        until("the frame muxed", || muxed.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(stream.running_egresses(), 1);
+        drop(r);
+        assert_eq!(stream.running_egresses(), 1, "a push reader still holds it");
+        drop(a);
+        assert_eq!(stream.running_egresses(), 0);
+        // Its task is gone: frames written now are muxed by nobody.
+        for n in 1..10 {
+            stream.write(video(n, 5));
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(muxed.load(Ordering::Relaxed), 1);
+        // A new reader starts a new muxer, on the source's GOP cache.
+        let e3 = stream.egress(|_| make());
+        let pipe = Pipe::open();
+        let _b = e3.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        stream.write(video(10, 5));
+        until("a frame", || pipe.frames().last() == Some(&10)).await;
+        assert_eq!(pipe.frames(), vec![5, 6, 7, 8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn push_readers_end_with_the_stream() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let sink = Arc::new(Sink::new(Pipe::open(), SinkLimits::default()));
+        let _a = egress.attach(sink.clone());
+        stream.write(video(0, 5));
+        stream.close();
+        let s = tokio::time::timeout(Duration::from_secs(5), sink.wanted())
+            .await
+            .unwrap();
+        assert_eq!(s, SinkStatus::Ended);
+        // A reader attaching after the end is told at once.
+        let late = Arc::new(Sink::new(Pipe::open(), SinkLimits::default()));
+        let _b = egress.attach(late.clone());
+        assert_eq!(late.status(), SinkStatus::Ended);
+    }
+
+    #[tokio::test]
+    async fn a_batch_leaves_in_one_write() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let pipe = Pipe::open();
+        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        // Frames written together (one publisher read) reach the socket in one call.
+        for n in 0..10 {
+            stream.write(video(n, 30));
+        }
+        until("10 frames", || pipe.frames().len() == 10).await;
+        assert_eq!(pipe.calls.load(Ordering::Relaxed), 1);
+    }
+}
