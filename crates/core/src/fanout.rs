@@ -286,6 +286,12 @@ impl Egress {
         }
     }
 
+    /// The muxed frames (their `data` is the wire bytes), for per-egress state kept with
+    /// [`Stream::extension`] or an egress stacked on this one.
+    pub fn output(&self) -> &Arc<Stream> {
+        &self.shared.out
+    }
+
     /// Push readers attached now.
     pub fn sinks(&self) -> usize {
         self.shared.sinks().len()

@@ -235,35 +235,6 @@ impl Stream {
         }
     }
 
-    /// A stream derived from this one, frame by frame, by a task: `f` gives each frame's new
-    /// payload (None drops the frame); track, timestamps and key flag are kept. This is how an
-    /// egress serialises a stream once for all its readers (RTMP chunks, TS packets), who then
-    /// read the derived stream with the same ring, GOP cache and skip rules. It closes when
-    /// this stream ends.
-    pub fn derive(
-        self: &Arc<Self>,
-        mut f: impl FnMut(&Frame) -> Option<bytes::Bytes> + Send + 'static,
-    ) -> Arc<Stream> {
-        let out = Arc::new(Stream::new(self.desc(), self.config.clone()));
-        let derived = out.clone();
-        let mut reader = self.subscribe();
-        tokio::spawn(async move {
-            while let Ok(frame) = reader.recv().await {
-                if out.is_closed() {
-                    break;
-                }
-                if let Some(data) = f(&frame) {
-                    out.write(Frame {
-                        data,
-                        ..(*frame).clone()
-                    });
-                }
-            }
-            out.close();
-        });
-        derived
-    }
-
     /// A new reader that skips the GOP cache and starts at the next keyframe: for egresses that
     /// must not send a burst (SRT's sender paces by source time).
     pub fn subscribe_from_next_keyframe(self: &Arc<Self>) -> StreamReader {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tidegate_core::{Frame, Stream};
+use tidegate_core::{Egress, Frame};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -108,7 +108,7 @@ impl UdpFanout {
     pub fn join(
         self: &Arc<Self>,
         member: Arc<Member>,
-        packets: &Arc<Stream>,
+        packets: &Arc<Egress>,
         rtp: Arc<UdpSocket>,
         rtcp: Arc<UdpSocket>,
     ) -> Membership {
@@ -119,7 +119,7 @@ impl UdpFanout {
             let token = CancellationToken::new();
             s.sender = Some(token.clone());
             let sub = packets.subscribe();
-            let key = packets.key_track();
+            let key = packets.output().key_track();
             tokio::spawn(run(self.clone(), sub, key, rtp, rtcp, token));
         }
         Membership {
@@ -131,7 +131,7 @@ impl UdpFanout {
 
 async fn run(
     fanout: Arc<UdpFanout>,
-    mut sub: tidegate_core::StreamReader,
+    mut sub: tidegate_core::EgressReader,
     key: Option<u32>,
     rtp: Arc<UdpSocket>,
     rtcp: Arc<UdpSocket>,
@@ -228,7 +228,7 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
     use std::time::{Duration, Instant};
-    use tidegate_core::{CodecParams, StreamConfig, StreamDesc, Track};
+    use tidegate_core::{CodecParams, Stream, StreamConfig, StreamDesc, Track};
 
     fn stream() -> Arc<Stream> {
         let desc = StreamDesc {
@@ -300,13 +300,14 @@ mod tests {
         };
         s.write(frame(1, true));
         s.write(frame(2, false));
-        let fan = s.extension(UdpFanout::default);
-        let ma = fan.join(Member::new(to(&a)), &s, rtp.clone(), rtcp.clone());
+        let e = s.egress(|_| |f: &Frame| Some(f.data.clone()));
+        let fan = e.output().extension(UdpFanout::default);
+        let ma = fan.join(Member::new(to(&a)), &e, rtp.clone(), rtcp.clone());
         s.write(frame(3, false));
         // From the key frame, in order, each packet its own datagram.
         assert_eq!(datagrams(&a, 9).await, expect(&[1, 2, 3]));
 
-        let mb = fan.join(Member::new(to(&b)), &s, rtp.clone(), rtcp.clone());
+        let mb = fan.join(Member::new(to(&b)), &e, rtp.clone(), rtcp.clone());
         s.write(frame(4, false));
         assert_eq!(datagrams(&b, 12).await, expect(&[1, 2, 3, 4]));
         assert_eq!(datagrams(&a, 3).await, expect(&[4]));

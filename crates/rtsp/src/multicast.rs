@@ -69,7 +69,11 @@ impl StreamGroups {
 
     /// A reader starts playing: the first one starts the sender over `packets` (the stream's
     /// framed RTP/RTCP). Returns the guard that stops being counted when dropped.
-    pub fn join(self: &Arc<Self>, packets: &Arc<Stream>, conf: &MulticastConf) -> Member {
+    pub fn join(
+        self: &Arc<Self>,
+        packets: &Arc<tidegate_core::Egress>,
+        conf: &MulticastConf,
+    ) -> Member {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.readers += 1;
         if s.sender.is_none() {

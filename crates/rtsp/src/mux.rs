@@ -1,10 +1,10 @@
 //! Packetize once per stream: every RTSP reader of a path sends the same RTP packets (same
 //! sequence numbers, timestamps and SSRC per track), made by one task.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tidegate_core::{rescale, Stream};
+use tidegate_core::{rescale, Egress, Frame, Muxer, Stream};
 use tidegate_rtp::pack::Packetizer;
 
 use crate::sdp::{self, Outgoing};
@@ -12,13 +12,17 @@ use crate::sdp::{self, Outgoing};
 pub struct RtpMux {
     pub sdp: String,
     pub tracks: Vec<Outgoing>,
-    /// Each frame's packets already framed for TCP-interleaved readers with the usual channel
-    /// layout (track *i*: RTP on channel 2*i*, RTCP on 2*i*+1): `$ channel length packet`...,
-    /// with an RTCP sender report per track every [`SR_INTERVAL`]. Such readers write these
-    /// bytes as they are; the others take them apart with [`split`].
-    pub packets: Option<Arc<Stream>>,
     /// Per track, the SSRC of its packets.
     pub ssrcs: Vec<u32>,
+    /// The packetizers, kept with the stream (not with one egress) so that a muxer started
+    /// again after its last reader left goes on with the same SSRCs and sequence numbers.
+    state: Arc<Mutex<Packers>>,
+}
+
+struct Packers {
+    /// Per track: packetizer, the input clock rate, the RTP timestamp offset.
+    packers: Vec<(Packetizer, u32, u32)>,
+    last_sr: Vec<Option<std::time::Instant>>,
 }
 
 /// RTP packets carried over TCP are not bound by a path MTU; UDP ones are.
@@ -28,19 +32,9 @@ pub const MTU: usize = 1400;
 pub const SR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RtpMux {
-    pub fn start(source: Arc<Stream>) -> RtpMux {
-        let desc = source.desc();
-        let (sdp, tracks) = sdp::build(&desc);
-        if tracks.is_empty() {
-            return RtpMux {
-                sdp,
-                tracks,
-                packets: None,
-                ssrcs: Vec::new(),
-            };
-        }
-        let mut last_sr: Vec<Option<std::time::Instant>> = vec![None; tracks.len()];
-        let mut packers: Vec<(Packetizer, u32, u32)> = tracks
+    pub fn new(desc: &tidegate_core::StreamDesc) -> RtpMux {
+        let (sdp, tracks) = sdp::build(desc);
+        let packers: Vec<(Packetizer, u32, u32)> = tracks
             .iter()
             .map(|t| {
                 let r = tidegate_core::text::random_u64();
@@ -53,98 +47,121 @@ impl RtpMux {
             })
             .collect();
         let ssrcs = packers.iter().map(|(p, _, _)| p.ssrc).collect();
-        let outs = tracks.clone();
-        let packets = source.derive(move |frame| {
-            let idx = outs.iter().position(|t| t.track == frame.track)?;
-            let (p, clock_in, offset) = &mut packers[idx];
-            if let Some(params) = &frame.params {
-                p.set_params(params);
-            }
-            let ts = (rescale(frame.pts, *clock_in, outs[idx].clock) as u32).wrapping_add(*offset);
-            let mut pkts = Vec::new();
-            p.packetize(&frame.data, ts, frame.keyframe, &mut pkts);
-            let mut b =
-                BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 4).sum::<usize>() + 32);
-            let ch = 2 * idx as u8;
-            if last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {
-                // The NTP time of this frame's ingest ↔ its RTP time.
-                last_sr[idx] = Some(std::time::Instant::now());
-                let wall = std::time::SystemTime::now()
-                    .checked_sub(frame.received.elapsed())
-                    .unwrap_or_else(std::time::SystemTime::now);
-                let sr = tidegate_rtp::rtcp::sender_report(
-                    p.ssrc,
-                    tidegate_rtp::rtcp::ntp(wall),
-                    ts,
-                    p.packets,
-                    p.octets,
-                );
-                crate::message::interleaved(ch + 1, &sr, &mut b);
-            }
-            for pk in pkts {
-                crate::message::interleaved(ch, &pk, &mut b);
-            }
-            (!b.is_empty()).then(|| b.freeze())
-        });
         RtpMux {
             sdp,
             tracks,
-            packets: Some(packets),
             ssrcs,
+            state: Arc::new(Mutex::new(Packers {
+                last_sr: vec![None; packers.len()],
+                packers,
+            })),
         }
+    }
+
+    /// The stream's RTP egress (the fan-out engine's): each frame's packets already framed for
+    /// TCP-interleaved readers with the usual channel layout (track *i*: RTP on channel 2*i*,
+    /// RTCP on 2*i*+1): `$ channel length packet`..., with an RTCP sender report per track
+    /// every [`SR_INTERVAL`]. Such readers write these bytes as they are; the others take them
+    /// apart with [`split`]. None when no track can travel over RTP.
+    pub fn egress(&self, source: &Arc<Stream>) -> Option<Arc<Egress>> {
+        if self.tracks.is_empty() {
+            return None;
+        }
+        let muxer = RtpMuxer {
+            state: self.state.clone(),
+            tracks: self.tracks.clone(),
+        };
+        Some(source.egress(move |_| muxer))
+    }
+}
+
+struct RtpMuxer {
+    state: Arc<Mutex<Packers>>,
+    tracks: Vec<Outgoing>,
+}
+
+impl Muxer for RtpMuxer {
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+        let idx = self.tracks.iter().position(|t| t.track == frame.track)?;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        let (p, clock_in, offset) = &mut st.packers[idx];
+        if let Some(params) = &frame.params {
+            p.set_params(params);
+        }
+        let ts =
+            (rescale(frame.pts, *clock_in, self.tracks[idx].clock) as u32).wrapping_add(*offset);
+        let mut pkts = Vec::new();
+        p.packetize(&frame.data, ts, frame.keyframe, &mut pkts);
+        let mut b = BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 4).sum::<usize>() + 32);
+        let ch = 2 * idx as u8;
+        if st.last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {
+            // The NTP time of this frame's ingest ↔ its RTP time.
+            st.last_sr[idx] = Some(std::time::Instant::now());
+            let wall = std::time::SystemTime::now()
+                .checked_sub(frame.received.elapsed())
+                .unwrap_or_else(std::time::SystemTime::now);
+            let sr = tidegate_rtp::rtcp::sender_report(
+                p.ssrc,
+                tidegate_rtp::rtcp::ntp(wall),
+                ts,
+                p.packets,
+                p.octets,
+            );
+            crate::message::interleaved(ch + 1, &sr, &mut b);
+        }
+        for pk in pkts {
+            crate::message::interleaved(ch, &pk, &mut b);
+        }
+        (!b.is_empty()).then(|| b.freeze())
+    }
+
+    fn coalesce(&self) -> bool {
+        true
     }
 }
 
 /// The stream's packets as SRTP and SRTCP under one key per stream, sealed once for every
 /// `RTP/SAVP` reader, unicast and multicast (as MediaMTX does). Every reader gets the same
 /// packets (one SSRC and one sequence per track), so a key shared by all of them never
-/// encrypts two different packets with the same keystream. Readers learn the key, and per
-/// track the SSRC and the rollover counter of the newest packet (MIKEY's SRTP-ID map), in the
-/// DESCRIBE's `a=key-mgmt` or the SETUP's `KeyMgmt`.
+/// encrypts two different packets with the same keystream: the SRTP context lives with the
+/// stream, and the packetizers' sequence numbers go on across muxer restarts. Readers learn the
+/// key, and per track the SSRC and the rollover counter of the newest packet (MIKEY's SRTP-ID
+/// map), in the DESCRIBE's `a=key-mgmt` or the SETUP's `KeyMgmt`.
 pub struct SrtpMux {
     key: [u8; tidegate_rtp::srtp::MASTER_LEN],
     ssrcs: Vec<u32>,
     /// Per track: the rollover counter of the newest packet sealed.
     rocs: Arc<Vec<std::sync::atomic::AtomicU32>>,
-    /// Framed as [`RtpMux::packets`] is, for the same readers' paths.
-    pub packets: Arc<Stream>,
+    ctx: Arc<Mutex<tidegate_rtp::srtp::Context>>,
 }
 
 impl SrtpMux {
-    /// Seals `mux`'s packets from now on; None without randomness for a key.
-    pub fn start(mux: &RtpMux, plain: &Arc<Stream>) -> Option<SrtpMux> {
+    /// A key for `mux`'s packets; None without randomness for a key.
+    pub fn new(mux: &RtpMux) -> Option<SrtpMux> {
         let key = tidegate_rtp::srtp::random_master()?;
-        let mut ctx = tidegate_rtp::srtp::Context::new(&key);
+        let ctx = tidegate_rtp::srtp::Context::new(&key);
         let ssrcs = mux.ssrcs.clone();
         let rocs: Arc<Vec<std::sync::atomic::AtomicU32>> =
             Arc::new(ssrcs.iter().map(|_| Default::default()).collect());
-        let (track_ssrcs, track_rocs) = (ssrcs.clone(), rocs.clone());
-        let packets = plain.derive(move |frame| {
-            let mut b = BytesMut::with_capacity(frame.data.len() + 256);
-            for (ch, pkt) in split(frame.data.clone()) {
-                let sealed = if ch % 2 == 1 {
-                    ctx.protect_rtcp(&pkt)
-                } else {
-                    ctx.protect_rtp(&pkt)
-                };
-                if let Ok(sealed) = sealed {
-                    crate::message::interleaved(ch, &sealed, &mut b);
-                }
-                let track = usize::from(ch / 2);
-                if let (Some(ssrc), Some(roc)) = (track_ssrcs.get(track), track_rocs.get(track)) {
-                    if let Some(r) = ctx.roc(*ssrc) {
-                        roc.store(r, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
-            (!b.is_empty()).then(|| b.freeze())
-        });
         Some(SrtpMux {
             key,
             ssrcs,
             rocs,
-            packets,
+            ctx: Arc::new(Mutex::new(ctx)),
         })
+    }
+
+    /// The sealed egress over `plain` (framed as [`RtpMux::egress`]'s, for the same readers'
+    /// paths); it holds `plain` while it runs.
+    pub fn egress(&self, plain: &Arc<Egress>) -> Arc<Egress> {
+        let muxer = SrtpMuxer {
+            ctx: self.ctx.clone(),
+            ssrcs: self.ssrcs.clone(),
+            rocs: self.rocs.clone(),
+            _plain: plain.clone(),
+        };
+        plain.output().egress(move |_| muxer)
     }
 
     /// The base64 MIKEY message for track `idx` (`a=key-mgmt:mikey …`, `KeyMgmt`'s `data=`).
@@ -162,6 +179,42 @@ impl SrtpMux {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .encode(crate::mikey::build_with_sessions(&self.key, &sessions))
+    }
+}
+
+struct SrtpMuxer {
+    ctx: Arc<Mutex<tidegate_rtp::srtp::Context>>,
+    ssrcs: Vec<u32>,
+    rocs: Arc<Vec<std::sync::atomic::AtomicU32>>,
+    /// The plain egress this one reads, kept running while this one runs.
+    _plain: Arc<Egress>,
+}
+
+impl Muxer for SrtpMuxer {
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+        let mut ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = BytesMut::with_capacity(frame.data.len() + 256);
+        for (ch, pkt) in split(frame.data.clone()) {
+            let sealed = if ch % 2 == 1 {
+                ctx.protect_rtcp(&pkt)
+            } else {
+                ctx.protect_rtp(&pkt)
+            };
+            if let Ok(sealed) = sealed {
+                crate::message::interleaved(ch, &sealed, &mut b);
+            }
+            let track = usize::from(ch / 2);
+            if let (Some(ssrc), Some(roc)) = (self.ssrcs.get(track), self.rocs.get(track)) {
+                if let Some(r) = ctx.roc(*ssrc) {
+                    roc.store(r, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        (!b.is_empty()).then(|| b.freeze())
+    }
+
+    fn coalesce(&self) -> bool {
+        true
     }
 }
 

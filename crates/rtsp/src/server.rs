@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{
     Action, AuthRequest, ConnGuard, Credentials, Frame, Grant, PathError, PathManager, Publisher,
-    Reader, SessionInfo, Stream, StreamReader,
+    Reader, SessionInfo, Stream,
 };
 use tidegate_rtp::srtp;
 use tidegate_rtp::RtpPacket;
@@ -235,7 +235,7 @@ struct Conn {
     mux: Option<Arc<RtpMux>>,
     reader: Option<Reader>,
     reads: Vec<Option<Tr>>,
-    playing: Option<StreamReader>,
+    playing: Option<tidegate_core::EgressReader>,
     /// A reader whose tracks are all unicast UDP: served by the stream's UDP fan-out task.
     fan: Option<crate::fanout::Membership>,
     /// What of the fan-out's counts was already added to the connection's.
@@ -616,8 +616,8 @@ impl Conn {
             Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };
         let source = reader.stream().clone();
-        let mux = source.extension(|| RtpMux::start(source.clone()));
-        if mux.packets.is_none() {
+        let mux = source.extension(|| RtpMux::new(&source.desc()));
+        if mux.tracks.is_empty() {
             return response(
                 415,
                 "Unsupported Media Type",
@@ -632,6 +632,7 @@ impl Conn {
         self.reports = vec![None; mux.tracks.len()];
         let mut sdp = mux.sdp.clone();
         self.mux = Some(mux);
+        self.reader = Some(reader);
         if self.tls {
             // RTSPS: the media are offered as SRTP with the stream's key (RFC 4567); a client
             // that SETUPs plain RTP/AVP over TCP gets it inside the TLS instead.
@@ -640,7 +641,6 @@ impl Conn {
             };
             sdp = sdp::secure(&sdp, |i| mikey_of(&sealer, i));
         }
-        self.reader = Some(reader);
         self.path = Some(path);
         let base = format!("{}/", req.uri.trim_end_matches('/'));
         response(
@@ -950,8 +950,8 @@ impl Conn {
     fn sealer(&mut self) -> Option<Arc<Option<SrtpMux>>> {
         if self.sealer.is_none() {
             let mux = self.mux.as_ref()?;
-            let packets = mux.packets.clone()?;
-            self.sealer = Some(packets.extension(|| SrtpMux::start(mux, &packets)));
+            let source = self.reader.as_ref()?.stream();
+            self.sealer = Some(source.extension(|| SrtpMux::new(mux)));
         }
         self.sealer.clone().filter(|s| s.is_some())
     }
@@ -959,12 +959,18 @@ impl Conn {
     fn play(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
         let savp = self.savp == Some(true);
-        let packets = if savp {
-            self.sealer
+        // The fan-out engine's RTP egress of the stream (sealed for SRTP readers), held while
+        // this reader plays.
+        let plain = match (&self.mux, &self.reader) {
+            (Some(m), Some(r)) => m.egress(r.stream()),
+            _ => None,
+        };
+        let packets = match (plain, savp) {
+            (Some(p), true) => self
+                .sealer
                 .as_ref()
-                .and_then(|s| s.as_ref().as_ref().map(|s| s.packets.clone()))
-        } else {
-            self.mux.as_ref().and_then(|m| m.packets.clone())
+                .and_then(|s| s.as_ref().as_ref().map(|s| s.egress(&p))),
+            (p, _) => p,
         };
         let Some(packets) = packets else {
             return response(455, "Method Not Valid in This State", cseq, &[], b"");
@@ -989,7 +995,9 @@ impl Conn {
                         _ => None,
                     })
                     .collect();
-                let fanout = packets.extension(crate::fanout::UdpFanout::default);
+                let fanout = packets
+                    .output()
+                    .extension(crate::fanout::UdpFanout::default);
                 self.count_fan();
                 self.fan_counted = (0, 0);
                 self.fan = Some(fanout.join(
@@ -1267,7 +1275,7 @@ fn count_rtp(mut d: &[u8]) -> u64 {
     n
 }
 
-async fn recv_playing(r: &mut Option<StreamReader>) -> Option<Arc<Frame>> {
+async fn recv_playing(r: &mut Option<tidegate_core::EgressReader>) -> Option<Arc<Frame>> {
     match r {
         Some(r) => r.recv().await.ok(),
         None => std::future::pending().await,
