@@ -1145,4 +1145,62 @@ mod tests {
         until("10 frames", || pipe.frames().len() == 10).await;
         assert_eq!(pipe.calls.load(Ordering::Relaxed), 1);
     }
+
+    /// A muxer that holds audio for the next video frame, as RTMP's does.
+    struct Coalescing;
+
+    impl Muxer for Coalescing {
+        fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+            Some(frame.data.clone())
+        }
+        fn coalesce(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_waits_for_the_next_video_frame_at_most_audio_coalesce() {
+        let mut d = desc();
+        d.tracks.push(Track {
+            id: 1,
+            params: CodecParams::Opus { channels: 2 },
+            clock_rate: 48_000,
+        });
+        let stream = Arc::new(Stream::new(d, config()));
+        assert_eq!(stream.config().audio_coalesce, Duration::from_millis(50));
+        let egress = stream.egress(|_| Coalescing);
+        let pipe = Pipe::open();
+        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        let audio = |n: i64| Frame {
+            track: 1,
+            keyframe: true,
+            ..video(n, 1)
+        };
+        let calls = || pipe.calls.load(Ordering::Relaxed);
+        stream.write(video(0, 30));
+        until("the video frame", || pipe.frames() == [0]).await;
+        assert_eq!(calls(), 1);
+        // Audio alone is held...
+        stream.write(audio(100));
+        stream.write(audio(101));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames(), [0]);
+        // ...and leaves with the next video frame, in order, in one write.
+        stream.write(video(1, 30));
+        until("audio and video", || pipe.frames().len() == 4).await;
+        assert_eq!(pipe.frames(), [0, 100, 101, 1]);
+        assert_eq!(calls(), 2);
+        // Without video, audio waits no longer than audio_coalesce.
+        stream.write(audio(102));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames().len(), 4);
+        tokio::time::advance(Duration::from_millis(51)).await;
+        until("the held audio", || pipe.frames().len() == 5).await;
+        assert_eq!(pipe.frames()[4], 102);
+        assert_eq!(calls(), 3);
+    }
 }
