@@ -43,6 +43,14 @@ pub trait Muxer: Send + 'static {
     fn coalesce(&self) -> bool {
         false
     }
+
+    /// Units (e.g. RTP packets) in one muxed frame, for readers' counters.
+    fn units(_data: &Bytes) -> u64
+    where
+        Self: Sized,
+    {
+        0
+    }
 }
 
 impl<F: FnMut(&Frame) -> Option<Bytes> + Send + 'static> Muxer for F {
@@ -69,6 +77,7 @@ struct Shared {
     /// batch to a snapshot without holding the lock.
     sinks: Mutex<Arc<Vec<Arc<Sink>>>>,
     key_track: Option<TrackId>,
+    units: fn(&Bytes) -> u64,
 }
 
 impl Shared {
@@ -138,13 +147,14 @@ impl Stream {
 }
 
 impl Egress {
-    fn start(source: &Arc<Stream>, mut muxer: impl Muxer) -> Egress {
+    fn start<M: Muxer>(source: &Arc<Stream>, mut muxer: M) -> Egress {
         let out = Arc::new(Stream::new(source.desc(), source.config().clone()));
         let key_track = source.key_track();
         let shared = Arc::new(Shared {
             out,
             sinks: Mutex::new(Arc::new(Vec::new())),
             key_track,
+            units: M::units,
         });
         let stop = CancellationToken::new();
         let mut src = source.subscribe();
@@ -199,6 +209,7 @@ impl Egress {
                 for f in batch.drain(..) {
                     if let Some(data) = muxer.mux(&f) {
                         items.push(Item {
+                            units: (shared.units)(&data),
                             data: data.clone(),
                             join: f.keyframe && Some(f.track) == shared.key_track,
                         });
@@ -256,6 +267,8 @@ impl Egress {
     /// Whatever the sink already holds (a stream head) goes first.
     pub fn attach(self: &Arc<Self>, sink: Arc<Sink>) -> Attached {
         let mut g = self.shared.sinks();
+        // A sink may come back after leaving (RTSP PAUSE, then PLAY).
+        sink.detached.store(false, Ordering::Relaxed);
         if self.shared.out.is_closed() {
             sink.end();
         } else {
@@ -266,6 +279,7 @@ impl Egress {
                 let items: Vec<Item> = gop
                     .iter()
                     .map(|f| Item {
+                        units: (self.shared.units)(&f.data),
                         data: f.data.clone(),
                         join: f.keyframe && Some(f.track) == self.shared.key_track,
                     })
@@ -354,12 +368,24 @@ struct Item {
     data: Bytes,
     /// A keyframe of the key track: a reader may start (or resume) here.
     join: bool,
+    /// [`Muxer::units`] of `data`.
+    units: u64,
 }
 
 /// A socket that takes bytes without waiting.
 pub trait SinkIo: Send + Sync + 'static {
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Bytes accepted but not on the socket yet (TLS records waiting).
+    fn pending(&self) -> bool {
+        false
+    }
+
+    /// Pushes what is pending to the socket: `Ok(true)` when nothing is left.
+    fn flush(&self) -> io::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl SinkIo for tokio::net::TcpStream {
@@ -451,10 +477,16 @@ impl tokio::io::AsyncWrite for SharedTcp {
 
 /// Transports a connection may run on; a plain TCP one can be handed to the fan-out engine.
 pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
-    /// The shared TCP socket under this transport, when the engine may write to it directly
-    /// (plain TCP; not TLS, whose records the connection's task must make).
+    /// The shared TCP socket under this transport, when it is plain TCP.
     fn shared_tcp(&self) -> Option<SharedTcp> {
         None
+    }
+
+    /// What the engine writes to (the socket, or the TLS record layer over it) and the socket
+    /// to wait on for writability, when the engine may write to this transport directly.
+    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<tokio::net::TcpStream>)> {
+        self.shared_tcp()
+            .map(|t| (t.0.clone() as Arc<dyn SinkIo>, t.0))
     }
 }
 
@@ -467,6 +499,196 @@ impl Transport for SharedTcp {
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport
     for tokio_rustls::server::TlsStream<S>
 {
+}
+
+/// A server-side TLS connection whose record layer is shared by its connection's task (which
+/// reads, and writes its control messages through the [`Sink`]) and a stream's fan-out writer:
+/// the writer seals each batch into TLS records and writes them without a task wake-up per
+/// reader, as for plain TCP. Made from a completed `tokio_rustls` handshake.
+#[derive(Clone)]
+pub struct SharedTls(Arc<TlsInner>);
+
+struct TlsInner {
+    tcp: Arc<tokio::net::TcpStream>,
+    conn: Mutex<rustls::ServerConnection>,
+}
+
+/// `io::Write` over a TCP socket that never waits.
+struct TryWrite<'a>(&'a tokio::net::TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.try_write(b)
+    }
+    fn write_vectored(&mut self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `io::Read` over a TCP socket that never waits.
+struct TryRead<'a>(&'a tokio::net::TcpStream);
+
+impl io::Read for TryRead<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(b)
+    }
+}
+
+impl SharedTls {
+    pub fn new(s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> SharedTls {
+        let (tcp, conn) = s.into_inner();
+        SharedTls(Arc::new(TlsInner {
+            tcp: Arc::new(tcp),
+            conn: Mutex::new(conn),
+        }))
+    }
+
+    fn conn(&self) -> MutexGuard<'_, rustls::ServerConnection> {
+        self.0.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the records rustls holds; `Ok(true)` when none is left.
+    fn push(&self, c: &mut rustls::ServerConnection) -> io::Result<bool> {
+        while c.wants_write() {
+            match c.write_tls(&mut TryWrite(&self.0.tcp)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Plaintext into records, as much as rustls's buffer takes, then records to the socket.
+    fn seal(&self, c: &mut rustls::ServerConnection, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use std::io::Write;
+        let n = c.writer().write_vectored(bufs)?;
+        self.push(c)?;
+        Ok(n)
+    }
+}
+
+impl SinkIo for SharedTls {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut c = self.conn();
+        // Records already made go first; while they wait, nothing more is taken.
+        if !self.push(&mut c)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        match self.seal(&mut c, bufs)? {
+            0 if bufs.iter().any(|b| !b.is_empty()) => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.conn().wants_write()
+    }
+
+    fn flush(&self) -> io::Result<bool> {
+        let mut c = self.conn();
+        self.push(&mut c)
+    }
+}
+
+impl tokio::io::AsyncRead for SharedTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::io::Read;
+        loop {
+            {
+                let mut c = self.conn();
+                match c.reader().read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        // Ok(0): the peer's close_notify, the end of the stream.
+                        buf.advance(n);
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                }
+            }
+            std::task::ready!(self.0.tcp.poll_read_ready(cx))?;
+            let mut c = self.conn();
+            match c.read_tls(&mut TryRead(&self.0.tcp)) {
+                // The peer closed the socket: rustls's reader says how (clean or cut).
+                Ok(0) => {}
+                Ok(_) => {
+                    let state = c.process_new_packets();
+                    // Alerts and key updates rustls wants to send go out if they can.
+                    let _ = self.push(&mut c);
+                    state.map_err(io::Error::other)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            match SinkIo::try_write_vectored(&*self, bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.0.tcp.poll_write_ready(cx))?;
+                }
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            if SinkIo::flush(&*self)? {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            std::task::ready!(self.0.tcp.poll_write_ready(cx))?;
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.conn().send_close_notify();
+        self.poll_flush(cx)
+    }
+}
+
+impl Transport for SharedTls {
+    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<tokio::net::TcpStream>)> {
+        Some((
+            Arc::new(self.clone()) as Arc<dyn SinkIo>,
+            self.0.tcp.clone(),
+        ))
+    }
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport
@@ -536,6 +758,7 @@ pub struct Sink {
     limits: SinkLimits,
     detached: AtomicBool,
     sent: AtomicU64,
+    units: AtomicU64,
     on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
@@ -548,6 +771,7 @@ impl Sink {
             limits,
             detached: AtomicBool::new(false),
             sent: AtomicU64::new(0),
+            units: AtomicU64::new(0),
             on_sent: None,
         }
     }
@@ -565,6 +789,11 @@ impl Sink {
     /// Bytes written to the socket so far.
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// [`Muxer::units`] of the frames handed to the socket (or to its queue) so far.
+    pub fn units_sent(&self) -> u64 {
+        self.units.load(Ordering::Relaxed)
     }
 
     /// Times this reader fell behind and skipped to a keyframe.
@@ -590,7 +819,8 @@ impl Sink {
         if st.queue.is_empty() {
             let slices = [IoSlice::new(&data)];
             match self.write_now(&slices) {
-                Ok(n) if n == data.len() => return,
+                Ok(n) if n == data.len() && !self.io.pending() => return,
+                Ok(n) if n == data.len() => {}
                 Ok(n) => {
                     st.front_partial = n > 0;
                     Self::push(&mut st, data.slice(n..), false);
@@ -660,21 +890,26 @@ impl Sink {
         if items.is_empty() {
             return;
         }
+        self.units
+            .fetch_add(items.iter().map(|i| i.units).sum(), Ordering::Relaxed);
         let mut wake = false;
         if st.queue.is_empty() {
             // The common case: the socket takes the whole batch in one system call.
             let mut done = 0; // items written whole
             let mut partial = 0; // bytes of items[done] written
+                                 // On the stack: no allocation per reader per batch.
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
             'write: while done < items.len() {
-                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV.min(items.len()));
-                slices.push(IoSlice::new(&items[done].data[partial..]));
+                slices[0] = IoSlice::new(&items[done].data[partial..]);
+                let mut count = 1;
                 for i in &items[done + 1..] {
-                    if slices.len() == MAX_IOV {
+                    if count == MAX_BATCH {
                         break;
                     }
-                    slices.push(IoSlice::new(&i.data));
+                    slices[count] = IoSlice::new(&i.data);
+                    count += 1;
                 }
-                let mut n = match self.write_now(&slices) {
+                let mut n = match self.write_now(&slices[..count]) {
                     Ok(0) => break 'write,
                     Ok(n) => n,
                     Err(e) => {
@@ -695,6 +930,10 @@ impl Sink {
                         n = 0;
                     }
                 }
+            }
+            if done == items.len() && self.io.pending() {
+                // TLS records made but not on the socket yet: the reader's task pushes them.
+                wake = true;
             }
             if done < items.len() {
                 st.front_partial = partial > 0;
@@ -756,7 +995,16 @@ impl Sink {
         if let Some(kind) = st.failed {
             return Err(kind.into());
         }
-        while !st.queue.is_empty() {
+        loop {
+            if st.queue.is_empty() {
+                return match self.io.flush() {
+                    Ok(done) => Ok(done),
+                    Err(e) => {
+                        st.failed = Some(e.kind());
+                        Err(e)
+                    }
+                };
+            }
             let slices: Vec<IoSlice<'_>> = st
                 .queue
                 .iter()
@@ -791,7 +1039,6 @@ impl Sink {
                 }
             }
         }
-        Ok(true)
     }
 
     fn end(&self) {
@@ -804,7 +1051,7 @@ impl Sink {
         let st = self.lock();
         if let Some(kind) = st.failed {
             SinkStatus::Failed(kind)
-        } else if !st.queue.is_empty() {
+        } else if !st.queue.is_empty() || self.io.pending() {
             SinkStatus::Backlog
         } else if st.ended {
             SinkStatus::Ended

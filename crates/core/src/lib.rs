@@ -29,8 +29,8 @@ pub use auth::{
 pub use bytes::Bytes;
 pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};
 pub use fanout::{
-    Attached, Egress, EgressReader, Muxer, SharedTcp, Sink, SinkIo, SinkLimits, SinkStatus,
-    Transport,
+    Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,
+    SinkStatus, Transport,
 };
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
 pub use path::{PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};

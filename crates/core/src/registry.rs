@@ -144,6 +144,11 @@ pub struct PathManager {
 }
 
 impl PathManager {
+    /// The limits every stream gets (ring, GOP cache, `audioCoalesce`).
+    pub fn stream_config(&self) -> &StreamConfig {
+        &self.shared.stream_config
+    }
+
     pub fn new(matcher: PathMatcher, stream_config: StreamConfig) -> PathManager {
         let (events, _) = broadcast::channel(1024);
         PathManager {

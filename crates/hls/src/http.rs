@@ -99,7 +99,7 @@ fn takes_gzip(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
 }
 
-fn gzip(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8], level: flate2::Compression) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 3), level);
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(data);
@@ -345,27 +345,15 @@ async fn playlist(
             }
         }
     }
-    let body = {
-        let st = mux.state();
-        if multivariant {
-            st.multivariant(&q.forward)
-        } else {
-            st.media(q.skip && ll, &q.forward)
-        }
-    };
-    let mut r = if takes_gzip(headers) {
-        let data = gzip(body.as_bytes(), flate2::Compression::fast());
-        mux.bytes_sent
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mut r = Response::new(Body::from(data));
+    let gz = takes_gzip(headers);
+    let body = mux.playlist(multivariant, q.skip && ll && !multivariant, &q.forward, gz);
+    mux.bytes_sent
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    let mut r = Response::new(Body::from(body));
+    if gz {
         r.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        r
-    } else {
-        mux.bytes_sent
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
-        Response::new(Body::from(body))
-    };
+    }
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -511,17 +499,19 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
                             match part_now(&st, msn, idx) {
                                 PartNow::Done(d) => (d.slice(sent.min(d.len())..), true),
                                 PartNow::Open => {
+                                    // The next chunk not sent yet, as a slice of the
+                                    // muxer's own (no copy per request).
                                     let mut skip = sent;
-                                    let mut out = Vec::new();
+                                    let mut next = Bytes::new();
                                     for c in &st.open_part {
                                         if skip >= c.len() {
                                             skip -= c.len();
                                             continue;
                                         }
-                                        out.extend_from_slice(&c[skip..]);
-                                        skip = 0;
+                                        next = c.slice(skip..);
+                                        break;
                                     }
-                                    (Bytes::from(out), false)
+                                    (next, false)
                                 }
                                 _ => (Bytes::new(), true),
                             }

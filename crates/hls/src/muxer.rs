@@ -23,7 +23,28 @@ pub struct Muxer {
     last_request_ms: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub closed: CancellationToken,
+    /// Playlists rendered (and gzipped) for the current version, shared by every request.
+    rendered: Mutex<Rendered>,
 }
+
+/// Playlists of one version, by what makes them differ.
+#[derive(Default)]
+struct Rendered {
+    version: u64,
+    entries: std::collections::VecDeque<Rendition>,
+}
+
+struct Rendition {
+    multivariant: bool,
+    skip: bool,
+    /// The query URIs carry along (per-viewer credentials make per-viewer playlists).
+    forward: String,
+    plain: bytes::Bytes,
+    gzip: Option<bytes::Bytes>,
+}
+
+/// Renditions kept per version: the common ones (no query) and a few per-viewer ones.
+const RENDERED_MAX: usize = 32;
 
 impl Muxer {
     pub fn new(path: String, state: State) -> Muxer {
@@ -36,6 +57,7 @@ impl Muxer {
             last_request_ms: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             closed: CancellationToken::new(),
+            rendered: Mutex::new(Rendered::default()),
         }
     }
 
@@ -56,6 +78,62 @@ impl Muxer {
         self.started.elapsed().saturating_sub(Duration::from_millis(
             self.last_request_ms.load(Ordering::Relaxed),
         ))
+    }
+
+    /// The playlist of the current version, rendered once per version (and gzipped once when
+    /// asked) for every request that wants the same one.
+    pub fn playlist(
+        &self,
+        multivariant: bool,
+        skip: bool,
+        forward: &str,
+        gzip: bool,
+    ) -> bytes::Bytes {
+        // The version moves under the state's lock (see `apply`), so it names this state.
+        let st = self.state();
+        let version = *self.changed.borrow();
+        let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.version != version {
+            cache.entries.clear();
+            cache.version = version;
+        }
+        let found = cache
+            .entries
+            .iter()
+            .position(|e| e.multivariant == multivariant && e.skip == skip && e.forward == forward);
+        let idx = match found {
+            Some(i) => i,
+            None => {
+                let text = if multivariant {
+                    st.multivariant(forward)
+                } else {
+                    st.media(skip, forward)
+                };
+                if cache.entries.len() >= RENDERED_MAX {
+                    cache.entries.pop_front();
+                }
+                cache.entries.push_back(Rendition {
+                    multivariant,
+                    skip,
+                    forward: forward.to_string(),
+                    plain: bytes::Bytes::from(text),
+                    gzip: None,
+                });
+                cache.entries.len() - 1
+            }
+        };
+        drop(st);
+        let e = &mut cache.entries[idx];
+        if !gzip {
+            return e.plain.clone();
+        }
+        if e.gzip.is_none() {
+            e.gzip = Some(bytes::Bytes::from(crate::http::gzip(
+                &e.plain,
+                flate2::Compression::fast(),
+            )));
+        }
+        e.gzip.clone().unwrap_or_default()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -84,13 +162,13 @@ impl Muxer {
         if events.is_empty() {
             return;
         }
-        {
-            let mut st = self.state();
-            for ev in events.drain(..) {
-                st.apply(ev);
-            }
+        let mut st = self.state();
+        for ev in events.drain(..) {
+            st.apply(ev);
         }
+        // Under the state's lock: a playlist rendered for a version holds what it names.
         self.changed.send_modify(|v| *v += 1);
+        drop(st);
     }
 }
 

@@ -27,7 +27,8 @@ use crate::session::{
     OUT_CHUNK_SIZE,
 };
 use tidegate_core::{
-    ConnGuard, ConnRegistry, ConnState, SharedTcp, Sink, SinkLimits, SinkStatus, Transport,
+    ConnGuard, ConnRegistry, ConnState, SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus,
+    Transport,
 };
 
 #[derive(Clone, Debug)]
@@ -91,6 +92,8 @@ pub async fn serve(
                             .await
                         {
                             Ok(Ok(tls)) => {
+                                // Its record layer shared with the fan-out writer.
+                                let tls = SharedTls::new(tls);
                                 Conn::new(tls, remote, id, kind, paths, config, shutdown, guard)
                                     .run()
                                     .await
@@ -429,10 +432,10 @@ impl<S: Transport> Conn<S> {
         self.session.accept_play();
         let mut head = self.session.take_output();
         start_of_stream(&desc, &mut head);
-        if let Some(tcp) = self.socket.shared_tcp() {
-            return self.play_push(tcp, head, &egress, &reader, buf).await;
+        if let Some((io, tcp)) = self.socket.sink_io() {
+            return self.play_push(io, tcp, head, &egress, &reader, buf).await;
         }
-        // TLS: this task reads the muxed messages and writes them through the record layer.
+        // A transport the engine cannot write to: this task reads the muxed messages.
         let mut chunks = egress.subscribe();
         self.write(&head).await?;
         reader.add_bytes_sent(head.len() as u64);
@@ -471,25 +474,30 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// A player on plain TCP: the stream's fan-out writer writes the media to the socket
-    /// itself; this task reads the player's messages, sends the session's answers through the
-    /// same sink (so they never split a media message), and drains the sink's queue when the
-    /// socket was full.
+    /// A player: the stream's fan-out writer writes the media to the socket itself (sealed in
+    /// TLS records for RTMPS); this task reads the player's messages, sends the session's
+    /// answers through the same sink (so they never split a media message), and drains the
+    /// sink's queue when the socket was full.
     async fn play_push(
         &mut self,
-        tcp: SharedTcp,
+        io: Arc<dyn tidegate_core::SinkIo>,
+        tcp: Arc<tokio::net::TcpStream>,
         head: BytesMut,
         egress: &Arc<tidegate_core::Egress>,
         reader: &tidegate_core::Reader,
         mut buf: Vec<u8>,
     ) -> Result<(), ConnError> {
+        // A player sends only small messages (acknowledgements) from now on: a small buffer
+        // keeps an idle player cheap.
+        buf.truncate(4096);
+        buf.shrink_to_fit();
         let counters = self.guard.counters.clone();
         let path_sent = reader.bytes_sent_counter();
         let limits = SinkLimits {
             max_frames: reader.stream().config().ring_capacity,
             max_bytes: reader.stream().config().gop_cache_max_bytes,
         };
-        let sink = Arc::new(Sink::new(tcp.0.clone(), limits).on_sent(move |n| {
+        let sink = Arc::new(Sink::new(io, limits).on_sent(move |n| {
             counters.sent.fetch_add(n, Ordering::Relaxed);
             path_sent.fetch_add(n, Ordering::Relaxed);
         }));
@@ -530,14 +538,14 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Writes the sink's queue as the socket takes it, within the write timeout.
-    async fn drain(&self, tcp: &SharedTcp, sink: &Sink) -> Result<(), ConnError> {
+    async fn drain(&self, tcp: &tokio::net::TcpStream, sink: &Sink) -> Result<(), ConnError> {
         let limit = self.config.write_timeout;
         let drained = tokio::time::timeout(limit, async {
             loop {
                 if sink.drain()? {
                     return Ok::<(), std::io::Error>(());
                 }
-                tcp.0.writable().await?;
+                tcp.writable().await?;
             }
         })
         .await;

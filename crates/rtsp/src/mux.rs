@@ -119,6 +119,10 @@ impl Muxer for RtpMuxer {
     fn coalesce(&self) -> bool {
         true
     }
+
+    fn units(data: &Bytes) -> u64 {
+        count_rtp(data)
+    }
 }
 
 /// The stream's packets as SRTP and SRTCP under one key per stream, sealed once for every
@@ -216,6 +220,10 @@ impl Muxer for SrtpMuxer {
     fn coalesce(&self) -> bool {
         true
     }
+
+    fn units(data: &Bytes) -> u64 {
+        count_rtp(data)
+    }
 }
 
 /// Splits a derived frame back into `(channel, packet)` (channel 2*i*: RTP of track *i*,
@@ -232,4 +240,15 @@ pub fn split(mut data: Bytes) -> Vec<(u8, Bytes)> {
         data = data.slice(4 + len..);
     }
     out
+}
+
+/// RTP packets (even channels) in interleaved-framed bytes.
+pub fn count_rtp(mut d: &[u8]) -> u64 {
+    let mut n = 0;
+    while d.len() >= 4 && d[0] == b'$' {
+        let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+        n += u64::from(d[1].is_multiple_of(2));
+        d = d.get(4 + len..).unwrap_or(&[]);
+    }
+    n
 }

@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Given};
 use crate::ingest::InTrack;
 use crate::message::{interleaved, response, Input, Parser, Request};
-use crate::mux::{split, RtpMux, SrtpMux};
+use crate::mux::{count_rtp, split, RtpMux, SrtpMux};
 use crate::sdp;
+use tidegate_core::{SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus, Transport};
 
 #[derive(Clone, Debug)]
 pub struct RtspConfig {
@@ -183,12 +184,12 @@ pub async fn serve(
             let r = match tls {
                 Some(acc) => {
                     match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
-                        Ok(Ok(s)) => conn.run(s, shutdown).await,
+                        Ok(Ok(s)) => conn.run(SharedTls::new(s), shutdown).await,
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
-                None => conn.run(sock, shutdown).await,
+                None => conn.run(SharedTcp::new(sock), shutdown).await,
             };
             match r {
                 Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
@@ -236,6 +237,15 @@ struct Conn {
     reader: Option<Reader>,
     reads: Vec<Option<Tr>>,
     playing: Option<tidegate_core::EgressReader>,
+    /// Plain TCP: every write goes through this sink, so that a stream's fan-out writer can
+    /// write the media of a reader on the usual channels to the socket itself.
+    sink: Option<Arc<Sink>>,
+    /// Such a reader's place in the stream's RTP egress.
+    attached: Option<tidegate_core::Attached>,
+    /// The egress to attach to once the PLAY answer is written.
+    attach_after_reply: Option<Arc<tidegate_core::Egress>>,
+    /// What of the sink's byte and packet counts was already added to the connection's.
+    sink_counted: (u64, u64),
     /// A reader whose tracks are all unicast UDP: served by the stream's UDP fan-out task.
     fan: Option<crate::fanout::Membership>,
     /// What of the fan-out's counts was already added to the connection's.
@@ -352,6 +362,10 @@ impl Conn {
             reader: None,
             reads: Vec::new(),
             playing: None,
+            sink: None,
+            attached: None,
+            attach_after_reply: None,
+            sink_counted: (0, 0),
             fan: None,
             fan_counted: (0, 0),
             multicast: None,
@@ -379,10 +393,21 @@ impl Conn {
         }
     }
 
-    async fn run<S>(mut self, sock: S, shutdown: CancellationToken) -> Result<(), String>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
-    {
+    async fn run<S: Transport>(
+        mut self,
+        sock: S,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
+        let mut tcp = None;
+        if let Some((io, socket)) = sock.sink_io() {
+            let c = self.paths.stream_config();
+            let limits = SinkLimits {
+                max_frames: c.ring_capacity,
+                max_bytes: c.gop_cache_max_bytes,
+            };
+            self.sink = Some(Arc::new(Sink::new(io, limits)));
+            tcp = Some(socket);
+        }
         let (mut rd, mut wr) = tokio::io::split(sock);
         let mut parser = Parser::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -411,7 +436,11 @@ impl Conn {
                             Ok(Some(Input::Interleaved { channel, data })) => self.on_interleaved(channel, data),
                             Ok(None) => break,
                             Err(e) => {
-                                let _ = wr.write_all(&response(400, "Bad Request", "0", &[], b"")).await;
+                                let bad = response(400, "Bad Request", "0", &[], b"");
+                                match &self.sink {
+                                    Some(sink) => sink.send_control(bad),
+                                    None => { let _ = wr.write_all(&bad).await; }
+                                }
                                 return Err(format!("bad request: {e}"));
                             }
                         }
@@ -435,6 +464,16 @@ impl Conn {
                     }
                 }
                 _ = fan_ended(&self.fan) => break Err("the publisher left".into()),
+                st = sink_wanted(&self.sink) => match st {
+                    SinkStatus::Backlog => {
+                        if let Err(e) = self.drain_sink(tcp.as_ref()).await {
+                            break Err(e);
+                        }
+                    }
+                    SinkStatus::Failed(kind) => break Err(format!("write: {}", std::io::Error::from(kind))),
+                    SinkStatus::Ended => break Err("the publisher left".into()),
+                    SinkStatus::Idle => {}
+                },
                 _ = tick.tick() => {
                     self.count_fan();
                     if self.playing.is_none() && self.fan.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
@@ -447,7 +486,13 @@ impl Conn {
                     }
                 }
             }
-            if let Some(d) = direct {
+            if let (Some(d), Some(sink)) = (&direct, &self.sink) {
+                self.guard
+                    .extra
+                    .rtp_packets_sent
+                    .fetch_add(count_rtp(d), Ordering::Relaxed);
+                sink.send_control(d.clone());
+            } else if let Some(d) = direct {
                 match tokio::time::timeout(self.config.write_timeout, wr.write_all(&d)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Err(format!("write: {e}")),
@@ -465,7 +510,9 @@ impl Conn {
                     .rtp_packets_sent
                     .fetch_add(count_rtp(&d), Ordering::Relaxed);
             }
-            if !out.is_empty() {
+            if let (false, Some(sink)) = (out.is_empty(), &self.sink) {
+                sink.send_control(out.freeze());
+            } else if !out.is_empty() {
                 match tokio::time::timeout(self.config.write_timeout, wr.write_all(&out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Err(format!("write: {e}")),
@@ -479,10 +526,22 @@ impl Conn {
                     .sent
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
             }
+            // A reader on the usual channels joins the egress's writer once its PLAY answer
+            // is on its way (the answer goes first).
+            if let (Some(e), Some(sink)) = (self.attach_after_reply.take(), &self.sink) {
+                self.attached = Some(e.attach(sink.clone()));
+            }
+            self.count_sink();
             if self.close {
                 break Ok(());
             }
         };
+        // What was queued (a TEARDOWN answer) goes out if the socket takes it now.
+        self.attached = None;
+        if let Some(sink) = &self.sink {
+            let _ = sink.drain();
+        }
+        self.count_sink();
         self.count_fan();
         if let Some(udp) = &self.udp {
             let mut routes = udp.routes();
@@ -582,6 +641,8 @@ impl Conn {
             "RECORD" => self.record(req),
             "PAUSE" => {
                 self.playing = None;
+                self.attached = None;
+                self.attach_after_reply = None;
                 self.count_fan();
                 self.fan = None;
                 response(200, "OK", &cseq, &[self.session_header()], b"")
@@ -1007,6 +1068,10 @@ impl Conn {
                     udp.rtcp.clone(),
                 ));
             }
+            // The usual channel layout on plain TCP: the egress writes to the socket itself.
+            _ if self.sink.is_some() && self.direct() => {
+                self.attach_after_reply = Some(packets.clone());
+            }
             _ => self.playing = Some(packets.subscribe()),
         }
         if self.reads.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
@@ -1251,6 +1316,43 @@ impl Conn {
             .fetch_add(pkts.saturating_sub(p0), Ordering::Relaxed);
     }
 
+    /// Adds what the sink wrote since the last call to the connection's and the path's counts.
+    fn count_sink(&mut self) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let (bytes, pkts) = (sink.bytes_sent(), sink.units_sent());
+        let (b0, p0) = self.sink_counted;
+        self.sink_counted = (bytes, pkts);
+        self.count_sent(bytes.saturating_sub(b0));
+        self.guard
+            .extra
+            .rtp_packets_sent
+            .fetch_add(pkts.saturating_sub(p0), Ordering::Relaxed);
+    }
+
+    /// Writes the sink's queue as the socket takes it, within the write timeout.
+    async fn drain_sink(&self, tcp: Option<&Arc<tokio::net::TcpStream>>) -> Result<(), String> {
+        let (Some(sink), Some(tcp)) = (&self.sink, tcp) else {
+            return Ok(());
+        };
+        let limit = self.config.write_timeout;
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                if sink.drain()? {
+                    return Ok::<(), std::io::Error>(());
+                }
+                tcp.writable().await?;
+            }
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write: {e}")),
+            Err(_) => Err("write timed out".into()),
+        }
+    }
+
     fn count_sent(&self, bytes: u64) {
         self.guard.counters.sent.fetch_add(bytes, Ordering::Relaxed);
         if let Some(r) = &self.reader {
@@ -1264,15 +1366,11 @@ fn mikey_of(sealer: &Option<SrtpMux>, idx: usize) -> String {
     sealer.as_ref().map_or_else(String::new, |s| s.mikey(idx))
 }
 
-/// RTP packets (even channels) in interleaved-framed bytes.
-fn count_rtp(mut d: &[u8]) -> u64 {
-    let mut n = 0;
-    while d.len() >= 4 && d[0] == b'$' {
-        let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
-        n += u64::from(d[1].is_multiple_of(2));
-        d = d.get(4 + len..).unwrap_or(&[]);
+async fn sink_wanted(s: &Option<Arc<Sink>>) -> SinkStatus {
+    match s {
+        Some(s) => s.wanted().await,
+        None => std::future::pending().await,
     }
-    n
 }
 
 async fn recv_playing(r: &mut Option<tidegate_core::EgressReader>) -> Option<Arc<Frame>> {

@@ -62,8 +62,9 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 5] = [
+    let benches: [(&str, &[usize], Bench); 6] = [
         ("record", &[20], bench_record::record),
+        ("rtmp-idle", &[10_000], rtmp_idle),
         ("hls-readers", &[0, 200], hls_readers),
         ("webrtc", &[1, 20], webrtc),
         ("rtsp-fanout", &[100, 1000], rtsp_fanout),
@@ -284,6 +285,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// The resident set now (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -868,6 +880,105 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
                 g.cpu_per_gbit / f.cpu_per_gbit,
             );
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory per idle RTMP reader
+
+/// `rtmp-idle N`: a publisher sends the clip's first second (two keyframes) and then nothing,
+/// its connection kept open; N players connect and play (each gets the GOP, then waits). The
+/// server's RSS before and after, per player.
+fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let (root, dir, tags) = setup()?;
+    println!(
+        "RTMP idle readers: memory per player of one stream (publisher idle after 1 s of clip)"
+    );
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>16}",
+        "readers", "playing", "RSS before", "RSS after", "per reader"
+    );
+    for &n in counts {
+        let port = free_port();
+        let conf = dir.join("tidegate-idle.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nhls: no\nrtsp: no\nwebrtc: no\nsrt: no\nreadTimeout: 300s\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let server = Server {
+            name: "tidegate",
+            child: spawn_tidegate(&root, &conf, Stdio::null())?,
+            port,
+        };
+        let tags = tags.clone();
+        let r = rt.block_on(async move {
+            wait_port(port).await?;
+            let (mut ps, mut psession, _) = rtmp_connect_to(port, Mode::Publish, "bench").await?;
+            for t in tags.iter().filter(|t| t.timestamp < 1100) {
+                psession.send_media(t.type_id, t.timestamp, &t.body);
+                let out = psession.take_output();
+                ps.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let pid = server.child.id();
+            let before = rss_kib(pid);
+            let playing = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicU64::new(0));
+            let mut handles = Vec::new();
+            // In waves, so that the listen backlog never overflows.
+            for wave in (0..n).collect::<Vec<_>>().chunks(200) {
+                let mut joins = Vec::new();
+                for _ in wave {
+                    let (playing, stop) = (playing.clone(), stop.clone());
+                    joins.push(tokio::spawn(async move {
+                        let Ok((mut s, _, _)) = rtmp_connect(port, Mode::Play).await else {
+                            return None;
+                        };
+                        playing.fetch_add(1, Ordering::Relaxed);
+                        Some(tokio::spawn(async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            while stop.load(Ordering::Relaxed) == 0 {
+                                match tokio::time::timeout(
+                                    Duration::from_millis(500),
+                                    s.read(&mut buf),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                                    _ => {}
+                                }
+                            }
+                        }))
+                    }));
+                }
+                for j in joins {
+                    if let Ok(Some(h)) = j.await {
+                        handles.push(h);
+                    }
+                }
+            }
+            // Every player has its GOP burst by now; what is left is what an idle one costs.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = rss_kib(pid);
+            stop.store(1, Ordering::Relaxed);
+            for h in handles {
+                let _ = h.await;
+            }
+            drop(ps);
+            drop(server);
+            Ok::<_, String>((playing.load(Ordering::Relaxed), before, after))
+        })?;
+        let (playing, before, after) = r;
+        println!(
+            "{n:>8} {playing:>10} {:>9.1} MB {:>9.1} MB {:>12.1} KiB",
+            before / 1024.0,
+            after / 1024.0,
+            (after - before) / playing.max(1) as f64
+        );
     }
     Ok(())
 }
