@@ -1203,3 +1203,90 @@ fn an_on_demand_camera_is_pulled_only_while_read() {
     server.wait_not_ready("cam", Duration::from_secs(10));
     assert_eq!(cam.count("client connected"), 1);
 }
+
+/// A TCP reader on the usual channels (the fan-out engine writes to its socket) gets the PLAY
+/// answer before any media, and is kept while it plays even if it sends nothing for longer
+/// than `readTimeout` (no receiver reports, no keep-alives): its RTP keeps flowing.
+#[test]
+fn a_silent_tcp_reader_keeps_playing_past_read_timeout() {
+    let dir = scratch("rtsp-silent-reader");
+    let server = TestServer::start("readTimeout: 2s\n");
+    let url = server.rtsp_url("quiet");
+    let _publisher = ffmpeg_publish(&url, 40, "rtsp", &dir);
+    server.wait_ready("quiet", READY);
+    let mut s = TcpStream::connect(rtsp_addr(&server)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = rtsp_send(
+        &mut s,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+    );
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    let mut session = String::new();
+    for (i, ch) in [(0, "0-1"), (1, "2-3")] {
+        let session_header = if session.is_empty() {
+            String::new()
+        } else {
+            format!("Session: {session}\r\n")
+        };
+        let r = rtsp_send(
+            &mut s,
+            &format!(
+                "SETUP {url}/trackID={i} RTSP/1.0\r\nCSeq: {}\r\n{session_header}\
+                 Transport: RTP/AVP/TCP;unicast;interleaved={ch}\r\n\r\n",
+                2 + i
+            ),
+        );
+        assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+        session = r
+            .lines()
+            .find_map(|l| l.strip_prefix("Session: "))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+    }
+    s.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n").as_bytes())
+        .unwrap();
+    // The answer first, then interleaved packets only; nothing is sent from here on.
+    let mut data: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let start = std::time::Instant::now();
+    let mut last_second: Vec<(std::time::Instant, u8)> = Vec::new();
+    let mut answered = false;
+    while start.elapsed() < Duration::from_secs(6) {
+        let n = s.read(&mut buf).expect("the server keeps the reader");
+        assert!(
+            n > 0,
+            "the server closed a silent reader after {:?}",
+            start.elapsed()
+        );
+        data.extend_from_slice(&buf[..n]);
+        if !answered {
+            let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            assert!(
+                data.starts_with(b"RTSP/1.0 200"),
+                "{}",
+                String::from_utf8_lossy(&data)
+            );
+            data.drain(..end + 4);
+            answered = true;
+        }
+        while data.len() >= 4 {
+            assert_eq!(data[0], b'$', "only interleaved packets after the answer");
+            let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+            if data.len() < 4 + len {
+                break;
+            }
+            last_second.push((std::time::Instant::now(), data[1]));
+            data.drain(..4 + len);
+        }
+        last_second.retain(|(t, _)| t.elapsed() < Duration::from_secs(1));
+    }
+    let video = last_second.iter().filter(|(_, ch)| *ch == 0).count();
+    let audio = last_second.iter().filter(|(_, ch)| *ch == 2).count();
+    assert!(video >= 20, "video RTP packets in the last second: {video}");
+    assert!(audio >= 10, "audio RTP packets in the last second: {audio}");
+}

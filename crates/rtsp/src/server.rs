@@ -476,7 +476,7 @@ impl Conn {
                 },
                 _ = tick.tick() => {
                     self.count_fan();
-                    if self.playing.is_none() && self.fan.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
+                    if self.playing.is_none() && self.fan.is_none() && self.attached.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
                         break Err(format!("nothing received for {:?}", self.config.read_timeout));
                     }
                     if let Some(p) = &self.publisher {
