@@ -1450,4 +1450,116 @@ mod tests {
         assert_eq!(pipe.frames()[4], 102);
         assert_eq!(calls(), 3);
     }
+
+    /// An RTMPS-like reader: a TLS connection whose record layer the egress writer shares. A
+    /// client that does not read at first makes the socket and rustls's buffer fill; the rest
+    /// waits in the sink (sealed records first), and once the client reads, the reader's task
+    /// drains it: every frame arrives, in order, and the server still reads the client.
+    #[tokio::test]
+    async fn tls_readers_are_written_by_the_egress_under_backpressure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap()
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg))
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut client = connect.await.unwrap();
+        let mut shared = SharedTls::new(tls);
+        let (io, socket) = shared.sink_io().unwrap();
+
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let limits = SinkLimits {
+            max_frames: 100_000,
+            max_bytes: 1 << 30,
+        };
+        let sink = Arc::new(Sink::new(io, limits));
+        sink.send_control(Bytes::from_static(b"HEAD"));
+        let _a = egress.attach(sink.clone());
+        // 400 frames of 16 KiB (6.4 MB): far more than the socket and rustls hold.
+        const SIZE: usize = 16 * 1024;
+        const FRAMES: i64 = 400;
+        for n in 0..FRAMES {
+            let mut data = vec![(n % 251) as u8; SIZE];
+            data[..8].copy_from_slice(&n.to_be_bytes());
+            stream.write(Frame {
+                data: Bytes::from(data),
+                ..video(n, 1000)
+            });
+            tokio::task::yield_now().await;
+        }
+        until("a backlog", || sink.status() == SinkStatus::Backlog).await;
+        // The reader's task: drains when asked, within a bound.
+        let drainer = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                loop {
+                    match sink.wanted().await {
+                        SinkStatus::Backlog => {
+                            while !sink.drain().unwrap() {
+                                socket.writable().await.unwrap();
+                            }
+                        }
+                        s => return s,
+                    }
+                }
+            })
+        };
+        let read_all = async {
+            let mut head = [0u8; 4];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HEAD");
+            let mut frame = vec![0u8; SIZE];
+            for n in 0..FRAMES {
+                client.read_exact(&mut frame).await.unwrap();
+                assert_eq!(i64::from_be_bytes(frame[..8].try_into().unwrap()), n);
+                assert!(
+                    frame[8..].iter().all(|&b| b == (n % 251) as u8),
+                    "frame {n} intact"
+                );
+            }
+            // The other way: the server reads what the client sends through the same TLS.
+            client.write_all(b"ping").await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 4];
+            shared.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .expect("every frame within 20 s");
+        assert_eq!(sink.skips(), 0);
+        assert_eq!(sink.status(), SinkStatus::Idle);
+        stream.close();
+        let end = tokio::time::timeout(Duration::from_secs(5), drainer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, SinkStatus::Ended);
+    }
 }
