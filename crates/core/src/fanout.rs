@@ -72,6 +72,8 @@ pub struct Egress {
 }
 
 struct Shared {
+    /// The stream this egress reads, whose stats count its readers' skips.
+    source: Weak<Stream>,
     out: Arc<Stream>,
     /// Push readers; replaced (copy on write) when one joins or leaves, so the writer offers a
     /// batch to a snapshot without holding the lock.
@@ -151,6 +153,7 @@ impl Egress {
         let out = Arc::new(Stream::new(source.desc(), source.config().clone()));
         let key_track = source.key_track();
         let shared = Arc::new(Shared {
+            source: Arc::downgrade(source),
             out,
             sinks: Mutex::new(Arc::new(Vec::new())),
             key_track,
@@ -269,6 +272,7 @@ impl Egress {
         let mut g = self.shared.sinks();
         // A sink may come back after leaving (RTSP PAUSE, then PLAY).
         sink.detached.store(false, Ordering::Relaxed);
+        *sink.source.lock().unwrap_or_else(|e| e.into_inner()) = self.shared.source.clone();
         if self.shared.out.is_closed() {
             sink.end();
         } else {
@@ -757,6 +761,8 @@ pub struct Sink {
     notify: Notify,
     limits: SinkLimits,
     detached: AtomicBool,
+    /// The stream whose stats count this reader's skips (the API's `readerSkips`).
+    source: Mutex<Weak<Stream>>,
     sent: AtomicU64,
     units: AtomicU64,
     on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
@@ -770,6 +776,7 @@ impl Sink {
             notify: Notify::new(),
             limits,
             detached: AtomicBool::new(false),
+            source: Mutex::new(Weak::new()),
             sent: AtomicU64::new(0),
             units: AtomicU64::new(0),
             on_sent: None,
@@ -876,15 +883,13 @@ impl Sink {
         let mut items = items;
         if st.resync {
             match items.iter().position(|i| i.join) {
+                // Frames passed over while waiting for a keyframe are not counted: the skip
+                // that started the wait counted what was lost (as the ring's readers do).
                 Some(at) => {
-                    st.frames_skipped += at as u64;
                     st.resync = false;
                     items = &items[at..];
                 }
-                None => {
-                    st.frames_skipped += items.len() as u64;
-                    return;
-                }
+                None => return,
             }
         }
         if items.is_empty() {
@@ -979,14 +984,29 @@ impl Sink {
         }
         st.queued_bytes = st.queue.iter().map(|q| q.data.len()).sum();
         st.queued_media = st.queue.iter().filter(|q| q.media).count();
-        st.skips += 1;
-        st.frames_skipped += dropped;
         st.resync = true;
+        self.count_skip(st, 1, dropped);
         tracing::warn!(
             frames_lost = dropped,
             queued = before,
             "reader fell behind the stream; skipping to the next keyframe"
         );
+    }
+
+    /// Counts skips and skipped frames here and on the stream (the API's `readerSkips`).
+    fn count_skip(&self, st: &mut SinkState, skips: u64, frames: u64) {
+        st.skips += skips;
+        st.frames_skipped += frames;
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade();
+        if let Some(source) = source {
+            let stats = source.stats();
+            stats.reader_skips.fetch_add(skips, Ordering::Relaxed);
+            stats.frames_skipped.fetch_add(frames, Ordering::Relaxed);
+        }
     }
 
     /// Writes what waits, as far as the socket takes it: `Ok(true)` when nothing is left.
@@ -1271,6 +1291,15 @@ mod tests {
             );
             assert!(st.skips >= 1);
             assert!(st.frames_skipped > 0);
+            // Counted on the stream too, as the API and metrics show it.
+            assert_eq!(
+                stream.stats().reader_skips.load(Ordering::Relaxed),
+                st.skips
+            );
+            assert_eq!(
+                stream.stats().frames_skipped.load(Ordering::Relaxed),
+                st.frames_skipped
+            );
         }
         assert_eq!(slow.status(), SinkStatus::Backlog);
         // ...and once the socket drains, it gets the partly written frame whole, then resumes
