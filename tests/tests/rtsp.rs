@@ -219,14 +219,7 @@ fn readers_receiver_reports_show_loss_and_jitter() {
         ),
     );
     assert!(r.starts_with("RTSP/1.0 200"), "{r}");
-    let session = r
-        .lines()
-        .find_map(|l| l.strip_prefix("Session: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = session_id(&r);
     let r = rtsp_send(
         &mut s,
         &format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
@@ -328,6 +321,18 @@ fn rtsp_send(s: &mut TcpStream, req: &str) -> String {
     let mut buf = vec![0u8; 8192];
     let n = s.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// The session id of a SETUP answer (its `Session:` header without parameters).
+fn session_id(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .expect("a Session header")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -1237,14 +1242,7 @@ fn a_silent_tcp_reader_keeps_playing_past_read_timeout() {
             ),
         );
         assert!(r.starts_with("RTSP/1.0 200"), "{r}");
-        session = r
-            .lines()
-            .find_map(|l| l.strip_prefix("Session: "))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        session = session_id(&r);
     }
     s.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n").as_bytes())
         .unwrap();

@@ -1061,6 +1061,26 @@ impl Sink {
         }
     }
 
+    /// Writes the queue as `socket` (the one under this sink) becomes writable, until it is
+    /// empty: `Ok(None)` when done, `Ok(Some(limit))` when `limit` passed first.
+    pub async fn drain_within(
+        &self,
+        socket: &tokio::net::TcpStream,
+        limit: std::time::Duration,
+    ) -> io::Result<Option<std::time::Duration>> {
+        let drained = tokio::time::timeout(limit, async {
+            while !self.drain()? {
+                socket.writable().await?;
+            }
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        match drained {
+            Ok(r) => r.map(|()| None),
+            Err(_) => Ok(Some(limit)),
+        }
+    }
+
     fn end(&self) {
         self.lock().ended = true;
         self.notify.notify_one();

@@ -105,26 +105,18 @@ impl Muxer for RtmpMuxer {
             CSID_AUDIO
         };
         let mut bytes = BytesMut::new();
-        if let Some(seq) = &tag.sequence_header {
+        // A sequence header first when the parameters changed in band, then the frame.
+        for body in tag.sequence_header.iter().chain(std::iter::once(&tag.body)) {
             write_message(
                 &mut bytes,
                 csid,
                 tag.timestamp,
                 tag.type_id,
                 MEDIA_STREAM_ID,
-                seq,
+                body,
                 OUT_CHUNK_SIZE,
             );
         }
-        write_message(
-            &mut bytes,
-            csid,
-            tag.timestamp,
-            tag.type_id,
-            MEDIA_STREAM_ID,
-            &tag.body,
-            OUT_CHUNK_SIZE,
-        );
         Some(bytes.freeze())
     }
 

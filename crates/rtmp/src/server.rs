@@ -539,19 +539,9 @@ impl<S: Transport> Conn<S> {
 
     /// Writes the sink's queue as the socket takes it, within the write timeout.
     async fn drain(&self, tcp: &tokio::net::TcpStream, sink: &Sink) -> Result<(), ConnError> {
-        let limit = self.config.write_timeout;
-        let drained = tokio::time::timeout(limit, async {
-            loop {
-                if sink.drain()? {
-                    return Ok::<(), std::io::Error>(());
-                }
-                tcp.writable().await?;
-            }
-        })
-        .await;
-        match drained {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ConnError::WriteTimeout(limit)),
+        match sink.drain_within(tcp, self.config.write_timeout).await? {
+            None => Ok(()),
+            Some(limit) => Err(ConnError::WriteTimeout(limit)),
         }
     }
 }

@@ -1336,20 +1336,10 @@ impl Conn {
         let (Some(sink), Some(tcp)) = (&self.sink, tcp) else {
             return Ok(());
         };
-        let limit = self.config.write_timeout;
-        let drained = tokio::time::timeout(limit, async {
-            loop {
-                if sink.drain()? {
-                    return Ok::<(), std::io::Error>(());
-                }
-                tcp.writable().await?;
-            }
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write: {e}")),
-            Err(_) => Err("write timed out".into()),
+        match sink.drain_within(tcp, self.config.write_timeout).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("write timed out".into()),
+            Err(e) => Err(format!("write: {e}")),
         }
     }
 
