@@ -540,7 +540,11 @@ fn kill_9_mid_recording_loses_at_most_a_part() {
                 "round {round}: {} decodes {decoded} of its {whole} whole frames",
                 f.display()
             );
-            gstreamer_plays(f);
+            // A segment created just before the kill may hold its init alone: nothing to play
+            // (the restart below removes it).
+            if whole > 0 {
+                gstreamer_plays(f);
+            }
             let (_, start, _) = template.parse(f).unwrap();
             latest_end = latest_end.max(start + (scan.duration() * 1e6) as i64);
         }
