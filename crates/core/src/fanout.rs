@@ -1040,7 +1040,9 @@ impl Sink {
                 };
                 let len = front.data.len();
                 if n >= len {
-                    let q = st.queue.pop_front().expect("front exists");
+                    let Some(q) = st.queue.pop_front() else {
+                        break;
+                    };
                     st.queued_bytes -= len;
                     st.queued_media -= usize::from(q.media);
                     st.front_partial = false;

@@ -406,7 +406,7 @@ impl<S: Transport> Conn<S> {
         app: &str,
         tc_url: &str,
         name: &str,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
     ) -> Result<(), ConnError> {
         let mut req = self.resolve(app, tc_url, name, Action::Read);
         let authorized = self.paths.authorize_path(&mut req).await;
@@ -432,46 +432,13 @@ impl<S: Transport> Conn<S> {
         self.session.accept_play();
         let mut head = self.session.take_output();
         start_of_stream(&desc, &mut head);
-        if let Some((io, tcp)) = self.socket.sink_io() {
-            return self.play_push(io, tcp, head, &egress, &reader, buf).await;
-        }
-        // A transport the engine cannot write to: this task reads the muxed messages.
-        let mut chunks = egress.subscribe();
-        self.write(&head).await?;
-        reader.add_bytes_sent(head.len() as u64);
-        // Created once: re-registering a cancellation waiter per message costs a lock each time.
-        let stopped = Self::stopped(self.shutdown.clone(), self.guard.kick.clone());
-        tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                r = &mut stopped => return r,
-                f = chunks.recv() => match f {
-                    Ok(frame) => {
-                        self.write(&frame.data).await?;
-                        reader.add_bytes_sent(frame.data.len() as u64);
-                    }
-                    Err(_) => {
-                        self.session.end_of_stream();
-                        self.flush().await?;
-                        return Ok(());
-                    }
-                },
-                r = read_bounded(&mut self.socket, &mut buf) => {
-                    let n = r?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    self.received(n);
-                    self.session.feed(&buf[..n])?;
-                    self.flush().await?;
-                    while let Some(ev) = self.session.poll_event() {
-                        if ev == Event::Stop {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-        }
+        // Both transports this server runs on (SharedTcp, SharedTls) let the engine write.
+        let Some((io, tcp)) = self.socket.sink_io() else {
+            return Err(ConnError::Refused(
+                "this transport cannot be read from".into(),
+            ));
+        };
+        self.play_push(io, tcp, head, &egress, &reader, buf).await
     }
 
     /// A player: the stream's fan-out writer writes the media to the socket itself (sealed in

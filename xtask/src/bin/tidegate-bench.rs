@@ -900,12 +900,12 @@ fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Strin
         "readers", "playing", "RSS before", "RSS after", "per reader"
     );
     for &n in counts {
-        let port = free_port();
+        let (port, api) = (free_port(), free_port());
         let conf = dir.join("tidegate-idle.yml");
         std::fs::write(
             &conf,
             format!(
-                "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nhls: no\nrtsp: no\nwebrtc: no\nsrt: no\nreadTimeout: 300s\n"
+                "logLevel: warn\napiAddress: 127.0.0.1:{api}\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nhls: no\nrtsp: no\nwebrtc: no\nsrt: no\nreadTimeout: 300s\n"
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -923,17 +923,34 @@ fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Strin
                 let out = psession.take_output();
                 ps.write_all(&out).await.map_err(|e| e.to_string())?;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The stream is ready (the API says so) before the baseline is taken.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let mut s = TcpStream::connect(("127.0.0.1", api))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Ok((200, body)) = http_get(&mut s, "/v3/paths/get/live/bench").await {
+                    if String::from_utf8_lossy(&body).contains("\"ready\":true") {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err("the stream is not ready after 10 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let pid = server.child.id();
             let before = rss_kib(pid);
             let playing = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicU64::new(0));
+            let received = Arc::new(AtomicU64::new(0));
             let mut handles = Vec::new();
             // In waves, so that the listen backlog never overflows.
             for wave in (0..n).collect::<Vec<_>>().chunks(200) {
                 let mut joins = Vec::new();
                 for _ in wave {
-                    let (playing, stop) = (playing.clone(), stop.clone());
+                    let (playing, stop, received) =
+                        (playing.clone(), stop.clone(), received.clone());
                     joins.push(tokio::spawn(async move {
                         let Ok((mut s, _, _)) = rtmp_connect(port, Mode::Play).await else {
                             return None;
@@ -949,7 +966,10 @@ fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Strin
                                 .await
                                 {
                                     Ok(Ok(0)) | Ok(Err(_)) => break,
-                                    _ => {}
+                                    Ok(Ok(n)) => {
+                                        received.fetch_add(n as u64, Ordering::Relaxed);
+                                    }
+                                    Err(_) => {}
                                 }
                             }
                         }))
@@ -961,8 +981,18 @@ fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Strin
                     }
                 }
             }
-            // Every player has its GOP burst by now; what is left is what an idle one costs.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Once the players' GOP bursts are all in (nothing received for 500 ms, within
+            // 60 s), what is left is what an idle player costs.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut last = u64::MAX;
+            loop {
+                let now = received.load(Ordering::Relaxed);
+                if now == last || Instant::now() > deadline {
+                    break;
+                }
+                last = now;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             let after = rss_kib(pid);
             stop.store(1, Ordering::Relaxed);
             for h in handles {
