@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...]`: performance figures, printed as
+//! `cargo xtask bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc|webrtc-aiortc|rtmp-idle|record] [n...]`: performance figures, printed as
 //! tables.
 //!
 //! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
@@ -9,8 +9,10 @@
 //!   reader: server CPU, and whether the RTMP reader's latency moves.
 //! - `rtsp-fanout`: RTSP readers over TCP and UDP beside RTMP readers of the same clip
 //!   (`--mbps=8` for the 8 Mbit/s publish the RTSP issue names; the default clip is 1 Mbit/s).
-//! - `webrtc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers: the added latency
-//!   (frame ingress -> packets sent, the server's histogram), CPU and memory.
+//! - `webrtc`: one RTSP publisher of a 720p 2 Mbit/s clip and 1, 100 and 300 str0m WHEP viewers
+//!   (DTLS-SRTP, every packet decrypted): server CPU per viewer, memory, the added latency
+//!   (frame ingress -> datagrams sent, the server's histogram).
+//! - `webrtc-aiortc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers that decode.
 //!
 //! Everything is built in release mode.
 

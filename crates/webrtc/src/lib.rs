@@ -13,6 +13,7 @@ mod http;
 mod media;
 mod session;
 pub mod stun;
+mod udp_out;
 
 /// Entry points for the fuzz targets (`fuzz/fuzz_targets/webrtc_*.rs`).
 pub mod fuzzing {

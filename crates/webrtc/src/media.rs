@@ -2,17 +2,21 @@
 //! [`Frame`]s on its path (with tracks announced once every negotiated medium has shown its
 //! codec and parameters), and a path's frames become what a WHEP viewer's writer takes.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use str0m::format::Codec as RtcCodec;
 
 use str0m::media::{MediaData, MediaTime, Mid, Rid};
 use tidegate_codec::{av1, h264, h265, nal, vp9};
-use tidegate_core::{CodecParams, Frame, G711Law, Publisher, Stream, StreamDesc, Track, TrackId};
+use tidegate_core::{
+    CodecParams, Frame, G711Law, Muxer, Publisher, Stream, StreamDesc, Track, TrackId,
+};
+use tidegate_rtp::pack::{PackKind, Packetizer};
 
 /// Frames held while the tracks are not all known yet.
 const MAX_PENDING: usize = 512;
@@ -401,65 +405,88 @@ pub(crate) fn rtc_clock(codec: RtcCodec) -> u32 {
     }
 }
 
-/// A frame as a WHEP writer takes it: H.264/H.265 in Annex-B with the parameter sets before
-/// every keyframe (a viewer joins on one), other codecs as they are.
-pub(crate) fn egress_payload(frame: &Frame, params: &CodecParams) -> Option<Bytes> {
-    match params {
-        CodecParams::H264 { sps, pps } => {
-            let nals = nal::split_length_prefixed(&frame.data, 4).ok()?;
-            let has_sps = nals.iter().any(|n| !n.is_empty() && h264::nal_type(n) == 7);
-            Some(annexb(frame.keyframe && !has_sps, &[sps, pps], &nals))
-        }
-        CodecParams::H265 { vps, sps, pps } => {
-            let nals = nal::split_length_prefixed(&frame.data, 4).ok()?;
-            let has_sps = nals.iter().any(|n| n.len() >= 2 && h265::nal_type(n) == 33);
-            Some(annexb(frame.keyframe && !has_sps, &[vps, sps, pps], &nals))
-        }
-        _ => Some(frame.data.clone()),
+/// Payload bytes in one WHEP RTP packet at most: with the RTP header, its extensions (mid,
+/// abs-send-time, transport-cc: 24 bytes at most as str0m writes them) and the SRTP tag, a
+/// datagram stays under 1200 bytes, as str0m's own packetizers keep it.
+pub(crate) const WHEP_PAYLOAD: usize = 1100;
+
+/// The codecs whose WHEP packets are cut once per stream (the fan-out engine's [`RtcMuxer`])
+/// and written to each viewer's `Rtc` as RTP (str0m's RTP mode). A viewer of other codecs
+/// (VP8, VP9, AV1) gets frames cut by its own `Rtc`.
+pub(crate) fn shared_packer(codec: RtcCodec) -> Option<PackKind> {
+    match codec {
+        RtcCodec::H264 => Some(PackKind::H264),
+        RtcCodec::H265 => Some(PackKind::H265),
+        RtcCodec::Opus | RtcCodec::PCMU | RtcCodec::PCMA => Some(PackKind::Frame),
+        _ => None,
     }
 }
 
-fn annexb(with_params: bool, params: &[&Bytes], nals: &[&[u8]]) -> Bytes {
-    let mut out = Vec::with_capacity(nals.iter().map(|n| n.len() + 4).sum::<usize>() + 64);
-    if with_params {
-        for p in params.iter().filter(|p| !p.is_empty()) {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(p);
-        }
-    }
-    for n in nals {
-        out.extend_from_slice(&[0, 0, 0, 1]);
-        out.extend_from_slice(n);
-    }
-    Bytes::from(out)
+/// WHEP's muxer on the fan-out engine: every frame of a track WebRTC carries, cut into RTP
+/// payloads once for all the stream's viewers. Its bytes are the payloads in order, each as
+/// `length (u16) | marker (u8) | payload`; each viewer's `Rtc` adds its own header (SSRC,
+/// sequence number, extensions) and SRTP.
+pub(crate) struct RtcMuxer {
+    tracks: Vec<(TrackId, bool, Packetizer)>,
 }
 
-/// WHEP payloads made once per stream, not once per viewer: the viewers of a stream write the
-/// same frames moments apart, so the last few are kept, keyed by the frame itself (held, so
-/// that its address cannot be reused while it is a key).
-#[derive(Default)]
-pub(crate) struct EgressCache {
-    recent: std::sync::Mutex<VecDeque<Made>>,
+impl RtcMuxer {
+    pub fn new(desc: &StreamDesc) -> RtcMuxer {
+        let mut tracks = Vec::new();
+        for t in &desc.tracks {
+            let Some(kind) = rtc_codec(&t.params).and_then(shared_packer) else {
+                continue;
+            };
+            let mut p = Packetizer::new(kind, 0, 0, 0, WHEP_PAYLOAD + 12);
+            p.set_params(&t.params);
+            tracks.push((t.id, t.codec().is_video(), p));
+        }
+        RtcMuxer { tracks }
+    }
 }
 
-/// A frame and the payload made of it.
-type Made = (Arc<Frame>, Arc<[u8]>);
-
-const EGRESS_CACHE: usize = 16;
-
-impl EgressCache {
-    pub fn payload(&self, frame: &Arc<Frame>, params: &CodecParams) -> Option<Arc<[u8]>> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, p)) = recent.iter().find(|(f, _)| Arc::ptr_eq(f, frame)) {
-            return Some(p.clone());
+impl Muxer for RtcMuxer {
+    fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+        let (_, video, p) = self.tracks.iter_mut().find(|t| t.0 == frame.track)?;
+        if let Some(params) = &frame.params {
+            p.set_params(params);
         }
-        let p: Arc<[u8]> = Arc::from(&egress_payload(frame, params)?[..]);
-        if recent.len() >= EGRESS_CACHE {
-            recent.pop_front();
+        let mut pkts = Vec::new();
+        p.packetize(&frame.data, 0, frame.keyframe, &mut pkts);
+        let mut b = BytesMut::with_capacity(pkts.iter().map(|x| x.len() - 9).sum());
+        for pk in pkts.iter().filter(|pk| pk.len() > 12) {
+            let payload = &pk[12..];
+            b.put_u16(payload.len() as u16);
+            // Audio leaves its marker off (no talkspurts here), video marks a frame's end.
+            b.put_u8(u8::from(*video && pk[1] & 0x80 != 0));
+            b.put_slice(payload);
         }
-        recent.push_back((frame.clone(), p.clone()));
-        Some(p)
+        (!b.is_empty()).then(|| b.freeze())
     }
+
+    fn units(data: &Bytes) -> u64 {
+        rtp_payloads(data).count() as u64
+    }
+}
+
+/// The (marker, payload) packets of one [`RtcMuxer`] frame.
+pub(crate) fn rtp_payloads(data: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.len() < 3 {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let marker = rest[2] != 0;
+        let payload = rest.get(3..3 + len)?;
+        rest = &rest[3 + len..];
+        Some((marker, payload))
+    })
+}
+
+/// A track's time in the viewer's RTP clock, as the RTP header carries it.
+pub(crate) fn rtp_time(pts: i64, from: u32, codec: RtcCodec) -> u32 {
+    tidegate_core::rescale(pts, from, rtc_clock(codec)) as u32
 }
 
 /// A track's time as the viewer's RTP clock counts it.
@@ -499,27 +526,102 @@ mod tests {
         // The access unit delimiter is dropped; length prefixes replace start codes.
         let nals = nal::split_length_prefixed(&data, 4).expect("length-prefixed");
         assert_eq!(nals.len(), 3);
-        // Back out: a keyframe that already has its SPS is not given a second copy.
+        // Out to WHEP: cut once into payloads; the keyframe's parameter sets lead.
         let frame = Frame {
             track: 0,
             pts: 0,
             dts: 0,
             keyframe: true,
-            data,
+            data: nal::to_length_prefixed([&idr[..]]),
             received: Instant::now(),
             params: None,
         };
-        let out = egress_payload(&frame, &p).expect("payload");
-        assert_eq!(nal::split_annexb(&out).len(), 3);
-        // A keyframe without parameter sets gets them.
-        let bare = Frame {
-            data: nal::to_length_prefixed([&idr[..]]),
+        let desc = StreamDesc {
+            tracks: vec![Track {
+                id: 0,
+                params: p.clone(),
+                clock_rate: 90_000,
+            }],
+        };
+        let mut m = RtcMuxer::new(&desc);
+        let out = m.mux(&frame).expect("muxed");
+        let pkts: Vec<(bool, &[u8])> = rtp_payloads(&out).collect();
+        assert_eq!(pkts.len(), 3);
+        assert_eq!(pkts[0], (false, &sps[..]));
+        assert_eq!(pkts[1], (false, &pps[..]));
+        assert_eq!(pkts[2], (true, &idr[..]));
+        assert_eq!(<RtcMuxer as Muxer>::units(&out), 3);
+    }
+
+    #[test]
+    fn whep_payloads_of_a_big_frame_are_fragments_under_the_limit_that_come_back_whole() {
+        let sps = Bytes::from_static(&[0x67, 0x42, 0xc0, 0x1e]);
+        let pps = Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80]);
+        let desc = StreamDesc {
+            tracks: vec![
+                Track {
+                    id: 0,
+                    params: CodecParams::H264 {
+                        sps: sps.clone(),
+                        pps: pps.clone(),
+                    },
+                    clock_rate: 90_000,
+                },
+                Track {
+                    id: 1,
+                    params: CodecParams::Opus { channels: 2 },
+                    clock_rate: 48_000,
+                },
+            ],
+        };
+        let mut m = RtcMuxer::new(&desc);
+        let big: Vec<u8> = std::iter::once(0x41u8)
+            .chain((0..9000).map(|i| (i % 253) as u8))
+            .collect();
+        let frame = Frame {
+            track: 0,
+            pts: 3000,
+            dts: 3000,
+            keyframe: false,
+            data: nal::to_length_prefixed([&big[..]]),
+            received: Instant::now(),
+            params: None,
+        };
+        let out = m.mux(&frame).expect("muxed");
+        let pkts: Vec<(bool, &[u8])> = rtp_payloads(&out).collect();
+        assert!(pkts.len() >= 9);
+        assert!(pkts.iter().all(|(_, p)| p.len() <= WHEP_PAYLOAD));
+        // Only the last fragment ends the frame.
+        assert!(pkts[..pkts.len() - 1].iter().all(|(m, _)| !m));
+        assert!(pkts[pkts.len() - 1].0);
+        // FU-A: the NAL comes back from the fragments.
+        let mut nal_back = vec![(pkts[0].1[0] & 0xe0) | (pkts[0].1[1] & 0x1f)];
+        for (_, p) in &pkts {
+            assert_eq!(p[0] & 0x1f, 28);
+            nal_back.extend_from_slice(&p[2..]);
+        }
+        assert_eq!(nal_back, big);
+        // An audio frame is one payload, unmarked; a truncated buffer yields what is whole.
+        let opus = Frame {
+            track: 1,
+            data: Bytes::from_static(&[0xfc, 1, 2, 3]),
             ..frame
         };
-        let out = egress_payload(&bare, &p).expect("payload");
-        let nals = nal::split_annexb(&out);
-        assert_eq!(nals.len(), 3);
-        assert_eq!(h264::nal_type(nals[0]), 7);
+        let out = m.mux(&opus).expect("muxed");
+        assert_eq!(
+            rtp_payloads(&out).collect::<Vec<_>>(),
+            vec![(false, &[0xfc, 1, 2, 3][..])]
+        );
+        assert_eq!(rtp_payloads(&out[..5]).count(), 0);
+        // A track WebRTC cannot carry is left out.
+        let other = Frame { track: 7, ..opus };
+        assert!(m.mux(&other).is_none());
+    }
+
+    #[test]
+    fn rtp_time_rescales_to_the_rtp_clock() {
+        assert_eq!(rtp_time(1000, 1000, RtcCodec::H264), 90_000);
+        assert_eq!(rtp_time(960, 48_000, RtcCodec::Opus), 960);
     }
 
     #[test]

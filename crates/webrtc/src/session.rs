@@ -15,10 +15,11 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionMap, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tidegate_core::{
-    Action, AuthRequest, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError,
-    SessionInfo, StreamDesc, StreamReader, TrackId,
+    Action, AuthRequest, ConnGuard, ConnState, Credentials, EgressReader, Frame, PathError, Reader,
+    RecvError, SessionInfo, StreamDesc, StreamReader, TrackId,
 };
 use tokio::sync::mpsc;
 
@@ -28,6 +29,13 @@ use crate::{Datagram, Inner, Resource, WebRtcStats};
 const BFRAMES: &str = "the stream has B-frames, which WebRTC cannot carry (it has no decode \
     timestamps): publish with B-frames off for WebRTC viewers (ffmpeg -bf 0, x264 baseline \
     profile, OBS 'bframes=0')";
+
+/// Frames a WHEP session writes in one turn at most (then its datagrams leave).
+const MAX_FRAMES_PER_TURN: usize = 16;
+
+/// Due timeouts a session runs in one turn at most (each lets a packet out), before it lets
+/// the other tasks run.
+const MAX_DUE_PER_TURN: usize = 512;
 
 /// Least time between two keyframe requests a session sends.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
@@ -210,14 +218,42 @@ struct OutTrack {
     clock: u32,
     mid: Option<Mid>,
     pt: Option<Pt>,
+    /// RTP mode: the next sequence number of this viewer's packets on the track.
+    seq: u64,
 }
 
 struct Whep {
     reader: Reader,
-    cache: Arc<media::EgressCache>,
-    sub: Option<StreamReader>,
+    /// Every track is cut once per stream by the engine's [`media::RtcMuxer`] and written as
+    /// RTP (str0m's RTP mode); otherwise (VP8, VP9, AV1) frames go to str0m's packetizers.
+    rtp_mode: bool,
+    sub: Option<Sub>,
     desc: StreamDesc,
     out: Vec<OutTrack>,
+}
+
+/// Where a WHEP session's frames come from.
+enum Sub {
+    /// The stream's WHEP egress: frames already cut into RTP payloads.
+    Rtp(EgressReader),
+    /// The stream itself.
+    Frames(StreamReader),
+}
+
+impl Sub {
+    async fn recv(&mut self) -> Result<Arc<Frame>, RecvError> {
+        match self {
+            Sub::Rtp(r) => r.recv().await,
+            Sub::Frames(r) => r.recv().await,
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Option<Arc<Frame>>, RecvError> {
+        match self {
+            Sub::Rtp(r) => r.try_recv(),
+            Sub::Frames(r) => r.try_recv(),
+        }
+    }
 }
 
 enum RoleState {
@@ -339,6 +375,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                     clock: t.clock_rate,
                     mid: None,
                     pt: None,
+                    seq: u64::from(tidegate_core::text::random_u64() as u16),
                 });
             }
             if out.is_empty() {
@@ -351,8 +388,19 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                     ),
                 ));
             }
+            let rtp_mode = out.iter().all(|t| media::shared_packer(t.codec).is_some());
+            cfg = cfg.set_rtp_mode(rtp_mode);
+            // Viewers' transport-wide congestion feedback would feed a bandwidth estimate that
+            // a relay of one encoding has no use for: not negotiated, so not sent to us.
+            let mut exts = ExtensionMap::empty();
+            for (id, e) in ExtensionMap::standard().iter() {
+                if *e != Extension::TransportSequenceNumber {
+                    exts.set(id, e.clone());
+                }
+            }
+            cfg = cfg.set_extension_map(exts);
             RoleState::Whep(Box::new(Whep {
-                cache: reader.stream().extension(media::EgressCache::default),
+                rtp_mode,
                 reader,
                 sub: None,
                 desc,
@@ -497,6 +545,8 @@ struct Ctx {
     local_addr: SocketAddr,
     /// Ingress time of the frame just handed to str0m, until its packets are sent.
     sent_pending: Option<Instant>,
+    /// UDP datagrams of this turn, sent together at its end.
+    outbox: crate::udp_out::Outbox,
 }
 
 impl Ctx {
@@ -541,10 +591,27 @@ impl Task {
             last_source: None,
             local_addr,
             sent_pending: None,
+            outbox: Default::default(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            let timeout = match self.drain(&mut rtc, &mut state, &mut ctx).await {
+            // str0m's pacer (none set: its null pacer) lets one packet out per timeout, so a
+            // turn runs its timeouts that are already due here, without a timer each; then the
+            // turn's datagrams leave together.
+            let mut due = 0;
+            let drained = loop {
+                match self.drain(&mut rtc, &mut state, &mut ctx).await {
+                    Ok(t) if t <= Instant::now() && due < MAX_DUE_PER_TURN => {
+                        due += 1;
+                        if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
+                            break Err(format!("timer: {e}"));
+                        }
+                    }
+                    r => break r,
+                }
+            };
+            self.flush(&mut ctx.outbox).await;
+            let timeout = match drained {
                 Ok(t) => t,
                 Err(e) => {
                     ctx.ended.get_or_insert(e);
@@ -621,11 +688,35 @@ impl Task {
                 ev = role_event(&mut state) => match ev {
                     RoleEvent::Frame(Ok(frame)) => {
                         if let RoleState::Whep(w) = &mut state {
-                            if let Err(e) = self.write_frame(&mut rtc, w, &frame) {
-                                ctx.ended = Some(e);
-                            } else if w.out.iter().any(|t| t.track == frame.track) {
-                                // Measured once this frame's packets have left (next drain).
-                                ctx.sent_pending = Some(frame.received);
+                            // This frame and those that came with it (audio rides with video)
+                            // leave in one turn.
+                            let mut next = Some(frame);
+                            let mut taken = 0;
+                            while let Some(frame) = next.take() {
+                                if let Err(e) = self.write_frame(&mut rtc, w, &frame) {
+                                    ctx.ended = Some(e);
+                                    break;
+                                } else if w.out.iter().any(|t| t.track == frame.track) {
+                                    // Measured once this frame's packets have left (next drain).
+                                    ctx.sent_pending.get_or_insert(frame.received);
+                                }
+                                taken += 1;
+                                if taken < MAX_FRAMES_PER_TURN {
+                                    match w.sub.as_mut().map(|s| s.try_recv()) {
+                                        Some(Ok(f)) => next = f,
+                                        Some(Err(RecvError::Closed)) => {
+                                            ctx.ended = Some("the publisher left".into());
+                                        }
+                                        None => {}
+                                    }
+                                }
+                            }
+                            if w.rtp_mode {
+                                // Packets written as RTP wait in str0m's send queue for time
+                                // to move on: let it, so they leave in this turn.
+                                if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
+                                    ctx.ended = Some(format!("timer: {e}"));
+                                }
                             }
                         }
                     }
@@ -646,8 +737,9 @@ impl Task {
         // Tell the peer (DTLS close_notify) on the way out when we can.
         let _ = rtc.close();
         while let Ok(Output::Transmit(t)) = rtc.poll_output() {
-            self.inner.transmit(&t).await;
+            self.transmit(t, &mut ctx.outbox).await;
         }
+        self.flush(&mut ctx.outbox).await;
         self.inner.remove_routes(self.key);
         self.inner.resources().remove(&self.secret);
         tracing::info!(
@@ -668,10 +760,25 @@ impl Task {
         loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => self.inner.transmit(&t).await,
+                Ok(Output::Transmit(t)) => self.transmit(t, &mut ctx.outbox).await,
                 Ok(Output::Event(e)) => self.event(rtc, state, ctx, e),
                 Err(e) => return Err(format!("WebRTC error: {e}")),
             }
+        }
+    }
+
+    /// UDP datagrams wait in the turn's outbox; ICE-TCP frames go at once.
+    async fn transmit(&self, t: str0m::net::Transmit, outbox: &mut crate::udp_out::Outbox) {
+        if t.proto == Protocol::Udp && self.inner.socket.is_some() {
+            outbox.push(t.destination, t.contents.into());
+        } else {
+            self.inner.transmit(&t).await;
+        }
+    }
+
+    async fn flush(&self, outbox: &mut crate::udp_out::Outbox) {
+        if let (false, Some(sock)) = (outbox.is_empty(), &self.inner.socket) {
+            outbox.flush(sock).await;
         }
     }
 
@@ -697,7 +804,12 @@ impl Task {
                 if let RoleState::Whep(w) = state {
                     // Join live, at the next keyframe, and ask the publisher for one now.
                     let stream = w.reader.stream().clone();
-                    w.sub = Some(stream.subscribe_from_next_keyframe());
+                    w.sub = Some(if w.rtp_mode {
+                        let egress = stream.egress(|s| media::RtcMuxer::new(&s.desc()));
+                        Sub::Rtp(egress.subscribe_from_next_keyframe())
+                    } else {
+                        Sub::Frames(stream.subscribe_from_next_keyframe())
+                    });
                     stream.request_keyframe();
                 }
             }
@@ -825,9 +937,34 @@ impl Task {
                 .update_notes(|n| n.warnings.push(BFRAMES.to_string()));
             return Err(BFRAMES.to_string());
         }
-        let Some(params) = w.desc.track(frame.track).map(|t| t.params.clone()) else {
+        if w.rtp_mode {
+            let pt = match out.pt {
+                Some(pt) => pt,
+                None => {
+                    let Some(pt) = negotiated_pt(rtc, mid, out.codec) else {
+                        return Ok(());
+                    };
+                    out.pt = Some(pt);
+                    pt
+                }
+            };
+            let time = media::rtp_time(frame.pts, out.clock, out.codec);
+            let nackable = out.kind == MediaKind::Video;
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                return Ok(());
+            };
+            for (marker, payload) in media::rtp_payloads(&frame.data) {
+                let seq = out.seq;
+                out.seq += 1;
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), time, frame.received, payload)
+                        .marker(marker)
+                        .nackable(nackable),
+                );
+            }
             return Ok(());
-        };
+        }
         let Some(writer) = rtc.writer(mid) else {
             return Ok(());
         };
@@ -845,15 +982,24 @@ impl Task {
                 pt
             }
         };
-        let Some(data) = w.cache.payload(frame, &params) else {
-            return Ok(());
-        };
+        // VP8, VP9 and AV1 frames are what str0m's packetizers take, as they are.
         let time = media::media_time(frame.pts, out.clock, out.codec);
-        if let Err(e) = writer.write(pt, frame.received, time, data) {
+        if let Err(e) = writer.write(pt, frame.received, time, frame.data.to_vec()) {
             tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
         }
         Ok(())
     }
+}
+
+/// RTP mode: the payload type the answer gave `codec` on medium `mid`.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: RtcCodec) -> Option<Pt> {
+    let remote = rtc.media(mid)?.remote_pts();
+    let params = rtc.codec_config().params();
+    params
+        .iter()
+        .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
+        .or_else(|| params.iter().find(|p| p.spec().codec == codec))
+        .map(|p| p.pt())
 }
 
 /// Asks a WHIP publisher for a keyframe (PLI) on each of its video media.

@@ -1,4 +1,4 @@
-//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|rtsp-fanout|hls-readers] [n...]`.
+//! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|rtsp-fanout|hls-readers|webrtc|...] [n...]`.
 //!
 //! `rtsp-fanout` runs RTMP, RTSP/TCP and RTSP/UDP readers of the same publish in one run and
 //! reports each one's server CPU per delivered Gbit as a ratio to RTMP's.
@@ -29,6 +29,8 @@ use tokio::net::TcpStream;
 
 #[path = "../bench_record.rs"]
 mod bench_record;
+#[path = "../bench_webrtc.rs"]
+mod bench_webrtc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,11 +64,12 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 6] = [
+    let benches: [(&str, &[usize], Bench); 7] = [
         ("record", &[20], bench_record::record),
         ("rtmp-idle", &[10_000], rtmp_idle),
         ("hls-readers", &[0, 200], hls_readers),
-        ("webrtc", &[1, 20], webrtc),
+        ("webrtc", &[1, 100, 300], bench_webrtc::webrtc),
+        ("webrtc-aiortc", &[1, 20], webrtc_aiortc),
         ("rtsp-fanout", &[100, 1000], rtsp_fanout),
         ("rtmp-fanout", &[100, 1000], rtmp_fanout),
     ];
@@ -1524,7 +1527,7 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
         .map_or(f64::NAN, |d| d.0 * 1000.0)
 }
 
-fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+fn webrtc_aiortc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
     let (root, dir, _) = setup()?;
     let peers = std::env::var("PEERS_DIR")
         .map(PathBuf::from)

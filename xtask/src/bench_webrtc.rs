@@ -1,0 +1,323 @@
+//! `webrtc [viewers...]`: WHEP viewers' cost to the server. One RTSP publisher sends a
+//! pre-encoded 1280x720 30 fps clip (H.264 at 2 Mbit/s, Opus) in real time with `-c copy`, so
+//! that the publish costs next to nothing; N WHEP viewers in this process (str0m, full ICE,
+//! DTLS-SRTP, RTP mode: every packet is decrypted and counted, nothing is decoded) watch it.
+//! The server's CPU is sampled over a window with the publisher alone, then with the viewers
+//! all receiving: the difference per viewer is the figure the fan-out issue asks for.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::{
+    bucket_quantile, cpu_seconds, free_port, peak_rss_mb, spawn_tidegate, wait_port,
+    webrtc_latency_buckets, webrtc_metrics,
+};
+
+/// What one viewer counted.
+#[derive(Default)]
+pub struct ViewerCount {
+    /// Video frames (packets with the marker bit on the 90 kHz track).
+    pub video_frames: AtomicU64,
+    pub audio_packets: AtomicU64,
+    pub packets: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+const MBPS: u32 = 2000;
+
+fn make_clip(dir: &Path) -> Result<PathBuf, String> {
+    let clip = dir.join(format!("webrtc-720p-{MBPS}k.mkv"));
+    if clip.exists() {
+        return Ok(clip);
+    }
+    let rate = format!("{MBPS}k");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", "10", "-c:v", "libx264", "-preset", "veryfast"])
+        .args(["-tune", "zerolatency", "-profile:v", "baseline", "-bf", "0"])
+        .args(["-g", "30", "-keyint_min", "30", "-sc_threshold", "0"])
+        .args(["-b:v", &rate, "-maxrate", &rate, "-bufsize", &rate])
+        .args(["-c:a", "libopus", "-b:a", "64k", "-ar", "48000", "-ac", "2"])
+        .arg(&clip)
+        .status()
+        .map_err(|e| format!("ffmpeg: {e}"))?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&clip);
+        return Err("ffmpeg could not make the 720p clip".into());
+    }
+    Ok(clip)
+}
+
+/// POSTs an SDP offer to a WHEP endpoint; returns the answer.
+async fn post_offer(http: u16, target: &str, sdp: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", http))
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "POST {target} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    s.take(256 * 1024)
+        .read_to_end(&mut resp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.1 201") {
+        return Err(format!(
+            "WHEP answered {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// One WHEP viewer until `stop`: connects, then decrypts and counts every packet.
+pub async fn viewer(
+    http: u16,
+    target: String,
+    count: Arc<ViewerCount>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = socket.local_addr().map_err(|e| e.to_string())?;
+    let mut rtc: Rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let cand = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
+    rtc.add_local_candidate(cand);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().ok_or("no offer")?;
+    let answer = post_offer(http, &target, &offer.to_sdp_string()).await?;
+    let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| e.to_string())?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let started = Instant::now();
+    loop {
+        let timeout = loop {
+            match rtc.poll_output().map_err(|e| e.to_string())? {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(Event::Connected) => count.connected.store(true, Ordering::Relaxed),
+                Output::Event(Event::RtpPacket(p)) => {
+                    count.packets.fetch_add(1, Ordering::Relaxed);
+                    if p.time.frequency().get() == 90_000 {
+                        if p.header.marker {
+                            count.video_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        count.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        };
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !count.connected.load(Ordering::Relaxed) && started.elapsed() > Duration::from_secs(30) {
+            return Err("not connected within 30 s".into());
+        }
+        let wait = timeout
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        let input = tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let (n, source) = r.map_err(|e| e.to_string())?;
+                let Ok(contents) = buf[..n].try_into() else { continue };
+                Input::Receive(Instant::now(), Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: local,
+                    contents,
+                })
+            }
+            _ = tokio::time::sleep(wait) => Input::Timeout(Instant::now()),
+        };
+        rtc.handle_input(input).map_err(|e| e.to_string())?;
+    }
+}
+
+fn totals(counts: &[Arc<ViewerCount>]) -> Vec<(u64, u64)> {
+    counts
+        .iter()
+        .map(|c| {
+            (
+                c.video_frames.load(Ordering::Relaxed),
+                c.audio_packets.load(Ordering::Relaxed),
+            )
+        })
+        .collect()
+}
+
+pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("tidegate-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let clip = make_clip(&dir)?;
+    let window = 10.0;
+    println!(
+        "WebRTC: RTSP publisher (1280x720 30 fps H264 {} Mbit/s + Opus, -c copy), N str0m WHEP \
+         viewers (DTLS-SRTP, every packet decrypted); CPU over {window} s with all viewers receiving",
+        MBPS / 1000
+    );
+    println!(
+        "{:>8} {:>10} {:>16} {:>9} {:>14} {:>14} {:>13} {:>12}",
+        "viewers",
+        "CPU share",
+        "per viewer",
+        "RSS MB",
+        "added p50 ms<=",
+        "added p99 ms<=",
+        "fewest frames",
+        "fewest audio"
+    );
+    for &n in counts {
+        let (http, udp, metrics, rtsp) = (free_port(), free_port(), free_port(), free_port());
+        let conf = dir.join("webrtc.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "logLevel: warn\napi: no\nmetrics: yes\nmetricsAddress: 127.0.0.1:{metrics}\nrtmp: no\nhls: no\nsrt: no\n\
+                 rtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
+                 webrtcAddress: 127.0.0.1:{http}\nwebrtcLocalUDPAddress: 127.0.0.1:{udp}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let server = super::Server {
+            name: "tidegate",
+            child: spawn_tidegate(&root, &conf, Stdio::null())?,
+            port: http,
+        };
+        let pid = server.child.id();
+        rt.block_on(wait_port(metrics))?;
+        rt.block_on(wait_port(rtsp))?;
+        let mut publisher = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-stream_loop", "-1", "-i"])
+            .arg(&clip)
+            .args(["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp"])
+            .arg(format!("rtsp://127.0.0.1:{rtsp}/bench"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("ffmpeg: {e}"))?;
+        let result = (|| -> Result<(), String> {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !webrtc_metrics(rt, metrics)?.contains("paths{name=\"bench\",state=\"ready\"} 1")
+            {
+                if Instant::now() > deadline {
+                    return Err("the RTSP publisher's path was not ready within 15 s".into());
+                }
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+            }
+            // The publisher alone.
+            let c0 = cpu_seconds(pid);
+            let t0 = Instant::now();
+            rt.block_on(async { tokio::time::sleep(Duration::from_secs_f64(window / 2.0)).await });
+            let base = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
+
+            let stop = Arc::new(AtomicBool::new(false));
+            let views: Vec<Arc<ViewerCount>> =
+                (0..n).map(|_| Arc::new(ViewerCount::default())).collect();
+            let mut tasks = Vec::new();
+            for c in &views {
+                let (c, stop) = (c.clone(), stop.clone());
+                tasks.push(rt.spawn(viewer(http, "/bench/whep".into(), c, stop)));
+                // Offers go in at 100 per second, as a crowd arrives.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while totals(&views).iter().any(|(v, _)| *v == 0) {
+                if Instant::now() > deadline || tasks.iter().any(|t| t.is_finished()) {
+                    stop.store(true, Ordering::Relaxed);
+                    let failed = tasks.iter().filter(|t| t.is_finished()).count();
+                    let waiting = totals(&views).iter().filter(|(v, _)| *v == 0).count();
+                    for t in tasks {
+                        if t.is_finished() {
+                            if let Ok(Err(e)) = rt.block_on(t) {
+                                return Err(format!(
+                                    "{failed} viewer(s) ended, {waiting} without video: {e}"
+                                ));
+                            }
+                        }
+                    }
+                    return Err(format!("{waiting} viewer(s) without video after 60 s"));
+                }
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+            }
+            let before = webrtc_latency_buckets(rt, metrics)?;
+            let counted0 = totals(&views);
+            let c1 = cpu_seconds(pid);
+            let t1 = Instant::now();
+            rt.block_on(async { tokio::time::sleep(Duration::from_secs_f64(window)).await });
+            let cpu = (cpu_seconds(pid) - c1) / t1.elapsed().as_secs_f64();
+            let counted1 = totals(&views);
+            let after = webrtc_latency_buckets(rt, metrics)?;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                let _ = rt.block_on(t);
+            }
+            let fewest_video = counted1
+                .iter()
+                .zip(&counted0)
+                .map(|(a, b)| a.0 - b.0)
+                .min()
+                .unwrap_or(0);
+            let fewest_audio = counted1
+                .iter()
+                .zip(&counted0)
+                .map(|(a, b)| a.1 - b.1)
+                .min()
+                .unwrap_or(0);
+            println!(
+                "{n:>8} {:>9.1}% {:>14.3}% {:>9.1} {:>14.1} {:>14.1} {:>13} {:>12}",
+                cpu * 100.0,
+                (cpu - base) * 100.0 / n as f64,
+                peak_rss_mb(pid),
+                bucket_quantile(&before, &after, 0.5),
+                bucket_quantile(&before, &after, 0.99),
+                fewest_video,
+                fewest_audio
+            );
+            println!("         (publisher alone: {:.1}% of a core)", base * 100.0);
+            Ok(())
+        })();
+        let _ = publisher.kill();
+        let _ = publisher.wait();
+        drop(server);
+        result?;
+    }
+    Ok(())
+}
