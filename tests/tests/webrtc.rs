@@ -507,6 +507,87 @@ fn rtmp_and_rtsp_to_whep() {
     }
 }
 
+/// The WHEP viewers of one stream share one muxer and one writer (the fan-out engine): three
+/// viewers decode live video while the stream runs exactly one egress, which goes with the
+/// last viewer; a viewer that joins later starts a new one; when the publisher leaves, the
+/// writer ends its viewers' sessions.
+#[test]
+fn whep_viewers_share_one_writer_that_goes_with_them() {
+    let dir = scratch("webrtc-writer");
+    let server = TestServer::start("");
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("share"), 60, "flv", &dir);
+    server.wait_ready("share", READY);
+    let (stream, _) = server.paths().stream("share").unwrap();
+    assert_eq!(stream.running_egresses(), 0);
+    let mut viewers = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("share", "whep"),
+        "--seconds",
+        "6",
+        "--viewers",
+        "3",
+    ]);
+    let mut viewers = PeerProcess::spawn("aiortc-whep-3", &mut viewers, &dir);
+    let s = wait_sessions(
+        &server,
+        |s| s.len() == 3 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(15),
+    );
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert_eq!(
+        stream.running_egresses(),
+        1,
+        "one WHEP egress for three viewers"
+    );
+    let report = viewer_report(&mut viewers);
+    for v in report["viewers"].as_array().unwrap() {
+        assert_live_video(v, 4.0, 25.0);
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(640), Some(360))
+        );
+    }
+    // The viewers are gone: so are their sessions, the writer and the egress.
+    let s = wait_sessions(&server, |s| s.is_empty(), Duration::from_secs(15));
+    assert!(s.is_empty(), "{s:?}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while stream.running_egresses() > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        stream.running_egresses(),
+        0,
+        "the egress outlived its viewers"
+    );
+
+    // A later viewer starts a fresh writer; the publisher leaving ends its session.
+    let mut late = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("share", "whep"),
+        "--seconds",
+        "30",
+    ]);
+    let mut late = PeerProcess::spawn("aiortc-whep-late", &mut late, &dir);
+    let s = wait_sessions(
+        &server,
+        |s| s.len() == 1 && s[0]["peerConnectionEstablished"] == true,
+        Duration::from_secs(15),
+    );
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(stream.running_egresses(), 1);
+    let bytes0 = s[0]["bytesSent"].as_u64().unwrap_or(0);
+    let s = wait_sessions(
+        &server,
+        |s| s.len() == 1 && s[0]["bytesSent"].as_u64().unwrap_or(0) > bytes0 + 100_000,
+        Duration::from_secs(15),
+    );
+    assert_eq!(s.len(), 1, "the late viewer got no video: {s:?}");
+    publisher.kill9();
+    let s = wait_sessions(&server, |s| s.is_empty(), Duration::from_secs(15));
+    assert!(s.is_empty(), "the viewer outlived its publisher: {s:?}");
+    late.kill9();
+}
+
 /// A WHEP viewer behind a link that drops 5 % of datagrams each way (a seeded userspace relay:
 /// this kernel has no netem): NACKs recover the video, the viewer still decodes at 25+ fps,
 /// and the API shows the NACKs the server answered.

@@ -14,6 +14,7 @@ mod media;
 mod session;
 pub mod stun;
 mod udp_out;
+mod writer;
 
 /// Entry points for the fuzz targets (`fuzz/fuzz_targets/webrtc_*.rs`).
 pub mod fuzzing {
@@ -124,15 +125,23 @@ pub struct LatencyHistogram {
 
 impl LatencyHistogram {
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1)
+    }
+
+    /// `n` observations of `d` (a batch's latency for each viewer it served).
+    pub fn observe_n(&self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let s = d.as_secs_f64();
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             if s <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+                self.buckets[i].fetch_add(n, Ordering::Relaxed);
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
         self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(d.as_micros() as u64 * n, Ordering::Relaxed);
     }
 
     /// (cumulative count per bucket, total count, sum in seconds).
@@ -209,32 +218,21 @@ impl Inner {
         r.by_addr.retain(|_, (k, _)| *k != key);
     }
 
-    /// Sends what a session's `Rtc` gave out, on UDP or on the ICE-TCP connection it names.
-    pub(crate) async fn transmit(&self, t: &str0m::net::Transmit) {
-        match t.proto {
-            str0m::net::Protocol::Udp => {
-                if let Some(sock) = &self.socket {
-                    if let Err(e) = sock.send_to(&t.contents, t.destination).await {
-                        tracing::debug!("[WebRTC] UDP send to {}: {e}", t.destination);
-                    }
-                }
-            }
-            _ => {
-                let tx = self
-                    .tcp_conns
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&t.destination)
-                    .cloned();
-                if let Some(tx) = tx {
-                    let len = t.contents.len().min(usize::from(u16::MAX));
-                    let mut framed = Vec::with_capacity(len + 2);
-                    framed.extend_from_slice(&(len as u16).to_be_bytes());
-                    framed.extend_from_slice(&t.contents[..len]);
-                    // A connection that cannot keep up loses packets, as UDP would.
-                    let _ = tx.try_send(Bytes::from(framed));
-                }
-            }
+    /// An ICE-TCP transmit, framed (RFC 4571) for its connection's writer.
+    pub(crate) fn transmit_tcp(&self, t: &str0m::net::Transmit) {
+        let tx = self
+            .tcp_conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&t.destination)
+            .cloned();
+        if let Some(tx) = tx {
+            let len = t.contents.len().min(usize::from(u16::MAX));
+            let mut framed = Vec::with_capacity(len + 2);
+            framed.extend_from_slice(&(len as u16).to_be_bytes());
+            framed.extend_from_slice(&t.contents[..len]);
+            // A connection that cannot keep up loses packets, as UDP would.
+            let _ = tx.try_send(Bytes::from(framed));
         }
     }
 

@@ -18,12 +18,14 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionMap, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tidegate_core::{
-    Action, AuthRequest, ConnGuard, ConnState, Credentials, EgressReader, Frame, PathError, Reader,
-    RecvError, SessionInfo, StreamDesc, StreamReader, TrackId,
+    Action, AuthRequest, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError,
+    SessionInfo, StreamDesc, StreamReader, TrackId,
 };
 use tokio::sync::mpsc;
 
 use crate::media::{self, Ingest, IngestAction};
+use crate::udp_out::Outbox;
+use crate::writer;
 use crate::{Datagram, Inner, Resource, WebRtcStats};
 
 const BFRAMES: &str = "the stream has B-frames, which WebRTC cannot carry (it has no decode \
@@ -225,34 +227,158 @@ struct OutTrack {
 struct Whep {
     reader: Reader,
     /// Every track is cut once per stream by the engine's [`media::RtcMuxer`] and written as
-    /// RTP (str0m's RTP mode); otherwise (VP8, VP9, AV1) frames go to str0m's packetizers.
+    /// RTP (str0m's RTP mode) by the stream's [`writer`]; otherwise (VP8, VP9, AV1) this
+    /// session reads the stream's frames (`sub`) and str0m's packetizers cut them.
     rtp_mode: bool,
-    sub: Option<Sub>,
+    sub: Option<StreamReader>,
+    /// RTP mode: the viewer's place with its stream's writer, once connected.
+    joined: Option<writer::Joined>,
     desc: StreamDesc,
+}
+
+/// A session's `Rtc` and what the stream's writer needs of it (RTP-mode viewers), shared by
+/// the session's task and the writer through a [`writer::Cell`].
+pub(crate) struct Core {
+    rtc: Rtc,
+    /// WHEP: the tracks the viewer receives.
     out: Vec<OutTrack>,
+    /// Events the writer took from the `Rtc`, for the session's task.
+    events: Vec<Event>,
+    /// Set by the writer: why the session ends.
+    pub ended: Option<String>,
+    /// When the session's task next gives the `Rtc` time.
+    wake_at: Instant,
+    /// The writer's turn left the `Rtc` wanting time before `wake_at`.
+    early: bool,
+    /// The peer is connected (the writer writes only then).
+    connected: bool,
+    /// A viewer that joined waits for a video keyframe (when it receives video).
+    waiting_key: bool,
 }
 
-/// Where a WHEP session's frames come from.
-enum Sub {
-    /// The stream's WHEP egress: frames already cut into RTP payloads.
-    Rtp(EgressReader),
-    /// The stream itself.
-    Frames(StreamReader),
-}
-
-impl Sub {
-    async fn recv(&mut self) -> Result<Arc<Frame>, RecvError> {
-        match self {
-            Sub::Rtp(r) => r.recv().await,
-            Sub::Frames(r) => r.recv().await,
+impl Core {
+    fn new(rtc: Rtc, out: Vec<OutTrack>) -> Core {
+        Core {
+            rtc,
+            out,
+            events: Vec::new(),
+            ended: None,
+            wake_at: Instant::now(),
+            early: false,
+            connected: false,
+            waiting_key: false,
         }
     }
 
-    fn try_recv(&mut self) -> Result<Option<Arc<Frame>>, RecvError> {
-        match self {
-            Sub::Rtp(r) => r.try_recv(),
-            Sub::Frames(r) => r.try_recv(),
+    /// Puts out what the `Rtc` has until it wants time to pass: UDP datagrams into `outbox`,
+    /// ICE-TCP frames at once, events kept for the session's task. str0m's pacer (none set: its
+    /// null pacer) lets one packet out per timeout, so timeouts already due are run here,
+    /// without a timer each. Returns the next timeout.
+    fn pump(&mut self, inner: &Inner, outbox: &mut Outbox) -> Result<Instant, String> {
+        let mut due = 0;
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if t <= Instant::now() && due < MAX_DUE_PER_TURN {
+                        due += 1;
+                        self.rtc
+                            .handle_input(Input::Timeout(Instant::now()))
+                            .map_err(|e| format!("timer: {e}"))?;
+                        continue;
+                    }
+                    return Ok(t);
+                }
+                Ok(Output::Transmit(t)) => {
+                    if t.proto == Protocol::Udp && inner.socket.is_some() {
+                        outbox.push(t.destination, t.contents.into());
+                    } else {
+                        inner.transmit_tcp(&t);
+                    }
+                }
+                Ok(Output::Event(e)) => self.events.push(e),
+                Err(e) => return Err(format!("WebRTC error: {e}")),
+            }
         }
+    }
+
+    /// The writer's turn for this viewer: writes the batch's frames of its tracks (their
+    /// payloads shared with every viewer), then puts out its datagrams. True when a frame was
+    /// written.
+    pub(crate) fn write(
+        &mut self,
+        made: &[writer::Made],
+        inner: &Inner,
+        outbox: &mut Outbox,
+    ) -> bool {
+        if !self.connected || self.ended.is_some() {
+            return false;
+        }
+        let mut wrote = false;
+        for (f, payloads) in made {
+            let Some(out) = self.out.iter_mut().find(|t| t.track == f.track) else {
+                continue;
+            };
+            let Some(mid) = out.mid else {
+                continue;
+            };
+            let video = out.kind == MediaKind::Video;
+            if self.waiting_key {
+                if !(video && f.keyframe) {
+                    continue;
+                }
+                self.waiting_key = false;
+            }
+            if video && f.pts != f.dts {
+                // B-frames appeared after the answer: the session ends with the reason.
+                self.ended = Some(BFRAMES.to_string());
+                return wrote;
+            }
+            let pt = match out.pt {
+                Some(pt) => pt,
+                None => {
+                    let Some(pt) = negotiated_pt(&self.rtc, mid, out.codec) else {
+                        continue;
+                    };
+                    out.pt = Some(pt);
+                    pt
+                }
+            };
+            let time = media::rtp_time(f.pts, out.clock, out.codec);
+            let mut api = self.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            for (marker, p) in payloads {
+                tx.write_rtp(
+                    RtpWrite::new(pt, out.seq.into(), time, f.received, p.clone())
+                        .marker(*marker)
+                        .nackable(video),
+                );
+                out.seq += 1;
+            }
+            wrote = true;
+        }
+        if wrote {
+            // Packets written as RTP wait in str0m's send queue for time to move on.
+            let r = self
+                .rtc
+                .handle_input(Input::Timeout(Instant::now()))
+                .map_err(|e| format!("timer: {e}"))
+                .and_then(|_| self.pump(inner, outbox));
+            match r {
+                Ok(t) if t < self.wake_at => self.early = true,
+                Ok(_) => {}
+                Err(e) => {
+                    self.ended.get_or_insert(e);
+                }
+            }
+        }
+        wrote
+    }
+
+    /// The session's task has something to do that the writer left it.
+    pub(crate) fn wants_task(&self) -> bool {
+        !self.events.is_empty() || self.ended.is_some() || self.early
     }
 }
 
@@ -295,6 +421,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         .clear_codecs()
         .set_stats_interval(Some(Duration::from_secs(1)));
     let mut warnings = Vec::new();
+    let mut whep_out = Vec::new();
     let state = match req.role {
         Role::Whip => {
             // One video and one audio codec, the most widely re-muxable first, so that the
@@ -399,12 +526,13 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                 }
             }
             cfg = cfg.set_extension_map(exts);
+            whep_out = out;
             RoleState::Whep(Box::new(Whep {
                 rtp_mode,
                 reader,
                 sub: None,
+                joined: None,
                 desc,
-                out,
             }))
         }
     };
@@ -492,7 +620,9 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         cand_rx,
         guard,
     };
-    inner.tasks.spawn(task.run(rtc, state));
+    inner
+        .tasks
+        .spawn(task.run(writer::Cell::new(Core::new(rtc, whep_out)), state));
     Ok(Created {
         answer,
         secret,
@@ -546,7 +676,9 @@ struct Ctx {
     /// Ingress time of the frame just handed to str0m, until its packets are sent.
     sent_pending: Option<Instant>,
     /// UDP datagrams of this turn, sent together at its end.
-    outbox: crate::udp_out::Outbox,
+    outbox: Outbox,
+    /// The `Rtc` is alive (as of the last turn).
+    alive: bool,
 }
 
 impl Ctx {
@@ -563,7 +695,7 @@ impl Ctx {
 }
 
 impl Task {
-    async fn run(mut self, mut rtc: Rtc, mut state: RoleState) {
+    async fn run(mut self, cell: Arc<writer::Cell>, mut state: RoleState) {
         let started = tokio::time::Instant::now();
         let handshake_deadline = started + self.inner.config.handshake_timeout;
         let kick = self.guard.kick.clone();
@@ -592,26 +724,22 @@ impl Task {
             local_addr,
             sent_pending: None,
             outbox: Default::default(),
+            alive: true,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            // str0m's pacer (none set: its null pacer) lets one packet out per timeout, so a
-            // turn runs its timeouts that are already due here, without a timer each; then the
-            // turn's datagrams leave together.
-            let mut due = 0;
-            let drained = loop {
-                match self.drain(&mut rtc, &mut state, &mut ctx).await {
-                    Ok(t) if t <= Instant::now() && due < MAX_DUE_PER_TURN => {
-                        due += 1;
-                        if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
-                            break Err(format!("timer: {e}"));
-                        }
-                    }
-                    r => break r,
-                }
+            let turned = {
+                let mut core = cell.lock();
+                self.turn(&mut core, &mut state, &mut ctx)
             };
             self.flush(&mut ctx.outbox).await;
-            let timeout = match drained {
+            if let RoleState::Whep(w) = &mut state {
+                if ctx.connected && w.rtp_mode && w.joined.is_none() {
+                    // Frames come from the stream's writer from now on.
+                    w.joined = Some(writer::join(&self.inner, w.reader.stream(), cell.clone()));
+                }
+            }
+            let timeout = match turned {
                 Ok(t) => t,
                 Err(e) => {
                     ctx.ended.get_or_insert(e);
@@ -621,7 +749,7 @@ impl Task {
             if let Some(received) = ctx.sent_pending.take() {
                 self.inner.latency.observe(received.elapsed());
             }
-            if ctx.ended.is_some() || !rtc.is_alive() {
+            if ctx.ended.is_some() || !ctx.alive {
                 break;
             }
             let now = Instant::now();
@@ -638,6 +766,8 @@ impl Task {
                 _ = shutdown.cancelled() => {
                     ctx.ended = Some("server shutting down".into());
                 }
+                // The stream's writer left events, an end or an earlier timeout.
+                _ = cell.wake.notified() => {}
                 d = self.rx.recv() => {
                     let Some(d) = d else { break };
                     ctx.last_source = Some(d.source);
@@ -651,14 +781,14 @@ impl Task {
                         destination: if d.tcp { tcp_local } else { udp_local },
                         contents,
                     });
-                    if let Err(e) = rtc.handle_input(input) {
+                    if let Err(e) = cell.lock().rtc.handle_input(input) {
                         tracing::debug!("[WebRTC] [session {}] input: {e}", self.id);
                     }
                 }
                 c = self.cand_rx.recv() => {
                     if let Some(line) = c {
                         match Candidate::from_sdp_string(&line) {
-                            Ok(c) => rtc.add_remote_candidate(c),
+                            Ok(c) => cell.lock().rtc.add_remote_candidate(c),
                             Err(e) => tracing::debug!("[WebRTC] [session {}] candidate {line:?}: {e}", self.id),
                         }
                     }
@@ -669,7 +799,7 @@ impl Task {
                             "no connection within webrtcHandshakeTimeout ({:?})",
                             self.inner.config.handshake_timeout
                         ));
-                    } else if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
+                    } else if let Err(e) = cell.lock().rtc.handle_input(Input::Timeout(Instant::now())) {
                         ctx.ended = Some(format!("timer: {e}"));
                     }
                 }
@@ -677,8 +807,9 @@ impl Task {
                     if let RoleState::Whip(i) = &mut state {
                         let quiet = i.tick(Instant::now());
                         if !quiet.is_empty() && ctx.keyframe_due(Instant::now()) {
+                            let mut core = cell.lock();
                             for (mid, rid) in quiet {
-                                if let Some(mut w) = rtc.writer(mid) {
+                                if let Some(mut w) = core.rtc.writer(mid) {
                                     let _ = w.request_keyframe(Some(rid), KeyframeRequestKind::Pli);
                                 }
                             }
@@ -688,16 +819,16 @@ impl Task {
                 ev = role_event(&mut state) => match ev {
                     RoleEvent::Frame(Ok(frame)) => {
                         if let RoleState::Whep(w) = &mut state {
-                            // This frame and those that came with it (audio rides with video)
-                            // leave in one turn.
+                            let mut core = cell.lock();
+                            // This frame and those that came with it leave in one turn.
                             let mut next = Some(frame);
                             let mut taken = 0;
                             while let Some(frame) = next.take() {
-                                if let Err(e) = self.write_frame(&mut rtc, w, &frame) {
+                                if let Err(e) = self.write_frame(&mut core, w, &frame) {
                                     ctx.ended = Some(e);
                                     break;
-                                } else if w.out.iter().any(|t| t.track == frame.track) {
-                                    // Measured once this frame's packets have left (next drain).
+                                } else if core.out.iter().any(|t| t.track == frame.track) {
+                                    // Measured once this frame's packets have left.
                                     ctx.sent_pending.get_or_insert(frame.received);
                                 }
                                 taken += 1;
@@ -711,12 +842,9 @@ impl Task {
                                     }
                                 }
                             }
-                            if w.rtp_mode {
-                                // Packets written as RTP wait in str0m's send queue for time
-                                // to move on: let it, so they leave in this turn.
-                                if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
-                                    ctx.ended = Some(format!("timer: {e}"));
-                                }
+                            // Written frames wait in str0m's send queue for time to move on.
+                            if let Err(e) = core.rtc.handle_input(Input::Timeout(Instant::now())) {
+                                ctx.ended = Some(format!("timer: {e}"));
                             }
                         }
                     }
@@ -725,7 +853,7 @@ impl Task {
                     }
                     RoleEvent::KeyframeWanted => {
                         if let (true, RoleState::Whip(i)) = (ctx.keyframe_due(Instant::now()), &state) {
-                            request_keyframe(&mut rtc, &i.video_mids);
+                            request_keyframe(&mut cell.lock().rtc, &i.video_mids);
                         }
                     }
                 },
@@ -734,10 +862,21 @@ impl Task {
                 break;
             }
         }
+        // Off the writer's list first, so that it writes no more to this session.
+        if let RoleState::Whep(w) = &mut state {
+            w.joined = None;
+        }
         // Tell the peer (DTLS close_notify) on the way out when we can.
-        let _ = rtc.close();
-        while let Ok(Output::Transmit(t)) = rtc.poll_output() {
-            self.transmit(t, &mut ctx.outbox).await;
+        {
+            let mut core = cell.lock();
+            let _ = core.rtc.close();
+            while let Ok(Output::Transmit(t)) = core.rtc.poll_output() {
+                if t.proto == Protocol::Udp && self.inner.socket.is_some() {
+                    ctx.outbox.push(t.destination, t.contents.into());
+                } else {
+                    self.inner.transmit_tcp(&t);
+                }
+            }
         }
         self.flush(&mut ctx.outbox).await;
         self.inner.remove_routes(self.key);
@@ -750,39 +889,46 @@ impl Task {
         );
     }
 
-    /// Polls the `Rtc` until it wants time to pass: sends its datagrams, handles its events.
-    async fn drain(
+    /// One turn of the session's task with its `Rtc`: puts out what it has, handles its
+    /// events (and what they put out). Returns when it next wants time.
+    fn turn(
         &mut self,
-        rtc: &mut Rtc,
+        core: &mut Core,
         state: &mut RoleState,
         ctx: &mut Ctx,
     ) -> Result<Instant, String> {
-        loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => self.transmit(t, &mut ctx.outbox).await,
-                Ok(Output::Event(e)) => self.event(rtc, state, ctx, e),
-                Err(e) => return Err(format!("WebRTC error: {e}")),
+        if let Some(e) = core.ended.take() {
+            if e == BFRAMES {
+                self.guard
+                    .extra
+                    .update_notes(|n| n.warnings.push(BFRAMES.to_string()));
             }
+            return Err(e);
+        }
+        core.early = false;
+        let mut rounds = 0;
+        loop {
+            let t = core.pump(&self.inner, &mut ctx.outbox)?;
+            let events = std::mem::take(&mut core.events);
+            if events.is_empty() || rounds >= 8 {
+                ctx.alive = core.rtc.is_alive();
+                core.wake_at = t;
+                return Ok(t);
+            }
+            for e in events {
+                self.event(core, state, ctx, e);
+            }
+            rounds += 1;
         }
     }
 
-    /// UDP datagrams wait in the turn's outbox; ICE-TCP frames go at once.
-    async fn transmit(&self, t: str0m::net::Transmit, outbox: &mut crate::udp_out::Outbox) {
-        if t.proto == Protocol::Udp && self.inner.socket.is_some() {
-            outbox.push(t.destination, t.contents.into());
-        } else {
-            self.inner.transmit(&t).await;
-        }
-    }
-
-    async fn flush(&self, outbox: &mut crate::udp_out::Outbox) {
+    async fn flush(&self, outbox: &mut Outbox) {
         if let (false, Some(sock)) = (outbox.is_empty(), &self.inner.socket) {
             outbox.flush(sock).await;
         }
     }
 
-    fn event(&mut self, rtc: &mut Rtc, state: &mut RoleState, ctx: &mut Ctx, e: Event) {
+    fn event(&mut self, core: &mut Core, state: &mut RoleState, ctx: &mut Ctx, e: Event) {
         let stats = &self.guard.extra;
         match e {
             Event::Connected => {
@@ -804,12 +950,13 @@ impl Task {
                 if let RoleState::Whep(w) = state {
                     // Join live, at the next keyframe, and ask the publisher for one now.
                     let stream = w.reader.stream().clone();
-                    w.sub = Some(if w.rtp_mode {
-                        let egress = stream.egress(|s| media::RtcMuxer::new(&s.desc()));
-                        Sub::Rtp(egress.subscribe_from_next_keyframe())
+                    if w.rtp_mode {
+                        // The stream's writer takes it from here (joined after this turn).
+                        core.connected = true;
+                        core.waiting_key = core.out.iter().any(|t| t.kind == MediaKind::Video);
                     } else {
-                        Sub::Frames(stream.subscribe_from_next_keyframe())
-                    });
+                        w.sub = Some(stream.subscribe_from_next_keyframe());
+                    }
                     stream.request_keyframe();
                 }
             }
@@ -825,8 +972,8 @@ impl Task {
                         }
                     }
                 }
-                RoleState::Whep(w) => {
-                    if let Some(t) = w
+                RoleState::Whep(_) => {
+                    if let Some(t) = core
                         .out
                         .iter_mut()
                         .find(|t| t.kind == m.kind && t.mid.is_none())
@@ -840,7 +987,7 @@ impl Task {
                     if i.on_media(&d) == IngestAction::RequestKeyframe
                         && ctx.keyframe_due(Instant::now())
                     {
-                        request_keyframe(rtc, &i.video_mids);
+                        request_keyframe(&mut core.rtc, &i.video_mids);
                     }
                     stats
                         .rtp_packets_lost
@@ -913,9 +1060,10 @@ impl Task {
         }
     }
 
+    /// Frame mode (VP8, VP9, AV1): one frame to str0m's packetizer of its medium.
     fn write_frame(
         &mut self,
-        rtc: &mut Rtc,
+        core: &mut Core,
         w: &mut Whep,
         frame: &Arc<Frame>,
     ) -> Result<(), String> {
@@ -924,7 +1072,7 @@ impl Task {
                 t.params = (**p).clone();
             }
         }
-        let Some(out) = w.out.iter_mut().find(|t| t.track == frame.track) else {
+        let Some(out) = core.out.iter_mut().find(|t| t.track == frame.track) else {
             return Ok(());
         };
         let Some(mid) = out.mid else {
@@ -937,35 +1085,7 @@ impl Task {
                 .update_notes(|n| n.warnings.push(BFRAMES.to_string()));
             return Err(BFRAMES.to_string());
         }
-        if w.rtp_mode {
-            let pt = match out.pt {
-                Some(pt) => pt,
-                None => {
-                    let Some(pt) = negotiated_pt(rtc, mid, out.codec) else {
-                        return Ok(());
-                    };
-                    out.pt = Some(pt);
-                    pt
-                }
-            };
-            let time = media::rtp_time(frame.pts, out.clock, out.codec);
-            let nackable = out.kind == MediaKind::Video;
-            let mut api = rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                return Ok(());
-            };
-            for (marker, payload) in media::rtp_payloads(&frame.data) {
-                let seq = out.seq;
-                out.seq += 1;
-                tx.write_rtp(
-                    RtpWrite::new(pt, seq.into(), time, frame.received, payload)
-                        .marker(marker)
-                        .nackable(nackable),
-                );
-            }
-            return Ok(());
-        }
-        let Some(writer) = rtc.writer(mid) else {
+        let Some(writer) = core.rtc.writer(mid) else {
             return Ok(());
         };
         let pt = match out.pt {
