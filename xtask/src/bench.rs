@@ -7,7 +7,7 @@
 //!   and 1000 readers), as a ratio.
 //! - `hls-readers`: 0 and 200 LL-HLS clients polling with blocking reload beside one RTMP
 //!   reader: server CPU, and whether the RTMP reader's latency moves.
-//! - `rtsp-fanout`: RTSP readers over TCP and UDP beside RTMP readers of the same clip
+//! - `rtsp-fanout`: RTSP readers over TCP and UDP and SRT readers beside RTMP readers of the same clip
 //!   (`--mbps=8` for the 8 Mbit/s publish the RTSP issue names; the default clip is 1 Mbit/s).
 //! - `webrtc`: one RTSP publisher of a 720p 2 Mbit/s clip and 1, 100 and 300 str0m WHEP viewers
 //!   (DTLS-SRTP, every packet decrypted): server CPU per viewer, memory, the added latency

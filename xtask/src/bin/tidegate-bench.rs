@@ -1,7 +1,7 @@
 //! Release-mode benchmarks behind `cargo xtask bench [core|rtmp-fanout|rtsp-fanout|hls-readers|webrtc|...] [n...]`.
 //!
-//! `rtsp-fanout` runs RTMP, RTSP/TCP and RTSP/UDP readers of the same publish in one run and
-//! reports each one's server CPU per delivered Gbit as a ratio to RTMP's.
+//! `rtsp-fanout` runs RTMP, RTSP/TCP, RTSP/UDP and SRT readers of the same publish in one run
+//! and reports each one's server CPU per delivered Gbit as a ratio to RTMP's.
 //!
 //! `hls-readers` runs N LL-HLS clients (blocking reload on every part, then the part) beside
 //! one RTMP reader, and reports the server's CPU, the RTMP reader's frame latency (does HLS
@@ -324,6 +324,24 @@ fn setup() -> Result<(PathBuf, PathBuf, Arc<Vec<Tag>>), String> {
     Ok((root, dir, tags))
 }
 
+/// An even UDP port whose next two are free too (RTP, RTCP, and the SRT listener above them).
+fn free_udp_pair() -> u16 {
+    for _ in 0..100 {
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(p) = s.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        let p = p & !1;
+        drop(s);
+        if p < 60000 && (p..p + 3).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()) {
+            return p;
+        }
+    }
+    40000
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -367,10 +385,15 @@ fn start_tidegate_with(
         )),
         None => hls.push_str("rtsp: no\n"),
     }
+    // The SRT listener (readers in `rtsp-fanout`) two ports above RTP (see `free_udp_pair`).
+    match rtsp {
+        Some((_, rtp, _)) => hls.push_str(&format!("srtAddress: 127.0.0.1:{}\n", rtp + 2)),
+        None => hls.push_str("srt: no\n"),
+    }
     std::fs::write(
         &conf,
         format!(
-            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\n{hls}webrtc: no\nsrt: no\n"
+            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\n{hls}webrtc: no\n"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -515,6 +538,10 @@ enum ReaderKind {
         port: u16,
         udp: bool,
     },
+    /// SRT (caller, `read:live/bench`) to this UDP port.
+    Srt {
+        port: u16,
+    },
 }
 
 /// Publishes the clip to `live/<stream>` in real time, looped, until `stop` is 1. With
@@ -625,6 +652,10 @@ async fn run_load_with(
             handles.push(tokio::spawn(rtsp_reader(
                 port, udp, totals, latencies, measuring, stop,
             )));
+            continue;
+        }
+        if let ReaderKind::Srt { port } = kind {
+            handles.push(tokio::spawn(srt_reader(port, totals, measuring, stop)));
             continue;
         }
         handles.push(tokio::spawn(async move {
@@ -1263,6 +1294,37 @@ fn rtp_latency_ms(pkt: &[u8], sr: &SrMap) -> Option<f64> {
         .map(|d| d.as_secs_f64() * 1000.0)
 }
 
+/// An SRT reader of `live/bench`: counts the TS bytes it receives while measuring.
+async fn srt_reader(
+    port: u16,
+    totals: Arc<Totals>,
+    measuring: Arc<AtomicU64>,
+    stop: Arc<AtomicU64>,
+) -> bool {
+    use futures::StreamExt;
+    let how = tidegate_srt::io::CallSettings {
+        stream_id: Some("read:live/bench".into()),
+        latency: Some(Duration::from_millis(120)),
+        encryption: None,
+    };
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut conn) = tidegate_srt::io::call(remote, &how, Duration::from_secs(10)).await else {
+        return false;
+    };
+    while stop.load(Ordering::Relaxed) == 0 {
+        match tokio::time::timeout(Duration::from_millis(500), conn.next()).await {
+            Ok(Some(Ok((_, data)))) => {
+                if measuring.load(Ordering::Relaxed) == 1 {
+                    totals.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => return false,
+            Err(_) => continue,
+        }
+    }
+    true
+}
+
 async fn rtsp_reader(
     port: u16,
     udp: bool,
@@ -1431,18 +1493,18 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     );
     for &n in counts {
         let mut rtmp_cost = None;
-        for (name, kind) in [
-            ("rtmp", None),
-            ("rtsp-tcp", Some(false)),
-            ("rtsp-udp", Some(true)),
-        ] {
-            let rtsp_ports = (free_port(), free_port(), free_port());
+        for name in ["rtmp", "rtsp-tcp", "rtsp-udp", "srt"] {
+            let rtsp_ports = (free_port(), free_udp_pair(), 0);
+            let rtsp_ports = (rtsp_ports.0, rtsp_ports.1, rtsp_ports.1 + 1);
             let server = start_tidegate_with(&root, &dir, None, Some(rtsp_ports))?;
-            let kind = match kind {
-                None => ReaderKind::Rtmp,
-                Some(udp) => ReaderKind::Rtsp {
+            let kind = match name {
+                "rtmp" => ReaderKind::Rtmp,
+                "srt" => ReaderKind::Srt {
+                    port: rtsp_ports.1 + 2,
+                },
+                _ => ReaderKind::Rtsp {
                     port: rtsp_ports.0,
-                    udp,
+                    udp: name == "rtsp-udp",
                 },
             };
             let r = rt.block_on(run_load_with(&server, tags.clone(), n, seconds, kind))?;
