@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{
-    bucket_quantile, cpu_seconds, free_port, peak_rss_mb, spawn_tidegate, wait_port,
+    bench_dirs, bucket_quantile, cpu_seconds, free_port, peak_rss_mb, spawn_tidegate, wait_port,
     webrtc_latency_buckets, webrtc_metrics,
 };
 
@@ -179,12 +179,7 @@ fn totals(counts: &[Arc<ViewerCount>]) -> Vec<(u64, u64)> {
 }
 
 pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join("tidegate-bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (root, dir) = bench_dirs()?;
     let clip = make_clip(&dir)?;
     let window = 10.0;
     println!(
@@ -289,18 +284,13 @@ pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Stri
             for t in tasks {
                 let _ = rt.block_on(t);
             }
-            let fewest_video = counted1
+            // The fewest (video frames, audio packets) any viewer got in the window.
+            let (fewest_video, fewest_audio) = counted1
                 .iter()
                 .zip(&counted0)
-                .map(|(a, b)| a.0 - b.0)
-                .min()
-                .unwrap_or(0);
-            let fewest_audio = counted1
-                .iter()
-                .zip(&counted0)
-                .map(|(a, b)| a.1 - b.1)
-                .min()
-                .unwrap_or(0);
+                .fold((u64::MAX, u64::MAX), |(v, a), (x, y)| {
+                    (v.min(x.0 - y.0), a.min(x.1 - y.1))
+                });
             println!(
                 "{n:>8} {:>9.1}% {:>14.3}% {:>9.1} {:>14.1} {:>14.1} {:>13} {:>12}",
                 cpu * 100.0,

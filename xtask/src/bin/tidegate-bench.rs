@@ -311,14 +311,20 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// The repository root, the bench's scratch directory and the clip's FLV tags.
-fn setup() -> Result<(PathBuf, PathBuf, Arc<Vec<Tag>>), String> {
+/// The repository root and the bench's scratch directory (made).
+fn bench_dirs() -> Result<(PathBuf, PathBuf), String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let dir = std::env::temp_dir().join("tidegate-bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok((root, dir))
+}
+
+/// The repository root, the bench's scratch directory and the clip's FLV tags.
+fn setup() -> Result<(PathBuf, PathBuf, Arc<Vec<Tag>>), String> {
+    let (root, dir) = bench_dirs()?;
     let clip = make_clip(&dir)?;
     let tags = Arc::new(read_flv(&clip)?);
     Ok((root, dir, tags))
