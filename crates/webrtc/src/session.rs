@@ -19,7 +19,7 @@ use str0m::rtp::{Extension, ExtensionMap, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tidegate_core::{
     Action, AuthRequest, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError,
-    SessionInfo, StreamDesc, StreamReader, TrackId,
+    SessionInfo, StreamReader, TrackId,
 };
 use tokio::sync::mpsc;
 
@@ -233,7 +233,6 @@ struct Whep {
     sub: Option<StreamReader>,
     /// RTP mode: the viewer's place with its stream's writer, once connected.
     joined: Option<writer::Joined>,
-    desc: StreamDesc,
 }
 
 /// A session's `Rtc` and what the stream's writer needs of it (RTP-mode viewers), shared by
@@ -532,7 +531,6 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                 reader,
                 sub: None,
                 joined: None,
-                desc,
             }))
         }
     };
@@ -824,7 +822,7 @@ impl Task {
                             let mut next = Some(frame);
                             let mut taken = 0;
                             while let Some(frame) = next.take() {
-                                if let Err(e) = self.write_frame(&mut core, w, &frame) {
+                                if let Err(e) = self.write_frame(&mut core, &frame) {
                                     ctx.ended = Some(e);
                                     break;
                                 } else if core.out.iter().any(|t| t.track == frame.track) {
@@ -1061,17 +1059,7 @@ impl Task {
     }
 
     /// Frame mode (VP8, VP9, AV1): one frame to str0m's packetizer of its medium.
-    fn write_frame(
-        &mut self,
-        core: &mut Core,
-        w: &mut Whep,
-        frame: &Arc<Frame>,
-    ) -> Result<(), String> {
-        if let Some(p) = &frame.params {
-            if let Some(t) = w.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
-                t.params = (**p).clone();
-            }
-        }
+    fn write_frame(&mut self, core: &mut Core, frame: &Arc<Frame>) -> Result<(), String> {
         let Some(out) = core.out.iter_mut().find(|t| t.track == frame.track) else {
             return Ok(());
         };
