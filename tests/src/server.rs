@@ -192,6 +192,7 @@ impl TestServer {
             id: self.paths.new_session_id(),
             kind: "testReader",
             remote: None,
+            query: String::new(),
         };
         let mut reader = self
             .paths

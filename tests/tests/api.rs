@@ -45,6 +45,7 @@ fn paths_list_shows_a_live_publisher() {
         id: paths.new_session_id(),
         kind: "testPublisher",
         remote: None,
+        query: String::new(),
     };
     let mut publisher = paths.publish("live/stream", session).unwrap();
     let stream = publisher.start(desc());
@@ -64,6 +65,7 @@ fn paths_list_shows_a_live_publisher() {
                 id: paths.new_session_id(),
                 kind: "testReader",
                 remote: None,
+                query: String::new(),
             },
         )
         .unwrap();

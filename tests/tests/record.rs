@@ -88,8 +88,8 @@ fn rtmp_recorded_in_fmp4_and_mpegts_with_playback() {
         "playback: yes\nplaybackAddress: 127.0.0.1:0\n\
          pathDefaults:\n  record: yes\n  recordPath: {}/%path/%Y-%m-%d_%H-%M-%S-%f\n  \
          recordSegmentDuration: 2s\n  \
-         runOnRecordSegmentCreate: echo \"$MTX_PATH $MTX_SEGMENT_PATH\" >> {}\n  \
-         runOnRecordSegmentComplete: echo \"$MTX_PATH $MTX_SEGMENT_PATH $MTX_SEGMENT_DURATION $RTSP_PORT\" >> {}\n\
+         runOnRecordSegmentCreate: sh -c 'echo \"$MTX_PATH $MTX_SEGMENT_PATH\" >> {}'\n  \
+         runOnRecordSegmentComplete: sh -c 'echo \"$MTX_PATH $MTX_SEGMENT_PATH $MTX_SEGMENT_DURATION $RTSP_PORT\" >> {}'\n\
          paths:\n  mp4:\n  ts:\n    recordFormat: mpegts\n",
         rec.display(),
         created.display(),

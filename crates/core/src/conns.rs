@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,16 +59,65 @@ pub struct Counters {
     pub sent: AtomicU64,
 }
 
+/// A connection came or went (for `runOnConnect` / `runOnDisconnect` and webhooks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEventKind {
+    Connected,
+    Disconnected,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnEvent {
+    pub kind: ConnEventKind,
+    /// The API's type name: `rtmpConn`, `rtmpsConn`, `rtspConn`, `rtspsConn`, `srtConn`,
+    /// `webRTCSession`.
+    pub conn_type: &'static str,
+    pub id: u64,
+    pub remote: SocketAddr,
+}
+
 /// Connections of one listener (RTMP, RTMPS, SRT).
 pub struct ConnRegistry<X = ()> {
     conns: Mutex<BTreeMap<u64, Entry<X>>>,
+    /// Where connection events go, once the server wires it.
+    observer: std::sync::OnceLock<(&'static str, broadcast::Sender<ConnEvent>)>,
 }
 
 impl<X> Default for ConnRegistry<X> {
     fn default() -> Self {
         ConnRegistry {
             conns: Mutex::new(BTreeMap::new()),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+}
+
+impl<X> ConnRegistry<X> {
+    /// Sends a [`ConnEvent`] named `conn_type` on `tx` for every connection that comes or
+    /// goes from now on. Set once; later calls are ignored.
+    pub fn observe(&self, conn_type: &'static str, tx: broadcast::Sender<ConnEvent>) {
+        let _ = self.observer.set((conn_type, tx));
+    }
+
+    fn notify(&self, kind: ConnEventKind, id: u64, remote: SocketAddr) {
+        if let Some((conn_type, tx)) = self.observer.get() {
+            let _ = tx.send(ConnEvent {
+                kind,
+                conn_type,
+                id,
+                remote,
+            });
+        }
+    }
+
+    /// The ids of the connections open now.
+    pub fn ids(&self) -> Vec<u64> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
@@ -94,9 +144,11 @@ impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
                 kick: kick.clone(),
             },
         );
+        self.notify(ConnEventKind::Connected, id, remote);
         ConnGuard {
             registry: self.clone(),
             id,
+            remote,
             counters,
             extra,
             kick,
@@ -140,6 +192,7 @@ impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
 pub struct ConnGuard<X: Default + Send + Sync + 'static = ()> {
     registry: Arc<ConnRegistry<X>>,
     id: u64,
+    remote: SocketAddr,
     pub counters: Arc<Counters>,
     pub extra: Arc<X>,
     pub kick: CancellationToken,
@@ -158,6 +211,8 @@ impl<X: Default + Send + Sync + 'static> ConnGuard<X> {
 impl<X: Default + Send + Sync + 'static> Drop for ConnGuard<X> {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        self.registry
+            .notify(ConnEventKind::Disconnected, self.id, self.remote);
         // The connection is over: whatever still waits on its kick (a grant's watch) ends.
         self.kick.cancel();
     }

@@ -27,13 +27,13 @@ pub use auth::{
 };
 /// Re-exported so that protocol crates and tests share one `Bytes`.
 pub use bytes::Bytes;
-pub use conns::{ConnGuard, ConnInfo, ConnRegistry, ConnState};
+pub use conns::{ConnEvent, ConnEventKind, ConnGuard, ConnInfo, ConnRegistry, ConnState};
 pub use fanout::{
     Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,
     SinkStatus, Transport,
 };
 pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
-pub use path::{PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
+pub use path::{HookConf, PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
 pub use registry::{
     PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,
     SessionInfo,

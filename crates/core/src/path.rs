@@ -49,6 +49,52 @@ pub struct PathConf {
     pub stream_key_in_path: bool,
     /// Recording: see `tidegate-record`.
     pub record: RecordConf,
+    /// Commands run on the path's events (`runOn…`).
+    pub hooks: HookConf,
+}
+
+/// The path's hooks (`runOn…` keys), MediaMTX's. Plain data, run by the server crate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HookConf {
+    pub run_on_init: String,
+    pub run_on_init_restart: bool,
+    pub run_on_demand: String,
+    pub run_on_demand_restart: bool,
+    pub run_on_demand_start_timeout: std::time::Duration,
+    pub run_on_demand_close_after: std::time::Duration,
+    pub run_on_un_demand: String,
+    pub run_on_available: String,
+    pub run_on_available_restart: bool,
+    pub run_on_unavailable: String,
+    pub run_on_online: String,
+    pub run_on_online_restart: bool,
+    pub run_on_offline: String,
+    pub run_on_read: String,
+    pub run_on_read_restart: bool,
+    pub run_on_unread: String,
+}
+
+impl Default for HookConf {
+    fn default() -> Self {
+        HookConf {
+            run_on_init: String::new(),
+            run_on_init_restart: false,
+            run_on_demand: String::new(),
+            run_on_demand_restart: false,
+            run_on_demand_start_timeout: std::time::Duration::from_secs(10),
+            run_on_demand_close_after: std::time::Duration::from_secs(10),
+            run_on_un_demand: String::new(),
+            run_on_available: String::new(),
+            run_on_available_restart: false,
+            run_on_unavailable: String::new(),
+            run_on_online: String::new(),
+            run_on_online_restart: false,
+            run_on_offline: String::new(),
+            run_on_read: String::new(),
+            run_on_read_restart: false,
+            run_on_unread: String::new(),
+        }
+    }
 }
 
 /// How a path is recorded (`record*` keys). Plain data, read by `tidegate-record`.
@@ -112,6 +158,7 @@ impl Default for PathConf {
             stream_key_required: false,
             stream_key_in_path: false,
             record: RecordConf::default(),
+            hooks: HookConf::default(),
         }
     }
 }

@@ -28,6 +28,25 @@ pub struct SessionInfo {
     /// The API's type name, e.g. `rtmpConn`, `srtConn`, `webRTCSession`.
     pub kind: &'static str,
     pub remote: Option<SocketAddr>,
+    /// The query string the client gave with the path (`a=1&b=2`), for hooks' `MTX_QUERY`.
+    pub query: String,
+}
+
+impl SessionInfo {
+    /// A session with no query string.
+    pub fn new(id: SessionId, kind: &'static str, remote: Option<SocketAddr>) -> SessionInfo {
+        SessionInfo {
+            id,
+            kind,
+            remote,
+            query: String::new(),
+        }
+    }
+
+    pub fn with_query(mut self, query: &str) -> SessionInfo {
+        self.query = query.to_string();
+        self
+    }
 }
 
 /// Why a path operation was refused.
@@ -68,6 +87,9 @@ pub struct PathEvent {
     pub path: String,
     pub session: SessionId,
     pub session_kind: &'static str,
+    pub remote: Option<SocketAddr>,
+    /// The session's query string.
+    pub query: String,
 }
 
 /// A path as the control API shows it.
@@ -133,6 +155,8 @@ impl Shared {
             path: path.to_string(),
             session: session.id,
             session_kind: session.kind,
+            remote: session.remote,
+            query: session.query.clone(),
         });
     }
 }
@@ -355,8 +379,8 @@ impl PathManager {
         })
     }
 
-    /// As [`PathManager::read`], but a path with an on-demand source that is not running is
-    /// asked to start it (a [`PathEventKind::Demand`] event) and waited for, up to the path's
+    /// As [`PathManager::read`], but a path with an on-demand source (`sourceOnDemand`, or a
+    /// `runOnDemand` command) that is not running is asked to start it (a [`PathEventKind::Demand`] event) and waited for, up to the path's
     /// `sourceOnDemandStartTimeout`.
     pub async fn read_or_demand(
         &self,
@@ -369,11 +393,15 @@ impl PathManager {
             other => return other,
         }
         let m = self.find(name)?;
-        if m.conf.source == "publisher" || !m.conf.source_on_demand {
+        let timeout = if m.conf.source != "publisher" && m.conf.source_on_demand {
+            m.conf.source_on_demand_start_timeout
+        } else if m.conf.source == "publisher" && !m.conf.hooks.run_on_demand.is_empty() {
+            m.conf.hooks.run_on_demand_start_timeout
+        } else {
             return Err(PathError::NoOnePublishing(name.to_string()));
-        }
+        };
         self.shared.emit(PathEventKind::Demand, name, &session);
-        let deadline = tokio::time::Instant::now() + m.conf.source_on_demand_start_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.read(name, session.clone()) {
                 Err(PathError::NoOnePublishing(_)) => {}

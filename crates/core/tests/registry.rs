@@ -27,6 +27,7 @@ fn session(m: &PathManager, kind: &'static str) -> SessionInfo {
         id: m.new_session_id(),
         kind,
         remote: Some("127.0.0.1:5000".parse().unwrap()),
+        query: String::new(),
     }
 }
 

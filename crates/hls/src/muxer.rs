@@ -293,5 +293,6 @@ pub(crate) fn session(inner: &Inner) -> SessionInfo {
         id: inner.paths.new_session_id(),
         kind: "hlsMuxer",
         remote: None,
+        query: String::new(),
     }
 }

@@ -134,6 +134,7 @@ async fn push_once(
         id: paths.new_session_id(),
         kind: "rtmpPush",
         remote: None,
+        query: String::new(),
     };
     let mut reader = match paths.read(path, session_info) {
         Ok(r) => r,
@@ -237,6 +238,7 @@ async fn pull_once(
                 id: paths.new_session_id(),
                 kind: "rtmpSource",
                 remote: None,
+                query: String::new(),
             },
         )
         .map_err(|e| e.to_string())?;

@@ -145,10 +145,6 @@ struct Conn<S> {
     guard: ConnGuard,
 }
 
-fn query_of(name: &str) -> &str {
-    name.split_once('?').map_or("", |(_, q)| q)
-}
-
 /// What `name?query` carries: the name, `user`, `pass`, and a token (`token` or `jwt`).
 struct Split<'a> {
     name: &'a str,
@@ -350,6 +346,7 @@ impl<S: Transport> Conn<S> {
             id: self.id,
             kind: self.kind,
             remote: Some(self.remote),
+            query: String::new(),
         }
     }
 
@@ -364,7 +361,10 @@ impl<S: Transport> Conn<S> {
         let authorized = self.paths.authorize_path(&mut req).await;
         let path = req.path.clone();
         let publisher = match authorized {
-            Ok((_, grant)) => match self.paths.publish(&path, self.info()) {
+            Ok((_, grant)) => match self
+                .paths
+                .publish(&path, self.info().with_query(&req.query))
+            {
                 Ok(p) => {
                     grant.enforce(
                         self.guard.kick.clone(),
@@ -377,7 +377,7 @@ impl<S: Transport> Conn<S> {
             Err(e) => return self.refuse("NetStream.Publish.BadName", e).await,
         };
         tracing::info!(path, "is publishing");
-        self.guard.set(ConnState::Publish, &path, query_of(name));
+        self.guard.set(ConnState::Publish, &path, &req.query);
         self.session.accept_publish();
         self.flush().await?;
         let kicked = publisher.kicked();
@@ -412,7 +412,11 @@ impl<S: Transport> Conn<S> {
         let authorized = self.paths.authorize_path(&mut req).await;
         let path = req.path.clone();
         let reader = match authorized {
-            Ok((_, grant)) => match self.paths.read_or_demand(&path, self.info()).await {
+            Ok((_, grant)) => match self
+                .paths
+                .read_or_demand(&path, self.info().with_query(&req.query))
+                .await
+            {
                 Ok(r) => {
                     grant.enforce(
                         self.guard.kick.clone(),
@@ -425,7 +429,7 @@ impl<S: Transport> Conn<S> {
             Err(e) => return self.refuse("NetStream.Play.StreamNotFound", e).await,
         };
         tracing::info!(path, "is reading");
-        self.guard.set(ConnState::Read, &path, query_of(name));
+        self.guard.set(ConnState::Read, &path, &req.query);
         let source = reader.stream().clone();
         let egress = source.egress(|s| RtmpMuxer::new(&s.desc()));
         let desc = source.desc();

@@ -390,6 +390,7 @@ impl Conn {
             id: self.id,
             kind,
             remote: Some(self.remote),
+            query: String::new(),
         }
     }
 
@@ -597,7 +598,7 @@ impl Conn {
                 }));
             }
         }
-        let query = req.uri.split_once('?').map_or("", |(_, q)| q);
+        let query = uri_query(&req.uri);
         creds.token = query
             .split('&')
             .find_map(|pair| match pair.split_once('=') {
@@ -664,7 +665,10 @@ impl Conn {
         };
         let reader = match self
             .paths
-            .read_or_demand(&path, self.info("rtspSession"))
+            .read_or_demand(
+                &path,
+                self.info("rtspSession").with_query(uri_query(&req.uri)),
+            )
             .await
         {
             Ok(r) => {
@@ -753,7 +757,10 @@ impl Conn {
                 }
             }
         }
-        let publisher = match self.paths.publish(&path, self.info("rtspSession")) {
+        let publisher = match self.paths.publish(
+            &path,
+            self.info("rtspSession").with_query(uri_query(&req.uri)),
+        ) {
             Ok(p) => p,
             Err(e @ PathError::Busy(_)) => {
                 return response(409, "Conflict", cseq, &[], format!("{e}\n").as_bytes())
@@ -1383,6 +1390,11 @@ async fn recv_udp(r: &mut Option<mpsc::Receiver<UdpIn>>) -> Option<UdpIn> {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The query string of a request URI (`rtsp://host/path?a=1` gives `a=1`).
+fn uri_query(uri: &str) -> &str {
+    uri.split_once('?').map_or("", |(_, q)| q)
 }
 
 #[cfg(test)]

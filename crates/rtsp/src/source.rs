@@ -117,6 +117,7 @@ pub(crate) fn publish_camera(
         id: paths.new_session_id(),
         kind: "rtspSource",
         remote: None,
+        query: String::new(),
     };
     let mut p = paths
         .publish_source(path, session)

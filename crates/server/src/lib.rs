@@ -315,12 +315,49 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         );
+        let runner = hooks::Runner::new(tasks.clone(), shutdown.clone());
         hooks::record_hooks(
             &recorder,
+            runner.clone(),
             &paths,
             rtsp_addr.map(|a| a.port()),
             &tasks,
             &shutdown,
+        );
+        let (conn_tx, conn_rx) = tokio::sync::broadcast::channel(4096);
+        rtmp_conns.observe("rtmpConn", conn_tx.clone());
+        rtmps_conns.observe("rtmpsConn", conn_tx.clone());
+        srt_conns.observe("srtConn", conn_tx.clone());
+        rtsp_conns.observe("rtspConn", conn_tx.clone());
+        rtsps_conns.observe("rtspsConn", conn_tx.clone());
+        webrtc_sessions.observe("webRTCSession", conn_tx.clone());
+        let conn_lists: Vec<(&'static str, Arc<dyn hooks::ConnIds>)> = vec![
+            ("rtmpConn", rtmp_conns.clone()),
+            ("rtmpsConn", rtmps_conns.clone()),
+            ("srtConn", srt_conns.clone()),
+            ("rtspConn", rtsp_conns.clone()),
+            ("rtspsConn", rtsps_conns.clone()),
+            ("webRTCSession", webrtc_sessions.clone()),
+        ];
+        hooks::start(
+            runner.clone(),
+            hooks::GlobalHooks {
+                run_on_connect: config.run_on_connect.clone(),
+                run_on_connect_restart: config.run_on_connect_restart,
+                run_on_disconnect: config.run_on_disconnect.clone(),
+            },
+            config
+                .paths
+                .iter()
+                .filter(|p| !p.name.starts_with('~') && p.name != "all_others" && p.name != "all")
+                .cloned()
+                .collect(),
+            paths.clone(),
+            conn_rx,
+            conn_lists,
+            rtsp_addr.map(|a| a.port()),
+            &tasks,
+            shutdown.clone(),
         );
         if let (Some(listener), Some(addr)) = (playback, playback_addr) {
             tracing::info!(
@@ -432,6 +469,7 @@ impl Server {
                 config.hls.then(|| hls.clone()),
                 webrtc.clone(),
                 recorder.clone(),
+                runner.stats.clone(),
             )
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {

@@ -9,7 +9,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use std::sync::Arc;
+
 use tidegate_core::PathManager;
+
+use crate::hooks::HookStats;
 
 #[derive(Clone)]
 struct MetricsState {
@@ -17,6 +21,7 @@ struct MetricsState {
     hls: Option<tidegate_hls::Hls>,
     webrtc: Option<tidegate_webrtc::WebRtc>,
     recorder: tidegate_record::Recorder,
+    hooks: Arc<HookStats>,
 }
 
 pub fn router(
@@ -24,6 +29,7 @@ pub fn router(
     hls: Option<tidegate_hls::Hls>,
     webrtc: Option<tidegate_webrtc::WebRtc>,
     recorder: tidegate_record::Recorder,
+    hooks: Arc<HookStats>,
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -32,7 +38,43 @@ pub fn router(
             hls,
             webrtc,
             recorder,
+            hooks,
         })
+}
+
+/// Hooks: Tidegate's own counters.
+pub fn render_hooks(h: &HookStats, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, kind, v) in [
+        (
+            "tidegate_hooks_started_total",
+            "hook commands started (each restart counts)",
+            "counter",
+            h.started.load(Relaxed),
+        ),
+        (
+            "tidegate_hooks_failed_total",
+            "hook commands that could not start or exited with a failure status",
+            "counter",
+            h.failed.load(Relaxed),
+        ),
+        (
+            "tidegate_hooks_refused_total",
+            "hooks not started because too many hook commands were running",
+            "counter",
+            h.refused.load(Relaxed),
+        ),
+        (
+            "tidegate_hooks_running",
+            "hook commands running now",
+            "gauge",
+            h.running.load(Relaxed) as u64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {v}");
+    }
 }
 
 /// Recording: Tidegate's own counters.
@@ -180,6 +222,7 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
         render_hls(hls, &mut text);
     }
     render_record(&state.recorder, &mut text);
+    render_hooks(&state.hooks, &mut text);
     if let Some(w) = &state.webrtc {
         render_webrtc(w, &mut text);
     }

@@ -176,6 +176,7 @@ pub async fn pull(
                     id: paths.new_session_id(),
                     kind: "srtSource",
                     remote: None,
+                    query: String::new(),
                 },
             )
             .map_err(|e| e.to_string())?;
@@ -209,6 +210,7 @@ pub async fn push(
                 id: paths.new_session_id(),
                 kind: "srtPush",
                 remote: None,
+                query: String::new(),
             },
         ) {
             Ok(r) => r,

@@ -285,6 +285,7 @@ async fn handle(
         id,
         kind: "srtConn",
         remote: Some(req.remote()),
+        query: String::new(),
     };
     match sid.mode {
         Mode::Publish => {

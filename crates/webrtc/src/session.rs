@@ -414,6 +414,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         id,
         kind: "webRTCSession",
         remote: Some(req.remote),
+        query: req.query.to_string(),
     };
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)

@@ -136,6 +136,11 @@ pub struct Config {
     /// `keyStore`: the SQLite file, or the PostgreSQL URL, stream keys live in.
     pub key_store: String,
 
+    /// `runOnConnect`, `runOnConnectRestart`, `runOnDisconnect`.
+    pub run_on_connect: String,
+    pub run_on_connect_restart: bool,
+    pub run_on_disconnect: String,
+
     pub path_defaults: PathConf,
     /// Configured paths in file order.
     pub paths: Vec<PathConf>,
@@ -160,6 +165,15 @@ macro_rules! set_rec {
     ($field:ident, $parse:expr) => {
         |c, v| {
             c.record.$field = $parse(v)?;
+            Ok(())
+        }
+    };
+}
+
+macro_rules! set_hook {
+    ($field:ident, $parse:expr) => {
+        |c, v| {
+            c.hooks.$field = $parse(v)?;
             Ok(())
         }
     };
@@ -322,6 +336,9 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("authJWTExclude", set_auth!(jwt_exclude, permissions)),
     ("authJWTInHTTPQuery", set_auth!(jwt_in_http_query, boolean)),
     ("keyStore", set!(key_store, key_store)),
+    ("runOnConnect", set!(run_on_connect, string)),
+    ("runOnConnectRestart", set!(run_on_connect_restart, boolean)),
+    ("runOnDisconnect", set!(run_on_disconnect, string)),
     ("playback", set!(playback, boolean)),
     ("playbackAddress", set!(playback_address, address)),
     ("playbackEncryption", set!(playback_encryption, boolean)),
@@ -399,7 +416,48 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         "runOnRecordSegmentComplete",
         set_rec!(run_on_segment_complete, string),
     ),
+    ("runOnInit", set_hook!(run_on_init, string)),
+    ("runOnInitRestart", set_hook!(run_on_init_restart, boolean)),
+    ("runOnDemand", set_hook!(run_on_demand, string)),
+    (
+        "runOnDemandRestart",
+        set_hook!(run_on_demand_restart, boolean),
+    ),
+    (
+        "runOnDemandStartTimeout",
+        set_hook!(run_on_demand_start_timeout, positive_duration),
+    ),
+    (
+        "runOnDemandCloseAfter",
+        set_hook!(run_on_demand_close_after, duration),
+    ),
+    ("runOnUnDemand", set_hook!(run_on_un_demand, string)),
+    ("runOnAvailable", set_hook!(run_on_available, string)),
+    (
+        "runOnAvailableRestart",
+        set_hook!(run_on_available_restart, boolean),
+    ),
+    ("runOnUnavailable", set_hook!(run_on_unavailable, string)),
+    ("runOnOnline", set_hook!(run_on_online, string)),
+    (
+        "runOnOnlineRestart",
+        set_hook!(run_on_online_restart, boolean),
+    ),
+    ("runOnOffline", set_hook!(run_on_offline, string)),
+    ("runOnRead", set_hook!(run_on_read, string)),
+    ("runOnReadRestart", set_hook!(run_on_read_restart, boolean)),
+    ("runOnUnread", set_hook!(run_on_unread, string)),
+    // MediaMTX's older spellings, still read: the same settings as runOnAvailable….
+    ("runOnReady", set_hook!(run_on_available, string)),
+    (
+        "runOnReadyRestart",
+        set_hook!(run_on_available_restart, boolean),
+    ),
+    ("runOnNotReady", set_hook!(run_on_unavailable, string)),
 ];
+
+/// Older spellings in [`PATH_KEYS`] that the embedded defaults do not set (the new names do).
+pub static DEPRECATED_PATH_KEYS: &[&str] = &["runOnReady", "runOnReadyRestart", "runOnNotReady"];
 
 /// Where a configuration error is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -476,6 +534,13 @@ impl Config {
             let mut conf = config.path_defaults.clone();
             conf.name = raw.name.clone();
             apply_map(&ctx, &raw.node, &key, PATH_KEYS, &mut conf)?;
+            if conf.source != "publisher" && !conf.hooks.run_on_demand.is_empty() {
+                return Err(ctx.err(
+                    raw.line,
+                    &format!("{key}.runOnDemand"),
+                    "can be used only when source is 'publisher' (a pulled source starts on demand with sourceOnDemand)",
+                ));
+            }
             config.paths.push(conf);
         }
         // Names and regexes are checked here so that the error can name the path's line.
@@ -626,6 +691,9 @@ impl Config {
                 ..tidegate_auth::AuthConfig::default()
             },
             key_store: String::new(),
+            run_on_connect: String::new(),
+            run_on_connect_restart: false,
+            run_on_disconnect: String::new(),
             path_defaults: PathConf::default(),
             paths: Vec::new(),
             warnings: Vec::new(),

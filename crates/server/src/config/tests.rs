@@ -39,6 +39,9 @@ fn the_embedded_default_sets_every_key() {
     }
     let keys = top_level_keys(DEFAULT_CONFIG, Some("pathDefaults"));
     for (k, _) in PATH_KEYS {
+        if DEPRECATED_PATH_KEYS.contains(k) {
+            continue;
+        }
         assert!(keys.iter().any(|x| x == k), "pathDefaults.{k} is missing");
     }
 }
@@ -302,4 +305,40 @@ fn docs_describe_every_key() {
             "docs/configuration.md does not document `{k}`"
         );
     }
+}
+
+#[test]
+fn hooks_are_read_with_mediamtx_names_and_old_spellings() {
+    let c = load(
+        "runOnConnect: a\nrunOnConnectRestart: yes\nrunOnDisconnect: b\n\
+         pathDefaults:\n  runOnRead: r\n\
+         paths:\n  cam:\n    runOnReady: x\n    runOnReadyRestart: yes\n    runOnNotReady: y\n    \
+         runOnDemand: d\n    runOnDemandCloseAfter: 3s\n  other:\n    runOnAvailable: z\n",
+    )
+    .unwrap();
+    assert_eq!(c.run_on_connect, "a");
+    assert!(c.run_on_connect_restart);
+    assert_eq!(c.run_on_disconnect, "b");
+    let cam = c.paths.iter().find(|p| p.name == "cam").unwrap();
+    assert_eq!(cam.hooks.run_on_available, "x");
+    assert!(cam.hooks.run_on_available_restart);
+    assert_eq!(cam.hooks.run_on_unavailable, "y");
+    assert_eq!(cam.hooks.run_on_read, "r");
+    assert_eq!(cam.hooks.run_on_demand, "d");
+    assert_eq!(cam.hooks.run_on_demand_close_after, Duration::from_secs(3));
+    assert_eq!(
+        cam.hooks.run_on_demand_start_timeout,
+        Duration::from_secs(10)
+    );
+    let other = c.paths.iter().find(|p| p.name == "other").unwrap();
+    assert_eq!(other.hooks.run_on_available, "z");
+}
+
+#[test]
+fn run_on_demand_needs_a_publisher_path() {
+    let e = load("paths:\n  cam:\n    source: rtsp://10.0.0.1/s\n    runOnDemand: ffmpeg\n")
+        .unwrap_err();
+    assert_eq!(e.key, "paths.cam.runOnDemand");
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("source is 'publisher'"), "{e}");
 }
