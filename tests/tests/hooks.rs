@@ -306,3 +306,37 @@ fn a_dying_command_is_restarted_with_growing_pauses() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_hook_that_floods_and_ignores_sigint_does_not_hold_up_the_server() {
+    let dir = scratch("hooks-flood");
+    // Prints as fast as it can and ignores SIGINT (an ignored signal stays ignored in `yes`).
+    let server = TestServer::start(
+        "paths:\n  flooded:\n    runOnRead: sh -c 'trap \"\" INT; exec yes flood-line-from-hook'\n",
+    );
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("flooded"), 12, "flv", &dir);
+    server.wait_ready("flooded", READY);
+    let out = dir.join("flooded.mkv");
+    let mut reader = ffmpeg_read(&server.rtsp_url("flooded"), 5, &out, &dir);
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    // The reader got its frames at the publisher's rate (30 fps) while the hook flooded.
+    let frames = video_frames(&out);
+    assert!(frames >= 120, "the reader got {frames} frames in 5 s");
+    // The flood reached the log at the rate limit, said once when it was cut.
+    let start = Instant::now();
+    while logs::lines_with(&["runOnRead (flooded)", "lines of output not logged"]).is_empty() {
+        assert!(start.elapsed() < LIMIT, "no rate-limit line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = logs::lines_with(&["flood-line-from-hook"]).len();
+    assert!(
+        (50..=2000).contains(&logged),
+        "{logged} lines of the flood were logged"
+    );
+    // SIGINT was ignored: the group was killed after the grace period.
+    while logs::lines_with(&["runOnRead (flooded) still running", "killed"]).is_empty() {
+        assert!(start.elapsed() < LIMIT, "the hook was not killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(publisher.wait(LIMIT).success(), "{}", publisher.stderr());
+}

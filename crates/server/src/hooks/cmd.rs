@@ -294,7 +294,13 @@ async fn run_once(spec: &Spec, argv: &[String], stop: &CancellationToken) -> Out
     let mut log = LineLog::new(spec.what, &spec.label);
     let (mut obuf, mut ebuf) = (vec![0u8; 4096], vec![0u8; 4096]);
     let mut stopping: Option<tokio::time::Instant> = None;
+    // While its output is over the rate limit, the command's pipes are not read for a while:
+    // a command that floods is slowed down by its own full pipe, not the server.
+    let mut paused: Option<tokio::time::Instant> = None;
     loop {
+        if log.over_limit() && paused.is_none() {
+            paused = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+        }
         tokio::select! {
             status = child.wait() => {
                 log.flush();
@@ -304,14 +310,15 @@ async fn run_once(spec: &Spec, argv: &[String], stop: &CancellationToken) -> Out
                     (None, Err(e)) => Outcome::SpawnFailed(e),
                 };
             }
-            n = read(&mut out, &mut obuf) => match n {
+            n = read(&mut out, &mut obuf), if paused.is_none() => match n {
                 Some(n) => log.feed(&obuf[..n]),
                 None => out = None,
             },
-            n = read(&mut err, &mut ebuf) => match n {
+            n = read(&mut err, &mut ebuf), if paused.is_none() => match n {
                 Some(n) => log.feed(&ebuf[..n]),
                 None => err = None,
             },
+            _ = sleep_until(paused), if paused.is_some() => paused = None,
             _ = stop.cancelled(), if stopping.is_none() => {
                 signal(nix::sys::signal::Signal::SIGINT);
                 stopping = Some(tokio::time::Instant::now() + STOP_GRACE);
@@ -374,6 +381,11 @@ impl<'a> LineLog<'a> {
             at: Instant::now(),
             dropped: 0,
         }
+    }
+
+    /// Whether lines are being dropped now (no token left).
+    fn over_limit(&self) -> bool {
+        self.dropped > 0 && self.tokens < 1.0
     }
 
     fn feed(&mut self, data: &[u8]) {
