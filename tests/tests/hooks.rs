@@ -340,3 +340,176 @@ fn a_hook_that_floods_and_ignores_sigint_does_not_hold_up_the_server() {
     }
     assert!(publisher.wait(LIMIT).success(), "{}", publisher.stderr());
 }
+
+/// A webhook receiver in Python (its own HMAC, not ours): appends one JSON line per POST
+/// (route, event header, whether the signature verified, body) to `out`; answers 204.
+fn receiver(dir: &Path, port: u16, secret: &str, out: &Path) -> tidegate_tests::peers::PeerProcess {
+    let script = dir.join("receiver.py");
+    std::fs::write(
+        &script,
+        r#"import hashlib, hmac, http.server, json, sys, threading
+port, secret, out = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        ts = self.headers.get('X-Tidegate-Timestamp', '')
+        want = 'sha256=' + hmac.new(secret, ts.encode() + b'.' + body, hashlib.sha256).hexdigest()
+        rec = {'route': self.path, 'event': self.headers.get('X-Tidegate-Event'),
+               'verified': hmac.compare_digest(self.headers.get('X-Tidegate-Signature', ''), want),
+               'body': json.loads(body)}
+        with lock, open(out, 'a') as f:
+            f.write(json.dumps(rec) + '\n')
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
+"#,
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script).arg(port.to_string()).arg(secret).arg(out);
+    let p = tidegate_tests::peers::PeerProcess::spawn("receiver", &mut cmd, dir);
+    tidegate_tests::peers::wait_listening(port, LIMIT);
+    p
+}
+
+fn received(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The events about `path` that reached `route`, in arrival order.
+fn events_of(all: &[serde_json::Value], route: &str, path: &str) -> Vec<String> {
+    all.iter()
+        .filter(|r| r["route"] == route && r["body"]["path"] == path)
+        .map(|r| r["event"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn webhooks_are_signed_ordered_and_survive_a_receiver_outage() {
+    let dir = scratch("webhooks");
+    let port = tidegate_tests::peers::free_port();
+    let out = dir.join("received.jsonl");
+    let mut rx = receiver(&dir, port, "s3cret", &out);
+    let server = TestServer::start(&format!(
+        "webhooks:\n  \
+           - url: http://127.0.0.1:{port}/all\n    \
+             secret: s3cret\n  \
+           - url: http://127.0.0.1:{port}/publish-only\n    \
+             events: [publish]\n    \
+             secret: s3cret\n"
+    ));
+    let wait_events = |path: &str, route: &str, want: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let got = events_of(&received(&out), route, path);
+            if want.iter().all(|w| got.iter().any(|g| g == w)) {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{route} {path}: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let lifecycle = ["publish", "read", "unread", "unpublish"];
+
+    // Receiver up: a publisher and a reader.
+    let mut p = ffmpeg_publish(&server.rtmp_url("wh1"), 6, "flv", &dir);
+    server.wait_ready("wh1", READY);
+    let mut r = ffmpeg_read(&server.rtsp_url("wh1"), 2, &dir.join("wh1.mkv"), &dir);
+    assert!(r.wait(LIMIT).success(), "{}", r.stderr());
+    assert!(p.wait(LIMIT).success(), "{}", p.stderr());
+    assert_eq!(wait_events("wh1", "/all", &lifecycle), lifecycle);
+
+    // Receiver down: the sessions go on as if nothing happened.
+    rx.kill9();
+    let down = Instant::now();
+    let mut p = ffmpeg_publish(&server.rtmp_url("wh2"), 8, "flv", &dir);
+    server.wait_ready("wh2", READY);
+    let mut r = ffmpeg_read(&server.rtsp_url("wh2"), 4, &dir.join("wh2.mkv"), &dir);
+    assert!(r.wait(LIMIT).success(), "{}", r.stderr());
+    assert!(
+        video_frames(&dir.join("wh2.mkv")) >= 90,
+        "the reader was held up"
+    );
+    assert!(p.wait(LIMIT).success(), "{}", p.stderr());
+    server.wait_not_ready("wh2", LIMIT);
+    let api = server.api_addr();
+    let hooks = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
+    assert!(
+        hooks["items"][0]["failedAttempts"].as_u64().unwrap() >= 1,
+        "{hooks}"
+    );
+    assert!(
+        hooks["items"][0]["queued"].as_u64().unwrap() >= 4,
+        "{hooks}"
+    );
+    assert!(down.elapsed() >= Duration::from_secs(8));
+
+    // Receiver back (same port): every event arrives, in order.
+    let _rx = receiver(&dir, port, "s3cret", &out);
+    assert_eq!(wait_events("wh2", "/all", &lifecycle), lifecycle);
+    assert_eq!(
+        wait_events("wh2", "/publish-only", &["publish"]),
+        ["publish"]
+    );
+
+    let all = received(&out);
+    assert!(
+        all.iter().all(|r| r["verified"] == true),
+        "a signature did not verify"
+    );
+    // Ids increase along each route: nothing reordered, nothing delivered twice.
+    for route in ["/all", "/publish-only"] {
+        let ids: Vec<u64> = all
+            .iter()
+            .filter(|r| r["route"] == route)
+            .map(|r| r["body"]["id"].as_u64().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{route}: {ids:?}");
+    }
+    assert!(all
+        .iter()
+        .filter(|r| r["route"] == "/publish-only")
+        .all(|r| r["event"] == "publish"));
+    // Bodies say who: the publisher's and reader's types, and the connections.
+    let publish = all
+        .iter()
+        .find(|r| r["route"] == "/all" && r["event"] == "publish" && r["body"]["path"] == "wh2")
+        .unwrap();
+    assert_eq!(publish["body"]["source"]["type"], "rtmpConn");
+    let read = all
+        .iter()
+        .find(|r| r["route"] == "/all" && r["event"] == "read" && r["body"]["path"] == "wh2")
+        .unwrap();
+    assert_eq!(read["body"]["reader"]["type"], "rtspSession");
+    assert!(all
+        .iter()
+        .any(|r| r["event"] == "connect" && r["body"]["conn"]["type"] == "rtmpConn"));
+    assert!(all
+        .iter()
+        .any(|r| r["event"] == "disconnect" && r["body"]["conn"]["type"] == "rtspConn"));
+
+    let hooks = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
+    let start = Instant::now();
+    let mut hooks = hooks;
+    while hooks["items"][0]["queued"] != 0 {
+        assert!(start.elapsed() < LIMIT, "{hooks}");
+        std::thread::sleep(Duration::from_millis(50));
+        hooks = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
+    }
+    assert_eq!(hooks["items"][0]["dropped"], 0);
+    assert_eq!(hooks["items"][0]["givenUp"], 0);
+    let metrics = tidegate_tests::http::fetch(server.metrics_addr(), "/metrics", &[]).text();
+    assert!(metrics.contains(&format!(
+        "tidegate_webhook_delivered_total{{url=\"http://127.0.0.1:{port}/all\"}}"
+    )));
+}

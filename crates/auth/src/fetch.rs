@@ -41,9 +41,24 @@ pub async fn request_as(
     limit: Duration,
     authorization: Option<String>,
 ) -> Result<Answer, String> {
+    let headers = authorization
+        .map(|a| vec![(hyper::header::AUTHORIZATION.as_str().to_string(), a)])
+        .unwrap_or_default();
+    request_with(method, url, body, fingerprint, limit, headers).await
+}
+
+/// [`request`] with headers of the caller's (webhooks' signature).
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    fingerprint: &str,
+    limit: Duration,
+    headers: Vec<(String, String)>,
+) -> Result<Answer, String> {
     tokio::time::timeout(
         limit,
-        exchange(method, url, body, fingerprint, limit, authorization),
+        exchange(method, url, body, fingerprint, limit, headers),
     )
     .await
     .map_err(|_| format!("no answer within {limit:?}"))?
@@ -55,7 +70,7 @@ async fn exchange(
     body: Vec<u8>,
     fingerprint: &str,
     limit: Duration,
-    authorization: Option<String>,
+    headers: Vec<(String, String)>,
 ) -> Result<Answer, String> {
     let u = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
     let host = u.host_str().ok_or("the URL has no host")?.to_string();
@@ -70,8 +85,8 @@ async fn exchange(
         None => host.clone(),
     };
     let mut req = hyper::Request::builder();
-    if let Some(a) = authorization {
-        req = req.header(hyper::header::AUTHORIZATION, a);
+    for (k, v) in headers {
+        req = req.header(k, v);
     }
     let req = req
         .method(method)

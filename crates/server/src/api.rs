@@ -26,6 +26,7 @@ pub struct ApiState {
     pub webrtc_sessions: Arc<tidegate_webrtc::WebRtcSessions>,
     pub auth: Arc<tidegate_auth::AuthManager>,
     pub recorder: tidegate_record::Recorder,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -81,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(recordings_delete),
         )
         .route("/v3/auth/jwks/refresh", post(jwks_refresh))
+        .route("/v3/webhooks/list", get(webhooks_list))
         .route("/v3/keys/list", get(crate::api_keys::list))
         .route("/v3/keys/get/{id}", get(crate::api_keys::get))
         .route("/v3/keys/create", post(crate::api_keys::create))
@@ -88,6 +90,60 @@ pub fn router(state: ApiState) -> Router {
         .route("/v3/keys/revoke/{id}", post(crate::api_keys::revoke))
         .fallback(not_found)
         .with_state(state)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiWebhook {
+    url: String,
+    events: Vec<String>,
+    queued: usize,
+    delivered: u64,
+    failed_attempts: u64,
+    given_up: u64,
+    dropped: u64,
+    last_error: String,
+    last_delivery: Option<String>,
+}
+
+/// `GET /v3/webhooks/list` (Tidegate's own): each webhook's delivery figures. Secrets are
+/// not shown.
+async fn webhooks_list(
+    State(s): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let items: Vec<ApiWebhook> = s
+        .webhooks
+        .hooks
+        .iter()
+        .map(|h| ApiWebhook {
+            url: h.conf.url.clone(),
+            events: h.conf.events.clone(),
+            queued: h.queued(),
+            delivered: h.stats.delivered.load(Relaxed),
+            failed_attempts: h.stats.failed_attempts.load(Relaxed),
+            given_up: h.stats.given_up.load(Relaxed),
+            dropped: h.stats.dropped.load(Relaxed),
+            last_error: h
+                .stats
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            last_delivery: h
+                .stats
+                .last_delivery
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        })
+        .collect();
+    match paginate(items, &query) {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /v3/auth/jwks/refresh`: the JWKS is fetched again for the next token.

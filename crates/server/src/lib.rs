@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod relays;
 pub mod tls;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -339,6 +340,14 @@ impl Server {
             ("rtspsConn", rtsps_conns.clone()),
             ("webRTCSession", webrtc_sessions.clone()),
         ];
+        let webhooks = webhooks::start(
+            config.webhooks.clone(),
+            paths.events(),
+            conn_tx.subscribe(),
+            &recorder,
+            &tasks,
+            &shutdown,
+        );
         hooks::start(
             runner.clone(),
             hooks::GlobalHooks {
@@ -430,6 +439,7 @@ impl Server {
                 webrtc_sessions: webrtc_sessions.clone(),
                 auth: auth.clone(),
                 recorder: recorder.clone(),
+                webhooks: webhooks.clone(),
             })
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {
@@ -470,6 +480,7 @@ impl Server {
                 webrtc.clone(),
                 recorder.clone(),
                 runner.stats.clone(),
+                webhooks.clone(),
             )
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {

@@ -22,6 +22,7 @@ struct MetricsState {
     webrtc: Option<tidegate_webrtc::WebRtc>,
     recorder: tidegate_record::Recorder,
     hooks: Arc<HookStats>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 pub fn router(
@@ -30,6 +31,7 @@ pub fn router(
     webrtc: Option<tidegate_webrtc::WebRtc>,
     recorder: tidegate_record::Recorder,
     hooks: Arc<HookStats>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -39,6 +41,7 @@ pub fn router(
             webrtc,
             recorder,
             hooks,
+            webhooks,
         })
 }
 
@@ -116,6 +119,51 @@ pub fn render_record(r: &tidegate_record::Recorder, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {v}");
+    }
+}
+
+/// Webhooks: Tidegate's own, by URL.
+pub fn render_webhooks(w: &crate::webhooks::Webhooks, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Get = fn(&crate::webhooks::Webhook) -> u64;
+    let families: [(&str, &str, &str, Get); 5] = [
+        (
+            "tidegate_webhook_delivered_total",
+            "counter",
+            "events a webhook's receiver accepted",
+            |h| h.stats.delivered.load(Relaxed),
+        ),
+        (
+            "tidegate_webhook_failed_attempts_total",
+            "counter",
+            "delivery attempts that failed (each retry counts)",
+            |h| h.stats.failed_attempts.load(Relaxed),
+        ),
+        (
+            "tidegate_webhook_given_up_total",
+            "counter",
+            "events the receiver refused until they were given up",
+            |h| h.stats.given_up.load(Relaxed),
+        ),
+        (
+            "tidegate_webhook_dropped_total",
+            "counter",
+            "events dropped because the webhook's queue was full",
+            |h| h.stats.dropped.load(Relaxed),
+        ),
+        (
+            "tidegate_webhook_queued",
+            "gauge",
+            "events waiting for delivery",
+            |h| h.queued() as u64,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for h in &w.hooks {
+            let _ = writeln!(out, "{name}{{url=\"{}\"}} {}", label(&h.conf.url), get(h));
+        }
     }
 }
 
@@ -223,6 +271,7 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
     }
     render_record(&state.recorder, &mut text);
     render_hooks(&state.hooks, &mut text);
+    render_webhooks(&state.webhooks, &mut text);
     if let Some(w) = &state.webrtc {
         render_webrtc(w, &mut text);
     }

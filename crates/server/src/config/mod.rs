@@ -140,6 +140,8 @@ pub struct Config {
     pub run_on_connect: String,
     pub run_on_connect_restart: bool,
     pub run_on_disconnect: String,
+    /// `webhooks`: where events are POSTed (docs/operations.md).
+    pub webhooks: Vec<crate::webhooks::WebhookConf>,
 
     pub path_defaults: PathConf,
     /// Configured paths in file order.
@@ -339,6 +341,7 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("runOnConnect", set!(run_on_connect, string)),
     ("runOnConnectRestart", set!(run_on_connect_restart, boolean)),
     ("runOnDisconnect", set!(run_on_disconnect, string)),
+    ("webhooks", set!(webhooks, webhooks)),
     ("playback", set!(playback, boolean)),
     ("playbackAddress", set!(playback_address, address)),
     ("playbackEncryption", set!(playback_encryption, boolean)),
@@ -694,6 +697,7 @@ impl Config {
             run_on_connect: String::new(),
             run_on_connect_restart: false,
             run_on_disconnect: String::new(),
+            webhooks: Vec::new(),
             path_defaults: PathConf::default(),
             paths: Vec::new(),
             warnings: Vec::new(),

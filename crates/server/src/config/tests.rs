@@ -342,3 +342,21 @@ fn run_on_demand_needs_a_publisher_path() {
     assert_eq!(e.line, 2);
     assert!(e.message.contains("source is 'publisher'"), "{e}");
 }
+
+#[test]
+fn webhooks_are_checked() {
+    let c = load(
+        "webhooks:\n  - url: https://h.example/x\n    events: [publish, read]\n    secret: s\n",
+    )
+    .unwrap();
+    assert_eq!(c.webhooks.len(), 1);
+    assert_eq!(c.webhooks[0].events, ["publish", "read"]);
+    assert_eq!(c.webhooks[0].secret, "s");
+    let e = load("webhooks:\n  - url: http://h/x\n    events: [publsh]\n").unwrap_err();
+    assert_eq!(e.key, "webhooks");
+    assert!(e.message.contains("unknown event 'publsh'"), "{e}");
+    let e = load("webhooks:\n  - url: ftp://h/x\n").unwrap_err();
+    assert!(e.message.contains("http:// or https://"), "{e}");
+    let e = load("webhooks:\n  - url: http://h/x\n    sekret: s\n").unwrap_err();
+    assert!(e.message.contains("unknown key 'sekret'"), "{e}");
+}

@@ -494,6 +494,64 @@ pub fn record_path(v: &Node) -> Result<String, String> {
     Ok(s)
 }
 
+/// `webhooks`: a list of `{url, events, secret, fingerprint}`.
+pub fn webhooks(v: &Node) -> Result<Vec<crate::webhooks::WebhookConf>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of {url, events, secret}".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            return Err(format!(
+                "line {}: expected a map with url, events, secret",
+                item.line
+            ));
+        };
+        let mut w = crate::webhooks::WebhookConf {
+            url: String::new(),
+            events: Vec::new(),
+            secret: String::new(),
+            fingerprint: String::new(),
+        };
+        for e in entries {
+            match e.key.as_str() {
+                "url" => w.url = string(&e.value)?,
+                "events" => w.events = string_list(&e.value)?,
+                "secret" => w.secret = string(&e.value)?,
+                "fingerprint" => w.fingerprint = fingerprint(&e.value)?,
+                other => {
+                    return Err(format!(
+                        "line {}: unknown key '{other}' (url, events, secret, fingerprint)",
+                        e.line
+                    ))
+                }
+            }
+        }
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://"))
+            || url::Url::parse(&w.url).is_err()
+        {
+            return Err(format!(
+                "line {}: url must be an http:// or https:// URL",
+                item.line
+            ));
+        }
+        for ev in &w.events {
+            if !crate::webhooks::EVENTS.contains(&ev.as_str()) {
+                return Err(format!(
+                    "line {}: unknown event '{ev}' (one of {})",
+                    item.line,
+                    crate::webhooks::EVENTS.join(", ")
+                ));
+            }
+        }
+        out.push(w);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
