@@ -105,7 +105,11 @@ fn paths_list_shows_a_live_publisher() {
         "{body}"
     );
     assert!(body.contains("paths_bytes_received{name=\"live/stream\",state=\"ready\"} 6"));
-    assert!(body.contains("paths_readers{name=\"live/stream\",state=\"ready\"} 1"));
+    assert!(body.contains("paths_inbound_bytes{name=\"live/stream\",state=\"ready\"} 6"));
+    // MediaMTX's label: readers by type.
+    assert!(body.contains(
+        "paths_readers{name=\"live/stream\",state=\"ready\",readerType=\"testReader\"} 1"
+    ));
 
     // The publisher leaves: the path is gone from the list (it was not configured by name).
     drop(reader);

@@ -32,7 +32,11 @@ const APT: &[&str] = &[
     "postgresql",
 ];
 
-const PIP: &[(&str, &str)] = &[("aiortc", "1.16.0"), ("imageio-ffmpeg", "0.8.1")];
+const PIP: &[(&str, &str)] = &[
+    ("aiortc", "1.16.0"),
+    ("imageio-ffmpeg", "0.8.1"),
+    ("prometheus_client", "0.26.0"),
+];
 const NPM: &[(&str, &str)] = &[
     ("playwright-core", "1.65.1"),
     ("node-media-server", "4.4.3"),

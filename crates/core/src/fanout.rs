@@ -44,6 +44,12 @@ pub trait Muxer: Send + 'static {
         false
     }
 
+    /// The egress's name for its latency histogram ([`crate::latency::egress`]): `rtmp`,
+    /// `rtsp`, `srt`; empty for none.
+    fn egress_name(&self) -> &'static str {
+        ""
+    }
+
     /// Units (e.g. RTP packets) in one muxed frame, for readers' counters.
     fn units(_data: &Bytes) -> u64
     where
@@ -168,8 +174,10 @@ impl Egress {
         } else {
             std::time::Duration::ZERO
         };
+        let latency = crate::latency::egress(muxer.egress_name());
         tokio::spawn(async move {
             let shared = task_shared;
+            let mut received: Vec<std::time::Instant> = Vec::with_capacity(MAX_BATCH);
             let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(MAX_BATCH);
             let mut items: Vec<Item> = Vec::with_capacity(MAX_BATCH);
             let mut ended = false;
@@ -216,6 +224,7 @@ impl Egress {
                             data: data.clone(),
                             join: f.keyframe && Some(f.track) == shared.key_track,
                         });
+                        received.push(f.received);
                         muxed.push(Frame {
                             data,
                             ..(*f).clone()
@@ -238,6 +247,16 @@ impl Egress {
                     s.offer(&items);
                 }
                 items.clear();
+                // Ingest to the readers' sockets (push) or their queue (pull): once per frame
+                // and push reader, or once per frame.
+                if let Some(h) = latency {
+                    let now = std::time::Instant::now();
+                    let n = sinks.len().max(1) as u64;
+                    for r in received.drain(..) {
+                        h.observe_n(now.saturating_duration_since(r), n);
+                    }
+                }
+                received.clear();
             }
             shared.out.close();
             if ended {

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod conns;
 pub mod fanout;
+pub mod latency;
 pub mod media;
 pub mod path;
 pub mod registry;

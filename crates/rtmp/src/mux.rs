@@ -96,6 +96,10 @@ impl RtmpMuxer {
 }
 
 impl Muxer for RtmpMuxer {
+    fn egress_name(&self) -> &'static str {
+        "rtmp"
+    }
+
     fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
         // A codec RTMP cannot carry gives no tag: the play answer already said so.
         let tag = self.maker.make(frame)?;

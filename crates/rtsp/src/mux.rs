@@ -81,6 +81,10 @@ struct RtpMuxer {
 }
 
 impl Muxer for RtpMuxer {
+    fn egress_name(&self) -> &'static str {
+        "rtsp"
+    }
+
     fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
         let idx = self.tracks.iter().position(|t| t.track == frame.track)?;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

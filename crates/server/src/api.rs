@@ -27,10 +27,13 @@ pub struct ApiState {
     pub auth: Arc<tidegate_auth::AuthManager>,
     pub recorder: tidegate_record::Recorder,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// When the server started, for `/v3/info`.
+    pub started: std::time::SystemTime,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/v3/info", get(info))
         .route("/v3/paths/list", get(paths_list))
         .route("/v3/paths/get/{*name}", get(paths_get))
         .route("/v3/rtmpconns/list", get(|s, q| rtmp_list(s, q, false)))
@@ -144,6 +147,15 @@ async fn webhooks_list(
         Ok(p) => Json(p).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /v3/info`: MediaMTX's `{version, started}`.
+async fn info(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let started = s.started;
+    Json(serde_json::json!({
+        "version": concat!("v", env!("CARGO_PKG_VERSION")),
+        "started": humantime::format_rfc3339_millis(started).to_string(),
+    }))
 }
 
 /// `POST /v3/auth/jwks/refresh`: the JWKS is fetched again for the next token.
@@ -341,8 +353,13 @@ struct ApiConn {
 }
 
 /// What a protocol adds to its connections in the API.
-trait ConnExtra: Default + Send + Sync + 'static {
+pub(crate) trait ConnExtra: Default + Send + Sync + 'static {
     fn json(&self) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Numeric figures for the metrics: (MediaMTX's suffix, value), given the session's state.
+    fn metrics(&self, _state: tidegate_core::ConnState) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 impl ConnExtra for () {
@@ -352,6 +369,19 @@ impl ConnExtra for () {
 }
 
 impl ConnExtra for tidegate_srt::SrtStats {
+    fn metrics(&self, _state: tidegate_core::ConnState) -> Vec<(String, f64)> {
+        self.snapshot()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    tidegate_srt::Figure::Count(n) => n as f64,
+                    tidegate_srt::Figure::Float(f) => f,
+                };
+                (crate::metrics::snake(k), v)
+            })
+            .collect()
+    }
+
     fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         self.snapshot()
             .into_iter()
@@ -367,6 +397,24 @@ impl ConnExtra for tidegate_srt::SrtStats {
 }
 
 impl ConnExtra for tidegate_webrtc::WebRtcStats {
+    fn metrics(&self, _state: tidegate_core::ConnState) -> Vec<(String, f64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "inbound_rtp_packets".into(),
+                self.rtp_packets_received.load(Relaxed) as f64,
+            ),
+            (
+                "inbound_rtp_packets_lost".into(),
+                self.rtp_packets_lost.load(Relaxed) as f64,
+            ),
+            (
+                "outbound_rtp_packets".into(),
+                self.rtp_packets_sent.load(Relaxed) as f64,
+            ),
+        ]
+    }
+
     fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         use std::sync::atomic::Ordering::Relaxed;
         let notes = self.notes();
@@ -418,6 +466,42 @@ async fn webrtc_kick(State(state): State<ApiState>, Path(id): Path<String>) -> R
 }
 
 impl ConnExtra for tidegate_rtsp::RtspStats {
+    fn metrics(&self, state: tidegate_core::ConnState) -> Vec<(String, f64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed) as f64;
+        let mut v = vec![
+            (
+                "inbound_rtp_packets".to_string(),
+                n(&self.rtp_packets_received),
+            ),
+            (
+                "inbound_rtp_packets_in_error".to_string(),
+                n(&self.srtp_packets_refused),
+            ),
+            (
+                "inbound_rtcp_packets".to_string(),
+                n(&self.rtcp_packets_received),
+            ),
+            (
+                "outbound_rtp_packets".to_string(),
+                n(&self.rtp_packets_sent),
+            ),
+        ];
+        let jitter = n(&self.jitter_us) / 1e6;
+        if state == tidegate_core::ConnState::Publish {
+            v.push(("inbound_rtp_packets_lost".into(), n(&self.rtp_packets_lost)));
+            v.push(("inbound_rtp_packets_jitter".into(), jitter));
+        } else {
+            // What the reader's receiver reports say.
+            v.push((
+                "outbound_rtp_packets_reported_lost".into(),
+                n(&self.rtp_packets_lost),
+            ));
+            v.push(("outbound_rtp_packets_reported_jitter".into(), jitter));
+        }
+        v
+    }
+
     fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut m = serde_json::Map::new();

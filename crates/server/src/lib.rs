@@ -422,33 +422,35 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         );
+        let api_state = api::ApiState {
+            paths: paths.clone(),
+            rtmp_conns: rtmp_conns.clone(),
+            rtmps_conns: rtmps_conns.clone(),
+            srt_conns: srt_conns.clone(),
+            relays: relays.clone(),
+            hls: hls.clone(),
+            rtsp_conns: rtsp_conns.clone(),
+            rtsps_conns: rtsps_conns.clone(),
+            webrtc_sessions: webrtc_sessions.clone(),
+            auth: auth.clone(),
+            recorder: recorder.clone(),
+            webhooks: webhooks.clone(),
+            started: std::time::SystemTime::now(),
+        };
         if let (Some(listener), Some(addr)) = (api, api_addr) {
             tracing::info!(
                 "[API] listener opened on {addr} ({})",
                 if api_tls.is_some() { "HTTPS" } else { "HTTP" }
             );
-            let router = api::router(api::ApiState {
-                paths: paths.clone(),
-                rtmp_conns: rtmp_conns.clone(),
-                rtmps_conns: rtmps_conns.clone(),
-                srt_conns: srt_conns.clone(),
-                relays: relays.clone(),
-                hls: hls.clone(),
-                rtsp_conns: rtsp_conns.clone(),
-                rtsps_conns: rtsps_conns.clone(),
-                webrtc_sessions: webrtc_sessions.clone(),
-                auth: auth.clone(),
-                recorder: recorder.clone(),
-                webhooks: webhooks.clone(),
-            })
-            .layer(axum::middleware::from_fn_with_state(
-                guard::Guard {
-                    paths: paths.clone(),
-                    action: tidegate_core::Action::Api,
-                    protocol: "api",
-                },
-                guard::require,
-            ));
+            let router =
+                api::router(api_state.clone()).layer(axum::middleware::from_fn_with_state(
+                    guard::Guard {
+                        paths: paths.clone(),
+                        action: tidegate_core::Action::Api,
+                        protocol: "api",
+                    },
+                    guard::require,
+                ));
             let router = router.layer(axum::middleware::from_fn_with_state(
                 Arc::new(config.api_allow_origins.clone()),
                 http::cors,
@@ -475,12 +477,10 @@ impl Server {
                 }
             );
             let router = metrics::router(
-                paths.clone(),
-                config.hls.then(|| hls.clone()),
+                api_state.clone(),
+                config.hls,
                 webrtc.clone(),
-                recorder.clone(),
                 runner.stats.clone(),
-                webhooks.clone(),
             )
             .layer(axum::middleware::from_fn_with_state(
                 guard::Guard {

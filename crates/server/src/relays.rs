@@ -38,6 +38,19 @@ impl Relays {
             .unwrap_or_default()
     }
 
+    /// Every push destination, with its path.
+    pub fn all_pushes(&self) -> Vec<(String, Arc<RelayStatus>)> {
+        let mut v: Vec<(String, Arc<RelayStatus>)> = self
+            .pushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|(p, rs)| rs.iter().map(move |r| (p.clone(), r.clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn source(&self, path: &str) -> Option<Arc<RelayStatus>> {
         self.sources
             .lock()

@@ -476,6 +476,10 @@ impl TsMuxer {
 }
 
 impl tidegate_core::Muxer for TsMuxer {
+    fn egress_name(&self) -> &'static str {
+        "srt"
+    }
+
     fn mux(&mut self, frame: &tidegate_core::Frame) -> Option<Bytes> {
         let mut bytes = BytesMut::new();
         self.0.write(frame, &mut bytes);

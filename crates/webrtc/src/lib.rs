@@ -109,53 +109,7 @@ impl WebRtcStats {
 
 pub type WebRtcSessions = ConnRegistry<WebRtcStats>;
 
-/// Upper bounds (seconds) of the egress latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
-];
-
-/// Time from a frame entering the gateway to its last packet leaving on the UDP socket to a
-/// WHEP viewer: a Prometheus-style cumulative histogram.
-#[derive(Default, Debug)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; 12],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, d: Duration) {
-        self.observe_n(d, 1)
-    }
-
-    /// `n` observations of `d` (a batch's latency for each viewer it served).
-    pub fn observe_n(&self, d: Duration, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let s = d.as_secs_f64();
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if s <= *b {
-                self.buckets[i].fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(n, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64 * n, Ordering::Relaxed);
-    }
-
-    /// (cumulative count per bucket, total count, sum in seconds).
-    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
-        (
-            self.buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            self.count.load(Ordering::Relaxed),
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-        )
-    }
-}
+pub use tidegate_core::latency::{LatencyHistogram, LATENCY_BUCKETS};
 
 /// One datagram for a session (over UDP, or one RFC 4571 frame of an ICE-TCP connection).
 pub(crate) struct Datagram {

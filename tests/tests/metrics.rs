@@ -1,0 +1,183 @@
+//! `/metrics` with every kind of session live (ffmpeg over RTMP, RTMPS, RTSP, RTSPS, SRT; an
+//! aiortc WHEP viewer; an HLS muxer; a push to another server): every metric that
+//! docs/operations.md names is served, with MediaMTX's names and labels, and the whole text is
+//! read by the Prometheus text-format parser of `prometheus_client` (PyPI). `/v3/info` answers
+//! MediaMTX's fields.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::http::{fetch, get_json};
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{peer, run_bounded, scratch};
+
+const READY: Duration = Duration::from_secs(20);
+
+/// The metric names in the first column of the tables of docs/operations.md's "Metrics" part.
+fn documented() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .unwrap();
+    let part = doc.split("\n## Metrics").nth(1).expect("a Metrics part");
+    let part = part.split("\n## ").next().unwrap();
+    part.lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1))
+        .map(|n| n.split('{').next().unwrap().to_string())
+        .collect()
+}
+
+/// The sample names of `text` as `prometheus_client`'s parser reads them (it fails on
+/// anything that is not the text format).
+fn parsed_samples(text: &str, dir: &std::path::Path) -> BTreeSet<String> {
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = run_bounded(
+        Command::new(peer("python"))
+            .arg("-c")
+            .arg(
+                "import json, sys\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             names = set()\n\
+             for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+             \x20   for s in fam.samples:\n\
+             \x20       names.add(s.name)\n\
+             print(json.dumps(sorted(names)))\n",
+            )
+            .arg(&file),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<String>>(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn every_documented_metric_is_served_while_its_session_is_live() {
+    let dir = scratch("metrics-all");
+    let (key, cert) = tidegate_tests::self_signed(&dir);
+    let dest = TestServer::start("");
+    let server = TestServer::start(&format!(
+        "rtmpEncryption: optional\nrtmpServerKey: {k}\nrtmpServerCert: {c}\n\
+         rtspEncryption: optional\nrtspServerKey: {k}\nrtspServerCert: {c}\n\
+         webhooks:\n  - url: http://127.0.0.1:9/nobody-listens\n\
+         paths:\n  live:\n    push:\n      - {push}\n",
+        k = key.display(),
+        c = cert.display(),
+        push = dest.rtmp_url("live/pushed"),
+    ));
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live"), 60, "flv", &dir);
+    server.wait_ready("live", READY);
+    dest.wait_ready("live/pushed", READY);
+
+    let mut readers = vec![
+        ffmpeg_read(&server.rtmps_url("live"), 30, &dir.join("rtmps.mkv"), &dir),
+        ffmpeg_read(&server.rtsp_url("live"), 30, &dir.join("rtsp.mkv"), &dir),
+        ffmpeg_read(&server.rtsps_url("live"), 30, &dir.join("rtsps.mkv"), &dir),
+        ffmpeg_read(
+            &format!("{}&latency=200000", server.srt_url("read:live", "")),
+            30,
+            &dir.join("srt.ts"),
+            &dir,
+        ),
+    ];
+    let mut whep = Command::new(peer("python"));
+    whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args([
+            "whep",
+            &server.webrtc_url("live", "whep"),
+            "--seconds",
+            "30",
+        ]);
+    readers.push(PeerProcess::spawn("aiortc-whep", &mut whep, &dir));
+    // An HLS client: the muxer starts with the first request.
+    let hls = fetch(server.hls_addr(), "/live/index.m3u8", &[]);
+    assert_eq!(hls.status, 200);
+    // The push, 4 ffmpeg readers, the WHEP viewer and the HLS muxer.
+    server.wait_readers("live", 7, Duration::from_secs(40));
+
+    let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+    let samples = parsed_samples(&text, &dir);
+    let mut missing = Vec::new();
+    for name in documented() {
+        let found = ["", "_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .any(|suffix| samples.contains(&format!("{name}{suffix}")));
+        if !found {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented but not served while every session kind is live: {missing:?}\n{text}"
+    );
+    // Labels as MediaMTX has them.
+    assert!(
+        text.contains("paths{name=\"live\",state=\"ready\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("readerType=\"rtspSession\""), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("rtmp_conns{id=") && l.contains("state=\"publish\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("forward_dests{id=\"0\",path=\"live\",protocol=\"rtmp\""),
+        "{text}"
+    );
+    // Every reader's byte counter moves (media, not only the protocol's answers).
+    let start = std::time::Instant::now();
+    loop {
+        let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .fold(0.0, f64::max)
+        };
+        let slow: Vec<&str> = [
+            "rtmps_conns_outbound_bytes{",
+            "rtsp_sessions_outbound_bytes{",
+            "rtsps_sessions_outbound_bytes{",
+            "srt_conns_outbound_bytes{",
+            "webrtc_sessions_outbound_bytes{",
+            "forward_dests_outbound_bytes{",
+            "paths_outbound_bytes{",
+        ]
+        .into_iter()
+        .filter(|p| value(p) < 100_000.0)
+        .collect();
+        if slow.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "these counters did not pass 100 kB: {slow:?}\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Filters: ?type= keeps one family group.
+    let only = fetch(server.metrics_addr(), "/metrics?type=srt_conns", &[]).text();
+    assert!(
+        only.contains("srt_conns_ms_rtt{") && !only.contains("paths{"),
+        "{only}"
+    );
+
+    let info = get_json(server.api_addr(), "/v3/info");
+    assert!(info["version"].as_str().unwrap().starts_with('v'), "{info}");
+    assert!(info["started"].as_str().unwrap().contains('T'), "{info}");
+    drop(readers);
+}
