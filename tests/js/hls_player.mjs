@@ -18,7 +18,7 @@ const browser = await chromium.launch({
          '--disable-component-update', '--disable-sync', '--no-first-run',
          '--autoplay-policy=no-user-gesture-required'],
 });
-const out = { url, samples: [], external: [] };
+const out = { url, samples: [], external: [], trace: [] };
 const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 try {
   const page = await browser.newPage();
@@ -54,6 +54,7 @@ try {
     if (s) {
       s.t = (Date.now() - t0) / 1000;
       out.samples.push(s);
+      out.trace.push([s.t, s.frames, s.time]);
       if (out.firstFrameAt === undefined && s.frames > 0) out.firstFrameAt = s.t;
     }
   }

@@ -51,6 +51,10 @@ pub struct PathConf {
     pub record: RecordConf,
     /// Commands run on the path's events (`runOn…`).
     pub hooks: HookConf,
+    /// `publisherReconnectGrace`: when the publisher leaves, its readers stay attached this
+    /// long; a new publisher with the same tracks continues their stream. Zero ends them at
+    /// once.
+    pub publisher_reconnect_grace: std::time::Duration,
 }
 
 /// The path's hooks (`runOn…` keys), MediaMTX's. Plain data, run by the server crate.
@@ -159,6 +163,7 @@ impl Default for PathConf {
             stream_key_in_path: false,
             record: RecordConf::default(),
             hooks: HookConf::default(),
+            publisher_reconnect_grace: std::time::Duration::ZERO,
         }
     }
 }

@@ -115,9 +115,16 @@ struct PublisherSlot {
     kick: CancellationToken,
 }
 
+/// A stream whose publisher left, kept for its readers for `publisherReconnectGrace`.
+struct Held {
+    stream: Arc<Stream>,
+    generation: u64,
+}
+
 struct PathEntry {
     conf: Arc<PathConf>,
     publisher: Option<PublisherSlot>,
+    held: Option<Held>,
     readers: BTreeMap<SessionId, SessionInfo>,
     bytes_sent: Arc<AtomicU64>,
     /// Bytes of publishers that already left, so the total survives a republish.
@@ -126,7 +133,7 @@ struct PathEntry {
 
 impl PathEntry {
     fn is_idle(&self) -> bool {
-        self.publisher.is_none() && self.readers.is_empty()
+        self.publisher.is_none() && self.readers.is_empty() && self.held.is_none()
     }
 }
 
@@ -146,6 +153,65 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `stream` for its readers after its publisher left, if the path has a grace and
+    /// readers; the stream is closed when the grace ends with no new publisher. Returns
+    /// whether it is kept.
+    fn hold(self: &Arc<Self>, entry: &mut PathEntry, path: &str, stream: &Arc<Stream>) -> bool {
+        let grace = entry.conf.publisher_reconnect_grace;
+        if grace.is_zero() || entry.readers.is_empty() || stream.is_closed() {
+            return false;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if let Some(old) = entry.held.take() {
+            old.stream.close();
+        }
+        let generation = self.next_session.fetch_add(1, Ordering::Relaxed);
+        entry.held = Some(Held {
+            stream: stream.clone(),
+            generation,
+        });
+        tracing::info!(
+            path,
+            "the publisher left: its readers wait up to {grace:?} (publisherReconnectGrace) for a new one"
+        );
+        let shared = self.clone();
+        let path = path.to_string();
+        rt.spawn(async move {
+            tokio::time::sleep(grace).await;
+            shared.expire(&path, generation);
+        });
+        true
+    }
+
+    /// The grace of a held stream is over: it closes and its readers end.
+    fn expire(&self, path: &str, generation: u64) {
+        let mut reg = self.lock();
+        let Some(entry) = reg.paths.get_mut(path) else {
+            return;
+        };
+        if !entry
+            .held
+            .as_ref()
+            .is_some_and(|h| h.generation == generation)
+        {
+            return;
+        }
+        let held = entry.held.take();
+        if entry.is_idle() {
+            reg.paths.remove(path);
+        }
+        drop(reg);
+        if let Some(h) = held {
+            tracing::info!(
+                path,
+                "no publisher came back within publisherReconnectGrace: its readers end"
+            );
+            h.stream.close();
+        }
     }
 
     fn emit(&self, kind: PathEventKind, path: &str, session: &SessionInfo) {
@@ -294,6 +360,7 @@ impl PathManager {
             .or_insert_with(|| PathEntry {
                 conf: conf.clone(),
                 publisher: None,
+                held: None,
                 readers: BTreeMap::new(),
                 bytes_sent: Arc::new(AtomicU64::new(0)),
                 bytes_received_past: 0,
@@ -315,7 +382,10 @@ impl PathManager {
             old.kick.cancel();
             if let Some(stream) = &old.stream {
                 entry.bytes_received_past += stream.stats().bytes_in.load(Ordering::Relaxed);
-                stream.close();
+                // The newcomer continues the stream for its readers if it can.
+                if !self.shared.hold(entry, name, stream) {
+                    stream.close();
+                }
             }
         }
         entry.publisher = Some(PublisherSlot {
@@ -530,8 +600,42 @@ impl Publisher {
     /// Declares the tracks and makes the path ready. Returns the stream to write frames into.
     /// Calling it again (the tracks changed) starts a new stream: current readers end.
     pub fn start(&mut self, desc: StreamDesc) -> Arc<Stream> {
-        let stream = Arc::new(Stream::new(desc, self.shared.stream_config.clone()));
         let mut reg = self.shared.lock();
+        let entry = reg.paths.get_mut(&self.path);
+        let is_mine = entry.as_ref().is_some_and(|e| {
+            e.publisher
+                .as_ref()
+                .is_some_and(|p| p.session.id == self.session.id)
+        });
+        // A stream kept for its readers after the last publisher left: continued if the
+        // tracks are the same, else closed (its readers end).
+        let mut resumed = None;
+        let mut to_close = None;
+        if let (true, Some(e)) = (is_mine, entry) {
+            if let Some(h) = e.held.take() {
+                if h.stream.can_resume_with(&desc) {
+                    let counted = h.stream.stats().bytes_in.load(Ordering::Relaxed);
+                    e.bytes_received_past = e.bytes_received_past.saturating_sub(counted);
+                    h.stream.resume(desc.clone());
+                    tracing::info!(
+                        path = %self.path,
+                        "a new publisher continues the stream: its readers stay"
+                    );
+                    resumed = Some(h.stream);
+                } else {
+                    tracing::info!(
+                        path = %self.path,
+                        "the new publisher's tracks differ from the last one's: the readers that waited for it end"
+                    );
+                    to_close = Some(h.stream);
+                }
+            }
+        }
+        if let Some(old) = to_close {
+            old.close();
+        }
+        let stream = resumed
+            .unwrap_or_else(|| Arc::new(Stream::new(desc, self.shared.stream_config.clone())));
         let mine = reg
             .paths
             .get_mut(&self.path)
@@ -568,6 +672,9 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         let mut reg = self.shared.lock();
         let mut was_ready = false;
+        // The stream lives on when it is kept for its readers (grace) or when a newcomer
+        // already continues it.
+        let mut keep = false;
         if let Some(entry) = reg.paths.get_mut(&self.path) {
             if entry
                 .publisher
@@ -579,15 +686,27 @@ impl Drop for Publisher {
                         entry.bytes_received_past +=
                             stream.stats().bytes_in.load(Ordering::Relaxed);
                         was_ready = true;
+                        keep = self.shared.hold(entry, &self.path, &stream);
                     }
                 }
+            }
+            if let Some(mine) = &self.stream {
+                keep |= entry
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| Arc::ptr_eq(&h.stream, mine))
+                    || entry
+                        .publisher
+                        .as_ref()
+                        .and_then(|p| p.stream.as_ref())
+                        .is_some_and(|s| Arc::ptr_eq(s, mine));
             }
             if entry.is_idle() {
                 reg.paths.remove(&self.path);
             }
         }
         drop(reg);
-        if let Some(stream) = &self.stream {
+        if let (Some(stream), false) = (&self.stream, keep) {
             stream.close();
         }
         if was_ready {
@@ -660,13 +779,21 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         let mut reg = self.shared.lock();
+        let mut unheld = None;
         if let Some(entry) = reg.paths.get_mut(&self.path) {
             entry.readers.remove(&self.session.id);
+            if entry.readers.is_empty() {
+                // Nobody left to keep a stream for.
+                unheld = entry.held.take();
+            }
             if entry.is_idle() {
                 reg.paths.remove(&self.path);
             }
         }
         drop(reg);
+        if let Some(h) = unheld {
+            h.stream.close();
+        }
         self.shared
             .emit(PathEventKind::ReaderRemoved, &self.path, &self.session);
     }

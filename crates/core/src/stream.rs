@@ -62,7 +62,25 @@ struct Inner {
     gop_bytes: usize,
     /// False after the cache overflowed, until the next keyframe.
     gop_valid: bool,
+    /// Where readers are: the end of the last frame written (µs of stream time, after any
+    /// offset) and when it arrived.
+    end_us: Option<i64>,
+    last_received: Option<std::time::Instant>,
+    /// Added to every frame's timestamps (µs) since a new publisher continued the stream.
+    offset_us: i64,
+    /// A new publisher continues the stream: frames wait for its first keyframe, and the first
+    /// frame of each track carries its parameters.
+    resume: Option<Resume>,
 }
+
+struct Resume {
+    wait_key: bool,
+    params_sent: Vec<TrackId>,
+}
+
+/// Stream time (µs) added between the old publisher's last frame and the new one's first,
+/// beyond the wall-clock gap, so that no track's timestamps go back.
+const RESUME_MARGIN_US: i64 = 100_000;
 
 /// The live frames of one publish.
 pub struct Stream {
@@ -96,6 +114,10 @@ impl Stream {
                 gop: Vec::new(),
                 gop_bytes: 0,
                 gop_valid: false,
+                end_us: None,
+                last_received: None,
+                offset_us: 0,
+                resume: None,
             }),
             config,
             stats: StreamStats::default(),
@@ -178,8 +200,24 @@ impl Stream {
         self.stats
             .bytes_in
             .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
-        let frame = Arc::new(frame);
+        let mut frame = frame;
         let mut inner = self.lock();
+        if inner.resume.is_some() && !Self::resume_frame(&mut inner, &mut frame, self.key_track) {
+            return;
+        }
+        let clock = inner
+            .desc
+            .track(frame.track)
+            .map_or(90_000, |t| t.clock_rate);
+        if inner.offset_us != 0 {
+            let off = crate::media::rescale(inner.offset_us, 1_000_000, clock);
+            frame.pts = frame.pts.saturating_add(off);
+            frame.dts = frame.dts.saturating_add(off);
+        }
+        let end = crate::media::rescale(frame.dts, clock, 1_000_000);
+        inner.end_us = Some(inner.end_us.map_or(end, |e| e.max(end)));
+        inner.last_received = Some(frame.received);
+        let frame = Arc::new(frame);
         if let Some(params) = &frame.params {
             if let Some(track) = inner.desc.tracks.iter_mut().find(|t| t.id == frame.track) {
                 track.params = (**params).clone();
@@ -206,6 +244,74 @@ impl Stream {
             // An error only means that nobody reads right now.
             let _ = tx.send(frame);
         }
+    }
+
+    /// A frame of a publisher that continues this stream: false to drop it (before the new
+    /// publisher's first keyframe). At that keyframe, the offset that makes its timestamps
+    /// follow the old publisher's (plus the wall-clock gap between them) is set.
+    fn resume_frame(inner: &mut Inner, frame: &mut Frame, key_track: Option<TrackId>) -> bool {
+        let Some(r) = inner.resume.as_mut() else {
+            return true;
+        };
+        if r.wait_key {
+            if !(frame.keyframe && Some(frame.track) == key_track) {
+                return false;
+            }
+            r.wait_key = false;
+            let clock = inner
+                .desc
+                .track(frame.track)
+                .map_or(90_000, |t| t.clock_rate);
+            let gap_us = inner.last_received.map_or(0, |at| {
+                i64::try_from(frame.received.saturating_duration_since(at).as_micros())
+                    .unwrap_or(i64::MAX / 4)
+            });
+            let first_us = crate::media::rescale(frame.dts, clock, 1_000_000);
+            inner.offset_us = inner
+                .end_us
+                .map_or(0, |end| end + gap_us + RESUME_MARGIN_US - first_us);
+        }
+        let Some(r) = inner.resume.as_mut() else {
+            return true;
+        };
+        if !r.params_sent.contains(&frame.track) {
+            r.params_sent.push(frame.track);
+            if frame.params.is_none() {
+                if let Some(t) = inner.desc.track(frame.track) {
+                    frame.params = Some(Arc::new(t.params.clone()));
+                }
+            }
+            if r.params_sent.len() >= inner.desc.tracks.len() {
+                inner.resume = None;
+            }
+        }
+        true
+    }
+
+    /// A new publisher continues this stream (its readers stay): `desc` has the same tracks
+    /// (ids, codecs, clock rates), maybe new parameters. Its frames are dropped until its first
+    /// keyframe, then carry on the timeline after the old publisher's last frame plus the time
+    /// nobody published; each track's first frame carries its parameters (so egresses send
+    /// new sequence headers). The GOP cache starts over.
+    pub fn resume(&self, desc: StreamDesc) {
+        let mut inner = self.lock();
+        inner.desc = desc;
+        inner.gop.clear();
+        inner.gop_bytes = 0;
+        inner.gop_valid = false;
+        inner.resume = Some(Resume {
+            wait_key: true,
+            params_sent: Vec::new(),
+        });
+    }
+
+    /// Whether a publisher with `desc` can continue this stream.
+    pub fn can_resume_with(&self, desc: &StreamDesc) -> bool {
+        let mine = self.lock();
+        mine.desc.tracks.len() == desc.tracks.len()
+            && mine.desc.tracks.iter().zip(&desc.tracks).all(|(a, b)| {
+                a.id == b.id && a.codec() == b.codec() && a.clock_rate == b.clock_rate
+            })
     }
 
     /// A new reader. Its first frames are the GOP cache, so it starts on a keyframe.

@@ -247,3 +247,107 @@ async fn many_readers_share_one_frame_allocation() {
         first = Some(f);
     }
 }
+
+fn graced(name: &str) -> PathConf {
+    PathConf {
+        publisher_reconnect_grace: Duration::from_secs(5),
+        ..conf(name)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_publisher_within_the_grace_continues_the_readers_stream() {
+    let m = manager(vec![graced("cam")]);
+    let mut events = m.events();
+    let mut first = m.publish("cam", session(&m, "rtmpConn")).unwrap();
+    let stream = first.start(desc());
+    let mut reader = m.read("cam", session(&m, "rtmpConn")).unwrap();
+    stream.write(frame(0, 90_000, true));
+    stream.write(frame(1, 48_000, true));
+    assert_eq!(within(reader.recv()).await.unwrap().dts, 90_000);
+    assert_eq!(within(reader.recv()).await.unwrap().dts, 48_000);
+    drop(first);
+    // The path is not ready (hooks and webhooks say unpublish), the reader waits.
+    assert!(!m.get("cam").unwrap().ready);
+    assert_eq!(m.get("cam").unwrap().readers.len(), 1);
+    assert!(!stream.is_closed());
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    // A new publisher, timestamps from zero again, 2 s later (frames say when they came).
+    let mut second = m.publish("cam", session(&m, "rtmpConn")).unwrap();
+    let again = second.start(desc());
+    assert!(Arc::ptr_eq(&again, &stream), "the same stream goes on");
+    let later = |f: Frame| Frame {
+        received: f.received + Duration::from_secs(2),
+        ..f
+    };
+    again.write(later(frame(1, 0, true))); // before its first video keyframe: dropped
+    again.write(later(frame(0, 0, false))); // not a keyframe: dropped
+    again.write(later(frame(0, 3000, true)));
+    again.write(later(frame(1, 1600, true)));
+    let v = within(reader.recv()).await.unwrap();
+    assert!(v.keyframe && v.track == 0);
+    // After the old last frame (1 s), plus the 2 s nobody published, plus a margin.
+    assert!(v.dts > 3 * 90_000 && v.dts < 4 * 90_000, "{}", v.dts);
+    assert!(v.params.is_some(), "the first frame carries the parameters");
+    let a = within(reader.recv()).await.unwrap();
+    assert_eq!(a.track, 1);
+    assert!(a.dts > 48_000 && a.params.is_some());
+    // The events: ready, not ready, ready again.
+    let kinds: Vec<PathEventKind> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, PathEventKind::Ready | PathEventKind::NotReady))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            PathEventKind::Ready,
+            PathEventKind::NotReady,
+            PathEventKind::Ready
+        ]
+    );
+    // Received bytes (6 frames of 10, the 2 dropped ones too) are not counted twice.
+    assert_eq!(m.get("cam").unwrap().bytes_received, 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_grace_or_with_other_tracks_the_readers_end() {
+    let m = manager(vec![graced("cam"), graced("cam2")]);
+    let mut p = m.publish("cam", session(&m, "rtmpConn")).unwrap();
+    let stream = p.start(desc());
+    let mut reader = m.read("cam", session(&m, "rtmpConn")).unwrap();
+    drop(p);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(!stream.is_closed());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(within(reader.recv()).await.unwrap_err(), RecvError::Closed);
+    drop(reader);
+    let info = m.get("cam").unwrap();
+    assert!(!info.ready && info.readers.is_empty() && info.source.is_none());
+
+    let mut p = m.publish("cam2", session(&m, "rtmpConn")).unwrap();
+    let stream = p.start(desc());
+    let mut reader = m.read("cam2", session(&m, "rtmpConn")).unwrap();
+    drop(p);
+    let mut p = m.publish("cam2", session(&m, "srtConn")).unwrap();
+    let mut other = desc();
+    other.tracks.truncate(1);
+    let new = p.start(other);
+    assert!(!Arc::ptr_eq(&new, &stream));
+    assert!(stream.is_closed());
+    assert_eq!(within(reader.recv()).await.unwrap_err(), RecvError::Closed);
+}
+
+#[tokio::test]
+async fn without_readers_or_grace_nothing_is_kept() {
+    let m = manager(vec![graced("cam"), conf("plain")]);
+    let mut p = m.publish("cam", session(&m, "rtmpConn")).unwrap();
+    let stream = p.start(desc());
+    drop(p);
+    assert!(stream.is_closed(), "no reader: nothing to keep");
+    let mut p = m.publish("plain", session(&m, "rtmpConn")).unwrap();
+    let stream = p.start(desc());
+    let _r = m.read("plain", session(&m, "rtmpConn")).unwrap();
+    drop(p);
+    assert!(stream.is_closed(), "no grace: the reader ends at once");
+}

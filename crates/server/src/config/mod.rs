@@ -375,6 +375,16 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         set!(srt_read_passphrase, srt_passphrase),
     ),
     ("overridePublisher", set!(override_publisher, boolean)),
+    (
+        "publisherReconnectGrace",
+        set!(publisher_reconnect_grace, |v| {
+            let d = duration(v)?;
+            if d > Duration::from_secs(300) {
+                return Err("at most 5m".to_string());
+            }
+            Ok(d)
+        }),
+    ),
     ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
     ("push", set!(push, push_list)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),

@@ -1,0 +1,173 @@
+//! Readers survive a publisher's blip (`publisherReconnectGrace`): ffmpeg publishes over RTMP
+//! and is killed (-9); a new ffmpeg publishes on the same path within the grace. An ffmpeg
+//! RTMP reader, an ffmpeg SRT reader and hls.js in Chromium keep playing across it: frames on
+//! both sides of the gap, timestamps that go on increasing, no reconnect, no fatal hls.js
+//! error. Past the grace (or with it at 0s), readers end as before.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, peer, peers_dir, scratch};
+
+const READY: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Video frames of `file` before and after its largest timestamp gap, and the gap (s).
+fn around_the_gap(file: &Path) -> (usize, usize, f64) {
+    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{}",
+        file.display()
+    );
+    assert!(p.codec("audio").is_some(), "{}: no audio", file.display());
+    assert!(
+        p.dts_monotonic("video"),
+        "{}: video DTS go back",
+        file.display()
+    );
+    assert!(
+        p.dts_monotonic("audio"),
+        "{}: audio DTS go back",
+        file.display()
+    );
+    let v = p.packets_of("video");
+    let tb = p
+        .streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .and_then(|s| s["time_base"].as_str())
+        .and_then(|t| t.split_once('/'))
+        .map(|(n, d)| n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap())
+        .unwrap();
+    let pts: Vec<f64> = v
+        .iter()
+        .filter_map(|p| p.dts)
+        .map(|d| d as f64 * tb)
+        .collect();
+    let (at, gap) = pts
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i + 1, w[1] - w[0]))
+        .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    (at, pts.len() - at, gap)
+}
+
+#[test]
+fn readers_keep_playing_across_a_publisher_blip() {
+    let dir = scratch("blip");
+    let server = TestServer::start("pathDefaults:\n  publisherReconnectGrace: 5s\n");
+    let mut first = ffmpeg_publish(&server.rtmp_url("blip"), 60, "flv", &dir);
+    server.wait_ready("blip", READY);
+
+    let rtmp_out = dir.join("rtmp.mkv");
+    let srt_out = dir.join("srt.ts");
+    let mut rtmp = ffmpeg_read(&server.rtmp_url("blip"), 14, &rtmp_out, &dir);
+    let mut srt = ffmpeg_read(
+        &format!("{}&latency=200000", server.srt_url("read:blip", "")),
+        14,
+        &srt_out,
+        &dir,
+    );
+    let node = peer("node");
+    let mut hlsjs = Command::new(node);
+    hlsjs
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs"))
+        .arg(server.hls_url("blip", ""))
+        .arg("20")
+        .arg(peers_dir().join("node/node_modules"));
+    let mut hlsjs = PeerProcess::spawn("hlsjs", &mut hlsjs, &dir);
+    // RTMP, SRT and the HLS muxer read.
+    server.wait_readers("blip", 3, READY);
+    // Everybody plays for a while (150 frames through the server).
+    server.wait_frames("blip", 150, LIMIT);
+
+    // The blip: the publisher dies; a new one comes as soon as the path says it is gone.
+    first.kill9();
+    server.wait_not_ready("blip", LIMIT);
+    let gone = Instant::now();
+    assert_eq!(
+        server.paths().get("blip").unwrap().readers.len(),
+        3,
+        "the readers wait for a new publisher"
+    );
+    let _second = ffmpeg_publish(&server.rtmp_url("blip"), 60, "flv", &dir);
+    server.wait_ready("blip", READY);
+    let blip = gone.elapsed();
+    assert!(
+        blip < Duration::from_secs(5),
+        "the new publisher took {blip:?}"
+    );
+
+    for (name, reader, out) in [("RTMP", &mut rtmp, &rtmp_out), ("SRT", &mut srt, &srt_out)] {
+        assert!(reader.wait(LIMIT).success(), "{name}: {}", reader.stderr());
+        let (before, after, gap) = around_the_gap(out);
+        eprintln!("{name} reader: {before} frames, a {gap:.2} s gap, {after} frames");
+        assert!(
+            before >= 90 && after >= 90,
+            "{name}: {before} / {after} frames"
+        );
+        assert!(gap >= 0.2 && gap < 6.0, "{name}: a {gap} s gap");
+    }
+
+    let status = hlsjs.wait(LIMIT);
+    let out = hlsjs.stdout();
+    assert!(status.success(), "{out}\n{}", hlsjs.stderr());
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    eprintln!("hls.js: {r}");
+    let fatal: Vec<&serde_json::Value> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.as_str().unwrap_or("").contains("fatal"))
+        .collect();
+    assert!(fatal.is_empty(), "hls.js: {fatal:?}");
+    let trace = r["trace"].as_array().unwrap();
+    let frames_at = |t: f64| {
+        trace
+            .iter()
+            .filter(|s| s[0].as_f64().unwrap() <= t)
+            .map(|s| s[1].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    };
+    let end = trace.last().unwrap()[0].as_f64().unwrap();
+    let last4 = frames_at(end) - frames_at(end - 4.0);
+    assert!(
+        last4 >= 80,
+        "hls.js decoded {last4} frames in the last 4 s: {r}"
+    );
+    assert!(frames_at(end - 4.0) >= 60, "hls.js played before: {r}");
+    // The same muxer, one playlist: no second muxer was created.
+    assert_eq!(
+        tidegate_tests::logs::lines_with(&["blip", "[HLS] muxer created"]).len(),
+        1
+    );
+}
+
+#[test]
+fn without_a_new_publisher_the_readers_end_after_the_grace() {
+    let dir = scratch("blip-end");
+    let server = TestServer::start("pathDefaults:\n  publisherReconnectGrace: 2s\n");
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("gone"), 60, "flv", &dir);
+    server.wait_ready("gone", READY);
+    let mut reader = ffmpeg_read(&server.rtmp_url("gone"), 60, &dir.join("gone.mkv"), &dir);
+    server.wait_readers("gone", 1, READY);
+    server.wait_frames("gone", 60, LIMIT);
+    publisher.kill9();
+    server.wait_not_ready("gone", LIMIT);
+    let left = Instant::now();
+    reader.wait(LIMIT);
+    let waited = left.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(20),
+        "the reader ended {waited:?} after the publisher"
+    );
+    assert!(!tidegate_tests::logs::lines_with(&["gone", "no publisher came back"]).is_empty());
+}
