@@ -193,10 +193,10 @@ impl Shared {
         let Some(entry) = reg.paths.get_mut(path) else {
             return;
         };
-        if !entry
+        if entry
             .held
             .as_ref()
-            .is_some_and(|h| h.generation == generation)
+            .is_none_or(|h| h.generation != generation)
         {
             return;
         }
