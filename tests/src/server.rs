@@ -11,11 +11,44 @@ pub struct TestServer {
     runtime: tokio::runtime::Runtime,
     server: Option<Server>,
     paths: PathManager,
+    /// The configuration file, for servers started with [`TestServer::start_watched`]: the
+    /// settings every test server gets, and the file.
+    file: Option<(String, std::path::PathBuf)>,
 }
 
 impl TestServer {
+    /// As [`TestServer::start`], from a configuration file (`file`) that the server watches:
+    /// [`TestServer::rewrite_config`] changes it and the server reloads it.
+    pub fn start_watched(extra: &str, file: &std::path::Path) -> TestServer {
+        let base = Self::base(extra);
+        std::fs::write(file, format!("{base}{extra}")).expect("config file");
+        let mut s = Self::start_text(format!("{base}{extra}"), &file.display().to_string());
+        {
+            let _in = s.runtime.enter();
+            s.server().watch_config(file.to_path_buf(), Vec::new());
+        }
+        s.file = Some((base, file.to_path_buf()));
+        s
+    }
+
+    /// Writes a new configuration file: the same listeners and key store, `extra` after them.
+    /// Written whole at once (a rename), as editors and config tools do.
+    pub fn rewrite_config(&self, extra: &str) {
+        let (base, file) = self.file.as_ref().expect("started with start_watched");
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{base}{extra}")).expect("config file");
+        std::fs::rename(&tmp, file).expect("config file");
+    }
+
     /// Starts a server with every listener on 127.0.0.1:0, plus `extra` YAML (paths, ...).
     pub fn start(extra: &str) -> TestServer {
+        let base = Self::base(extra);
+        Self::start_text(format!("{base}{extra}"), "test.yml")
+    }
+
+    /// The listeners on loopback with ephemeral ports (unless `extra` sets them) and a key
+    /// store of the server's own.
+    fn base(extra: &str) -> String {
         crate::logs::install();
         // Every listener on loopback with an ephemeral port, unless `extra` sets that key.
         let base = [
@@ -49,8 +82,12 @@ impl TestServer {
             let _ = std::fs::remove_file(&file);
             text.push_str(&format!("keyStore: {}\n", file.display()));
         }
-        text.push_str(extra);
-        let config = Config::load(Some(("test.yml", &text)), Vec::new())
+        text
+    }
+
+    fn start_text(text: String, name: &str) -> TestServer {
+        crate::logs::install();
+        let config = Config::load(Some((name, &text)), Vec::new())
             .unwrap_or_else(|e| panic!("test configuration: {e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -65,6 +102,7 @@ impl TestServer {
             runtime,
             server: Some(server),
             paths,
+            file: None,
         }
     }
 

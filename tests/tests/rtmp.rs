@@ -233,7 +233,8 @@ fn a_second_publisher_is_refused_and_the_first_carries_on() {
 #[test]
 fn a_vanishing_publisher_ends_readers_and_frees_the_path() {
     let dir = scratch("rtmp-kill");
-    let server = TestServer::start("");
+    // Readers end with their publisher at once (no grace; tests/tests/blip.rs has the grace).
+    let server = TestServer::start("pathDefaults:\n  publisherReconnectGrace: 0s\n");
     let url = server.rtmp_url("live/kill");
     let mut publisher = ffmpeg_publish(&url, 60, "flv", &dir);
     server.wait_ready("live/kill", READY);

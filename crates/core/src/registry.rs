@@ -274,6 +274,51 @@ impl PathManager {
             .ok_or_else(|| PathError::NotConfigured(name.to_string()))
     }
 
+    /// Replaces the path configuration (a reload). A live path whose configuration is the
+    /// same keeps its publisher and readers untouched; a live path whose configuration
+    /// changed, or that no configuration matches any more, has its publisher kicked and its
+    /// stream closed (readers end). Returns those paths, with why.
+    pub fn reconfigure(&self, matcher: PathMatcher) -> Vec<(String, &'static str)> {
+        let matcher = Arc::new(matcher);
+        let mut closed = Vec::new();
+        let mut streams = Vec::new();
+        let mut reg = self.shared.lock();
+        reg.matcher = matcher.clone();
+        let names: Vec<String> = reg.paths.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = reg.paths.get_mut(&name) else {
+                continue;
+            };
+            let why = match matcher.find(&name) {
+                None => "it was removed from the configuration",
+                Some(m) if *m.conf == *entry.conf => {
+                    entry.conf = m.conf;
+                    continue;
+                }
+                Some(m) => {
+                    entry.conf = m.conf;
+                    "its configuration changed"
+                }
+            };
+            if let Some(p) = &entry.publisher {
+                p.kick.cancel();
+                streams.extend(p.stream.clone());
+            }
+            if let Some(h) = entry.held.take() {
+                streams.push(h.stream);
+            }
+            closed.push((name, why));
+        }
+        drop(reg);
+        for s in streams {
+            s.close();
+        }
+        for (name, why) in &closed {
+            tracing::info!(path = %name, "{why}: its sessions are closed");
+        }
+        closed
+    }
+
     /// Installs who decides (the server's auth manager); [`PathRules`] until then.
     pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
         if let Ok(mut a) = self.shared.authenticator.write() {

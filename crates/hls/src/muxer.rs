@@ -198,6 +198,15 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
     'streams: loop {
         let desc = reader.desc();
         let mut seg = Segmenter::new(&desc, cfg.clone(), offset, discontinuity);
+        // The key track's last timestamp and frame interval (s): a jump far past the interval
+        // at a keyframe (a new publisher continued the stream after a blip,
+        // `publisherReconnectGrace`) starts a new segment after a discontinuity, as a new
+        // publisher does, so that no part spans the time nobody published.
+        let mut key_last: Option<(i64, f64)> = None;
+        let key_clock = desc
+            .key_track()
+            .and_then(|k| desc.track(k))
+            .map(|t| (t.id, f64::from(t.clock_rate.max(1))));
         if let Some(why) = &seg.unsupported {
             tracing::warn!(path = mux.path, "[HLS] {why}");
         }
@@ -234,6 +243,30 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                                 }
                             }
                         }
+                    }
+                    if let Some((_, clock)) = key_clock.filter(|k| k.0 == frame.track) {
+                        if let Some((last, interval)) = key_last {
+                            let gap = (frame.dts - last) as f64 / clock;
+                            if frame.keyframe
+                                && gap > cfg.part_duration
+                                && interval > 0.0
+                                && gap > 3.0 * interval
+                            {
+                                tracing::info!(
+                                    path = mux.path,
+                                    "[HLS] a {gap:.2} s gap in the stream: a new segment after a discontinuity"
+                                );
+                                seg.finish(&mut out);
+                                mux.apply(&mut out);
+                                offset = seg.end();
+                                seg = Segmenter::new(&reader.desc(), cfg.clone(), offset, true);
+                                let wall = SystemTime::now() - frame.received.elapsed();
+                                mux.state().wall0 = wall - Duration::from_secs_f64(offset);
+                                key_last = None;
+                            }
+                        }
+                        let interval = key_last.map_or(0.0, |(last, _)| (frame.dts - last) as f64 / clock);
+                        key_last = Some((frame.dts, interval));
                     }
                     seg.push(&frame, &mut out);
                     mux.apply(&mut out);

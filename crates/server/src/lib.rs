@@ -11,6 +11,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod relays;
+pub mod reload;
 pub mod tls;
 pub mod webhooks;
 
@@ -57,6 +58,17 @@ pub struct Server {
     webrtc_tcp_addr: Option<SocketAddr>,
     playback_addr: Option<SocketAddr>,
     recorder: tidegate_record::Recorder,
+    reloader: Arc<reload::Reloader>,
+}
+
+/// The configured exact-name paths (for `runOnInit`).
+fn exact_paths(config: &Config) -> Vec<tidegate_core::PathConf> {
+    config
+        .paths
+        .iter()
+        .filter(|p| !p.name.starts_with('~') && p.name != "all_others" && p.name != "all")
+        .cloned()
+        .collect()
 }
 
 /// How long shutdown waits for sessions to close before giving up on them.
@@ -75,13 +87,29 @@ fn https(
     key: &str,
     cert: &str,
     what: &'static str,
+    certs: &mut Vec<(&'static str, Arc<tls::CertStore>)>,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
     if !enabled {
         return Ok(None);
     }
-    tls::acceptor_with_alpn(key, cert, &[b"h2", b"http/1.1"])
-        .map(Some)
-        .map_err(|message| StartError::Config { key: what, message })
+    let (acceptor, store) = tls::acceptor_with_alpn(key, cert, &[b"h2", b"http/1.1"])
+        .map_err(|message| StartError::Config { key: what, message })?;
+    certs.push((what, store));
+    Ok(Some(acceptor))
+}
+
+/// The key and certificate files a listener's TLS comes from, by the keys' names.
+fn cert_files<'a>(c: &'a Config, what: &str) -> Option<(&'a str, &'a str)> {
+    Some(match what {
+        "rtmpServerKey/rtmpServerCert" => (&c.rtmp_server_key, &c.rtmp_server_cert),
+        "rtspServerKey/rtspServerCert" => (&c.rtsp_server_key, &c.rtsp_server_cert),
+        "webrtcServerKey/webrtcServerCert" => (&c.webrtc_server_key, &c.webrtc_server_cert),
+        "hlsServerKey/hlsServerCert" => (&c.hls_server_key, &c.hls_server_cert),
+        "apiServerKey/apiServerCert" => (&c.api_server_key, &c.api_server_cert),
+        "metricsServerKey/metricsServerCert" => (&c.metrics_server_key, &c.metrics_server_cert),
+        "playbackServerKey/playbackServerCert" => (&c.playback_server_key, &c.playback_server_cert),
+        _ => return None,
+    })
 }
 
 /// The RTP/RTCP (or SRTP/SRTCP) socket pair of an RTSP listener, when `enabled`.
@@ -128,15 +156,16 @@ impl Server {
         paths.set_authenticator(auth.clone());
 
         // TLS material is loaded before anything is bound, so a bad file stops start-up cleanly.
+        let mut certs = Vec::new();
         let rtmps_tls = match config.rtmp && config.rtmp_encryption != config::Encryption::No {
-            true => Some(
-                tls::acceptor(&config.rtmp_server_key, &config.rtmp_server_cert).map_err(
-                    |message| StartError::Config {
-                        key: "rtmpServerKey/rtmpServerCert",
-                        message,
-                    },
-                )?,
-            ),
+            true => {
+                let what = "rtmpServerKey/rtmpServerCert";
+                let (acceptor, store) =
+                    tls::acceptor(&config.rtmp_server_key, &config.rtmp_server_cert)
+                        .map_err(|message| StartError::Config { key: what, message })?;
+                certs.push((what, store));
+                Some(acceptor)
+            }
             false => None,
         };
         let webrtc_tls = https(
@@ -144,30 +173,35 @@ impl Server {
             &config.webrtc_server_key,
             &config.webrtc_server_cert,
             "webrtcServerKey/webrtcServerCert",
+            &mut certs,
         )?;
         let hls_tls = https(
             config.hls && config.hls_encryption,
             &config.hls_server_key,
             &config.hls_server_cert,
             "hlsServerKey/hlsServerCert",
+            &mut certs,
         )?;
         let api_tls = https(
             config.api && config.api_encryption,
             &config.api_server_key,
             &config.api_server_cert,
             "apiServerKey/apiServerCert",
+            &mut certs,
         )?;
         let metrics_tls = https(
             config.metrics && config.metrics_encryption,
             &config.metrics_server_key,
             &config.metrics_server_cert,
             "metricsServerKey/metricsServerCert",
+            &mut certs,
         )?;
         let playback_tls = https(
             config.playback && config.playback_encryption,
             &config.playback_server_key,
             &config.playback_server_cert,
             "playbackServerKey/playbackServerCert",
+            &mut certs,
         )?;
         let playback = match config.playback {
             true => Some(bind("playback", config.playback_address).await?),
@@ -215,14 +249,14 @@ impl Server {
             };
         let rtsp_addr = rtsp_listener.as_ref().and_then(|l| l.local_addr().ok());
         let rtsps_tls = match config.rtsp && config.rtsp_encryption != config::Encryption::No {
-            true => Some(
-                tls::acceptor(&config.rtsp_server_key, &config.rtsp_server_cert).map_err(
-                    |message| StartError::Config {
-                        key: "rtspServerKey/rtspServerCert",
-                        message,
-                    },
-                )?,
-            ),
+            true => {
+                let what = "rtspServerKey/rtspServerCert";
+                let (acceptor, store) =
+                    tls::acceptor(&config.rtsp_server_key, &config.rtsp_server_cert)
+                        .map_err(|message| StartError::Config { key: what, message })?;
+                certs.push((what, store));
+                Some(acceptor)
+            }
             false => None,
         };
         let rtsps_listener = match rtsps_tls {
@@ -348,19 +382,14 @@ impl Server {
             &tasks,
             &shutdown,
         );
-        hooks::start(
+        let hooks_handle = hooks::start(
             runner.clone(),
             hooks::GlobalHooks {
                 run_on_connect: config.run_on_connect.clone(),
                 run_on_connect_restart: config.run_on_connect_restart,
                 run_on_disconnect: config.run_on_disconnect.clone(),
             },
-            config
-                .paths
-                .iter()
-                .filter(|p| !p.name.starts_with('~') && p.name != "all_others" && p.name != "all")
-                .cloned()
-                .collect(),
+            exact_paths(&config),
             paths.clone(),
             conn_rx,
             conn_lists,
@@ -648,7 +677,19 @@ impl Server {
                 tasks.clone(),
             ));
         }
+        let reloader = Arc::new(reload::Reloader {
+            current: std::sync::Mutex::new((config.clone(), None)),
+            paths: paths.clone(),
+            relays: relays.clone(),
+            hooks: hooks_handle,
+            auth: auth.clone(),
+            certs,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            serial: tokio::sync::Mutex::new(()),
+        });
         Ok(Server {
+            reloader,
             paths,
             shutdown,
             tasks,
@@ -667,6 +708,24 @@ impl Server {
             playback_addr,
             recorder,
         })
+    }
+
+    /// What reloads the configuration (the API, `SIGHUP`).
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Watches the configuration file `path` (the one this server was started from, read
+    /// with `env`) and reloads it when it changes.
+    pub fn watch_config(&self, path: std::path::PathBuf, env: Vec<(String, String)>) {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            self.reloader
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1 = Some(text);
+        }
+        self.reloader.watch(path, env);
     }
 
     pub fn playback_addr(&self) -> Option<SocketAddr> {

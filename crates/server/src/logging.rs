@@ -5,28 +5,60 @@
 
 use std::io::IsTerminal;
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `logLevel`.
+type Handle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Where a reload sets the level (`logLevel`); none when `RUST_LOG` decides.
+static LEVEL: OnceLock<Handle> = OnceLock::new();
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `logLevel` (and reloads
+/// do not change it).
 pub fn init(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(config.log_level.as_str()));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let colour = use_colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match config.log_format {
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(colour)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
     // Already installed (tests starting several servers): keep the first.
-    let _ = result;
+    if result.is_ok() && !fixed {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// Sets the log level (`error`, `warn`, `info`, `debug`) from now on. False when the level
+/// is not ours to set (`RUST_LOG`, or another subscriber: tests).
+pub fn set_level(level: &str) -> bool {
+    LEVEL
+        .get()
+        .is_some_and(|h| h.reload(EnvFilter::new(level)).is_ok())
 }
 
 /// Colour on a terminal only, and never when `NO_COLOR` holds a value.

@@ -104,6 +104,24 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // The file is watched, and SIGHUP reloads it too.
+        if let Some((path, _)) = &found {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            server.watch_config(path.clone(), env.clone());
+            #[cfg(unix)]
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                let reloader = server.reloader();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("[reload] SIGHUP");
+                        reloader.reload_file(&path, env.clone()).await;
+                    }
+                });
+            }
+        }
         signal.await;
         tracing::info!("shutting down");
         server.shutdown().await;

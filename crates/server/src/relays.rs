@@ -12,11 +12,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
-/// The relays' status, for the API.
+/// A pulled source and what started it.
+struct Pull {
+    conf: Arc<tidegate_core::PathConf>,
+    status: Arc<RelayStatus>,
+    /// Cancels an always-on pull; None for an on-demand one (its task owns its runs).
+    cancel: Option<CancellationToken>,
+}
+
+/// The relays: their status for the API, and the pulls by path, which a reload changes.
 #[derive(Default)]
 pub struct Relays {
     pushes: Mutex<HashMap<String, Vec<Arc<RelayStatus>>>>,
-    sources: Mutex<HashMap<String, Arc<RelayStatus>>>,
+    pulls: Mutex<HashMap<String, Pull>>,
 }
 
 /// A relay URL as the API and logs show it: stream keys and passphrases hidden.
@@ -52,11 +60,88 @@ impl Relays {
     }
 
     pub fn source(&self, path: &str) -> Option<Arc<RelayStatus>> {
-        self.sources
+        self.pulls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
-            .cloned()
+            .map(|p| p.status.clone())
+    }
+
+    /// Starts the pulls `confs` ask for and stops those they no longer ask for (or ask for
+    /// differently); pulls whose path configuration is the same go on untouched.
+    pub fn apply_sources(
+        &self,
+        confs: &[tidegate_core::PathConf],
+        paths: &PathManager,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let mut wanted: HashMap<String, &tidegate_core::PathConf> = HashMap::new();
+        for conf in confs {
+            if conf.source == "publisher" {
+                continue;
+            }
+            let pulled = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
+                .iter()
+                .any(|p| conf.source.starts_with(p));
+            let exact =
+                !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
+            if !(pulled && exact) {
+                tracing::warn!(
+                    path = conf.name,
+                    "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt:// on exact-name paths)",
+                    shown_url(&conf.source)
+                );
+                continue;
+            }
+            wanted.insert(conf.name.clone(), conf);
+        }
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<String> = pulls
+            .iter()
+            .filter(|(name, p)| wanted.get(*name).is_none_or(|c| **c != *p.conf))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(p) = pulls.remove(&name) {
+                tracing::info!(
+                    path = name,
+                    "the pulled source's configuration changed: it stops"
+                );
+                if let Some(c) = p.cancel {
+                    c.cancel();
+                }
+            }
+        }
+        for (name, conf) in wanted {
+            if pulls.contains_key(&name) {
+                continue;
+            }
+            let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
+            let cancel = (!conf.source_on_demand).then(|| {
+                let token = shutdown.child_token();
+                tasks.spawn(source(conf, paths.clone(), status.clone(), token.clone()));
+                token
+            });
+            pulls.insert(
+                name,
+                Pull {
+                    conf: Arc::new(conf.clone()),
+                    status,
+                    cancel,
+                },
+            );
+        }
+    }
+
+    /// The on-demand pull configured for `path`, if any.
+    fn on_demand(&self, path: &str) -> Option<(Arc<tidegate_core::PathConf>, Arc<RelayStatus>)> {
+        self.pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .filter(|p| p.cancel.is_none())
+            .map(|p| (p.conf.clone(), p.status.clone()))
     }
 }
 
@@ -67,46 +152,14 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> Arc<Relays> {
     let relays = Arc::new(Relays::default());
-    let mut on_demand: HashMap<String, (Arc<tidegate_core::PathConf>, Arc<RelayStatus>)> =
-        HashMap::new();
-    for conf in &config.paths {
-        if conf.source == "publisher" {
-            continue;
-        }
-        let pulled = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
-            .iter()
-            .any(|p| conf.source.starts_with(p));
-        let exact = !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
-        if !(pulled && exact) {
-            tracing::warn!(
-                path = conf.name,
-                "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt:// on exact-name paths)",
-                shown_url(&conf.source)
-            );
-            continue;
-        }
-        let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
-        relays
-            .sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(conf.name.clone(), status.clone());
-        if conf.source_on_demand {
-            on_demand.insert(conf.name.clone(), (Arc::new(conf.clone()), status));
-        } else {
-            tasks.spawn(source(conf, paths.clone(), status, shutdown.clone()));
-        }
-    }
-    if !on_demand.is_empty() {
-        tasks.spawn(on_demand_sources(
-            on_demand,
-            paths.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let has_push = config.paths.iter().any(|p| !p.push.is_empty());
-    if has_push {
+    relays.apply_sources(&config.paths, paths, tasks, shutdown);
+    tasks.spawn(on_demand_sources(
+        relays.clone(),
+        paths.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    {
         let mut events = paths.events();
         let paths = paths.clone();
         let relays2 = relays.clone();
@@ -210,13 +263,18 @@ fn source(
 /// Starts on-demand sources when a reader asks (a `Demand` path event) and stops each
 /// `sourceOnDemandCloseAfter` after its last reader left.
 async fn on_demand_sources(
-    sources: HashMap<String, (Arc<tidegate_core::PathConf>, Arc<RelayStatus>)>,
+    relays: Arc<Relays>,
     paths: PathManager,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut events = paths.events();
-    let mut running: HashMap<String, (CancellationToken, std::time::Instant)> = HashMap::new();
+    type Run = (
+        CancellationToken,
+        std::time::Instant,
+        Arc<tidegate_core::PathConf>,
+    );
+    let mut running: HashMap<String, Run> = HashMap::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -230,21 +288,25 @@ async fn on_demand_sources(
                 if ev.kind != PathEventKind::Demand || running.contains_key(&ev.path) {
                     continue;
                 }
-                let Some((conf, status)) = sources.get(&ev.path) else { continue };
+                let Some((conf, status)) = relays.on_demand(&ev.path) else { continue };
                 tracing::info!(path = ev.path, "starting the on-demand source");
                 let token = shutdown.child_token();
-                tasks.spawn(source(conf, paths.clone(), status.clone(), token.clone()));
-                running.insert(ev.path.clone(), (token, std::time::Instant::now()));
+                tasks.spawn(source(&conf, paths.clone(), status, token.clone()));
+                running.insert(ev.path.clone(), (token, std::time::Instant::now(), conf));
             }
             _ = tick.tick() => {
                 let mut stop = Vec::new();
-                for (name, (token, last_busy)) in running.iter_mut() {
+                for (name, (token, last_busy, conf)) in running.iter_mut() {
                     let busy = paths.get(name).is_some_and(|p| !p.readers.is_empty());
                     if busy {
                         *last_busy = std::time::Instant::now();
                     }
-                    let close_after = sources.get(name).map_or(std::time::Duration::from_secs(10), |s| s.0.source_on_demand_close_after);
-                    if last_busy.elapsed() >= close_after {
+                    // A reload that removed or changed the source ends its run at once.
+                    let close_after = relays
+                        .on_demand(name)
+                        .filter(|s| Arc::ptr_eq(&s.0, conf))
+                        .map(|s| s.0.source_on_demand_close_after);
+                    if close_after.is_none_or(|c| last_busy.elapsed() >= c) {
                         token.cancel();
                         stop.push(name.clone());
                     }

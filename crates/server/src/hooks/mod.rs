@@ -62,6 +62,21 @@ pub struct GlobalHooks {
     pub run_on_disconnect: String,
 }
 
+/// Changes the hooks' settings (a reload).
+#[derive(Clone)]
+pub struct HooksHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<(GlobalHooks, Vec<PathConf>)>,
+}
+
+impl HooksHandle {
+    /// New global hooks (for connections from now on) and exact-name paths: `runOnInit`
+    /// commands of paths that are gone or whose command changed end, new ones start, the
+    /// others go on.
+    pub fn reconfigure(&self, global: GlobalHooks, exact: Vec<PathConf>) {
+        let _ = self.tx.send((global, exact));
+    }
+}
+
 /// Starts the hooks' task. `exact` are the configured exact-name paths (for `runOnInit`).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
@@ -74,7 +89,7 @@ pub fn start(
     rtsp_port: Option<u16>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
-) {
+) -> HooksHandle {
     let mut state = State {
         runner,
         global,
@@ -87,22 +102,11 @@ pub fn start(
         reads: HashMap::new(),
         demands: HashMap::new(),
     };
-    for conf in exact {
-        if conf.hooks.run_on_init.is_empty() {
-            continue;
-        }
-        let env = path_env(&state.paths, &conf.name, rtsp_port);
-        let running = state.runner.start(Spec {
-            what: "runOnInit",
-            label: conf.name.clone(),
-            command: conf.hooks.run_on_init.clone(),
-            env,
-            restart: conf.hooks.run_on_init_restart,
-        });
-        state.init.insert(conf.name.clone(), running);
-    }
+    state.apply_init(exact);
     let path_events = state.paths.events();
-    tasks.spawn(state.run(path_events, conn_events, shutdown));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.spawn(state.run(path_events, conn_events, rx, shutdown));
+    HooksHandle { tx }
 }
 
 type Env = Vec<(String, String)>;
@@ -137,8 +141,9 @@ struct State {
     paths: PathManager,
     rtsp_port: Option<u16>,
     conns: Vec<(&'static str, Arc<dyn ConnIds>)>,
-    /// Held for the server's lifetime: dropped (ended) at shutdown.
-    init: HashMap<String, Running>,
+    /// Held for the server's lifetime (or until a reload changes them): dropped (ended) at
+    /// shutdown. With the command and restart flag they run with.
+    init: HashMap<String, (String, bool, Running)>,
     conn: HashMap<(&'static str, u64), (Option<Running>, Env)>,
     available: HashMap<String, Available>,
     reads: HashMap<(String, SessionId), Lasting>,
@@ -162,10 +167,40 @@ fn spec(
 }
 
 impl State {
+    /// Starts the `runOnInit` commands of `exact` that are not running as they are asked to,
+    /// and ends the others.
+    fn apply_init(&mut self, exact: Vec<PathConf>) {
+        let wanted: HashMap<String, (String, bool)> = exact
+            .into_iter()
+            .filter(|c| !c.hooks.run_on_init.is_empty())
+            .map(|c| (c.name, (c.hooks.run_on_init, c.hooks.run_on_init_restart)))
+            .collect();
+        self.init.retain(|name, (cmd, restart, _)| {
+            wanted
+                .get(name)
+                .is_some_and(|(c, r)| c == cmd && r == restart)
+        });
+        for (name, (command, restart)) in wanted {
+            if self.init.contains_key(&name) {
+                continue;
+            }
+            let env = path_env(&self.paths, &name, self.rtsp_port);
+            let running = self.runner.start(Spec {
+                what: "runOnInit",
+                label: name.clone(),
+                command: command.clone(),
+                env,
+                restart,
+            });
+            self.init.insert(name, (command, restart, running));
+        }
+    }
+
     async fn run(
         mut self,
         mut path_events: tokio::sync::broadcast::Receiver<PathEvent>,
         mut conn_events: tokio::sync::broadcast::Receiver<ConnEvent>,
+        mut reconfigure: tokio::sync::mpsc::UnboundedReceiver<(GlobalHooks, Vec<PathConf>)>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -190,6 +225,10 @@ impl State {
                     Err(RecvError::Closed) => std::future::pending::<()>().await,
                 },
                 _ = tick.tick() => self.check_demands(),
+                Some((global, exact)) = reconfigure.recv() => {
+                    self.global = global;
+                    self.apply_init(exact);
+                }
             }
         }
     }

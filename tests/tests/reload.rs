@@ -1,0 +1,179 @@
+//! Reload without drops: a server watches its configuration file while ffmpeg publishes on
+//! two paths, one read over RTMP, SRT and HLS (ffmpeg). A new file adds a path, changes the
+//! other path's settings, the log level and a restart-only key, and the RTMPS certificate
+//! files are rotated: the untouched path keeps its publisher and its three readers with no
+//! gap in their timestamps and no reconnect; the changed path's sessions are closed; new
+//! RTMPS connections get the new certificate; the added path takes a publisher. Then an
+//! invalid file changes nothing and its error names the key and the line.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, logs, scratch};
+
+const READY: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits (bounded) until the log has `n` lines with all of `parts`.
+fn wait_log(parts: &[&str], n: usize) {
+    let start = Instant::now();
+    while logs::lines_with(parts).len() < n {
+        assert!(start.elapsed() < LIMIT, "no log line with {parts:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Video frames of `file` and the largest gap between consecutive video timestamps (s).
+fn frames_and_gap(file: &Path) -> (usize, f64) {
+    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{}",
+        file.display()
+    );
+    assert!(p.codec("audio").is_some(), "{}", file.display());
+    assert!(p.dts_monotonic("video"), "{}", file.display());
+    let tb = p
+        .streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .and_then(|s| s["time_base"].as_str())
+        .and_then(|t| t.split_once('/'))
+        .map(|(n, d)| n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap())
+        .unwrap();
+    let t: Vec<f64> = p
+        .packets_of("video")
+        .iter()
+        .filter_map(|p| p.dts)
+        .map(|d| d as f64 * tb)
+        .collect();
+    let gap = t.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    (t.len(), gap)
+}
+
+/// Whether an RTMPS listener at `port` presents the certificate of `fingerprint`.
+fn presents(port: u16, fingerprint: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(tidegate_core::tls::connect(
+        "127.0.0.1",
+        port,
+        fingerprint,
+        Duration::from_secs(5),
+    ))
+    .is_ok()
+}
+
+#[test]
+fn reload_touches_only_what_changed() {
+    let dir = scratch("reload");
+    let (old_dir, new_dir) = (dir.join("old"), dir.join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (k1, c1, fp1) = tidegate_tests::self_signed_pinned(&old_dir);
+    let (k2, c2, fp2) = tidegate_tests::self_signed_pinned(&new_dir);
+    let (key, cert) = (dir.join("tls.key"), dir.join("tls.crt"));
+    std::fs::copy(&k1, &key).unwrap();
+    std::fs::copy(&c1, &cert).unwrap();
+    let tls = format!(
+        "rtmpEncryption: optional\nrtmpServerKey: {}\nrtmpServerCert: {}\n",
+        key.display(),
+        cert.display()
+    );
+    let v1 = format!("{tls}logLevel: info\npaths:\n  keep:\n  other:\n    maxReaders: 5\n");
+    let file = dir.join("tidegate.yml");
+    let server = TestServer::start_watched(&v1, &file);
+    let rtmps_port: u16 = server
+        .rtmps_url("x")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(presents(rtmps_port, &fp1));
+
+    let _keep_pub = ffmpeg_publish(&server.rtmp_url("keep"), 60, "flv", &dir);
+    let _other_pub = ffmpeg_publish(&server.rtmp_url("other"), 60, "flv", &dir);
+    server.wait_ready("keep", READY);
+    server.wait_ready("other", READY);
+    let source = server.paths().get("keep").unwrap().source.unwrap();
+    let (rtmp_out, srt_out, hls_out) = (
+        dir.join("rtmp.mkv"),
+        dir.join("srt.ts"),
+        dir.join("hls.mkv"),
+    );
+    let mut readers = [
+        ffmpeg_read(&server.rtmp_url("keep"), 16, &rtmp_out, &dir),
+        ffmpeg_read(
+            &format!("{}&latency=200000", server.srt_url("read:keep", "")),
+            16,
+            &srt_out,
+            &dir,
+        ),
+        ffmpeg_read(&server.hls_url("keep", "index.m3u8"), 16, &hls_out, &dir),
+    ];
+    let mut other_reader = ffmpeg_read(&server.rtmp_url("other"), 50, &dir.join("o.mkv"), &dir);
+    server.wait_readers("keep", 3, READY);
+    server.wait_readers("other", 1, READY);
+    server.wait_frames("keep", 90, LIMIT);
+    let keep_readers = server.paths().get("keep").unwrap().readers;
+
+    // The new file: a path added, `other` changed, the log level, a restart-only key; and the
+    // certificate files rotated in place.
+    std::fs::copy(&k2, &key).unwrap();
+    std::fs::copy(&c2, &cert).unwrap();
+    let v2 = format!(
+        "{tls}logLevel: debug\nreadTimeout: 20s\npaths:\n  keep:\n  other:\n    maxReaders: 4\n  added:\n"
+    );
+    server.rewrite_config(&v2);
+    wait_log(&["[reload] configuration reloaded"], 1);
+    assert!(!logs::lines_with(&["other", "its configuration changed"]).is_empty());
+    assert!(!logs::lines_with(&["restart", "readTimeout"]).is_empty());
+    assert!(!logs::lines_with(&["rtmpServerKey/rtmpServerCert", "new certificate"]).is_empty());
+    assert!(logs::lines_with(&["keep", "its sessions were closed"]).is_empty());
+    // New connections get the new certificate.
+    assert!(
+        presents(rtmps_port, &fp2),
+        "the new certificate is not served"
+    );
+    assert!(!presents(rtmps_port, &fp1));
+    // `keep`: the same publisher, the same readers.
+    let now = server.paths().get("keep").unwrap();
+    assert_eq!(now.source.unwrap(), source);
+    assert_eq!(now.readers, keep_readers);
+    // `other`: its reader was ended.
+    assert!(other_reader.wait(LIMIT).code().is_some());
+    // `added` takes a publisher.
+    let _added = ffmpeg_publish(&server.rtmp_url("added"), 10, "flv", &dir);
+    server.wait_ready("added", READY);
+
+    // An invalid file changes nothing.
+    server.rewrite_config(&format!(
+        "{tls}logLevel: debug\nreadTimeout: 20s\npaths:\n  keep:\n    maxReaders: many\n"
+    ));
+    wait_log(&["[reload]", "paths.keep.maxReaders", "nothing changed"], 1);
+    assert!(server.paths().get("added").is_some_and(|p| p.ready));
+    assert_eq!(server.paths().get("keep").unwrap().readers, keep_readers);
+
+    // The untouched path's readers played through both reloads, with no gap.
+    for ((name, out), r) in [("RTMP", &rtmp_out), ("SRT", &srt_out), ("HLS", &hls_out)]
+        .into_iter()
+        .zip(readers.iter_mut())
+    {
+        assert!(r.wait(LIMIT).success(), "{name}: {}", r.stderr());
+        let (frames, gap) = frames_and_gap(out);
+        eprintln!("{name}: {frames} frames, largest gap {gap:.3} s");
+        assert!(frames >= 400, "{name}: {frames} frames in 16 s");
+        assert!(gap < 0.5, "{name}: a {gap} s gap");
+    }
+}
