@@ -31,6 +31,19 @@ impl TestServer {
         s
     }
 
+    /// Starts a server from an existing configuration file, as it is (a restart), and
+    /// watches it.
+    pub fn start_from_file(file: &std::path::Path) -> TestServer {
+        let text = std::fs::read_to_string(file).expect("config file");
+        let mut s = Self::start_text(text, &file.display().to_string());
+        {
+            let _in = s.runtime.enter();
+            s.server().watch_config(file.to_path_buf(), Vec::new());
+        }
+        s.file = Some((String::new(), file.to_path_buf()));
+        s
+    }
+
     /// Writes a new configuration file: the same listeners and key store, `extra` after them.
     /// Written whole at once (a rename), as editors and config tools do.
     pub fn rewrite_config(&self, extra: &str) {

@@ -136,7 +136,8 @@ fn reload_touches_only_what_changed() {
         "{tls}logLevel: debug\nreadTimeout: 20s\npaths:\n  keep:\n  other:\n    maxReaders: 4\n  added:\n"
     );
     server.rewrite_config(&v2);
-    wait_log(&["[reload] configuration reloaded"], 1);
+    let name = file.display().to_string();
+    wait_log(&["[reload] configuration reloaded from", &name], 1);
     assert!(!logs::lines_with(&["other", "its configuration changed"]).is_empty());
     assert!(!logs::lines_with(&["restart", "readTimeout"]).is_empty());
     assert!(!logs::lines_with(&["rtmpServerKey/rtmpServerCert", "new certificate"]).is_empty());
@@ -161,7 +162,15 @@ fn reload_touches_only_what_changed() {
     server.rewrite_config(&format!(
         "{tls}logLevel: debug\nreadTimeout: 20s\npaths:\n  keep:\n    maxReaders: many\n"
     ));
-    wait_log(&["[reload]", "paths.keep.maxReaders", "nothing changed"], 1);
+    wait_log(
+        &[
+            "[reload]",
+            &name,
+            "paths.keep.maxReaders",
+            "nothing changed",
+        ],
+        1,
+    );
     assert!(server.paths().get("added").is_some_and(|p| p.ready));
     assert_eq!(server.paths().get("keep").unwrap().readers, keep_readers);
 
@@ -176,4 +185,134 @@ fn reload_touches_only_what_changed() {
         assert!(frames >= 400, "{name}: {frames} frames in 16 s");
         assert!(gap < 0.5, "{name}: a {gap} s gap");
     }
+}
+
+fn api(server: &TestServer, method: &str, target: &str, body: &str) -> (u16, serde_json::Value) {
+    let f = tidegate_tests::http::send(
+        server.api_addr(),
+        method,
+        target,
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    );
+    let v = serde_json::from_slice(&f.body).unwrap_or(serde_json::Value::Null);
+    (f.status, v)
+}
+
+/// The config API (MediaMTX's endpoints) on the reload engine: changes apply without touching
+/// a live path they do not concern, bad ones change nothing, and they are written back to the
+/// file so that a restart keeps them.
+#[test]
+fn the_config_api_applies_changes_and_a_restart_keeps_them() {
+    let dir = scratch("config-api");
+    let file = dir.join("tidegate.yml");
+    let server = TestServer::start_watched("# my comment\npaths:\n  keep:\n", &file);
+    let _publisher = ffmpeg_publish(&server.rtmp_url("keep"), 40, "flv", &dir);
+    server.wait_ready("keep", READY);
+    let out = dir.join("keep.mkv");
+    let mut reader = ffmpeg_read(&server.rtmp_url("keep"), 12, &out, &dir);
+    server.wait_readers("keep", 1, READY);
+    let source = server.paths().get("keep").unwrap().source;
+
+    let (status, g) = api(&server, "GET", "/v3/config/global/get", "");
+    assert_eq!(status, 200);
+    assert_eq!(g["logLevel"], "info", "{g}");
+    assert_eq!(g["rtmp"], true, "booleans are JSON booleans: {g}");
+    assert_eq!(g["readTimeout"], "10s", "{g}");
+    assert_eq!(g["writeQueueSize"], 1024, "numbers are JSON numbers: {g}");
+
+    let (status, _) = api(
+        &server,
+        "PATCH",
+        "/v3/config/global/patch",
+        r#"{"logLevel":"debug"}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        api(&server, "GET", "/v3/config/global/get", "").1["logLevel"],
+        "debug"
+    );
+
+    // Bad changes change nothing, and say why.
+    let (status, e) = api(
+        &server,
+        "PATCH",
+        "/v3/config/global/patch",
+        r#"{"readTimeout":"soon"}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("readTimeout"), "{e}");
+    let (status, e) = api(&server, "PATCH", "/v3/config/global/patch", r#"{"nope":1}"#);
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(
+        api(&server, "GET", "/v3/config/global/get", "").1["readTimeout"],
+        "10s"
+    );
+
+    // Paths: add, get, patch, list, delete.
+    let (status, e) = api(
+        &server,
+        "POST",
+        "/v3/config/paths/add/cam/one",
+        r#"{"maxReaders":3}"#,
+    );
+    assert_eq!(status, 200, "{e}");
+    let (_, p) = api(&server, "GET", "/v3/config/paths/get/cam/one", "");
+    assert_eq!(p["name"], "cam/one");
+    assert_eq!(p["maxReaders"], 3);
+    assert_eq!(p["overridePublisher"], false);
+    let (status, _) = api(&server, "POST", "/v3/config/paths/add/cam/one", "{}");
+    assert_eq!(status, 400, "adding an existing path");
+    let (status, _) = api(
+        &server,
+        "PATCH",
+        "/v3/config/paths/patch/cam/one",
+        r#"{"maxReaders":2}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        api(&server, "GET", "/v3/config/paths/get/cam/one", "").1["maxReaders"],
+        2
+    );
+    let mut added = ffmpeg_publish(&server.rtmp_url("cam/one"), 3, "flv", &dir);
+    server.wait_ready("cam/one", READY);
+    assert!(added.wait(LIMIT).success());
+    let (status, _) = api(&server, "POST", "/v3/config/paths/add/gone", "{}");
+    assert_eq!(status, 200);
+    let (status, _) = api(&server, "DELETE", "/v3/config/paths/delete/gone", "");
+    assert_eq!(status, 200);
+    let (status, _) = api(&server, "GET", "/v3/config/paths/get/gone", "");
+    assert_eq!(status, 404);
+    let (_, list) = api(&server, "GET", "/v3/config/paths/list", "");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["keep", "cam/one"], "{list}");
+
+    // The live path the changes did not concern kept its publisher and its reader.
+    assert_eq!(server.paths().get("keep").unwrap().source, source);
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    let (frames, gap) = frames_and_gap(&out);
+    assert!(frames >= 300 && gap < 0.5, "{frames} frames, a {gap} s gap");
+
+    // Written back (the original kept beside it); a restart from the file keeps the changes.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("logLevel: debug") && text.contains("cam/one"),
+        "{text}"
+    );
+    assert!(dir.join("tidegate.yml.orig").exists());
+    drop(server);
+    let again = TestServer::start_from_file(&file);
+    assert_eq!(
+        api(&again, "GET", "/v3/config/global/get", "").1["logLevel"],
+        "debug"
+    );
+    assert_eq!(
+        api(&again, "GET", "/v3/config/paths/get/cam/one", "").1["maxReaders"],
+        2
+    );
 }

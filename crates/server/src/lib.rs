@@ -5,6 +5,7 @@ pub mod api;
 pub mod api_keys;
 pub mod cli;
 pub mod config;
+pub mod config_api;
 pub mod guard;
 mod hooks;
 pub mod http;
@@ -451,6 +452,20 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         );
+        let reloader = Arc::new(reload::Reloader {
+            current: std::sync::Mutex::new((config.clone(), None)),
+            paths: paths.clone(),
+            relays: relays.clone(),
+            hooks: hooks_handle,
+            auth: auth.clone(),
+            certs,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            serial: tokio::sync::Mutex::new(()),
+            api: tokio::sync::Mutex::new(()),
+            source: std::sync::Mutex::new((None, Vec::new())),
+            seen: std::sync::Mutex::new(None),
+        });
         let api_state = api::ApiState {
             paths: paths.clone(),
             rtmp_conns: rtmp_conns.clone(),
@@ -471,8 +486,9 @@ impl Server {
                 "[API] listener opened on {addr} ({})",
                 if api_tls.is_some() { "HTTPS" } else { "HTTP" }
             );
-            let router =
-                api::router(api_state.clone()).layer(axum::middleware::from_fn_with_state(
+            let router = api::router(api_state.clone())
+                .merge(config_api::router(reloader.clone()))
+                .layer(axum::middleware::from_fn_with_state(
                     guard::Guard {
                         paths: paths.clone(),
                         action: tidegate_core::Action::Api,
@@ -677,17 +693,6 @@ impl Server {
                 tasks.clone(),
             ));
         }
-        let reloader = Arc::new(reload::Reloader {
-            current: std::sync::Mutex::new((config.clone(), None)),
-            paths: paths.clone(),
-            relays: relays.clone(),
-            hooks: hooks_handle,
-            auth: auth.clone(),
-            certs,
-            tasks: tasks.clone(),
-            shutdown: shutdown.clone(),
-            serial: tokio::sync::Mutex::new(()),
-        });
         Ok(Server {
             reloader,
             paths,

@@ -45,6 +45,9 @@ const LIVE_KEYS: &[&str] = &[
     "playbackServerCert",
 ];
 
+/// The configuration file (if any) and the environment it is read with.
+pub(crate) type Source = (Option<PathBuf>, Vec<(String, String)>);
+
 /// What a reload did, for the log and the tests.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
@@ -67,6 +70,13 @@ pub struct Reloader {
     pub(crate) shutdown: CancellationToken,
     /// Reloads one at a time.
     pub(crate) serial: tokio::sync::Mutex<()>,
+    /// Config API changes one at a time (each reads, changes and writes the document).
+    pub(crate) api: tokio::sync::Mutex<()>,
+    /// The file the configuration came from and the environment it was read with.
+    pub(crate) source: Mutex<Source>,
+    /// The file's content as last read or written, so that the watcher does not reload what
+    /// the API itself wrote.
+    pub(crate) seen: Mutex<Option<Vec<u8>>>,
 }
 
 /// Whether two nodes hold the same value (lines aside).
@@ -184,6 +194,63 @@ impl Reloader {
         Ok(report)
     }
 
+    /// The text of the configuration file in use (None: the embedded defaults alone).
+    pub fn text(&self) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    pub(crate) async fn api_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.api.lock().await
+    }
+
+    /// Applies `text` as the new configuration file (a config API change): validated and
+    /// applied as a reload, then written back to the file atomically (the file as it was
+    /// before the API's first change is kept as `<file>.orig`). Without a file the change
+    /// lives in memory only.
+    pub async fn apply_text(&self, text: String) -> Result<(), String> {
+        let (file, env) = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let name = file
+            .as_ref()
+            .map_or("config API".to_string(), |f| f.display().to_string());
+        self.reload(Some((&name, &text)), env)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(file) = file else {
+            tracing::warn!("[config API] no configuration file: the change is kept in memory only");
+            return Ok(());
+        };
+        let orig = file.with_extension("yml.orig");
+        if !orig.exists() {
+            let _ = std::fs::copy(&file, &orig);
+        }
+        let tmp = file.with_extension("yml.tmp");
+        let write = std::fs::write(&tmp, text.as_bytes())
+            .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|_| std::fs::rename(&tmp, &file));
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.into_bytes());
+        match write {
+            Ok(()) => {
+                tracing::info!("[config API] written back to {}", file.display());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("[config API] cannot write {}: {e}", file.display());
+                Err(format!(
+                    "applied, but cannot write {}: {e} (a restart would lose the change)",
+                    file.display()
+                ))
+            }
+        }
+    }
+
     /// Reads `path` and reloads; errors are logged.
     pub async fn reload_file(&self, path: &std::path::Path, env: Vec<(String, String)>) {
         let name = path.display().to_string();
@@ -201,7 +268,8 @@ impl Reloader {
     pub fn watch(self: &Arc<Self>, path: PathBuf, env: Vec<(String, String)>) {
         let this = self.clone();
         let shutdown = self.shutdown.clone();
-        let mut last = std::fs::read(&path).ok();
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = (Some(path.clone()), env.clone());
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = std::fs::read(&path).ok();
         self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,10 +280,16 @@ impl Reloader {
                 }
                 let now = std::fs::read(&path).ok();
                 // A file being written may be empty for an instant: wait for content.
-                if now.as_ref().is_none_or(|n| n.is_empty()) || now == last {
+                if now.as_ref().is_none_or(|n| n.is_empty()) {
                     continue;
                 }
-                last = now;
+                {
+                    let mut seen = this.seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if *seen == now {
+                        continue;
+                    }
+                    *seen = now;
+                }
                 tracing::info!("[reload] {} changed", path.display());
                 this.reload_file(&path, env.clone()).await;
             }

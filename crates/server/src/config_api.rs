@@ -1,0 +1,524 @@
+//! The config API, MediaMTX's `/v3/config/…` endpoints, on the reload engine: a change is
+//! made to the configuration document, the whole result is validated and applied as a reload
+//! would apply a new file (only what changed is touched), then written back to the
+//! configuration file atomically, so that a restart keeps it.
+//!
+//! **Comments:** yaml-rust2 does not keep them, so a file written back by the API is the
+//! document re-rendered: keys in the order they were, values as they were, comments gone. The
+//! file as it was before the API's first change is kept beside it as `<file>.orig`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value as Json_};
+
+use crate::config::yaml::{self, Entry, Node, Value};
+use crate::config::{DEFAULT_CONFIG, DEPRECATED_PATH_KEYS, GLOBAL_KEYS, PATH_KEYS};
+use crate::reload::Reloader;
+
+pub fn router(reloader: Arc<Reloader>) -> Router {
+    Router::new()
+        .route("/v3/config/global/get", get(global_get))
+        .route("/v3/config/global/patch", patch(global_patch))
+        .route("/v3/config/pathdefaults/get", get(defaults_get))
+        .route("/v3/config/pathdefaults/patch", patch(defaults_patch))
+        .route("/v3/config/paths/list", get(paths_list))
+        .route("/v3/config/paths/get/{*name}", get(paths_get))
+        .route("/v3/config/paths/add/{*name}", post(paths_add))
+        .route("/v3/config/paths/patch/{*name}", patch(paths_patch))
+        .route("/v3/config/paths/replace/{*name}", post(paths_replace))
+        .route("/v3/config/paths/delete/{*name}", delete(paths_delete))
+        .with_state(reloader)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn entries(node: Option<&Node>) -> Vec<Entry> {
+    match node.map(|n| &n.value) {
+        Some(Value::Map(m)) => m.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn find<'a>(m: &'a [Entry], key: &str) -> Option<&'a Node> {
+    m.iter().find(|e| e.key == key).map(|e| &e.value)
+}
+
+fn set(m: &mut Vec<Entry>, key: &str, value: Node) {
+    match m.iter_mut().find(|e| e.key == key) {
+        Some(e) => e.value = value,
+        None => m.push(Entry {
+            key: key.to_string(),
+            line: 0,
+            value,
+        }),
+    }
+}
+
+fn map_node(m: Vec<Entry>) -> Node {
+    Node {
+        value: Value::Map(m),
+        line: 0,
+    }
+}
+
+/// The embedded defaults and the user's document (its top-level entries).
+fn documents(r: &Reloader) -> (Vec<Entry>, Vec<Entry>) {
+    let defaults = entries(yaml::parse(DEFAULT_CONFIG).ok().flatten().as_ref());
+    let text = r.text();
+    let user = entries(
+        text.as_deref()
+            .and_then(|t| yaml::parse(t).ok().flatten())
+            .as_ref(),
+    );
+    (defaults, user)
+}
+
+/// A value as JSON, typed like the default it replaces (`yes` is a boolean where the default
+/// is one, a string elsewhere).
+fn to_json(node: &Node, like: Option<&Node>) -> Json_ {
+    match &node.value {
+        Value::Scalar(s, plain) => {
+            let bool_like = |n: &Node| matches!(&n.value, Value::Scalar(d, true) if matches!(d.to_ascii_lowercase().as_str(), "yes" | "no" | "true" | "false"));
+            let num_like =
+                |n: &Node| matches!(&n.value, Value::Scalar(d, true) if d.parse::<f64>().is_ok());
+            match like {
+                Some(d) if bool_like(d) => match s.to_ascii_lowercase().as_str() {
+                    "yes" | "true" | "on" => Json_::Bool(true),
+                    "no" | "false" | "off" => Json_::Bool(false),
+                    _ => Json_::String(s.clone()),
+                },
+                Some(d) if num_like(d) => s
+                    .parse::<i64>()
+                    .map(Json_::from)
+                    .or_else(|_| s.parse::<f64>().map(Json_::from))
+                    .unwrap_or_else(|_| Json_::String(s.clone())),
+                None if *plain && matches!(s.as_str(), "yes" | "true") => Json_::Bool(true),
+                None if *plain && matches!(s.as_str(), "no" | "false") => Json_::Bool(false),
+                _ if node.is_null() => match like {
+                    Some(d) if matches!(d.value, Value::Seq(_)) => json!([]),
+                    _ => Json_::String(String::new()),
+                },
+                _ => Json_::String(s.clone()),
+            }
+        }
+        Value::Seq(items) => {
+            let like = like.and_then(|d| match &d.value {
+                Value::Seq(v) => v.first(),
+                _ => None,
+            });
+            Json_::Array(items.iter().map(|i| to_json(i, like)).collect())
+        }
+        Value::Map(m) => Json_::Object(
+            m.iter()
+                .map(|e| (e.key.clone(), to_json(&e.value, None)))
+                .collect(),
+        ),
+    }
+}
+
+/// A JSON value as a document node.
+fn to_node(v: &Json_) -> Node {
+    let value = match v {
+        Json_::Null => Value::Scalar(String::new(), true),
+        Json_::Bool(b) => Value::Scalar(if *b { "yes" } else { "no" }.into(), true),
+        Json_::Number(n) => Value::Scalar(n.to_string(), true),
+        Json_::String(s) => Value::Scalar(s.clone(), false),
+        Json_::Array(a) => Value::Seq(a.iter().map(to_node).collect()),
+        Json_::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| Entry {
+                    key: k.clone(),
+                    line: 0,
+                    value: to_node(v),
+                })
+                .collect(),
+        ),
+    };
+    Node { value, line: 0 }
+}
+
+fn plain_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:+-@=,".contains(c))
+}
+
+/// Words YAML (1.1, as the config reads them) would take for something else than a string.
+fn ambiguous(s: &str) -> bool {
+    matches!(
+        s.to_ascii_lowercase().as_str(),
+        "yes" | "no" | "true" | "false" | "on" | "off" | "y" | "n" | "null" | "~"
+    ) || s.parse::<f64>().is_ok()
+}
+
+fn scalar_text(s: &str, plain: bool) -> String {
+    if plain && (s.is_empty() || plain_ok(s) || matches!(s, "~" | "null")) {
+        s.to_string()
+    } else if !plain && plain_ok(s) && !ambiguous(s) {
+        // A string that reads back as the same string without quotes.
+        s.to_string()
+    } else {
+        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    }
+}
+
+fn key_text(k: &str) -> String {
+    if plain_ok(k) {
+        k.to_string()
+    } else {
+        serde_json::to_string(k).unwrap_or_default()
+    }
+}
+
+/// The document as YAML text.
+pub fn render(m: &[Entry]) -> String {
+    let mut out = String::new();
+    render_map(m, 0, &mut out);
+    out
+}
+
+fn render_map(m: &[Entry], indent: usize, out: &mut String) {
+    for e in m {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&key_text(&e.key));
+        out.push(':');
+        render_value(&e.value, indent, out);
+    }
+}
+
+fn render_value(v: &Node, indent: usize, out: &mut String) {
+    match &v.value {
+        Value::Scalar(s, plain) => {
+            let t = scalar_text(s, *plain);
+            if !t.is_empty() {
+                out.push(' ');
+                out.push_str(&t);
+            }
+            out.push('\n');
+        }
+        Value::Seq(items) if items.is_empty() => out.push_str(" []\n"),
+        Value::Map(m) if m.is_empty() => out.push_str(" {}\n"),
+        Value::Seq(items) => {
+            out.push('\n');
+            for i in items {
+                match &i.value {
+                    Value::Map(m) if !m.is_empty() => {
+                        let mut inner = String::new();
+                        render_map(m, indent + 4, &mut inner);
+                        let first = format!("{}- ", " ".repeat(indent + 2));
+                        out.push_str(&first);
+                        out.push_str(&inner[indent + 4..]);
+                    }
+                    _ => {
+                        out.push_str(&" ".repeat(indent + 2));
+                        out.push('-');
+                        render_value(i, indent + 2, out);
+                    }
+                }
+            }
+        }
+        Value::Map(m) => {
+            out.push('\n');
+            render_map(m, indent + 2, out);
+        }
+    }
+}
+
+/// Applies `user` (the new document) as a reload, then writes it back.
+async fn commit(r: &Reloader, user: Vec<Entry>) -> Response {
+    let text = render(&user);
+    match r.apply_text(text).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn check_keys(o: &Map<String, Json_>, keys: &[&str], what: &str) -> Result<(), Box<Response>> {
+    for k in o.keys() {
+        if !keys.contains(&k.as_str()) {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("{what}: unknown key '{k}'"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn global_keys() -> Vec<&'static str> {
+    GLOBAL_KEYS.iter().map(|(k, _)| *k).collect()
+}
+
+fn path_keys() -> Vec<&'static str> {
+    PATH_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !DEPRECATED_PATH_KEYS.contains(k))
+        .collect()
+}
+
+async fn global_get(State(r): State<Arc<Reloader>>) -> Json<Json_> {
+    let (defaults, user) = documents(&r);
+    let mut o = Map::new();
+    for k in global_keys() {
+        let d = find(&defaults, k);
+        if let Some(v) = find(&user, k).or(d) {
+            o.insert(k.to_string(), to_json(v, d));
+        }
+    }
+    Json(Json_::Object(o))
+}
+
+async fn global_patch(State(r): State<Arc<Reloader>>, Json(body): Json<Json_>) -> Response {
+    let Some(o) = body.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "expected a JSON object");
+    };
+    if let Err(e) = check_keys(o, &global_keys(), "global") {
+        return *e;
+    }
+    let _one = r.api_lock().await;
+    let (_, mut user) = documents(&r);
+    for (k, v) in o {
+        set(&mut user, k, to_node(v));
+    }
+    commit(&r, user).await
+}
+
+/// The effective value of each path key: the path's own, else `pathDefaults`' (the user's,
+/// else the embedded one).
+fn effective_path(own: &[Entry], defaults: &[Entry], user: &[Entry]) -> Map<String, Json_> {
+    let dd = entries(find(defaults, "pathDefaults"));
+    let ud = entries(find(user, "pathDefaults"));
+    let mut o = Map::new();
+    for k in path_keys() {
+        let d = find(&dd, k);
+        if let Some(v) = find(own, k).or(find(&ud, k)).or(d) {
+            o.insert(k.to_string(), to_json(v, d));
+        }
+    }
+    o
+}
+
+async fn defaults_get(State(r): State<Arc<Reloader>>) -> Json<Json_> {
+    let (defaults, user) = documents(&r);
+    Json(Json_::Object(effective_path(&[], &defaults, &user)))
+}
+
+async fn defaults_patch(State(r): State<Arc<Reloader>>, Json(body): Json<Json_>) -> Response {
+    let Some(o) = body.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "expected a JSON object");
+    };
+    if let Err(e) = check_keys(o, &path_keys(), "pathDefaults") {
+        return *e;
+    }
+    let _one = r.api_lock().await;
+    let (_, mut user) = documents(&r);
+    let mut pd = entries(find(&user, "pathDefaults"));
+    for (k, v) in o {
+        set(&mut pd, k, to_node(v));
+    }
+    set(&mut user, "pathDefaults", map_node(pd));
+    commit(&r, user).await
+}
+
+/// The configured paths, in file order: the user's, else the embedded defaults'.
+fn path_entries(defaults: &[Entry], user: &[Entry]) -> Vec<Entry> {
+    match find(user, "paths") {
+        Some(_) => entries(find(user, "paths")),
+        None => entries(find(defaults, "paths")),
+    }
+}
+
+fn path_json(e: &Entry, defaults: &[Entry], user: &[Entry]) -> Json_ {
+    let mut o = Map::new();
+    o.insert("name".into(), Json_::String(e.key.clone()));
+    o.extend(effective_path(&entries(Some(&e.value)), defaults, user));
+    Json_::Object(o)
+}
+
+async fn paths_list(
+    State(r): State<Arc<Reloader>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (defaults, user) = documents(&r);
+    let items: Vec<Json_> = path_entries(&defaults, &user)
+        .iter()
+        .map(|e| path_json(e, &defaults, &user))
+        .collect();
+    let per_page = q
+        .get("itemsPerPage")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, 10_000);
+    let page = q
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let item_count = items.len();
+    let items: Vec<Json_> = items
+        .into_iter()
+        .skip(page.saturating_mul(per_page))
+        .take(per_page)
+        .collect();
+    Json(json!({
+        "itemCount": item_count,
+        "pageCount": item_count.div_ceil(per_page),
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn paths_get(State(r): State<Arc<Reloader>>, Path(name): Path<String>) -> Response {
+    let (defaults, user) = documents(&r);
+    match path_entries(&defaults, &user)
+        .iter()
+        .find(|e| e.key == name)
+    {
+        Some(e) => Json(path_json(e, &defaults, &user)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "path configuration not found"),
+    }
+}
+
+/// The body of an add, patch or replace, without `name` (the URL has it).
+fn path_body(body: &Json_) -> Result<Map<String, Json_>, Box<Response>> {
+    let Some(o) = body.as_object() else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object",
+        )));
+    };
+    let mut o = o.clone();
+    o.remove("name");
+    let keys: Vec<&str> = PATH_KEYS.iter().map(|(k, _)| *k).collect();
+    check_keys(&o, &keys, "path")?;
+    Ok(o)
+}
+
+enum Op {
+    Add,
+    Patch,
+    Replace,
+    Delete,
+}
+
+async fn path_op(r: &Reloader, name: String, body: Option<Json_>, op: Op) -> Response {
+    let fields = match body.as_ref().map(path_body) {
+        Some(Err(e)) => return *e,
+        Some(Ok(o)) => o,
+        None => Map::new(),
+    };
+    let _one = r.api_lock().await;
+    let (defaults, mut user) = documents(r);
+    let mut list = path_entries(&defaults, &user);
+    let at = list.iter().position(|e| e.key == name);
+    match (op, at) {
+        (Op::Add, Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "path configuration already exists")
+        }
+        (Op::Add, None) => {
+            let m: Vec<Entry> = fields
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: k.clone(),
+                    line: 0,
+                    value: to_node(v),
+                })
+                .collect();
+            list.push(Entry {
+                key: name,
+                line: 0,
+                value: map_node(m),
+            });
+        }
+        (_, None) => return error(StatusCode::NOT_FOUND, "path configuration not found"),
+        (Op::Patch, Some(i)) => {
+            let mut m = entries(Some(&list[i].value));
+            for (k, v) in &fields {
+                set(&mut m, k, to_node(v));
+            }
+            list[i].value = map_node(m);
+        }
+        (Op::Replace, Some(i)) => {
+            list[i].value = to_node(&Json_::Object(fields));
+        }
+        (Op::Delete, Some(i)) => {
+            list.remove(i);
+        }
+    }
+    set(&mut user, "paths", map_node(list));
+    commit(r, user).await
+}
+
+async fn paths_add(
+    State(r): State<Arc<Reloader>>,
+    Path(name): Path<String>,
+    Json(body): Json<Json_>,
+) -> Response {
+    path_op(&r, name, Some(body), Op::Add).await
+}
+
+async fn paths_patch(
+    State(r): State<Arc<Reloader>>,
+    Path(name): Path<String>,
+    Json(body): Json<Json_>,
+) -> Response {
+    path_op(&r, name, Some(body), Op::Patch).await
+}
+
+async fn paths_replace(
+    State(r): State<Arc<Reloader>>,
+    Path(name): Path<String>,
+    Json(body): Json<Json_>,
+) -> Response {
+    path_op(&r, name, Some(body), Op::Replace).await
+}
+
+async fn paths_delete(State(r): State<Arc<Reloader>>, Path(name): Path<String>) -> Response {
+    path_op(&r, name, None, Op::Delete).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_document_parses_back_the_same() {
+        let text = "logLevel: info\nrtmp: yes\nwebrtcICEServers2:\n  - url: stun:x\n    username: \"a b\"\n  - url: turn:y\nauthInternalUsers:\n  - user: any\n    ips: []\n    permissions:\n      - action: publish\n        path:\npaths:\n  cam:\n    source: rtsp://10.0.0.1:554/s\n  \"~^(.+)$\":\n  all_others:\n";
+        let doc = entries(yaml::parse(text).unwrap().as_ref());
+        let again = render(&doc);
+        let back = entries(yaml::parse(&again).unwrap().as_ref());
+        assert_eq!(render(&back), again, "{again}");
+        assert_eq!(back.len(), doc.len());
+        assert!(again.contains("\"~^(.+)$\":"), "{again}");
+    }
+
+    #[test]
+    fn values_are_typed_like_their_defaults() {
+        let n = |s: &str, plain| Node {
+            value: Value::Scalar(s.into(), plain),
+            line: 0,
+        };
+        assert_eq!(to_json(&n("no", true), Some(&n("yes", true))), json!(false));
+        assert_eq!(to_json(&n("7", true), Some(&n("3", true))), json!(7));
+        assert_eq!(
+            to_json(&n("yes", false), Some(&n("x", false))),
+            json!("yes")
+        );
+        assert_eq!(to_json(&n("10s", true), Some(&n("5s", true))), json!("10s"));
+        assert_eq!(
+            to_node(&json!(true)).value,
+            Value::Scalar("yes".into(), true)
+        );
+    }
+}
