@@ -87,6 +87,16 @@ pub fn self_signed_pinned(dir: &std::path::Path) -> (PathBuf, PathBuf, String) {
     (key, crt, fingerprint)
 }
 
+/// The port of a `scheme://host:port/…` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
 /// A scratch directory for one test, removed and recreated.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tidegate-e2e-{}-{name}", std::process::id()));
@@ -165,6 +175,23 @@ impl Probe {
             Some(i) => self.packets.iter().filter(|p| p.stream == i).collect(),
             None => Vec::new(),
         }
+    }
+
+    /// The decode times (s) of a stream's packets, in its time base.
+    pub fn dts_seconds(&self, kind: &str) -> Vec<f64> {
+        let tb = self
+            .streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["time_base"].as_str())
+            .and_then(|t| t.split_once('/'))
+            .and_then(|(n, d)| Some(n.parse::<f64>().ok()? / d.parse::<f64>().ok()?))
+            .unwrap_or(1.0);
+        self.packets_of(kind)
+            .iter()
+            .filter_map(|p| p.dts)
+            .map(|d| d as f64 * tb)
+            .collect()
     }
 
     /// Whether the DTS of a stream's packets never go backwards.

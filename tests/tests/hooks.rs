@@ -105,15 +105,7 @@ fn path_reader_and_connection_hooks_fire_with_mediamtx_environment() {
            '~^re(\\d+)$':\n    \
              runOnReady: {h} re-$G1\n"
     ));
-    let rtsp_port = server
-        .rtsp_url("x")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let rtsp_port = tidegate_tests::port_of(&server.rtsp_url("x")).to_string();
 
     let mut publisher = ffmpeg_publish(
         &format!("{}?x=1", server.rtmp_url("hooked")),

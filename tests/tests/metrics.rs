@@ -181,3 +181,39 @@ fn every_documented_metric_is_served_while_its_session_is_live() {
     assert!(info["started"].as_str().unwrap().contains('T'), "{info}");
     drop(readers);
 }
+
+/// The Grafana dashboard in deploy/ asks only for metrics that docs/operations.md names (and
+/// that the test above sees served).
+#[test]
+fn the_grafana_dashboard_uses_served_metrics() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/tidegate.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let documented = documented();
+    let mut used = BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // Metric names: identifiers right before a `{` selector.
+            for (i, _) in expr.match_indices('{') {
+                let name: String = expr[..i]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                if !name.is_empty() {
+                    used.insert(name.trim_end_matches("_bucket").to_string());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    let unknown: Vec<&String> = used.iter().filter(|u| !documented.contains(u)).collect();
+    assert!(unknown.is_empty(), "the dashboard asks for {unknown:?}");
+}

@@ -38,20 +38,7 @@ fn frames_and_gap(file: &Path) -> (usize, f64) {
     );
     assert!(p.codec("audio").is_some(), "{}", file.display());
     assert!(p.dts_monotonic("video"), "{}", file.display());
-    let tb = p
-        .streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .and_then(|s| s["time_base"].as_str())
-        .and_then(|t| t.split_once('/'))
-        .map(|(n, d)| n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap())
-        .unwrap();
-    let t: Vec<f64> = p
-        .packets_of("video")
-        .iter()
-        .filter_map(|p| p.dts)
-        .map(|d| d as f64 * tb)
-        .collect();
+    let t = p.dts_seconds("video");
     let gap = t.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     (t.len(), gap)
 }
@@ -90,16 +77,7 @@ fn reload_touches_only_what_changed() {
     let v1 = format!("{tls}logLevel: info\npaths:\n  keep:\n  other:\n    maxReaders: 5\n");
     let file = dir.join("tidegate.yml");
     let server = TestServer::start_watched(&v1, &file);
-    let rtmps_port: u16 = server
-        .rtmps_url("x")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rtmps_port = tidegate_tests::port_of(&server.rtmps_url("x"));
     assert!(presents(rtmps_port, &fp1));
 
     let _keep_pub = ffmpeg_publish(&server.rtmp_url("keep"), 60, "flv", &dir);

@@ -833,15 +833,7 @@ fn rtsps_srtp_with_gstreamer_over_udp_and_tcp() {
 
     // By hand: the DESCRIBE offers SAVP with a MIKEY key; plain RTP over UDP is refused on
     // RTSPS, and SAVP on plain RTSP.
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = tidegate_tests::port_of(&url);
     let describe = format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n");
     let reply = rtsps_request(port, &fingerprint, &describe);
     assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");

@@ -61,6 +61,19 @@ mod tests {
             .env("LEFTOVER_TEST_MARK", "another-run")
             .spawn()
             .expect("sleep");
+        // A child just forked may not have run `sleep` yet (its environment is still ours):
+        // wait until both show their marks.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (pid, mark) in [(child.id(), value.as_str()), (other.id(), "another-run")] {
+            let want = format!("LEFTOVER_TEST_MARK={mark}");
+            while !std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+                .unwrap_or(false)
+            {
+                assert!(Instant::now() < deadline, "sleep {pid} did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let found = reap("LEFTOVER_TEST_MARK", &value);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains(&child.id().to_string()) && found[0].contains("sleep 30"));

@@ -404,6 +404,11 @@ impl<'a> LineLog<'a> {
         if !self.line.is_empty() {
             self.emit();
         }
+        self.say_dropped();
+    }
+
+    /// One line for the lines the rate limit left out, if any.
+    fn say_dropped(&mut self) {
         if self.dropped > 0 {
             tracing::warn!(
                 "[hook] {} ({}): {} lines of output not logged (rate limit)",
@@ -420,19 +425,11 @@ impl<'a> LineLog<'a> {
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * LINES_PER_SEC)
             .min(LINES_BURST);
         self.at = now;
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end_matches('\r');
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            if self.dropped > 0 {
-                tracing::warn!(
-                    "[hook] {} ({}): {} lines of output not logged (rate limit)",
-                    self.what,
-                    self.label,
-                    self.dropped
-                );
-                self.dropped = 0;
-            }
+            self.say_dropped();
+            let text = String::from_utf8_lossy(&self.line);
+            let text = text.trim_end_matches('\r');
             let more = if self.cut { " [cut]" } else { "" };
             tracing::info!("[hook {} {}] {text}{more}", self.what, self.label);
         } else {
