@@ -87,6 +87,40 @@ pub fn self_signed_pinned(dir: &std::path::Path) -> (PathBuf, PathBuf, String) {
     (key, crt, fingerprint)
 }
 
+/// Checks `check` every 50 ms until it gives a value, for at most `limit`; panics with
+/// `what()` after. For what has no event to wait on (a file a hook writes, a log line, a
+/// counter a scrape shows): the one place where tests poll.
+pub fn poll<T>(
+    limit: Duration,
+    what: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "within {limit:?}: {}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The decode times (s) of the video of a file after checking it: H.264 video and some audio,
+/// both with decode times that never go back.
+pub fn video_timeline(file: &std::path::Path) -> Vec<f64> {
+    let p = ffprobe(
+        file.to_str().expect("a UTF-8 path"),
+        &[],
+        Duration::from_secs(30),
+    );
+    let f = file.display();
+    assert_eq!(p.codec("video").as_deref(), Some("h264"), "{f}");
+    assert!(p.codec("audio").is_some(), "{f}: no audio");
+    assert!(p.dts_monotonic("video"), "{f}: video DTS go back");
+    assert!(p.dts_monotonic("audio"), "{f}: audio DTS go back");
+    p.dts_seconds("video")
+}
+
 /// The port of a `scheme://host:port/…` URL.
 pub fn port_of(url: &str) -> u16 {
     url.split("://")

@@ -51,3 +51,12 @@ pub fn lines_with(parts: &[&str]) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Waits (polling, bounded by `limit`) until the log has a line with every one of `parts`.
+pub fn wait_for(parts: &[&str], limit: std::time::Duration) {
+    crate::poll(
+        limit,
+        || format!("no log line with {parts:?}"),
+        || (!lines_with(parts).is_empty()).then_some(()),
+    );
+}

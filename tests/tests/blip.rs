@@ -12,45 +12,14 @@ use std::time::{Duration, Instant};
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, peers_dir, scratch};
+use tidegate_tests::{peer, peers_dir, scratch};
 
 const READY: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// Video frames of `file` before and after its largest timestamp gap, and the gap (s).
 fn around_the_gap(file: &Path) -> (usize, usize, f64) {
-    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
-    assert_eq!(
-        p.codec("video").as_deref(),
-        Some("h264"),
-        "{}",
-        file.display()
-    );
-    assert!(p.codec("audio").is_some(), "{}: no audio", file.display());
-    assert!(
-        p.dts_monotonic("video"),
-        "{}: video DTS go back",
-        file.display()
-    );
-    assert!(
-        p.dts_monotonic("audio"),
-        "{}: audio DTS go back",
-        file.display()
-    );
-    let v = p.packets_of("video");
-    let tb = p
-        .streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .and_then(|s| s["time_base"].as_str())
-        .and_then(|t| t.split_once('/'))
-        .map(|(n, d)| n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap())
-        .unwrap();
-    let pts: Vec<f64> = v
-        .iter()
-        .filter_map(|p| p.dts)
-        .map(|d| d as f64 * tb)
-        .collect();
+    let pts = tidegate_tests::video_timeline(file);
     let (at, gap) = pts
         .windows(2)
         .enumerate()

@@ -46,15 +46,11 @@ fn set_executable(p: &Path) {
 /// Waits (bounded) for a file to exist; the hooks run in processes of their own, so their
 /// traces on disk are the events to wait for.
 fn wait_file(p: &Path, limit: Duration) {
-    let start = Instant::now();
-    while !p.exists() {
-        assert!(
-            start.elapsed() < limit,
-            "{} did not appear within {limit:?}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tidegate_tests::poll(
+        limit,
+        || format!("{} did not appear", p.display()),
+        || p.exists().then_some(()),
+    );
 }
 
 fn read_env(p: &Path) -> HashMap<String, String> {
@@ -267,19 +263,18 @@ fn a_dying_command_is_restarted_with_growing_pauses() {
     ));
     let mut publisher = ffmpeg_publish(&server.rtmp_url("restarting"), 30, "flv", &dir);
     server.wait_ready("restarting", READY);
-    let start = Instant::now();
-    let times = loop {
-        let t: Vec<f64> = std::fs::read_to_string(&stamps)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        if t.len() >= 4 {
-            break t;
-        }
-        assert!(start.elapsed() < LIMIT, "only {} runs: {t:?}", t.len());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let times = tidegate_tests::poll(
+        LIMIT,
+        || "4 runs of the hook".into(),
+        || {
+            let t: Vec<f64> = std::fs::read_to_string(&stamps)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            (t.len() >= 4).then_some(t)
+        },
+    );
     let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     // 1 s, 2 s, 4 s (plus the time a run takes).
     assert!(gaps[0] >= 0.9 && gaps[0] < 3.0, "{gaps:?}");
@@ -289,14 +284,7 @@ fn a_dying_command_is_restarted_with_growing_pauses() {
     publisher.kill9();
     server.wait_not_ready("restarting", LIMIT);
     // The restart loop ends with its cause.
-    let start = Instant::now();
-    while logs::lines_with(&["runOnAvailable (restarting) stopped"]).is_empty() {
-        assert!(
-            start.elapsed() < LIMIT,
-            "the restarting hook was not stopped"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    logs::wait_for(&["runOnAvailable (restarting) stopped"], LIMIT);
 }
 
 #[test]
@@ -315,21 +303,17 @@ fn a_hook_that_floods_and_ignores_sigint_does_not_hold_up_the_server() {
     let frames = video_frames(&out);
     assert!(frames >= 120, "the reader got {frames} frames in 5 s");
     // The flood reached the log at the rate limit, said once when it was cut.
-    let start = Instant::now();
-    while logs::lines_with(&["runOnRead (flooded)", "lines of output not logged"]).is_empty() {
-        assert!(start.elapsed() < LIMIT, "no rate-limit line");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    logs::wait_for(
+        &["runOnRead (flooded)", "lines of output not logged"],
+        LIMIT,
+    );
     let logged = logs::lines_with(&["flood-line-from-hook"]).len();
     assert!(
         (50..=2000).contains(&logged),
         "{logged} lines of the flood were logged"
     );
     // SIGINT was ignored: the group was killed after the grace period.
-    while logs::lines_with(&["runOnRead (flooded) still running", "killed"]).is_empty() {
-        assert!(start.elapsed() < LIMIT, "the hook was not killed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    logs::wait_for(&["runOnRead (flooded) still running", "killed"], LIMIT);
     assert!(publisher.wait(LIMIT).success(), "{}", publisher.stderr());
 }
 
@@ -398,18 +382,21 @@ fn webhooks_are_signed_ordered_and_survive_a_receiver_outage() {
              secret: s3cret\n"
     ));
     let wait_events = |path: &str, route: &str, want: &[&str]| {
-        let start = Instant::now();
-        loop {
-            let got = events_of(&received(&out), route, path);
-            if want.iter().all(|w| got.iter().any(|g| g == w)) {
-                return got;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{route} {path}: {got:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        tidegate_tests::poll(
+            Duration::from_secs(60),
+            || {
+                format!(
+                    "{route} {path}: {:?}",
+                    events_of(&received(&out), route, path)
+                )
+            },
+            || {
+                let got = events_of(&received(&out), route, path);
+                want.iter()
+                    .all(|w| got.iter().any(|g| g == w))
+                    .then_some(got)
+            },
+        )
     };
     let lifecycle = ["publish", "read", "unread", "unpublish"];
 
@@ -490,14 +477,14 @@ fn webhooks_are_signed_ordered_and_survive_a_receiver_outage() {
         .iter()
         .any(|r| r["event"] == "disconnect" && r["body"]["conn"]["type"] == "rtspConn"));
 
-    let hooks = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
-    let start = Instant::now();
-    let mut hooks = hooks;
-    while hooks["items"][0]["queued"] != 0 {
-        assert!(start.elapsed() < LIMIT, "{hooks}");
-        std::thread::sleep(Duration::from_millis(50));
-        hooks = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
-    }
+    let hooks = tidegate_tests::poll(
+        LIMIT,
+        || "the webhook queue did not empty".into(),
+        || {
+            let h = tidegate_tests::http::get_json(api, "/v3/webhooks/list");
+            (h["items"][0]["queued"] == 0).then_some(h)
+        },
+    );
     assert_eq!(hooks["items"][0]["dropped"], 0);
     assert_eq!(hooks["items"][0]["givenUp"], 0);
     let metrics = tidegate_tests::http::fetch(server.metrics_addr(), "/metrics", &[]).text();

@@ -139,16 +139,14 @@ fn every_documented_metric_is_served_while_its_session_is_live() {
         "{text}"
     );
     // Every reader's byte counter moves (media, not only the protocol's answers).
-    let start = std::time::Instant::now();
-    loop {
-        let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+    let slow = |text: &str| -> Vec<&'static str> {
         let value = |prefix: &str| -> f64 {
             text.lines()
                 .filter(|l| l.starts_with(prefix))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .fold(0.0, f64::max)
         };
-        let slow: Vec<&str> = [
+        [
             "rtmps_conns_outbound_bytes{",
             "rtsp_sessions_outbound_bytes{",
             "rtsps_sessions_outbound_bytes{",
@@ -159,16 +157,14 @@ fn every_documented_metric_is_served_while_its_session_is_live() {
         ]
         .into_iter()
         .filter(|p| value(p) < 100_000.0)
-        .collect();
-        if slow.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "these counters did not pass 100 kB: {slow:?}\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        .collect()
+    };
+    let scrape = || fetch(server.metrics_addr(), "/metrics", &[]).text();
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || format!("these counters did not pass 100 kB: {:?}", slow(&scrape())),
+        || slow(&scrape()).is_empty().then_some(()),
+    );
     // Filters: ?type= keeps one family group.
     let only = fetch(server.metrics_addr(), "/metrics?type=srt_conns", &[]).text();
     assert!(

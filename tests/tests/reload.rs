@@ -9,36 +9,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, logs, scratch};
+use tidegate_tests::{logs, scratch};
 
 const READY: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Waits (bounded) until the log has `n` lines with all of `parts`.
-fn wait_log(parts: &[&str], n: usize) {
-    let start = Instant::now();
-    while logs::lines_with(parts).len() < n {
-        assert!(start.elapsed() < LIMIT, "no log line with {parts:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Video frames of `file` and the largest gap between consecutive video timestamps (s).
 fn frames_and_gap(file: &Path) -> (usize, f64) {
-    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
-    assert_eq!(
-        p.codec("video").as_deref(),
-        Some("h264"),
-        "{}",
-        file.display()
-    );
-    assert!(p.codec("audio").is_some(), "{}", file.display());
-    assert!(p.dts_monotonic("video"), "{}", file.display());
-    let t = p.dts_seconds("video");
+    let t = tidegate_tests::video_timeline(file);
     let gap = t.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     (t.len(), gap)
 }
@@ -115,7 +97,7 @@ fn reload_touches_only_what_changed() {
     );
     server.rewrite_config(&v2);
     let name = file.display().to_string();
-    wait_log(&["[reload] configuration reloaded from", &name], 1);
+    logs::wait_for(&["[reload] configuration reloaded from", &name], LIMIT);
     assert!(!logs::lines_with(&["other", "its configuration changed"]).is_empty());
     assert!(!logs::lines_with(&["restart", "readTimeout"]).is_empty());
     assert!(!logs::lines_with(&["rtmpServerKey/rtmpServerCert", "new certificate"]).is_empty());
@@ -140,14 +122,14 @@ fn reload_touches_only_what_changed() {
     server.rewrite_config(&format!(
         "{tls}logLevel: debug\nreadTimeout: 20s\npaths:\n  keep:\n    maxReaders: many\n"
     ));
-    wait_log(
+    logs::wait_for(
         &[
             "[reload]",
             &name,
             "paths.keep.maxReaders",
             "nothing changed",
         ],
-        1,
+        LIMIT,
     );
     assert!(server.paths().get("added").is_some_and(|p| p.ready));
     assert_eq!(server.paths().get("keep").unwrap().readers, keep_readers);

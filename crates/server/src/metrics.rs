@@ -243,81 +243,87 @@ fn render_latency(out: &mut String) {
     }
 }
 
+/// Families of one unlabelled sample each: (name, help, type, value).
+fn scalars(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
+    for (name, help, kind, v) in rows {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
 /// Hooks: Tidegate's own counters.
 pub fn render_hooks(h: &HookStats, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
-    for (name, help, kind, v) in [
-        (
-            "tidegate_hooks_started_total",
-            "hook commands started (each restart counts)",
-            "counter",
-            h.started.load(Relaxed),
-        ),
-        (
-            "tidegate_hooks_failed_total",
-            "hook commands that could not start or exited with a failure status",
-            "counter",
-            h.failed.load(Relaxed),
-        ),
-        (
-            "tidegate_hooks_refused_total",
-            "hooks not started because too many hook commands were running",
-            "counter",
-            h.refused.load(Relaxed),
-        ),
-        (
-            "tidegate_hooks_running",
-            "hook commands running now",
-            "gauge",
-            h.running.load(Relaxed) as u64,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
-    }
+    scalars(
+        out,
+        &[
+            (
+                "tidegate_hooks_started_total",
+                "hook commands started (each restart counts)",
+                "counter",
+                h.started.load(Relaxed),
+            ),
+            (
+                "tidegate_hooks_failed_total",
+                "hook commands that could not start or exited with a failure status",
+                "counter",
+                h.failed.load(Relaxed),
+            ),
+            (
+                "tidegate_hooks_refused_total",
+                "hooks not started because too many hook commands were running",
+                "counter",
+                h.refused.load(Relaxed),
+            ),
+            (
+                "tidegate_hooks_running",
+                "hook commands running now",
+                "gauge",
+                h.running.load(Relaxed) as u64,
+            ),
+        ],
+    );
 }
 
 /// Recording: Tidegate's own counters.
 pub fn render_record(r: &tidegate_record::Recorder, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
     let s = r.stats();
-    for (name, help, kind, v) in [
-        (
-            "tidegate_record_paths",
-            "paths being recorded now",
-            "gauge",
-            r.recording().len() as u64,
-        ),
-        (
-            "tidegate_record_bytes_written_total",
-            "bytes of media parts written to recordings",
-            "counter",
-            s.bytes_written.load(Relaxed),
-        ),
-        (
-            "tidegate_record_parts_dropped_total",
-            "recording parts dropped because the disk did not keep up",
-            "counter",
-            s.parts_dropped.load(Relaxed),
-        ),
-        (
-            "tidegate_record_errors_total",
-            "segment files that could not be created or written",
-            "counter",
-            s.errors.load(Relaxed),
-        ),
-        (
-            "tidegate_record_segments_deleted_total",
-            "segments deleted by retention or the API",
-            "counter",
-            s.segments_deleted.load(Relaxed),
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
-    }
+    scalars(
+        out,
+        &[
+            (
+                "tidegate_record_paths",
+                "paths being recorded now",
+                "gauge",
+                r.recording().len() as u64,
+            ),
+            (
+                "tidegate_record_bytes_written_total",
+                "bytes of media parts written to recordings",
+                "counter",
+                s.bytes_written.load(Relaxed),
+            ),
+            (
+                "tidegate_record_parts_dropped_total",
+                "recording parts dropped because the disk did not keep up",
+                "counter",
+                s.parts_dropped.load(Relaxed),
+            ),
+            (
+                "tidegate_record_errors_total",
+                "segment files that could not be created or written",
+                "counter",
+                s.errors.load(Relaxed),
+            ),
+            (
+                "tidegate_record_segments_deleted_total",
+                "segments deleted by retention or the API",
+                "counter",
+                s.segments_deleted.load(Relaxed),
+            ),
+        ],
+    );
 }
 
 /// Webhooks: Tidegate's own, by URL.
