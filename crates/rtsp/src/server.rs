@@ -1182,10 +1182,11 @@ impl Conn {
             return;
         };
         let stats = &self.guard.extra;
-        stats.rtcp_packets_received.fetch_add(1, Ordering::Relaxed);
         // One RTP session per track, one source in it: the block is about this track.
         let Some(block) = blocks.first() else {
-            return; // no report block yet (nothing received)
+            // No report block yet (nothing received).
+            stats.rtcp_packets_received.fetch_add(1, Ordering::Release);
+            return;
         };
         self.reports[idx] = Some(*block);
         let lost: i64 = self
@@ -1209,6 +1210,8 @@ impl Conn {
             let mean = jitters.iter().sum::<u64>() / jitters.len() as u64;
             stats.jitter_us.store(mean, Ordering::Relaxed);
         }
+        // Counted last: whoever sees the count sees the report's figures.
+        stats.rtcp_packets_received.fetch_add(1, Ordering::Release);
     }
 
     fn on_rtp(&mut self, idx: usize, data: &[u8]) {

@@ -505,6 +505,10 @@ impl ConnExtra for tidegate_rtsp::RtspStats {
     fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut m = serde_json::Map::new();
+        // The report count first: the figures it stands for are stored before it.
+        let reports = self
+            .rtcp_packets_received
+            .load(std::sync::atomic::Ordering::Acquire);
         m.insert("transport".into(), self.transport().into());
         let profile = if self.srtp.load(Relaxed) {
             "SAVP"
@@ -528,10 +532,7 @@ impl ConnExtra for tidegate_rtsp::RtspStats {
             "rtpPacketsLost".into(),
             self.rtp_packets_lost.load(Relaxed).into(),
         );
-        m.insert(
-            "rtcpPacketsReceived".into(),
-            self.rtcp_packets_received.load(Relaxed).into(),
-        );
+        m.insert("rtcpPacketsReceived".into(), reports.into());
         // Seconds, as a reader's receiver reports give it.
         m.insert(
             "rtpPacketsJitter".into(),
