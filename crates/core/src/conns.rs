@@ -38,7 +38,55 @@ pub struct ConnInfo<X = ()> {
     pub query: String,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// A reader's lag and losses, where its egress reports them.
+    pub reader: Option<ReaderFigures>,
     pub extra: Arc<X>,
+}
+
+/// What a reader's egress tells on demand: how far behind live it is and what it lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderFigures {
+    /// Media frames muxed for this reader and not yet handed to its socket.
+    pub queued_frames: u64,
+    /// Bytes of those (0 where the egress does not know them).
+    pub queued_bytes: u64,
+    /// Times it fell behind and skipped to the next keyframe.
+    pub skips: u64,
+    /// Media frames it lost by falling behind (MediaMTX's `outboundFramesDiscarded`).
+    pub frames_discarded: u64,
+}
+
+/// An egress's reader that can say how it is doing (see [`ReaderFigures`]).
+pub trait ReaderProbe: Send + Sync {
+    fn figures(&self) -> ReaderFigures;
+}
+
+/// Figures a pull reader's task stores as it goes (it owns its reader, so it publishes them).
+#[derive(Debug, Default)]
+pub struct PullFigures {
+    queued: AtomicU64,
+    skips: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl PullFigures {
+    /// Stores where `reader` is now: frames waiting for it, its skips and losses.
+    pub fn update(&self, queued: u64, skips: u64, discarded: u64) {
+        self.queued.store(queued, Ordering::Relaxed);
+        self.skips.store(skips, Ordering::Relaxed);
+        self.discarded.store(discarded, Ordering::Relaxed);
+    }
+}
+
+impl ReaderProbe for PullFigures {
+    fn figures(&self) -> ReaderFigures {
+        ReaderFigures {
+            queued_frames: self.queued.load(Ordering::Relaxed),
+            queued_bytes: 0,
+            skips: self.skips.load(Ordering::Relaxed),
+            frames_discarded: self.discarded.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct Entry<X> {
@@ -52,11 +100,39 @@ struct Entry<X> {
     kick: CancellationToken,
 }
 
-/// Byte counters a connection updates as it goes.
-#[derive(Default, Debug)]
+/// Byte counters a connection updates as it goes, and its reader's probe once it reads.
+#[derive(Default)]
 pub struct Counters {
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    reader: Mutex<Option<std::sync::Weak<dyn ReaderProbe>>>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters")
+            .field("received", &self.received)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// The reader whose figures the API and metrics show for this connection (held weakly:
+    /// it goes with the reader).
+    pub fn set_reader(&self, probe: std::sync::Weak<dyn ReaderProbe>) {
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
+    /// The reader's figures now, if it has a reader that reports them.
+    pub fn reader(&self) -> Option<ReaderFigures> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map(|p| p.figures())
+    }
 }
 
 /// A connection came or went (for `runOnConnect` / `runOnDisconnect` and webhooks).
@@ -167,6 +243,7 @@ impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
                 query: e.query.clone(),
                 bytes_received: e.counters.received.load(Ordering::Relaxed),
                 bytes_sent: e.counters.sent.load(Ordering::Relaxed),
+                reader: e.counters.reader(),
                 extra: e.extra.clone(),
             })
             .collect()

@@ -358,6 +358,11 @@ impl EgressReader {
     pub fn frames_skipped(&self) -> u64 {
         self.reader.frames_skipped()
     }
+
+    /// Frames waiting for this reader.
+    pub fn behind(&self) -> u64 {
+        self.reader.behind()
+    }
 }
 
 /// A push reader's place in an egress; leaving drops it from the writer's list.
@@ -767,6 +772,12 @@ pub enum SinkStatus {
     Idle,
 }
 
+impl crate::ReaderProbe for Sink {
+    fn figures(&self) -> crate::ReaderFigures {
+        Sink::figures(self)
+    }
+}
+
 /// A push reader's socket and private queue.
 pub struct Sink {
     io: Arc<dyn SinkIo>,
@@ -824,6 +835,17 @@ impl Sink {
     /// Media frames this reader lost by falling behind.
     pub fn frames_skipped(&self) -> u64 {
         self.lock().frames_skipped
+    }
+
+    /// What waits for this reader now, and what it lost (the API's per-reader figures).
+    pub fn figures(&self) -> crate::ReaderFigures {
+        let st = self.lock();
+        crate::ReaderFigures {
+            queued_frames: st.queued_media as u64,
+            queued_bytes: st.queued_bytes as u64,
+            skips: st.skips,
+            frames_discarded: st.frames_skipped,
+        }
     }
 
     /// Bytes of the reader's own (control messages, a stream head): sent in order with the

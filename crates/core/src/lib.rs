@@ -28,7 +28,10 @@ pub use auth::{
 };
 /// Re-exported so that protocol crates and tests share one `Bytes`.
 pub use bytes::Bytes;
-pub use conns::{ConnEvent, ConnEventKind, ConnGuard, ConnInfo, ConnRegistry, ConnState};
+pub use conns::{
+    ConnEvent, ConnEventKind, ConnGuard, ConnInfo, ConnRegistry, ConnState, PullFigures,
+    ReaderFigures, ReaderProbe,
+};
 pub use fanout::{
     Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,
     SinkStatus, Transport,

@@ -106,6 +106,8 @@ pub struct PathInfo {
     pub bytes_sent: u64,
     pub readers: Vec<(&'static str, SessionId)>,
     pub reader_skips: u64,
+    /// Frames the ingest could not rebuild (see [`crate::stream::StreamStats`]).
+    pub frames_in_error: u64,
 }
 
 struct PublisherSlot {
@@ -594,6 +596,7 @@ fn active_info(name: &str, e: &PathEntry) -> PathInfo {
         bytes_sent: e.bytes_sent.load(Ordering::Relaxed),
         readers: e.readers.values().map(|r| (r.kind, r.id)).collect(),
         reader_skips: stream.map_or(0, |s| s.stats().reader_skips.load(Ordering::Relaxed)),
+        frames_in_error: stream.map_or(0, |s| s.stats().frames_in_error.load(Ordering::Relaxed)),
     }
 }
 
@@ -610,6 +613,7 @@ fn idle_info(name: &str, conf: &PathConf) -> PathInfo {
         bytes_sent: 0,
         readers: Vec::new(),
         reader_skips: 0,
+        frames_in_error: 0,
     }
 }
 

@@ -50,6 +50,9 @@ pub struct StreamStats {
     pub reader_skips: AtomicU64,
     /// Frames lost by lagging readers, all readers together.
     pub frames_skipped: AtomicU64,
+    /// Frames the ingest could not rebuild (damaged or incomplete input: RTP access units
+    /// with a part lost, MPEG-TS PES cut short), MediaMTX's `inboundFramesInError`.
+    pub frames_in_error: AtomicU64,
     /// Video frames whose decode order differs from presentation order (B-frames) were seen:
     /// egresses without decode timestamps (WebRTC) refuse such streams.
     pub reordered_video: std::sync::atomic::AtomicBool,
@@ -403,6 +406,11 @@ impl StreamReader {
     /// Frames this reader lost by falling behind.
     pub fn frames_skipped(&self) -> u64 {
         self.frames_skipped
+    }
+
+    /// Frames waiting for this reader (in the ring and its own backlog).
+    pub fn behind(&self) -> u64 {
+        (self.backlog.len() + self.rx.as_ref().map_or(0, |rx| rx.len())) as u64
     }
 
     /// The next frame. Cancel-safe.

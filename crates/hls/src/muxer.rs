@@ -219,6 +219,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
             .map(|t| (t.id, t.clock_rate));
         let mut rate: Option<(i64, u32)> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let hls_latency = tidegate_core::latency::egress("hls");
         loop {
             tokio::select! {
                 r = reader.recv() => {
@@ -270,6 +271,10 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                     }
                     seg.push(&frame, &mut out);
                     mux.apply(&mut out);
+                    // Served from now on (the open part streams each frame as it comes).
+                    if let Some(h) = hls_latency {
+                        h.observe(frame.received.elapsed());
+                    }
                 }
                 _ = tick.tick() => {
                     if idle() {

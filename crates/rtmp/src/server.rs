@@ -42,6 +42,8 @@ pub struct RtmpListener {
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
     pub conns: Arc<ConnRegistry>,
+    /// Stops accepting (a reload moved the listener); connections go on until `shutdown`.
+    pub stop: CancellationToken,
 }
 
 /// Accepts RTMP connections until `shutdown`.
@@ -60,6 +62,7 @@ pub async fn serve(
     loop {
         let (socket, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = l.stop.cancelled() => return,
             r = l.listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -473,6 +476,8 @@ impl<S: Transport> Conn<S> {
             path_sent.fetch_add(n, Ordering::Relaxed);
         }));
         sink.send_control(head.freeze());
+        let probe: Arc<dyn tidegate_core::ReaderProbe> = sink.clone();
+        self.guard.counters.set_reader(Arc::downgrade(&probe));
         let _attached = egress.attach(sink.clone());
         let stopped = Self::stopped(self.shutdown.clone(), self.guard.kick.clone());
         tokio::pin!(stopped);

@@ -184,6 +184,7 @@ struct ApiPath {
     bytes_sent: u64,
     readers: Vec<SessionRef>,
     reader_skips: u64,
+    inbound_frames_in_error: u64,
     /// Tidegate's addition: the `push:` destinations and their state.
     push: Vec<ApiRelay>,
     /// Tidegate's addition: the state of a pulled `source`, if any.
@@ -256,6 +257,7 @@ impl From<PathInfo> for ApiPath {
                 })
                 .collect(),
             reader_skips: p.reader_skips,
+            inbound_frames_in_error: p.frames_in_error,
             push: Vec::new(),
             source_relay: None,
         }
@@ -347,6 +349,18 @@ struct ApiConn {
     query: String,
     bytes_received: u64,
     bytes_sent: u64,
+    /// MediaMTX's: media frames this reader lost by falling behind (readers whose egress
+    /// reports it: RTMP, RTMPS, SRT, RTSP over TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_frames_discarded: Option<u64>,
+    /// Tidegate's: the reader's lag (frames and bytes waiting for its socket) and how often
+    /// it skipped to a keyframe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_queued_frames: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_queued_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_skips: Option<u64>,
     /// Protocol statistics (SRT), flattened into the object as MediaMTX does.
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
@@ -576,6 +590,10 @@ fn api_conn<X: ConnExtra>(c: ConnInfo<X>) -> ApiConn {
         query: c.query,
         bytes_received: c.bytes_received,
         bytes_sent: c.bytes_sent,
+        outbound_frames_discarded: c.reader.map(|r| r.frames_discarded),
+        outbound_queued_frames: c.reader.map(|r| r.queued_frames),
+        outbound_queued_bytes: c.reader.map(|r| r.queued_bytes),
+        outbound_skips: c.reader.map(|r| r.skips),
         extra: c.extra.json(),
     }
 }

@@ -144,6 +144,45 @@ fn render_conns<X: ConnExtra>(
             }
         }
     }
+    if session_labels {
+        // Readers' lag and losses, where their egress reports them.
+        type Get = fn(&tidegate_core::ReaderFigures) -> u64;
+        let families: [(&str, &str, &str, Get); 4] = [
+            (
+                "outbound_frames_discarded",
+                "counter",
+                "media frames a reader lost by falling behind",
+                |r| r.frames_discarded,
+            ),
+            (
+                "outbound_skips",
+                "counter",
+                "times a reader fell behind and skipped to the next keyframe",
+                |r| r.skips,
+            ),
+            (
+                "outbound_queued_frames",
+                "gauge",
+                "media frames waiting for a reader's socket (its lag)",
+                |r| r.queued_frames,
+            ),
+            (
+                "outbound_queued_bytes",
+                "gauge",
+                "bytes waiting for a reader's socket",
+                |r| r.queued_bytes,
+            ),
+        ];
+        for (suffix, kind, help, get) in families {
+            let name = format!("{prefix}_{suffix}");
+            family(out, &name, kind, help);
+            for c in &list {
+                if let Some(r) = &c.reader {
+                    let _ = writeln!(out, "{name}{{{}}} {}", labels(c), get(r));
+                }
+            }
+        }
+    }
     if !extra {
         return;
     }
@@ -422,7 +461,7 @@ pub fn render_hls(hls: &tidegate_hls::Hls, f: &Filter, out: &mut String) {
 }
 
 /// Paths: MediaMTX's `paths`, `paths_inbound_bytes`, `paths_outbound_bytes`,
-/// `paths_readers{readerType}`, the older `paths_bytes_received` / `paths_bytes_sent`, and
+/// `paths_inbound_frames_in_error`, `paths_readers{readerType}`, the older `paths_bytes_received` / `paths_bytes_sent`, and
 /// Tidegate's `paths_reader_skips`.
 pub fn render_paths(paths: &PathManager, f: &Filter, out: &mut String) {
     let list: Vec<_> = paths
@@ -435,8 +474,14 @@ pub fn render_paths(paths: &PathManager, f: &Filter, out: &mut String) {
         format!("name=\"{}\",state=\"{state}\"", label(&p.name))
     };
     type Get = fn(&tidegate_core::PathInfo) -> u64;
-    let families: [(&str, &str, &str, Get); 6] = [
+    let families: [(&str, &str, &str, Get); 7] = [
         ("paths", "gauge", "1 for every path, with its state", |_| 1),
+        (
+            "paths_inbound_frames_in_error",
+            "counter",
+            "frames the ingest could not rebuild from damaged or incomplete input",
+            |p| p.frames_in_error,
+        ),
         (
             "paths_inbound_bytes",
             "counter",

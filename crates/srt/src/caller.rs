@@ -228,7 +228,7 @@ pub async fn push(
         tracing::info!(path, url = status.url, "pushing");
         let watcher = watch_bytes(&socket, &status, true);
         let kick = CancellationToken::new();
-        let r = read(socket, reader, &egress, &kick, cancel.clone()).await;
+        let r = read(socket, reader, &egress, &kick, cancel.clone(), None).await;
         watcher.abort();
         if cancel.is_cancelled() {
             return Ok(());

@@ -337,7 +337,18 @@ async fn handle(
             tracing::info!(path = sid.path, "is reading");
             guard.set(ConnState::Read, &sid.path, &raw);
             let stats = watch_statistics(&socket, &guard);
-            let r = read(socket, reader, &egress, &guard.kick, shutdown).await;
+            let figures = Arc::new(tidegate_core::PullFigures::default());
+            let probe: Arc<dyn tidegate_core::ReaderProbe> = figures.clone();
+            guard.counters.set_reader(Arc::downgrade(&probe));
+            let r = read(
+                socket,
+                reader,
+                &egress,
+                &guard.kick,
+                shutdown,
+                Some(figures),
+            )
+            .await;
             stats.abort();
             r
         }
@@ -367,6 +378,7 @@ pub(crate) async fn publish(
     let mut demux = Demuxer::default();
     let mut frames = TsToFrames::default();
     let mut stream: Option<Arc<Stream>> = None;
+    let mut dropped_counted = 0;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -381,6 +393,15 @@ pub(crate) async fn publish(
             Ok(Some(Ok((_, data)))) => data,
         };
         demux.feed(&data);
+        let dropped = demux.stats().dropped_pes;
+        if dropped != dropped_counted {
+            if let Some(s) = &stream {
+                s.stats()
+                    .frames_in_error
+                    .fetch_add(dropped - dropped_counted, Ordering::Relaxed);
+            }
+            dropped_counted = dropped;
+        }
         while let Some(ev) = demux.poll_event() {
             for out in frames.on_event(ev) {
                 match out {
@@ -410,6 +431,7 @@ pub(crate) async fn read(
     egress: &Arc<tidegate_core::Egress>,
     kick: &CancellationToken,
     shutdown: CancellationToken,
+    figures: Option<Arc<tidegate_core::PullFigures>>,
 ) -> Result<(), String> {
     // From the next keyframe, not from the GOP cache, so the reader joins live.
     let mut sub = egress.subscribe_from_next_keyframe();
@@ -447,6 +469,9 @@ pub(crate) async fn read(
                         pos = end;
                     }
                     reader.add_bytes_sent(data.len() as u64);
+                    if let Some(f) = &figures {
+                        f.update(sub.behind(), sub.skips(), sub.frames_skipped());
+                    }
                 }
                 Err(_) => break, // the publisher left
             },
