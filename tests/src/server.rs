@@ -67,6 +67,7 @@ impl TestServer {
         let base = [
             ("apiAddress", "127.0.0.1:0"),
             ("metricsAddress", "127.0.0.1:0"),
+            ("pprofAddress", "127.0.0.1:0"),
             ("rtmpAddress", "127.0.0.1:0"),
             ("rtmpsAddress", "127.0.0.1:0"),
             ("rtspAddress", "127.0.0.1:0"),
@@ -198,6 +199,10 @@ impl TestServer {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.server().metrics_addr().expect("metrics enabled")
+    }
+
+    pub fn pprof_addr(&self) -> SocketAddr {
+        self.server().pprof_addr().expect("pprof enabled")
     }
 
     pub fn paths(&self) -> &PathManager {

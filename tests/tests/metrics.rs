@@ -172,6 +172,22 @@ fn every_documented_metric_is_served_while_its_session_is_live() {
         "{only}"
     );
 
+    // Per-reader lag and losses in the API too.
+    for list in ["rtmpsconns", "srtconns", "rtspssessions"] {
+        let conns = get_json(server.api_addr(), &format!("/v3/{list}/list"));
+        assert!(
+            conns["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["state"] == "read"
+                    && c["outboundFramesDiscarded"].is_u64()
+                    && c["outboundQueuedFrames"].is_u64()
+                    && c["outboundSkips"].is_u64()),
+            "{list}: {conns}"
+        );
+    }
+
     let info = get_json(server.api_addr(), "/v3/info");
     assert!(info["version"].as_str().unwrap().starts_with('v'), "{info}");
     assert!(info["started"].as_str().unwrap().contains('T'), "{info}");
@@ -212,4 +228,54 @@ fn the_grafana_dashboard_uses_served_metrics() {
     assert!(used.len() >= 15, "{used:?}");
     let unknown: Vec<&String> = used.iter().filter(|u| !documented.contains(u)).collect();
     assert!(unknown.is_empty(), "the dashboard asks for {unknown:?}");
+}
+
+/// `pprof: yes`: a CPU profile on demand, as folded stacks and as a flame graph, taken while
+/// ffmpeg publishes and reads; refused without the `pprof` permission.
+#[test]
+fn pprof_gives_a_cpu_profile_behind_its_permission() {
+    let dir = scratch("pprof");
+    let server = TestServer::start("pprof: yes\n");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/prof"), 40, "flv", &dir);
+    server.wait_ready("live/prof", READY);
+    let _reader = ffmpeg_read(&server.rtmp_url("live/prof"), 30, &dir.join("r.flv"), &dir);
+
+    let folded = fetch(
+        server.pprof_addr(),
+        "/debug/pprof/profile?seconds=3&format=folded",
+        &[],
+    );
+    assert_eq!(folded.status, 200, "{}", folded.text());
+    let text = folded.text();
+    let mut samples = 0u64;
+    for line in text.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("`stack count` lines");
+        samples += count.parse::<u64>().expect("a count");
+        assert!(!stack.is_empty());
+    }
+    assert!(samples >= 3, "{samples} samples in 3 s:\n{text}");
+    // Symbols resolved: the server's own code is named in the stacks.
+    assert!(
+        text.contains("tidegate") || text.contains("tokio"),
+        "no named frame:\n{text}"
+    );
+
+    let svg = fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=3", &[]);
+    assert_eq!(svg.status, 200);
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    let svg = svg.text();
+    assert!(svg.contains("<svg"), "{svg}");
+    // A flame graph: one titled box per frame sampled.
+    assert!(svg.matches("<title>").count() >= 3, "{svg}");
+    assert_eq!(
+        fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=0", &[]).status,
+        400
+    );
+
+    // Users without the pprof permission are refused.
+    let locked = TestServer::start(
+        "pprof: yes\nauthInternalUsers:\n  - user: any\n    permissions:\n      - action: publish\n",
+    );
+    let r = fetch(locked.pprof_addr(), "/debug/pprof/profile?seconds=1", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
 }

@@ -65,6 +65,14 @@ pub struct Config {
     pub metrics_server_cert: String,
     pub metrics_allow_origins: Vec<String>,
     pub metrics_trusted_proxies: Vec<ipnet::IpNet>,
+    /// MediaMTX's `pprof*`: a CPU profile on demand (`/debug/pprof/profile`).
+    pub pprof: bool,
+    pub pprof_address: SocketAddr,
+    pub pprof_encryption: bool,
+    pub pprof_server_key: String,
+    pub pprof_server_cert: String,
+    pub pprof_allow_origins: Vec<String>,
+    pub pprof_trusted_proxies: Vec<ipnet::IpNet>,
     pub hls_trusted_proxies: Vec<ipnet::IpNet>,
     pub webrtc_trusted_proxies: Vec<ipnet::IpNet>,
 
@@ -236,6 +244,13 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         "metricsTrustedProxies",
         set!(metrics_trusted_proxies, ip_list),
     ),
+    ("pprof", set!(pprof, boolean)),
+    ("pprofAddress", set!(pprof_address, address)),
+    ("pprofEncryption", set!(pprof_encryption, boolean)),
+    ("pprofServerKey", set!(pprof_server_key, string)),
+    ("pprofServerCert", set!(pprof_server_cert, string)),
+    ("pprofAllowOrigins", set!(pprof_allow_origins, string_list)),
+    ("pprofTrustedProxies", set!(pprof_trusted_proxies, ip_list)),
     ("hlsTrustedProxies", set!(hls_trusted_proxies, ip_list)),
     (
         "webrtcTrustedProxies",
@@ -554,6 +569,15 @@ impl Config {
                     "can be used only when source is 'publisher' (a pulled source starts on demand with sourceOnDemand)",
                 ));
             }
+            let regex = raw.name.starts_with('~') || raw.name == "all_others" || raw.name == "all";
+            if regex && !conf.hooks.run_on_init.is_empty() {
+                return Err(ctx.err(
+                    raw.line,
+                    &format!("{key}.runOnInit"),
+                    "a path with a regular expression (or all_others) does not support runOnInit: \
+                     it runs when the server starts, before any name matches; use a path with an exact name",
+                ));
+            }
             config.paths.push(conf);
         }
         // Names and regexes are checked here so that the error can name the path's line.
@@ -642,6 +666,13 @@ impl Config {
             metrics_server_cert: String::new(),
             metrics_allow_origins: Vec::new(),
             metrics_trusted_proxies: Vec::new(),
+            pprof: false,
+            pprof_address: any,
+            pprof_encryption: false,
+            pprof_server_key: String::new(),
+            pprof_server_cert: String::new(),
+            pprof_allow_origins: Vec::new(),
+            pprof_trusted_proxies: Vec::new(),
             hls_trusted_proxies: Vec::new(),
             webrtc_trusted_proxies: Vec::new(),
             rtmp: false,

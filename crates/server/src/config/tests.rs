@@ -344,6 +344,17 @@ fn run_on_demand_needs_a_publisher_path() {
 }
 
 #[test]
+fn run_on_init_needs_an_exact_name() {
+    for name in ["'~^cam(\\d+)$'", "all_others"] {
+        let e = load(&format!("paths:\n  {name}:\n    runOnInit: ffmpeg\n")).unwrap_err();
+        assert!(e.key.ends_with(".runOnInit"), "{e}");
+        assert!(e.message.contains("regular expression"), "{e}");
+    }
+    // The same on an exact name is fine.
+    load("paths:\n  cam:\n    runOnInit: ffmpeg\n").unwrap();
+}
+
+#[test]
 fn webhooks_are_checked() {
     let c = load(
         "webhooks:\n  - url: https://h.example/x\n    events: [publish, read]\n    secret: s\n",
