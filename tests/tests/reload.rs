@@ -166,7 +166,10 @@ fn api(server: &TestServer, method: &str, target: &str, body: &str) -> (u16, ser
 fn the_config_api_applies_changes_and_a_restart_keeps_them() {
     let dir = scratch("config-api");
     let file = dir.join("tidegate.yml");
-    let server = TestServer::start_watched("# my comment\npaths:\n  keep:\n", &file);
+    let server = TestServer::start_watched(
+        "# my comment\npaths:\n  # the studio feed\n  keep:\n",
+        &file,
+    );
     let _publisher = ffmpeg_publish(&server.rtmp_url("keep"), 40, "flv", &dir);
     server.wait_ready("keep", READY);
     let out = dir.join("keep.mkv");
@@ -265,6 +268,13 @@ fn the_config_api_applies_changes_and_a_restart_keeps_them() {
         "{text}"
     );
     assert!(dir.join("tidegate.yml.orig").exists());
+    // The user's comments are still in it.
+    for comment in ["# my comment", "  # the studio feed"] {
+        assert!(
+            text.lines().any(|l| l == comment),
+            "{comment:?} lost:\n{text}"
+        );
+    }
     drop(server);
     let again = TestServer::start_from_file(&file);
     assert_eq!(
@@ -275,4 +285,73 @@ fn the_config_api_applies_changes_and_a_restart_keeps_them() {
         api(&again, "GET", "/v3/config/paths/get/cam/one", "").1["maxReaders"],
         2
     );
+}
+
+/// A changed listener address moves that listener alone: ffmpeg keeps publishing and an
+/// ffmpeg reader keeps reading through the connections the old RTMP listener accepted
+/// (timestamps without a gap), a new reader connects on the new address, the old address
+/// refuses; the API moves the same way.
+#[test]
+fn a_moved_listener_keeps_its_connections() {
+    let dir = scratch("reload-move");
+    let file = dir.join("tidegate.yml");
+    let server = TestServer::start_watched(
+        "rtmpAddress: 127.0.0.1:0\napiAddress: 127.0.0.1:0\npaths:\n  live/move:\n",
+        &file,
+    );
+    let (old_rtmp, old_api) = (server.rtmp_addr(), server.api_addr());
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/move"), 60, "flv", &dir);
+    server.wait_ready("live/move", READY);
+    let mut reader = ffmpeg_read(
+        &server.rtmp_url("live/move"),
+        16,
+        &dir.join("before.flv"),
+        &dir,
+    );
+    server.wait_readers("live/move", 1, READY);
+
+    let (rtmp_port, api_port) = (
+        tidegate_tests::peers::free_port(),
+        tidegate_tests::peers::free_port(),
+    );
+    server.rewrite_config(&format!(
+        "rtmpAddress: 127.0.0.1:{rtmp_port}\napiAddress: 127.0.0.1:{api_port}\npaths:\n  live/move:\n"
+    ));
+    logs::wait_for(
+        &["[RTMP] listener moved", &format!("127.0.0.1:{rtmp_port}")],
+        LIMIT,
+    );
+    logs::wait_for(
+        &["[API] listener moved", &format!("127.0.0.1:{api_port}")],
+        LIMIT,
+    );
+    // Nothing names the moved keys as needing a restart.
+    assert!(logs::lines_with(&["restart", "rtmpAddress"]).is_empty());
+
+    // The old addresses refuse; the new ones answer.
+    for old in [old_rtmp, old_api] {
+        assert!(
+            std::net::TcpStream::connect_timeout(&old, Duration::from_secs(2)).is_err(),
+            "{old} still accepts"
+        );
+    }
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let paths = tidegate_tests::http::get_json(api, "/v3/paths/list");
+    assert_eq!(paths["items"][0]["name"], "live/move", "{paths}");
+    assert_eq!(paths["items"][0]["ready"], true, "{paths}");
+    let mut after = ffmpeg_read(
+        &format!("rtmp://127.0.0.1:{rtmp_port}/live/move"),
+        4,
+        &dir.join("after.flv"),
+        &dir,
+    );
+    assert!(after.wait(LIMIT).success(), "{}", after.stderr());
+    let (n, _) = frames_and_gap(&dir.join("after.flv"));
+    assert!(n >= 60, "{n} frames read on the new address");
+
+    // The reader the old listener accepted read on without a break.
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    let (n, gap) = frames_and_gap(&dir.join("before.flv"));
+    assert!(n >= 300, "{n} frames over the move");
+    assert!(gap < 0.5, "a {gap} s gap over the move");
 }

@@ -133,6 +133,10 @@ pub struct RtspListener {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub udp: Option<Arc<Udp>>,
     pub conns: Arc<RtspConns>,
+    /// Stops accepting (a reload moved the listener); sessions go on until `shutdown`.
+    pub stop: CancellationToken,
+    /// Whether this call starts the UDP sockets' receiver (once per server, not per rebind).
+    pub receive_udp: bool,
 }
 
 /// Serves RTSP (or RTSPS) sessions until `shutdown`.
@@ -148,13 +152,16 @@ pub async fn serve(
         tls,
         udp,
         conns,
+        stop,
+        receive_udp,
     } = l;
-    if let Some(u) = &udp {
+    if let (Some(u), true) = (&udp, receive_udp) {
         tasks.spawn(u.clone().receive(shutdown.clone()));
     }
     loop {
         let (sock, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -257,6 +264,8 @@ struct Conn {
     close: bool,
     guard: ConnGuard<RtspStats>,
     lost_reported: u64,
+    /// Access units the depacketisers dropped, as already counted on the stream.
+    dropped_reported: u64,
     /// Counted as a multicast reader of the stream while playing.
     multicast: Option<crate::multicast::Member>,
     /// An RTSPS connection.
@@ -376,6 +385,7 @@ impl Conn {
             close: false,
             guard,
             lost_reported: 0,
+            dropped_reported: 0,
             tls: false,
             sealer: None,
             savp: None,
@@ -530,6 +540,8 @@ impl Conn {
             // A reader on the usual channels joins the egress's writer once its PLAY answer
             // is on its way (the answer goes first).
             if let (Some(e), Some(sink)) = (self.attach_after_reply.take(), &self.sink) {
+                let probe: Arc<dyn tidegate_core::ReaderProbe> = sink.clone();
+                self.guard.counters.set_reader(Arc::downgrade(&probe));
                 self.attached = Some(e.attach(sink.clone()));
             }
             self.count_sink();
@@ -1253,6 +1265,16 @@ impl Conn {
         if lost != self.lost_reported {
             stats.rtp_packets_lost.store(lost, Ordering::Relaxed);
             self.lost_reported = lost;
+        }
+        let dropped: u64 = self.pubs.iter().map(|p| p.t.inc.depack.units_dropped).sum();
+        if dropped != self.dropped_reported {
+            if let Some(stream) = &self.stream {
+                stream
+                    .stats()
+                    .frames_in_error
+                    .fetch_add(dropped - self.dropped_reported, Ordering::Relaxed);
+            }
+            self.dropped_reported = dropped;
         }
         for f in frames {
             self.try_start();

@@ -3,9 +3,13 @@
 //! would apply a new file (only what changed is touched), then written back to the
 //! configuration file atomically, so that a restart keeps it.
 //!
-//! **Comments:** yaml-rust2 does not keep them, so a file written back by the API is the
-//! document re-rendered: keys in the order they were, values as they were, comments gone. The
-//! file as it was before the API's first change is kept beside it as `<file>.orig`.
+//! **Comments:** the file is patched, not rewritten: the lines of the keys the change touches
+//! are replaced (a changed map, such as one path's settings, is patched key by key), new keys
+//! are added at the end of their map, removed ones are cut; every other line (comments,
+//! blank lines, quoting) stays as the user wrote it. The patched text must parse back to the
+//! new document; where it would not (or a value came from the environment), the document is
+//! re-rendered whole, without comments. The file as it was before the API's first change is
+//! kept beside it as `<file>.orig`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,6 +186,117 @@ fn key_text(k: &str) -> String {
 }
 
 /// The document as YAML text.
+/// `old` (the file's text) changed into `new` with its comments and layout kept: None where
+/// that cannot be done safely (the caller then renders the document whole).
+pub fn patch_text(old: &str, new: &[Entry]) -> Option<String> {
+    let parsed = entries(yaml::parse(old).ok().flatten().as_ref());
+    let lines: Vec<&str> = old.lines().collect();
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    patch_map(&parsed, new, &lines, 0, lines.len(), &mut edits)?;
+    // Apply from the end so that earlier positions stay valid.
+    edits.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    for (start, end, text) in edits {
+        let replacement: Vec<String> = text.lines().map(str::to_string).collect();
+        out.splice(start..end, replacement);
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    // Safety: the patched text must say exactly the new document.
+    let back = entries(yaml::parse(&text).ok().flatten().as_ref());
+    let same_doc = back.len() == new.len()
+        && new
+            .iter()
+            .all(|e| find(&back, &e.key).is_some_and(|b| crate::reload::same(b, &e.value)));
+    same_doc.then_some(text)
+}
+
+/// The indentation of line `i` (0-based).
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+/// Whether a line says nothing (blank or a comment).
+fn is_filler(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Edits (0-based `[start, end)` line ranges and their new text) that turn the map `old`,
+/// whose block is lines `[start, end)`, into `new`.
+fn patch_map(
+    old: &[Entry],
+    new: &[Entry],
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    edits: &mut Vec<(usize, usize, String)>,
+) -> Option<()> {
+    // Each old entry's lines: from its key to the next key, less trailing comments and
+    // blank lines (they belong to what follows).
+    let mut spans = Vec::with_capacity(old.len());
+    for (i, e) in old.iter().enumerate() {
+        if e.line == 0 || e.line > lines.len() {
+            return None; // from the environment, not the file
+        }
+        let s = e.line - 1;
+        let mut t = old.get(i + 1).map_or(end, |n| n.line.saturating_sub(1));
+        if t <= s || t > end {
+            return None;
+        }
+        while t > s + 1 && is_filler(lines[t - 1]) {
+            t -= 1;
+        }
+        spans.push((s, t));
+    }
+    let indent = old.first().map_or(0, |e| indent_of(lines[e.line - 1]));
+    for (e, &(s, t)) in old.iter().zip(&spans) {
+        match find(new, &e.key) {
+            None => edits.push((s, t, String::new())),
+            Some(v) if crate::reload::same(&e.value, v) => {}
+            Some(v) => {
+                // A map written in block style is patched inside; anything else is replaced.
+                let block_map = matches!(&e.value.value, Value::Map(m) if !m.is_empty())
+                    && matches!(&v.value, Value::Map(m) if !m.is_empty())
+                    && e.value.line != e.line;
+                if let (true, Value::Map(om), Value::Map(nm)) =
+                    (block_map, &e.value.value, &v.value)
+                {
+                    patch_map(om, nm, lines, s + 1, t, edits)?;
+                } else {
+                    let mut text = String::new();
+                    render_map(
+                        &[Entry {
+                            key: e.key.clone(),
+                            line: 0,
+                            value: v.clone(),
+                        }],
+                        indent,
+                        &mut text,
+                    );
+                    edits.push((s, t, text));
+                }
+            }
+        }
+    }
+    // New keys go after the last entry of the map.
+    let added: Vec<Entry> = new
+        .iter()
+        .filter(|e| find(old, &e.key).is_none())
+        .cloned()
+        .collect();
+    if !added.is_empty() {
+        let at = spans.last().map_or(end, |&(_, t)| t);
+        if old.is_empty() && start > 0 {
+            return None; // an empty map has no block to add to
+        }
+        let mut text = String::new();
+        render_map(&added, indent, &mut text);
+        edits.push((at, at, text));
+    }
+    Some(())
+}
+
 pub fn render(m: &[Entry]) -> String {
     let mut out = String::new();
     render_map(m, 0, &mut out);
@@ -237,7 +352,10 @@ fn render_value(v: &Node, indent: usize, out: &mut String) {
 
 /// Applies `user` (the new document) as a reload, then writes it back.
 async fn commit(r: &Reloader, user: Vec<Entry>) -> Response {
-    let text = render(&user);
+    let text = r
+        .text()
+        .and_then(|old| patch_text(&old, &user))
+        .unwrap_or_else(|| render(&user));
     match r.apply_text(text).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -491,6 +609,90 @@ async fn paths_delete(State(r): State<Arc<Reloader>>, Path(name): Path<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patched_file_keeps_its_comments() {
+        let old = "# my server\n\
+                   logLevel: info # chatty enough\n\
+                   \n\
+                   # the cameras\n\
+                   paths:\n\
+                   \x20 # front door\n\
+                   \x20 door:\n\
+                   \x20   source: rtsp://10.0.0.5/s # old camera\n\
+                   \x20   sourceOnDemand: yes\n\
+                   \x20 # back yard\n\
+                   \x20 yard:\n\
+                   \x20   source: rtsp://10.0.0.6/s\n\
+                   \x20 gone:\n\
+                   \x20   source: publisher\n";
+        let mut doc = entries(yaml::parse(old).unwrap().as_ref());
+        set(
+            &mut doc,
+            "logLevel",
+            Node {
+                value: Value::Scalar("debug".into(), true),
+                line: 0,
+            },
+        );
+        let Some(Entry {
+            value: Node {
+                value: Value::Map(paths),
+                ..
+            },
+            ..
+        }) = doc.iter_mut().find(|e| e.key == "paths")
+        else {
+            panic!("paths")
+        };
+        let Some(Entry {
+            value: Node {
+                value: Value::Map(door),
+                ..
+            },
+            ..
+        }) = paths.iter_mut().find(|e| e.key == "door")
+        else {
+            panic!("door")
+        };
+        set(
+            door,
+            "source",
+            Node {
+                value: Value::Scalar("rtsp://10.0.0.9/s".into(), true),
+                line: 0,
+            },
+        );
+        paths.retain(|e| e.key != "gone");
+        paths.push(Entry {
+            key: "new".into(),
+            line: 0,
+            value: map_node(vec![Entry {
+                key: "source".into(),
+                line: 0,
+                value: Node {
+                    value: Value::Scalar("publisher".into(), true),
+                    line: 0,
+                },
+            }]),
+        });
+        let text = patch_text(old, &doc).expect("patched");
+        for kept in [
+            "# my server",
+            "# the cameras",
+            "  # front door",
+            "  # back yard",
+            "    sourceOnDemand: yes",
+        ] {
+            assert!(text.lines().any(|l| l == kept), "{kept:?} lost:\n{text}");
+        }
+        assert!(text.contains("logLevel: debug\n"), "{text}");
+        assert!(text.contains("    source: rtsp://10.0.0.9/s\n"), "{text}");
+        assert!(!text.contains("gone"), "{text}");
+        assert!(text.contains("  new:\n    source: publisher\n"), "{text}");
+        let back = entries(yaml::parse(&text).unwrap().as_ref());
+        assert_eq!(render(&back), render(&doc));
+    }
 
     #[test]
     fn a_rendered_document_parses_back_the_same() {

@@ -18,6 +18,8 @@ pub struct Options {
     /// `*TrustedProxies`: a request from one of these carries the client's address in
     /// `X-Forwarded-For`; from anyone else that header is ignored.
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// Stops accepting (a reload moved the listener); connections go on until `shutdown`.
+    pub stop: Option<CancellationToken>,
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the rightmost
@@ -60,6 +62,7 @@ pub async fn serve(
 ) {
     let tls = options.tls.clone();
     let trusted = options.trusted_proxies.clone();
+    let stop = options.stop.clone().unwrap_or_else(|| shutdown.clone());
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -71,6 +74,7 @@ pub async fn serve(
                 }
             },
             _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let _ = sock.set_nodelay(true);
         tasks.spawn(connection(

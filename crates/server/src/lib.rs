@@ -6,11 +6,14 @@ pub mod api_keys;
 pub mod cli;
 pub mod config;
 pub mod config_api;
+pub mod console;
 pub mod guard;
 mod hooks;
 pub mod http;
+pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod pprof;
 pub mod relays;
 pub mod reload;
 pub mod tls;
@@ -47,6 +50,7 @@ pub struct Server {
     tasks: TaskTracker,
     api_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    pprof_addr: Option<SocketAddr>,
     rtmp_addr: Option<SocketAddr>,
     rtmps_addr: Option<SocketAddr>,
     srt_addr: Option<SocketAddr>,
@@ -79,6 +83,81 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Serves RTSP(S) on `listener`, movable by a reload (its UDP sockets stay where they are).
+fn serve_rtsp(
+    movable: &listeners::Listeners,
+    (key, name, configured): (&'static str, &'static str, SocketAddr),
+    listener: TcpListener,
+    (tls, udp, conns): (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<Arc<tidegate_rtsp::Udp>>,
+        Arc<tidegate_rtsp::RtspConns>,
+    ),
+    (paths, rtsp_config): (PathManager, tidegate_rtsp::RtspConfig),
+    (shutdown, tasks): (&CancellationToken, &TaskTracker),
+) {
+    let (sd, t) = (shutdown.clone(), tasks.clone());
+    let first = std::sync::atomic::AtomicBool::new(true);
+    movable.start(
+        key,
+        name,
+        configured,
+        listener,
+        shutdown,
+        Box::new(move |listener, stop| {
+            t.spawn(tidegate_rtsp::serve(
+                tidegate_rtsp::RtspListener {
+                    listener,
+                    tls: tls.clone(),
+                    udp: udp.clone(),
+                    conns: conns.clone(),
+                    stop,
+                    receive_udp: first.swap(false, std::sync::atomic::Ordering::Relaxed),
+                },
+                paths.clone(),
+                rtsp_config.clone(),
+                sd.clone(),
+                t.clone(),
+            ));
+        }),
+    );
+}
+
+/// Serves `router` over HTTP(S) on `listener`, movable by a reload under `key`.
+fn serve_http(
+    movable: &listeners::Listeners,
+    (key, name): (&'static str, &'static str),
+    configured: SocketAddr,
+    listener: TcpListener,
+    router: axum::Router,
+    (tls, trusted): (Option<tokio_rustls::TlsAcceptor>, Vec<ipnet::IpNet>),
+    (shutdown, tasks): (&CancellationToken, &TaskTracker),
+) {
+    let (sd, t) = (shutdown.clone(), tasks.clone());
+    let trusted = Arc::new(trusted);
+    movable.start(
+        key,
+        name,
+        configured,
+        listener,
+        shutdown,
+        Box::new(move |l, stop| {
+            t.spawn(http::serve(
+                name,
+                l,
+                router.clone(),
+                http::Options {
+                    tls: tls.clone(),
+                    trusted_proxies: trusted.clone(),
+                    stop: Some(stop),
+                },
+                sd.clone(),
+                t.clone(),
+            ));
+        }),
+    );
 }
 
 /// The TLS acceptor (ALPN `h2`, `http/1.1`) of an HTTPS listener, when `enabled`; a bad key
@@ -217,6 +296,18 @@ impl Server {
             true => Some(bind("metrics", config.metrics_address).await?),
             false => None,
         };
+        let pprof_tls = https(
+            config.pprof && config.pprof_encryption,
+            &config.pprof_server_key,
+            &config.pprof_server_cert,
+            "pprofServerKey/pprofServerCert",
+            &mut certs,
+        )?;
+        let pprof_listener = match config.pprof {
+            true => Some(bind("pprof", config.pprof_address).await?),
+            false => None,
+        };
+        let pprof_addr = pprof_listener.as_ref().and_then(|l| l.local_addr().ok());
         let rtmp_plain = config.rtmp && config.rtmp_encryption != config::Encryption::Strict;
         let rtmp = match rtmp_plain {
             true => Some(bind("RTMP", config.rtmp_address).await?),
@@ -398,6 +489,7 @@ impl Server {
             &tasks,
             shutdown.clone(),
         );
+        let movable = Arc::new(listeners::Listeners::default());
         if let (Some(listener), Some(addr)) = (playback, playback_addr) {
             tracing::info!(
                 "[playback] listener opened on {addr} ({})",
@@ -422,17 +514,15 @@ impl Server {
                 Arc::new(config.playback_allow_origins.clone()),
                 http::cors,
             ));
-            tasks.spawn(http::serve(
-                "playback",
+            serve_http(
+                &movable,
+                ("playbackAddress", "playback"),
+                config.playback_address,
                 listener,
                 router,
-                http::Options {
-                    tls: playback_tls,
-                    trusted_proxies: Arc::new(config.playback_trusted_proxies.clone()),
-                },
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+                (playback_tls, config.playback_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
         }
         let hls = tidegate_hls::Hls::new(
             paths.clone(),
@@ -453,6 +543,7 @@ impl Server {
             tasks.clone(),
         );
         let reloader = Arc::new(reload::Reloader {
+            listeners: movable.clone(),
             current: std::sync::Mutex::new((config.clone(), None)),
             paths: paths.clone(),
             relays: relays.clone(),
@@ -486,8 +577,47 @@ impl Server {
                 "[API] listener opened on {addr} ({})",
                 if api_tls.is_some() { "HTTPS" } else { "HTTP" }
             );
+            let mut listeners = console::Listeners::new();
+            let scheme = |tls: bool, plain: &'static str, secure: &'static str| {
+                if tls {
+                    secure
+                } else {
+                    plain
+                }
+            };
+            for (name, addr, s) in [
+                ("hls", hls_addr, scheme(hls_tls.is_some(), "http", "https")),
+                (
+                    "webrtc",
+                    webrtc_addr,
+                    scheme(webrtc_tls.is_some(), "http", "https"),
+                ),
+                ("rtmp", rtmp_addr, "rtmp"),
+                ("rtmps", rtmps_addr, "rtmps"),
+                ("rtsp", rtsp_addr, "rtsp"),
+                ("rtsps", rtsps_addr, "rtsps"),
+                ("srt", srt_addr, "srt"),
+            ] {
+                if let Some(a) = addr {
+                    listeners.insert(
+                        name,
+                        console::Listener {
+                            port: a.port(),
+                            scheme: s,
+                        },
+                    );
+                }
+            }
+            let console = console::Console::start(
+                paths.clone(),
+                webrtc.clone(),
+                listeners,
+                &tasks,
+                shutdown.clone(),
+            );
             let router = api::router(api_state.clone())
                 .merge(config_api::router(reloader.clone()))
+                .merge(console.router())
                 .layer(axum::middleware::from_fn_with_state(
                     guard::Guard {
                         paths: paths.clone(),
@@ -500,17 +630,15 @@ impl Server {
                 Arc::new(config.api_allow_origins.clone()),
                 http::cors,
             ));
-            tasks.spawn(http::serve(
-                "API",
+            serve_http(
+                &movable,
+                ("apiAddress", "API"),
+                config.api_address,
                 listener,
                 router,
-                http::Options {
-                    tls: api_tls,
-                    trusted_proxies: Arc::new(config.api_trusted_proxies.clone()),
-                },
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+                (api_tls, config.api_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
         }
         if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
             tracing::info!(
@@ -539,38 +667,89 @@ impl Server {
                 Arc::new(config.metrics_allow_origins.clone()),
                 http::cors,
             ));
-            tasks.spawn(http::serve(
-                "metrics",
+            serve_http(
+                &movable,
+                ("metricsAddress", "metrics"),
+                config.metrics_address,
                 listener,
                 router,
-                http::Options {
-                    tls: metrics_tls,
-                    trusted_proxies: Arc::new(config.metrics_trusted_proxies.clone()),
-                },
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+                (metrics_tls, config.metrics_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
         }
-        for (listener, addr, tls, conns, name) in [
-            (rtmp, rtmp_addr, None, &rtmp_conns, "RTMP"),
-            (rtmps, rtmps_addr, rtmps_tls, &rtmps_conns, "RTMPS"),
+        if let (Some(listener), Some(addr)) = (pprof_listener, pprof_addr) {
+            tracing::info!(
+                "[pprof] listener opened on {addr} ({})",
+                if pprof_tls.is_some() { "HTTPS" } else { "HTTP" }
+            );
+            let router = pprof::router()
+                .layer(axum::middleware::from_fn_with_state(
+                    guard::Guard {
+                        paths: paths.clone(),
+                        action: tidegate_core::Action::Pprof,
+                        protocol: "pprof",
+                    },
+                    guard::require,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::new(config.pprof_allow_origins.clone()),
+                    http::cors,
+                ));
+            serve_http(
+                &movable,
+                ("pprofAddress", "pprof"),
+                config.pprof_address,
+                listener,
+                router,
+                (pprof_tls, config.pprof_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
+        }
+        for (listener, addr, tls, conns, (key, name, configured)) in [
+            (
+                rtmp,
+                rtmp_addr,
+                None,
+                &rtmp_conns,
+                ("rtmpAddress", "RTMP", config.rtmp_address),
+            ),
+            (
+                rtmps,
+                rtmps_addr,
+                rtmps_tls,
+                &rtmps_conns,
+                ("rtmpsAddress", "RTMPS", config.rtmps_address),
+            ),
         ] {
             if let (Some(listener), Some(addr)) = (listener, addr) {
                 tracing::info!(
                     "[{name}] listener opened on {addr} (TCP{})",
                     if tls.is_some() { ", TLS" } else { "" }
                 );
-                tasks.spawn(tidegate_rtmp::serve(
-                    tidegate_rtmp::RtmpListener {
-                        listener,
-                        tls,
-                        conns: conns.clone(),
-                    },
-                    paths.clone(),
-                    rtmp_config.clone(),
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
+                let (conns, paths, rtmp_config) =
+                    (conns.clone(), paths.clone(), rtmp_config.clone());
+                let (sd, t) = (shutdown.clone(), tasks.clone());
+                movable.start(
+                    key,
+                    name,
+                    configured,
+                    listener,
+                    &shutdown,
+                    Box::new(move |listener, stop| {
+                        t.spawn(tidegate_rtmp::serve(
+                            tidegate_rtmp::RtmpListener {
+                                listener,
+                                tls: tls.clone(),
+                                conns: conns.clone(),
+                                stop,
+                            },
+                            paths.clone(),
+                            rtmp_config.clone(),
+                            sd.clone(),
+                            t.clone(),
+                        ));
+                    }),
+                );
             }
         }
         if let Some(srt) = srt {
@@ -595,17 +774,15 @@ impl Server {
                     "HTTP"
                 }
             );
-            tasks.spawn(http::serve(
-                "HLS",
+            serve_http(
+                &movable,
+                ("hlsAddress", "HLS"),
+                config.hls_address,
                 listener,
                 hls.router(),
-                http::Options {
-                    tls: hls_tls,
-                    trusted_proxies: Arc::new(config.hls_trusted_proxies.clone()),
-                },
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+                (hls_tls, config.hls_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
         }
         let rtsp_config = tidegate_rtsp::RtspConfig {
             read_timeout: config.read_timeout,
@@ -641,36 +818,28 @@ impl Server {
                 }
                 None => tracing::info!("[RTSPS] listener opened on {addr} (TCP, TLS)"),
             }
-            tasks.spawn(tidegate_rtsp::serve(
-                tidegate_rtsp::RtspListener {
-                    listener,
-                    tls: rtsps_tls,
-                    udp: srtp_udp,
-                    conns: rtsps_conns.clone(),
-                },
-                paths.clone(),
-                rtsp_config.clone(),
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+            serve_rtsp(
+                &movable,
+                ("rtspsAddress", "RTSPS", config.rtsps_address),
+                listener,
+                (rtsps_tls, srtp_udp, rtsps_conns.clone()),
+                (paths.clone(), rtsp_config.clone()),
+                (&shutdown, &tasks),
+            );
         }
         if let (Some(listener), Some(addr)) = (rtsp_listener, rtsp_addr) {
             let (rtp, rtcp) = rtsp_udp_ports.unwrap_or_default();
             tracing::info!(
                 "[RTSP] listener opened on {addr} (TCP), RTP on UDP {rtp}, RTCP on UDP {rtcp}"
             );
-            tasks.spawn(tidegate_rtsp::serve(
-                tidegate_rtsp::RtspListener {
-                    listener,
-                    tls: None,
-                    udp: rtsp_udp,
-                    conns: rtsp_conns.clone(),
-                },
-                paths.clone(),
-                rtsp_config,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+            serve_rtsp(
+                &movable,
+                ("rtspAddress", "RTSP", config.rtsp_address),
+                listener,
+                (None, rtsp_udp, rtsp_conns.clone()),
+                (paths.clone(), rtsp_config),
+                (&shutdown, &tasks),
+            );
         }
         if let (Some(listener), Some(addr), Some(webrtc)) = (webrtc_listener, webrtc_addr, webrtc) {
             tracing::info!(
@@ -681,17 +850,15 @@ impl Server {
                     "HTTP"
                 }
             );
-            tasks.spawn(http::serve(
-                "WebRTC",
+            serve_http(
+                &movable,
+                ("webrtcAddress", "WebRTC"),
+                config.webrtc_address,
                 listener,
                 webrtc.router(),
-                http::Options {
-                    tls: webrtc_tls,
-                    trusted_proxies: Arc::new(config.webrtc_trusted_proxies.clone()),
-                },
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+                (webrtc_tls, config.webrtc_trusted_proxies.clone()),
+                (&shutdown, &tasks),
+            );
         }
         Ok(Server {
             reloader,
@@ -700,6 +867,7 @@ impl Server {
             tasks,
             api_addr,
             metrics_addr,
+            pprof_addr,
             rtmp_addr,
             rtmps_addr,
             srt_addr,
@@ -753,6 +921,10 @@ impl Server {
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    pub fn pprof_addr(&self) -> Option<SocketAddr> {
+        self.pprof_addr
     }
 
     pub fn rtmp_addr(&self) -> Option<SocketAddr> {

@@ -7,7 +7,9 @@
 //!   commands restart only where their path changed;
 //! - the log level, global hooks and the authentication settings apply at once;
 //! - TLS certificates are read again: new connections get the new one;
-//! - other keys (listener addresses, protocol settings) are named in the log as needing a
+//! - a changed TCP listener address moves that listener alone (crate::listeners): the new
+//!   address is bound, then the old listener closed; its open connections go on;
+//! - other keys (UDP addresses, protocol settings) are named in the log as needing a
 //!   restart.
 
 use std::path::PathBuf;
@@ -57,6 +59,8 @@ pub struct Report {
     pub certificates: Vec<&'static str>,
     /// Changed keys that take effect only after a restart.
     pub restart: Vec<String>,
+    /// Listeners moved to a new address: (listener, from, to).
+    pub moved: Vec<(&'static str, std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 pub struct Reloader {
@@ -77,10 +81,11 @@ pub struct Reloader {
     /// The file's content as last read or written, so that the watcher does not reload what
     /// the API itself wrote.
     pub(crate) seen: Mutex<Option<Vec<u8>>>,
+    pub(crate) listeners: Arc<crate::listeners::Listeners>,
 }
 
 /// Whether two nodes hold the same value (lines aside).
-fn same(a: &Node, b: &Node) -> bool {
+pub(crate) fn same(a: &Node, b: &Node) -> bool {
     match (&a.value, &b.value) {
         (Value::Scalar(x, _), Value::Scalar(y, _)) => x == y,
         (Value::Seq(x), Value::Seq(y)) => {
@@ -135,13 +140,20 @@ impl Reloader {
     ) -> Result<Report, ConfigError> {
         let _one = self.serial.lock().await;
         let new = Config::load(file, env)?;
+        // Listeners whose address changed move first (binding is the one step that waits).
+        let (moved_keys, moved) = self.listeners.apply(&new, &self.shutdown).await;
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let (old, old_text) = &*cur;
         let mut report = Report {
             restart: changed_keys(old_text.as_deref(), file.map(|f| f.1))
                 .into_iter()
-                .filter(|k| !LIVE_KEYS.contains(&k.as_str()) && !k.starts_with("auth"))
+                .filter(|k| {
+                    !LIVE_KEYS.contains(&k.as_str())
+                        && !k.starts_with("auth")
+                        && !moved_keys.contains(&k.as_str())
+                })
                 .collect(),
+            moved,
             ..Report::default()
         };
         report.closed = self.paths.reconfigure(new.matcher());
