@@ -5,7 +5,7 @@
 //! - `lint`: `cargo fmt --check` and `cargo clippy -D warnings`.
 //! - `bench`: performance figures (see `bench.rs`).
 //! - `peers`: only installs the peers.
-//! - `vendor hls.js [VERSION]`: refreshes the hls.js the binary serves (see `vendor.rs`).
+//! - `vendor hls.js|dash.js [VERSION]`: refreshes a player library the binary serves (see `vendor.rs`).
 
 mod bench;
 mod leftovers;
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Some("vendor") => vendor::run_vendor(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js [version]"
+                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js|dash.js [version]"
             );
             return ExitCode::from(2);
         }

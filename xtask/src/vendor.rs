@@ -1,25 +1,54 @@
-//! `cargo xtask vendor hls.js [VERSION]`: refreshes the player library the binary serves from
-//! the npm package, so the built-in HLS page works with no Internet access.
+//! `cargo xtask vendor hls.js|dash.js [VERSION]`: refreshes a player library the binary serves
+//! from its npm package, so the built-in HLS and DASH pages work with no Internet access.
 //!
-//! It writes `crates/hls/assets/hls.js/` — `hls.min.js` (without its source-map comment), the
-//! package's `LICENSE` and a `VERSION` file — from `npm pack hls.js@VERSION` (default: the version already there).
+//! It writes `crates/hls/assets/<lib>/` — the minified library (without its source-map
+//! comment), the package's licence and a `VERSION` file — from `npm pack <package>@VERSION`
+//! (default: the version already there).
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::run;
 
-const ASSETS: &str = "crates/hls/assets/hls.js";
+/// A vendored library: its name here, npm package, file in the package, licence file, and
+/// the name it is written under.
+struct Lib {
+    name: &'static str,
+    package: &'static str,
+    file: &'static str,
+    licence: &'static str,
+    out: &'static str,
+}
+
+const LIBS: &[Lib] = &[
+    Lib {
+        name: "hls.js",
+        package: "hls.js",
+        file: "dist/hls.min.js",
+        licence: "LICENSE",
+        out: "hls.min.js",
+    },
+    Lib {
+        name: "dash.js",
+        package: "dashjs",
+        // The player without DRM and Smooth Streaming: what a live DASH page needs.
+        file: "dist/modern/umd/dash.mediaplayer.min.js",
+        licence: "LICENSE.md",
+        out: "dash.min.js",
+    },
+];
 
 pub fn run_vendor(root: &Path, args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("hls.js") => hls_js(root, args.get(1).map(String::as_str)),
-        _ => Err("usage: cargo xtask vendor hls.js [VERSION]".into()),
+    let name = args.first().map(String::as_str).unwrap_or("");
+    match LIBS.iter().find(|l| l.name == name) {
+        Some(lib) => vendor(root, lib, args.get(1).map(String::as_str)),
+        None => Err("usage: cargo xtask vendor hls.js|dash.js [VERSION]".into()),
     }
 }
 
-fn hls_js(root: &Path, version: Option<&str>) -> Result<(), String> {
-    let assets = root.join(ASSETS);
+fn vendor(root: &Path, lib: &Lib, version: Option<&str>) -> Result<(), String> {
+    let assets_dir = format!("crates/hls/assets/{}", lib.name);
+    let assets = root.join(&assets_dir);
     let current = std::fs::read_to_string(assets.join("VERSION")).unwrap_or_default();
     let version = version.unwrap_or(current.trim());
     if version.is_empty() {
@@ -38,9 +67,9 @@ fn hls_js(root: &Path, version: Option<&str>) -> Result<(), String> {
         run(Command::new("npm").current_dir(&tmp).args([
             "pack",
             "--silent",
-            &format!("hls.js@{version}"),
+            &format!("{}@{version}", lib.package),
         ]))?;
-        let tgz = tmp.join(format!("hls.js-{version}.tgz"));
+        let tgz = tmp.join(format!("{}-{version}.tgz", lib.package));
         run(Command::new("tar").current_dir(&tmp).arg("xzf").arg(&tgz))?;
         let pkg = tmp.join("package");
         let manifest = std::fs::read_to_string(pkg.join("package.json"))
@@ -51,19 +80,19 @@ fn hls_js(root: &Path, version: Option<&str>) -> Result<(), String> {
         std::fs::create_dir_all(&assets).map_err(|e| format!("{}: {e}", assets.display()))?;
         // The source map is not shipped: drop the line that would make a browser's devtools
         // ask the server for it.
-        let js = std::fs::read_to_string(pkg.join("dist/hls.min.js"))
-            .map_err(|e| format!("dist/hls.min.js: {e}"))?;
+        let js = std::fs::read_to_string(pkg.join(lib.file))
+            .map_err(|e| format!("{}: {e}", lib.file))?;
         let js: String = js
             .lines()
             .filter(|l| !l.starts_with("//# sourceMappingURL="))
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(assets.join("hls.min.js"), js).map_err(|e| e.to_string())?;
-        std::fs::copy(pkg.join("LICENSE"), assets.join("LICENSE"))
-            .map_err(|e| format!("LICENSE: {e}"))?;
+        std::fs::write(assets.join(lib.out), js).map_err(|e| e.to_string())?;
+        std::fs::copy(pkg.join(lib.licence), assets.join("LICENSE"))
+            .map_err(|e| format!("{}: {e}", lib.licence))?;
         std::fs::write(assets.join("VERSION"), format!("{version}\n"))
             .map_err(|e| e.to_string())?;
-        eprintln!("xtask: hls.js {version} vendored in {ASSETS}");
+        eprintln!("xtask: {} {version} vendored in {assets_dir}", lib.name);
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&tmp);

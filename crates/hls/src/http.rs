@@ -1,6 +1,8 @@
 //! The HTTP side: `/<path>/index.m3u8` (multivariant), `/<path>/stream.m3u8` (media, with
 //! `_HLS_msn` / `_HLS_part` blocking reload and `_HLS_skip` delta updates), init segments,
-//! segments, parts (streamed while written), and `/<path>/` (a player page).
+//! segments, parts (streamed while written), and `/<path>/` (a player page); DASH beside it:
+//! `/<path>/index.mpd`, its tracks' init segments and segments, `/<path>/dash` (a dash.js
+//! page).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -160,6 +162,12 @@ enum File {
     Init(u32),
     Segment(u64),
     Part(u64, u64),
+    /// DASH: the MPD, the player page, a track's init segment (version, track) and a
+    /// track's segment (number, track).
+    Mpd,
+    DashPage,
+    DashInit(u32, u32),
+    DashSegment(u64, u32),
     Other,
 }
 
@@ -168,6 +176,8 @@ fn parse_file(file: &str, prefix: Option<&str>) -> File {
         "" => return File::Page,
         "index.m3u8" => return File::Multivariant,
         "stream.m3u8" => return File::Media,
+        "index.mpd" => return File::Mpd,
+        "dash" => return File::DashPage,
         _ => {}
     }
     let Some(rest) = prefix
@@ -177,6 +187,16 @@ fn parse_file(file: &str, prefix: Option<&str>) -> File {
         return File::Other;
     };
     let stem = rest.rsplit_once('.').map_or(rest, |(s, _)| s);
+    let pair = |v: &str| -> Option<(u64, u32)> {
+        let (a, b) = v.split_once('_')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    if let Some((v, t)) = stem.strip_prefix("dinit").and_then(pair) {
+        return u32::try_from(v).map_or(File::Other, |v| File::DashInit(v, t));
+    }
+    if let Some((m, t)) = stem.strip_prefix("dseg").and_then(pair) {
+        return File::DashSegment(m, t);
+    }
     if let Some(v) = stem.strip_prefix("init").and_then(|v| v.parse().ok()) {
         return File::Init(v);
     }
@@ -219,6 +239,9 @@ async fn route(
     // no request leaves the machine for it.
     if full == HLS_JS_FILE || full.ends_with(&format!("/{HLS_JS_FILE}")) {
         return hls_js(headers);
+    }
+    if full == DASH_JS_FILE || full.ends_with(&format!("/{DASH_JS_FILE}")) {
+        return dash_js(headers);
     }
     let Some((path, file)) = full.rsplit_once('/') else {
         if full.is_empty() {
@@ -269,6 +292,24 @@ async fn route(
     let prefix = existing.as_ref().map(|m| m.state().prefix.clone());
     match parse_file(file, prefix.as_deref()) {
         File::Page => page(path),
+        File::DashPage => dash_page(path),
+        File::Mpd => {
+            if inner.cfg.variant == Variant::MpegTs {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "DASH needs fMP4 segments: set hlsVariant to lowLatency or fmp4\n",
+                );
+            }
+            let mux = match existing {
+                Some(m) => m,
+                None => match inner.muxer_or_demand(path).await {
+                    Ok(m) => m,
+                    Err(e) => return text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                },
+            };
+            mux.touch();
+            mpd(inner, &mux, &q).await
+        }
         File::Multivariant | File::Media => {
             let mux = match existing {
                 Some(m) => m,
@@ -443,7 +484,134 @@ async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
             }
         }
         File::Part(msn, idx) => part(mux, msn, idx, limit).await,
+        File::DashInit(v, track) => {
+            let data = mux
+                .state()
+                .track_inits
+                .iter()
+                .find(|(n, _)| *n == v)
+                .and_then(|(_, t)| t.iter().find(|t| t.id == track))
+                .map(|t| t.init.clone());
+            match data {
+                Some(d) => {
+                    let n = d.len();
+                    media_response(mux, Body::from(d), Some(n), false)
+                }
+                None => text(StatusCode::NOT_FOUND, "no such init segment\n"),
+            }
+        }
+        File::DashSegment(msn, track) => dash_segment(mux, msn, track, limit).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The MPD: the first request turns DASH on for the muxer (segments keep their chunks by
+/// track from the next one) and waits for a segment made that way.
+async fn mpd(inner: &Inner, mux: &Arc<Muxer>, q: &Query) -> Response {
+    mux.state().dash = true;
+    let first_wait = Duration::from_secs(10).max(inner.cfg.segment_duration * 4);
+    if !mux.wait_for(first_wait, crate::dash::ready).await {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the muxer has no DASH segment yet\n",
+        );
+    }
+    let body = crate::dash::mpd(&mux.state(), &q.forward, std::time::SystemTime::now());
+    mux.bytes_sent
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dash+xml"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+enum SegNow {
+    /// The track's chunks from the one asked for, and whether the segment is complete.
+    Chunks(Vec<Bytes>, bool),
+    Gone,
+    Later,
+}
+
+fn seg_now(s: &crate::state::State, msn: u64, track: u32, from: usize) -> SegNow {
+    match s.segment(msn) {
+        Some(seg) if !seg.dash => SegNow::Gone,
+        Some(seg) => SegNow::Chunks(
+            seg.track(track).iter().skip(from).cloned().collect(),
+            seg.complete,
+        ),
+        None if s.last_msn().is_none_or(|l| msn > l) => SegNow::Later,
+        None => SegNow::Gone,
+    }
+}
+
+/// A track's DASH segment: a complete one at once; the one being written (LL-DASH) streamed
+/// chunk by chunk as the muxer cuts them, until it completes.
+async fn dash_segment(mux: &Arc<Muxer>, msn: u64, track: u32, limit: Duration) -> Response {
+    let started = mux
+        .wait_for(limit, |s| {
+            !matches!(seg_now(s, msn, track, 0), SegNow::Later)
+        })
+        .await;
+    if !started {
+        return text(StatusCode::NOT_FOUND, "the segment did not start in time\n");
+    }
+    let now = seg_now(&mux.state(), msn, track, 0);
+    match now {
+        SegNow::Gone | SegNow::Later => text(StatusCode::NOT_FOUND, "no such segment\n"),
+        SegNow::Chunks(chunks, true) => {
+            if chunks.is_empty() {
+                return text(StatusCode::NOT_FOUND, "no such track in the segment\n");
+            }
+            let n = chunks.iter().map(Bytes::len).sum();
+            let body = Body::from_stream(futures::stream::iter(
+                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+            ));
+            media_response(mux, body, Some(n), false)
+        }
+        SegNow::Chunks(_, false) => {
+            let rx = mux.subscribe();
+            let deadline = tokio::time::Instant::now() + limit;
+            let stream = futures::stream::unfold(
+                (mux.clone(), rx, 0usize, false),
+                move |(mux, mut rx, sent, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        let (chunks, complete) = match seg_now(&mux.state(), msn, track, sent) {
+                            SegNow::Chunks(c, complete) => (c, complete),
+                            _ => (Vec::new(), true),
+                        };
+                        // One chunk at a time, shared with the muxer (no copy).
+                        if let Some(chunk) = chunks.into_iter().next() {
+                            mux.bytes_sent
+                                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            return Some((
+                                Ok::<_, std::io::Error>(chunk),
+                                (mux, rx, sent + 1, false),
+                            ));
+                        }
+                        if complete {
+                            return None;
+                        }
+                        match tokio::time::timeout_at(deadline, rx.changed()).await {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                return Some((
+                                    Err(std::io::Error::other("segment did not complete in time")),
+                                    (mux, rx, sent, true),
+                                ))
+                            }
+                        }
+                    }
+                },
+            );
+            media_response(mux, Body::from_stream(stream), None, false)
+        }
     }
 }
 
@@ -557,6 +725,39 @@ fn page(path: &str) -> Response {
     r
 }
 
+fn dash_page(path: &str) -> Response {
+    let html = DASH_PAGE.replace("{{PATH}}", &html_escape(path)).replace(
+        "{{DASHJS}}",
+        &format!("{DASH_JS_FILE}?v={}", dash_js_version()),
+    );
+    let mut r = Response::new(Body::from(html));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+const DASH_PAGE: &str = include_str!("dash.html");
+
+/// The name the DASH page asks for, next to itself (`/<path>/dash.min.js`).
+const DASH_JS_FILE: &str = "dash.min.js";
+
+/// dash.js (its media player, without DRM), vendored by `cargo xtask vendor dash.js`.
+const DASH_JS: &str = include_str!("../assets/dash.js/dash.min.js");
+
+/// The vendored dash.js version.
+pub fn dash_js_version() -> &'static str {
+    include_str!("../assets/dash.js/VERSION").trim()
+}
+
+fn dash_js(headers: &HeaderMap) -> Response {
+    static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    library(headers, DASH_JS, &GZIPPED)
+}
+
 /// The name the player page asks for, next to itself (`/<path>/hls.min.js`).
 const HLS_JS_FILE: &str = "hls.min.js";
 
@@ -572,13 +773,22 @@ pub fn hls_js_version() -> &'static str {
 /// hls.js, gzipped once (to about a third) for every client that takes gzip.
 fn hls_js(headers: &HeaderMap) -> Response {
     static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    library(headers, HLS_JS, &GZIPPED)
+}
+
+/// A player library, gzipped once for every client that takes gzip.
+fn library(
+    headers: &HeaderMap,
+    js: &'static str,
+    gzipped_once: &'static std::sync::OnceLock<Bytes>,
+) -> Response {
     let gzipped = takes_gzip(headers);
     let body = if gzipped {
-        GZIPPED
-            .get_or_init(|| Bytes::from(gzip(HLS_JS.as_bytes(), flate2::Compression::best())))
+        gzipped_once
+            .get_or_init(|| Bytes::from(gzip(js.as_bytes(), flate2::Compression::best())))
             .clone()
     } else {
-        Bytes::from_static(HLS_JS.as_bytes())
+        Bytes::from_static(js.as_bytes())
     };
     let mut r = Response::new(Body::from(body));
     let h = r.headers_mut();

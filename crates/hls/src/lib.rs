@@ -5,6 +5,7 @@
 //! server ([`http`]) serves: multivariant and media playlists with blocking reload and delta
 //! updates, init segments, segments, and parts streamed while they are written.
 
+pub mod dash;
 pub mod http;
 pub mod muxer;
 pub mod segmenter;

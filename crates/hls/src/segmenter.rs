@@ -30,6 +30,20 @@ pub struct SegmenterConfig {
     pub part_duration: f64,
 }
 
+/// One track of an init segment, alone (DASH serves each track as its own representation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackInit {
+    /// The fMP4 `track_ID` its fragments carry.
+    pub id: u32,
+    pub video: bool,
+    /// An init segment with this track only.
+    pub init: Bytes,
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub sample_rate: u32,
+}
+
 /// What the segmenter produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -38,11 +52,14 @@ pub enum Event {
         data: Bytes,
         codecs: Vec<String>,
         resolution: Option<(u32, u32)>,
+        /// The same tracks, one init segment each.
+        tracks: Vec<TrackInit>,
     },
     /// A segment starts at `start` seconds of the muxer's timeline.
     SegmentStart { start: f64, discontinuity: bool },
-    /// Bytes for the open part (and segment).
-    Chunk(Bytes),
+    /// Bytes for the open part (and segment), with the fMP4 `track_ID` they carry (a CMAF
+    /// chunk: one `moof` and `mdat` of one track); 0 for MPEG-TS, which mixes tracks.
+    Chunk(Bytes, u32),
     /// The open part is complete.
     PartEnd { duration: f64, independent: bool },
     /// The open segment is complete (its last part ended just before).
@@ -294,10 +311,23 @@ impl Segmenter {
             .iter()
             .find(|i| i.is_video())
             .map(|i| (i.width, i.height));
+        let tracks = inits
+            .iter()
+            .map(|i| TrackInit {
+                id: i.id,
+                video: i.is_video(),
+                init: tidegate_fmp4::init_segment(std::slice::from_ref(i)),
+                codec: i.codec.clone(),
+                width: i.width,
+                height: i.height,
+                sample_rate: i.sample_rate,
+            })
+            .collect();
         out.push(Event::Init {
             data: tidegate_fmp4::init_segment(&inits),
             codecs: inits.iter().map(|i| i.codec.clone()).collect(),
             resolution,
+            tracks,
         });
         self.need_init = false;
         true
@@ -323,7 +353,7 @@ impl Segmenter {
             let mut buf = BytesMut::new();
             ts.write(frame, &mut buf);
             if !buf.is_empty() {
-                out.push(Event::Chunk(buf.freeze()));
+                out.push(Event::Chunk(buf.freeze(), 0));
             }
         }
         self.part_has_samples = true;
@@ -418,26 +448,25 @@ impl Segmenter {
         }
     }
 
-    /// Writes the ready samples of every track as one fragment.
+    /// Writes the ready samples of each track as a fragment of its own (a CMAF chunk), video
+    /// first: HLS serves them one after the other in the part, DASH each track's apart.
     fn flush(&mut self, out: &mut Vec<Event>) {
-        if self.tracks.iter().all(|t| t.ready.is_empty()) {
-            return;
-        }
-        self.fragment_seq = self.fragment_seq.wrapping_add(1);
-        let runs: Vec<TrackRun<'_>> = self
-            .tracks
-            .iter()
-            .map(|t| TrackRun {
-                track_id: t.mp4_id,
-                base_decode_time: t.ready_base.max(0) as u64,
-                samples: &t.ready,
-            })
-            .collect();
-        let data = tidegate_fmp4::fragment(self.fragment_seq, &runs);
         for t in &mut self.tracks {
+            if t.ready.is_empty() {
+                continue;
+            }
+            self.fragment_seq = self.fragment_seq.wrapping_add(1);
+            let data = tidegate_fmp4::fragment(
+                self.fragment_seq,
+                &[TrackRun {
+                    track_id: t.mp4_id,
+                    base_decode_time: t.ready_base.max(0) as u64,
+                    samples: &t.ready,
+                }],
+            );
             t.ready.clear();
+            out.push(Event::Chunk(data, t.mp4_id));
         }
-        out.push(Event::Chunk(data));
     }
 
     /// Commits the samples still waiting for a successor (with the last duration seen).

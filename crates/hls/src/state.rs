@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::segmenter::{Event, Variant};
+use crate::segmenter::{Event, TrackInit, Variant};
 
 pub struct Part {
     pub duration: f64,
@@ -26,6 +26,21 @@ pub struct Segment {
     pub parts: Vec<Arc<Part>>,
     pub complete: bool,
     pub bytes: usize,
+    /// The segment's CMAF chunks by fMP4 `track_ID` (DASH serves each track's apart); shared
+    /// with the parts' bytes, not copied.
+    pub tracks: Vec<(u32, Vec<Bytes>)>,
+    /// It started after a DASH client came: `tracks` holds all of it.
+    pub dash: bool,
+}
+
+impl Segment {
+    /// The chunks of track `id` so far.
+    pub fn track(&self, id: u32) -> &[Bytes] {
+        self.tracks
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map_or(&[][..], |(_, c)| &c[..])
+    }
 }
 
 pub struct State {
@@ -34,6 +49,8 @@ pub struct State {
     pub part_target: f64,
     pub segment_count: usize,
     pub inits: Vec<(u32, Bytes)>,
+    /// The same init segments, one per track (DASH), by version.
+    pub track_inits: Vec<(u32, Vec<TrackInit>)>,
     pub init_version: u32,
     pub codecs: Vec<String>,
     pub resolution: Option<(u32, u32)>,
@@ -47,6 +64,8 @@ pub struct State {
     /// Wall-clock time of timeline 0.
     pub wall0: SystemTime,
     pub max_bitrate: f64,
+    /// A DASH client asked for this stream: segments keep their chunks by track from now on.
+    pub dash: bool,
 }
 
 impl State {
@@ -63,6 +82,7 @@ impl State {
             part_target,
             segment_count,
             inits: Vec::new(),
+            track_inits: Vec::new(),
             init_version: 0,
             codecs: Vec::new(),
             resolution: None,
@@ -74,6 +94,7 @@ impl State {
             discontinuity_sequence: 0,
             wall0: SystemTime::now(),
             max_bitrate: 0.0,
+            dash: false,
         }
     }
 
@@ -91,9 +112,11 @@ impl State {
                 data,
                 codecs,
                 resolution,
+                tracks,
             } => {
                 self.init_version += 1;
                 self.inits.push((self.init_version, data));
+                self.track_inits.push((self.init_version, tracks));
                 self.codecs = codecs;
                 self.resolution = resolution;
             }
@@ -114,11 +137,19 @@ impl State {
                     parts: Vec::new(),
                     complete: false,
                     bytes: 0,
+                    tracks: Vec::new(),
+                    dash: self.dash && self.variant != Variant::MpegTs,
                 });
             }
-            Event::Chunk(b) => {
+            Event::Chunk(b, track) => {
                 if let Some(seg) = self.segments.back_mut() {
                     seg.bytes += b.len();
+                    if seg.dash {
+                        match seg.tracks.iter_mut().find(|(t, _)| *t == track) {
+                            Some((_, chunks)) => chunks.push(b.clone()),
+                            None => seg.tracks.push((track, vec![b.clone()])),
+                        }
+                    }
                 }
                 self.open_part.push(b)
             }
@@ -154,6 +185,7 @@ impl State {
                 }
                 if let Some(first) = self.segments.front().map(|s| s.init) {
                     self.inits.retain(|(v, _)| *v >= first);
+                    self.track_inits.retain(|(v, _)| *v >= first);
                 }
             }
         }

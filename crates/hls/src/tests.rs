@@ -87,6 +87,8 @@ struct Summary {
     segments: Vec<f64>,
     parts: Vec<Vec<(f64, bool)>>,
     chunks: usize,
+    /// Chunks of track 1 (video).
+    video_chunks: usize,
 }
 
 fn summarize(events: &[Event]) -> Summary {
@@ -94,6 +96,7 @@ fn summarize(events: &[Event]) -> Summary {
         segments: Vec::new(),
         parts: Vec::new(),
         chunks: 0,
+        video_chunks: 0,
     };
     let mut open = false;
     for e in events {
@@ -118,9 +121,12 @@ fn summarize(events: &[Event]) -> Summary {
                 open = false;
                 sum.segments.push(*duration);
             }
-            Event::Chunk(c) => {
+            Event::Chunk(c, track) => {
                 assert!(open, "chunk outside a segment");
                 sum.chunks += 1;
+                if *track == 1 {
+                    sum.video_chunks += 1;
+                }
                 assert!(!c.is_empty());
             }
             Event::Init { .. } => {}
@@ -149,13 +155,9 @@ fn low_latency_cuts_one_second_segments_of_200ms_parts() {
         assert!((seg - 1.0).abs() < 1e-6, "{:?}", s.segments);
         assert_eq!(s.parts[0].len(), 5);
     }
-    // One fMP4 chunk per video frame, plus the audio that closes each part.
-    let parts: usize = s.parts.iter().map(Vec::len).sum();
-    assert!(
-        s.chunks >= 150 && s.chunks <= 150 + parts,
-        "{} chunks",
-        s.chunks
-    );
+    // One fMP4 chunk per video frame (the audio in chunks of its own beside them).
+    assert_eq!(s.video_chunks, 150, "{} video chunks", s.video_chunks);
+    assert!(s.chunks > s.video_chunks, "{} chunks", s.chunks);
 }
 
 #[test]
@@ -262,4 +264,47 @@ fn state_renders_playlists_and_answers_blocking_requests() {
         state::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123)),
         "2026-11-18T11:06:40.123Z"
     );
+}
+
+#[test]
+fn the_mpd_lists_each_track_with_a_timeline_of_its_segments() {
+    let events = run(Variant::LowLatency, 30.0, 30, 5.0, true);
+    let mut st = crate::state::State::new("p".into(), Variant::LowLatency, 1.0, 0.2, 7);
+    st.dash = true;
+    for e in events {
+        st.apply(e);
+    }
+    assert!(crate::dash::ready(&st));
+    let mpd = crate::dash::mpd(&st, "?token=x", std::time::SystemTime::now());
+    assert_eq!(mpd.matches("<AdaptationSet").count(), 2, "{mpd}");
+    assert!(mpd.contains("startNumber=\"0\""), "{mpd}");
+    // Five complete segments per track, one timeline each, contiguous (one `t` each).
+    assert_eq!(mpd.matches("<S ").count(), 10, "{mpd}");
+    assert_eq!(mpd.matches("<S t=").count(), 2, "{mpd}");
+    assert!(
+        mpd.contains("media=\"p_dseg$Number$_$RepresentationID$.m4s?token=x\""),
+        "{mpd}"
+    );
+    assert!(mpd.contains("availabilityTimeOffset=\"0.800\""), "{mpd}");
+    // Every segment holds both tracks' chunks, each a fragment of that track alone.
+    for seg in &st.segments {
+        for track in [1u32, 2] {
+            let chunks = seg.track(track);
+            assert!(!chunks.is_empty());
+            for c in chunks {
+                assert_eq!(&c[4..8], b"moof");
+            }
+        }
+    }
+}
+
+#[test]
+fn without_a_dash_client_segments_keep_no_chunks_by_track() {
+    let events = run(Variant::LowLatency, 30.0, 30, 3.0, true);
+    let mut st = crate::state::State::new("p".into(), Variant::LowLatency, 1.0, 0.2, 7);
+    for e in events {
+        st.apply(e);
+    }
+    assert!(st.segments.iter().all(|s| s.tracks.is_empty() && !s.dash));
+    assert!(!crate::dash::ready(&st));
 }
