@@ -1,7 +1,7 @@
 //! DASH and LL-DASH from the HLS muxer's CMAF chunks: ffmpeg publishes over RTMP; the MPD is
 //! a live MPD with one representation per track; dash.js (vendored, in headless Chromium)
 //! plays it from the built-in page with sound and reports its live latency; ffmpeg reads
-//! the MPD too.
+//! the MPD too. A WHIP publish (Opus) plays the same way.
 
 #![allow(clippy::unwrap_used)]
 
@@ -111,6 +111,51 @@ fn dashjs_plays_an_rtmp_publish_and_ffmpeg_reads_the_mpd() {
     let n = p.packets_of("video").len();
     assert!(n >= 90, "{n} video frames in 5 s");
     assert!(p.dts_monotonic("video") && p.dts_monotonic("audio"));
+}
+
+/// A WHIP publish (aiortc: H.264 and Opus) played by dash.js from the MPD: Opus travels in
+/// fMP4 as it is.
+#[test]
+fn dashjs_plays_a_whip_publish_with_opus() {
+    let dir = scratch("dash-whip");
+    let server = TestServer::start("");
+    let mut whip = Command::new(peer("python"));
+    whip.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args([
+            "whip",
+            &server.webrtc_url("live/whip", "whip"),
+            "--seconds",
+            "40",
+            "--audio",
+        ]);
+    let _publisher = PeerProcess::spawn("aiortc-whip", &mut whip, &dir);
+    server.wait_ready("live/whip", READY);
+    assert_eq!(
+        server.paths().get("live/whip").unwrap().tracks,
+        vec!["H264", "Opus"]
+    );
+    let out = run_bounded(
+        Command::new(peer("node"))
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/dash_player.mjs"))
+            .arg(format!("http://{}/live/whip/dash", server.hls_addr()))
+            .arg("12")
+            .arg(peers_dir().join("node/node_modules")),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("dash.js (WHIP): {r}");
+    let frames = r["framesDecoded"].as_u64().unwrap();
+    assert!(frames >= 100, "only {frames} frames decoded in 12 s: {r}");
+    assert!(r["width"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["video"].as_str().unwrap_or("").contains("avc1"), "{r}");
+    assert!(r["audio"].as_str().unwrap_or("").contains("opus"), "{r}");
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
 }
 
 /// `hlsVariant: mpegts` has no fMP4 segments: the MPD is refused with the reason.
