@@ -279,3 +279,78 @@ fn pprof_gives_a_cpu_profile_behind_its_permission() {
     let r = fetch(locked.pprof_addr(), "/debug/pprof/profile?seconds=1", &[]);
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+/// Each reader says in the API which tracks its egress carries and which it left out and
+/// why: ffmpeg publishes H.264 + AAC over RTMP; RTMP, SRT and RTSP readers (ffmpeg) carry
+/// both; an aiortc WHEP viewer gets the video and the API says why not the AAC.
+#[test]
+fn readers_say_which_tracks_they_carry_and_why_not() {
+    let dir = scratch("carriage");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/tracks"), 40, "flv", &dir);
+    server.wait_ready("live/tracks", READY);
+    let _readers = [
+        ffmpeg_read(
+            &server.rtmp_url("live/tracks"),
+            20,
+            &dir.join("a.flv"),
+            &dir,
+        ),
+        ffmpeg_read(
+            &format!("{}&latency=200000", server.srt_url("read:live/tracks", "")),
+            20,
+            &dir.join("b.ts"),
+            &dir,
+        ),
+        ffmpeg_read(
+            &server.rtsp_url("live/tracks"),
+            20,
+            &dir.join("c.mkv"),
+            &dir,
+        ),
+    ];
+    let mut whep = Command::new(peer("python"));
+    whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args([
+            "whep",
+            &server.webrtc_url("live/tracks", "whep"),
+            "--seconds",
+            "20",
+        ]);
+    let _viewer = PeerProcess::spawn("aiortc-whep", &mut whep, &dir);
+    server.wait_readers("live/tracks", 4, Duration::from_secs(40));
+
+    let reader = |list: &str| -> serde_json::Value {
+        tidegate_tests::poll(
+            Duration::from_secs(20),
+            || format!("a reader in /v3/{list}/list"),
+            || {
+                let v = get_json(server.api_addr(), &format!("/v3/{list}/list"));
+                v["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["state"] == "read" && c["tracks"].is_array())
+                    .cloned()
+            },
+        )
+    };
+    for list in ["rtmpconns", "srtconns", "rtspsessions"] {
+        let c = reader(list);
+        assert_eq!(
+            c["tracks"],
+            serde_json::json!(["H264", "MPEG-4 Audio"]),
+            "{list}: {c}"
+        );
+        assert_eq!(c["droppedTracks"], serde_json::json!([]), "{list}: {c}");
+    }
+    let w = reader("webrtcsessions");
+    assert_eq!(w["tracks"], serde_json::json!(["H264"]), "{w}");
+    assert_eq!(w["droppedTracks"][0]["codec"], "MPEG-4 Audio", "{w}");
+    assert!(
+        w["droppedTracks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no AAC"),
+        "{w}"
+    );
+}

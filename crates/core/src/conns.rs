@@ -40,6 +40,8 @@ pub struct ConnInfo<X = ()> {
     pub bytes_sent: u64,
     /// A reader's lag and losses, where its egress reports them.
     pub reader: Option<ReaderFigures>,
+    /// A reader's tracks: carried, and left out with why.
+    pub carriage: Option<crate::Carriage>,
     pub extra: Arc<X>,
 }
 
@@ -106,6 +108,7 @@ pub struct Counters {
     pub received: AtomicU64,
     pub sent: AtomicU64,
     reader: Mutex<Option<std::sync::Weak<dyn ReaderProbe>>>,
+    carriage: Mutex<Option<crate::Carriage>>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -122,6 +125,18 @@ impl Counters {
     /// it goes with the reader).
     pub fn set_reader(&self, probe: std::sync::Weak<dyn ReaderProbe>) {
         *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
+    /// What the reader's egress carries of the stream, and what it leaves out and why.
+    pub fn set_carriage(&self, c: crate::Carriage) {
+        *self.carriage.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    pub fn carriage(&self) -> Option<crate::Carriage> {
+        self.carriage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The reader's figures now, if it has a reader that reports them.
@@ -244,6 +259,7 @@ impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
                 bytes_received: e.counters.received.load(Ordering::Relaxed),
                 bytes_sent: e.counters.sent.load(Ordering::Relaxed),
                 reader: e.counters.reader(),
+                carriage: e.counters.carriage(),
                 extra: e.extra.clone(),
             })
             .collect()

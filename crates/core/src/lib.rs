@@ -36,7 +36,9 @@ pub use fanout::{
     Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,
     SinkStatus, Transport,
 };
-pub use media::{rescale, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId};
+pub use media::{
+    rescale, Carriage, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId,
+};
 pub use path::{HookConf, PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
 pub use registry::{
     PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,

@@ -127,6 +127,28 @@ impl Track {
     }
 }
 
+/// What an egress carries of a stream for a reader: the tracks it sends and those it leaves
+/// out, with why (the API shows it per reader).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Carriage {
+    pub carried: Vec<&'static str>,
+    pub dropped: Vec<(&'static str, String)>,
+}
+
+impl Carriage {
+    /// Sorts `desc`'s tracks by `why_not` (None: carried; Some(reason): left out).
+    pub fn sort(desc: &StreamDesc, why_not: impl Fn(&Track) -> Option<String>) -> Carriage {
+        let mut c = Carriage::default();
+        for t in &desc.tracks {
+            match why_not(t) {
+                None => c.carried.push(t.codec().name()),
+                Some(reason) => c.dropped.push((t.codec().name(), reason)),
+            }
+        }
+        c
+    }
+}
+
 /// The tracks of one publish.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamDesc {

@@ -34,6 +34,22 @@ pub struct Muxer {
     last_psi: Option<i64>,
 }
 
+/// Whether the muxer carries the codec, and why not.
+pub fn why_not(params: &CodecParams) -> Option<String> {
+    match params {
+        CodecParams::H264 { .. }
+        | CodecParams::H265 { .. }
+        | CodecParams::Aac { .. }
+        | CodecParams::Mp3
+        | CodecParams::Ac3 { .. }
+        | CodecParams::Opus { .. } => None,
+        other => Some(format!(
+            "MPEG-TS here carries H.264, H.265, AAC, Opus, MP3 and AC-3, not {}",
+            other.codec().name()
+        )),
+    }
+}
+
 impl Muxer {
     /// A muxer for the tracks MPEG-TS can carry (H.264, H.265, AAC, Opus, MP3, AC-3); others
     /// are left out (see [`Muxer::is_empty`]).

@@ -366,6 +366,24 @@ pub fn to_frame(
     }
 }
 
+/// Whether RTMP (FLV and Enhanced RTMP) carries the codec, and why not.
+pub fn why_not(params: &CodecParams) -> Option<String> {
+    match params {
+        CodecParams::H264 { .. }
+        | CodecParams::H265 { .. }
+        | CodecParams::Av1 { .. }
+        | CodecParams::Vp9
+        | CodecParams::Aac { .. }
+        | CodecParams::Opus { .. }
+        | CodecParams::Mp3
+        | CodecParams::G711 { .. } => None,
+        other => Some(format!(
+            "RTMP (FLV and Enhanced RTMP) has no {}",
+            other.codec().name()
+        )),
+    }
+}
+
 /// The sequence-header tag body for parameters, if RTMP can carry the codec.
 pub fn sequence_header(params: &CodecParams) -> Option<Bytes> {
     let mut out = BytesMut::new();

@@ -436,6 +436,11 @@ impl<S: Transport> Conn<S> {
         let source = reader.stream().clone();
         let egress = source.egress(|s| RtmpMuxer::new(&s.desc()));
         let desc = source.desc();
+        self.guard
+            .counters
+            .set_carriage(tidegate_core::Carriage::sort(&desc, |t| {
+                crate::flv::why_not(&t.params)
+            }));
         self.session.accept_play();
         let mut head = self.session.take_output();
         start_of_stream(&desc, &mut head);

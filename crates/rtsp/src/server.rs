@@ -704,6 +704,16 @@ impl Conn {
             );
         }
         tracing::info!(conn = self.id, path, "[RTSP] is reading");
+        self.guard
+            .counters
+            .set_carriage(tidegate_core::Carriage::sort(&source.desc(), |t| {
+                (!mux.tracks.iter().any(|o| o.track == t.id)).then(|| {
+                    format!(
+                        "RTSP here carries H.264, H.265, AAC, Opus and G.711, not {}",
+                        t.codec().name()
+                    )
+                })
+            }));
         self.reads = vec![None; mux.tracks.len()];
         self.srtp_in = (0..mux.tracks.len()).map(|_| None).collect();
         self.reports = vec![None; mux.tracks.len()];

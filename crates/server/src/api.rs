@@ -361,9 +361,20 @@ struct ApiConn {
     outbound_queued_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbound_skips: Option<u64>,
+    /// Tidegate's: a reader's tracks, those its egress carries and those it leaves out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracks: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_tracks: Option<Vec<DroppedTrack>>,
     /// Protocol statistics (SRT), flattened into the object as MediaMTX does.
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct DroppedTrack {
+    codec: &'static str,
+    reason: String,
 }
 
 /// What a protocol adds to its connections in the API.
@@ -594,6 +605,13 @@ fn api_conn<X: ConnExtra>(c: ConnInfo<X>) -> ApiConn {
         outbound_queued_frames: c.reader.map(|r| r.queued_frames),
         outbound_queued_bytes: c.reader.map(|r| r.queued_bytes),
         outbound_skips: c.reader.map(|r| r.skips),
+        tracks: c.carriage.as_ref().map(|k| k.carried.clone()),
+        dropped_tracks: c.carriage.map(|k| {
+            k.dropped
+                .into_iter()
+                .map(|(codec, reason)| DroppedTrack { codec, reason })
+                .collect()
+        }),
         extra: c.extra.json(),
     }
 }

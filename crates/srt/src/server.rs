@@ -321,6 +321,11 @@ async fn handle(
                 Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
             };
             let source = reader.stream().clone();
+            guard
+                .counters
+                .set_carriage(tidegate_core::Carriage::sort(&source.desc(), |t| {
+                    tidegate_mpegts::mux::why_not(&t.params)
+                }));
             let Some(egress) = TsMuxer::egress(&source) else {
                 return reject(
                     req,

@@ -421,6 +421,8 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         .clear_codecs()
         .set_stats_interval(Some(Duration::from_secs(1)));
     let mut warnings = Vec::new();
+    // A viewer's tracks: carried, and left out with why (the API shows it).
+    let mut carriage: Option<tidegate_core::Carriage> = None;
     let mut whep_out = Vec::new();
     let state = match req.role {
         Role::Whip => {
@@ -464,27 +466,44 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
             let mut out = Vec::new();
             let mut have_video = false;
             let mut have_audio = false;
+            let mut c_out = tidegate_core::Carriage::default();
             for t in &desc.tracks {
                 let video = t.codec().is_video();
+                let name = t.codec().name();
                 if (video && have_video) || (!video && have_audio) {
+                    c_out.dropped.push((
+                        name,
+                        "a WebRTC viewer gets one video and one audio track".into(),
+                    ));
                     continue;
                 }
                 let Some(c) = media::rtc_codec(&t.params) else {
                     warnings.push(format!(
-                        "track {} ({}) is not sent: WebRTC cannot carry it",
+                        "track {} ({name}) is not sent: WebRTC cannot carry it",
                         t.id,
-                        t.codec().name()
+                    ));
+                    c_out.dropped.push((
+                        name,
+                        if matches!(t.params, tidegate_core::CodecParams::Aac { .. }) {
+                            "browsers' WebRTC has no AAC, and audio transcoding is not built yet"
+                                .into()
+                        } else {
+                            format!("WebRTC cannot carry {name}")
+                        },
                     ));
                     continue;
                 };
                 if !offered.iter().any(|o| o == codec_sdp_name(c)) {
                     warnings.push(format!(
-                        "track {} ({}) is not sent: the client did not offer it",
+                        "track {} ({name}) is not sent: the client did not offer it",
                         t.id,
-                        t.codec().name()
                     ));
+                    c_out
+                        .dropped
+                        .push((name, "the client did not offer it".into()));
                     continue;
                 }
+                c_out.carried.push(name);
                 cfg = enable(cfg, c);
                 if video {
                     have_video = true;
@@ -515,6 +534,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                     ),
                 ));
             }
+            carriage = Some(c_out);
             let rtp_mode = out.iter().all(|t| media::shared_packer(t.codec).is_some());
             cfg = cfg.set_rtp_mode(rtp_mode);
             // Viewers' transport-wide congestion feedback would feed a bandwidth estimate that
@@ -589,6 +609,9 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         tracing::warn!("[WebRTC] [session {id}] {w}");
     }
     guard.extra.update_notes(|n| n.warnings = warnings.clone());
+    if let Some(c) = carriage {
+        guard.counters.set_carriage(c);
+    }
     let secret = random_hex(32);
     let (tx, rx) = mpsc::channel(1024);
     let (cand_tx, cand_rx) = mpsc::channel(16);
