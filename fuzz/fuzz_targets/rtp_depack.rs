@@ -10,6 +10,8 @@ fuzz_target!(|data: &[u8]| {
         Depacketizer::aac(13, 3),
         Depacketizer::aac(6, 2),
         Depacketizer::frame(),
+        Depacketizer::vp8(),
+        Depacketizer::vp9(),
     ];
     let mut rest = data;
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -1279,4 +1280,83 @@ fn a_silent_tcp_reader_keeps_playing_past_read_timeout() {
     let audio = last_second.iter().filter(|(_, ch)| *ch == 2).count();
     assert!(video >= 20, "video RTP packets in the last second: {video}");
     assert!(audio >= 10, "audio RTP packets in the last second: {audio}");
+}
+
+/// ffmpeg publishing VP8 or VP9 (+ Opus) over RTSP.
+fn ffmpeg_publish_vpx(url: &str, vp9: bool, seconds: u32, dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", &seconds.to_string(), "-map", "0:v", "-map", "1:a"])
+        .args(if vp9 {
+            ["-c:v", "libvpx-vp9", "-strict", "experimental"]
+        } else {
+            ["-c:v", "libvpx", "-auto-alt-ref", "0"]
+        })
+        .args([
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-b:v",
+            "800k",
+        ])
+        .args(["-c:a", "libopus", "-ar", "48000", "-ac", "2"])
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp", url]);
+    PeerProcess::spawn(if vp9 { "ffmpeg-vp9" } else { "ffmpeg-vp8" }, &mut cmd, dir)
+}
+
+/// VP8 and VP9 over RTSP both ways: ffmpeg publishes each (+ Opus); ffmpeg reads it back over
+/// RTSP and decodes every frame at 640x360; the VP8 path also plays to an aiortc WHEP viewer
+/// (RTSP in, WebRTC out, no transcoding).
+#[test]
+fn vp8_and_vp9_over_rtsp_both_ways() {
+    let dir = scratch("rtsp-vpx");
+    let server = TestServer::start("");
+    for (name, vp9) in [("vp8", false), ("vp9", true)] {
+        let _publisher = ffmpeg_publish_vpx(&server.rtsp_url(name), vp9, 40, &dir);
+        server.wait_ready(name, READY);
+        let tracks = server.paths().get(name).unwrap().tracks;
+        assert_eq!(tracks, vec![if vp9 { "VP9" } else { "VP8" }, "Opus"]);
+        // Read back over RTSP, decoded by ffmpeg (a failed decode is an error).
+        let out = dir.join(format!("{name}.nut"));
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-rtsp_transport", "tcp", "-i", &server.rtsp_url(name)])
+            .args([
+                "-t", "5", "-map", "0:v", "-c:v", "rawvideo", "-an", "-xerror",
+            ])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn("ffmpeg-read", &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(60)).success(),
+            "{name}: {}",
+            reader.stderr()
+        );
+        let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(p.dimensions(), Some((640, 360)), "{name}");
+        let frames = p.packets_of("video").len();
+        assert!(frames >= 120, "{name}: {frames} frames decoded in 5 s");
+        if !vp9 {
+            let mut whep = Command::new(peer("python"));
+            whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+                .args(["whep", &server.webrtc_url(name, "whep"), "--seconds", "6"]);
+            let mut viewer = PeerProcess::spawn("aiortc-whep", &mut whep, &dir);
+            assert!(
+                viewer.wait(Duration::from_secs(60)).success(),
+                "{}",
+                viewer.stderr()
+            );
+            let v: serde_json::Value = serde_json::from_str(viewer.stdout().trim()).unwrap();
+            let v = &v["viewers"][0];
+            assert!(
+                v["frames"].as_u64().unwrap() >= 100,
+                "WHEP viewer of VP8: {v}"
+            );
+            assert_eq!(v["width"], 640, "{v}");
+        }
+    }
 }

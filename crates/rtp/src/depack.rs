@@ -43,6 +43,7 @@ pub enum Kind {
     Aac(AacDepack),
     /// One packet carries one frame (Opus, G.711).
     Frame,
+    Vpx(crate::vpx::VpxDepack),
 }
 
 /// A depacketizer with loss tracking.
@@ -97,6 +98,16 @@ impl Depacketizer {
         Self::new(Kind::Frame)
     }
 
+    /// VP8 (RFC 7741).
+    pub fn vp8() -> Depacketizer {
+        Self::new(Kind::Vpx(crate::vpx::VpxDepack::new(crate::vpx::Vpx::Vp8)))
+    }
+
+    /// VP9 (RFC 9628).
+    pub fn vp9() -> Depacketizer {
+        Self::new(Kind::Vpx(crate::vpx::VpxDepack::new(crate::vpx::Vpx::Vp9)))
+    }
+
     pub fn push(&mut self, p: &RtpPacket<'_>, out: &mut Vec<Unit>) {
         let gap = match self.expected {
             Some(e) if e != p.sequence => {
@@ -125,6 +136,17 @@ impl Depacketizer {
             Kind::Aac(d) => {
                 if gap && d.frag.take().is_some() {
                     self.units_dropped += 1;
+                }
+                if d.push(p, out) {
+                    self.units_dropped += 1;
+                }
+            }
+            Kind::Vpx(d) => {
+                if gap {
+                    if d.discard() {
+                        self.units_dropped += 1;
+                    }
+                    d.need_key = true;
                 }
                 if d.push(p, out) {
                     self.units_dropped += 1;

@@ -11,6 +11,7 @@ pub mod pack;
 pub mod packet;
 pub mod rtcp;
 pub mod srtp;
+pub mod vpx;
 
 pub use depack::{Depacketizer, Unit};
 pub use pack::Packetizer;

@@ -14,6 +14,9 @@ pub enum PackKind {
     Aac,
     /// The whole frame in one packet (Opus, G.711).
     Frame,
+    /// VP8 (RFC 7741) and VP9 (RFC 9628): a one-byte descriptor before each piece.
+    Vp8,
+    Vp9,
 }
 
 pub struct Packetizer {
@@ -145,6 +148,18 @@ impl Packetizer {
                 }
             }
             PackKind::Frame => self.packet(out, true, ts, &[data]),
+            PackKind::Vp8 | PackKind::Vp9 => {
+                let codec = if self.kind == PackKind::Vp8 {
+                    crate::vpx::Vpx::Vp8
+                } else {
+                    crate::vpx::Vpx::Vp9
+                };
+                let pieces = crate::vpx::payloads(codec, data, keyframe, room);
+                let n = pieces.len();
+                for (i, (desc, piece)) in pieces.iter().enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[desc, piece]);
+                }
+            }
         }
     }
 }
@@ -176,6 +191,23 @@ mod tests {
 
     fn lp(nals: &[&[u8]]) -> Vec<u8> {
         nal::to_length_prefixed(nals.iter().copied()).to_vec()
+    }
+
+    #[test]
+    fn vp8_and_vp9_frames_come_back_identical() {
+        for (kind, d) in [
+            (PackKind::Vp8, Depacketizer::vp8()),
+            (PackKind::Vp9, Depacketizer::vp9()),
+        ] {
+            let mut key = vec![0x10u8; 3000];
+            key[1] = 7;
+            let units = vec![(key, true), (vec![0x11u8, 5, 6, 7], false)];
+            let out = round_trip(kind, d, &units, 1200);
+            assert_eq!(out.len(), 2, "{kind:?}");
+            assert_eq!(out[0].data, units[0].0);
+            assert!(out[0].keyframe && !out[1].keyframe, "{kind:?}");
+            assert_eq!(out[1].data, units[1].0);
+        }
     }
 
     #[test]

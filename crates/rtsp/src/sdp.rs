@@ -235,6 +235,21 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: false,
             h265: false,
         },
+        "VP8" | "VP9" => Incoming {
+            params: Some(if enc == "VP8" {
+                CodecParams::Vp8
+            } else {
+                CodecParams::Vp9
+            }),
+            clock: 90_000,
+            depack: if enc == "VP8" {
+                Depacketizer::vp8()
+            } else {
+                Depacketizer::vp9()
+            },
+            video: true,
+            h265: false,
+        },
         other => return Err(format!("codec {other} is not supported over RTSP yet")),
     })
 }
@@ -324,6 +339,20 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 String::new(),
                 *sample_rate,
                 PackKind::Frame,
+            ),
+            CodecParams::Vp8 => (
+                "video",
+                "VP8/90000".to_string(),
+                String::new(),
+                90_000,
+                PackKind::Vp8,
+            ),
+            CodecParams::Vp9 => (
+                "video",
+                "VP9/90000".to_string(),
+                String::new(),
+                90_000,
+                PackKind::Vp9,
             ),
             _ => continue,
         };
