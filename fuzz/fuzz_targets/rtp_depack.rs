@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         Depacketizer::frame(),
         Depacketizer::vp8(),
         Depacketizer::vp9(),
+        Depacketizer::mpa(),
     ];
     let mut rest = data;
     let mut out = Vec::new();

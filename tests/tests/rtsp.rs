@@ -1360,3 +1360,72 @@ fn vp8_and_vp9_over_rtsp_both_ways() {
         }
     }
 }
+
+/// MP3 over RTP (RFC 2250) both ways: ffmpeg publishes H.264 + MP3 over RTSP; ffmpeg reads
+/// it back over RTSP and over RTMP (FLV carries MP3) and decodes the audio (44.1 kHz stereo,
+/// about as many samples as seconds read).
+#[test]
+fn mp3_over_rtsp_both_ways() {
+    let dir = scratch("rtsp-mp3");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=44100"])
+        .args(["-t", "40", "-map", "0:v", "-map", "1:a"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+        ])
+        .args(["-c:a", "libmp3lame", "-b:a", "128k", "-ac", "2"])
+        .args([
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            &server.rtsp_url("mp3"),
+        ]);
+    let _publisher = PeerProcess::spawn("ffmpeg-mp3", &mut cmd, &dir);
+    server.wait_ready("mp3", READY);
+    assert_eq!(
+        server.paths().get("mp3").unwrap().tracks,
+        vec!["H264", "MPEG-1/2 Audio"]
+    );
+    for (name, url, extra) in [
+        (
+            "rtsp",
+            server.rtsp_url("mp3"),
+            &["-rtsp_transport", "tcp"][..],
+        ),
+        ("rtmp", server.rtmp_url("mp3"), &[][..]),
+    ] {
+        let out = dir.join(format!("{name}.wav"));
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(extra)
+            .args(["-i", &url, "-t", "5", "-map", "0:a", "-xerror"])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn("ffmpeg-read", &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(60)).success(),
+            "{name}: {}",
+            reader.stderr()
+        );
+        let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+        let a = p
+            .streams
+            .iter()
+            .find(|s| s["codec_type"] == "audio")
+            .unwrap();
+        assert_eq!(a["sample_rate"], "44100", "{name}: {a}");
+        assert_eq!(a["channels"], 2, "{name}: {a}");
+        let secs: f64 = a["duration"].as_str().unwrap().parse().unwrap();
+        assert!(secs > 4.5, "{name}: {secs} s of audio decoded from 5 s");
+    }
+}

@@ -10,6 +10,7 @@ pub mod av1;
 pub mod bits;
 pub mod h264;
 pub mod h265;
+pub mod mpa;
 pub mod nal;
 pub mod opus;
 pub mod vp9;

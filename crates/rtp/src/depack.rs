@@ -44,6 +44,7 @@ pub enum Kind {
     /// One packet carries one frame (Opus, G.711).
     Frame,
     Vpx(crate::vpx::VpxDepack),
+    Mpa(crate::mpa::MpaDepack),
 }
 
 /// A depacketizer with loss tracking.
@@ -98,6 +99,11 @@ impl Depacketizer {
         Self::new(Kind::Frame)
     }
 
+    /// MPEG audio, MP2 and MP3 (RFC 2250).
+    pub fn mpa() -> Depacketizer {
+        Self::new(Kind::Mpa(crate::mpa::MpaDepack::default()))
+    }
+
     /// VP8 (RFC 7741).
     pub fn vp8() -> Depacketizer {
         Self::new(Kind::Vpx(crate::vpx::VpxDepack::new(crate::vpx::Vpx::Vp8)))
@@ -135,6 +141,14 @@ impl Depacketizer {
             }
             Kind::Aac(d) => {
                 if gap && d.frag.take().is_some() {
+                    self.units_dropped += 1;
+                }
+                if d.push(p, out) {
+                    self.units_dropped += 1;
+                }
+            }
+            Kind::Mpa(d) => {
+                if gap && d.discard() {
                     self.units_dropped += 1;
                 }
                 if d.push(p, out) {

@@ -7,6 +7,7 @@
 //! never hold more than [`MAX_UNIT`] bytes.
 
 pub mod depack;
+pub mod mpa;
 pub mod pack;
 pub mod packet;
 pub mod rtcp;

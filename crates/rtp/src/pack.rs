@@ -17,6 +17,8 @@ pub enum PackKind {
     /// VP8 (RFC 7741) and VP9 (RFC 9628): a one-byte descriptor before each piece.
     Vp8,
     Vp9,
+    /// MPEG audio (RFC 2250): whole frames, or pieces with their offsets.
+    Mpa,
 }
 
 pub struct Packetizer {
@@ -148,6 +150,13 @@ impl Packetizer {
                 }
             }
             PackKind::Frame => self.packet(out, true, ts, &[data]),
+            PackKind::Mpa => {
+                let pieces = crate::mpa::payloads(data, room);
+                let n = pieces.len();
+                for (i, (hdr, piece)) in pieces.into_iter().enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[&hdr, piece]);
+                }
+            }
             PackKind::Vp8 | PackKind::Vp9 => {
                 let codec = if self.kind == PackKind::Vp8 {
                     crate::vpx::Vpx::Vp8

@@ -62,6 +62,7 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
             match pt {
                 0 => (media.encoding, media.clock, media.channels) = ("PCMU".into(), 8000, Some(1)),
                 8 => (media.encoding, media.clock, media.channels) = ("PCMA".into(), 8000, Some(1)),
+                14 => (media.encoding, media.clock) = ("MPA".into(), 90_000),
                 _ => {}
             }
             out.push(media);
@@ -235,6 +236,13 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: false,
             h265: false,
         },
+        "MPA" => Incoming {
+            params: Some(CodecParams::Mp3),
+            clock: 90_000,
+            depack: Depacketizer::mpa(),
+            video: false,
+            h265: false,
+        },
         "VP8" | "VP9" => Incoming {
             params: Some(if enc == "VP8" {
                 CodecParams::Vp8
@@ -339,6 +347,13 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 String::new(),
                 *sample_rate,
                 PackKind::Frame,
+            ),
+            CodecParams::Mp3 => (
+                "audio",
+                "MPA/90000".to_string(),
+                String::new(),
+                90_000,
+                PackKind::Mpa,
             ),
             CodecParams::Vp8 => (
                 "video",

@@ -709,7 +709,7 @@ impl Conn {
             .set_carriage(tidegate_core::Carriage::sort(&source.desc(), |t| {
                 (!mux.tracks.iter().any(|o| o.track == t.id)).then(|| {
                     format!(
-                        "RTSP here carries H.264, H.265, VP8, VP9, AAC, Opus and G.711, not {}",
+                        "RTSP here carries H.264, H.265, VP8, VP9, AAC, Opus, MP3 and G.711, not {}",
                         t.codec().name()
                     )
                 })
