@@ -6,37 +6,12 @@
 // decodes, and takes a screenshot. Without credentials it records the status the page gets.
 // Every request for a host other than loopback is aborted and listed in `external`.
 // Prints one JSON object.
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import { launch, loopbackOnly } from './browser.mjs';
 
 const [url, user, pass, streamPath, screenshot, modules] = process.argv.slice(2);
-const require = createRequire(path.join(modules, 'package.json'));
-const { chromium } = require('playwright-core');
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  timeout: 30000,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--no-first-run',
-         '--autoplay-policy=no-user-gesture-required'],
-});
+const browser = await launch(modules);
 const out = { external: [], consoleErrors: [] };
-const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
-
-async function offline(page) {
-  page.on('console', (m) => { if (m.type() === 'error') out.consoleErrors.push(m.text()); });
-  await page.route('**/*', (route) => {
-    const u = route.request().url();
-    let host = null;
-    try { host = new URL(u).hostname; } catch (e) { /* not a URL with a host */ }
-    if (host !== null && host !== '' && !local.has(host)) {
-      out.external.push(u);
-      return route.abort('blockedbyclient');
-    }
-    return route.continue();
-  });
-}
+const offline = (page) => loopbackOnly(page, out.external, out.consoleErrors);
 
 // Polls `f` every 250 ms until it returns a truthy value or `ms` pass; returns the last value.
 async function until(page, ms, f) {

@@ -2,37 +2,15 @@
 // Usage: node hls_player.mjs PAGE_URL SECONDS NODE_MODULES_DIR
 // The page must work with no Internet access: every request for a host other than loopback
 // is aborted and listed in `external` (the test fails on any). Prints one JSON object.
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import { launch, loopbackOnly } from './browser.mjs';
 
 const [url, secondsArg, modules] = process.argv.slice(2);
 const seconds = Number(secondsArg || 8);
-const require = createRequire(path.join(modules, 'package.json'));
-const { chromium } = require('playwright-core');
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  timeout: 30000,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--no-first-run',
-         '--autoplay-policy=no-user-gesture-required'],
-});
+const browser = await launch(modules);
 const out = { url, samples: [], external: [], trace: [] };
-const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 try {
   const page = await browser.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') console.error('console:', m.text()); });
-  await page.route('**/*', (route) => {
-    const u = route.request().url();
-    let host = null;
-    try { host = new URL(u).hostname; } catch (e) { /* not a URL with a host */ }
-    if (host !== null && host !== '' && !local.has(host)) {
-      out.external.push(u);
-      return route.abort('blockedbyclient');
-    }
-    return route.continue();
-  });
+  await loopbackOnly(page, out.external);
   const t0 = Date.now();
   await page.goto(url, { timeout: 15000 });
   const end = t0 + seconds * 1000;

@@ -285,3 +285,30 @@ pub fn gst_video_caps(log: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// Runs `tests/js/<script>` (a headless-Chromium page script) with `args` and the peers'
+/// `node_modules` as its last argument, bounded by `limit`; fails with its output unless it
+/// succeeds, and returns the JSON report it prints.
+pub fn page_script(script: &str, args: &[&str], limit: Duration) -> serde_json::Value {
+    let out = run_bounded(
+        Command::new(peer("node"))
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("js")
+                    .join(script),
+            )
+            .args(args)
+            .arg(peers_dir().join("node/node_modules")),
+        limit,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"));
+    eprintln!("{script}: {report}");
+    report
+}

@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use tidegate_tests::http::{fetch, send};
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read};
+use tidegate_tests::scratch;
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{peer, peers_dir, run_bounded, scratch};
 
 const READY: Duration = Duration::from_secs(20);
 
@@ -61,27 +60,19 @@ fn console_shows_a_live_path_its_readers_and_plays_its_preview() {
     let key: serde_json::Value = serde_json::from_str(&created.text()).unwrap();
     let key_id = key["id"].as_str().unwrap().to_string();
 
-    let node = peer("node");
-    let modules = peers_dir().join("node/node_modules");
     let shot = dir.join("console.png");
     let _ = std::fs::remove_file(&shot);
-    let out = run_bounded(
-        Command::new(node)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/console.mjs"))
-            .arg(format!("http://{api}/console"))
-            .args(["admin", "s3cret", "live/cam"])
-            .arg(&shot)
-            .arg(&modules),
+    let r = tidegate_tests::page_script(
+        "console.mjs",
+        &[
+            &format!("http://{api}/console"),
+            "admin",
+            "s3cret",
+            "live/cam",
+            shot.to_str().unwrap(),
+        ],
         Duration::from_secs(150),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("console: {r}");
 
     assert_eq!(r["anonymousStatus"], 401, "{r}");
     assert_ne!(r["anonymousPage"], 200, "{r}");

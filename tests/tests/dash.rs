@@ -11,7 +11,7 @@ use std::time::Duration;
 use tidegate_tests::http::fetch;
 use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch};
+use tidegate_tests::{ffprobe, page_script, peer, scratch};
 
 const READY: Duration = Duration::from_secs(20);
 
@@ -42,24 +42,14 @@ fn dashjs_plays_an_rtmp_publish_and_ffmpeg_reads_the_mpd() {
     }
 
     // dash.js from the built-in page: frames, size, both tracks, latency.
-    let node = peer("node");
-    let modules = peers_dir().join("node/node_modules");
-    let out = run_bounded(
-        Command::new(node)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/dash_player.mjs"))
-            .arg(format!("http://{}/live/dash/dash", server.hls_addr()))
-            .arg("14")
-            .arg(&modules),
+    let r = page_script(
+        "dash_player.mjs",
+        &[
+            &format!("http://{}/live/dash/dash", server.hls_addr()),
+            "14",
+        ],
         Duration::from_secs(90),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("dash.js: {r}");
     let frames = r["framesDecoded"].as_u64().unwrap();
     assert!(frames >= 150, "only {frames} frames decoded in 14 s: {r}");
     assert_eq!(r["width"], 640, "{r}");
@@ -134,22 +124,14 @@ fn dashjs_plays_a_whip_publish_with_opus() {
         server.paths().get("live/whip").unwrap().tracks,
         vec!["H264", "Opus"]
     );
-    let out = run_bounded(
-        Command::new(peer("node"))
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/dash_player.mjs"))
-            .arg(format!("http://{}/live/whip/dash", server.hls_addr()))
-            .arg("12")
-            .arg(peers_dir().join("node/node_modules")),
+    let r = page_script(
+        "dash_player.mjs",
+        &[
+            &format!("http://{}/live/whip/dash", server.hls_addr()),
+            "12",
+        ],
         Duration::from_secs(90),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("dash.js (WHIP): {r}");
     let frames = r["framesDecoded"].as_u64().unwrap();
     assert!(frames >= 100, "only {frames} frames decoded in 12 s: {r}");
     assert!(r["width"].as_u64().unwrap() > 0, "{r}");

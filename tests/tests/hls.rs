@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tidegate_tests::http::{fetch, get_json};
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, peers_dir, run_bounded, scratch, self_signed, Probe};
+use tidegate_tests::{ffprobe, peer, run_bounded, scratch, self_signed, Probe};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -201,25 +201,11 @@ fn hlsjs_plays_low_latency_from_rtmp() {
     let server = TestServer::start("");
     let _publisher = ffmpeg_publish(&server.rtmp_url("live/cam"), 40, "flv", &dir);
     server.wait_ready("live/cam", READY);
-    let node = peer("node");
-    let modules = peers_dir().join("node/node_modules");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs");
-    let out = run_bounded(
-        Command::new(node)
-            .arg(script)
-            .arg(server.hls_url("live/cam", ""))
-            .arg("12")
-            .arg(&modules),
+    let r = tidegate_tests::page_script(
+        "hls_player.mjs",
+        &[&server.hls_url("live/cam", ""), "12"],
         Duration::from_secs(60),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("hls.js: {r}");
     let frames = r["framesDecoded"].as_u64().unwrap();
     assert!(frames >= 200, "only {frames} frames decoded in 12 s: {r}");
     assert_eq!(r["width"], 640);

@@ -108,7 +108,30 @@ fn every_documented_metric_is_served_while_its_session_is_live() {
     // The push, 4 ffmpeg readers, the WHEP viewer and the HLS muxer.
     server.wait_readers("live", 7, Duration::from_secs(40));
 
-    let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+    // Some figures appear a moment after a reader is counted (an RTSP reader's backlog once
+    // its PLAY is answered): wait until a scrape has a sample of each documented family.
+    let unsampled = |text: &str| -> Vec<String> {
+        documented()
+            .into_iter()
+            .filter(|name| {
+                !text.lines().any(|l| {
+                    l.strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with(['{', ' ', '_']))
+                })
+            })
+            .collect()
+    };
+    let text = tidegate_tests::poll(
+        Duration::from_secs(20),
+        || {
+            let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+            format!("no sample of {:?}\n{text}", unsampled(&text))
+        },
+        || {
+            let text = fetch(server.metrics_addr(), "/metrics", &[]).text();
+            unsampled(&text).is_empty().then_some(text)
+        },
+    );
     let samples = parsed_samples(&text, &dir);
     let mut missing = Vec::new();
     for name in documented() {

@@ -711,10 +711,19 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
 }
 
 fn page(path: &str) -> Response {
-    let html = PLAYER_PAGE.replace("{{PATH}}", &html_escape(path)).replace(
+    player_page(
+        PLAYER_PAGE,
+        path,
         "{{HLSJS}}",
         &format!("{HLS_JS_FILE}?v={}", hls_js_version()),
-    );
+    )
+}
+
+/// A player page for `path`: `template` with the path and the library's URL filled in.
+fn player_page(template: &str, path: &str, lib_key: &str, lib_url: &str) -> Response {
+    let html = template
+        .replace("{{PATH}}", &html_escape(path))
+        .replace(lib_key, lib_url);
     let mut r = Response::new(Body::from(html));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -726,18 +735,12 @@ fn page(path: &str) -> Response {
 }
 
 fn dash_page(path: &str) -> Response {
-    let html = DASH_PAGE.replace("{{PATH}}", &html_escape(path)).replace(
+    player_page(
+        DASH_PAGE,
+        path,
         "{{DASHJS}}",
         &format!("{DASH_JS_FILE}?v={}", dash_js_version()),
-    );
-    let mut r = Response::new(Body::from(html));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    )
 }
 
 const DASH_PAGE: &str = include_str!("dash.html");

@@ -85,6 +85,30 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// The layers every HTTP surface but HLS and WebRTC takes: the permission `action` asked of
+/// the auth manager (named `protocol` in logs and to an auth server), then CORS for `origins`.
+fn guarded(
+    router: axum::Router,
+    paths: &PathManager,
+    action: tidegate_core::Action,
+    protocol: &'static str,
+    origins: &[String],
+) -> axum::Router {
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            guard::Guard {
+                paths: paths.clone(),
+                action,
+                protocol,
+            },
+            guard::require,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(origins.to_vec()),
+            http::cors,
+        ))
+}
+
 /// Serves RTSP(S) on `listener`, movable by a reload (its UDP sockets stay where they are).
 fn serve_rtsp(
     movable: &listeners::Listeners,
@@ -501,19 +525,14 @@ impl Server {
             );
             let router = tidegate_record::playback::router(tidegate_record::playback::Playback {
                 index: recorder.index().clone(),
-            })
-            .layer(axum::middleware::from_fn_with_state(
-                guard::Guard {
-                    paths: paths.clone(),
-                    action: tidegate_core::Action::Playback,
-                    protocol: "playback",
-                },
-                guard::require,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.playback_allow_origins.clone()),
-                http::cors,
-            ));
+            });
+            let router = guarded(
+                router,
+                &paths,
+                tidegate_core::Action::Playback,
+                "playback",
+                &config.playback_allow_origins,
+            );
             serve_http(
                 &movable,
                 ("playbackAddress", "playback"),
@@ -617,19 +636,14 @@ impl Server {
             );
             let router = api::router(api_state.clone())
                 .merge(config_api::router(reloader.clone()))
-                .merge(console.router())
-                .layer(axum::middleware::from_fn_with_state(
-                    guard::Guard {
-                        paths: paths.clone(),
-                        action: tidegate_core::Action::Api,
-                        protocol: "api",
-                    },
-                    guard::require,
-                ));
-            let router = router.layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.api_allow_origins.clone()),
-                http::cors,
-            ));
+                .merge(console.router());
+            let router = guarded(
+                router,
+                &paths,
+                tidegate_core::Action::Api,
+                "api",
+                &config.api_allow_origins,
+            );
             serve_http(
                 &movable,
                 ("apiAddress", "API"),
@@ -654,19 +668,14 @@ impl Server {
                 config.hls,
                 webrtc.clone(),
                 runner.stats.clone(),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                guard::Guard {
-                    paths: paths.clone(),
-                    action: tidegate_core::Action::Metrics,
-                    protocol: "metrics",
-                },
-                guard::require,
-            ));
-            let router = router.layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.metrics_allow_origins.clone()),
-                http::cors,
-            ));
+            );
+            let router = guarded(
+                router,
+                &paths,
+                tidegate_core::Action::Metrics,
+                "metrics",
+                &config.metrics_allow_origins,
+            );
             serve_http(
                 &movable,
                 ("metricsAddress", "metrics"),
@@ -682,19 +691,14 @@ impl Server {
                 "[pprof] listener opened on {addr} ({})",
                 if pprof_tls.is_some() { "HTTPS" } else { "HTTP" }
             );
-            let router = pprof::router()
-                .layer(axum::middleware::from_fn_with_state(
-                    guard::Guard {
-                        paths: paths.clone(),
-                        action: tidegate_core::Action::Pprof,
-                        protocol: "pprof",
-                    },
-                    guard::require,
-                ))
-                .layer(axum::middleware::from_fn_with_state(
-                    Arc::new(config.pprof_allow_origins.clone()),
-                    http::cors,
-                ));
+            let router = pprof::router();
+            let router = guarded(
+                router,
+                &paths,
+                tidegate_core::Action::Pprof,
+                "pprof",
+                &config.pprof_allow_origins,
+            );
             serve_http(
                 &movable,
                 ("pprofAddress", "pprof"),
