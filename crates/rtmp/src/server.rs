@@ -66,7 +66,10 @@ pub async fn serve(
             r = l.listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of file descriptors (EMFILE, ENFILE) the listener stays readable:
+                    // without a pause this loop would spin a core until one is freed.
                     tracing::warn!("RTMP accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
