@@ -22,6 +22,7 @@ pub mod relay;
 pub mod stream;
 pub mod text;
 pub mod tls;
+pub mod transcode;
 
 pub use auth::{
     Action, AuthError, AuthFuture, AuthRequest, Authenticator, Credentials, Grant, PathRules, Proof,
@@ -45,3 +46,4 @@ pub use registry::{
     SessionInfo,
 };
 pub use stream::{RecvError, Stream, StreamConfig, StreamReader, StreamStats};
+pub use transcode::{Plan, TrackTranscoder, Transcoded};

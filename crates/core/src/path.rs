@@ -55,6 +55,11 @@ pub struct PathConf {
     /// long; a new publisher with the same tracks continues their stream. Zero ends them at
     /// once.
     pub publisher_reconnect_grace: std::time::Duration,
+    /// `audioTranscode`: readers whose protocol cannot carry the publisher's audio codec get
+    /// it transcoded (AAC → Opus for WebRTC), once per stream.
+    pub audio_transcode: bool,
+    /// `audioTranscodeBitrate`, bits per second of the transcoded audio.
+    pub audio_transcode_bitrate: u32,
 }
 
 /// The path's hooks (`runOn…` keys), MediaMTX's. Plain data, run by the server crate.
@@ -164,6 +169,8 @@ impl Default for PathConf {
             record: RecordConf::default(),
             hooks: HookConf::default(),
             publisher_reconnect_grace: std::time::Duration::ZERO,
+            audio_transcode: true,
+            audio_transcode_bitrate: 128_000,
         }
     }
 }
