@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """An IP camera stand-in for the tests: an RTSP server (gst-rtsp-server, Debian's python3-gi)
-serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz (rtsps:// with
+serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz (test patterns, or
+with --pattern flash a flash + beep each second) (rtsps:// with
 --cert and --key, as cameras with self-signed certificates do). Each client
 connection and disconnection is printed to stderr ("client connected" / "client closed"),
 so a test can count them. It exits by itself after --max-seconds.
@@ -47,19 +48,49 @@ def main():
         action="store_true",
         help="send RTP to multicast groups only (224.3.0.0-10, ports 5000-5010)",
     )
+    p.add_argument("--pattern", choices=["test", "flash"], default="test",
+                   help="flash: a flash + beep pattern (lip sync), else test patterns and a tone")
     a = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address(a.address)
     server.set_service(str(a.port))
     factory = GstRtspServer.RTSPMediaFactory()
+    if a.pattern == "flash":
+        # Flash + beep: the first 100 ms of every second white and a 1 kHz tone, else black
+        # and silence (the probes below switch them), for lip-sync measurements.
+        video = "videotestsrc name=vsrc is-live=true pattern=solid-color foreground-color=0xff000000"
+        audio = "audiotestsrc name=asrc is-live=true freq=1000 volume=0 samplesperbuffer=480"
+    else:
+        video = "videotestsrc is-live=true"
+        audio = "audiotestsrc is-live=true"
     factory.set_launch(
-        "( videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 "
+        f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
         "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
         "! rtph264pay name=pay0 pt=96 config-interval=-1 "
-        "audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
+        f"{audio} ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
         "! avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
     )
+
+    def flash_probes(_factory, media):
+        pipeline = media.get_element()
+        # A probe sees buffer N; what it sets shapes buffer N+1 (live sources make each buffer
+        # when it is due), so it decides from N+1's time.
+        def switch(name, prop, period, on, off):
+            def probe(_pad, info):
+                buf = info.get_buffer()
+                if buf is not None and buf.pts != Gst.CLOCK_TIME_NONE:
+                    nxt = buf.pts + period
+                    lit = nxt % Gst.SECOND < Gst.SECOND // 10
+                    pipeline.get_by_name(name).set_property(prop, on if lit else off)
+                return Gst.PadProbeReturn.OK
+            pipeline.get_by_name(name).get_static_pad("src").add_probe(
+                Gst.PadProbeType.BUFFER, probe)
+        switch("vsrc", "foreground-color", Gst.SECOND // 30, 0xFFFFFFFF, 0xFF000000)
+        switch("asrc", "volume", Gst.SECOND // 100, 0.8, 0.0)
+
+    if a.pattern == "flash":
+        factory.connect("media-configure", flash_probes)
     factory.set_shared(True)
     scheme = "rtsp"
     if a.cert:

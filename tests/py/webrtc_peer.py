@@ -4,6 +4,7 @@
                                [--size 640x360]
                                [--fps 30] [--user U --pass P | --token T]
     python webrtc_peer.py whep URL --seconds 5 [--viewers N] [--user U --pass P | --token T]
+                               [--analyse (a flash + beep pattern: skew, spectrum)]
                                [--via HOST:PORT (a UDP relay in front of the server)]
 
 Prints one JSON object on stdout. Exit status: 0 when media flowed, 1 when it did not, 2 on an
@@ -13,10 +14,12 @@ Loopback only: aiortc is given no ICE servers (it would use Google's STUN) and a
 that 127.0.0.1 is the only host address (it skips loopback otherwise).
 """
 import argparse
+import array
 import asyncio
 import base64
 import fractions
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -184,8 +187,88 @@ async def consume(track, stats, kind, deadline):
             stats["width"], stats["height"] = frame.width, frame.height
             stats["pts"].append(frame.pts)
             stats.setdefault("first_frame_at", now)
+            if "analysis" in stats:
+                # Mean luma of a sample of the picture (a flash test pattern: black or white).
+                y = bytes(frame.planes[0])[::61]
+                stats["analysis"]["video"].append((frame.pts / 90000, sum(y) / max(1, len(y))))
         else:
             stats["audio_frames"] += 1
+            if "analysis" in stats and frame.pts is not None:
+                # s16 interleaved: keep the first channel.
+                ch = len(frame.layout.channels)
+                # The plane may be padded past its samples.
+                pcm = array.array("h", bytes(frame.planes[0]))[:frame.samples * ch]
+                stats["analysis"]["audio"].append(
+                    (frame.pts, frame.sample_rate, ch, pcm[::ch]))
+
+
+def goertzel(samples, rate, freq):
+    w = 2 * math.pi * freq / rate
+    c = 2 * math.cos(w)
+    s1 = s2 = 0.0
+    for x in samples:
+        s1, s2 = x + c * s1 - s2, s1
+    return s1 * s1 + s2 * s2 - c * s1 * s2
+
+
+def rtp_origins(pc):
+    """Each receiver's first RTP timestamp: aiortc counts frames' pts from it, and the skew
+    needs the sender's own times (Tidegate stamps audio and video from one clock)."""
+    out = {}
+    for r in pc.getReceivers():
+        mapper = getattr(r, "_RTCRtpReceiver__timestamp_mapper", None)
+        origin = getattr(mapper, "_origin", None)
+        if r.track is not None and origin is not None:
+            out[r.track.kind] = origin
+    return out
+
+
+def analyse(a):
+    """Flash + beep test pattern: flash onsets (video timestamps), beep onsets (audio
+    timestamps, to the sample), their skew, and the beeps' spectral peak."""
+    out = {}
+    origins = a.get("origins", {})
+    vo, ao = origins.get("video", 0), origins.get("audio", 0)
+    out["rtp_origins"] = origins
+    video = sorted((t + vo / 90000, luma) for t, luma in a["video"])
+    flashes = [t for (t0, l0), (t, l) in zip(video, video[1:]) if l0 < 100 <= l]
+    audio = sorted(a["audio"], key=lambda x: x[0])
+    out["audio_channels"] = audio[0][2] if audio else 0
+    out["audio_rate"] = audio[0][1] if audio else 0
+    # A beep starts at a sample above the noise after at least 50 ms without one.
+    beeps, last_loud, peak_abs = [], None, 0
+    for pts, rate, _, pcm in audio:
+        for i, x in enumerate(pcm):
+            ax = abs(x)
+            peak_abs = max(peak_abs, ax)
+            t = ao + pts + i
+            if last_loud is None:
+                last_loud = t if ax > 1000 else t - rate
+            elif ax > 1000:
+                if t - last_loud >= rate // 20:
+                    beeps.append(t / rate)
+                last_loud = t
+    out["audio_peak_amplitude"] = peak_abs / 32768
+    # One beep's samples (10 to 90 ms after an onset in the middle) for the spectrum.
+    if beeps:
+        t0 = beeps[len(beeps) // 2]
+        seg = []
+        for pts, rate, _, pcm in audio:
+            for i, x in enumerate(pcm):
+                t = (ao + pts + i) / rate
+                if t0 + 0.01 <= t < t0 + 0.09:
+                    seg.append(x)
+        rate = audio[0][1]
+        coarse = max(range(100, 8000, 20), key=lambda f: goertzel(seg, rate, f))
+        fine = max((coarse + d / 2 for d in range(-40, 41)), key=lambda f: goertzel(seg, rate, f))
+        out["beep_peak_hz"] = fine
+    skews = []
+    for f in flashes:
+        near = min(beeps, key=lambda b: abs(b - f), default=None)
+        if near is not None and abs(near - f) < 0.5:
+            skews.append(round((near - f) * 1000, 1))
+    out["flashes"], out["beeps"], out["skews_ms"] = len(flashes), len(beeps), skews
+    return out
 
 
 async def one_viewer(args, index, deadline_after):
@@ -193,6 +276,8 @@ async def one_viewer(args, index, deadline_after):
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
     stats = {"frames": 0, "audio_frames": 0, "pts": [], "width": 0, "height": 0, "kinds": []}
+    if args.analyse:
+        stats["analysis"] = {"video": [], "audio": []}
     tasks = []
     started = time.monotonic()
 
@@ -212,6 +297,8 @@ async def one_viewer(args, index, deadline_after):
         await asyncio.sleep(0.1)
     for t in tasks:
         t.cancel()
+    if "analysis" in stats:
+        stats["analysis"]["origins"] = rtp_origins(pc)
     await delete(resource, args)
     await pc.close()
     pts = stats.pop("pts")
@@ -221,6 +308,8 @@ async def one_viewer(args, index, deadline_after):
     stats["pts_monotonic"] = all(b > a for a, b in zip(pts, pts[1:]))
     span = (max(pts) - min(pts)) / 90000 if len(pts) > 1 else 0
     stats["pts_span_s"] = round(span, 3)
+    if "analysis" in stats:
+        stats["analysis"] = analyse(stats["analysis"])
     stats["index"] = index
     return stats
 
@@ -245,6 +334,8 @@ def main():
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--viewers", type=int, default=1)
+    ap.add_argument("--analyse", action="store_true",
+                    help="report a flash + beep test pattern's skew and the beeps' spectrum")
     ap.add_argument("--user")
     ap.add_argument("--pass", dest="password")
     ap.add_argument("--token")

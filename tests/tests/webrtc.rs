@@ -260,6 +260,11 @@ fn chromium_publish_page_to_play_page() {
 
 /// Runs the pages script and returns its report.
 fn chromium_pages(publish: Option<String>, play: &str, seconds: u32) -> Value {
+    chromium_pages_with(publish, play, seconds, &[])
+}
+
+/// As [`chromium_pages`], with more of the script's options (`--av`).
+fn chromium_pages_with(publish: Option<String>, play: &str, seconds: u32, extra: &[&str]) -> Value {
     let mut cmd = Command::new(peer("node"));
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
         .arg(peers_dir().join("node/node_modules"))
@@ -267,7 +272,7 @@ fn chromium_pages(publish: Option<String>, play: &str, seconds: u32) -> Value {
     if let Some(p) = publish {
         cmd.arg("--publish").arg(p);
     }
-    cmd.arg("--play").arg(play);
+    cmd.arg("--play").arg(play).args(extra);
     let out = run_bounded(&mut cmd, Duration::from_secs(90));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -465,16 +470,20 @@ fn chromium_over_ice_tcp() {
     assert_eq!(r["play"]["audio"], true, "{r}");
 }
 
-/// ffmpeg publishes H264 + AAC over RTMP, then over RTSP; an aiortc viewer plays the video
-/// over WHEP. AAC cannot travel over WebRTC: the answer carries video only and the API says why.
+/// ffmpeg publishes H264 + AAC over RTMP, then over RTSP; an aiortc viewer plays them over
+/// WHEP. AAC cannot travel over WebRTC: on a path with `audioTranscode: no` the answer carries
+/// video only and the API says why; elsewhere the AAC arrives as Opus.
 #[test]
 fn rtmp_and_rtsp_to_whep() {
     let dir = scratch("webrtc-rtmp-whep");
-    let server = TestServer::start("");
+    let server =
+        TestServer::start("paths:\n  '~^plain/':\n    audioTranscode: no\n  all_others:\n");
     for (path, url, format) in [
+        ("plain/rtmp", server.rtmp_url("plain/rtmp"), "flv"),
+        ("plain/rtsp", server.rtsp_url("plain/rtsp"), "rtsp"),
         ("live/rtmp", server.rtmp_url("live/rtmp"), "flv"),
-        ("live/rtsp", server.rtsp_url("live/rtsp"), "rtsp"),
     ] {
+        let bridged = path.starts_with("live/");
         let mut publisher = ffmpeg_publish(&url, 30, format, &dir);
         server.wait_ready(path, READY);
         let mut viewer = webrtc_peer(&["whep", &server.webrtc_url(path, "whep"), "--seconds", "6"]);
@@ -489,8 +498,9 @@ fn rtmp_and_rtsp_to_whep() {
         );
         let session = s.iter().find(|x| x["path"] == path).unwrap();
         let warnings = session["warnings"].to_string();
-        assert!(
-            warnings.contains("MPEG-4 Audio") && warnings.contains("cannot carry"),
+        assert_eq!(
+            warnings.contains("MPEG-4 Audio") && warnings.contains("audioTranscode is off"),
+            !bridged,
             "{warnings}"
         );
         let report = viewer_report(&mut viewer);
@@ -501,15 +511,20 @@ fn rtmp_and_rtsp_to_whep() {
             (v["width"].as_u64(), v["height"].as_u64()),
             (Some(640), Some(360))
         );
-        assert_eq!(v["audio_frames"], 0, "{v}");
-        assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
+        if bridged {
+            assert!(v["audio_frames"].as_u64().unwrap() >= 150, "{v}");
+            assert_eq!(v["kinds"], serde_json::json!(["video", "audio"]), "{v}");
+        } else {
+            assert_eq!(v["audio_frames"], 0, "{v}");
+            assert_eq!(v["kinds"], serde_json::json!(["video"]), "{v}");
+        }
         publisher.kill9();
     }
 }
 
-/// The WHEP viewers of one stream share one muxer and one writer (the fan-out engine): three
-/// viewers decode live video while the stream runs exactly one egress, which goes with the
-/// last viewer; a viewer that joins later starts a new one; when the publisher leaves, the
+/// The WHEP viewers of one stream share one muxer and one writer (the fan-out engine), and one
+/// AAC → Opus transcoder: three viewers decode live video while the stream runs exactly one
+/// egress and one transcoder, which go with the last viewer; a viewer that joins later starts a new one; when the publisher leaves, the
 /// writer ends its viewers' sessions.
 #[test]
 fn whep_viewers_share_one_writer_that_goes_with_them() {
@@ -539,6 +554,11 @@ fn whep_viewers_share_one_writer_that_goes_with_them() {
         1,
         "one WHEP egress for three viewers"
     );
+    assert_eq!(
+        stream.running_transcoders().len(),
+        1,
+        "one AAC → Opus transcoder for three viewers"
+    );
     let report = viewer_report(&mut viewers);
     for v in report["viewers"].as_array().unwrap() {
         assert_live_video(v, 4.0, 25.0);
@@ -558,6 +578,10 @@ fn whep_viewers_share_one_writer_that_goes_with_them() {
         stream.running_egresses(),
         0,
         "the egress outlived its viewers"
+    );
+    assert!(
+        stream.running_transcoders().is_empty(),
+        "the transcoder outlived its viewers"
     );
 
     // A later viewer starts a fresh writer; the publisher leaving ends its session.
@@ -1049,4 +1073,242 @@ fn cpu_ticks() -> u64 {
     let after = &s[s.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// ffmpeg arguments for a flash + beep test pattern (the first 100 ms of each second white
+/// and a 1 kHz tone at 0.8, else black and silence), H.264 baseline + AAC-LC 48 kHz stereo, in
+/// real time for `seconds`.
+fn flash_beep_source(seconds: u32) -> Vec<String> {
+    let mut a: Vec<String> = ["-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+        .map(String::from)
+        .to_vec();
+    a.extend(["-f", "lavfi", "-i"].map(String::from));
+    a.push(
+        "color=c=black:s=640x360:r=30,\
+         drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='lt(mod(t,1),0.1)'"
+            .into(),
+    );
+    a.extend(["-f", "lavfi", "-i"].map(String::from));
+    a.push("aevalsrc='if(lt(mod(t,1),0.1),0.8*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.8*sin(2*PI*1000*t),0)':s=48000".into());
+    let rest = format!(
+        "-t {seconds} -map 0:v -map 1:a \
+         -c:v libx264 -preset ultrafast -tune zerolatency -profile:v baseline -pix_fmt yuv420p \
+         -g 30 -keyint_min 30 -sc_threshold 0 -b:v 800k \
+         -c:a aac -b:a 128k -ac 2 -ar 48000"
+    );
+    a.extend(rest.split_whitespace().map(String::from));
+    a
+}
+
+fn publish_flash_beep(url: &str, format: &str, seconds: u32, dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(flash_beep_source(seconds))
+        .args(["-f", format, url]);
+    PeerProcess::spawn(&format!("ffmpeg-flash-{format}"), &mut cmd, dir)
+}
+
+/// The running transcoders of a path, from the API.
+fn transcoders(server: &TestServer, path: &str) -> Value {
+    get_json(server.api_addr(), &format!("/v3/paths/get/{path}"))["transcoders"].clone()
+}
+
+/// What an aiortc viewer of the flash + beep pattern heard and saw: Opus audio whose beeps
+/// peak at 1 kHz (± 20 Hz), and beeps within 80 ms of their flashes for every second.
+fn assert_lip_sync(v: &Value, seconds: f64, what: &str) {
+    let a = &v["analysis"];
+    eprintln!("{what}: {a}");
+    assert!(
+        v["audio_frames"].as_u64().unwrap() >= (seconds * 40.0) as u64,
+        "{what}: {v}"
+    );
+    assert_eq!(a["audio_rate"], 48000, "{what}: {a}");
+    let hz = a["beep_peak_hz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 1000.0).abs() <= 20.0, "{what}: beeps peak at {hz} Hz");
+    assert!(
+        a["audio_peak_amplitude"].as_f64().unwrap() > 0.5,
+        "{what}: {a}"
+    );
+    let skews: Vec<f64> = a["skews_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    let flashes = a["flashes"].as_u64().unwrap() as usize;
+    assert!(
+        flashes as f64 >= seconds - 4.0,
+        "{what}: {flashes} flashes: {a}"
+    );
+    assert!(
+        skews.len() + 1 >= flashes,
+        "{what}: a flash without its beep: {a}"
+    );
+    let worst = skews.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+    assert!(
+        worst <= 80.0,
+        "{what}: audio/video skew up to {worst} ms: {a}"
+    );
+}
+
+/// The audio bridge: ffmpeg publishes H.264 + AAC (a flash + beep pattern) over RTMP and SRT,
+/// and an RTSP camera (GStreamer, AAC) is pulled; aiortc viewers get the AAC as Opus over WHEP,
+/// decoded: the beeps peak at 1 kHz and stay within 80 ms of their flashes over 20 s. One
+/// transcoder per stream, listed by the API while it has viewers and gone after them; a path
+/// with `audioTranscode: no` runs none and its viewer is told why.
+#[test]
+fn aac_reaches_whep_viewers_as_opus_in_sync() {
+    let _turn = heavy();
+    let dir = scratch("webrtc-bridge");
+    let cam_port = tidegate_tests::peers::free_port();
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtsp://127.0.0.1:{cam_port}/cam\n    rtspTransport: tcp\n  \
+         plain:\n    audioTranscode: no\n  all_others:\n"
+    ));
+    let mut camera = Command::new("/usr/bin/python3");
+    camera
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py"))
+        .args(["--port", &cam_port.to_string(), "--pattern", "flash"])
+        .args(["--max-seconds", "90"]);
+    let _camera = PeerProcess::spawn("gst-camera-flash", &mut camera, &dir);
+    let _rtmp = publish_flash_beep(&server.rtmp_url("rtmp"), "flv", 60, &dir);
+    let srt_url = server.srt_url("publish:srt", "&latency=200000");
+    let _srt = publish_flash_beep(&srt_url, "mpegts", 60, &dir);
+    let _plain = publish_flash_beep(&server.rtmp_url("plain"), "flv", 60, &dir);
+    for p in ["rtmp", "srt", "cam", "plain"] {
+        server.wait_ready(p, Duration::from_secs(30));
+    }
+    assert_eq!(transcoders(&server, "rtmp"), serde_json::json!([]));
+    let seconds = 20;
+    let mut viewers: Vec<(&str, PeerProcess)> = ["rtmp", "srt", "cam"]
+        .into_iter()
+        .map(|p| {
+            let url = server.webrtc_url(p, "whep");
+            let secs = seconds.to_string();
+            let mut cmd = webrtc_peer(&["whep", &url, "--seconds", &secs, "--analyse"]);
+            (
+                p,
+                PeerProcess::spawn(&format!("aiortc-whep-{p}"), &mut cmd, &dir),
+            )
+        })
+        .collect();
+    let mut plain = webrtc_peer(&[
+        "whep",
+        &server.webrtc_url("plain", "whep"),
+        "--seconds",
+        "4",
+    ]);
+    let mut plain = PeerProcess::spawn("aiortc-whep-plain", &mut plain, &dir);
+    // While they play: one transcoder per stream, none on the plain path; each viewer's
+    // tracks say what it gets.
+    let s = wait_sessions(
+        &server,
+        |s| {
+            s.iter()
+                .filter(|x| x["peerConnectionEstablished"] == true)
+                .count()
+                >= 4
+        },
+        Duration::from_secs(20),
+    );
+    for p in ["rtmp", "srt", "cam"] {
+        assert_eq!(
+            transcoders(&server, p),
+            serde_json::json!(["MPEG-4 Audio → Opus 128 kbit/s"]),
+            "{p}"
+        );
+        let session = s.iter().find(|x| x["path"] == p).expect("a session");
+        assert!(
+            session["tracks"]
+                .to_string()
+                .contains("MPEG-4 Audio → Opus"),
+            "{session}"
+        );
+    }
+    assert_eq!(transcoders(&server, "plain"), serde_json::json!([]));
+    let session = s.iter().find(|x| x["path"] == "plain").expect("a session");
+    assert!(
+        session["droppedTracks"]
+            .to_string()
+            .contains("audioTranscode is off"),
+        "{session}"
+    );
+    let r = viewer_report(&mut plain);
+    assert_eq!(r["viewers"][0]["audio_frames"], 0, "{r}");
+    for (p, viewer) in &mut viewers {
+        let r = viewer_report(viewer);
+        let v = &r["viewers"][0];
+        assert_live_video(v, seconds as f64 - 4.0, 25.0);
+        assert_lip_sync(v, seconds as f64 - 2.0, p);
+    }
+    // The transcoders go with their last viewer.
+    for p in ["rtmp", "srt", "cam"] {
+        let end = Instant::now() + Duration::from_secs(10);
+        while transcoders(&server, p) != serde_json::json!([]) {
+            assert!(
+                Instant::now() < end,
+                "{p}: a transcoder outlived its viewers"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The audio bridge in a browser: ffmpeg publishes the flash + beep pattern (H.264 + AAC) over
+/// RTMP; the built-in play page in headless Chromium gets the AAC as Opus. What it plays peaks
+/// at 1 kHz (± 20 Hz), and each beep is heard within 80 ms of its flash being shown once the
+/// browser's lip sync has settled (it needs sender reports of both tracks in one media stream,
+/// which this checks too).
+#[test]
+fn aac_reaches_chromium_as_opus_in_sync() {
+    let _turn = heavy();
+    let dir = scratch("webrtc-bridge-chromium");
+    let server = TestServer::start("");
+    let _rtmp = publish_flash_beep(&server.rtmp_url("beep"), "flv", 60, &dir);
+    server.wait_ready("beep", READY);
+    let r = chromium_pages_with(None, &server.webrtc_url("beep", ""), 20, &["--av"]);
+    eprintln!("Chromium: {r}");
+    assert_eq!(r["external"], serde_json::json!([]), "{r}");
+    let play = &r["play"];
+    assert_eq!(play["audio"], true, "{r}");
+    assert!(play["frames"].as_u64().unwrap() >= 400, "{r}");
+    let av = &r["av"];
+    let hz = av["peakHz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 20.0,
+        "the played audio peaks at {hz} Hz: {av}"
+    );
+    assert!(av["amplitude"].as_f64().unwrap() > 0.3, "{av}");
+    let skews: Vec<f64> = av["skewsMs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert!(skews.len() >= 15, "{av}");
+    // Chromium moves its audio and video delays together step by step once it has two sender
+    // reports of each (one a second): it starts with its audio jitter buffer's lead (about
+    // 100 ms here, the same as with Opus from the publisher) and is in sync within 10 s.
+    let worst_start = skews.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+    assert!(
+        worst_start <= 200.0,
+        "audio/video skew up to {worst_start} ms: {av}"
+    );
+    let settled = &skews[skews.len() - 8..];
+    let worst = settled.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+    assert!(
+        worst <= 80.0,
+        "audio/video skew up to {worst} ms in the last 8 s: {av}"
+    );
+    // What the receivers deliver (delivery time less RTP time, audio less video).
+    let sync = av["syncMedianMs"].as_f64().unwrap();
+    assert!(sync.abs() <= 40.0, "delivery skew {sync} ms: {av}");
+    // Sender reports for both tracks, which is what lets the browser synchronise them.
+    let reports = av["rtc"].as_array().unwrap();
+    for kind in ["audio", "video"] {
+        let n = reports
+            .iter()
+            .find(|r| r["kind"] == kind && r["senderReports"].is_number())
+            .map_or(0, |r| r["senderReports"].as_u64().unwrap());
+        assert!(n >= 15, "{kind}: {n} sender reports in 20 s: {av}");
+    }
 }

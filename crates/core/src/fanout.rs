@@ -147,10 +147,14 @@ impl Stream {
         e
     }
 
-    /// Egresses of this stream that are running now (for tests and stats).
+    /// Egresses of this stream that are running now, its transcoded views' included (for
+    /// tests and stats).
     pub fn running_egresses(&self) -> usize {
-        let reg = self.egresses().0.lock().unwrap_or_else(|e| e.into_inner());
-        reg.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
+        let own = {
+            let reg = self.egresses().0.lock().unwrap_or_else(|e| e.into_inner());
+            reg.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
+        };
+        own + self.view_egresses()
     }
 }
 

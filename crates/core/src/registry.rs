@@ -108,6 +108,9 @@ pub struct PathInfo {
     pub reader_skips: u64,
     /// Frames the ingest could not rebuild (see [`crate::stream::StreamStats`]).
     pub frames_in_error: u64,
+    /// Running transcoders of the path's stream (the audio bridge), e.g.
+    /// `MPEG-4 Audio → Opus 128 kbit/s`.
+    pub transcoders: Vec<String>,
 }
 
 struct PublisherSlot {
@@ -597,6 +600,7 @@ fn active_info(name: &str, e: &PathEntry) -> PathInfo {
         readers: e.readers.values().map(|r| (r.kind, r.id)).collect(),
         reader_skips: stream.map_or(0, |s| s.stats().reader_skips.load(Ordering::Relaxed)),
         frames_in_error: stream.map_or(0, |s| s.stats().frames_in_error.load(Ordering::Relaxed)),
+        transcoders: stream.map(|s| s.running_transcoders()).unwrap_or_default(),
     }
 }
 
@@ -614,6 +618,7 @@ fn idle_info(name: &str, conf: &PathConf) -> PathInfo {
         readers: Vec::new(),
         reader_skips: 0,
         frames_in_error: 0,
+        transcoders: Vec::new(),
     }
 }
 

@@ -85,6 +85,10 @@ struct Resume {
 /// beyond the wall-clock gap, so that no track's timestamps go back.
 const RESUME_MARGIN_US: i64 = 100_000;
 
+/// How long before a reader subscribes "from the next keyframe" a keyframe may have arrived and
+/// still count as next (it was on its way through an egress).
+const LIVE_MARGIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The live frames of one publish.
 pub struct Stream {
     inner: Mutex<Inner>,
@@ -339,6 +343,7 @@ impl Stream {
             rx,
             backlog,
             resync,
+            live_after: None,
             skips: 0,
             frames_skipped: 0,
         }
@@ -351,6 +356,9 @@ impl Stream {
         if !r.backlog.is_empty() {
             r.backlog.clear();
             r.resync = true;
+        }
+        if r.resync {
+            r.live_after = std::time::Instant::now().checked_sub(LIVE_MARGIN);
         }
         r
     }
@@ -389,6 +397,9 @@ pub struct StreamReader {
     backlog: VecDeque<Arc<Frame>>,
     /// Dropping frames until the next keyframe of the key track.
     resync: bool,
+    /// While resyncing at the start: a keyframe that arrived (at the ingest) before this is
+    /// not "next" (an egress that starts replays its source's GOP cache into its output).
+    live_after: Option<std::time::Instant>,
     skips: u64,
     frames_skipped: u64,
 }
@@ -463,8 +474,10 @@ impl StreamReader {
         match got {
             Ok(frame) => {
                 if self.resync {
-                    if frame.keyframe && Some(frame.track) == self.stream.key_track {
+                    let live = self.live_after.is_none_or(|t| frame.received >= t);
+                    if frame.keyframe && Some(frame.track) == self.stream.key_track && live {
                         self.resync = false;
+                        self.live_after = None;
                     } else {
                         return Ok(None);
                     }

@@ -129,6 +129,16 @@ impl Stream {
         Ok(t)
     }
 
+    /// Egresses running on this stream's transcoded views.
+    pub(crate) fn view_egresses(&self) -> usize {
+        let running = self.extension(Running::default);
+        let views: Vec<Arc<Transcoded>> = {
+            let reg = running.0.lock().unwrap_or_else(|e| e.into_inner());
+            reg.iter().filter_map(|(_, w)| w.upgrade()).collect()
+        };
+        views.iter().map(|t| t.out.running_egresses()).sum()
+    }
+
     /// Labels of this stream's running transcoded views (API, tests).
     pub fn running_transcoders(&self) -> Vec<String> {
         let running = self.extension(Running::default);

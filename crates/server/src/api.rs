@@ -185,6 +185,8 @@ struct ApiPath {
     readers: Vec<SessionRef>,
     reader_skips: u64,
     inbound_frames_in_error: u64,
+    /// Tidegate's addition: the running audio transcoders (`audioTranscode`).
+    transcoders: Vec<String>,
     /// Tidegate's addition: the `push:` destinations and their state.
     push: Vec<ApiRelay>,
     /// Tidegate's addition: the state of a pulled `source`, if any.
@@ -258,6 +260,7 @@ impl From<PathInfo> for ApiPath {
                 .collect(),
             reader_skips: p.reader_skips,
             inbound_frames_in_error: p.frames_in_error,
+            transcoders: p.transcoders,
             push: Vec::new(),
             source_relay: None,
         }

@@ -184,6 +184,41 @@ fn complete_rejected_media(offer: &str, answer: &str) -> String {
     out
 }
 
+/// A viewer's tracks in one media stream: browsers synchronise audio and video (lip sync,
+/// from the RTCP sender reports) only between tracks of one stream (the `msid` stream id),
+/// and str0m gives each medium it answers a random one of its own.
+fn one_media_stream(answer: &str) -> String {
+    let id_of = |l: &str| -> Option<String> {
+        let rest = l
+            .strip_prefix("a=msid:")
+            .or_else(|| l.split_once(" msid:").map(|(_, r)| r))?;
+        rest.split_whitespace().next().map(str::to_string)
+    };
+    let Some(stream) = answer
+        .split("\r\n")
+        .filter(|l| l.starts_with("a=msid:") || l.starts_with("a=ssrc:"))
+        .find_map(id_of)
+    else {
+        return answer.to_string();
+    };
+    let mut out = String::with_capacity(answer.len());
+    for line in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        let fixed = if line.starts_with("a=msid-semantic:") {
+            format!("a=msid-semantic: WMS {stream}")
+        } else if let (true, Some(id)) = (
+            line.starts_with("a=msid:") || line.starts_with("a=ssrc:"),
+            id_of(line),
+        ) {
+            line.replacen(&format!("msid:{id}"), &format!("msid:{stream}"), 1)
+        } else {
+            line.to_string()
+        };
+        out.push_str(&fixed);
+        out.push_str("\r\n");
+    }
+    out
+}
+
 fn codec_sdp_name(c: RtcCodec) -> &'static str {
     match c {
         RtcCodec::H264 => "H264",
@@ -226,6 +261,8 @@ struct OutTrack {
 
 struct Whep {
     reader: Reader,
+    /// The stream with its AAC track as Opus (the audio bridge), when the viewer gets it so.
+    transcoded: Option<Arc<tidegate_core::Transcoded>>,
     /// Every track is cut once per stream by the engine's [`media::RtcMuxer`] and written as
     /// RTP (str0m's RTP mode) by the stream's [`writer`]; otherwise (VP8, VP9, AV1) this
     /// session reads the stream's frames (`sub`) and str0m's packetizers cut them.
@@ -233,6 +270,37 @@ struct Whep {
     sub: Option<StreamReader>,
     /// RTP mode: the viewer's place with its stream's writer, once connected.
     joined: Option<writer::Joined>,
+}
+
+impl Whep {
+    /// The stream the viewer's frames come from: the path's, or its transcoded view.
+    fn stream(&self) -> &Arc<tidegate_core::Stream> {
+        match &self.transcoded {
+            Some(t) => t.stream(),
+            None => self.reader.stream(),
+        }
+    }
+}
+
+/// Whether `track` (AAC) reaches this viewer as Opus, and the running bridge if so.
+fn bridge_aac(
+    reader: &Reader,
+    track: &tidegate_core::Track,
+    offered: &[String],
+) -> Result<Arc<tidegate_core::Transcoded>, String> {
+    let conf = reader.conf();
+    if !conf.audio_transcode {
+        return Err("browsers' WebRTC has no AAC, and audioTranscode is off for this path".into());
+    }
+    if !offered.iter().any(|o| o == codec_sdp_name(RtcCodec::Opus)) {
+        return Err("browsers' WebRTC has no AAC, and the client did not offer Opus".into());
+    }
+    if let Some(why) = tidegate_transcode::why_not_opus(track) {
+        return Err(format!(
+            "browsers' WebRTC has no AAC, and it cannot be transcoded: {why}"
+        ));
+    }
+    tidegate_transcode::aac_to_opus(reader.stream(), conf.audio_transcode_bitrate)
 }
 
 /// A session's `Rtc` and what the stream's writer needs of it (RTP-mode viewers), shared by
@@ -253,6 +321,46 @@ pub(crate) struct Core {
     connected: bool,
     /// A viewer that joined waits for a video keyframe (when it receives video).
     waiting_key: bool,
+    /// The wall-clock times given to str0m for its sender reports.
+    wallclock: Wallclock,
+}
+
+/// Wall-clock times for a viewer's frames, from their timestamps: one mapping for every
+/// track, so that each track's RTCP sender reports map RTP time to the same clock and the
+/// viewer's lip sync follows the publisher's timestamps, not the order or jitter with which
+/// each track's frames arrived (or how late a transcoder finished them). The mapping is the
+/// earliest arrival seen (arrival less time), so no frame's wall-clock time is in the future
+/// (str0m's sender reports need that); it starts again after a jump in the timestamps.
+#[derive(Default)]
+struct Wallclock {
+    /// An arrival instant and the frame's time (µs) then.
+    anchor: Option<(Instant, i64)>,
+}
+
+impl Wallclock {
+    /// A frame later than the mapping by more than this is a jump in the timestamps.
+    const JUMP: Duration = Duration::from_secs(1);
+
+    fn at(&mut self, f: &Frame, clock: u32) -> Instant {
+        let us = tidegate_core::rescale(f.pts, clock, 1_000_000);
+        if let Some((at, base)) = self.anchor {
+            let d = us - base;
+            let mapped = if d >= 0 {
+                at.checked_add(Duration::from_micros(d as u64))
+            } else {
+                at.checked_sub(Duration::from_micros(d.unsigned_abs()))
+            };
+            if let Some(t) = mapped {
+                if t <= f.received && f.received - t <= Self::JUMP {
+                    return t;
+                }
+            }
+        }
+        // The first frame, one that came earlier than the mapping (the mapping moves to it),
+        // or a jump.
+        self.anchor = Some((f.received, us));
+        f.received
+    }
 }
 
 impl Core {
@@ -266,6 +374,7 @@ impl Core {
             early: false,
             connected: false,
             waiting_key: false,
+            wallclock: Wallclock::default(),
         }
     }
 
@@ -343,13 +452,14 @@ impl Core {
                 }
             };
             let time = media::rtp_time(f.pts, out.clock, out.codec);
+            let wall = self.wallclock.at(f, out.clock);
             let mut api = self.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
             };
             for (marker, p) in payloads {
                 tx.write_rtp(
-                    RtpWrite::new(pt, out.seq.into(), time, f.received, p.clone())
+                    RtpWrite::new(pt, out.seq.into(), time, wall, p.clone())
                         .marker(*marker)
                         .nackable(video),
                 );
@@ -419,7 +529,11 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .clear_codecs()
-        .set_stats_interval(Some(Duration::from_secs(1)));
+        .set_stats_interval(Some(Duration::from_secs(1)))
+        // Sender reports once a second for audio too (str0m's default is every 5 s): a browser
+        // synchronises audio with video only after two reports of each, so lip sync would
+        // wait ten seconds.
+        .set_rtcp_report_interval_audio(Duration::from_secs(1));
     let mut warnings = Vec::new();
     // A viewer's tracks: carried, and left out with why (the API shows it).
     let mut carriage: Option<tidegate_core::Carriage> = None;
@@ -467,6 +581,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
             let mut have_video = false;
             let mut have_audio = false;
             let mut c_out = tidegate_core::Carriage::default();
+            let mut transcoded = None;
             for t in &desc.tracks {
                 let video = t.codec().is_video();
                 let name = t.codec().name();
@@ -477,21 +592,37 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                     ));
                     continue;
                 }
-                let Some(c) = media::rtc_codec(&t.params) else {
-                    warnings.push(format!(
-                        "track {} ({name}) is not sent: WebRTC cannot carry it",
-                        t.id,
-                    ));
-                    c_out.dropped.push((
-                        name,
-                        if matches!(t.params, tidegate_core::CodecParams::Aac { .. }) {
-                            "browsers' WebRTC has no AAC, and audio transcoding is not built yet"
-                                .into()
-                        } else {
-                            format!("WebRTC cannot carry {name}")
-                        },
-                    ));
-                    continue;
+                let mut clock = t.clock_rate;
+                let mut carried = name;
+                let c = match media::rtc_codec(&t.params) {
+                    Some(c) => c,
+                    None if matches!(t.params, tidegate_core::CodecParams::Aac { .. }) => {
+                        // The audio bridge: AAC → Opus, once per stream.
+                        match bridge_aac(&reader, t, &offered) {
+                            Ok(v) => {
+                                transcoded = Some(v);
+                                clock = 48_000;
+                                carried = "MPEG-4 Audio → Opus";
+                                RtcCodec::Opus
+                            }
+                            Err(why) => {
+                                warnings
+                                    .push(format!("track {} ({name}) is not sent: {why}", t.id));
+                                c_out.dropped.push((name, why));
+                                continue;
+                            }
+                        }
+                    }
+                    None => {
+                        warnings.push(format!(
+                            "track {} ({name}) is not sent: WebRTC cannot carry it",
+                            t.id,
+                        ));
+                        c_out
+                            .dropped
+                            .push((name, format!("WebRTC cannot carry {name}")));
+                        continue;
+                    }
                 };
                 if !offered.iter().any(|o| o == codec_sdp_name(c)) {
                     warnings.push(format!(
@@ -503,7 +634,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                         .push((name, "the client did not offer it".into()));
                     continue;
                 }
-                c_out.carried.push(name);
+                c_out.carried.push(carried);
                 cfg = enable(cfg, c);
                 if video {
                     have_video = true;
@@ -518,7 +649,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
                     } else {
                         MediaKind::Audio
                     },
-                    clock: t.clock_rate,
+                    clock,
                     mid: None,
                     pt: None,
                     seq: u64::from(tidegate_core::text::random_u64() as u16),
@@ -550,6 +681,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
             RoleState::Whep(Box::new(Whep {
                 rtp_mode,
                 reader,
+                transcoded,
                 sub: None,
                 joined: None,
             }))
@@ -586,7 +718,10 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| Refused::new(400, format!("cannot answer the offer: {e}")))?;
-    let answer = complete_rejected_media(req.offer, &answer.to_sdp_string());
+    let mut answer = complete_rejected_media(req.offer, &answer.to_sdp_string());
+    if req.role == Role::Whep {
+        answer = one_media_stream(&answer);
+    }
 
     let guard = inner.sessions.add(id, req.remote);
     let role = match req.role {
@@ -758,7 +893,7 @@ impl Task {
             if let RoleState::Whep(w) = &mut state {
                 if ctx.connected && w.rtp_mode && w.joined.is_none() {
                     // Frames come from the stream's writer from now on.
-                    w.joined = Some(writer::join(&self.inner, w.reader.stream(), cell.clone()));
+                    w.joined = Some(writer::join(&self.inner, w.stream(), cell.clone()));
                 }
             }
             let timeout = match turned {
@@ -971,7 +1106,7 @@ impl Task {
                 );
                 if let RoleState::Whep(w) = state {
                     // Join live, at the next keyframe, and ask the publisher for one now.
-                    let stream = w.reader.stream().clone();
+                    let stream = w.stream().clone();
                     if w.rtp_mode {
                         // The stream's writer takes it from here (joined after this turn).
                         core.connected = true;
@@ -1116,7 +1251,8 @@ impl Task {
         };
         // VP8, VP9 and AV1 frames are what str0m's packetizers take, as they are.
         let time = media::media_time(frame.pts, out.clock, out.codec);
-        if let Err(e) = writer.write(pt, frame.received, time, frame.data.to_vec()) {
+        let wall = core.wallclock.at(frame, out.clock);
+        if let Err(e) = writer.write(pt, wall, time, frame.data.to_vec()) {
             tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
         }
         Ok(())
@@ -1157,6 +1293,19 @@ mod tests {
         assert_eq!(
             fixed,
             "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=sendonly\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=mid:1\r\na=inactive\r\n"
+        );
+    }
+
+    #[test]
+    fn a_viewers_tracks_share_one_media_stream() {
+        let answer = "v=0\r\na=msid-semantic: WMS AAA BBB\r\nm=video 9 X 96\r\na=msid:AAA v1\r\n\
+                      a=ssrc:1 cname:c1\r\na=ssrc:1 msid:AAA v1\r\nm=audio 9 X 111\r\n\
+                      a=msid:BBB a1\r\na=ssrc:2 msid:BBB a1\r\n";
+        assert_eq!(
+            one_media_stream(answer),
+            "v=0\r\na=msid-semantic: WMS AAA\r\nm=video 9 X 96\r\na=msid:AAA v1\r\n\
+             a=ssrc:1 cname:c1\r\na=ssrc:1 msid:AAA v1\r\nm=audio 9 X 111\r\n\
+             a=msid:AAA a1\r\na=ssrc:2 msid:AAA a1\r\n"
         );
     }
 

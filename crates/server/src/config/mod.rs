@@ -401,6 +401,11 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         }),
     ),
     ("maxReaders", set!(max_readers, |v| uint_in(v, 0, u32::MAX))),
+    ("audioTranscode", set!(audio_transcode, boolean)),
+    (
+        "audioTranscodeBitrate",
+        set!(audio_transcode_bitrate, |v| uint_in(v, 6_000, 510_000)),
+    ),
     ("push", set!(push, push_list)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
     ("sourceFingerprint", set!(source_fingerprint, fingerprint)),
