@@ -1429,3 +1429,148 @@ fn mp3_over_rtsp_both_ways() {
         assert!(secs > 4.5, "{name}: {secs} s of audio decoded from 5 s");
     }
 }
+
+/// Mono samples (the first channel) of a 16-bit little-endian WAV file written by ffmpeg,
+/// with its sample rate and channel count.
+fn wav_samples(file: &Path) -> (u32, u16, Vec<f32>) {
+    let b = std::fs::read(file).unwrap();
+    assert_eq!(&b[..4], b"RIFF", "{}", file.display());
+    let mut at = 12;
+    let (mut rate, mut channels, mut bits) = (0u32, 0u16, 0u16);
+    while at + 8 <= b.len() {
+        let id = &b[at..at + 4];
+        let len = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
+        let body = &b[at + 8..(at + 8 + len).min(b.len())];
+        if id == b"fmt " {
+            channels = u16::from_le_bytes([body[2], body[3]]);
+            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
+            bits = u16::from_le_bytes([body[14], body[15]]);
+        } else if id == b"data" {
+            assert_eq!(bits, 16, "{}", file.display());
+            let step = 2 * usize::from(channels);
+            let samples = body
+                .chunks_exact(step)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+                .collect();
+            return (rate, channels, samples);
+        }
+        at += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in {}", file.display());
+}
+
+/// The strongest frequency of `pcm` between 200 Hz and 4 kHz, 5 Hz steps (Goertzel).
+fn tone_peak(pcm: &[f32], rate: u32) -> f64 {
+    let power = |freq: f64| {
+        let c = 2.0 * (2.0 * std::f64::consts::PI * freq / f64::from(rate)).cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in pcm {
+            let s = f64::from(x) + c * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - c * s1 * s2
+    };
+    (40..800)
+        .map(|i| f64::from(i) * 5.0)
+        .max_by(|a, b| power(*a).total_cmp(&power(*b)))
+        .unwrap()
+}
+
+/// Sample-based audio over RTP both ways (RFC 3551): ffmpeg publishes a 1 kHz tone over RTSP
+/// as G.722, G.726-32 (both bit orders), L16 and L24; ffmpeg reads each back over RTSP and
+/// decodes it: the sample rate and channels the codec has, 5 s of audio from 5 s read, and the
+/// tone still at 1 kHz (± 20 Hz). The API names the codec.
+#[test]
+fn g722_g726_and_lpcm_over_rtsp_both_ways() {
+    let dir = scratch("rtsp-sample-audio");
+    let server = TestServer::start("");
+    // (path, ffmpeg encoder and options, API name, rate and channels read back)
+    let cases: [(&str, &[&str], &str, u32, u16); 5] = [
+        (
+            "g722",
+            &["-c:a", "g722", "-ar", "16000", "-ac", "1"],
+            "G722",
+            16_000,
+            1,
+        ),
+        (
+            "g726le",
+            &["-c:a", "g726le", "-ar", "8000", "-ac", "1", "-b:a", "32k"],
+            "G726",
+            8000,
+            1,
+        ),
+        (
+            "g726be",
+            &["-c:a", "g726", "-ar", "8000", "-ac", "1", "-b:a", "32k"],
+            "G726",
+            8000,
+            1,
+        ),
+        (
+            "l16",
+            &["-c:a", "pcm_s16be", "-ar", "48000", "-ac", "2"],
+            "LPCM",
+            48_000,
+            2,
+        ),
+        (
+            "l24",
+            &["-c:a", "pcm_s24be", "-ar", "44100", "-ac", "2"],
+            "LPCM",
+            44_100,
+            2,
+        ),
+    ];
+    let mut publishers = Vec::new();
+    for (path, codec, _, _, _) in &cases {
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+            .args(["-t", "40"])
+            .args(*codec)
+            .args([
+                "-f",
+                "rtsp",
+                "-rtsp_transport",
+                "tcp",
+                &server.rtsp_url(path),
+            ]);
+        publishers.push(PeerProcess::spawn(
+            &format!("ffmpeg-{path}"),
+            &mut cmd,
+            &dir,
+        ));
+    }
+    for (path, _, name, rate, channels) in &cases {
+        server.wait_ready(path, READY);
+        assert_eq!(
+            server.paths().get(path).unwrap().tracks,
+            vec![*name],
+            "{path}"
+        );
+        let out = dir.join(format!("{path}.wav"));
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-rtsp_transport", "tcp", "-i", &server.rtsp_url(path)])
+            .args(["-t", "5", "-xerror", "-c:a", "pcm_s16le"])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{path}"), &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(60)).success(),
+            "{path}: {}",
+            reader.stderr()
+        );
+        let (r, ch, pcm) = wav_samples(&out);
+        assert_eq!((r, ch), (*rate, *channels), "{path}");
+        let secs = pcm.len() as f64 / f64::from(r);
+        assert!(secs > 4.5, "{path}: {secs} s of audio decoded from 5 s");
+        let peak = tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + r as usize / 2], r);
+        assert!(
+            (peak - 1000.0).abs() <= 20.0,
+            "{path}: the tone peaks at {peak} Hz"
+        );
+        eprintln!("{path}: {name} {r} Hz x{ch}, {secs:.2} s, tone at {peak} Hz");
+    }
+}

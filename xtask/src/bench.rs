@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc|webrtc-aiortc|rtmp-idle|record] [n...]`: performance figures, printed as
+//! `cargo xtask bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc|webrtc-aiortc|rtmp-idle|record|transcode] [n...]`: performance figures, printed as
 //! tables.
 //!
 //! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
@@ -13,6 +13,8 @@
 //!   (DTLS-SRTP, every packet decrypted): server CPU per viewer, memory, the added latency
 //!   (frame ingress -> datagrams sent, the server's histogram).
 //! - `webrtc-aiortc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers that decode.
+//! - `transcode`: the audio bridge (AAC -> Opus) per stream, in process and with 50 paths each
+//!   read by one WHEP viewer, against the same paths publishing Opus.
 //!
 //! Everything is built in release mode.
 

@@ -18,6 +18,9 @@ pub enum Codec {
     G711,
     Mp3,
     Ac3,
+    G722,
+    G726,
+    Lpcm,
 }
 
 impl Codec {
@@ -34,6 +37,9 @@ impl Codec {
             Codec::G711 => "G711",
             Codec::Mp3 => "MPEG-1/2 Audio",
             Codec::Ac3 => "AC3",
+            Codec::G722 => "G722",
+            Codec::G726 => "G726",
+            Codec::Lpcm => "LPCM",
         }
     }
 
@@ -90,6 +96,21 @@ pub enum CodecParams {
         sample_rate: u32,
         channels: u8,
     },
+    /// G.722 (16 kHz mono; its RTP clock is 8 kHz, RFC 3551).
+    G722,
+    /// G.726 ADPCM at 8 kHz mono, `bits` (2 to 5) per sample: 16, 24, 32 or 40 kbit/s.
+    /// `big_endian`: samples packed from the most significant bit (`AAL2-G726-*`), else
+    /// from the least (`G726-*`, RFC 3551).
+    G726 {
+        bits: u8,
+        big_endian: bool,
+    },
+    /// Linear PCM, big-endian signed samples of `bits` (16 or 24), interleaved.
+    Lpcm {
+        bits: u8,
+        sample_rate: u32,
+        channels: u8,
+    },
 }
 
 impl CodecParams {
@@ -105,6 +126,9 @@ impl CodecParams {
             CodecParams::G711 { .. } => Codec::G711,
             CodecParams::Mp3 => Codec::Mp3,
             CodecParams::Ac3 { .. } => Codec::Ac3,
+            CodecParams::G722 => Codec::G722,
+            CodecParams::G726 { .. } => Codec::G726,
+            CodecParams::Lpcm { .. } => Codec::Lpcm,
         }
     }
 }

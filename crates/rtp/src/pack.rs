@@ -19,6 +19,12 @@ pub enum PackKind {
     Vp9,
     /// MPEG audio (RFC 2250): whole frames, or pieces with their offsets.
     Mpa,
+    /// Sample-based audio (LPCM, G.722, G.726): `bytes` bytes take `ticks` of the RTP clock;
+    /// a frame larger than a packet is cut at multiples of `bytes`, the timestamp advancing.
+    Samples {
+        bytes: u32,
+        ticks: u32,
+    },
 }
 
 pub struct Packetizer {
@@ -150,6 +156,15 @@ impl Packetizer {
                 }
             }
             PackKind::Frame => self.packet(out, true, ts, &[data]),
+            PackKind::Samples { bytes, ticks } => {
+                let bytes = bytes.max(1) as usize;
+                let chunk = (room / bytes).max(1) * bytes;
+                let mut at = ts;
+                for piece in data.chunks(chunk) {
+                    self.packet(out, false, at, &[piece]);
+                    at = at.wrapping_add((piece.len() / bytes) as u32 * ticks);
+                }
+            }
             PackKind::Mpa => {
                 let pieces = crate::mpa::payloads(data, room);
                 let n = pieces.len();
@@ -178,6 +193,27 @@ mod tests {
     use super::*;
     use crate::depack::Depacketizer;
     use crate::packet::RtpPacket;
+
+    #[test]
+    fn sample_audio_is_cut_at_sample_boundaries_with_the_time_advancing() {
+        // L24 stereo: 6 bytes per sample frame, 1 tick each.
+        let mut p = Packetizer::new(PackKind::Samples { bytes: 6, ticks: 1 }, 96, 1, 0, 12 + 100);
+        let data: Vec<u8> = (0..600u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        p.packetize(&data, 1000, true, &mut out);
+        assert_eq!(out.len(), 7);
+        let mut at = 1000;
+        let mut joined = Vec::new();
+        for b in &out {
+            let pk = RtpPacket::parse(b).unwrap();
+            assert_eq!(pk.timestamp, at);
+            assert_eq!(pk.payload.len() % 6, 0);
+            assert!(pk.payload.len() <= 100);
+            at += (pk.payload.len() / 6) as u32;
+            joined.extend_from_slice(pk.payload);
+        }
+        assert_eq!(joined, data);
+    }
 
     fn round_trip(
         kind: PackKind,

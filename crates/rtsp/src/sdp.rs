@@ -62,6 +62,13 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
             match pt {
                 0 => (media.encoding, media.clock, media.channels) = ("PCMU".into(), 8000, Some(1)),
                 8 => (media.encoding, media.clock, media.channels) = ("PCMA".into(), 8000, Some(1)),
+                9 => (media.encoding, media.clock, media.channels) = ("G722".into(), 8000, Some(1)),
+                10 => {
+                    (media.encoding, media.clock, media.channels) = ("L16".into(), 44_100, Some(2))
+                }
+                11 => {
+                    (media.encoding, media.clock, media.channels) = ("L16".into(), 44_100, Some(1))
+                }
                 14 => (media.encoding, media.clock) = ("MPA".into(), 90_000),
                 _ => {}
             }
@@ -258,6 +265,51 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: true,
             h265: false,
         },
+        "G722" => Incoming {
+            params: Some(CodecParams::G722),
+            clock: 8000,
+            depack: Depacketizer::frame(),
+            video: false,
+            h265: false,
+        },
+        "L16" | "L24" => {
+            let channels = m.channels.unwrap_or(1);
+            if channels == 0 || channels > 8 {
+                return Err(format!("{enc} with {channels} channels"));
+            }
+            Incoming {
+                params: Some(CodecParams::Lpcm {
+                    bits: if enc == "L16" { 16 } else { 24 },
+                    sample_rate: m.clock.max(1),
+                    channels,
+                }),
+                clock: m.clock.max(1),
+                depack: Depacketizer::frame(),
+                video: false,
+                h265: false,
+            }
+        }
+        g if g.starts_with("G726-") || g.starts_with("AAL2-G726-") => {
+            let big_endian = g.starts_with("AAL2-");
+            let rate: u32 = g
+                .rsplit('-')
+                .next()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            if !matches!(rate, 16 | 24 | 32 | 40) {
+                return Err(format!("{g}: G.726 runs at 16, 24, 32 or 40 kbit/s"));
+            }
+            Incoming {
+                params: Some(CodecParams::G726 {
+                    bits: (rate / 8) as u8,
+                    big_endian,
+                }),
+                clock: 8000,
+                depack: Depacketizer::frame(),
+                video: false,
+                h265: false,
+            }
+        }
         other => return Err(format!("codec {other} is not supported over RTSP yet")),
     })
 }
@@ -368,6 +420,43 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 String::new(),
                 90_000,
                 PackKind::Vp9,
+            ),
+            CodecParams::G722 => (
+                "audio",
+                "G722/8000".to_string(),
+                String::new(),
+                8000,
+                // One byte is two 16 kHz samples: one tick of the 8 kHz RTP clock.
+                PackKind::Samples { bytes: 1, ticks: 1 },
+            ),
+            CodecParams::G726 { bits, big_endian } => (
+                "audio",
+                format!(
+                    "{}G726-{}/8000",
+                    if *big_endian { "AAL2-" } else { "" },
+                    u32::from(*bits) * 8
+                ),
+                String::new(),
+                8000,
+                // `bits` bytes hold eight samples.
+                PackKind::Samples {
+                    bytes: u32::from(*bits),
+                    ticks: 8,
+                },
+            ),
+            CodecParams::Lpcm {
+                bits,
+                sample_rate,
+                channels,
+            } => (
+                "audio",
+                format!("L{bits}/{sample_rate}/{channels}"),
+                String::new(),
+                *sample_rate,
+                PackKind::Samples {
+                    bytes: u32::from(*bits / 8) * u32::from(*channels),
+                    ticks: 1,
+                },
             ),
             _ => continue,
         };

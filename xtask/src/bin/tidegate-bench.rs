@@ -29,6 +29,8 @@ use tokio::net::TcpStream;
 
 #[path = "../bench_record.rs"]
 mod bench_record;
+#[path = "../bench_transcode.rs"]
+mod bench_transcode;
 #[path = "../bench_webrtc.rs"]
 mod bench_webrtc;
 
@@ -64,8 +66,9 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 7] = [
+    let benches: [(&str, &[usize], Bench); 8] = [
         ("record", &[20], bench_record::record),
+        ("transcode", &[50], bench_transcode::transcode),
         ("rtmp-idle", &[10_000], rtmp_idle),
         ("hls-readers", &[0, 200], hls_readers),
         ("webrtc", &[1, 100, 300], bench_webrtc::webrtc),
