@@ -2,7 +2,8 @@
 use libfuzzer_sys::fuzz_target;
 use tidegate_rtp::{Depacketizer, RtpPacket};
 
-// A sequence of RTP packets (each prefixed by a one-byte length) through every depacketizer.
+// A sequence of RTP packets (each prefixed by a one-byte length) through every depacketizer,
+// and each packet as a frame through the JPEG and MPEG video packetizers.
 fuzz_target!(|data: &[u8]| {
     let mut ds = [
         Depacketizer::h264(),
@@ -13,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
         Depacketizer::vp8(),
         Depacketizer::vp9(),
         Depacketizer::mpa(),
+        Depacketizer::jpeg(),
+        Depacketizer::mpeg4_video(),
+        Depacketizer::mpeg12_video(),
     ];
     let mut rest = data;
     let mut out = Vec::new();
@@ -20,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(n).min(tail.len());
         let (pkt, next) = tail.split_at(n);
         rest = next;
+        // The packetizers' parsers take whatever an ingest made of a frame.
+        let _ = tidegate_rtp::jpeg::payloads(pkt, 100);
+        let _ = tidegate_rtp::mpv::payloads(tidegate_rtp::mpv::Mpv::Mpeg12, pkt, 100);
         if let Ok(p) = RtpPacket::parse(pkt) {
             for d in ds.iter_mut() {
                 d.push(&p, &mut out);

@@ -1574,3 +1574,81 @@ fn g722_g726_and_lpcm_over_rtsp_both_ways() {
         eprintln!("{path}: {name} {r} Hz x{ch}, {secs:.2} s, tone at {peak} Hz");
     }
 }
+
+/// M-JPEG (RFC 2435), MPEG-4 Visual (RFC 6416) and MPEG-2 video (RFC 2250) over RTSP both
+/// ways: ffmpeg publishes each (testsrc2 at 640x360, 25 fps) over RTSP; ffmpeg reads it back
+/// over RTSP and decodes every frame (≥ 110 in 5 s at 640x360); the API names the codec; an
+/// HLS reader of the M-JPEG path is refused with the reason.
+#[test]
+fn mjpeg_mpeg4_and_mpeg2_video_over_rtsp_both_ways() {
+    let dir = scratch("rtsp-video-codecs");
+    let server = TestServer::start("");
+    let cases: [(&str, &[&str], &str); 3] = [
+        (
+            "mjpeg",
+            &[
+                "-c:v", "mjpeg", "-huffman", "default", "-pix_fmt", "yuvj420p", "-q:v", "5",
+            ],
+            "M-JPEG",
+        ),
+        (
+            "mpeg4",
+            &["-c:v", "mpeg4", "-q:v", "5", "-g", "25", "-bf", "0"],
+            "MPEG-4 Video",
+        ),
+        (
+            "mpeg2",
+            &["-c:v", "mpeg2video", "-q:v", "5", "-g", "25", "-bf", "0"],
+            "MPEG-1/2 Video",
+        ),
+    ];
+    let mut publishers = Vec::new();
+    for (path, codec, _) in &cases {
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
+            .args(["-t", "40"])
+            .args(*codec)
+            .args([
+                "-f",
+                "rtsp",
+                "-rtsp_transport",
+                "tcp",
+                &server.rtsp_url(path),
+            ]);
+        publishers.push(PeerProcess::spawn(
+            &format!("ffmpeg-{path}"),
+            &mut cmd,
+            &dir,
+        ));
+    }
+    for (path, _, name) in &cases {
+        server.wait_ready(path, READY);
+        assert_eq!(
+            server.paths().get(path).unwrap().tracks,
+            vec![*name],
+            "{path}"
+        );
+        let out = dir.join(format!("{path}.nut"));
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-rtsp_transport", "tcp", "-i", &server.rtsp_url(path)])
+            .args(["-t", "5", "-map", "0:v", "-c:v", "rawvideo", "-xerror"])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{path}"), &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(60)).success(),
+            "{path}: {}",
+            reader.stderr()
+        );
+        let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(p.dimensions(), Some((640, 360)), "{path}");
+        let frames = p.packets_of("video").len();
+        assert!(frames >= 110, "{path}: {frames} frames decoded in 5 s");
+        eprintln!("{path}: {name}, {frames} frames decoded in 5 s at 640x360");
+    }
+    let (status, body) =
+        tidegate_tests::http::request(server.hls_addr(), "GET", "/mjpeg/index.m3u8");
+    assert!(status >= 400, "HLS of M-JPEG: {status} {body}");
+    assert!(body.contains("M-JPEG"), "HLS of M-JPEG: {status} {body}");
+}

@@ -21,6 +21,9 @@ pub enum Codec {
     G722,
     G726,
     Lpcm,
+    Mjpeg,
+    Mpeg4Video,
+    Mpeg12Video,
 }
 
 impl Codec {
@@ -40,13 +43,23 @@ impl Codec {
             Codec::G722 => "G722",
             Codec::G726 => "G726",
             Codec::Lpcm => "LPCM",
+            Codec::Mjpeg => "M-JPEG",
+            Codec::Mpeg4Video => "MPEG-4 Video",
+            Codec::Mpeg12Video => "MPEG-1/2 Video",
         }
     }
 
     pub fn is_video(self) -> bool {
         matches!(
             self,
-            Codec::H264 | Codec::H265 | Codec::Av1 | Codec::Vp8 | Codec::Vp9
+            Codec::H264
+                | Codec::H265
+                | Codec::Av1
+                | Codec::Vp8
+                | Codec::Vp9
+                | Codec::Mjpeg
+                | Codec::Mpeg4Video
+                | Codec::Mpeg12Video
         )
     }
 }
@@ -111,6 +124,15 @@ pub enum CodecParams {
         sample_rate: u32,
         channels: u8,
     },
+    /// Motion JPEG: each frame a whole baseline JPEG image.
+    Mjpeg,
+    /// MPEG-4 Part 2 video: `config` is the visual object sequence header up to the VOL
+    /// (empty when it only comes in band).
+    Mpeg4Video {
+        config: Bytes,
+    },
+    /// MPEG-1 or MPEG-2 video (sequence headers in band).
+    Mpeg12Video,
 }
 
 impl CodecParams {
@@ -129,6 +151,9 @@ impl CodecParams {
             CodecParams::G722 => Codec::G722,
             CodecParams::G726 { .. } => Codec::G726,
             CodecParams::Lpcm { .. } => Codec::Lpcm,
+            CodecParams::Mjpeg => Codec::Mjpeg,
+            CodecParams::Mpeg4Video { .. } => Codec::Mpeg4Video,
+            CodecParams::Mpeg12Video => Codec::Mpeg12Video,
         }
     }
 }

@@ -346,11 +346,17 @@ async fn playlist(
 ) -> Response {
     // The first segment: up to a GOP away. hls.js waits 10 s for a manifest by default.
     let first_wait = Duration::from_secs(8).max(inner.cfg.segment_duration * 3);
-    if !mux.wait_for(first_wait, |s| s.ready()).await {
+    if !mux
+        .wait_for(first_wait, |s| s.ready() || s.refused.is_some())
+        .await
+    {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the muxer has no segment yet\n",
         );
+    }
+    if let Some(why) = mux.state().refused.clone() {
+        return text(StatusCode::NOT_FOUND, format!("{why}\n"));
     }
     let ll = inner.cfg.variant == Variant::LowLatency;
     let mut blocking = false;

@@ -210,6 +210,11 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
         if let Some(why) = &seg.unsupported {
             tracing::warn!(path = mux.path, "[HLS] {why}");
         }
+        mux.state().refused = seg
+            .carries_nothing()
+            .then(|| seg.unsupported.clone())
+            .flatten();
+        mux.changed.send_modify(|v| *v += 1);
         let mut out = Vec::new();
         let mut first = true;
         let video = desc

@@ -114,6 +114,11 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
+    /// Whether the stream has no track this variant can carry.
+    pub fn carries_nothing(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
     /// A segmenter for `desc` whose timeline starts at `offset` seconds; `discontinuity` marks
     /// its first segment (a new publisher after another).
     pub fn new(

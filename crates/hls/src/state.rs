@@ -66,6 +66,8 @@ pub struct State {
     pub max_bitrate: f64,
     /// A DASH client asked for this stream: segments keep their chunks by track from now on.
     pub dash: bool,
+    /// Why this stream cannot be served at all (no track the variant carries), for clients.
+    pub refused: Option<String>,
 }
 
 impl State {
@@ -95,6 +97,7 @@ impl State {
             wall0: SystemTime::now(),
             max_bitrate: 0.0,
             dash: false,
+            refused: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub enum Kind {
     Frame,
     Vpx(crate::vpx::VpxDepack),
     Mpa(crate::mpa::MpaDepack),
+    Jpeg(crate::jpeg::JpegDepack),
+    Mpv(crate::mpv::MpvDepack, crate::mpv::Mpv),
 }
 
 /// A depacketizer with loss tracking.
@@ -102,6 +104,23 @@ impl Depacketizer {
     /// MPEG audio, MP2 and MP3 (RFC 2250).
     pub fn mpa() -> Depacketizer {
         Self::new(Kind::Mpa(crate::mpa::MpaDepack::default()))
+    }
+
+    /// M-JPEG (RFC 2435).
+    pub fn jpeg() -> Depacketizer {
+        Self::new(Kind::Jpeg(crate::jpeg::JpegDepack::default()))
+    }
+
+    /// MPEG-4 Visual (RFC 6416).
+    pub fn mpeg4_video() -> Depacketizer {
+        use crate::mpv::{Mpv, MpvDepack};
+        Self::new(Kind::Mpv(MpvDepack::new(Mpv::Mpeg4), Mpv::Mpeg4))
+    }
+
+    /// MPEG-1/2 video (RFC 2250).
+    pub fn mpeg12_video() -> Depacketizer {
+        use crate::mpv::{Mpv, MpvDepack};
+        Self::new(Kind::Mpv(MpvDepack::new(Mpv::Mpeg12), Mpv::Mpeg12))
     }
 
     /// VP8 (RFC 7741).
@@ -164,6 +183,32 @@ impl Depacketizer {
                 }
                 if d.push(p, out) {
                     self.units_dropped += 1;
+                }
+            }
+            Kind::Jpeg(d) => {
+                // A lost piece shows as a fragment offset that does not line up.
+                match d.push(p.timestamp, p.marker, p.payload) {
+                    crate::mpv::Piece::Frame(data) => out.push(Unit {
+                        timestamp: p.timestamp,
+                        data,
+                        keyframe: true,
+                    }),
+                    crate::mpv::Piece::Pending => {}
+                    crate::mpv::Piece::Dropped => self.units_dropped += 1,
+                }
+            }
+            Kind::Mpv(d, kind) => {
+                if gap && d.discard() {
+                    self.units_dropped += 1;
+                }
+                match d.push(p.timestamp, p.marker, p.payload) {
+                    crate::mpv::Piece::Frame(data) => out.push(Unit {
+                        timestamp: p.timestamp,
+                        keyframe: crate::mpv::is_keyframe(*kind, &data),
+                        data,
+                    }),
+                    crate::mpv::Piece::Pending => {}
+                    crate::mpv::Piece::Dropped => self.units_dropped += 1,
                 }
             }
             Kind::Frame => {

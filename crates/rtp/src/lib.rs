@@ -7,7 +7,9 @@
 //! never hold more than [`MAX_UNIT`] bytes.
 
 pub mod depack;
+pub mod jpeg;
 pub mod mpa;
+pub mod mpv;
 pub mod pack;
 pub mod packet;
 pub mod rtcp;

@@ -25,6 +25,11 @@ pub enum PackKind {
         bytes: u32,
         ticks: u32,
     },
+    /// M-JPEG (RFC 2435): the scan in pieces after the JPEG header, tables in the first.
+    Jpeg,
+    /// MPEG-4 Visual (RFC 6416) and MPEG-1/2 video (RFC 2250).
+    Mpeg4Video,
+    Mpeg12Video,
 }
 
 pub struct Packetizer {
@@ -156,6 +161,25 @@ impl Packetizer {
                 }
             }
             PackKind::Frame => self.packet(out, true, ts, &[data]),
+            PackKind::Jpeg => {
+                let pieces = crate::jpeg::payloads(data, room);
+                let n = pieces.len();
+                for (i, piece) in pieces.iter().enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[piece]);
+                }
+            }
+            PackKind::Mpeg4Video | PackKind::Mpeg12Video => {
+                let kind = if self.kind == PackKind::Mpeg4Video {
+                    crate::mpv::Mpv::Mpeg4
+                } else {
+                    crate::mpv::Mpv::Mpeg12
+                };
+                let pieces = crate::mpv::payloads(kind, data, room);
+                let n = pieces.len();
+                for (i, piece) in pieces.iter().enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[piece]);
+                }
+            }
             PackKind::Samples { bytes, ticks } => {
                 let bytes = bytes.max(1) as usize;
                 let chunk = (room / bytes).max(1) * bytes;

@@ -70,6 +70,8 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
                     (media.encoding, media.clock, media.channels) = ("L16".into(), 44_100, Some(1))
                 }
                 14 => (media.encoding, media.clock) = ("MPA".into(), 90_000),
+                26 => (media.encoding, media.clock) = ("JPEG".into(), 90_000),
+                32 => (media.encoding, media.clock) = ("MPV".into(), 90_000),
                 _ => {}
             }
             out.push(media);
@@ -143,8 +145,10 @@ fn b64(s: &str) -> Option<Bytes> {
         .map(Bytes::from)
 }
 
+/// Hex bytes of an fmtp value (an AAC AudioSpecificConfig, an MPEG-4 Visual header), at most
+/// 512 bytes.
 fn hex(s: &str) -> Option<Bytes> {
-    if !s.len().is_multiple_of(2) || s.len() > 64 {
+    if !s.len().is_multiple_of(2) || s.len() > 1024 {
         return None;
     }
     (0..s.len())
@@ -265,6 +269,29 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: true,
             h265: false,
         },
+        "JPEG" => Incoming {
+            params: Some(CodecParams::Mjpeg),
+            clock: 90_000,
+            depack: Depacketizer::jpeg(),
+            video: true,
+            h265: false,
+        },
+        "MP4V-ES" => Incoming {
+            params: Some(CodecParams::Mpeg4Video {
+                config: m.fmtp("config").and_then(hex).unwrap_or_default(),
+            }),
+            clock: 90_000,
+            depack: Depacketizer::mpeg4_video(),
+            video: true,
+            h265: false,
+        },
+        "MPV" => Incoming {
+            params: Some(CodecParams::Mpeg12Video),
+            clock: 90_000,
+            depack: Depacketizer::mpeg12_video(),
+            video: true,
+            h265: false,
+        },
         "G722" => Incoming {
             params: Some(CodecParams::G722),
             clock: 8000,
@@ -330,7 +357,13 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
     let b64e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     for t in &desc.tracks {
         let i = out.len();
-        let pt = 96 + i as u8;
+        // MPEG-1/2 video keeps its static payload type: ffmpeg finds the RFC 2250 depacketizer
+        // by it, not by the name (with a dynamic one it would leave the video headers in).
+        let pt = if matches!(t.params, CodecParams::Mpeg12Video) {
+            32
+        } else {
+            96 + i as u8
+        };
         let (media, rtpmap, fmtp, clock, kind) = match &t.params {
             CodecParams::H264 { sps, pps } => {
                 let pli = sps
@@ -420,6 +453,32 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 String::new(),
                 90_000,
                 PackKind::Vp9,
+            ),
+            CodecParams::Mjpeg => (
+                "video",
+                "JPEG/90000".to_string(),
+                String::new(),
+                90_000,
+                PackKind::Jpeg,
+            ),
+            CodecParams::Mpeg4Video { config } => (
+                "video",
+                "MP4V-ES/90000".to_string(),
+                if config.is_empty() {
+                    "profile-level-id=1".to_string()
+                } else {
+                    let hex: String = config.iter().map(|b| format!("{b:02X}")).collect();
+                    format!("profile-level-id=1;config={hex}")
+                },
+                90_000,
+                PackKind::Mpeg4Video,
+            ),
+            CodecParams::Mpeg12Video => (
+                "video",
+                "MPV/90000".to_string(),
+                String::new(),
+                90_000,
+                PackKind::Mpeg12Video,
             ),
             CodecParams::G722 => (
                 "audio",
