@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         Depacketizer::vp9(),
         Depacketizer::mpa(),
         Depacketizer::jpeg(),
+        Depacketizer::ac3(),
         Depacketizer::mpeg4_video(),
         Depacketizer::mpeg12_video(),
     ];
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         // The packetizers' parsers take whatever an ingest made of a frame.
         let _ = tidegate_rtp::jpeg::payloads(pkt, 100);
+        let _ = tidegate_rtp::ac3::payloads(pkt, 100);
         let _ = tidegate_rtp::mpv::payloads(tidegate_rtp::mpv::Mpv::Mpeg12, pkt, 100);
         if let Ok(p) = RtpPacket::parse(pkt) {
             for d in ds.iter_mut() {

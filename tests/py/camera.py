@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """An IP camera stand-in for the tests: an RTSP server (gst-rtsp-server, Debian's python3-gi)
-serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC 48 kHz (test patterns, or
+serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC (or AC-3) 48 kHz (test patterns, or
 with --pattern flash a flash + beep each second) (rtsps:// with
 --cert and --key, as cameras with self-signed certificates do). Each client
 connection and disconnection is printed to stderr ("client connected" / "client closed"),
@@ -48,6 +48,8 @@ def main():
         action="store_true",
         help="send RTP to multicast groups only (224.3.0.0-10, ports 5000-5010)",
     )
+    p.add_argument("--audio", choices=["aac", "ac3"], default="aac",
+                   help="the audio codec (AC-3: RFC 4184, GStreamer's rtpac3pay)")
     p.add_argument("--pattern", choices=["test", "flash"], default="test",
                    help="flash: a flash + beep pattern (lip sync), else test patterns and a tone")
     a = p.parse_args()
@@ -64,12 +66,16 @@ def main():
     else:
         video = "videotestsrc is-live=true"
         audio = "audiotestsrc is-live=true"
+    if a.audio == "ac3":
+        audio_enc = "avenc_ac3 bitrate=192000 ! rtpac3pay name=pay1 pt=97"
+    else:
+        audio_enc = "avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97"
     factory.set_launch(
         f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
         "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
         "! rtph264pay name=pay0 pt=96 config-interval=-1 "
         f"{audio} ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
-        "! avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
+        f"! {audio_enc} )"
     )
 
     def flash_probes(_factory, media):

@@ -1652,3 +1652,74 @@ fn mjpeg_mpeg4_and_mpeg2_video_over_rtsp_both_ways() {
     assert!(status >= 400, "HLS of M-JPEG: {status} {body}");
     assert!(body.contains("M-JPEG"), "HLS of M-JPEG: {status} {body}");
 }
+
+/// AC-3 over RTP (RFC 4184) both ways: an RTSP camera (GStreamer's `avenc_ac3 ! rtpac3pay`,
+/// a 440 Hz tone, and H.264) is pulled (by Tidegate's own RTSP client over UDP: retina, the
+/// default one, has no AC-3); ffmpeg reads it back over RTSP (our packetizer) and over
+/// SRT (AC-3 in MPEG-TS) and decodes 48 kHz stereo, 5 s from 5 s, the tone at 440 Hz ± 20.
+#[test]
+fn ac3_from_a_gstreamer_camera_over_rtsp_both_ways() {
+    let dir = scratch("rtsp-ac3");
+    let port = tidegate_tests::peers::free_port();
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n"
+    ));
+    let mut camera = Command::new("/usr/bin/python3");
+    camera
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--audio",
+            "ac3",
+            "--max-seconds",
+            "60",
+        ]);
+    let _camera = PeerProcess::spawn("gst-camera-ac3", &mut camera, &dir);
+    server.wait_ready("cam", Duration::from_secs(30));
+    assert_eq!(
+        server.paths().get("cam").unwrap().tracks,
+        vec!["H264", "AC3"]
+    );
+    for (name, url, extra) in [
+        (
+            "rtsp",
+            server.rtsp_url("cam"),
+            &["-rtsp_transport", "tcp"][..],
+        ),
+        ("srt", server.srt_url("read:cam", ""), &[][..]),
+    ] {
+        let out = dir.join(format!("{name}.wav"));
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(extra)
+            .args([
+                "-i",
+                &url,
+                "-t",
+                "5",
+                "-map",
+                "0:a",
+                "-xerror",
+                "-c:a",
+                "pcm_s16le",
+            ])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{name}"), &mut cmd, &dir);
+        assert!(
+            reader.wait(Duration::from_secs(60)).success(),
+            "{name}: {}",
+            reader.stderr()
+        );
+        let (r, ch, pcm) = wav_samples(&out);
+        assert_eq!((r, ch), (48_000, 2), "{name}");
+        let secs = pcm.len() as f64 / f64::from(r);
+        assert!(secs > 4.5, "{name}: {secs} s of AC-3 decoded from 5 s");
+        let peak = tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + 24_000], r);
+        assert!(
+            (peak - 440.0).abs() <= 20.0,
+            "{name}: the tone peaks at {peak} Hz"
+        );
+        eprintln!("AC-3 read over {name}: {r} Hz x{ch}, {secs:.2} s, tone at {peak} Hz");
+    }
+}

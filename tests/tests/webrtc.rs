@@ -1256,8 +1256,8 @@ fn aac_reaches_whep_viewers_as_opus_in_sync() {
 /// The audio bridge in a browser: ffmpeg publishes the flash + beep pattern (H.264 + AAC) over
 /// RTMP; the built-in play page in headless Chromium gets the AAC as Opus. What it plays peaks
 /// at 1 kHz (± 20 Hz), and each beep is heard within 80 ms of its flash being shown once the
-/// browser's lip sync has settled (it needs sender reports of both tracks in one media stream,
-/// which this checks too).
+/// browser's lip sync has settled (the last 5 of 25 s; it needs sender reports of both tracks
+/// in one media stream, which this checks too), and the receivers deliver them within 40 ms.
 #[test]
 fn aac_reaches_chromium_as_opus_in_sync() {
     let _turn = heavy();
@@ -1265,12 +1265,12 @@ fn aac_reaches_chromium_as_opus_in_sync() {
     let server = TestServer::start("");
     let _rtmp = publish_flash_beep(&server.rtmp_url("beep"), "flv", 60, &dir);
     server.wait_ready("beep", READY);
-    let r = chromium_pages_with(None, &server.webrtc_url("beep", ""), 20, &["--av"]);
+    let r = chromium_pages_with(None, &server.webrtc_url("beep", ""), 25, &["--av"]);
     eprintln!("Chromium: {r}");
     assert_eq!(r["external"], serde_json::json!([]), "{r}");
     let play = &r["play"];
     assert_eq!(play["audio"], true, "{r}");
-    assert!(play["frames"].as_u64().unwrap() >= 400, "{r}");
+    assert!(play["frames"].as_u64().unwrap() >= 500, "{r}");
     let av = &r["av"];
     let hz = av["peakHz"].as_f64().unwrap();
     assert!(
@@ -1286,18 +1286,19 @@ fn aac_reaches_chromium_as_opus_in_sync() {
         .collect();
     assert!(skews.len() >= 15, "{av}");
     // Chromium moves its audio and video delays together step by step once it has two sender
-    // reports of each (one a second): it starts with its audio jitter buffer's lead (about
-    // 100 ms here, the same as with Opus from the publisher) and is in sync within 10 s.
+    // reports of each (one a second): it starts with its audio jitter buffer's lead (100-150 ms
+    // here, the same with Opus from the publisher) and closes it over 15-20 s, more slowly on a
+    // loaded machine. Judged: never past 200 ms, and within 80 ms over the last 5 s.
     let worst_start = skews.iter().fold(0.0f64, |m, s| m.max(s.abs()));
     assert!(
         worst_start <= 200.0,
         "audio/video skew up to {worst_start} ms: {av}"
     );
-    let settled = &skews[skews.len() - 8..];
+    let settled = &skews[skews.len() - 5..];
     let worst = settled.iter().fold(0.0f64, |m, s| m.max(s.abs()));
     assert!(
         worst <= 80.0,
-        "audio/video skew up to {worst} ms in the last 8 s: {av}"
+        "audio/video skew up to {worst} ms in the last 5 s: {av}"
     );
     // What the receivers deliver (delivery time less RTP time, audio less video).
     let sync = av["syncMedianMs"].as_f64().unwrap();
@@ -1309,6 +1310,6 @@ fn aac_reaches_chromium_as_opus_in_sync() {
             .iter()
             .find(|r| r["kind"] == kind && r["senderReports"].is_number())
             .map_or(0, |r| r["senderReports"].as_u64().unwrap());
-        assert!(n >= 15, "{kind}: {n} sender reports in 20 s: {av}");
+        assert!(n >= 18, "{kind}: {n} sender reports in 25 s: {av}");
     }
 }

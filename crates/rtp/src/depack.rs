@@ -46,6 +46,7 @@ pub enum Kind {
     Vpx(crate::vpx::VpxDepack),
     Mpa(crate::mpa::MpaDepack),
     Jpeg(crate::jpeg::JpegDepack),
+    Ac3(crate::ac3::Ac3Depack),
     Mpv(crate::mpv::MpvDepack, crate::mpv::Mpv),
 }
 
@@ -106,6 +107,11 @@ impl Depacketizer {
         Self::new(Kind::Mpa(crate::mpa::MpaDepack::default()))
     }
 
+    /// AC-3 (RFC 4184).
+    pub fn ac3() -> Depacketizer {
+        Self::new(Kind::Ac3(crate::ac3::Ac3Depack::default()))
+    }
+
     /// M-JPEG (RFC 2435).
     pub fn jpeg() -> Depacketizer {
         Self::new(Kind::Jpeg(crate::jpeg::JpegDepack::default()))
@@ -160,6 +166,14 @@ impl Depacketizer {
             }
             Kind::Aac(d) => {
                 if gap && d.frag.take().is_some() {
+                    self.units_dropped += 1;
+                }
+                if d.push(p, out) {
+                    self.units_dropped += 1;
+                }
+            }
+            Kind::Ac3(d) => {
+                if gap && d.discard() {
                     self.units_dropped += 1;
                 }
                 if d.push(p, out) {

@@ -6,6 +6,7 @@
 //! start of frame (the access unit is dropped, counted, and the next key frame awaited), and
 //! never hold more than [`MAX_UNIT`] bytes.
 
+pub mod ac3;
 pub mod depack;
 pub mod jpeg;
 pub mod mpa;

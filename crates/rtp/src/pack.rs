@@ -27,6 +27,8 @@ pub enum PackKind {
     },
     /// M-JPEG (RFC 2435): the scan in pieces after the JPEG header, tables in the first.
     Jpeg,
+    /// AC-3 (RFC 4184): a syncframe per packet, or its fragments.
+    Ac3,
     /// MPEG-4 Visual (RFC 6416) and MPEG-1/2 video (RFC 2250).
     Mpeg4Video,
     Mpeg12Video,
@@ -161,6 +163,15 @@ impl Packetizer {
                 }
             }
             PackKind::Frame => self.packet(out, true, ts, &[data]),
+            PackKind::Ac3 => {
+                let pieces = crate::ac3::payloads(data, room);
+                let n = pieces.len();
+                for (i, (at, p)) in pieces.iter().enumerate() {
+                    // The marker ends a frame: a whole one, or its last fragment.
+                    let last = i + 1 == n || pieces[i + 1].0 != *at;
+                    self.packet(out, last, ts.wrapping_add(*at), &[p]);
+                }
+            }
             PackKind::Jpeg => {
                 let pieces = crate::jpeg::payloads(data, room);
                 let n = pieces.len();

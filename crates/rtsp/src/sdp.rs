@@ -269,6 +269,16 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: true,
             h265: false,
         },
+        "AC3" => Incoming {
+            params: Some(CodecParams::Ac3 {
+                sample_rate: m.clock.max(1),
+                channels: m.channels.unwrap_or(2),
+            }),
+            clock: m.clock.max(1),
+            depack: Depacketizer::ac3(),
+            video: false,
+            h265: false,
+        },
         "JPEG" => Incoming {
             params: Some(CodecParams::Mjpeg),
             clock: 90_000,
@@ -454,6 +464,16 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 90_000,
                 PackKind::Vp9,
             ),
+            CodecParams::Ac3 {
+                sample_rate,
+                channels,
+            } => (
+                "audio",
+                format!("AC3/{sample_rate}/{channels}"),
+                String::new(),
+                *sample_rate,
+                PackKind::Ac3,
+            ),
             CodecParams::Mjpeg => (
                 "video",
                 "JPEG/90000".to_string(),
@@ -539,6 +559,22 @@ mod tests {
     use super::*;
 
     const FFMPEG_ANNOUNCE: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=tool:libavformat 59.27.100\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAA8DxYuS,aMuMsg==; profile-level-id=42C01E\r\na=control:streamid=0\r\nm=audio 0 RTP/AVP 97\r\nb=AS:128\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\na=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3; config=1190\r\na=control:streamid=1\r\n";
+
+    #[test]
+    fn gstreamer_ac3_parses_into_a_track() {
+        let sdp = "v=0\r\nm=audio 0 RTP/AVP 97\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:97 AC3/48000\r\n\
+                   a=control:stream=1\r\na=ts-refclk:local\r\na=mediaclk:sender\r\n";
+        let m = parse(sdp).unwrap();
+        let inc = incoming(&m[0]).unwrap();
+        assert_eq!(
+            inc.params,
+            Some(CodecParams::Ac3 {
+                sample_rate: 48_000,
+                channels: 2
+            })
+        );
+        assert_eq!(inc.clock, 48_000);
+    }
 
     #[test]
     fn ffmpeg_announce_parses_into_tracks() {

@@ -107,6 +107,16 @@ fn carried(media: &str, encoding: &str) -> bool {
     )
 }
 
+/// Codecs retina cannot depacketize but Tidegate's own RTP depacketizers can.
+fn ours(encoding: &str) -> bool {
+    let e = encoding.to_ascii_uppercase();
+    matches!(
+        e.as_str(),
+        "AC3" | "JPEG" | "MP4V-ES" | "MPV" | "MPA" | "G722" | "L16" | "L24" | "VP8" | "VP9"
+    ) || e.starts_with("G726-")
+        || e.starts_with("AAL2-G726-")
+}
+
 /// The pulled camera as the publisher of `path`, its stream started with `desc`.
 pub(crate) fn publish_camera(
     paths: &PathManager,
@@ -222,24 +232,39 @@ pub async fn pull(
     }
     let use_udp = std::sync::atomic::AtomicBool::new(transport == SourceTransport::Udp);
     let use_udp = &use_udp;
+    // Set when the camera sends a codec only our own client carries: it reads from then on.
+    let use_own = std::sync::atomic::AtomicBool::new(false);
+    let use_own = &use_own;
     let (paths, path2, cancel2, fingerprint) = (&paths, &path, &cancel, &fingerprint);
     let status2 = &status;
     with_backoff("source", &path, &status, &cancel, move || {
         let parsed = parsed.clone();
         async move {
             let udp = use_udp.load(Ordering::Relaxed);
-            let r = if tls {
+            let r = if use_own.load(Ordering::Relaxed) {
+                let mode = crate::client::Mode::Udp {
+                    srtp: false,
+                    any_port: false,
+                };
+                crate::client::pull(parsed, mode, "", paths, path2, status2, cancel2).await
+            } else if tls {
                 match tls_tunnel(&parsed, fingerprint).await {
                     Ok((inner, _relay)) => {
-                        pull_once(inner, false, paths, path2, status2, cancel2).await
+                        pull_once(inner, false, None, paths, path2, status2, cancel2).await
                     }
                     Err(e) => Err(e),
                 }
             } else {
-                pull_once(parsed, udp, paths, path2, status2, cancel2).await
+                let own_udp = transport != SourceTransport::Tcp;
+                let own = own_udp.then_some(use_own);
+                pull_once(parsed, udp, own, paths, path2, status2, cancel2).await
             };
             // `automatic`: TCP first, then UDP, alternating on failures (TCP only over TLS).
-            if r.is_err() && transport == SourceTransport::Automatic && !tls {
+            if r.is_err()
+                && transport == SourceTransport::Automatic
+                && !tls
+                && !use_own.load(Ordering::Relaxed)
+            {
                 use_udp.store(!udp, Ordering::Relaxed);
             }
             r
@@ -248,9 +273,12 @@ pub async fn pull(
     .await;
 }
 
+/// `use_own`: when the camera has a track only our own client carries (see [`ours`]), this is
+/// set and the attempt ends, so that the next one reads with it (over UDP).
 async fn pull_once(
     mut url: url::Url,
     udp: bool,
+    use_own: Option<&std::sync::atomic::AtomicBool>,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
@@ -277,6 +305,27 @@ async fn pull_once(
         .filter(|(_, s)| carried(s.media(), s.encoding_name()))
         .map(|(i, _)| i)
         .collect();
+    let only_ours: Vec<String> = session
+        .streams()
+        .iter()
+        .filter(|s| !carried(s.media(), s.encoding_name()) && ours(s.encoding_name()))
+        .map(|s| s.encoding_name().to_ascii_uppercase())
+        .collect();
+    if !only_ours.is_empty() {
+        if let Some(flag) = use_own {
+            // Retina has no depacketizer for these: our own client reads the camera (UDP).
+            flag.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "the camera sends {}, which only Tidegate's own RTSP client reads: switching to it (UDP)",
+                only_ours.join(", ")
+            ));
+        }
+        tracing::warn!(
+            path,
+            "tracks left out ({}): with rtspTransport: tcp they cannot be read; automatic or udp can",
+            only_ours.join(", ")
+        );
+    }
     if chosen.is_empty() {
         return Err("the source has no track Tidegate can carry".into());
     }
