@@ -1430,6 +1430,34 @@ fn mp3_over_rtsp_both_ways() {
     }
 }
 
+/// ffmpeg publishing a lavfi `source` for 40 s over RTSP (TCP), encoded with `codec` (its
+/// encoder and options).
+fn publish_lavfi(url: &str, source: &str, codec: &[&str], dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", source, "-t", "40"])
+        .args(codec)
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp", url]);
+    PeerProcess::spawn("ffmpeg-publish", &mut cmd, dir)
+}
+
+/// ffmpeg reading `url` (after `input` options) for 5 s into `out` with `output` options,
+/// which must succeed (a decode error fails it: `-xerror`).
+fn read_5s(url: &str, input: &[&str], output: &[&str], out: &Path, dir: &Path) {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(input)
+        .args(["-i", url, "-t", "5", "-xerror"])
+        .args(output)
+        .arg(out);
+    let mut reader = PeerProcess::spawn("ffmpeg-read", &mut cmd, dir);
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{url}: {}",
+        reader.stderr()
+    );
+}
+
 /// Mono samples (the first channel) of a 16-bit little-endian WAV file written by ffmpeg,
 /// with its sample rate and channel count.
 fn wav_samples(file: &Path) -> (u32, u16, Vec<f32>) {
@@ -1525,21 +1553,10 @@ fn g722_g726_and_lpcm_over_rtsp_both_ways() {
     ];
     let mut publishers = Vec::new();
     for (path, codec, _, _, _) in &cases {
-        let mut cmd = Command::new(peer("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
-            .args(["-t", "40"])
-            .args(*codec)
-            .args([
-                "-f",
-                "rtsp",
-                "-rtsp_transport",
-                "tcp",
-                &server.rtsp_url(path),
-            ]);
-        publishers.push(PeerProcess::spawn(
-            &format!("ffmpeg-{path}"),
-            &mut cmd,
+        publishers.push(publish_lavfi(
+            &server.rtsp_url(path),
+            "sine=frequency=1000:sample_rate=48000",
+            codec,
             &dir,
         ));
     }
@@ -1551,16 +1568,13 @@ fn g722_g726_and_lpcm_over_rtsp_both_ways() {
             "{path}"
         );
         let out = dir.join(format!("{path}.wav"));
-        let mut cmd = Command::new(peer("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args(["-rtsp_transport", "tcp", "-i", &server.rtsp_url(path)])
-            .args(["-t", "5", "-xerror", "-c:a", "pcm_s16le"])
-            .arg(&out);
-        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{path}"), &mut cmd, &dir);
-        assert!(
-            reader.wait(Duration::from_secs(60)).success(),
-            "{path}: {}",
-            reader.stderr()
+        let tcp = ["-rtsp_transport", "tcp"];
+        read_5s(
+            &server.rtsp_url(path),
+            &tcp,
+            &["-c:a", "pcm_s16le"],
+            &out,
+            &dir,
         );
         let (r, ch, pcm) = wav_samples(&out);
         assert_eq!((r, ch), (*rate, *channels), "{path}");
@@ -1604,21 +1618,10 @@ fn mjpeg_mpeg4_and_mpeg2_video_over_rtsp_both_ways() {
     ];
     let mut publishers = Vec::new();
     for (path, codec, _) in &cases {
-        let mut cmd = Command::new(peer("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
-            .args(["-t", "40"])
-            .args(*codec)
-            .args([
-                "-f",
-                "rtsp",
-                "-rtsp_transport",
-                "tcp",
-                &server.rtsp_url(path),
-            ]);
-        publishers.push(PeerProcess::spawn(
-            &format!("ffmpeg-{path}"),
-            &mut cmd,
+        publishers.push(publish_lavfi(
+            &server.rtsp_url(path),
+            "testsrc2=size=640x360:rate=25",
+            codec,
             &dir,
         ));
     }
@@ -1630,17 +1633,9 @@ fn mjpeg_mpeg4_and_mpeg2_video_over_rtsp_both_ways() {
             "{path}"
         );
         let out = dir.join(format!("{path}.nut"));
-        let mut cmd = Command::new(peer("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args(["-rtsp_transport", "tcp", "-i", &server.rtsp_url(path)])
-            .args(["-t", "5", "-map", "0:v", "-c:v", "rawvideo", "-xerror"])
-            .arg(&out);
-        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{path}"), &mut cmd, &dir);
-        assert!(
-            reader.wait(Duration::from_secs(60)).success(),
-            "{path}: {}",
-            reader.stderr()
-        );
+        let tcp = ["-rtsp_transport", "tcp"];
+        let raw = ["-map", "0:v", "-c:v", "rawvideo"];
+        read_5s(&server.rtsp_url(path), &tcp, &raw, &out, &dir);
         let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
         assert_eq!(p.dimensions(), Some((640, 360)), "{path}");
         let frames = p.packets_of("video").len();
@@ -1690,26 +1685,12 @@ fn ac3_from_a_gstreamer_camera_over_rtsp_both_ways() {
         ("srt", server.srt_url("read:cam", ""), &[][..]),
     ] {
         let out = dir.join(format!("{name}.wav"));
-        let mut cmd = Command::new(peer("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args(extra)
-            .args([
-                "-i",
-                &url,
-                "-t",
-                "5",
-                "-map",
-                "0:a",
-                "-xerror",
-                "-c:a",
-                "pcm_s16le",
-            ])
-            .arg(&out);
-        let mut reader = PeerProcess::spawn(&format!("ffmpeg-read-{name}"), &mut cmd, &dir);
-        assert!(
-            reader.wait(Duration::from_secs(60)).success(),
-            "{name}: {}",
-            reader.stderr()
+        read_5s(
+            &url,
+            extra,
+            &["-map", "0:a", "-c:a", "pcm_s16le"],
+            &out,
+            &dir,
         );
         let (r, ch, pcm) = wav_samples(&out);
         assert_eq!((r, ch), (48_000, 2), "{name}");
