@@ -129,6 +129,11 @@ async function measureAv(ms) {
   return {
     peakHz: hz, peakDb: b, amplitude, flashes: flashes.length, beeps: beeps.length, skewsMs,
     syncMedianMs: median(sync.slice(sync.length >> 1)),
+    // The 90th percentile of the delivery skew's size over the second half.
+    syncP90Ms: (() => {
+      const w = sync.slice(sync.length >> 1).map(Math.abs).sort((x, y) => x - y);
+      return w.length ? Math.round(w[Math.floor(w.length * 0.9)]) : null;
+    })(),
     outputLatencyMs: Math.round((ctx.outputLatency || 0) * 1000),
     rtc,
   };
