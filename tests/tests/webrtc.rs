@@ -1242,14 +1242,11 @@ fn aac_reaches_whep_viewers_as_opus_in_sync() {
     }
     // The transcoders go with their last viewer.
     for p in ["rtmp", "srt", "cam"] {
-        let end = Instant::now() + Duration::from_secs(10);
-        while transcoders(&server, p) != serde_json::json!([]) {
-            assert!(
-                Instant::now() < end,
-                "{p}: a transcoder outlived its viewers"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        tidegate_tests::poll(
+            Duration::from_secs(10),
+            || format!("{p}: the transcoder gone with its viewers"),
+            || (transcoders(&server, p) == serde_json::json!([])).then_some(()),
+        );
     }
 }
 

@@ -63,6 +63,7 @@ pub struct AacToOpus {
     next_in: i64,
     delay: i64,
     errors: u64,
+    interleaved: Option<SampleBuffer<f32>>,
 }
 
 impl AacToOpus {
@@ -100,6 +101,7 @@ impl AacToOpus {
             next_in: 0,
             delay,
             errors: 0,
+            interleaved: None,
         })
     }
 
@@ -112,7 +114,13 @@ impl AacToOpus {
         let packet = Packet::new_from_slice(0, 0, AAC_FRAME as u64, data);
         match self.decoder.decode(&packet) {
             Ok(buf) => {
-                let mut sb = SampleBuffer::<f32>::new(buf.capacity() as u64, *buf.spec());
+                // One interleaving buffer for the stream's life, not one per frame.
+                let sb = self.interleaved.get_or_insert_with(|| {
+                    SampleBuffer::<f32>::new(buf.capacity() as u64, *buf.spec())
+                });
+                if sb.capacity() < buf.capacity() * buf.spec().channels.count() {
+                    *sb = SampleBuffer::<f32>::new(buf.capacity() as u64, *buf.spec());
+                }
                 sb.copy_interleaved_ref(buf);
                 Some(sb.samples().to_vec())
             }
