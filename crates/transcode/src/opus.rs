@@ -163,11 +163,16 @@ impl Drop for Encoder {
     }
 }
 
+/// Samples per channel of the longest Opus packet (120 ms at 48 kHz).
+const MAX_DECODED: usize = 5760;
+
 /// An Opus decoder at 48 kHz.
 pub struct Decoder {
     lib: &'static Lib,
     st: *mut c_void,
     channels: usize,
+    /// Room for the longest packet (120 ms), kept between calls.
+    out: Vec<f32>,
 }
 
 // SAFETY: as for `Encoder`.
@@ -189,29 +194,27 @@ impl Decoder {
             lib,
             st,
             channels: usize::from(channels),
+            out: vec![0f32; MAX_DECODED * usize::from(channels)],
         })
     }
 
     /// Decodes one packet into interleaved samples (at most 120 ms).
-    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<f32>, String> {
-        const MAX: usize = 5760;
-        let mut out = vec![0f32; MAX * self.channels];
-        // SAFETY: `out` holds MAX samples per channel.
+    pub fn decode(&mut self, packet: &[u8]) -> Result<&[f32], String> {
+        // SAFETY: `out` holds MAX_DECODED samples per channel.
         let n = unsafe {
             (self.lib.decode_float)(
                 self.st,
                 packet.as_ptr(),
                 packet.len() as i32,
-                out.as_mut_ptr(),
-                MAX as c_int,
+                self.out.as_mut_ptr(),
+                MAX_DECODED as c_int,
                 0,
             )
         };
         if n < 0 {
             return Err(format!("opus_decode_float failed ({n})"));
         }
-        out.truncate(n as usize * self.channels);
-        Ok(out)
+        Ok(&self.out[..n as usize * self.channels])
     }
 }
 
