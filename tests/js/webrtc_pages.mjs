@@ -2,6 +2,9 @@
 // (fake camera and microphone over WHIP), then the play page (WHEP), and reports what the
 // player decoded. Usage:
 //   node webrtc_pages.mjs NODE_MODULES_DIR SECONDS [--publish PUBLISH_URL] [--play PLAY_URL] [--av]
+//        [--fake-audio WAV]
+// Without --play, the publish page publishes for SECONDS and the report has its last state.
+// --fake-audio WAV: the fake microphone plays WAV (looped) instead of Chromium's beeps.
 // Prints one JSON object. Chromium only offers loopback ICE candidates with
 // --allow-loopback-in-peer-connection; the server under test only offers 127.0.0.1.
 import { createRequire } from 'node:module';
@@ -20,6 +23,7 @@ const dropLayer = opt('--drop-layer');
 // onset (heard: the audio context's output time) less its flash's (shown: the video frame
 // callback's expected display time).
 const av = rest.includes('--av');
+const fakeAudio = opt('--fake-audio');
 const require = createRequire(path.join(modules, 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -30,7 +34,8 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--no-first-run',
          '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-         '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'],
+         '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+         ...(fakeAudio ? ['--use-file-for-fake-audio-capture=' + fakeAudio] : [])],
 });
 const out = { external: [] };
 const local = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
@@ -172,6 +177,10 @@ try {
     const s = await until(pub, (s) => s.connected || s.state === 'error', 15000);
     out.publish = { ...s, connectedAfter: (Date.now() - t0) / 1000 };
     if (!s || !s.connected) throw new Error('publish page did not connect: ' + JSON.stringify(s));
+    if (!playUrl) {
+      await pub.waitForTimeout(seconds * 1000);
+      out.publishEnd = await state(pub);
+    }
   }
   if (playUrl) {
     const play = await ctx.newPage();

@@ -312,3 +312,42 @@ pub fn page_script(script: &str, args: &[&str], limit: Duration) -> serde_json::
     eprintln!("{script}: {report}");
     report
 }
+
+/// The strongest frequency of `pcm` between 200 Hz and 4 kHz, 5 Hz steps (Goertzel).
+pub fn tone_peak(pcm: &[f32], rate: u32) -> f64 {
+    let power = |freq: f64| {
+        let c = 2.0 * (2.0 * std::f64::consts::PI * freq / f64::from(rate)).cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in pcm {
+            let s = f64::from(x) + c * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - c * s1 * s2
+    };
+    (40..800)
+        .map(|i| f64::from(i) * 5.0)
+        .max_by(|a, b| power(*a).total_cmp(&power(*b)))
+        .unwrap_or(0.0)
+}
+
+/// The first audio track of `file`, decoded by ffmpeg to mono 48 kHz samples.
+pub fn decode_audio(file: &std::path::Path) -> Vec<f32> {
+    let out = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+            .arg(file)
+            .args(["-vn", "-ac", "1", "-ar", "48000", "-f", "f32le", "-"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "ffmpeg decoding {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}

@@ -1487,24 +1487,6 @@ fn wav_samples(file: &Path) -> (u32, u16, Vec<f32>) {
     panic!("no data chunk in {}", file.display());
 }
 
-/// The strongest frequency of `pcm` between 200 Hz and 4 kHz, 5 Hz steps (Goertzel).
-fn tone_peak(pcm: &[f32], rate: u32) -> f64 {
-    let power = |freq: f64| {
-        let c = 2.0 * (2.0 * std::f64::consts::PI * freq / f64::from(rate)).cos();
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &x in pcm {
-            let s = f64::from(x) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        s1 * s1 + s2 * s2 - c * s1 * s2
-    };
-    (40..800)
-        .map(|i| f64::from(i) * 5.0)
-        .max_by(|a, b| power(*a).total_cmp(&power(*b)))
-        .unwrap()
-}
-
 /// Sample-based audio over RTP both ways (RFC 3551): ffmpeg publishes a 1 kHz tone over RTSP
 /// as G.722, G.726-32 (both bit orders), L16 and L24; ffmpeg reads each back over RTSP and
 /// decodes it: the sample rate and channels the codec has, 5 s of audio from 5 s read, and the
@@ -1580,7 +1562,8 @@ fn g722_g726_and_lpcm_over_rtsp_both_ways() {
         assert_eq!((r, ch), (*rate, *channels), "{path}");
         let secs = pcm.len() as f64 / f64::from(r);
         assert!(secs > 4.5, "{path}: {secs} s of audio decoded from 5 s");
-        let peak = tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + r as usize / 2], r);
+        let peak =
+            tidegate_tests::tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + r as usize / 2], r);
         assert!(
             (peak - 1000.0).abs() <= 20.0,
             "{path}: the tone peaks at {peak} Hz"
@@ -1696,7 +1679,7 @@ fn ac3_from_a_gstreamer_camera_over_rtsp_both_ways() {
         assert_eq!((r, ch), (48_000, 2), "{name}");
         let secs = pcm.len() as f64 / f64::from(r);
         assert!(secs > 4.5, "{name}: {secs} s of AC-3 decoded from 5 s");
-        let peak = tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + 24_000], r);
+        let peak = tidegate_tests::tone_peak(&pcm[pcm.len() / 2..pcm.len() / 2 + 24_000], r);
         assert!(
             (peak - 440.0).abs() <= 20.0,
             "{name}: the tone peaks at {peak} Hz"

@@ -160,7 +160,8 @@ fn aiortc_whip_to_aiortc_whep() {
 }
 
 /// ffmpeg 9 publishes H264 + Opus with its WHIP muxer; ffmpeg reads it back over LL-HLS (fMP4
-/// Opus), RTMP (Enhanced RTMP Opus) and SRT (Opus in MPEG-TS): both tracks, frames, dimensions.
+/// Opus), RTMP (AAC from the audio bridge: ffmpeg's RTMP client does not list Opus among its
+/// Enhanced RTMP codecs) and SRT (Opus in MPEG-TS): both tracks, frames, dimensions.
 #[test]
 fn ffmpeg_whip_to_rtmp_and_srt() {
     let dir = scratch("webrtc-ffmpeg-whip");
@@ -216,9 +217,10 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
             "{name}: {:#?}",
             p.streams
         );
+        let audio_codec = if name == "rtmp" { "aac" } else { "opus" };
         assert_eq!(
             p.codec("audio").as_deref(),
-            Some("opus"),
+            Some(audio_codec),
             "{name}: {:#?}",
             p.streams
         );
@@ -229,9 +231,11 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
             "{name}: {frames} video frames in 4 s"
         );
         let audio = p.packets_of("audio").len();
-        assert!(audio >= 150, "{name}: {audio} Opus packets in 4 s");
+        assert!(audio >= 150, "{name}: {audio} {audio_codec} packets in 4 s");
         assert!(p.dts_monotonic("video"), "{name}");
-        eprintln!("WHIP (ffmpeg 9) -> {name}: {frames} video frames, {audio} Opus packets");
+        eprintln!(
+            "WHIP (ffmpeg 9) -> {name}: {frames} video frames, {audio} {audio_codec} packets"
+        );
     }
     publisher.kill9();
 }
@@ -1317,4 +1321,176 @@ fn aac_reaches_chromium_as_opus_in_sync() {
             .map_or(0, |r| r["senderReports"].as_u64().unwrap());
         assert!(n >= 18, "{kind}: {n} sender reports in 25 s: {av}");
     }
+}
+
+/// The audio bridge the other way: headless Chromium publishes over WHIP (H.264 + Opus; its
+/// fake microphone plays a 1 kHz tone from a WAV file, without the page's voice processing),
+/// and the readers whose players take AAC
+/// get AAC made once per stream: ffmpeg reading RTMP (an AAC track beside H.264, decoding to
+/// the tone) and hls.js on the MPEG-TS variant (plays with sound: decoded audio bytes, a level
+/// far above silence, the tone's peak). GStreamer reading RTSP takes the Opus as is and
+/// decodes it (its level element hears the tone). The API names the transcoder while they
+/// read and none once they left.
+#[test]
+fn chromium_opus_reaches_rtmp_and_hls_ts_as_aac() {
+    let _turn = heavy();
+    let dir = scratch("webrtc-opus-to-aac");
+    // The HLS muxer (and the transcoder it holds) closes 15 s after its last request (more
+    // than hls.js waits between reloads: Chromium's long GOPs make 10 s segments).
+    let server = TestServer::start("hlsVariant: mpegts\nhlsMuxerCloseAfter: 15s\n");
+    let wav = dir.join("tone.wav");
+    let out = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=1000:sample_rate=48000:duration=20",
+            ])
+            .args(["-af", "volume=4", "-ac", "2", "-c:a", "pcm_s16le"])
+            .arg(&wav),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/webrtc_pages.mjs"))
+        .arg(peers_dir().join("node/node_modules"))
+        .arg("60")
+        .arg("--publish")
+        .arg(server.webrtc_url("chrome", "publish?autostart=yes&audioprocessing=no"))
+        .arg("--fake-audio")
+        .arg(&wav);
+    let mut publisher = PeerProcess::spawn("chromium-whip", &mut cmd, &dir);
+    server.wait_ready("chrome", Duration::from_secs(40));
+    assert_eq!(
+        server.paths().get("chrome").unwrap().tracks,
+        vec!["H264", "Opus"]
+    );
+
+    // ffmpeg (Debian's 5.1, no Enhanced RTMP Opus) over RTMP.
+    let flv = dir.join("rtmp.flv");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-i", &server.rtmp_url("chrome"), "-t", "8", "-c", "copy"])
+        .arg(&flv);
+    let mut reader = PeerProcess::spawn("ffmpeg-rtmp-read", &mut cmd, &dir);
+    let label = tidegate_tests::poll(
+        Duration::from_secs(20),
+        || {
+            format!(
+                "a transcoder while ffmpeg reads: {}",
+                transcoders(&server, "chrome")
+            )
+        },
+        || {
+            let t = transcoders(&server, "chrome");
+            t.as_array().filter(|a| !a.is_empty()).map(|_| t.clone())
+        },
+    );
+    assert_eq!(label, serde_json::json!(["Opus → MPEG-4 Audio 128 kbit/s"]));
+    let rtmp_reader = tidegate_tests::poll(
+        Duration::from_secs(10),
+        || "the RTMP reader in the API".into(),
+        || {
+            sessions_of(&server, "/v3/rtmpconns/list")
+                .into_iter()
+                .find(|s| s["state"] == "read")
+        },
+    );
+    assert_eq!(
+        rtmp_reader["tracks"],
+        serde_json::json!(["H264", "Opus → MPEG-4 Audio"]),
+        "{rtmp_reader}"
+    );
+    let status = reader.wait(Duration::from_secs(45));
+    assert!(status.success(), "{}", reader.stderr());
+    let p = ffprobe(flv.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{:#?}", p.streams);
+    let aac = p.packets_of("audio").len();
+    assert!(aac >= 300, "{aac} AAC frames in 8 s (375 expected)");
+    assert!(p.dts_monotonic("audio"));
+    let pcm = tidegate_tests::decode_audio(&flv);
+    let tail = &pcm[pcm.len() / 2..];
+    let rms = (tail.iter().map(|s| s * s).sum::<f32>() / tail.len() as f32).sqrt();
+    let peak = tidegate_tests::tone_peak(tail, 48_000);
+    eprintln!("RTMP read: {aac} AAC frames, tone at {peak} Hz, rms {rms:.3}");
+    assert!((peak - 1000.0).abs() <= 20.0, "the tone at {peak} Hz");
+    assert!(rms > 0.05, "rms {rms}: silent");
+
+    // hls.js on the MPEG-TS variant, with sound.
+    let r = tidegate_tests::page_script(
+        "hls_player.mjs",
+        &[&server.hls_url("chrome", ""), "14", "--audio"],
+        Duration::from_secs(60),
+    );
+    eprintln!("hls.js on MPEG-TS: {}", r["heard"]);
+    assert_eq!(r["external"], serde_json::json!([]), "{r}");
+    assert!(r["framesDecoded"].as_u64().unwrap() >= 60, "{r}");
+    let heard = &r["heard"];
+    assert!(heard["bytes"].as_u64().unwrap_or(0) > 20_000, "{r}");
+    assert!(heard["loudestDb"].as_f64().unwrap_or(-200.0) > -30.0, "{r}");
+    let hz = heard["peakHz"].as_f64().unwrap_or(0.0);
+    assert!(
+        (hz - 1000.0).abs() <= 20.0,
+        "hls.js heard a peak at {hz} Hz: {r}"
+    );
+
+    // GStreamer over RTSP: Opus as is, decoded, loud.
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "-k", "5", "8"])
+            .arg(peer("gst-launch-1.0"))
+            .args(["-e", "-m", "playbin"])
+            // rtspt: rtspsrc over TCP (interleaved).
+            .arg(format!(
+                "uri={}",
+                server.rtsp_url("chrome").replacen("rtsp://", "rtspt://", 1)
+            ))
+            .arg("audio-sink=audioconvert ! level interval=500000000 ! fakesink sync=true")
+            .arg("video-sink=fakesink sync=true"),
+        Duration::from_secs(25),
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    let levels: Vec<f64> = log
+        .lines()
+        .filter_map(|l| {
+            let at = l.find("rms=(GValueArray)< ")? + 19;
+            l[at..].split([',', ' ', '>']).next()?.parse().ok()
+        })
+        .filter(|db: &f64| db.is_finite())
+        .collect();
+    eprintln!("GStreamer RTSP levels (dB): {levels:?}");
+    assert!(levels.len() >= 4, "{log}");
+    assert!(
+        levels.iter().skip(2).all(|db| *db > -30.0),
+        "GStreamer heard {levels:?}"
+    );
+    let rtsp_codecs = server.paths().get("chrome").unwrap().tracks;
+    assert_eq!(rtsp_codecs, vec!["H264", "Opus"]);
+
+    // Every reader left: the transcoder went with them.
+    tidegate_tests::poll(
+        Duration::from_secs(45),
+        || format!("no transcoder: {}", transcoders(&server, "chrome")),
+        || (transcoders(&server, "chrome") == serde_json::json!([])).then_some(()),
+    );
+    publisher.kill9();
+}
+
+fn sessions_of(server: &TestServer, list: &str) -> Vec<Value> {
+    get_json(server.api_addr(), list)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }

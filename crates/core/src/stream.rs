@@ -338,6 +338,11 @@ impl Stream {
             None => (None, VecDeque::new(), false),
         };
         drop(inner);
+        if resync {
+            // Nothing cached to start on (a publisher with long GOPs, e.g. a browser, or a GOP
+            // past the cache's bound): ask the publisher for a keyframe (WebRTC sends a PLI).
+            self.request_keyframe();
+        }
         StreamReader {
             stream: self.clone(),
             rx,
@@ -356,6 +361,7 @@ impl Stream {
         if !r.backlog.is_empty() {
             r.backlog.clear();
             r.resync = true;
+            self.request_keyframe();
         }
         if r.resync {
             r.live_after = std::time::Instant::now().checked_sub(LIVE_MARGIN);

@@ -10,7 +10,7 @@ use tidegate_core::{PathEventKind, Reader, SessionInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::segmenter::{Segmenter, SegmenterConfig};
+use crate::segmenter::{Segmenter, SegmenterConfig, Variant};
 use crate::state::State;
 use crate::Inner;
 
@@ -172,6 +172,31 @@ impl Muxer {
     }
 }
 
+/// The stream's Opus as AAC for the MPEG-TS variant, when the path allows it and it can run.
+fn bridge_opus(path: &str, reader: &Reader) -> Option<Arc<tidegate_core::Transcoded>> {
+    let desc = reader.desc();
+    let track = desc
+        .tracks
+        .iter()
+        .find(|t| matches!(t.params, tidegate_core::CodecParams::Opus { .. }))?;
+    let conf = reader.conf();
+    let why = if !conf.audio_transcode {
+        "audioTranscode is off for this path".to_string()
+    } else if let Some(why) = tidegate_transcode::why_not_aac(track) {
+        why
+    } else {
+        match tidegate_transcode::opus_to_aac(reader.stream(), conf.audio_transcode_bitrate) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        }
+    };
+    tracing::warn!(
+        path,
+        "[HLS] Opus is segmented as is (players of MPEG-TS HLS may not play it): {why}"
+    );
+    None
+}
+
 /// Reads the path until idle, shutdown or kick; then removes itself from the muxer table.
 pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, reader: Reader) {
     // The reader (the path's `hlsMuxer` reader) is released before the muxer leaves the
@@ -196,7 +221,15 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
     let idle = || !inner.cfg.always_remux && mux.idle_for() > inner.cfg.muxer_close_after;
     tracing::info!(path = mux.path, "[HLS] muxer created");
     'streams: loop {
-        let desc = reader.desc();
+        // The MPEG-TS variant's players (hls.js, Safari, TVs) take AAC, not Opus: a WHIP
+        // publish is segmented with its audio bridged (once per stream).
+        let view = (cfg.variant == Variant::MpegTs)
+            .then(|| bridge_opus(&mux.path, &reader))
+            .flatten();
+        let mut view_rx = view.as_ref().map(|v| v.stream().subscribe());
+        let desc = view
+            .as_ref()
+            .map_or_else(|| reader.desc(), |v| v.stream().desc());
         let mut seg = Segmenter::new(&desc, cfg.clone(), offset, discontinuity);
         // The key track's last timestamp and frame interval (s): a jump far past the interval
         // at a keyframe (a new publisher continued the stream after a blip,
@@ -227,7 +260,12 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
         let hls_latency = tidegate_core::latency::egress("hls");
         loop {
             tokio::select! {
-                r = reader.recv() => {
+                r = async {
+                    match &mut view_rx {
+                        Some(rx) => rx.recv().await,
+                        None => reader.recv().await,
+                    }
+                } => {
                     let Ok(frame) = r else { break };
                     if first {
                         first = false;
@@ -265,7 +303,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                                 seg.finish(&mut out);
                                 mux.apply(&mut out);
                                 offset = seg.end();
-                                seg = Segmenter::new(&reader.desc(), cfg.clone(), offset, true);
+                                seg = Segmenter::new(&desc, cfg.clone(), offset, true);
                                 let wall = SystemTime::now() - frame.received.elapsed();
                                 mux.state().wall0 = wall - Duration::from_secs_f64(offset);
                                 key_last = None;

@@ -122,6 +122,16 @@ impl ClientSession {
                     ("type", Amf0::string("nonprivate")),
                     ("flashVer", Amf0::string("FMLE/3.0 (compatible; Tidegate)")),
                     ("tcUrl", Amf0::string(&self.tc_url)),
+                    // Enhanced RTMP: the codecs our ingest reads (a Tidegate serving this pull
+                    // sends Opus as is instead of bridging it to AAC).
+                    (
+                        "fourCcList",
+                        Amf0::StrictArray(
+                            ["avc1", "hvc1", "av01", "vp09", "mp4a", "Opus"]
+                                .map(Amf0::string)
+                                .to_vec(),
+                        ),
+                    ),
                 ]),
             ];
             self.command(0, &connect);

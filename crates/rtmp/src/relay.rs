@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientEvent, ClientSession, Mode, RtmpUrl};
 use crate::ingest::Ingest;
 use crate::mux::TagMaker;
-use crate::server::stream_head;
+use crate::server::{bridge_opus, stream_head};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,7 +149,19 @@ async fn push_once(
     start(&mut io, &mut session, &mut buf).await?;
     status.set_state("running");
     tracing::info!(path, url = status.url, "pushing");
-    let desc = reader.desc();
+    // RTMP ingests take AAC, not Opus: a WHIP publish is pushed with its audio bridged.
+    let (view, why) = bridge_opus(&reader);
+    if let Some(why) = why {
+        tracing::warn!(
+            path,
+            url = status.url,
+            "Opus is pushed as Enhanced RTMP Opus: {why}"
+        );
+    }
+    let mut view_rx = view.as_ref().map(|v| v.stream().subscribe());
+    let desc = view
+        .as_ref()
+        .map_or_else(|| reader.desc(), |v| v.stream().desc());
     for (type_id, body) in stream_head(&desc) {
         session.send_media(type_id, 0, &body);
     }
@@ -168,7 +180,12 @@ async fn push_once(
                 let _ = write(&mut io, &session.take_output()).await;
                 return Ok(());
             }
-            f = reader.recv() => match f {
+            f = async {
+                match &mut view_rx {
+                    Some(rx) => rx.recv().await,
+                    None => reader.recv().await,
+                }
+            } => match f {
                 Ok(frame) => {
                     if let Some(tag) = maker.make(&frame) {
                         if let Some(seq) = &tag.sequence_header {

@@ -292,19 +292,28 @@ impl<S: Transport> Conn<S> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut app = String::new();
         let mut tc_url = String::new();
+        let mut fourccs = Vec::new();
         let never = CancellationToken::new();
         loop {
             let open = self.step(&mut buf, &never).await?;
             while let Some(ev) = self.session.poll_event() {
                 match ev {
-                    Event::Connect { app: a, tc_url: t } => {
+                    Event::Connect {
+                        app: a,
+                        tc_url: t,
+                        fourccs: f,
+                    } => {
                         app = a;
                         tc_url = t;
+                        fourccs = f;
                     }
                     Event::Publish { name } => {
                         return self.publish(&app, &tc_url, &name, buf).await
                     }
-                    Event::Play { name } => return self.play(&app, &tc_url, &name, buf).await,
+                    Event::Play { name } => {
+                        let opus = fourccs.iter().any(|f| f == "Opus" || f == "*");
+                        return self.play(&app, &tc_url, &name, opus, buf).await;
+                    }
                     _ => {}
                 }
             }
@@ -407,11 +416,14 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// `takes_opus`: the player listed Opus among its Enhanced RTMP codecs; other players
+    /// get a stream's Opus as AAC (the audio bridge) where the path allows it.
     async fn play(
         mut self,
         app: &str,
         tc_url: &str,
         name: &str,
+        takes_opus: bool,
         buf: Vec<u8>,
     ) -> Result<(), ConnError> {
         let mut req = self.resolve(app, tc_url, name, Action::Read);
@@ -436,14 +448,28 @@ impl<S: Transport> Conn<S> {
         };
         tracing::info!(path, "is reading");
         self.guard.set(ConnState::Read, &path, &req.query);
-        let source = reader.stream().clone();
+        let (view, bridged) = if takes_opus {
+            (None, None)
+        } else {
+            bridge_opus(&reader)
+        };
+        let source = view
+            .as_ref()
+            .map_or_else(|| reader.stream().clone(), |v| v.stream().clone());
         let egress = source.egress(|s| RtmpMuxer::new(&s.desc()));
         let desc = source.desc();
-        self.guard
-            .counters
-            .set_carriage(tidegate_core::Carriage::sort(&desc, |t| {
-                crate::flv::why_not(&t.params)
-            }));
+        let mut carriage = tidegate_core::Carriage::sort(&desc, |t| crate::flv::why_not(&t.params));
+        if view.is_some() {
+            for c in &mut carriage.carried {
+                if *c == tidegate_core::Codec::Aac.name() {
+                    *c = "Opus → MPEG-4 Audio";
+                }
+            }
+        }
+        if let Some(why) = bridged {
+            tracing::info!(path, "Opus is sent as Enhanced RTMP Opus: {why}");
+        }
+        self.guard.counters.set_carriage(carriage);
         self.session.accept_play();
         let mut head = self.session.take_output();
         start_of_stream(&desc, &mut head);
@@ -532,6 +558,32 @@ impl<S: Transport> Conn<S> {
 
 /// A player may send nothing for a long time (only acknowledgements): no read timeout here;
 /// a dead player is caught by the write timeout.
+/// The audio bridge for an RTMP player that did not list Opus: the stream's Opus as AAC-LC
+/// (once per stream), or None with why not when the path turns it off or it cannot run.
+pub(crate) fn bridge_opus(
+    reader: &tidegate_core::Reader,
+) -> (Option<Arc<tidegate_core::Transcoded>>, Option<String>) {
+    let desc = reader.desc();
+    let Some(track) = desc
+        .tracks
+        .iter()
+        .find(|t| matches!(t.params, tidegate_core::CodecParams::Opus { .. }))
+    else {
+        return (None, None);
+    };
+    let conf = reader.conf();
+    if !conf.audio_transcode {
+        return (None, Some("audioTranscode is off for this path".into()));
+    }
+    if let Some(why) = tidegate_transcode::why_not_aac(track) {
+        return (None, Some(format!("it cannot be transcoded to AAC: {why}")));
+    }
+    match tidegate_transcode::opus_to_aac(reader.stream(), conf.audio_transcode_bitrate) {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(format!("it cannot be transcoded to AAC: {e}"))),
+    }
+}
+
 async fn read_bounded<S: AsyncRead + Unpin>(
     socket: &mut S,
     buf: &mut [u8],

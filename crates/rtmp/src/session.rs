@@ -57,6 +57,9 @@ pub enum Event {
     Connect {
         app: String,
         tc_url: String,
+        /// Codecs the client says it takes (Enhanced RTMP: `fourCcList`, and the keys of
+        /// `audioFourCcInfoMap` and `videoFourCcInfoMap`), e.g. `Opus`, `hvc1`, `*`.
+        fourccs: Vec<String>,
     },
     /// `name` is the stream name as sent, query string included.
     Publish {
@@ -276,6 +279,7 @@ impl ServerSession {
                     .and_then(Amf0::as_str)
                     .unwrap_or("")
                     .to_string();
+                let fourccs = connect_fourccs(&obj);
                 self.control(MSG_WINDOW_ACK_SIZE, &WINDOW_ACK_SIZE.to_be_bytes());
                 let mut bw = WINDOW_ACK_SIZE.to_be_bytes().to_vec();
                 bw.push(2); // dynamic
@@ -298,7 +302,11 @@ impl ServerSession {
                         ]),
                     ],
                 );
-                self.events.push_back(Event::Connect { app, tc_url });
+                self.events.push_back(Event::Connect {
+                    app,
+                    tc_url,
+                    fourccs,
+                });
             }
             "createStream" => self.command(
                 0,
@@ -380,5 +388,48 @@ impl ServerSession {
     pub fn end_of_stream(&mut self) {
         self.user_control(1, MEDIA_STREAM_ID); // StreamEOF
         self.status("status", "NetStream.Play.UnpublishNotify", "Stream ended");
+    }
+}
+
+/// The codecs an Enhanced RTMP client lists in its connect command (at most 64 names).
+fn connect_fourccs(obj: &Amf0) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(Amf0::StrictArray(list)) = obj.get("fourCcList") {
+        out.extend(list.iter().filter_map(Amf0::as_str).map(str::to_string));
+    }
+    for map in ["audioFourCcInfoMap", "videoFourCcInfoMap"] {
+        if let Some(Amf0::Object(props) | Amf0::EcmaArray(props)) = obj.get(map) {
+            out.extend(props.iter().map(|(k, _)| k.clone()));
+        }
+    }
+    out.truncate(64);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_rtmp_codec_lists_are_read() {
+        let v1 = Amf0::object(&[
+            ("app", Amf0::string("live")),
+            (
+                "fourCcList",
+                Amf0::StrictArray(vec![Amf0::string("hvc1"), Amf0::string("Opus")]),
+            ),
+        ]);
+        assert_eq!(connect_fourccs(&v1), vec!["hvc1", "Opus"]);
+        let v2 = Amf0::object(&[(
+            "audioFourCcInfoMap",
+            Amf0::object(&[("Opus", Amf0::Number(1.0)), ("mp4a", Amf0::Number(1.0))]),
+        )]);
+        assert_eq!(connect_fourccs(&v2), vec!["Opus", "mp4a"]);
+        assert!(connect_fourccs(&Amf0::object(&[("app", Amf0::string("x"))])).is_empty());
+        let many = Amf0::object(&[(
+            "fourCcList",
+            Amf0::StrictArray((0..1000).map(|_| Amf0::string("avc1")).collect()),
+        )]);
+        assert_eq!(connect_fourccs(&many).len(), 64);
     }
 }
