@@ -1494,3 +1494,62 @@ fn sessions_of(server: &TestServer, list: &str) -> Vec<Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+/// AV1 over RTP both ways (the AOMedia payload format): ffmpeg 9 publishes AV1 over RTSP
+/// (SVT-AV1, 640x360 at 30 fps), ffmpeg 9 reads it back over RTSP (its AV1 depacketizer: 4 s
+/// of frames, the size, decodable by dav1d), and Chromium plays the same path over WHEP.
+#[test]
+fn rtsp_av1_both_ways_and_to_chromium_whep() {
+    let _turn = heavy();
+    let dir = scratch("rtsp-av1");
+    let server = TestServer::start("");
+    let mut cmd = Command::new(peer("ffmpeg9"));
+    let args =
+        "-hide_banner -loglevel error -nostdin -re -f lavfi -i testsrc2=size=640x360:rate=30 \
+                -t 40 -c:v libsvtav1 -preset 12 -g 30 -svtav1-params tune=0 -pix_fmt yuv420p \
+                -strict experimental -f rtsp";
+    cmd.args(args.split_whitespace())
+        .arg(server.rtsp_url("av1"));
+    let mut publisher = PeerProcess::spawn("ffmpeg9-av1-rtsp", &mut cmd, &dir);
+    server.wait_ready("av1", READY);
+    assert_eq!(server.paths().get("av1").unwrap().tracks, vec!["AV1"]);
+
+    let out = dir.join("read.mkv");
+    let mut cmd = Command::new(peer("ffmpeg9"));
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-strict", "experimental", "-rtsp_transport", "tcp"])
+        .args(["-i", &server.rtsp_url("av1"), "-t", "4", "-c", "copy"])
+        .arg(&out);
+    let mut reader = PeerProcess::spawn("ffmpeg9-av1-read", &mut cmd, &dir);
+    let status = reader.wait(Duration::from_secs(45));
+    assert!(status.success(), "{}", reader.stderr());
+    let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert_eq!(p.codec("video").as_deref(), Some("av1"), "{:#?}", p.streams);
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    let frames = p.packets_of("video").len();
+    assert!((90..=150).contains(&frames), "{frames} AV1 frames in 4 s");
+    let decoded = run_bounded(
+        Command::new(peer("ffmpeg9"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+            .arg(&out)
+            .args(["-f", "null", "-"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "dav1d: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    eprintln!("AV1 over RTSP both ways: {frames} frames in 4 s, 640x360");
+
+    let r = chromium_pages(None, &server.webrtc_url("av1", ""), 4);
+    eprintln!("RTSP AV1 -> Chromium: {r}");
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    publisher.kill9();
+}

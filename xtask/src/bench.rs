@@ -13,7 +13,7 @@
 //!   (DTLS-SRTP, every packet decrypted): server CPU per viewer, memory, the added latency
 //!   (frame ingress -> datagrams sent, the server's histogram).
 //! - `webrtc-aiortc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers that decode.
-//! - `transcode`: the audio bridge (AAC -> Opus) per stream, in process and with 50 paths each
+//! - `transcode`: the audio bridge (AAC -> Opus, Opus -> AAC) per stream, in process, and AAC -> Opus with 50 paths each
 //!   read by one WHEP viewer, against the same paths publishing Opus.
 //!
 //! Everything is built in release mode.

@@ -1,8 +1,9 @@
 //! `cargo xtask bench transcode [paths...]`: what the audio bridge costs.
 //!
 //! 1. In process: the AAC → Opus transcoder (symphonia decode, rubato resample, libopus at
-//!    128 kbit/s) on 60 s of stereo AAC at 48 and at 44.1 kHz: CPU per transcoded stream, in
-//!    % of one core.
+//!    128 kbit/s) on 60 s of stereo AAC at 48 and at 44.1 kHz, and the Opus → AAC transcoder
+//!    (libopus decode, our AAC-LC encoder at 128 kbit/s) on 60 s of stereo Opus: CPU per
+//!    transcoded stream, in % of one core.
 //! 2. The server: N paths (default 50), each published over RTSP by ffmpeg (`-c copy`, a 10 s
 //!    loop of a 320x180 H.264 + audio clip) and read by one str0m WHEP viewer in this process.
 //!    Once with AAC (every path transcodes), once with Opus from the publisher (nothing to
@@ -59,6 +60,51 @@ fn in_process(rate: u32) -> Result<f64, String> {
         return Err(format!("{} Opus frames for {seconds:.0} s", made.len()));
     }
     Ok(busy / seconds)
+}
+
+/// Opus → AAC on 60 s of stereo Opus (two tones and noise, as libopus makes it at 128 kbit/s).
+fn in_process_opus() -> Result<f64, String> {
+    let mut enc = tidegate_transcode::opus::Encoder::new(2, 128_000)?;
+    let mut seed = 7u32;
+    let mut packets = Vec::new();
+    for i in 0..3000usize {
+        let pcm: Vec<f32> = (0..960 * 2)
+            .map(|k| {
+                let t = (i * 960 + k / 2) as f32 / 48_000.0;
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let noise = (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                0.3 * (std::f32::consts::TAU * 440.0 * t).sin()
+                    + 0.15 * (std::f32::consts::TAU * 1320.0 * t).sin()
+                    + 0.05 * noise
+            })
+            .collect();
+        packets.push(enc.encode(&pcm)?);
+    }
+    let mut tc = tidegate_transcode::OpusToAac::new(2, 48_000, 128_000)?;
+    let mut made = Vec::new();
+    let t0 = std::time::Instant::now();
+    for (i, p) in packets.iter().enumerate() {
+        let frame = Frame {
+            track: 1,
+            pts: i as i64 * 960,
+            dts: i as i64 * 960,
+            keyframe: true,
+            data: bytes::Bytes::copy_from_slice(p),
+            received: Instant::now(),
+            params: None,
+        };
+        tc.push(&frame, &mut made);
+    }
+    let busy = t0.elapsed().as_secs_f64();
+    if made.len() < 2800 {
+        return Err(format!("{} AAC frames for 60 s", made.len()));
+    }
+    let bits: usize = made.iter().map(|f| f.data.len() * 8).sum();
+    println!(
+        "  (AAC out: {:.0} kbit/s)",
+        bits as f64 / (made.len() as f64 * 1024.0 / 48_000.0) / 1000.0
+    );
+    Ok(busy / 60.0)
 }
 
 fn make_clip(dir: &Path, audio: &str) -> Result<PathBuf, String> {
@@ -219,6 +265,12 @@ pub fn transcode(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), S
             share * 100.0
         );
     }
+    println!("Audio bridge, in process: Opus stereo 128 kbit/s -> AAC-LC 128 kbit/s (ours)");
+    let share = in_process_opus()?;
+    println!(
+        "  from 48000 Hz: {:.2}% of a core per stream",
+        share * 100.0
+    );
     let (root, dir) = bench_dirs()?;
     let aac = make_clip(&dir, "aac")?;
     let opus = make_clip(&dir, "libopus")?;

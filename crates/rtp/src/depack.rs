@@ -44,6 +44,7 @@ pub enum Kind {
     /// One packet carries one frame (Opus, G.711).
     Frame,
     Vpx(crate::vpx::VpxDepack),
+    Av1(crate::av1::Av1Depack),
     Mpa(crate::mpa::MpaDepack),
     Jpeg(crate::jpeg::JpegDepack),
     Ac3(crate::ac3::Ac3Depack),
@@ -139,6 +140,15 @@ impl Depacketizer {
         Self::new(Kind::Vpx(crate::vpx::VpxDepack::new(crate::vpx::Vpx::Vp9)))
     }
 
+    /// AV1 (the AOMedia RTP payload format): temporal units of OBUs with size fields.
+    pub fn av1() -> Depacketizer {
+        Self::new(Kind::Av1(crate::av1::Av1Depack::new()))
+    }
+
+    pub fn is_av1(&self) -> bool {
+        matches!(self.kind, Kind::Av1(_))
+    }
+
     pub fn push(&mut self, p: &RtpPacket<'_>, out: &mut Vec<Unit>) {
         let gap = match self.expected {
             Some(e) if e != p.sequence => {
@@ -189,6 +199,17 @@ impl Depacketizer {
                 }
             }
             Kind::Vpx(d) => {
+                if gap {
+                    if d.discard() {
+                        self.units_dropped += 1;
+                    }
+                    d.need_key = true;
+                }
+                if d.push(p, out) {
+                    self.units_dropped += 1;
+                }
+            }
+            Kind::Av1(d) => {
                 if gap {
                     if d.discard() {
                         self.units_dropped += 1;

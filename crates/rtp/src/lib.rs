@@ -7,6 +7,7 @@
 //! never hold more than [`MAX_UNIT`] bytes.
 
 pub mod ac3;
+pub mod av1;
 pub mod depack;
 pub mod jpeg;
 pub mod mpa;

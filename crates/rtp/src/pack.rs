@@ -17,6 +17,8 @@ pub enum PackKind {
     /// VP8 (RFC 7741) and VP9 (RFC 9628): a one-byte descriptor before each piece.
     Vp8,
     Vp9,
+    /// AV1 (the AOMedia RTP payload format): OBUs after an aggregation header.
+    Av1,
     /// MPEG audio (RFC 2250): whole frames, or pieces with their offsets.
     Mpa,
     /// Sample-based audio (LPCM, G.722, G.726): `bytes` bytes take `ticks` of the RTP clock;
@@ -217,6 +219,13 @@ impl Packetizer {
                 let n = pieces.len();
                 for (i, (desc, piece)) in pieces.iter().enumerate() {
                     self.packet(out, i + 1 == n, ts, &[desc, piece]);
+                }
+            }
+            PackKind::Av1 => {
+                let pieces = crate::av1::payloads(data, room);
+                let n = pieces.len();
+                for (i, piece) in pieces.iter().enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[piece]);
                 }
             }
         }

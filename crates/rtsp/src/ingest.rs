@@ -74,18 +74,32 @@ impl InTrack {
     /// Parameter sets in a key frame that differ from the known ones: recorded, and returned
     /// when they replace earlier ones (the frame then carries them).
     fn new_params(&mut self, data: &Bytes) -> Option<Arc<CodecParams>> {
-        let nals = nal::split_length_prefixed(data, 4).unwrap_or_default();
-        let found = if self.inc.h265 {
-            h265::find_params(nals.iter().copied()).map(|(v, s, p)| CodecParams::H265 {
-                vps: Bytes::copy_from_slice(v),
-                sps: Bytes::copy_from_slice(s),
-                pps: Bytes::copy_from_slice(p),
-            })
+        let found = if self.inc.depack.is_av1() {
+            // AV1: the sequence header OBU (sent with every keyframe).
+            let mut pos = 0;
+            let mut seq = None;
+            while pos < data.len() {
+                let obu = tidegate_codec::av1::parse_obu(&data[pos..]).ok()?;
+                if obu.obu_type == tidegate_codec::av1::OBU_SEQUENCE_HEADER {
+                    seq = Some(data.slice(pos..pos + obu.len));
+                }
+                pos += obu.len;
+            }
+            seq.map(|sequence_header| CodecParams::Av1 { sequence_header })
         } else {
-            h264::find_params(nals.iter().copied()).map(|(s, p)| CodecParams::H264 {
-                sps: Bytes::copy_from_slice(s),
-                pps: Bytes::copy_from_slice(p),
-            })
+            let nals = nal::split_length_prefixed(data, 4).unwrap_or_default();
+            if self.inc.h265 {
+                h265::find_params(nals.iter().copied()).map(|(v, s, p)| CodecParams::H265 {
+                    vps: Bytes::copy_from_slice(v),
+                    sps: Bytes::copy_from_slice(s),
+                    pps: Bytes::copy_from_slice(p),
+                })
+            } else {
+                h264::find_params(nals.iter().copied()).map(|(s, p)| CodecParams::H264 {
+                    sps: Bytes::copy_from_slice(s),
+                    pps: Bytes::copy_from_slice(p),
+                })
+            }
         }?;
         if self.params.as_ref() == Some(&found) {
             return None;

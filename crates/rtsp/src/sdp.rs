@@ -254,6 +254,14 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             video: false,
             h265: false,
         },
+        "AV1" => Incoming {
+            // The sequence header comes in band, with the first keyframe.
+            params: None,
+            clock: 90_000,
+            depack: Depacketizer::av1(),
+            video: true,
+            h265: false,
+        },
         "VP8" | "VP9" => Incoming {
             params: Some(if enc == "VP8" {
                 CodecParams::Vp8
@@ -464,6 +472,22 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                 90_000,
                 PackKind::Vp9,
             ),
+            CodecParams::Av1 { sequence_header } => (
+                "video",
+                "AV1/90000".to_string(),
+                tidegate_codec::av1::parse_sequence_header(sequence_header)
+                    .map(|i| {
+                        format!(
+                            "profile={};level-idx={};tier={}",
+                            i.seq_profile,
+                            i.seq_level_idx_0,
+                            u8::from(i.seq_tier_0)
+                        )
+                    })
+                    .unwrap_or_default(),
+                90_000,
+                PackKind::Av1,
+            ),
             CodecParams::Ac3 {
                 sample_rate,
                 channels,
@@ -537,7 +561,6 @@ pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
                     ticks: 1,
                 },
             ),
-            _ => continue,
         };
         let _ = write!(s, "m={media} 0 RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n");
         if !fmtp.is_empty() {

@@ -178,26 +178,52 @@ impl Encoder {
         }
     }
 
-    /// The highest signal-to-noise ratio (searched in steps) whose frame fits `budget` bits.
+    /// The highest signal-to-noise ratio (within 1 dB) whose frame fits `budget` bits: a
+    /// bracket around last frame's ratio (most frames need a step or two), then bisection.
     fn fit(&mut self, budget: usize) -> Vec<Channel> {
-        let mut lo = -20.0f32;
-        let mut hi = 80.0f32;
+        const LOWEST: f32 = -20.0;
+        const HIGHEST: f32 = 80.0;
         let mut best: Option<Vec<Channel>> = None;
-        // Start at last frame's ratio: most frames need a step or two.
-        let mut snr = self.last_snr;
-        for _ in 0..8 {
+        let mut lo = LOWEST;
+        let mut hi = HIGHEST;
+        // Tries `snr`: keeps the frame and raises `lo` when it fits, else lowers `hi`.
+        let attempt = |snr: f32, best: &mut Option<Vec<Channel>>, lo: &mut f32, hi: &mut f32| {
             let coded = self.quantise_all(snr);
-            let bits: usize = coded.iter().map(|c| c.bits).sum();
-            if bits <= budget {
-                lo = snr;
-                best = Some(coded);
+            if coded.iter().map(|c| c.bits).sum::<usize>() <= budget {
+                *lo = snr;
+                *best = Some(coded);
+                true
             } else {
-                hi = snr;
+                *hi = snr;
+                false
             }
-            if hi - lo < 0.75 {
-                break;
+        };
+        let start = self.last_snr.clamp(LOWEST, HIGHEST);
+        let mut step = 3.0;
+        let mut snr = start;
+        let mut tries = 1;
+        if attempt(start, &mut best, &mut lo, &mut hi) {
+            while snr < HIGHEST {
+                snr = (snr + step).min(HIGHEST);
+                step *= 2.0;
+                tries += 1;
+                if !attempt(snr, &mut best, &mut lo, &mut hi) {
+                    break;
+                }
             }
-            snr = (lo + hi) / 2.0;
+        } else {
+            while snr > LOWEST {
+                snr = (snr - step).max(LOWEST);
+                step *= 2.0;
+                tries += 1;
+                if attempt(snr, &mut best, &mut lo, &mut hi) {
+                    break;
+                }
+            }
+        }
+        while best.is_some() && hi - lo > 1.0 && tries < 10 {
+            tries += 1;
+            attempt((lo + hi) / 2.0, &mut best, &mut lo, &mut hi);
         }
         let coded = match best {
             Some(c) => c,
@@ -319,10 +345,12 @@ impl Encoder {
                 cost[b][0] = Some(0);
                 continue;
             }
-            for book in 1..=11u8 {
-                if LAV[usize::from(book) - 1] >= peak.min(16) {
-                    cost[b][usize::from(book)] = Some(spectral_bits(book, &c.q[s..e]));
-                }
+            // The four smallest codebooks that can carry the band (larger ones cost more).
+            for book in (1..=11u8)
+                .filter(|&k| LAV[usize::from(k) - 1] >= peak.min(16))
+                .take(4)
+            {
+                cost[b][usize::from(book)] = Some(spectral_bits(book, &c.q[s..e]));
             }
         }
         // Sections: dynamic programming over (band, codebook); a section costs 9 bits.
