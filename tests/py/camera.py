@@ -50,6 +50,8 @@ def main():
     )
     p.add_argument("--audio", choices=["aac", "ac3"], default="aac",
                    help="the audio codec (AC-3: RFC 4184, GStreamer's rtpac3pay)")
+    p.add_argument("--mpegts", action="store_true",
+                   help="serve H.264 + AAC muxed in MPEG-TS, one MP2T RTP stream (RFC 2250)")
     p.add_argument("--pattern", choices=["test", "flash"], default="test",
                    help="flash: a flash + beep pattern (lip sync), else test patterns and a tone")
     a = p.parse_args()
@@ -70,13 +72,22 @@ def main():
         audio_enc = "avenc_ac3 bitrate=192000 ! rtpac3pay name=pay1 pt=97"
     else:
         audio_enc = "avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97"
-    factory.set_launch(
-        f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
-        "! rtph264pay name=pay0 pt=96 config-interval=-1 "
-        f"{audio} ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
-        f"! {audio_enc} )"
-    )
+    if a.mpegts:
+        factory.set_launch(
+            f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
+            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse "
+            "! mpegtsmux name=mux alignment=7 ! rtpmp2tpay name=pay0 pt=33 "
+            f"{audio} ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
+            "! avenc_aac ! aacparse ! mux. )"
+        )
+    else:
+        factory.set_launch(
+            f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
+            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
+            "! rtph264pay name=pay0 pt=96 config-interval=-1 "
+            f"{audio} ! audio/x-raw,rate=48000,channels=2 ! audioconvert "
+            f"! {audio_enc} )"
+        )
 
     def flash_probes(_factory, media):
         pipeline = media.get_element()

@@ -1687,3 +1687,78 @@ fn ac3_from_a_gstreamer_camera_over_rtsp_both_ways() {
         eprintln!("AC-3 read over {name}: {r} Hz x{ch}, {secs:.2} s, tone at {peak} Hz");
     }
 }
+
+/// MPEG-TS over RTP (RFC 2250 §2, `MP2T`): an RTSP camera that serves H.264 + AAC muxed in one
+/// TS (GStreamer's `mpegtsmux ! rtpmp2tpay`) is pulled (Tidegate's own client: retina has no
+/// MP2T) and demuxed into its tracks, as an SRT publish is; then GStreamer publishes the same
+/// kind of TS with `rtspclientsink` (RECORD). ffmpeg reads each back over RTSP: 640x360 H.264
+/// at 30 fps and the AAC tone (440 Hz), 5 s from 5 s.
+#[test]
+fn mpegts_over_rtp_from_a_camera_and_a_publisher() {
+    let dir = scratch("rtsp-mp2t");
+    let port = tidegate_tests::peers::free_port();
+    let server = TestServer::start(&format!(
+        "paths:\n  cam:\n    source: rtsp://127.0.0.1:{port}/cam\n  pub:\n"
+    ));
+    let mut camera = Command::new("/usr/bin/python3");
+    camera
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/camera.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--mpegts",
+            "--max-seconds",
+            "60",
+        ]);
+    let _camera = PeerProcess::spawn("gst-camera-mp2t", &mut camera, &dir);
+    server.wait_ready("cam", Duration::from_secs(30));
+
+    let mut publisher = Command::new(peer("gst-launch-1.0"));
+    publisher.args(
+        "-q videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
+         ! mpegtsmux name=mux alignment=7 ! rtspclientsink protocols=tcp"
+            .split_whitespace(),
+    );
+    publisher.arg(format!("location={}", server.rtsp_url("pub")));
+    publisher.args(
+        "audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! audioconvert \
+         ! avenc_aac ! aacparse ! mux."
+            .split_whitespace(),
+    );
+    let _publisher = PeerProcess::spawn("gst-rtspclientsink-mp2t", &mut publisher, &dir);
+    server.wait_ready("pub", Duration::from_secs(30));
+
+    for path in ["cam", "pub"] {
+        assert_eq!(
+            server.paths().get(path).unwrap().tracks,
+            vec!["H264", "MPEG-4 Audio"],
+            "{path}"
+        );
+        let out = dir.join(format!("{path}.mkv"));
+        read_5s(
+            &server.rtsp_url(path),
+            &["-rtsp_transport", "tcp"],
+            &["-c", "copy"],
+            &out,
+            &dir,
+        );
+        let p = probe_file(&out);
+        assert_eq!(p.codec("video").as_deref(), Some("h264"), "{path}");
+        assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{path}");
+        assert_eq!(p.dimensions(), Some((640, 360)), "{path}");
+        let frames = p.packets_of("video").len();
+        assert!(
+            (120..=170).contains(&frames),
+            "{path}: {frames} frames in 5 s"
+        );
+        assert!(p.dts_monotonic("video"), "{path}");
+        let pcm = tidegate_tests::decode_audio(&out);
+        let peak = tidegate_tests::tone_peak(&pcm[pcm.len() / 2..], 48_000);
+        assert!(
+            (peak - 440.0).abs() <= 20.0,
+            "{path}: the tone at {peak} Hz"
+        );
+        eprintln!("MP2T {path} read over RTSP: {frames} frames, 640x360, tone at {peak} Hz");
+    }
+}

@@ -49,6 +49,8 @@ pub enum Kind {
     Jpeg(crate::jpeg::JpegDepack),
     Ac3(crate::ac3::Ac3Depack),
     Mpv(crate::mpv::MpvDepack, crate::mpv::Mpv),
+    /// MPEG-TS over RTP (RFC 2250 §2): whole 188-byte TS packets.
+    Mp2t,
 }
 
 /// A depacketizer with loss tracking.
@@ -143,6 +145,15 @@ impl Depacketizer {
     /// AV1 (the AOMedia RTP payload format): temporal units of OBUs with size fields.
     pub fn av1() -> Depacketizer {
         Self::new(Kind::Av1(crate::av1::Av1Depack::new()))
+    }
+
+    /// MPEG-TS (RFC 2250 §2): each packet's TS packets as one unit, for a TS demuxer.
+    pub fn mp2t() -> Depacketizer {
+        Self::new(Kind::Mp2t)
+    }
+
+    pub fn is_mp2t(&self) -> bool {
+        matches!(self.kind, Kind::Mp2t)
     }
 
     pub fn is_av1(&self) -> bool {
@@ -244,6 +255,22 @@ impl Depacketizer {
                     }),
                     crate::mpv::Piece::Pending => {}
                     crate::mpv::Piece::Dropped => self.units_dropped += 1,
+                }
+            }
+            Kind::Mp2t => {
+                // Whole TS packets only; the demuxer finds its own losses (continuity
+                // counters).
+                if !p.payload.is_empty()
+                    && p.payload.len().is_multiple_of(188)
+                    && p.payload[0] == 0x47
+                {
+                    out.push(Unit {
+                        timestamp: p.timestamp,
+                        data: Bytes::copy_from_slice(p.payload),
+                        keyframe: false,
+                    });
+                } else {
+                    self.units_dropped += 1;
                 }
             }
             Kind::Frame => {

@@ -19,6 +19,8 @@ pub enum PackKind {
     Vp9,
     /// AV1 (the AOMedia RTP payload format): OBUs after an aggregation header.
     Av1,
+    /// MPEG-TS (RFC 2250 §2): as many whole 188-byte TS packets as fit.
+    Mp2t,
     /// MPEG audio (RFC 2250): whole frames, or pieces with their offsets.
     Mpa,
     /// Sample-based audio (LPCM, G.722, G.726): `bytes` bytes take `ticks` of the RTP clock;
@@ -221,6 +223,13 @@ impl Packetizer {
                     self.packet(out, i + 1 == n, ts, &[desc, piece]);
                 }
             }
+            PackKind::Mp2t => {
+                let per = (room / 188).max(1) * 188;
+                let n = data.len().div_ceil(per).max(1);
+                for (i, piece) in data.chunks(per).enumerate() {
+                    self.packet(out, i + 1 == n, ts, &[piece]);
+                }
+            }
             PackKind::Av1 => {
                 let pieces = crate::av1::payloads(data, room);
                 let n = pieces.len();
@@ -297,6 +306,33 @@ mod tests {
             assert!(out[0].keyframe && !out[1].keyframe, "{kind:?}");
             assert_eq!(out[1].data, units[1].0);
         }
+    }
+
+    #[test]
+    fn mpegts_is_cut_at_ts_packets_and_comes_back_whole() {
+        // 20 TS packets: 6 per 1200-byte packet (1128 bytes of payload).
+        let ts: Vec<u8> = (0..20u8)
+            .flat_map(|i| std::iter::once(0x47).chain(std::iter::repeat_n(i, 187)))
+            .collect();
+        let out = round_trip(
+            PackKind::Mp2t,
+            Depacketizer::mp2t(),
+            &[(ts.clone(), false)],
+            1200,
+        );
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|u| u.data.len() % 188 == 0));
+        let joined: Vec<u8> = out.iter().flat_map(|u| u.data.to_vec()).collect();
+        assert_eq!(joined, ts);
+        // A payload that is not whole TS packets is dropped.
+        let mut d = Depacketizer::mp2t();
+        let mut b = BytesMut::new();
+        write_header(&mut b, false, 33, 1, 0, 1);
+        b.extend_from_slice(&[0x47; 100]);
+        let mut units = Vec::new();
+        d.push(&RtpPacket::parse(&b).unwrap(), &mut units);
+        assert!(units.is_empty());
+        assert_eq!(d.units_dropped, 1);
     }
 
     #[test]

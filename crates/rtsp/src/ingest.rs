@@ -20,12 +20,24 @@ pub struct InTrack {
     base: Option<i64>,
     last: Option<u32>,
     ext: i64,
+    /// MPEG-TS over RTP: the TS demuxer that makes the stream's tracks.
+    ts: Option<Box<TsIn>>,
+}
+
+/// An MPEG-TS track's demuxing: the same as an SRT publish's.
+#[derive(Default)]
+struct TsIn {
+    demux: tidegate_mpegts::demux::Demuxer,
+    frames: tidegate_mpegts::frames::TsToFrames,
+    /// The tracks, once the program's streams are known.
+    desc: Option<StreamDesc>,
 }
 
 impl InTrack {
     pub fn new(inc: Incoming) -> InTrack {
         InTrack {
             params: inc.params.clone(),
+            ts: inc.depack.is_mp2t().then(Box::default),
             inc,
             base: None,
             last: None,
@@ -33,9 +45,45 @@ impl InTrack {
         }
     }
 
+    /// Whether this is an MPEG-TS track (whose tracks come from the TS).
+    pub fn is_mpegts(&self) -> bool {
+        self.ts.is_some()
+    }
+
+    /// An MPEG-TS track's packets through the demuxer: the frames of its tracks (their times
+    /// the TS's own, as an SRT publish's).
+    fn push_ts(&mut self, p: &RtpPacket<'_>) -> Vec<Frame> {
+        let mut units = Vec::new();
+        self.inc.depack.push(p, &mut units);
+        let Some(ts) = self.ts.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for u in units {
+            ts.demux.feed(&u.data);
+            while let Some(ev) = ts.demux.poll_event() {
+                for o in ts.frames.on_event(ev) {
+                    match o {
+                        tidegate_mpegts::frames::Output::Tracks(desc) => {
+                            if !ts.frames.ignored.is_empty() {
+                                tracing::info!(streams = ?ts.frames.ignored, "[RTSP] MPEG-TS streams not carried");
+                            }
+                            ts.desc = Some(desc);
+                        }
+                        tidegate_mpegts::frames::Output::Frame(f) => out.push(f),
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Depacketizes `p` and returns the frames it completed (track `idx`, times from
     /// `started`, the session's start). A key frame with new parameter sets carries them.
     pub fn push(&mut self, idx: usize, p: &RtpPacket<'_>, started: Instant) -> Vec<Frame> {
+        if self.ts.is_some() {
+            return self.push_ts(p);
+        }
         let mut units = Vec::new();
         self.inc.depack.push(p, &mut units);
         units
@@ -111,6 +159,16 @@ impl InTrack {
 
 /// The stream a set of tracks makes, once every track's parameters are known.
 pub fn desc<'a>(tracks: impl IntoIterator<Item = &'a InTrack>) -> Option<StreamDesc> {
+    let tracks: Vec<&InTrack> = tracks.into_iter().collect();
+    if let [one] = tracks[..] {
+        if let Some(ts) = &one.ts {
+            // MPEG-TS: the tracks the demuxer found (an MPEG-TS media is a publish's only one).
+            return ts.desc.clone();
+        }
+    }
+    if tracks.iter().any(|t| t.ts.is_some()) {
+        return None;
+    }
     let tracks = tracks
         .into_iter()
         .enumerate()

@@ -72,6 +72,7 @@ pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
                 14 => (media.encoding, media.clock) = ("MPA".into(), 90_000),
                 26 => (media.encoding, media.clock) = ("JPEG".into(), 90_000),
                 32 => (media.encoding, media.clock) = ("MPV".into(), 90_000),
+                33 => (media.encoding, media.clock) = ("MP2T".into(), 90_000),
                 _ => {}
             }
             out.push(media);
@@ -251,6 +252,14 @@ pub fn incoming(m: &Media) -> Result<Incoming, String> {
             params: Some(CodecParams::Mp3),
             clock: 90_000,
             depack: Depacketizer::mpa(),
+            video: false,
+            h265: false,
+        },
+        "MP2T" => Incoming {
+            // The tracks are in the TS: demuxed by the ingest (see `InTrack`).
+            params: None,
+            clock: 90_000,
+            depack: Depacketizer::mp2t(),
             video: false,
             h265: false,
         },

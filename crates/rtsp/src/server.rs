@@ -779,6 +779,15 @@ impl Conn {
                 }
             }
         }
+        if pubs.len() > 1 && pubs.iter().any(|p| p.t.is_mpegts()) {
+            return response(
+                415,
+                "Unsupported Media Type",
+                cseq,
+                &[],
+                b"MPEG-TS over RTP (MP2T) must be the only media of a publish\n",
+            );
+        }
         let publisher = match self.paths.publish(
             &path,
             self.info("rtspSession").with_query(uri_query(&req.uri)),

@@ -112,7 +112,18 @@ fn ours(encoding: &str) -> bool {
     let e = encoding.to_ascii_uppercase();
     matches!(
         e.as_str(),
-        "AC3" | "JPEG" | "MP4V-ES" | "MPV" | "MPA" | "G722" | "L16" | "L24" | "VP8" | "VP9"
+        "AC3"
+            | "JPEG"
+            | "MP4V-ES"
+            | "MPV"
+            | "MPA"
+            | "G722"
+            | "L16"
+            | "L24"
+            | "VP8"
+            | "VP9"
+            | "AV1"
+            | "MP2T"
     ) || e.starts_with("G726-")
         || e.starts_with("AAL2-G726-")
 }
