@@ -100,10 +100,10 @@ fn in_process_opus() -> Result<f64, String> {
         return Err(format!("{} AAC frames for 60 s", made.len()));
     }
     let bits: usize = made.iter().map(|f| f.data.len() * 8).sum();
-    println!(
-        "  (AAC out: {:.0} kbit/s)",
-        bits as f64 / (made.len() as f64 * 1024.0 / 48_000.0) / 1000.0
-    );
+    let kbits = bits as f64 / (made.len() as f64 * 1024.0 / 48_000.0) / 1000.0;
+    if !(100.0..=140.0).contains(&kbits) {
+        return Err(format!("the AAC came out at {kbits:.0} kbit/s, not 128"));
+    }
     Ok(busy / 60.0)
 }
 
@@ -257,8 +257,16 @@ fn round(
 
 pub fn transcode(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
     println!("Audio bridge, in process: AAC-LC stereo 128 kbit/s -> Opus 128 kbit/s");
+    // Best of three runs: one thread's wall time is its CPU time only when nothing else runs.
+    let best = |f: &dyn Fn() -> Result<f64, String>| -> Result<f64, String> {
+        let mut b = f64::MAX;
+        for _ in 0..3 {
+            b = b.min(f()?);
+        }
+        Ok(b)
+    };
     for rate in [48_000, 44_100] {
-        let share = in_process(rate)?;
+        let share = best(&|| in_process(rate))?;
         println!(
             "  from {:>5} Hz: {:.2}% of a core per stream",
             rate,
@@ -266,7 +274,7 @@ pub fn transcode(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), S
         );
     }
     println!("Audio bridge, in process: Opus stereo 128 kbit/s -> AAC-LC 128 kbit/s (ours)");
-    let share = in_process_opus()?;
+    let share = best(&in_process_opus)?;
     println!(
         "  from 48000 Hz: {:.2}% of a core per stream",
         share * 100.0

@@ -58,8 +58,10 @@ pub struct Encoder {
     history: Vec<Vec<f32>>,
     windowed: Vec<f32>,
     spectra: Vec<Vec<f32>>,
-    /// |x|^(3/4) of each spectrum (quantisation works on it).
+    /// |x|^(3/4) of each spectrum (quantisation works on it), below the bandwidth.
     powered: Vec<Vec<f32>>,
+    /// Per channel and band: (energy per coefficient, mean magnitude, peak magnitude).
+    bands: Vec<[(f32, f32, f32); 49]>,
     /// Last frame's ratio (dB), the next search's start.
     last_snr: f32,
     /// Per band: noise power per coefficient below the threshold of hearing.
@@ -119,6 +121,7 @@ impl Encoder {
             windowed: vec![0.0; n],
             spectra: vec![vec![0.0; FRAME]; channels],
             powered: vec![vec![0.0; FRAME]; channels],
+            bands: vec![[(0.0, 0.0, 0.0); 49]; channels],
             last_snr: 20.0,
             hearing: hearing(sample_rate),
         })
@@ -153,8 +156,22 @@ impl Encoder {
                 *w = x * win;
             }
             self.mdct.forward(&self.windowed, &mut self.spectra[ch]);
-            for (p, x) in self.powered[ch].iter_mut().zip(&self.spectra[ch]) {
-                *p = x.abs().powf(0.75);
+            // What every quantisation attempt of this frame needs, once.
+            let top = usize::from(SWB_48[self.max_sfb]);
+            let x = &self.spectra[ch];
+            for (p, v) in self.powered[ch][..top].iter_mut().zip(&x[..top]) {
+                *p = v.abs().powf(0.75);
+            }
+            for b in 0..self.max_sfb {
+                let (s, e) = (usize::from(SWB_48[b]), usize::from(SWB_48[b + 1]));
+                let (mut energy, mut sum, mut peak) = (0f32, 0f32, 0f32);
+                for v in &x[s..e] {
+                    energy += v * v;
+                    sum += v.abs();
+                    peak = peak.max(v.abs());
+                }
+                let w = (e - s) as f32;
+                self.bands[ch][b] = (energy / w, sum / w, peak);
             }
         }
         let budget = (self.bits_per_frame + self.reservoir / 2)
@@ -178,7 +195,7 @@ impl Encoder {
         }
     }
 
-    /// The highest signal-to-noise ratio (within 1 dB) whose frame fits `budget` bits: a
+    /// The highest signal-to-noise ratio (within 1.5 dB) whose frame fits `budget` bits: a
     /// bracket around last frame's ratio (most frames need a step or two), then bisection.
     fn fit(&mut self, budget: usize) -> Vec<Channel> {
         const LOWEST: f32 = -20.0;
@@ -221,7 +238,7 @@ impl Encoder {
                 }
             }
         }
-        while best.is_some() && hi - lo > 1.0 && tries < 10 {
+        while best.is_some() && hi - lo > 1.5 && tries < 10 {
             tries += 1;
             attempt((lo + hi) / 2.0, &mut best, &mut lo, &mut hi);
         }
@@ -268,12 +285,10 @@ impl Encoder {
         let p = &self.powered[ch];
         let ratio = 10f32.powf(-snr_db / 10.0);
         let bands = self.max_sfb;
-        let mut energy = [0f32; 49];
+        let stats = &self.bands[ch];
         let mut allowed = [0f32; 49];
         for b in 0..bands {
-            let (s, e) = (usize::from(SWB_48[b]), usize::from(SWB_48[b + 1]));
-            energy[b] = x[s..e].iter().map(|v| v * v).sum::<f32>() / (e - s) as f32;
-            allowed[b] = energy[b] * ratio;
+            allowed[b] = stats[b].0 * ratio;
         }
         for b in 1..bands {
             allowed[b] = allowed[b].max(allowed[b - 1] * 0.1);
@@ -286,20 +301,14 @@ impl Encoder {
         let mut prev: Option<i32> = None;
         for b in 0..self.max_sfb {
             let (s, e) = (usize::from(SWB_48[b]), usize::from(SWB_48[b + 1]));
-            let w = (e - s) as f32;
-            let mut sum_abs = 0f32;
-            let mut peak = 0f32;
-            for v in &x[s..e] {
-                sum_abs += v.abs();
-                peak = peak.max(v.abs());
-            }
+            let (energy, mean, peak) = stats[b];
             let noise = allowed[b].max(self.hearing[b]);
-            if energy[b] <= noise || peak == 0.0 {
+            if energy <= noise || peak == 0.0 {
                 continue;
             }
             // Noise of the x^(3/4) quantiser at step A near the band's mean magnitude m:
             // (4/27)·√m·A^(3/2); solve for A, then A = 2^((sf − 100)/4).
-            let mean = (sum_abs / w).max(1e-3);
+            let mean = mean.max(1e-3);
             let a = (27.0 * noise / (4.0 * mean.sqrt())).powf(2.0 / 3.0);
             let mut s_f = (100.0 + 4.0 * a.log2()).round() as i32;
             // No value past the escape's reach.
