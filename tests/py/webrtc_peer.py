@@ -1,7 +1,7 @@
 """WHIP publisher and WHEP viewers for Tidegate's tests, on aiortc.
 
     python webrtc_peer.py whip URL --seconds 10 [--codec H264|VP8] [--audio] [--audio-codec PCMU]
-                               [--size 640x360]
+                               [--size 640x360] [--flash (a flash + beep pattern, with --audio)]
                                [--fps 30] [--user U --pass P | --token T]
     python webrtc_peer.py whep URL --seconds 5 [--viewers N] [--user U --pass P | --token T]
                                [--analyse (a flash + beep pattern: skew, spectrum)]
@@ -30,7 +30,7 @@ import aioice.ice
 import av
 from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription, VideoStreamTrack)
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
 
@@ -103,32 +103,75 @@ async def delete(resource, args):
     return None
 
 
-class Pattern(VideoStreamTrack):
-    """A moving bar, paced in real time (no numpy needed)."""
+class Clock:
+    """The start both tracks of a publish count from (set by whichever is asked first)."""
 
-    def __init__(self, width, height, fps):
+    def __init__(self):
+        self.t0 = None
+
+    def start(self):
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        return self.t0
+
+
+class Pattern(VideoStreamTrack):
+    """A moving bar, paced in real time (no numpy needed); with `flash`, black with the first
+    100 ms of every second white instead."""
+
+    def __init__(self, width, height, fps, clock, flash=False):
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
         self.count = 0
-        self.t0 = None
+        self.clock, self.flash = clock, flash
 
     async def recv(self):
-        if self.t0 is None:
-            self.t0 = time.monotonic()
-        delay = self.t0 + self.count / self.fps - time.monotonic()
+        t0 = self.clock.start()
+        delay = t0 + self.count / self.fps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         y = frame.planes[0]
-        row = bytearray([16 + (self.count % 200)] * y.line_size)
-        bar = (self.count * 8) % max(1, self.width - 32)
-        row[bar:bar + 32] = b"\xeb" * 32
+        if self.flash:
+            lit = (self.count % self.fps) < self.fps / 10
+            row = bytearray([235 if lit else 16] * y.line_size)
+        else:
+            row = bytearray([16 + (self.count % 200)] * y.line_size)
+            bar = (self.count * 8) % max(1, self.width - 32)
+            row[bar:bar + 32] = b"\xeb" * 32
         y.update(bytes(row) * self.height)
         for p in frame.planes[1:]:
             p.update(bytes([128]) * (p.line_size * (self.height // 2)))
         frame.pts = int(self.count * 90000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self.count += 1
+        return frame
+
+
+class Beep(MediaStreamTrack):
+    """48 kHz mono in 20 ms frames, paced in real time from the publish's clock: a 1 kHz beep
+    in the first 100 ms of every second, silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.n = clock, 0
+
+    async def recv(self):
+        t0 = self.clock.start()
+        delay = t0 + self.n / 48000 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        samples = array.array("h", (
+            int(16000 * math.sin(2 * math.pi * 1000 * s / 48000)) if s % 48000 < 4800 else 0
+            for s in range(self.n, self.n + 960)))
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(samples.tobytes())
+        frame.sample_rate = 48000
+        frame.pts = self.n
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.n += 960
         return frame
 
 
@@ -142,11 +185,13 @@ def only_codec(transceiver, kind, codec):
 async def whip(args):
     w, h = (int(v) for v in args.size.split("x"))
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    video = Pattern(w, h, args.fps)
+    clock = Clock()
+    video = Pattern(w, h, args.fps, clock, args.flash)
     t = pc.addTransceiver(video, direction="sendonly")
     only_codec(t, "video", args.codec)
     if args.audio or args.audio_codec:
-        a = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        track = Beep(clock) if args.flash else AudioStreamTrack()
+        a = pc.addTransceiver(track, direction="sendonly")
         if args.audio_codec:
             only_codec(a, "audio", args.audio_codec)
     states = []
@@ -332,6 +377,9 @@ def main():
     ap.add_argument("--audio", action="store_true")
     ap.add_argument("--audio-codec", help="opus (default), PCMU or PCMA")
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--flash", action="store_true",
+                    help="publish a flash + beep pattern (black video white for 100 ms a second, "
+                         "a 1 kHz beep meanwhile)")
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--viewers", type=int, default=1)
     ap.add_argument("--analyse", action="store_true",

@@ -1553,3 +1553,123 @@ fn rtsp_av1_both_ways_and_to_chromium_whep() {
     assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
     publisher.kill9();
 }
+
+/// The times (s) of a flash + beep pattern in a file: the flashes (video frames whose mean
+/// luma rises past mid-grey; times from the packets' timestamps, no B-frames) and the beeps
+/// (the first loud sample after 50 ms of quiet; times from the first audio packet's).
+fn flashes_and_beeps(file: &Path) -> (Vec<f64>, Vec<f64>) {
+    let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+    let video_times = p.dts_seconds("video");
+    let out = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+            .arg(file)
+            .args(["-map", "0:v", "-vf", "scale=16:9,format=gray"])
+            .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lumas: Vec<f64> = out
+        .stdout
+        .chunks_exact(144)
+        .map(|f| f.iter().map(|b| f64::from(*b)).sum::<f64>() / 144.0)
+        .collect();
+    assert_eq!(
+        lumas.len(),
+        video_times.len(),
+        "one decoded picture per packet"
+    );
+    let flashes: Vec<f64> = (1..lumas.len())
+        .filter(|&i| lumas[i - 1] < 128.0 && lumas[i] >= 128.0)
+        .map(|i| video_times[i])
+        .collect();
+    let a0 = p.dts_seconds("audio")[0];
+    let pcm = tidegate_tests::decode_audio(file);
+    let mut beeps = Vec::new();
+    let mut quiet = 0usize;
+    for (i, s) in pcm.iter().enumerate() {
+        if s.abs() > 0.1 {
+            if quiet >= 2400 {
+                beeps.push(a0 + i as f64 / 48_000.0);
+            }
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
+    }
+    (flashes, beeps)
+}
+
+/// Lip sync through the audio bridge's other direction: aiortc publishes a flash + beep pattern
+/// over WHIP (H.264 + Opus), ffmpeg reads it over RTMP (AAC from our encoder) and over RTSP
+/// (the publisher's Opus) for 10 s each: every second's beep starts within 80 ms of its flash
+/// in the file's timestamps, and the AAC's beeps are within 15 ms of where the Opus has them.
+#[test]
+fn whip_opus_reaches_rtmp_as_aac_in_sync() {
+    let dir = scratch("webrtc-opus-aac-sync");
+    let server = TestServer::start("");
+    let _publisher = whip_publisher(
+        &server.webrtc_url("flash", "whip"),
+        40,
+        &["--audio", "--flash"],
+        &dir,
+    );
+    server.wait_ready("flash", READY);
+    assert_eq!(
+        server.paths().get("flash").unwrap().tracks,
+        vec!["H264", "Opus"]
+    );
+    // The bridge's AAC over RTMP, and the publisher's own Opus over RTSP for comparison.
+    let mut medians = Vec::new();
+    for (name, url, file, codec) in [
+        ("RTMP (AAC)", server.rtmp_url("flash"), "rtmp.flv", "aac"),
+        ("RTSP (Opus)", server.rtsp_url("flash"), "rtsp.mkv", "opus"),
+    ] {
+        let out = dir.join(file);
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-i", &url, "-t", "10", "-c", "copy"])
+            .arg(&out);
+        let mut reader = PeerProcess::spawn("ffmpeg-read-flash", &mut cmd, &dir);
+        let status = reader.wait(Duration::from_secs(45));
+        assert!(status.success(), "{name}: {}", reader.stderr());
+        let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+        assert_eq!(p.codec("audio").as_deref(), Some(codec), "{:#?}", p.streams);
+        let (flashes, beeps) = flashes_and_beeps(&out);
+        let mut skews: Vec<f64> = flashes
+            .iter()
+            .filter_map(|f| {
+                let b = beeps
+                    .iter()
+                    .min_by(|a, b| (*a - f).abs().total_cmp(&(*b - f).abs()))?;
+                ((b - f).abs() < 0.5).then(|| (b - f) * 1000.0)
+            })
+            .collect();
+        eprintln!(
+            "WHIP -> {name}: {} flashes, {} beeps, beep - flash (ms): {skews:.1?}",
+            flashes.len(),
+            beeps.len()
+        );
+        assert!(
+            skews.len() >= 7,
+            "{name}: {} flash/beep pairs in 10 s",
+            skews.len()
+        );
+        assert!(
+            skews.iter().all(|s| s.abs() <= 80.0),
+            "{name}: beep − flash out of 80 ms: {skews:.1?}"
+        );
+        skews.sort_by(f64::total_cmp);
+        medians.push(skews[skews.len() / 2]);
+    }
+    // What the bridge itself adds, against the publisher's own Opus.
+    assert!(
+        (medians[0] - medians[1]).abs() <= 15.0,
+        "the bridge moves the audio {:.1} ms against the video",
+        medians[0] - medians[1]
+    );
+}

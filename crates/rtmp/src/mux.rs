@@ -58,11 +58,17 @@ impl TagMaker {
         }
     }
 
-    /// The tag for a frame; None for a codec RTMP cannot carry.
+    /// The tag for a frame; None for a codec RTMP cannot carry, and for audio from before the
+    /// first frame (the time base): clamped to it, two frames would share a timestamp and
+    /// every later one would play a frame late (audio transcoded, or interleaved a little
+    /// behind its video, arrives after the keyframe that starts a reader's stream).
     pub fn make(&mut self, frame: &Frame) -> Option<Tag> {
         let t = self.tracks.get_mut(&frame.track)?;
         let dts_ms = rescale(frame.dts, t.clock, 1000);
         let base = *self.base_ms.get_or_insert(dts_ms);
+        if !t.video && dts_ms < base {
+            return None;
+        }
         let timestamp = (dts_ms - base).clamp(0, i64::from(u32::MAX)) as u32;
         let sequence_header = match &frame.params {
             Some(p) => {
