@@ -1688,11 +1688,13 @@ fn ac3_from_a_gstreamer_camera_over_rtsp_both_ways() {
     }
 }
 
-/// MPEG-TS over RTP (RFC 2250 §2, `MP2T`): an RTSP camera that serves H.264 + AAC muxed in one
-/// TS (GStreamer's `mpegtsmux ! rtpmp2tpay`) is pulled (Tidegate's own client: retina has no
-/// MP2T) and demuxed into its tracks, as an SRT publish is; then GStreamer publishes the same
-/// kind of TS with `rtspclientsink` (RECORD). ffmpeg reads each back over RTSP: 640x360 H.264
-/// at 30 fps and the AAC tone (440 Hz), 5 s from 5 s.
+/// MPEG-TS over RTP (RFC 2250 §2, `MP2T`) both ways: an RTSP camera that serves H.264 + AAC
+/// muxed in one TS (GStreamer's `mpegtsmux ! rtpmp2tpay`) is pulled (Tidegate's own client:
+/// retina has no MP2T) and demuxed into its tracks, as an SRT publish is; then GStreamer
+/// publishes the same kind of TS with `rtspclientsink` (RECORD). RTSP readers get MP2T back
+/// (the DESCRIBE offers `MP2T/90000`; our packetizer): ffmpeg reads each path (640x360 H.264 at
+/// 30 fps and the AAC tone, 440 Hz, 5 s from 5 s) and GStreamer's `rtpmp2tdepay` decodes the
+/// video; other protocols read the demuxed tracks (ffmpeg over SRT).
 #[test]
 fn mpegts_over_rtp_from_a_camera_and_a_publisher() {
     let dir = scratch("rtsp-mp2t");
@@ -1761,4 +1763,45 @@ fn mpegts_over_rtp_from_a_camera_and_a_publisher() {
         );
         eprintln!("MP2T {path} read over RTSP: {frames} frames, 640x360, tone at {peak} Hz");
     }
+    // The DESCRIBE offers the TS as it came.
+    let url = server.rtsp_url("pub");
+    let addr = url
+        .trim_start_matches("rtsp://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let describe = rtsp_request(addr, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
+    assert!(describe.contains("a=rtpmap:33 MP2T/90000"), "{describe}");
+    // GStreamer's MP2T depacketizer and TS demuxer.
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "-k", "5", "6"])
+            .arg(peer("gst-launch-1.0"))
+            .args(["-e", "-v", "playbin"])
+            .arg(format!("uri={}", url.replacen("rtsp://", "rtspt://", 1)))
+            .arg("video-sink=fakesink silent=false sync=true")
+            .arg("audio-sink=fakesink sync=true"),
+        Duration::from_secs(25),
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    let pictures = log.matches("last-message = chain").count();
+    let caps = tidegate_tests::gst_video_caps(&log);
+    eprintln!("GStreamer MP2T read: {pictures} pictures, {caps}");
+    assert!(log.contains("rtpmp2tdepay"), "{log}");
+    assert!(pictures >= 90, "{pictures} pictures in 6 s");
+    assert!(caps.contains("width=(int)640"), "{caps}");
+    // Other protocols read the demuxed tracks.
+    let out = dir.join("srt.mkv");
+    read_5s(
+        &server.srt_url("read:pub", ""),
+        &[],
+        &["-c", "copy"],
+        &out,
+        &dir,
+    );
+    let p = probe_file(&out);
+    assert_eq!(p.codec("video").as_deref(), Some("h264"));
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"));
 }

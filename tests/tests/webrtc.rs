@@ -240,6 +240,17 @@ fn ffmpeg_whip_to_rtmp_and_srt() {
     publisher.kill9();
 }
 
+/// What Chromium's play page decoded: 640x360 at 15 fps or more.
+fn assert_chromium_played_640x360(r: &Value) {
+    let play = &r["play"];
+    assert_eq!(
+        (play["width"].as_u64(), play["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{r}"
+    );
+    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+}
+
 /// Headless Chromium publishes its fake camera and microphone from the built-in publish page
 /// over WHIP, and plays it back on the built-in player page over WHEP.
 #[test]
@@ -399,13 +410,7 @@ fn rtmp_av1_to_chromium_whep() {
     assert_eq!(server.paths().get("av1").unwrap().tracks, vec!["AV1"]);
     let r = chromium_pages(None, &server.webrtc_url("av1", ""), 4);
     eprintln!("Chromium AV1: {r}");
-    let play = &r["play"];
-    assert_eq!(
-        (play["width"].as_u64(), play["height"].as_u64()),
-        (Some(640), Some(360)),
-        "{r}"
-    );
-    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    assert_chromium_played_640x360(&r);
     publisher.kill9();
 }
 
@@ -1544,13 +1549,7 @@ fn rtsp_av1_both_ways_and_to_chromium_whep() {
 
     let r = chromium_pages(None, &server.webrtc_url("av1", ""), 4);
     eprintln!("RTSP AV1 -> Chromium: {r}");
-    let play = &r["play"];
-    assert_eq!(
-        (play["width"].as_u64(), play["height"].as_u64()),
-        (Some(640), Some(360)),
-        "{r}"
-    );
-    assert!(play["fps"].as_f64().unwrap() >= 15.0, "{r}");
+    assert_chromium_played_640x360(&r);
     publisher.kill9();
 }
 

@@ -161,6 +161,17 @@ impl Stream {
         v
     }
 
+    /// Whether the stream has an extension of type `T` (without making one). Not from within
+    /// an [`Stream::extension`] initialiser (the same lock).
+    pub fn has_extension<T: Any + Send + Sync>(&self) -> bool {
+        let id = TypeId::of::<T>();
+        self.extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(t, _)| *t == id)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the ring inconsistent: take it anyway.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())

@@ -530,6 +530,7 @@ pub async fn pull(
                         continue;
                     };
                     let (p, s) = crate::source::publish_camera(paths, path, desc)?;
+                    crate::ingest::mark_mpegts(&tracks.iter().collect::<Vec<_>>(), &s);
                     stream = Some(s);
                     publisher = Some(p);
                 }

@@ -24,6 +24,19 @@ pub struct InTrack {
     ts: Option<Box<TsIn>>,
 }
 
+/// Marks a stream published as MPEG-TS over RTP: RTSP readers get the TS too (MP2T), as it
+/// came; every other egress reads the tracks it was demuxed into.
+pub struct PublishedAsMpegts;
+
+/// Marks `stream` when `tracks` are one MPEG-TS track.
+pub fn mark_mpegts(tracks: &[&InTrack], stream: &tidegate_core::Stream) {
+    if let [one] = tracks {
+        if one.is_mpegts() {
+            stream.extension(|| PublishedAsMpegts);
+        }
+    }
+}
+
 /// An MPEG-TS track's demuxing: the same as an SRT publish's.
 #[derive(Default)]
 struct TsIn {

@@ -17,6 +17,7 @@ pub struct RtpMux {
     /// The packetizers, kept with the stream (not with one egress) so that a muxer started
     /// again after its last reader left goes on with the same SSRCs and sequence numbers.
     state: Arc<Mutex<Packers>>,
+    mpegts: bool,
 }
 
 struct Packers {
@@ -32,8 +33,15 @@ pub const MTU: usize = 1400;
 pub const SR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RtpMux {
-    pub fn new(desc: &tidegate_core::StreamDesc) -> RtpMux {
-        let (sdp, tracks) = sdp::build(desc);
+    /// `mpegts`: the stream came as MPEG-TS over RTP, and goes out so (one MP2T track, the
+    /// stream's tracks muxed into TS once per stream).
+    pub fn new(desc: &tidegate_core::StreamDesc, mpegts: bool) -> RtpMux {
+        let mpegts = mpegts && !tidegate_mpegts::mux::Muxer::new(desc).is_empty();
+        let (sdp, tracks) = if mpegts {
+            sdp::build_mpegts()
+        } else {
+            sdp::build(desc)
+        };
         let packers: Vec<(Packetizer, u32, u32)> = tracks
             .iter()
             .map(|t| {
@@ -55,6 +63,7 @@ impl RtpMux {
                 last_sr: vec![None; packers.len()],
                 packers,
             })),
+            mpegts,
         }
     }
 
@@ -70,6 +79,12 @@ impl RtpMux {
         let muxer = RtpMuxer {
             state: self.state.clone(),
             tracks: self.tracks.clone(),
+            ts: self.mpegts.then(|| {
+                (
+                    tidegate_mpegts::mux::Muxer::new(&source.desc()),
+                    std::time::Instant::now(),
+                )
+            }),
         };
         Some(source.egress(move |_| muxer))
     }
@@ -78,6 +93,9 @@ impl RtpMux {
 struct RtpMuxer {
     state: Arc<Mutex<Packers>>,
     tracks: Vec<Outgoing>,
+    /// MP2T out: the TS muxer, and the time its RTP clock counts from (TS packets carry their
+    /// own PCR and PTS; the RTP time follows arrival so that it never goes back).
+    ts: Option<(tidegate_mpegts::mux::Muxer, std::time::Instant)>,
 }
 
 impl Muxer for RtpMuxer {
@@ -86,17 +104,39 @@ impl Muxer for RtpMuxer {
     }
 
     fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
-        let idx = self.tracks.iter().position(|t| t.track == frame.track)?;
+        let mut ts_bytes = None;
+        let idx = match &mut self.ts {
+            Some((muxer, t0)) => {
+                let mut b = BytesMut::new();
+                muxer.write(frame, &mut b);
+                if b.is_empty() {
+                    return None;
+                }
+                ts_bytes = Some((b.freeze(), frame.received.saturating_duration_since(*t0)));
+                0
+            }
+            None => self.tracks.iter().position(|t| t.track == frame.track)?,
+        };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *st;
         let (p, clock_in, offset) = &mut st.packers[idx];
-        if let Some(params) = &frame.params {
-            p.set_params(params);
-        }
-        let ts =
-            (rescale(frame.pts, *clock_in, self.tracks[idx].clock) as u32).wrapping_add(*offset);
         let mut pkts = Vec::new();
-        p.packetize(&frame.data, ts, frame.keyframe, &mut pkts);
+        let ts = match &ts_bytes {
+            Some((data, since)) => {
+                let ts = ((since.as_micros() as u64 * 9 / 100) as u32).wrapping_add(*offset);
+                p.packetize(data, ts, frame.keyframe, &mut pkts);
+                ts
+            }
+            None => {
+                if let Some(params) = &frame.params {
+                    p.set_params(params);
+                }
+                let ts = (rescale(frame.pts, *clock_in, self.tracks[idx].clock) as u32)
+                    .wrapping_add(*offset);
+                p.packetize(&frame.data, ts, frame.keyframe, &mut pkts);
+                ts
+            }
+        };
         let mut b = BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 4).sum::<usize>() + 32);
         let ch = 2 * idx as u8;
         if st.last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {

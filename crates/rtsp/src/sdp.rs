@@ -377,6 +377,21 @@ pub struct Outgoing {
     pub kind: PackKind,
 }
 
+/// The SDP of a stream offered as one MPEG-TS track (MP2T, static payload type 33).
+pub fn build_mpegts() -> (String, Vec<Outgoing>) {
+    let s = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Tidegate\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+             a=control:*\r\nm=video 0 RTP/AVP 33\r\na=rtpmap:33 MP2T/90000\r\n\
+             a=control:trackID=0\r\n"
+        .to_string();
+    let out = vec![Outgoing {
+        track: 0,
+        pt: 33,
+        clock: 90_000,
+        kind: PackKind::Mp2t,
+    }];
+    (s, out)
+}
+
 /// The SDP of `desc` for DESCRIBE, and how each offered track is packetized.
 pub fn build(desc: &StreamDesc) -> (String, Vec<Outgoing>) {
     let mut s = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Tidegate\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=control:*\r\n");

@@ -693,7 +693,9 @@ impl Conn {
             Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };
         let source = reader.stream().clone();
-        let mux = source.extension(|| RtpMux::new(&source.desc()));
+        // Asked before `extension`, whose initialiser runs under the extensions' lock.
+        let mpegts = source.has_extension::<crate::ingest::PublishedAsMpegts>();
+        let mux = source.extension(|| RtpMux::new(&source.desc(), mpegts));
         if mux.tracks.is_empty() {
             return response(
                 415,
@@ -1161,7 +1163,10 @@ impl Conn {
             return;
         };
         if let Some(desc) = crate::ingest::desc(self.pubs.iter().map(|p| &p.t)) {
-            self.stream = Some(publisher.start(desc));
+            let stream = publisher.start(desc);
+            let tracks: Vec<&crate::ingest::InTrack> = self.pubs.iter().map(|p| &p.t).collect();
+            crate::ingest::mark_mpegts(&tracks, &stream);
+            self.stream = Some(stream);
         }
     }
 
