@@ -303,7 +303,10 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                                 seg.finish(&mut out);
                                 mux.apply(&mut out);
                                 offset = seg.end();
-                                seg = Segmenter::new(&desc, cfg.clone(), offset, true);
+                                let now = view
+                                    .as_ref()
+                                    .map_or_else(|| reader.desc(), |v| v.stream().desc());
+                                seg = Segmenter::new(&now, cfg.clone(), offset, true);
                                 let wall = SystemTime::now() - frame.received.elapsed();
                                 mux.state().wall0 = wall - Duration::from_secs_f64(offset);
                                 key_last = None;
