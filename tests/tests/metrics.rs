@@ -261,11 +261,38 @@ fn pprof_gives_a_cpu_profile_behind_its_permission() {
     let server = TestServer::start("pprof: yes\n");
     let _publisher = ffmpeg_publish(&server.rtmp_url("live/prof"), 40, "flv", &dir);
     server.wait_ready("live/prof", READY);
-    let _reader = ffmpeg_read(&server.rtmp_url("live/prof"), 30, &dir.join("r.flv"), &dir);
+    // Three readers, all attached before the profiles: the server spends little CPU on one
+    // stream's fan-out (under one sample a second at the profiler's rate), and a profile with
+    // no sample has no flame graph to check.
+    let _readers: Vec<_> = (0..3)
+        .map(|i| {
+            ffmpeg_read(
+                &server.rtmp_url("live/prof"),
+                30,
+                &dir.join(format!("r{i}.flv")),
+                &dir,
+            )
+        })
+        .collect();
+    server.wait_readers("live/prof", 3, Duration::from_secs(20));
+    // And API requests throughout, so that the server surely spends CPU while it profiles.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api = server.api_addr();
+    let polling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                let _ = get_json(api, "/v3/paths/list");
+            }
+        })
+    };
 
     let folded = fetch(
         server.pprof_addr(),
-        "/debug/pprof/profile?seconds=3&format=folded",
+        "/debug/pprof/profile?seconds=5&format=folded",
         &[],
     );
     assert_eq!(folded.status, 200, "{}", folded.text());
@@ -276,20 +303,22 @@ fn pprof_gives_a_cpu_profile_behind_its_permission() {
         samples += count.parse::<u64>().expect("a count");
         assert!(!stack.is_empty());
     }
-    assert!(samples >= 3, "{samples} samples in 3 s:\n{text}");
+    assert!(samples >= 3, "{samples} samples in 5 s:\n{text}");
     // Symbols resolved: the server's own code is named in the stacks.
     assert!(
         text.contains("tidegate") || text.contains("tokio"),
         "no named frame:\n{text}"
     );
 
-    let svg = fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=3", &[]);
+    let svg = fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=5", &[]);
     assert_eq!(svg.status, 200);
     assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
     let svg = svg.text();
     assert!(svg.contains("<svg"), "{svg}");
     // A flame graph: one titled box per frame sampled.
     assert!(svg.matches("<title>").count() >= 3, "{svg}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    polling.join().unwrap();
     assert_eq!(
         fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=0", &[]).status,
         400
