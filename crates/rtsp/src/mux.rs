@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{rescale, Egress, Frame, Muxer, Stream};
-use tidegate_rtp::pack::Packetizer;
+use tidegate_rtp::pack::{PackKind, Packetizer};
 
 use crate::sdp::{self, Outgoing};
 
@@ -24,10 +24,13 @@ struct Packers {
     /// Per track: packetizer, the input clock rate, the RTP timestamp offset.
     packers: Vec<(Packetizer, u32, u32)>,
     last_sr: Vec<Option<std::time::Instant>>,
+    /// The wall-clock time and media time (s) of the first frame: every track's sender
+    /// reports map media time to NTP time through this one point, so that they agree with
+    /// each other (from each frame's arrival time they would differ by the publisher's
+    /// interleaving jitter, and a reader that syncs by them, as ffmpeg does, would see its
+    /// timestamps jump).
+    sr_base: Option<(std::time::SystemTime, f64)>,
 }
-
-/// RTP packets carried over TCP are not bound by a path MTU; UDP ones are.
-pub const MTU: usize = 1400;
 
 /// Sender reports go out with the first frame of a track, then this often.
 pub const SR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -46,7 +49,13 @@ impl RtpMux {
             .iter()
             .map(|t| {
                 let r = tidegate_core::text::random_u64();
-                let mut p = Packetizer::new(t.kind, t.pt, r as u32, (r >> 32) as u16, MTU);
+                let mut p = Packetizer::new(
+                    t.kind,
+                    t.pt,
+                    r as u32,
+                    (r >> 32) as u16,
+                    tidegate_core::udp::max_payload(),
+                );
                 if let Some(tr) = desc.track(t.track) {
                     p.set_params(&tr.params);
                 }
@@ -61,6 +70,7 @@ impl RtpMux {
             ssrcs,
             state: Arc::new(Mutex::new(Packers {
                 last_sr: vec![None; packers.len()],
+                sr_base: None,
                 packers,
             })),
             mpegts,
@@ -139,20 +149,60 @@ impl Muxer for RtpMuxer {
         };
         let mut b = BytesMut::with_capacity(pkts.iter().map(|x| x.len() + 4).sum::<usize>() + 32);
         let ch = 2 * idx as u8;
-        if st.last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {
-            // The NTP time of this frame's ingest ↔ its RTP time.
-            st.last_sr[idx] = Some(std::time::Instant::now());
-            let wall = std::time::SystemTime::now()
+        let video = matches!(
+            self.tracks[idx].kind,
+            PackKind::H264 | PackKind::H265 | PackKind::Vp8 | PackKind::Vp9 | PackKind::Av1
+        );
+        let clock_in = f64::from(st.packers[idx].1.max(1));
+        // Readers join on a video keyframe (the shared output's join point): it carries a
+        // report for every track, so a joiner maps all its tracks to one clock from its first
+        // packet (ffmpeg's timestamps jump when a track's first report comes later). Besides,
+        // each track reports every SR_INTERVAL.
+        let due: Vec<usize> = if frame.keyframe && video && ts_bytes.is_none() {
+            (0..st.packers.len()).collect()
+        } else if st.last_sr[idx].is_none_or(|t| t.elapsed() >= SR_INTERVAL) {
+            vec![idx]
+        } else {
+            Vec::new()
+        };
+        if !due.is_empty() {
+            let arrived = std::time::SystemTime::now()
                 .checked_sub(frame.received.elapsed())
                 .unwrap_or_else(std::time::SystemTime::now);
-            let sr = tidegate_rtp::rtcp::sender_report(
-                p.ssrc,
-                tidegate_rtp::rtcp::ntp(wall),
-                ts,
-                p.packets,
-                p.octets,
-            );
-            crate::message::interleaved(ch + 1, &sr, &mut b);
+            let media = frame.pts as f64 / clock_in;
+            // The NTP time of this frame: its arrival for MP2T (one track); for the others,
+            // one mapping from media time for every track.
+            let wall = if ts_bytes.is_some() {
+                arrived
+            } else {
+                let (w0, m0) = *st.sr_base.get_or_insert((arrived, media));
+                let d = std::time::Duration::from_secs_f64((media - m0).abs().min(1e9));
+                if media >= m0 {
+                    w0.checked_add(d)
+                } else {
+                    w0.checked_sub(d)
+                }
+                .unwrap_or(arrived)
+            };
+            for i in due {
+                st.last_sr[i] = Some(std::time::Instant::now());
+                let (p, _, offset) = &st.packers[i];
+                let rtp_ts = if i == idx {
+                    ts
+                } else {
+                    // The RTP time of `media` on track i's clock.
+                    let clock = f64::from(self.tracks[i].clock);
+                    ((media * clock).floor() as i64 as u32).wrapping_add(*offset)
+                };
+                let sr = tidegate_rtp::rtcp::sender_report(
+                    p.ssrc,
+                    tidegate_rtp::rtcp::ntp(wall),
+                    rtp_ts,
+                    p.packets,
+                    p.octets,
+                );
+                crate::message::interleaved(2 * i as u8 + 1, &sr, &mut b);
+            }
         }
         for pk in pkts {
             crate::message::interleaved(ch, &pk, &mut b);
