@@ -214,6 +214,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
         variant: inner.cfg.variant,
         segment_duration: inner.cfg.segment_duration.as_secs_f64(),
         part_duration: inner.cfg.part_duration.as_secs_f64(),
+        max_segment_bytes: inner.cfg.segment_max_size,
     };
     let mut events = inner.paths.events();
     let mut offset = 0.0;

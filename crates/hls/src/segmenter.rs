@@ -28,6 +28,10 @@ pub struct SegmenterConfig {
     pub variant: Variant,
     pub segment_duration: f64,
     pub part_duration: f64,
+    /// `hlsSegmentMaxSize`: an open segment that holds this many bytes is cut at the key
+    /// track's next frame, keyframe or not (memory stays bounded under a GOP without end).
+    /// 0: no bound.
+    pub max_segment_bytes: u64,
 }
 
 /// One track of an init segment, alone (DASH serves each track as its own representation).
@@ -109,6 +113,10 @@ pub struct Segmenter {
     /// End of the last sample of the key track.
     key_end: f64,
     need_init: bool,
+    /// Bytes in the open segment so far.
+    seg_bytes: u64,
+    /// Segments cut by size, not by a keyframe.
+    pub cut_by_size: u64,
     /// The stream has no track this variant can carry.
     pub unsupported: Option<String>,
 }
@@ -221,6 +229,8 @@ impl Segmenter {
             end: offset,
             key_end: offset,
             need_init: true,
+            seg_bytes: 0,
+            cut_by_size: 0,
             unsupported,
         }
     }
@@ -233,6 +243,23 @@ impl Segmenter {
     /// Where the last sample written ends, on the muxer timeline (seconds).
     pub fn end(&self) -> f64 {
         self.end
+    }
+
+    /// The open segment reached `max_segment_bytes`: it is cut here (counted, and logged the
+    /// first time for this stream).
+    fn too_big(&mut self) -> bool {
+        let max = self.cfg.max_segment_bytes;
+        if max == 0 || self.seg_bytes < max {
+            return false;
+        }
+        if self.cut_by_size == 0 {
+            tracing::warn!(
+                "an HLS segment reached hlsSegmentMaxSize ({max} bytes) without a keyframe: \
+                 it is cut here (raise hlsSegmentMaxSize or shorten the publisher's GOP)"
+            );
+        }
+        self.cut_by_size += 1;
+        true
     }
 
     fn parts(&self) -> bool {
@@ -350,6 +377,9 @@ impl Segmenter {
                 }
                 _ => {}
             }
+        } else if self.key == Some(idx) && self.seg_start.is_some() && self.too_big() {
+            self.close_segment(time, out);
+            self.open_segment(time, out);
         }
         if self.seg_start.is_none() {
             return;
@@ -357,6 +387,7 @@ impl Segmenter {
         if let Some(ts) = self.ts.as_mut() {
             let mut buf = BytesMut::new();
             ts.write(frame, &mut buf);
+            self.seg_bytes += buf.len() as u64;
             if !buf.is_empty() {
                 out.push(Event::Chunk(buf.freeze(), 0));
             }
@@ -371,6 +402,7 @@ impl Segmenter {
             discontinuity: std::mem::take(&mut self.discontinuity),
         });
         self.seg_start = Some(start);
+        self.seg_bytes = 0;
         self.part_start = start;
         self.part_has_samples = false;
         self.part_independent = false;
@@ -405,6 +437,7 @@ impl Segmenter {
         let start = s.dts as f64 / ts;
         let end = next_dts as f64 / ts;
         if self.key == Some(idx) {
+            let too_big = self.seg_start.is_some() && self.too_big();
             match self.seg_start {
                 None => {
                     if !s.keyframe {
@@ -413,6 +446,11 @@ impl Segmenter {
                     self.open_segment(start, out);
                 }
                 Some(seg) if s.keyframe && start - seg >= self.cfg.segment_duration - 1e-6 => {
+                    self.close_segment(start, out);
+                    self.open_segment(start, out);
+                }
+                Some(_) if too_big => {
+                    self.flush(out);
                     self.close_segment(start, out);
                     self.open_segment(start, out);
                 }
@@ -470,6 +508,7 @@ impl Segmenter {
                 }],
             );
             t.ready.clear();
+            self.seg_bytes += data.len() as u64;
             out.push(Event::Chunk(data, t.mp4_id));
         }
     }

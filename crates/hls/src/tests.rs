@@ -55,6 +55,7 @@ fn cfg(variant: Variant) -> SegmenterConfig {
         variant,
         segment_duration: 1.0,
         part_duration: 0.2,
+        max_segment_bytes: 0,
     }
 }
 
@@ -307,4 +308,42 @@ fn without_a_dash_client_segments_keep_no_chunks_by_track() {
     }
     assert!(st.segments.iter().all(|s| s.tracks.is_empty() && !s.dash));
     assert!(!crate::dash::ready(&st));
+}
+
+/// A publisher whose GOP never ends: `hlsSegmentMaxSize` bounds each segment's bytes.
+#[test]
+fn a_segment_without_keyframes_is_cut_at_its_size_bound() {
+    for variant in [Variant::LowLatency, Variant::Fmp4, Variant::MpegTs] {
+        let mut c = cfg(variant);
+        c.max_segment_bytes = 64 * 1024;
+        let mut s = Segmenter::new(&desc(true, true), c, 0.0, false);
+        let mut out = Vec::new();
+        let mut sizes = Vec::new();
+        let mut open = 0u64;
+        // 30 s at 30 fps, one keyframe at the start only.
+        for i in 0..900u32 {
+            let t = f64::from(i) / 30.0;
+            let mut f = frame(0, (t * 90_000.0).round() as i64, i == 0);
+            // One NAL unit of 3996 bytes, length-prefixed.
+            let mut data = vec![0u8; 4000];
+            data[..5].copy_from_slice(&[0, 0, 0x0f, 0x9c, if i == 0 { 0x65 } else { 0x41 }]);
+            f.data = Bytes::from(data);
+            s.push(&f, &mut out);
+            for e in out.drain(..) {
+                match e {
+                    Event::Chunk(c, _) => open += c.len() as u64,
+                    Event::SegmentEnd { .. } => sizes.push(std::mem::take(&mut open)),
+                    _ => {}
+                }
+            }
+        }
+        // 3.6 MB of video in 64 KiB segments: about 55 of them, none much past the bound.
+        assert!(sizes.len() >= 40, "{variant:?}: {} segments", sizes.len());
+        let most = sizes.iter().max().copied().unwrap_or(0);
+        assert!(
+            most <= 64 * 1024 + 8000,
+            "{variant:?}: a segment of {most} bytes"
+        );
+        assert_eq!(s.cut_by_size, sizes.len() as u64, "{variant:?}");
+    }
 }
