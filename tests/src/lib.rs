@@ -237,21 +237,29 @@ impl Probe {
 
 /// Runs ffprobe on a file or URL and returns streams and packets.
 pub fn ffprobe(input: &str, extra: &[&str], limit: Duration) -> Probe {
-    let out = run_bounded(
-        Command::new(peer("ffprobe"))
-            .args([
-                "-v",
-                "error",
-                "-of",
-                "json",
-                "-show_streams",
-                "-show_packets",
-            ])
-            .args(["-show_entries", "packet=stream_index,pts,dts,flags:stream"])
-            .args(extra)
-            .arg(input),
-        limit,
-    );
+    ffprobe_via(|c| c, input, extra, limit)
+}
+
+/// [`ffprobe`], its command passed through `wrap` first (e.g. to run it in a namespace).
+pub fn ffprobe_via(
+    wrap: impl FnOnce(Command) -> Command,
+    input: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> Probe {
+    let mut cmd = Command::new(peer("ffprobe"));
+    cmd.args([
+        "-v",
+        "error",
+        "-of",
+        "json",
+        "-show_streams",
+        "-show_packets",
+    ])
+    .args(["-show_entries", "packet=stream_index,pts,dts,flags:stream"])
+    .args(extra)
+    .arg(input);
+    let out = run_bounded(&mut wrap(cmd), limit);
     assert!(
         out.status.success(),
         "ffprobe {input} failed: {}",

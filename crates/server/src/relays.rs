@@ -25,6 +25,32 @@ struct Pull {
 pub struct Relays {
     pushes: Mutex<HashMap<String, Vec<Arc<RelayStatus>>>>,
     pulls: Mutex<HashMap<String, Pull>>,
+    /// Pulls of names matched by a `~regex` (or `all_others`) path whose source is a URL
+    /// template (`rtsp://origin/$G1`): made when a reader asks for a name, by that name, with
+    /// the template's path configuration they came from.
+    dynamic: Mutex<HashMap<String, (Pull, Arc<tidegate_core::PathConf>)>>,
+}
+
+/// The schemes Tidegate pulls.
+const PULLED: [&str; 5] = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"];
+
+/// Whether a path name is a `~regex` or `all_others` (a template for many names).
+pub fn is_template(name: &str) -> bool {
+    name.starts_with('~') || name == "all_others" || name == "all"
+}
+
+/// A source URL of a template path for one name: `$G1`, `$G2`, … become the regular
+/// expression's capture groups, `$MTX_QUERY` the first reader's query string, `$MTX_PATH`
+/// the name.
+pub fn expand_source(template: &str, name: &str, captures: &[String], query: &str) -> String {
+    let mut out = template
+        .replace("$MTX_QUERY", query)
+        .replace("$MTX_PATH", name);
+    // $G10 before $G1.
+    for (i, g) in captures.iter().enumerate().skip(1).rev() {
+        out = out.replace(&format!("$G{i}"), g);
+    }
+    out
 }
 
 /// A relay URL as the API and logs show it: stream keys and passphrases hidden.
@@ -60,11 +86,19 @@ impl Relays {
     }
 
     pub fn source(&self, path: &str) -> Option<Arc<RelayStatus>> {
-        self.pulls
+        let exact = self
+            .pulls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
-            .map(|p| p.status.clone())
+            .map(|p| p.status.clone());
+        exact.or_else(|| {
+            self.dynamic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .map(|(p, _)| p.status.clone())
+        })
     }
 
     /// Starts the pulls `confs` ask for and stops those they no longer ask for (or ask for
@@ -81,21 +115,37 @@ impl Relays {
             if conf.source == "publisher" {
                 continue;
             }
-            let pulled = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
-                .iter()
-                .any(|p| conf.source.starts_with(p));
-            let exact =
-                !conf.name.starts_with('~') && conf.name != "all_others" && conf.name != "all";
-            if !(pulled && exact) {
-                tracing::warn!(
-                    path = conf.name,
-                    "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt:// on exact-name paths)",
-                    shown_url(&conf.source)
-                );
+            let pulled = PULLED.iter().any(|p| conf.source.starts_with(p));
+            if !pulled {
+                if conf.source != "redirect" {
+                    tracing::warn!(
+                        path = conf.name,
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt://)",
+                        shown_url(&conf.source)
+                    );
+                }
+                continue;
+            }
+            if is_template(&conf.name) {
+                // Pulled per name when a reader asks (`dynamic`).
                 continue;
             }
             wanted.insert(conf.name.clone(), conf);
         }
+        // A dynamic pull whose template path changed (or went) stops.
+        self.dynamic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, (_, template)| {
+                let same = paths.find(name).is_ok_and(|m| *m.conf == **template);
+                if !same {
+                    tracing::info!(
+                        path = name,
+                        "the pulled source's configuration changed: it stops"
+                    );
+                }
+                same
+            });
         let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
         let stale: Vec<String> = pulls
             .iter()
@@ -134,14 +184,68 @@ impl Relays {
         }
     }
 
-    /// The on-demand pull configured for `path`, if any.
+    /// The on-demand pull configured for `path`, if any (a dynamic one included).
     fn on_demand(&self, path: &str) -> Option<(Arc<tidegate_core::PathConf>, Arc<RelayStatus>)> {
-        self.pulls
+        let exact = self
+            .pulls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
             .filter(|p| p.cancel.is_none())
-            .map(|p| (p.conf.clone(), p.status.clone()))
+            .map(|p| (p.conf.clone(), p.status.clone()));
+        exact.or_else(|| {
+            self.dynamic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .map(|(p, _)| (p.conf.clone(), p.status.clone()))
+        })
+    }
+
+    /// A pull for `name` from the template path it matches (`~^(.+)$` with
+    /// `source: rtsp://origin/$G1`), made on a reader's demand; None when its path pulls
+    /// nothing.
+    fn make_dynamic(
+        &self,
+        name: &str,
+        query: &str,
+        paths: &PathManager,
+    ) -> Option<(Arc<tidegate_core::PathConf>, Arc<RelayStatus>)> {
+        let m = paths.find(name).ok()?;
+        let template = m.conf.clone();
+        if !is_template(&template.name)
+            || !template.source_on_demand
+            || !PULLED.iter().any(|p| template.source.starts_with(p))
+        {
+            return None;
+        }
+        let mut conf = (*template).clone();
+        conf.source = expand_source(&template.source, name, &m.captures, query);
+        conf.name = name.to_string();
+        let conf = Arc::new(conf);
+        let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
+        self.dynamic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.to_string(),
+                (
+                    Pull {
+                        conf: conf.clone(),
+                        status: status.clone(),
+                        cancel: None,
+                    },
+                    template,
+                ),
+            );
+        Some((conf, status))
+    }
+
+    fn drop_dynamic(&self, name: &str) {
+        self.dynamic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 }
 
@@ -185,12 +289,19 @@ pub fn start(
                 let Ok(m) = paths.find(&ev.path) else {
                     continue;
                 };
-                if m.conf.push.is_empty() {
-                    continue;
-                }
-                let statuses: Vec<Arc<RelayStatus>> = m
+                // `push` and `forward` (MediaMTX's newer name; the configuration admits only
+                // the destinations that are pushed the same way).
+                let dests: Vec<String> = m
                     .conf
                     .push
+                    .iter()
+                    .cloned()
+                    .chain(m.conf.forward.iter().map(|f| f.dest.clone()))
+                    .collect();
+                if dests.is_empty() {
+                    continue;
+                }
+                let statuses: Vec<Arc<RelayStatus>> = dests
                     .iter()
                     .map(|u| Arc::new(RelayStatus::new(&crate::relays::shown_url(u))))
                     .collect();
@@ -199,7 +310,7 @@ pub fn start(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(ev.path.clone(), statuses.clone());
-                for (url, status) in m.conf.push.iter().zip(statuses) {
+                for (url, status) in dests.iter().zip(statuses) {
                     // Each push ends by itself when the stream it reads ends.
                     let (u, p, name, c) = (
                         url.clone(),
@@ -288,7 +399,12 @@ async fn on_demand_sources(
                 if ev.kind != PathEventKind::Demand || running.contains_key(&ev.path) {
                     continue;
                 }
-                let Some((conf, status)) = relays.on_demand(&ev.path) else { continue };
+                let Some((conf, status)) = relays
+                    .on_demand(&ev.path)
+                    .or_else(|| relays.make_dynamic(&ev.path, &ev.query, &paths))
+                else {
+                    continue;
+                };
                 tracing::info!(path = ev.path, "starting the on-demand source");
                 let token = shutdown.child_token();
                 tasks.spawn(source(&conf, paths.clone(), status, token.clone()));
@@ -314,8 +430,34 @@ async fn on_demand_sources(
                 for name in stop {
                     tracing::info!(path = name, "closing the on-demand source: no readers");
                     running.remove(&name);
+                    relays.drop_dynamic(&name);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_sources_take_the_name_apart() {
+        let caps: Vec<String> = ["live/cam12", "live", "cam12"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            expand_source(
+                "rtsp://origin:8554/$G1/$G2?q=$MTX_QUERY",
+                "live/cam12",
+                &caps,
+                "a=1"
+            ),
+            "rtsp://origin:8554/live/cam12?q=a=1"
+        );
+        let many: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
+        assert_eq!(expand_source("$G10-$G1", "x", &many, ""), "g10-g1");
+        assert!(is_template("~^(.+)$") && is_template("all_others") && !is_template("cam"));
     }
 }

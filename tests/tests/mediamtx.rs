@@ -1,0 +1,298 @@
+//! MediaMTX drop-in: its stock `mediamtx.yml` (tests/fixtures/mediamtx, unchanged) starts
+//! Tidegate, and every listener it names comes up where it says and answers a real peer.
+//!
+//! The file names fixed ports (:8554, :1935, …): the server runs in a network namespace of its
+//! own (only a loopback interface), and the peers enter it with `nsenter`, so the test neither
+//! collides with anything on the machine nor leaves loopback.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{ffprobe, ffprobe_via, peer, poll, run_bounded, scratch, server_binary};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/mediamtx/mediamtx.yml"
+);
+
+/// `cmd`, run inside the network namespace of process `pid`.
+fn in_ns(pid: u32, cmd: &Command) -> Command {
+    let mut c = Command::new(peer("nsenter"));
+    c.arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// The listening sockets of the namespace: (`tcp` or `udp`, port).
+fn listening(pid: u32) -> Vec<(String, u16)> {
+    let mut ss = Command::new(peer("ss"));
+    ss.args(["-H", "-l", "-n", "-t", "-u"]);
+    let out = run_bounded(&mut in_ns(pid, &ss), Duration::from_secs(10));
+    assert!(out.status.success(), "ss failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let proto = f.first()?.to_string();
+            let port = f.get(4)?.rsplit(':').next()?.parse().ok()?;
+            Some((proto, port))
+        })
+        .collect()
+}
+
+fn publisher_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("ffmpeg-rtmp.stderr")).unwrap_or_default()
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("tidegate.stderr")).unwrap_or_default()
+}
+
+#[test]
+fn stock_mediamtx_yml_starts_and_every_listener_answers() {
+    let dir = scratch("mediamtx-stock");
+    std::fs::copy(FIXTURE, dir.join("mediamtx.yml")).expect("fixture");
+    // `unshare` execs `sh`, which execs the server: the pid spawned is the server's.
+    let mut unshare = Command::new(peer("unshare"));
+    unshare
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            r#"ip link set lo up && exec "$0" mediamtx.yml"#,
+        ])
+        .arg(server_binary())
+        .current_dir(&dir);
+    let mut server = PeerProcess::spawn("tidegate", &mut unshare, &dir);
+    let pid = server.pid();
+    let log = poll(
+        Duration::from_secs(30),
+        || format!("the listeners did not open:\n{}", log_of(&dir)),
+        || {
+            let log = log_of(&dir);
+            (log.matches("listener opened").count() >= 6).then_some(log)
+        },
+    );
+    assert!(
+        log.contains("configuration: mediamtx.yml"),
+        "the file in the working directory is read: {log}"
+    );
+    // No warning but MoQ's (which MediaMTX's file turns on): every other key is understood.
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("moq: Media over QUIC is not built"),
+        "{}",
+        warnings[0]
+    );
+
+    // Every listener where the file says, and nothing the file turns off.
+    let socks = listening(pid);
+    eprintln!("listening: {socks:?}");
+    for (proto, port, what) in [
+        ("tcp", 8554, "rtspAddress"),
+        ("udp", 8000, "rtpAddress"),
+        ("udp", 8001, "rtcpAddress"),
+        ("tcp", 1935, "rtmpAddress"),
+        ("tcp", 8888, "hlsAddress"),
+        ("tcp", 8889, "webrtcAddress"),
+        ("udp", 8189, "webrtcLocalUDPAddress"),
+        ("udp", 8890, "srtAddress"),
+    ] {
+        assert!(
+            socks.iter().any(|(p, n)| p == proto && *n == port),
+            "{what}: nothing listens on {proto} {port}: {socks:?}"
+        );
+    }
+    for (port, what) in [
+        (9997, "api: false"),
+        (9998, "metrics: false"),
+        (9999, "pprof: false"),
+        (9996, "playback: false"),
+        (8892, "moq (not built)"),
+        (8893, "moq (not built)"),
+        (8322, "rtspEncryption: no"),
+        (1936, "rtmpEncryption: no"),
+    ] {
+        assert!(
+            !socks.iter().any(|(_, n)| *n == port),
+            "{what}: port {port} is open: {socks:?}"
+        );
+    }
+    assert_eq!(
+        socks.len(),
+        8,
+        "exactly the listeners the file names: {socks:?}"
+    );
+
+    // Each answers a real peer: ffmpeg publishes over RTMP (1935); ffprobe reads over RTSP
+    // with RTP on UDP (8554, sent from 8000/8001), SRT (8890) and HLS (8888); the WHEP
+    // endpoint (8889) answers its preflight.
+    let mut publish = Command::new(peer("ffmpeg"));
+    publish
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", "40", "-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-tune", "zerolatency", "-g", "30", "-c:a", "aac"])
+        .args(["-f", "flv", "rtmp://127.0.0.1:1935/mystream"]);
+    let mut publisher = PeerProcess::spawn("ffmpeg-rtmp", &mut in_ns(pid, &publish), &dir);
+    poll(
+        Duration::from_secs(20),
+        || format!("no publish:\n{}\n{}", log_of(&dir), publisher_log(&dir)),
+        || log_of(&dir).contains("is publishing").then_some(()),
+    );
+
+    for (what, url, extra) in [
+        (
+            "RTSP, RTP over UDP",
+            "rtsp://127.0.0.1:8554/mystream",
+            vec!["-rtsp_transport", "udp"],
+        ),
+        ("SRT", "srt://127.0.0.1:8890?streamid=read:mystream", vec![]),
+        ("HLS", "http://127.0.0.1:8888/mystream/index.m3u8", vec![]),
+    ] {
+        let mut extra: Vec<&str> = extra;
+        extra.extend(["-read_intervals", "%+4"]);
+        let probe = ffprobe_via(|c| in_ns(pid, &c), url, &extra, Duration::from_secs(40));
+        let video = probe.packets_of("video").len();
+        eprintln!(
+            "{what}: {:?} {:?}, {video} video packets",
+            probe.codec("video"),
+            probe.codec("audio")
+        );
+        assert_eq!(probe.codec("video").as_deref(), Some("h264"), "{what}");
+        assert_eq!(probe.codec("audio").as_deref(), Some("aac"), "{what}");
+        assert_eq!(probe.dimensions(), Some((640, 360)), "{what}");
+        assert!(video >= 60, "{what}: {video} video packets in 4 s");
+        let dts = probe.dts_seconds("video");
+        let back: Vec<(usize, f64, f64)> = dts
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[1] < w[0])
+            .map(|(i, w)| (i, w[0], w[1]))
+            .collect();
+        assert!(back.is_empty(), "{what}: video DTS go back at {back:?}");
+    }
+
+    let mut curl = Command::new(peer("curl"));
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "OPTIONS",
+    ])
+    .arg("http://127.0.0.1:8889/mystream/whep");
+    let out = run_bounded(&mut in_ns(pid, &curl), Duration::from_secs(10));
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code == "204" || code == "200", "WHEP preflight: {code}");
+
+    publisher.kill9();
+    server.kill9();
+}
+
+/// A read replica as MediaMTX documents it: `~^(.+)$` with `source: rtsp://origin/$G1` and
+/// `sourceOnDemand` (and the same over RTMP and SRT): two paths published on the origin are
+/// read through the replica; the origin sees one pull per path however many replica readers
+/// there are, and the pull closes after the replica's last reader.
+#[test]
+fn a_read_replica_pulls_each_name_from_its_origin_on_demand() {
+    let dir = scratch("mediamtx-replica");
+    let origin = TestServer::start("");
+    let mut pubs: Vec<PeerProcess> = ["cam1", "cam2"]
+        .iter()
+        .map(|p| ffmpeg_publish(&origin.rtmp_url(p), 60, "flv", &dir))
+        .collect();
+    origin.wait_ready("cam1", Duration::from_secs(20));
+    origin.wait_ready("cam2", Duration::from_secs(20));
+    let replica = TestServer::start(&format!(
+        "paths:\n\
+         \x20 \"~^srt/(.+)$\":\n\
+         \x20   source: srt://{srt}?streamid=read:$G1\n\
+         \x20   sourceOnDemand: yes\n\
+         \x20   sourceOnDemandCloseAfter: 1s\n\
+         \x20 \"~^rtmp/(.+)$\":\n\
+         \x20   source: rtmp://{rtmp}/$G1\n\
+         \x20   sourceOnDemand: yes\n\
+         \x20   sourceOnDemandCloseAfter: 1s\n\
+         \x20 \"~^(.+)$\":\n\
+         \x20   source: {rtsp}$G1\n\
+         \x20   sourceOnDemand: yes\n\
+         \x20   sourceOnDemandCloseAfter: 1s\n",
+        srt = origin.srt_addr(),
+        rtmp = origin.rtmp_addr(),
+        rtsp = origin.rtsp_url(""),
+    ));
+
+    // cam1 through the RTSP template, read by two readers at once (RTSP and RTMP).
+    let a = dir.join("cam1-rtsp.mkv");
+    let b = dir.join("cam1-rtmp.flv");
+    let mut r1 = ffmpeg_read(&replica.rtsp_url("cam1"), 6, &a, &dir);
+    let mut r2 = ffmpeg_read(&replica.rtmp_url("cam1"), 6, &b, &dir);
+    replica.wait_readers("cam1", 2, Duration::from_secs(20));
+    let origin_readers = origin.paths().get("cam1").map_or(0, |p| p.readers.len());
+    assert_eq!(
+        origin_readers, 1,
+        "one pull of cam1 for two replica readers"
+    );
+    // cam2 through the RTMP and SRT templates at the same time: a pull each (two names).
+    let c = dir.join("cam2-rtmp.flv");
+    let d = dir.join("cam2-srt.ts");
+    let mut r3 = ffmpeg_read(&replica.rtmp_url("rtmp/cam2"), 6, &c, &dir);
+    let mut r4 = ffmpeg_read(
+        &replica.srt_url("read:srt/cam2", "&latency=200000"),
+        6,
+        &d,
+        &dir,
+    );
+    replica.wait_readers("rtmp/cam2", 1, Duration::from_secs(20));
+    replica.wait_readers("srt/cam2", 1, Duration::from_secs(20));
+    let cam2 = origin.paths().get("cam2").map_or(0, |p| p.readers.len());
+    assert_eq!(cam2, 2, "rtmp/cam2 and srt/cam2 each pull cam2 once");
+    for r in [&mut r1, &mut r2, &mut r3, &mut r4] {
+        let status = r.wait(Duration::from_secs(60));
+        assert!(status.success(), "{}", r.stderr());
+    }
+    for (what, file) in [
+        ("cam1 over RTSP", &a),
+        ("cam1 over RTMP", &b),
+        ("rtmp/cam2", &c),
+        ("srt/cam2", &d),
+    ] {
+        let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+        let frames = p.packets_of("video").len();
+        eprintln!(
+            "{what}: {frames} video frames, audio {:?}",
+            p.codec("audio")
+        );
+        assert_eq!(p.codec("video").as_deref(), Some("h264"), "{what}");
+        assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{what}");
+        assert_eq!(p.dimensions(), Some((640, 360)), "{what}");
+        assert!(frames >= 120, "{what}: {frames} frames in 6 s");
+        assert!(p.dts_monotonic("video"), "{what}");
+    }
+    // The replica's last readers left: its pulls close (sourceOnDemandCloseAfter: 1s) and the
+    // origin has no reader left.
+    poll(
+        Duration::from_secs(20),
+        || "the replica's pulls did not close".into(),
+        || {
+            let n = |p: &str| origin.paths().get(p).map_or(0, |p| p.readers.len());
+            (n("cam1") == 0 && n("cam2") == 0).then_some(())
+        },
+    );
+    for p in &mut pubs {
+        p.kill9();
+    }
+}
