@@ -36,6 +36,7 @@ const PIP: &[(&str, &str)] = &[
     ("aiortc", "1.16.0"),
     ("imageio-ffmpeg", "0.8.1"),
     ("prometheus_client", "0.26.0"),
+    ("schemathesis", "4.32.5"),
 ];
 const NPM: &[(&str, &str)] = &[
     ("playwright-core", "1.65.1"),

@@ -23,6 +23,7 @@ pub mod stream;
 pub mod text;
 pub mod tls;
 pub mod transcode;
+pub mod udp;
 
 pub use auth::{
     Action, AuthError, AuthFuture, AuthRequest, Authenticator, Credentials, Grant, PathRules, Proof,
@@ -40,7 +41,9 @@ pub use fanout::{
 pub use media::{
     rescale, Carriage, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId,
 };
-pub use path::{HookConf, PathConf, PathMatch, PathMatcher, PathNameError, RecordConf};
+pub use path::{
+    ForwardDest, HookConf, PathConf, PathMatch, PathMatcher, PathNameError, RecordConf,
+};
 pub use registry::{
     PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,
     SessionInfo,

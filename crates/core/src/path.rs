@@ -60,6 +60,43 @@ pub struct PathConf {
     pub audio_transcode: bool,
     /// `audioTranscodeBitrate`, bits per second of the transcoded audio.
     pub audio_transcode_bitrate: u32,
+    /// `forward`, MediaMTX's newer name for pushes: destinations with their options.
+    pub forward: Vec<ForwardDest>,
+    /// `useAbsoluteTimestamp`: frames keep the source's absolute (NTP) time.
+    pub use_absolute_timestamp: bool,
+    /// `alwaysAvailable`, `alwaysAvailableTracks` (codec names), `alwaysAvailableFile`.
+    pub always_available: bool,
+    pub always_available_tracks: Vec<String>,
+    pub always_available_file: String,
+    /// `rtspDemuxMpegts`: see docs/configuration.md (Tidegate always demuxes MP2T).
+    pub rtsp_demux_mpegts: bool,
+    /// `rtspRangeType` (`clock`, `npt`, `smpte` or empty) and `rtspRangeStart`: the `Range`
+    /// a pulled RTSP source is asked to PLAY from.
+    pub rtsp_range_type: String,
+    pub rtsp_range_start: String,
+    /// `rtspScale`: the `Scale` header sent with PLAY (empty: none).
+    pub rtsp_scale: String,
+    /// `rtspUDPSourcePortRange`: the local ports a pulled RTSP source's UDP sockets use.
+    pub rtsp_udp_source_port_range: (u16, u16),
+    /// `rtpSDP`: the session description of a `udp+rtp://` source.
+    pub rtp_sdp: String,
+    /// `moqTransport`: `quic` or `webtransport` (MoQ is not built).
+    pub moq_transport: String,
+    /// `whepBearerToken` and the WHEP source's timeouts.
+    pub whep_bearer_token: String,
+    pub whep_stun_gather_timeout: std::time::Duration,
+    pub whep_handshake_timeout: std::time::Duration,
+    pub whep_track_gather_timeout: std::time::Duration,
+    /// `sourceRedirect`: where readers are sent when `source` is `redirect`.
+    pub source_redirect: String,
+}
+
+/// One `forward` destination (MediaMTX's `dest`, `destFingerprint`, `whipBearerToken`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardDest {
+    pub dest: String,
+    pub dest_fingerprint: String,
+    pub whip_bearer_token: String,
 }
 
 /// The path's hooks (`runOn…` keys), MediaMTX's. Plain data, run by the server crate.
@@ -171,6 +208,23 @@ impl Default for PathConf {
             publisher_reconnect_grace: std::time::Duration::ZERO,
             audio_transcode: true,
             audio_transcode_bitrate: 128_000,
+            forward: Vec::new(),
+            use_absolute_timestamp: false,
+            always_available: false,
+            always_available_tracks: Vec::new(),
+            always_available_file: String::new(),
+            rtsp_demux_mpegts: false,
+            rtsp_range_type: String::new(),
+            rtsp_range_start: String::new(),
+            rtsp_scale: String::new(),
+            rtsp_udp_source_port_range: (32768, 60999),
+            rtp_sdp: String::new(),
+            moq_transport: "quic".into(),
+            whep_bearer_token: String::new(),
+            whep_stun_gather_timeout: std::time::Duration::from_secs(5),
+            whep_handshake_timeout: std::time::Duration::from_secs(10),
+            whep_track_gather_timeout: std::time::Duration::from_secs(2),
+            source_redirect: String::new(),
         }
     }
 }

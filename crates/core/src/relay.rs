@@ -13,6 +13,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// What the API shows of one relay.
 #[derive(Debug)]
 pub struct RelayStatus {
+    /// A UUID, for the API (`/v3/paths/forward/get`).
+    pub id: String,
+    /// When the relay was set up.
+    pub created: std::time::SystemTime,
     /// The URL with the stream key hidden.
     pub url: String,
     state: Mutex<&'static str>,
@@ -26,6 +30,8 @@ impl RelayStatus {
     /// `shown_url` is what the API and logs show: secrets (stream keys, passphrases) removed.
     pub fn new(shown_url: &str) -> RelayStatus {
         RelayStatus {
+            id: crate::text::uuid_v4(),
+            created: std::time::SystemTime::now(),
             url: shown_url.to_string(),
             state: Mutex::new("idle"),
             bytes: AtomicU64::new(0),

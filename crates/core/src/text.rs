@@ -62,6 +62,21 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// A random (version 4) UUID in its text form, for the ids MediaMTX's API gives as UUIDs.
+pub fn uuid_v4() -> String {
+    let (a, b) = (random_u64(), random_u64());
+    let a = (a & !0xf000) | 0x4000; // version 4
+    let b = (b & !(0xc000 << 48)) | (0x8000 << 48); // variant 10
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 /// `n` hex digits from the operating system's CSPRNG (ring's `SystemRandom`): for anything a
 /// client could abuse by guessing (ICE passwords, WHIP/WHEP resource ids, RTSP session ids).
 pub fn secret_hex(n: usize) -> String {
@@ -79,6 +94,32 @@ pub fn secret_hex(n: usize) -> String {
     let mut s: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     s.truncate(n);
     s
+}
+
+/// CORS: the `Access-Control-Allow-Origin` value for a request's `Origin` under an allow list
+/// (`*allowOrigins`): `*` when the list has `*`; the origin itself when it matches an entry
+/// exactly or through one wildcard (`https://*.example.com`); none otherwise.
+pub fn allowed_origin(allowed: &[String], origin: Option<&str>) -> Option<String> {
+    if allowed.iter().any(|a| a == "*") {
+        return Some("*".to_string());
+    }
+    let origin = origin?;
+    allowed
+        .iter()
+        .any(|a| origin_matches(a, origin))
+        .then(|| origin.to_string())
+}
+
+/// One allow-list entry against an origin; `*` stands for any run of characters, once.
+pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+    match pattern.split_once('*') {
+        Some((head, tail)) => {
+            origin.len() >= head.len() + tail.len()
+                && origin.starts_with(head)
+                && origin.ends_with(tail)
+        }
+        None => pattern == origin,
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +143,25 @@ mod tests {
         assert_eq!(percent_decode("%zz%", false), "%zz%");
         let (a, b) = (random_u64(), random_u64());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn uuids_and_origins() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36, "{u}");
+        assert_eq!(&u[14..15], "4", "{u}");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+        assert_ne!(uuid_v4(), u);
+        let list = vec!["https://*.example.com".to_string()];
+        assert_eq!(
+            allowed_origin(&list, Some("https://a.example.com")).as_deref(),
+            Some("https://a.example.com")
+        );
+        assert_eq!(allowed_origin(&list, Some("https://evil.com")), None);
+        assert_eq!(allowed_origin(&list, None), None);
+        assert_eq!(
+            allowed_origin(&["*".to_string()], None).as_deref(),
+            Some("*")
+        );
     }
 }

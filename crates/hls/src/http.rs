@@ -117,9 +117,10 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-fn cors(inner: &Inner, r: &mut Response) {
+fn cors(inner: &Inner, origin: Option<&str>, r: &mut Response) {
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&inner.cfg.allow_origin) {
+    let allow = tidegate_core::text::allowed_origin(&inner.cfg.allow_origins, origin);
+    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(
@@ -148,7 +149,8 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let mut r = route(&inner, remote, &method, &uri, &headers).await;
-    cors(&inner, &mut r);
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    cors(&inner, origin, &mut r);
     if method == Method::HEAD {
         *r.body_mut() = Body::empty();
     }
@@ -272,7 +274,15 @@ async fn route(
     let mut ask =
         AuthRequest::new(Action::Read, path, "hls", creds).with_query(uri.query().unwrap_or(""));
     // A `streamKeyInPath` name (`live/<key>/index.m3u8`) is read as its path.
-    let authorized = inner.paths.authorize_path(&mut ask).await;
+    // `hlsCDNSecret`: the CDN enforces its own access rules; its requests need no others.
+    let from_cdn = !inner.cfg.cdn_secret.is_empty()
+        && ask.creds.token.as_deref() == Some(inner.cfg.cdn_secret.as_str())
+        && !ask.creds.token_from_query;
+    let authorized = if from_cdn {
+        inner.paths.find(&ask.path).map(drop)
+    } else {
+        inner.paths.authorize_path(&mut ask).await.map(drop)
+    };
     let path: &str = &ask.path;
     if let Err(e) = authorized {
         return match e {

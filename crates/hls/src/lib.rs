@@ -31,7 +31,11 @@ pub struct HlsConfig {
     pub segment_count: u32,
     pub always_remux: bool,
     pub muxer_close_after: Duration,
-    pub allow_origin: String,
+    pub allow_origins: Vec<String>,
+    /// `hlsSegmentMaxSize`, bytes.
+    pub segment_max_size: u64,
+    /// `hlsCDNSecret`: requests with `Authorization: Bearer <secret>` need no credentials.
+    pub cdn_secret: String,
 }
 
 /// A muxer as the API shows it.

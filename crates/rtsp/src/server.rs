@@ -82,8 +82,8 @@ pub struct Udp {
 impl Udp {
     pub async fn bind(rtp: SocketAddr, rtcp: SocketAddr) -> std::io::Result<Arc<Udp>> {
         Ok(Arc::new(Udp {
-            rtp: Arc::new(UdpSocket::bind(rtp).await?),
-            rtcp: Arc::new(UdpSocket::bind(rtcp).await?),
+            rtp: Arc::new(tuned(UdpSocket::bind(rtp).await?)),
+            rtcp: Arc::new(tuned(UdpSocket::bind(rtcp).await?)),
             routes: Mutex::new(HashMap::new()),
         }))
     }
@@ -1444,6 +1444,12 @@ async fn recv_udp(r: &mut Option<mpsc::Receiver<UdpIn>>) -> Option<UdpIn> {
 /// The query string of a request URI (`rtsp://host/path?a=1` gives `a=1`).
 fn uri_query(uri: &str) -> &str {
     uri.split_once('?').map_or("", |(_, q)| q)
+}
+
+/// A UDP listener with `udpReadBufferSize` applied.
+fn tuned(s: UdpSocket) -> UdpSocket {
+    tidegate_core::udp::tune(&s);
+    s
 }
 
 #[cfg(test)]

@@ -76,6 +76,11 @@ pub fn router(state: ApiState) -> Router {
             "/v3/rtspssessions/kick/{id}",
             post(|s, p| rtsp_kick(s, p, true)),
         )
+        .route("/v3/paths/forward/list", get(forward_list))
+        .route("/v3/paths/forward/get", get(forward_get))
+        .route("/v3/moqsessions/list", get(moq_list))
+        .route("/v3/moqsessions/get/{id}", get(moq_missing))
+        .route("/v3/moqsessions/kick/{id}", post(moq_missing))
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
         .route("/v3/recordings/list", get(recordings_list))
@@ -708,6 +713,120 @@ async fn hls_list(
         Ok(page) => Json(page).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// One `forward` (or `push`) destination, MediaMTX's `ForwardDest`, with Tidegate's counters.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiForward {
+    id: String,
+    created: String,
+    conf: ApiForwardConf,
+    protocol: String,
+    /// `idle`, `forwarding` or `error`.
+    state: &'static str,
+    last_error: String,
+    outbound_bytes: u64,
+    /// Tidegate's own: reconnections and frames dropped for a slow destination.
+    reconnects: u64,
+    drops: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiForwardConf {
+    /// The destination with its stream key or passphrase hidden.
+    dest: String,
+    dest_fingerprint: String,
+    whip_bearer_token: String,
+}
+
+fn api_forward(r: &tidegate_rtmp::RelayStatus) -> ApiForward {
+    use std::sync::atomic::Ordering::Relaxed;
+    let state = match r.state() {
+        "running" => "forwarding",
+        "failed" | "reconnecting" => "error",
+        _ => "idle",
+    };
+    ApiForward {
+        id: r.id.clone(),
+        created: humantime::format_rfc3339_millis(r.created).to_string(),
+        conf: ApiForwardConf {
+            dest: r.url.clone(),
+            dest_fingerprint: String::new(),
+            whip_bearer_token: String::new(),
+        },
+        protocol: r.url.split("://").next().unwrap_or_default().to_string(),
+        state,
+        last_error: r.last_error(),
+        outbound_bytes: r.bytes.load(Relaxed),
+        reconnects: r.reconnects.load(Relaxed),
+        drops: r.drops.load(Relaxed),
+    }
+}
+
+/// The forward destinations of `?path=`: 400 without it, 404 for a path that does not exist.
+fn forwards_of(
+    state: &ApiState,
+    query: &HashMap<String, String>,
+) -> Result<Vec<std::sync::Arc<tidegate_rtmp::RelayStatus>>, Box<Response>> {
+    let Some(path) = query.get("path") else {
+        return Err(Box::new(
+            error(StatusCode::BAD_REQUEST, "path is missing").into_response(),
+        ));
+    };
+    if state.paths.get(path).is_none() && state.paths.find(path).is_err() {
+        return Err(Box::new(
+            error(StatusCode::NOT_FOUND, "path not found").into_response(),
+        ));
+    }
+    Ok(state.relays.pushes(path))
+}
+
+async fn forward_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let items = match forwards_of(&state, &query) {
+        Ok(f) => f.iter().map(|r| api_forward(r)).collect::<Vec<_>>(),
+        Err(r) => return *r,
+    };
+    match paginate(items, &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward_get(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = query.get("id") else {
+        return error(StatusCode::BAD_REQUEST, "id is missing").into_response();
+    };
+    match forwards_of(&state, &query) {
+        Ok(f) => match f.iter().find(|r| &r.id == id) {
+            Some(r) => Json(api_forward(r)).into_response(),
+            None => error(StatusCode::NOT_FOUND, "forward destination not found").into_response(),
+        },
+        Err(r) => *r,
+    }
+}
+
+/// MoQ is not built: no sessions, ever.
+async fn moq_list(Query(query): Query<HashMap<String, String>>) -> Response {
+    match paginate(Vec::<serde_json::Value>::new(), &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn moq_missing() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "session not found (MoQ is not built in Tidegate yet)",
+    )
+    .into_response()
 }
 
 async fn hls_get(State(state): State<ApiState>, Path(name): Path<String>) -> Response {

@@ -22,7 +22,9 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value as Json_};
 
 use crate::config::yaml::{self, Entry, Node, Value};
-use crate::config::{DEFAULT_CONFIG, DEPRECATED_PATH_KEYS, GLOBAL_KEYS, PATH_KEYS};
+use crate::config::{
+    DEFAULT_CONFIG, DEPRECATED_PATH_KEYS, GLOBAL_KEYS, PATH_KEYS, RPI_CAMERA_KEYS,
+};
 use crate::reload::Reloader;
 
 pub fn router(reloader: Arc<Reloader>) -> Router {
@@ -378,11 +380,20 @@ fn global_keys() -> Vec<&'static str> {
     GLOBAL_KEYS.iter().map(|(k, _)| *k).collect()
 }
 
+/// Keys a patch may set: the current names, older spellings and the `rpiCamera…` keys.
+fn patchable_path_keys() -> Vec<&'static str> {
+    PATH_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(RPI_CAMERA_KEYS.iter().copied())
+        .collect()
+}
+
 fn path_keys() -> Vec<&'static str> {
     PATH_KEYS
         .iter()
         .map(|(k, _)| *k)
-        .filter(|k| !DEPRECATED_PATH_KEYS.contains(k))
+        .filter(|k| !DEPRECATED_PATH_KEYS.iter().any(|(o, _)| o == k))
         .collect()
 }
 
@@ -437,7 +448,7 @@ async fn defaults_patch(State(r): State<Arc<Reloader>>, Json(body): Json<Json_>)
     let Some(o) = body.as_object() else {
         return error(StatusCode::BAD_REQUEST, "expected a JSON object");
     };
-    if let Err(e) = check_keys(o, &path_keys(), "pathDefaults") {
+    if let Err(e) = check_keys(o, &patchable_path_keys(), "pathDefaults") {
         return *e;
     }
     let _one = r.api_lock().await;
@@ -518,8 +529,7 @@ fn path_body(body: &Json_) -> Result<Map<String, Json_>, Box<Response>> {
     };
     let mut o = o.clone();
     o.remove("name");
-    let keys: Vec<&str> = PATH_KEYS.iter().map(|(k, _)| *k).collect();
-    check_keys(&o, &keys, "path")?;
+    check_keys(&o, &patchable_path_keys(), "path")?;
     Ok(o)
 }
 

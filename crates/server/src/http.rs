@@ -156,7 +156,7 @@ pub async fn cors(
     let allow = origin.as_deref().and_then(|o| {
         allowed.iter().find_map(|a| match a.as_str() {
             "*" => Some("*".to_string()),
-            a if origin_matches(a, o) => Some(o.to_string()),
+            a if tidegate_core::text::origin_matches(a, o) => Some(o.to_string()),
             _ => None,
         })
     });
@@ -187,21 +187,10 @@ pub async fn cors(
     r
 }
 
-/// `https://*.example.com` matches `https://a.example.com`; anything else matches itself.
-fn origin_matches(pattern: &str, origin: &str) -> bool {
-    match pattern.split_once('*') {
-        Some((head, tail)) => {
-            origin.len() >= head.len() + tail.len()
-                && origin.starts_with(head)
-                && origin.ends_with(tail)
-        }
-        None => pattern == origin,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidegate_core::text::origin_matches;
 
     #[test]
     fn forwarded_for_is_believed_from_trusted_proxies_only() {

@@ -240,6 +240,16 @@ impl Server {
     /// Binds every enabled listener and starts serving. All listeners are bound before any is
     /// served, so a port conflict stops start-up with nothing half-started.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        tidegate_core::udp::configure(
+            config.udp_read_buffer_size as usize,
+            config.udp_max_payload_size as usize,
+        );
+        if config.moq {
+            tracing::warn!(
+                "moq: Media over QUIC is not built in Tidegate yet: no MoQ listener is opened \
+                 (set moq: no to silence this)"
+            );
+        }
         let paths = PathManager::new(
             config.matcher(),
             StreamConfig {
@@ -425,7 +435,8 @@ impl Server {
                         additional_hosts: config.webrtc_additional_hosts.clone(),
                         ips_from_interfaces: config.webrtc_ips_from_interfaces,
                         handshake_timeout: config.webrtc_handshake_timeout,
-                        allow_origin: config.webrtc_allow_origin.clone(),
+                        allow_origins: config.webrtc_allow_origins.clone(),
+                        interfaces: config.webrtc_ips_from_interfaces_list.clone(),
                         ice_servers: config.webrtc_ice_servers.clone(),
                     },
                     shutdown.clone(),
@@ -556,7 +567,9 @@ impl Server {
                 segment_count: config.hls_segment_count,
                 always_remux: config.hls && config.hls_always_remux,
                 muxer_close_after: config.hls_muxer_close_after,
-                allow_origin: config.hls_allow_origin.clone(),
+                allow_origins: config.hls_allow_origins.clone(),
+                segment_max_size: config.hls_segment_max_size,
+                cdn_secret: config.hls_cdn_secret.clone(),
             },
             shutdown.clone(),
             tasks.clone(),

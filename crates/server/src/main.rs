@@ -74,7 +74,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tidegate::logging::init(&config);
+    if let Err(e) = tidegate::logging::init(&config) {
+        eprintln!("tidegate: configuration error: {e}");
+        return ExitCode::from(1);
+    }
     tracing::info!(
         "Tidegate {} starting; configuration: {}",
         env!("CARGO_PKG_VERSION"),

@@ -120,9 +120,10 @@ fn credentials(headers: &HeaderMap, query: &str, remote: SocketAddr) -> Credenti
     creds
 }
 
-fn cors(inner: &Inner, mut r: Response) -> Response {
+fn cors(inner: &Inner, origin: Option<&str>, mut r: Response) -> Response {
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&inner.config.allow_origin) {
+    let allow = tidegate_core::text::allowed_origin(&inner.config.allow_origins, origin);
+    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(
@@ -192,7 +193,8 @@ async fn handle(
     body: Body,
 ) -> Response {
     let r = route(&inner, remote, method, &uri, &headers, body).await;
-    cors(&inner, r)
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    cors(&inner, origin, r)
 }
 
 async fn route(

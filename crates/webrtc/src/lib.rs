@@ -55,8 +55,10 @@ pub struct WebRtcConfig {
     pub ips_from_interfaces: bool,
     /// `webrtcHandshakeTimeout`: a session that has not connected by then is closed.
     pub handshake_timeout: Duration,
-    /// `webrtcAllowOrigin`.
-    pub allow_origin: String,
+    /// `webrtcAllowOrigins`.
+    pub allow_origins: Vec<String>,
+    /// `webrtcIPsFromInterfacesList`: only these interfaces (by name); empty: all.
+    pub interfaces: Vec<String>,
     /// `webrtcICEServers2`.
     pub ice_servers: Vec<IceServer>,
 }
@@ -67,7 +69,8 @@ impl Default for WebRtcConfig {
             additional_hosts: Vec::new(),
             ips_from_interfaces: true,
             handshake_timeout: Duration::from_secs(10),
-            allow_origin: "*".into(),
+            allow_origins: vec!["*".into()],
+            interfaces: Vec::new(),
             ice_servers: Vec::new(),
         }
     }
@@ -236,6 +239,7 @@ impl WebRtc {
             let s = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| WebRtcError::Bind(addr, e))?;
+            tidegate_core::udp::tune(&s);
             let local = s.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
             candidates = host_candidates(local, &config);
             tracing::info!(
@@ -312,6 +316,9 @@ fn host_candidates(local: SocketAddr, config: &WebRtcConfig) -> Vec<SocketAddr> 
     if local.ip().is_unspecified() {
         if config.ips_from_interfaces {
             for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+                if !config.interfaces.is_empty() && !config.interfaces.contains(&iface.name) {
+                    continue;
+                }
                 let ip = iface.ip();
                 let family_ok = match local.ip() {
                     IpAddr::V4(_) => ip.is_ipv4(),
@@ -517,5 +524,15 @@ mod tests {
             ..WebRtcConfig::default()
         };
         assert!(host_candidates(any, &off).is_empty());
+        // webrtcIPsFromInterfacesList: only the loopback interface's address.
+        let lo = WebRtcConfig {
+            interfaces: vec!["lo".into()],
+            ..WebRtcConfig::default()
+        };
+        let c = host_candidates(any, &lo);
+        assert!(
+            !c.is_empty() && c.iter().all(|a| a.ip().is_loopback()),
+            "{c:?}"
+        );
     }
 }

@@ -46,6 +46,18 @@ pub enum HlsVariant {
 pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
+    /// `logDestinations`: any of `stdout` (the console: standard error), `file`, `syslog`.
+    pub log_destinations: Vec<String>,
+    /// `logStructured`: JSON lines, as `logFormat: json`.
+    pub log_structured: bool,
+    pub log_file: String,
+    pub syslog_prefix: String,
+    /// `dumpPackets`: not built; `yes` is refused.
+    pub dump_packets: bool,
+    /// `udpMaxPayloadSize`: the largest UDP payload sent (RTP over UDP, WebRTC).
+    pub udp_max_payload_size: u32,
+    /// `udpReadBufferSize`: SO_RCVBUF of every UDP socket; 0 keeps the system's.
+    pub udp_read_buffer_size: u64,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub write_queue_size: u32,
@@ -95,6 +107,11 @@ pub struct Config {
     pub multicast_ip_range: ipnet::Ipv4Net,
     pub multicast_rtp_port: u16,
     pub multicast_rtcp_port: u16,
+    pub multicast_srtp_port: u16,
+    pub multicast_srtcp_port: u16,
+    /// `rtspTrustedProxies`, `rtmpTrustedProxies`: peers whose PROXY protocol header is believed.
+    pub rtsp_trusted_proxies: Vec<ipnet::IpNet>,
+    pub rtmp_trusted_proxies: Vec<ipnet::IpNet>,
     /// `rtspAuthMethods`: any of `basic`, `digest`.
     pub rtsp_auth_methods: Vec<String>,
     pub rtcp_address: SocketAddr,
@@ -108,7 +125,14 @@ pub struct Config {
     pub hls_segment_duration: Duration,
     pub hls_part_duration: Duration,
     pub hls_segment_count: u32,
-    pub hls_allow_origin: String,
+    /// `hlsAllowOrigins` (MediaMTX's older `hlsAllowOrigin`: one entry).
+    pub hls_allow_origins: Vec<String>,
+    /// `hlsSegmentMaxSize`: the most an open segment may hold before it is cut.
+    pub hls_segment_max_size: u64,
+    /// `hlsDirectory`: not built; a directory is refused.
+    pub hls_directory: String,
+    /// `hlsCDNSecret`: requests carrying `Authorization: Bearer <secret>` come from the CDN.
+    pub hls_cdn_secret: String,
     pub hls_always_remux: bool,
     pub hls_encryption: bool,
     pub hls_server_key: String,
@@ -120,16 +144,31 @@ pub struct Config {
     pub webrtc_local_udp_address: Option<SocketAddr>,
     pub webrtc_local_tcp_address: Option<SocketAddr>,
     pub webrtc_additional_hosts: Vec<String>,
-    pub webrtc_allow_origin: String,
+    /// `webrtcAllowOrigins` (MediaMTX's older `webrtcAllowOrigin`: one entry).
+    pub webrtc_allow_origins: Vec<String>,
     pub webrtc_encryption: bool,
     pub webrtc_server_key: String,
     pub webrtc_server_cert: String,
     pub webrtc_ips_from_interfaces: bool,
+    /// `webrtcIPsFromInterfacesList`: interface names; empty: all.
+    pub webrtc_ips_from_interfaces_list: Vec<String>,
+    pub webrtc_stun_gather_timeout: Duration,
+    pub webrtc_track_gather_timeout: Duration,
     pub webrtc_handshake_timeout: Duration,
     pub webrtc_ice_servers: Vec<tidegate_webrtc::IceServer>,
 
     pub srt: bool,
     pub srt_address: SocketAddr,
+
+    /// `moq…`: Media over QUIC is not built; `moq: yes` (MediaMTX's default) logs a warning.
+    pub moq: bool,
+    pub moq_http2_address: SocketAddr,
+    pub moq_http3_address: SocketAddr,
+    pub moq_quic_address: SocketAddr,
+    pub moq_server_key: String,
+    pub moq_server_cert: String,
+    pub moq_allow_origins: Vec<String>,
+    pub moq_trusted_proxies: Vec<ipnet::IpNet>,
 
     pub playback: bool,
     pub playback_address: SocketAddr,
@@ -198,6 +237,29 @@ macro_rules! set_auth {
     };
 }
 
+/// An older spelling of a top-level key: the same as `$new` (or the closure given).
+macro_rules! old {
+    ($new:literal) => {
+        |c, v| match find(GLOBAL_KEYS, $new) {
+            Some(set) => set(c, v),
+            None => Ok(()),
+        }
+    };
+    ($new:literal, $f:expr) => {
+        $f
+    };
+}
+
+/// A top-level older spelling of a `pathDefaults` key (MediaMTX's global `record…` keys).
+macro_rules! old_path {
+    ($new:literal) => {
+        |c: &mut Config, v| match find(PATH_KEYS, $new) {
+            Some(set) => set(&mut c.path_defaults, v),
+            None => Ok(()),
+        }
+    };
+}
+
 /// Every top-level key but `pathDefaults` and `paths`.
 pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     (
@@ -208,6 +270,25 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         )),
     ),
     ("logFormat", set!(log_format, log_format)),
+    (
+        "logDestinations",
+        set!(log_destinations, |v| subset_of(
+            v,
+            &["stdout", "file", "syslog"]
+        )),
+    ),
+    ("logStructured", set!(log_structured, boolean)),
+    ("logFile", set!(log_file, string)),
+    ("sysLogPrefix", set!(syslog_prefix, string)),
+    ("dumpPackets", set!(dump_packets, boolean)),
+    (
+        "udpMaxPayloadSize",
+        set!(udp_max_payload_size, |v| uint_in(v, 576, 65_507)),
+    ),
+    (
+        "udpReadBufferSize",
+        set!(udp_read_buffer_size, size_or_zero),
+    ),
     ("readTimeout", set!(read_timeout, duration)),
     ("writeTimeout", set!(write_timeout, duration)),
     (
@@ -279,6 +360,10 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
     ("multicastIPRange", set!(multicast_ip_range, ipv4_net)),
     ("multicastRTPPort", set!(multicast_rtp_port, port)),
     ("multicastRTCPPort", set!(multicast_rtcp_port, port)),
+    ("multicastSRTPPort", set!(multicast_srtp_port, port)),
+    ("multicastSRTCPPort", set!(multicast_srtcp_port, port)),
+    ("rtspTrustedProxies", set!(rtsp_trusted_proxies, ip_list)),
+    ("rtmpTrustedProxies", set!(rtmp_trusted_proxies, ip_list)),
     (
         "rtspAuthMethods",
         set!(rtsp_auth_methods, |v| subset_of(v, &["basic", "digest"])),
@@ -295,7 +380,10 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         "hlsSegmentCount",
         set!(hls_segment_count, |v| uint_in(v, 3, 100)),
     ),
-    ("hlsAllowOrigin", set!(hls_allow_origin, string)),
+    ("hlsAllowOrigins", set!(hls_allow_origins, string_list)),
+    ("hlsSegmentMaxSize", set!(hls_segment_max_size, size)),
+    ("hlsDirectory", set!(hls_directory, string)),
+    ("hlsCDNSecret", set!(hls_cdn_secret, plain_credential)),
     ("hlsAlwaysRemux", set!(hls_always_remux, boolean)),
     ("hlsEncryption", set!(hls_encryption, boolean)),
     ("hlsServerKey", set!(hls_server_key, string)),
@@ -315,7 +403,10 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         "webrtcAdditionalHosts",
         set!(webrtc_additional_hosts, string_list),
     ),
-    ("webrtcAllowOrigin", set!(webrtc_allow_origin, string)),
+    (
+        "webrtcAllowOrigins",
+        set!(webrtc_allow_origins, string_list),
+    ),
     ("webrtcEncryption", set!(webrtc_encryption, boolean)),
     ("webrtcServerKey", set!(webrtc_server_key, string)),
     ("webrtcServerCert", set!(webrtc_server_cert, string)),
@@ -324,12 +415,32 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         set!(webrtc_ips_from_interfaces, boolean),
     ),
     (
+        "webrtcIPsFromInterfacesList",
+        set!(webrtc_ips_from_interfaces_list, string_list),
+    ),
+    (
+        "webrtcSTUNGatherTimeout",
+        set!(webrtc_stun_gather_timeout, positive_duration),
+    ),
+    (
         "webrtcHandshakeTimeout",
         set!(webrtc_handshake_timeout, duration),
+    ),
+    (
+        "webrtcTrackGatherTimeout",
+        set!(webrtc_track_gather_timeout, positive_duration),
     ),
     ("webrtcICEServers2", set!(webrtc_ice_servers, ice_servers)),
     ("srt", set!(srt, boolean)),
     ("srtAddress", set!(srt_address, address)),
+    ("moq", set!(moq, boolean)),
+    ("moqHTTP2Address", set!(moq_http2_address, address)),
+    ("moqHTTP3Address", set!(moq_http3_address, address)),
+    ("moqQUICAddress", set!(moq_quic_address, address)),
+    ("moqServerKey", set!(moq_server_key, string)),
+    ("moqServerCert", set!(moq_server_cert, string)),
+    ("moqAllowOrigins", set!(moq_allow_origins, string_list)),
+    ("moqTrustedProxies", set!(moq_trusted_proxies, ip_list)),
     ("authMethod", set_auth!(method, auth_method)),
     (
         "authInternalUsers",
@@ -370,6 +481,147 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         "playbackTrustedProxies",
         set!(playback_trusted_proxies, ip_list),
     ),
+    // MediaMTX's older spellings, still read (each logs that it is deprecated).
+    ("readBufferCount", old!("writeQueueSize")),
+    (
+        "externalAuthenticationURL",
+        old!("authHTTPAddress", |c, v| {
+            c.auth.http_address = http_url(v)?;
+            if !c.auth.http_address.is_empty() {
+                c.auth.method = tidegate_auth::Method::Http;
+            }
+            Ok(())
+        }),
+    ),
+    (
+        "apiAllowOrigin",
+        old!("apiAllowOrigins", |c, v| {
+            c.api_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "metricsAllowOrigin",
+        old!("metricsAllowOrigins", |c, v| {
+            c.metrics_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "pprofAllowOrigin",
+        old!("pprofAllowOrigins", |c, v| {
+            c.pprof_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "playbackAllowOrigin",
+        old!("playbackAllowOrigins", |c, v| {
+            c.playback_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "hlsAllowOrigin",
+        old!("hlsAllowOrigins", |c, v| {
+            c.hls_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "webrtcAllowOrigin",
+        old!("webrtcAllowOrigins", |c, v| {
+            c.webrtc_allow_origins = vec![string(v)?];
+            Ok(())
+        }),
+    ),
+    (
+        "rtspDisable",
+        old!("rtsp", |c, v| {
+            c.rtsp = !boolean(v)?;
+            Ok(())
+        }),
+    ),
+    (
+        "rtmpDisable",
+        old!("rtmp", |c, v| {
+            c.rtmp = !boolean(v)?;
+            Ok(())
+        }),
+    ),
+    (
+        "hlsDisable",
+        old!("hls", |c, v| {
+            c.hls = !boolean(v)?;
+            Ok(())
+        }),
+    ),
+    (
+        "webrtcDisable",
+        old!("webrtc", |c, v| {
+            c.webrtc = !boolean(v)?;
+            Ok(())
+        }),
+    ),
+    ("protocols", old!("rtspTransports")),
+    ("encryption", old!("rtspEncryption")),
+    ("serverKey", old!("rtspServerKey")),
+    ("serverCert", old!("rtspServerCert")),
+    ("authMethods", old!("rtspAuthMethods")),
+    ("rtspUDPReadBufferSize", old!("udpReadBufferSize")),
+    ("webrtcICEUDPMuxAddress", old!("webrtcLocalUDPAddress")),
+    ("webrtcICETCPMuxAddress", old!("webrtcLocalTCPAddress")),
+    ("webrtcICEHostNAT1To1IPs", old!("webrtcAdditionalHosts")),
+    (
+        "webrtcICEServers",
+        old!("webrtcICEServers2", |c, v| {
+            c.webrtc_ice_servers = legacy_ice_servers(v)?;
+            Ok(())
+        }),
+    ),
+    ("moqHTTPS2Address", old!("moqHTTP2Address")),
+    ("moqHTTPS3Address", old!("moqHTTP3Address")),
+    ("record", old_path!("record")),
+    ("recordPath", old_path!("recordPath")),
+    ("recordFormat", old_path!("recordFormat")),
+    ("recordPartDuration", old_path!("recordPartDuration")),
+    ("recordSegmentDuration", old_path!("recordSegmentDuration")),
+    ("recordDeleteAfter", old_path!("recordDeleteAfter")),
+];
+
+/// MediaMTX's older top-level spellings in [`GLOBAL_KEYS`] and what replaced them: the embedded
+/// defaults do not set them, and a file that does gets a warning.
+pub static DEPRECATED_GLOBAL_KEYS: &[(&str, &str)] = &[
+    ("readBufferCount", "writeQueueSize"),
+    ("externalAuthenticationURL", "authHTTPAddress"),
+    ("apiAllowOrigin", "apiAllowOrigins"),
+    ("metricsAllowOrigin", "metricsAllowOrigins"),
+    ("pprofAllowOrigin", "pprofAllowOrigins"),
+    ("playbackAllowOrigin", "playbackAllowOrigins"),
+    ("hlsAllowOrigin", "hlsAllowOrigins"),
+    ("webrtcAllowOrigin", "webrtcAllowOrigins"),
+    ("rtspDisable", "rtsp"),
+    ("rtmpDisable", "rtmp"),
+    ("hlsDisable", "hls"),
+    ("webrtcDisable", "webrtc"),
+    ("protocols", "rtspTransports"),
+    ("encryption", "rtspEncryption"),
+    ("serverKey", "rtspServerKey"),
+    ("serverCert", "rtspServerCert"),
+    ("authMethods", "rtspAuthMethods"),
+    ("rtspUDPReadBufferSize", "udpReadBufferSize"),
+    ("webrtcICEUDPMuxAddress", "webrtcLocalUDPAddress"),
+    ("webrtcICETCPMuxAddress", "webrtcLocalTCPAddress"),
+    ("webrtcICEHostNAT1To1IPs", "webrtcAdditionalHosts"),
+    ("webrtcICEServers", "webrtcICEServers2"),
+    ("moqHTTPS2Address", "moqHTTP2Address"),
+    ("moqHTTPS3Address", "moqHTTP3Address"),
+    ("record", "record"),
+    ("recordPath", "recordPath"),
+    ("recordFormat", "recordFormat"),
+    ("recordPartDuration", "recordPartDuration"),
+    ("recordSegmentDuration", "recordSegmentDuration"),
+    ("recordDeleteAfter", "recordDeleteAfter"),
 ];
 
 /// Keys of `pathDefaults` and of each entry of `paths`.
@@ -407,6 +659,50 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         set!(audio_transcode_bitrate, |v| uint_in(v, 6_000, 510_000)),
     ),
     ("push", set!(push, push_list)),
+    ("forward", set!(forward, forward_list)),
+    (
+        "useAbsoluteTimestamp",
+        set!(use_absolute_timestamp, boolean),
+    ),
+    ("alwaysAvailable", set!(always_available, boolean)),
+    (
+        "alwaysAvailableTracks",
+        set!(always_available_tracks, always_available_tracks),
+    ),
+    ("alwaysAvailableFile", set!(always_available_file, string)),
+    ("rtspDemuxMpegts", set!(rtsp_demux_mpegts, boolean)),
+    (
+        "rtspRangeType",
+        set!(rtsp_range_type, |v| one_of(
+            v,
+            &["", "clock", "npt", "smpte"]
+        )),
+    ),
+    ("rtspRangeStart", set!(rtsp_range_start, string)),
+    ("rtspScale", set!(rtsp_scale, rtsp_scale)),
+    (
+        "rtspUDPSourcePortRange",
+        set!(rtsp_udp_source_port_range, port_range),
+    ),
+    ("rtpSDP", set!(rtp_sdp, string)),
+    (
+        "moqTransport",
+        set!(moq_transport, |v| one_of(v, &["quic", "webtransport"])),
+    ),
+    ("whepBearerToken", set!(whep_bearer_token, string)),
+    (
+        "whepSTUNGatherTimeout",
+        set!(whep_stun_gather_timeout, positive_duration),
+    ),
+    (
+        "whepHandshakeTimeout",
+        set!(whep_handshake_timeout, positive_duration),
+    ),
+    (
+        "whepTrackGatherTimeout",
+        set!(whep_track_gather_timeout, positive_duration),
+    ),
+    ("sourceRedirect", set!(source_redirect, string)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
     ("sourceFingerprint", set!(source_fingerprint, fingerprint)),
     ("rtspAnyPort", set!(rtsp_any_port, boolean)),
@@ -487,10 +783,97 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         set_hook!(run_on_available_restart, boolean),
     ),
     ("runOnNotReady", set_hook!(run_on_unavailable, string)),
+    ("disablePublisherOverride", |c, v| {
+        c.override_publisher = !boolean(v)?;
+        Ok(())
+    }),
+    ("sourceProtocol", set!(rtsp_transport, rtsp_transport)),
+    ("sourceAnyPortEnable", set!(rtsp_any_port, boolean)),
+    // Per-path UDP buffer sizes became the global udpReadBufferSize.
+    ("rtspUDPReadBufferSize", |_, v| size_or_zero(v).map(drop)),
+    ("mpegtsUDPReadBufferSize", |_, v| size_or_zero(v).map(drop)),
+    ("rtpUDPReadBufferSize", |_, v| size_or_zero(v).map(drop)),
+    // MediaMTX: "has no effect".
+    ("playback", |_, v| boolean(v).map(drop)),
+    ("fallback", |_, v| {
+        if string(v)?.is_empty() {
+            Ok(())
+        } else {
+            Err(
+                "MediaMTX's deprecated fallback (redirect RTSP readers elsewhere while the path \
+                 has no stream) is not supported: use source: redirect with sourceRedirect"
+                    .into(),
+            )
+        }
+    }),
 ];
 
-/// Older spellings in [`PATH_KEYS`] that the embedded defaults do not set (the new names do).
-pub static DEPRECATED_PATH_KEYS: &[&str] = &["runOnReady", "runOnReadyRestart", "runOnNotReady"];
+/// Older spellings in [`PATH_KEYS`] and what replaced them: the embedded defaults do not set
+/// them, and a file that does gets a warning.
+pub static DEPRECATED_PATH_KEYS: &[(&str, &str)] = &[
+    ("runOnReady", "runOnAvailable"),
+    ("runOnReadyRestart", "runOnAvailableRestart"),
+    ("runOnNotReady", "runOnUnavailable"),
+    ("disablePublisherOverride", "overridePublisher"),
+    ("sourceProtocol", "rtspTransport"),
+    ("sourceAnyPortEnable", "rtspAnyPort"),
+    ("rtspUDPReadBufferSize", "udpReadBufferSize"),
+    ("mpegtsUDPReadBufferSize", "udpReadBufferSize"),
+    ("rtpUDPReadBufferSize", "udpReadBufferSize"),
+    ("playback", "the playback server (it has no effect)"),
+    ("fallback", "alwaysAvailable"),
+];
+
+/// `rpiCamera…`: the Raspberry Pi camera source's keys. Tidegate drives no camera hardware:
+/// the keys are read (so a MediaMTX file runs) and have no effect; `source: rpiCamera` is
+/// refused.
+pub static RPI_CAMERA_KEYS: &[&str] = &[
+    "rpiCameraCamID",
+    "rpiCameraSecondary",
+    "rpiCameraWidth",
+    "rpiCameraHeight",
+    "rpiCameraHFlip",
+    "rpiCameraVFlip",
+    "rpiCameraBrightness",
+    "rpiCameraContrast",
+    "rpiCameraSaturation",
+    "rpiCameraSharpness",
+    "rpiCameraExposure",
+    "rpiCameraAWB",
+    "rpiCameraAWBGains",
+    "rpiCameraDenoise",
+    "rpiCameraShutter",
+    "rpiCameraMetering",
+    "rpiCameraGain",
+    "rpiCameraEV",
+    "rpiCameraROI",
+    "rpiCameraHDR",
+    "rpiCameraTuningFile",
+    "rpiCameraMode",
+    "rpiCameraFPS",
+    "rpiCameraAfMode",
+    "rpiCameraAfRange",
+    "rpiCameraAfSpeed",
+    "rpiCameraLensPosition",
+    "rpiCameraAfWindow",
+    "rpiCameraFlickerPeriod",
+    "rpiCameraTextOverlayEnable",
+    "rpiCameraTextOverlay",
+    "rpiCameraCodec",
+    "rpiCameraIDRPeriod",
+    "rpiCameraBitrate",
+    "rpiCameraH264Profile",
+    "rpiCameraH264Level",
+    "rpiCameraMJPEGQuality",
+    // older spellings
+    "rpiCameraProfile",
+    "rpiCameraLevel",
+    "rpiCameraHardwareH264Profile",
+    "rpiCameraHardwareH264Level",
+    "rpiCameraSoftwareH264Profile",
+    "rpiCameraSoftwareH264Level",
+    "rpiCameraJPEGQuality",
+];
 
 /// Where a configuration error is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,9 +905,28 @@ impl std::error::Error for ConfigError {}
 
 struct Ctx<'a> {
     origin: &'a str,
+    /// Deprecated spellings met, for the log.
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(origin: &'a str) -> Ctx<'a> {
+        Ctx {
+            origin,
+            warnings: Default::default(),
+        }
+    }
+
+    fn deprecated(&self, line: usize, key: &str, table: &[(&str, &str)]) {
+        let leaf = key.rsplit('.').next().unwrap_or(key);
+        if let Some((_, new)) = table.iter().find(|(old, _)| *old == leaf) {
+            self.warnings.borrow_mut().push(format!(
+                "{}:{line}: {key} is deprecated (MediaMTX's older name): use {new}",
+                self.origin
+            ));
+        }
+    }
+
     fn err(&self, line: usize, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             origin: self.origin.to_string(),
@@ -560,13 +962,12 @@ impl Config {
         config.apply_env(env, &mut paths)?;
         config.paths = Vec::with_capacity(paths.len());
         for raw in &paths {
-            let ctx = Ctx {
-                origin: &raw.origin,
-            };
+            let ctx = Ctx::new(&raw.origin);
             let key = format!("paths.{}", raw.name);
             let mut conf = config.path_defaults.clone();
             conf.name = raw.name.clone();
             apply_map(&ctx, &raw.node, &key, PATH_KEYS, &mut conf)?;
+            config.warnings.append(&mut ctx.warnings.borrow_mut());
             if conf.source != "publisher" && !conf.hooks.run_on_demand.is_empty() {
                 return Err(ctx.err(
                     raw.line,
@@ -575,6 +976,19 @@ impl Config {
                 ));
             }
             let regex = raw.name.starts_with('~') || raw.name == "all_others" || raw.name == "all";
+            if regex
+                && conf.source != "publisher"
+                && conf.source != "redirect"
+                && !conf.source_on_demand
+            {
+                return Err(ctx.err(
+                    raw.line,
+                    &format!("{key}.sourceOnDemand"),
+                    "a path with a regular expression (or all_others) and a pulled source must \
+                     have sourceOnDemand: yes (the source is pulled per name when a reader asks; \
+                     $G1, $G2… in the URL are the name's capture groups)",
+                ));
+            }
             if regex && !conf.hooks.run_on_init.is_empty() {
                 return Err(ctx.err(
                     raw.line,
@@ -588,10 +1002,7 @@ impl Config {
         // Names and regexes are checked here so that the error can name the path's line.
         for (raw, conf) in paths.iter().zip(&config.paths) {
             PathMatcher::new(vec![conf.clone()]).map_err(|(_, e)| {
-                Ctx {
-                    origin: &raw.origin,
-                }
-                .err(raw.line, &format!("paths.{}", raw.name), e.to_string())
+                Ctx::new(&raw.origin).err(raw.line, &format!("paths.{}", raw.name), e.to_string())
             })?;
         }
         config.resolve_auth()?;
@@ -604,9 +1015,7 @@ impl Config {
     /// users list keeps only playback for anyone and api/metrics/pprof from localhost. They
     /// cannot be combined with an `authInternalUsers` of one's own.
     fn resolve_auth(&mut self) -> Result<(), ConfigError> {
-        let ctx = Ctx {
-            origin: "configuration",
-        };
+        let ctx = Ctx::new("configuration");
         self.auth.timeout = self.read_timeout;
         let legacy = |p: &PathConf| {
             !p.publish_user.is_empty()
@@ -653,6 +1062,13 @@ impl Config {
         Config {
             log_level: String::new(),
             log_format: LogFormat::Text,
+            log_destinations: Vec::new(),
+            log_structured: false,
+            log_file: String::new(),
+            syslog_prefix: String::new(),
+            dump_packets: false,
+            udp_max_payload_size: 0,
+            udp_read_buffer_size: 0,
             read_timeout: Duration::ZERO,
             write_timeout: Duration::ZERO,
             write_queue_size: 0,
@@ -699,6 +1115,10 @@ impl Config {
                 .unwrap_or_default(),
             multicast_rtp_port: 8002,
             multicast_rtcp_port: 8003,
+            multicast_srtp_port: 8006,
+            multicast_srtcp_port: 8007,
+            rtsp_trusted_proxies: Vec::new(),
+            rtmp_trusted_proxies: Vec::new(),
             rtcp_address: any,
             srtp_address: any,
             srtcp_address: any,
@@ -708,7 +1128,10 @@ impl Config {
             hls_segment_duration: Duration::ZERO,
             hls_part_duration: Duration::ZERO,
             hls_segment_count: 0,
-            hls_allow_origin: String::new(),
+            hls_allow_origins: Vec::new(),
+            hls_segment_max_size: 0,
+            hls_directory: String::new(),
+            hls_cdn_secret: String::new(),
             hls_always_remux: false,
             hls_encryption: false,
             hls_server_key: String::new(),
@@ -719,15 +1142,26 @@ impl Config {
             webrtc_local_udp_address: Some(any),
             webrtc_local_tcp_address: None,
             webrtc_additional_hosts: Vec::new(),
-            webrtc_allow_origin: String::new(),
+            webrtc_allow_origins: Vec::new(),
             webrtc_encryption: false,
             webrtc_server_key: String::new(),
             webrtc_server_cert: String::new(),
             webrtc_ips_from_interfaces: true,
+            webrtc_ips_from_interfaces_list: Vec::new(),
+            webrtc_stun_gather_timeout: Duration::from_secs(5),
+            webrtc_track_gather_timeout: Duration::from_secs(2),
             webrtc_handshake_timeout: Duration::from_secs(10),
             webrtc_ice_servers: Vec::new(),
             srt: false,
             srt_address: any,
+            moq: false,
+            moq_http2_address: any,
+            moq_http3_address: any,
+            moq_quic_address: any,
+            moq_server_key: String::new(),
+            moq_server_cert: String::new(),
+            moq_allow_origins: Vec::new(),
+            moq_trusted_proxies: Vec::new(),
             playback: false,
             playback_address: any,
             playback_encryption: false,
@@ -756,7 +1190,7 @@ impl Config {
         text: &str,
         paths: &mut Vec<RawPath>,
     ) -> Result<(), ConfigError> {
-        let ctx = Ctx { origin };
+        let ctx = Ctx::new(origin);
         let root = yaml::parse(text).map_err(|e| ctx.err(e.line, "", e.message))?;
         let Some(root) = root else {
             return Ok(()); // an empty file changes nothing
@@ -790,6 +1224,7 @@ impl Config {
                     }
                 }
                 key => {
+                    ctx.deprecated(e.line, key, DEPRECATED_GLOBAL_KEYS);
                     let setter = find(GLOBAL_KEYS, key).ok_or_else(|| {
                         ctx.err(
                             e.line,
@@ -801,6 +1236,7 @@ impl Config {
                 }
             }
         }
+        self.warnings.append(&mut ctx.warnings.borrow_mut());
         Ok(())
     }
 
@@ -813,9 +1249,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         paths: &mut Vec<RawPath>,
     ) -> Result<(), ConfigError> {
-        let ctx = Ctx {
-            origin: "environment",
-        };
+        let ctx = Ctx::new("environment");
         let mut vars: Vec<(usize, String, String)> = env
             .into_iter()
             .filter_map(|(k, v)| {
@@ -902,9 +1336,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let ctx = Ctx {
-            origin: "configuration",
-        };
+        let ctx = Ctx::new("configuration");
         if self.hls_part_duration >= self.hls_segment_duration {
             return Err(ctx.err(
                 0,
@@ -914,6 +1346,107 @@ impl Config {
         }
         if self.hls_part_duration < Duration::from_millis(50) {
             return Err(ctx.err(0, "hlsPartDuration", "must be at least 50ms"));
+        }
+        if self.dump_packets {
+            return Err(ctx.err(
+                0,
+                "dumpPackets",
+                "dumping packets to disk is not built in Tidegate; capture with tcpdump, or \
+                 read the stream with ffmpeg -c copy",
+            ));
+        }
+        if !self.hls_directory.is_empty() {
+            return Err(ctx.err(
+                0,
+                "hlsDirectory",
+                "writing HLS segments to a directory is not built yet: segments are kept in \
+                 memory (bounded by hlsSegmentCount and hlsSegmentMaxSize)",
+            ));
+        }
+        for (key, list) in [
+            ("rtspTrustedProxies", &self.rtsp_trusted_proxies),
+            ("rtmpTrustedProxies", &self.rtmp_trusted_proxies),
+        ] {
+            if !list.is_empty() {
+                return Err(ctx.err(
+                    0,
+                    key,
+                    "the PROXY protocol is not parsed yet: no proxy can be trusted for the \
+                     client's address",
+                ));
+            }
+        }
+        if self.hls_segment_max_size < 64 * 1024 {
+            return Err(ctx.err(0, "hlsSegmentMaxSize", "must be at least 64K"));
+        }
+        for p in std::iter::once(&self.path_defaults).chain(&self.paths) {
+            let key = |k: &str| {
+                if p.name.is_empty() {
+                    format!("pathDefaults.{k}")
+                } else {
+                    format!("paths.{}.{k}", p.name)
+                }
+            };
+            if p.use_absolute_timestamp {
+                return Err(ctx.err(
+                    0,
+                    &key("useAbsoluteTimestamp"),
+                    "the source's absolute (NTP) timestamps are not carried yet: frames are \
+                     stamped with their arrival time",
+                ));
+            }
+            let not_yet = [
+                ("rtspRangeType", !p.rtsp_range_type.is_empty()),
+                ("rtspScale", !p.rtsp_scale.is_empty()),
+                (
+                    "rtspUDPSourcePortRange",
+                    p.rtsp_udp_source_port_range != (32768, 60999),
+                ),
+            ];
+            if let Some((k, _)) = not_yet.iter().find(|(_, set)| *set) {
+                return Err(ctx.err(
+                    0,
+                    &key(k),
+                    "not built yet: pulled RTSP sources PLAY from the live point at normal speed, \
+                     from local UDP ports the system picks (32768-60999 on Linux)",
+                ));
+            }
+            if p.always_available {
+                return Err(ctx.err(
+                    0,
+                    &key("alwaysAvailable"),
+                    "the always-available offline stream is not built yet",
+                ));
+            }
+            if p.forward.iter().any(|d| !d.dest_fingerprint.is_empty()) {
+                return Err(ctx.err(
+                    0,
+                    &key("forward"),
+                    "destFingerprint is not built yet: rtmps:// destinations are checked \
+                     against the Web PKI roots",
+                ));
+            }
+            if let Some(d) = p.forward.iter().find(|d| {
+                !["rtmp://", "rtmps://", "srt://"]
+                    .iter()
+                    .any(|s| d.dest.starts_with(s))
+            }) {
+                return Err(ctx.err(
+                    0,
+                    &key("forward"),
+                    format!(
+                        "forwarding to {} is not built yet: rtmp(s):// and srt:// destinations are",
+                        d.dest.split("://").next().unwrap_or_default()
+                    ),
+                ));
+            }
+            if p.source == "redirect" && p.source_redirect.is_empty() {
+                return Err(ctx.err(
+                    0,
+                    &key("sourceRedirect"),
+                    "must be set when source is redirect",
+                ));
+            }
         }
         for p in std::iter::once(&self.path_defaults).chain(&self.paths) {
             let r = &p.record;
@@ -969,6 +1502,10 @@ fn apply_map<T>(
     };
     for e in entries {
         let key = format!("{prefix}.{}", e.key);
+        if RPI_CAMERA_KEYS.contains(&e.key.as_str()) {
+            continue;
+        }
+        ctx.deprecated(e.line, &key, DEPRECATED_PATH_KEYS);
         let setter = find(table, &e.key)
             .ok_or_else(|| ctx.err(e.line, &key, unknown_key(&e.key, table, &[])))?;
         setter(target, &e.value).map_err(|m| ctx.err(e.line, &key, m))?;

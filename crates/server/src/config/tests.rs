@@ -32,6 +32,9 @@ fn top_level_keys(text: &str, section: Option<&str>) -> Vec<String> {
 fn the_embedded_default_sets_every_key() {
     let keys = top_level_keys(DEFAULT_CONFIG, None);
     for (k, _) in GLOBAL_KEYS {
+        if DEPRECATED_GLOBAL_KEYS.iter().any(|(o, _)| o == k) {
+            continue;
+        }
         assert!(
             keys.iter().any(|x| x == k),
             "{k} is missing from configs/tidegate.yml"
@@ -39,7 +42,7 @@ fn the_embedded_default_sets_every_key() {
     }
     let keys = top_level_keys(DEFAULT_CONFIG, Some("pathDefaults"));
     for (k, _) in PATH_KEYS {
-        if DEPRECATED_PATH_KEYS.contains(k) {
+        if DEPRECATED_PATH_KEYS.iter().any(|(o, _)| o == k) {
             continue;
         }
         assert!(keys.iter().any(|x| x == k), "pathDefaults.{k} is missing");
@@ -370,4 +373,91 @@ fn webhooks_are_checked() {
     assert!(e.message.contains("http:// or https://"), "{e}");
     let e = load("webhooks:\n  - url: http://h/x\n    sekret: s\n").unwrap_err();
     assert!(e.message.contains("unknown key 'sekret'"), "{e}");
+}
+
+#[test]
+fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
+    let c = load(
+        "readBufferCount: 256\nhlsAllowOrigin: https://a.example\nrtmpDisable: yes\n\
+         protocols: [tcp]\nrecordPath: ./r/%path/%s\n\
+         pathDefaults:\n  disablePublisherOverride: yes\n  sourceProtocol: tcp\n\
+         \x20 rpiCameraWidth: 1920\n  rpiCameraAWBGains: [0, 0]\n",
+    )
+    .unwrap();
+    assert_eq!(c.write_queue_size, 256);
+    assert_eq!(c.hls_allow_origins, vec!["https://a.example"]);
+    assert!(!c.rtmp);
+    assert_eq!(c.rtsp_transports, vec!["tcp"]);
+    assert_eq!(c.path_defaults.record.path, "./r/%path/%s");
+    assert!(!c.path_defaults.override_publisher);
+    assert_eq!(c.path_defaults.rtsp_transport, "tcp");
+    let deprecated = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("deprecated"))
+        .count();
+    assert_eq!(deprecated, 7, "{:#?}", c.warnings);
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.contains("readBufferCount is deprecated") && w.contains("writeQueueSize")));
+
+    for (text, key, what) in [
+        (
+            "paths:\n  cam:\n    source: rpiCamera\n",
+            "paths.cam.source",
+            "Raspberry Pi",
+        ),
+        ("dumpPackets: yes\n", "dumpPackets", "not built"),
+        ("hlsDirectory: /var/hls\n", "hlsDirectory", "not built yet"),
+        (
+            "rtmpTrustedProxies: [10.0.0.1]\n",
+            "rtmpTrustedProxies",
+            "PROXY protocol",
+        ),
+        (
+            "pathDefaults:\n  alwaysAvailable: yes\n",
+            "pathDefaults.alwaysAvailable",
+            "not built yet",
+        ),
+        (
+            "pathDefaults:\n  forward: [whip://x:8889/a/whip]\n",
+            "pathDefaults.forward",
+            "whip is not built yet",
+        ),
+        (
+            "paths:\n  \"~^(.+)$\":\n    source: rtsp://origin/$G1\n",
+            "paths.~^(.+)$.sourceOnDemand",
+            "sourceOnDemand: yes",
+        ),
+        (
+            "paths:\n  r:\n    source: redirect\n",
+            "paths.r.sourceRedirect",
+            "must be set",
+        ),
+        (
+            "hlsSegmentMaxSize: 1K\n",
+            "hlsSegmentMaxSize",
+            "at least 64K",
+        ),
+    ] {
+        let e = err(text);
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.message.contains(what), "{text}: {e}");
+    }
+    // forward to RTMP and SRT is pushed like push.
+    let c = load(
+        "pathDefaults:\n  forward:\n    - rtmp://a/live/k\n    - dest: srt://b:9000?streamid=publish:x\n",
+    )
+    .unwrap();
+    let dests: Vec<&str> = c
+        .path_defaults
+        .forward
+        .iter()
+        .map(|f| f.dest.as_str())
+        .collect();
+    assert_eq!(
+        dests,
+        vec!["rtmp://a/live/k", "srt://b:9000?streamid=publish:x"]
+    );
 }

@@ -263,9 +263,36 @@ pub fn ip_list(v: &Node) -> Result<Vec<IpNet>, String> {
 pub fn source(v: &Node) -> Result<String, String> {
     let s = string(v)?;
     const SCHEMES: &[&str] = &[
-        "rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "http://", "https://", "udp://",
-        "whep://", "wheps://",
+        "rtsp://",
+        "rtsps://",
+        "rtsp+http://",
+        "rtsps+http://",
+        "rtsp+ws://",
+        "rtsps+ws://",
+        "rtmp://",
+        "rtmps://",
+        "srt://",
+        "http://",
+        "https://",
+        "udp://",
+        "udp+mpegts://",
+        "udp+rtp://",
+        "unix+mpegts://",
+        "unix+rtp://",
+        "whep://",
+        "wheps://",
+        "moqt://",
     ];
+    if s == "rpiCamera" {
+        return Err(
+            "Tidegate does not drive Raspberry Pi cameras: publish the camera to the path \
+                    instead (rpicam-vid … | ffmpeg … -f rtsp rtsp://host:8554/path)"
+                .into(),
+        );
+    }
+    if s == "redirect" {
+        return Ok(s);
+    }
     if s.starts_with("srt://") {
         tidegate_srt::caller::SrtUrl::parse(&s)?;
         return Ok(s);
@@ -487,6 +514,18 @@ pub fn size(v: &Node) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A size that may be 0 (`udpReadBufferSize: 0`: the system's default); at most 1G.
+pub fn size_or_zero(v: &Node) -> Result<u64, String> {
+    if scalar(v, "a size like 8M")?.trim() == "0" {
+        return Ok(0);
+    }
+    let n = size(v)?;
+    if n > 1 << 30 {
+        return Err("at most 1G".into());
+    }
+    Ok(n)
+}
+
 /// `recordPath`: a template with `%path` and a start time (see `tidegate-record`).
 pub fn record_path(v: &Node) -> Result<String, String> {
     let s = string(v)?;
@@ -550,6 +589,177 @@ pub fn webhooks(v: &Node) -> Result<Vec<crate::webhooks::WebhookConf>, String> {
         out.push(w);
     }
     Ok(out)
+}
+
+/// MediaMTX's older `webrtcICEServers`: `stun:host:port`, or `turn:user:pass:host:port`.
+pub fn legacy_ice_servers(v: &Node) -> Result<Vec<tidegate_webrtc::IceServer>, String> {
+    let mut out = Vec::new();
+    for s in string_list(v)? {
+        let (scheme, rest) = s.split_once(':').ok_or_else(|| {
+            format!("expected stun:host:port or turn:user:pass:host:port, found '{s}'")
+        })?;
+        let server = match scheme {
+            "stun" | "stuns" => tidegate_webrtc::IceServer {
+                url: s.clone(),
+                ..Default::default()
+            },
+            "turn" | "turns" => {
+                let parts: Vec<&str> = rest.splitn(3, ':').collect();
+                match parts.as_slice() {
+                    [user, pass, host] if host.contains(':') => tidegate_webrtc::IceServer {
+                        url: format!("{scheme}:{host}"),
+                        username: user.to_string(),
+                        password: pass.to_string(),
+                    },
+                    _ => tidegate_webrtc::IceServer {
+                        url: s.clone(),
+                        ..Default::default()
+                    },
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "url must start with stun:, stuns:, turn: or turns:, found '{s}'"
+                ))
+            }
+        };
+        out.push(server);
+    }
+    Ok(out)
+}
+
+/// MediaMTX's plain credentials (`hlsCDNSecret`): letters, digits and `!$()*+.;<=>[]^_-@#&`.
+pub fn plain_credential(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    let ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "!$()*+.;<=>[]^_-@#&".contains(c));
+    if !ok {
+        return Err("contains unsupported characters; supported are letters, digits and !$()*+.;<=>[]^_-@#&".into());
+    }
+    Ok(s)
+}
+
+/// `forward`: destinations, each a URL or a map with `dest`, `destFingerprint`,
+/// `whipBearerToken`. `rtmp(s)://`, `srt://`, `rtsp(s)://` and `whip(s)://` URLs.
+pub fn forward_list(v: &Node) -> Result<Vec<tidegate_core::ForwardDest>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of destinations".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let mut d = tidegate_core::ForwardDest::default();
+        match &item.value {
+            Value::Scalar(s, _) => d.dest = s.clone(),
+            Value::Map(entries) => {
+                for e in entries {
+                    match e.key.as_str() {
+                        "dest" => d.dest = string(&e.value)?,
+                        "destFingerprint" => d.dest_fingerprint = fingerprint(&e.value)?,
+                        "whipBearerToken" => d.whip_bearer_token = string(&e.value)?,
+                        other => return Err(format!("line {}: unknown key '{other}'", e.line)),
+                    }
+                }
+            }
+            Value::Seq(_) => return Err(format!("line {}: expected a destination", item.line)),
+        }
+        const SCHEMES: &[&str] = &[
+            "rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://", "whip://", "whips://",
+        ];
+        if !SCHEMES.iter().any(|p| d.dest.starts_with(p)) {
+            return Err(format!(
+                "line {}: dest must be an rtmp(s)://, srt://, rtsp(s):// or whip(s):// URL, found '{}'",
+                item.line, d.dest
+            ));
+        }
+        if d.dest.starts_with("srt://") {
+            tidegate_srt::caller::SrtUrl::parse(&d.dest)?;
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// `alwaysAvailableTracks`: `{codec, sampleRate, channelCount, muLaw}` maps; kept as codec names.
+pub fn always_available_tracks(v: &Node) -> Result<Vec<String>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let Value::Seq(items) = &v.value else {
+        return Err("expected a list of tracks ({codec: H264}, …)".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            return Err(format!("line {}: expected a map with codec", item.line));
+        };
+        let mut codec = String::new();
+        for e in entries {
+            match e.key.as_str() {
+                "codec" => {
+                    codec = one_of(
+                        &e.value,
+                        &[
+                            "AV1",
+                            "VP9",
+                            "H265",
+                            "H264",
+                            "Opus",
+                            "MPEG4Audio",
+                            "G711",
+                            "LPCM",
+                        ],
+                    )?
+                }
+                "sampleRate" | "channelCount" => {
+                    uint_in(&e.value, 1, 384_000)?;
+                }
+                "muLaw" => {
+                    boolean(&e.value)?;
+                }
+                other => return Err(format!("line {}: unknown key '{other}'", e.line)),
+            }
+        }
+        if codec.is_empty() {
+            return Err(format!("line {}: a track needs a codec", item.line));
+        }
+        out.push(codec);
+    }
+    Ok(out)
+}
+
+/// `rtspScale`: empty, or a non-zero number (negative plays backwards).
+pub fn rtsp_scale(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Ok(s);
+    }
+    match s.parse::<f64>() {
+        Ok(x) if x != 0.0 && x.is_finite() => Ok(s),
+        _ => Err(format!(
+            "expected a non-zero number such as 2 or -1, found '{s}'"
+        )),
+    }
+}
+
+/// A `[first, last]` port range.
+pub fn port_range(v: &Node) -> Result<(u16, u16), String> {
+    let Value::Seq(items) = &v.value else {
+        return Err("expected [first, last]".into());
+    };
+    let [a, b] = items.as_slice() else {
+        return Err("expected two ports, [first, last]".into());
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b || a == 0 {
+        return Err(format!(
+            "expected first ≤ last, both above 0, found [{a}, {b}]"
+        ));
+    }
+    Ok((a, b))
 }
 
 #[cfg(test)]
