@@ -7,10 +7,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tidegate_tests::http::{fetch, get_json};
+use tidegate_tests::http::{fetch, get_json, request};
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, run_bounded, scratch, self_signed, Probe};
+use tidegate_tests::{ffprobe, peer, poll, run_bounded, scratch, self_signed, Probe};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -800,4 +800,102 @@ fn always_remux_and_idle_close() {
     assert!(closed_after >= Duration::from_secs(2), "{closed_after:?}");
     // The reader it held is gone too.
     assert!(server.paths().get("cam").unwrap().readers.is_empty());
+}
+
+/// `/v3/hlssessions`: two ffmpeg viewers (told apart by their User-Agent) are listed with
+/// their path, user and bytes; a kicked one is refused (401) until it loads the stream again,
+/// the other plays on; a CDN request (`hlsCDNSecret`) needs no read credentials and is one
+/// session marked `isCDN`.
+#[test]
+fn hls_sessions_are_listed_kicked_and_a_cdn_is_let_in() {
+    let dir = scratch("hls-sessions");
+    let server = TestServer::start(
+        "hlsCDNSecret: s3cret-cdn\npaths:\n  cam:\n    readUser: bob\n    readPass: pw\n",
+    );
+    let _publisher = ffmpeg_publish(&server.rtmp_url("cam"), 40, "flv", &dir);
+    server.wait_ready("cam", READY);
+    let url = server.hls_url("cam", "index.m3u8?user=bob&pass=pw");
+    let viewer = |ua: &str, secs: u32| {
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-user_agent", ua, "-i", &url, "-t", &secs.to_string()])
+            .args(["-c", "copy"])
+            .arg(dir.join(format!("{ua}.mkv")));
+        PeerProcess::spawn(ua, &mut cmd, &dir)
+    };
+    let mut a = viewer("viewer-a", 25);
+    let mut b = viewer("viewer-b", 8);
+    let api = server.api_addr();
+    let sessions = poll(
+        Duration::from_secs(30),
+        || format!("sessions: {}", get_json(api, "/v3/hlssessions/list")),
+        || {
+            let v = get_json(api, "/v3/hlssessions/list");
+            let items = v["items"].as_array()?.clone();
+            let ok = items.len() == 2
+                && items
+                    .iter()
+                    .all(|s| s["outboundBytes"].as_u64().unwrap_or(0) > 50_000);
+            ok.then_some(items)
+        },
+    );
+    for s in &sessions {
+        assert_eq!(s["path"], "cam", "{s}");
+        assert_eq!(s["user"], "bob", "{s}");
+        assert_eq!(s["isCDN"], false, "{s}");
+        assert!(
+            s["remoteAddr"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{s}"
+        );
+        assert!(s["query"].as_str().unwrap().contains("user=bob"), "{s}");
+    }
+    let a_id = sessions
+        .iter()
+        .find(|s| s["userAgent"] == "viewer-a")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .expect("viewer-a listed");
+    let got = get_json(api, &format!("/v3/hlssessions/get/{a_id}"));
+    assert_eq!(got["userAgent"], "viewer-a");
+    let (status, _) = request(api, "POST", &format!("/v3/hlssessions/kick/{a_id}"));
+    assert_eq!(status, 200);
+    let (status, _) = request(api, "GET", &format!("/v3/hlssessions/get/{a_id}"));
+    assert_eq!(status, 404);
+    // The kicked viewer's media requests are refused; a fresh start is let in.
+    let media = |file: &str, ua: &str| {
+        fetch(
+            server.hls_addr(),
+            &format!("/cam/{file}?user=bob&pass=pw"),
+            &[&format!("User-Agent: {ua}")],
+        )
+        .status
+    };
+    assert_eq!(media("stream.m3u8", "viewer-a"), 401);
+    assert_eq!(media("stream.m3u8", "viewer-c"), 200);
+    assert!(b.wait(Duration::from_secs(60)).success(), "{}", b.stderr());
+    let p = probe_file(&dir.join("viewer-b.mkv"));
+    assert_media(&p, "h264", "aac", 8);
+    a.kill9();
+    assert_eq!(media("index.m3u8", "viewer-a"), 200);
+    assert_eq!(media("stream.m3u8", "viewer-a"), 200);
+
+    // The CDN: no credentials, its bearer secret; a wrong secret is an ordinary request.
+    let cdn = |secret: &str| {
+        fetch(
+            server.hls_addr(),
+            "/cam/stream.m3u8",
+            &[&format!("Authorization: Bearer {secret}")],
+        )
+        .status
+    };
+    assert_eq!(cdn("wrong"), 401);
+    assert_eq!(cdn("s3cret-cdn"), 200);
+    let v = get_json(api, "/v3/hlssessions/list");
+    let cdns: Vec<&serde_json::Value> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["isCDN"] == true)
+        .collect();
+    assert_eq!(cdns.len(), 1, "{v}");
+    assert_eq!(cdns[0]["user"], "", "{v}");
 }

@@ -300,7 +300,53 @@ async fn route(
     }
     let existing = inner.existing(path);
     let prefix = existing.as_ref().map(|m| m.state().prefix.clone());
-    match parse_file(file, prefix.as_deref()) {
+    let kind = parse_file(file, prefix.as_deref());
+    let session = match kind {
+        File::Page | File::DashPage | File::Other => None,
+        _ => {
+            let user = ask.creds.user.clone().unwrap_or_default();
+            let user_agent = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let seen = crate::sessions::Seen {
+                path,
+                remote,
+                user: &user,
+                user_agent,
+                query: uri.query().unwrap_or(""),
+                is_cdn: from_cdn,
+                entry: matches!(parse_file(file, None), File::Multivariant | File::Mpd),
+            };
+            match inner.sessions.track(seen) {
+                Some(s) => Some(s),
+                None => {
+                    return text(
+                        StatusCode::UNAUTHORIZED,
+                        "this session was kicked: load the stream again\n",
+                    )
+                }
+            }
+        }
+    };
+    let r = serve(inner, path, existing, kind, file, &q, headers).await;
+    match session {
+        Some(s) if r.status().is_success() => s.count(r),
+        _ => r,
+    }
+}
+
+/// Serves `file` of `path` once the request is authorised.
+async fn serve(
+    inner: &Arc<Inner>,
+    path: &str,
+    existing: Option<Arc<Muxer>>,
+    kind: File,
+    file: &str,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Response {
+    match kind {
         File::Page => page(path),
         File::DashPage => dash_page(path),
         File::Mpd => {

@@ -9,6 +9,7 @@ pub mod dash;
 pub mod http;
 pub mod muxer;
 pub mod segmenter;
+pub mod sessions;
 pub mod state;
 
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ pub(crate) struct Inner {
     pub paths: PathManager,
     pub cfg: HlsConfig,
     muxers: Mutex<HashMap<String, Arc<Muxer>>>,
+    pub sessions: sessions::Sessions,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -146,6 +148,7 @@ impl Hls {
                 paths,
                 cfg,
                 muxers: Mutex::new(HashMap::new()),
+                sessions: sessions::Sessions::default(),
                 shutdown,
                 tasks,
             }),
@@ -177,6 +180,16 @@ impl Hls {
             });
         }
         hls
+    }
+
+    /// The viewers (`/v3/hlssessions`), oldest first.
+    pub fn sessions(&self) -> Vec<Arc<sessions::Session>> {
+        self.inner.sessions.list()
+    }
+
+    /// Ends a viewer's session; false when there is none of that id.
+    pub fn kick_session(&self, id: &str) -> bool {
+        self.inner.sessions.kick(id)
     }
 
     pub fn muxers(&self) -> Vec<MuxerInfo> {

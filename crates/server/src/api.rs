@@ -81,6 +81,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v3/moqsessions/list", get(moq_list))
         .route("/v3/moqsessions/get/{id}", get(moq_missing))
         .route("/v3/moqsessions/kick/{id}", post(moq_missing))
+        .route("/v3/hlssessions/list", get(hls_sessions_list))
+        .route("/v3/hlssessions/get/{id}", get(hls_sessions_get))
+        .route("/v3/hlssessions/kick/{id}", post(hls_sessions_kick))
         .route("/v3/hlsmuxers/list", get(hls_list))
         .route("/v3/hlsmuxers/get/{*name}", get(hls_get))
         .route("/v3/recordings/list", get(recordings_list))
@@ -810,6 +813,72 @@ async fn forward_get(
             None => error(StatusCode::NOT_FOUND, "forward destination not found").into_response(),
         },
         Err(r) => *r,
+    }
+}
+
+/// One HLS viewer, MediaMTX's `HLSSession`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiHlsSession {
+    id: String,
+    created: String,
+    path: String,
+    query: String,
+    remote_addr: String,
+    user: String,
+    user_agent: String,
+    #[serde(rename = "isCDN")]
+    is_cdn: bool,
+    outbound_bytes: u64,
+}
+
+fn api_hls_session(s: &tidegate_hls::sessions::Session) -> ApiHlsSession {
+    use std::sync::atomic::Ordering::Relaxed;
+    ApiHlsSession {
+        id: s.id.clone(),
+        created: humantime::format_rfc3339_millis(s.created).to_string(),
+        path: s.path.clone(),
+        query: s.query.clone(),
+        remote_addr: s
+            .remote_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_string(),
+        user: s.user.clone(),
+        user_agent: s.user_agent.clone(),
+        is_cdn: s.is_cdn,
+        outbound_bytes: s.outbound_bytes.load(Relaxed),
+    }
+}
+
+async fn hls_sessions_list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let items: Vec<ApiHlsSession> = state
+        .hls
+        .sessions()
+        .iter()
+        .map(|s| api_hls_session(s))
+        .collect();
+    match paginate(items, &query) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn hls_sessions_get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.hls.sessions().iter().find(|s| s.id == id) {
+        Some(s) => Json(api_hls_session(s)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "session not found").into_response(),
+    }
+}
+
+async fn hls_sessions_kick(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    if state.hls.kick_session(&id) {
+        StatusCode::OK.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "session not found").into_response()
     }
 }
 
