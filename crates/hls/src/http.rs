@@ -364,7 +364,7 @@ async fn serve(
                 },
             };
             mux.touch();
-            mpd(inner, &mux, &q).await
+            mpd(inner, &mux, q).await
         }
         File::Multivariant | File::Media => {
             let mux = match existing {
@@ -376,7 +376,7 @@ async fn serve(
             };
             mux.touch();
             let multivariant = matches!(parse_file(file, None), File::Multivariant);
-            playlist(inner, &mux, multivariant, &q, headers).await
+            playlist(inner, &mux, multivariant, q, headers).await
         }
         File::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         f => {
