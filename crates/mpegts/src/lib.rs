@@ -6,6 +6,7 @@
 
 pub mod demux;
 pub mod frames;
+pub mod ingest;
 pub mod mux;
 mod psi;
 

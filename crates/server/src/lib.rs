@@ -17,6 +17,7 @@ pub mod pprof;
 pub mod relays;
 pub mod reload;
 pub mod tls;
+pub mod ts_source;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -29,10 +29,20 @@ pub struct Relays {
     /// template (`rtsp://origin/$G1`): made when a reader asks for a name, by that name, with
     /// the template's path configuration they came from.
     dynamic: Mutex<HashMap<String, (Pull, Arc<tidegate_core::PathConf>)>>,
+    /// `readTimeout`: how long a received (UDP, Unix) source may be silent.
+    read_timeout: Mutex<std::time::Duration>,
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 5] = ["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"];
+const PULLED: [&str; 7] = [
+    "rtmp://",
+    "rtmps://",
+    "srt://",
+    "rtsp://",
+    "rtsps://",
+    "udp+mpegts://",
+    "unix+mpegts://",
+];
 
 /// Whether a path name is a `~regex` or `all_others` (a template for many names).
 pub fn is_template(name: &str) -> bool {
@@ -120,7 +130,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s):// and srt://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, udp+mpegts:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -170,7 +180,13 @@ impl Relays {
             let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
             let cancel = (!conf.source_on_demand).then(|| {
                 let token = shutdown.child_token();
-                tasks.spawn(source(conf, paths.clone(), status.clone(), token.clone()));
+                tasks.spawn(source(
+                    conf,
+                    self.read_timeout(),
+                    paths.clone(),
+                    status.clone(),
+                    token.clone(),
+                ));
                 token
             });
             pulls.insert(
@@ -241,6 +257,10 @@ impl Relays {
         Some((conf, status))
     }
 
+    fn read_timeout(&self) -> std::time::Duration {
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn drop_dynamic(&self, name: &str) {
         self.dynamic
             .lock()
@@ -256,6 +276,10 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> Arc<Relays> {
     let relays = Arc::new(Relays::default());
+    *relays
+        .read_timeout
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = config.read_timeout;
     relays.apply_sources(&config.paths, paths, tasks, shutdown);
     tasks.spawn(on_demand_sources(
         relays.clone(),
@@ -333,6 +357,7 @@ pub fn start(
 /// The pull of `conf.source`, whatever its protocol, until `cancel`.
 fn source(
     conf: &tidegate_core::PathConf,
+    read_timeout: std::time::Duration,
     paths: PathManager,
     status: Arc<RelayStatus>,
     cancel: CancellationToken,
@@ -352,6 +377,24 @@ fn source(
             transport,
             fingerprint,
             conf.rtsp_any_port,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
+    } else if url.starts_with("udp+mpegts://") {
+        Box::pin(crate::ts_source::udp_mpegts(
+            url,
+            read_timeout,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
+    } else if url.starts_with("unix+mpegts://") {
+        Box::pin(crate::ts_source::unix_mpegts(
+            url,
+            read_timeout,
             paths,
             name,
             status,
@@ -407,7 +450,13 @@ async fn on_demand_sources(
                 };
                 tracing::info!(path = ev.path, "starting the on-demand source");
                 let token = shutdown.child_token();
-                tasks.spawn(source(&conf, paths.clone(), status, token.clone()));
+                tasks.spawn(source(
+                    &conf,
+                    relays.read_timeout(),
+                    paths.clone(),
+                    status,
+                    token.clone(),
+                ));
                 running.insert(ev.path.clone(), (token, std::time::Instant::now(), conf));
             }
             _ = tick.tick() => {

@@ -15,8 +15,6 @@ use tidegate_core::{
     Action, AuthRequest, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager,
     SessionInfo, Stream,
 };
-use tidegate_mpegts::demux::Demuxer;
-use tidegate_mpegts::frames::{Output, TsToFrames};
 use tidegate_mpegts::mux::Muxer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -381,10 +379,7 @@ pub(crate) async fn publish(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let kicked = publisher.kicked();
-    let mut demux = Demuxer::default();
-    let mut frames = TsToFrames::default();
-    let mut stream: Option<Arc<Stream>> = None;
-    let mut dropped_counted = 0;
+    let mut ingest = tidegate_mpegts::ingest::TsIngest::default();
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -398,34 +393,7 @@ pub(crate) async fn publish(
             Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
             Ok(Some(Ok((_, data)))) => data,
         };
-        demux.feed(&data);
-        let dropped = demux.stats().dropped_pes;
-        if dropped != dropped_counted {
-            if let Some(s) = &stream {
-                s.stats()
-                    .frames_in_error
-                    .fetch_add(dropped - dropped_counted, Ordering::Relaxed);
-            }
-            dropped_counted = dropped;
-        }
-        while let Some(ev) = demux.poll_event() {
-            for out in frames.on_event(ev) {
-                match out {
-                    Output::Tracks(desc) => {
-                        tracing::info!(tracks = ?desc.codec_names(), "publishing");
-                        if !frames.ignored.is_empty() {
-                            tracing::info!(streams = ?frames.ignored, "streams not carried (unsupported in this build)");
-                        }
-                        stream = Some(publisher.start(desc));
-                    }
-                    Output::Frame(f) => {
-                        if let Some(s) = &stream {
-                            s.write(f);
-                        }
-                    }
-                }
-            }
-        }
+        ingest.feed(&data, &mut publisher, "SRT");
     }
 }
 
