@@ -34,7 +34,7 @@ pub struct Relays {
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 7] = [
+const PULLED: [&str; 8] = [
     "rtmp://",
     "rtmps://",
     "srt://",
@@ -42,6 +42,7 @@ const PULLED: [&str; 7] = [
     "rtsps://",
     "udp+mpegts://",
     "unix+mpegts://",
+    "udp+rtp://",
 ];
 
 /// Whether a path name is a `~regex` or `all_others` (a template for many names).
@@ -130,7 +131,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, udp+mpegts:// and unix+mpegts://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -385,6 +386,16 @@ fn source(
     } else if url.starts_with("udp+mpegts://") {
         Box::pin(crate::ts_source::udp_mpegts(
             url,
+            read_timeout,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
+    } else if url.starts_with("udp+rtp://") {
+        Box::pin(crate::ts_source::udp_rtp(
+            url,
+            conf.rtp_sdp.clone(),
             read_timeout,
             paths,
             name,

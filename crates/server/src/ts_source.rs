@@ -1,9 +1,10 @@
-//! MPEG-TS received rather than pulled: `source: udp+mpegts://IP:PORT` (unicast, or a
+//! Streams received rather than pulled: `source: udp+mpegts://IP:PORT` (unicast, or a
 //! multicast group joined, with `?interface=NAME` and `?source=IP` for source-specific
-//! multicast) and `source: unix+mpegts:///path/to.sock` (a Unix stream socket Tidegate
-//! listens on). Encoders and IPTV head-ends push these; the path is published from the first
-//! packet until the sender goes quiet for `readTimeout` (or closes its Unix connection), and
-//! published again when it resumes.
+//! multicast), `source: unix+mpegts:///path/to.sock` (a Unix stream socket Tidegate listens
+//! on) and `source: udp+rtp://IP:PORT` with `rtpSDP` (RTP on one port, its media told apart
+//! by payload type). Encoders and IPTV head-ends push these; the path is published from the
+//! first packet until the sender goes quiet for `readTimeout` (or closes its Unix
+//! connection), and published again when it resumes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -231,6 +232,120 @@ pub async fn unix_mpegts(
             drop(publisher);
             status.set_state("idle");
             tracing::info!(path, "[MPEG-TS] unix sender gone: {why}");
+        }
+    })
+    .await;
+}
+
+/// `udp+rtp://`: RTP whose session `sdp` describes, on one UDP port, until `cancel`.
+pub async fn udp_rtp(
+    url: String,
+    sdp: String,
+    read_timeout: Duration,
+    paths: PathManager,
+    path: String,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    use tidegate_rtsp::ingest::InTrack;
+    let setup = udp_params(&url).and_then(|p| {
+        let medias = tidegate_rtsp::sdp::parse(&sdp).map_err(|e| format!("rtpSDP: {e}"))?;
+        if medias.is_empty() {
+            return Err("rtpSDP: no media (m=) line".to_string());
+        }
+        Ok((p, medias))
+    });
+    let (params, medias) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            status.set_state("failed");
+            status.set_error(&e);
+            tracing::error!(path, "source: {e}");
+            return;
+        }
+    };
+    with_backoff("source", &path, &status, &cancel, || async {
+        let socket = bind_udp(&params)?;
+        status.set_state("idle");
+        tracing::info!(path, "[RTP] listening on UDP {}", params.addr);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            // The tracks, fresh for each sender: payload type → track.
+            let mut tracks: Vec<(u8, InTrack)> = Vec::new();
+            for m in &medias {
+                match tidegate_rtsp::sdp::incoming(m) {
+                    Ok(inc) => tracks.push((m.pt, InTrack::new(inc))),
+                    Err(e) => tracing::warn!(path, "[RTP] media {} not carried: {e}", m.pt),
+                }
+            }
+            if tracks.is_empty() {
+                return Err("rtpSDP: no media Tidegate can carry".into());
+            }
+            let (mut n, mut from) = socket
+                .recv_from(&mut buf)
+                .await
+                .map_err(|e| format!("UDP: {e}"))?;
+            let started = std::time::Instant::now();
+            let mut publisher = None;
+            let mut stream: Option<Arc<tidegate_core::Stream>> = None;
+            tracing::info!(path, "[RTP] receiving from {from}");
+            let why = loop {
+                if params.source.is_none_or(|s| s == from.ip()) {
+                    status.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Ok(p) = tidegate_rtp::RtpPacket::parse(&buf[..n]) {
+                        if let Some(idx) = tracks.iter().position(|(pt, _)| *pt == p.payload_type) {
+                            let frames = tracks[idx].1.push(idx, &p, started);
+                            if stream.is_none() {
+                                if let Some(desc) =
+                                    tidegate_rtsp::ingest::desc(tracks.iter().map(|(_, t)| t))
+                                {
+                                    let mut pb = paths
+                                        .publish_source(
+                                            &path,
+                                            session(&paths, "rtpSource", Some(from)),
+                                        )
+                                        .map_err(|e| e.to_string())?;
+                                    let s = pb.start(desc);
+                                    tidegate_rtsp::ingest::mark_mpegts(
+                                        &tracks.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                                        &s,
+                                    );
+                                    status.set_state("running");
+                                    stream = Some(s);
+                                    publisher = Some(pb);
+                                } else if started.elapsed() > read_timeout {
+                                    break "no codec parameters".to_string();
+                                }
+                            }
+                            if let Some(s) = &stream {
+                                for f in frames {
+                                    s.write(f);
+                                }
+                            }
+                        }
+                    }
+                }
+                let kicked = publisher
+                    .as_ref()
+                    .map(|p: &tidegate_core::Publisher| p.kicked());
+                let r = tokio::select! {
+                    _ = async {
+                        match &kicked {
+                            Some(k) => k.cancelled().await,
+                            None => std::future::pending().await,
+                        }
+                    } => break "kicked".to_string(),
+                    r = tokio::time::timeout(read_timeout, socket.recv_from(&mut buf)) => r,
+                };
+                match r {
+                    Err(_) => break format!("no data for {read_timeout:?}"),
+                    Ok(Err(e)) => return Err(format!("UDP: {e}")),
+                    Ok(Ok((n2, f2))) => (n, from) = (n2, f2),
+                }
+            };
+            drop(publisher);
+            status.set_state("idle");
+            tracing::info!(path, "[RTP] the sender stopped: {why}");
         }
     })
     .await;
