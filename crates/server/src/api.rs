@@ -34,6 +34,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v3/info", get(info))
+        .route("/v3/openapi.yaml", get(openapi))
         .route("/v3/paths/list", get(paths_list))
         .route("/v3/paths/get/{*name}", get(paths_get))
         .route("/v3/rtmpconns/list", get(|s, q| rtmp_list(s, q, false)))
@@ -193,12 +194,30 @@ struct ApiPath {
     readers: Vec<SessionRef>,
     reader_skips: u64,
     inbound_frames_in_error: u64,
+    /// MediaMTX 1.20's names: `available`/`online` (the same as `ready` while Tidegate has
+    /// no offline stream), `inboundBytes`/`outboundBytes`, `tracks2`.
+    available: bool,
+    available_time: Option<String>,
+    online: bool,
+    online_time: Option<String>,
+    inbound_bytes: u64,
+    outbound_bytes: u64,
+    tracks2: Vec<ApiTrack>,
     /// Tidegate's addition: the running audio transcoders (`audioTranscode`).
     transcoders: Vec<String>,
     /// Tidegate's addition: the `push:` destinations and their state.
     push: Vec<ApiRelay>,
     /// Tidegate's addition: the state of a pulled `source`, if any.
     source_relay: Option<ApiRelay>,
+}
+
+/// MediaMTX's `PathTrack`: the codec (Tidegate's names are MediaMTX's), and its properties
+/// (not filled yet: null).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiTrack {
+    codec: &'static str,
+    codec_props: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -244,7 +263,24 @@ impl ApiPath {
 
 impl From<PathInfo> for ApiPath {
     fn from(p: PathInfo) -> Self {
+        let time = p
+            .ready_time
+            .map(|t| humantime::format_rfc3339_millis(t).to_string());
         ApiPath {
+            available: p.ready,
+            available_time: time.clone(),
+            online: p.ready,
+            online_time: time,
+            inbound_bytes: p.bytes_received,
+            outbound_bytes: p.bytes_sent,
+            tracks2: p
+                .tracks
+                .iter()
+                .map(|c| ApiTrack {
+                    codec: c,
+                    codec_props: None,
+                })
+                .collect(),
             name: p.name,
             conf_name: p.conf_name,
             source: p.source.map(|(kind, id)| SessionRef {
@@ -283,21 +319,30 @@ struct Page<T> {
     items: Vec<T>,
 }
 
+/// MediaMTX's `?page=P&itemsPerPage=N`: P from 0 (to 2^63 - 1), N from 1 (more than 10000
+/// is taken as 10000); anything else is an error to answer with 400.
+pub fn page_params(query: &HashMap<String, String>) -> Result<(usize, usize), String> {
+    let num = |key: &str, default: i64, min: i64| -> Result<i64, String> {
+        match query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| format!("invalid {key}")),
+        }
+    };
+    let per_page = num("itemsPerPage", 100, 1)?.min(10_000) as usize;
+    let page = usize::try_from(num("page", 0, 0)?).unwrap_or(usize::MAX);
+    Ok((page, per_page))
+}
+
 /// Applies MediaMTX's `?itemsPerPage=N&page=P` (page from 0) to a list.
 fn paginate<T>(
     items: Vec<T>,
     query: &HashMap<String, String>,
 ) -> Result<Page<T>, (StatusCode, Json<ApiError>)> {
-    let num = |key: &str, default: usize| -> Result<usize, (StatusCode, Json<ApiError>)> {
-        match query.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| error(StatusCode::BAD_REQUEST, &format!("invalid {key}"))),
-        }
-    };
-    let per_page = num("itemsPerPage", 100)?.clamp(1, 10_000);
-    let page = num("page", 0)?;
+    let (page, per_page) = page_params(query).map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
     let item_count = items.len();
     let page_count = item_count.div_ceil(per_page);
     let items = items
@@ -324,6 +369,17 @@ fn error(status: StatusCode, msg: &str) -> (StatusCode, Json<ApiError>) {
             error: msg.to_string(),
         }),
     )
+}
+
+/// The API's OpenAPI 3 document (docs/openapi.yaml, checked against the router in a test).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn paths_list(
@@ -1024,4 +1080,39 @@ async fn recordings_delete(
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such API endpoint").into_response()
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    /// docs/openapi.yaml lists exactly the routes the API's routers serve.
+    #[test]
+    fn the_document_lists_every_route_and_no_other() {
+        let mut routes = std::collections::BTreeSet::new();
+        for src in [
+            include_str!("api.rs"),
+            include_str!("config_api.rs"),
+            include_str!("console.rs"),
+        ] {
+            for part in src.split(".route(").skip(1) {
+                let Some(rest) = part.trim_start().strip_prefix("\"/") else {
+                    continue;
+                };
+                let path = rest.split('"').next().unwrap_or_default();
+                routes.insert(format!("/{}", path.replace("{*", "{")));
+            }
+        }
+        let doc = yaml_rust2::YamlLoader::load_from_str(super::OPENAPI).expect("YAML");
+        let documented: std::collections::BTreeSet<String> = doc[0]["paths"]
+            .as_hash()
+            .expect("paths")
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<_> = routes.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&routes).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "not documented: {missing:?}; documented but not served: {extra:?}"
+        );
+    }
 }

@@ -50,19 +50,32 @@ fn with_secret(rec: &KeyRecord, key: &str) -> serde_json::Value {
     v
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    path: Option<String>,
-}
-
-pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Response {
+/// `?path=` (only that path's keys) and MediaMTX's paging.
+pub async fn list(
+    State(s): State<ApiState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let Some(store) = store(&s) else {
         return no_store();
     };
-    match store.list(q.path).await {
+    let (page, per_page) = match crate::api::page_params(&q) {
+        Ok(p) => p,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    match store.list(q.get("path").cloned()).await {
         Ok(items) => {
-            Json(serde_json::json!({"itemCount": items.len(), "pageCount": 1, "items": items}))
-                .into_response()
+            let count = items.len();
+            let items: Vec<_> = items
+                .into_iter()
+                .skip(page.saturating_mul(per_page))
+                .take(per_page)
+                .collect();
+            Json(serde_json::json!({
+                "itemCount": count,
+                "pageCount": count.div_ceil(per_page),
+                "items": items,
+            }))
+            .into_response()
         }
         Err(e) => key_err(e),
     }

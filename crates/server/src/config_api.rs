@@ -68,6 +68,15 @@ fn set(m: &mut Vec<Entry>, key: &str, value: Node) {
     }
 }
 
+/// A key of a change: `null` takes it out (back to its default), anything else sets it.
+fn put(m: &mut Vec<Entry>, key: &str, v: &Json_) {
+    if v.is_null() {
+        m.retain(|e| e.key != key);
+    } else {
+        set(m, key, to_node(v));
+    }
+}
+
 fn map_node(m: Vec<Entry>) -> Node {
     Node {
         value: Value::Map(m),
@@ -365,15 +374,103 @@ async fn commit(r: &Reloader, user: Vec<Entry>) -> Response {
 }
 
 fn check_keys(o: &Map<String, Json_>, keys: &[&str], what: &str) -> Result<(), Box<Response>> {
-    for k in o.keys() {
+    for (k, v) in o {
         if !keys.contains(&k.as_str()) {
             return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("{what}: unknown key '{k}'"),
             )));
         }
+        if inner_null(v) {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("{what}: {k}: null is allowed only as a key's whole value (its default)"),
+            )));
+        }
     }
     Ok(())
+}
+
+/// Refuses a value whose JSON type is not the one the key has (the type of its default, as
+/// the GET endpoints give it): `"7"` for a number, `[false]` for a list of strings. Keys
+/// without a default (older spellings) are checked by their setters alone.
+fn check_types(
+    o: &Map<String, Json_>,
+    defaults: &[Entry],
+    what: &str,
+) -> Result<(), Box<Response>> {
+    for (k, v) in o {
+        let Some(d) = find(defaults, k) else { continue };
+        if k == "forward" {
+            continue; // URLs or objects, both
+        }
+        let mut like = to_json(d, Some(d));
+        if like.as_array().is_some_and(|l| l.is_empty()) {
+            // An empty default says nothing of its items: these lists hold objects, the rest
+            // strings (addresses, hosts, origins).
+            const OF_OBJECTS: &[&str] = &[
+                "authHTTPExclude",
+                "authJWTExclude",
+                "webhooks",
+                "webrtcICEServers2",
+                "alwaysAvailableTracks",
+            ];
+            like = if OF_OBJECTS.contains(&k.as_str()) {
+                json!([{}])
+            } else {
+                json!([""])
+            };
+        }
+        if v.is_null() || same_type(v, &like) {
+            continue;
+        }
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {k}: expected {}", json_type(&like)),
+        )));
+    }
+    Ok(())
+}
+
+fn same_type(v: &Json_, like: &Json_) -> bool {
+    match (v, like) {
+        (Json_::String(_), Json_::String(_))
+        | (Json_::Bool(_), Json_::Bool(_))
+        | (Json_::Number(_), Json_::Number(_))
+        | (Json_::Object(_), Json_::Object(_)) => true,
+        (Json_::Array(items), Json_::Array(l)) => match l.first() {
+            Some(first) => items.iter().all(|i| same_type(i, first)),
+            None => true,
+        },
+        _ => false,
+    }
+}
+
+fn json_type(v: &Json_) -> &'static str {
+    match v {
+        Json_::String(_) => "a string",
+        Json_::Bool(_) => "a boolean",
+        Json_::Number(_) => "a number",
+        Json_::Object(_) => "an object",
+        Json_::Array(l) => match l.first() {
+            Some(Json_::String(_)) => "a list of strings",
+            Some(Json_::Bool(_)) => "a list of booleans",
+            Some(Json_::Number(_)) => "a list of numbers",
+            Some(Json_::Object(_)) => "a list of objects",
+            _ => "a list",
+        },
+        Json_::Null => "null",
+    }
+}
+
+/// Whether a value holds `null` inside a list or an object (a key's whole value may be null:
+/// that resets it; inside a value it means nothing).
+fn inner_null(v: &Json_) -> bool {
+    match v {
+        Json_::Array(a) => a.iter().any(|e| e.is_null() || inner_null(e)),
+        Json_::Object(o) => o.values().any(|e| e.is_null() || inner_null(e)),
+        _ => false,
+    }
 }
 
 fn global_keys() -> Vec<&'static str> {
@@ -417,9 +514,12 @@ async fn global_patch(State(r): State<Arc<Reloader>>, Json(body): Json<Json_>) -
         return *e;
     }
     let _one = r.api_lock().await;
-    let (_, mut user) = documents(&r);
+    let (defaults, mut user) = documents(&r);
+    if let Err(e) = check_types(o, &defaults, "global") {
+        return *e;
+    }
     for (k, v) in o {
-        set(&mut user, k, to_node(v));
+        put(&mut user, k, v);
     }
     commit(&r, user).await
 }
@@ -452,10 +552,13 @@ async fn defaults_patch(State(r): State<Arc<Reloader>>, Json(body): Json<Json_>)
         return *e;
     }
     let _one = r.api_lock().await;
-    let (_, mut user) = documents(&r);
+    let (defaults, mut user) = documents(&r);
+    if let Err(e) = check_types(o, &entries(find(&defaults, "pathDefaults")), "pathDefaults") {
+        return *e;
+    }
     let mut pd = entries(find(&user, "pathDefaults"));
     for (k, v) in o {
-        set(&mut pd, k, to_node(v));
+        put(&mut pd, k, v);
     }
     set(&mut user, "pathDefaults", map_node(pd));
     commit(&r, user).await
@@ -485,15 +588,10 @@ async fn paths_list(
         .iter()
         .map(|e| path_json(e, &defaults, &user))
         .collect();
-    let per_page = q
-        .get("itemsPerPage")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(100)
-        .clamp(1, 10_000);
-    let page = q
-        .get("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let (page, per_page) = match crate::api::page_params(&q) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let item_count = items.len();
     let items: Vec<Json_> = items
         .into_iter()
@@ -548,6 +646,9 @@ async fn path_op(r: &Reloader, name: String, body: Option<Json_>, op: Op) -> Res
     };
     let _one = r.api_lock().await;
     let (defaults, mut user) = documents(r);
+    if let Err(e) = check_types(&fields, &entries(find(&defaults, "pathDefaults")), "path") {
+        return *e;
+    }
     let mut list = path_entries(&defaults, &user);
     let at = list.iter().position(|e| e.key == name);
     match (op, at) {
@@ -557,6 +658,7 @@ async fn path_op(r: &Reloader, name: String, body: Option<Json_>, op: Op) -> Res
         (Op::Add, None) => {
             let m: Vec<Entry> = fields
                 .iter()
+                .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| Entry {
                     key: k.clone(),
                     line: 0,
@@ -573,12 +675,14 @@ async fn path_op(r: &Reloader, name: String, body: Option<Json_>, op: Op) -> Res
         (Op::Patch, Some(i)) => {
             let mut m = entries(Some(&list[i].value));
             for (k, v) in &fields {
-                set(&mut m, k, to_node(v));
+                put(&mut m, k, v);
             }
             list[i].value = map_node(m);
         }
         (Op::Replace, Some(i)) => {
-            list[i].value = to_node(&Json_::Object(fields));
+            let kept: Map<String, Json_> =
+                fields.into_iter().filter(|(_, v)| !v.is_null()).collect();
+            list[i].value = to_node(&Json_::Object(kept));
         }
         (Op::Delete, Some(i)) => {
             list.remove(i);
