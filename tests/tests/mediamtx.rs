@@ -296,3 +296,64 @@ fn a_read_replica_pulls_each_name_from_its_origin_on_demand() {
         p.kill9();
     }
 }
+
+/// `source: redirect` with `sourceRedirect` (a path of the same server, or another server's
+/// RTSP URL) and the deprecated `fallback` (used while the path has no stream): ffmpeg's RTSP
+/// reader follows the 302 and reads the stream it was sent to; an RTMP reader of a redirect
+/// path gets nothing.
+#[test]
+fn rtsp_readers_follow_source_redirect_and_fallback() {
+    let dir = scratch("mediamtx-redirect");
+    let origin = TestServer::start("");
+    let mut p1 = ffmpeg_publish(&origin.rtmp_url("cam"), 60, "flv", &dir);
+    origin.wait_ready("cam", Duration::from_secs(20));
+    let edge = TestServer::start(&format!(
+        "paths:\n\
+         \x20 local:\n\
+         \x20 moved:\n\
+         \x20   source: redirect\n\
+         \x20   sourceRedirect: /local\n\
+         \x20 away:\n\
+         \x20   source: redirect\n\
+         \x20   sourceRedirect: {cam}\n\
+         \x20 idle:\n\
+         \x20   fallback: {cam}\n",
+        cam = origin.rtsp_url("cam"),
+    ));
+    let mut p2 = ffmpeg_publish(&edge.rtmp_url("local"), 60, "flv", &dir);
+    edge.wait_ready("local", Duration::from_secs(20));
+
+    for (name, from, to) in [
+        ("moved", &edge, "local"),
+        ("away", &origin, "cam"),
+        ("idle", &origin, "cam"),
+    ] {
+        let before = from.paths().get(to).map_or(0, |p| p.readers.len());
+        let file = dir.join(format!("{name}.mkv"));
+        let mut r = ffmpeg_read(&edge.rtsp_url(name), 4, &file, &dir);
+        from.wait_readers(to, before + 1, Duration::from_secs(20));
+        let status = r.wait(Duration::from_secs(40));
+        assert!(status.success(), "{name}: {}", r.stderr());
+        let p = ffprobe(file.to_str().unwrap(), &[], Duration::from_secs(30));
+        let frames = p.packets_of("video").len();
+        eprintln!("{name} -> {to}: {frames} video frames");
+        assert_eq!(p.codec("video").as_deref(), Some("h264"), "{name}");
+        assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{name}");
+        assert!(frames >= 75, "{name}: {frames} frames in 4 s");
+        assert!(p.dts_monotonic("video"), "{name}");
+        assert!(
+            edge.paths().get(name).is_none_or(|p| p.readers.is_empty()),
+            "{name} itself has no reader: the reader was sent on"
+        );
+    }
+    // Over RTMP there is nothing to follow: the reader of a redirect path is refused.
+    let file = dir.join("moved.flv");
+    let mut r = ffmpeg_read(&edge.rtmp_url("moved"), 2, &file, &dir);
+    let status = r.wait(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "an RTMP reader of a redirect path is refused"
+    );
+    p1.kill9();
+    p2.kill9();
+}

@@ -89,6 +89,9 @@ pub struct PathConf {
     pub whep_track_gather_timeout: std::time::Duration,
     /// `sourceRedirect`: where readers are sent when `source` is `redirect`.
     pub source_redirect: String,
+    /// MediaMTX's deprecated `fallback`: where RTSP readers are sent while the path has no
+    /// stream (and no on-demand source to start).
+    pub fallback: String,
 }
 
 /// One `forward` destination (MediaMTX's `dest`, `destFingerprint`, `whipBearerToken`).
@@ -225,6 +228,7 @@ impl Default for PathConf {
             whep_handshake_timeout: std::time::Duration::from_secs(10),
             whep_track_gather_timeout: std::time::Duration::from_secs(2),
             source_redirect: String::new(),
+            fallback: String::new(),
         }
     }
 }

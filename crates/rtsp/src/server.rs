@@ -281,6 +281,23 @@ struct Conn {
     reports: Vec<Option<tidegate_rtp::rtcp::ReportBlock>>,
 }
 
+/// A 302 to `to`: an `rtsp(s)://` URL as it is, or `/name` on the server and scheme the
+/// client asked (MediaMTX's `sourceRedirect` and `fallback`).
+fn redirect(cseq: &str, uri: &str, to: &str, path: &str) -> Bytes {
+    let location = if to.starts_with('/') {
+        let scheme_end = uri.find("://").map(|i| i + 3).unwrap_or(0);
+        let host_end = uri[scheme_end..]
+            .find('/')
+            .map(|i| scheme_end + i)
+            .unwrap_or(uri.len());
+        format!("{}{to}", &uri[..host_end])
+    } else {
+        to.to_string()
+    };
+    tracing::info!(path, location, "[RTSP] reader redirected");
+    response(302, "Found", cseq, &[("Location", location)], b"")
+}
+
 fn uri_path(uri: &str) -> String {
     let rest = uri
         .strip_prefix("rtsp://")
@@ -675,6 +692,11 @@ impl Conn {
             Ok(g) => g,
             Err(r) => return r,
         };
+        let conf = self.paths.find(&path).ok().map(|m| m.conf);
+        if let Some(c) = conf.as_ref().filter(|c| c.source == "redirect") {
+            // `source: redirect`: readers are sent to `sourceRedirect` (MediaMTX answers 302).
+            return redirect(cseq, &req.uri, &c.source_redirect, &path);
+        }
         let reader = match self
             .paths
             .read_or_demand(
@@ -689,6 +711,12 @@ impl Conn {
                     format!("[RTSP] reader of '{path}'"),
                 );
                 r
+            }
+            Err(tidegate_core::PathError::NoOnePublishing(_))
+                if conf.as_ref().is_some_and(|c| !c.fallback.is_empty()) =>
+            {
+                let to = &conf.as_ref().expect("checked").fallback;
+                return redirect(cseq, &req.uri, to, &path);
             }
             Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };

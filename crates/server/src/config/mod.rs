@@ -702,7 +702,7 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
         "whepTrackGatherTimeout",
         set!(whep_track_gather_timeout, positive_duration),
     ),
-    ("sourceRedirect", set!(source_redirect, string)),
+    ("sourceRedirect", set!(source_redirect, redirect_target)),
     ("rtspTransport", set!(rtsp_transport, rtsp_transport)),
     ("sourceFingerprint", set!(source_fingerprint, fingerprint)),
     ("rtspAnyPort", set!(rtsp_any_port, boolean)),
@@ -795,17 +795,8 @@ pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ("rtpUDPReadBufferSize", |_, v| size_or_zero(v).map(drop)),
     // MediaMTX: "has no effect".
     ("playback", |_, v| boolean(v).map(drop)),
-    ("fallback", |_, v| {
-        if string(v)?.is_empty() {
-            Ok(())
-        } else {
-            Err(
-                "MediaMTX's deprecated fallback (redirect RTSP readers elsewhere while the path \
-                 has no stream) is not supported: use source: redirect with sourceRedirect"
-                    .into(),
-            )
-        }
-    }),
+    // MediaMTX's deprecated `fallback`: RTSP readers of a path with no stream are sent there.
+    ("fallback", set!(fallback, redirect_target)),
 ];
 
 /// Older spellings in [`PATH_KEYS`] and what replaced them: the embedded defaults do not set

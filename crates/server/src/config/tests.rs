@@ -461,3 +461,17 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
         vec!["rtmp://a/live/k", "srt://b:9000?streamid=publish:x"]
     );
 }
+
+#[test]
+fn redirects_name_a_path_or_an_rtsp_url() {
+    let c = load("paths:\n  a:\n    source: redirect\n    sourceRedirect: /b\n  c:\n    fallback: rtsps://h:8322/x\n").unwrap();
+    let conf = |n: &str| c.paths.iter().find(|p| p.name == n).unwrap().clone();
+    assert_eq!(conf("a").source_redirect, "/b");
+    assert_eq!(conf("c").fallback, "rtsps://h:8322/x");
+    for bad in ["http://h/x", "/bad path", "b"] {
+        let e = load(&format!("paths:\n  a:\n    fallback: \"{bad}\"\n")).unwrap_err();
+        assert!(e.to_string().contains("fallback"), "{bad}: {e}");
+    }
+    let e = load("paths:\n  a:\n    source: redirect\n").unwrap_err();
+    assert!(e.to_string().contains("sourceRedirect"), "{e}");
+}

@@ -24,6 +24,23 @@ pub fn string(v: &Node) -> Result<String, String> {
     scalar(v, "a string").map(str::to_string)
 }
 
+/// Where RTSP readers are redirected (`sourceRedirect`, `fallback`): a path of this server
+/// (`/other`) or an `rtsp://` / `rtsps://` URL; empty for none.
+pub fn redirect_target(v: &Node) -> Result<String, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Ok(s);
+    }
+    if let Some(path) = s.strip_prefix('/') {
+        tidegate_core::path::validate_path_name(path).map_err(|e| format!("'{s}': {e}"))?;
+    } else if !(s.starts_with("rtsp://") || s.starts_with("rtsps://"))
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("'{s}' is not a path (/name) or an RTSP URL"));
+    }
+    Ok(s)
+}
+
 pub fn boolean(v: &Node) -> Result<bool, String> {
     let s = scalar(v, "yes or no")?;
     match s.to_ascii_lowercase().as_str() {
