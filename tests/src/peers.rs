@@ -162,6 +162,34 @@ pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
     PeerProcess::spawn("nginx", &mut cmd, dir)
 }
 
+/// nginx in the foreground, one process, serving the files under `root` over plain HTTP on
+/// 127.0.0.1:`port` (HLS types, no caching). Its own files live in `dir`.
+pub fn nginx_static(port: u16, root: &Path, dir: &Path) -> PeerProcess {
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; video/mp4 mp4 m4s; }}\n\
+           server {{ listen 127.0.0.1:{port}; root {r}; add_header Cache-Control no-cache; }} }}\n",
+        d = dir.display(),
+        r = root.display(),
+    );
+    let path = dir.join("nginx-static.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let mut cmd = Command::new(peer("nginx"));
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("nginx-stderr.log"));
+    let p = PeerProcess::spawn("nginx-static", &mut cmd, dir);
+    wait_listening(port, Duration::from_secs(15));
+    p
+}
+
 /// Node-Media-Server (npm) serving plain RTMP on `rtmp_port` and RTMPS on `rtmps_port` with
 /// `key`/`cert`, run in `dir` (where it keeps its store). Returns once both ports accept.
 pub fn node_media_server(

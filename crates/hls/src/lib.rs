@@ -6,6 +6,7 @@
 //! updates, init segments, segments, and parts streamed while they are written.
 
 pub mod dash;
+pub mod follow;
 pub mod http;
 pub mod muxer;
 pub mod segmenter;

@@ -7,6 +7,7 @@
 //! does not count against `maxReaders` and is not listed among the path's readers.
 
 pub mod cut;
+pub mod demux;
 pub mod index;
 pub mod mux;
 pub mod playback;

@@ -127,13 +127,13 @@ impl Scan {
     }
 }
 
-fn be32(b: &[u8], at: usize) -> Result<u32, ReadError> {
+pub(crate) fn be32(b: &[u8], at: usize) -> Result<u32, ReadError> {
     b.get(at..at + 4)
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
         .ok_or(ReadError::Format("box too short"))
 }
 
-fn be64(b: &[u8], at: usize) -> Result<u64, ReadError> {
+pub(crate) fn be64(b: &[u8], at: usize) -> Result<u64, ReadError> {
     Ok((u64::from(be32(b, at)?) << 32) | u64::from(be32(b, at + 4)?))
 }
 
@@ -141,7 +141,7 @@ fn be64(b: &[u8], at: usize) -> Result<u64, ReadError> {
 type Child<'a> = ([u8; 4], &'a [u8]);
 
 /// The child boxes of `body`.
-fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
+pub(crate) fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
     let mut v = Vec::new();
     while body.len() >= 8 {
         let size = u64::from(be32(body, 0)?);
@@ -160,7 +160,7 @@ fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
     Ok(v)
 }
 
-fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, ReadError> {
+pub(crate) fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, ReadError> {
     Ok(children(body)?
         .into_iter()
         .find(|(k, _)| k == kind)

@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_api;
 pub mod console;
 pub mod guard;
+pub mod hls_source;
 mod hooks;
 pub mod http;
 pub mod listeners;

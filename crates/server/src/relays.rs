@@ -34,7 +34,9 @@ pub struct Relays {
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 8] = [
+const PULLED: [&str; 10] = [
+    "http://",
+    "https://",
     "rtmp://",
     "rtmps://",
     "srt://",
@@ -131,7 +133,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), udp+mpegts://, udp+rtp:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -378,6 +380,15 @@ fn source(
             transport,
             fingerprint,
             conf.rtsp_any_port,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Box::pin(crate::hls_source::pull(
+            url,
+            fingerprint,
             paths,
             name,
             status,

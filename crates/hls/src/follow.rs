@@ -1,0 +1,410 @@
+//! Following another server's HLS playlists (the HLS source's client side, without I/O):
+//! parsing multivariant and media playlists (LL-HLS parts, preload hints ignored, delta
+//! updates numbered right) and deciding what to fetch next from where the client is.
+//! Everything is bounded by the text it is given (the caller limits that).
+
+/// One part of an LL-HLS playlist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub uri: String,
+    pub independent: bool,
+}
+
+/// One complete segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub msn: u64,
+    pub uri: String,
+    pub duration: f64,
+    /// Its parts, while the playlist still lists them.
+    pub parts: Vec<Part>,
+    /// The `EXT-X-MAP` in force (fMP4).
+    pub map: Option<String>,
+}
+
+/// A media playlist.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MediaPlaylist {
+    pub target_duration: f64,
+    pub part_target: Option<f64>,
+    pub media_sequence: u64,
+    pub segments: Vec<Segment>,
+    /// Parts of the segment being written (its number is `next_msn()`).
+    pub trailing_parts: Vec<Part>,
+    /// The `EXT-X-MAP` in force at the end (for the trailing parts).
+    pub map: Option<String>,
+    pub can_block_reload: bool,
+    pub endlist: bool,
+}
+
+impl MediaPlaylist {
+    /// The number of the segment after the last complete one.
+    pub fn next_msn(&self) -> u64 {
+        self.media_sequence + self.segments.len() as u64
+    }
+
+    /// Whether it is followed part by part.
+    pub fn low_latency(&self) -> bool {
+        self.can_block_reload
+            && self.part_target.is_some()
+            && (!self.trailing_parts.is_empty()
+                || self.segments.iter().any(|s| !s.parts.is_empty()))
+    }
+
+    /// Where a new client starts: the last independent part (LL-HLS), else the last segment.
+    pub fn start(&self) -> Option<Cursor> {
+        if self.low_latency() {
+            if let Some(i) = self.trailing_parts.iter().rposition(|p| p.independent) {
+                return Some(Cursor {
+                    msn: self.next_msn(),
+                    part: Some(i),
+                });
+            }
+            for s in self.segments.iter().rev() {
+                if let Some(i) = s.parts.iter().rposition(|p| p.independent) {
+                    return Some(Cursor {
+                        msn: s.msn,
+                        part: Some(i),
+                    });
+                }
+            }
+        }
+        self.segments.last().map(|s| Cursor {
+            msn: s.msn,
+            part: None,
+        })
+    }
+}
+
+/// The next thing to fetch: a whole segment (`part: None`) or one of its parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub msn: u64,
+    pub part: Option<usize>,
+}
+
+/// What to do for `at` with playlist `p`.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Fetch this URI (with this init section) and move to `next`.
+    Fetch {
+        uri: String,
+        map: Option<String>,
+        next: Cursor,
+    },
+    /// Not in the playlist yet: reload it (blocking for this segment and part when the server
+    /// can).
+    Wait,
+    /// The cursor fell out of the playlist (the client was too slow): start again at the edge.
+    Behind,
+}
+
+pub fn step(p: &MediaPlaylist, at: Cursor) -> Step {
+    if at.msn < p.media_sequence {
+        return Step::Behind;
+    }
+    let next_msn = p.next_msn();
+    match at.part {
+        None => match p.segments.get((at.msn - p.media_sequence) as usize) {
+            Some(s) => Step::Fetch {
+                uri: s.uri.clone(),
+                map: s.map.clone(),
+                next: Cursor {
+                    msn: at.msn + 1,
+                    part: None,
+                },
+            },
+            None if at.msn > next_msn => Step::Behind,
+            None => Step::Wait,
+        },
+        Some(i) => {
+            let (parts, map) = if at.msn == next_msn {
+                (&p.trailing_parts, &p.map)
+            } else if at.msn > next_msn {
+                return if at.msn == next_msn + 1 && i == 0 {
+                    Step::Wait
+                } else {
+                    Step::Behind
+                };
+            } else {
+                let s = &p.segments[(at.msn - p.media_sequence) as usize];
+                if s.parts.is_empty() {
+                    // Its parts are no longer listed: the rest of it is lost.
+                    return Step::Behind;
+                }
+                (&s.parts, &s.map)
+            };
+            match parts.get(i) {
+                Some(part) => Step::Fetch {
+                    uri: part.uri.clone(),
+                    map: map.clone(),
+                    next: Cursor {
+                        msn: at.msn,
+                        part: Some(i + 1),
+                    },
+                },
+                None if at.msn < next_msn => Step::Fetch {
+                    // The segment is complete and this was its last part: on to the next.
+                    uri: String::new(),
+                    map: None,
+                    next: Cursor {
+                        msn: at.msn + 1,
+                        part: Some(0),
+                    },
+                },
+                None => Step::Wait,
+            }
+        }
+    }
+}
+
+/// The attributes of a tag (`KEY=value,KEY="quoted, value"`).
+fn attributes(list: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = list;
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else { break };
+        let key = rest[..eq].trim();
+        rest = &rest[eq + 1..];
+        let value;
+        if let Some(q) = rest.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            value = &q[..end];
+            rest = q.get(end + 1..).unwrap_or("");
+            rest = rest.trim_start_matches(',');
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or("");
+        }
+        out.push((key, value));
+    }
+    out
+}
+
+fn attr<'a>(list: &'a [(&str, &'a str)], key: &str) -> Option<&'a str> {
+    list.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// A multivariant playlist's variant of highest bandwidth (its URI), or None for a media
+/// playlist.
+pub fn best_variant(text: &str) -> Option<String> {
+    let mut best: Option<(u64, String)> = None;
+    let mut pending: Option<u64> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(a) = line.strip_prefix("#EXT-X-STREAM-INF:") {
+            let a = attributes(a);
+            pending = Some(
+                attr(&a, "BANDWIDTH")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(0),
+            );
+        } else if !line.is_empty() && !line.starts_with('#') {
+            if let Some(bw) = pending.take() {
+                if best.as_ref().is_none_or(|(b, _)| bw > *b) {
+                    best = Some((bw, line.to_string()));
+                }
+            }
+        }
+    }
+    best.map(|(_, uri)| uri)
+}
+
+/// Parses a media playlist.
+pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
+    if !text.trim_start().starts_with("#EXTM3U") {
+        return Err("not a playlist (no #EXTM3U)".into());
+    }
+    let mut p = MediaPlaylist::default();
+    let mut parts = Vec::new();
+    let mut duration = None;
+    let mut skipped = 0u64;
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            p.target_duration = v.parse().map_err(|_| "bad EXT-X-TARGETDURATION")?;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            p.media_sequence = v.parse().map_err(|_| "bad EXT-X-MEDIA-SEQUENCE")?;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MAP:") {
+            p.map = attr(&attributes(v), "URI").map(str::to_string);
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
+            p.part_target = attr(&attributes(v), "PART-TARGET").and_then(|v| v.parse().ok());
+        } else if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
+            p.can_block_reload = attr(&attributes(v), "CAN-BLOCK-RELOAD") == Some("YES");
+        } else if let Some(v) = line.strip_prefix("#EXT-X-SKIP:") {
+            skipped = attr(&attributes(v), "SKIPPED-SEGMENTS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
+            let a = attributes(v);
+            if let Some(uri) = attr(&a, "URI") {
+                parts.push(Part {
+                    uri: uri.to_string(),
+                    independent: attr(&a, "INDEPENDENT") == Some("YES"),
+                });
+            }
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            let d = v.split(',').next().unwrap_or("");
+            duration = Some(d.trim().parse::<f64>().map_err(|_| "bad EXTINF")?);
+        } else if line == "#EXT-X-ENDLIST" {
+            p.endlist = true;
+        } else if line.starts_with("#EXT-X-STREAM-INF") {
+            return Err("a multivariant playlist where a media playlist was expected".into());
+        } else if !line.is_empty() && !line.starts_with('#') {
+            let msn = p
+                .media_sequence
+                .saturating_add(skipped)
+                .saturating_add(p.segments.len() as u64);
+            p.segments.push(Segment {
+                msn,
+                uri: line.to_string(),
+                duration: duration.take().unwrap_or(p.target_duration),
+                parts: std::mem::take(&mut parts),
+                map: p.map.clone(),
+            });
+        }
+    }
+    // Skipped segments (a delta update) count as listed without their URIs: drop them from
+    // the numbering the way they were dropped from the text.
+    // Numbers past 2^53 are refused (no live stream gets near; sums below cannot overflow).
+    const MAX_SEQUENCE: u64 = 1 << 53;
+    if p.media_sequence > MAX_SEQUENCE || skipped > MAX_SEQUENCE {
+        return Err("EXT-X-MEDIA-SEQUENCE or SKIPPED-SEGMENTS out of range".into());
+    }
+    p.media_sequence += skipped;
+    p.trailing_parts = parts;
+    if p.target_duration <= 0.0 {
+        return Err("no EXT-X-TARGETDURATION".into());
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LL: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+        #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.6\n\
+        #EXT-X-PART-INF:PART-TARGET=0.2\n#EXT-X-MEDIA-SEQUENCE:5\n\
+        #EXT-X-MAP:URI=\"init.mp4\"\n\
+        #EXTINF:1.0,\nseg5.mp4\n\
+        #EXT-X-PART:DURATION=0.2,URI=\"p6_0.mp4\",INDEPENDENT=YES\n\
+        #EXT-X-PART:DURATION=0.2,URI=\"p6_1.mp4\"\n\
+        #EXTINF:1.0,\nseg6.mp4\n\
+        #EXT-X-PART:DURATION=0.2,URI=\"p7_0.mp4\"\n\
+        #EXT-X-PART:DURATION=0.2,URI=\"p7_1.mp4\",INDEPENDENT=YES\n\
+        #EXT-X-PART:DURATION=0.2,URI=\"p7_2.mp4\"\n\
+        #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p7_3.mp4\"\n";
+
+    #[test]
+    fn an_ll_playlist_is_followed_part_by_part_from_its_last_independent_part() {
+        let p = parse_media(LL).unwrap();
+        assert_eq!(p.media_sequence, 5);
+        assert_eq!(p.next_msn(), 7);
+        assert!(p.low_latency());
+        assert_eq!(p.segments[1].parts.len(), 2);
+        assert_eq!(p.map.as_deref(), Some("init.mp4"));
+        let at = p.start().unwrap();
+        assert_eq!(
+            at,
+            Cursor {
+                msn: 7,
+                part: Some(1)
+            }
+        );
+        let Step::Fetch { uri, next, map } = step(&p, at) else {
+            panic!()
+        };
+        assert_eq!(
+            (uri.as_str(), map.as_deref()),
+            ("p7_1.mp4", Some("init.mp4"))
+        );
+        let Step::Fetch { uri, next, .. } = step(&p, next) else {
+            panic!()
+        };
+        assert_eq!(uri, "p7_2.mp4");
+        assert_eq!(step(&p, next), Step::Wait);
+        // A part of a complete segment, then on to the next segment's first part.
+        let Step::Fetch { uri, next, .. } = step(
+            &p,
+            Cursor {
+                msn: 6,
+                part: Some(1),
+            },
+        ) else {
+            panic!()
+        };
+        assert_eq!(uri, "p6_1.mp4");
+        let Step::Fetch { uri, next, .. } = step(&p, next) else {
+            panic!()
+        };
+        assert_eq!(
+            (uri.as_str(), next),
+            (
+                "",
+                Cursor {
+                    msn: 7,
+                    part: Some(0)
+                }
+            )
+        );
+        assert_eq!(step(&p, Cursor { msn: 4, part: None }), Step::Behind);
+        assert_eq!(
+            step(
+                &p,
+                Cursor {
+                    msn: 5,
+                    part: Some(0)
+                }
+            ),
+            Step::Behind
+        );
+        assert_eq!(
+            step(
+                &p,
+                Cursor {
+                    msn: 8,
+                    part: Some(0)
+                }
+            ),
+            Step::Wait
+        );
+    }
+
+    #[test]
+    fn a_plain_playlist_is_followed_segment_by_segment() {
+        let p = parse_media(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:10\n\
+             #EXTINF:4.0,\na.ts\n#EXTINF:4.0,\nb.ts\n",
+        )
+        .unwrap();
+        assert!(!p.low_latency());
+        let at = p.start().unwrap();
+        assert_eq!(
+            at,
+            Cursor {
+                msn: 11,
+                part: None
+            }
+        );
+        let Step::Fetch { uri, next, map } = step(&p, at) else {
+            panic!()
+        };
+        assert_eq!((uri.as_str(), map), ("b.ts", None));
+        assert_eq!(step(&p, next), Step::Wait);
+        assert!(parse_media("#EXTM3U\n#EXTINF:x,\na.ts\n").is_err());
+        assert!(parse_media("garbage").is_err());
+    }
+
+    #[test]
+    fn the_highest_variant_is_taken() {
+        let m = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001f,mp4a.40.2\"\nlow.m3u8\n\
+                 #EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720\nhigh/index.m3u8\n\
+                 #EXT-X-STREAM-INF:BANDWIDTH=1500000\nmid.m3u8\n";
+        assert_eq!(best_variant(m).as_deref(), Some("high/index.m3u8"));
+        assert_eq!(best_variant(LL), None);
+        assert_eq!(
+            attributes("A=1,B=\"x, y\",C=YES"),
+            vec![("A", "1"), ("B", "x, y"), ("C", "YES")]
+        );
+    }
+}
