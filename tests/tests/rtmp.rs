@@ -776,3 +776,48 @@ fn rtmps_strict_serves_only_tls() {
     );
     assert_media(&probe_file(&out), "h264", "aac", 3);
 }
+
+/// RTMPT (RTMP over HTTP, on the HLS listener): ffmpeg publishes with `rtmpt://` and reads
+/// back with `rtmpt://` and plain RTMP; a tunnelled reader killed without a word is closed
+/// after `readTimeout` (no session left behind), while the publish carries on.
+#[test]
+fn rtmpt_publishes_and_plays_through_http() {
+    let dir = scratch("rtmpt");
+    let server = TestServer::start("readTimeout: 3s\n");
+    let rtmpt = |path: &str| format!("rtmpt://{}/{path}", server.hls_addr());
+    let _publisher = ffmpeg_publish(&rtmpt("live/cam"), 40, "flv", &dir);
+    server.wait_ready("live/cam", READY);
+
+    for (what, url) in [
+        ("rtmpt", rtmpt("live/cam")),
+        ("rtmp", server.rtmp_url("live/cam")),
+    ] {
+        let out = dir.join(format!("{what}.mkv"));
+        let mut reader = ffmpeg_read(&url, 5, &out, &dir);
+        let status = reader.wait(Duration::from_secs(30));
+        assert!(status.success(), "{what} reader: {}", reader.stderr());
+        let p = probe_file(&out);
+        eprintln!(
+            "{what}: {} video, {} audio frames",
+            p.packets_of("video").len(),
+            p.packets_of("audio").len()
+        );
+        assert_media(&p, "h264", "aac", 5);
+        assert!(
+            p.packets_of("video")[0].keyframe,
+            "{what}: starts on a keyframe"
+        );
+    }
+    // A tunnelled reader that vanishes (kill -9: no /close) is closed after readTimeout.
+    let mut reader = ffmpeg_read(&rtmpt("live/cam"), 30, &dir.join("killed.mkv"), &dir);
+    server.wait_readers("live/cam", 1, READY);
+    reader.kill9();
+    tidegate_tests::poll(
+        Duration::from_secs(15),
+        || "the killed RTMPT reader's session is still open".into(),
+        || {
+            let info = server.paths().get("live/cam")?;
+            (info.ready && info.readers.is_empty()).then_some(())
+        },
+    );
+}

@@ -420,6 +420,22 @@ pub trait SinkIo: Send + Sync + 'static {
     }
 }
 
+/// What a reader's task waits on when its transport took nothing: a TCP socket's
+/// writability, or a tunnel's room (RTMPT).
+pub trait Writable: Send + Sync + 'static {
+    fn writable(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + '_>>;
+}
+
+impl Writable for tokio::net::TcpStream {
+    fn writable(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + '_>> {
+        Box::pin(tokio::net::TcpStream::writable(self))
+    }
+}
+
 impl SinkIo for tokio::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         tokio::net::TcpStream::try_write_vectored(self, bufs)
@@ -510,9 +526,9 @@ pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
 
     /// What the engine writes to (the socket, or the TLS record layer over it) and the socket
     /// to wait on for writability, when the engine may write to this transport directly.
-    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<tokio::net::TcpStream>)> {
+    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<dyn Writable>)> {
         self.shared_tcp()
-            .map(|t| (t.0.clone() as Arc<dyn SinkIo>, t.0))
+            .map(|t| (t.0.clone() as Arc<dyn SinkIo>, t.0 as Arc<dyn Writable>))
     }
 }
 
@@ -709,10 +725,10 @@ impl tokio::io::AsyncWrite for SharedTls {
 }
 
 impl Transport for SharedTls {
-    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<tokio::net::TcpStream>)> {
+    fn sink_io(&self) -> Option<(Arc<dyn SinkIo>, Arc<dyn Writable>)> {
         Some((
             Arc::new(self.clone()) as Arc<dyn SinkIo>,
-            self.0.tcp.clone(),
+            self.0.tcp.clone() as Arc<dyn Writable>,
         ))
     }
 }
@@ -1106,7 +1122,7 @@ impl Sink {
     /// empty: `Ok(None)` when done, `Ok(Some(limit))` when `limit` passed first.
     pub async fn drain_within(
         &self,
-        socket: &tokio::net::TcpStream,
+        socket: &dyn Writable,
         limit: std::time::Duration,
     ) -> io::Result<Option<std::time::Duration>> {
         let drained = tokio::time::timeout(limit, async {

@@ -36,7 +36,7 @@ pub use conns::{
 };
 pub use fanout::{
     Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,
-    SinkStatus, Transport,
+    SinkStatus, Transport, Writable,
 };
 pub use media::{
     rescale, Carriage, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId,

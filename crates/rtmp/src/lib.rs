@@ -9,10 +9,11 @@ pub mod handshake;
 mod ingest;
 mod mux;
 mod relay;
+pub mod rtmpt;
 mod server;
 pub mod session;
 
 pub use relay::{pull, push, redact, RelayStatus};
-pub use server::{serve, RtmpConfig, RtmpListener};
+pub use server::{serve, spawn_conn, RtmpConfig, RtmpListener};
 pub use tidegate_core::{ConnInfo, ConnRegistry, ConnState};
 pub use tokio_rustls::TlsAcceptor;

@@ -46,6 +46,37 @@ pub struct RtmpListener {
     pub stop: CancellationToken,
 }
 
+/// Runs one RTMP connection over any byte stream (RTMPT's tunnel), as the listener runs its
+/// TCP connections: registered in `conns` (the API lists it), ended by `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_conn<S: Transport + Sync>(
+    socket: S,
+    remote: SocketAddr,
+    kind: &'static str,
+    conns: &Arc<ConnRegistry>,
+    paths: PathManager,
+    config: RtmpConfig,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let id = paths.new_session_id();
+    let span = tracing::info_span!("rtmp", conn = id, remote = %remote, tunnel = "http");
+    let guard = conns.add(id, remote);
+    tasks.spawn(
+        async move {
+            tracing::debug!("connection opened");
+            match Conn::new(socket, remote, id, kind, paths, config, shutdown, guard)
+                .run()
+                .await
+            {
+                Ok(()) => tracing::info!("connection closed"),
+                Err(e) => tracing::info!("connection closed: {e}"),
+            }
+        }
+        .instrument(span),
+    );
+}
+
 /// Accepts RTMP connections until `shutdown`.
 pub async fn serve(
     l: RtmpListener,
@@ -489,7 +520,7 @@ impl<S: Transport> Conn<S> {
     async fn play_push(
         &mut self,
         io: Arc<dyn tidegate_core::SinkIo>,
-        tcp: Arc<tokio::net::TcpStream>,
+        tcp: Arc<dyn tidegate_core::Writable>,
         head: BytesMut,
         egress: &Arc<tidegate_core::Egress>,
         reader: &tidegate_core::Reader,
@@ -519,11 +550,11 @@ impl<S: Transport> Conn<S> {
             tokio::select! {
                 r = &mut stopped => return r,
                 s = sink.wanted() => match s {
-                    SinkStatus::Backlog => self.drain(&tcp, &sink).await?,
+                    SinkStatus::Backlog => self.drain(tcp.as_ref(), &sink).await?,
                     SinkStatus::Ended => {
                         self.session.end_of_stream();
                         sink.send_control(self.session.take_output().freeze());
-                        self.drain(&tcp, &sink).await?;
+                        self.drain(tcp.as_ref(), &sink).await?;
                         return Ok(());
                     }
                     SinkStatus::Failed(kind) => return Err(std::io::Error::from(kind).into()),
@@ -548,7 +579,7 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Writes the sink's queue as the socket takes it, within the write timeout.
-    async fn drain(&self, tcp: &tokio::net::TcpStream, sink: &Sink) -> Result<(), ConnError> {
+    async fn drain(&self, tcp: &dyn tidegate_core::Writable, sink: &Sink) -> Result<(), ConnError> {
         match sink.drain_within(tcp, self.config.write_timeout).await? {
             None => Ok(()),
             Some(limit) => Err(ConnError::WriteTimeout(limit)),

@@ -1416,11 +1416,17 @@ impl Conn {
     }
 
     /// Writes the sink's queue as the socket takes it, within the write timeout.
-    async fn drain_sink(&self, tcp: Option<&Arc<tokio::net::TcpStream>>) -> Result<(), String> {
+    async fn drain_sink(
+        &self,
+        tcp: Option<&Arc<dyn tidegate_core::Writable>>,
+    ) -> Result<(), String> {
         let (Some(sink), Some(tcp)) = (&self.sink, tcp) else {
             return Ok(());
         };
-        match sink.drain_within(tcp, self.config.write_timeout).await {
+        match sink
+            .drain_within(tcp.as_ref(), self.config.write_timeout)
+            .await
+        {
             Ok(None) => Ok(()),
             Ok(Some(_)) => Err("write timed out".into()),
             Err(e) => Err(format!("write: {e}")),

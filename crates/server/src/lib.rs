@@ -793,12 +793,25 @@ impl Server {
                     "HTTP"
                 }
             );
+            // RTMPT (RTMP over HTTP) beside HLS, while RTMP is on.
+            let router = if config.rtmp {
+                let rtmpt = tidegate_rtmp::rtmpt::Rtmpt::new(
+                    rtmp_conns.clone(),
+                    paths.clone(),
+                    rtmp_config.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                );
+                hls.router().merge(rtmpt.router())
+            } else {
+                hls.router()
+            };
             serve_http(
                 &movable,
                 ("hlsAddress", "HLS"),
                 config.hls_address,
                 listener,
-                hls.router(),
+                router,
                 (hls_tls, config.hls_trusted_proxies.clone()),
                 (&shutdown, &tasks),
             );
