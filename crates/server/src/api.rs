@@ -168,9 +168,14 @@ async fn info(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 /// `POST /v3/auth/jwks/refresh`: the JWKS is fetched again for the next token.
-async fn jwks_refresh(State(s): State<ApiState>) -> axum::http::StatusCode {
+async fn jwks_refresh(State(s): State<ApiState>) -> Response {
     s.auth.refresh_jwks().await;
-    axum::http::StatusCode::OK
+    ok()
+}
+
+/// An action's answer: `{"status": "ok"}` (MediaMTX's).
+pub fn ok() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 #[derive(Serialize)]
@@ -359,6 +364,8 @@ fn paginate<T>(
 
 #[derive(Serialize)]
 pub struct ApiError {
+    /// Always "error" (MediaMTX's shape).
+    status: &'static str,
     error: String,
 }
 
@@ -366,6 +373,7 @@ fn error(status: StatusCode, msg: &str) -> (StatusCode, Json<ApiError>) {
     (
         status,
         Json(ApiError {
+            status: "error",
             error: msg.to_string(),
         }),
     )
@@ -700,7 +708,7 @@ fn conns_get<X: ConnExtra>(reg: &ConnRegistry<X>, id: &str) -> Response {
 
 fn conns_kick<X: ConnExtra>(reg: &ConnRegistry<X>, id: &str) -> Response {
     if id.parse().is_ok_and(|id| reg.kick(id)) {
-        StatusCode::OK.into_response()
+        ok()
     } else {
         error(StatusCode::NOT_FOUND, "connection not found").into_response()
     }
@@ -932,7 +940,7 @@ async fn hls_sessions_get(State(state): State<ApiState>, Path(id): Path<String>)
 
 async fn hls_sessions_kick(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     if state.hls.kick_session(&id) {
-        StatusCode::OK.into_response()
+        ok()
     } else {
         error(StatusCode::NOT_FOUND, "session not found").into_response()
     }

@@ -43,7 +43,11 @@ pub fn router(reloader: Arc<Reloader>) -> Router {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": msg.into() }))).into_response()
+    (
+        status,
+        Json(json!({ "status": "error", "error": msg.into() })),
+    )
+        .into_response()
 }
 
 fn entries(node: Option<&Node>) -> Vec<Entry> {
@@ -368,7 +372,7 @@ async fn commit(r: &Reloader, user: Vec<Entry>) -> Response {
         .and_then(|old| patch_text(&old, &user))
         .unwrap_or_else(|| render(&user));
     match r.apply_text(text).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(()) => crate::api::ok(),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
