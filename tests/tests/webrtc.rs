@@ -1672,3 +1672,55 @@ fn whip_opus_reaches_rtmp_as_aac_in_sync() {
         medians[0] - medians[1]
     );
 }
+
+/// `source: whep://`: a second Tidegate pulls an RTMP publish (H.264 + AAC, which the
+/// origin's viewers get as Opus) from the first over WHEP; ffmpeg reads it over RTMP (H.264 +
+/// AAC again through the audio bridge) and an aiortc viewer over WHEP. The origin lists the
+/// pull as one WHEP session, deleted when the edge's pull ends.
+#[test]
+fn a_whep_source_pulls_from_another_server() {
+    let dir = scratch("webrtc-whep-source");
+    let origin = TestServer::start("");
+    let _publisher = ffmpeg_publish(&origin.rtmp_url("cam"), 60, "flv", &dir);
+    origin.wait_ready("cam", READY);
+    let edge = TestServer::start(&format!(
+        "paths:\n  relay:\n    source: {}\n    sourceOnDemand: yes\n    sourceOnDemandCloseAfter: 1s\n",
+        origin.webrtc_url("cam", "whep").replace("http://", "whep://"),
+    ));
+    let out = dir.join("relay.mkv");
+    let mut reader = tidegate_tests::peers::ffmpeg_read(&edge.rtmp_url("relay"), 5, &out, &dir);
+    let status = reader.wait(Duration::from_secs(60));
+    assert!(status.success(), "RTMP reader: {}", reader.stderr());
+    let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+    let frames = p.packets_of("video").len();
+    eprintln!(
+        "relay over RTMP: {frames} video, {} audio frames ({:?})",
+        p.packets_of("audio").len(),
+        p.codec("audio")
+    );
+    assert_eq!(p.codec("video").as_deref(), Some("h264"));
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"));
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    assert!(frames >= 120, "{frames} frames in 5 s");
+    assert!(p.packets_of("audio").len() >= 150);
+    assert!(p.dts_monotonic("video"));
+    let info = edge.paths().get("relay").expect("relay is live");
+    assert_eq!(info.source.map(|s| s.0), Some("webRTCSource"));
+    assert_eq!(info.tracks, vec!["H264", "Opus"]);
+    // The origin sees the pull as one connected WHEP session.
+    let s = sessions(&origin);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0]["peerConnectionEstablished"], true, "{s:?}");
+
+    let mut viewer = webrtc_peer(&["whep", &edge.webrtc_url("relay", "whep"), "--seconds", "4"]);
+    let mut viewer = PeerProcess::spawn("aiortc-whep", &mut viewer, &dir);
+    let report = viewer_report(&mut viewer);
+    let v = &report["viewers"][0];
+    eprintln!("relay over WHEP: {v}");
+    assert_live_video(v, 3.0, 25.0);
+    assert_eq!(v["width"], 640, "{v}");
+    assert!(v["audio_frames"].as_u64().unwrap_or(0) >= 100, "{v}");
+    // Readers gone: the edge ends its pull and deletes the session on the origin.
+    let left = wait_sessions(&origin, |s| s.is_empty(), Duration::from_secs(20));
+    assert!(left.is_empty(), "the origin still has {left:?}");
+}

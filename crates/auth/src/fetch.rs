@@ -19,6 +19,8 @@ pub const MAX_BODY: usize = 128 * 1024;
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    /// The `Location` header, when there is one (a WHEP session's resource).
+    pub location: Option<String>,
 }
 
 /// Sends `method url` with `body` (JSON when not empty); the whole exchange within `limit`.
@@ -85,15 +87,20 @@ async fn exchange(
         None => host.clone(),
     };
     let mut req = hyper::Request::builder();
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
     for (k, v) in headers {
         req = req.header(k, v);
+    }
+    if !typed {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }
     let req = req
         .method(method)
         .uri(target)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "Tidegate")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     match u.scheme() {
@@ -127,12 +134,21 @@ where
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
         let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = Limited::new(res.into_body(), MAX_BODY)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            location,
+        })
     }
     .await;
     driver.abort();

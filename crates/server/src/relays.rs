@@ -34,7 +34,9 @@ pub struct Relays {
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 10] = [
+const PULLED: [&str; 12] = [
+    "whep://",
+    "wheps://",
     "http://",
     "https://",
     "rtmp://",
@@ -133,7 +135,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), udp+mpegts://, udp+rtp:// and unix+mpegts://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), whep(s)://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -380,6 +382,19 @@ fn source(
             transport,
             fingerprint,
             conf.rtsp_any_port,
+            paths,
+            name,
+            status,
+            cancel,
+        ))
+    } else if url.starts_with("whep://") || url.starts_with("wheps://") {
+        Box::pin(tidegate_webrtc::source::pull(
+            tidegate_webrtc::source::WhepSource {
+                url,
+                bearer_token: conf.whep_bearer_token.clone(),
+                fingerprint,
+                handshake_timeout: conf.whep_handshake_timeout,
+            },
             paths,
             name,
             status,

@@ -12,6 +12,7 @@
 mod http;
 mod media;
 mod session;
+pub mod source;
 pub mod stun;
 mod udp_out;
 mod writer;

@@ -233,7 +233,7 @@ fn codec_sdp_name(c: RtcCodec) -> &'static str {
     }
 }
 
-fn enable(cfg: RtcConfig, c: RtcCodec) -> RtcConfig {
+pub(crate) fn enable(cfg: RtcConfig, c: RtcCodec) -> RtcConfig {
     match c {
         RtcCodec::H264 => cfg.enable_h264(true),
         RtcCodec::H265 => cfg.enable_h265(true),
@@ -1271,7 +1271,7 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: RtcCodec) -> Option<Pt> {
 }
 
 /// Asks a WHIP publisher for a keyframe (PLI) on each of its video media.
-fn request_keyframe(rtc: &mut Rtc, mids: &[Mid]) {
+pub(crate) fn request_keyframe(rtc: &mut Rtc, mids: &[Mid]) {
     for &mid in mids {
         if let Some(mut w) = rtc.writer(mid) {
             if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
