@@ -1805,3 +1805,36 @@ fn mpegts_over_rtp_from_a_camera_and_a_publisher() {
     assert_eq!(p.codec("video").as_deref(), Some("h264"));
     assert_eq!(p.codec("audio").as_deref(), Some("aac"));
 }
+
+/// RTSP tunnelled over HTTP on the RTSP port: ffmpeg (`-rtsp_transport http`) and GStreamer
+/// (`rtsph://`) read an RTMP publish (frames, both tracks, size, monotonic DTS); a POST
+/// without its GET is closed unanswered.
+#[test]
+fn rtsp_over_http_tunnels_are_read_by_ffmpeg_and_gstreamer() {
+    let dir = scratch("rtsp-http-tunnel");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("cam"), 40, "flv", &dir);
+    server.wait_ready("cam", Duration::from_secs(20));
+    // A POST with no GET of its cookie: closed.
+    let rtsp_url = server.rtsp_url("");
+    let addr = rtsp_url.trim_start_matches("rtsp://").trim_end_matches('/');
+    let mut stray = TcpStream::connect(addr).unwrap();
+    stray
+        .write_all(
+            b"POST /cam HTTP/1.0\r\nx-sessioncookie: nobody\r\nContent-Length: 32767\r\n\r\n",
+        )
+        .unwrap();
+    stray
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stray.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "a stray POST is closed without an answer");
+
+    read_and_check(&server.rtsp_url("cam"), "http", "h264", Some("aac"), &dir);
+    let url = server.rtsp_url("cam").replacen("rtsp://", "rtsph://", 1);
+    let (buffers, caps) = gst_rtsp_read(&url, "tcp", 6);
+    eprintln!("GStreamer over an HTTP tunnel: {buffers} buffers");
+    assert!(buffers >= 200, "GStreamer decoded only {buffers} buffers");
+    assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+}

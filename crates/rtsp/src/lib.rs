@@ -16,5 +16,6 @@ pub mod mux;
 pub mod sdp;
 pub mod server;
 pub mod source;
+pub mod tunnel;
 
 pub use server::{serve, RtspConfig, RtspConns, RtspListener, RtspStats, Udp};

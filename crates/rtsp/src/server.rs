@@ -158,6 +158,7 @@ pub async fn serve(
     if let (Some(u), true) = (&udp, receive_udp) {
         tasks.spawn(u.clone().receive(shutdown.clone()));
     }
+    let tunnels = std::sync::Arc::new(crate::tunnel::Tunnels::default());
     loop {
         let (sock, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -185,6 +186,7 @@ pub async fn serve(
         conn.tls = tls.is_some();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let tunnels = tunnels.clone();
         tasks.spawn(async move {
             let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
             tracing::info!(conn = id, "[{name}] {remote} connected");
@@ -196,7 +198,24 @@ pub async fn serve(
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
-                None => conn.run(SharedTcp::new(sock), shutdown).await,
+                // RTSP over HTTP: a GET waits for its POST, which carries the session.
+                None => match crate::tunnel::classify(&sock).await {
+                    crate::tunnel::Kind::Rtsp => conn.run(SharedTcp::new(sock), shutdown).await,
+                    crate::tunnel::Kind::HttpGet => {
+                        drop(conn);
+                        match tunnels.get(sock, remote).await {
+                            Ok(()) => return,
+                            Err(e) => Err(format!("HTTP tunnel: {e}")),
+                        }
+                    }
+                    crate::tunnel::Kind::HttpPost => match tunnels.post(sock).await {
+                        Ok(t) => {
+                            tracing::info!(conn = id, "[RTSP] {remote}: tunnelled over HTTP");
+                            conn.run(t, shutdown).await
+                        }
+                        Err(e) => Err(format!("HTTP tunnel: {e}")),
+                    },
+                },
             };
             match r {
                 Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
@@ -299,10 +318,15 @@ fn redirect(cseq: &str, uri: &str, to: &str, path: &str) -> Bytes {
 }
 
 fn uri_path(uri: &str) -> String {
+    // Any scheme: rtsp, rtsps, and rtsph (GStreamer's over HTTP) among them.
     let rest = uri
-        .strip_prefix("rtsp://")
-        .or_else(|| uri.strip_prefix("rtsps://"))
-        .unwrap_or(uri);
+        .split_once("://")
+        .filter(|(scheme, _)| {
+            scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+        })
+        .map_or(uri, |(_, rest)| rest);
     let rest = match rest.find('/') {
         Some(i) if uri.contains("://") => &rest[i..],
         Some(_) => rest,
@@ -1497,6 +1521,7 @@ mod tests {
             "live/cam/trackID=1"
         );
         assert_eq!(uri_path("rtsp://host/cam"), "cam");
+        assert_eq!(uri_path("rtsph://host:8554/live/cam"), "live/cam");
         assert_eq!(uri_path("rtsp://host"), "");
         let t = parse_transport("RTP/AVP/TCP;unicast;interleaved=2-3;mode=record").unwrap();
         assert!(t.tcp && t.interleaved == Some((2, 3)));
