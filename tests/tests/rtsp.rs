@@ -1838,3 +1838,62 @@ fn rtsp_over_http_tunnels_are_read_by_ffmpeg_and_gstreamer() {
     assert!(buffers >= 200, "GStreamer decoded only {buffers} buffers");
     assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
 }
+
+/// `forward: rtsp://…`: an RTMP publish is pushed over RTSP (ANNOUNCE, SETUP over TCP
+/// interleaved, RECORD) to ffmpeg's RTSP listener, which records it, and to a second
+/// Tidegate, read there over RTMP: both get H.264 + AAC with monotonic timestamps.
+#[test]
+fn forward_pushes_over_rtsp_to_ffmpeg_and_to_another_server() {
+    let dir = scratch("rtsp-forward");
+    let port = tidegate_tests::peers::free_port();
+    let recorded = dir.join("listener.mkv");
+    let mut listener = Command::new(peer("ffmpeg"));
+    listener
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-rtsp_flags", "listen", "-rtsp_transport", "tcp", "-i"])
+        .arg(format!("rtsp://127.0.0.1:{port}/relay"))
+        .args(["-t", "5", "-c", "copy"])
+        .arg(&recorded);
+    let mut listener = PeerProcess::spawn("ffmpeg-rtsp-listen", &mut listener, &dir);
+    let second = TestServer::start("paths:\n  relay:\n");
+    let first = TestServer::start(&format!(
+        "paths:\n  cam:\n    forward:\n      - rtsp://127.0.0.1:{port}/relay\n      - dest: {}\n",
+        second.rtsp_url("relay")
+    ));
+    let _publisher = ffmpeg_publish(&first.rtmp_url("cam"), 40, "flv", &dir);
+    first.wait_ready("cam", Duration::from_secs(20));
+    second.wait_ready("relay", Duration::from_secs(20));
+    let out = dir.join("second.mkv");
+    let mut reader = tidegate_tests::peers::ffmpeg_read(&second.rtmp_url("relay"), 4, &out, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(40)).success(),
+        "{}",
+        reader.stderr()
+    );
+    assert!(
+        listener.wait(Duration::from_secs(40)).success(),
+        "ffmpeg's listener: {}",
+        listener.stderr()
+    );
+    for (what, file, seconds) in [
+        ("ffmpeg's listener", &recorded, 5),
+        ("the second server", &out, 4),
+    ] {
+        let p = probe_file(file);
+        let frames = p.packets_of("video").len();
+        eprintln!(
+            "{what}: {frames} video, {} audio frames",
+            p.packets_of("audio").len()
+        );
+        assert_eq!(p.codec("video").as_deref(), Some("h264"), "{what}");
+        assert_eq!(p.codec("audio").as_deref(), Some("aac"), "{what}");
+        assert_eq!(p.dimensions(), Some((640, 360)), "{what}");
+        assert!(
+            frames + 30 >= seconds * 30,
+            "{what}: {frames} frames in {seconds} s"
+        );
+        assert!(p.dts_monotonic("video"), "{what}");
+    }
+    let second_info = second.paths().get("relay").expect("relay");
+    assert_eq!(second_info.tracks, vec!["H264", "MPEG-4 Audio"]);
+}

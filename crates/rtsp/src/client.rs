@@ -129,6 +129,16 @@ impl Conn {
         uri: &str,
         extra: &[(&str, String)],
     ) -> Result<(), String> {
+        self.send_body(method, uri, extra, b"").await
+    }
+
+    async fn send_body(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<(), String> {
         self.cseq += 1;
         let mut req = format!(
             "{method} {uri} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: Tidegate\r\n",
@@ -146,8 +156,13 @@ impl Conn {
         for (k, v) in extra {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
-        tokio::time::timeout(IO_TIMEOUT, self.io.write_all(req.as_bytes()))
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
+        tokio::time::timeout(IO_TIMEOUT, self.io.write_all(&req))
             .await
             .map_err(|_| format!("{method}: the camera accepted nothing for 10 s"))?
             .map_err(|e| format!("{method}: {e}"))
@@ -180,7 +195,17 @@ impl Conn {
         uri: &str,
         extra: &[(&str, String)],
     ) -> Result<Response, String> {
-        self.send(method, uri, extra).await?;
+        self.request_body(method, uri, extra, b"").await
+    }
+
+    async fn request_body(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        self.send_body(method, uri, extra, body).await?;
         let mut r = self.response(method).await?;
         if r.status == 401 && self.creds.is_some() && self.challenges.is_empty() {
             self.challenges = r
@@ -188,7 +213,7 @@ impl Conn {
                 .into_iter()
                 .map(str::to_string)
                 .collect();
-            self.send(method, uri, extra).await?;
+            self.send_body(method, uri, extra, body).await?;
             r = self.response(method).await?;
         }
         if r.status != 200 {
@@ -198,6 +223,132 @@ impl Conn {
             self.session = Some(s.split(';').next().unwrap_or("").trim().to_string());
         }
         Ok(r)
+    }
+}
+
+/// Pushes `path` to `url` (`forward: rtsp://…` or `rtsps://…`) while it has a publisher, until
+/// `cancel`: ANNOUNCE with the stream's SDP, SETUP of each track over TCP interleaved
+/// (`mode=record`), RECORD, then the stream's RTP egress (the bytes its TCP readers get,
+/// packetized once per stream) as it comes. Credentials from the URL (Basic or Digest).
+pub async fn push(
+    url: String,
+    fingerprint: String,
+    paths: PathManager,
+    path: String,
+    status: std::sync::Arc<RelayStatus>,
+    cancel: CancellationToken,
+) {
+    tidegate_core::relay::with_backoff("push", &path, &status, &cancel, || {
+        push_once(&url, &fingerprint, &paths, &path, &status, &cancel)
+    })
+    .await;
+}
+
+async fn push_once(
+    url: &str,
+    fingerprint: &str,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let reader = match paths.read(
+        path,
+        tidegate_core::SessionInfo {
+            id: paths.new_session_id(),
+            kind: "rtspPush",
+            remote: None,
+            query: String::new(),
+        },
+    ) {
+        Ok(r) => r,
+        // The stream ended: the next publish starts a new push.
+        Err(tidegate_core::PathError::NoOnePublishing(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let source = reader.stream().clone();
+    let mpegts = source.has_extension::<crate::ingest::PublishedAsMpegts>();
+    let mux = source.extension(|| crate::mux::RtpMux::new(&source.desc(), mpegts));
+    let egress = mux
+        .egress(&source)
+        .ok_or("no track of this stream can travel over RTSP")?;
+    status.set_state("connecting");
+    let mut url = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
+    let creds = (!url.username().is_empty()).then(|| {
+        (
+            tidegate_core::text::percent_decode(url.username(), false),
+            tidegate_core::text::percent_decode(url.password().unwrap_or(""), false),
+        )
+    });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let (io, _) = connect(&url, fingerprint).await?;
+    let mut c = Conn {
+        io,
+        buf: Vec::new(),
+        cseq: 0,
+        session: None,
+        creds,
+        challenges: Vec::new(),
+    };
+    let url_s = url.to_string();
+    c.request_body(
+        "ANNOUNCE",
+        &url_s,
+        &[("Content-Type", "application/sdp".into())],
+        mux.sdp.as_bytes(),
+    )
+    .await?;
+    for i in 0..mux.tracks.len() {
+        c.request(
+            "SETUP",
+            &format!("{}/trackID={i}", url_s.trim_end_matches('/')),
+            &[(
+                "Transport",
+                format!(
+                    "RTP/AVP/TCP;unicast;interleaved={}-{};mode=record",
+                    2 * i,
+                    2 * i + 1
+                ),
+            )],
+        )
+        .await?;
+    }
+    c.request("RECORD", &url_s, &[("Range", "npt=0.000-".into())])
+        .await?;
+    status.set_state("running");
+    tracing::info!(path, url = status.url, "pushing");
+    // From the stream's last keyframe on (its GOP cache), then live.
+    let mut sub = egress.subscribe();
+    let mut chunk = [0u8; 4096];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = c.send("TEARDOWN", &url_s, &[]).await;
+                return Ok(());
+            }
+            f = sub.recv() => match f {
+                Ok(frame) => {
+                    tokio::time::timeout(IO_TIMEOUT, c.io.write_all(&frame.data))
+                        .await
+                        .map_err(|_| "the destination accepted nothing for 10 s".to_string())?
+                        .map_err(|e| format!("write: {e}"))?;
+                    status
+                        .bytes
+                        .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                }
+                Err(tidegate_core::RecvError::Closed) => {
+                    let _ = c.send("TEARDOWN", &url_s, &[]).await;
+                    return Ok(());
+                }
+            },
+            // Receiver reports and keep-alive answers are read and dropped.
+            r = c.io.read(&mut chunk) => match r {
+                Ok(0) => return Err("the destination closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            },
+        }
     }
 }
 
@@ -348,6 +499,33 @@ pub async fn pull(
     });
     let _ = url.set_username("");
     let _ = url.set_password(None);
+    let (io, camera) = connect(&url, fingerprint).await?;
+    let mut c = Conn {
+        io,
+        buf: Vec::new(),
+        cseq: 0,
+        session: None,
+        creds,
+        challenges: Vec::new(),
+    };
+    pull_on(
+        url.to_string(),
+        &mut c,
+        camera,
+        mode,
+        paths,
+        path,
+        status,
+        cancel,
+    )
+    .await
+}
+
+/// A TCP (or, for `rtsps://`, TLS) connection to the URL's host; and its address.
+async fn connect(
+    url: &url::Url,
+    fingerprint: &str,
+) -> Result<(Box<dyn Io>, std::net::IpAddr), String> {
     let host = url
         .host_str()
         .ok_or("the URL has no host")?
@@ -356,7 +534,7 @@ pub async fn pull(
         .to_string();
     let tls = url.scheme() == "rtsps";
     let port = url.port().unwrap_or(if tls { 322 } else { 554 });
-    let (io, camera): (Box<dyn Io>, _) = if tls {
+    Ok(if tls {
         let s = tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?;
         let camera = s.get_ref().0.peer_addr().map_err(|e| e.to_string())?.ip();
         (Box::new(s), camera)
@@ -371,16 +549,20 @@ pub async fn pull(
         let _ = tcp.set_nodelay(true);
         let camera = tcp.peer_addr().map_err(|e| e.to_string())?.ip();
         (Box::new(tcp), camera)
-    };
-    let mut c = Conn {
-        io,
-        buf: Vec::new(),
-        cseq: 0,
-        session: None,
-        creds,
-        challenges: Vec::new(),
-    };
-    let url_s = url.to_string();
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull_on(
+    url_s: String,
+    c: &mut Conn,
+    camera: std::net::IpAddr,
+    mode: Mode,
+    paths: &PathManager,
+    path: &str,
+    status: &RelayStatus,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
     let r = c
         .request("DESCRIBE", &url_s, &[("Accept", "application/sdp".into())])
         .await?;

@@ -349,6 +349,15 @@ pub fn start(
                     );
                     if u.starts_with("srt://") {
                         tasks2.spawn(tidegate_srt::caller::push(u, p, name, status, c));
+                    } else if u.starts_with("rtsp://") || u.starts_with("rtsps://") {
+                        let fp = m
+                            .conf
+                            .forward
+                            .iter()
+                            .find(|f| f.dest == u)
+                            .map(|f| f.dest_fingerprint.clone())
+                            .unwrap_or_default();
+                        tasks2.spawn(tidegate_rtsp::client::push(u, fp, p, name, status, c));
                     } else {
                         tasks2.spawn(tidegate_rtmp::push(u, p, name, status, c));
                     }

@@ -1409,16 +1409,19 @@ impl Config {
                     "the always-available offline stream is not built yet",
                 ));
             }
-            if p.forward.iter().any(|d| !d.dest_fingerprint.is_empty()) {
+            if p.forward
+                .iter()
+                .any(|d| !d.dest_fingerprint.is_empty() && !d.dest.starts_with("rtsps://"))
+            {
                 return Err(ctx.err(
                     0,
                     &key("forward"),
-                    "destFingerprint is not built yet: rtmps:// destinations are checked \
-                     against the Web PKI roots",
+                    "destFingerprint is built for rtsps:// destinations only: rtmps:// ones are \
+                     checked against the Web PKI roots",
                 ));
             }
             if let Some(d) = p.forward.iter().find(|d| {
-                !["rtmp://", "rtmps://", "srt://"]
+                !["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
                     .iter()
                     .any(|s| d.dest.starts_with(s))
             }) {
@@ -1426,7 +1429,8 @@ impl Config {
                     0,
                     &key("forward"),
                     format!(
-                        "forwarding to {} is not built yet: rtmp(s):// and srt:// destinations are",
+                        "forwarding to {} is not built yet: rtmp(s)://, rtsp(s):// and srt:// \
+                         destinations are",
                         d.dest.split("://").next().unwrap_or_default()
                     ),
                 ));
