@@ -11,6 +11,7 @@ const APT: &[&str] = &[
     "ffmpeg",
     "nginx",
     "libnginx-mod-rtmp",
+    "libnginx-mod-stream",
     "srt-tools",
     "gstreamer1.0-tools",
     "gstreamer1.0-plugins-base",

@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod latency;
 pub mod media;
 pub mod path;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod relay;
 pub mod stream;

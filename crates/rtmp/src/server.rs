@@ -35,6 +35,9 @@ use tidegate_core::{
 pub struct RtmpConfig {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `rtmpTrustedProxies`: connections from these start with a PROXY protocol header that
+    /// names the client.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// One listener: plain RTMP, or RTMPS when `tls` is set.
@@ -107,13 +110,37 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let id = paths.new_session_id();
-        let span = tracing::info_span!("rtmp", conn = id, remote = %remote, tls = l.tls.is_some());
-        let guard = l.conns.add(id, remote);
         let paths = paths.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
         let tls = l.tls.clone();
-        tasks.spawn(
+        let conns = l.conns.clone();
+        tasks.spawn(async move {
+            let mut socket = socket;
+            let mut remote = remote;
+            // Behind a trusted proxy: the client's address is in the PROXY header.
+            if tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip()) {
+                let header = tokio::time::timeout(
+                    config.read_timeout,
+                    tidegate_core::proxy_protocol::read_header(&mut socket),
+                )
+                .await;
+                match header {
+                    Ok(Ok(Some(client))) => remote = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(conn = id, %remote, "[RTMP] closed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(conn = id, %remote, "[RTMP] closed: no PROXY header in time");
+                        return;
+                    }
+                }
+            }
+            let span =
+                tracing::info_span!("rtmp", conn = id, remote = %remote, tls = tls.is_some());
+            let guard = conns.add(id, remote);
             async move {
                 tracing::debug!("connection opened");
                 let result = match tls {
@@ -145,8 +172,9 @@ pub async fn serve(
                     Err(e) => tracing::info!("connection closed: {e}"),
                 }
             }
-            .instrument(span),
-        );
+            .instrument(span)
+            .await
+        });
     }
 }
 

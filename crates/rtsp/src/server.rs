@@ -36,6 +36,9 @@ pub struct RtspConfig {
     pub allow_tcp: bool,
     /// `rtspTransports` has `multicast`: the groups to hand out.
     pub multicast: Option<Arc<crate::multicast::Groups>>,
+    /// `rtspTrustedProxies`: connections from these start with a PROXY protocol header that
+    /// names the client.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// A packet from a session's UDP peer: the track, whether it came in on the RTCP socket, the
@@ -174,20 +177,37 @@ pub async fn serve(
         };
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
-        let guard = conns.add(id, remote);
-        let mut conn = Conn::new(
-            id,
-            remote,
-            paths.clone(),
-            config.clone(),
-            udp.clone(),
-            guard,
-        );
-        conn.tls = tls.is_some();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         let tunnels = tunnels.clone();
+        let (paths, config, udp, conns) =
+            (paths.clone(), config.clone(), udp.clone(), conns.clone());
         tasks.spawn(async move {
+            let mut sock = sock;
+            let mut remote = remote;
+            // Behind a trusted proxy: the client's address is in the PROXY header.
+            if tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip()) {
+                let header = tokio::time::timeout(
+                    config.read_timeout,
+                    tidegate_core::proxy_protocol::read_header(&mut sock),
+                )
+                .await;
+                match header {
+                    Ok(Ok(Some(client))) => remote = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(conn = id, %remote, "[RTSP] closed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(conn = id, %remote, "[RTSP] closed: no PROXY header in time");
+                        return;
+                    }
+                }
+            }
+            let guard = conns.add(id, remote);
+            let mut conn = Conn::new(id, remote, paths, config, udp, guard);
+            conn.tls = tls.is_some();
             let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
             tracing::info!(conn = id, "[{name}] {remote} connected");
             let r = match tls {

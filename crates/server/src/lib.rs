@@ -418,6 +418,7 @@ impl Server {
         let rtmp_config = tidegate_rtmp::RtmpConfig {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
+            trusted_proxies: Arc::new(config.rtmp_trusted_proxies.clone()),
         };
         let rtmp_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
         let rtmps_conns = Arc::new(tidegate_rtmp::ConnRegistry::default());
@@ -819,6 +820,7 @@ impl Server {
         let rtsp_config = tidegate_rtsp::RtspConfig {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
+            trusted_proxies: Arc::new(config.rtsp_trusted_proxies.clone()),
             auth_methods: tidegate_rtsp::auth::Methods {
                 basic: config.rtsp_auth_methods.iter().any(|m| m == "basic"),
                 digest: config.rtsp_auth_methods.iter().any(|m| m == "digest"),

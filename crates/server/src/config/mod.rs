@@ -1354,19 +1354,6 @@ impl Config {
                  memory (bounded by hlsSegmentCount and hlsSegmentMaxSize)",
             ));
         }
-        for (key, list) in [
-            ("rtspTrustedProxies", &self.rtsp_trusted_proxies),
-            ("rtmpTrustedProxies", &self.rtmp_trusted_proxies),
-        ] {
-            if !list.is_empty() {
-                return Err(ctx.err(
-                    0,
-                    key,
-                    "the PROXY protocol is not parsed yet: no proxy can be trusted for the \
-                     client's address",
-                ));
-            }
-        }
         if self.hls_segment_max_size < 64 * 1024 {
             return Err(ctx.err(0, "hlsSegmentMaxSize", "must be at least 64K"));
         }

@@ -411,11 +411,6 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
         ("dumpPackets: yes\n", "dumpPackets", "not built"),
         ("hlsDirectory: /var/hls\n", "hlsDirectory", "not built yet"),
         (
-            "rtmpTrustedProxies: [10.0.0.1]\n",
-            "rtmpTrustedProxies",
-            "PROXY protocol",
-        ),
-        (
             "pathDefaults:\n  alwaysAvailable: yes\n",
             "pathDefaults.alwaysAvailable",
             "not built yet",
