@@ -1807,8 +1807,8 @@ fn mpegts_over_rtp_from_a_camera_and_a_publisher() {
 }
 
 /// RTSP tunnelled over HTTP on the RTSP port: ffmpeg (`-rtsp_transport http`) and GStreamer
-/// (`rtsph://`) read an RTMP publish (frames, both tracks, size, monotonic DTS); a POST
-/// without its GET is closed unanswered.
+/// (`rtsph://`) read an RTMP publish (frames, both tracks, size, monotonic DTS), and a second
+/// server pulls it with `source: rtsp+http://`; a POST without its GET is closed unanswered.
 #[test]
 fn rtsp_over_http_tunnels_are_read_by_ffmpeg_and_gstreamer() {
     let dir = scratch("rtsp-http-tunnel");
@@ -1837,6 +1837,19 @@ fn rtsp_over_http_tunnels_are_read_by_ffmpeg_and_gstreamer() {
     eprintln!("GStreamer over an HTTP tunnel: {buffers} buffers");
     assert!(buffers >= 200, "GStreamer decoded only {buffers} buffers");
     assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+
+    // And pulled through the tunnel: `source: rtsp+http://` on a second server.
+    let edge = TestServer::start(&format!(
+        "paths:\n  relay:\n    source: {}\n",
+        server
+            .rtsp_url("cam")
+            .replacen("rtsp://", "rtsp+http://", 1)
+    ));
+    edge.wait_ready("relay", Duration::from_secs(30));
+    let out = dir.join("relay.mkv");
+    let mut r = tidegate_tests::peers::ffmpeg_read(&edge.rtmp_url("relay"), 4, &out, &dir);
+    assert!(r.wait(Duration::from_secs(30)).success(), "{}", r.stderr());
+    assert_media(&probe_file(&out), "h264", Some("aac"), 4);
 }
 
 /// `forward: rtsp://…`: an RTMP publish is pushed over RTSP (ANNOUNCE, SETUP over TCP

@@ -190,6 +190,137 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
     Ok((inner, AbortOnDrop(task)))
 }
 
+/// `rtsp+http://` and `rtsps+http://`: RTSP tunnelled over HTTP(S) (the QuickTime tunnel the
+/// server side of [`crate::tunnel`] speaks): a GET that carries the camera's side and a POST
+/// that carries ours in base64, both with one `x-sessioncookie`, behind a local relay that
+/// retina reads as a plain RTSP server over TCP.
+async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tls = url.scheme() == "rtsps+http";
+    let port = url.port().unwrap_or(if tls { 443 } else { 80 });
+    let mut target = url.path().to_string();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let cookie = tidegate_core::text::secret_hex(16);
+    async fn open(
+        host: &str,
+        port: u16,
+        tls: bool,
+        fingerprint: &str,
+    ) -> Result<Box<dyn Stream>, String> {
+        if tls {
+            Ok(Box::new(
+                tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+            ))
+        } else {
+            let tcp =
+                tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| format!("connect: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            Ok(Box::new(tcp))
+        }
+    }
+    let mut get = open(&host, port, tls, fingerprint).await?;
+    let head = format!(
+        "GET {target} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: Tidegate\r\n\
+         x-sessioncookie: {cookie}\r\nAccept: application/x-rtsp-tunnelled\r\n\
+         Pragma: no-cache\r\nCache-Control: no-cache\r\n\r\n"
+    );
+    get.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("tunnel GET: {e}"))?;
+    // The answer's head, byte by byte (what follows is the camera's RTSP).
+    let mut answer = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, async {
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 8192 {
+                return Err("tunnel GET: answer head over 8 KiB".to_string());
+            }
+            let mut b = [0u8; 1];
+            get.read_exact(&mut b)
+                .await
+                .map_err(|e| format!("tunnel GET: {e}"))?;
+            answer.push(b[0]);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| "tunnel GET: no answer within 10 s".to_string())??;
+    let status_line = String::from_utf8_lossy(&answer);
+    let status_line = status_line.lines().next().unwrap_or("");
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("tunnel GET answered {status_line:?}"));
+    }
+    let mut post = open(&host, port, tls, fingerprint).await?;
+    let head = format!(
+        "POST {target} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: Tidegate\r\n\
+         x-sessioncookie: {cookie}\r\nContent-Type: application/x-rtsp-tunnelled\r\n\
+         Pragma: no-cache\r\nCache-Control: no-cache\r\nContent-Length: 32767\r\n\
+         Expires: Sun, 9 Jan 1972 00:00:00 GMT\r\n\r\n"
+    );
+    post.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("tunnel POST: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| format!("cannot open the tunnel relay: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot open the tunnel relay: {e}"))?;
+    let task = tokio::spawn(async move {
+        let Ok(Ok((plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await else {
+            return;
+        };
+        drop(listener);
+        let _ = plain.set_nodelay(true);
+        let (mut from_retina, mut to_retina) = plain.into_split();
+        let down = tokio::io::copy(&mut get, &mut to_retina);
+        let up = async {
+            let mut buf = vec![0u8; 16 << 10];
+            let engine = &base64::engine::general_purpose::STANDARD;
+            loop {
+                let n = match from_retina.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if post
+                    .write_all(engine.encode(&buf[..n]).as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = down => {}
+            _ = up => {}
+        }
+    });
+    let mut inner = url.clone();
+    let rewritten = inner.set_scheme("rtsp").is_ok()
+        && inner.set_host(Some("127.0.0.1")).is_ok()
+        && inner.set_port(Some(local.port())).is_ok();
+    if !rewritten {
+        return Err(format!("cannot relay {}", redact(url.as_str())));
+    }
+    Ok((inner, AbortOnDrop(task)))
+}
+
+/// A byte stream to a camera: TCP or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Pulls `url` into `path` until `cancel`, reconnecting with the relays' backoff. With
 /// `on_demand.enabled`, the caller starts this when a reader asks and cancels it when idle.
 /// `fingerprint` pins an `rtsps://` camera's certificate (`sourceFingerprint`); `any_port`
@@ -214,6 +345,7 @@ pub async fn pull(
         }
     };
     let tls = parsed.scheme() == "rtsps";
+    let tunnelled = matches!(parsed.scheme(), "rtsp+http" | "rtsps+http");
     // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), and
     // UDP from any port.
     let own = match transport {
@@ -252,7 +384,15 @@ pub async fn pull(
         let parsed = parsed.clone();
         async move {
             let udp = use_udp.load(Ordering::Relaxed);
-            let r = if use_own.load(Ordering::Relaxed) {
+            let r = if tunnelled {
+                // Through an HTTP tunnel: TCP interleaved only.
+                match http_tunnel(&parsed, fingerprint).await {
+                    Ok((inner, _relay)) => {
+                        pull_once(inner, false, None, paths, path2, status2, cancel2).await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if use_own.load(Ordering::Relaxed) {
                 let mode = crate::client::Mode::Udp {
                     srtp: false,
                     any_port: false,

@@ -34,7 +34,9 @@ pub struct Relays {
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 12] = [
+const PULLED: [&str; 14] = [
+    "rtsp+http://",
+    "rtsps+http://",
     "whep://",
     "wheps://",
     "http://",
@@ -135,7 +137,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), whep(s)://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), whep(s)://, rtsp(s)+http://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -378,7 +380,10 @@ fn source(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let (url, name) = (conf.source.clone(), conf.name.clone());
     let fingerprint = conf.source_fingerprint.clone();
-    if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
+    if ["rtsp://", "rtsps://", "rtsp+http://", "rtsps+http://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
         use tidegate_rtsp::source::SourceTransport;
         let transport = match conf.rtsp_transport.as_str() {
             "udp" => SourceTransport::Udp,
