@@ -142,6 +142,16 @@ fn schemathesis_finds_nothing_in_the_openapi_document() {
     let _reader = tidegate_tests::peers::PeerProcess::spawn("ffmpeg-read", &mut reader, &dir);
     server.wait_readers("cam", 1, Duration::from_secs(20));
     let api = format!("http://{}", server.api_addr());
+    // MediaMTX 1.20's tracks2, with the codec properties read from the stream's parameters.
+    let cam = get_json(server.api_addr(), "/v3/paths/get/cam");
+    let t = &cam["tracks2"];
+    assert_eq!(t[0]["codec"], "H264", "{cam}");
+    assert_eq!(t[0]["codecProps"]["width"], 640, "{cam}");
+    assert_eq!(t[0]["codecProps"]["height"], 360, "{cam}");
+    assert_eq!(t[0]["codecProps"]["profile"], "Baseline", "{cam}");
+    assert_eq!(t[1]["codec"], "MPEG-4 Audio", "{cam}");
+    assert_eq!(t[1]["codecProps"]["sampleRate"], 48000, "{cam}");
+    assert_eq!(t[1]["codecProps"]["channelCount"], 2, "{cam}");
     let served = tidegate_tests::http::fetch(server.api_addr(), "/v3/openapi.yaml", &[]);
     assert_eq!(served.status, 200);
     assert_eq!(

@@ -216,8 +216,7 @@ struct ApiPath {
     source_relay: Option<ApiRelay>,
 }
 
-/// MediaMTX's `PathTrack`: the codec (Tidegate's names are MediaMTX's), and its properties
-/// (not filled yet: null).
+/// MediaMTX's `PathTrack`: the codec (Tidegate's names are MediaMTX's), and its properties.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiTrack {
@@ -250,6 +249,80 @@ impl From<&tidegate_rtmp::RelayStatus> for ApiRelay {
     }
 }
 
+/// MediaMTX's `codecProps` of a track, from its parameters; None where MediaMTX has none or
+/// the parameters do not say.
+fn codec_props(t: &tidegate_core::Track) -> Option<serde_json::Value> {
+    use tidegate_core::CodecParams as P;
+    Some(match &t.params {
+        P::H264 { sps, .. } => {
+            let i = tidegate_codec::h264::parse_sps(sps).ok()?;
+            let profile = match i.profile_idc {
+                66 => "Baseline".to_string(),
+                77 => "Main".into(),
+                88 => "Extended".into(),
+                100 => "High".into(),
+                110 => "High 10".into(),
+                122 => "High 4:2:2".into(),
+                244 => "High 4:4:4 Predictive".into(),
+                n => n.to_string(),
+            };
+            let level = match (i.level_idc / 10, i.level_idc % 10) {
+                (major, 0) => major.to_string(),
+                (major, minor) => format!("{major}.{minor}"),
+            };
+            serde_json::json!({"width": i.width, "height": i.height, "profile": profile, "level": level})
+        }
+        P::H265 { sps, .. } => {
+            let i = tidegate_codec::h265::parse_sps(sps).ok()?;
+            let profile = match i.profile_idc {
+                1 => "Main".to_string(),
+                2 => "Main 10".into(),
+                3 => "Main Still Picture".into(),
+                4 => "Range Extensions".into(),
+                n => n.to_string(),
+            };
+            // level_idc is 30 times the level.
+            let level = match (i.level_idc / 30, (i.level_idc % 30) / 3) {
+                (major, 0) => major.to_string(),
+                (major, minor) => format!("{major}.{minor}"),
+            };
+            serde_json::json!({"width": i.width, "height": i.height, "profile": profile, "level": level})
+        }
+        P::Av1 { sequence_header } => {
+            let i = tidegate_codec::av1::parse_sequence_header(sequence_header).ok()?;
+            serde_json::json!({
+                "width": i.max_width, "height": i.max_height, "profile": i.seq_profile,
+                "level": i.seq_level_idx_0, "tier": u8::from(i.seq_tier_0),
+            })
+        }
+        P::Aac { config } => {
+            let c = tidegate_codec::aac::AudioSpecificConfig::parse(config).ok()?;
+            serde_json::json!({"sampleRate": c.sample_rate, "channelCount": c.channels})
+        }
+        P::Opus { channels } => serde_json::json!({"channelCount": channels}),
+        P::Ac3 {
+            sample_rate,
+            channels,
+        } => serde_json::json!({"sampleRate": sample_rate, "channelCount": channels}),
+        P::G711 {
+            law,
+            sample_rate,
+            channels,
+        } => serde_json::json!({
+            "muLaw": *law == tidegate_core::G711Law::MuLaw,
+            "sampleRate": sample_rate, "channelCount": channels,
+        }),
+        P::Lpcm {
+            bits,
+            sample_rate,
+            channels,
+        } => {
+            serde_json::json!({"bitDepth": bits, "sampleRate": sample_rate, "channelCount": channels})
+        }
+        _ => return None,
+    })
+}
+
 impl ApiPath {
     fn new(p: PathInfo, state: &ApiState) -> ApiPath {
         let push = state
@@ -259,7 +332,18 @@ impl ApiPath {
             .map(|r| ApiRelay::from(&**r))
             .collect();
         let source_relay = state.relays.source(&p.name).map(|r| ApiRelay::from(&*r));
+        let desc = state.paths.stream(&p.name).map(|(s, _)| s.desc());
         let mut api = ApiPath::from(p);
+        if let Some(desc) = desc {
+            api.tracks2 = desc
+                .tracks
+                .iter()
+                .map(|t| ApiTrack {
+                    codec: t.codec().name(),
+                    codec_props: codec_props(t),
+                })
+                .collect();
+        }
         api.push = push;
         api.source_relay = source_relay;
         api
