@@ -1,7 +1,8 @@
 //! `source: http(s)://…m3u8`: paths pulled from another server's HLS: Tidegate's own LL-HLS
-//! (fMP4 parts, blocking reloads), and nginx serving directories ffmpeg writes HLS into
-//! (MPEG-TS segments; fMP4 segments with an init section). Each is read back over RTMP
-//! (ffprobe: frames, codecs, size, monotonic timestamps) and WHEP (aiortc: frames decoded).
+//! over HTTPS (fMP4 parts, blocking reloads; its certificate pinned with `sourceFingerprint`),
+//! and nginx serving directories ffmpeg writes HLS into (MPEG-TS segments; fMP4 segments with
+//! an init section). Each is read back over RTMP (ffprobe: frames, codecs, size, monotonic
+//! timestamps) and WHEP (aiortc: frames decoded).
 
 use std::process::Command;
 use std::time::Duration;
@@ -26,7 +27,13 @@ fn ffmpeg_hls(out: &std::path::Path, extra: &[&str], dir: &std::path::Path) -> P
 #[test]
 fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
     let dir = scratch("hls-source");
-    let origin = TestServer::start("");
+    // Tidegate's LL-HLS over HTTPS, its self-signed certificate pinned by the edge.
+    let (key, cert, fingerprint) = tidegate_tests::self_signed_pinned(&dir);
+    let origin = TestServer::start(&format!(
+        "hlsEncryption: yes\nhlsServerKey: {}\nhlsServerCert: {}\n",
+        key.display(),
+        cert.display()
+    ));
     let mut publisher = ffmpeg_publish(&origin.rtmp_url("cam"), 120, "flv", &dir);
     origin.wait_ready("cam", Duration::from_secs(20));
 
@@ -62,6 +69,7 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
         "paths:\n\
          \x20 ll:\n\
          \x20   source: {ll}\n\
+         \x20   sourceFingerprint: \"{fingerprint}\"\n\
          \x20   sourceOnDemand: yes\n\
          \x20 ts:\n\
          \x20   source: http://127.0.0.1:{port}/ts/index.m3u8\n\
@@ -69,7 +77,9 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
          \x20 fmp4:\n\
          \x20   source: http://127.0.0.1:{port}/fmp4/index.m3u8\n\
          \x20   sourceOnDemand: yes\n",
-        ll = origin.hls_url("cam", "index.m3u8"),
+        ll = origin
+            .hls_url("cam", "index.m3u8")
+            .replacen("http://", "https://", 1),
     ));
 
     for path in ["ll", "ts", "fmp4"] {
