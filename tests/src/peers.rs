@@ -138,54 +138,57 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// nginx with the RTMP module in the foreground, one process, listening on 127.0.0.1:`port`
-/// with a `live` application. Returns the process; its files live in `dir`.
-pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
+/// nginx in the foreground, one process, with `body` (modules to load, then the `events`
+/// block and the servers) after the settings every test's nginx shares. Its files (`name`.conf,
+/// .pid, -error.log, -stderr.log) live in `dir`.
+pub fn nginx(name: &str, body: &str, dir: &Path) -> PeerProcess {
     let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/nginx-error.log warn;\n\
-         load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
-         events {{ worker_connections 4096; }}\n\
-         rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
-           application live {{ live on; record off; }} }} }}\n",
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/{name}.pid;\n\
+         error_log {d}/{name}-error.log warn;\n{body}",
         d = dir.display()
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("nginx.conf");
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf).expect("nginx configuration");
     let mut cmd = Command::new(peer("nginx"));
     cmd.arg("-p")
         .arg(dir)
         .arg("-c")
         .arg(&path)
         .arg("-e")
-        .arg(dir.join("nginx-stderr.log"));
-    PeerProcess::spawn("nginx", &mut cmd, dir)
+        .arg(dir.join(format!("{name}-stderr.log")));
+    PeerProcess::spawn(name, &mut cmd, dir)
 }
 
-/// nginx in the foreground, one process, serving the files under `root` over plain HTTP on
-/// 127.0.0.1:`port` (HLS types, no caching). Its own files live in `dir`.
+/// nginx with the RTMP module listening on 127.0.0.1:`port` with a `live` application.
+pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
+    nginx(
+        "nginx",
+        &format!(
+            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             events {{ worker_connections 4096; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+               application live {{ live on; record off; }} }} }}\n"
+        ),
+        dir,
+    )
+}
+
+/// nginx serving the files under `root` over plain HTTP on 127.0.0.1:`port` (HLS types, no
+/// caching). Returns once it accepts.
 pub fn nginx_static(port: u16, root: &Path, dir: &Path) -> PeerProcess {
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/nginx-error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-           types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; video/mp4 mp4 m4s; }}\n\
-           server {{ listen 127.0.0.1:{port}; root {r}; add_header Cache-Control no-cache; }} }}\n",
-        d = dir.display(),
-        r = root.display(),
+    let p = nginx(
+        "nginx-static",
+        &format!(
+            "events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; video/mp4 mp4 m4s; }}\n\
+               server {{ listen 127.0.0.1:{port}; root {r}; add_header Cache-Control no-cache; }} }}\n",
+            d = dir.display(),
+            r = root.display(),
+        ),
+        dir,
     );
-    let path = dir.join("nginx-static.conf");
-    std::fs::write(&path, conf).expect("nginx.conf");
-    let mut cmd = Command::new(peer("nginx"));
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .arg("-e")
-        .arg(dir.join("nginx-stderr.log"));
-    let p = PeerProcess::spawn("nginx-static", &mut cmd, dir);
     wait_listening(port, Duration::from_secs(15));
     p
 }

@@ -18,33 +18,24 @@ use tidegate_tests::{ffprobe, peer, scratch};
 
 /// nginx's stream module relaying `port` → `to` for each pair, with a PROXY v1 header.
 fn nginx_stream(pairs: &[(u16, std::net::SocketAddr)], dir: &Path) -> PeerProcess {
+    assert!(
+        Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists(),
+        "test peer 'libnginx-mod-stream' is missing: run `cargo xtask test`, which installs every peer"
+    );
     let servers: String = pairs
         .iter()
         .map(|(port, to)| {
             format!("server {{ listen 127.0.0.1:{port}; proxy_pass {to}; proxy_protocol on; }}\n")
         })
         .collect();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx-stream.pid;\n\
-         error_log {d}/nginx-stream-error.log warn;\n\
-         load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-         events {{ worker_connections 256; }}\nstream {{\n{servers}}}\n",
-        d = dir.display()
+    let p = tidegate_tests::peers::nginx(
+        "nginx-stream",
+        &format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             events {{ worker_connections 256; }}\nstream {{\n{servers}}}\n"
+        ),
+        dir,
     );
-    let path = dir.join("nginx-stream.conf");
-    std::fs::write(&path, conf).unwrap();
-    assert!(
-        Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists(),
-        "test peer 'libnginx-mod-stream' is missing: run `cargo xtask test`, which installs every peer"
-    );
-    let mut cmd = Command::new(peer("nginx"));
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .arg("-e")
-        .arg(dir.join("nginx-stream-stderr.log"));
-    let p = PeerProcess::spawn("nginx-stream", &mut cmd, dir);
     for (port, _) in pairs {
         wait_listening(*port, Duration::from_secs(15));
     }

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tidegate_codec::aac::AudioSpecificConfig;
 use tidegate_core::{CodecParams, Frame, StreamDesc, Track};
 
-use crate::read::{be32, child, children, parse_moof, ReadError};
+use crate::read::{be32, child, children, parse_moof, traks, ReadError};
 
 /// Video tracks are carried on a 90 kHz clock whatever their `mdhd` timescale.
 const VIDEO_CLOCK: u32 = 90_000;
@@ -32,34 +32,12 @@ pub struct InitTrack {
 pub fn parse_init(data: &[u8]) -> Result<Vec<InitTrack>, ReadError> {
     let moov = child(data, b"moov")?.ok_or(ReadError::Format("init without moov"))?;
     let mut out = Vec::new();
-    for (kind, trak) in children(moov)? {
-        if &kind != b"trak" {
-            continue;
-        }
-        let tkhd = child(trak, b"tkhd")?.ok_or(ReadError::Format("trak without tkhd"))?;
-        let id = if tkhd.first() == Some(&1) {
-            be32(tkhd, 20)?
-        } else {
-            be32(tkhd, 12)?
-        };
-        let mdia = child(trak, b"mdia")?.ok_or(ReadError::Format("trak without mdia"))?;
-        let mdhd = child(mdia, b"mdhd")?.ok_or(ReadError::Format("mdia without mdhd"))?;
-        let timescale = if mdhd.first() == Some(&1) {
-            be32(mdhd, 20)?
-        } else {
-            be32(mdhd, 12)?
-        };
+    for t in traks(moov)? {
+        let (id, timescale) = (t.id, t.timescale);
         if timescale == 0 {
             return Err(ReadError::Format("mdhd timescale 0"));
         }
-        let stsd = child(mdia, b"minf")?
-            .map(|m| child(m, b"stbl"))
-            .transpose()?
-            .flatten()
-            .map(|s| child(s, b"stsd"))
-            .transpose()?
-            .flatten()
-            .ok_or(ReadError::Format("trak without stsd"))?;
+        let stsd = t.stsd.ok_or(ReadError::Format("trak without stsd"))?;
         // stsd: version and flags, entry count, then the entries (boxes).
         let entries = children(stsd.get(8..).ok_or(ReadError::Format("stsd too short"))?)?;
         let Some((entry, body)) = entries.first().copied() else {

@@ -167,9 +167,17 @@ pub(crate) fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8
         .map(|(_, b)| b))
 }
 
-/// The tracks of a `moov` (its content, without the box header).
-pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, ReadError> {
-    let mut tracks = Vec::new();
+/// One `trak` of a `moov`: its id, its media timescale, its `hdlr` and its `stsd` (if any).
+pub(crate) struct Trak<'a> {
+    pub id: u32,
+    pub timescale: u32,
+    pub hdlr: &'a [u8],
+    pub stsd: Option<&'a [u8]>,
+}
+
+/// The `trak`s of a `moov` (its content, without the box header).
+pub(crate) fn traks(moov: &[u8]) -> Result<Vec<Trak<'_>>, ReadError> {
+    let mut out = Vec::new();
     for (kind, trak) in children(moov)? {
         if &kind != b"trak" {
             continue;
@@ -188,31 +196,43 @@ pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, ReadError> {
             be32(mdhd, 12)?
         };
         let hdlr = child(mdia, b"hdlr")?.ok_or(ReadError::Format("mdia without hdlr"))?;
-        let video = hdlr.get(8..12) == Some(b"vide");
-        let mut entry = [0u8; 4];
-        if let Some(stsd) = child(mdia, b"minf")?
+        let stsd = child(mdia, b"minf")?
             .map(|m| child(m, b"stbl"))
             .transpose()?
             .flatten()
             .map(|s| child(s, b"stsd"))
             .transpose()?
-            .flatten()
-        {
-            if let Some(e) = stsd.get(12..16) {
-                entry.copy_from_slice(e);
-            }
-        }
-        tracks.push(TrackInfo {
+            .flatten();
+        out.push(Trak {
             id,
             timescale,
-            video,
-            entry,
+            hdlr,
+            stsd,
         });
     }
-    if tracks.is_empty() {
+    if out.is_empty() {
         return Err(ReadError::Format("moov without tracks"));
     }
-    Ok(tracks)
+    Ok(out)
+}
+
+/// The tracks of a `moov` (its content, without the box header).
+pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, ReadError> {
+    Ok(traks(moov)?
+        .into_iter()
+        .map(|t| {
+            let mut entry = [0u8; 4];
+            if let Some(e) = t.stsd.and_then(|s| s.get(12..16)) {
+                entry.copy_from_slice(e);
+            }
+            TrackInfo {
+                id: t.id,
+                timescale: t.timescale,
+                video: t.hdlr.get(8..12) == Some(b"vide"),
+                entry,
+            }
+        })
+        .collect())
 }
 
 /// The runs of a `moof` given from its header on (anything after the box is ignored).
