@@ -359,3 +359,17 @@ pub fn decode_audio(file: &std::path::Path) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// `cmd`, run inside the network namespace of process `pid` (`nsenter --net`), in the same
+/// working directory.
+pub fn in_ns(pid: u32, cmd: &Command) -> Command {
+    let mut c = Command::new(peer("nsenter"));
+    c.arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}

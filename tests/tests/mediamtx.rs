@@ -11,25 +11,14 @@ use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, ffprobe_via, peer, poll, run_bounded, scratch, server_binary};
+use tidegate_tests::{
+    ffprobe, ffprobe_via, in_ns, peer, poll, run_bounded, scratch, server_binary,
+};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/fixtures/mediamtx/mediamtx.yml"
 );
-
-/// `cmd`, run inside the network namespace of process `pid`.
-fn in_ns(pid: u32, cmd: &Command) -> Command {
-    let mut c = Command::new(peer("nsenter"));
-    c.arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("--")
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
-    c
-}
 
 /// The listening sockets of the namespace: (`tcp` or `udp`, port).
 fn listening(pid: u32) -> Vec<(String, u16)> {

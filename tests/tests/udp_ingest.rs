@@ -11,16 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tidegate_tests::peers::PeerProcess;
-use tidegate_tests::{ffprobe_via, peer, poll, run_bounded, scratch, server_binary};
-
-fn in_ns(pid: u32, cmd: &Command) -> Command {
-    let mut c = Command::new(peer("nsenter"));
-    c.arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("--")
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    c
-}
+use tidegate_tests::{ffprobe_via, in_ns, peer, poll, run_bounded, scratch, server_binary};
 
 /// ffmpeg sending the synthetic source as MPEG-TS over RTP.
 fn ffmpeg_ts_rtp(url: &str) -> Command {

@@ -274,14 +274,7 @@ async fn push_once(
         .ok_or("no track of this stream can travel over RTSP")?;
     status.set_state("connecting");
     let mut url = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
-    let creds = (!url.username().is_empty()).then(|| {
-        (
-            tidegate_core::text::percent_decode(url.username(), false),
-            tidegate_core::text::percent_decode(url.password().unwrap_or(""), false),
-        )
-    });
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
+    let creds = take_credentials(&mut url);
     let (io, _) = connect(&url, fingerprint).await?;
     let mut c = Conn {
         io,
@@ -491,14 +484,7 @@ pub async fn pull(
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     status.set_state("connecting");
-    let creds = (!url.username().is_empty()).then(|| {
-        (
-            url.username().to_string(),
-            url.password().unwrap_or("").to_string(),
-        )
-    });
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
+    let creds = take_credentials(&mut url);
     let (io, camera) = connect(&url, fingerprint).await?;
     let mut c = Conn {
         io,
@@ -519,6 +505,19 @@ pub async fn pull(
         cancel,
     )
     .await
+}
+
+/// The URL's user and password (percent-decoded), taken out of it.
+fn take_credentials(url: &mut url::Url) -> Option<(String, String)> {
+    let creds = (!url.username().is_empty()).then(|| {
+        (
+            tidegate_core::text::percent_decode(url.username(), false),
+            tidegate_core::text::percent_decode(url.password().unwrap_or(""), false),
+        )
+    });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    creds
 }
 
 /// A TCP (or, for `rtsps://`, TLS) connection to the URL's host; and its address.
