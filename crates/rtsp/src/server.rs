@@ -756,13 +756,15 @@ impl Conn {
                 );
                 r
             }
-            Err(tidegate_core::PathError::NoOnePublishing(_))
-                if conf.as_ref().is_some_and(|c| !c.fallback.is_empty()) =>
-            {
-                let to = &conf.as_ref().expect("checked").fallback;
-                return redirect(cseq, &req.uri, to, &path);
+            Err(e) => {
+                // The deprecated `fallback`: RTSP readers of a path with no stream go there.
+                let fallback = conf.as_ref().map(|c| c.fallback.as_str()).unwrap_or("");
+                if matches!(e, tidegate_core::PathError::NoOnePublishing(_)) && !fallback.is_empty()
+                {
+                    return redirect(cseq, &req.uri, fallback, &path);
+                }
+                return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes());
             }
-            Err(e) => return response(404, "Not Found", cseq, &[], format!("{e}\n").as_bytes()),
         };
         let source = reader.stream().clone();
         // Asked before `extension`, whose initialiser runs under the extensions' lock.

@@ -74,7 +74,9 @@ impl Client {
             };
             self.conn = Some((origin, sender));
         }
-        let (_, sender) = self.conn.as_mut().expect("connected above");
+        let Some((_, sender)) = self.conn.as_mut() else {
+            return Err("no connection".into());
+        };
         let mut target = url.path().to_string();
         if let Some(q) = url.query() {
             target.push('?');
