@@ -234,3 +234,25 @@ pub fn wait_listening(port: u16, limit: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An aiortc WHEP viewer (`tests/py/webrtc_peer.py`) of `url` for `seconds`, its command
+/// passed through `wrap` (e.g. into a network namespace): what it decoded (its report's first
+/// viewer). Panics with its output when it gives no report.
+pub fn aiortc_whep_viewer(
+    wrap: impl FnOnce(Command) -> Command,
+    url: &str,
+    seconds: u32,
+) -> serde_json::Value {
+    let mut whep = Command::new(peer("python"));
+    whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+        .args(["whep", url, "--seconds", &seconds.to_string()]);
+    let out = crate::run_bounded(&mut wrap(whep), Duration::from_secs(60));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{url} WHEP: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["viewers"][0].clone()
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, free_port, nginx_static, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{ffprobe, peer, poll, run_bounded, scratch};
+use tidegate_tests::{ffprobe, peer, poll, scratch};
 
 /// ffmpeg writing the synthetic source as live HLS into `out` (a playlist of 6 one-second
 /// segments, old ones deleted), with `extra` options (the segment type).
@@ -101,18 +101,8 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
         assert!(p.dts_monotonic("audio"), "{path}");
 
         // Over WHEP.
-        let mut whep = Command::new(peer("python"));
-        whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
-            .args(["whep", &edge.webrtc_url(path, "whep"), "--seconds", "4"]);
-        let out = run_bounded(&mut whep, Duration::from_secs(60));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{path} WHEP: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        let v = &report["viewers"][0];
+        let v =
+            &tidegate_tests::peers::aiortc_whep_viewer(|c| c, &edge.webrtc_url(path, "whep"), 4);
         eprintln!("{path} over WHEP: {v}");
         let frames = v["frames"].as_f64().unwrap_or(0.0);
         let fps = v["unique_pts"].as_f64().unwrap_or(0.0)

@@ -182,19 +182,11 @@ fn mpegts_over_udp_unicast_multicast_and_unix_is_published() {
         assert!(frames >= 90, "{path}: {frames} frames");
         assert!(probe.dts_monotonic("video"), "{path}");
         // And over WHEP.
-        let mut whep = Command::new(peer("python"));
-        whep.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
-            .args(["whep", &format!("http://127.0.0.1:8889/{path}/whep")])
-            .args(["--seconds", "4"]);
-        let out = run_bounded(&mut in_ns(pid, &whep), Duration::from_secs(60));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{path} WHEP: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        let v = &report["viewers"][0];
+        let v = &tidegate_tests::peers::aiortc_whep_viewer(
+            |c| in_ns(pid, &c),
+            &format!("http://127.0.0.1:8889/{path}/whep"),
+            4,
+        );
         eprintln!("{path} over WHEP: {v}");
         // Live 30 fps video from its first frame (which comes within a GOP of the offer).
         let frames = v["frames"].as_f64().unwrap_or(0.0);

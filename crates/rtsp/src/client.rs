@@ -123,6 +123,17 @@ fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
 }
 
 impl Conn {
+    fn new(io: Box<dyn Io>, creds: Option<(String, String)>) -> Conn {
+        Conn {
+            io,
+            buf: Vec::new(),
+            cseq: 0,
+            session: None,
+            creds,
+            challenges: Vec::new(),
+        }
+    }
+
     async fn send(
         &mut self,
         method: &str,
@@ -276,14 +287,7 @@ async fn push_once(
     let mut url = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
     let creds = take_credentials(&mut url);
     let (io, _) = connect(&url, fingerprint).await?;
-    let mut c = Conn {
-        io,
-        buf: Vec::new(),
-        cseq: 0,
-        session: None,
-        creds,
-        challenges: Vec::new(),
-    };
+    let mut c = Conn::new(io, creds);
     let url_s = url.to_string();
     c.request_body(
         "ANNOUNCE",
@@ -486,14 +490,7 @@ pub async fn pull(
     status.set_state("connecting");
     let creds = take_credentials(&mut url);
     let (io, camera) = connect(&url, fingerprint).await?;
-    let mut c = Conn {
-        io,
-        buf: Vec::new(),
-        cseq: 0,
-        session: None,
-        creds,
-        challenges: Vec::new(),
-    };
+    let mut c = Conn::new(io, creds);
     pull_on(
         url.to_string(),
         &mut c,
