@@ -65,7 +65,7 @@ try {
     if (s) {
       s.t = (Date.now() - t0) / 1000;
       out.samples.push(s);
-      out.trace.push([s.t, s.frames, s.time]);
+      out.trace.push([s.t, s.frames, s.time, s.width]);
       if (out.firstFrameAt === undefined && s.frames > 0) out.firstFrameAt = s.t;
     }
   }

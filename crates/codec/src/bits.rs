@@ -111,3 +111,92 @@ mod tests {
         assert_eq!(unescape_rbsp(&[1, 2, 3]), vec![1, 2, 3]);
     }
 }
+
+/// Writes bits MSB first (the bitstream writers: AAC frames, generated H.264).
+#[derive(Default)]
+pub struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl BitWriter {
+    /// The low `bits` (at most 32) bits of `v`.
+    pub fn put(&mut self, v: u32, bits: u8) {
+        if bits == 0 {
+            return;
+        }
+        let bits = u32::from(bits.min(32));
+        self.acc = (self.acc << bits) | (u64::from(v) & ((1u64 << bits) - 1));
+        self.n += bits;
+        while self.n >= 8 {
+            self.n -= 8;
+            self.out.push((self.acc >> self.n) as u8);
+        }
+    }
+
+    /// An unsigned Exp-Golomb code.
+    pub fn ue(&mut self, v: u32) {
+        let v = u64::from(v) + 1;
+        let len = 64 - v.leading_zeros();
+        self.put(0, (len - 1) as u8);
+        // At most 33 bits: in two steps.
+        if len > 32 {
+            self.put((v >> 32) as u32, (len - 32) as u8);
+            self.put(v as u32, 32);
+        } else {
+            self.put(v as u32, len as u8);
+        }
+    }
+
+    /// A signed Exp-Golomb code.
+    pub fn se(&mut self, v: i32) {
+        let k = if v > 0 {
+            2 * v.unsigned_abs() - 1
+        } else {
+            2 * v.unsigned_abs()
+        };
+        self.ue(k);
+    }
+
+    /// Whether the next bit starts a byte.
+    pub fn is_aligned(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Zero bits up to the next byte boundary.
+    pub fn align_zero(&mut self) {
+        if self.n > 0 {
+            let pad = 8 - self.n;
+            self.put(0, pad as u8);
+        }
+    }
+
+    /// RBSP trailing bits (a one, then zeros to the byte boundary).
+    pub fn trailing_bits(&mut self) {
+        self.put(1, 1);
+        self.align_zero();
+    }
+
+    /// The bytes written, the last one padded with zeros.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.align_zero();
+        self.out
+    }
+}
+
+/// Inserts emulation-prevention bytes (`00 00 0x` with x ≤ 3 becomes `00 00 03 0x`): an RBSP
+/// made a NAL unit's payload.
+pub fn escape_rbsp(rbsp: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rbsp.len() + rbsp.len() / 64 + 4);
+    let mut zeros = 0;
+    for &b in rbsp {
+        if zeros >= 2 && b <= 3 {
+            out.push(3);
+            zeros = 0;
+        }
+        out.push(b);
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    out
+}

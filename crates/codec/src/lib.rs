@@ -13,6 +13,7 @@ pub mod h265;
 pub mod mpa;
 pub mod nal;
 pub mod opus;
+pub mod synth;
 pub mod vp9;
 
 /// Why a bitstream could not be parsed.

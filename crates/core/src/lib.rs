@@ -43,7 +43,8 @@ pub use media::{
     rescale, Carriage, Codec, CodecParams, Frame, G711Law, StreamDesc, Track, TrackId,
 };
 pub use path::{
-    ForwardDest, HookConf, PathConf, PathMatch, PathMatcher, PathNameError, RecordConf,
+    ForwardDest, HookConf, OfflineTrack, PathConf, PathMatch, PathMatcher, PathNameError,
+    RecordConf,
 };
 pub use registry::{
     PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,

@@ -7,6 +7,19 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use regex::Regex;
 
+/// One track of a generated offline stream (`alwaysAvailableTracks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineTrack {
+    /// MediaMTX's codec name: `H264`, `H265`, `VP9`, `AV1`, `Opus`, `MPEG4Audio`, `G711`,
+    /// `LPCM`.
+    pub codec: String,
+    /// Audio: samples a second and channels (MediaMTX's defaults 48000 and 2; G.711 8000, 1).
+    pub sample_rate: u32,
+    pub channel_count: u8,
+    /// G.711: µ-law, else A-law.
+    pub mu_law: bool,
+}
+
 /// The settings of one configured path (or of `pathDefaults`). Plain data: the server crate
 /// fills it from YAML.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,9 +77,10 @@ pub struct PathConf {
     pub forward: Vec<ForwardDest>,
     /// `useAbsoluteTimestamp`: frames keep the source's absolute (NTP) time.
     pub use_absolute_timestamp: bool,
-    /// `alwaysAvailable`, `alwaysAvailableTracks` (codec names), `alwaysAvailableFile`.
+    /// `alwaysAvailable`, `alwaysAvailableTracks`, `alwaysAvailableFile`: the offline stream
+    /// readers get while nobody publishes.
     pub always_available: bool,
-    pub always_available_tracks: Vec<String>,
+    pub always_available_tracks: Vec<OfflineTrack>,
     pub always_available_file: String,
     /// `rtspDemuxMpegts`: see docs/configuration.md (Tidegate always demuxes MP2T).
     pub rtsp_demux_mpegts: bool,

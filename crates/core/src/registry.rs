@@ -111,6 +111,8 @@ pub struct PathInfo {
     /// Running transcoders of the path's stream (the audio bridge), e.g.
     /// `MPEG-4 Audio → Opus 128 kbit/s`.
     pub transcoders: Vec<String>,
+    /// A publisher or source (not the offline stream of `alwaysAvailable`) feeds the path.
+    pub online: bool,
 }
 
 struct PublisherSlot {
@@ -118,6 +120,9 @@ struct PublisherSlot {
     stream: Option<Arc<Stream>>,
     ready_time: Option<SystemTime>,
     kick: CancellationToken,
+    /// The offline stream of an `alwaysAvailable` path: any publisher or source takes over
+    /// from it, and it emits no path events.
+    offline: bool,
 }
 
 /// A stream whose publisher left, kept for its readers for `publisherReconnectGrace`.
@@ -134,6 +139,9 @@ struct PathEntry {
     bytes_sent: Arc<AtomicU64>,
     /// Bytes of publishers that already left, so the total survives a republish.
     bytes_received_past: u64,
+    /// The tracks of the path's offline stream (`alwaysAvailable`): a publisher must match
+    /// them.
+    offline_desc: Option<StreamDesc>,
 }
 
 impl PathEntry {
@@ -153,6 +161,9 @@ struct Shared {
     events: broadcast::Sender<PathEvent>,
     stream_config: StreamConfig,
     next_session: AtomicU64,
+    /// Woken whenever a path's publisher slot is freed (the offline streams of
+    /// `alwaysAvailable` paths take over then).
+    released: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -165,6 +176,23 @@ impl Shared {
     /// whether it is kept.
     fn hold(self: &Arc<Self>, entry: &mut PathEntry, path: &str, stream: &Arc<Stream>) -> bool {
         let grace = entry.conf.publisher_reconnect_grace;
+        if entry.conf.always_available {
+            // The offline stream (or the next publisher) continues it, however long that takes.
+            if entry.readers.is_empty() || stream.is_closed() {
+                return false;
+            }
+            if let Some(old) = entry.held.take() {
+                if !Arc::ptr_eq(&old.stream, stream) {
+                    old.stream.close();
+                }
+            }
+            let generation = self.next_session.fetch_add(1, Ordering::Relaxed);
+            entry.held = Some(Held {
+                stream: stream.clone(),
+                generation,
+            });
+            return true;
+        }
         if grace.is_zero() || entry.readers.is_empty() || stream.is_closed() {
             return false;
         }
@@ -256,6 +284,7 @@ impl PathManager {
                 authenticator: std::sync::RwLock::new(Arc::new(PathRules)),
                 stream_config,
                 next_session: AtomicU64::new(1),
+                released: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -387,13 +416,30 @@ impl PathManager {
         if m.conf.source != "publisher" {
             return Err(PathError::NotPublishable(name.to_string()));
         }
-        self.claim(name, m.conf, session)
+        self.claim(name, m.conf, session, false)
     }
 
     /// Reserves a path for a pulled source (the server itself publishes on it).
     pub fn publish_source(&self, name: &str, session: SessionInfo) -> Result<Publisher, PathError> {
         let m = self.find(name)?;
-        self.claim(name, m.conf, session)
+        self.claim(name, m.conf, session, false)
+    }
+
+    /// Reserves an `alwaysAvailable` path for its offline stream, when nobody else has it.
+    /// Any publisher or source takes the path over (the offline publisher is kicked).
+    pub fn publish_offline(
+        &self,
+        name: &str,
+        session: SessionInfo,
+    ) -> Result<Publisher, PathError> {
+        let m = self.find(name)?;
+        self.claim(name, m.conf, session, true)
+    }
+
+    /// Resolves after the next time any path's publisher slot is freed; `enable()` the
+    /// future before checking, so that nothing is missed in between.
+    pub fn publisher_released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.released.notified()
     }
 
     fn claim(
@@ -401,6 +447,7 @@ impl PathManager {
         name: &str,
         conf: Arc<PathConf>,
         session: SessionInfo,
+        offline: bool,
     ) -> Result<Publisher, PathError> {
         let kick = CancellationToken::new();
         let mut reg = self.shared.lock();
@@ -414,18 +461,30 @@ impl PathManager {
                 readers: BTreeMap::new(),
                 bytes_sent: Arc::new(AtomicU64::new(0)),
                 bytes_received_past: 0,
+                offline_desc: None,
             });
         let mut replaced = None;
         if let Some(current) = &entry.publisher {
-            if !conf.override_publisher {
+            if offline {
+                // The offline stream waits for the path to be free.
                 return Err(PathError::Busy(name.to_string()));
             }
-            tracing::info!(
-                path = name,
-                old = current.session.id,
-                new = session.id,
-                "replacing the publisher (overridePublisher)"
-            );
+            if current.offline {
+                tracing::info!(
+                    path = name,
+                    new = session.id,
+                    "a publisher takes over from the offline stream (alwaysAvailable)"
+                );
+            } else if !conf.override_publisher {
+                return Err(PathError::Busy(name.to_string()));
+            } else {
+                tracing::info!(
+                    path = name,
+                    old = current.session.id,
+                    new = session.id,
+                    "replacing the publisher (overridePublisher)"
+                );
+            }
             replaced = entry.publisher.take();
         }
         if let Some(old) = &replaced {
@@ -443,10 +502,11 @@ impl PathManager {
             stream: None,
             ready_time: None,
             kick: kick.clone(),
+            offline,
         });
         drop(reg);
         if let Some(old) = replaced {
-            if old.stream.is_some() {
+            if old.stream.is_some() && !old.offline {
                 self.shared
                     .emit(PathEventKind::NotReady, name, &old.session);
             }
@@ -458,6 +518,7 @@ impl PathManager {
             conf,
             stream: None,
             kick,
+            offline,
         })
     }
 
@@ -477,7 +538,20 @@ impl PathManager {
         let Some(entry) = reg.paths.get_mut(name) else {
             return Err(PathError::NoOnePublishing(name.to_string()));
         };
-        let Some(stream) = entry.publisher.as_ref().and_then(|p| p.stream.clone()) else {
+        // An `alwaysAvailable` path between a publisher and its offline stream (or the other
+        // way round) is read from the stream one of them is about to continue.
+        let held = || {
+            m.conf
+                .always_available
+                .then(|| entry.held.as_ref().map(|h| h.stream.clone()))
+                .flatten()
+        };
+        let Some(stream) = entry
+            .publisher
+            .as_ref()
+            .and_then(|p| p.stream.clone())
+            .or_else(held)
+        else {
             return Err(PathError::NoOnePublishing(name.to_string()));
         };
         let max = m.conf.max_readers;
@@ -588,10 +662,16 @@ impl PathManager {
 fn active_info(name: &str, e: &PathEntry) -> PathInfo {
     let stream = e.publisher.as_ref().and_then(|p| p.stream.as_ref());
     let live_bytes = stream.map_or(0, |s| s.stats().bytes_in.load(Ordering::Relaxed));
+    let offline = e.publisher.as_ref().is_some_and(|p| p.offline);
     PathInfo {
         name: name.to_string(),
         conf_name: e.conf.name.clone(),
-        source: e.publisher.as_ref().map(|p| (p.session.kind, p.session.id)),
+        source: e
+            .publisher
+            .as_ref()
+            .filter(|p| !p.offline)
+            .map(|p| (p.session.kind, p.session.id)),
+        online: stream.is_some() && !offline,
         ready: stream.is_some(),
         ready_time: e.publisher.as_ref().and_then(|p| p.ready_time),
         tracks: stream.map(|s| s.desc().codec_names()).unwrap_or_default(),
@@ -619,6 +699,7 @@ fn idle_info(name: &str, conf: &PathConf) -> PathInfo {
         reader_skips: 0,
         frames_in_error: 0,
         transcoders: Vec::new(),
+        online: false,
     }
 }
 
@@ -630,6 +711,7 @@ pub struct Publisher {
     conf: Arc<PathConf>,
     stream: Option<Arc<Stream>>,
     kick: CancellationToken,
+    offline: bool,
 }
 
 impl Publisher {
@@ -666,15 +748,38 @@ impl Publisher {
         let mut resumed = None;
         let mut to_close = None;
         if let (true, Some(e)) = (is_mine, entry) {
-            if let Some(h) = e.held.take() {
-                if h.stream.can_resume_with(&desc) {
-                    let counted = h.stream.stats().bytes_in.load(Ordering::Relaxed);
-                    e.bytes_received_past = e.bytes_received_past.saturating_sub(counted);
-                    h.stream.resume(desc.clone());
-                    tracing::info!(
+            if self.offline {
+                e.offline_desc = Some(desc.clone());
+            } else if let Some(offline) =
+                e.offline_desc.as_ref().filter(|_| e.conf.always_available)
+            {
+                if crate::stream::match_tracks(offline, &desc).is_none() {
+                    // MediaMTX's rule: the offline stream and its publishers have the same
+                    // tracks, so that readers never see the stream change under them.
+                    tracing::error!(
                         path = %self.path,
-                        "a new publisher continues the stream: its readers stay"
+                        "the publisher's tracks {:?} do not match the path's offline stream {:?} (alwaysAvailableTracks or alwaysAvailableFile): it is refused",
+                        desc.codec_names(),
+                        offline.codec_names()
                     );
+                    drop(reg);
+                    self.kick.cancel();
+                    let stream = Arc::new(Stream::new(desc, self.shared.stream_config.clone()));
+                    stream.close();
+                    self.stream = Some(stream.clone());
+                    return stream;
+                }
+            }
+            if let Some(h) = e.held.take() {
+                let counted = h.stream.stats().bytes_in.load(Ordering::Relaxed);
+                if h.stream.resume(desc.clone()) {
+                    e.bytes_received_past = e.bytes_received_past.saturating_sub(counted);
+                    if !self.offline {
+                        tracing::info!(
+                            path = %self.path,
+                            "a new publisher continues the stream: its readers stay"
+                        );
+                    }
                     resumed = Some(h.stream);
                 } else {
                     tracing::info!(
@@ -701,13 +806,21 @@ impl Publisher {
             }
             slot.ready_time = Some(SystemTime::now());
             drop(reg);
-            tracing::info!(
-                path = %self.path,
-                tracks = ?stream.desc().codec_names(),
-                "stream is ready"
-            );
-            self.shared
-                .emit(PathEventKind::Ready, &self.path, &self.session);
+            if self.offline {
+                tracing::info!(
+                    path = %self.path,
+                    tracks = ?stream.desc().codec_names(),
+                    "the offline stream plays (alwaysAvailable)"
+                );
+            } else {
+                tracing::info!(
+                    path = %self.path,
+                    tracks = ?stream.desc().codec_names(),
+                    "stream is ready"
+                );
+                self.shared
+                    .emit(PathEventKind::Ready, &self.path, &self.session);
+            }
         } else {
             // Replaced before it started: the stream is born closed; the session sees `kicked`.
             drop(reg);
@@ -763,7 +876,8 @@ impl Drop for Publisher {
         if let (Some(stream), false) = (&self.stream, keep) {
             stream.close();
         }
-        if was_ready {
+        self.shared.released.notify_waiters();
+        if was_ready && !self.offline {
             tracing::info!(path = %self.path, "stream is not ready any more");
             self.shared
                 .emit(PathEventKind::NotReady, &self.path, &self.session);

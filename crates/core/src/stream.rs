@@ -74,6 +74,9 @@ struct Inner {
     /// A new publisher continues the stream: frames wait for its first keyframe, and the first
     /// frame of each track carries its parameters.
     resume: Option<Resume>,
+    /// The continuing publisher's track ids → this stream's (its tracks may be numbered or
+    /// ordered differently, e.g. another protocol's publisher); empty when they are the same.
+    track_map: Vec<(TrackId, TrackId)>,
 }
 
 struct Resume {
@@ -125,6 +128,7 @@ impl Stream {
                 last_received: None,
                 offset_us: 0,
                 resume: None,
+                track_map: Vec::new(),
             }),
             config,
             stats: StreamStats::default(),
@@ -220,6 +224,13 @@ impl Stream {
             .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         let mut frame = frame;
         let mut inner = self.lock();
+        if let Some(&(_, to)) = inner
+            .track_map
+            .iter()
+            .find(|(from, _)| *from == frame.track)
+        {
+            frame.track = to;
+        }
         if inner.resume.is_some() && !Self::resume_frame(&mut inner, &mut frame, self.key_track) {
             return;
         }
@@ -307,13 +318,26 @@ impl Stream {
     }
 
     /// A new publisher continues this stream (its readers stay): `desc` has the same tracks
-    /// (ids, codecs, clock rates), maybe new parameters. Its frames are dropped until its first
-    /// keyframe, then carry on the timeline after the old publisher's last frame plus the time
-    /// nobody published; each track's first frame carries its parameters (so egresses send
-    /// new sequence headers). The GOP cache starts over.
-    pub fn resume(&self, desc: StreamDesc) {
+    /// (codecs and clock rates, see [`Stream::resume_map`]), maybe numbered differently and with
+    /// new parameters. Its frames are dropped until its first keyframe, then carry on the
+    /// timeline after the old publisher's last frame plus the time nobody published; each
+    /// track's first frame carries its parameters (so egresses send new sequence headers). The
+    /// GOP cache starts over. False (nothing changed) when the tracks do not match.
+    pub fn resume(&self, desc: StreamDesc) -> bool {
         let mut inner = self.lock();
+        let Some(map) = match_tracks(&inner.desc, &desc) else {
+            return false;
+        };
+        let mut desc = desc;
+        for t in &mut desc.tracks {
+            if let Some(&(_, to)) = map.iter().find(|(from, _)| *from == t.id) {
+                t.id = to;
+            }
+        }
+        desc.tracks
+            .sort_by_key(|t| inner.desc.tracks.iter().position(|o| o.id == t.id));
         inner.desc = desc;
+        inner.track_map = map.into_iter().filter(|(a, b)| a != b).collect();
         inner.gop.clear();
         inner.gop_bytes = 0;
         inner.gop_valid = false;
@@ -321,15 +345,13 @@ impl Stream {
             wait_key: true,
             params_sent: Vec::new(),
         });
+        true
     }
 
-    /// Whether a publisher with `desc` can continue this stream.
+    /// Whether a publisher with `desc` can continue this stream: the same number of tracks,
+    /// each matched to one of this stream's with the same codec and clock rate (in order).
     pub fn can_resume_with(&self, desc: &StreamDesc) -> bool {
-        let mine = self.lock();
-        mine.desc.tracks.len() == desc.tracks.len()
-            && mine.desc.tracks.iter().zip(&desc.tracks).all(|(a, b)| {
-                a.id == b.id && a.codec() == b.codec() && a.clock_rate == b.clock_rate
-            })
+        match_tracks(&self.lock().desc, desc).is_some()
     }
 
     /// A new reader. Its first frames are the GOP cache, so it starts on a keyframe.
@@ -398,6 +420,33 @@ impl Stream {
     pub fn is_closed(&self) -> bool {
         self.lock().tx.is_none()
     }
+}
+
+/// Pairs every track of `new` with a track of `old` of the same codec and clock rate, the
+/// first free one in order: `(new id, old id)`. None when some track has no partner or the
+/// counts differ.
+pub fn match_tracks(old: &StreamDesc, new: &StreamDesc) -> Option<Vec<(TrackId, TrackId)>> {
+    if old.tracks.len() != new.tracks.len() {
+        return None;
+    }
+    let mut used = vec![false; old.tracks.len()];
+    let mut map = Vec::with_capacity(new.tracks.len());
+    for t in &new.tracks {
+        // The same id first (a publisher of the same protocol), else the first of its kind.
+        let same = old
+            .tracks
+            .iter()
+            .position(|o| o.id == t.id && o.codec() == t.codec() && o.clock_rate == t.clock_rate)
+            .filter(|&i| !used[i]);
+        let i = same.or_else(|| {
+            old.tracks.iter().enumerate().position(|(i, o)| {
+                !used[i] && o.codec() == t.codec() && o.clock_rate == t.clock_rate
+            })
+        })?;
+        used[i] = true;
+        map.push((t.id, old.tracks[i].id));
+    }
+    Some(map)
 }
 
 /// Why a reader got no frame.

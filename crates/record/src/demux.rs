@@ -231,6 +231,180 @@ pub fn fragment_frames(tracks: &[InitTrack], data: &Bytes) -> Result<Vec<Frame>,
     Ok(frames)
 }
 
+/// Most samples a file may index (a sample table is bounded by the file, this by memory).
+const MAX_FILE_SAMPLES: usize = 1 << 20;
+
+/// Every frame of an MP4 file held in memory, progressive (`moov` with sample tables) or
+/// fragmented (`moof`s), for the carried tracks, in file order per track; and the tracks.
+pub fn file_frames(data: &Bytes) -> Result<(Vec<InitTrack>, Vec<Frame>), ReadError> {
+    let moov = child(data, b"moov")?.ok_or(ReadError::Format("a file without moov"))?;
+    let tracks = parse_init(data)?;
+    let mut frames = fragment_frames(&tracks, data)?;
+    let received = Instant::now();
+    for t in traks(moov)? {
+        let Some(init) = tracks.iter().find(|i| i.id == t.id) else {
+            continue;
+        };
+        let (Some(track), Some(stbl)) = (&init.track, t.stbl) else {
+            continue;
+        };
+        let samples = sample_table(stbl)?;
+        let video = track.codec().is_video();
+        let rescale = |v: i64| tidegate_core::rescale(v, init.timescale, track.clock_rate);
+        for s in samples {
+            let start = usize::try_from(s.offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(s.size as usize);
+            if end > data.len() {
+                return Err(ReadError::Format("sample past the end of the file"));
+            }
+            let sample = data.slice(start..end);
+            frames.push(Frame {
+                track: track.id,
+                dts: rescale(s.dts),
+                pts: rescale(s.dts + i64::from(s.cts)),
+                keyframe: !video || s.sync,
+                data: if init.length_size == 4
+                    || !matches!(
+                        track.params,
+                        CodecParams::H264 { .. } | CodecParams::H265 { .. }
+                    ) {
+                    sample
+                } else {
+                    prefix4(&sample, init.length_size)
+                },
+                received,
+                params: None,
+            });
+        }
+    }
+    Ok((tracks, frames))
+}
+
+/// One sample of a sample table.
+struct TableSample {
+    offset: u64,
+    size: u32,
+    dts: i64,
+    cts: i32,
+    sync: bool,
+}
+
+/// The samples a `stbl` indexes: sizes (`stsz`/`stz2` 32-bit only), chunks (`stsc`, `stco`
+/// or `co64`), durations (`stts`), composition offsets (`ctts`) and sync samples (`stss`;
+/// without it every sample is one).
+fn sample_table(stbl: &[u8]) -> Result<Vec<TableSample>, ReadError> {
+    let need = |k: &[u8; 4]| -> Result<&[u8], ReadError> {
+        child(stbl, k)?.ok_or(ReadError::Format("sample table without a needed box"))
+    };
+    // Each table: version and flags, then a count, then entries.
+    let table = |b: &'_ [u8], at: usize, width: usize| -> Result<usize, ReadError> {
+        let n = be32(b, at)? as usize;
+        if n > MAX_FILE_SAMPLES || b.len() < at + 4 + n.saturating_mul(width) {
+            return Err(ReadError::Format("sample table count past its box"));
+        }
+        Ok(n)
+    };
+    let stsz = need(b"stsz")?;
+    let fixed = be32(stsz, 4)?;
+    let count = be32(stsz, 8)? as usize;
+    if count > MAX_FILE_SAMPLES {
+        return Err(ReadError::Format("too many samples"));
+    }
+    let sizes: Vec<u32> = if fixed != 0 {
+        vec![fixed; count]
+    } else {
+        if stsz.len() < 12 + count * 4 {
+            return Err(ReadError::Format("stsz shorter than its count"));
+        }
+        (0..count)
+            .map(|i| be32(stsz, 12 + i * 4))
+            .collect::<Result<_, _>>()?
+    };
+    let offsets: Vec<u64> = if let Some(stco) = child(stbl, b"stco")? {
+        let n = table(stco, 4, 4)?;
+        (0..n)
+            .map(|i| be32(stco, 8 + i * 4).map(u64::from))
+            .collect::<Result<_, _>>()?
+    } else {
+        let co64 = need(b"co64")?;
+        let n = table(co64, 4, 8)?;
+        (0..n)
+            .map(|i| crate::read::be64(co64, 8 + i * 8))
+            .collect::<Result<_, _>>()?
+    };
+    let stsc = need(b"stsc")?;
+    let runs = table(stsc, 4, 12)?;
+    let stsc: Vec<(u32, u32)> = (0..runs)
+        .map(|i| Ok((be32(stsc, 8 + i * 12)?, be32(stsc, 12 + i * 12)?)))
+        .collect::<Result<_, ReadError>>()?;
+    let stts = need(b"stts")?;
+    let n = table(stts, 4, 8)?;
+    let mut durations = Vec::with_capacity(count);
+    for i in 0..n {
+        let (c, d) = (be32(stts, 8 + i * 8)?, be32(stts, 12 + i * 8)?);
+        for _ in 0..c {
+            if durations.len() >= count {
+                break;
+            }
+            durations.push(d);
+        }
+    }
+    let mut cts = vec![0i32; count];
+    if let Some(ctts) = child(stbl, b"ctts")? {
+        let n = table(ctts, 4, 8)?;
+        let mut at = 0usize;
+        for i in 0..n {
+            let (c, o) = (be32(ctts, 8 + i * 8)?, be32(ctts, 12 + i * 8)? as i32);
+            for _ in 0..c {
+                if at >= count {
+                    break;
+                }
+                cts[at] = o;
+                at += 1;
+            }
+        }
+    }
+    let sync: Option<Vec<u32>> = child(stbl, b"stss")?
+        .map(|stss| {
+            let n = table(stss, 4, 4)?;
+            (0..n)
+                .map(|i| be32(stss, 8 + i * 4))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let mut out = Vec::with_capacity(count);
+    let mut dts = 0i64;
+    let mut sample = 0usize;
+    for (chunk, &offset) in offsets.iter().enumerate() {
+        // The run that covers this chunk (chunks are numbered from 1).
+        let per = stsc
+            .iter()
+            .rev()
+            .find(|(first, _)| *first as usize <= chunk + 1)
+            .map_or(0, |r| r.1);
+        let mut at = offset;
+        for _ in 0..per {
+            if sample >= count {
+                break;
+            }
+            let size = sizes[sample];
+            out.push(TableSample {
+                offset: at,
+                size,
+                dts,
+                cts: cts[sample],
+                sync: sync
+                    .as_ref()
+                    .is_none_or(|s| s.binary_search(&(sample as u32 + 1)).is_ok()),
+            });
+            at += u64::from(size);
+            dts += i64::from(durations.get(sample).copied().unwrap_or(0));
+            sample += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// NAL units with `n`-byte length prefixes (1 or 2) re-prefixed with 4 bytes.
 fn prefix4(sample: &[u8], n: u8) -> Bytes {
     let n = usize::from(n);

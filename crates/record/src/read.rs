@@ -173,6 +173,8 @@ pub(crate) struct Trak<'a> {
     pub timescale: u32,
     pub hdlr: &'a [u8],
     pub stsd: Option<&'a [u8]>,
+    /// The sample table (progressive files index their samples there).
+    pub stbl: Option<&'a [u8]>,
 }
 
 /// The `trak`s of a `moov` (its content, without the box header).
@@ -196,18 +198,17 @@ pub(crate) fn traks(moov: &[u8]) -> Result<Vec<Trak<'_>>, ReadError> {
             be32(mdhd, 12)?
         };
         let hdlr = child(mdia, b"hdlr")?.ok_or(ReadError::Format("mdia without hdlr"))?;
-        let stsd = child(mdia, b"minf")?
+        let stbl = child(mdia, b"minf")?
             .map(|m| child(m, b"stbl"))
             .transpose()?
-            .flatten()
-            .map(|s| child(s, b"stsd"))
-            .transpose()?
             .flatten();
+        let stsd = stbl.map(|s| child(s, b"stsd")).transpose()?.flatten();
         out.push(Trak {
             id,
             timescale,
             hdlr,
             stsd,
+            stbl,
         });
     }
     if out.is_empty() {

@@ -199,8 +199,9 @@ struct ApiPath {
     readers: Vec<SessionRef>,
     reader_skips: u64,
     inbound_frames_in_error: u64,
-    /// MediaMTX 1.20's names: `available`/`online` (the same as `ready` while Tidegate has
-    /// no offline stream), `inboundBytes`/`outboundBytes`, `tracks2`.
+    /// MediaMTX 1.20's names: `available` (readers may read: the same as `ready`) and
+    /// `online` (a publisher or source feeds it, not the offline stream of
+    /// `alwaysAvailable`), `inboundBytes`/`outboundBytes`, `tracks2`.
     available: bool,
     available_time: Option<String>,
     online: bool,
@@ -358,8 +359,8 @@ impl From<PathInfo> for ApiPath {
         ApiPath {
             available: p.ready,
             available_time: time.clone(),
-            online: p.ready,
-            online_time: time,
+            online: p.online,
+            online_time: time.filter(|_| p.online),
             inbound_bytes: p.bytes_received,
             outbound_bytes: p.bytes_sent,
             tracks2: p

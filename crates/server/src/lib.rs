@@ -14,6 +14,7 @@ pub mod http;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod offline;
 pub mod pprof;
 pub mod relays;
 pub mod reload;

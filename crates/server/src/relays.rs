@@ -31,6 +31,8 @@ pub struct Relays {
     dynamic: Mutex<HashMap<String, (Pull, Arc<tidegate_core::PathConf>)>>,
     /// `readTimeout`: how long a received (UDP, Unix) source may be silent.
     read_timeout: Mutex<std::time::Duration>,
+    /// The offline streams of `alwaysAvailable` paths.
+    offline: crate::offline::Offline,
 }
 
 /// The schemes Tidegate pulls.
@@ -127,6 +129,7 @@ impl Relays {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
+        self.offline.apply(confs, paths, tasks, shutdown);
         let mut wanted: HashMap<String, &tidegate_core::PathConf> = HashMap::new();
         for conf in confs {
             if conf.source == "publisher" {

@@ -1390,11 +1390,34 @@ impl Config {
                 ));
             }
             if p.always_available {
-                return Err(ctx.err(
-                    0,
-                    &key("alwaysAvailable"),
-                    "the always-available offline stream is not built yet",
-                ));
+                let why = if crate::relays::is_template(&p.name) {
+                    Some("'alwaysAvailable' cannot be used in a path with a regular expression (or path 'all_others')".to_string())
+                } else if p.source_on_demand {
+                    Some("'sourceOnDemand' is not compatible with 'alwaysAvailable'".into())
+                } else if !p.hooks.run_on_demand.is_empty() || !p.hooks.run_on_un_demand.is_empty()
+                {
+                    Some(
+                        "'runOnDemand' and 'runOnUnDemand' cannot be used with 'alwaysAvailable'"
+                            .into(),
+                    )
+                } else if p.use_absolute_timestamp {
+                    Some("'useAbsoluteTimestamp' cannot be used with 'alwaysAvailable'".into())
+                } else if !p.always_available_file.is_empty() {
+                    if !p.always_available_tracks.is_empty() {
+                        Some("'alwaysAvailableFile' and 'alwaysAvailableTracks' cannot be used together".into())
+                    } else {
+                        crate::offline::OfflineMedia::load(&p.always_available_file)
+                            .err()
+                            .map(|e| format!("invalid 'alwaysAvailableFile': {e}"))
+                    }
+                } else if p.always_available_tracks.is_empty() {
+                    Some("'alwaysAvailableTracks' must contain at least one track".into())
+                } else {
+                    crate::offline::OfflineMedia::generated(&p.always_available_tracks).err()
+                };
+                if let Some(why) = why {
+                    return Err(ctx.err(0, &key("alwaysAvailable"), why));
+                }
             }
             if p.forward
                 .iter()

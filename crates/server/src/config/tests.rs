@@ -413,7 +413,22 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
         (
             "pathDefaults:\n  alwaysAvailable: yes\n",
             "pathDefaults.alwaysAvailable",
-            "not built yet",
+            "must contain at least one track",
+        ),
+        (
+            "paths:\n  \"~^(.+)$\":\n    alwaysAvailable: yes\n    alwaysAvailableTracks: [{codec: H264}]\n",
+            "paths.~^(.+)$.alwaysAvailable",
+            "regular expression",
+        ),
+        (
+            "paths:\n  a:\n    alwaysAvailable: yes\n    alwaysAvailableTracks: [{codec: AV1}]\n",
+            "paths.a.alwaysAvailable",
+            "does not generate offline AV1",
+        ),
+        (
+            "paths:\n  a:\n    alwaysAvailable: yes\n    alwaysAvailableFile: /nonexistent.mp4\n",
+            "paths.a.alwaysAvailable",
+            "invalid 'alwaysAvailableFile'",
         ),
         (
             "pathDefaults:\n  forward: [whip://x:8889/a/whip]\n",

@@ -700,8 +700,8 @@ pub fn forward_list(v: &Node) -> Result<Vec<tidegate_core::ForwardDest>, String>
     Ok(out)
 }
 
-/// `alwaysAvailableTracks`: `{codec, sampleRate, channelCount, muLaw}` maps; kept as codec names.
-pub fn always_available_tracks(v: &Node) -> Result<Vec<String>, String> {
+/// `alwaysAvailableTracks`: `{codec, sampleRate, channelCount, muLaw}` maps.
+pub fn always_available_tracks(v: &Node) -> Result<Vec<tidegate_core::OfflineTrack>, String> {
     if v.is_null() {
         return Ok(Vec::new());
     }
@@ -714,6 +714,7 @@ pub fn always_available_tracks(v: &Node) -> Result<Vec<String>, String> {
             return Err(format!("line {}: expected a map with codec", item.line));
         };
         let mut codec = String::new();
+        let (mut rate, mut channels, mut mu_law) = (None, None, None);
         for e in entries {
             match e.key.as_str() {
                 "codec" => {
@@ -731,19 +732,22 @@ pub fn always_available_tracks(v: &Node) -> Result<Vec<String>, String> {
                         ],
                     )?
                 }
-                "sampleRate" | "channelCount" => {
-                    uint_in(&e.value, 1, 384_000)?;
-                }
-                "muLaw" => {
-                    boolean(&e.value)?;
-                }
+                "sampleRate" => rate = Some(uint_in(&e.value, 1, 384_000)?),
+                "channelCount" => channels = Some(uint_in(&e.value, 1, 8)? as u8),
+                "muLaw" => mu_law = Some(boolean(&e.value)?),
                 other => return Err(format!("line {}: unknown key '{other}'", e.line)),
             }
         }
         if codec.is_empty() {
             return Err(format!("line {}: a track needs a codec", item.line));
         }
-        out.push(codec);
+        let g711 = codec == "G711";
+        out.push(tidegate_core::OfflineTrack {
+            sample_rate: rate.unwrap_or(if g711 { 8000 } else { 48_000 }),
+            channel_count: channels.unwrap_or(if g711 { 1 } else { 2 }),
+            mu_law: mu_law.unwrap_or(false),
+            codec,
+        });
     }
     Ok(out)
 }

@@ -21,6 +21,7 @@ mod mdct;
 mod tables;
 
 use mdct::Mdct;
+use tidegate_codec::bits::BitWriter;
 
 /// Samples per channel per frame.
 pub const FRAME: usize = 1024;
@@ -584,37 +585,6 @@ fn write_spectral(w: &mut BitWriter, book: u8, q: &[i32]) {
                 }
             }
         }
-    }
-}
-
-/// Most-significant-bit-first writer.
-#[derive(Default)]
-struct BitWriter {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
-}
-
-impl BitWriter {
-    fn put(&mut self, v: u32, bits: u8) {
-        if bits == 0 {
-            return;
-        }
-        let bits = u32::from(bits);
-        self.acc = (self.acc << bits) | (u64::from(v) & ((1u64 << bits) - 1));
-        self.n += bits;
-        while self.n >= 8 {
-            self.n -= 8;
-            self.out.push((self.acc >> self.n) as u8);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        if self.n > 0 {
-            let pad = 8 - self.n;
-            self.put(0, pad as u8);
-        }
-        self.out
     }
 }
 

@@ -1,0 +1,253 @@
+//! `alwaysAvailable`: a path serves its offline stream while nobody publishes, and readers
+//! stay connected across publisher off → on → off. ffmpeg reads over RTMP (decoding every
+//! frame), hls.js plays the LL-HLS stream in Chromium; an ffmpeg publisher comes and is
+//! killed (-9). The offline stream is Tidegate's own H.264 (1280×720, "STREAM IS OFFLINE")
+//! and silent AAC, or an MP4 file on a loop (`alwaysAvailableFile`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
+use tidegate_tests::server::TestServer;
+use tidegate_tests::{peer, peers_dir, run_bounded, scratch};
+
+const READY: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// One decoded video frame as ffmpeg's `showinfo` filter prints it.
+#[derive(Debug)]
+struct Shown {
+    pts: f64,
+    width: u32,
+    key: bool,
+}
+
+fn showinfo(log: &str) -> Vec<Shown> {
+    log.lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .filter_map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with(k))
+                    .map(|w| w[k.len()..].to_string())
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| {
+                        // `pts_time: 12.3` with a space.
+                        let mut it = l.split_whitespace().skip_while(|w| *w != k);
+                        it.next();
+                        it.next().map(str::to_string)
+                    })
+            };
+            let pts = field("pts_time:")?.parse().ok()?;
+            let size = field("s:")?;
+            let width = size.split('x').next()?.parse().ok()?;
+            let key = field("iskey:")? == "1";
+            Some(Shown { pts, width, key })
+        })
+        .collect()
+}
+
+/// ffmpeg decoding the video of `url` for `seconds`, every frame logged by `showinfo`, and
+/// counting the audio frames it decodes (`ashowinfo`).
+fn ffmpeg_decode(url: &str, seconds: u32, dir: &std::path::Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
+        .args(["-t", &seconds.to_string(), "-i", url])
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"])
+        .args(["-map", "0:a?", "-af", "ashowinfo", "-f", "null", "-"]);
+    PeerProcess::spawn("ffmpeg-decode", &mut cmd, dir)
+}
+
+/// Runs of consecutive frames of the same width: [(width, frames)].
+fn runs(frames: &[Shown]) -> Vec<(u32, usize)> {
+    let mut out: Vec<(u32, usize)> = Vec::new();
+    for f in frames {
+        match out.last_mut() {
+            Some((w, n)) if *w == f.width => *n += 1,
+            _ => out.push((f.width, 1)),
+        }
+    }
+    out
+}
+
+#[test]
+fn readers_stay_across_publisher_off_on_off() {
+    let dir = scratch("offline");
+    let server = TestServer::start(
+        "paths:\n  studio:\n    alwaysAvailable: yes\n    alwaysAvailableTracks:\n      \
+         - codec: H264\n      - codec: MPEG4Audio\n        sampleRate: 48000\n        \
+         channelCount: 2\n",
+    );
+    // The offline stream plays from the start: readers may come before any publisher.
+    server.wait_ready("studio", READY);
+    let api = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/studio");
+    assert_eq!(api["available"], true, "{api}");
+    assert_eq!(api["online"], false, "{api}");
+    assert_eq!(api["source"], serde_json::Value::Null, "{api}");
+
+    let mut rtmp = ffmpeg_decode(&server.rtmp_url("studio"), 26, &dir);
+    let mut hlsjs = Command::new(peer("node"));
+    hlsjs
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs"))
+        .arg(server.hls_url("studio", ""))
+        .arg("28")
+        .arg(peers_dir().join("node/node_modules"));
+    let mut hlsjs = PeerProcess::spawn("hlsjs", &mut hlsjs, &dir);
+    server.wait_readers("studio", 2, READY);
+    // Offline for a while (the generated stream is 25 fps).
+    server.wait_frames("studio", 125, LIMIT);
+
+    // On: a publisher takes over, the readers stay.
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("studio"), 60, "flv", &dir);
+    server.wait_online("studio", true, READY);
+    let api = tidegate_tests::http::get_json(server.api_addr(), "/v3/paths/get/studio");
+    assert_eq!(api["online"], true, "{api}");
+    assert_eq!(api["source"]["type"], "rtmpConn", "{api}");
+    server.wait_frames("studio", 240, LIMIT);
+    assert_eq!(server.paths().get("studio").unwrap().readers.len(), 2);
+
+    // Off: the publisher dies, the offline stream comes back in the same stream.
+    publisher.kill9();
+    server.wait_online("studio", false, LIMIT);
+    server.wait_frames("studio", 125, LIMIT);
+    assert_eq!(server.paths().get("studio").unwrap().readers.len(), 2);
+
+    assert!(rtmp.wait(LIMIT).success(), "{}", rtmp.stderr());
+    let log = rtmp.stderr();
+    let frames = showinfo(&log);
+    let runs = runs(&frames);
+    eprintln!("RTMP reader: {} frames, runs {runs:?}", frames.len());
+    // Offline (1280 wide), the publisher (640), offline again: one reader throughout.
+    let widths: Vec<u32> = runs.iter().map(|r| r.0).collect();
+    assert_eq!(widths, vec![1280, 640, 1280], "{runs:?}");
+    assert!(
+        runs[0].1 >= 100 && runs[1].1 >= 200 && runs[2].1 >= 100,
+        "{runs:?}"
+    );
+    // Each side starts on a keyframe; timestamps always go forward; the switches are quick.
+    let mut at = 0;
+    for (_, n) in &runs {
+        assert!(
+            frames[at].key,
+            "the frame after a switch is a keyframe: {:?}",
+            frames[at]
+        );
+        at += n;
+    }
+    let mut worst: f64 = 0.0;
+    for w in frames.windows(2) {
+        assert!(w[1].pts > w[0].pts, "timestamps go back: {w:?}");
+        worst = worst.max(w[1].pts - w[0].pts);
+    }
+    eprintln!("RTMP reader: the largest gap between frames is {worst:.3} s");
+    assert!(worst < 2.5, "a {worst:.3} s gap at a switch");
+    let audio = log
+        .lines()
+        .filter(|l| l.contains("Parsed_ashowinfo") && l.contains("pts_time:"))
+        .count();
+    // 48 kHz AAC: ~47 frames a second, on both sides of both switches.
+    assert!(audio >= 20 * 40, "{audio} audio frames decoded");
+
+    let status = hlsjs.wait(LIMIT);
+    let out = hlsjs.stdout();
+    assert!(status.success(), "{out}\n{}", hlsjs.stderr());
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let fatal: Vec<&serde_json::Value> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.as_str().unwrap_or("").contains("fatal"))
+        .collect();
+    assert!(fatal.is_empty(), "hls.js: {fatal:?}");
+    let trace = r["trace"].as_array().unwrap();
+    let mut seen: Vec<u64> = Vec::new();
+    for s in trace {
+        let w = s[3].as_u64().unwrap_or(0);
+        if w > 0 && seen.last() != Some(&w) {
+            seen.push(w);
+        }
+    }
+    eprintln!("hls.js: widths {seen:?}, {} frames", r["framesDecoded"]);
+    assert_eq!(seen, vec![1280, 640, 1280], "hls.js: {r}");
+    let frames_at = |t: f64| {
+        trace
+            .iter()
+            .filter(|s| s[0].as_f64().unwrap() <= t)
+            .map(|s| s[1].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    };
+    let end = trace.last().unwrap()[0].as_f64().unwrap();
+    assert!(
+        frames_at(end) - frames_at(end - 3.0) >= 45,
+        "hls.js still plays the offline stream at the end: {r}"
+    );
+}
+
+#[test]
+fn an_mp4_file_plays_on_a_loop_and_a_publisher_of_other_tracks_is_refused() {
+    let dir = scratch("offline-file");
+    // A 2 s progressive MP4, video only (320x240, 25 fps).
+    let file = dir.join("offline.mp4");
+    let made = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "2",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "25",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .arg(&file),
+        LIMIT,
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = TestServer::start(&format!(
+        "paths:\n  lobby:\n    alwaysAvailable: yes\n    alwaysAvailableFile: {}\n",
+        file.display()
+    ));
+    server.wait_ready("lobby", READY);
+    let mut reader = ffmpeg_decode(&server.rtmp_url("lobby"), 7, &dir);
+    server.wait_readers("lobby", 1, READY);
+
+    // A publisher with audio and video: not the file's tracks, refused; the reader stays.
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("lobby"), 20, "flv", &dir);
+    let _ = publisher.wait(LIMIT);
+    assert!(!tidegate_tests::logs::lines_with(&[
+        "lobby",
+        "do not match the path's offline stream"
+    ])
+    .is_empty());
+
+    // ffmpeg's -t 7 counts from the first timestamp it sees: it ends after 7 s of stream.
+    let status = reader.wait(LIMIT);
+    let log = reader.stderr();
+    assert!(status.success(), "{log}");
+    let frames = showinfo(&log);
+    eprintln!("file loop: {} frames", frames.len());
+    // 7 s at 25 fps, the 2 s file looped three times and more.
+    assert!(frames.len() >= 150, "{} frames", frames.len());
+    assert!(frames.iter().all(|f| f.width == 320));
+    for w in frames.windows(2) {
+        assert!(w[1].pts > w[0].pts, "timestamps go back at a loop: {w:?}");
+        assert!(w[1].pts - w[0].pts < 0.2, "a gap at a loop: {w:?}");
+    }
+}
