@@ -1724,3 +1724,52 @@ fn a_whep_source_pulls_from_another_server() {
     let left = wait_sessions(&origin, |s| s.is_empty(), Duration::from_secs(20));
     assert!(left.is_empty(), "the origin still has {left:?}");
 }
+
+/// `forward: [whip://…]`: a path published over RTMP (H.264 + AAC) is forwarded by a WHIP
+/// client to a second Tidegate's WHIP endpoint (the AAC bridged to Opus); ffmpeg reads it back
+/// over RTMP from the second server, and the WHIP session there ends with the stream.
+#[test]
+fn a_path_is_forwarded_over_whip_to_another_server() {
+    let dir = scratch("webrtc-whip-forward");
+    let receiver = TestServer::start("");
+    let sender = TestServer::start(&format!(
+        "paths:\n  cam:\n    forward: [{}]\n",
+        receiver
+            .webrtc_url("fwd", "whip")
+            .replace("http://", "whip://")
+    ));
+    let mut publisher = ffmpeg_publish(&sender.rtmp_url("cam"), 60, "flv", &dir);
+    sender.wait_ready("cam", READY);
+    receiver.wait_ready("fwd", READY);
+    let info = receiver.paths().get("fwd").expect("fwd is live");
+    assert_eq!(info.source.map(|s| s.0), Some("webRTCSession"));
+    assert_eq!(info.tracks, vec!["H264", "Opus"]);
+
+    let out = dir.join("fwd.mkv");
+    let mut reader = tidegate_tests::peers::ffmpeg_read(&receiver.rtmp_url("fwd"), 5, &out, &dir);
+    let status = reader.wait(Duration::from_secs(60));
+    assert!(status.success(), "RTMP reader: {}", reader.stderr());
+    let p = ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+    let frames = p.packets_of("video").len();
+    let audio = p.packets_of("audio").len();
+    eprintln!("forwarded over WHIP, read over RTMP: {frames} video, {audio} audio frames");
+    assert_eq!(p.codec("video").as_deref(), Some("h264"));
+    assert_eq!(p.codec("audio").as_deref(), Some("aac"));
+    assert_eq!(p.dimensions(), Some((640, 360)));
+    assert!(frames >= 120, "{frames} frames in 5 s");
+    assert!(audio >= 150, "{audio} audio frames in 5 s");
+    assert!(p.dts_monotonic("video"));
+    let push = get_json(sender.api_addr(), "/v3/paths/get/cam");
+    eprintln!("sender: {}", push["push"]);
+    assert_eq!(push["push"][0]["state"], "running", "{push}");
+    assert!(
+        push["push"][0]["bytes"].as_u64().unwrap_or(0) > 100_000,
+        "{push}"
+    );
+
+    // The publisher leaves: the forward ends and deletes its session on the receiver.
+    publisher.kill9();
+    let left = wait_sessions(&receiver, |s| s.is_empty(), Duration::from_secs(20));
+    assert!(left.is_empty(), "the receiver still has {left:?}");
+    receiver.wait_not_ready("fwd", READY);
+}

@@ -279,6 +279,15 @@ impl Relays {
     }
 }
 
+/// The `destFingerprint` of a `forward` destination (empty when none).
+fn fingerprint_of(conf: &tidegate_core::PathConf, dest: &str) -> String {
+    conf.forward
+        .iter()
+        .find(|f| f.dest == dest)
+        .map(|f| f.dest_fingerprint.clone())
+        .unwrap_or_default()
+}
+
 pub fn start(
     config: &Config,
     paths: &PathManager,
@@ -355,14 +364,20 @@ pub fn start(
                     if u.starts_with("srt://") {
                         tasks2.spawn(tidegate_srt::caller::push(u, p, name, status, c));
                     } else if u.starts_with("rtsp://") || u.starts_with("rtsps://") {
-                        let fp = m
+                        let fp = fingerprint_of(&m.conf, &u);
+                        tasks2.spawn(tidegate_rtsp::client::push(u, fp, p, name, status, c));
+                    } else if u.starts_with("whip://") || u.starts_with("whips://") {
+                        let fp = fingerprint_of(&m.conf, &u);
+                        let token = m
                             .conf
                             .forward
                             .iter()
                             .find(|f| f.dest == u)
-                            .map(|f| f.dest_fingerprint.clone())
+                            .map(|f| f.whip_bearer_token.clone())
                             .unwrap_or_default();
-                        tasks2.spawn(tidegate_rtsp::client::push(u, fp, p, name, status, c));
+                        tasks2.spawn(tidegate_webrtc::forward::push(
+                            u, fp, token, p, name, status, c,
+                        ));
                     } else {
                         tasks2.spawn(tidegate_rtmp::push(u, p, name, status, c));
                     }

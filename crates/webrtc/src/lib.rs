@@ -9,6 +9,7 @@
 //! Frames cross to the rest of Tidegate only as [`tidegate_core::Frame`]s: a WHIP session
 //! publishes on its path, a WHEP session reads one.
 
+pub mod forward;
 mod http;
 mod media;
 mod session;

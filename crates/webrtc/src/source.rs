@@ -42,14 +42,21 @@ pub struct WhepSource {
     pub handshake_timeout: Duration,
 }
 
-/// The HTTP URL of a `whep(s)://` URL, and Basic credentials from its user and password.
+/// The HTTP URL of a `whep(s)://` or `whip(s)://` URL, and Basic credentials from its user
+/// and password.
 pub fn http_url(url: &str) -> Result<(String, Option<String>), String> {
-    let (scheme, rest) = if let Some(r) = url.strip_prefix("whep://") {
+    let (scheme, rest) = if let Some(r) = url
+        .strip_prefix("whep://")
+        .or_else(|| url.strip_prefix("whip://"))
+    {
         ("http", r)
-    } else if let Some(r) = url.strip_prefix("wheps://") {
+    } else if let Some(r) = url
+        .strip_prefix("wheps://")
+        .or_else(|| url.strip_prefix("whips://"))
+    {
         ("https", r)
     } else {
-        return Err(format!("{url}: not a whep:// or wheps:// URL"));
+        return Err(format!("{url}: not a whep(s):// or whip(s):// URL"));
     };
     let mut u =
         url::Url::parse(&format!("{scheme}://{rest}")).map_err(|e| format!("{url}: {e}"))?;
@@ -66,6 +73,30 @@ pub fn http_url(url: &str) -> Result<(String, Option<String>), String> {
 
 fn percent(s: &str) -> String {
     tidegate_core::text::percent_decode(s, false)
+}
+
+/// A UDP socket on the local address the route to `server` leaves from (the one host
+/// candidate of a client), and that address.
+pub(crate) fn bind_towards(
+    server: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, SocketAddr), String> {
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(
+        if server.is_ipv4() {
+            [0, 0, 0, 0].into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    ))
+    .and_then(|s| s.connect(server).and_then(|()| s.local_addr()))
+    .map_err(|e| format!("no route to {server}: {e}"))?;
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(probe.ip(), 0))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(tokio::net::UdpSocket::from_std)
+        .map_err(|e| format!("UDP: {e}"))?;
+    tidegate_core::udp::tune(&socket);
+    let local = socket.local_addr().map_err(|e| format!("UDP: {e}"))?;
+    Ok((socket, local))
 }
 
 /// Pulls until `cancel`, reconnecting with backoff.
@@ -96,29 +127,16 @@ async fn run(
     let port = parsed
         .port_or_known_default()
         .ok_or("the URL has no port")?;
-    // The address the route to the server leaves from: the one host candidate.
     let server = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| format!("{host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host}: no address"))?;
-    let probe = std::net::UdpSocket::bind(SocketAddr::new(
-        if server.is_ipv4() {
-            [0, 0, 0, 0].into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        },
-        0,
-    ))
-    .and_then(|s| s.connect(server).and_then(|()| s.local_addr()))
-    .map_err(|e| format!("no route to {server}: {e}"))?;
-    let socket = tokio::net::UdpSocket::bind(SocketAddr::new(probe.ip(), 0))
-        .await
-        .map_err(|e| format!("UDP: {e}"))?;
-    tidegate_core::udp::tune(&socket);
-    let local = socket.local_addr().map_err(|e| format!("UDP: {e}"))?;
+    let (socket, local) = bind_towards(server)?;
 
-    let mut cfg = RtcConfig::new().clear_codecs();
+    let mut cfg = RtcConfig::new()
+        .clear_codecs()
+        .set_stats_interval(Some(Duration::from_secs(1)));
     for c in [
         RtcCodec::H264,
         RtcCodec::H265,
@@ -180,11 +198,7 @@ async fn run(
         .as_deref()
         .and_then(|l| parsed.join(l).ok())
         .map(|u| u.to_string());
-    let _delete = DeleteOnDrop {
-        resource,
-        headers,
-        fingerprint: source.fingerprint.clone(),
-    };
+    let _delete = DeleteOnDrop::new(resource, headers, source.fingerprint.clone());
 
     let publisher = paths
         .publish_source(
@@ -271,11 +285,27 @@ async fn run(
     }
 }
 
-/// Deletes the WHEP session on the server (in the background) when the pull ends.
-struct DeleteOnDrop {
+/// Deletes the WHEP or WHIP session on the server (in the background) when the client ends.
+pub(crate) struct DeleteOnDrop {
     resource: Option<String>,
     headers: Vec<(String, String)>,
     fingerprint: String,
+}
+
+impl DeleteOnDrop {
+    /// `resource`: the session's URL (the answer's `Location`); `headers`: the request's
+    /// (credentials; `Content-Type` is left out).
+    pub(crate) fn new(
+        resource: Option<String>,
+        headers: Vec<(String, String)>,
+        fingerprint: String,
+    ) -> DeleteOnDrop {
+        DeleteOnDrop {
+            resource,
+            headers,
+            fingerprint,
+        }
+    }
 }
 
 impl Drop for DeleteOnDrop {

@@ -1419,28 +1419,31 @@ impl Config {
                     return Err(ctx.err(0, &key("alwaysAvailable"), why));
                 }
             }
-            if p.forward
-                .iter()
-                .any(|d| !d.dest_fingerprint.is_empty() && !d.dest.starts_with("rtsps://"))
-            {
+            if p.forward.iter().any(|d| {
+                !d.dest_fingerprint.is_empty()
+                    && !d.dest.starts_with("rtsps://")
+                    && !d.dest.starts_with("whips://")
+            }) {
                 return Err(ctx.err(
                     0,
                     &key("forward"),
-                    "destFingerprint is built for rtsps:// destinations only: rtmps:// ones are \
-                     checked against the Web PKI roots",
+                    "destFingerprint is built for rtsps:// and whips:// destinations only: \
+                     rtmps:// ones are checked against the Web PKI roots",
                 ));
             }
             if let Some(d) = p.forward.iter().find(|d| {
-                !["rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://"]
-                    .iter()
-                    .any(|s| d.dest.starts_with(s))
+                ![
+                    "rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://", "whip://", "whips://",
+                ]
+                .iter()
+                .any(|s| d.dest.starts_with(s))
             }) {
                 return Err(ctx.err(
                     0,
                     &key("forward"),
                     format!(
-                        "forwarding to {} is not built yet: rtmp(s)://, rtsp(s):// and srt:// \
-                         destinations are",
+                        "Tidegate does not forward to {}: rtmp(s)://, rtsp(s)://, srt:// and \
+                         whip(s):// destinations",
                         d.dest.split("://").next().unwrap_or_default()
                     ),
                 ));

@@ -431,9 +431,9 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
             "invalid 'alwaysAvailableFile'",
         ),
         (
-            "pathDefaults:\n  forward: [whip://x:8889/a/whip]\n",
+            "pathDefaults:\n  forward: [ftp://x/a]\n",
             "pathDefaults.forward",
-            "whip is not built yet",
+            "does not forward to ftp",
         ),
         (
             "paths:\n  \"~^(.+)$\":\n    source: rtsp://origin/$G1\n",
