@@ -433,7 +433,7 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
         (
             "pathDefaults:\n  forward: [ftp://x/a]\n",
             "pathDefaults.forward",
-            "does not forward to ftp",
+            "dest must be an rtmp(s)://",
         ),
         (
             "paths:\n  \"~^(.+)$\":\n    source: rtsp://origin/$G1\n",
