@@ -899,3 +899,68 @@ fn hls_sessions_are_listed_kicked_and_a_cdn_is_let_in() {
     assert_eq!(cdns.len(), 1, "{v}");
     assert_eq!(cdns[0]["user"], "", "{v}");
 }
+
+/// `hlsDirectory`: complete segments live in files under `<hlsDirectory>/<path>/`, not in
+/// memory; hls.js plays LL-HLS from them (parts of complete segments read back from the
+/// files), a segment served over HTTP is the file's bytes, old segments' files are deleted as
+/// they leave the playlist, and the files go with the muxer.
+#[test]
+fn hls_directory_keeps_segments_on_disk() {
+    let dir = scratch("hls-directory");
+    let store = dir.join("store");
+    let server = TestServer::start(&format!(
+        "hlsDirectory: {}\nhlsMuxerCloseAfter: 2s\n",
+        store.display()
+    ));
+    let mut publisher = ffmpeg_publish(&server.rtmp_url("live/cam"), 40, "flv", &dir);
+    server.wait_ready("live/cam", READY);
+    let r = tidegate_tests::page_script(
+        "hls_player.mjs",
+        &[&server.hls_url("live/cam", ""), "12"],
+        Duration::from_secs(60),
+    );
+    let frames = r["framesDecoded"].as_u64().unwrap();
+    eprintln!(
+        "hls.js from hlsDirectory: {frames} frames, errors {}",
+        r["errors"]
+    );
+    assert!(frames >= 200, "only {frames} frames decoded in 12 s: {r}");
+    assert_eq!(r["width"], 640);
+    let fatal: Vec<_> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.as_str().unwrap().contains("fatal"))
+        .collect();
+    assert!(fatal.is_empty(), "{r}");
+    // The files: only the playlist's segments (hlsSegmentCount 7), each one the bytes served.
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(store.join("live/cam"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    eprintln!("{} segment files", files.len());
+    assert!(
+        (3..=8).contains(&files.len()),
+        "{} files: {files:?}",
+        files.len()
+    );
+    let playlist = String::from_utf8(hls_file(&server, "live/cam", "stream.m3u8").body).unwrap();
+    let last = playlist
+        .lines()
+        .rfind(|l| l.contains("_seg") && !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    let served = hls_file(&server, "live/cam", &last);
+    assert_eq!(served.status, 200);
+    let on_disk = std::fs::read(store.join("live/cam").join(&last)).unwrap();
+    assert_eq!(served.body, on_disk, "{last}");
+    assert!(on_disk.len() > 10_000);
+    // The publisher leaves, the muxer closes after hlsMuxerCloseAfter: its files go.
+    publisher.kill9();
+    server.wait_not_ready("live/cam", READY);
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || "the muxer's files are removed".to_string(),
+        || (!store.join("live/cam").exists()).then_some(()),
+    );
+}

@@ -522,17 +522,28 @@ async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
                         || s.last_msn().is_some_and(|l| l < msn)
                 })
                 .await;
-            let parts = {
+            let (parts, file) = {
                 let st = mux.state();
                 match st.segment(msn) {
-                    Some(seg) if seg.complete && ok => Some(
-                        seg.parts
-                            .iter()
-                            .map(|p| p.data.clone())
-                            .collect::<Vec<Bytes>>(),
-                    ),
-                    _ => None,
+                    Some(seg) if seg.complete && ok => match &seg.file {
+                        Some(f) => (None, Some(f.clone())),
+                        None => (
+                            Some(
+                                seg.parts
+                                    .iter()
+                                    .map(|p| p.data.clone())
+                                    .collect::<Vec<Bytes>>(),
+                            ),
+                            None,
+                        ),
+                    },
+                    _ => (None, None),
                 }
+            };
+            // `hlsDirectory`: from the segment's file.
+            let parts = match file {
+                Some(f) => tokio::fs::read(&f).await.ok().map(|d| vec![Bytes::from(d)]),
+                None => parts,
             };
             match parts {
                 Some(parts) => {
@@ -679,6 +690,8 @@ async fn dash_segment(mux: &Arc<Muxer>, msn: u64, track: u32, limit: Duration) -
 
 enum PartNow {
     Done(Bytes),
+    /// Done, in its segment's file (`hlsDirectory`): file, offset, length.
+    OnDisk(std::path::PathBuf, u64, u64),
     Open,
     Gone,
     Later,
@@ -687,7 +700,12 @@ enum PartNow {
 fn part_now(s: &crate::state::State, msn: u64, idx: u64) -> PartNow {
     match s.segment(msn) {
         Some(seg) => match seg.parts.get(idx as usize) {
-            Some(p) => PartNow::Done(p.data.clone()),
+            Some(p) => match &seg.file {
+                Some(f) if p.data.is_empty() && p.len > 0 => {
+                    PartNow::OnDisk(f.clone(), p.offset, p.len)
+                }
+                _ => PartNow::Done(p.data.clone()),
+            },
             None if seg.complete => PartNow::Gone,
             None if idx == seg.parts.len() as u64 => PartNow::Open,
             None => PartNow::Later,
@@ -695,6 +713,16 @@ fn part_now(s: &crate::state::State, msn: u64, idx: u64) -> PartNow {
         None if s.last_msn().is_some_and(|l| msn > l) => PartNow::Later,
         None => PartNow::Gone,
     }
+}
+
+/// `len` bytes at `at` of a segment file (`hlsDirectory`).
+async fn read_range(path: &std::path::Path, at: u64, len: u64) -> std::io::Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(at)).await?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
 }
 
 /// A part: complete ones at once; the part being written (the preload hint) streamed chunk
@@ -712,6 +740,13 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
             let n = d.len();
             media_response(mux, Body::from(d), Some(n), false)
         }
+        PartNow::OnDisk(f, at, len) => match read_range(&f, at, len).await {
+            Ok(d) => {
+                let n = d.len();
+                media_response(mux, Body::from(d), Some(n), false)
+            }
+            Err(_) => text(StatusCode::NOT_FOUND, "no such part\n"),
+        },
         PartNow::Gone | PartNow::Later => text(StatusCode::NOT_FOUND, "no such part\n"),
         PartNow::Open => {
             let mux2 = mux.clone();
@@ -724,6 +759,23 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
                         return None;
                     }
                     loop {
+                        let on_disk = match part_now(&mux.state(), msn, idx) {
+                            PartNow::OnDisk(f, at, len) => Some((f, at, len)),
+                            _ => None,
+                        };
+                        if let Some((f, at, len)) = on_disk {
+                            // The part ended and its segment went to disk meanwhile: the rest
+                            // from the file.
+                            let skip = (sent as u64).min(len);
+                            let rest = read_range(&f, at + skip, len - skip).await;
+                            return match rest {
+                                Ok(d) if !d.is_empty() => {
+                                    let n = sent + d.len();
+                                    Some((Ok(d), (mux, rx, n, true)))
+                                }
+                                _ => None,
+                            };
+                        }
                         let (chunk, finished) = {
                             let st = mux.state();
                             match part_now(&st, msn, idx) {

@@ -38,6 +38,8 @@ pub struct HlsConfig {
     pub segment_max_size: u64,
     /// `hlsCDNSecret`: requests with `Authorization: Bearer <secret>` need no credentials.
     pub cdn_secret: String,
+    /// `hlsDirectory`: complete segments are kept in `<directory>/<path>/` instead of memory.
+    pub directory: String,
 }
 
 /// A muxer as the API shows it.
@@ -102,13 +104,16 @@ impl Inner {
             return Ok(m.clone());
         }
         let reader = self.paths.read(path, muxer::session(self))?;
-        let state = state::State::new(
+        let mut state = state::State::new(
             prefix(),
             self.cfg.variant,
             self.cfg.segment_duration.as_secs_f64(),
             self.cfg.part_duration.as_secs_f64(),
             self.cfg.segment_count.max(1) as usize,
         );
+        if !self.cfg.directory.is_empty() {
+            state.directory = Some(std::path::Path::new(&self.cfg.directory).join(path));
+        }
         let mux = Arc::new(Muxer::new(path.to_string(), state));
         mux.touch();
         t.insert(path.to_string(), mux.clone());

@@ -13,7 +13,10 @@ use crate::segmenter::{Event, TrackInit, Variant};
 pub struct Part {
     pub duration: f64,
     pub independent: bool,
+    /// Empty once its segment is on disk (`hlsDirectory`): then at `offset` in the file.
     pub data: Bytes,
+    pub offset: u64,
+    pub len: u64,
 }
 
 pub struct Segment {
@@ -31,6 +34,8 @@ pub struct Segment {
     pub tracks: Vec<(u32, Vec<Bytes>)>,
     /// It started after a DASH client came: `tracks` holds all of it.
     pub dash: bool,
+    /// `hlsDirectory`: the complete segment's file; its parts' bytes are read from it.
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl Segment {
@@ -68,6 +73,9 @@ pub struct State {
     pub dash: bool,
     /// Why this stream cannot be served at all (no track the variant carries), for clients.
     pub refused: Option<String>,
+    /// `hlsDirectory`: complete segments are kept in files here (the path's own directory)
+    /// instead of memory.
+    pub directory: Option<std::path::PathBuf>,
 }
 
 impl State {
@@ -98,6 +106,7 @@ impl State {
             max_bitrate: 0.0,
             dash: false,
             refused: None,
+            directory: None,
         }
     }
 
@@ -142,6 +151,7 @@ impl State {
                     bytes: 0,
                     tracks: Vec::new(),
                     dash: self.dash && self.variant != Variant::MpegTs,
+                    file: None,
                 });
             }
             Event::Chunk(b, track) => {
@@ -162,9 +172,12 @@ impl State {
             } => {
                 let data = concat(&std::mem::take(&mut self.open_part));
                 if let Some(seg) = self.segments.back_mut().filter(|s| !s.complete) {
+                    let offset = seg.parts.iter().map(|p| p.len).sum();
                     seg.parts.push(Arc::new(Part {
                         duration,
                         independent,
+                        len: data.len() as u64,
+                        offset,
                         data,
                     }));
                 }
@@ -179,10 +192,14 @@ impl State {
                         self.max_bitrate = self.max_bitrate.max(seg.bytes as f64 * 8.0 / duration);
                     }
                 }
+                self.store_last_segment();
                 while self.segments.iter().filter(|s| s.complete).count() > self.segment_count {
                     if let Some(old) = self.segments.pop_front() {
                         if old.discontinuity {
                             self.discontinuity_sequence += 1;
+                        }
+                        if let Some(f) = &old.file {
+                            let _ = std::fs::remove_file(f);
                         }
                     }
                 }
@@ -192,6 +209,40 @@ impl State {
                 }
             }
         }
+    }
+
+    /// `hlsDirectory`: the segment just completed goes to its file, and its parts' bytes
+    /// leave memory (served from the file). A write that fails keeps it in memory (logged).
+    fn store_last_segment(&mut self) {
+        let Some(dir) = &self.directory else { return };
+        let ext = self.ext();
+        let Some(seg) = self
+            .segments
+            .back_mut()
+            .filter(|s| s.complete && s.file.is_none())
+        else {
+            return;
+        };
+        let file = dir.join(format!("{}_seg{}.{ext}", self.prefix, seg.msn));
+        let data = concat(&seg.parts.iter().map(|p| p.data.clone()).collect::<Vec<_>>());
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, &data)) {
+            tracing::warn!("[HLS] hlsDirectory: {}: {e}", file.display());
+            return;
+        }
+        seg.parts = seg
+            .parts
+            .iter()
+            .map(|p| {
+                Arc::new(Part {
+                    duration: p.duration,
+                    independent: p.independent,
+                    data: Bytes::new(),
+                    offset: p.offset,
+                    len: p.len,
+                })
+            })
+            .collect();
+        seg.file = Some(file);
     }
 
     /// Whether a playlist can be served: one segment is complete.
@@ -391,6 +442,20 @@ fn concat(chunks: &[Bytes]) -> Bytes {
 }
 
 /// `2026-11-25T14:33:52.123Z`
+impl Drop for State {
+    /// The muxer's files go with it (the directory too, when nobody else's files are there).
+    fn drop(&mut self) {
+        for seg in &self.segments {
+            if let Some(f) = &seg.file {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        if let Some(dir) = &self.directory {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;

@@ -574,6 +574,7 @@ impl Server {
                 allow_origins: config.hls_allow_origins.clone(),
                 segment_max_size: config.hls_segment_max_size,
                 cdn_secret: config.hls_cdn_secret.clone(),
+                directory: config.hls_directory.clone(),
             },
             shutdown.clone(),
             tasks.clone(),

@@ -129,7 +129,8 @@ pub struct Config {
     pub hls_allow_origins: Vec<String>,
     /// `hlsSegmentMaxSize`: the most an open segment may hold before it is cut.
     pub hls_segment_max_size: u64,
-    /// `hlsDirectory`: not built; a directory is refused.
+    /// `hlsDirectory`: complete HLS segments are kept in files under it (one directory per
+    /// path) instead of memory.
     pub hls_directory: String,
     /// `hlsCDNSecret`: requests carrying `Authorization: Bearer <secret>` come from the CDN.
     pub hls_cdn_secret: String,
@@ -1344,14 +1345,6 @@ impl Config {
                 "dumpPackets",
                 "dumping packets to disk is not built in Tidegate; capture with tcpdump, or \
                  read the stream with ffmpeg -c copy",
-            ));
-        }
-        if !self.hls_directory.is_empty() {
-            return Err(ctx.err(
-                0,
-                "hlsDirectory",
-                "writing HLS segments to a directory is not built yet: segments are kept in \
-                 memory (bounded by hlsSegmentCount and hlsSegmentMaxSize)",
             ));
         }
         if self.hls_segment_max_size < 64 * 1024 {

@@ -409,7 +409,6 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
             "Raspberry Pi",
         ),
         ("dumpPackets: yes\n", "dumpPackets", "not built"),
-        ("hlsDirectory: /var/hls\n", "hlsDirectory", "not built yet"),
         (
             "pathDefaults:\n  alwaysAvailable: yes\n",
             "pathDefaults.alwaysAvailable",
