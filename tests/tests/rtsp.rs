@@ -764,7 +764,8 @@ fn hostile_input_closes_only_its_connection() {
 }
 
 /// RTSPS (`rtspEncryption: optional`) with a generated certificate: ffmpeg publishes over
-/// RTSPS and reads over RTSPS; the same stream is readable over plain RTSP.
+/// RTSPS and reads over RTSPS, and over RTSP tunnelled in HTTPS on the RTSPS port
+/// (`-rtsp_transport https`); the same stream is readable over plain RTSP.
 #[test]
 fn rtsps_with_ffmpeg() {
     let dir = scratch("rtsps");
@@ -782,6 +783,10 @@ fn rtsps_with_ffmpeg() {
     server.wait_ready("secure", READY);
     read_and_check(&url, "tcp", "h264", Some("aac"), &dir);
     read_and_check(&server.rtsp_url("secure"), "tcp", "h264", Some("aac"), &dir);
+    // ffmpeg's HTTPS tunnel: an rtsp:// URL whose GET and POST go over TLS to that port.
+    let tunnelled = url.replacen("rtsps://", "rtsp://", 1);
+    read_and_check(&tunnelled, "https", "h264", Some("aac"), &dir);
+    assert!(!tidegate_tests::logs::lines_with(&["tunnelled over HTTP"]).is_empty());
 }
 
 /// RTSPS with SRTP (`RTP/SAVP`, keys in MIKEY as RFC 4567 has them): GStreamer publishes

@@ -213,35 +213,60 @@ pub async fn serve(
             let r = match tls {
                 Some(acc) => {
                     match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
-                        Ok(Ok(s)) => conn.run(SharedTls::new(s), shutdown).await,
+                        Ok(Ok(s)) => {
+                            // RTSP, or RTSP over HTTP inside TLS (ffmpeg's `https` transport).
+                            let mut s = SharedTls::new(s);
+                            let (kind, first) = crate::tunnel::read_kind(&mut s).await;
+                            let s = crate::tunnel::Prefixed::new(first, s);
+                            serve_kind(kind, s, conn, &tunnels, shutdown).await
+                        }
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
                 // RTSP over HTTP: a GET waits for its POST, which carries the session.
-                None => match crate::tunnel::classify(&sock).await {
-                    crate::tunnel::Kind::Rtsp => conn.run(SharedTcp::new(sock), shutdown).await,
-                    crate::tunnel::Kind::HttpGet => {
-                        drop(conn);
-                        match tunnels.get(sock, remote).await {
-                            Ok(()) => return,
-                            Err(e) => Err(format!("HTTP tunnel: {e}")),
-                        }
-                    }
-                    crate::tunnel::Kind::HttpPost => match tunnels.post(sock).await {
-                        Ok(t) => {
-                            tracing::info!(conn = id, "[RTSP] {remote}: tunnelled over HTTP");
-                            conn.run(t, shutdown).await
-                        }
-                        Err(e) => Err(format!("HTTP tunnel: {e}")),
-                    },
-                },
+                None => {
+                    let kind = crate::tunnel::classify(&sock).await;
+                    serve_kind(kind, SharedTcp::new(sock), conn, &tunnels, shutdown).await
+                }
             };
+            if r.is_err() && r.as_ref().err().is_some_and(String::is_empty) {
+                return;
+            }
             match r {
                 Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
                 Err(e) => tracing::info!(conn = id, "[RTSP] {remote} closed: {e}"),
             }
         });
+    }
+}
+
+/// Serves a connection by what it speaks: RTSP, or one half of an HTTP tunnel (a GET is
+/// kept for its POST: `Err("")`, nothing to log; a POST runs the tunnelled connection).
+async fn serve_kind<S: Transport>(
+    kind: crate::tunnel::Kind,
+    sock: S,
+    conn: Conn,
+    tunnels: &crate::tunnel::Tunnels,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let (id, remote) = (conn.id, conn.remote);
+    match kind {
+        crate::tunnel::Kind::Rtsp => conn.run(sock, shutdown).await,
+        crate::tunnel::Kind::HttpGet => {
+            drop(conn);
+            match tunnels.get(sock, remote).await {
+                Ok(()) => Err(String::new()),
+                Err(e) => Err(format!("HTTP tunnel: {e}")),
+            }
+        }
+        crate::tunnel::Kind::HttpPost => match tunnels.post(sock).await {
+            Ok(t) => {
+                tracing::info!(conn = id, "[RTSP] {remote}: tunnelled over HTTP");
+                conn.run(t, shutdown).await
+            }
+            Err(e) => Err(format!("HTTP tunnel: {e}")),
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! RTSP tunnelled over HTTP (Apple's QuickTime tunnelling, what ffmpeg's
-//! `-rtsp_transport http`, GStreamer's `rtsph://` and VLC speak), on the RTSP listener:
+//! `-rtsp_transport http`/`https`, GStreamer's `rtsph://` and VLC speak), on the RTSP listener
+//! and, inside TLS, on the RTSPS one:
 //!
 //! - the client first sends `GET /path HTTP/1.x` with an `x-sessioncookie`: the answer is
 //!   `200 OK` with `Content-Type: application/x-rtsp-tunnelled`, and that connection then
@@ -19,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tidegate_core::{SharedTcp, Transport};
+use tidegate_core::{SharedTcp, SinkIo, Transport, Writable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -56,14 +57,101 @@ pub async fn classify(sock: &TcpStream) -> Kind {
     }
 }
 
+/// What a new connection on a stream without peek (TLS) speaks, from its first bytes, which
+/// are returned to be read again (see [`Prefixed`]).
+pub async fn read_kind<S: AsyncRead + Unpin>(sock: &mut S) -> (Kind, Vec<u8>) {
+    let mut b = Vec::with_capacity(5);
+    let _ = tokio::time::timeout(PAIR_WITHIN, async {
+        let mut one = [0u8; 5];
+        while b.len() < 5 {
+            match sock.read(&mut one[..5 - b.len()]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => b.extend_from_slice(&one[..n]),
+            }
+        }
+    })
+    .await;
+    let kind = match &b[..] {
+        b"GET /" => Kind::HttpGet,
+        b"POST " => Kind::HttpPost,
+        _ => Kind::Rtsp,
+    };
+    (kind, b)
+}
+
+/// A transport whose first bytes were already read: they are read again first.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: Transport> Transport for Prefixed<S> {
+    fn shared_tcp(&self) -> Option<SharedTcp> {
+        self.inner.shared_tcp()
+    }
+
+    fn sink_io(&self) -> Option<(std::sync::Arc<dyn SinkIo>, std::sync::Arc<dyn Writable>)> {
+        self.inner.sink_io()
+    }
+}
+
+/// A tunnel's GET (its connection, where the server's output goes) and when it came.
+type Waiting = (Box<dyn Transport>, Instant);
+
 /// GETs waiting for their POST, by cookie.
 #[derive(Default)]
 pub struct Tunnels {
-    waiting: Mutex<HashMap<String, (TcpStream, Instant)>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
 }
 
 /// Reads an HTTP request head (through the blank line); returns it and what came after.
-async fn read_head(sock: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
+async fn read_head<S: AsyncRead + Unpin>(sock: &mut S) -> Result<(String, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = tokio::time::timeout(PAIR_WITHIN, async {
@@ -100,7 +188,7 @@ fn cookie(head: &str) -> Option<String> {
 
 impl Tunnels {
     /// A GET: answered, then kept for its POST.
-    pub async fn get(&self, mut sock: TcpStream, remote: SocketAddr) -> Result<(), String> {
+    pub async fn get<S: Transport>(&self, mut sock: S, remote: SocketAddr) -> Result<(), String> {
         let (head, _) = read_head(&mut sock).await?;
         let Some(c) = cookie(&head) else {
             let _ = sock
@@ -121,12 +209,12 @@ impl Tunnels {
             return Err(format!("{MAX_WAITING} HTTP tunnels waiting for their POST"));
         }
         tracing::debug!(%remote, "[RTSP] HTTP tunnel: GET, waiting for its POST");
-        w.insert(c, (sock, Instant::now()));
+        w.insert(c, (Box::new(sock), Instant::now()));
         Ok(())
     }
 
     /// A POST: paired with its GET into one RTSP connection's transport.
-    pub async fn post(&self, mut sock: TcpStream) -> Result<HttpTunnel, String> {
+    pub async fn post<S: Transport>(&self, mut sock: S) -> Result<HttpTunnel, String> {
         let (head, rest) = read_head(&mut sock).await?;
         let c = cookie(&head).ok_or("HTTP POST without x-sessioncookie")?;
         let (get, _) = self
@@ -139,7 +227,7 @@ impl Tunnels {
         tokio::spawn(decode(sock, rest, ours));
         Ok(HttpTunnel {
             input: theirs,
-            output: SharedTcp::new(get),
+            output: get,
         })
     }
 }
@@ -147,7 +235,7 @@ impl Tunnels {
 /// The POST's base64 body, decoded into the connection's input, until either side ends.
 /// Each 4-character group is decoded alone: clients encode each message separately, so the
 /// body is a run of padded blocks.
-async fn decode(mut post: TcpStream, first: Vec<u8>, mut to_conn: DuplexStream) {
+async fn decode<S: AsyncRead + Unpin>(mut post: S, first: Vec<u8>, mut to_conn: DuplexStream) {
     let engine = &base64::engine::general_purpose::STANDARD;
     let mut pending: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 << 10];
@@ -179,7 +267,7 @@ async fn decode(mut post: TcpStream, first: Vec<u8>, mut to_conn: DuplexStream) 
 /// A tunnelled RTSP connection's transport: input from the POST, output to the GET.
 pub struct HttpTunnel {
     input: DuplexStream,
-    output: SharedTcp,
+    output: Box<dyn Transport>,
 }
 
 impl AsyncRead for HttpTunnel {
@@ -212,7 +300,11 @@ impl AsyncWrite for HttpTunnel {
 
 impl Transport for HttpTunnel {
     fn shared_tcp(&self) -> Option<SharedTcp> {
-        Some(self.output.clone())
+        self.output.shared_tcp()
+    }
+
+    fn sink_io(&self) -> Option<(std::sync::Arc<dyn SinkIo>, std::sync::Arc<dyn Writable>)> {
+        self.output.sink_io()
     }
 }
 
