@@ -4,7 +4,10 @@ serving rtsp://127.0.0.1:PORT/cam with live H.264 640x360@30 and AAC (or AC-3) 4
 with --pattern flash a flash + beep each second) (rtsps:// with
 --cert and --key, as cameras with self-signed certificates do). Each client
 connection and disconnection is printed to stderr ("client connected" / "client closed"),
-so a test can count them. It exits by itself after --max-seconds.
+so a test can count them, and so is each PLAY's Range and Scale ("PLAY Range: npt=2.000-").
+With --file, it serves that MP4's H.264 track instead, seekable (an NVR's recording: a PLAY
+with a Range starts there, and the stream ends with the file). It exits by itself after
+--max-seconds.
 
 Run with /usr/bin/python3 (not a venv python): python3-gi is a Debian package.
 """
@@ -52,6 +55,7 @@ def main():
                    help="the audio codec (AC-3: RFC 4184, GStreamer's rtpac3pay)")
     p.add_argument("--mpegts", action="store_true",
                    help="serve H.264 + AAC muxed in MPEG-TS, one MP2T RTP stream (RFC 2250)")
+    p.add_argument("--file", help="serve this MP4's H.264 track, seekable, instead of live")
     p.add_argument("--pattern", choices=["test", "flash"], default="test",
                    help="flash: a flash + beep pattern (lip sync), else test patterns and a tone")
     a = p.parse_args()
@@ -72,7 +76,12 @@ def main():
         audio_enc = "avenc_ac3 bitrate=192000 ! rtpac3pay name=pay1 pt=97"
     else:
         audio_enc = "avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97"
-    if a.mpegts:
+    if a.file:
+        factory.set_launch(
+            f"( filesrc location={a.file} ! qtdemux name=d d.video_0 ! queue ! h264parse "
+            "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        )
+    elif a.mpegts:
         factory.set_launch(
             f"( {video} ! video/x-raw,width=640,height=360,framerate=30/1 "
             "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse "
@@ -108,7 +117,7 @@ def main():
 
     if a.pattern == "flash":
         factory.connect("media-configure", flash_probes)
-    factory.set_shared(True)
+    factory.set_shared(not a.file)
     scheme = "rtsp"
     if a.cert:
         # RTSPS: TLS on the same port.
@@ -128,9 +137,21 @@ def main():
         factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP_MCAST)
     server.get_mount_points().add_factory("/cam", factory)
 
+    gi.require_version("GstRtsp", "1.0")
+    from gi.repository import GstRtsp
+
+    def on_play(_client, ctx):
+        for field, name in ((GstRtsp.RTSPHeaderField.RANGE, "Range"),
+                            (GstRtsp.RTSPHeaderField.SCALE, "Scale")):
+            res, value = ctx.request.get_header(field, 0)
+            if res == GstRtsp.RTSPResult.OK:
+                say(f"PLAY {name}: {value}")
+        return GstRtsp.RTSPStatusCode.OK
+
     def on_client(_server, client):
         say("client connected")
         client.connect("closed", lambda _c: say("client closed"))
+        client.connect("pre-play-request", on_play)
 
     server.connect("client-connected", on_client)
     if server.attach(None) == 0:

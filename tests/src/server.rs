@@ -276,6 +276,33 @@ impl TestServer {
         }
     }
 
+    /// Reads `path` in the test itself (asking an on-demand source to start) and counts the
+    /// frames of its key track until none has come for `quiet` (the source's media ended),
+    /// at most `limit` in all.
+    pub fn count_frames_until_quiet(&self, path: &str, quiet: Duration, limit: Duration) -> usize {
+        let session =
+            tidegate_core::SessionInfo::new(self.paths.new_session_id(), "testReader", None);
+        let paths = self.paths.clone();
+        let path = path.to_string();
+        self.runtime.block_on(async move {
+            let mut reader = tokio::time::timeout(limit, paths.read_or_demand(&path, session))
+                .await
+                .unwrap_or_else(|_| panic!("'{path}' did not start within {limit:?}"))
+                .unwrap_or_else(|e| panic!("test reader on '{path}': {e}"));
+            let key = reader.stream().key_track();
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut seen = 0;
+            loop {
+                let until = (tokio::time::Instant::now() + quiet).min(deadline);
+                match tokio::time::timeout_at(until, reader.recv()).await {
+                    Ok(Ok(f)) if Some(f.track) == key => seen += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => return seen,
+                }
+            }
+        })
+    }
+
     /// Polls `/v3/paths/get/{path}` until its `sourceRelay.lastError` contains `what`, at most
     /// `limit` (the source's retries are not path events). Returns the last error seen.
     pub fn wait_source_error(&self, path: &str, what: &str, limit: Duration) -> String {

@@ -1915,3 +1915,86 @@ fn forward_pushes_over_rtsp_to_ffmpeg_and_to_another_server() {
     let second_info = second.paths().get("relay").expect("relay");
     assert_eq!(second_info.tracks, vec!["H264", "MPEG-4 Audio"]);
 }
+
+/// A recording pulled from an NVR-like server (gst-rtsp-server serving an 8 s MP4, seekable)
+/// with `rtspRangeType: npt`, `rtspRangeStart: 5s`, `rtspScale` and
+/// `rtspUDPSourcePortRange`: the PLAY carries `Range: npt=5.000-` and `Scale`, the server
+/// seeks, and a reader gets only the last 3 s of the file (75 of its 200 frames) before the
+/// media stops; the RTP came to ports of the range.
+#[test]
+fn a_pulled_recording_starts_at_rtsp_range_start() {
+    let dir = scratch("rtsp-range");
+    let file = dir.join("recording.mp4");
+    let made = run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "8",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "25",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .arg(&file),
+        Duration::from_secs(60),
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = tidegate_tests::peers::free_port();
+    let mut camera = Camera::start_with(port, &["--file", file.to_str().unwrap()]);
+    let server = TestServer::start(&format!(
+        "paths:\n  rec:\n    source: rtsp://127.0.0.1:{port}/cam\n    sourceOnDemand: yes\n    \
+         rtspRangeType: npt\n    rtspRangeStart: 5s\n    rtspScale: \"1\"\n    \
+         rtspUDPSourcePortRange: [41000, 41200]\n"
+    ));
+    // Read in the test until the recording's end (no frame for 3 s).
+    let frames =
+        server.count_frames_until_quiet("rec", Duration::from_secs(3), Duration::from_secs(60));
+    eprintln!("from npt=5: {frames} frames of the 8 s recording's 200");
+    assert!(
+        camera.wait("PLAY Range: npt=5.000-", 1, Duration::from_secs(5)),
+        "{:?}",
+        camera.seen
+    );
+    assert!(
+        camera.wait("PLAY Scale: 1", 1, Duration::from_secs(5)),
+        "{:?}",
+        camera.seen
+    );
+    assert!((50..=100).contains(&frames), "{frames} frames");
+    assert_eq!(
+        server.paths().get("rec").map(|p| p.tracks),
+        Some(vec!["H264"])
+    );
+    let ports: Vec<u16> =
+        tidegate_tests::logs::lines_with(&["rec", "RTP from the camera on UDP ports"])
+            .iter()
+            .filter_map(|l| {
+                l.split("UDP ports ")
+                    .nth(1)?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (41000..41200).contains(p)),
+        "{ports:?}"
+    );
+}

@@ -122,6 +122,41 @@ pub fn origin_matches(pattern: &str, origin: &str) -> bool {
     }
 }
 
+/// A Go duration as MediaMTX writes them (`300ms`, `1.5m`, `2h45m`; units `ns`, `us`, `µs`,
+/// `ms`, `s`, `m`, `h`); None when it is not one, negative or past a year.
+pub fn go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut secs = 0.0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (unit, len) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .iter()
+        .find(|(u, _)| rest.starts_with(u))
+        .map(|(u, f)| (*f, u.len()))?;
+        secs += value * unit;
+        rest = &rest[len..];
+    }
+    (secs.is_finite() && secs <= 366.0 * 86_400.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +198,19 @@ mod tests {
             allowed_origin(&["*".to_string()], None).as_deref(),
             Some("*")
         );
+    }
+
+    #[test]
+    fn go_durations_read() {
+        let d = |s| go_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(d("300ms"), Some(0.3));
+        assert_eq!(d("1.5m"), Some(90.0));
+        assert_eq!(d("2h45m"), Some(9900.0));
+        assert_eq!(d("10s"), Some(10.0));
+        assert_eq!(d("0"), Some(0.0));
+        assert_eq!(d("10"), None);
+        assert_eq!(d("5x"), None);
+        assert_eq!(d(""), None);
+        assert_eq!(d("9999999h"), None);
     }
 }

@@ -450,12 +450,102 @@ fn camera_srtp(
     Ok(ctx)
 }
 
-/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as `client_port` expects.
-async fn port_pair() -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), String> {
-    for _ in 0..32 {
-        let rtp = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .await
-            .map_err(|e| format!("UDP: {e}"))?;
+/// What a pull asks of the camera's PLAY and where its UDP ports are: MediaMTX's
+/// `rtspRangeType`/`rtspRangeStart` (a `Range` header), `rtspScale` (a `Scale` header) and
+/// `rtspUDPSourcePortRange` (our RTP/RTCP ports, where the camera's packets come to and ours
+/// leave from).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlayOptions {
+    /// The `Range` header's value, e.g. `npt=10.5-` (`npt=0.000-` when None).
+    pub range: Option<String>,
+    pub scale: Option<String>,
+    /// Inclusive; the system's choice when it is the default `(32768, 60999)`.
+    pub ports: (u16, u16),
+}
+
+/// The ports the system picks from on Linux: MediaMTX's default `rtspUDPSourcePortRange`.
+pub const DEFAULT_PORTS: (u16, u16) = (32768, 60999);
+
+impl Default for PlayOptions {
+    fn default() -> Self {
+        PlayOptions {
+            range: None,
+            scale: None,
+            ports: DEFAULT_PORTS,
+        }
+    }
+}
+
+impl PlayOptions {
+    /// From the path's `rtspRangeType`, `rtspRangeStart` (MediaMTX's forms: `clock`:
+    /// `20230812T120000Z`; `npt` and `smpte`: a duration such as `1.5m` or `300ms`),
+    /// `rtspScale` and `rtspUDPSourcePortRange`.
+    pub fn new(
+        range_type: &str,
+        range_start: &str,
+        scale: &str,
+        ports: (u16, u16),
+    ) -> Result<PlayOptions, String> {
+        let range = match range_type {
+            "" => None,
+            "clock" => Some(format!("clock={range_start}-")),
+            "npt" | "smpte" => {
+                let secs = if range_start.is_empty() {
+                    0.0
+                } else {
+                    tidegate_core::text::go_duration(range_start)
+                        .ok_or_else(|| format!("rtspRangeStart: '{range_start}' is not a duration such as 1.5m or 300ms"))?
+                        .as_secs_f64()
+                };
+                Some(if range_type == "npt" {
+                    format!("npt={secs:.3}-")
+                } else {
+                    let whole = secs as u64;
+                    format!(
+                        "smpte={:02}:{:02}:{:02}-",
+                        whole / 3600,
+                        whole / 60 % 60,
+                        whole % 60
+                    )
+                })
+            }
+            other => return Err(format!("rtspRangeType: unknown '{other}'")),
+        };
+        Ok(PlayOptions {
+            range,
+            scale: (!scale.is_empty()).then(|| scale.to_string()),
+            ports,
+        })
+    }
+
+    /// Whether retina (which sends none of these) cannot do the pull.
+    pub fn needs_own_client(&self) -> bool {
+        *self != PlayOptions::default()
+    }
+}
+
+/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as `client_port` expects; in
+/// `range` unless it is the default (the system's choice then).
+async fn port_pair(
+    range: (u16, u16),
+) -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), String> {
+    let (lo, hi) = (range.0.max(1), range.1);
+    let span = u32::from(hi.saturating_sub(lo)) + 1;
+    for i in 0..64u32 {
+        let port = if range == DEFAULT_PORTS {
+            0
+        } else {
+            // A random start, then every even port of the range in turn.
+            let start = tidegate_core::text::random_u64() as u32 % span;
+            let p = u32::from(lo) + (start + i * 2) % span;
+            (p & !1) as u16
+        };
+        if range != DEFAULT_PORTS && (port < lo || port >= hi) {
+            continue;
+        }
+        let Ok(rtp) = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await else {
+            continue;
+        };
         let port = rtp.local_addr().map_err(|e| format!("UDP: {e}"))?.port();
         if port % 2 != 0 || port == u16::MAX {
             continue;
@@ -464,7 +554,10 @@ async fn port_pair() -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), S
             return Ok((rtp, rtcp));
         }
     }
-    Err("no free UDP port pair".into())
+    Err(format!(
+        "no free UDP port pair (rtspUDPSourcePortRange {}-{})",
+        range.0, range.1
+    ))
 }
 
 /// `server_port`'s RTP port in a unicast `Transport` answer.
@@ -478,10 +571,12 @@ fn server_rtp_port(transport: &str) -> Option<u16> {
 
 /// One pull of `url` into `path` in `mode`, until the camera stops, the data stops for 10 s,
 /// or `cancel`. `fingerprint` pins an `rtsps://` camera.
+#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     mut url: url::Url,
     mode: Mode,
     fingerprint: &str,
+    play: &PlayOptions,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
@@ -496,6 +591,7 @@ pub async fn pull(
         &mut c,
         camera,
         mode,
+        play,
         paths,
         path,
         status,
@@ -554,6 +650,7 @@ async fn pull_on(
     c: &mut Conn,
     camera: std::net::IpAddr,
     mode: Mode,
+    play: &PlayOptions,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
@@ -615,7 +712,7 @@ async fn pull_on(
                 srtp: secure,
                 any_port,
             } => {
-                let (rtp, rtcp) = port_pair().await?;
+                let (rtp, rtcp) = port_pair(play.ports).await?;
                 let p = rtp.local_addr().map_err(|e| e.to_string())?.port();
                 let mut headers = vec![(
                     "Transport",
@@ -632,6 +729,12 @@ async fn pull_on(
                 };
                 let r = c.request("SETUP", &uri, &headers).await?;
                 let server_port = server_rtp_port(r.header("Transport").unwrap_or(""));
+                tracing::info!(
+                    path,
+                    track = idx,
+                    "RTP from the camera on UDP ports {p}-{}",
+                    p + 1
+                );
                 receivers.push(AbortOnDrop(tokio::spawn(async move {
                     let _rtcp = rtcp; // held: the camera's receiver-report port stays ours
                     let mut buf = vec![0u8; 2048];
@@ -658,8 +761,14 @@ async fn pull_on(
         return Err("the source has no track Tidegate can carry".into());
     }
     let play_uri = base.trim_end_matches('/').to_string();
-    c.request("PLAY", &play_uri, &[("Range", "npt=0.000-".into())])
-        .await?;
+    let mut headers = vec![(
+        "Range",
+        play.range.clone().unwrap_or_else(|| "npt=0.000-".into()),
+    )];
+    if let Some(scale) = &play.scale {
+        headers.push(("Scale", scale.clone()));
+    }
+    c.request("PLAY", &play_uri, &headers).await?;
     status.set_state("running");
     tracing::info!(
         path,

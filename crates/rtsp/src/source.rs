@@ -331,6 +331,7 @@ pub async fn pull(
     transport: SourceTransport,
     fingerprint: String,
     any_port: bool,
+    play: crate::client::PlayOptions,
     paths: PathManager,
     path: String,
     status: Arc<RelayStatus>,
@@ -346,24 +347,34 @@ pub async fn pull(
     };
     let tls = parsed.scheme() == "rtsps";
     let tunnelled = matches!(parsed.scheme(), "rtsp+http" | "rtsps+http");
-    // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), and
-    // UDP from any port.
+    // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), UDP
+    // from any port, and a PLAY with a Range or Scale, or from chosen UDP ports (over UDP:
+    // our client has no TCP interleaving; over TCP, retina's PLAY is rewritten by a relay).
     let own = match transport {
         SourceTransport::Multicast => Some(crate::client::Mode::Multicast { srtp: tls }),
-        SourceTransport::Udp if tls || any_port => Some(crate::client::Mode::Udp {
-            srtp: tls,
-            any_port,
-        }),
+        SourceTransport::Udp if tls || any_port || play.needs_own_client() => {
+            Some(crate::client::Mode::Udp {
+                srtp: tls,
+                any_port,
+            })
+        }
+        SourceTransport::Automatic if !tunnelled && play.needs_own_client() => {
+            Some(crate::client::Mode::Udp {
+                srtp: tls,
+                any_port,
+            })
+        }
         _ => None,
     };
     if let Some(mode) = own {
         let (paths, path2, cancel2, fingerprint) = (&paths, &path, &cancel, &fingerprint);
-        let status2 = &status;
+        let (status2, play) = (&status, &play);
         with_backoff("source", &path, &status, &cancel, move || {
             crate::client::pull(
                 parsed.clone(),
                 mode,
                 fingerprint,
+                play,
                 paths,
                 path2,
                 status2,
@@ -397,7 +408,17 @@ pub async fn pull(
                     srtp: false,
                     any_port: false,
                 };
-                crate::client::pull(parsed, mode, "", paths, path2, status2, cancel2).await
+                crate::client::pull(
+                    parsed,
+                    mode,
+                    "",
+                    &crate::client::PlayOptions::default(),
+                    paths,
+                    path2,
+                    status2,
+                    cancel2,
+                )
+                .await
             } else if tls {
                 match tls_tunnel(&parsed, fingerprint).await {
                     Ok((inner, _relay)) => {

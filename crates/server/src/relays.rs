@@ -409,11 +409,25 @@ fn source(
             "multicast" => SourceTransport::Multicast,
             _ => SourceTransport::Automatic,
         };
+        let play = match tidegate_rtsp::client::PlayOptions::new(
+            &conf.rtsp_range_type,
+            &conf.rtsp_range_start,
+            &conf.rtsp_scale,
+            conf.rtsp_udp_source_port_range,
+        ) {
+            Ok(p) => p,
+            // Checked when the configuration was loaded.
+            Err(e) => {
+                tracing::error!(path = name, "{e}");
+                tidegate_rtsp::client::PlayOptions::default()
+            }
+        };
         Box::pin(tidegate_rtsp::source::pull(
             url,
             transport,
             fingerprint,
             conf.rtsp_any_port,
+            play,
             paths,
             name,
             status,

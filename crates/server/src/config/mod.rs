@@ -1366,20 +1366,38 @@ impl Config {
                      stamped with their arrival time",
                 ));
             }
-            let not_yet = [
-                ("rtspRangeType", !p.rtsp_range_type.is_empty()),
-                ("rtspScale", !p.rtsp_scale.is_empty()),
-                (
-                    "rtspUDPSourcePortRange",
-                    p.rtsp_udp_source_port_range != (32768, 60999),
-                ),
-            ];
-            if let Some((k, _)) = not_yet.iter().find(|(_, set)| *set) {
+            match tidegate_rtsp::client::PlayOptions::new(
+                &p.rtsp_range_type,
+                &p.rtsp_range_start,
+                &p.rtsp_scale,
+                p.rtsp_udp_source_port_range,
+            ) {
+                Err(e) => {
+                    let k = if e.starts_with("rtspRangeStart") {
+                        "rtspRangeStart"
+                    } else {
+                        "rtspRangeType"
+                    };
+                    return Err(ctx.err(0, &key(k), e));
+                }
+                Ok(play) if play.needs_own_client() && p.rtsp_transport == "tcp" => {
+                    return Err(ctx.err(
+                        0,
+                        &key("rtspTransport"),
+                        "rtspRangeType, rtspScale and rtspUDPSourcePortRange are sent by \
+                         Tidegate's own RTSP client, which reads over UDP: use rtspTransport \
+                         udp or automatic with them",
+                    ));
+                }
+                Ok(_) => {}
+            }
+            if p.rtsp_udp_source_port_range.0 > p.rtsp_udp_source_port_range.1
+                || p.rtsp_udp_source_port_range.1 - p.rtsp_udp_source_port_range.0 < 2
+            {
                 return Err(ctx.err(
                     0,
-                    &key(k),
-                    "not built yet: pulled RTSP sources PLAY from the live point at normal speed, \
-                     from local UDP ports the system picks (32768-60999 on Linux)",
+                    &key("rtspUDPSourcePortRange"),
+                    "must be [low, high] with room for a port pair",
                 ));
             }
             if p.always_available {
