@@ -413,13 +413,19 @@ impl State {
             }
         }
         if ll {
-            if let Some(open) = self.open_segment() {
+            // The next part: of the open segment, or the first of the next one when the last
+            // segment just ended (a publisher left). Always one, so that the client's idea of
+            // the segment being written is never a stale one (hls.js 1.7 compares it with the
+            // next playlist's and stops on a discontinuity count that differs).
+            let next = match self.open_segment() {
+                Some(open) => Some((open.msn, open.parts.len())),
+                None => self.segments.back().map(|s| (s.msn + 1, 0)),
+            };
+            if let Some((msn, part)) = next {
                 let _ = writeln!(
                     o,
-                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}_part{}_{}.mp4{query}\"",
+                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}_part{msn}_{part}.mp4{query}\"",
                     self.prefix,
-                    open.msn,
-                    open.parts.len()
                 );
             }
         }

@@ -254,6 +254,12 @@ fn state_renders_playlists_and_answers_blocking_requests() {
     assert!(text.contains("#EXT-X-MAP:URI=\"abc_init1.mp4\""));
     assert!(text.contains("abc_seg5.mp4"));
     assert!(text.contains("#EXT-X-PART:DURATION=0.20000,URI=\"abc_part5_0.mp4\",INDEPENDENT=YES"));
+    // The last segment ended and none is open (the publisher left): the hint is the next
+    // segment's first part, never none (hls.js would keep a stale idea of the open segment).
+    assert!(
+        text.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc_part6_0.mp4\"\n"),
+        "{text}"
+    );
     let mv = st.multivariant("?user=a");
     assert!(
         mv.contains("CODECS=\"avc1.") && mv.contains(",mp4a.40.2\""),
