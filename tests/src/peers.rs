@@ -130,6 +130,41 @@ pub fn ffmpeg_read(url: &str, seconds: u32, out: &Path, log_dir: &Path) -> PeerP
     PeerProcess::spawn("ffmpeg-read", &mut cmd, log_dir)
 }
 
+/// hls.js in headless Chromium playing Tidegate's player page at `url` for `seconds`, as a
+/// process to wait on; it prints one JSON report (`tests/js/hls_player.mjs`).
+pub fn hlsjs_player(url: &str, seconds: u32, log_dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("node"));
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs"))
+        .arg(url)
+        .arg(seconds.to_string())
+        .arg(crate::peers_dir().join("node/node_modules"));
+    PeerProcess::spawn("hlsjs", &mut cmd, log_dir)
+}
+
+/// An H.264 MP4 file of ffmpeg's testsrc2 (`size`, 25 fps, 1 s GOP) lasting `seconds`.
+pub fn testsrc_mp4(file: &Path, seconds: u32, size: &str) {
+    let made = crate::run_bounded(
+        Command::new(peer("ffmpeg"))
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=25"),
+            ])
+            .args(["-t", &seconds.to_string()])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"])
+            .args(["-pix_fmt", "yuv420p"])
+            .arg(file),
+        Duration::from_secs(60),
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// A free TCP port on 127.0.0.1 for a peer that needs its port in a config file.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

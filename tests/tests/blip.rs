@@ -7,12 +7,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{peer, peers_dir, scratch};
+use tidegate_tests::scratch;
 
 const READY: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(60);
@@ -44,14 +43,7 @@ fn readers_keep_playing_across_a_publisher_blip() {
         &srt_out,
         &dir,
     );
-    let node = peer("node");
-    let mut hlsjs = Command::new(node);
-    hlsjs
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs"))
-        .arg(server.hls_url("blip", ""))
-        .arg("20")
-        .arg(peers_dir().join("node/node_modules"));
-    let mut hlsjs = PeerProcess::spawn("hlsjs", &mut hlsjs, &dir);
+    let mut hlsjs = tidegate_tests::peers::hlsjs_player(&server.hls_url("blip", ""), 20, &dir);
     // RTMP, SRT and the HLS muxer read.
     server.wait_readers("blip", 3, READY);
     // Everybody plays for a while (150 frames through the server).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tidegate_tests::peers::{ffmpeg_publish, PeerProcess};
 use tidegate_tests::server::TestServer;
-use tidegate_tests::{peer, peers_dir, run_bounded, scratch};
+use tidegate_tests::{peer, scratch};
 
 const READY: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(60);
@@ -88,13 +88,7 @@ fn readers_stay_across_publisher_off_on_off() {
     assert_eq!(api["source"], serde_json::Value::Null, "{api}");
 
     let mut rtmp = ffmpeg_decode(&server.rtmp_url("studio"), 26, &dir);
-    let mut hlsjs = Command::new(peer("node"));
-    hlsjs
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/js/hls_player.mjs"))
-        .arg(server.hls_url("studio", ""))
-        .arg("28")
-        .arg(peers_dir().join("node/node_modules"));
-    let mut hlsjs = PeerProcess::spawn("hlsjs", &mut hlsjs, &dir);
+    let mut hlsjs = tidegate_tests::peers::hlsjs_player(&server.hls_url("studio", ""), 28, &dir);
     server.wait_readers("studio", 2, READY);
     // Offline for a while (the generated stream is 25 fps).
     server.wait_frames("studio", 125, LIMIT);
@@ -191,35 +185,7 @@ fn an_mp4_file_plays_on_a_loop_and_a_publisher_of_other_tracks_is_refused() {
     let dir = scratch("offline-file");
     // A 2 s progressive MP4, video only (320x240, 25 fps).
     let file = dir.join("offline.mp4");
-    let made = run_bounded(
-        Command::new(peer("ffmpeg"))
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=25",
-                "-t",
-                "2",
-            ])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "25",
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .arg(&file),
-        LIMIT,
-    );
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    tidegate_tests::peers::testsrc_mp4(&file, 2, "320x240");
     let server = TestServer::start(&format!(
         "paths:\n  lobby:\n    alwaysAvailable: yes\n    alwaysAvailableFile: {}\n",
         file.display()

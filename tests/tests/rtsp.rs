@@ -1925,35 +1925,7 @@ fn forward_pushes_over_rtsp_to_ffmpeg_and_to_another_server() {
 fn a_pulled_recording_starts_at_rtsp_range_start() {
     let dir = scratch("rtsp-range");
     let file = dir.join("recording.mp4");
-    let made = run_bounded(
-        Command::new(peer("ffmpeg"))
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=25",
-                "-t",
-                "8",
-            ])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "25",
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .arg(&file),
-        Duration::from_secs(60),
-    );
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    tidegate_tests::peers::testsrc_mp4(&file, 8, "320x240");
     let port = tidegate_tests::peers::free_port();
     let mut camera = Camera::start_with(port, &["--file", file.to_str().unwrap()]);
     let server = TestServer::start(&format!(

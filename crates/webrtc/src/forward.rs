@@ -17,15 +17,14 @@ use bytes::Bytes;
 use str0m::change::SdpAnswer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig};
 use tidegate_core::relay::{with_backoff, RelayStatus};
 use tidegate_core::{CodecParams, Frame, PathError, PathManager, RecvError, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{media_time, rtc_codec};
 use crate::session::enable;
-use crate::source::{http_url, DeleteOnDrop};
+use crate::source::{http_url, pump, receive, DeleteOnDrop};
 
 /// How long the WHIP server has to connect after its answer.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,30 +212,25 @@ async fn push_once(
     let mut origin: Option<(Instant, i64)> = None;
     let mut buf = vec![0u8; 2048];
     loop {
-        let next = loop {
-            match rtc.poll_output().map_err(|e| format!("WebRTC: {e}"))? {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+        let (next, events) = pump(&mut rtc, &socket).await?;
+        for e in events {
+            match e {
+                Event::Connected => {
+                    connected = true;
+                    status.set_state("running");
+                    tracing::info!(path, url = status.url, "[WebRTC] forwarding over WHIP");
                 }
-                Output::Event(e) => match e {
-                    Event::Connected => {
-                        connected = true;
-                        status.set_state("running");
-                        tracing::info!(path, url = status.url, "[WebRTC] forwarding over WHIP");
-                    }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        return Err("ICE disconnected (the server went away)".into());
-                    }
-                    Event::PeerStats(s) => {
-                        status.bytes.store(s.peer_bytes_tx, Ordering::Relaxed);
-                    }
-                    // The receiver lost a keyframe or a viewer joined it: ask our publisher.
-                    Event::KeyframeRequest(_) => source.request_keyframe(),
-                    _ => {}
-                },
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    return Err("ICE disconnected (the server went away)".into());
+                }
+                Event::PeerStats(s) => {
+                    status.bytes.store(s.peer_bytes_tx, Ordering::Relaxed);
+                }
+                // The receiver lost a keyframe or a viewer joined it: ask our publisher.
+                Event::KeyframeRequest(_) => source.request_keyframe(),
+                _ => {}
             }
-        };
+        }
         if !connected && started.elapsed() > HANDSHAKE_TIMEOUT {
             return Err(format!(
                 "the WHIP server did not connect within {HANDSHAKE_TIMEOUT:?}"
@@ -249,16 +243,7 @@ async fn push_once(
             _ = cancel.cancelled() => return Ok(()),
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r.map_err(|e| format!("UDP: {e}"))?;
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive {
-                    proto: Protocol::Udp,
-                    source: from,
-                    destination: local,
-                    contents,
-                });
-                if let Err(e) = rtc.handle_input(input) {
-                    tracing::debug!(path, "[WebRTC] WHIP forward input: {e}");
-                }
+                receive(&mut rtc, &buf[..n], from, local, path);
             }
             f = frames.recv(), if connected => {
                 let frame = match f {

@@ -99,6 +99,48 @@ pub(crate) fn bind_towards(
     Ok((socket, local))
 }
 
+/// Sends what str0m has to send; returns when it next wants time, and the events it raised.
+pub(crate) async fn pump(
+    rtc: &mut str0m::Rtc,
+    socket: &tokio::net::UdpSocket,
+) -> Result<(Instant, Vec<Event>), String> {
+    let mut events = Vec::new();
+    loop {
+        match rtc.poll_output().map_err(|e| format!("WebRTC: {e}"))? {
+            Output::Timeout(t) => return Ok((t, events)),
+            Output::Transmit(t) => {
+                let _ = socket.send_to(&t.contents, t.destination).await;
+            }
+            Output::Event(e) => events.push(e),
+        }
+    }
+}
+
+/// A datagram from the server into str0m (what it cannot take is logged and dropped).
+pub(crate) fn receive(
+    rtc: &mut str0m::Rtc,
+    data: &[u8],
+    from: SocketAddr,
+    local: SocketAddr,
+    path: &str,
+) {
+    let Ok(contents) = data.try_into() else {
+        return;
+    };
+    let input = Input::Receive(
+        Instant::now(),
+        Receive {
+            proto: Protocol::Udp,
+            source: from,
+            destination: local,
+            contents,
+        },
+    );
+    if let Err(e) = rtc.handle_input(input) {
+        tracing::debug!(path, "[WebRTC] client input: {e}");
+    }
+}
+
 /// Pulls until `cancel`, reconnecting with backoff.
 pub async fn pull(
     source: WhepSource,
@@ -220,37 +262,32 @@ async fn run(
     let mut buf = vec![0u8; 2048];
     loop {
         // Everything str0m has to say, then wait for a datagram or its next timer.
-        let next = loop {
-            match rtc.poll_output().map_err(|e| format!("WebRTC: {e}"))? {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+        let (next, events) = pump(&mut rtc, &socket).await?;
+        for e in events {
+            match e {
+                Event::Connected => {
+                    connected = true;
+                    status.set_state("running");
+                    tracing::info!(path, url = status.url, "[WebRTC] WHEP source connected");
                 }
-                Output::Event(e) => match e {
-                    Event::Connected => {
-                        connected = true;
-                        status.set_state("running");
-                        tracing::info!(path, url = status.url, "[WebRTC] WHEP source connected");
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    return Err("ICE disconnected (the server went away)".into());
+                }
+                Event::MediaData(d) => {
+                    let now = Instant::now();
+                    if ingest.on_media(&d) == IngestAction::RequestKeyframe
+                        && last_key.is_none_or(|k| now.duration_since(k) >= KEYFRAME_INTERVAL)
+                    {
+                        last_key = Some(now);
+                        request_keyframe(&mut rtc, &ingest.video_mids);
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        return Err("ICE disconnected (the server went away)".into());
-                    }
-                    Event::MediaData(d) => {
-                        let now = Instant::now();
-                        if ingest.on_media(&d) == IngestAction::RequestKeyframe
-                            && last_key.is_none_or(|k| now.duration_since(k) >= KEYFRAME_INTERVAL)
-                        {
-                            last_key = Some(now);
-                            request_keyframe(&mut rtc, &ingest.video_mids);
-                        }
-                    }
-                    Event::PeerStats(s) => {
-                        status.bytes.store(s.peer_bytes_rx, Ordering::Relaxed);
-                    }
-                    _ => {}
-                },
+                }
+                Event::PeerStats(s) => {
+                    status.bytes.store(s.peer_bytes_rx, Ordering::Relaxed);
+                }
+                _ => {}
             }
-        };
+        }
         if !connected && started.elapsed() > source.handshake_timeout {
             return Err(format!(
                 "no connection within whepHandshakeTimeout ({:?})",
@@ -265,16 +302,7 @@ async fn run(
             _ = kick.cancelled() => return Err("the path's publisher was replaced".into()),
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r.map_err(|e| format!("UDP: {e}"))?;
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive {
-                    proto: Protocol::Udp,
-                    source: from,
-                    destination: local,
-                    contents,
-                });
-                if let Err(e) = rtc.handle_input(input) {
-                    tracing::debug!(path, "[WebRTC] WHEP source input: {e}");
-                }
+                receive(&mut rtc, &buf[..n], from, local, path);
             }
             _ = tokio::time::sleep(wait) => {
                 rtc.handle_input(Input::Timeout(Instant::now()))
