@@ -141,6 +141,40 @@ pub fn hlsjs_player(url: &str, seconds: u32, log_dir: &Path) -> PeerProcess {
     PeerProcess::spawn("hlsjs", &mut cmd, log_dir)
 }
 
+/// The report of an [`hlsjs_player`] that ran to its end, checked: the process succeeded and
+/// hls.js had no fatal error.
+pub fn hlsjs_report(player: &mut PeerProcess, limit: Duration) -> serde_json::Value {
+    let status = player.wait(limit);
+    let out = player.stdout();
+    assert!(status.success(), "{out}\n{}", player.stderr());
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("hls.js JSON report");
+    let fatal: Vec<&serde_json::Value> = r["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e.as_str().unwrap_or("").contains("fatal"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(fatal.is_empty(), "hls.js: {fatal:?}");
+    r
+}
+
+/// How many frames hls.js had decoded by `t` seconds into its run (its report's `trace`).
+pub fn hlsjs_frames_at(report: &serde_json::Value, t: f64) -> u64 {
+    report["trace"]
+        .as_array()
+        .map(|trace| {
+            trace
+                .iter()
+                .filter(|s| s[0].as_f64().unwrap_or(f64::MAX) <= t)
+                .filter_map(|s| s[1].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// An H.264 MP4 file of ffmpeg's testsrc2 (`size`, 25 fps, 1 s GOP) lasting `seconds`.
 pub fn testsrc_mp4(file: &Path, seconds: u32, size: &str) {
     let made = crate::run_bounded(

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read};
-use tidegate_tests::server::TestServer;
 use tidegate_tests::scratch;
+use tidegate_tests::server::TestServer;
 
 const READY: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(60);
@@ -77,27 +77,9 @@ fn readers_keep_playing_across_a_publisher_blip() {
         assert!((0.2..6.0).contains(&gap), "{name}: a {gap} s gap");
     }
 
-    let status = hlsjs.wait(LIMIT);
-    let out = hlsjs.stdout();
-    assert!(status.success(), "{out}\n{}", hlsjs.stderr());
-    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    eprintln!("hls.js: {r}");
-    let fatal: Vec<&serde_json::Value> = r["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e.as_str().unwrap_or("").contains("fatal"))
-        .collect();
-    assert!(fatal.is_empty(), "hls.js: {fatal:?}");
+    let r = tidegate_tests::peers::hlsjs_report(&mut hlsjs, LIMIT);
     let trace = r["trace"].as_array().unwrap();
-    let frames_at = |t: f64| {
-        trace
-            .iter()
-            .filter(|s| s[0].as_f64().unwrap() <= t)
-            .map(|s| s[1].as_u64().unwrap())
-            .max()
-            .unwrap_or(0)
-    };
+    let frames_at = |t: f64| tidegate_tests::peers::hlsjs_frames_at(&r, t);
     let end = trace.last().unwrap()[0].as_f64().unwrap();
     let last4 = frames_at(end) - frames_at(end - 4.0);
     assert!(

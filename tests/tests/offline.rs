@@ -144,17 +144,7 @@ fn readers_stay_across_publisher_off_on_off() {
     // 48 kHz AAC: ~47 frames a second, on both sides of both switches.
     assert!(audio >= 20 * 40, "{audio} audio frames decoded");
 
-    let status = hlsjs.wait(LIMIT);
-    let out = hlsjs.stdout();
-    assert!(status.success(), "{out}\n{}", hlsjs.stderr());
-    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let fatal: Vec<&serde_json::Value> = r["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e.as_str().unwrap_or("").contains("fatal"))
-        .collect();
-    assert!(fatal.is_empty(), "hls.js: {fatal:?}");
+    let r = tidegate_tests::peers::hlsjs_report(&mut hlsjs, LIMIT);
     let trace = r["trace"].as_array().unwrap();
     let mut seen: Vec<u64> = Vec::new();
     for s in trace {
@@ -165,14 +155,7 @@ fn readers_stay_across_publisher_off_on_off() {
     }
     eprintln!("hls.js: widths {seen:?}, {} frames", r["framesDecoded"]);
     assert_eq!(seen, vec![1280, 640, 1280], "hls.js: {r}");
-    let frames_at = |t: f64| {
-        trace
-            .iter()
-            .filter(|s| s[0].as_f64().unwrap() <= t)
-            .map(|s| s[1].as_u64().unwrap())
-            .max()
-            .unwrap_or(0)
-    };
+    let frames_at = |t: f64| tidegate_tests::peers::hlsjs_frames_at(&r, t);
     let end = trace.last().unwrap()[0].as_f64().unwrap();
     assert!(
         frames_at(end) - frames_at(end - 3.0) >= 45,
