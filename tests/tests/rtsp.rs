@@ -21,13 +21,20 @@ fn probe_file(path: &std::path::Path) -> Probe {
 }
 
 fn assert_media(p: &Probe, video: &str, audio: Option<&str>, seconds: u32) {
+    assert_media_from(p, video, audio, seconds, seconds as usize * 30 - 30);
+}
+
+/// As [`assert_media`], with at least `min_frames` video frames: for a camera stand-in that
+/// encodes in real time in the test and drops frames when the machine is short of CPU (the
+/// multicast camera in its namespace: 77 frames in 4 s once on a loaded CI run).
+fn assert_media_from(p: &Probe, video: &str, audio: Option<&str>, seconds: u32, min_frames: usize) {
     assert_eq!(p.codec("video").as_deref(), Some(video), "{:#?}", p.streams);
     assert_eq!(p.codec("audio").as_deref(), audio, "{:#?}", p.streams);
     assert_eq!(p.dimensions(), Some((640, 360)));
     let frames = p.packets_of("video").len();
     let expected = seconds as usize * 30;
     assert!(
-        frames + 30 >= expected && frames <= expected + 30,
+        frames >= min_frames && frames <= expected + 30,
         "{frames} video frames for {seconds} s"
     );
     if audio.is_some() {
@@ -425,7 +432,13 @@ fn a_multicast_camera_is_pulled_in_a_network_namespace() {
         log("server.log"),
         log("camera.log")
     );
-    assert_media(&probe_file(&dir.join("read.mkv")), "h264", Some("aac"), 4);
+    assert_media_from(
+        &probe_file(&dir.join("read.mkv")),
+        "h264",
+        Some("aac"),
+        4,
+        60,
+    );
     let path: serde_json::Value = serde_json::from_str(&log("path.json")).unwrap();
     assert_eq!(path["source"]["type"], "rtspSource", "{path}");
     assert_eq!(path["sourceRelay"]["state"], "running", "{path}");
