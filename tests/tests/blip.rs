@@ -34,6 +34,10 @@ fn readers_keep_playing_across_a_publisher_blip() {
     let mut first = ffmpeg_publish(&server.rtmp_url("blip"), 60, "flv", &dir);
     server.wait_ready("blip", READY);
 
+    // hls.js first: Chromium may take long to start on a loaded machine, and the ffmpeg
+    // readers' 14 s must cover the blip, not the browser's start.
+    let mut hlsjs = tidegate_tests::peers::hlsjs_player(&server.hls_url("blip", ""), 20, &dir);
+    server.wait_readers("blip", 1, LIMIT);
     let rtmp_out = dir.join("rtmp.mkv");
     let srt_out = dir.join("srt.ts");
     let mut rtmp = ffmpeg_read(&server.rtmp_url("blip"), 14, &rtmp_out, &dir);
@@ -43,7 +47,6 @@ fn readers_keep_playing_across_a_publisher_blip() {
         &srt_out,
         &dir,
     );
-    let mut hlsjs = tidegate_tests::peers::hlsjs_player(&server.hls_url("blip", ""), 20, &dir);
     // RTMP, SRT and the HLS muxer read.
     server.wait_readers("blip", 3, READY);
     // Everybody plays for a while (150 frames through the server).
