@@ -123,7 +123,8 @@ pub fn origin_matches(pattern: &str, origin: &str) -> bool {
 }
 
 /// A Go duration as MediaMTX writes them (`300ms`, `1.5m`, `2h45m`; units `ns`, `us`, `µs`,
-/// `ms`, `s`, `m`, `h`); None when it is not one, negative or past a year.
+/// `ms`, `s`, `m`, `h`, `d`); None for a bare number (its unit would be a guess), anything
+/// else, or more than 10^9 s. The configuration's durations and `rtspRangeStart` alike.
 pub fn go_duration(s: &str) -> Option<std::time::Duration> {
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -132,29 +133,33 @@ pub fn go_duration(s: &str) -> Option<std::time::Duration> {
     if rest == "0" {
         return Some(std::time::Duration::ZERO);
     }
-    let mut secs = 0.0f64;
+    let mut total = 0f64;
     while !rest.is_empty() {
-        let n = rest
+        let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let (unit, len) = [
-            ("ns", 1e-9),
-            ("us", 1e-6),
-            ("µs", 1e-6),
-            ("ms", 1e-3),
-            ("s", 1.0),
-            ("m", 60.0),
-            ("h", 3600.0),
-        ]
-        .iter()
-        .find(|(u, _)| rest.starts_with(u))
-        .map(|(u, f)| (*f, u.len()))?;
-        secs += value * unit;
-        rest = &rest[len..];
+        let num: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += num * scale;
     }
-    (secs.is_finite() && secs <= 366.0 * 86_400.0).then(|| std::time::Duration::from_secs_f64(secs))
+    if !total.is_finite() || total > 1e9 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
@@ -211,6 +216,6 @@ mod tests {
         assert_eq!(d("10"), None);
         assert_eq!(d("5x"), None);
         assert_eq!(d(""), None);
-        assert_eq!(d("9999999h"), None);
+        assert_eq!(d("999999999h"), None);
     }
 }

@@ -134,40 +134,7 @@ pub fn duration(v: &Node) -> Result<Duration, String> {
 }
 
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += num * scale;
-    }
-    if !total.is_finite() || total > 1e9 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(total))
+    tidegate_core::text::go_duration(s)
 }
 
 /// A list, or (as environment variables give) one comma-separated string.
