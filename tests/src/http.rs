@@ -83,6 +83,12 @@ pub fn fetch(addr: SocketAddr, target: &str, headers: &[&str]) -> Fetched {
     send(addr, "GET", target, headers, b"")
 }
 
+/// As [`fetch`], for answers that take long by design (a profile of N seconds): bounded by
+/// `timeout` instead of 15 s.
+pub fn fetch_within(addr: SocketAddr, target: &str, timeout: Duration) -> Fetched {
+    send_within(addr, "GET", target, &[], b"", timeout)
+}
+
 /// Any request with a body (sent with its `Content-Length`); otherwise as [`fetch`].
 pub fn send(
     addr: SocketAddr,
@@ -91,10 +97,20 @@ pub fn send(
     headers: &[&str],
     body: &[u8],
 ) -> Fetched {
+    send_within(addr, method, target, headers, body, Duration::from_secs(15))
+}
+
+fn send_within(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+    timeout: Duration,
+) -> Fetched {
     let start = std::time::Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
@@ -108,7 +124,8 @@ pub fn send(
     bytes.extend_from_slice(body);
     s.write_all(&bytes).expect("send");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("HTTP answer within 15 s");
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("HTTP answer within {timeout:?}: {e}"));
     let elapsed = start.elapsed();
     let split = buf
         .windows(4)

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use tidegate_tests::http::{fetch, get_json};
+use tidegate_tests::http::{fetch, fetch_within, get_json};
 use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
 use tidegate_tests::server::TestServer;
 use tidegate_tests::{peer, run_bounded, scratch};
@@ -290,10 +290,12 @@ fn pprof_gives_a_cpu_profile_behind_its_permission() {
         })
     };
 
-    let folded = fetch(
+    // The answer comes after the 5 s of sampling and the symbolisation of every sampled
+    // frame, which reads the debug build's DWARF: seconds more on a loaded machine.
+    let folded = fetch_within(
         server.pprof_addr(),
         "/debug/pprof/profile?seconds=5&format=folded",
-        &[],
+        Duration::from_secs(60),
     );
     assert_eq!(folded.status, 200, "{}", folded.text());
     let text = folded.text();
@@ -310,7 +312,11 @@ fn pprof_gives_a_cpu_profile_behind_its_permission() {
         "no named frame:\n{text}"
     );
 
-    let svg = fetch(server.pprof_addr(), "/debug/pprof/profile?seconds=5", &[]);
+    let svg = fetch_within(
+        server.pprof_addr(),
+        "/debug/pprof/profile?seconds=5",
+        Duration::from_secs(60),
+    );
     assert_eq!(svg.status, 200);
     assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
     let svg = svg.text();

@@ -16,7 +16,7 @@ use tidegate_tests::{ffprobe_via, in_ns, peer, poll, run_bounded, scratch, serve
 /// ffmpeg sending the synthetic source as MPEG-TS over RTP.
 fn ffmpeg_ts_rtp(url: &str) -> Command {
     let mut c = Command::new(peer("ffmpeg"));
-    c.args(tidegate_tests::peers::synthetic_source(40, "640x360"))
+    c.args(tidegate_tests::peers::synthetic_source(120, "640x360"))
         .args(["-f", "rtp_mpegts", url]);
     c
 }
@@ -95,7 +95,7 @@ fn mpegts_over_udp_unicast_multicast_and_unix_is_published() {
     // ffmpeg: TS over unicast UDP, and over the Unix socket.
     let ffmpeg_ts = |url: &str| {
         let mut c = Command::new(peer("ffmpeg"));
-        c.args(tidegate_tests::peers::synthetic_source(40, "640x360"))
+        c.args(tidegate_tests::peers::synthetic_source(120, "640x360"))
             .args(["-f", "mpegts", url]);
         c
     };
@@ -112,7 +112,7 @@ fn mpegts_over_udp_unicast_multicast_and_unix_is_published() {
     // GStreamer: TS to a multicast group.
     let mut gst = Command::new(peer("gst-launch-1.0"));
     gst.args(["-q", "-e"]).args(
-        "videotestsrc is-live=true num-buffers=1200 ! video/x-raw,width=640,height=360,framerate=30/1 \
+        "videotestsrc is-live=true num-buffers=3600 ! video/x-raw,width=640,height=360,framerate=30/1 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
          ! mpegtsmux name=m alignment=7 \
          ! udpsink host=239.255.0.7 port=5002 auto-multicast=true multicast-iface=lo ttl-mc=0 \
@@ -123,7 +123,7 @@ fn mpegts_over_udp_unicast_multicast_and_unix_is_published() {
     // GStreamer: RTP H.264 and Opus to one multicast port (told apart by payload type).
     let mut gst = Command::new(peer("gst-launch-1.0"));
     gst.args(["-q", "-e"]).args(
-        "videotestsrc is-live=true num-buffers=1200 ! video/x-raw,width=640,height=360,framerate=30/1 \
+        "videotestsrc is-live=true num-buffers=3600 ! video/x-raw,width=640,height=360,framerate=30/1 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
          ! rtph264pay pt=96 config-interval=-1 mtu=1400 \
          ! udpsink host=239.255.0.8 port=5006 auto-multicast=true multicast-iface=lo ttl-mc=0 \
