@@ -24,6 +24,26 @@ fn ffmpeg_hls(out: &std::path::Path, extra: &[&str], dir: &std::path::Path) -> P
     PeerProcess::spawn("ffmpeg-hls", &mut cmd, dir)
 }
 
+/// ffmpeg writing the synthetic source as live HLS with the audio apart: a multivariant
+/// `index.m3u8` whose video variant names an audio group, the audio a rendition of its own
+/// (`-var_stream_map "v:0,agroup:aud a:0,agroup:aud"`).
+fn ffmpeg_hls_audio_apart(
+    out: &std::path::Path,
+    extra: &[&str],
+    dir: &std::path::Path,
+) -> PeerProcess {
+    std::fs::create_dir_all(out).expect("HLS directory");
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(tidegate_tests::peers::synthetic_source(120, "640x360"))
+        .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"])
+        .args(["-hls_flags", "delete_segments+independent_segments"])
+        .args(["-var_stream_map", "v:0,agroup:aud a:0,agroup:aud"])
+        .args(["-master_pl_name", "index.m3u8"])
+        .args(extra)
+        .arg(out.join("stream_%v.m3u8"));
+    PeerProcess::spawn("ffmpeg-hls-apart", &mut cmd, dir)
+}
+
 #[test]
 fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
     let dir = scratch("hls-source");
@@ -49,10 +69,31 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
         ],
         &dir,
     );
+    // The audio apart, in MPEG-TS and in fMP4 segments.
+    let mut ts_apart = ffmpeg_hls_audio_apart(&www.join("tsapart"), &[], &dir);
+    let mut fmp4_apart = ffmpeg_hls_audio_apart(
+        &www.join("fmp4apart"),
+        &[
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_fmp4_init_filename",
+            "init_%v.mp4",
+        ],
+        &dir,
+    );
     let port = free_port();
     let mut nginx = nginx_static(port, &www, &dir);
-    for v in ["ts", "fmp4"] {
-        let file = www.join(v).join("index.m3u8");
+    for v in [
+        "ts",
+        "fmp4",
+        "tsapart/stream_0",
+        "tsapart/stream_1",
+        "fmp4apart/stream_1",
+    ] {
+        let file = match v.split_once('/') {
+            Some((d, f)) => www.join(d).join(format!("{f}.m3u8")),
+            None => www.join(v).join("index.m3u8"),
+        };
         poll(
             Duration::from_secs(30),
             || format!("ffmpeg wrote no {}", file.display()),
@@ -76,13 +117,24 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
          \x20   sourceOnDemand: yes\n\
          \x20 fmp4:\n\
          \x20   source: http://127.0.0.1:{port}/fmp4/index.m3u8\n\
+         \x20   sourceOnDemand: yes\n\
+         \x20 tsapart:\n\
+         \x20   source: http://127.0.0.1:{port}/tsapart/index.m3u8\n\
+         \x20   sourceOnDemand: yes\n\
+         \x20 fmp4apart:\n\
+         \x20   source: http://127.0.0.1:{port}/fmp4apart/index.m3u8\n\
          \x20   sourceOnDemand: yes\n",
         ll = origin
             .hls_url("cam", "index.m3u8")
             .replacen("http://", "https://", 1),
     ));
 
-    for path in ["ll", "ts", "fmp4"] {
+    let master = std::fs::read_to_string(www.join("tsapart/index.m3u8")).unwrap_or_default();
+    assert!(
+        master.contains("#EXT-X-MEDIA:TYPE=AUDIO") && master.contains("AUDIO=\""),
+        "ffmpeg wrote no audio rendition:\n{master}"
+    );
+    for path in ["ll", "ts", "fmp4", "tsapart", "fmp4apart"] {
         // Over RTMP.
         let file = dir.join(format!("{path}.flv"));
         let mut r = ffmpeg_read(&edge.rtmp_url(path), 5, &file, &dir);
@@ -99,6 +151,15 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
         assert!(audio >= 150, "{path}: {audio} audio frames in 5 s");
         assert!(p.dts_monotonic("video"), "{path}");
         assert!(p.dts_monotonic("audio"), "{path}");
+        // Audio and video in step (the renditions merged on one timeline): their first and
+        // last decode times within half a second of each other.
+        let (v, a) = (p.dts_seconds("video"), p.dts_seconds("audio"));
+        let first = (v[0] - a[0]).abs();
+        let last = (v[v.len() - 1] - a[a.len() - 1]).abs();
+        assert!(
+            first < 0.5 && last < 0.5,
+            "{path}: A/V apart by {first:.3} s at the start, {last:.3} s at the end"
+        );
 
         // Over WHEP.
         let v =
@@ -130,6 +191,19 @@ fn hls_from_tidegate_and_from_nginx_is_pulled_and_read_over_rtmp_and_whep() {
     };
     assert!(mode("ll"), "{pulls:?}");
     assert!(!mode("ts") && !mode("fmp4"), "{pulls:?}");
+    // The audio renditions are followed beside their variants.
+    for name in ["tsapart", "fmp4apart"] {
+        assert!(
+            pulls
+                .iter()
+                .any(|l| l.contains("pulling the audio rendition")
+                    && (l.contains(&format!("path=\"{name}\""))
+                        || l.contains(&format!("path={name} ")))),
+            "{name}: {pulls:?}"
+        );
+    }
+    ts_apart.kill9();
+    fmp4_apart.kill9();
     publisher.kill9();
     ts.kill9();
     fmp4.kill9();

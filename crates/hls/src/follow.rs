@@ -186,28 +186,64 @@ fn attr<'a>(list: &'a [(&str, &'a str)], key: &str) -> Option<&'a str> {
     list.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
-/// A multivariant playlist's variant of highest bandwidth (its URI), or None for a media
-/// playlist.
-pub fn best_variant(text: &str) -> Option<String> {
-    let mut best: Option<(u64, String)> = None;
-    let mut pending: Option<u64> = None;
+/// The variant to follow in a multivariant playlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// The variant's media playlist.
+    pub uri: String,
+    /// The media playlist of its audio rendition when the audio is not muxed into the
+    /// variant (`AUDIO="group"` naming an `EXT-X-MEDIA:TYPE=AUDIO` with a `URI`).
+    pub audio: Option<String>,
+}
+
+/// A multivariant playlist's variant of highest bandwidth, with its audio rendition (the
+/// group's `DEFAULT=YES` one, else its `AUTOSELECT=YES` one, else its first), or None for a
+/// media playlist.
+pub fn best_variant(text: &str) -> Option<Variant> {
+    let mut best: Option<(u64, String, Option<String>)> = None;
+    let mut pending: Option<(u64, Option<String>)> = None;
+    // (group, uri, rank: 0 default, 1 autoselect, 2 other)
+    let mut renditions: Vec<(String, String, u8)> = Vec::new();
     for line in text.lines().map(str::trim) {
         if let Some(a) = line.strip_prefix("#EXT-X-STREAM-INF:") {
             let a = attributes(a);
-            pending = Some(
+            pending = Some((
                 attr(&a, "BANDWIDTH")
                     .and_then(|b| b.parse().ok())
                     .unwrap_or(0),
-            );
+                attr(&a, "AUDIO").map(str::to_string),
+            ));
+        } else if let Some(a) = line.strip_prefix("#EXT-X-MEDIA:") {
+            let a = attributes(a);
+            if let (Some("AUDIO"), Some(group), Some(uri)) =
+                (attr(&a, "TYPE"), attr(&a, "GROUP-ID"), attr(&a, "URI"))
+            {
+                let rank = if attr(&a, "DEFAULT") == Some("YES") {
+                    0
+                } else if attr(&a, "AUTOSELECT") == Some("YES") {
+                    1
+                } else {
+                    2
+                };
+                renditions.push((group.to_string(), uri.to_string(), rank));
+            }
         } else if !line.is_empty() && !line.starts_with('#') {
-            if let Some(bw) = pending.take() {
-                if best.as_ref().is_none_or(|(b, _)| bw > *b) {
-                    best = Some((bw, line.to_string()));
+            if let Some((bw, group)) = pending.take() {
+                if best.as_ref().is_none_or(|(b, _, _)| bw > *b) {
+                    best = Some((bw, line.to_string(), group));
                 }
             }
         }
     }
-    best.map(|(_, uri)| uri)
+    let (_, uri, group) = best?;
+    let audio = group.and_then(|g| {
+        renditions
+            .iter()
+            .filter(|(group, _, _)| *group == g)
+            .min_by_key(|(_, _, rank)| *rank)
+            .map(|(_, uri, _)| uri.clone())
+    });
+    Some(Variant { uri, audio })
 }
 
 /// Parses a media playlist.
@@ -400,7 +436,27 @@ mod tests {
         let m = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001f,mp4a.40.2\"\nlow.m3u8\n\
                  #EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720\nhigh/index.m3u8\n\
                  #EXT-X-STREAM-INF:BANDWIDTH=1500000\nmid.m3u8\n";
-        assert_eq!(best_variant(m).as_deref(), Some("high/index.m3u8"));
+        assert_eq!(
+            best_variant(m),
+            Some(Variant {
+                uri: "high/index.m3u8".into(),
+                audio: None
+            })
+        );
+        // ffmpeg's `-var_stream_map "v:0,agroup:aud a:0,agroup:aud"`: the audio apart.
+        let m = "#EXTM3U\n#EXT-X-VERSION:3\n\
+                 #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"group_aud\",NAME=\"audio_0\",AUTOSELECT=YES,URI=\"a_1.m3u8\"\n\
+                 #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"group_aud\",NAME=\"en\",DEFAULT=YES,URI=\"en.m3u8\"\n\
+                 #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"other\",NAME=\"x\",DEFAULT=YES,URI=\"x.m3u8\"\n\
+                 #EXT-X-STREAM-INF:BANDWIDTH=1140800,CODECS=\"avc1.42c01e,mp4a.40.2\",AUDIO=\"group_aud\"\n\
+                 v_0.m3u8\n";
+        assert_eq!(
+            best_variant(m),
+            Some(Variant {
+                uri: "v_0.m3u8".into(),
+                audio: Some("en.m3u8".into())
+            })
+        );
         assert_eq!(best_variant(LL), None);
         assert_eq!(
             attributes("A=1,B=\"x, y\",C=YES"),
