@@ -10,6 +10,7 @@ use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
@@ -77,6 +78,10 @@ struct Inner {
     /// The continuing publisher's track ids → this stream's (its tracks may be numbered or
     /// ordered differently, e.g. another protocol's publisher); empty when they are the same.
     track_map: Vec<(TrackId, TrackId)>,
+    /// `useAbsoluteTimestamp`: per track, a presentation time (stream time, after any offset)
+    /// and the absolute time the source gave it (an RTCP sender report's NTP time, an HLS
+    /// `EXT-X-PROGRAM-DATE-TIME`).
+    absolute: Vec<(TrackId, i64, SystemTime)>,
 }
 
 struct Resume {
@@ -129,6 +134,7 @@ impl Stream {
                 offset_us: 0,
                 resume: None,
                 track_map: Vec::new(),
+                absolute: Vec::new(),
             }),
             config,
             stats: StreamStats::default(),
@@ -211,6 +217,55 @@ impl Stream {
 
     pub fn key_track(&self) -> Option<TrackId> {
         self.key_track
+    }
+
+    /// `useAbsoluteTimestamp`: the source says that `pts` (the publisher's time, in ticks of
+    /// `track`'s clock) is the absolute time `at`. Replaces what it said before for the track.
+    pub fn set_absolute_time(&self, track: TrackId, pts: i64, at: SystemTime) {
+        let mut inner = self.lock();
+        if inner.resume.as_ref().is_some_and(|r| r.wait_key) {
+            return; // the continuing publisher's offset is not known yet
+        }
+        let track = inner
+            .track_map
+            .iter()
+            .find(|(from, _)| *from == track)
+            .map_or(track, |&(_, to)| to);
+        let clock = inner.desc.track(track).map_or(90_000, |t| t.clock_rate);
+        let pts = pts.saturating_add(crate::media::rescale(inner.offset_us, 1_000_000, clock));
+        inner.absolute.retain(|(t, _, _)| *t != track);
+        inner.absolute.push((track, pts, at));
+    }
+
+    /// The absolute time of a frame of this stream: from what the source said of its track
+    /// (`useAbsoluteTimestamp`), else the time the frame arrived.
+    pub fn wall_time(&self, frame: &Frame) -> SystemTime {
+        let inner = self.lock();
+        if let Some(&(_, pts, at)) = inner.absolute.iter().find(|(t, _, _)| *t == frame.track) {
+            let clock = inner
+                .desc
+                .track(frame.track)
+                .map_or(90_000, |t| t.clock_rate);
+            let us = crate::media::rescale(frame.pts.saturating_sub(pts), clock, 1_000_000);
+            let d = std::time::Duration::from_micros(us.unsigned_abs());
+            let t = if us >= 0 {
+                at.checked_add(d)
+            } else {
+                at.checked_sub(d)
+            };
+            if let Some(t) = t {
+                return t;
+            }
+        }
+        drop(inner);
+        SystemTime::now()
+            .checked_sub(frame.received.elapsed())
+            .unwrap_or_else(SystemTime::now)
+    }
+
+    /// Whether the source gave absolute times (`useAbsoluteTimestamp`).
+    pub fn has_absolute_time(&self) -> bool {
+        !self.lock().absolute.is_empty()
     }
 
     /// Hands a frame to every reader. Never waits.
@@ -338,6 +393,7 @@ impl Stream {
             .sort_by_key(|t| inner.desc.tracks.iter().position(|o| o.id == t.id));
         inner.desc = desc;
         inner.track_map = map.into_iter().filter(|(a, b)| a != b).collect();
+        inner.absolute.clear();
         inner.gop.clear();
         inner.gop_bytes = 0;
         inner.gop_valid = false;

@@ -20,6 +20,8 @@ pub struct Segment {
     pub parts: Vec<Part>,
     /// The `EXT-X-MAP` in force (fMP4).
     pub map: Option<String>,
+    /// Its `EXT-X-PROGRAM-DATE-TIME`: the absolute time of its first sample.
+    pub pdt: Option<std::time::SystemTime>,
 }
 
 /// A media playlist.
@@ -33,6 +35,8 @@ pub struct MediaPlaylist {
     pub trailing_parts: Vec<Part>,
     /// The `EXT-X-MAP` in force at the end (for the trailing parts).
     pub map: Option<String>,
+    /// The `EXT-X-PROGRAM-DATE-TIME` of the segment being written (before its parts).
+    pub trailing_pdt: Option<std::time::SystemTime>,
     pub can_block_reload: bool,
     pub endlist: bool,
 }
@@ -49,6 +53,15 @@ impl MediaPlaylist {
             && self.part_target.is_some()
             && (!self.trailing_parts.is_empty()
                 || self.segments.iter().any(|s| !s.parts.is_empty()))
+    }
+
+    /// The `EXT-X-PROGRAM-DATE-TIME` of segment `msn`, when the playlist gives one.
+    pub fn pdt(&self, msn: u64) -> Option<std::time::SystemTime> {
+        if msn == self.next_msn() {
+            return self.trailing_pdt;
+        }
+        let i = usize::try_from(msn.checked_sub(self.media_sequence)?).ok()?;
+        self.segments.get(i)?.pdt
     }
 
     /// Where a new client starts: the last independent part (LL-HLS), else the last segment.
@@ -255,6 +268,7 @@ pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
     let mut parts = Vec::new();
     let mut duration = None;
     let mut skipped = 0u64;
+    let mut pdt = None;
     for line in text.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
             p.target_duration = v.parse().map_err(|_| "bad EXT-X-TARGETDURATION")?;
@@ -281,6 +295,8 @@ pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
         } else if let Some(v) = line.strip_prefix("#EXTINF:") {
             let d = v.split(',').next().unwrap_or("");
             duration = Some(d.trim().parse::<f64>().map_err(|_| "bad EXTINF")?);
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            pdt = parse_date_time(v.trim());
         } else if line == "#EXT-X-ENDLIST" {
             p.endlist = true;
         } else if line.starts_with("#EXT-X-STREAM-INF") {
@@ -296,6 +312,7 @@ pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
                 duration: duration.take().unwrap_or(p.target_duration),
                 parts: std::mem::take(&mut parts),
                 map: p.map.clone(),
+                pdt: pdt.take(),
             });
         }
     }
@@ -308,10 +325,77 @@ pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
     }
     p.media_sequence += skipped;
     p.trailing_parts = parts;
+    p.trailing_pdt = pdt;
     if p.target_duration <= 0.0 {
         return Err("no EXT-X-TARGETDURATION".into());
     }
     Ok(p)
+}
+
+/// An RFC 3339 / ISO 8601 date and time as HLS writes it (`2026-12-04T16:40:00.123Z`,
+/// `…+01:00`, `…+0100`); None when it is not one.
+pub fn parse_date_time(v: &str) -> Option<std::time::SystemTime> {
+    let b = v.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = v.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &v[19..];
+    let mut nanos = 0i64;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, c) in f[..digits].bytes().take(9).enumerate() {
+            nanos += i64::from(c - b'0') * 10i64.pow(8 - i as u32);
+        }
+        rest = &f[digits..];
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let t = rest[1..].replace(':', "");
+            if t.len() != 4 || !t.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let hh: i64 = t[..2].parse().ok()?;
+            let mm: i64 = t[2..].parse().ok()?;
+            sign * (hh * 3600 + mm * 60)
+        }
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec - offset;
+    let d = std::time::Duration::new(secs.unsigned_abs(), nanos as u32);
+    if secs >= 0 {
+        std::time::UNIX_EPOCH.checked_add(d)
+    } else {
+        std::time::UNIX_EPOCH
+            .checked_sub(std::time::Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(std::time::Duration::from_nanos(nanos as u64))
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +513,40 @@ mod tests {
         assert_eq!(step(&p, next), Step::Wait);
         assert!(parse_media("#EXTM3U\n#EXTINF:x,\na.ts\n").is_err());
         assert!(parse_media("garbage").is_err());
+    }
+
+    #[test]
+    fn program_date_times_are_read() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(
+            parse_date_time("2026-12-04T16:40:00.123Z"),
+            Some(UNIX_EPOCH + Duration::from_millis(1_796_402_400_123))
+        );
+        assert_eq!(
+            parse_date_time("2026-12-04T17:40:00.123+01:00"),
+            parse_date_time("2026-12-04T16:40:00.123Z")
+        );
+        assert_eq!(
+            parse_date_time("1900-01-01T00:00:05.5Z"),
+            Some(UNIX_EPOCH - Duration::from_secs(2_208_988_800) + Duration::from_millis(5500))
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-12-04 garbage",
+            "2026-12-04T16:40:00.Z",
+        ] {
+            assert_eq!(parse_date_time(bad), None, "{bad}");
+        }
+        let p = parse_media(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:3\n\
+             #EXT-X-PROGRAM-DATE-TIME:2001-01-01T00:00:00Z\n#EXTINF:2,\ns3.ts\n\
+             #EXTINF:2,\ns4.ts\n#EXT-X-PROGRAM-DATE-TIME:2001-01-01T00:00:04Z\n",
+        )
+        .unwrap();
+        assert_eq!(p.pdt(3), parse_date_time("2001-01-01T00:00:00Z"));
+        assert_eq!(p.pdt(4), None);
+        assert_eq!(p.pdt(5), parse_date_time("2001-01-01T00:00:04Z"));
     }
 
     #[test]

@@ -228,6 +228,10 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
             .then(|| bridge_opus(&mux.path, &reader))
             .flatten();
         let mut view_rx = view.as_ref().map(|v| v.stream().subscribe());
+        // Whose frames these are: their absolute times (`useAbsoluteTimestamp`) are its.
+        let source = view
+            .as_ref()
+            .map_or_else(|| reader.stream().clone(), |v| v.stream().clone());
         let desc = view
             .as_ref()
             .map_or_else(|| reader.desc(), |v| v.stream().desc());
@@ -270,7 +274,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                     let Ok(frame) = r else { break };
                     if first {
                         first = false;
-                        let wall = SystemTime::now() - frame.received.elapsed();
+                        let wall = source.wall_time(&frame);
                         mux.state().wall0 = wall - Duration::from_secs_f64(offset);
                     }
                     if let Some((vid, clock)) = video.filter(|v| v.0 == frame.track) {
@@ -308,7 +312,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                                     .as_ref()
                                     .map_or_else(|| reader.desc(), |v| v.stream().desc());
                                 seg = Segmenter::new(&now, cfg.clone(), offset, true);
-                                let wall = SystemTime::now() - frame.received.elapsed();
+                                let wall = source.wall_time(&frame);
                                 mux.state().wall0 = wall - Duration::from_secs_f64(offset);
                                 key_last = None;
                             }

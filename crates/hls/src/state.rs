@@ -463,9 +463,13 @@ impl Drop for State {
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let ms = d.subsec_millis();
+    // Before 1970 too: a source's absolute times (useAbsoluteTimestamp) may be anything.
+    let total_ms: i64 = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    };
+    let secs = total_ms.div_euclid(1000);
+    let ms = total_ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil from days (Howard Hinnant's algorithm).

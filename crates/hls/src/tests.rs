@@ -271,6 +271,11 @@ fn state_renders_playlists_and_answers_blocking_requests() {
         state::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123)),
         "2026-11-18T11:06:40.123Z"
     );
+    // A source's absolute time may be before 1970 (a camera's RTCP clock from its start).
+    assert_eq!(
+        state::rfc3339(std::time::UNIX_EPOCH - std::time::Duration::from_millis(2_208_988_794_750)),
+        "1900-01-01T00:00:05.250Z"
+    );
 }
 
 #[test]

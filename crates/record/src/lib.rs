@@ -265,10 +265,15 @@ impl Recorder {
             };
             if clock.is_none() {
                 let clock_rate = desc.track(frame.track).map_or(90_000, |t| t.clock_rate);
-                let now = SystemTime::now()
+                // The frame's absolute time: the source's (useAbsoluteTimestamp), else its
+                // arrival; before 1970 too (a camera's clock may say anything).
+                let wall = match stream
+                    .wall_time(&frame)
                     .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as i64);
-                let wall = now - frame.received.elapsed().as_micros() as i64;
+                {
+                    Ok(d) => d.as_micros() as i64,
+                    Err(e) => -(e.duration().as_micros() as i64),
+                };
                 clock = Some((wall, rescale(frame.dts, clock_rate, 90_000)));
             }
             mux.push(&frame, &mut out);
@@ -304,9 +309,10 @@ impl Recorder {
                     codecs,
                 } => {
                     let (wall, origin) = clock.unwrap_or((0, 0));
-                    let start_us =
-                        (i128::from(wall) + (i128::from(start) - i128::from(origin)) * 100 / 9)
-                            .clamp(0, i128::from(i64::MAX / 4)) as i64;
+                    let start_us = (i128::from(wall)
+                        + (i128::from(start) - i128::from(origin)) * 100 / 9)
+                        .clamp(i128::from(i64::MIN / 4), i128::from(i64::MAX / 4))
+                        as i64;
                     let file = template.render(name, start_us, format.extension());
                     writer.open(file, start_us, init, codecs);
                 }

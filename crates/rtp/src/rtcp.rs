@@ -6,14 +6,63 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 
-/// NTP timestamp (seconds since 1900, 32.32 fixed point) of `t`.
+/// Seconds from the NTP epoch (1900) to the Unix epoch.
+const NTP_UNIX: i128 = 2_208_988_800;
+
+/// NTP timestamp (seconds since 1900, 32.32 fixed point) of `t` (times before 1900 give 0).
 pub fn ntp(t: SystemTime) -> u64 {
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() + 2_208_988_800;
-    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    let unix_ns: i128 = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    let ns = (unix_ns + NTP_UNIX * 1_000_000_000).max(0);
+    let secs = (ns / 1_000_000_000) as u64;
+    let frac = (((ns % 1_000_000_000) as u64) << 32) / 1_000_000_000;
     (secs << 32) | frac
+}
+
+/// The time an NTP timestamp (32.32 fixed point since 1900) stands for.
+pub fn ntp_time(ntp: u64) -> SystemTime {
+    let ns = i128::from(ntp >> 32) * 1_000_000_000
+        + ((i128::from(ntp & 0xffff_ffff) * 1_000_000_000) >> 32);
+    let unix_ns = ns - NTP_UNIX * 1_000_000_000;
+    let d = Duration::from_nanos(unix_ns.unsigned_abs() as u64);
+    if unix_ns >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
+    }
+}
+
+/// What a sender report says: its sender's SSRC, and the NTP time of an RTP time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderInfo {
+    pub ssrc: u32,
+    pub ntp: u64,
+    pub rtp_ts: u32,
+}
+
+/// The first sender report (200) of a compound RTCP packet, if it has one.
+pub fn sender_info(mut compound: &[u8]) -> Option<SenderInfo> {
+    while compound.len() >= 4 {
+        if compound[0] >> 6 != 2 {
+            return None;
+        }
+        let len = (usize::from(u16::from_be_bytes([compound[2], compound[3]])) + 1) * 4;
+        if len > compound.len() {
+            return None;
+        }
+        if compound[1] == 200 && len >= 28 {
+            let b = &compound[..len];
+            return Some(SenderInfo {
+                ssrc: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                ntp: u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+                rtp_ts: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
+            });
+        }
+        compound = &compound[len..];
+    }
+    None
 }
 
 /// A sender report with no report blocks.
@@ -100,6 +149,33 @@ pub fn report_blocks(mut compound: &[u8]) -> Result<Vec<ReportBlock>, RtcpError>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ntp_times_go_both_ways_before_and_after_1970() {
+        for t in [
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_400_987_250),
+            SystemTime::UNIX_EPOCH - Duration::from_secs(2_208_988_790),
+        ] {
+            let back = ntp_time(ntp(t));
+            let diff = match back.duration_since(t) {
+                Ok(d) => d,
+                Err(e) => e.duration(),
+            };
+            assert!(diff < Duration::from_micros(1), "{t:?} -> {back:?}");
+        }
+        let sr = sender_report(7, ntp(SystemTime::UNIX_EPOCH), 1234, 1, 2);
+        let mut compound = vec![0x80, 201, 0, 1, 0, 0, 0, 9];
+        compound.extend_from_slice(&sr);
+        assert_eq!(
+            sender_info(&compound),
+            Some(SenderInfo {
+                ssrc: 7,
+                ntp: 2_208_988_800 << 32,
+                rtp_ts: 1234
+            })
+        );
+        assert_eq!(sender_info(&compound[..20]), None);
+    }
     use super::*;
 
     /// A receiver report from `from` with one block on `of`.

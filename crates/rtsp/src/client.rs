@@ -461,6 +461,9 @@ pub struct PlayOptions {
     pub scale: Option<String>,
     /// Inclusive; the system's choice when it is the default `(32768, 60999)`.
     pub ports: (u16, u16),
+    /// `useAbsoluteTimestamp`: frames take their absolute time from the camera's RTCP sender
+    /// reports (and wait for the first one).
+    pub absolute: bool,
 }
 
 /// The ports the system picks from on Linux: MediaMTX's default `rtspUDPSourcePortRange`.
@@ -472,6 +475,7 @@ impl Default for PlayOptions {
             range: None,
             scale: None,
             ports: DEFAULT_PORTS,
+            absolute: false,
         }
     }
 }
@@ -515,12 +519,13 @@ impl PlayOptions {
             range,
             scale: (!scale.is_empty()).then(|| scale.to_string()),
             ports,
+            absolute: false,
         })
     }
 
     /// Whether retina (which sends none of these) cannot do the pull.
     pub fn needs_own_client(&self) -> bool {
-        *self != PlayOptions::default()
+        self.range.is_some() || self.scale.is_some() || self.ports != DEFAULT_PORTS
     }
 }
 
@@ -666,7 +671,7 @@ async fn pull_on(
         .to_string();
     let medias = crate::sdp::parse(&String::from_utf8_lossy(&r.body))?;
     let mut tracks = Vec::new();
-    let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(1024);
+    let (tx, mut rx) = mpsc::channel::<(usize, bool, Bytes)>(1024);
     let mut receivers = Vec::new();
     let mut srtp = Vec::new();
     for m in &medias {
@@ -697,7 +702,7 @@ async fn pull_on(
                     let mut buf = vec![0u8; 2048];
                     while let Ok(n) = sock.recv(&mut buf).await {
                         if tx
-                            .send((idx, Bytes::copy_from_slice(&buf[..n])))
+                            .send((idx, false, Bytes::copy_from_slice(&buf[..n])))
                             .await
                             .is_err()
                         {
@@ -736,14 +741,30 @@ async fn pull_on(
                     p + 1
                 );
                 receivers.push(AbortOnDrop(tokio::spawn(async move {
-                    let _rtcp = rtcp; // held: the camera's receiver-report port stays ours
+                    // RTP, and the camera's RTCP (its sender reports: absolute times).
                     let mut buf = vec![0u8; 2048];
-                    while let Ok((n, from)) = rtp.recv_from(&mut buf).await {
-                        if !from_camera(from, camera, server_port, any_port) {
+                    let mut rtcp_buf = vec![0u8; 2048];
+                    loop {
+                        let (n, from, is_rtcp) = tokio::select! {
+                            r = rtp.recv_from(&mut buf) => match r {
+                                Ok((n, from)) => (n, from, false),
+                                Err(_) => return,
+                            },
+                            r = rtcp.recv_from(&mut rtcp_buf) => match r {
+                                Ok((n, from)) => (n, from, true),
+                                Err(_) => return,
+                            },
+                        };
+                        if is_rtcp {
+                            if from.ip() != camera {
+                                continue;
+                            }
+                        } else if !from_camera(from, camera, server_port, any_port) {
                             continue;
                         }
+                        let data = if is_rtcp { &rtcp_buf[..n] } else { &buf[..n] };
                         if tx
-                            .send((idx, Bytes::copy_from_slice(&buf[..n])))
+                            .send((idx, is_rtcp, Bytes::copy_from_slice(data)))
                             .await
                             .is_err()
                         {
@@ -780,6 +801,8 @@ async fn pull_on(
     let started = Instant::now();
     let mut publisher = None;
     let mut stream = None;
+    let mut absolute =
+        crate::ingest::Absolute::new(play.absolute && !tracks.iter().any(InTrack::is_mpegts));
     let mut keepalive = tokio::time::interval(Duration::from_secs(20));
     keepalive.tick().await;
     let mut scratch = [0u8; 4096];
@@ -793,12 +816,24 @@ async fn pull_on(
                 Ok(_) => {}
             },
             p = tokio::time::timeout(IO_TIMEOUT, rx.recv()) => {
-                let (idx, data) = match p {
+                let (idx, is_rtcp, data) = match p {
                     Err(_) => break Err("no data from the source for 10 s".to_string()),
                     Ok(None) => break Err("the multicast receivers stopped".to_string()),
                     Ok(Some(x)) => x,
                 };
                 status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if is_rtcp {
+                    let plain;
+                    let data = match srtp[idx].as_mut() {
+                        Some(ctx) => match ctx.unprotect_rtcp(&data) {
+                            Ok(v) => { plain = v; &plain[..] }
+                            Err(_) => continue,
+                        },
+                        None => &data[..],
+                    };
+                    absolute.on_rtcp(idx, &tracks[idx], data);
+                    continue;
+                }
                 let plain;
                 let data = match srtp[idx].as_mut() {
                     Some(ctx) => match ctx.unprotect_rtp(&data) {
@@ -826,7 +861,9 @@ async fn pull_on(
                 }
                 if let Some(s) = &stream {
                     for f in frames {
-                        s.write(f);
+                        if absolute.admits(f.track as usize, s) {
+                            s.write(f);
+                        }
                     }
                 }
             }

@@ -24,6 +24,81 @@ pub struct InTrack {
     ts: Option<Box<TsIn>>,
 }
 
+/// `useAbsoluteTimestamp` for an RTP publish or pull: each track's frames are held back (dropped,
+/// as MediaMTX does) until its first RTCP sender report says what absolute time its RTP times
+/// stand for; from then on the stream knows each frame's absolute time.
+pub struct Absolute {
+    enabled: bool,
+    /// Per track: the last mapping not yet given to the stream, and whether it has one.
+    pending: Vec<Option<(i64, std::time::SystemTime)>>,
+    anchored: Vec<bool>,
+    warned: bool,
+}
+
+impl Absolute {
+    pub fn new(enabled: bool) -> Absolute {
+        Absolute {
+            enabled,
+            pending: Vec::new(),
+            anchored: Vec::new(),
+            warned: false,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn grow(&mut self, idx: usize) {
+        if self.pending.len() <= idx {
+            self.pending.resize(idx + 1, None);
+            self.anchored.resize(idx + 1, false);
+        }
+    }
+
+    /// An RTCP packet of track `idx`.
+    pub fn on_rtcp(&mut self, idx: usize, track: &InTrack, data: &[u8]) {
+        if !self.enabled {
+            return;
+        }
+        let Some(sr) = tidegate_rtp::rtcp::sender_info(data) else {
+            return;
+        };
+        if let Some((pts, at)) = track.sender_report(&sr) {
+            self.on_sender_report(idx, pts, at);
+        }
+    }
+
+    /// A sender report of track `idx`, read by whoever parsed it (retina): presentation time
+    /// `pts` is the absolute time `at`.
+    pub fn on_sender_report(&mut self, idx: usize, pts: i64, at: std::time::SystemTime) {
+        if self.enabled {
+            self.grow(idx);
+            self.pending[idx] = Some((pts, at));
+        }
+    }
+
+    /// Whether a frame of track `idx` may go into `stream` (its absolute time is known, or
+    /// absolute times are not asked for). Gives the stream the track's latest mapping.
+    pub fn admits(&mut self, idx: usize, stream: &tidegate_core::Stream) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        self.grow(idx);
+        if let Some((pts, at)) = self.pending[idx].take() {
+            stream.set_absolute_time(idx as u32, pts, at);
+            self.anchored[idx] = true;
+        }
+        if !self.anchored[idx] && !std::mem::replace(&mut self.warned, true) {
+            tracing::warn!(
+                "received RTP packets without absolute time (no RTCP sender report yet): \
+                 skipping them (useAbsoluteTimestamp)"
+            );
+        }
+        self.anchored[idx]
+    }
+}
+
 /// Marks a stream published as MPEG-TS over RTP: RTSP readers get the TS too (MP2T), as it
 /// came; every other egress reads the tracks it was demuxed into.
 pub struct PublishedAsMpegts;
@@ -130,6 +205,21 @@ impl InTrack {
                 }
             })
             .collect()
+    }
+
+    /// An RTCP sender report of this track: the presentation time (as [`InTrack::push`] gives
+    /// them) of its RTP time, and the absolute time it stands for. None before the track's
+    /// first packet (its timeline is not set yet).
+    pub fn sender_report(
+        &self,
+        sr: &tidegate_rtp::rtcp::SenderInfo,
+    ) -> Option<(i64, std::time::SystemTime)> {
+        if self.ts.is_some() {
+            return None; // MPEG-TS over RTP: the frames' times come from the TS
+        }
+        let (base, last) = (self.base?, self.last?);
+        let ext = self.ext + i64::from(sr.rtp_ts.wrapping_sub(last) as i32);
+        Some((ext - base, tidegate_rtp::rtcp::ntp_time(sr.ntp)))
     }
 
     /// Parameter sets in a key frame that differ from the known ones: recorded, and returned

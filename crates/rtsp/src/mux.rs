@@ -87,6 +87,7 @@ impl RtpMux {
             return None;
         }
         let muxer = RtpMuxer {
+            source: Arc::downgrade(source),
             state: self.state.clone(),
             tracks: self.tracks.clone(),
             ts: self.mpegts.then(|| {
@@ -101,6 +102,8 @@ impl RtpMux {
 }
 
 struct RtpMuxer {
+    /// The stream muxed (weak: the stream holds its egresses).
+    source: std::sync::Weak<Stream>,
     state: Arc<Mutex<Packers>>,
     tracks: Vec<Outgoing>,
     /// MP2T out: the TS muxer, and the time its RTP clock counts from (TS packets carry their
@@ -166,9 +169,13 @@ impl Muxer for RtpMuxer {
             Vec::new()
         };
         if !due.is_empty() {
-            let arrived = std::time::SystemTime::now()
-                .checked_sub(frame.received.elapsed())
-                .unwrap_or_else(std::time::SystemTime::now);
+            // The frame's absolute time: the source's (useAbsoluteTimestamp), else its arrival.
+            let arrived = match self.source.upgrade() {
+                Some(s) => s.wall_time(frame),
+                None => std::time::SystemTime::now()
+                    .checked_sub(frame.received.elapsed())
+                    .unwrap_or_else(std::time::SystemTime::now),
+            };
             let media = frame.pts as f64 / clock_in;
             // The NTP time of this frame: its arrival for MP2T (one track); for the others,
             // one mapping from media time for every track.

@@ -254,8 +254,32 @@ async fn serve_kind<S: Transport>(
     match kind {
         crate::tunnel::Kind::Rtsp => conn.run(sock, shutdown).await,
         crate::tunnel::Kind::HttpGet => {
+            let mut sock = sock;
+            let (head, rest) = match crate::tunnel::read_head(&mut sock).await {
+                Ok(h) => h,
+                Err(e) => return Err(format!("HTTP tunnel: {e}")),
+            };
+            if crate::ws::is_upgrade(&head) {
+                // RTSP over WebSocket: the connection itself, framed.
+                let answer = match crate::ws::handshake_answer(&head) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        return Err(format!("WebSocket: {e}"));
+                    }
+                };
+                sock.write_all(answer.as_bytes())
+                    .await
+                    .map_err(|e| format!("WebSocket: {e}"))?;
+                tracing::info!(conn = id, "[RTSP] {remote}: over WebSocket");
+                return conn
+                    .run(crate::ws::WsStream::new(sock, false, &rest), shutdown)
+                    .await;
+            }
             drop(conn);
-            match tunnels.get(sock, remote).await {
+            match tunnels.get_with_head(sock, &head, remote).await {
                 Ok(()) => Err(String::new()),
                 Err(e) => Err(format!("HTTP tunnel: {e}")),
             }
@@ -301,6 +325,8 @@ struct Conn {
     nonce: String,
     path: Option<String>,
     pubs: Vec<PubTrack>,
+    /// `useAbsoluteTimestamp` of the path published.
+    absolute: crate::ingest::Absolute,
     publisher: Option<Publisher>,
     stream: Option<Arc<Stream>>,
     started: Instant,
@@ -450,6 +476,7 @@ impl Conn {
             ),
             path: None,
             pubs: Vec::new(),
+            absolute: crate::ingest::Absolute::new(false),
             publisher: None,
             stream: None,
             started: Instant::now(),
@@ -553,7 +580,9 @@ impl Conn {
                     if let Some((idx, rtcp, data)) = u {
                         self.last_activity = Instant::now();
                         self.guard.counters.received.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if rtcp {
+                        if rtcp && self.publisher.is_some() {
+                            self.on_publisher_rtcp(idx, &data);
+                        } else if rtcp {
                             self.on_reader_rtcp(idx, &data);
                         } else {
                             self.on_rtp(idx, &data);
@@ -899,6 +928,9 @@ impl Conn {
             }
             Err(e) => return response(403, "Forbidden", cseq, &[], format!("{e}\n").as_bytes()),
         };
+        self.absolute = crate::ingest::Absolute::new(
+            publisher.conf().use_absolute_timestamp && !pubs.iter().any(|p| p.t.is_mpegts()),
+        );
         self.publisher = Some(publisher);
         self.srtp_in = pubs.iter().map(|_| None).collect();
         self.pubs = pubs;
@@ -1101,9 +1133,9 @@ impl Conn {
         } else {
             "UDP"
         };
-        // What comes in over UDP: a publisher's RTP, a reader's RTCP.
+        // What comes in over UDP: a publisher's RTP and RTCP (its sender reports), a reader's
+        // RTCP.
         if let (Tr::Udp { rtp, rtcp }, Some(udp)) = (tr, &self.udp) {
-            let from = if publishing { rtp } else { rtcp };
             let tx = self
                 .udp_tx
                 .get_or_insert_with(|| {
@@ -1112,8 +1144,11 @@ impl Conn {
                     tx
                 })
                 .clone();
-            udp.routes().insert(from, (tx, idx));
-            self.routes.push(from);
+            let from: &[SocketAddr] = if publishing { &[rtp, rtcp] } else { &[rtcp] };
+            for &from in from {
+                udp.routes().insert(from, (tx.clone(), idx));
+                self.routes.push(from);
+            }
         }
         if publishing {
             self.pubs[idx].tr = Some(tr);
@@ -1288,6 +1323,13 @@ impl Conn {
             .position(|p| p.tr == Some(Tr::Tcp { ch: channel }))
         {
             self.on_rtp(idx, &data);
+        } else if let Some(idx) = self.pubs.iter().position(|p| {
+            p.tr == Some(Tr::Tcp {
+                ch: channel.wrapping_sub(1),
+            })
+        }) {
+            // Its RTCP, on the channel after its RTP.
+            self.on_publisher_rtcp(idx, &data);
         }
     }
 
@@ -1402,8 +1444,36 @@ impl Conn {
         for f in frames {
             self.try_start();
             if let Some(stream) = &self.stream {
-                stream.write(f);
+                if self.absolute.admits(f.track as usize, stream) {
+                    stream.write(f);
+                }
             }
+        }
+    }
+
+    /// A publisher's RTCP on track `idx`: its sender reports give absolute times
+    /// (`useAbsoluteTimestamp`).
+    fn on_publisher_rtcp(&mut self, idx: usize, data: &[u8]) {
+        if !self.absolute.enabled() {
+            return;
+        }
+        let plain;
+        let data = match (
+            self.savp == Some(true),
+            self.srtp_in.get_mut(idx).and_then(Option::as_mut),
+        ) {
+            (false, _) => data,
+            (true, Some(ctx)) => match ctx.unprotect_rtcp(data) {
+                Ok(v) => {
+                    plain = v;
+                    &plain[..]
+                }
+                Err(_) => return,
+            },
+            (true, None) => return,
+        };
+        if let Some(t) = self.pubs.get(idx) {
+            self.absolute.on_rtcp(idx, &t.t, data);
         }
     }
 

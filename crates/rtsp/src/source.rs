@@ -317,6 +317,100 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
     Ok((inner, AbortOnDrop(task)))
 }
 
+/// `rtsp+ws://` and `rtsps+ws://`: RTSP over a WebSocket (ONVIF's `rtsp.onvif.org`
+/// subprotocol, see [`crate::ws`]) on the camera's RTSP(S) port, behind a local relay that
+/// retina reads as a plain RTSP server over TCP.
+async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tls = url.scheme() == "rtsps+ws";
+    let port = url.port().unwrap_or(if tls { 322 } else { 554 });
+    let mut sock: Box<dyn Stream> = if tls {
+        Box::new(tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?)
+    } else {
+        let tcp = tokio::time::timeout(
+            IO_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Box::new(tcp)
+    };
+    let key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        tidegate_core::text::secret_hex(8).as_bytes(),
+    );
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: Tidegate\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {}\r\n\r\n",
+        crate::ws::SUBPROTOCOL
+    );
+    sock.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("WebSocket: {e}"))?;
+    // The answer's head, byte by byte (what follows is the camera's RTSP, framed).
+    let mut answer = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, async {
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 8192 {
+                return Err("WebSocket: answer head over 8 KiB".to_string());
+            }
+            let mut b = [0u8; 1];
+            sock.read_exact(&mut b)
+                .await
+                .map_err(|e| format!("WebSocket: {e}"))?;
+            answer.push(b[0]);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| "WebSocket: no answer within 10 s".to_string())??;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status_line = text.lines().next().unwrap_or("");
+    if status_line.split_whitespace().nth(1) != Some("101") {
+        return Err(format!("WebSocket upgrade answered {status_line:?}"));
+    }
+    let expected = crate::ws::accept_key(&key);
+    if !text.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == expected
+        })
+    }) {
+        return Err("WebSocket upgrade without the right Sec-WebSocket-Accept".into());
+    }
+    let mut ws = crate::ws::WsStream::new(sock, true, b"");
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| format!("cannot open the WebSocket relay: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot open the WebSocket relay: {e}"))?;
+    let task = tokio::spawn(async move {
+        let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
+        else {
+            return;
+        };
+        drop(listener);
+        let _ = plain.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut plain, &mut ws).await;
+    });
+    let mut inner = url.clone();
+    let rewritten = inner.set_scheme("rtsp").is_ok()
+        && inner.set_host(Some("127.0.0.1")).is_ok()
+        && inner.set_port(Some(local.port())).is_ok();
+    if !rewritten {
+        return Err(format!("cannot relay {}", redact(url.as_str())));
+    }
+    Ok((inner, AbortOnDrop(task)))
+}
+
 /// A byte stream to a camera: TCP or TLS.
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
@@ -346,7 +440,10 @@ pub async fn pull(
         }
     };
     let tls = parsed.scheme() == "rtsps";
-    let tunnelled = matches!(parsed.scheme(), "rtsp+http" | "rtsps+http");
+    let tunnelled = matches!(
+        parsed.scheme(),
+        "rtsp+http" | "rtsps+http" | "rtsp+ws" | "rtsps+ws"
+    );
     // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), UDP
     // from any port, and a PLAY with a Range or Scale, or from chosen UDP ports (over UDP:
     // our client has no TCP interleaving; over TCP, retina's PLAY is rewritten by a relay).
@@ -384,6 +481,7 @@ pub async fn pull(
         .await;
         return;
     }
+    let absolute = play.absolute;
     let use_udp = std::sync::atomic::AtomicBool::new(transport == SourceTransport::Udp);
     let use_udp = &use_udp;
     // Set when the camera sends a codec only our own client carries: it reads from then on.
@@ -396,10 +494,27 @@ pub async fn pull(
         async move {
             let udp = use_udp.load(Ordering::Relaxed);
             let r = if tunnelled {
-                // Through an HTTP tunnel: TCP interleaved only.
-                match http_tunnel(&parsed, fingerprint).await {
+                // Through an HTTP tunnel or a WebSocket: TCP interleaved only.
+                let tunnel = if parsed.scheme().ends_with("+ws") {
+                    ws_tunnel(&parsed, fingerprint).await
+                } else {
+                    http_tunnel(&parsed, fingerprint).await
+                };
+                match tunnel {
                     Ok((inner, _relay)) => {
-                        pull_once(inner, false, None, paths, path2, status2, cancel2).await
+                        pull_once(
+                            inner,
+                            How {
+                                udp: false,
+                                use_own: None,
+                                absolute,
+                            },
+                            paths,
+                            path2,
+                            status2,
+                            cancel2,
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 }
@@ -412,7 +527,10 @@ pub async fn pull(
                     parsed,
                     mode,
                     "",
-                    &crate::client::PlayOptions::default(),
+                    &crate::client::PlayOptions {
+                        absolute,
+                        ..Default::default()
+                    },
                     paths,
                     path2,
                     status2,
@@ -422,14 +540,38 @@ pub async fn pull(
             } else if tls {
                 match tls_tunnel(&parsed, fingerprint).await {
                     Ok((inner, _relay)) => {
-                        pull_once(inner, false, None, paths, path2, status2, cancel2).await
+                        pull_once(
+                            inner,
+                            How {
+                                udp: false,
+                                use_own: None,
+                                absolute,
+                            },
+                            paths,
+                            path2,
+                            status2,
+                            cancel2,
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 }
             } else {
                 let own_udp = transport != SourceTransport::Tcp;
                 let own = own_udp.then_some(use_own);
-                pull_once(parsed, udp, own, paths, path2, status2, cancel2).await
+                pull_once(
+                    parsed,
+                    How {
+                        udp,
+                        use_own: own,
+                        absolute,
+                    },
+                    paths,
+                    path2,
+                    status2,
+                    cancel2,
+                )
+                .await
             };
             // `automatic`: TCP first, then UDP, alternating on failures (TCP only over TLS).
             if r.is_err()
@@ -445,17 +587,32 @@ pub async fn pull(
     .await;
 }
 
+/// How retina reads a camera.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    /// RTP over UDP (else interleaved in the RTSP connection).
+    udp: bool,
+    /// See [`pull_once`].
+    use_own: Option<&'a std::sync::atomic::AtomicBool>,
+    /// `useAbsoluteTimestamp`.
+    absolute: bool,
+}
+
 /// `use_own`: when the camera has a track only our own client carries (see [`ours`]), this is
 /// set and the attempt ends, so that the next one reads with it (over UDP).
 async fn pull_once(
     mut url: url::Url,
-    udp: bool,
-    use_own: Option<&std::sync::atomic::AtomicBool>,
+    how: How<'_>,
     paths: &PathManager,
     path: &str,
     status: &RelayStatus,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
+    let How {
+        udp,
+        use_own,
+        absolute,
+    } = how;
     status.set_state("connecting");
     let creds = (!url.username().is_empty()).then(|| RetinaCreds {
         username: url.username().to_string(),
@@ -541,6 +698,7 @@ async fn pull_once(
         chosen.iter().map(|&i| info(&demuxed, i).3).collect();
     let mut publisher = None;
     let mut stream = None;
+    let mut absolute = crate::ingest::Absolute::new(absolute);
     let started = Instant::now();
     loop {
         let item = tokio::select! {
@@ -563,6 +721,19 @@ async fn pull_once(
             }
             CodecItem::AudioFrame(f) => {
                 (f.stream_id(), f.timestamp(), true, f.data().to_vec(), false)
+            }
+            CodecItem::Rtcp(r) => {
+                // A sender report: the absolute time of an RTP time (useAbsoluteTimestamp).
+                let idx = chosen.iter().position(|&c| c == r.stream_id());
+                let sr = r.pkts().find_map(|p| p.as_sender_report().ok().flatten());
+                if let (Some(idx), Some(ts), Some(sr)) = (idx, r.rtp_timestamp(), sr) {
+                    absolute.on_sender_report(
+                        idx,
+                        ts.elapsed(),
+                        tidegate_rtp::rtcp::ntp_time(sr.ntp_timestamp().0),
+                    );
+                }
+                continue;
             }
             _ => continue,
         };
@@ -608,7 +779,7 @@ async fn pull_once(
         {
             return Err("kicked".into());
         }
-        if let Some(s) = &stream {
+        if let Some(s) = stream.as_ref().filter(|s| absolute.admits(idx, s)) {
             let pts = ts.elapsed();
             s.write(Frame {
                 track: idx as u32,

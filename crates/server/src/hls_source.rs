@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -158,6 +158,9 @@ enum Out {
     Frames(Vec<Frame>),
     /// PES packets lost to transport errors (MPEG-TS), counted on the stream.
     Dropped(u64),
+    /// A segment's `EXT-X-PROGRAM-DATE-TIME`: the absolute time of a presentation time, per
+    /// track (`useAbsoluteTimestamp`).
+    Absolute(Vec<(TrackId, i64, SystemTime)>),
 }
 
 /// What a fetched piece of media goes into.
@@ -278,7 +281,7 @@ async fn run(
         });
     }
     drop(tx);
-    let mut merge = Merge::new(n);
+    let mut merge = Merge::new(n, publisher.conf().use_absolute_timestamp);
     loop {
         let (i, out) = tokio::select! {
             m = rx.recv() => m.ok_or("the followers stopped")?,
@@ -298,19 +301,34 @@ struct Merge {
     queues: Vec<VecDeque<Frame>>,
     stream: Option<Arc<Stream>>,
     clock: HashMap<(usize, TrackId), u32>,
+    /// `useAbsoluteTimestamp`: the playlists' dates are the frames' absolute times.
+    absolute: bool,
+    /// Dates given before the stream started.
+    pending: Vec<(usize, TrackId, i64, SystemTime)>,
 }
 
 /// Frames a playlist may hold back waiting for the others (~10 s of video and audio).
 const MERGE_BOUND: usize = 1000;
 
 impl Merge {
-    fn new(n: usize) -> Merge {
+    fn new(n: usize, absolute: bool) -> Merge {
         Merge {
             descs: vec![None; n],
             ids: HashMap::new(),
             queues: (0..n).map(|_| VecDeque::new()).collect(),
             stream: None,
             clock: HashMap::new(),
+            absolute,
+            pending: Vec::new(),
+        }
+    }
+
+    fn set_absolute(&mut self) {
+        let Some(stream) = &self.stream else { return };
+        for (i, t, pts, at) in self.pending.drain(..) {
+            if let Some(id) = self.ids.get(&(i, t)) {
+                stream.set_absolute_time(*id, pts, at);
+            }
         }
     }
 
@@ -332,6 +350,13 @@ impl Merge {
             Out::Dropped(n) => {
                 if let Some(s) = &self.stream {
                     s.stats().frames_in_error.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            Out::Absolute(anchors) => {
+                if self.absolute {
+                    self.pending
+                        .extend(anchors.into_iter().map(|(t, pts, at)| (i, t, pts, at)));
+                    self.set_absolute();
                 }
             }
         }
@@ -360,6 +385,7 @@ impl Merge {
         let desc = StreamDesc { tracks };
         tracing::info!(tracks = ?desc.codec_names(), "[HLS source] publishing");
         self.stream = Some(publisher.start(desc));
+        self.set_absolute();
         self.release();
     }
 
@@ -438,7 +464,26 @@ impl Follower {
                                 .map_err(|e| format!("URI {uri}: {e}"))?;
                             let data = self.client.get(&u, MAX_MEDIA, REQUEST_TIMEOUT).await?;
                             status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            for out in self.feed(map, data).await? {
+                            // A segment's start (whole, or its first part) has its date.
+                            let pdt = if at.part.unwrap_or(0) == 0 {
+                                self.playlist.pdt(at.msn)
+                            } else {
+                                None
+                            };
+                            let mut outs = self.feed(map, data).await?;
+                            if let Some(pdt) = pdt {
+                                let mut firsts: Vec<(TrackId, i64, SystemTime)> = Vec::new();
+                                for f in outs.iter().filter_map(|o| match o {
+                                    Out::Frames(f) => Some(f),
+                                    _ => None,
+                                }).flatten() {
+                                    if !firsts.iter().any(|(t, _, _)| *t == f.track) {
+                                        firsts.push((f.track, f.pts, pdt));
+                                    }
+                                }
+                                outs.insert(0, Out::Absolute(firsts));
+                            }
+                            for out in outs {
                                 tx.send((i, Ok(out)))
                                     .await
                                     .map_err(|_| "the path closed".to_string())?;

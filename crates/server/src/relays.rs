@@ -36,9 +36,11 @@ pub struct Relays {
 }
 
 /// The schemes Tidegate pulls.
-const PULLED: [&str; 14] = [
+const PULLED: [&str; 16] = [
     "rtsp+http://",
     "rtsps+http://",
+    "rtsp+ws://",
+    "rtsps+ws://",
     "whep://",
     "wheps://",
     "http://",
@@ -140,7 +142,7 @@ impl Relays {
                 if conf.source != "redirect" {
                     tracing::warn!(
                         path = conf.name,
-                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), whep(s)://, rtsp(s)+http://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
+                        "source {} is not pulled (this build pulls rtsp(s)://, rtmp(s)://, srt://, http(s):// (HLS), whep(s)://, rtsp(s)+http://, rtsp(s)+ws://, udp+mpegts://, udp+rtp:// and unix+mpegts://)",
                         shown_url(&conf.source)
                     );
                 }
@@ -398,9 +400,16 @@ fn source(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let (url, name) = (conf.source.clone(), conf.name.clone());
     let fingerprint = conf.source_fingerprint.clone();
-    if ["rtsp://", "rtsps://", "rtsp+http://", "rtsps+http://"]
-        .iter()
-        .any(|s| url.starts_with(s))
+    if [
+        "rtsp://",
+        "rtsps://",
+        "rtsp+http://",
+        "rtsps+http://",
+        "rtsp+ws://",
+        "rtsps+ws://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
     {
         use tidegate_rtsp::source::SourceTransport;
         let transport = match conf.rtsp_transport.as_str() {
@@ -421,6 +430,10 @@ fn source(
                 tracing::error!(path = name, "{e}");
                 tidegate_rtsp::client::PlayOptions::default()
             }
+        };
+        let play = tidegate_rtsp::client::PlayOptions {
+            absolute: conf.use_absolute_timestamp,
+            ..play
         };
         Box::pin(tidegate_rtsp::source::pull(
             url,

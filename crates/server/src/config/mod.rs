@@ -1358,14 +1358,6 @@ impl Config {
                     format!("paths.{}.{k}", p.name)
                 }
             };
-            if p.use_absolute_timestamp {
-                return Err(ctx.err(
-                    0,
-                    &key("useAbsoluteTimestamp"),
-                    "the source's absolute (NTP) timestamps are not carried yet: frames are \
-                     stamped with their arrival time",
-                ));
-            }
             match tidegate_rtsp::client::PlayOptions::new(
                 &p.rtsp_range_type,
                 &p.rtsp_range_start,
