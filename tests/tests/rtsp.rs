@@ -1870,6 +1870,83 @@ fn rtsp_over_http_tunnels_are_read_by_ffmpeg_and_gstreamer() {
     assert_media(&probe_file(&out), "h264", Some("aac"), 4);
 }
 
+/// RTSP over WebSocket (ONVIF's `rtsp.onvif.org` subprotocol, MediaMTX's `rtsp+ws://`) on
+/// the RTSP port: a reader on the `websockets` library (PyPI) runs DESCRIBE/SETUP/PLAY through
+/// it and gets H.264 and AAC (frames, IDR, timestamps forward); a second server pulls the path
+/// with `source: rtsp+ws://` and ffmpeg reads it there over RTMP; a text message or an
+/// unmasked frame closes the connection.
+#[test]
+fn rtsp_over_websocket_is_read_and_pulled() {
+    let dir = scratch("rtsp-ws");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("cam"), 60, "flv", &dir);
+    server.wait_ready("cam", Duration::from_secs(20));
+    let rtsp = server.rtsp_url("cam");
+    let ws = format!(
+        "ws://{}/",
+        rtsp.trim_start_matches("rtsp://").trim_end_matches("/cam")
+    );
+    let mut py = Command::new(peer("python"));
+    py.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/rtsp_ws.py"))
+        .args([&ws, &rtsp, "--seconds", "4"]);
+    let out = run_bounded(&mut py, Duration::from_secs(40));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rtsp_ws.py: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("over WebSocket: {report}");
+    let tracks = report["tracks"].as_array().expect("tracks");
+    let video = tracks.iter().find(|t| t["codec"] == "H264").expect("H.264");
+    let audio = tracks
+        .iter()
+        .find(|t| t["codec"] == "mpeg4-generic" || t["codec"] == "MPEG4-GENERIC")
+        .expect("AAC");
+    assert!(video["frames"].as_u64().unwrap_or(0) >= 90, "{video}");
+    assert!(video["idr"].as_u64().unwrap_or(0) >= 2, "{video}");
+    assert_eq!(video["monotonic"], true, "{video}");
+    assert!(audio["packets"].as_u64().unwrap_or(0) >= 100, "{audio}");
+    assert_eq!(audio["monotonic"], true, "{audio}");
+
+    // Broken framing: a text message, an unmasked frame: closed.
+    let addr = ws.trim_start_matches("ws://").trim_end_matches('/');
+    for frame in [&b"\x81\x84abcd\x11\x22\x33\x44"[..], &b"\x82\x02hi"[..]] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: rtsp.onvif.org\r\n\r\n",
+        )
+        .unwrap();
+        s.write_all(frame).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 101") && text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{text}"
+        );
+    }
+
+    // Pulled through a WebSocket: `source: rtsp+ws://` on a second server.
+    let edge = TestServer::start(&format!(
+        "paths:\n  relay:\n    source: {}\n",
+        rtsp.replacen("rtsp://", "rtsp+ws://", 1)
+    ));
+    edge.wait_ready("relay", Duration::from_secs(30));
+    let out = dir.join("relay.mkv");
+    let mut r = tidegate_tests::peers::ffmpeg_read(&edge.rtmp_url("relay"), 4, &out, &dir);
+    assert!(r.wait(Duration::from_secs(30)).success(), "{}", r.stderr());
+    assert_media(&probe_file(&out), "h264", Some("aac"), 4);
+    assert!(
+        tidegate_tests::logs::lines_with(&["over WebSocket"]).len() >= 2,
+        "the reader and the edge came over WebSocket"
+    );
+}
+
 /// `forward: rtsp://…`: an RTMP publish is pushed over RTSP (ANNOUNCE, SETUP over TCP
 /// interleaved, RECORD) to ffmpeg's RTSP listener, which records it, and to a second
 /// Tidegate, read there over RTMP: both get H.264 + AAC with monotonic timestamps.

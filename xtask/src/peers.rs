@@ -38,6 +38,7 @@ const PIP: &[(&str, &str)] = &[
     ("imageio-ffmpeg", "0.8.1"),
     ("prometheus_client", "0.26.0"),
     ("schemathesis", "4.32.5"),
+    ("websockets", "17.4"),
 ];
 const NPM: &[(&str, &str)] = &[
     ("playwright-core", "1.65.1"),

@@ -17,5 +17,6 @@ pub mod sdp;
 pub mod server;
 pub mod source;
 pub mod tunnel;
+pub mod ws;
 
 pub use server::{serve, RtspConfig, RtspConns, RtspListener, RtspStats, Udp};

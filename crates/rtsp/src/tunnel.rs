@@ -9,7 +9,8 @@
 //!   client sends (RTSP requests, interleaved RTCP).
 //!
 //! The pair becomes one ordinary RTSP connection: reads come from the POST's decoded body,
-//! writes (the stream's fan-out writer's too) go to the GET's socket. Limits: an HTTP head
+//! writes (the stream's fan-out writer's too) go to the GET's socket. A GET that asks for a
+//! WebSocket instead is RTSP over WebSocket ([`crate::ws`]). Limits: an HTTP head
 //! of 8 KiB read within 10 s, 1 000 GETs waiting for their POST, 10 s to wait.
 
 use std::collections::HashMap;
@@ -151,7 +152,9 @@ pub struct Tunnels {
 }
 
 /// Reads an HTTP request head (through the blank line); returns it and what came after.
-async fn read_head<S: AsyncRead + Unpin>(sock: &mut S) -> Result<(String, Vec<u8>), String> {
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    sock: &mut S,
+) -> Result<(String, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = tokio::time::timeout(PAIR_WITHIN, async {
@@ -190,7 +193,17 @@ impl Tunnels {
     /// A GET: answered, then kept for its POST.
     pub async fn get<S: Transport>(&self, mut sock: S, remote: SocketAddr) -> Result<(), String> {
         let (head, _) = read_head(&mut sock).await?;
-        let Some(c) = cookie(&head) else {
+        self.get_with_head(sock, &head, remote).await
+    }
+
+    /// A GET whose head was read already.
+    pub async fn get_with_head<S: Transport>(
+        &self,
+        mut sock: S,
+        head: &str,
+        remote: SocketAddr,
+    ) -> Result<(), String> {
+        let Some(c) = cookie(head) else {
             let _ = sock
                 .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
                 .await;
