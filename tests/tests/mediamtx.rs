@@ -346,3 +346,176 @@ fn rtsp_readers_follow_source_redirect_and_fallback() {
     p1.kill9();
     p2.kill9();
 }
+
+/// The distinct values tshark prints for `field` of the packets of `file` matching `filter`
+/// (`decode`: a `-d` "decode as" for a protocol on a non-standard port).
+fn tshark_fields(file: &Path, decode: &[&str], filter: &str, field: &str) -> Vec<String> {
+    let mut t = Command::new(peer("tshark"));
+    t.arg("-r").arg(file);
+    for d in decode {
+        t.args(["-d", d]);
+    }
+    t.args(["-Y", filter, "-T", "fields", "-e", field]);
+    let out = run_bounded(&mut t, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "tshark on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `dumpPackets: yes`: every TCP connection of the servers is written to a pcapng file in the
+/// working directory (MediaMTX's names), which tshark reads as a capture: the RTMP publish
+/// (its `publish` command), the RTSP reader (DESCRIBE/SETUP/PLAY, and the stream's media the
+/// fan-out engine wrote: over 100 kB server to client), the HLS and API requests.
+#[test]
+fn dump_packets_writes_pcapng_files_that_tshark_reads() {
+    let dir = scratch("dump-packets");
+    let [rtmp, rtsp, hls, api] = [(); 4].map(|_| tidegate_tests::peers::free_port());
+    let conf = dir.join("tidegate.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "dumpPackets: yes\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
+             rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
+             webrtc: no\nsrt: no\nmetrics: no\npaths:\n  all_others:\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&conf).current_dir(&dir);
+    let mut server = PeerProcess::spawn("tidegate", &mut cmd, &dir);
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    poll(
+        Duration::from_secs(30),
+        || format!("the API did not answer:\n{}", log_of(&dir)),
+        || std::net::TcpStream::connect(api_addr).ok().map(drop),
+    );
+    let _publisher = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        60,
+        "flv",
+        &dir,
+    );
+    poll(
+        Duration::from_secs(30),
+        || "live/cam not ready".into(),
+        || {
+            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
+            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+    // An RTSP reader over TCP for 3 s, and an HLS request.
+    let out = dir.join("read.mkv");
+    let mut reader = Command::new(peer("ffmpeg"));
+    reader
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-rtsp_transport", "tcp", "-i"])
+        .arg(format!("rtsp://127.0.0.1:{rtsp}/live/cam"))
+        .args(["-t", "3", "-c", "copy"])
+        .arg(&out);
+    let mut reader = PeerProcess::spawn("ffmpeg-rtsp-read", &mut reader, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let hls_addr: std::net::SocketAddr = format!("127.0.0.1:{hls}").parse().unwrap();
+    let r = tidegate_tests::http::fetch(hls_addr, "/live/cam/index.m3u8", &[]);
+    assert_eq!(r.status, 200);
+
+    // The files: one per connection, named as MediaMTX names them.
+    let files = |prefix: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".pcapng"))
+            })
+            .collect()
+    };
+    let rtsp_file = poll(
+        Duration::from_secs(10),
+        || "no rtsp_server_conn_*.pcapng".into(),
+        || files("rtsp_server_conn_").pop(),
+    );
+    let methods = tshark_fields(
+        &rtsp_file,
+        &[&format!("tcp.port=={rtsp},rtsp")],
+        "rtsp.request",
+        "rtsp.method",
+    );
+    eprintln!("RTSP requests in the dump: {methods:?}");
+    for m in ["DESCRIBE", "SETUP", "PLAY"] {
+        assert!(methods.iter().any(|x| x == m), "{m}: {methods:?}");
+    }
+    // The media the stream's fan-out writer sent this reader: server to client bytes.
+    let sent: u64 = tshark_fields(&rtsp_file, &[], &format!("tcp.srcport=={rtsp}"), "tcp.len")
+        .iter()
+        .filter_map(|l| l.parse::<u64>().ok())
+        .sum();
+    eprintln!("RTSP dump: {sent} bytes from the server");
+    assert!(sent > 100_000, "{sent} bytes");
+    // A capture Wireshark finds nothing wrong with: every IP and TCP checksum verified.
+    let mut t = Command::new(peer("tshark"));
+    t.arg("-r").arg(&rtsp_file).args([
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.checksum.status",
+        "-e",
+        "ip.checksum.status",
+    ]);
+    let out = run_bounded(&mut t, Duration::from_secs(60));
+    let statuses = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(statuses.lines().count() > 50, "{statuses}");
+    assert!(
+        statuses.lines().all(|l| l.trim() == "1\t1"),
+        "checksums not verified: {statuses}"
+    );
+
+    let rtmp_files = files("rtmp_server_conn_");
+    let commands: Vec<String> = rtmp_files
+        .iter()
+        .flat_map(|f| {
+            tshark_fields(
+                f,
+                &[&format!("tcp.port=={rtmp},rtmpt")],
+                "rtmpt",
+                "amf.string",
+            )
+        })
+        .collect();
+    assert!(
+        commands.iter().any(|c| c.contains("publish")),
+        "RTMP dump: {commands:?}"
+    );
+    let uris: Vec<String> = files("hls_server_conn_")
+        .iter()
+        .flat_map(|f| {
+            tshark_fields(
+                f,
+                &[&format!("tcp.port=={hls},http")],
+                "http.request",
+                "http.request.uri",
+            )
+        })
+        .collect();
+    assert!(
+        uris.iter().any(|u| u == "/live/cam/index.m3u8"),
+        "HLS dump: {uris:?}"
+    );
+    assert!(!files("api_server_conn_").is_empty(), "no API dump");
+    server.kill9();
+}

@@ -31,6 +31,7 @@ const APT: &[&str] = &[
     "iproute2",
     "curl",
     "postgresql",
+    "tshark",
 ];
 
 const PIP: &[(&str, &str)] = &[

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod conns;
+pub mod dump;
 pub mod fanout;
 pub mod latency;
 pub mod media;

@@ -118,6 +118,7 @@ pub async fn serve(
         tasks.spawn(async move {
             let mut socket = socket;
             let mut remote = remote;
+            let local = socket.local_addr().ok();
             // Behind a trusted proxy: the client's address is in the PROXY header.
             if tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip()) {
                 let header = tokio::time::timeout(
@@ -146,7 +147,13 @@ pub async fn serve(
                 let result = match tls {
                     None => {
                         // Shared, so that a stream's fan-out writer can write to it directly.
-                        let socket = SharedTcp::new(socket);
+                        let socket = tidegate_core::dump::Dumped::new(
+                            SharedTcp::new(socket),
+                            "rtmp_server_conn",
+                            local,
+                            remote,
+                            true,
+                        );
                         Conn::new(socket, remote, id, kind, paths, config, shutdown, guard)
                             .run()
                             .await
@@ -157,7 +164,13 @@ pub async fn serve(
                         {
                             Ok(Ok(tls)) => {
                                 // Its record layer shared with the fan-out writer.
-                                let tls = SharedTls::new(tls);
+                                let tls = tidegate_core::dump::Dumped::new(
+                                    SharedTls::new(tls),
+                                    "rtmps_server_conn",
+                                    local,
+                                    remote,
+                                    true,
+                                );
                                 Conn::new(tls, remote, id, kind, paths, config, shutdown, guard)
                                     .run()
                                     .await

@@ -185,6 +185,7 @@ pub async fn serve(
         tasks.spawn(async move {
             let mut sock = sock;
             let mut remote = remote;
+            let local = sock.local_addr().ok();
             // Behind a trusted proxy: the client's address is in the PROXY header.
             if tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip()) {
                 let header = tokio::time::timeout(
@@ -218,6 +219,13 @@ pub async fn serve(
                             let mut s = SharedTls::new(s);
                             let (kind, first) = crate::tunnel::read_kind(&mut s).await;
                             let s = crate::tunnel::Prefixed::new(first, s);
+                            let s = tidegate_core::dump::Dumped::new(
+                                s,
+                                "rtsps_server_conn",
+                                local,
+                                remote,
+                                true,
+                            );
                             serve_kind(kind, s, conn, &tunnels, shutdown).await
                         }
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
@@ -227,7 +235,14 @@ pub async fn serve(
                 // RTSP over HTTP: a GET waits for its POST, which carries the session.
                 None => {
                     let kind = crate::tunnel::classify(&sock).await;
-                    serve_kind(kind, SharedTcp::new(sock), conn, &tunnels, shutdown).await
+                    let s = tidegate_core::dump::Dumped::new(
+                        SharedTcp::new(sock),
+                        "rtsp_server_conn",
+                        local,
+                        remote,
+                        true,
+                    );
+                    serve_kind(kind, s, conn, &tunnels, shutdown).await
                 }
             };
             if r.is_err() && r.as_ref().err().is_some_and(String::is_empty) {

@@ -109,6 +109,9 @@ async fn connection(
     });
     let builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // `dumpPackets`: MediaMTX's file names (`hls_server_conn_…`, `api_server_conn_…`).
+    let local = sock.local_addr().ok();
+    let prefix = format!("{}_server_conn", name.to_ascii_lowercase());
     let result = match tls {
         Some(acc) => {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await
@@ -120,6 +123,7 @@ async fn connection(
                 }
                 Err(_) => return,
             };
+            let stream = tidegate_core::dump::Dumped::new(stream, &prefix, local, remote, true);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::select! {
                 r = conn => r,
@@ -127,6 +131,7 @@ async fn connection(
             }
         }
         None => {
+            let sock = tidegate_core::dump::Dumped::new(sock, &prefix, local, remote, true);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
             tokio::select! {
                 r = conn => r,

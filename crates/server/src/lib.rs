@@ -243,6 +243,8 @@ impl Server {
     /// Binds every enabled listener and starts serving. All listeners are bound before any is
     /// served, so a port conflict stops start-up with nothing half-started.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        // `dumpPackets`: into the working directory, as MediaMTX.
+        tidegate_core::dump::configure(config.dump_packets, std::path::PathBuf::from("."));
         tidegate_core::udp::configure(
             config.udp_read_buffer_size as usize,
             config.udp_max_payload_size as usize,

@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError};
 /// Top-level keys a reload applies while running; any other key that changed needs a restart.
 const LIVE_KEYS: &[&str] = &[
     "logLevel",
+    "dumpPackets",
     "runOnConnect",
     "runOnConnectRestart",
     "runOnDisconnect",
@@ -169,6 +170,13 @@ impl Reloader {
         );
         if old.auth != new.auth {
             self.auth.reload(new.auth.clone());
+        }
+        if old.dump_packets != new.dump_packets {
+            tidegate_core::dump::configure(new.dump_packets, std::path::PathBuf::from("."));
+            tracing::info!(
+                "[reload] dumpPackets: {} for new connections",
+                if new.dump_packets { "on" } else { "off" }
+            );
         }
         if old.log_level != new.log_level && crate::logging::set_level(&new.log_level) {
             tracing::info!("[reload] log level: {}", new.log_level);

@@ -52,7 +52,8 @@ pub struct Config {
     pub log_structured: bool,
     pub log_file: String,
     pub syslog_prefix: String,
-    /// `dumpPackets`: not built; `yes` is refused.
+    /// `dumpPackets`: every TCP connection of the servers dumped to pcapng files in the
+    /// working directory (`tidegate_core::dump`).
     pub dump_packets: bool,
     /// `udpMaxPayloadSize`: the largest UDP payload sent (RTP over UDP, WebRTC).
     pub udp_max_payload_size: u32,
@@ -1338,14 +1339,6 @@ impl Config {
         }
         if self.hls_part_duration < Duration::from_millis(50) {
             return Err(ctx.err(0, "hlsPartDuration", "must be at least 50ms"));
-        }
-        if self.dump_packets {
-            return Err(ctx.err(
-                0,
-                "dumpPackets",
-                "dumping packets to disk is not built in Tidegate; capture with tcpdump, or \
-                 read the stream with ffmpeg -c copy",
-            ));
         }
         if self.hls_segment_max_size < 64 * 1024 {
             return Err(ctx.err(0, "hlsSegmentMaxSize", "must be at least 64K"));

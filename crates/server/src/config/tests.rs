@@ -408,7 +408,6 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
             "paths.cam.source",
             "Raspberry Pi",
         ),
-        ("dumpPackets: yes\n", "dumpPackets", "not built"),
         (
             "pathDefaults:\n  alwaysAvailable: yes\n",
             "pathDefaults.alwaysAvailable",
