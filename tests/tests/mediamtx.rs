@@ -383,7 +383,10 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         format!(
             "dumpPackets: yes\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
              rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
-             webrtc: no\nsrt: no\nmetrics: no\npaths:\n  all_others:\n"
+             webrtc: no\nsrt: no\nmetrics: no\npaths:\n  all_others:\n\
+             \x20 viartsp:\n    source: rtsp://127.0.0.1:{rtsp}/live/cam\n    rtspTransport: tcp\n\
+             \x20 viartmp:\n    source: rtmp://127.0.0.1:{rtmp}/live/cam\n\
+             \x20 viahls:\n    source: http://127.0.0.1:{hls}/live/cam/index.m3u8\n"
         ),
     )
     .unwrap();
@@ -441,11 +444,27 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
             })
             .collect()
     };
-    let rtsp_file = poll(
+    // The ffmpeg reader's connection: of the RTSP server's dumps (the pulled source below
+    // has one too), the one the server sent the most to.
+    let _ = poll(
         Duration::from_secs(10),
         || "no rtsp_server_conn_*.pcapng".into(),
         || files("rtsp_server_conn_").pop(),
     );
+    let sent_by = |f: &std::path::PathBuf| -> u64 {
+        tshark_fields(f, &[], &format!("tcp.srcport=={rtsp}"), "tcp.len")
+            .iter()
+            .filter_map(|l| l.parse::<u64>().ok())
+            .sum()
+    };
+    let (rtsp_file, sent) = files("rtsp_server_conn_")
+        .into_iter()
+        .map(|f| {
+            let n = sent_by(&f);
+            (f, n)
+        })
+        .max_by_key(|(_, n)| *n)
+        .expect("an RTSP dump");
     let methods = tshark_fields(
         &rtsp_file,
         &[&format!("tcp.port=={rtsp},rtsp")],
@@ -457,10 +476,6 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         assert!(methods.iter().any(|x| x == m), "{m}: {methods:?}");
     }
     // The media the stream's fan-out writer sent this reader: server to client bytes.
-    let sent: u64 = tshark_fields(&rtsp_file, &[], &format!("tcp.srcport=={rtsp}"), "tcp.len")
-        .iter()
-        .filter_map(|l| l.parse::<u64>().ok())
-        .sum();
     eprintln!("RTSP dump: {sent} bytes from the server");
     assert!(sent > 100_000, "{sent} bytes");
     // A capture Wireshark finds nothing wrong with: every IP and TCP checksum verified.
@@ -517,5 +532,35 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         "HLS dump: {uris:?}"
     );
     assert!(!files("api_server_conn_").is_empty(), "no API dump");
+
+    // The connections of pulled sources: Tidegate's side of them (retina's through a relay).
+    for p in ["viartsp", "viartmp", "viahls"] {
+        poll(
+            Duration::from_secs(30),
+            || format!("{p} not ready"),
+            || {
+                let r = tidegate_tests::http::fetch(api_addr, &format!("/v3/paths/get/{p}"), &[]);
+                (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+            },
+        );
+    }
+    let pulled: Vec<String> = files("rtsp_source_conn_")
+        .iter()
+        .flat_map(|f| {
+            tshark_fields(
+                f,
+                &[&format!("tcp.port=={rtsp},rtsp")],
+                "rtsp.request",
+                "rtsp.method",
+            )
+        })
+        .collect();
+    eprintln!("the RTSP source's requests: {pulled:?}");
+    assert!(pulled.iter().any(|m| m == "PLAY"), "{pulled:?}");
+    assert!(
+        !files("rtmp_source_conn_").is_empty(),
+        "no RTMP source dump"
+    );
+    assert!(!files("hls_source_conn_").is_empty(), "no HLS source dump");
     server.kill9();
 }

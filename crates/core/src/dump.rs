@@ -493,6 +493,35 @@ impl<S> Dumped<S> {
     }
 }
 
+/// A connection Tidegate opened (a pulled source, a forward) over TCP, dumped as
+/// `<prefix>_<unix ns>_<id>.pcapng` when `dumpPackets` is on.
+pub fn tcp_client(s: tokio::net::TcpStream, prefix: &str) -> Dumped<tokio::net::TcpStream> {
+    let (local, remote) = (s.local_addr().ok(), s.peer_addr());
+    match remote {
+        Ok(remote) => Dumped::new(s, prefix, local, remote, false),
+        Err(_) => Dumped {
+            inner: s,
+            dump: None,
+        },
+    }
+}
+
+/// As [`tcp_client`], for a TLS connection (its plain text is dumped).
+pub fn tls_client(
+    s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    prefix: &str,
+) -> Dumped<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = s.get_ref().0;
+    let (local, remote) = (tcp.local_addr().ok(), tcp.peer_addr());
+    match remote {
+        Ok(remote) => Dumped::new(s, prefix, local, remote, false),
+        Err(_) => Dumped {
+            inner: s,
+            dump: None,
+        },
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Dumped<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

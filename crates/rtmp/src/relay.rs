@@ -41,7 +41,10 @@ async fn connect(url: &RtmpUrl, fingerprint: &str) -> Result<Box<dyn Io>, String
     if url.tls {
         let tls =
             tidegate_core::tls::connect(&url.host, url.port, fingerprint, CONNECT_TIMEOUT).await?;
-        return Ok(Box::new(tls));
+        return Ok(Box::new(tidegate_core::dump::tls_client(
+            tls,
+            "rtmps_source_conn",
+        )));
     }
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -51,7 +54,10 @@ async fn connect(url: &RtmpUrl, fingerprint: &str) -> Result<Box<dyn Io>, String
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    Ok(Box::new(tcp))
+    Ok(Box::new(tidegate_core::dump::tcp_client(
+        tcp,
+        "rtmp_source_conn",
+    )))
 }
 
 async fn write(io: &mut Box<dyn Io>, data: &[u8]) -> Result<(), String> {

@@ -634,7 +634,10 @@ async fn connect(
     Ok(if tls {
         let s = tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?;
         let camera = s.get_ref().0.peer_addr().map_err(|e| e.to_string())?.ip();
-        (Box::new(s), camera)
+        (
+            Box::new(tidegate_core::dump::tls_client(s, "rtsps_source_conn")),
+            camera,
+        )
     } else {
         let tcp = tokio::time::timeout(
             IO_TIMEOUT,
@@ -645,7 +648,10 @@ async fn connect(
         .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let camera = tcp.peer_addr().map_err(|e| e.to_string())?.ip();
-        (Box::new(tcp), camera)
+        (
+            Box::new(tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn")),
+            camera,
+        )
     })
 }
 

@@ -164,7 +164,10 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
     let host = url.host_str().ok_or("the rtsps:// URL has no host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port().unwrap_or(322);
-    let mut tls = tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?;
+    let mut tls = tidegate_core::dump::tls_client(
+        tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+        "rtsps_source_conn",
+    );
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
         .map_err(|e| format!("cannot open the TLS relay: {e}"))?;
@@ -184,6 +187,42 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
     let rewritten = inner.set_scheme("rtsp").is_ok()
         && inner.set_host(Some("127.0.0.1")).is_ok()
         && inner.set_port(Some(local.port())).is_ok();
+    if !rewritten {
+        return Err(format!("cannot relay {}", redact(url.as_str())));
+    }
+    Ok((inner, AbortOnDrop(task)))
+}
+
+/// `dumpPackets` for a plain `rtsp://` camera read over TCP by retina: the connection to the
+/// camera is ours (and dumped as `rtsp_source_conn_…`), behind a local relay retina reads.
+async fn dumped_relay(url: &url::Url) -> Result<(url::Url, AbortOnDrop), String> {
+    let host = url.host_str().ok_or("the rtsp:// URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port().unwrap_or(554);
+    let tcp = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut camera = tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn");
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| format!("cannot open the relay: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot open the relay: {e}"))?;
+    let task = tokio::spawn(async move {
+        let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
+        else {
+            return;
+        };
+        drop(listener);
+        let _ = plain.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut plain, &mut camera).await;
+    });
+    let mut inner = url.clone();
+    let rewritten =
+        inner.set_host(Some("127.0.0.1")).is_ok() && inner.set_port(Some(local.port())).is_ok();
     if !rewritten {
         return Err(format!("cannot relay {}", redact(url.as_str())));
     }
@@ -217,9 +256,10 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
         fingerprint: &str,
     ) -> Result<Box<dyn Stream>, String> {
         if tls {
-            Ok(Box::new(
+            Ok(Box::new(tidegate_core::dump::tls_client(
                 tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
-            ))
+                "rtsps_source_conn",
+            )))
         } else {
             let tcp =
                 tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
@@ -227,7 +267,10 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
                     .map_err(|_| "connect timed out".to_string())?
                     .map_err(|e| format!("connect: {e}"))?;
             let _ = tcp.set_nodelay(true);
-            Ok(Box::new(tcp))
+            Ok(Box::new(tidegate_core::dump::tcp_client(
+                tcp,
+                "rtsp_source_conn",
+            )))
         }
     }
     let mut get = open(&host, port, tls, fingerprint).await?;
@@ -330,7 +373,10 @@ async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abort
     let tls = url.scheme() == "rtsps+ws";
     let port = url.port().unwrap_or(if tls { 322 } else { 554 });
     let mut sock: Box<dyn Stream> = if tls {
-        Box::new(tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?)
+        Box::new(tidegate_core::dump::tls_client(
+            tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?,
+            "rtsps_source_conn",
+        ))
     } else {
         let tcp = tokio::time::timeout(
             IO_TIMEOUT,
@@ -340,7 +386,7 @@ async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abort
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        Box::new(tcp)
+        Box::new(tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn"))
     };
     let key = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
@@ -545,6 +591,28 @@ pub async fn pull(
                             How {
                                 udp: false,
                                 use_own: None,
+                                absolute,
+                            },
+                            paths,
+                            path2,
+                            status2,
+                            cancel2,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if !udp && tidegate_core::dump::enabled() {
+                // dumpPackets: retina's own socket cannot be watched; over TCP it reads
+                // through a local relay whose upstream connection is dumped.
+                let own = (transport != SourceTransport::Tcp).then_some(use_own);
+                match dumped_relay(&parsed).await {
+                    Ok((inner, _relay)) => {
+                        pull_once(
+                            inner,
+                            How {
+                                udp: false,
+                                use_own: own,
                                 absolute,
                             },
                             paths,

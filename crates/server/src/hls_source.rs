@@ -65,7 +65,7 @@ impl Client {
                     .map_err(|_| "connect timed out".to_string())?
                     .map_err(|e| format!("connect: {e}"))?;
                     let _ = tcp.set_nodelay(true);
-                    handshake(tcp).await?
+                    handshake(tidegate_core::dump::tcp_client(tcp, "hls_source_conn")).await?
                 }
                 "https" => {
                     let tls = tidegate_core::tls::connect(
@@ -75,7 +75,7 @@ impl Client {
                         REQUEST_TIMEOUT,
                     )
                     .await?;
-                    handshake(tls).await?
+                    handshake(tidegate_core::dump::tls_client(tls, "hls_source_conn")).await?
                 }
                 other => return Err(format!("unsupported scheme {other}")),
             };
