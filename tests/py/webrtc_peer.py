@@ -388,7 +388,15 @@ def main():
     ap.add_argument("--pass", dest="password")
     ap.add_argument("--token")
     ap.add_argument("--via", help="HOST:PORT of a UDP relay to reach the server through")
+    ap.add_argument("--ntp-offset", type=float, default=0.0,
+                    help="seconds taken from the NTP clock aiortc puts in its RTCP sender "
+                         "reports (a publisher whose clock is elsewhere: useAbsoluteTimestamp)")
     args = ap.parse_args()
+    if args.ntp_offset:
+        import aiortc.clock
+        real = aiortc.clock.current_ntp_time
+        shift = int(args.ntp_offset * (1 << 32))
+        aiortc.clock.current_ntp_time = lambda: real() - shift
     run = whip if args.role == "whip" else whep
     sys.exit(asyncio.run(run(args)))
 

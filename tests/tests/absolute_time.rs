@@ -145,3 +145,32 @@ fn absolute_times_of_rtsp_publishers_reach_recordings_hls_and_rtsp_readers() {
         }
     }
 }
+
+/// WHIP publishers: aiortc whose RTCP clock is set ten years back (`--ntp-offset`): with
+/// `useAbsoluteTimestamp` the path's HLS segments are dated by it (2016), without it by their
+/// arrival (today).
+#[test]
+fn absolute_times_of_whip_publishers_date_hls() {
+    let dir = scratch("absolute-time-whip");
+    let server = TestServer::start("paths:\n  abs:\n    useAbsoluteTimestamp: yes\n  plain:\n");
+    let ten_years = (10 * 365 * 86_400).to_string();
+    let whip = |path: &str, name: &str| {
+        let mut cmd = Command::new(peer("python"));
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+            .args(["whip", &server.webrtc_url(path, "whip"), "--seconds", "40"])
+            .args(["--audio", "--ntp-offset", &ten_years]);
+        PeerProcess::spawn(name, &mut cmd, &dir)
+    };
+    let _abs = whip("abs", "aiortc-abs");
+    let _plain = whip("plain", "aiortc-plain");
+    server.wait_ready("abs", READY);
+    server.wait_ready("plain", READY);
+    let pdt = first_pdt(&server, "abs");
+    eprintln!("abs (WHIP): first segment dated {pdt}");
+    let year: i32 = pdt.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
+    assert!((2016..=2017).contains(&year), "abs: {pdt}");
+    let pdt = first_pdt(&server, "plain");
+    eprintln!("plain (WHIP): first segment dated {pdt}");
+    let year: i32 = pdt.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
+    assert!(year >= 2024, "plain: {pdt}");
+}

@@ -38,6 +38,12 @@ struct InTrack {
     layer: Option<(Rid, u64)>,
     /// When the layer taken last gave a frame (a layer the encoder stops is left).
     layer_seen: Option<Instant>,
+    /// `useAbsoluteTimestamp`: the NTP time of the last sender report read, and the
+    /// (pts, absolute time) it gave that the stream has not taken yet.
+    sr_seen: Option<std::time::SystemTime>,
+    absolute: Option<(i64, std::time::SystemTime)>,
+    /// Whether the stream knows this track's absolute time.
+    anchored: bool,
 }
 
 /// A simulcast layer that has sent nothing for this long is given up for another one.
@@ -59,6 +65,7 @@ pub(crate) struct Ingest {
     pub packets_lost: u64,
     /// The simulcast layer just taken, for the session to show (taken once read).
     pub layer_taken: Option<String>,
+    absolute_warned: bool,
 }
 
 /// What the session should do after a frame came in.
@@ -82,6 +89,7 @@ impl Ingest {
             first_data: None,
             packets_lost: 0,
             layer_taken: None,
+            absolute_warned: false,
         }
     }
 
@@ -105,12 +113,16 @@ impl Ingest {
                     last_seq: None,
                     layer: None,
                     layer_seen: None,
+                    sr_seen: None,
+                    absolute: None,
+                    anchored: false,
                 });
                 self.tracks.len() - 1
             }
         };
         self.first_data.get_or_insert(d.network_time);
         let epoch = self.epoch;
+        let use_absolute = self.publisher.conf().use_absolute_timestamp;
         let t = &mut self.tracks[idx];
         if t.codec != codec {
             // A payload type switch mid-session: not supported, keep the first codec.
@@ -188,6 +200,29 @@ impl Ingest {
             t.waiting_key = false;
         }
         let pts = rtp - base_rtp + base_pts;
+        if use_absolute {
+            // The publisher's sender reports (as MediaMTX: frames wait for the first one).
+            if let Some(si) = &d.last_sender_info {
+                if t.sr_seen != Some(si.ntp_time) {
+                    t.sr_seen = Some(si.ntp_time);
+                    let delta = (si.rtp_time.numer() as u32).wrapping_sub(rtp as u32) as i32;
+                    t.absolute = Some((pts + i64::from(delta), si.ntp_time));
+                }
+            }
+            if let (Some(s), Some((at_pts, at))) = (&self.stream, t.absolute.take()) {
+                s.set_absolute_time(t.id, at_pts, at);
+                t.anchored = true;
+            }
+            if !t.anchored && t.absolute.is_none() {
+                if !std::mem::replace(&mut self.absolute_warned, true) {
+                    tracing::warn!(
+                        "[WebRTC] received RTP packets without absolute time (no RTCP sender \
+                         report yet): skipping them (useAbsoluteTimestamp)"
+                    );
+                }
+                return IngestAction::None;
+            }
+        }
         let frame = Frame {
             track: t.id,
             pts,
@@ -236,6 +271,13 @@ impl Ingest {
             .collect();
         let desc = StreamDesc { tracks };
         let stream = self.publisher.start(desc.clone());
+        // Absolute times read before the stream started (useAbsoluteTimestamp).
+        for t in &mut self.tracks {
+            if let Some((pts, at)) = t.absolute.take() {
+                stream.set_absolute_time(t.id, pts, at);
+                t.anchored = true;
+            }
+        }
         for f in self.pending.drain(..) {
             if desc.track(f.track).is_some() {
                 stream.write(f);
