@@ -1348,28 +1348,29 @@ impl Conn {
         }
     }
 
+    /// RTCP of track `idx` in the clear: as it came, or SRTCP opened with the peer's key
+    /// (None when it does not open, or came under a key the peer never sent).
+    fn plain_rtcp<'a>(&mut self, idx: usize, data: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match (
+            self.savp == Some(true),
+            self.srtp_in.get_mut(idx).and_then(Option::as_mut),
+        ) {
+            (false, _) => Some(std::borrow::Cow::Borrowed(data)),
+            (true, Some(ctx)) => ctx.unprotect_rtcp(data).ok().map(std::borrow::Cow::Owned),
+            (true, None) => None,
+        }
+    }
+
     /// A reader's RTCP on track `idx`: its receiver report says what it lost and the jitter it
     /// sees. SRTCP is read with the reader's own key (from its SETUP's `KeyMgmt`).
     fn on_reader_rtcp(&mut self, idx: usize, data: &[u8]) {
         if self.publisher.is_some() || idx >= self.reports.len() {
             return;
         }
-        let plain;
-        let data = match (
-            self.savp == Some(true),
-            self.srtp_in.get_mut(idx).and_then(Option::as_mut),
-        ) {
-            (false, _) => data,
-            (true, Some(ctx)) => match ctx.unprotect_rtcp(data) {
-                Ok(v) => {
-                    plain = v;
-                    &plain[..]
-                }
-                Err(_) => return,
-            },
-            // SRTCP under a key the reader never sent.
-            (true, None) => return,
+        let Some(data) = self.plain_rtcp(idx, data) else {
+            return;
         };
+        let data = &data[..];
         let Ok(blocks) = tidegate_rtp::rtcp::report_blocks(data) else {
             return;
         };
@@ -1472,23 +1473,11 @@ impl Conn {
         if !self.absolute.enabled() {
             return;
         }
-        let plain;
-        let data = match (
-            self.savp == Some(true),
-            self.srtp_in.get_mut(idx).and_then(Option::as_mut),
-        ) {
-            (false, _) => data,
-            (true, Some(ctx)) => match ctx.unprotect_rtcp(data) {
-                Ok(v) => {
-                    plain = v;
-                    &plain[..]
-                }
-                Err(_) => return,
-            },
-            (true, None) => return,
+        let Some(data) = self.plain_rtcp(idx, data) else {
+            return;
         };
         if let Some(t) = self.pubs.get(idx) {
-            self.absolute.on_rtcp(idx, &t.t, data);
+            self.absolute.on_rtcp(idx, &t.t, &data);
         }
     }
 

@@ -156,24 +156,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Opens TLS to an `rtsps://` source and returns the `rtsp://127.0.0.1:<port>/…` URL that
-/// reaches it through a relay accepting one connection (for at most [`IO_TIMEOUT`]), with the
-/// relay's task. The URL keeps the path and query; the TLS errors (fingerprint, issuer) are
-/// the caller's to report.
-async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
-    let host = url.host_str().ok_or("the rtsps:// URL has no host")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port().unwrap_or(322);
-    let mut tls = tidegate_core::dump::tls_client(
-        tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
-        "rtsps_source_conn",
-    );
+/// Puts `upstream` (a camera's connection: TLS, a WebSocket, a dumped TCP one) behind a relay
+/// on 127.0.0.1 that accepts one connection (for at most [`IO_TIMEOUT`]): returns the
+/// `rtsp://127.0.0.1:<port>/…` URL retina reads it at (path and query kept) and the relay's
+/// task.
+async fn relay<S>(mut upstream: S, url: &url::Url) -> Result<(url::Url, AbortOnDrop), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
-        .map_err(|e| format!("cannot open the TLS relay: {e}"))?;
+        .map_err(|e| format!("cannot open the relay: {e}"))?;
     let local = listener
         .local_addr()
-        .map_err(|e| format!("cannot open the TLS relay: {e}"))?;
+        .map_err(|e| format!("cannot open the relay: {e}"))?;
     let task = tokio::spawn(async move {
         let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
         else {
@@ -181,7 +177,7 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
         };
         drop(listener);
         let _ = plain.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
+        let _ = tokio::io::copy_bidirectional(&mut plain, &mut upstream).await;
     });
     let mut inner = url.clone();
     let rewritten = inner.set_scheme("rtsp").is_ok()
@@ -191,6 +187,21 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
         return Err(format!("cannot relay {}", redact(url.as_str())));
     }
     Ok((inner, AbortOnDrop(task)))
+}
+
+/// Opens TLS to an `rtsps://` source and returns the `rtsp://127.0.0.1:<port>/…` URL that
+/// reaches it through a relay accepting one connection (for at most [`IO_TIMEOUT`]), with the
+/// relay's task. The URL keeps the path and query; the TLS errors (fingerprint, issuer) are
+/// the caller's to report.
+async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
+    let host = url.host_str().ok_or("the rtsps:// URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port().unwrap_or(322);
+    let tls = tidegate_core::dump::tls_client(
+        tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+        "rtsps_source_conn",
+    );
+    relay(tls, url).await
 }
 
 /// `dumpPackets` for a plain `rtsp://` camera read over TCP by retina: the connection to the
@@ -204,29 +215,8 @@ async fn dumped_relay(url: &url::Url) -> Result<(url::Url, AbortOnDrop), String>
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let mut camera = tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn");
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(|e| format!("cannot open the relay: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot open the relay: {e}"))?;
-    let task = tokio::spawn(async move {
-        let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
-        else {
-            return;
-        };
-        drop(listener);
-        let _ = plain.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut plain, &mut camera).await;
-    });
-    let mut inner = url.clone();
-    let rewritten =
-        inner.set_host(Some("127.0.0.1")).is_ok() && inner.set_port(Some(local.port())).is_ok();
-    if !rewritten {
-        return Err(format!("cannot relay {}", redact(url.as_str())));
-    }
-    Ok((inner, AbortOnDrop(task)))
+    let camera = tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn");
+    relay(camera, url).await
 }
 
 /// `rtsp+http://` and `rtsps+http://`: RTSP tunnelled over HTTP(S) (the QuickTime tunnel the
@@ -431,30 +421,8 @@ async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abort
     }) {
         return Err("WebSocket upgrade without the right Sec-WebSocket-Accept".into());
     }
-    let mut ws = crate::ws::WsStream::new(sock, true, b"");
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(|e| format!("cannot open the WebSocket relay: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot open the WebSocket relay: {e}"))?;
-    let task = tokio::spawn(async move {
-        let Ok(Ok((mut plain, _))) = tokio::time::timeout(IO_TIMEOUT, listener.accept()).await
-        else {
-            return;
-        };
-        drop(listener);
-        let _ = plain.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut plain, &mut ws).await;
-    });
-    let mut inner = url.clone();
-    let rewritten = inner.set_scheme("rtsp").is_ok()
-        && inner.set_host(Some("127.0.0.1")).is_ok()
-        && inner.set_port(Some(local.port())).is_ok();
-    if !rewritten {
-        return Err(format!("cannot relay {}", redact(url.as_str())));
-    }
-    Ok((inner, AbortOnDrop(task)))
+    let ws = crate::ws::WsStream::new(sock, true, b"");
+    relay(ws, url).await
 }
 
 /// A byte stream to a camera: TCP or TLS.
