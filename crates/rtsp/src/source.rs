@@ -209,14 +209,57 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
 async fn dumped_relay(url: &url::Url) -> Result<(url::Url, AbortOnDrop), String> {
     let host = url.host_str().ok_or("the rtsp:// URL has no host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port().unwrap_or(554);
-    let tcp = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let camera = tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn");
+    let camera = open_camera(host, url.port().unwrap_or(554), false, "").await?;
     relay(camera, url).await
+}
+
+/// A connection to a camera's host: TCP, or TLS pinned by `fingerprint` (dumped as a
+/// source connection with `dumpPackets`).
+async fn open_camera(
+    host: &str,
+    port: u16,
+    tls: bool,
+    fingerprint: &str,
+) -> Result<Box<dyn Stream>, String> {
+    if tls {
+        Ok(Box::new(tidegate_core::dump::tls_client(
+            tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+            "rtsps_source_conn",
+        )))
+    } else {
+        let tcp = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Box::new(tidegate_core::dump::tcp_client(
+            tcp,
+            "rtsp_source_conn",
+        )))
+    }
+}
+
+/// An HTTP answer's head, read byte by byte so that what follows (the camera's RTSP) stays in
+/// the stream; at most 8 KiB, within [`IO_TIMEOUT`]. `what` names the request in errors.
+async fn answer_head(sock: &mut Box<dyn Stream>, what: &str) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, async {
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 8192 {
+                return Err(format!("{what}: answer head over 8 KiB"));
+            }
+            let mut b = [0u8; 1];
+            sock.read_exact(&mut b)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            answer.push(b[0]);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| format!("{what}: no answer within 10 s"))??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// `rtsp+http://` and `rtsps+http://`: RTSP tunnelled over HTTP(S) (the QuickTime tunnel the
@@ -239,31 +282,7 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
         target.push_str(q);
     }
     let cookie = tidegate_core::text::secret_hex(16);
-    async fn open(
-        host: &str,
-        port: u16,
-        tls: bool,
-        fingerprint: &str,
-    ) -> Result<Box<dyn Stream>, String> {
-        if tls {
-            Ok(Box::new(tidegate_core::dump::tls_client(
-                tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
-                "rtsps_source_conn",
-            )))
-        } else {
-            let tcp =
-                tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| format!("connect: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            Ok(Box::new(tidegate_core::dump::tcp_client(
-                tcp,
-                "rtsp_source_conn",
-            )))
-        }
-    }
-    let mut get = open(&host, port, tls, fingerprint).await?;
+    let mut get = open_camera(&host, port, tls, fingerprint).await?;
     let head = format!(
         "GET {target} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: Tidegate\r\n\
          x-sessioncookie: {cookie}\r\nAccept: application/x-rtsp-tunnelled\r\n\
@@ -272,29 +291,12 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
     get.write_all(head.as_bytes())
         .await
         .map_err(|e| format!("tunnel GET: {e}"))?;
-    // The answer's head, byte by byte (what follows is the camera's RTSP).
-    let mut answer = Vec::new();
-    tokio::time::timeout(IO_TIMEOUT, async {
-        while !answer.ends_with(b"\r\n\r\n") {
-            if answer.len() > 8192 {
-                return Err("tunnel GET: answer head over 8 KiB".to_string());
-            }
-            let mut b = [0u8; 1];
-            get.read_exact(&mut b)
-                .await
-                .map_err(|e| format!("tunnel GET: {e}"))?;
-            answer.push(b[0]);
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|_| "tunnel GET: no answer within 10 s".to_string())??;
-    let status_line = String::from_utf8_lossy(&answer);
-    let status_line = status_line.lines().next().unwrap_or("");
+    let answer = answer_head(&mut get, "tunnel GET").await?;
+    let status_line = answer.lines().next().unwrap_or("");
     if status_line.split_whitespace().nth(1) != Some("200") {
         return Err(format!("tunnel GET answered {status_line:?}"));
     }
-    let mut post = open(&host, port, tls, fingerprint).await?;
+    let mut post = open_camera(&host, port, tls, fingerprint).await?;
     let head = format!(
         "POST {target} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: Tidegate\r\n\
          x-sessioncookie: {cookie}\r\nContent-Type: application/x-rtsp-tunnelled\r\n\
@@ -354,7 +356,7 @@ async fn http_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abo
 /// subprotocol, see [`crate::ws`]) on the camera's RTSP(S) port, behind a local relay that
 /// retina reads as a plain RTSP server over TCP.
 async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, AbortOnDrop), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let host = url.host_str().ok_or("the URL has no host")?;
     let host = host
         .trim_start_matches('[')
@@ -362,22 +364,7 @@ async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abort
         .to_string();
     let tls = url.scheme() == "rtsps+ws";
     let port = url.port().unwrap_or(if tls { 322 } else { 554 });
-    let mut sock: Box<dyn Stream> = if tls {
-        Box::new(tidegate_core::dump::tls_client(
-            tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?,
-            "rtsps_source_conn",
-        ))
-    } else {
-        let tcp = tokio::time::timeout(
-            IO_TIMEOUT,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        Box::new(tidegate_core::dump::tcp_client(tcp, "rtsp_source_conn"))
-    };
+    let mut sock = open_camera(&host, port, tls, fingerprint).await?;
     let key = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         tidegate_core::text::secret_hex(8).as_bytes(),
@@ -391,24 +378,7 @@ async fn ws_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abort
     sock.write_all(head.as_bytes())
         .await
         .map_err(|e| format!("WebSocket: {e}"))?;
-    // The answer's head, byte by byte (what follows is the camera's RTSP, framed).
-    let mut answer = Vec::new();
-    tokio::time::timeout(IO_TIMEOUT, async {
-        while !answer.ends_with(b"\r\n\r\n") {
-            if answer.len() > 8192 {
-                return Err("WebSocket: answer head over 8 KiB".to_string());
-            }
-            let mut b = [0u8; 1];
-            sock.read_exact(&mut b)
-                .await
-                .map_err(|e| format!("WebSocket: {e}"))?;
-            answer.push(b[0]);
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|_| "WebSocket: no answer within 10 s".to_string())??;
-    let text = String::from_utf8_lossy(&answer).into_owned();
+    let text = answer_head(&mut sock, "WebSocket").await?;
     let status_line = text.lines().next().unwrap_or("");
     if status_line.split_whitespace().nth(1) != Some("101") {
         return Err(format!("WebSocket upgrade answered {status_line:?}"));
