@@ -477,32 +477,7 @@ pub async fn pull(
         let parsed = parsed.clone();
         async move {
             let udp = use_udp.load(Ordering::Relaxed);
-            let r = if tunnelled {
-                // Through an HTTP tunnel or a WebSocket: TCP interleaved only.
-                let tunnel = if parsed.scheme().ends_with("+ws") {
-                    ws_tunnel(&parsed, fingerprint).await
-                } else {
-                    http_tunnel(&parsed, fingerprint).await
-                };
-                match tunnel {
-                    Ok((inner, _relay)) => {
-                        pull_once(
-                            inner,
-                            How {
-                                udp: false,
-                                use_own: None,
-                                absolute,
-                            },
-                            paths,
-                            path2,
-                            status2,
-                            cancel2,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            } else if use_own.load(Ordering::Relaxed) {
+            let r = if use_own.load(Ordering::Relaxed) {
                 let mode = crate::client::Mode::Udp {
                     srtp: false,
                     any_port: false,
@@ -521,63 +496,44 @@ pub async fn pull(
                     cancel2,
                 )
                 .await
-            } else if tls {
-                match tls_tunnel(&parsed, fingerprint).await {
-                    Ok((inner, _relay)) => {
-                        pull_once(
-                            inner,
-                            How {
-                                udp: false,
-                                use_own: None,
-                                absolute,
-                            },
-                            paths,
-                            path2,
-                            status2,
-                            cancel2,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            } else if !udp && tidegate_core::dump::enabled() {
-                // dumpPackets: retina's own socket cannot be watched; over TCP it reads
-                // through a local relay whose upstream connection is dumped.
-                let own = (transport != SourceTransport::Tcp).then_some(use_own);
-                match dumped_relay(&parsed).await {
-                    Ok((inner, _relay)) => {
-                        pull_once(
-                            inner,
-                            How {
-                                udp: false,
-                                use_own: own,
-                                absolute,
-                            },
-                            paths,
-                            path2,
-                            status2,
-                            cancel2,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
             } else {
-                let own_udp = transport != SourceTransport::Tcp;
-                let own = own_udp.then_some(use_own);
-                pull_once(
-                    parsed,
-                    How {
-                        udp,
-                        use_own: own,
-                        absolute,
-                    },
-                    paths,
-                    path2,
-                    status2,
-                    cancel2,
-                )
-                .await
+                // Retina reads the camera directly, or through a local relay (TCP interleaved
+                // then): an HTTP tunnel or a WebSocket, TLS, or, with dumpPackets, a dumped TCP
+                // connection (retina's own socket cannot be watched).
+                let own =
+                    (transport != SourceTransport::Tcp && !tunnelled && !tls).then_some(use_own);
+                let relayed = if tunnelled {
+                    Some(if parsed.scheme().ends_with("+ws") {
+                        ws_tunnel(&parsed, fingerprint).await
+                    } else {
+                        http_tunnel(&parsed, fingerprint).await
+                    })
+                } else if tls {
+                    Some(tls_tunnel(&parsed, fingerprint).await)
+                } else if !udp && tidegate_core::dump::enabled() {
+                    Some(dumped_relay(&parsed).await)
+                } else {
+                    None
+                };
+                match relayed {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok((inner, _relay))) => {
+                        let how = How {
+                            udp: false,
+                            use_own: own,
+                            absolute,
+                        };
+                        pull_once(inner, how, paths, path2, status2, cancel2).await
+                    }
+                    None => {
+                        let how = How {
+                            udp,
+                            use_own: own,
+                            absolute,
+                        };
+                        pull_once(parsed, how, paths, path2, status2, cancel2).await
+                    }
+                }
             };
             // `automatic`: TCP first, then UDP, alternating on failures (TCP only over TLS).
             if r.is_err()
