@@ -200,3 +200,84 @@ fn an_mp4_file_plays_on_a_loop_and_a_publisher_of_other_tracks_is_refused() {
         assert!(w[1].pts - w[0].pts < 0.2, "a gap at a loop: {w:?}");
     }
 }
+
+/// The luma plane of one decoded picture of `url` (as coded: `yuv420p` is not converted).
+fn first_picture(url: &str, name: &str, dir: &std::path::Path) -> Vec<u8> {
+    let out = dir.join(format!("{name}.yuv"));
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args([
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        url,
+    ])
+    .args([
+        "-map",
+        "0:v",
+        "-frames:v",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+    ])
+    .arg(&out);
+    let mut p = PeerProcess::spawn(name, &mut cmd, dir);
+    assert!(p.wait(LIMIT).success(), "{}", p.stderr());
+    let mut yuv = std::fs::read(&out).unwrap();
+    assert_eq!(yuv.len(), 1280 * 720 * 3 / 2, "one 720p picture");
+    // The chroma is neutral.
+    assert!(yuv[1280 * 720..].iter().all(|&c| c == 128));
+    yuv.truncate(1280 * 720);
+    yuv
+}
+
+#[test]
+fn generated_h265_is_the_same_picture_as_h264() {
+    let dir = scratch("offline-h265");
+    let server = TestServer::start(
+        "paths:\n  slate265:\n    alwaysAvailable: yes\n    alwaysAvailableTracks:\n      \
+         - codec: H265\n      - codec: Opus\n  slate264:\n    alwaysAvailable: yes\n    \
+         alwaysAvailableTracks:\n      - codec: H264\n",
+    );
+    server.wait_ready("slate265", READY);
+    server.wait_ready("slate264", READY);
+    let probe = tidegate_tests::ffprobe(
+        &server.rtsp_url("slate265"),
+        &["-rtsp_transport", "tcp", "-read_intervals", "%+3"],
+        LIMIT,
+    );
+    assert_eq!(probe.codec("video").as_deref(), Some("hevc"), "{probe:?}");
+    assert_eq!(probe.codec("audio").as_deref(), Some("opus"), "{probe:?}");
+    assert_eq!(probe.dimensions(), Some((1280, 720)));
+    assert!(probe.dts_monotonic("video") && probe.dts_monotonic("audio"));
+    assert!(probe.packets_of("audio").len() >= 50, "{probe:?}");
+
+    // Every picture decodes, in real time, over RTSP.
+    let mut reader = ffmpeg_decode(&server.rtsp_url("slate265"), 5, &dir);
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    let log = reader.stderr();
+    let frames = showinfo(&log);
+    eprintln!("H.265 over RTSP: {} pictures", frames.len());
+    assert!(frames.len() >= 100, "{} pictures", frames.len());
+    assert!(frames.iter().all(|f| f.width == 1280));
+    assert!(frames.iter().filter(|f| f.key).count() >= 4);
+    assert!(
+        !log.contains("Error") && !log.contains("error while decoding"),
+        "{log}"
+    );
+
+    // The H.265 picture over HLS (fMP4) is the H.264 one over RTSP, sample for sample: black,
+    // with the message in white.
+    let h265 = first_picture(&server.hls_url("slate265", "index.m3u8"), "h265", &dir);
+    let h264 = first_picture(&server.rtsp_url("slate264"), "h264", &dir);
+    let white = h265.iter().filter(|&&v| v == 235).count();
+    let black = h265.iter().filter(|&&v| v == 16).count();
+    eprintln!("H.265 picture: {white} white and {black} black samples");
+    assert_eq!(white + black, h265.len(), "only black and white");
+    assert!(white > 2000, "{white} white samples: the message");
+    assert!(h265 == h264, "the H.265 and H.264 pictures differ");
+}

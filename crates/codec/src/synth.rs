@@ -1,12 +1,14 @@
 //! Generated media: the offline stream of `alwaysAvailable` paths, made without an encoder.
 //!
-//! The H.264 picture is black with "STREAM IS OFFLINE" written across it, coded by hand in the
+//! The H.264 picture (and the H.265 one, in [`hevc`]) is black with "STREAM IS OFFLINE" written across it, coded by hand in the
 //! Constrained Baseline profile: macroblocks that are flat black are `I_16x16` with DC
 //! prediction and no residual (a few bits each), the others `I_PCM` (their samples as they
 //! are); every later picture of the GOP is one P slice of skipped macroblocks. Audio is
 //! silence: AAC-LC frames with no spectral data, a silent Opus packet, G.711 and LPCM silence.
 
 use crate::bits::{escape_rbsp, BitWriter};
+
+pub mod hevc;
 
 /// Luma of black and of the text (video range), and the neutral chroma.
 const BLACK: u8 = 16;
@@ -121,7 +123,12 @@ impl OfflineH264 {
 }
 
 fn nal(header: u8, rbsp: &[u8]) -> Vec<u8> {
-    let mut out = vec![header];
+    nal_with(&[header], rbsp)
+}
+
+/// A NAL unit: its header, then the escaped RBSP.
+fn nal_with(header: &[u8], rbsp: &[u8]) -> Vec<u8> {
+    let mut out = header.to_vec();
     out.extend(escape_rbsp(rbsp));
     out
 }

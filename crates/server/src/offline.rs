@@ -35,6 +35,10 @@ enum Source {
         id: TrackId,
         pic: Box<tidegate_codec::synth::OfflineH264>,
     },
+    H265 {
+        id: TrackId,
+        pic: Box<tidegate_codec::synth::hevc::OfflineH265>,
+    },
     /// The same audio frame every `duration` ticks.
     Audio {
         id: TrackId,
@@ -66,6 +70,19 @@ impl Source {
                 };
                 (dts, dts, at == 0, data)
             }
+            Source::H265 { pic, .. } => {
+                let fps = u64::from(pic.fps);
+                let dts = (n * 90_000 / fps) as i64;
+                let at = (n % fps) as u32;
+                let data = if at == 0 {
+                    let nals: [&[u8]; 4] = [&pic.vps, &pic.sps, &pic.pps, pic.idr()];
+                    tidegate_codec::nal::to_length_prefixed(nals)
+                } else {
+                    let p = pic.repeat(at);
+                    tidegate_codec::nal::to_length_prefixed([p.as_slice()])
+                };
+                (dts, dts, at == 0, data)
+            }
             Source::Audio { duration, data, .. } => {
                 let dts = n as i64 * duration;
                 (dts, dts, true, data.clone())
@@ -81,13 +98,17 @@ impl Source {
 
     fn id(&self) -> TrackId {
         match self {
-            Source::H264 { id, .. } | Source::Audio { id, .. } | Source::File { id, .. } => *id,
+            Source::H264 { id, .. }
+            | Source::H265 { id, .. }
+            | Source::Audio { id, .. }
+            | Source::File { id, .. } => *id,
         }
     }
 }
 
 impl OfflineMedia {
-    /// Generated tracks: H.264 "STREAM IS OFFLINE" on black, silence for the audio codecs.
+    /// Generated tracks: H.264 or H.265 "STREAM IS OFFLINE" on black, silence for the audio
+    /// codecs.
     pub fn generated(tracks: &[OfflineTrack]) -> Result<OfflineMedia, String> {
         let mut desc = StreamDesc { tracks: Vec::new() };
         let mut sources = Vec::new();
@@ -105,6 +126,22 @@ impl OfflineMedia {
                         params,
                         90_000,
                         Source::H264 {
+                            id,
+                            pic: Box::new(pic),
+                        },
+                    )
+                }
+                "H265" => {
+                    let pic = tidegate_codec::synth::hevc::OfflineH265::new(WIDTH, HEIGHT, FPS);
+                    let params = CodecParams::H265 {
+                        vps: Bytes::copy_from_slice(&pic.vps),
+                        sps: Bytes::copy_from_slice(&pic.sps),
+                        pps: Bytes::copy_from_slice(&pic.pps),
+                    };
+                    (
+                        params,
+                        90_000,
+                        Source::H265 {
                             id,
                             pic: Box::new(pic),
                         },
@@ -194,7 +231,7 @@ impl OfflineMedia {
                 }
                 other => {
                     return Err(format!(
-                        "Tidegate does not generate offline {other} video: use H264 in \
+                        "Tidegate does not generate offline {other} video: use H264 or H265 in \
                          alwaysAvailableTracks, or an alwaysAvailableFile with the {other} track"
                     ))
                 }
