@@ -369,24 +369,33 @@ fn tshark_fields(file: &Path, decode: &[&str], filter: &str, field: &str) -> Vec
         .collect()
 }
 
-/// `dumpPackets: yes`: every TCP connection of the servers is written to a pcapng file in the
-/// working directory (MediaMTX's names), which tshark reads as a capture: the RTMP publish
-/// (its `publish` command), the RTSP reader (DESCRIBE/SETUP/PLAY, and the stream's media the
-/// fan-out engine wrote: over 100 kB server to client), the HLS and API requests.
+/// `dumpPackets: yes`: every TCP connection and UDP socket of the servers and sources is
+/// written to a pcapng file in the working directory (MediaMTX's names), which tshark reads as
+/// a capture: the RTMP publish (its `publish` command), the RTSP reader (DESCRIBE/SETUP/PLAY,
+/// and the stream's media the fan-out engine wrote: over 100 kB server to client), the HLS and
+/// API requests, the pulled sources' connections, RTP over UDP both ways, MPEG-TS over UDP.
 #[test]
 fn dump_packets_writes_pcapng_files_that_tshark_reads() {
     let dir = scratch("dump-packets");
-    let [rtmp, rtsp, hls, api] = [(); 4].map(|_| tidegate_tests::peers::free_port());
+    let [rtmp, rtsp, hls, api, rtp, rtcp, ts, webrtc] =
+        [(); 8].map(|_| tidegate_tests::peers::free_port());
     let conf = dir.join("tidegate.yml");
     std::fs::write(
         &conf,
         format!(
             "dumpPackets: yes\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
-             rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
-             webrtc: no\nsrt: no\nmetrics: no\npaths:\n  all_others:\n\
+             rtspTransports: [tcp, udp]\nrtpAddress: 127.0.0.1:{rtp}\n\
+             rtcpAddress: 127.0.0.1:{rtcp}\nhlsAddress: 127.0.0.1:{hls}\n\
+             apiAddress: 127.0.0.1:{api}\n\
+             webrtcAddress: 127.0.0.1:{webrtc}\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
+             srt: no\nmetrics: no\npaths:\n  all_others:\n\
              \x20 viartsp:\n    source: rtsp://127.0.0.1:{rtsp}/live/cam\n    rtspTransport: tcp\n\
+             \x20 viaudp:\n    source: rtsp://127.0.0.1:{rtsp}/live/cam\n    rtspTransport: udp\n\
+             \x20   rtspAnyPort: yes\n\
              \x20 viartmp:\n    source: rtmp://127.0.0.1:{rtmp}/live/cam\n\
-             \x20 viahls:\n    source: http://127.0.0.1:{hls}/live/cam/index.m3u8\n"
+             \x20 viahls:\n    source: http://127.0.0.1:{hls}/live/cam/index.m3u8\n\
+             \x20 viats:\n    source: udp+mpegts://127.0.0.1:{ts}\n\
+             \x20 viawhep:\n    source: whep://127.0.0.1:{webrtc}/live/cam/whep\n"
         ),
     )
     .unwrap();
@@ -423,6 +432,20 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         .args(["-t", "3", "-c", "copy"])
         .arg(&out);
     let mut reader = PeerProcess::spawn("ffmpeg-rtsp-read", &mut reader, &dir);
+    assert!(
+        reader.wait(Duration::from_secs(30)).success(),
+        "{}",
+        reader.stderr()
+    );
+    // And one over UDP.
+    let mut reader = Command::new(peer("ffmpeg"));
+    reader
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-rtsp_transport", "udp", "-i"])
+        .arg(format!("rtsp://127.0.0.1:{rtsp}/live/cam"))
+        .args(["-t", "3", "-c", "copy"])
+        .arg(dir.join("read-udp.mkv"));
+    let mut reader = PeerProcess::spawn("ffmpeg-rtsp-udp-read", &mut reader, &dir);
     assert!(
         reader.wait(Duration::from_secs(30)).success(),
         "{}",
@@ -534,7 +557,7 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
     assert!(!files("api_server_conn_").is_empty(), "no API dump");
 
     // The connections of pulled sources: Tidegate's side of them (retina's through a relay).
-    for p in ["viartsp", "viartmp", "viahls"] {
+    for p in ["viartsp", "viartmp", "viahls", "viawhep"] {
         poll(
             Duration::from_secs(30),
             || format!("{p} not ready"),
@@ -562,5 +585,104 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         "no RTMP source dump"
     );
     assert!(!files("hls_source_conn_").is_empty(), "no HLS source dump");
+    // The WHEP source's HTTP exchange: its offer POSTed.
+    let whep: Vec<String> = files("whep_source_conn_")
+        .iter()
+        .flat_map(|f| {
+            tshark_fields(
+                f,
+                &[&format!("tcp.port=={webrtc},http")],
+                "http.request",
+                "http.request.method",
+            )
+        })
+        .collect();
+    assert!(
+        whep.iter().any(|m| m == "POST"),
+        "WHEP source dump: {whep:?}"
+    );
+
+    // UDP sockets: a file each, their datagrams as IP/UDP packets. The RTSP server's RTP
+    // socket sent the UDP reader its media (and the pulled `viaudp` its own); the pulled
+    // source's socket received it; the MPEG-TS source's received ffmpeg's datagrams.
+    let _ts = ffmpeg_publish(
+        &format!("udp://127.0.0.1:{ts}?pkt_size=1316"),
+        60,
+        "mpegts",
+        &dir,
+    );
+    for p in ["viaudp", "viats"] {
+        poll(
+            Duration::from_secs(30),
+            || format!("{p} not ready"),
+            || {
+                let r = tidegate_tests::http::fetch(api_addr, &format!("/v3/paths/get/{p}"), &[]);
+                (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+            },
+        );
+    }
+    // Datagrams reach the files as they come: the writer thread is asynchronous.
+    let udp_count = |prefix: &str, filter: &str| -> usize {
+        files(prefix)
+            .iter()
+            .map(|f| tshark_fields(f, &[], filter, "udp.length").len())
+            .sum()
+    };
+    let rtp_sent = poll(
+        Duration::from_secs(20),
+        || "the RTSP server's RTP socket dumped too little".into(),
+        || {
+            let n = udp_count("rtsp_server_packet_conn_", &format!("udp.srcport=={rtp}"));
+            (n > 200).then_some(n)
+        },
+    );
+    let rtp_pulled = poll(
+        Duration::from_secs(20),
+        || "the pulled source's UDP sockets dumped too little".into(),
+        || {
+            let n = udp_count("rtsp_source_packet_conn_", &format!("udp.srcport=={rtp}"));
+            (n > 100).then_some(n)
+        },
+    );
+    let ts_got = poll(
+        Duration::from_secs(20),
+        || "the MPEG-TS source dumped too little".into(),
+        || {
+            let n = udp_count("mpegts_source_packet_conn_", &format!("udp.dstport=={ts}"));
+            (n > 100).then_some(n)
+        },
+    );
+    eprintln!(
+        "UDP dumps: {rtp_sent} RTP datagrams sent by the server, {rtp_pulled} received by the \
+         pulled source, {ts_got} MPEG-TS datagrams received"
+    );
+    // tshark reads the server's datagrams as RTP, their UDP checksums right.
+    // (The RTP socket's file: the RTCP socket has one too.)
+    let server_rtp = &files("rtsp_server_packet_conn_")
+        .into_iter()
+        .max_by_key(|f| tshark_fields(f, &[], &format!("udp.srcport=={rtp}"), "udp.length").len())
+        .unwrap();
+    let versions = tshark_fields(
+        server_rtp,
+        &[&format!("udp.port=={rtp},rtp")],
+        &format!("udp.srcport=={rtp}"),
+        "rtp.version",
+    );
+    assert!(!versions.is_empty() && versions.iter().all(|v| v == "2"));
+    let mut t = Command::new(peer("tshark"));
+    t.arg("-r").arg(server_rtp).args([
+        "-o",
+        "udp.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-e",
+        "udp.checksum.status",
+    ]);
+    let out = run_bounded(&mut t, Duration::from_secs(60));
+    let statuses = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        statuses.lines().count() > 100 && statuses.lines().all(|l| l.trim() == "1"),
+        "UDP checksums not verified: {statuses}"
+    );
     server.kill9();
 }

@@ -58,9 +58,23 @@ pub async fn request_with(
     limit: Duration,
     headers: Vec<(String, String)>,
 ) -> Result<Answer, String> {
+    request_dumped(method, url, body, fingerprint, limit, headers, None).await
+}
+
+/// [`request_with`], its connection dumped as `<dump>_<ns>_<id>.pcapng` while `dumpPackets` is
+/// on (a WHEP source's `whep_source_conn`, say).
+pub async fn request_dumped(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    fingerprint: &str,
+    limit: Duration,
+    headers: Vec<(String, String)>,
+    dump: Option<&str>,
+) -> Result<Answer, String> {
     tokio::time::timeout(
         limit,
-        exchange(method, url, body, fingerprint, limit, headers),
+        exchange(method, url, body, fingerprint, limit, headers, dump),
     )
     .await
     .map_err(|_| format!("no answer within {limit:?}"))?
@@ -73,6 +87,7 @@ async fn exchange(
     fingerprint: &str,
     limit: Duration,
     headers: Vec<(String, String)>,
+    dump: Option<&str>,
 ) -> Result<Answer, String> {
     let u = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
     let host = u.host_str().ok_or("the URL has no host")?.to_string();
@@ -108,11 +123,17 @@ async fn exchange(
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            send(tcp, req).await
+            match dump {
+                Some(prefix) => send(tidegate_core::dump::tcp_client(tcp, prefix), req).await,
+                None => send(tcp, req).await,
+            }
         }
         "https" => {
             let tls = tidegate_core::tls::connect(&host, port, fingerprint, limit).await?;
-            send(tls, req).await
+            match dump {
+                Some(prefix) => send(tidegate_core::dump::tls_client(tls, prefix), req).await,
+                None => send(tls, req).await,
+            }
         }
         other => Err(format!("unsupported scheme {other}")),
     }

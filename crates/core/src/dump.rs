@@ -1,5 +1,5 @@
-//! `dumpPackets`: what every TCP connection of the servers carries, written to disk as it
-//! goes, for debugging, in pcapng files Wireshark and tshark open (MediaMTX's feature and file
+//! `dumpPackets`: what every TCP connection and UDP socket of the servers and sources carries,
+//! written to disk as it goes, for debugging, in pcapng files Wireshark and tshark open (MediaMTX's feature and file
 //! names: `<proto>_server_conn_<unix ns>_<id>.pcapng` in the working directory).
 //!
 //! Each connection gets a file of its own. Its bytes are written as TCP segments between the
@@ -13,6 +13,9 @@
 //! One thread writes every file; connections hand it copies through a bounded queue (8 192
 //! entries, 64 MiB) and never wait: when it is full, entries are dropped and counted ([`dropped`]);
 //! the file then lacks those bytes.
+//!
+//! UDP sockets ([`DumpedUdp`]) get one file each, their datagrams as IP/UDP packets between the
+//! socket's address and each peer's.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, Write};
@@ -84,11 +87,15 @@ enum Msg {
         local: SocketAddr,
         remote: SocketAddr,
         server_side: bool,
+        /// A UDP socket's file: datagrams, no handshake.
+        udp: bool,
         at: SystemTime,
     },
     Data {
         id: u64,
         inbound: bool,
+        /// A datagram's other end (UDP); None on a TCP connection.
+        peer: Option<SocketAddr>,
         data: Vec<u8>,
         at: SystemTime,
     },
@@ -126,25 +133,7 @@ impl TcpDump {
         if !enabled() {
             return None;
         }
-        let g = global();
-        let id = g.next_id.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now();
-        let ns = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = g.dir.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let file = dir.join(format!(
-            "{prefix}_{ns}_{}.pcapng",
-            crate::text::secret_hex(8)
-        ));
-        send(Msg::Open {
-            id,
-            file,
-            local,
-            remote,
-            server_side,
-            at: now,
-        });
+        let id = open_file(prefix, local, remote, server_side, false);
         Some(Arc::new(TcpDump { id }))
     }
 
@@ -159,19 +148,8 @@ impl TcpDump {
     }
 
     fn data(&self, inbound: bool, data: &[u8]) {
-        let g = global();
-        if g.queued_bytes.fetch_add(data.len(), Ordering::AcqRel) + data.len() > QUEUE_BYTES {
-            g.queued_bytes.fetch_sub(data.len(), Ordering::AcqRel);
-            g.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         if !data.is_empty() {
-            send(Msg::Data {
-                id: self.id,
-                inbound,
-                data: data.to_vec(),
-                at: SystemTime::now(),
-            });
+            queue_data(self.id, inbound, None, data);
         }
     }
 
@@ -191,17 +169,194 @@ impl TcpDump {
 
 impl Drop for TcpDump {
     fn drop(&mut self) {
-        let close = Msg::Close {
-            id: self.id,
-            at: SystemTime::now(),
-        };
-        if sender().try_send(close).is_err() {
-            global()
-                .orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(self.id);
+        close_file(self.id);
+    }
+}
+
+/// Opens a file (on the writer thread) and returns its id.
+fn open_file(
+    prefix: &str,
+    local: SocketAddr,
+    remote: SocketAddr,
+    server_side: bool,
+    udp: bool,
+) -> u64 {
+    let g = global();
+    let id = g.next_id.fetch_add(1, Ordering::Relaxed);
+    let now = SystemTime::now();
+    let ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = g.dir.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let file = dir.join(format!(
+        "{prefix}_{ns}_{}.pcapng",
+        crate::text::secret_hex(8)
+    ));
+    send(Msg::Open {
+        id,
+        file,
+        local,
+        remote,
+        server_side,
+        udp,
+        at: now,
+    });
+    id
+}
+
+/// A copy of `data` for file `id`, unless the queue holds too many bytes already.
+fn queue_data(id: u64, inbound: bool, peer: Option<SocketAddr>, data: &[u8]) {
+    let g = global();
+    if g.queued_bytes.fetch_add(data.len(), Ordering::AcqRel) + data.len() > QUEUE_BYTES {
+        g.queued_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+        g.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    send(Msg::Data {
+        id,
+        inbound,
+        peer,
+        data: data.to_vec(),
+        at: SystemTime::now(),
+    });
+}
+
+fn close_file(id: u64) {
+    let close = Msg::Close {
+        id,
+        at: SystemTime::now(),
+    };
+    if sender().try_send(close).is_err() {
+        global()
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+    }
+}
+
+/// One dumped UDP socket (MediaMTX's `<proto>_server_packet_conn`, `…_source_packet_conn`): its
+/// datagrams, both ways, in one file while `dumpPackets` is on. The file opens with the first
+/// datagram after dumping is turned on and closes when it is turned off (a reload) or the
+/// socket goes.
+pub struct UdpDump {
+    prefix: &'static str,
+    local: SocketAddr,
+    /// The open file's id; 0: none.
+    id: AtomicU64,
+}
+
+impl UdpDump {
+    pub fn new(prefix: &'static str, local: SocketAddr) -> UdpDump {
+        UdpDump {
+            prefix,
+            local,
+            id: AtomicU64::new(0),
         }
+    }
+
+    /// The file to write to now, opened or closed as `dumpPackets` says.
+    fn file(&self) -> Option<u64> {
+        let id = self.id.load(Ordering::Acquire);
+        if !enabled() {
+            if id != 0
+                && self
+                    .id
+                    .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                close_file(id);
+            }
+            return None;
+        }
+        if id != 0 {
+            return Some(id);
+        }
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let new = open_file(self.prefix, self.local, unspecified, false, true);
+        match self
+            .id
+            .compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Some(new),
+            Err(theirs) => {
+                close_file(new);
+                Some(theirs)
+            }
+        }
+    }
+
+    /// A datagram `peer` sent to the socket.
+    pub fn inbound(&self, peer: SocketAddr, data: &[u8]) {
+        if let Some(id) = self.file() {
+            queue_data(id, true, Some(peer), data);
+        }
+    }
+
+    /// A datagram the socket sent to `peer`.
+    pub fn outbound(&self, peer: SocketAddr, data: &[u8]) {
+        if let Some(id) = self.file() {
+            queue_data(id, false, Some(peer), data);
+        }
+    }
+}
+
+impl Drop for UdpDump {
+    fn drop(&mut self) {
+        let id = *self.id.get_mut();
+        if id != 0 {
+            close_file(id);
+        }
+    }
+}
+
+/// A UDP socket whose datagrams are dumped while `dumpPackets` is on. It derefs to the socket,
+/// whose `recv_from`/`send_to`/`recv`/`send_to` it shadows with dumping ones; datagrams sent
+/// another way (`sendmmsg` batches) are passed to [`UdpDump::outbound`] by their sender.
+pub struct DumpedUdp {
+    sock: tokio::net::UdpSocket,
+    pub dump: UdpDump,
+}
+
+impl DumpedUdp {
+    /// `prefix` names the file, e.g. `rtsp_server_packet_conn`.
+    pub fn new(sock: tokio::net::UdpSocket, prefix: &'static str) -> DumpedUdp {
+        let local = sock
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        DumpedUdp {
+            sock,
+            dump: UdpDump::new(prefix, local),
+        }
+    }
+
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.sock.recv_from(buf).await?;
+        self.dump.inbound(from, &buf[..n]);
+        Ok((n, from))
+    }
+
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let n = self.sock.send_to(buf, to).await?;
+        self.dump.outbound(to, &buf[..n]);
+        Ok(n)
+    }
+
+    pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let n = self.sock.try_send_to(buf, to)?;
+        self.dump.outbound(to, &buf[..n]);
+        Ok(n)
+    }
+
+    pub fn into_inner(self) -> tokio::net::UdpSocket {
+        self.sock
+    }
+}
+
+impl std::ops::Deref for DumpedUdp {
+    type Target = tokio::net::UdpSocket;
+    fn deref(&self) -> &tokio::net::UdpSocket {
+        &self.sock
     }
 }
 
@@ -226,6 +381,7 @@ struct ConnFile {
     /// Next sequence numbers: ours (local) and theirs (remote).
     seq_local: u32,
     seq_remote: u32,
+    udp: bool,
 }
 
 fn writer(rx: Receiver<Msg>) {
@@ -257,6 +413,7 @@ fn handle(m: Msg, files: &mut HashMap<u64, ConnFile>, failed_once: &mut bool) {
             local,
             remote,
             server_side,
+            udp,
             at,
         } => {
             let f = match std::fs::File::create(&file) {
@@ -274,9 +431,14 @@ fn handle(m: Msg, files: &mut HashMap<u64, ConnFile>, failed_once: &mut bool) {
                 remote,
                 seq_local: if server_side { 2000 } else { 1000 },
                 seq_remote: if server_side { 1000 } else { 2000 },
+                udp,
             };
             let _ = c.out.write_all(&section_header());
             let _ = c.out.write_all(&interface_description());
+            if udp {
+                files.insert(id, c);
+                return;
+            }
             // The handshake, from whoever opened the connection.
             let (client_local, syn) = (!server_side, 0x02);
             c.segment(at, client_local, syn, &[]);
@@ -289,13 +451,32 @@ fn handle(m: Msg, files: &mut HashMap<u64, ConnFile>, failed_once: &mut bool) {
         Msg::Data {
             id,
             inbound,
+            peer,
             data,
             at,
         } => {
             global()
                 .queued_bytes
                 .fetch_sub(data.len(), Ordering::AcqRel);
-            if let Some(c) = files.get_mut(&id) {
+            if let (Some(c), Some(peer)) = (files.get_mut(&id), peer) {
+                let (src, dst) = if inbound {
+                    (peer, c.local)
+                } else {
+                    (c.local, peer)
+                };
+                // A socket bound to every address: the peer's family, unspecified.
+                let unspecified = |a: SocketAddr, other: SocketAddr| {
+                    if a.ip().is_unspecified() && a.is_ipv4() != other.is_ipv4() {
+                        SocketAddr::new(other.ip(), a.port())
+                    } else {
+                        a
+                    }
+                };
+                let (src, dst) = (unspecified(src, dst), unspecified(dst, src));
+                let _ = c
+                    .out
+                    .write_all(&enhanced_packet(at, &ip_udp(src, dst, &data)));
+            } else if let Some(c) = files.get_mut(&id) {
                 for piece in data.chunks(SEGMENT) {
                     c.segment(at, !inbound, 0x18, piece);
                     c.advance(!inbound, piece.len() as u32);
@@ -304,7 +485,9 @@ fn handle(m: Msg, files: &mut HashMap<u64, ConnFile>, failed_once: &mut bool) {
         }
         Msg::Close { id, at } => {
             if let Some(mut c) = files.remove(&id) {
-                c.segment(at, true, 0x11, &[]);
+                if !c.udp {
+                    c.segment(at, true, 0x11, &[]);
+                }
                 let _ = c.out.flush();
             }
         }
@@ -423,25 +606,45 @@ pub fn ip_tcp(
     tcp.extend_from_slice(&65535u16.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]);
     tcp.extend_from_slice(payload);
-    let len = tcp.len();
-    match (src.ip(), dst.ip()) {
+    ip_packet(src.ip(), dst.ip(), 6, tcp, 16)
+}
+
+/// An IPv4 or IPv6 packet carrying one UDP datagram, checksums computed.
+pub fn ip_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    // A datagram larger than an IP packet holds (never from a socket) is cut.
+    let len = (8 + payload.len()).min(65_507);
+    udp.extend_from_slice(&(len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&payload[..len - 8]);
+    ip_packet(src.ip(), dst.ip(), 17, udp, 6)
+}
+
+/// `l4` (a TCP or UDP header and payload, its checksum at `sum_at` zero) in an IP header, the
+/// checksums computed: IPv4 when both addresses are, else IPv6.
+fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, mut l4: Vec<u8>, sum_at: usize) -> Vec<u8> {
+    let len = l4.len();
+    let finish = |c: u16| if proto == 17 && c == 0 { 0xffff } else { c };
+    match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut pseudo = Vec::with_capacity(12);
             pseudo.extend_from_slice(&s.octets());
             pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&[0, 6]);
+            pseudo.extend_from_slice(&[0, proto]);
             pseudo.extend_from_slice(&(len as u16).to_be_bytes());
-            let c = fold(sum16(sum16(0, &pseudo), &tcp));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            let c = finish(fold(sum16(sum16(0, &pseudo), &l4)));
+            l4[sum_at..sum_at + 2].copy_from_slice(&c.to_be_bytes());
             let mut ip = Vec::with_capacity(20 + len);
             ip.extend_from_slice(&[0x45, 0]);
             ip.extend_from_slice(&((20 + len) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+            ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
             ip.extend_from_slice(&s.octets());
             ip.extend_from_slice(&d.octets());
             let c = fold(sum16(0, &ip));
             ip[10..12].copy_from_slice(&c.to_be_bytes());
-            ip.extend_from_slice(&tcp);
+            ip.extend_from_slice(&l4);
             ip
         }
         (s, d) => {
@@ -450,16 +653,16 @@ pub fn ip_tcp(
             pseudo.extend_from_slice(&s);
             pseudo.extend_from_slice(&d);
             pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 6]);
-            let c = fold(sum16(sum16(0, &pseudo), &tcp));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+            let c = finish(fold(sum16(sum16(0, &pseudo), &l4)));
+            l4[sum_at..sum_at + 2].copy_from_slice(&c.to_be_bytes());
             let mut ip = Vec::with_capacity(40 + len);
             ip.extend_from_slice(&[0x60, 0, 0, 0]);
             ip.extend_from_slice(&(len as u16).to_be_bytes());
-            ip.extend_from_slice(&[6, 64]);
+            ip.extend_from_slice(&[proto, 64]);
             ip.extend_from_slice(&s);
             ip.extend_from_slice(&d);
-            ip.extend_from_slice(&tcp);
+            ip.extend_from_slice(&l4);
             ip
         }
     }
@@ -651,6 +854,16 @@ mod tests {
         );
         assert_eq!(p6[0] >> 4, 6);
         assert_eq!(p6.len(), 60);
+        let u = ip_udp(
+            "127.0.0.1:8000".parse().unwrap(),
+            "127.0.0.1:40000".parse().unwrap(),
+            b"rtp!",
+        );
+        assert_eq!(u.len(), 20 + 8 + 4);
+        assert_eq!(fold(sum16(0, &u[..20])), 0, "IPv4 header checksum");
+        let mut pseudo = u[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 17, 0, 12]);
+        assert_eq!(fold(sum16(sum16(0, &pseudo), &u[20..])), 0, "UDP checksum");
         let b = enhanced_packet(SystemTime::UNIX_EPOCH, &p);
         assert_eq!(b.len() % 4, 0);
         assert_eq!(&b[4..8], &(b.len() as u32).to_le_bytes());

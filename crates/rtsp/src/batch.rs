@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::socket::{
     sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
+use tidegate_core::dump::DumpedUdp;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -86,6 +87,17 @@ fn send_some(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> std::io::Result<
         MsgFlags::empty(),
     )?;
     Ok(sent.count())
+}
+
+/// [`send_all`] from a socket whose datagrams are dumped (`dumpPackets`).
+pub async fn send_all_dumped(sock: &DumpedUdp, pkts: &[(Bytes, SocketAddr)]) -> u64 {
+    let sent = send_all(sock, pkts).await;
+    if tidegate_core::dump::enabled() {
+        for (p, to) in pkts {
+            sock.dump.outbound(*to, p);
+        }
+    }
+    sent
 }
 
 /// Sends every packet of `pkts` from `sock`, as few system calls as the kernel allows, waiting

@@ -12,6 +12,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tidegate_core::dump::DumpedUdp;
 
 use bytes::Bytes;
 use tidegate_core::relay::RelayStatus;
@@ -676,6 +677,12 @@ async fn pull_on(
         .unwrap_or(&url_s)
         .to_string();
     let medias = crate::sdp::parse(&String::from_utf8_lossy(&r.body))?;
+    // `dumpPackets` names, as MediaMTX's.
+    let dump_prefix = if url_s.starts_with("rtsps") {
+        "rtsps_source_packet_conn"
+    } else {
+        "rtsp_source_packet_conn"
+    };
     let mut tracks = Vec::new();
     let (tx, mut rx) = mpsc::channel::<(usize, bool, Bytes)>(1024);
     let mut receivers = Vec::new();
@@ -704,9 +711,10 @@ async fn pull_on(
                     .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
                 let sock = join(group, rtp_port)
                     .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
+                let sock = DumpedUdp::new(sock, dump_prefix);
                 receivers.push(AbortOnDrop(tokio::spawn(async move {
                     let mut buf = vec![0u8; 2048];
-                    while let Ok(n) = sock.recv(&mut buf).await {
+                    while let Ok((n, _)) = sock.recv_from(&mut buf).await {
                         if tx
                             .send((idx, false, Bytes::copy_from_slice(&buf[..n])))
                             .await
@@ -724,6 +732,10 @@ async fn pull_on(
                 any_port,
             } => {
                 let (rtp, rtcp) = port_pair(play.ports).await?;
+                let (rtp, rtcp) = (
+                    DumpedUdp::new(rtp, dump_prefix),
+                    DumpedUdp::new(rtcp, dump_prefix),
+                );
                 let p = rtp.local_addr().map_err(|e| e.to_string())?.port();
                 let mut headers = vec![(
                     "Transport",

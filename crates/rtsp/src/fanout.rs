@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tidegate_core::dump::DumpedUdp;
 use tidegate_core::{Egress, Frame};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::mux::split;
@@ -109,8 +109,8 @@ impl UdpFanout {
         self: &Arc<Self>,
         member: Arc<Member>,
         packets: &Arc<Egress>,
-        rtp: Arc<UdpSocket>,
-        rtcp: Arc<UdpSocket>,
+        rtp: Arc<DumpedUdp>,
+        rtcp: Arc<DumpedUdp>,
     ) -> Membership {
         let mut s = self.lock();
         s.joining.push(member.clone());
@@ -133,8 +133,8 @@ async fn run(
     fanout: Arc<UdpFanout>,
     mut sub: tidegate_core::EgressReader,
     key: Option<u32>,
-    rtp: Arc<UdpSocket>,
-    rtcp: Arc<UdpSocket>,
+    rtp: Arc<DumpedUdp>,
+    rtcp: Arc<DumpedUdp>,
     token: CancellationToken,
 ) {
     let mut gop: Vec<Arc<Frame>> = Vec::new();
@@ -184,7 +184,7 @@ async fn run(
 
 /// One frame to `members`: each run of same-size RTP packets of a track as GSO messages in
 /// `sendmmsg` calls, RTCP packets one message per reader.
-async fn send_frame(rtp: &UdpSocket, rtcp: &UdpSocket, frame: &Frame, members: &[Arc<Member>]) {
+async fn send_frame(rtp: &DumpedUdp, rtcp: &DumpedUdp, frame: &Frame, members: &[Arc<Member>]) {
     if members.is_empty() {
         return;
     }
@@ -200,7 +200,7 @@ async fn send_frame(rtp: &UdpSocket, rtcp: &UdpSocket, frame: &Frame, members: &
                 .filter_map(|m| m.dests.get(track).copied().flatten())
                 .map(|(_, rtcp_addr)| (pkts[from].1.clone(), rtcp_addr))
                 .collect();
-            crate::batch::send_all(rtcp, &to).await;
+            crate::batch::send_all_dumped(rtcp, &to).await;
             from += 1;
             continue;
         }
@@ -212,6 +212,11 @@ async fn send_frame(rtp: &UdpSocket, rtcp: &UdpSocket, frame: &Frame, members: &
             .collect();
         let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
         let sent = crate::batch::send_run_to_many(rtp, &run, &addrs).await;
+        for (to, _) in addrs.iter().zip(&sent).filter(|(_, ok)| **ok) {
+            for p in &run {
+                rtp.dump.outbound(*to, p);
+            }
+        }
         let bytes: u64 = run.iter().map(|b| b.len() as u64).sum();
         for ((m, _), ok) in targets.iter().zip(sent) {
             if ok {
@@ -229,6 +234,7 @@ mod tests {
     use bytes::BytesMut;
     use std::time::{Duration, Instant};
     use tidegate_core::{CodecParams, Stream, StreamConfig, StreamDesc, Track};
+    use tokio::net::UdpSocket;
 
     fn stream() -> Arc<Stream> {
         let desc = StreamDesc {
@@ -289,10 +295,8 @@ mod tests {
     async fn joiners_get_the_gop_in_order_then_live_frames_and_leavers_nothing() {
         let s = stream();
         let bind = || UdpSocket::bind("127.0.0.1:0");
-        let (rtp, rtcp) = (
-            Arc::new(bind().await.unwrap()),
-            Arc::new(bind().await.unwrap()),
-        );
+        let dumped = |s| Arc::new(DumpedUdp::new(s, "test"));
+        let (rtp, rtcp) = (dumped(bind().await.unwrap()), dumped(bind().await.unwrap()));
         let (a, b) = (bind().await.unwrap(), bind().await.unwrap());
         let to = |u: &UdpSocket| {
             let addr = u.local_addr().unwrap();

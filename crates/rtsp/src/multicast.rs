@@ -84,7 +84,7 @@ impl StreamGroups {
             let (rtp_port, rtcp_port) = (conf.rtp_port, conf.rtcp_port);
             tokio::spawn(async move {
                 let sock = match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
-                    Ok(s) => s,
+                    Ok(s) => tidegate_core::dump::DumpedUdp::new(s, "rtsp_server_packet_conn"),
                     Err(e) => {
                         tracing::warn!("[RTSP] multicast socket: {e}");
                         return;

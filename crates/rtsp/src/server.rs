@@ -24,6 +24,7 @@ use crate::ingest::InTrack;
 use crate::message::{interleaved, response, Input, Parser, Request};
 use crate::mux::{count_rtp, split, RtpMux, SrtpMux};
 use crate::sdp;
+use tidegate_core::dump::DumpedUdp;
 use tidegate_core::{SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus, Transport};
 
 #[derive(Clone, Debug)]
@@ -77,16 +78,22 @@ pub type RtspConns = tidegate_core::ConnRegistry<RtspStats>;
 /// The UDP side: RTP and RTCP sockets shared by every session, and where what comes in goes,
 /// by source address: RTP from UDP publishers, RTCP receiver reports from UDP readers.
 pub struct Udp {
-    pub rtp: Arc<UdpSocket>,
-    pub rtcp: Arc<UdpSocket>,
+    pub rtp: Arc<DumpedUdp>,
+    pub rtcp: Arc<DumpedUdp>,
     routes: Mutex<HashMap<SocketAddr, Route>>,
 }
 
 impl Udp {
-    pub async fn bind(rtp: SocketAddr, rtcp: SocketAddr) -> std::io::Result<Arc<Udp>> {
+    /// `dump_prefix` names the sockets' `dumpPackets` files (`rtsp_server_packet_conn`).
+    pub async fn bind(
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        dump_prefix: &'static str,
+    ) -> std::io::Result<Arc<Udp>> {
+        let open = |s: UdpSocket| Arc::new(DumpedUdp::new(tuned(s), dump_prefix));
         Ok(Arc::new(Udp {
-            rtp: Arc::new(tuned(UdpSocket::bind(rtp).await?)),
-            rtcp: Arc::new(tuned(UdpSocket::bind(rtcp).await?)),
+            rtp: open(UdpSocket::bind(rtp).await?),
+            rtcp: open(UdpSocket::bind(rtcp).await?),
             routes: Mutex::new(HashMap::new()),
         }))
     }
@@ -1522,7 +1529,7 @@ impl Conn {
             }
         }
         if let (false, Some(udp)) = (batch.is_empty(), &self.udp) {
-            let sent = crate::batch::send_all(&udp.rtp, &batch).await;
+            let sent = crate::batch::send_all_dumped(&udp.rtp, &batch).await;
             self.count_sent(sent);
         }
     }

@@ -225,11 +225,12 @@ async fn bind_udp(
     what: &'static str,
     rtp: SocketAddr,
     rtcp: SocketAddr,
+    dump_prefix: &'static str,
 ) -> Result<Option<Arc<tidegate_rtsp::Udp>>, StartError> {
     if !enabled {
         return Ok(None);
     }
-    tidegate_rtsp::Udp::bind(rtp, rtcp)
+    tidegate_rtsp::Udp::bind(rtp, rtcp, dump_prefix)
         .await
         .map(Some)
         .map_err(|source| StartError::Bind {
@@ -401,6 +402,7 @@ impl Server {
             "RTP/RTCP (UDP)",
             config.rtp_address,
             config.rtcp_address,
+            "rtsp_server_packet_conn",
         )
         .await?;
         let rtsp_udp_ports = rtsp_udp.as_ref().map(|u| u.ports());
@@ -410,6 +412,7 @@ impl Server {
             "SRTP/SRTCP (UDP)",
             config.srtp_address,
             config.srtcp_address,
+            "rtsps_server_packet_conn",
         )
         .await?;
         let srt_addr = srt.as_ref().map(|s| s.local);

@@ -60,7 +60,10 @@ pub fn udp_params(url: &str) -> Result<UdpParams, String> {
 
 /// A UDP socket for `p`: bound to the address (a multicast group: bound to its port on every
 /// address, and joined), with `udpReadBufferSize`.
-pub fn bind_udp(p: &UdpParams) -> Result<tokio::net::UdpSocket, String> {
+pub fn bind_udp(
+    p: &UdpParams,
+    dump_prefix: &'static str,
+) -> Result<tidegate_core::dump::DumpedUdp, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |e: std::io::Error| format!("UDP {}: {e}", p.addr);
     let domain = if p.addr.is_ipv4() {
@@ -89,7 +92,7 @@ pub fn bind_udp(p: &UdpParams) -> Result<tokio::net::UdpSocket, String> {
     }
     let s = tokio::net::UdpSocket::from_std(s.into()).map_err(err)?;
     tidegate_core::udp::tune(&s);
-    Ok(s)
+    Ok(tidegate_core::dump::DumpedUdp::new(s, dump_prefix))
 }
 
 /// The IPv4 address of an interface, by name.
@@ -132,7 +135,7 @@ pub async fn udp_mpegts(
         }
     };
     with_backoff("source", &path, &status, &cancel, || async {
-        let socket = bind_udp(&params)?;
+        let socket = bind_udp(&params, "mpegts_source_packet_conn")?;
         status.set_state("idle");
         tracing::info!(path, "[MPEG-TS] listening on UDP {}", params.addr);
         let mut buf = vec![0u8; 65_536];
@@ -265,7 +268,7 @@ pub async fn udp_rtp(
         }
     };
     with_backoff("source", &path, &status, &cancel, || async {
-        let socket = bind_udp(&params)?;
+        let socket = bind_udp(&params, "rtp_source_packet_conn")?;
         status.set_state("idle");
         tracing::info!(path, "[RTP] listening on UDP {}", params.addr);
         let mut buf = vec![0u8; 65_536];

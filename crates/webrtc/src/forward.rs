@@ -174,13 +174,19 @@ async fn push_once(
     } else if let Some(b) = &basic {
         headers.push(("Authorization".into(), format!("Basic {b}")));
     }
-    let answer = tidegate_auth::fetch::request_with(
+    let dump = if http.starts_with("https:") {
+        "whips_forward_conn"
+    } else {
+        "whip_forward_conn"
+    };
+    let answer = tidegate_auth::fetch::request_dumped(
         "POST",
         &http,
         offer.to_sdp_string().into_bytes(),
         fingerprint,
         Duration::from_secs(10),
         headers.clone(),
+        Some(dump),
     )
     .await?;
     if answer.status != 201 && answer.status != 200 {

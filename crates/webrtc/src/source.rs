@@ -77,6 +77,15 @@ fn percent(s: &str) -> String {
 
 /// A UDP socket on the local address the route to `server` leaves from (the one host
 /// candidate of a client), and that address.
+/// The `dumpPackets` file name of a WHEP source's HTTP connections (MediaMTX's).
+fn dump_prefix(http_url: &str) -> &'static str {
+    if http_url.starts_with("https:") {
+        "wheps_source_conn"
+    } else {
+        "whep_source_conn"
+    }
+}
+
 pub(crate) fn bind_towards(
     server: SocketAddr,
 ) -> Result<(tokio::net::UdpSocket, SocketAddr), String> {
@@ -208,13 +217,14 @@ async fn run(
     } else if let Some(b) = &basic {
         headers.push(("Authorization".into(), format!("Basic {b}")));
     }
-    let answer = tidegate_auth::fetch::request_with(
+    let answer = tidegate_auth::fetch::request_dumped(
         "POST",
         &url,
         offer.to_sdp_string().into_bytes(),
         &source.fingerprint,
         Duration::from_secs(10),
         headers.clone(),
+        Some(dump_prefix(&url)),
     )
     .await?;
     if answer.status != 201 && answer.status != 200 {
@@ -348,13 +358,14 @@ impl Drop for DeleteOnDrop {
         let fingerprint = std::mem::take(&mut self.fingerprint);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = tidegate_auth::fetch::request_with(
+                let _ = tidegate_auth::fetch::request_dumped(
                     "DELETE",
                     &url,
                     Vec::new(),
                     &fingerprint,
                     Duration::from_secs(5),
                     headers,
+                    Some(dump_prefix(&url)),
                 )
                 .await;
             });
