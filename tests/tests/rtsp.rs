@@ -467,9 +467,10 @@ fn multicast_readers_in_a_network_namespace() {
     std::fs::write(
         &puller,
         format!(
-            "logLevel: info\napiAddress: 127.0.0.1:9998\nmetrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
-             rtmpAddress: 127.0.0.1:1935\n\
-             paths:\n  pulled:\n    source: rtsps://127.0.0.1:8322/mc\n    rtspTransport: multicast\n    sourceFingerprint: {fingerprint}\n"
+            "logLevel: info\napiAddress: 127.0.0.1:9998\nmetrics: no\nrtsp: no\nwebrtc: no\nsrt: no\n\
+             rtmpAddress: 127.0.0.1:1935\nhlsAddress: 127.0.0.1:8888\n\
+             paths:\n  pulled:\n    source: rtsps://127.0.0.1:8322/mc\n    rtspTransport: multicast\n    sourceFingerprint: {fingerprint}\n\
+             \x20 pulledold:\n    source: rtsp://127.0.0.1:8554/old\n    rtspTransport: multicast\n    useAbsoluteTimestamp: yes\n"
         ),
     )
     .unwrap();
@@ -480,7 +481,8 @@ fn multicast_readers_in_a_network_namespace() {
             "logLevel: info\napiAddress: 127.0.0.1:9997\nmetrics: no\nrtmp: no\nhls: no\nwebrtc: no\nsrt: no\n\
              rtspAddress: 127.0.0.1:8554\nrtspsAddress: 127.0.0.1:8322\nrtpAddress: 127.0.0.1:8000\nrtcpAddress: 127.0.0.1:8001\n\
              multicastIPRange: 224.1.0.0/16\nmulticastRTPPort: 8002\nmulticastRTCPPort: 8003\n\
-             rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n",
+             rtspEncryption: optional\nrtspServerKey: {}\nrtspServerCert: {}\n\
+             paths:\n  old:\n    useAbsoluteTimestamp: yes\n  all_others:\n",
             key.display(),
             cert.display()
         ),
@@ -500,6 +502,10 @@ fn multicast_readers_in_a_network_namespace() {
          ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo\n\
          {bin} {conf} > {dir}/server.log 2>&1 &\n\
          {ffmpeg} {publish} -f rtsp -rtsp_transport tcp rtsp://127.0.0.1:8554/mc > {dir}/publish.log 2>&1 &\n\
+         {gst_launch} -q videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+           ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
+           ! rtspclientsink location=rtsp://127.0.0.1:8554/old protocols=tcp ntp-time-source=running-time \
+           > {dir}/gst-old.log 2>&1 &\n\
          i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/get/mc | grep -q '\"ready\":true'; do\n\
            i=$((i+1)); [ $i -le 150 ] || {{ echo 'no stream after 15 s' >&2; exit 3; }}; sleep 0.1; done\n\
          {ffmpeg} -hide_banner -loglevel error -nostdin -y -rtsp_transport udp_multicast \
@@ -514,7 +520,9 @@ fn multicast_readers_in_a_network_namespace() {
          i=0; until {curl} -sf http://127.0.0.1:9998/v3/paths/get/pulled | grep -q '\"ready\":true'; do\n\
            i=$((i+1)); [ $i -le 150 ] || {{ echo 'the SRTP multicast pull is not ready after 15 s' >&2; exit 6; }}; sleep 0.1; done\n\
          {ffmpeg} -hide_banner -loglevel error -nostdin -y -i rtmp://127.0.0.1:1935/pulled -t 4 -c copy {dir}/pulled.mkv\n\
-         {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list > {dir}/pulled-session.json || true\n",
+         {curl} -sf http://127.0.0.1:9997/v3/rtspssessions/list > {dir}/pulled-session.json || true\n\
+         i=0; until {curl} -sf http://127.0.0.1:8888/pulledold/stream.m3u8 > {dir}/old.m3u8 && grep -q PROGRAM-DATE-TIME {dir}/old.m3u8; do\n\
+           i=$((i+1)); [ $i -le 300 ] || {{ echo 'no dated segment from the multicast pull after 30 s' >&2; exit 7; }}; sleep 0.1; done\n",
         bin = q(&bin),
         conf = q(&conf),
         dir = q(&dir),
@@ -567,9 +575,20 @@ fn multicast_readers_in_a_network_namespace() {
         pulled.contains("UDP-multicast") && pulled.contains("SAVP"),
         "the camera's sessions while pulled: {pulled}"
     );
+    // useAbsoluteTimestamp over multicast: the group's RTCP is read, so the origin's sender
+    // reports (the GStreamer publisher's clock, which reads 1900) date the pull's segments.
+    let old = std::fs::read_to_string(dir.join("old.m3u8")).unwrap_or_default();
+    let pdt = old
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .unwrap_or_default();
+    assert!(
+        pdt.starts_with("1900-01-01T00:"),
+        "multicast pull dated {pdt}:\n{old}"
+    );
     eprintln!(
         "multicast: ffmpeg read 4 s, GStreamer decoded {buffers} buffers, {sealed} over SRTP; \
-         SRTP multicast pull read back for 4 s"
+         SRTP multicast pull read back for 4 s; the multicast pull with absolute times dated {pdt}"
     );
 }
 

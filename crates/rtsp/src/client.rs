@@ -372,18 +372,24 @@ fn control_url(base: &str, control: Option<&str>) -> String {
     }
 }
 
-/// `destination` and the RTP port of a multicast `Transport` answer.
-fn multicast_target(transport: &str) -> Option<(Ipv4Addr, u16)> {
+/// `destination` and the RTP and RTCP ports of a multicast `Transport` answer (RTCP on the
+/// next port unless `port=` names it).
+fn multicast_target(transport: &str) -> Option<(Ipv4Addr, u16, u16)> {
     let mut group: Option<Ipv4Addr> = None;
-    let mut port = None;
+    let mut ports: Option<(u16, u16)> = None;
     for part in transport.split(';').map(str::trim) {
         if let Some(d) = part.strip_prefix("destination=") {
             group = d.parse().ok();
         } else if let Some(p) = part.strip_prefix("port=") {
-            port = p.split('-').next().and_then(|p| p.parse().ok());
+            let mut it = p.split('-').map(|n| n.trim().parse::<u16>().ok());
+            if let Some(Some(rtp)) = it.next() {
+                let rtcp = it.next().flatten().unwrap_or(rtp.saturating_add(1));
+                ports = Some((rtp, rtcp));
+            }
         }
     }
-    Some((group?, port?)).filter(|(g, _)| g.is_multicast())
+    let (rtp, rtcp) = ports?;
+    Some((group?, rtp, rtcp)).filter(|(g, ..)| g.is_multicast())
 }
 
 /// A socket bound to `group:port` (so that another group on the same port is not mixed in),
@@ -707,16 +713,46 @@ async fn pull_on(
                 };
                 let r = c.request("SETUP", &uri, &headers).await?;
                 let transport = r.header("Transport").unwrap_or("");
-                let (group, rtp_port) = multicast_target(transport)
+                let (group, rtp_port, rtcp_port) = multicast_target(transport)
                     .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
                 let sock = join(group, rtp_port)
                     .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
                 let sock = DumpedUdp::new(sock, dump_prefix);
+                // The group's RTCP: the sender's reports (absolute times). A camera that sends
+                // none, or a port we cannot join, only costs those.
+                let rtcp = match join(group, rtcp_port) {
+                    Ok(s) => Some(DumpedUdp::new(s, dump_prefix)),
+                    Err(e) => {
+                        tracing::warn!(
+                            path,
+                            track = idx,
+                            "joining {group}:{rtcp_port} for RTCP: {e}"
+                        );
+                        None
+                    }
+                };
                 receivers.push(AbortOnDrop(tokio::spawn(async move {
                     let mut buf = vec![0u8; 2048];
-                    while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                    let mut rtcp_buf = vec![0u8; 2048];
+                    loop {
+                        let (n, is_rtcp) = tokio::select! {
+                            r = sock.recv_from(&mut buf) => match r {
+                                Ok((n, _)) => (n, false),
+                                Err(_) => return,
+                            },
+                            r = async {
+                                match &rtcp {
+                                    Some(s) => s.recv_from(&mut rtcp_buf).await,
+                                    None => std::future::pending().await,
+                                }
+                            } => match r {
+                                Ok((n, _)) => (n, true),
+                                Err(_) => return,
+                            },
+                        };
+                        let data = if is_rtcp { &rtcp_buf[..n] } else { &buf[..n] };
                         if tx
-                            .send((idx, false, Bytes::copy_from_slice(&buf[..n])))
+                            .send((idx, is_rtcp, Bytes::copy_from_slice(data)))
                             .await
                             .is_err()
                         {
@@ -963,11 +999,15 @@ mod tests {
         assert_eq!(control_url("rtsp://h/cam/", None), "rtsp://h/cam");
         assert_eq!(
             multicast_target("RTP/AVP;multicast;destination=224.3.0.1;ttl=16;port=5000-5001"),
-            Some((Ipv4Addr::new(224, 3, 0, 1), 5000))
+            Some((Ipv4Addr::new(224, 3, 0, 1), 5000, 5001))
         );
         assert_eq!(
             multicast_target("RTP/AVP;unicast;destination=10.0.0.1;port=5000-5001"),
             None
+        );
+        assert_eq!(
+            multicast_target("RTP/AVP;multicast;destination=239.0.0.9;port=6000"),
+            Some((Ipv4Addr::new(239, 0, 0, 9), 6000, 6001))
         );
     }
 }
