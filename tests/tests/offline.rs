@@ -281,3 +281,42 @@ fn generated_h265_is_the_same_picture_as_h264() {
     assert!(white > 2000, "{white} white samples: the message");
     assert!(h265 == h264, "the H.265 and H.264 pictures differ");
 }
+
+/// Generated VP9 (black: one coded coefficient, everything else predicted) with Opus, read
+/// over RTSP and HLS.
+#[test]
+fn generated_vp9_is_black() {
+    let dir = scratch("offline-vp9");
+    let server = TestServer::start(
+        "paths:\n  slatevp9:\n    alwaysAvailable: yes\n    alwaysAvailableTracks:\n      \
+         - codec: VP9\n      - codec: Opus\n",
+    );
+    server.wait_ready("slatevp9", READY);
+    let probe = tidegate_tests::ffprobe(
+        &server.rtsp_url("slatevp9"),
+        &["-rtsp_transport", "tcp", "-read_intervals", "%+3"],
+        LIMIT,
+    );
+    assert_eq!(probe.codec("video").as_deref(), Some("vp9"), "{probe:?}");
+    assert_eq!(probe.codec("audio").as_deref(), Some("opus"), "{probe:?}");
+    assert_eq!(probe.dimensions(), Some((1280, 720)));
+    assert!(probe.dts_monotonic("video") && probe.dts_monotonic("audio"));
+
+    let mut reader = ffmpeg_decode(&server.rtsp_url("slatevp9"), 5, &dir);
+    assert!(reader.wait(LIMIT).success(), "{}", reader.stderr());
+    let log = reader.stderr();
+    let frames = showinfo(&log);
+    eprintln!("VP9 over RTSP: {} pictures", frames.len());
+    assert!(frames.len() >= 100, "{} pictures", frames.len());
+    assert!(frames.iter().all(|f| f.width == 1280));
+    assert!(
+        !log.contains("Error") && !log.contains("error while decoding"),
+        "{log}"
+    );
+
+    let luma = first_picture(&server.hls_url("slatevp9", "index.m3u8"), "vp9", &dir);
+    assert!(
+        luma.iter().all(|&v| v == 16),
+        "the VP9 picture is not black"
+    );
+}

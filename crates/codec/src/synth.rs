@@ -9,6 +9,7 @@
 use crate::bits::{escape_rbsp, BitWriter};
 
 pub mod hevc;
+pub mod vp9;
 
 /// Luma of black and of the text (video range), and the neutral chroma.
 const BLACK: u8 = 16;

@@ -39,6 +39,11 @@ enum Source {
         id: TrackId,
         pic: Box<tidegate_codec::synth::hevc::OfflineH265>,
     },
+    /// A key frame a second, then frames that show it again.
+    Vp9 {
+        id: TrackId,
+        pic: Box<tidegate_codec::synth::vp9::OfflineVp9>,
+    },
     /// The same audio frame every `duration` ticks.
     Audio {
         id: TrackId,
@@ -83,6 +88,17 @@ impl Source {
                 };
                 (dts, dts, at == 0, data)
             }
+            Source::Vp9 { pic, .. } => {
+                let fps = u64::from(pic.fps);
+                let dts = (n * 90_000 / fps) as i64;
+                let key = n.is_multiple_of(fps);
+                let data = if key {
+                    Bytes::copy_from_slice(pic.key())
+                } else {
+                    Bytes::from_static(pic.repeat())
+                };
+                (dts, dts, key, data)
+            }
             Source::Audio { duration, data, .. } => {
                 let dts = n as i64 * duration;
                 (dts, dts, true, data.clone())
@@ -100,6 +116,7 @@ impl Source {
         match self {
             Source::H264 { id, .. }
             | Source::H265 { id, .. }
+            | Source::Vp9 { id, .. }
             | Source::Audio { id, .. }
             | Source::File { id, .. } => *id,
         }
@@ -107,8 +124,8 @@ impl Source {
 }
 
 impl OfflineMedia {
-    /// Generated tracks: H.264 or H.265 "STREAM IS OFFLINE" on black, silence for the audio
-    /// codecs.
+    /// Generated tracks: H.264 or H.265 "STREAM IS OFFLINE" on black, VP9 black, silence for
+    /// the audio codecs.
     pub fn generated(tracks: &[OfflineTrack]) -> Result<OfflineMedia, String> {
         let mut desc = StreamDesc { tracks: Vec::new() };
         let mut sources = Vec::new();
@@ -142,6 +159,17 @@ impl OfflineMedia {
                         params,
                         90_000,
                         Source::H265 {
+                            id,
+                            pic: Box::new(pic),
+                        },
+                    )
+                }
+                "VP9" => {
+                    let pic = tidegate_codec::synth::vp9::OfflineVp9::new(WIDTH, HEIGHT, FPS);
+                    (
+                        CodecParams::Vp9,
+                        90_000,
+                        Source::Vp9 {
                             id,
                             pic: Box::new(pic),
                         },
@@ -229,12 +257,10 @@ impl OfflineMedia {
                         },
                     )
                 }
-                other => {
-                    return Err(format!(
-                        "Tidegate does not generate offline {other} video: use H264 or H265 in \
+                other => return Err(format!(
+                    "Tidegate does not generate offline {other} video: use H264, H265 or VP9 in \
                          alwaysAvailableTracks, or an alwaysAvailableFile with the {other} track"
-                    ))
-                }
+                )),
             };
             desc.tracks.push(Track {
                 id,
