@@ -15,6 +15,7 @@ pub mod auth;
 pub mod conns;
 pub mod dump;
 pub mod fanout;
+pub mod guard;
 pub mod latency;
 pub mod media;
 pub mod path;

@@ -93,6 +93,8 @@ pub async fn serve(
     } else {
         "rtmpConn"
     };
+    let mut backoff =
+        tidegate_core::guard::AcceptBackoff::new(if l.tls.is_some() { "RTMPS" } else { "RTMP" });
     loop {
         let (socket, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -100,14 +102,12 @@ pub async fn serve(
             r = l.listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors (EMFILE, ENFILE) the listener stays readable:
-                    // without a pause this loop would spin a core until one is freed.
-                    tracing::warn!("RTMP accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.accepted();
         let _ = socket.set_nodelay(true);
         let id = paths.new_session_id();
         let paths = paths.clone();

@@ -169,6 +169,8 @@ pub async fn serve(
         tasks.spawn(u.clone().receive(shutdown.clone()));
     }
     let tunnels = std::sync::Arc::new(crate::tunnel::Tunnels::default());
+    let mut backoff =
+        tidegate_core::guard::AcceptBackoff::new(if tls.is_some() { "RTSPS" } else { "RTSP" });
     loop {
         let (sock, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,12 +178,12 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("[RTSP] accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.accepted();
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
         let shutdown = shutdown.clone();

@@ -63,19 +63,20 @@ pub async fn serve(
     let tls = options.tls.clone();
     let trusted = options.trusted_proxies.clone();
     let stop = options.stop.clone().unwrap_or_else(|| shutdown.clone());
+    let mut backoff = tidegate_core::guard::AcceptBackoff::new(name);
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("[{name}] accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => return,
             _ = stop.cancelled() => return,
         };
+        backoff.accepted();
         let _ = sock.set_nodelay(true);
         tasks.spawn(connection(
             name,

@@ -244,6 +244,8 @@ impl Server {
     /// Binds every enabled listener and starts serving. All listeners are bound before any is
     /// served, so a port conflict stops start-up with nothing half-started.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        // Contained third-party panics print no message per input.
+        tidegate_core::guard::install_panic_hook();
         // `dumpPackets`: into the working directory, as MediaMTX.
         tidegate_core::dump::configure(config.dump_packets, std::path::PathBuf::from("."));
         tidegate_core::udp::configure(

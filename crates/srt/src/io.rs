@@ -314,10 +314,14 @@ fn ended(
 /// srt-protocol's packet parser, guarded: on some truncated control packets it reads past the
 /// end of the datagram (a panic in `bytes`, found by the `srt_listener` fuzz target), which
 /// must cost that datagram, not the listener every SRT connection goes through.
+/// The panic prints no message per datagram (a flood anyone could trigger): it is counted and
+/// logged at most every 10 s ([`tidegate_core::guard::contain`]).
 pub fn parse_datagram(data: &[u8], ipv6: bool) -> Result<Packet, ReceivePacketError> {
-    match std::panic::catch_unwind(|| Packet::parse(&mut &data[..], ipv6)) {
-        Ok(r) => r.map_err(ReceivePacketError::Parse),
-        Err(_) => Err(ReceivePacketError::Io(io::Error::new(
+    match tidegate_core::guard::contain("srt-protocol's packet parser", || {
+        Packet::parse(&mut &data[..], ipv6)
+    }) {
+        Some(r) => r.map_err(ReceivePacketError::Parse),
+        None => Err(ReceivePacketError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
             "malformed SRT packet",
         ))),

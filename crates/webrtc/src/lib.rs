@@ -400,18 +400,19 @@ async fn receive_loop(inner: Arc<Inner>) {
 /// ICE-TCP (RFC 6544, passive side): every connection carries RFC 4571 frames (a 16-bit
 /// length, then one STUN, DTLS or SRTP packet), routed to sessions like UDP datagrams.
 async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+    let mut backoff = tidegate_core::guard::AcceptBackoff::new("WebRTC ICE-TCP");
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("[WebRTC] ICE-TCP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
             _ = inner.shutdown.cancelled() => return,
         };
+        backoff.accepted();
         let _ = sock.set_nodelay(true);
         inner.tasks.spawn(tcp_conn(inner.clone(), sock, remote));
     }

@@ -1,0 +1,174 @@
+//! What keeps one bad condition from flooding the server: accept loops that back off when the
+//! process runs out of file descriptors, and third-party parser panics that are contained
+//! without printing a panic message per packet.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// The first pause after a failed `accept`, and the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+/// At most one log line per this long, per listener or per contained parser.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An accept loop's answer to failures. Out of file descriptors (`EMFILE`, `ENFILE`) a
+/// listener stays readable, so a loop that retried at once would spin a core until one is
+/// freed: each failure in a row doubles the pause (10 ms up to 1 s), and the log gets one line
+/// at the first failure, then one per 10 s with the count since.
+pub struct AcceptBackoff {
+    name: &'static str,
+    pause: Duration,
+    failures: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    /// `name` is the listener's, for the log (`RTMP`, `RTSP`, `HLS`, …).
+    pub fn new(name: &'static str) -> AcceptBackoff {
+        AcceptBackoff {
+            name,
+            pause: FIRST_PAUSE,
+            failures: 0,
+            logged: None,
+        }
+    }
+
+    /// A connection was accepted: the next failure pauses briefly again.
+    pub fn accepted(&mut self) {
+        self.pause = FIRST_PAUSE;
+    }
+
+    /// `accept` failed with `e`: logs (rate-limited) and pauses before the next try.
+    pub async fn failed(&mut self, e: &std::io::Error) {
+        self.failures += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            let hint = match e.raw_os_error() {
+                Some(24) | Some(23) => " (out of file descriptors: raise the limit, ulimit -n)",
+                _ => "",
+            };
+            tracing::warn!(
+                listener = self.name,
+                failures = self.failures,
+                "[{}] accept failed: {e}{hint}; pausing {:?}",
+                self.name,
+                self.pause
+            );
+            self.logged = Some(Instant::now());
+            self.failures = 0;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+    }
+
+    /// The pause the next failure will take.
+    pub fn pause(&self) -> Duration {
+        self.pause
+    }
+}
+
+thread_local! {
+    /// Set while a contained third-party call runs on this thread: its panic is expected.
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs (once) the panic hook that keeps contained panics quiet: a panic inside
+/// [`contain`] prints nothing there (the containment logs it, rate-limited); any other panic
+/// goes to the hook that was installed before (the standard message).
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINED.with(Cell::get) {
+                return;
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// A contained panic's count and the last time it was logged, by what panicked.
+struct Contained {
+    count: AtomicU64,
+    logged: Mutex<Option<Instant>>,
+}
+
+/// Runs `f`, a third-party call known to panic on some inputs; its panic becomes `None`. The
+/// log gets one line per `what` at the first, then at most one per 10 s with the count since.
+/// With [`install_panic_hook`] the standard panic message is not printed.
+pub fn contain<R>(what: &'static str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Option<R> {
+    let was = CONTAINED.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(f);
+    CONTAINED.with(|c| c.set(was));
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            note_contained(what);
+            None
+        }
+    }
+}
+
+fn note_contained(what: &'static str) {
+    static SEEN: Mutex<Vec<(&'static str, &'static Contained)>> = Mutex::new(Vec::new());
+    let entry = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.iter().find(|(w, _)| *w == what) {
+            Some((_, c)) => *c,
+            None => {
+                let c: &'static Contained = Box::leak(Box::new(Contained {
+                    count: AtomicU64::new(0),
+                    logged: Mutex::new(None),
+                }));
+                seen.push((what, c));
+                c
+            }
+        }
+    };
+    let n = entry.count.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut logged = entry.logged.lock().unwrap_or_else(|e| e.into_inner());
+    if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+        tracing::warn!(
+            contained = what,
+            count = n,
+            "{what} panicked on its input (contained: the input was dropped; {n} so far)"
+        );
+        *logged = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contained_panics_become_none_and_others_pass() {
+        install_panic_hook();
+        assert_eq!(contain("test parser", || 5), Some(5));
+        let r: Option<u8> = contain("test parser", || panic!("boom"));
+        assert_eq!(r, None);
+        // Outside containment the flag is clear again.
+        assert!(!CONTAINED.with(Cell::get));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_to_a_second() {
+        let mut b = AcceptBackoff::new("test");
+        let e = std::io::Error::from_raw_os_error(24);
+        let start = tokio::time::Instant::now();
+        for _ in 0..12 {
+            b.failed(&e).await;
+        }
+        // 10 + 20 + … + 640 ms, then 1 s each: far from a spin.
+        assert!(
+            start.elapsed() >= Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(b.pause(), LONGEST_PAUSE);
+        b.accepted();
+        assert_eq!(b.pause(), FIRST_PAUSE);
+    }
+}
