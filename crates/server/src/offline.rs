@@ -257,10 +257,12 @@ impl OfflineMedia {
                         },
                     )
                 }
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "Tidegate does not generate offline {other} video: use H264, H265 or VP9 in \
                          alwaysAvailableTracks, or an alwaysAvailableFile with the {other} track"
-                )),
+                ))
+                }
             };
             desc.tracks.push(Track {
                 id,
