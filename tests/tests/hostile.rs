@@ -180,3 +180,276 @@ fn a_flood_of_datagrams_that_panic_the_srt_parser_logs_once() {
         "a panic message was printed:\n{text}"
     );
 }
+
+/// A slowloris client trickles `request` a byte every 200 ms; returns how long the server took
+/// to close the connection (None: still open after 20 s).
+fn slowloris(port: u16, request: &[u8]) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    for b in request.iter().cycle() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return None;
+        }
+        if s.write_all(&[*b]).is_err() {
+            return Some(start.elapsed());
+        }
+        // The read paces the trickle (its timeout), and sees the close.
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Slowloris on every TCP listener: a request (an RTMP handshake, an RTSP request, an HTTP
+/// request head) that arrives a byte at a time is cut off after `readTimeout` (2 s here),
+/// although bytes keep coming; a normal client is served meanwhile.
+#[test]
+fn slowloris_clients_are_closed_after_the_read_timeout() {
+    let dir = scratch("hostile-slowloris");
+    let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "readTimeout: 2s\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
+             rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
+             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let _server = PeerProcess::spawn("tidegate-slowloris", &mut cmd, &dir);
+    for p in [rtmp, rtsp, hls, api] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    let mut c1 = vec![3u8];
+    c1.extend(std::iter::repeat_n(0u8, 1536));
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        ("RTMP", rtmp, c1),
+        (
+            "RTSP",
+            rtsp,
+            format!(
+                "OPTIONS rtsp://127.0.0.1:{rtsp}/x RTSP/1.0\r\nCSeq: 1\r\nX-Slow: {}\r\n",
+                "a".repeat(200)
+            )
+            .into_bytes(),
+        ),
+        (
+            "HLS",
+            hls,
+            format!(
+                "GET /x/index.m3u8 HTTP/1.1\r\nHost: h\r\nX-Slow: {}\r\n",
+                "a".repeat(200)
+            )
+            .into_bytes(),
+        ),
+        (
+            "API",
+            api,
+            format!(
+                "GET /v3/paths/list HTTP/1.1\r\nHost: h\r\nX-Slow: {}\r\n",
+                "a".repeat(200)
+            )
+            .into_bytes(),
+        ),
+    ];
+    let handles: Vec<_> = cases
+        .into_iter()
+        .map(|(name, port, req)| std::thread::spawn(move || (name, slowloris(port, &req))))
+        .collect();
+    // Meanwhile, an ordinary request is answered.
+    let r = tidegate_tests::http::fetch(
+        format!("127.0.0.1:{api}").parse().unwrap(),
+        "/v3/paths/list",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    for h in handles {
+        let (name, closed) = h.join().unwrap();
+        eprintln!("{name}: slowloris closed after {closed:?}");
+        let closed =
+            closed.unwrap_or_else(|| panic!("{name}: a slowloris client is still open after 20 s"));
+        assert!(
+            closed >= Duration::from_millis(1500) && closed <= Duration::from_secs(10),
+            "{name}: closed after {closed:?}"
+        );
+    }
+}
+
+/// A TCP connection to 127.0.0.1:`port` from `source` (any loopback address).
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// Whether the server refused a connection it accepted: it answered `status` (RTSP, HTTP)
+/// or closed (RTMP, `status` empty), within 10 s.
+fn refused(mut s: TcpStream, status: &str) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    if status.is_empty() {
+        got.is_empty()
+    } else {
+        text.contains(status)
+    }
+}
+
+/// `maxConnectionsPerIP` and `maxConnections`: past them a connection is refused (RTSP and
+/// HTTP answer 503, RTMP closes) and logged once per address, while connections from other
+/// addresses, and a real publisher and reader, carry on; the limits follow a reload.
+#[test]
+fn connection_limits_refuse_past_the_cap_per_address_and_in_all() {
+    let dir = scratch("hostile-limits");
+    let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    let write = |per_ip: u32, total: u32| {
+        std::fs::write(
+            &config,
+            format!(
+                "maxConnectionsPerIP: {per_ip}\nmaxConnections: {total}\n\
+                 rtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
+                 rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
+                 metrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
+                dir.join("keys.db").display()
+            ),
+        )
+        .unwrap()
+    };
+    write(4, 8);
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let server = PeerProcess::spawn("tidegate-limits", &mut cmd, &dir);
+    for p in [rtmp, rtsp, hls, api] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    // wait_listening's probes have closed; the counts start from zero once they are seen gone.
+    let log = || server.stderr() + &server.stdout();
+
+    // A real publisher and reader from 127.0.0.1 (two RTMP connections).
+    let mut publisher = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        40,
+        "flv",
+        &dir,
+    );
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || "live/cam not ready".into(),
+        || {
+            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
+            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+
+    // 127.0.0.2 holds four connections on each listener; the fifth is refused.
+    for (name, port, status) in [
+        ("RTMP", rtmp, ""),
+        ("RTSP", rtsp, "RTSP/1.0 503"),
+        ("HLS", hls, "HTTP/1.1 503"),
+    ] {
+        let held: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.2", port)).collect();
+        // The server has counted them: an HTTP/RTSP exchange on the last one is answered.
+        assert!(
+            refused(connect_from("127.0.0.2", port), status),
+            "{name}: a fifth connection from 127.0.0.2 was not refused"
+        );
+        // Another address is not affected by 127.0.0.2's count.
+        let other = connect_from("127.0.0.3", port);
+        other
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        let r = std::io::Read::read(&mut &other, &mut b);
+        assert!(
+            matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "{name}: a connection from 127.0.0.3 was refused: {r:?}"
+        );
+        drop((held, other));
+    }
+    let text = log();
+    let refusals = text
+        .lines()
+        .filter(|l| l.contains("refused: maxConnectionsPerIP"))
+        .count();
+    eprintln!("per-address refusals logged: {refusals}");
+    assert!((3..=3).contains(&refusals), "{text}");
+
+    // maxConnections: eight in all on the RTSP listener, from three addresses.
+    let mut held = Vec::new();
+    for (i, src) in ["127.0.0.4", "127.0.0.5", "127.0.0.6"].iter().enumerate() {
+        for _ in 0..(if i < 2 { 4 } else { 0 }) {
+            held.push(connect_from(src, rtsp));
+        }
+    }
+    assert!(
+        refused(connect_from("127.0.0.6", rtsp), "RTSP/1.0 503"),
+        "a ninth RTSP connection"
+    );
+    assert!(
+        log().contains("refused: maxConnections (8) reached"),
+        "{}",
+        log()
+    );
+    drop(held);
+
+    // A reload (the file is watched) lifts the per-address limit: five from one address.
+    write(0, 0);
+    tidegate_tests::poll(
+        Duration::from_secs(10),
+        || format!("the reload was not applied:\n{}", log()),
+        || log().contains("maxConnectionsPerIP 0").then_some(()),
+    );
+    let five: Vec<TcpStream> = (0..5).map(|_| connect_from("127.0.0.7", hls)).collect();
+    let r = tidegate_tests::http::fetch(
+        format!("127.0.0.1:{hls}").parse().unwrap(),
+        "/live/cam/index.m3u8",
+        &[],
+    );
+    assert_eq!(r.status, 200, "HLS after the reload: {}", r.text());
+    drop(five);
+
+    // The publisher kept going all along.
+    let out = dir.join("read.mkv");
+    let mut reader = tidegate_tests::peers::ffmpeg_read(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        3,
+        &out,
+        &dir,
+    );
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let p = tidegate_tests::ffprobe(out.to_str().unwrap(), &[], Duration::from_secs(30));
+    assert!(
+        p.packets_of("video").len() >= 60,
+        "{} frames",
+        p.packets_of("video").len()
+    );
+    publisher.kill9();
+}

@@ -172,3 +172,138 @@ mod tests {
         assert_eq!(b.pause(), FIRST_PAUSE);
     }
 }
+
+/// `maxConnections` and `maxConnectionsPerIP` (0: no limit), for every listener; a reload
+/// changes them for the connections that come next.
+static MAX_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+static MAX_CONNECTIONS_PER_IP: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the connection limits every [`ConnLimiter`] applies from now on (0: none).
+pub fn set_connection_limits(total: u64, per_ip: u64) {
+    MAX_CONNECTIONS.store(total, Ordering::Relaxed);
+    MAX_CONNECTIONS_PER_IP.store(per_ip, Ordering::Relaxed);
+}
+
+/// One listener's open connections, in all and by address, held against the limits.
+pub struct ConnLimiter {
+    name: &'static str,
+    state: std::sync::Arc<Mutex<LimiterState>>,
+}
+
+#[derive(Default)]
+struct LimiterState {
+    total: u64,
+    by_ip: std::collections::HashMap<std::net::IpAddr, u64>,
+    /// When each refused address was last logged (one line per address per 10 s).
+    logged: std::collections::HashMap<std::net::IpAddr, Instant>,
+}
+
+/// A connection counted against the limits until dropped.
+pub struct ConnPermit {
+    ip: Option<std::net::IpAddr>,
+    state: std::sync::Arc<Mutex<LimiterState>>,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = s.by_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    s.by_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnLimiter {
+    /// `name` is the listener's, for the log.
+    pub fn new(name: &'static str) -> ConnLimiter {
+        ConnLimiter {
+            name,
+            state: Default::default(),
+        }
+    }
+
+    /// A permit for a connection from `ip`, or None when a limit is reached (the refusal is
+    /// logged once per address per 10 s). `per_ip` false: the address is a trusted proxy's,
+    /// which speaks for many clients, so only the total counts.
+    pub fn admit(&self, ip: std::net::IpAddr, per_ip: bool) -> Option<ConnPermit> {
+        let (max, max_ip) = (
+            MAX_CONNECTIONS.load(Ordering::Relaxed),
+            MAX_CONNECTIONS_PER_IP.load(Ordering::Relaxed),
+        );
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
+        let why = if max > 0 && s.total >= max {
+            Some(format!("maxConnections ({max}) reached"))
+        } else if per_ip && max_ip > 0 && from_ip >= max_ip {
+            Some(format!("maxConnectionsPerIP ({max_ip}) reached for {ip}"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let now = Instant::now();
+            if s.logged.len() > 10_000 {
+                s.logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
+            }
+            if s.logged
+                .get(&ip)
+                .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY)
+            {
+                tracing::warn!(
+                    listener = self.name,
+                    "[{}] connection from {ip} refused: {why}",
+                    self.name
+                );
+                s.logged.insert(ip, now);
+            }
+            return None;
+        }
+        s.total += 1;
+        let ip = per_ip.then_some(ip);
+        if let Some(ip) = ip {
+            *s.by_ip.entry(ip).or_insert(0) += 1;
+        }
+        Some(ConnPermit {
+            ip,
+            state: self.state.clone(),
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_connections_in_all_and_by_address() {
+        let l = ConnLimiter::new("test");
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // The limits are process-wide: this test sets and restores them.
+        set_connection_limits(3, 2);
+        let p1 = l.admit(a, true).unwrap();
+        let _p2 = l.admit(a, true).unwrap();
+        assert!(l.admit(a, true).is_none(), "a third from one address");
+        let _p3 = l.admit(b, true).unwrap();
+        assert!(l.admit(b, true).is_none(), "a fourth in all");
+        drop(p1);
+        assert_eq!(l.open(), 2);
+        let _p4 = l.admit(a, true).unwrap();
+        // A trusted proxy's connections count in the total only.
+        set_connection_limits(0, 1);
+        let _p5 = l.admit(b, false).unwrap();
+        let _p6 = l.admit(b, false).unwrap();
+        set_connection_limits(0, 0);
+        assert!(l.admit(a, true).is_some());
+    }
+}

@@ -93,8 +93,9 @@ pub async fn serve(
     } else {
         "rtmpConn"
     };
-    let mut backoff =
-        tidegate_core::guard::AcceptBackoff::new(if l.tls.is_some() { "RTMPS" } else { "RTMP" });
+    let name = if l.tls.is_some() { "RTMPS" } else { "RTMP" };
+    let mut backoff = tidegate_core::guard::AcceptBackoff::new(name);
+    let limiter = tidegate_core::guard::ConnLimiter::new(name);
     loop {
         let (socket, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -108,6 +109,11 @@ pub async fn serve(
             },
         };
         backoff.accepted();
+        let per_ip = !tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip());
+        let Some(permit) = limiter.admit(remote.ip(), per_ip) else {
+            // RTMP has no answer before its handshake: the connection is closed.
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let id = paths.new_session_id();
         let paths = paths.clone();
@@ -116,6 +122,7 @@ pub async fn serve(
         let tls = l.tls.clone();
         let conns = l.conns.clone();
         tasks.spawn(async move {
+            let _permit = permit;
             let mut socket = socket;
             let mut remote = remote;
             let local = socket.local_addr().ok();
@@ -199,6 +206,8 @@ enum ConnError {
     Io(#[from] std::io::Error),
     #[error("no data for {0:?}")]
     ReadTimeout(Duration),
+    #[error("no publish or play within {0:?} of connecting")]
+    Setup(Duration),
     #[error("client accepted no data for {0:?}")]
     WriteTimeout(Duration),
     #[error("refused: {0}")]
@@ -366,8 +375,14 @@ impl<S: Transport> Conn<S> {
         let mut tc_url = String::new();
         let mut fourccs = Vec::new();
         let never = CancellationToken::new();
+        // The handshake and the commands up to `publish` or `play` have `readTimeout` in all:
+        // a client that trickles them a byte at a time (slowloris) is closed.
+        let limit = self.config.read_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let open = self.step(&mut buf, &never).await?;
+            let open = tokio::time::timeout_at(deadline, self.step(&mut buf, &never))
+                .await
+                .map_err(|_| ConnError::Setup(limit))??;
             while let Some(ev) = self.session.poll_event() {
                 match ev {
                     Event::Connect {

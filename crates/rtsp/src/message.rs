@@ -59,6 +59,15 @@ impl Parser {
         self.buf.extend_from_slice(data);
     }
 
+    /// Whether part of a request (not of an interleaved frame) waits for the rest: a request
+    /// that arrives a byte at a time (slowloris) is timed by the caller.
+    pub fn partial_request(&self) -> bool {
+        self.buf
+            .iter()
+            .find(|b| **b != b'\r' && **b != b'\n')
+            .is_some_and(|b| *b != b'$')
+    }
+
     pub fn poll(&mut self) -> Result<Option<Input>, MessageError> {
         // Clients may send CRLFs between messages.
         while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {

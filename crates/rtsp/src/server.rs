@@ -169,8 +169,9 @@ pub async fn serve(
         tasks.spawn(u.clone().receive(shutdown.clone()));
     }
     let tunnels = std::sync::Arc::new(crate::tunnel::Tunnels::default());
-    let mut backoff =
-        tidegate_core::guard::AcceptBackoff::new(if tls.is_some() { "RTSPS" } else { "RTSP" });
+    let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
+    let mut backoff = tidegate_core::guard::AcceptBackoff::new(name);
+    let limiter = tidegate_core::guard::ConnLimiter::new(name);
     loop {
         let (sock, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -184,6 +185,17 @@ pub async fn serve(
             },
         };
         backoff.accepted();
+        let per_ip = !tidegate_core::proxy_protocol::trusted(&config.trusted_proxies, remote.ip());
+        let Some(permit) = limiter.admit(remote.ip(), per_ip) else {
+            // Over a limit: 503 without reading a request (a plain client reads it; a TLS one
+            // sees the connection close), then closed.
+            if tls.is_none() {
+                let _ = sock.try_write(
+                    b"RTSP/1.0 503 Service Unavailable\r\nCSeq: 0\r\nContent-Length: 0\r\n\r\n",
+                );
+            }
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let id = paths.new_session_id();
         let shutdown = shutdown.clone();
@@ -192,6 +204,7 @@ pub async fn serve(
         let (paths, config, udp, conns) =
             (paths.clone(), config.clone(), udp.clone(), conns.clone());
         tasks.spawn(async move {
+            let _permit = permit;
             let mut sock = sock;
             let mut remote = remote;
             let local = sock.local_addr().ok();
@@ -560,6 +573,8 @@ impl Conn {
         let mut parser = Parser::default();
         let mut buf = vec![0u8; 64 * 1024];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Since when a request has been arriving without completing (slowloris).
+        let mut partial: Option<Instant> = None;
         let result = loop {
             let mut out = BytesMut::new();
             let mut direct: Option<Bytes> = None;
@@ -582,7 +597,14 @@ impl Conn {
                                 out.extend_from_slice(&resp);
                             }
                             Ok(Some(Input::Interleaved { channel, data })) => self.on_interleaved(channel, data),
-                            Ok(None) => break,
+                            Ok(None) => {
+                                partial = match partial {
+                                    Some(t) if parser.partial_request() => Some(t),
+                                    _ if parser.partial_request() => Some(Instant::now()),
+                                    _ => None,
+                                };
+                                break;
+                            }
                             Err(e) => {
                                 let bad = response(400, "Bad Request", "0", &[], b"");
                                 match &self.sink {
@@ -628,6 +650,9 @@ impl Conn {
                     self.count_fan();
                     if self.playing.is_none() && self.fan.is_none() && self.attached.is_none() && self.last_activity.elapsed() > self.config.read_timeout {
                         break Err(format!("nothing received for {:?}", self.config.read_timeout));
+                    }
+                    if partial.is_some_and(|t| t.elapsed() > self.config.read_timeout) {
+                        break Err(format!("a request took longer than {:?} to arrive", self.config.read_timeout));
                     }
                     if let Some(p) = &self.publisher {
                         if p.kicked().is_cancelled() {

@@ -20,6 +20,8 @@ pub struct Options {
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// Stops accepting (a reload moved the listener); connections go on until `shutdown`.
     pub stop: Option<CancellationToken>,
+    /// `readTimeout`: the most a request head may take to arrive.
+    pub header_timeout: Duration,
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the rightmost
@@ -64,6 +66,7 @@ pub async fn serve(
     let trusted = options.trusted_proxies.clone();
     let stop = options.stop.clone().unwrap_or_else(|| shutdown.clone());
     let mut backoff = tidegate_core::guard::AcceptBackoff::new(name);
+    let limiter = tidegate_core::guard::ConnLimiter::new(name);
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -77,13 +80,23 @@ pub async fn serve(
             _ = stop.cancelled() => return,
         };
         backoff.accepted();
+        let per_ip = !tidegate_core::proxy_protocol::trusted(&trusted, remote.ip());
+        let Some(permit) = limiter.admit(remote.ip(), per_ip) else {
+            if tls.is_none() {
+                let _ = sock.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                      Retry-After: 1\r\nConnection: close\r\n\r\n",
+                );
+            }
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         tasks.spawn(connection(
             name,
             sock,
             remote,
             router.clone(),
-            tls.clone(),
+            (tls.clone(), options.header_timeout, permit),
             trusted.clone(),
             shutdown.clone(),
         ));
@@ -95,7 +108,11 @@ async fn connection(
     sock: tokio::net::TcpStream,
     remote: SocketAddr,
     router: axum::Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, header_timeout, _permit): (
+        Option<tokio_rustls::TlsAcceptor>,
+        Duration,
+        tidegate_core::guard::ConnPermit,
+    ),
     trusted: Arc<Vec<ipnet::IpNet>>,
     shutdown: CancellationToken,
 ) {
@@ -108,8 +125,13 @@ async fn connection(
             r.call(req.map(Body::new)).await
         }
     });
-    let builder =
+    let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // A request head that trickles in (slowloris) is cut off after `readTimeout`.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     // `dumpPackets`: MediaMTX's file names (`hls_server_conn_…`, `api_server_conn_…`).
     let local = sock.local_addr().ok();
     let prefix = format!("{}_server_conn", name.to_ascii_lowercase());

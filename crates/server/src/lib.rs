@@ -159,7 +159,11 @@ fn serve_http(
     configured: SocketAddr,
     listener: TcpListener,
     router: axum::Router,
-    (tls, trusted): (Option<tokio_rustls::TlsAcceptor>, Vec<ipnet::IpNet>),
+    (tls, trusted, header_timeout): (
+        Option<tokio_rustls::TlsAcceptor>,
+        Vec<ipnet::IpNet>,
+        Duration,
+    ),
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
 ) {
     let (sd, t) = (shutdown.clone(), tasks.clone());
@@ -179,6 +183,7 @@ fn serve_http(
                     tls: tls.clone(),
                     trusted_proxies: trusted.clone(),
                     stop: Some(stop),
+                    header_timeout,
                 },
                 sd.clone(),
                 t.clone(),
@@ -248,6 +253,10 @@ impl Server {
         tidegate_core::guard::install_panic_hook();
         // `dumpPackets`: into the working directory, as MediaMTX.
         tidegate_core::dump::configure(config.dump_packets, std::path::PathBuf::from("."));
+        tidegate_core::guard::set_connection_limits(
+            u64::from(config.max_connections),
+            u64::from(config.max_connections_per_ip),
+        );
         tidegate_core::udp::configure(
             config.udp_read_buffer_size as usize,
             config.udp_max_payload_size as usize,
@@ -561,7 +570,11 @@ impl Server {
                 config.playback_address,
                 listener,
                 router,
-                (playback_tls, config.playback_trusted_proxies.clone()),
+                (
+                    playback_tls,
+                    config.playback_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }
@@ -675,7 +688,11 @@ impl Server {
                 config.api_address,
                 listener,
                 router,
-                (api_tls, config.api_trusted_proxies.clone()),
+                (
+                    api_tls,
+                    config.api_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }
@@ -707,7 +724,11 @@ impl Server {
                 config.metrics_address,
                 listener,
                 router,
-                (metrics_tls, config.metrics_trusted_proxies.clone()),
+                (
+                    metrics_tls,
+                    config.metrics_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }
@@ -730,7 +751,11 @@ impl Server {
                 config.pprof_address,
                 listener,
                 router,
-                (pprof_tls, config.pprof_trusted_proxies.clone()),
+                (
+                    pprof_tls,
+                    config.pprof_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }
@@ -822,7 +847,11 @@ impl Server {
                 config.hls_address,
                 listener,
                 router,
-                (hls_tls, config.hls_trusted_proxies.clone()),
+                (
+                    hls_tls,
+                    config.hls_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }
@@ -899,7 +928,11 @@ impl Server {
                 config.webrtc_address,
                 listener,
                 webrtc.router(),
-                (webrtc_tls, config.webrtc_trusted_proxies.clone()),
+                (
+                    webrtc_tls,
+                    config.webrtc_trusted_proxies.clone(),
+                    config.read_timeout,
+                ),
                 (&shutdown, &tasks),
             );
         }

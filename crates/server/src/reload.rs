@@ -27,6 +27,8 @@ use crate::config::{Config, ConfigError};
 const LIVE_KEYS: &[&str] = &[
     "logLevel",
     "dumpPackets",
+    "maxConnections",
+    "maxConnectionsPerIP",
     "runOnConnect",
     "runOnConnectRestart",
     "runOnDisconnect",
@@ -176,6 +178,19 @@ impl Reloader {
             tracing::info!(
                 "[reload] dumpPackets: {} for new connections",
                 if new.dump_packets { "on" } else { "off" }
+            );
+        }
+        if (old.max_connections, old.max_connections_per_ip)
+            != (new.max_connections, new.max_connections_per_ip)
+        {
+            tidegate_core::guard::set_connection_limits(
+                u64::from(new.max_connections),
+                u64::from(new.max_connections_per_ip),
+            );
+            tracing::info!(
+                "[reload] maxConnections {}, maxConnectionsPerIP {} for new connections",
+                new.max_connections,
+                new.max_connections_per_ip
             );
         }
         if old.log_level != new.log_level && crate::logging::set_level(&new.log_level) {

@@ -401,6 +401,7 @@ async fn receive_loop(inner: Arc<Inner>) {
 /// length, then one STUN, DTLS or SRTP packet), routed to sessions like UDP datagrams.
 async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
     let mut backoff = tidegate_core::guard::AcceptBackoff::new("WebRTC ICE-TCP");
+    let limiter = tidegate_core::guard::ConnLimiter::new("WebRTC ICE-TCP");
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -413,8 +414,15 @@ async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
             _ = inner.shutdown.cancelled() => return,
         };
         backoff.accepted();
+        let Some(permit) = limiter.admit(remote.ip(), true) else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
-        inner.tasks.spawn(tcp_conn(inner.clone(), sock, remote));
+        let inner2 = inner.clone();
+        inner.tasks.spawn(async move {
+            let _permit = permit;
+            tcp_conn(inner2, sock, remote).await;
+        });
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Config {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub write_queue_size: u32,
+    /// `maxConnections`: open connections per listener (0: no limit).
+    pub max_connections: u32,
+    /// `maxConnectionsPerIP`: open connections per listener from one address (0: no limit).
+    pub max_connections_per_ip: u32,
     pub audio_coalesce: Duration,
 
     pub api: bool,
@@ -292,6 +296,14 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         set!(udp_read_buffer_size, size_or_zero),
     ),
     ("readTimeout", set!(read_timeout, duration)),
+    (
+        "maxConnections",
+        set!(max_connections, |v| uint_in(v, 0, u32::MAX)),
+    ),
+    (
+        "maxConnectionsPerIP",
+        set!(max_connections_per_ip, |v| uint_in(v, 0, u32::MAX)),
+    ),
     ("writeTimeout", set!(write_timeout, duration)),
     (
         "writeQueueSize",
@@ -1065,6 +1077,8 @@ impl Config {
             read_timeout: Duration::ZERO,
             write_timeout: Duration::ZERO,
             write_queue_size: 0,
+            max_connections: 0,
+            max_connections_per_ip: 0,
             audio_coalesce: Duration::ZERO,
             api: false,
             api_address: any,
