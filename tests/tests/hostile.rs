@@ -453,3 +453,269 @@ fn connection_limits_refuse_past_the_cap_per_address_and_in_all() {
     );
     publisher.kill9();
 }
+
+/// The server's resident memory (kB).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or 15 s pass); returns what it sent, and
+/// whether it closed.
+fn until_closed(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, false)
+            }
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+/// An RTMP client through the handshake (C0/C1, S0/S1/S2, C2).
+fn rtmp_handshaken(port: u16) -> TcpStream {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut c = vec![3u8];
+    c.extend(std::iter::repeat_n(7u8, 1536));
+    s.write_all(&c).unwrap();
+    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut s0s1s2).unwrap();
+    s.write_all(&s0s1s2[1..1537]).unwrap();
+    s
+}
+
+/// One RTMP message in chunks of 128 bytes on chunk stream 3 (type 0 header, then type 3).
+fn rtmp_message(kind: u8, payload: &[u8], declared_len: usize) -> Vec<u8> {
+    let mut out = vec![0x03, 0, 0, 0];
+    out.extend_from_slice(&(declared_len as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    for (i, c) in payload.chunks(128).enumerate() {
+        if i > 0 {
+            out.push(0xc3);
+        }
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// Oversized and hostile fields on every listener: an RTMP chunk size of 0x7fffffff with a
+/// 16 MiB message that never completes, an AMF0 `connect` nested 10 000 deep, an RTSP request
+/// with 10 000 headers, an ANNOUNCE whose SDP has 10 000 media, an HLS URL of 1 MiB, a WHIP
+/// offer with 10 000 candidates. Each is refused (an error status) or closed; the server's
+/// memory stays bounded; an ffmpeg publisher and a decoding ffmpeg reader on another path keep
+/// their frame rate throughout.
+#[test]
+fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
+    use std::io::Write;
+    let dir = scratch("hostile-oversized");
+    let [rtmp, rtsp, hls, api, webrtc] = [(); 5].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "readTimeout: 3s\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
+             rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
+             webrtcAddress: 127.0.0.1:{webrtc}\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
+             metrics: no\nsrt: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let server = PeerProcess::spawn("tidegate-oversized", &mut cmd, &dir);
+    for p in [rtmp, rtsp, hls, api, webrtc] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    let _publisher = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        60,
+        "flv",
+        &dir,
+    );
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || "live/cam not ready".into(),
+        || {
+            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
+            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+    // A reader decoding every frame for the whole attack.
+    let mut reader = Command::new(peer("ffmpeg"));
+    reader
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "info",
+            "-t",
+            "12",
+            "-i",
+        ])
+        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
+    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let rss_before = rss_kb(server.pid());
+
+    // RTMP: chunk size 0x7fffffff, then a message that claims 16 MiB and sends 1 MiB.
+    let mut s = rtmp_handshaken(rtmp);
+    s.write_all(&{
+        let mut m = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0];
+        m.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+        m
+    })
+    .unwrap();
+    let mut header = vec![0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0];
+    header.extend(std::iter::repeat_n(0x05u8, 1 << 20));
+    let _ = s.write_all(&header);
+    let (_, closed) = until_closed(&mut s);
+    assert!(
+        closed,
+        "RTMP: a 16 MiB message that never completes kept the connection"
+    );
+
+    // RTMP: `connect` with an AMF0 object nested 10 000 deep.
+    let mut s = rtmp_handshaken(rtmp);
+    let mut amf = vec![0x02, 0, 7];
+    amf.extend_from_slice(b"connect");
+    amf.push(0x00);
+    amf.extend_from_slice(&1f64.to_be_bytes());
+    for _ in 0..10_000 {
+        amf.extend_from_slice(&[0x03, 0, 1, b'a']);
+    }
+    amf.push(0x05);
+    let _ = s.write_all(&rtmp_message(20, &amf, amf.len()));
+    let (_, closed) = until_closed(&mut s);
+    assert!(closed, "RTMP: AMF0 nested 10 000 deep kept the connection");
+
+    // RTSP: 10 000 headers.
+    let mut s = TcpStream::connect(("127.0.0.1", rtsp)).unwrap();
+    let mut req = format!("OPTIONS rtsp://127.0.0.1:{rtsp}/x RTSP/1.0\r\nCSeq: 1\r\n");
+    for i in 0..10_000 {
+        req.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let (got, closed) = until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        closed && text.starts_with("RTSP/1.0 400"),
+        "RTSP 10 000 headers: {text}"
+    );
+
+    // RTSP: ANNOUNCE with 10 000 media.
+    let mut sdp =
+        String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");
+    for _ in 0..10_000 {
+        sdp.push_str("m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n");
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", rtsp)).unwrap();
+    let _ = s.write_all(
+        format!(
+            "ANNOUNCE rtsp://127.0.0.1:{rtsp}/big RTSP/1.0\r\nCSeq: 1\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .as_bytes(),
+    );
+    let (got, _) = until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("RTSP/1.0 4"),
+        "RTSP: an SDP with 10 000 media was not refused: {}",
+        text.lines().next().unwrap_or("")
+    );
+
+    // HLS: a 1 MiB URL.
+    let mut s = TcpStream::connect(("127.0.0.1", hls)).unwrap();
+    let _ =
+        s.write_all(format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(1 << 20)).as_bytes());
+    let (got, closed) = until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        closed && (got.is_empty() || text.starts_with("HTTP/1.1 4")),
+        "HLS: a 1 MiB URL: {}",
+        text.lines().next().unwrap_or("")
+    );
+
+    // WHIP: an offer with 10 000 candidates.
+    let mut offer = String::from(
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+         a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+         a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:96 H264/90000\r\n",
+    );
+    for i in 0..10_000 {
+        offer.push_str(&format!(
+            "a=candidate:{i} 1 udp 2122260223 10.0.{}.{} 5000 typ host\r\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", webrtc)).unwrap();
+    let _ = s.write_all(
+        format!(
+            "POST /whip/in/whip HTTP/1.1\r\nHost: h\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+            offer.len()
+        )
+        .as_bytes(),
+    );
+    let (got, _) = until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 4"),
+        "WHIP: an offer with 10 000 candidates was not refused: {}",
+        text.lines().next().unwrap_or("")
+    );
+
+    let rss_after = rss_kb(server.pid());
+    eprintln!("server RSS {rss_before} kB before, {rss_after} kB after the attacks");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} kB"
+    );
+
+    // The live stream kept its frame rate (25 fps) for the reader throughout.
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let frames = reader
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .count();
+    eprintln!("the reader decoded {frames} frames in 12 s");
+    assert!(frames >= 12 * 25 * 9 / 10, "{frames} frames in 12 s");
+    // And the server says why, once per offender rather than per byte.
+    let log = server.stderr() + &server.stdout();
+    assert!(
+        log.lines().count() < 400,
+        "{} log lines",
+        log.lines().count()
+    );
+}
