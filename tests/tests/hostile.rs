@@ -719,3 +719,140 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
         log.lines().count()
     );
 }
+
+/// Ten thousand idle TCP connections against `maxConnections: 4000` on the RTSP listener:
+/// 4 000 are held, the other 6 000 get `503` and are closed, the server's memory stays
+/// bounded, and a live RTMP stream's decoding reader keeps its frame rate meanwhile.
+#[test]
+fn ten_thousand_idle_connections_are_held_or_refused() {
+    use std::io::Read;
+    // This process needs 10 000 descriptors: its soft limit is raised to its hard limit.
+    let me = std::process::id().to_string();
+    let raised = Command::new(peer("prlimit"))
+        .args(["--pid", &me, "--nofile=20000:"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        raised,
+        "could not raise this test's open-file limit to 20000 (prlimit)"
+    );
+    let dir = scratch("hostile-idle");
+    let [rtmp, rtsp, api] = [(); 3].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "readTimeout: 60s\nmaxConnections: 4000\nrtmpAddress: 127.0.0.1:{rtmp}\n\
+             rtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\napiAddress: 127.0.0.1:{api}\n\
+             hls: no\nmetrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(peer("prlimit"));
+    cmd.arg("--nofile=8192:8192")
+        .arg(server_binary())
+        .arg(&config);
+    let server = PeerProcess::spawn("tidegate-idle", &mut cmd, &dir);
+    for p in [rtmp, rtsp, api] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let _publisher = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        90,
+        "flv",
+        &dir,
+    );
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || "live/cam not ready".into(),
+        || {
+            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
+            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+    let mut reader = Command::new(peer("ffmpeg"));
+    reader
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "info",
+            "-t",
+            "15",
+            "-i",
+        ])
+        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
+    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let rss_before = rss_kb(server.pid());
+
+    let start = Instant::now();
+    let conns: Vec<TcpStream> = (0..10_000u32)
+        .map(|i| connect_from(&format!("127.0.{}.{}", 1 + i / 250, 2 + i % 250), rtsp))
+        .collect();
+    eprintln!("10 000 connections opened in {:?}", start.elapsed());
+    for c in &conns {
+        c.set_nonblocking(true).unwrap();
+    }
+    // Every connection is either held (nothing to read) or refused (503, then closed).
+    let mut refused = vec![false; conns.len()];
+    let mut buf = [0u8; 256];
+    let counted = tidegate_tests::poll(
+        Duration::from_secs(60),
+        || "fewer than 6000 refusals seen in 60 s".to_string(),
+        || {
+            for (i, c) in conns.iter().enumerate() {
+                if refused[i] {
+                    continue;
+                }
+                if let Ok(n) = (&*c).read(&mut buf) {
+                    if n > 0 && String::from_utf8_lossy(&buf[..n]).starts_with("RTSP/1.0 503") {
+                        refused[i] = true;
+                    }
+                }
+            }
+            let n = refused.iter().filter(|r| **r).count();
+            (n >= 6000).then_some(n)
+        },
+    );
+    assert_eq!(counted, 6000, "refused connections");
+    let held = tidegate_tests::poll(
+        Duration::from_secs(30),
+        || "the API does not list 4000 RTSP connections".into(),
+        || {
+            let r = tidegate_tests::http::fetch_within(
+                api_addr,
+                "/v3/rtspconns/list",
+                Duration::from_secs(20),
+            );
+            let v: serde_json::Value = serde_json::from_str(&r.text()).ok()?;
+            let n = v["itemCount"].as_u64()?;
+            (n == 4000).then_some(n)
+        },
+    );
+    let rss_after = rss_kb(server.pid());
+    eprintln!(
+        "{held} RTSP connections held, {counted} refused; server RSS {rss_before} kB before, {rss_after} kB with them"
+    );
+    assert!(
+        rss_after < rss_before + 256 * 1024,
+        "4000 idle connections cost {} kB",
+        rss_after - rss_before
+    );
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let frames = reader
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .count();
+    eprintln!("the reader decoded {frames} frames in 15 s");
+    assert!(frames >= 15 * 25 * 9 / 10, "{frames} frames in 15 s");
+    drop(conns);
+}

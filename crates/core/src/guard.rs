@@ -68,6 +68,22 @@ impl AcceptBackoff {
     }
 }
 
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4096 on current
+/// Linux): a burst of connections (viewers coming back after a blip) waits in the queue instead
+/// of having its SYNs dropped and retried a second later, as with the 128 of `std`.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `std` sets).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
 thread_local! {
     /// Set while a contained third-party call runs on this thread: its panic is expected.
     static CONTAINED: Cell<bool> = const { Cell::new(false) };
@@ -194,8 +210,11 @@ pub struct ConnLimiter {
 struct LimiterState {
     total: u64,
     by_ip: std::collections::HashMap<std::net::IpAddr, u64>,
-    /// When each refused address was last logged (one line per address per 10 s).
+    /// When each refused address was last logged (one line per address per 10 s; the
+    /// unspecified address stands for refusals over the total).
     logged: std::collections::HashMap<std::net::IpAddr, Instant>,
+    /// Refusals since the last log line.
+    refused: u64,
 }
 
 /// A connection counted against the limits until dropped.
@@ -228,8 +247,8 @@ impl ConnLimiter {
         }
     }
 
-    /// A permit for a connection from `ip`, or None when a limit is reached (the refusal is
-    /// logged once per address per 10 s). `per_ip` false: the address is a trusted proxy's,
+    /// A permit for a connection from `ip`, or None when a limit is reached (refusals over
+    /// the total are logged once per 10 s, over an address's cap once per address per 10 s). `per_ip` false: the address is a trusted proxy's,
     /// which speaks for many clients, so only the total counts.
     pub fn admit(&self, ip: std::net::IpAddr, per_ip: bool) -> Option<ConnPermit> {
         let (max, max_ip) = (
@@ -238,28 +257,41 @@ impl ConnLimiter {
         );
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
-        let why = if max > 0 && s.total >= max {
-            Some(format!("maxConnections ({max}) reached"))
+        let (why, per_address) = if max > 0 && s.total >= max {
+            (Some(format!("maxConnections ({max}) reached")), false)
         } else if per_ip && max_ip > 0 && from_ip >= max_ip {
-            Some(format!("maxConnectionsPerIP ({max_ip}) reached for {ip}"))
+            (
+                Some(format!("maxConnectionsPerIP ({max_ip}) reached for {ip}")),
+                true,
+            )
         } else {
-            None
+            (None, false)
         };
         if let Some(why) = why {
             let now = Instant::now();
+            // Refusals for the total are logged per listener (the addresses may be many),
+            // those for one address per address.
+            let key = if per_address {
+                ip
+            } else {
+                std::net::IpAddr::from([0, 0, 0, 0])
+            };
             if s.logged.len() > 10_000 {
                 s.logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
             }
+            s.refused += 1;
             if s.logged
-                .get(&ip)
+                .get(&key)
                 .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY)
             {
+                let refused = std::mem::take(&mut s.refused);
                 tracing::warn!(
                     listener = self.name,
-                    "[{}] connection from {ip} refused: {why}",
+                    refused,
+                    "[{}] connection from {ip} refused: {why} ({refused} refused since the last line)",
                     self.name
                 );
-                s.logged.insert(ip, now);
+                s.logged.insert(key, now);
             }
             return None;
         }

@@ -83,9 +83,7 @@ fn exact_paths(config: &Config) -> Vec<tidegate_core::PathConf> {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    tidegate_core::guard::listen(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// The layers every HTTP surface but HLS and WebRTC takes: the permission `action` asked of

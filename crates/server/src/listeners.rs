@@ -106,7 +106,7 @@ impl Listeners {
         let (mut handled, mut moved) = (Vec::new(), Vec::new());
         for (i, key, name, from, to) in wanted {
             handled.push(key);
-            let listener = match TcpListener::bind(to).await {
+            let listener = match tidegate_core::guard::listen(to) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(

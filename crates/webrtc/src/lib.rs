@@ -253,9 +253,7 @@ impl WebRtc {
         let mut tcp = None;
         let mut tcp_candidates = Vec::new();
         if let Some(addr) = tcp_addr {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| WebRtcError::Bind(addr, e))?;
+            let l = tidegate_core::guard::listen(addr).map_err(|e| WebRtcError::Bind(addr, e))?;
             let local = l.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
             tcp_candidates = host_candidates(local, &config);
             tracing::info!(
