@@ -856,3 +856,157 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
     assert!(frames >= 15 * 25 * 9 / 10, "{frames} frames in 15 s");
     drop(conns);
 }
+
+/// An SRT induction handshake (HSv4 caller's first packet) from socket `id`.
+fn srt_induction(id: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.extend_from_slice(&4u32.to_be_bytes()); // version
+    p.extend_from_slice(&0u16.to_be_bytes()); // encryption
+    p.extend_from_slice(&2u16.to_be_bytes()); // extension field
+    p.extend_from_slice(&id.to_be_bytes()); // initial sequence number
+    p.extend_from_slice(&1500u32.to_be_bytes()); // MTU
+    p.extend_from_slice(&8192u32.to_be_bytes()); // flow window
+    p.extend_from_slice(&1u32.to_be_bytes()); // handshake type: induction
+    p.extend_from_slice(&id.to_be_bytes()); // socket id
+    p.extend_from_slice(&0u32.to_be_bytes()); // SYN cookie
+    p.extend_from_slice(&[127, 0, 0, 1]);
+    p.extend_from_slice(&[0; 12]);
+    p
+}
+
+/// A STUN binding request with a username no session has and a bogus integrity.
+fn stun_wrong_credentials(n: u32) -> Vec<u8> {
+    let user = format!("nobody{n}:whoever");
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+    attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(user.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    attrs.extend_from_slice(&0x0008u16.to_be_bytes());
+    attrs.extend_from_slice(&20u16.to_be_bytes());
+    attrs.extend_from_slice(&[0xab; 20]);
+    let mut p = vec![0x00, 0x01];
+    p.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    p.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+    p.extend_from_slice(&n.to_be_bytes());
+    p.extend_from_slice(&[7; 8]);
+    p.extend_from_slice(&attrs);
+    p
+}
+
+/// UDP floods: SRT induction handshakes from 4 000 source ports and 20 000 STUN binding
+/// requests with wrong credentials on the WebRTC port. The server keeps no state per
+/// stranger (memory stays bounded), logs a handful of lines, still answers a real SRT
+/// publisher afterwards, and a live RTMP stream's reader keeps its frame rate meanwhile.
+#[test]
+fn srt_handshake_and_stun_floods_cost_no_state() {
+    let dir = scratch("hostile-udp-flood");
+    let [rtmp, srt, webrtc_udp] = [(); 3].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rtmpAddress: 127.0.0.1:{rtmp}\nsrtAddress: 127.0.0.1:{srt}\n\
+             webrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:{webrtc_udp}\n\
+             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let server = PeerProcess::spawn("tidegate-udp-flood", &mut cmd, &dir);
+    wait_listening(rtmp, Duration::from_secs(20));
+    let log = || server.stderr() + &server.stdout();
+    let _publisher = ffmpeg_publish(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        60,
+        "flv",
+        &dir,
+    );
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || format!("live/cam not ready:\n{}", log()),
+        || log().contains("stream is ready").then_some(()),
+    );
+    let mut reader = Command::new(peer("ffmpeg"));
+    reader
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "info",
+            "-t",
+            "10",
+            "-i",
+        ])
+        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
+    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let rss_before = rss_kb(server.pid());
+    let lines_before = log().lines().count();
+
+    let socks: Vec<std::net::UdpSocket> = (0..4000)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for (i, s) in socks.iter().enumerate() {
+        let _ = s.send_to(&srt_induction(1000 + i as u32), ("127.0.0.1", srt));
+    }
+    let stun = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in 0..20_000 {
+        let _ = stun.send_to(&stun_wrong_credentials(n), ("127.0.0.1", webrtc_udp));
+    }
+    // The SRT listener answered the inductions (it is alive), statelessly.
+    let answered = socks
+        .iter()
+        .take(50)
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 1500];
+            s.recv(&mut b).is_ok()
+        })
+        .count();
+    eprintln!("{answered} of 50 inductions checked were answered");
+    assert!(answered >= 45, "{answered} of 50 inductions answered");
+    drop(socks);
+
+    // A real SRT publisher after the flood.
+    let mut srt_pub = ffmpeg_publish(
+        &format!("srt://127.0.0.1:{srt}?streamid=publish:live/srt&pkt_size=1316"),
+        3,
+        "mpegts",
+        &dir,
+    );
+    assert!(
+        srt_pub.wait(Duration::from_secs(60)).success(),
+        "{}",
+        srt_pub.stderr()
+    );
+
+    let rss_after = rss_kb(server.pid());
+    let new_lines = log().lines().count() - lines_before;
+    eprintln!("server RSS {rss_before} kB before, {rss_after} kB after; {new_lines} log lines");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} to {rss_after} kB"
+    );
+    assert!(
+        new_lines < 100,
+        "{new_lines} log lines for the floods:\n{}",
+        log()
+    );
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    let frames = reader
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .count();
+    eprintln!("the reader decoded {frames} frames in 10 s");
+    assert!(frames >= 10 * 25 * 9 / 10, "{frames} frames in 10 s");
+}
