@@ -1010,3 +1010,101 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
     eprintln!("the reader decoded {frames} frames in 10 s");
     assert!(frames >= 10 * 25 * 9 / 10, "{frames} frames in 10 s");
 }
+
+/// Garbage after a valid start on each TCP listener (RTMP after its handshake, RTSP after an
+/// answered OPTIONS, HLS and API after an answered request on a kept-alive connection): the
+/// connection is closed with one log line (or a 400), and the next client is served.
+#[test]
+fn garbage_after_a_valid_handshake_closes_the_connection() {
+    use std::io::{Read, Write};
+    let dir = scratch("hostile-garbage");
+    let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
+             hlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
+             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let server = PeerProcess::spawn("tidegate-garbage", &mut cmd, &dir);
+    for p in [rtmp, rtsp, hls, api] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+
+    // RTMP: the handshake, then garbage where chunks should be.
+    let mut s = rtmp_handshaken(rtmp);
+    let _ = s.write_all(&garbage);
+    let (_, closed) = until_closed(&mut s);
+    assert!(closed, "RTMP kept a connection that sent garbage");
+
+    // RTSP: an answered OPTIONS, then garbage.
+    let mut s = TcpStream::connect(("127.0.0.1", rtsp)).unwrap();
+    s.write_all(
+        format!("OPTIONS rtsp://127.0.0.1:{rtsp}/x RTSP/1.0\r\nCSeq: 1\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1024];
+    let n = s.read(&mut b).unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("RTSP/1.0 200"));
+    let _ = s.write_all(&garbage);
+    let (got, closed) = until_closed(&mut s);
+    assert!(closed, "RTSP kept a connection that sent garbage");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("RTSP/1.0 400"),
+        "RTSP answered {:?}",
+        String::from_utf8_lossy(&got).lines().next()
+    );
+
+    // HTTP (HLS and API): an answered request on a kept-alive connection, then garbage.
+    for (name, port, target) in [
+        ("HLS", hls, "/nothing/index.m3u8"),
+        ("API", api, "/v3/paths/list"),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = s.read(&mut b).unwrap();
+        assert!(
+            String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 "),
+            "{name}"
+        );
+        let _ = s.write_all(&garbage);
+        let (got, closed) = until_closed(&mut s);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            closed && (got.is_empty() || text.starts_with("HTTP/1.1 4")),
+            "{name} after garbage: closed {closed}, {:?}",
+            text.lines().next()
+        );
+    }
+
+    // The next clients are served: an ffmpeg publish over RTMP and RTSP.
+    for (url, format) in [
+        (format!("rtmp://127.0.0.1:{rtmp}/live/after"), "flv"),
+        (format!("rtsp://127.0.0.1:{rtsp}/live/after-rtsp"), "rtsp"),
+    ] {
+        let mut p = ffmpeg_publish(&url, 2, format, &dir);
+        assert!(
+            p.wait(Duration::from_secs(60)).success(),
+            "{url}: {}",
+            p.stderr()
+        );
+    }
+    let log = server.stderr() + &server.stdout();
+    assert!(
+        log.lines().count() < 200,
+        "{} log lines:\n{log}",
+        log.lines().count()
+    );
+}
