@@ -1108,3 +1108,108 @@ fn garbage_after_a_valid_handshake_closes_the_connection() {
         log.lines().count()
     );
 }
+
+/// SRT connections and WebRTC sessions count against `maxConnectionsPerIP` too: with a cap of
+/// one, a second SRT publisher from the same address gets SRT's "overloaded" rejection, and
+/// while a WHEP session (a second Tidegate pulling with `source: whep://`) lives, another
+/// WHIP/WHEP offer from that address is answered 503.
+#[test]
+fn srt_connections_and_webrtc_sessions_count_against_the_limits() {
+    use std::io::{Read, Write};
+    let dir = scratch("hostile-session-limits");
+    let [rtmp, srt, webrtc, api2] = [(); 4].map(|_| free_port());
+    let config = dir.join("tidegate.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "maxConnectionsPerIP: 1\nrtmpAddress: 127.0.0.1:{rtmp}\nsrtAddress: 127.0.0.1:{srt}\n\
+             webrtcAddress: 127.0.0.1:{webrtc}\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
+             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\nkeyStore: {}\n",
+            dir.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&config);
+    let server = PeerProcess::spawn("tidegate-session-limits", &mut cmd, &dir);
+    wait_listening(webrtc, Duration::from_secs(20));
+    let log = || server.stderr() + &server.stdout();
+
+    // SRT: the first publisher holds the address's one connection; the second is refused.
+    let _first = ffmpeg_publish(
+        &format!("srt://127.0.0.1:{srt}?streamid=publish:one&pkt_size=1316"),
+        60,
+        "mpegts",
+        &dir,
+    );
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || format!("the first SRT publisher is not in:\n{}", log()),
+        || log().contains("is publishing").then_some(()),
+    );
+    let mut second = ffmpeg_publish(
+        &format!("srt://127.0.0.1:{srt}?streamid=publish:two&pkt_size=1316"),
+        10,
+        "mpegts",
+        &dir,
+    );
+    assert!(
+        !second.wait(Duration::from_secs(60)).success(),
+        "a second SRT publisher got in"
+    );
+    assert!(
+        log().contains("[SRT] connection from 127.0.0.1 refused: maxConnectionsPerIP (1)"),
+        "{}",
+        log()
+    );
+    eprintln!(
+        "second SRT publisher: {}",
+        second
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("eject") || l.contains("rror"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+
+    // WebRTC: a second Tidegate pulls `one` over WHEP: one session from 127.0.0.1.
+    let edge_conf = dir.join("edge.yml");
+    std::fs::write(
+        &edge_conf,
+        format!(
+            "apiAddress: 127.0.0.1:{api2}\nrtmp: no\nrtsp: no\nhls: no\nsrt: no\nwebrtc: no\n\
+             metrics: no\nplayback: no\nkeyStore: {}\npaths:\n  relay:\n    \
+             source: whep://127.0.0.1:{webrtc}/one/whep\n",
+            dir.join("edge-keys.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(&edge_conf);
+    let _edge = PeerProcess::spawn("tidegate-edge", &mut cmd, &dir);
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || format!("no WHEP session on the origin:\n{}", log()),
+        || log().contains("session created for 'one'").then_some(()),
+    );
+    // Another offer from 127.0.0.1: 503 before the offer is even read.
+    let mut s = TcpStream::connect(("127.0.0.1", webrtc)).unwrap();
+    let body = "v=0\r\n";
+    s.write_all(
+        format!(
+            "POST /one/whep HTTP/1.1\r\nHost: h\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(
+        got.starts_with("HTTP/1.1 503"),
+        "{}",
+        got.lines().next().unwrap_or("")
+    );
+}

@@ -207,6 +207,7 @@ pub async fn serve(
         Arc::new(crate::io::Sessions::default()),
         shutdown.clone(),
     ));
+    let limiter = tidegate_core::guard::ConnLimiter::new("SRT");
     loop {
         let req = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -215,12 +216,21 @@ pub async fn serve(
                 None => break,
             },
         };
+        // `maxConnections`/`maxConnectionsPerIP`: SRT's own busy answer (SRT_REJX_OVERLOAD).
+        let Some(permit) = limiter.admit(req.remote().ip(), true) else {
+            tasks.spawn(async move {
+                req.reject(RejectReason::Server(ServerRejectReason::Overload))
+                    .await
+            });
+            continue;
+        };
         let id = paths.new_session_id();
         let span = tracing::info_span!("srt", conn = id, remote = %req.remote());
         let (paths, config, shutdown) = (paths.clone(), config.clone(), shutdown.clone());
         let guard = conns.add(id, req.remote());
         tasks.spawn(
             async move {
+                let _permit = permit;
                 match handle(req, id, paths, config, guard, shutdown).await {
                     Ok(()) => tracing::info!("connection closed"),
                     Err(e) => tracing::info!("connection closed: {e}"),

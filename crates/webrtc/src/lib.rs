@@ -156,6 +156,8 @@ pub(crate) struct Inner {
     pub latency: Arc<LatencyHistogram>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// `maxConnections`/`maxConnectionsPerIP` over WHIP and WHEP sessions.
+    pub limiter: tidegate_core::guard::ConnLimiter,
 }
 
 impl Inner {
@@ -275,6 +277,7 @@ impl WebRtc {
             latency: Arc::new(LatencyHistogram::default()),
             shutdown,
             tasks,
+            limiter: tidegate_core::guard::ConnLimiter::new("WebRTC sessions"),
         });
         if inner.socket.is_some() {
             inner.tasks.spawn(receive_loop(inner.clone()));

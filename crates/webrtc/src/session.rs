@@ -498,6 +498,12 @@ enum RoleState {
 
 /// Validates the offer and the client, takes the path, answers, and starts the session task.
 pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Created, Refused> {
+    let Some(permit) = inner.limiter.admit(req.remote.ip(), true) else {
+        return Err(Refused::new(
+            503,
+            "too many WebRTC sessions (maxConnections, maxConnectionsPerIP)".to_string(),
+        ));
+    };
     let offer = SdpOffer::from_sdp_string(req.offer).map_err(|e| {
         // The parser's message carries pointers; keep its human lines.
         let text = e.to_string();
@@ -776,6 +782,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         rx,
         cand_rx,
         guard,
+        _permit: permit,
     };
     inner
         .tasks
@@ -796,6 +803,8 @@ struct Task {
     rx: mpsc::Receiver<Datagram>,
     cand_rx: mpsc::Receiver<String>,
     guard: ConnGuard<WebRtcStats>,
+    /// Counted against the session limits while the session lives.
+    _permit: tidegate_core::guard::ConnPermit,
 }
 
 enum RoleEvent {
