@@ -8,6 +8,7 @@
 
 use crate::bits::{escape_rbsp, BitWriter};
 
+pub mod av1;
 pub mod hevc;
 pub mod vp9;
 

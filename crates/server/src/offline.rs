@@ -39,6 +39,13 @@ enum Source {
         id: TrackId,
         pic: Box<tidegate_codec::synth::hevc::OfflineH265>,
     },
+    /// A key frame a second (temporal unit without its delimiter), then copies of it.
+    Av1 {
+        id: TrackId,
+        key: Bytes,
+        repeat: Bytes,
+        fps: u32,
+    },
     /// A key frame a second, then frames that show it again.
     Vp9 {
         id: TrackId,
@@ -88,6 +95,15 @@ impl Source {
                 };
                 (dts, dts, at == 0, data)
             }
+            Source::Av1 {
+                key, repeat, fps, ..
+            } => {
+                let fps = u64::from(*fps);
+                let dts = (n * 90_000 / fps) as i64;
+                let is_key = n.is_multiple_of(fps);
+                let data = if is_key { key.clone() } else { repeat.clone() };
+                (dts, dts, is_key, data)
+            }
             Source::Vp9 { pic, .. } => {
                 let fps = u64::from(pic.fps);
                 let dts = (n * 90_000 / fps) as i64;
@@ -117,6 +133,7 @@ impl Source {
             Source::H264 { id, .. }
             | Source::H265 { id, .. }
             | Source::Vp9 { id, .. }
+            | Source::Av1 { id, .. }
             | Source::Audio { id, .. }
             | Source::File { id, .. } => *id,
         }
@@ -124,8 +141,8 @@ impl Source {
 }
 
 impl OfflineMedia {
-    /// Generated tracks: H.264 or H.265 "STREAM IS OFFLINE" on black, VP9 black, silence for
-    /// the audio codecs.
+    /// Generated tracks: H.264, H.265 or AV1 "STREAM IS OFFLINE" on black, VP9 black, silence
+    /// for the audio codecs.
     pub fn generated(tracks: &[OfflineTrack]) -> Result<OfflineMedia, String> {
         let mut desc = StreamDesc { tracks: Vec::new() };
         let mut sources = Vec::new();
@@ -161,6 +178,36 @@ impl OfflineMedia {
                         Source::H265 {
                             id,
                             pic: Box::new(pic),
+                        },
+                    )
+                }
+                "AV1" => {
+                    let pic = tidegate_codec::synth::av1::OfflineAv1::new(WIDTH, HEIGHT, FPS);
+                    // Frames carry their OBUs without the temporal delimiter, as from other
+                    // sources (RTP and MP4 leave it out).
+                    let units = |tu: &[u8]| -> Bytes {
+                        let (mut out, mut rest) = (Vec::with_capacity(tu.len()), tu);
+                        while let Ok(o) = tidegate_codec::av1::parse_obu(rest) {
+                            if o.obu_type != tidegate_codec::av1::OBU_TEMPORAL_DELIMITER {
+                                out.extend_from_slice(&rest[..o.len]);
+                            }
+                            rest = &rest[o.len..];
+                            if rest.is_empty() {
+                                break;
+                            }
+                        }
+                        Bytes::from(out)
+                    };
+                    (
+                        CodecParams::Av1 {
+                            sequence_header: Bytes::copy_from_slice(&pic.sequence_header),
+                        },
+                        90_000,
+                        Source::Av1 {
+                            id,
+                            key: units(pic.key()),
+                            repeat: units(&pic.repeat(1)),
+                            fps: pic.fps,
                         },
                     )
                 }
@@ -259,7 +306,7 @@ impl OfflineMedia {
                 }
                 other => {
                     return Err(format!(
-                    "Tidegate does not generate offline {other} video: use H264, H265 or VP9 in \
+                    "Tidegate does not generate offline {other} video: use H264, H265, VP9 or AV1 in \
                          alwaysAvailableTracks, or an alwaysAvailableFile with the {other} track"
                 ))
                 }

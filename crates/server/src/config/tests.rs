@@ -419,9 +419,9 @@ fn mediamtx_older_spellings_hardware_keys_and_features_not_built() {
             "regular expression",
         ),
         (
-            "paths:\n  a:\n    alwaysAvailable: yes\n    alwaysAvailableTracks: [{codec: AV1}]\n",
-            "paths.a.alwaysAvailable",
-            "does not generate offline AV1",
+            "paths:\n  a:\n    alwaysAvailable: yes\n    alwaysAvailableTracks: [{codec: VP8}]\n",
+            "paths.a.alwaysAvailableTracks",
+            "expected one of AV1, VP9, H265, H264",
         ),
         (
             "paths:\n  a:\n    alwaysAvailable: yes\n    alwaysAvailableFile: /nonexistent.mp4\n",
