@@ -4,6 +4,9 @@
 //!   venv, npm packages), then runs every test of the workspace, unit and end-to-end.
 //! - `lint`: `cargo fmt --check` and `cargo clippy -D warnings`.
 //! - `bench`: performance figures (see `bench.rs`).
+//! - `soak [--minutes N] [--debug]`: N minutes (default 60) of churn against one server, with
+//!   a table of its RSS, descriptors, threads and tasks and a verdict on leaks (see
+//!   `bin/tidegate-soak.rs`).
 //! - `peers`: only installs the peers.
 //! - `vendor hls.js|dash.js [VERSION]`: refreshes a player library the binary serves (see `vendor.rs`).
 
@@ -26,10 +29,11 @@ fn main() -> ExitCode {
         Some("lint") => lint(&root),
         Some("bench") => peers::install(&root).and_then(|dir| bench::run(&root, &dir, &args[1..])),
         Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("soak") => peers::install(&root).and_then(|_| soak(&root, &args[1..])),
         Some("vendor") => vendor::run_vendor(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args] | lint | peers | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js|dash.js [version]"
+                "usage: cargo xtask test [cargo test args] | lint | peers | soak [--minutes N] [--debug] | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js|dash.js [version]"
             );
             return ExitCode::from(2);
         }
@@ -135,6 +139,48 @@ fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
             ]))?;
     }
     Ok(())
+}
+
+/// `soak [--minutes N] [--debug]`: builds the server (release unless `--debug`) and the soak
+/// driver, and runs it; its table and verdict go to stdout, its files to `target/soak/`.
+fn soak(root: &Path, args: &[String]) -> Result<(), String> {
+    let minutes: u64 = args
+        .iter()
+        .position(|a| a == "--minutes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(60);
+    let debug = args.iter().any(|a| a == "--debug");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "tidegate"]);
+    if !debug {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let bin = target
+        .join(if debug { "debug" } else { "release" })
+        .join("tidegate");
+    let dir = target.join("soak").join(unix_time().to_string());
+    // The driver only starts processes and reads /proc: its debug build is enough.
+    run(cargo()
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "xtask",
+            "--bin",
+            "tidegate-soak",
+            "--",
+        ])
+        .arg(&bin)
+        .arg(minutes.to_string())
+        .arg(&dir))
 }
 
 fn lint(root: &Path) -> Result<(), String> {

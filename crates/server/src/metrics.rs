@@ -83,6 +83,29 @@ impl Filter {
     }
 }
 
+/// The async runtime's own counters: a task that outlives its session shows here first
+/// (`cargo xtask soak` watches it).
+fn render_runtime(out: &mut String) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let m = handle.metrics();
+    family(
+        out,
+        "tidegate_runtime_alive_tasks",
+        "gauge",
+        "Tasks alive in the async runtime.",
+    );
+    let _ = writeln!(out, "tidegate_runtime_alive_tasks {}", m.num_alive_tasks());
+    family(
+        out,
+        "tidegate_runtime_workers",
+        "gauge",
+        "Worker threads of the async runtime.",
+    );
+    let _ = writeln!(out, "tidegate_runtime_workers {}", m.num_workers());
+}
+
 /// One connection registry as MediaMTX's `<prefix>{id,path,remoteAddr,state}` families (or
 /// `{id}` only, for RTSP connections), with the protocol's own figures.
 fn render_conns<X: ConnExtra>(
@@ -587,6 +610,7 @@ async fn metrics(
         render_forwards(&mut text, &a.relays, &f);
     }
     if f.kind.is_none() {
+        render_runtime(&mut text);
         render_latency(&mut text);
         if let Some(w) = &state.webrtc {
             render_webrtc(w, &mut text);
