@@ -391,7 +391,6 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
              srt: no\nmetrics: no\npaths:\n  all_others:\n\
              \x20 viartsp:\n    source: rtsp://127.0.0.1:{rtsp}/live/cam\n    rtspTransport: tcp\n\
              \x20 viaudp:\n    source: rtsp://127.0.0.1:{rtsp}/live/cam\n    rtspTransport: udp\n\
-             \x20   rtspAnyPort: yes\n\
              \x20 viartmp:\n    source: rtmp://127.0.0.1:{rtmp}/live/cam\n\
              \x20 viahls:\n    source: http://127.0.0.1:{hls}/live/cam/index.m3u8\n\
              \x20 viats:\n    source: udp+mpegts://127.0.0.1:{ts}\n\

@@ -431,9 +431,12 @@ pub async fn pull(
     // What retina cannot do goes to our own client: multicast, SRTP over UDP (rtsps://), UDP
     // from any port, and a PLAY with a Range or Scale, or from chosen UDP ports (over UDP:
     // our client has no TCP interleaving; over TCP, retina's PLAY is rewritten by a relay).
+    // With `dumpPackets` on, UDP pulls are ours too: retina's UDP sockets are its own, ours
+    // are dumped.
+    let dumped_udp = tidegate_core::dump::enabled();
     let own = match transport {
         SourceTransport::Multicast => Some(crate::client::Mode::Multicast { srtp: tls }),
-        SourceTransport::Udp if tls || any_port || play.needs_own_client() => {
+        SourceTransport::Udp if tls || any_port || dumped_udp || play.needs_own_client() => {
             Some(crate::client::Mode::Udp {
                 srtp: tls,
                 any_port,
