@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,61 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// Writes `yaml` (plus a key store of its own) to `<dir>/<name>.yml` and starts the server
+/// binary on it, under `prlimit --nofile=N` when `nofile` is given.
+fn start(dir: &Path, name: &str, yaml: &str, nofile: Option<u32>) -> PeerProcess {
+    let config = dir.join(format!("{name}.yml"));
+    let store = dir.join(format!("{name}-keys.db"));
+    std::fs::write(&config, format!("{yaml}keyStore: {}\n", store.display())).unwrap();
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new(peer("prlimit"));
+            c.arg(format!("--nofile={n}:{n}")).arg(server_binary());
+            c
+        }
+        None => Command::new(server_binary()),
+    };
+    cmd.arg(&config);
+    PeerProcess::spawn(name, &mut cmd, dir)
+}
+
+/// Waits (30 s at most) until the API on `api` says `path` is ready; returns the API's address.
+fn wait_ready(api: u16, path: &str) -> std::net::SocketAddr {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    tidegate_tests::poll(
+        Duration::from_secs(30),
+        || format!("{path} not ready"),
+        || {
+            let r = tidegate_tests::http::fetch(addr, &format!("/v3/paths/get/{path}"), &[]);
+            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+    addr
+}
+
+/// An ffmpeg that decodes the video of `url` for `seconds`, every frame through `showinfo`.
+fn decoding_reader(url: &str, seconds: u32, dir: &Path) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
+        .args(["-t", &seconds.to_string(), "-i", url])
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
+    PeerProcess::spawn("ffmpeg-reader", &mut cmd, dir)
+}
+
+/// The frames a [`decoding_reader`] decoded, once it ended well (60 s at most).
+fn decoded(reader: &mut PeerProcess) -> usize {
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    reader
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .count()
+}
+
 /// Out of file descriptors, a listener stays readable while every accept fails: each accept
 /// loop must pause instead of spinning a core, and log once, not once per failure. The server
 /// runs with a limit of 64 open files; clients connect to the RTMP, RTSP, HLS and API
@@ -28,20 +84,16 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn accept_loops_back_off_when_out_of_file_descriptors() {
     let dir = scratch("hostile-emfile");
     let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-emfile",
+        &format!(
             "rtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
              hlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\nmetrics: no\n\
-             srt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             srt: no\nwebrtc: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(peer("prlimit"));
-    cmd.arg("--nofile=64:64").arg(server_binary()).arg(&config);
-    let server = PeerProcess::spawn("tidegate-emfile", &mut cmd, &dir);
+        Some(64),
+    );
     for p in [rtmp, rtsp, hls, api] {
         wait_listening(p, Duration::from_secs(20));
     }
@@ -124,19 +176,15 @@ fn accept_loops_back_off_when_out_of_file_descriptors() {
 fn a_flood_of_datagrams_that_panic_the_srt_parser_logs_once() {
     let dir = scratch("hostile-srt-panic");
     let srt = free_port();
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-srt-panic",
+        &format!(
             "srtAddress: 127.0.0.1:{srt}\nrtmp: no\nrtsp: no\nhls: no\nwebrtc: no\napi: no\n\
-             metrics: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             metrics: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let server = PeerProcess::spawn("tidegate-srt-panic", &mut cmd, &dir);
+        None,
+    );
     let log = || server.stderr() + &server.stdout();
     tidegate_tests::poll(
         Duration::from_secs(20),
@@ -219,20 +267,16 @@ fn slowloris(port: u16, request: &[u8]) -> Option<Duration> {
 fn slowloris_clients_are_closed_after_the_read_timeout() {
     let dir = scratch("hostile-slowloris");
     let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let _server = start(
+        &dir,
+        "tidegate-slowloris",
+        &format!(
             "readTimeout: 2s\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
              rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
-             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let _server = PeerProcess::spawn("tidegate-slowloris", &mut cmd, &dir);
+        None,
+    );
     for p in [rtmp, rtsp, hls, api] {
         wait_listening(p, Duration::from_secs(20));
     }
@@ -355,15 +399,7 @@ fn connection_limits_refuse_past_the_cap_per_address_and_in_all() {
         "flv",
         &dir,
     );
-    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
-    tidegate_tests::poll(
-        Duration::from_secs(30),
-        || "live/cam not ready".into(),
-        || {
-            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
-            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
-        },
-    );
+    wait_ready(api, "live/cam");
 
     // 127.0.0.2 holds four connections on each listener; the fifth is refused.
     for (name, port, status) in [
@@ -528,21 +564,17 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
     use std::io::Write;
     let dir = scratch("hostile-oversized");
     let [rtmp, rtsp, hls, api, webrtc] = [(); 5].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-oversized",
+        &format!(
             "readTimeout: 3s\nrtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\n\
              rtspTransports: [tcp]\nhlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
              webrtcAddress: 127.0.0.1:{webrtc}\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
-             metrics: no\nsrt: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             metrics: no\nsrt: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let server = PeerProcess::spawn("tidegate-oversized", &mut cmd, &dir);
+        None,
+    );
     for p in [rtmp, rtsp, hls, api, webrtc] {
         wait_listening(p, Duration::from_secs(20));
     }
@@ -552,30 +584,9 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
         "flv",
         &dir,
     );
-    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
-    tidegate_tests::poll(
-        Duration::from_secs(30),
-        || "live/cam not ready".into(),
-        || {
-            let r = tidegate_tests::http::fetch(api_addr, "/v3/paths/get/live/cam", &[]);
-            (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
-        },
-    );
+    wait_ready(api, "live/cam");
     // A reader decoding every frame for the whole attack.
-    let mut reader = Command::new(peer("ffmpeg"));
-    reader
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "info",
-            "-t",
-            "12",
-            "-i",
-        ])
-        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 12, &dir);
     let rss_before = rss_kb(server.pid());
 
     // RTMP: chunk size 0x7fffffff, then a message that claims 16 MiB and sends 1 MiB.
@@ -699,16 +710,7 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
     );
 
     // The live stream kept its frame rate (25 fps) for the reader throughout.
-    assert!(
-        reader.wait(Duration::from_secs(60)).success(),
-        "{}",
-        reader.stderr()
-    );
-    let frames = reader
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count();
+    let frames = decoded(&mut reader);
     eprintln!("the reader decoded {frames} frames in 12 s");
     assert!(frames >= 12 * 25 * 9 / 10, "{frames} frames in 12 s");
     // And the server says why, once per offender rather than per byte.
@@ -773,20 +775,7 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
             (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
         },
     );
-    let mut reader = Command::new(peer("ffmpeg"));
-    reader
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "info",
-            "-t",
-            "15",
-            "-i",
-        ])
-        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 15, &dir);
     let rss_before = rss_kb(server.pid());
 
     let start = Instant::now();
@@ -842,16 +831,7 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
         "4000 idle connections cost {} kB",
         rss_after - rss_before
     );
-    assert!(
-        reader.wait(Duration::from_secs(60)).success(),
-        "{}",
-        reader.stderr()
-    );
-    let frames = reader
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count();
+    let frames = decoded(&mut reader);
     eprintln!("the reader decoded {frames} frames in 15 s");
     assert!(frames >= 15 * 25 * 9 / 10, "{frames} frames in 15 s");
     drop(conns);
@@ -904,20 +884,16 @@ fn stun_wrong_credentials(n: u32) -> Vec<u8> {
 fn srt_handshake_and_stun_floods_cost_no_state() {
     let dir = scratch("hostile-udp-flood");
     let [rtmp, srt, webrtc_udp] = [(); 3].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-udp-flood",
+        &format!(
             "rtmpAddress: 127.0.0.1:{rtmp}\nsrtAddress: 127.0.0.1:{srt}\n\
              webrtcAddress: 127.0.0.1:0\nwebrtcLocalUDPAddress: 127.0.0.1:{webrtc_udp}\n\
-             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let server = PeerProcess::spawn("tidegate-udp-flood", &mut cmd, &dir);
+        None,
+    );
     wait_listening(rtmp, Duration::from_secs(20));
     let log = || server.stderr() + &server.stdout();
     let _publisher = ffmpeg_publish(
@@ -931,20 +907,7 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
         || format!("live/cam not ready:\n{}", log()),
         || log().contains("stream is ready").then_some(()),
     );
-    let mut reader = Command::new(peer("ffmpeg"));
-    reader
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "info",
-            "-t",
-            "10",
-            "-i",
-        ])
-        .arg(format!("rtmp://127.0.0.1:{rtmp}/live/cam"))
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    let mut reader = PeerProcess::spawn("ffmpeg-reader", &mut reader, &dir);
+    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 10, &dir);
     let rss_before = rss_kb(server.pid());
     let lines_before = log().lines().count();
 
@@ -997,16 +960,7 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
         "{new_lines} log lines for the floods:\n{}",
         log()
     );
-    assert!(
-        reader.wait(Duration::from_secs(60)).success(),
-        "{}",
-        reader.stderr()
-    );
-    let frames = reader
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count();
+    let frames = decoded(&mut reader);
     eprintln!("the reader decoded {frames} frames in 10 s");
     assert!(frames >= 10 * 25 * 9 / 10, "{frames} frames in 10 s");
 }
@@ -1019,20 +973,16 @@ fn garbage_after_a_valid_handshake_closes_the_connection() {
     use std::io::{Read, Write};
     let dir = scratch("hostile-garbage");
     let [rtmp, rtsp, hls, api] = [(); 4].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-garbage",
+        &format!(
             "rtmpAddress: 127.0.0.1:{rtmp}\nrtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
              hlsAddress: 127.0.0.1:{hls}\napiAddress: 127.0.0.1:{api}\n\
-             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             metrics: no\nsrt: no\nwebrtc: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let server = PeerProcess::spawn("tidegate-garbage", &mut cmd, &dir);
+        None,
+    );
     for p in [rtmp, rtsp, hls, api] {
         wait_listening(p, Duration::from_secs(20));
     }
@@ -1118,20 +1068,16 @@ fn srt_connections_and_webrtc_sessions_count_against_the_limits() {
     use std::io::{Read, Write};
     let dir = scratch("hostile-session-limits");
     let [rtmp, srt, webrtc, api2] = [(); 4].map(|_| free_port());
-    let config = dir.join("tidegate.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = start(
+        &dir,
+        "tidegate-session-limits",
+        &format!(
             "maxConnectionsPerIP: 1\nrtmpAddress: 127.0.0.1:{rtmp}\nsrtAddress: 127.0.0.1:{srt}\n\
              webrtcAddress: 127.0.0.1:{webrtc}\nwebrtcLocalUDPAddress: 127.0.0.1:0\n\
-             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\nkeyStore: {}\n",
-            dir.join("keys.db").display()
+             rtsp: no\nhls: no\napi: no\nmetrics: no\nplayback: no\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(server_binary());
-    cmd.arg(&config);
-    let server = PeerProcess::spawn("tidegate-session-limits", &mut cmd, &dir);
+        None,
+    );
     wait_listening(webrtc, Duration::from_secs(20));
     let log = || server.stderr() + &server.stdout();
 

@@ -466,6 +466,23 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
             })
             .collect()
     };
+    // A field of every packet that `filter` keeps, in the files named `prefix…`.
+    let fields_in = |prefix: &str, decode: &str, filter: &str, field: &str| -> Vec<String> {
+        files(prefix)
+            .iter()
+            .flat_map(|f| tshark_fields(f, &[decode], filter, field))
+            .collect()
+    };
+    let ready = |p: &str| {
+        poll(
+            Duration::from_secs(30),
+            || format!("{p} not ready"),
+            || {
+                let r = tidegate_tests::http::fetch(api_addr, &format!("/v3/paths/get/{p}"), &[]);
+                (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
+            },
+        )
+    };
     // The ffmpeg reader's connection: of the RTSP server's dumps (the pulled source below
     // has one too), the one the server sent the most to.
     let _ = poll(
@@ -538,17 +555,12 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         commands.iter().any(|c| c.contains("publish")),
         "RTMP dump: {commands:?}"
     );
-    let uris: Vec<String> = files("hls_server_conn_")
-        .iter()
-        .flat_map(|f| {
-            tshark_fields(
-                f,
-                &[&format!("tcp.port=={hls},http")],
-                "http.request",
-                "http.request.uri",
-            )
-        })
-        .collect();
+    let uris = fields_in(
+        "hls_server_conn_",
+        &format!("tcp.port=={hls},http"),
+        "http.request",
+        "http.request.uri",
+    );
     assert!(
         uris.iter().any(|u| u == "/live/cam/index.m3u8"),
         "HLS dump: {uris:?}"
@@ -557,26 +569,14 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
 
     // The connections of pulled sources: Tidegate's side of them (retina's through a relay).
     for p in ["viartsp", "viartmp", "viahls", "viawhep"] {
-        poll(
-            Duration::from_secs(30),
-            || format!("{p} not ready"),
-            || {
-                let r = tidegate_tests::http::fetch(api_addr, &format!("/v3/paths/get/{p}"), &[]);
-                (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
-            },
-        );
+        ready(p);
     }
-    let pulled: Vec<String> = files("rtsp_source_conn_")
-        .iter()
-        .flat_map(|f| {
-            tshark_fields(
-                f,
-                &[&format!("tcp.port=={rtsp},rtsp")],
-                "rtsp.request",
-                "rtsp.method",
-            )
-        })
-        .collect();
+    let pulled = fields_in(
+        "rtsp_source_conn_",
+        &format!("tcp.port=={rtsp},rtsp"),
+        "rtsp.request",
+        "rtsp.method",
+    );
     eprintln!("the RTSP source's requests: {pulled:?}");
     assert!(pulled.iter().any(|m| m == "PLAY"), "{pulled:?}");
     assert!(
@@ -585,17 +585,12 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
     );
     assert!(!files("hls_source_conn_").is_empty(), "no HLS source dump");
     // The WHEP source's HTTP exchange: its offer POSTed.
-    let whep: Vec<String> = files("whep_source_conn_")
-        .iter()
-        .flat_map(|f| {
-            tshark_fields(
-                f,
-                &[&format!("tcp.port=={webrtc},http")],
-                "http.request",
-                "http.request.method",
-            )
-        })
-        .collect();
+    let whep = fields_in(
+        "whep_source_conn_",
+        &format!("tcp.port=={webrtc},http"),
+        "http.request",
+        "http.request.method",
+    );
     assert!(
         whep.iter().any(|m| m == "POST"),
         "WHEP source dump: {whep:?}"
@@ -611,14 +606,7 @@ fn dump_packets_writes_pcapng_files_that_tshark_reads() {
         &dir,
     );
     for p in ["viaudp", "viats"] {
-        poll(
-            Duration::from_secs(30),
-            || format!("{p} not ready"),
-            || {
-                let r = tidegate_tests::http::fetch(api_addr, &format!("/v3/paths/get/{p}"), &[]);
-                (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
-            },
-        );
+        ready(p);
     }
     // Datagrams reach the files as they come: the writer thread is asynchronous.
     let udp_count = |prefix: &str, filter: &str| -> usize {

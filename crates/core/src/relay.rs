@@ -85,6 +85,11 @@ pub async fn with_backoff<F, Fut>(
             status.set_state("idle");
             return;
         };
+        // A pull that ran (media flowed) or lasted long starts over from the shortest wait:
+        // an upstream that comes back is pulled again at once, not after the longest wait.
+        if status.state() == "running" || started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
         tracing::warn!(
             path,
             url = status.url,
@@ -93,13 +98,52 @@ pub async fn with_backoff<F, Fut>(
         status.set_error(&e);
         status.set_state("reconnecting");
         status.reconnects.fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
-        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_that_ran_retries_after_the_shortest_wait() {
+        let status = RelayStatus::new("rtsp://upstream/x");
+        let cancel = CancellationToken::new();
+        let at: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+        let (at2, status2, cancel2) = (at.clone(), &status, cancel.clone());
+        with_backoff("source", "x", &status, &cancel, move || {
+            let at = at2.clone();
+            let cancel = cancel2.clone();
+            async move {
+                let n = {
+                    let mut at = at.lock().unwrap_or_else(|e| e.into_inner());
+                    at.push(tokio::time::Instant::now());
+                    at.len()
+                };
+                match n {
+                    // Two failed connects: the waits grow (1 s, 2 s).
+                    1 | 2 => Err("connect refused".to_string()),
+                    // A pull that ran, then the upstream died.
+                    3 => {
+                        status2.set_state("running");
+                        Err("the source ended the session".to_string())
+                    }
+                    _ => {
+                        cancel.cancel();
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await;
+        let at = at.lock().unwrap_or_else(|e| e.into_inner());
+        let gaps: Vec<u64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert_eq!(gaps, vec![1, 2, 1], "waits between attempts");
     }
 }

@@ -118,8 +118,12 @@ impl Inner {
         mux.touch();
         t.insert(path.to_string(), mux.clone());
         drop(t);
-        self.tasks
-            .spawn(muxer::run(self.clone(), mux.clone(), reader));
+        // One span per muxer: protocol and path.
+        let span = tracing::info_span!("hls", path);
+        self.tasks.spawn(tracing::Instrument::instrument(
+            muxer::run(self.clone(), mux.clone(), reader),
+            span,
+        ));
         Ok(mux)
     }
 }

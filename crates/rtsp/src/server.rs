@@ -203,7 +203,15 @@ pub async fn serve(
         let tunnels = tunnels.clone();
         let (paths, config, udp, conns) =
             (paths.clone(), config.clone(), udp.clone(), conns.clone());
-        tasks.spawn(async move {
+        // One span per connection: protocol, connection id, address; the path once known.
+        let span = tracing::info_span!(
+            "rtsp",
+            conn = id,
+            remote = %remote,
+            tls = tls.is_some(),
+            path = tracing::field::Empty
+        );
+        tasks.spawn(tracing::Instrument::instrument(async move {
             let _permit = permit;
             let mut sock = sock;
             let mut remote = remote;
@@ -274,7 +282,7 @@ pub async fn serve(
                 Ok(()) => tracing::info!(conn = id, "[RTSP] {remote} closed"),
                 Err(e) => tracing::info!(conn = id, "[RTSP] {remote} closed: {e}"),
             }
-        });
+        }, span));
     }
 }
 
@@ -907,6 +915,7 @@ impl Conn {
             };
             sdp = sdp::secure(&sdp, |i| mikey_of(&sealer, i));
         }
+        tracing::Span::current().record("path", path.as_str());
         self.path = Some(path);
         let base = format!("{}/", req.uri.trim_end_matches('/'));
         response(
@@ -983,6 +992,7 @@ impl Conn {
         self.publisher = Some(publisher);
         self.srtp_in = pubs.iter().map(|_| None).collect();
         self.pubs = pubs;
+        tracing::Span::current().record("path", path.as_str());
         self.path = Some(path);
         response(200, "OK", cseq, &[self.session_header()], b"")
     }

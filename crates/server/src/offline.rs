@@ -65,56 +65,59 @@ enum Source {
     },
 }
 
+/// Frame `n` (dts, pts, keyframe, data) of generated video at `fps` on a 90 kHz clock: a key
+/// frame every second (`key` gets the second's number), repeats of it between (`repeat` gets
+/// the picture's place in the second, 1, 2, …).
+fn gop(
+    fps: u32,
+    n: u64,
+    key: impl FnOnce(u64) -> Bytes,
+    repeat: impl FnOnce(u32) -> Bytes,
+) -> (i64, i64, bool, Bytes) {
+    let fps = u64::from(fps.max(1));
+    let dts = (n * 90_000 / fps) as i64;
+    let at = (n % fps) as u32;
+    let data = if at == 0 { key(n / fps) } else { repeat(at) };
+    (dts, dts, at == 0, data)
+}
+
 impl Source {
     /// Frame `n`: (dts, pts, keyframe, data).
     fn frame(&self, n: u64) -> (i64, i64, bool, Bytes) {
         match self {
-            Source::H264 { pic, .. } => {
-                let fps = u64::from(pic.fps);
-                let dts = (n * 90_000 / fps) as i64;
-                let at = (n % fps) as u32;
-                let data = if at == 0 {
-                    let nals: [&[u8]; 3] = [&pic.sps, &pic.pps, pic.idr(n / fps)];
+            Source::H264 { pic, .. } => gop(
+                pic.fps,
+                n,
+                |second| {
+                    let nals: [&[u8]; 3] = [&pic.sps, &pic.pps, pic.idr(second)];
                     tidegate_codec::nal::to_length_prefixed(nals)
-                } else {
+                },
+                |at| {
                     let p = pic.repeat(at);
                     tidegate_codec::nal::to_length_prefixed([p.as_slice()])
-                };
-                (dts, dts, at == 0, data)
-            }
-            Source::H265 { pic, .. } => {
-                let fps = u64::from(pic.fps);
-                let dts = (n * 90_000 / fps) as i64;
-                let at = (n % fps) as u32;
-                let data = if at == 0 {
+                },
+            ),
+            Source::H265 { pic, .. } => gop(
+                pic.fps,
+                n,
+                |_| {
                     let nals: [&[u8]; 4] = [&pic.vps, &pic.sps, &pic.pps, pic.idr()];
                     tidegate_codec::nal::to_length_prefixed(nals)
-                } else {
+                },
+                |at| {
                     let p = pic.repeat(at);
                     tidegate_codec::nal::to_length_prefixed([p.as_slice()])
-                };
-                (dts, dts, at == 0, data)
-            }
+                },
+            ),
             Source::Av1 {
                 key, repeat, fps, ..
-            } => {
-                let fps = u64::from(*fps);
-                let dts = (n * 90_000 / fps) as i64;
-                let is_key = n.is_multiple_of(fps);
-                let data = if is_key { key.clone() } else { repeat.clone() };
-                (dts, dts, is_key, data)
-            }
-            Source::Vp9 { pic, .. } => {
-                let fps = u64::from(pic.fps);
-                let dts = (n * 90_000 / fps) as i64;
-                let key = n.is_multiple_of(fps);
-                let data = if key {
-                    Bytes::copy_from_slice(pic.key())
-                } else {
-                    Bytes::from_static(pic.repeat())
-                };
-                (dts, dts, key, data)
-            }
+            } => gop(*fps, n, |_| key.clone(), |_| repeat.clone()),
+            Source::Vp9 { pic, .. } => gop(
+                pic.fps,
+                n,
+                |_| Bytes::copy_from_slice(pic.key()),
+                |_| Bytes::from_static(pic.repeat()),
+            ),
             Source::Audio { duration, data, .. } => {
                 let dts = n as i64 * duration;
                 (dts, dts, true, data.clone())

@@ -784,9 +784,18 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         guard,
         _permit: permit,
     };
-    inner
-        .tasks
-        .spawn(task.run(writer::Cell::new(Core::new(rtc, whep_out)), state));
+    // One span per session: protocol, session id, role, path, address.
+    let span = tracing::info_span!(
+        "webrtc",
+        session = id,
+        role = req.role.name(),
+        path = req.path,
+        remote = %req.remote
+    );
+    inner.tasks.spawn(tracing::Instrument::instrument(
+        task.run(writer::Cell::new(Core::new(rtc, whep_out)), state),
+        span,
+    ));
     Ok(Created {
         answer,
         secret,
