@@ -501,6 +501,8 @@ fn multicast_readers_in_a_network_namespace() {
         "set -e\n\
          ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo\n\
          {bin} {conf} > {dir}/server.log 2>&1 &\n\
+         i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/list > /dev/null; do\n\
+           i=$((i+1)); [ $i -le 150 ] || {{ echo 'the server did not answer after 15 s' >&2; exit 2; }}; sleep 0.1; done\n\
          {ffmpeg} {publish} -f rtsp -rtsp_transport tcp rtsp://127.0.0.1:8554/mc > {dir}/publish.log 2>&1 &\n\
          {gst_launch} -q videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
            ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
@@ -508,6 +510,8 @@ fn multicast_readers_in_a_network_namespace() {
            > {dir}/gst-old.log 2>&1 &\n\
          i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/get/mc | grep -q '\"ready\":true'; do\n\
            i=$((i+1)); [ $i -le 150 ] || {{ echo 'no stream after 15 s' >&2; exit 3; }}; sleep 0.1; done\n\
+         i=0; until {curl} -sf http://127.0.0.1:9997/v3/paths/get/old | grep -q '\"ready\":true'; do\n\
+           i=$((i+1)); [ $i -le 150 ] || {{ echo 'GStreamer did not publish old after 15 s' >&2; cat {dir}/gst-old.log >&2; exit 3; }}; sleep 0.1; done\n\
          {ffmpeg} -hide_banner -loglevel error -nostdin -y -rtsp_transport udp_multicast \
            -i rtsp://127.0.0.1:8554/mc -t 4 -c copy {dir}/ffmpeg.mkv\n\
          {timeout} -s INT -k 5 6 {gst_launch} {gst} > {dir}/gst.log 2>&1 || true\n\
