@@ -32,11 +32,13 @@ const APT: &[&str] = &[
     "curl",
     "postgresql",
     "tshark",
+    "systemd",
 ];
 
 const PIP: &[(&str, &str)] = &[
     ("aiortc", "1.16.0"),
     ("imageio-ffmpeg", "0.8.1"),
+    ("kubernetes-validate", "1.37.0"),
     ("prometheus_client", "0.26.0"),
     ("schemathesis", "4.32.5"),
     ("websockets", "17.4"),
@@ -77,7 +79,16 @@ pub fn install(_root: &Path) -> Result<PathBuf, String> {
     let dir = peers_dir();
     std::fs::create_dir_all(dir.join("node")).map_err(|e| format!("{}: {e}", dir.display()))?;
 
-    let missing: Vec<&str> = APT.iter().copied().filter(|p| !apt_installed(p)).collect();
+    let mut missing: Vec<&str> = APT.iter().copied().filter(|p| !apt_installed(p)).collect();
+    // kubectl renders the deploy/kubernetes overlays (`kubectl kustomize`): any kubectl on the
+    // PATH will do (the kustomizations keep to what Debian's 1.20 renders too), else Debian's.
+    let kubectl_on_path = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join("kubectl").is_file());
+    if !kubectl_on_path && !apt_installed("kubernetes-client") {
+        missing.push("kubernetes-client");
+    }
     if !missing.is_empty() {
         eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
         let root = output(Command::new("id").arg("-u")).is_some_and(|u| u == "0");

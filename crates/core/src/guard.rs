@@ -200,10 +200,35 @@ pub fn set_connection_limits(total: u64, per_ip: u64) {
     MAX_CONNECTIONS_PER_IP.store(per_ip, Ordering::Relaxed);
 }
 
+/// Connections and sessions of clients (every listener but the control surfaces: API,
+/// metrics, pprof) open now, across listeners: what a drain waits for.
+static CLIENT_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Set while the server drains: listeners that cannot stop accepting (the UDP ones: SRT,
+/// WebRTC sessions) refuse new clients.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Clients' connections and sessions open now (see [`ConnLimiter::control`]).
+pub fn client_connections() -> u64 {
+    CLIENT_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+/// From now on every client limiter refuses new connections ("draining"); `false` undoes it.
+pub fn set_draining(on: bool) {
+    DRAINING.store(on, Ordering::Relaxed);
+}
+
+/// Whether the server is draining.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
 /// One listener's open connections, in all and by address, held against the limits.
 pub struct ConnLimiter {
     name: &'static str,
     state: std::sync::Arc<Mutex<LimiterState>>,
+    /// Whether its connections are clients' (counted in [`client_connections`], refused
+    /// while draining).
+    clients: bool,
 }
 
 #[derive(Default)]
@@ -221,10 +246,14 @@ struct LimiterState {
 pub struct ConnPermit {
     ip: Option<std::net::IpAddr>,
     state: std::sync::Arc<Mutex<LimiterState>>,
+    client: bool,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
+        if self.client {
+            CLIENT_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.total = s.total.saturating_sub(1);
         if let Some(ip) = self.ip {
@@ -244,6 +273,17 @@ impl ConnLimiter {
         ConnLimiter {
             name,
             state: Default::default(),
+            clients: true,
+        }
+    }
+
+    /// A control surface's limiter (API, metrics, pprof): its connections are not clients'
+    /// (a drain does not wait for them, and they are taken while draining, so that
+    /// readiness probes and scrapes go on).
+    pub fn control(name: &'static str) -> ConnLimiter {
+        ConnLimiter {
+            clients: false,
+            ..ConnLimiter::new(name)
         }
     }
 
@@ -257,7 +297,9 @@ impl ConnLimiter {
         );
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
-        let (why, per_address) = if max > 0 && s.total >= max {
+        let (why, per_address) = if self.clients && draining() {
+            (Some("the server is draining".to_string()), false)
+        } else if max > 0 && s.total >= max {
             (Some(format!("maxConnections ({max}) reached")), false)
         } else if per_ip && max_ip > 0 && from_ip >= max_ip {
             (
@@ -300,9 +342,13 @@ impl ConnLimiter {
         if let Some(ip) = ip {
             *s.by_ip.entry(ip).or_insert(0) += 1;
         }
+        if self.clients {
+            CLIENT_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        }
         Some(ConnPermit {
             ip,
             state: self.state.clone(),
+            client: self.clients,
         })
     }
 

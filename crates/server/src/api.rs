@@ -104,6 +104,24 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// `GET /livez` (the process serves) and `GET /readyz` (it takes new clients: 503 while
+/// draining), without credentials: what load balancers' and Kubernetes' probes ask.
+pub fn health_router() -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new()
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(|| async {
+                if tidegate_core::guard::draining() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else {
+                    (StatusCode::OK, "ok\n")
+                }
+            }),
+        )
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiWebhook {

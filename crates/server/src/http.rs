@@ -66,7 +66,12 @@ pub async fn serve(
     let trusted = options.trusted_proxies.clone();
     let stop = options.stop.clone().unwrap_or_else(|| shutdown.clone());
     let mut backoff = tidegate_core::guard::AcceptBackoff::new(name);
-    let limiter = tidegate_core::guard::ConnLimiter::new(name);
+    // The control surfaces' connections are not clients': a drain neither waits for nor
+    // refuses them (readiness probes and scrapes go on).
+    let limiter = match name {
+        "API" | "metrics" | "pprof" => tidegate_core::guard::ConnLimiter::control(name),
+        _ => tidegate_core::guard::ConnLimiter::new(name),
+    };
     loop {
         let (sock, remote) = tokio::select! {
             r = listener.accept() => match r {

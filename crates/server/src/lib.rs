@@ -679,7 +679,8 @@ impl Server {
                 tidegate_core::Action::Api,
                 "api",
                 &config.api_allow_origins,
-            );
+            )
+            .merge(api::health_router());
             serve_http(
                 &movable,
                 ("apiAddress", "API"),
@@ -1043,6 +1044,32 @@ impl Server {
     }
 
     /// Stops accepting, closes every session and waits (bounded) for them to finish.
+    /// Drains: readiness (`/readyz`) answers 503, every client listener stops accepting (SRT
+    /// and WebRTC refuse new sessions), and the sessions already open go on until they end or
+    /// `period` has passed. Then [`Server::shutdown`] closes what is left.
+    pub async fn drain(&self, period: Duration) {
+        tidegate_core::guard::set_draining(true);
+        self.reloader.listeners.stop_clients();
+        let open = tidegate_core::guard::client_connections();
+        tracing::info!(
+            "draining: no new clients; {open} connections and sessions may go on for up to {period:?}"
+        );
+        let deadline = tokio::time::Instant::now() + period;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let open = tidegate_core::guard::client_connections();
+            if open == 0 {
+                tracing::info!("drained: every client has left");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!("drain period over: {open} connections and sessions are closed");
+                return;
+            }
+        }
+    }
+
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tasks.close();

@@ -130,4 +130,14 @@ impl Listeners {
         }
         (handled, moved)
     }
+
+    /// Stops accepting on every listener but the control surfaces' (API, metrics, pprof), so
+    /// that probes and scrapes go on; connections already accepted go on too.
+    pub(crate) fn stop_clients(&self) {
+        for r in self.list.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if !matches!(r.key, "apiAddress" | "metricsAddress" | "pprofAddress") {
+                r.stop.cancel();
+            }
+        }
+    }
 }

@@ -19,7 +19,13 @@ struct Args {
 #[derive(clap::Subcommand)]
 enum Cmd {
     /// Stream keys of a running server, through its API.
-    Keys(tidegate::cli::Keys),
+    Keys(Box<tidegate::cli::Keys>),
+    /// Reads the configuration (the named file, or the one the server would find) with its
+    /// `TIDEGATE_*` overrides, checks every key and exits: 0 if valid, 1 with the error.
+    Check {
+        /// Configuration file; default: found as the server finds it.
+        config: Option<PathBuf>,
+    },
 }
 
 /// Where the configuration is looked for when none is named, in order: ours first, then
@@ -55,10 +61,12 @@ fn find_config(named: Option<PathBuf>) -> Result<Option<(PathBuf, String)>, Stri
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Cmd::Keys(k)) = args.cmd {
-        return tidegate::cli::run(k);
-    }
-    let found = match find_config(args.config) {
+    let (config_arg, check) = match args.cmd {
+        Some(Cmd::Keys(k)) => return tidegate::cli::run(*k),
+        Some(Cmd::Check { config }) => (config, true),
+        None => (args.config, false),
+    };
+    let found = match find_config(config_arg) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("tidegate: {e}");
@@ -74,6 +82,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if check {
+        for w in &config.warnings {
+            eprintln!("tidegate: warning: {w}");
+        }
+        println!(
+            "tidegate: configuration OK: {}",
+            name.as_deref().unwrap_or("embedded default")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let drain = config.drain_period;
     if let Err(e) = tidegate::logging::init(&config) {
         eprintln!("tidegate: configuration error: {e}");
         return ExitCode::from(1);
@@ -126,6 +145,14 @@ fn main() -> ExitCode {
             }
         }
         signal.await;
+        if !drain.is_zero() {
+            // A second signal ends the drain at once.
+            let again = shutdown_signal();
+            tokio::select! {
+                _ = server.drain(drain) => {}
+                _ = again => tracing::info!("second signal: the drain ends now"),
+            }
+        }
         tracing::info!("shutting down");
         server.shutdown().await;
         tracing::info!("stopped");

@@ -61,6 +61,9 @@ pub struct Config {
     pub udp_read_buffer_size: u64,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `drainPeriod`: on SIGTERM, how long open sessions may go on once no new client is
+    /// taken (0: closed at once).
+    pub drain_period: Duration,
     pub write_queue_size: u32,
     /// `maxConnections`: open connections per listener (0: no limit).
     pub max_connections: u32,
@@ -305,6 +308,7 @@ pub static GLOBAL_KEYS: &[(&str, Setter<Config>)] = &[
         set!(max_connections_per_ip, |v| uint_in(v, 0, u32::MAX)),
     ),
     ("writeTimeout", set!(write_timeout, duration)),
+    ("drainPeriod", set!(drain_period, duration)),
     (
         "writeQueueSize",
         set!(write_queue_size, |v| uint_in(v, 16, 1 << 20)),
@@ -1076,6 +1080,7 @@ impl Config {
             udp_read_buffer_size: 0,
             read_timeout: Duration::ZERO,
             write_timeout: Duration::ZERO,
+            drain_period: Duration::ZERO,
             write_queue_size: 0,
             max_connections: 0,
             max_connections_per_ip: 0,
