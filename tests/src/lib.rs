@@ -5,6 +5,7 @@
 //! installs them all.
 
 pub mod http;
+pub mod llhls;
 pub mod logs;
 pub mod lossy;
 pub mod peers;

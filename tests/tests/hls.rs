@@ -554,7 +554,8 @@ fn blocking_reload_delta_updates_and_preload_hints() {
     assert_eq!(delta.segments[0].msn, delta.media_sequence + delta.skipped);
     check_rules(&delta, &text);
 
-    // Playlists are gzipped for clients that ask, never cached; CORS is open by default.
+    // Playlists are gzipped for clients that ask; a plain LL-HLS playlist may be cached for a
+    // second (a blocking one while its part is listed); CORS is open by default.
     let f = fetch(
         server.hls_addr(),
         "/cam/stream.m3u8",
@@ -562,7 +563,7 @@ fn blocking_reload_delta_updates_and_preload_hints() {
     );
     assert_eq!(f.header("content-encoding"), Some("gzip"));
     assert_eq!(&f.body[..2], &[0x1f, 0x8b]);
-    assert_eq!(f.header("cache-control"), Some("no-cache"));
+    assert_eq!(f.header("cache-control"), Some("public, max-age=1"));
     assert_eq!(f.header("access-control-allow-origin"), Some("*"));
 }
 
@@ -586,6 +587,8 @@ fn read_credentials_are_checked() {
     let f = fetch(server.hls_addr(), "/cam/stream.m3u8?user=bob&pass=pw", &[]);
     assert_eq!(f.status, 200);
     assert!(f.text().contains(".mp4?user=bob&pass=pw\""), "{}", f.text());
+    // A viewer's own answer (its credentials in the URIs): no shared cache keeps it.
+    assert_eq!(f.header("cache-control"), Some("private, max-age=1"));
     // base64("bob:pw")
     let f = fetch(
         server.hls_addr(),
@@ -898,6 +901,16 @@ fn hls_sessions_are_listed_kicked_and_a_cdn_is_let_in() {
         .collect();
     assert_eq!(cdns.len(), 1, "{v}");
     assert_eq!(cdns[0]["user"], "", "{v}");
+    // What the CDN gets is shared by its viewers: public, and a viewer's credentials that
+    // came along in the query are not written into the URIs.
+    let f = fetch(
+        server.hls_addr(),
+        "/cam/stream.m3u8?user=bob&pass=pw",
+        &["Authorization: Bearer s3cret-cdn"],
+    );
+    assert_eq!(f.status, 200);
+    assert_eq!(f.header("cache-control"), Some("public, max-age=1"));
+    assert!(!f.text().contains("user=bob"), "{}", f.text());
 }
 
 /// `hlsDirectory`: complete segments live in files under `<hlsDirectory>/<path>/`, not in

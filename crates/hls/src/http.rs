@@ -284,6 +284,12 @@ async fn route(
         inner.paths.authorize_path(&mut ask).await.map(drop)
     };
     let path: &str = &ask.path;
+    // An answer to the CDN is cached and served to every viewer: no viewer's credentials go
+    // into the URIs it lists.
+    let mut q = q;
+    if from_cdn {
+        q.forward.clear();
+    }
     if let Err(e) = authorized {
         return match e {
             PathError::Auth(e) => {
@@ -329,7 +335,22 @@ async fn route(
             }
         }
     };
-    let r = serve(inner, path, existing, kind, file, &q, headers).await;
+    let mut r = serve(inner, path, existing, kind, file, &q, headers).await;
+    // What a viewer got with credentials is theirs: shared caches must not serve it to
+    // others (the CDN's own requests, made with hlsCDNSecret, stay public).
+    let credentials =
+        ask.creds.user.is_some() || ask.creds.pass.is_some() || ask.creds.token.is_some();
+    if credentials && !from_cdn {
+        let private = r
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("public"))
+            .and_then(|rest| HeaderValue::from_str(&format!("private{rest}")).ok());
+        if let Some(v) = private {
+            r.headers_mut().insert(header::CACHE_CONTROL, v);
+        }
+    }
     match session {
         Some(s) if r.status().is_success() => s.count(r),
         _ => r,
@@ -463,17 +484,30 @@ async fn playlist(
         HeaderValue::from_static("application/vnd.apple.mpegurl"),
     );
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    // A blocking response names a unique playlist version, so caches may keep it a little;
-    // plain playlists change all the time.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(if blocking {
-            "public, max-age=30"
-        } else {
-            "no-cache"
-        }),
-    );
+    let target = mux.state().target_duration.max(1);
+    if let Ok(v) = HeaderValue::from_str(&playlist_cache_control(blocking, ll, target)) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
     r
+}
+
+/// How long an HTTP cache may keep a playlist answer, so that a cache in front (nginx's
+/// `proxy_cache`, a CDN) sends about one request per playlist version to the server:
+/// - a blocking reload's answer (`_HLS_msn`/`_HLS_part`) holds the part it was asked for for as
+///   long as that part is listed (parts stay for about three target durations), whatever
+///   newer versions come: kept that long;
+/// - a plain LL-HLS playlist changes with every part: one second (as AWS MediaPackage does;
+///   a player's next request is a blocking one, which catches up at once);
+/// - a plain HLS playlist changes with every segment: half a target duration, at least 1 s.
+fn playlist_cache_control(blocking: bool, low_latency: bool, target_secs: u64) -> String {
+    let secs = if blocking {
+        3 * target_secs
+    } else if low_latency {
+        1
+    } else {
+        (target_secs / 2).max(1)
+    };
+    format!("public, max-age={secs}")
 }
 
 fn media_response(mux: &Muxer, body: Body, len: Option<usize>, ts: bool) -> Response {
@@ -954,4 +988,20 @@ pub fn parse_request_for_fuzzing(target: &str, authorization: &[u8]) -> usize {
         headers.insert(header::AUTHORIZATION, v);
     }
     n + basic_auth(&headers).map_or(0, |(u, p)| u.len() + p.len())
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::playlist_cache_control;
+
+    #[test]
+    fn playlists_are_cacheable_for_their_version_lifetime() {
+        // Blocking answers: while the part asked for is listed (three target durations).
+        assert_eq!(playlist_cache_control(true, true, 1), "public, max-age=3");
+        assert_eq!(playlist_cache_control(true, true, 2), "public, max-age=6");
+        // Plain LL-HLS playlists: a second; plain HLS: half a target duration, at least 1 s.
+        assert_eq!(playlist_cache_control(false, true, 4), "public, max-age=1");
+        assert_eq!(playlist_cache_control(false, false, 1), "public, max-age=1");
+        assert_eq!(playlist_cache_control(false, false, 6), "public, max-age=3");
+    }
 }
