@@ -28,6 +28,9 @@ pub struct PathConf {
     pub name: String,
     /// `publisher` (a client publishes) or a URL the server pulls from.
     pub source: String,
+    /// `sourceFailover` (Tidegate's): more URLs to pull the same stream from, tried in turn
+    /// after `source` when a pull fails (an edge's second origin). Readers stay attached.
+    pub source_failover: Vec<String>,
     pub publish_user: String,
     pub publish_pass: String,
     pub publish_ips: Vec<IpNet>,
@@ -214,6 +217,7 @@ impl Default for PathConf {
             push: Vec::new(),
             rtsp_transport: "automatic".into(),
             source_fingerprint: String::new(),
+            source_failover: Vec::new(),
             rtsp_any_port: false,
             source_on_demand: false,
             source_on_demand_start_timeout: std::time::Duration::from_secs(10),

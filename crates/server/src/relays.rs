@@ -249,6 +249,11 @@ impl Relays {
         }
         let mut conf = (*template).clone();
         conf.source = expand_source(&template.source, name, &m.captures, query);
+        conf.source_failover = template
+            .source_failover
+            .iter()
+            .map(|t| expand_source(t, name, &m.captures, query))
+            .collect();
         conf.name = name.to_string();
         let conf = Arc::new(conf);
         let status = Arc::new(RelayStatus::new(&shown_url(&conf.source)));
@@ -391,7 +396,82 @@ pub fn start(
 }
 
 /// The pull of `conf.source`, whatever its protocol, until `cancel`.
+/// A path's pull: from `source`, or with `sourceFailover`, from each of its URLs in turn: a
+/// pull that fails moves to the next URL at once (after a pause of 1 s when that one has not
+/// run either, so that a dead list is not hammered). The path's readers wait for the stream
+/// to come back as for a publisher that reconnects (`publisherReconnectGrace`).
 fn source(
+    conf: &tidegate_core::PathConf,
+    read_timeout: std::time::Duration,
+    paths: PathManager,
+    status: Arc<RelayStatus>,
+    cancel: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    if conf.source_failover.is_empty() {
+        return source_once(conf, read_timeout, paths, status, cancel);
+    }
+    let conf = conf.clone();
+    Box::pin(async move {
+        let urls: Vec<String> = std::iter::once(conf.source.clone())
+            .chain(conf.source_failover.iter().cloned())
+            .collect();
+        let mut i = 0;
+        let mut failed_in_a_row = 0usize;
+        loop {
+            let mut c = conf.clone();
+            c.source = urls[i].clone();
+            let attempt = cancel.child_token();
+            status.set_state("connecting");
+            let mut pull = source_once(
+                &c,
+                read_timeout,
+                paths.clone(),
+                status.clone(),
+                attempt.clone(),
+            );
+            let mut ran = false;
+            let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+            let failed = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = &mut pull => return,
+                    _ = poll.tick() => {
+                        match status.state() {
+                            "running" => ran = true,
+                            "reconnecting" => break true,
+                            _ => {}
+                        }
+                    }
+                }
+            };
+            attempt.cancel();
+            drop(pull);
+            if !failed {
+                return;
+            }
+            failed_in_a_row = if ran { 0 } else { failed_in_a_row + 1 };
+            let next = (i + 1) % urls.len();
+            tracing::warn!(
+                path = conf.name,
+                "source {} failed ({}); pulling from {}",
+                shown_url(&urls[i]),
+                status.last_error(),
+                shown_url(&urls[next])
+            );
+            i = next;
+            // A whole round that never ran: wait before the next one.
+            if failed_in_a_row >= urls.len() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    })
+}
+
+/// One URL's pull, reconnecting to it with backoff until cancelled.
+fn source_once(
     conf: &tidegate_core::PathConf,
     read_timeout: std::time::Duration,
     paths: PathManager,

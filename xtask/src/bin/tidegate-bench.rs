@@ -66,7 +66,8 @@ fn main() {
         core_fanout(&rt);
     }
     type Bench = fn(&tokio::runtime::Runtime, &[usize]) -> Result<(), String>;
-    let benches: [(&str, &[usize], Bench); 8] = [
+    let benches: [(&str, &[usize], Bench); 9] = [
+        ("edge", &[200], edge),
         ("record", &[20], bench_record::record),
         ("transcode", &[50], bench_transcode::transcode),
         ("rtmp-idle", &[10_000], rtmp_idle),
@@ -667,63 +668,15 @@ async fn run_load_with(
             handles.push(tokio::spawn(srt_reader(port, totals, measuring, stop)));
             continue;
         }
-        handles.push(tokio::spawn(async move {
-            let Ok((mut s, mut session, _)) = rtmp_connect(port, Mode::Play).await else {
-                return false;
-            };
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut mine = Vec::new();
-            let mut mine_audio = Vec::new();
-            while stop.load(Ordering::Relaxed) == 0 {
-                let n = match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => n,
-                    Err(_) => continue,
-                };
-                let now = Instant::now();
-                if measuring.load(Ordering::Relaxed) == 1 {
-                    totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                if session.feed(&buf[..n]).is_err() {
-                    break;
-                }
-                let out = session.take_output();
-                if !out.is_empty() && s.write_all(&out).await.is_err() {
-                    break;
-                }
-                while let Some(ev) = session.poll_event() {
-                    if let ClientEvent::Media {
-                        type_id: type_id @ (8 | 9),
-                        payload,
-                        ..
-                    } = ev
-                    {
-                        if measuring.load(Ordering::Relaxed) == 1 {
-                            if type_id == 9 {
-                                totals.video.fetch_add(1, Ordering::Relaxed);
-                            }
-                            let key = payload_key(&payload);
-                            if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&key).copied()) {
-                                let ms = now.duration_since(t0).as_secs_f64() * 1000.0;
-                                if type_id == 9 {
-                                    mine.push(ms);
-                                } else {
-                                    mine_audio.push(ms);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            latencies.lock().map(|mut l| l.extend(mine)).ok();
-            audio_latencies
-                .lock()
-                .map(|mut l| l.extend(mine_audio))
-                .ok();
-            true
-        }));
+        handles.push(tokio::spawn(rtmp_play_reader(
+            port,
+            totals,
+            sent,
+            latencies,
+            audio_latencies,
+            measuring,
+            stop,
+        )));
     }
     // Warm-up while readers connect, then a measured window.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -768,6 +721,244 @@ async fn run_load_with(
         gbits: gbits / wall,
         readers_ok: ok,
     })
+}
+
+/// An RTMP player of `port`'s `bench` stream until `stop`: bytes and video frames counted
+/// while `measuring` is 1, per-message latency matched against `sent`. False if it could not
+/// play.
+async fn rtmp_play_reader(
+    port: u16,
+    totals: Arc<Totals>,
+    sent: Arc<Mutex<HashMap<u64, Instant>>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    audio_latencies: Arc<Mutex<Vec<f64>>>,
+    measuring: Arc<AtomicU64>,
+    stop: Arc<AtomicU64>,
+) -> bool {
+    let Ok((mut s, mut session, _)) = rtmp_connect(port, Mode::Play).await else {
+        return false;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut mine = Vec::new();
+    let mut mine_audio = Vec::new();
+    while stop.load(Ordering::Relaxed) == 0 {
+        let n = match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        if measuring.load(Ordering::Relaxed) == 1 {
+            totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if session.feed(&buf[..n]).is_err() {
+            break;
+        }
+        let out = session.take_output();
+        if !out.is_empty() && s.write_all(&out).await.is_err() {
+            break;
+        }
+        while let Some(ev) = session.poll_event() {
+            if let ClientEvent::Media {
+                type_id: type_id @ (8 | 9),
+                payload,
+                ..
+            } = ev
+            {
+                if measuring.load(Ordering::Relaxed) == 1 {
+                    if type_id == 9 {
+                        totals.video.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let key = payload_key(&payload);
+                    if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&key).copied()) {
+                        let ms = now.duration_since(t0).as_secs_f64() * 1000.0;
+                        if type_id == 9 {
+                            mine.push(ms);
+                        } else {
+                            mine_audio.push(ms);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    latencies.lock().map(|mut l| l.extend(mine)).ok();
+    audio_latencies
+        .lock()
+        .map(|mut l| l.extend(mine_audio))
+        .ok();
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edges: the origin's cost as readers move to edges
+
+/// An edge of the origin whose RTSP listener is on `origin_rtsp`: every path pulled on demand.
+fn start_edge(root: &Path, dir: &Path, i: usize, origin_rtsp: u16) -> Result<Server, String> {
+    let port = free_port();
+    let conf = dir.join(format!("edge-{i}.yml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "logLevel: warn\napi: no\nmetrics: no\nrtmpAddress: 127.0.0.1:{port}\nhls: no\nrtsp: no\nwebrtc: no\nsrt: no\n\
+             paths:\n  '~^(.+)$':\n    source: rtsp://127.0.0.1:{origin_rtsp}/$G1\n    rtspTransport: tcp\n    sourceOnDemand: yes\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = spawn_tidegate(root, &conf, Stdio::null())?;
+    Ok(Server {
+        name: "edge",
+        child,
+        port,
+    })
+}
+
+struct EdgeResult {
+    origin_cpu: f64,
+    origin_rss_mb: f64,
+    edges_cpu: f64,
+    gbits: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    readers_ok: usize,
+}
+
+/// The clip published to `origin`, `readers` RTMP players spread over `ports` in turn; the
+/// origin's and the edges' CPU over the measured window.
+async fn run_edges(
+    origin: &Server,
+    edges: &[Server],
+    ports: &[u16],
+    tags: Arc<Vec<Tag>>,
+    readers: usize,
+    seconds: u64,
+) -> Result<EdgeResult, String> {
+    wait_port(origin.port).await?;
+    for e in edges {
+        wait_port(e.port).await?;
+    }
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let stop = Arc::new(AtomicU64::new(0));
+    let publisher = publish_clip(
+        origin.port,
+        "bench",
+        tags.clone(),
+        Some(sent.clone()),
+        stop.clone(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let totals = Arc::new(Totals::default());
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let audio: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let measuring = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for i in 0..readers {
+        handles.push(tokio::spawn(rtmp_play_reader(
+            ports[i % ports.len()],
+            totals.clone(),
+            sent.clone(),
+            latencies.clone(),
+            audio.clone(),
+            measuring.clone(),
+            stop.clone(),
+        )));
+    }
+    // Warm-up: the edges start their pulls on their first reader.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let edge_pids: Vec<u32> = edges.iter().map(|e| e.child.id()).collect();
+    let (o0, e0) = (cpu(&[origin.child.id()]), cpu(&edge_pids));
+    let t0 = Instant::now();
+    measuring.store(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(2, Ordering::Relaxed);
+    let (o1, e1) = (cpu(&[origin.child.id()]), cpu(&edge_pids));
+    let wall = t0.elapsed().as_secs_f64();
+    stop.store(1, Ordering::Relaxed);
+    let mut ok = 0;
+    for h in handles {
+        if let Ok(true) = h.await {
+            ok += 1;
+        }
+    }
+    let _ = publisher.await;
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(EdgeResult {
+        origin_cpu: (o1 - o0) / wall,
+        origin_rss_mb: peak_rss_mb(origin.child.id()),
+        edges_cpu: (e1 - e0) / wall,
+        gbits: totals.bytes.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / wall,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        readers_ok: ok,
+    })
+}
+
+/// `edge [N]`: the origin's CPU when 1, 2 and 4 edges each serve N RTMP players (default 200),
+/// beside the same 4 x N players on the origin alone. An edge pulls each path once over RTSP,
+/// so the origin's cost should stay flat as players move to edges.
+fn edge(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
+    let (root, dir, tags) = setup()?;
+    let per_edge = counts.first().copied().unwrap_or(200);
+    let seconds = 10;
+    println!(
+        "Edges: origin CPU with 1, 2, 4 edges of {per_edge} RTMP players each, beside {} players on the origin alone, {seconds} s measured",
+        4 * per_edge
+    );
+    println!(
+        "{:>6} {:>8} {:>11} {:>10} {:>11} {:>9} {:>16} {:>8}",
+        "edges",
+        "players",
+        "origin CPU",
+        "origin RSS",
+        "edges CPU",
+        "Gbit/s",
+        "video p50/p99 ms",
+        "playing"
+    );
+    for edges in [0usize, 1, 2, 4] {
+        let (rtsp, rtp) = (free_port(), free_udp_pair());
+        let origin = start_tidegate_with(&root, &dir, None, Some((rtsp, rtp, rtp + 1)))?;
+        let edge_servers = (0..edges)
+            .map(|i| start_edge(&root, &dir, i, rtsp))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ports, players): (Vec<u16>, usize) = if edges == 0 {
+            (vec![origin.port], 4 * per_edge)
+        } else {
+            (
+                edge_servers.iter().map(|e| e.port).collect(),
+                edges * per_edge,
+            )
+        };
+        let r = rt.block_on(run_edges(
+            &origin,
+            &edge_servers,
+            &ports,
+            tags.clone(),
+            players,
+            seconds,
+        ))?;
+        println!(
+            "{edges:>6} {players:>8} {:>10.1}% {:>7.1} MB {:>10.1}% {:>9.3} {:>7.2} / {:<6.2} {:>8}",
+            r.origin_cpu * 100.0,
+            r.origin_rss_mb,
+            r.edges_cpu * 100.0,
+            r.gbits,
+            r.p50_ms,
+            r.p99_ms,
+            r.readers_ok
+        );
+        drop(edge_servers);
+        drop(origin);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

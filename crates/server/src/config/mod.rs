@@ -645,6 +645,7 @@ pub static DEPRECATED_GLOBAL_KEYS: &[(&str, &str)] = &[
 /// Keys of `pathDefaults` and of each entry of `paths`.
 pub static PATH_KEYS: &[(&str, Setter<PathConf>)] = &[
     ("source", set!(source, source)),
+    ("sourceFailover", set!(source_failover, source_list)),
     ("publishUser", set!(publish_user, string)),
     ("publishPass", set!(publish_pass, string)),
     ("publishIPs", set!(publish_ips, ip_list)),

@@ -244,6 +244,21 @@ pub fn ip_list(v: &Node) -> Result<Vec<IpNet>, String> {
 }
 
 /// `publisher`, or a URL the server pulls from.
+/// `sourceFailover`: URLs a path can pull from, each as `source` takes them.
+pub fn source_list(v: &Node) -> Result<Vec<String>, String> {
+    let list = string_list(v)?;
+    for u in &list {
+        if u == "publisher" || u == "redirect" || !u.contains("://") {
+            return Err(format!("'{u}' is not a URL to pull from"));
+        }
+        source(&Node {
+            value: crate::config::yaml::Value::Scalar(u.clone(), false),
+            line: v.line,
+        })?;
+    }
+    Ok(list)
+}
+
 pub fn source(v: &Node) -> Result<String, String> {
     let s = string(v)?;
     const SCHEMES: &[&str] = &[
