@@ -475,7 +475,7 @@ pub async fn call(
     let mut connect = srt_protocol::protocol::pending_connection::connect::Connect::new(
         remote,
         options.socket.connect.local.ip(),
-        options.socket.clone().into(),
+        with_send_buffer(options.socket.clone().into()),
         how.stream_id.clone(),
         srt_protocol::packet::SeqNumber::new_truncate(tidegate_core::text::random_u64() as u32),
     );
@@ -554,8 +554,24 @@ pub async fn call(
 pub fn settings(local: SocketAddr) -> io::Result<ConnInitSettings> {
     let options = srt_protocol::options::ListenerOptions::new(local)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    Ok(ConnInitSettings::from(options.into_value().socket))
+    Ok(with_send_buffer(ConnInitSettings::from(
+        options.into_value().socket,
+    )))
 }
+
+/// libsrt's send buffer (8192 packets) instead of srt-protocol's default of 46 592 bytes,
+/// 32 packets: a burst larger than that (a keyframe, a joiner's first GOP) made srt-protocol
+/// evict packets it had not sent yet, after which its sender waited for an acknowledgement
+/// that could not come and sent nothing more; when the evicted packets' time ran out it went
+/// on thousands of sequence numbers further, and libsrt receivers break on such a jump. Only
+/// packets waiting to be sent or acknowledged occupy it; they are still dropped once older
+/// than the latency allows.
+fn with_send_buffer(mut s: ConnInitSettings) -> ConnInitSettings {
+    s.send_buffer_size = srt_protocol::options::PacketCount(SEND_BUFFER_PACKETS);
+    s
+}
+
+const SEND_BUFFER_PACKETS: u64 = 8192;
 
 #[cfg(test)]
 mod tests {
@@ -617,6 +633,53 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(sessions.pending.load(Ordering::Relaxed), 0);
+        shutdown.cancel();
+    }
+
+    /// A burst far larger than srt-protocol's default send buffer (32 packets), sent at one
+    /// instant by the listener's side to a caller: every piece arrives, in order. With the
+    /// default buffer the sender evicted unsent packets and then stalled for good.
+    #[tokio::test]
+    async fn a_burst_larger_than_the_default_send_buffer_arrives_whole() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(listen(
+            sock,
+            settings(addr).unwrap(),
+            tx,
+            Arc::new(Sessions::default()),
+            shutdown.clone(),
+        ));
+        let server = tokio::spawn(async move {
+            let req = rx.next().await.unwrap();
+            req.accept(None).await.unwrap()
+        });
+        let how = CallSettings {
+            stream_id: Some("read:x".into()),
+            ..CallSettings::default()
+        };
+        let mut caller = call(addr, &how, Duration::from_secs(5)).await.unwrap();
+        let mut accepted = server.await.unwrap();
+        const N: u32 = 400;
+        let now = Instant::now();
+        for i in 0..N {
+            let mut piece = vec![0u8; 1316];
+            piece[..4].copy_from_slice(&i.to_be_bytes());
+            accepted.send((now, Bytes::from(piece))).await.unwrap();
+        }
+        let mut next = 0u32;
+        while next < N {
+            let (_, got) = tokio::time::timeout(Duration::from_secs(5), caller.next())
+                .await
+                .unwrap_or_else(|_| panic!("piece {next} of {N} did not arrive within 5 s"))
+                .unwrap()
+                .unwrap();
+            let i = u32::from_be_bytes(got[..4].try_into().unwrap());
+            assert_eq!(i, next, "pieces out of order or missing");
+            next += 1;
+        }
         shutdown.cancel();
     }
 
