@@ -181,3 +181,35 @@ fn an_edge_moves_its_pull_to_the_next_origin_when_one_dies() {
     assert_eq!(path["ready"], true, "{path}");
     p2.kill9();
 }
+
+/// An ingest edge: a publish that lands on it is forwarded by configuration to the origin
+/// under the same name (`forward: [rtmp://origin/$G1]` on a `~^(.+)$` path), where ffmpeg
+/// decodes it; the edge's API shows the expanded destination running.
+#[test]
+fn a_publish_on_an_ingest_edge_is_forwarded_to_the_origin() {
+    let dir = scratch("edges-ingest");
+    let origin = TestServer::start("paths:\n  all_others:\n");
+    let ingest = TestServer::start(&format!(
+        "paths:\n  '~^(.+)$':\n    forward:\n      - rtmp://127.0.0.1:{}/$G1\n",
+        port_of(&origin.rtmp_url("x"))
+    ));
+    let mut publisher = ffmpeg_publish(&ingest.rtmp_url("studio/cam"), 60, "flv", &dir);
+    ingest.wait_ready("studio/cam", READY);
+    origin.wait_ready("studio/cam", READY);
+    let mut reader = decoding(&origin.rtmp_url("studio/cam"), 6, &dir, "origin-reader");
+    let frames = decoded(&mut reader);
+    assert!(frames >= 120, "{frames} frames on the origin");
+    let path: Value = get_json(ingest.api_addr(), "/v3/paths/get/studio/cam");
+    // The expanded destination (its last segment, an RTMP stream key, is hidden).
+    let push = &path["push"][0];
+    assert_eq!(push["state"], "running", "{path}");
+    assert_eq!(
+        push["url"],
+        format!(
+            "rtmp://127.0.0.1:{}/studio/***",
+            port_of(&origin.rtmp_url("x"))
+        ),
+        "{path}"
+    );
+    publisher.kill9();
+}

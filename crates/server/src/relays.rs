@@ -353,7 +353,10 @@ pub fn start(
                 }
                 let statuses: Vec<Arc<RelayStatus>> = dests
                     .iter()
-                    .map(|u| Arc::new(RelayStatus::new(&crate::relays::shown_url(u))))
+                    .map(|u| {
+                        let dest = expand_source(u, &ev.path, &m.captures, "");
+                        Arc::new(RelayStatus::new(&crate::relays::shown_url(&dest)))
+                    })
                     .collect();
                 relays2
                     .pushes
@@ -361,9 +364,11 @@ pub fn start(
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(ev.path.clone(), statuses.clone());
                 for (url, status) in dests.iter().zip(statuses) {
-                    // Each push ends by itself when the stream it reads ends.
+                    // Each push ends by itself when the stream it reads ends. `$G1…` and
+                    // `$MTX_PATH` name the path being pushed (a regex path forwards each
+                    // name to its own destination: an ingest edge's `rtmp://origin/$G1`).
                     let (u, p, name, c) = (
-                        url.clone(),
+                        expand_source(url, &ev.path, &m.captures, ""),
                         paths.clone(),
                         ev.path.clone(),
                         shutdown.clone(),
@@ -371,15 +376,15 @@ pub fn start(
                     if u.starts_with("srt://") {
                         tasks2.spawn(tidegate_srt::caller::push(u, p, name, status, c));
                     } else if u.starts_with("rtsp://") || u.starts_with("rtsps://") {
-                        let fp = fingerprint_of(&m.conf, &u);
+                        let fp = fingerprint_of(&m.conf, url);
                         tasks2.spawn(tidegate_rtsp::client::push(u, fp, p, name, status, c));
                     } else if u.starts_with("whip://") || u.starts_with("whips://") {
-                        let fp = fingerprint_of(&m.conf, &u);
+                        let fp = fingerprint_of(&m.conf, url);
                         let token = m
                             .conf
                             .forward
                             .iter()
-                            .find(|f| f.dest == u)
+                            .find(|f| &f.dest == url)
                             .map(|f| f.whip_bearer_token.clone())
                             .unwrap_or_default();
                         tasks2.spawn(tidegate_webrtc::forward::push(
