@@ -121,6 +121,31 @@ pub fn ffmpeg_publish(url: &str, seconds: u32, format: &str, log_dir: &Path) -> 
     PeerProcess::spawn("ffmpeg-publish", &mut cmd, log_dir)
 }
 
+/// An ffmpeg that decodes the video of `url` for `seconds`, every frame through `showinfo`
+/// (its log named `name` in `log_dir`).
+pub fn ffmpeg_decoding(url: &str, seconds: u32, log_dir: &Path, name: &str) -> PeerProcess {
+    let mut cmd = Command::new(peer("ffmpeg"));
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
+        .args(["-t", &seconds.to_string(), "-i", url])
+        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
+    PeerProcess::spawn(name, &mut cmd, log_dir)
+}
+
+/// The video frames an [`ffmpeg_decoding`] decoded, once it ended well (60 s at most); fails
+/// with its log otherwise.
+pub fn decoded_frames(reader: &mut PeerProcess) -> usize {
+    assert!(
+        reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        reader.stderr()
+    );
+    reader
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
+        .count()
+}
+
 /// ffmpeg reading `url` for `seconds` into `out` (stream copy), as a process to wait on.
 pub fn ffmpeg_read(url: &str, seconds: u32, out: &Path, log_dir: &Path) -> PeerProcess {
     let mut cmd = Command::new(peer("ffmpeg"));

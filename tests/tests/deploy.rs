@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tidegate_tests::http::fetch;
-use tidegate_tests::peers::{ffmpeg_publish, free_port, PeerProcess};
+use tidegate_tests::peers::{
+    decoded_frames, ffmpeg_decoding, ffmpeg_publish, free_port, PeerProcess,
+};
 use tidegate_tests::{peer, poll, run_bounded, scratch, server_binary};
 
 fn repo() -> PathBuf {
@@ -319,8 +321,8 @@ fn the_edge_overlay_pulls_from_the_origin_overlay() {
         },
     );
     let url = format!("rtmp://127.0.0.1:{}/live/cam", ep.rtmp);
-    let mut a = decoding_reader(&url, 6, &dir, "reader-a");
-    let mut b = decoding_reader(&url, 6, &dir, "reader-b");
+    let mut a = ffmpeg_decoding(&url, 6, &dir, "reader-a");
+    let mut b = ffmpeg_decoding(&url, 6, &dir, "reader-b");
     // Meanwhile: the origin serves one RTSP reader (the edge's pull) for both.
     let pulls = poll(
         Duration::from_secs(20),
@@ -337,7 +339,7 @@ fn the_edge_overlay_pulls_from_the_origin_overlay() {
         },
     );
     assert_eq!(pulls, 1);
-    let (fa, fb) = (decoded(&mut a), decoded(&mut b));
+    let (fa, fb) = (decoded_frames(&mut a), decoded_frames(&mut b));
     assert!(
         fa >= 120 && fb >= 120,
         "frames decoded on the edge: {fa}, {fb}"
@@ -363,29 +365,6 @@ fn the_edge_overlay_pulls_from_the_origin_overlay() {
         },
     );
     publisher.kill9();
-}
-
-/// An ffmpeg that decodes the video of `url` for `seconds`, every frame through `showinfo`.
-fn decoding_reader(url: &str, seconds: u32, dir: &Path, name: &str) -> PeerProcess {
-    let mut cmd = Command::new(peer("ffmpeg"));
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
-        .args(["-t", &seconds.to_string(), "-i", url])
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    PeerProcess::spawn(name, &mut cmd, dir)
-}
-
-/// The frames a [`decoding_reader`] decoded, once it ended well (60 s at most).
-fn decoded(reader: &mut PeerProcess) -> usize {
-    assert!(
-        reader.wait(Duration::from_secs(60)).success(),
-        "{}",
-        reader.stderr()
-    );
-    reader
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count()
 }
 
 /// SIGTERM with a drain period (the pods' configuration): /readyz turns 503 at once and /livez
@@ -423,7 +402,7 @@ fn sigterm_drains_open_sessions_while_readiness_fails() {
                 .then_some(())
         },
     );
-    let mut reader = decoding_reader(
+    let mut reader = ffmpeg_decoding(
         &format!("rtmp://127.0.0.1:{}/live/cam", p.rtmp),
         10,
         &dir,
@@ -461,7 +440,7 @@ fn sigterm_drains_open_sessions_while_readiness_fails() {
                 .then_some(())
         },
     );
-    let frames = decoded(&mut reader);
+    let frames = decoded_frames(&mut reader);
     assert!(
         frames >= 240,
         "the draining server cut its reader short: {frames} frames in 10 s"

@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tidegate_tests::http::get_json;
-use tidegate_tests::peers::{ffmpeg_publish, ffmpeg_read, PeerProcess};
+use tidegate_tests::peers::{decoded_frames, ffmpeg_decoding, ffmpeg_publish, ffmpeg_read};
 use tidegate_tests::server::TestServer;
 use tidegate_tests::{port_of, scratch, video_timeline};
 
@@ -45,29 +44,6 @@ fn pulls(server: &TestServer) -> usize {
         .count()
 }
 
-/// An ffmpeg decoding the video of `url` for `seconds` (every frame through `showinfo`).
-fn decoding(url: &str, seconds: u32, dir: &Path, name: &str) -> PeerProcess {
-    let mut cmd = std::process::Command::new(tidegate_tests::peer("ffmpeg"));
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
-        .args(["-t", &seconds.to_string(), "-i", url])
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    PeerProcess::spawn(name, &mut cmd, dir)
-}
-
-fn decoded(p: &mut PeerProcess) -> usize {
-    if !p.wait(LIMIT).success() {
-        // The servers' SRT lines help tell a peer's failure from ours.
-        for l in tidegate_tests::logs::lines_with(&["SRT"]) {
-            eprintln!("{l}");
-        }
-        panic!("{}", p.stderr());
-    }
-    p.stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count()
-}
-
 /// One origin, two edges: an ffmpeg RTMP publish on the origin is decoded on both edges by
 /// ffmpeg over RTMP and SRT (two each), aiortc over WHEP and hls.js in Chromium over LL-HLS;
 /// the origin serves exactly one pull per edge throughout (sampled while the readers play);
@@ -86,11 +62,11 @@ fn one_origin_two_edges_serve_every_egress_with_one_pull_each() {
         for k in 0..2 {
             readers.push((
                 format!("edge {i} RTMP {k}"),
-                decoding(&e.rtmp_url("live/show"), 10, &dir, &format!("rtmp-{i}-{k}")),
+                ffmpeg_decoding(&e.rtmp_url("live/show"), 10, &dir, &format!("rtmp-{i}-{k}")),
             ));
             readers.push((
                 format!("edge {i} SRT {k}"),
-                decoding(
+                ffmpeg_decoding(
                     &format!("{}&latency=200000", e.srt_url("read:live/show", "")),
                     10,
                     &dir,
@@ -106,7 +82,7 @@ fn one_origin_two_edges_serve_every_egress_with_one_pull_each() {
         std::thread::sleep(Duration::from_millis(250));
     }
     for (name, mut r) in readers {
-        let frames = decoded(&mut r);
+        let frames = decoded_frames(&mut r);
         assert!(frames >= 200, "{name}: {frames} frames in 10 s");
     }
     assert_eq!(most, 2, "the origin served {most} pulls at most");
@@ -196,8 +172,8 @@ fn a_publish_on_an_ingest_edge_is_forwarded_to_the_origin() {
     let mut publisher = ffmpeg_publish(&ingest.rtmp_url("studio/cam"), 60, "flv", &dir);
     ingest.wait_ready("studio/cam", READY);
     origin.wait_ready("studio/cam", READY);
-    let mut reader = decoding(&origin.rtmp_url("studio/cam"), 6, &dir, "origin-reader");
-    let frames = decoded(&mut reader);
+    let mut reader = ffmpeg_decoding(&origin.rtmp_url("studio/cam"), 6, &dir, "origin-reader");
+    let frames = decoded_frames(&mut reader);
     assert!(frames >= 120, "{frames} frames on the origin");
     let path: Value = get_json(ingest.api_addr(), "/v3/paths/get/studio/cam");
     // The expanded destination (its last segment, an RTMP stream key, is hidden).

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tidegate_tests::peers::{ffmpeg_publish, free_port, wait_listening, PeerProcess};
+use tidegate_tests::peers::{
+    decoded_frames, ffmpeg_decoding, ffmpeg_publish, free_port, wait_listening, PeerProcess,
+};
 use tidegate_tests::{peer, scratch, server_binary};
 
 /// CPU ticks (user + system) the process `pid` has used.
@@ -49,29 +51,6 @@ fn wait_ready(api: u16, path: &str) -> std::net::SocketAddr {
         },
     );
     addr
-}
-
-/// An ffmpeg that decodes the video of `url` for `seconds`, every frame through `showinfo`.
-fn decoding_reader(url: &str, seconds: u32, dir: &Path) -> PeerProcess {
-    let mut cmd = Command::new(peer("ffmpeg"));
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info"])
-        .args(["-t", &seconds.to_string(), "-i", url])
-        .args(["-map", "0:v", "-vf", "showinfo", "-f", "null", "-"]);
-    PeerProcess::spawn("ffmpeg-reader", &mut cmd, dir)
-}
-
-/// The frames a [`decoding_reader`] decoded, once it ended well (60 s at most).
-fn decoded(reader: &mut PeerProcess) -> usize {
-    assert!(
-        reader.wait(Duration::from_secs(60)).success(),
-        "{}",
-        reader.stderr()
-    );
-    reader
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("Parsed_showinfo") && l.contains(" pts_time:"))
-        .count()
 }
 
 /// Out of file descriptors, a listener stays readable while every accept fails: each accept
@@ -586,7 +565,12 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
     );
     wait_ready(api, "live/cam");
     // A reader decoding every frame for the whole attack.
-    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 12, &dir);
+    let mut reader = ffmpeg_decoding(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        12,
+        &dir,
+        "ffmpeg-reader",
+    );
     let rss_before = rss_kb(server.pid());
 
     // RTMP: chunk size 0x7fffffff, then a message that claims 16 MiB and sends 1 MiB.
@@ -710,7 +694,7 @@ fn oversized_fields_are_refused_while_a_live_stream_carries_on() {
     );
 
     // The live stream kept its frame rate (25 fps) for the reader throughout.
-    let frames = decoded(&mut reader);
+    let frames = decoded_frames(&mut reader);
     eprintln!("the reader decoded {frames} frames in 12 s");
     assert!(frames >= 12 * 25 * 9 / 10, "{frames} frames in 12 s");
     // And the server says why, once per offender rather than per byte.
@@ -775,7 +759,12 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
             (r.status == 200 && r.text().contains("\"ready\":true")).then_some(())
         },
     );
-    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 15, &dir);
+    let mut reader = ffmpeg_decoding(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        15,
+        &dir,
+        "ffmpeg-reader",
+    );
     let rss_before = rss_kb(server.pid());
 
     let start = Instant::now();
@@ -831,7 +820,7 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
         "4000 idle connections cost {} kB",
         rss_after - rss_before
     );
-    let frames = decoded(&mut reader);
+    let frames = decoded_frames(&mut reader);
     eprintln!("the reader decoded {frames} frames in 15 s");
     assert!(frames >= 15 * 25 * 9 / 10, "{frames} frames in 15 s");
     drop(conns);
@@ -907,7 +896,12 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
         || format!("live/cam not ready:\n{}", log()),
         || log().contains("stream is ready").then_some(()),
     );
-    let mut reader = decoding_reader(&format!("rtmp://127.0.0.1:{rtmp}/live/cam"), 10, &dir);
+    let mut reader = ffmpeg_decoding(
+        &format!("rtmp://127.0.0.1:{rtmp}/live/cam"),
+        10,
+        &dir,
+        "ffmpeg-reader",
+    );
     let rss_before = rss_kb(server.pid());
     let lines_before = log().lines().count();
 
@@ -960,7 +954,7 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
         "{new_lines} log lines for the floods:\n{}",
         log()
     );
-    let frames = decoded(&mut reader);
+    let frames = decoded_frames(&mut reader);
     eprintln!("the reader decoded {frames} frames in 10 s");
     assert!(frames >= 10 * 25 * 9 / 10, "{frames} frames in 10 s");
 }
