@@ -16,6 +16,7 @@ pub mod conns;
 pub mod dump;
 pub mod fanout;
 pub mod guard;
+pub mod handover;
 pub mod latency;
 pub mod media;
 pub mod path;

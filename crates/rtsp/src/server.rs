@@ -25,6 +25,7 @@ use crate::message::{interleaved, response, Input, Parser, Request};
 use crate::mux::{count_rtp, split, RtpMux, SrtpMux};
 use crate::sdp;
 use tidegate_core::dump::DumpedUdp;
+use tidegate_core::handover;
 use tidegate_core::{SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus, Transport};
 
 #[derive(Clone, Debug)]
@@ -92,8 +93,8 @@ impl Udp {
     ) -> std::io::Result<Arc<Udp>> {
         let open = |s: UdpSocket| Arc::new(DumpedUdp::new(tuned(s), dump_prefix));
         Ok(Arc::new(Udp {
-            rtp: open(UdpSocket::bind(rtp).await?),
-            rtcp: open(UdpSocket::bind(rtcp).await?),
+            rtp: open(handover::udp(&format!("{dump_prefix} RTP"), rtp).await?),
+            rtcp: open(handover::udp(&format!("{dump_prefix} RTCP"), rtcp).await?),
             routes: Mutex::new(HashMap::new()),
         }))
     }

@@ -20,6 +20,7 @@ pub mod relays;
 pub mod reload;
 pub mod tls;
 pub mod ts_source;
+pub mod upgrade;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -83,7 +84,7 @@ fn exact_paths(config: &Config) -> Vec<tidegate_core::PathConf> {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    tidegate_core::guard::listen(addr).map_err(|source| StartError::Bind { what, addr, source })
+    tidegate_core::handover::tcp(what, addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// The layers every HTTP surface but HLS and WebRTC takes: the permission `action` asked of
@@ -1050,11 +1051,37 @@ impl Server {
     pub async fn drain(&self, period: Duration) {
         tidegate_core::guard::set_draining(true);
         self.reloader.listeners.stop_clients();
+        tidegate_core::handover::release();
         let open = tidegate_core::guard::client_connections();
         tracing::info!(
             "draining: no new clients; {open} connections and sessions may go on for up to {period:?}"
         );
-        let deadline = tokio::time::Instant::now() + period;
+        Self::sessions_end(Some(period)).await;
+    }
+
+    /// After an upgrade ([`upgrade::start`]) the new process serves: this one stops accepting on
+    /// every listener (the new one accepts on the same sockets) and keeps its open sessions
+    /// until they end, or for `period` if it is not zero.
+    pub async fn hand_over(&self, period: Duration) {
+        tidegate_core::guard::set_draining(true);
+        self.reloader.listeners.stop_all();
+        tidegate_core::handover::release();
+        let open = tidegate_core::guard::client_connections();
+        let bound = (!period.is_zero()).then_some(period);
+        match bound {
+            Some(p) => tracing::info!(
+                "[upgrade] the new process serves; {open} connections and sessions here may go on for up to {p:?}"
+            ),
+            None => tracing::info!(
+                "[upgrade] the new process serves; {open} connections and sessions here go on until they end"
+            ),
+        }
+        Self::sessions_end(bound).await;
+    }
+
+    /// Waits until no client connection or session is open, or `period` passes.
+    async fn sessions_end(period: Option<Duration>) {
+        let deadline = period.map(|p| tokio::time::Instant::now() + p);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
@@ -1063,7 +1090,7 @@ impl Server {
                 tracing::info!("drained: every client has left");
                 return;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::info!("drain period over: {open} connections and sessions are closed");
                 return;
             }

@@ -106,7 +106,7 @@ impl Listeners {
         let (mut handled, mut moved) = (Vec::new(), Vec::new());
         for (i, key, name, from, to) in wanted {
             handled.push(key);
-            let listener = match tidegate_core::guard::listen(to) {
+            let listener = match tidegate_core::handover::tcp(name, to) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(
@@ -129,6 +129,13 @@ impl Listeners {
             moved.push((name, from, local));
         }
         (handled, moved)
+    }
+
+    /// Stops accepting on every listener (a new process took them over).
+    pub(crate) fn stop_all(&self) {
+        for r in self.list.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            r.stop.cancel();
+        }
     }
 
     /// Stops accepting on every listener but the control surfaces' (API, metrics, pprof), so

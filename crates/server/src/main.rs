@@ -60,6 +60,13 @@ fn find_config(named: Option<PathBuf>) -> Result<Option<(PathBuf, String)>, Stri
 }
 
 fn main() -> ExitCode {
+    // Sockets handed over by the process this one replaces (or by systemd), taken while this
+    // is the only thread.
+    let ready = tidegate::upgrade::inherit_from_env();
+    // The binary and arguments an upgrade starts again: the path as it was at start, which
+    // the new binary will have replaced.
+    let exe = std::env::current_exe();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let args = Args::parse();
     let (config_arg, check) = match args.cmd {
         Some(Cmd::Keys(k)) => return tidegate::cli::run(*k),
@@ -119,6 +126,9 @@ fn main() -> ExitCode {
         // Signal handlers first: a SIGTERM that arrives while the listeners open must still
         // shut down cleanly, not kill the process with the default action.
         let signal = shutdown_signal();
+        #[cfg(unix)]
+        let usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
         let server = match tidegate::Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -144,13 +154,26 @@ fn main() -> ExitCode {
                 });
             }
         }
-        signal.await;
-        if !drain.is_zero() {
-            // A second signal ends the drain at once.
-            let again = shutdown_signal();
-            tokio::select! {
-                _ = server.drain(drain) => {}
-                _ = again => tracing::info!("second signal: the drain ends now"),
+        tidegate::upgrade::announce(ready);
+        let upgraded = upgrade_on_signal(usr2, exe, argv);
+        tokio::select! {
+            _ = signal => {
+                if !drain.is_zero() {
+                    // A second signal ends the drain at once.
+                    let again = shutdown_signal();
+                    tokio::select! {
+                        _ = server.drain(drain) => {}
+                        _ = again => tracing::info!("second signal: the drain ends now"),
+                    }
+                }
+            }
+            pid = upgraded => {
+                tracing::info!("[upgrade] process {pid} serves in this one's place");
+                let again = shutdown_signal();
+                tokio::select! {
+                    _ = server.hand_over(drain) => {}
+                    _ = again => tracing::info!("signal: this process's sessions are closed now"),
+                }
             }
         }
         tracing::info!("shutting down");
@@ -158,6 +181,35 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves with the new process's id once an upgrade (`SIGUSR2`) has started one that serves;
+/// a failed upgrade is logged and this process goes on. Never resolves without `SIGUSR2`.
+async fn upgrade_on_signal(
+    usr2: Option<tokio::signal::unix::Signal>,
+    exe: std::io::Result<PathBuf>,
+    argv: Vec<std::ffi::OsString>,
+) -> u32 {
+    #[cfg(unix)]
+    {
+        if let Some(mut usr2) = usr2 {
+            while usr2.recv().await.is_some() {
+                let exe = match &exe {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!("[upgrade] SIGUSR2: this binary's path is unknown ({e})");
+                        continue;
+                    }
+                };
+                tracing::info!("[upgrade] SIGUSR2: starting {}", exe.display());
+                match tidegate::upgrade::start(exe, &argv).await {
+                    Ok(pid) => return pid,
+                    Err(e) => tracing::error!("[upgrade] failed, this process goes on serving: {e}"),
+                }
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// Installs the SIGINT/SIGTERM handlers now (unix registers them at once) and returns a

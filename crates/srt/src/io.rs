@@ -203,6 +203,11 @@ pub async fn listen(
     let mut out = BytesMut::with_capacity(1500);
     let mut input = Input::Timer;
     let mut given_up = std::collections::HashSet::new();
+    // An upgrade: sessions get connected twins, then the shared socket is left to the new
+    // process (read no more; still sent from).
+    let mut stage = tidegate_core::handover::udp_stage();
+    let mut twinning = false;
+    let mut reading = true;
     loop {
         sessions.open.store(open.len(), Ordering::Relaxed);
         sessions.pending.store(pending.len(), Ordering::Relaxed);
@@ -240,6 +245,9 @@ pub async fn listen(
                 let r = match pending.remove(&session) {
                     Some(tx) => {
                         let (packets, conn) = spawn_connection(socket.clone(), connection);
+                        if twinning {
+                            twin(&socket, session, &packets, ipv6);
+                        }
                         open.insert(session, packets);
                         // A caller that gave up waiting just leaves the connection to time out.
                         let _ = tx.send(conn);
@@ -272,7 +280,22 @@ pub async fn listen(
             Action::UpdateStatistics(_) => next.input_from(Ok::<(), ()>(())),
             Action::WaitForInput => tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = socket.recv_from(&mut buf) => Input::Packet(match r {
+                r = stage.changed() => {
+                    use tidegate_core::handover::UdpStage;
+                    let now = match r {
+                        Ok(()) => *stage.borrow_and_update(),
+                        Err(_) => UdpStage::Serving,
+                    };
+                    if now != UdpStage::Serving && !twinning {
+                        for (session, packets) in &open {
+                            twin(&socket, *session, packets, ipv6);
+                        }
+                    }
+                    twinning = now != UdpStage::Serving;
+                    reading = now != UdpStage::Released;
+                    Input::Timer
+                }
+                r = socket.recv_from(&mut buf), if reading => Input::Packet(match r {
                     Ok((n, from)) => parse_datagram(&buf[..n], ipv6).map(|p| (p, from)),
                     Err(e) => Err(ReceivePacketError::Io(e)),
                 }),
@@ -521,9 +544,22 @@ pub async fn call(
             R::NotHandled(_) | R::NoAction | R::RequestAccess(_) => {}
         }
     };
-    let (mut packets, conn) = spawn_connection(socket.clone(), connection);
-    // The socket's datagrams from the listener to the connection, until it ends.
+    let (packets, conn) = spawn_connection(socket.clone(), connection);
+    forward_datagrams(socket, remote, packets, ipv6);
+    Ok(conn)
+}
+
+/// Hands the datagrams `socket` receives from `remote` to a connection (`packets`), until the
+/// connection ends: a caller's own socket, or a listener session's connected twin during an
+/// upgrade ([`tidegate_core::handover`]).
+fn forward_datagrams(
+    socket: Arc<UdpSocket>,
+    remote: SocketAddr,
+    mut packets: mpsc::Sender<(Packet, SocketAddr)>,
+    ipv6: bool,
+) {
     tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let r = tokio::select! {
                 r = socket.recv_from(&mut buf) => r,
@@ -547,7 +583,23 @@ pub async fn call(
             }
         }
     });
-    Ok(conn)
+}
+
+/// Gives an open session a connected twin of the listener's socket (an upgrade is under way):
+/// its peer's datagrams then reach it there, whichever process reads the shared socket.
+fn twin(
+    shared: &UdpSocket,
+    session: SessionId,
+    packets: &mpsc::Sender<(Packet, SocketAddr)>,
+    ipv6: bool,
+) {
+    match tidegate_core::handover::connected_twin(shared, session.0) {
+        Ok(t) => forward_datagrams(Arc::new(t), session.0, packets.clone(), ipv6),
+        Err(e) => tracing::warn!(
+            "[upgrade] SRT session with {}: no connected socket ({e}); it ends with the handover",
+            session.0
+        ),
+    }
 }
 
 /// The listener's settings from srt-tokio's listener options (latency, buffers, defaults).

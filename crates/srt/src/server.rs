@@ -172,7 +172,7 @@ pub struct SrtServer {
 
 /// Binds the UDP port (so that start-up can fail cleanly before anything is served).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<SrtServer> {
-    let socket = tokio::net::UdpSocket::bind(addr).await?;
+    let socket = tidegate_core::handover::udp("SRT", addr).await?;
     tidegate_core::udp::tune(&socket);
     let local = socket.local_addr()?;
     let settings = crate::io::settings(local)?;

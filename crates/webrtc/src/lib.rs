@@ -240,7 +240,7 @@ impl WebRtc {
         let mut socket = None;
         let mut candidates = Vec::new();
         if let Some(addr) = udp_addr {
-            let s = UdpSocket::bind(addr)
+            let s = tidegate_core::handover::udp("WebRTC UDP", addr)
                 .await
                 .map_err(|e| WebRtcError::Bind(addr, e))?;
             tidegate_core::udp::tune(&s);
@@ -255,7 +255,8 @@ impl WebRtc {
         let mut tcp = None;
         let mut tcp_candidates = Vec::new();
         if let Some(addr) = tcp_addr {
-            let l = tidegate_core::guard::listen(addr).map_err(|e| WebRtcError::Bind(addr, e))?;
+            let l = tidegate_core::handover::tcp("WebRTC ICE-TCP", addr)
+                .map_err(|e| WebRtcError::Bind(addr, e))?;
             let local = l.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
             tcp_candidates = host_candidates(local, &config);
             tracing::info!(
@@ -358,14 +359,20 @@ fn host_candidates(local: SocketAddr, config: &WebRtcConfig) -> Vec<SocketAddr> 
 }
 
 async fn receive_loop(inner: Arc<Inner>) {
+    use tidegate_core::handover::UdpStage;
     let Some(socket) = inner.socket.clone() else {
         return;
     };
     let mut buf = vec![0u8; 2048];
     let mut unrouted: u64 = 0;
+    // An upgrade: every session's peer address gets a connected twin, then the shared socket
+    // is left to the new process (read no more; still sent from).
+    let mut stage = tidegate_core::handover::udp_stage();
+    let mut twinned = std::collections::HashSet::new();
+    let mut reading = true;
     loop {
         let (n, source) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
+            r = socket.recv_from(&mut buf), if reading => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP port unreachable from a peer that left shows up here on Linux.
@@ -373,6 +380,22 @@ async fn receive_loop(inner: Arc<Inner>) {
                     continue;
                 }
             },
+            r = stage.changed() => {
+                let now = r.map(|()| *stage.borrow_and_update()).unwrap_or(UdpStage::Serving);
+                reading = now != UdpStage::Released;
+                if now == UdpStage::Serving {
+                    twinned.clear();
+                } else {
+                    let routes: Vec<_> = inner.routes().by_addr.iter()
+                        .map(|(a, (_, tx))| (*a, tx.clone())).collect();
+                    for (addr, tx) in routes {
+                        if twinned.insert(addr) {
+                            twin(&socket, addr, tx);
+                        }
+                    }
+                }
+                continue;
+            }
             _ = inner.shutdown.cancelled() => return,
         };
         let data = &buf[..n];
@@ -385,6 +408,9 @@ async fn receive_loop(inner: Arc<Inner>) {
                     data: Bytes::copy_from_slice(data),
                     at: Instant::now(),
                 });
+                if *stage.borrow() != UdpStage::Serving && twinned.insert(source) {
+                    twin(&socket, source, tx);
+                }
             }
             None => {
                 unrouted += 1;
@@ -398,13 +424,52 @@ async fn receive_loop(inner: Arc<Inner>) {
     }
 }
 
+/// A session's peer address gets a connected twin of the shared socket (an upgrade is under
+/// way): its datagrams reach the session there, whichever process reads the shared socket,
+/// until the session ends.
+fn twin(shared: &UdpSocket, peer: SocketAddr, tx: mpsc::Sender<Datagram>) {
+    let socket = match tidegate_core::handover::connected_twin(shared, peer) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("[upgrade] WebRTC peer {peer}: no connected socket ({e})");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let n = tokio::select! {
+                r = socket.recv(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tx.try_send(Datagram {
+                tcp: false,
+                source: peer,
+                data: Bytes::copy_from_slice(&buf[..n]),
+                at: Instant::now(),
+            });
+        }
+    });
+}
+
 /// ICE-TCP (RFC 6544, passive side): every connection carries RFC 4571 frames (a 16-bit
 /// length, then one STUN, DTLS or SRTP packet), routed to sessions like UDP datagrams.
 async fn tcp_accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
     let mut backoff = tidegate_core::guard::AcceptBackoff::new("WebRTC ICE-TCP");
     let limiter = tidegate_core::guard::ConnLimiter::new("WebRTC ICE-TCP");
+    // After an upgrade's handover the new process accepts on this socket.
+    let mut stage = tidegate_core::handover::udp_stage();
     loop {
         let (sock, remote) = tokio::select! {
+            r = stage.changed() => {
+                if r.is_err() || *stage.borrow_and_update() == tidegate_core::handover::UdpStage::Released {
+                    return;
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
