@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -164,6 +164,23 @@ struct Shared {
     /// Woken whenever a path's publisher slot is freed (the offline streams of
     /// `alwaysAvailable` paths take over then).
     released: tokio::sync::Notify,
+    /// Where a reader of a path nobody publishes here may be served from instead (the
+    /// process an upgrade replaces, while it lives).
+    fallback: std::sync::RwLock<Option<Arc<dyn Fallback>>>,
+}
+
+/// How long a reader waits for a [`Fallback`] that took its path to deliver the stream.
+const FALLBACK_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves readers of paths nobody publishes in this process from elsewhere: the process an
+/// upgrade replaces, which still has the publishers it had (docs/deploy.md).
+pub trait Fallback: Send + Sync {
+    /// Starts delivering `path` (as a source publishing it here) if the fallback has
+    /// it, or is already doing so; false when it has not.
+    fn start(
+        self: Arc<Self>,
+        path: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 }
 
 impl Shared {
@@ -285,6 +302,7 @@ impl PathManager {
                 stream_config,
                 next_session: AtomicU64::new(1),
                 released: tokio::sync::Notify::new(),
+                fallback: std::sync::RwLock::new(None),
             }),
         }
     }
@@ -358,6 +376,21 @@ impl PathManager {
         if let Ok(mut a) = self.shared.authenticator.write() {
             *a = auth;
         }
+    }
+
+    /// Installs (or removes) the [`Fallback`] readers of unpublished paths are served from.
+    pub fn set_fallback(&self, fallback: Option<Arc<dyn Fallback>>) {
+        if let Ok(mut f) = self.shared.fallback.write() {
+            *f = fallback;
+        }
+    }
+
+    fn fallback(&self) -> Option<Arc<dyn Fallback>> {
+        self.shared
+            .fallback
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     fn authenticator(&self) -> Arc<dyn Authenticator> {
@@ -591,6 +624,11 @@ impl PathManager {
             m.conf.source_on_demand_start_timeout
         } else if m.conf.source == "publisher" && !m.conf.hooks.run_on_demand.is_empty() {
             m.conf.hooks.run_on_demand_start_timeout
+        } else if let Some(fallback) = self.fallback().filter(|_| m.conf.source == "publisher") {
+            if !fallback.start(name.to_string()).await {
+                return Err(PathError::NoOnePublishing(name.to_string()));
+            }
+            FALLBACK_START_TIMEOUT
         } else {
             return Err(PathError::NoOnePublishing(name.to_string()));
         };

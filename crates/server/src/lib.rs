@@ -68,6 +68,8 @@ pub struct Server {
     playback_addr: Option<SocketAddr>,
     recorder: tidegate_record::Recorder,
     reloader: Arc<reload::Reloader>,
+    /// The HLS listener's router, which an upgrade also serves to the new process.
+    hls_router: Option<axum::Router>,
 }
 
 /// The configured exact-name paths (for `runOnInit`).
@@ -819,6 +821,11 @@ impl Server {
                 tasks.clone(),
             ));
         }
+        let predecessor = upgrade::predecessor(&paths);
+        if let Some(b) = &predecessor {
+            paths.set_fallback(Some(b.clone()));
+        }
+        let mut hls_router = None;
         if let (Some(listener), Some(addr)) = (hls_listener, hls_addr) {
             tracing::info!(
                 "[HLS] listener opened on {addr} ({})",
@@ -840,6 +847,16 @@ impl Server {
                 hls.router().merge(rtmpt.router())
             } else {
                 hls.router()
+            };
+            hls_router = Some(router.clone());
+            // Started by an upgrade: what is still published on the previous process is
+            // answered from there.
+            let router = match &predecessor {
+                Some(b) => router.layer(axum::middleware::from_fn_with_state(
+                    b.clone(),
+                    upgrade::hls_proxy,
+                )),
+                None => router,
             };
             serve_http(
                 &movable,
@@ -956,7 +973,14 @@ impl Server {
             webrtc_tcp_addr,
             playback_addr,
             recorder,
+            hls_router,
         })
+    }
+
+    /// Serves this process's paths and HLS to the process an upgrade starts
+    /// ([`upgrade::Predecessor`]).
+    pub fn bridge(&self) -> std::io::Result<upgrade::Predecessor> {
+        upgrade::Predecessor::serve(self.paths.clone(), self.hls_router.clone(), &self.tasks)
     }
 
     /// What reloads the configuration (the API, `SIGHUP`).

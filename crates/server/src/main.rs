@@ -155,7 +155,7 @@ fn main() -> ExitCode {
             }
         }
         tidegate::upgrade::announce(ready);
-        let upgraded = upgrade_on_signal(usr2, exe, argv);
+        let upgraded = upgrade_on_signal(usr2, exe, argv, &server);
         tokio::select! {
             _ = signal => {
                 if !drain.is_zero() {
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            pid = upgraded => {
+            (pid, _bridge) = upgraded => {
                 tracing::info!("[upgrade] process {pid} serves in this one's place");
                 let again = shutdown_signal();
                 tokio::select! {
@@ -183,13 +183,14 @@ fn main() -> ExitCode {
     })
 }
 
-/// Resolves with the new process's id once an upgrade (`SIGUSR2`) has started one that serves;
+/// Resolves with the new process's id (and the bridge serving it) once an upgrade (`SIGUSR2`) has started one that serves;
 /// a failed upgrade is logged and this process goes on. Never resolves without `SIGUSR2`.
 async fn upgrade_on_signal(
     usr2: Option<tokio::signal::unix::Signal>,
     exe: std::io::Result<PathBuf>,
     argv: Vec<std::ffi::OsString>,
-) -> u32 {
+    server: &tidegate::Server,
+) -> (u32, tidegate::upgrade::Predecessor) {
     #[cfg(unix)]
     {
         if let Some(mut usr2) = usr2 {
@@ -202,8 +203,15 @@ async fn upgrade_on_signal(
                     }
                 };
                 tracing::info!("[upgrade] SIGUSR2: starting {}", exe.display());
-                match tidegate::upgrade::start(exe, &argv).await {
-                    Ok(pid) => return pid,
+                let bridge = match server.bridge() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("[upgrade] cannot open the bridge to the new process: {e}");
+                        continue;
+                    }
+                };
+                match tidegate::upgrade::start(exe, &argv, &bridge).await {
+                    Ok(pid) => return (pid, bridge),
                     Err(e) => tracing::error!("[upgrade] failed, this process goes on serving: {e}"),
                 }
             }

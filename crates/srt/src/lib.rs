@@ -8,4 +8,4 @@ pub mod io;
 mod server;
 pub mod streamid;
 
-pub use server::{bind, serve, Figure, SrtConfig, SrtServer, SrtStats};
+pub use server::{bind, serve, write_ts, Figure, SrtConfig, SrtServer, SrtStats};

@@ -467,6 +467,77 @@ pub(crate) async fn read(
     Ok(())
 }
 
+/// The path `reader` reads, muxed to MPEG-TS as SRT readers get it (the same engine format),
+/// written to `out` from the next key frame until the stream ends, `out` fails or `kick`
+/// fires: the bridge by which an upgraded process reads the paths published on the one it
+/// replaces (docs/deploy.md).
+pub async fn write_ts<W>(
+    out: W,
+    reader: tidegate_core::Reader,
+    kick: &CancellationToken,
+) -> Result<(), String>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let source = reader.stream().clone();
+    let egress =
+        TsMuxer::egress(&source).ok_or("no track of this stream can travel in MPEG-TS")?;
+    let sink = Box::pin(futures::sink::unfold(
+        out,
+        |mut out, (_, data): (Instant, Bytes)| async move {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &data).await?;
+            Ok::<_, std::io::Error>(out)
+        },
+    ));
+    read(WriteOnly(sink), reader, &egress, kick, kick.clone(), None).await
+}
+
+/// A [`DataSocket`] that only sends (its stream never yields).
+struct WriteOnly<S>(S);
+
+impl<S: Unpin> futures::Stream for WriteOnly<S> {
+    type Item = std::io::Result<(Instant, Bytes)>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl<S> Sink<(Instant, Bytes)> for WriteOnly<S>
+where
+    S: Sink<(Instant, Bytes), Error = std::io::Error> + Unpin,
+{
+    type Error = std::io::Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: (Instant, Bytes)) -> std::io::Result<()> {
+        self.0.start_send_unpin(item)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.poll_close_unpin(cx)
+    }
+}
+
 /// The fan-out engine's MPEG-TS format: one per stream while it has SRT readers or pushes.
 pub(crate) struct TsMuxer(Muxer);
 
