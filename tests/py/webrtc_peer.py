@@ -351,6 +351,8 @@ async def one_viewer(args, index, deadline_after):
     stats["first_frame_after"] = None if first is None else first - started
     stats["unique_pts"] = len(set(pts))
     stats["pts_monotonic"] = all(b > a for a, b in zip(pts, pts[1:]))
+    gaps = [b - a for a, b in zip(pts, pts[1:])]
+    stats["largest_gap_s"] = round(max(gaps) / 90000, 3) if gaps else None
     span = (max(pts) - min(pts)) / 90000 if len(pts) > 1 else 0
     stats["pts_span_s"] = round(span, 3)
     if "analysis" in stats:

@@ -100,7 +100,19 @@ fn ports(dir: &Path, name: &str) -> Ports {
 }
 
 fn start(dir: &Path, name: &str, config: &Path, p: &Ports, extra: &[(&str, &str)]) -> PeerProcess {
-    let mut cmd = Command::new(server_binary());
+    start_binary(&server_binary(), dir, name, config, p, extra)
+}
+
+/// [`start`] with the binary at `bin`.
+fn start_binary(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    p: &Ports,
+    extra: &[(&str, &str)],
+) -> PeerProcess {
+    let mut cmd = Command::new(bin);
     cmd.arg(config).envs(p.env.iter().map(|(k, v)| (k, v)));
     cmd.envs(extra.iter().copied());
     let server = PeerProcess::spawn(name, &mut cmd, dir);
@@ -454,6 +466,289 @@ fn sigterm_drains_open_sessions_while_readiness_fails() {
     assert!(left.elapsed() < Duration::from_secs(15));
     let log = server.stdout() + &server.stderr();
     assert!(log.contains("drained: every client has left"), "{log}");
+}
+
+/// An RTMP handshake on `port` (C0+C1 sent, S0+S1 read back) within 5 s: what a client whose
+/// connection is accepted and served gets.
+fn rtmp_handshake(port: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut c0c1 = vec![3u8];
+    c0c1.extend(std::iter::repeat_n(7u8, 1536));
+    s.write_all(&c0c1).map_err(|e| format!("C0C1: {e}"))?;
+    let mut s0s1 = vec![0u8; 1537];
+    s.read_exact(&mut s0s1).map_err(|e| format!("S0S1: {e}"))?;
+    (s0s1[0] == 3)
+        .then_some(())
+        .ok_or("S0 is not version 3".into())
+}
+
+/// Upgrades without drops: a binary (a copy, as installed) serves an ffmpeg RTMP publisher
+/// read by ffmpeg over RTMP (recorded) and SRT (decoded) and by hls.js over LL-HLS; the file is
+/// replaced by a new binary (renamed over it, as package managers do) and the server gets
+/// SIGUSR2. The new binary runs from the same path and takes the listening sockets; every
+/// reader plays on without reconnecting (the ffmpeg readers would exit on a lost connection):
+/// the RTMP recording has every frame (30 fps, no gap over 0.1 s, timestamps increasing),
+/// SRT decodes its whole run, hls.js keeps playing. An RTMP handshake every 100 ms is
+/// answered throughout; a reader that joins after the upgrade is served by the new process
+/// from the old one's publisher. When the publisher leaves, the old process exits; the
+/// publisher comes back to the new one.
+#[test]
+fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
+    let dir = scratch("deploy-upgrade");
+    let installed = dir.join("tidegate");
+    std::fs::copy(server_binary(), &installed).unwrap();
+    let conf = dir.join("upgrade.yml");
+    std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
+    let p = ports(&dir, "upgrade");
+    let hls_port = port_env(&p, "TIDEGATE_HLSADDRESS");
+    let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
+    let mut old = start_binary(&installed, &dir, "old", &conf, &p, &[]);
+    let rtmp = |path: &str| format!("rtmp://127.0.0.1:{}/{path}", p.rtmp);
+    let api: SocketAddr = format!("127.0.0.1:{}", p.api).parse().unwrap();
+    let ready = |path: &str| {
+        fetch(api, &format!("/v3/paths/get/{path}"), &[])
+            .text()
+            .contains("\"ready\":true")
+    };
+    let mut publisher = ffmpeg_publish(&rtmp("live/cam"), 120, "flv", &dir);
+    poll(
+        Duration::from_secs(20),
+        || format!("no publish: {}", publisher.stderr()),
+        || ready("live/cam").then_some(()),
+    );
+
+    // Publishers over UDP too, whose datagrams must keep reaching the old process: ffmpeg
+    // over SRT and over RTSP with RTP on UDP, aiortc over WHIP.
+    let mut srt_publisher = ffmpeg_publish(
+        &format!("srt://127.0.0.1:{srt_port}?streamid=publish:live/srt&latency=200000"),
+        120,
+        "mpegts",
+        &dir,
+    );
+    let whep_port = port_env(&p, "TIDEGATE_WEBRTCADDRESS");
+    let mut whip_publisher = {
+        let mut cmd = Command::new(peer("python"));
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/webrtc_peer.py"))
+            .arg("whip")
+            .arg(format!("http://127.0.0.1:{whep_port}/live/whip/whip"))
+            .args(["--seconds", "120"]);
+        PeerProcess::spawn("aiortc-whip", &mut cmd, &dir)
+    };
+    let mut rtsp_publisher = {
+        let mut cmd = Command::new(peer("ffmpeg"));
+        cmd.args(tidegate_tests::peers::synthetic_source(120, "640x360"))
+            .args(["-f", "rtsp", "-rtsp_transport", "udp"])
+            .arg(format!("rtsp://127.0.0.1:{}/live/rtspudp", p.rtsp));
+        PeerProcess::spawn("ffmpeg-rtsp-udp", &mut cmd, &dir)
+    };
+    for path in ["live/srt", "live/whip", "live/rtspudp"] {
+        poll(
+            Duration::from_secs(30),
+            || format!("no publish on {path}"),
+            || ready(path).then_some(()),
+        );
+    }
+
+    // Handshakes every 100 ms from now until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (stop, port) = (stop.clone(), p.rtmp);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match rtmp_handshake(port) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    let recording = dir.join("rtmp-reader.mkv");
+    let mut rtmp_reader =
+        tidegate_tests::peers::ffmpeg_read(&rtmp("live/cam"), 20, &recording, &dir);
+    let mut srt_reader = ffmpeg_decoding(
+        &format!("srt://127.0.0.1:{srt_port}?streamid=read:live/cam&latency=200000"),
+        20,
+        &dir,
+        "srt-reader",
+    );
+    let mut hlsjs = tidegate_tests::peers::hlsjs_player(
+        &format!("http://127.0.0.1:{hls_port}/live/cam/"),
+        24,
+        &dir,
+    );
+    let mut srt_published = ffmpeg_decoding(&rtmp("live/srt"), 20, &dir, "srt-published");
+    let mut whip_published = ffmpeg_decoding(&rtmp("live/whip"), 20, &dir, "whip-published");
+    let mut rtsp_published = ffmpeg_decoding(&rtmp("live/rtspudp"), 20, &dir, "rtsp-published");
+    let whep = std::thread::spawn(move || {
+        tidegate_tests::peers::aiortc_whep_viewer(
+            |c| c,
+            &format!("http://127.0.0.1:{whep_port}/live/cam/whep"),
+            20,
+        )
+    });
+    poll(
+        Duration::from_secs(20),
+        || "the readers never joined".to_string(),
+        || {
+            let v = fetch(api, "/v3/paths/get/live/cam", &[]).text();
+            (v.matches("\"type\":\"rtmpConn\"").count() >= 1
+                && v.contains("\"type\":\"srtConn\"")
+                && v.contains("\"type\":\"webRTCSession\""))
+            .then_some(())
+        },
+    );
+    // The readers play a while before the upgrade (the path has sent them 1.5 MB).
+    poll(
+        Duration::from_secs(30),
+        || "the readers got nothing".to_string(),
+        || {
+            let v: Value =
+                serde_json::from_str(&fetch(api, "/v3/paths/get/live/cam", &[]).text()).ok()?;
+            (v["bytesSent"].as_u64()? >= 1_500_000).then_some(())
+        },
+    );
+
+    // The new binary is installed over the old one's file, and the server told.
+    let staged = dir.join("tidegate.new");
+    std::fs::copy(server_binary(), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    let signalled = Instant::now();
+    let kill = Command::new(peer("kill"))
+        .args(["-USR2", &old.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let new_pid: u32 = poll(
+        Duration::from_secs(30),
+        || format!("no new process serves:\n{}", old.stderr()),
+        || {
+            let log = old.stdout() + &old.stderr();
+            let line = log
+                .lines()
+                .find(|l| l.contains("serves in this one's place"))?;
+            line.split("process ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        },
+    );
+    eprintln!(
+        "upgrade: process {new_pid} serves {:?} after SIGUSR2",
+        signalled.elapsed()
+    );
+    // The new process runs the installed file; the old one's file is the replaced one.
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe(new_pid), installed);
+    assert!(exe(old.pid()).to_string_lossy().ends_with("(deleted)"));
+    // The API is the new process's now, and ready.
+    assert_eq!(fetch(api, "/readyz", &[]).status, 200);
+
+    // A reader that joins now is served by the new process, from the old one's publisher.
+    let mut late = ffmpeg_decoding(&rtmp("live/cam"), 6, &dir, "late-reader");
+    let late_frames = decoded_frames(&mut late);
+    assert!(
+        late_frames >= 120,
+        "a reader after the upgrade: {late_frames} frames in 6 s"
+    );
+
+    // Every reader played its whole run on its first connection.
+    assert!(
+        rtmp_reader.wait(Duration::from_secs(60)).success(),
+        "{}",
+        rtmp_reader.stderr()
+    );
+    let pts = tidegate_tests::video_timeline(&recording);
+    let gap = pts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    assert!(pts.windows(2).all(|w| w[1] > w[0]), "timestamps go back");
+    assert!(
+        pts.len() >= 585,
+        "RTMP reader: {} frames in 20 s",
+        pts.len()
+    );
+    assert!(gap < 0.1, "RTMP reader: a {gap:.3} s gap");
+    let srt_frames = decoded_frames(&mut srt_reader);
+    assert!(srt_frames >= 540, "SRT reader: {srt_frames} frames in 20 s");
+    let r = tidegate_tests::peers::hlsjs_report(&mut hlsjs, Duration::from_secs(90));
+    let trace = r["trace"].as_array().unwrap();
+    let end = trace.last().unwrap()[0].as_f64().unwrap();
+    let frames = |t: f64| tidegate_tests::peers::hlsjs_frames_at(&r, t);
+    let last8 = frames(end) - frames(end - 8.0);
+    assert!(last8 >= 200, "hls.js: {last8} frames in its last 8 s: {r}");
+    // The UDP publishers' streams went on in the old process: their datagrams stayed there.
+    let from_srt = decoded_frames(&mut srt_published);
+    assert!(from_srt >= 540, "SRT publisher: {from_srt} frames in 20 s");
+    let from_whip = decoded_frames(&mut whip_published);
+    assert!(
+        from_whip >= 400,
+        "WHIP publisher: {from_whip} frames in 20 s"
+    );
+    let from_rtsp = decoded_frames(&mut rtsp_published);
+    assert!(
+        from_rtsp >= 540,
+        "RTSP/UDP publisher: {from_rtsp} frames in 20 s"
+    );
+    eprintln!("upgrade: read from the SRT publisher {from_srt} frames, from the WHIP one {from_whip}, from the RTSP/UDP one {from_rtsp}");
+    // The WHEP session (its UDP datagrams kept by the old process) played through.
+    let v = whep.join().unwrap();
+    let whep_frames = v["frames"].as_u64().unwrap_or(0);
+    assert!(whep_frames >= 300, "WHEP: {v}");
+    assert!(v["pts_span_s"].as_f64().unwrap_or(0.0) >= 17.0, "WHEP: {v}");
+    assert!(
+        v["largest_gap_s"].as_f64().unwrap_or(9.0) < 1.0,
+        "WHEP: {v}"
+    );
+    eprintln!(
+        "upgrade: RTMP reader {} frames (largest gap {gap:.3} s), SRT {srt_frames}, WHEP {whep_frames} (largest gap {} s), late RTMP {late_frames}, hls.js {last8} in its last 8 s",
+        pts.len(),
+        v["largest_gap_s"]
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "refused handshakes ({ok} served): {failed:?}"
+    );
+    assert!(ok >= 100, "{ok} handshakes");
+
+    // The publishers leave: the old process has no client left and exits.
+    publisher.kill9();
+    srt_publisher.kill9();
+    whip_publisher.kill9();
+    rtsp_publisher.kill9();
+    let status = old.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!((old.stdout() + &old.stderr()).contains("drained: every client has left"));
+    // The publisher comes back, to the new process, which serves it whole.
+    let mut back = ffmpeg_publish(&rtmp("live/cam"), 60, "flv", &dir);
+    poll(
+        Duration::from_secs(20),
+        || format!("no publish to the new process: {}", back.stderr()),
+        || ready("live/cam").then_some(()),
+    );
+    let mut reader = ffmpeg_decoding(&rtmp("live/cam"), 4, &dir, "after-reader");
+    assert!(decoded_frames(&mut reader) >= 90);
+    back.kill9();
+    let term = Command::new(peer("kill"))
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+}
+
+/// The port a [`Ports`] environment variable gives.
+fn port_env(p: &Ports, key: &str) -> u16 {
+    let v = &p.env.iter().find(|(k, _)| k == key).unwrap().1;
+    v.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// The container definition: built from a Rust image into a slim one, it runs the README's

@@ -47,7 +47,9 @@ pub fn drop_unclaimed() {
         .unwrap_or_else(|e| e.into_inner())
         .drain(..)
     {
-        tracing::info!("[upgrade] the inherited {name} socket is not used by this configuration: closed");
+        tracing::info!(
+            "[upgrade] the inherited {name} socket is not used by this configuration: closed"
+        );
     }
 }
 

@@ -50,8 +50,8 @@ pub use path::{
     RecordConf,
 };
 pub use registry::{
-    Fallback, PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader, SessionId,
-    SessionInfo,
+    Fallback, PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader,
+    SessionId, SessionInfo,
 };
 pub use stream::{RecvError, Stream, StreamConfig, StreamReader, StreamStats};
 pub use transcode::{Plan, TrackTranscoder, Transcoded};

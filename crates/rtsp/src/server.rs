@@ -118,20 +118,84 @@ impl Udp {
     }
 
     async fn receive(self: Arc<Self>, shutdown: CancellationToken) {
+        use handover::UdpStage;
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
+        // An upgrade: every UDP session's peer addresses get connected twins of both sockets,
+        // then the shared sockets are left to the new process (read no more; still sent from).
+        let mut stage = handover::udp_stage();
+        let mut twinned = std::collections::HashSet::new();
+        let mut reading = true;
         loop {
-            tokio::select! {
+            let (from, rtcp, n) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.rtp.recv_from(&mut buf) => {
-                    let Ok((n, from)) = r else { continue };
-                    self.route(from, false, &buf[..n]);
+                r = stage.changed() => {
+                    let now = r.map(|()| *stage.borrow_and_update()).unwrap_or(UdpStage::Serving);
+                    reading = now != UdpStage::Released;
+                    if now == UdpStage::Serving {
+                        twinned.clear();
+                    } else {
+                        let peers: Vec<SocketAddr> = self.routes().keys().copied().collect();
+                        for peer in peers {
+                            if twinned.insert(peer) {
+                                self.clone().twin(peer, &shutdown);
+                            }
+                        }
+                    }
+                    continue;
                 }
-                r = self.rtcp.recv_from(&mut rtcp_buf) => {
+                r = self.rtp.recv_from(&mut buf), if reading => {
                     let Ok((n, from)) = r else { continue };
-                    self.route(from, true, &rtcp_buf[..n]);
+                    (from, false, n)
                 }
+                r = self.rtcp.recv_from(&mut rtcp_buf), if reading => {
+                    let Ok((n, from)) = r else { continue };
+                    (from, true, n)
+                }
+            };
+            self.route(from, rtcp, if rtcp { &rtcp_buf[..n] } else { &buf[..n] });
+            if *stage.borrow() != UdpStage::Serving
+                && self.routes().contains_key(&from)
+                && twinned.insert(from)
+            {
+                self.clone().twin(from, &shutdown);
             }
+        }
+    }
+
+    /// Connected twins of the RTP and RTCP sockets for `peer` (an upgrade is under way): its
+    /// datagrams reach its session here, whichever process reads the shared sockets, until the
+    /// session lets go of the address.
+    fn twin(self: Arc<Self>, peer: SocketAddr, shutdown: &CancellationToken) {
+        for rtcp in [false, true] {
+            let shared: &UdpSocket = if rtcp { &self.rtcp } else { &self.rtp };
+            let socket = match handover::connected_twin(shared, peer) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("[upgrade] RTSP UDP peer {peer}: no connected socket ({e})");
+                    continue;
+                }
+            };
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let mut check = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = check.tick() => {
+                            if !me.routes().contains_key(&peer) {
+                                return;
+                            }
+                        }
+                        r = socket.recv(&mut buf) => {
+                            if let Ok(n) = r {
+                                me.route(peer, rtcp, &buf[..n]);
+                            }
+                        }
+                    }
+                }
+            });
         }
     }
 }

@@ -86,7 +86,11 @@ fn exact_paths(config: &Config) -> Vec<tidegate_core::PathConf> {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    tidegate_core::handover::tcp(what, addr).map_err(|source| StartError::Bind { what, addr, source })
+    tidegate_core::handover::tcp(what, addr).map_err(|source| StartError::Bind {
+        what,
+        addr,
+        source,
+    })
 }
 
 /// The layers every HTTP surface but HLS and WebRTC takes: the permission `action` asked of

@@ -212,7 +212,9 @@ async fn upgrade_on_signal(
                 };
                 match tidegate::upgrade::start(exe, &argv, &bridge).await {
                     Ok(pid) => return (pid, bridge),
-                    Err(e) => tracing::error!("[upgrade] failed, this process goes on serving: {e}"),
+                    Err(e) => {
+                        tracing::error!("[upgrade] failed, this process goes on serving: {e}")
+                    }
                 }
             }
         }

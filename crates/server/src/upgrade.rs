@@ -45,7 +45,10 @@ pub fn inherit_from_env() -> Option<UnixDatagram> {
     let mut fds = listenfd::ListenFd::from_env();
     let (mut sockets, mut ready) = (Vec::new(), None);
     for i in 0..fds.len() {
-        let name = names.get(i).cloned().unwrap_or_else(|| format!("fd{}", i + 3));
+        let name = names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("fd{}", i + 3));
         if name == READY {
             ready = fds.take_unix_datagram(i).ok().flatten();
             continue;
@@ -318,8 +321,8 @@ async fn serve_hls(
         let router = router.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let client = req
                         .headers()
                         .get(CLIENT_HEADER)
@@ -332,7 +335,8 @@ async fn serve_hls(
                         use tower_service::Service;
                         r.call(req.map(axum::body::Body::new)).await
                     }
-                });
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(conn), svc);
             tokio::select! {
@@ -400,7 +404,12 @@ impl Bridge {
         let Some(mut conn) = self.connect("ts.sock").await else {
             return false;
         };
-        if path.contains('\n') || conn.write_all(format!("{path}\n").as_bytes()).await.is_err() {
+        if path.contains('\n')
+            || conn
+                .write_all(format!("{path}\n").as_bytes())
+                .await
+                .is_err()
+        {
             return false;
         }
         match tokio::time::timeout(Duration::from_secs(5), read_line(&mut conn)).await {
@@ -455,7 +464,10 @@ impl Bridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&path);
-        tracing::info!(path, "[upgrade] reading from the previous process ended: {why}");
+        tracing::info!(
+            path,
+            "[upgrade] reading from the previous process ended: {why}"
+        );
     }
 }
 
@@ -494,8 +506,9 @@ pub async fn hls_proxy(
     for (k, v) in req.headers() {
         fwd = fwd.header(k, v);
     }
-    if let Some(axum::extract::ConnectInfo(client)) =
-        req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()
+    if let Some(axum::extract::ConnectInfo(client)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         fwd = fwd.header(CLIENT_HEADER, client.to_string());
     }

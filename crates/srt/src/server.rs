@@ -480,8 +480,7 @@ where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let source = reader.stream().clone();
-    let egress =
-        TsMuxer::egress(&source).ok_or("no track of this stream can travel in MPEG-TS")?;
+    let egress = TsMuxer::egress(&source).ok_or("no track of this stream can travel in MPEG-TS")?;
     let sink = Box::pin(futures::sink::unfold(
         out,
         |mut out, (_, data): (Instant, Bytes)| async move {
@@ -519,7 +518,10 @@ where
         self.0.poll_ready_unpin(cx)
     }
 
-    fn start_send(mut self: std::pin::Pin<&mut Self>, item: (Instant, Bytes)) -> std::io::Result<()> {
+    fn start_send(
+        mut self: std::pin::Pin<&mut Self>,
+        item: (Instant, Bytes),
+    ) -> std::io::Result<()> {
         self.0.start_send_unpin(item)
     }
 
