@@ -845,3 +845,94 @@ fn api_over_https_behind_a_trusted_proxy() {
     let url = format!("https://{}/v3/paths/list", server.api_addr());
     assert_eq!(curl_api(&url, &["X-Forwarded-For: 203.0.113.7"]).0, 401);
 }
+
+/// Credentials at the edge (docs/deploy.md): an origin and an edge both check tokens against
+/// the same JWKS (`authMethod: jwt`); the edge's `~^(.+)$` path pulls from the origin with the
+/// first reader's query (`?$MTX_QUERY`, its `jwt=`), so the origin checks the token once per
+/// pull. Two RTMP readers with a read token decode on the edge while the origin serves one
+/// pull; a reader without a token, and one whose token is for another path, are refused by the
+/// edge itself (the origin sees no other pull).
+#[test]
+fn an_edge_checks_the_origins_tokens_and_carries_them_to_the_origin() {
+    let dir = scratch("auth-edge");
+    let d = dir.to_str().unwrap();
+    jwt_tool(&["keys", "--dir", d, "--kid", "k1", "--alg", "ES256"]);
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, jwt_tool(&["jwks", "--dir", d, "--kid", "k1"])).unwrap();
+    let idp = AuthServer::start(&dir, "idp", &["--jwks", jwks.to_str().unwrap()]);
+    let auth = format!(
+        "authMethod: jwt\nauthJWTJWKS: http://127.0.0.1:{}/jwks.json\nauthJWTExclude:\n  - action: api\n",
+        idp.port
+    );
+    let origin = TestServer::start(&auth);
+    let origin_rtsp = origin.rtsp_url("");
+    let edge = TestServer::start(&format!(
+        "{auth}paths:\n  '~^(.+)$':\n    source: {origin_rtsp}$G1?$MTX_QUERY\n    rtspTransport: tcp\n    sourceOnDemand: yes\n"
+    ));
+    let token = |perms: serde_json::Value| {
+        mint(
+            &dir,
+            "k1",
+            serde_json::json!({"sub": "t", "exp": now_s() + 300, "mediamtx_permissions": perms}),
+        )
+    };
+    let publish = token(serde_json::json!([{"action": "publish", "path": "live/cam"}]));
+    let read = token(serde_json::json!([{"action": "read", "path": "live/cam"}]));
+    let other = token(serde_json::json!([{"action": "read", "path": "live/other"}]));
+    let _publisher = ffmpeg_publish(
+        &format!("{}?jwt={publish}", origin.rtmp_url("live/cam")),
+        90,
+        "flv",
+        &dir,
+    );
+    origin.wait_ready("live/cam", READY);
+    let pulls = || {
+        let v = tidegate_tests::http::get_json(origin.api_addr(), "/v3/rtspsessions/list");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "read")
+            .count()
+    };
+    let readers: Vec<PeerProcess> = (0..2)
+        .map(|i| {
+            tidegate_tests::peers::ffmpeg_decoding(
+                &format!("{}?jwt={read}", edge.rtmp_url("live/cam")),
+                6,
+                &dir,
+                &format!("edge-reader-{i}"),
+            )
+        })
+        .collect();
+    edge.wait_ready("live/cam", READY);
+    assert_eq!(pulls(), 1, "one pull for two readers");
+    for mut r in readers {
+        let frames = tidegate_tests::peers::decoded_frames(&mut r);
+        assert!(
+            frames >= 120,
+            "an edge reader with a token: {frames} frames in 6 s"
+        );
+    }
+    for (what, url) in [
+        ("no token", edge.rtmp_url("live/cam")),
+        (
+            "another path's token",
+            format!("{}?jwt={other}", edge.rtmp_url("live/cam")),
+        ),
+    ] {
+        let t = Instant::now();
+        let mut r = tidegate_tests::peers::ffmpeg_decoding(&url, 4, &dir, "refused-reader");
+        assert!(!r.wait(Duration::from_secs(20)).success(), "{what}: let in");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what}: refused late"
+        );
+        assert!(
+            r.stderr().contains("401") || r.stderr().contains("rror"),
+            "{what}: {}",
+            r.stderr()
+        );
+    }
+    assert!(pulls() <= 1, "the origin was asked for more pulls");
+}

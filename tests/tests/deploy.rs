@@ -506,7 +506,26 @@ fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
     let p = ports(&dir, "upgrade");
     let hls_port = port_env(&p, "TIDEGATE_HLSADDRESS");
     let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
-    let mut old = start_binary(&installed, &dir, "old", &conf, &p, &[]);
+    // systemd's notification socket, as a Type=notify unit has it.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let notified = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a systemd notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut old = start_binary(
+        &installed,
+        &dir,
+        "old",
+        &conf,
+        &p,
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    assert_eq!(notified(), format!("MAINPID={}\nREADY=1", old.pid()));
     let rtmp = |path: &str| format!("rtmp://127.0.0.1:{}/{path}", p.rtmp);
     let api: SocketAddr = format!("127.0.0.1:{}", p.api).parse().unwrap();
     let ready = |path: &str| {
@@ -645,6 +664,8 @@ fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
         "upgrade: process {new_pid} serves {:?} after SIGUSR2",
         signalled.elapsed()
     );
+    // systemd is told that the new process is the service's main one.
+    assert_eq!(notified(), format!("MAINPID={new_pid}\nREADY=1"));
     // The new process runs the installed file; the old one's file is the replaced one.
     let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe(new_pid), installed);
@@ -743,6 +764,80 @@ fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
         .status()
         .unwrap();
     assert!(term.success());
+}
+
+/// An upgrade to a binary that does not start (here a script that exits at once) changes
+/// nothing: the error is logged, the old process goes on accepting on every listener, SRT
+/// included (its socket read again), and a later upgrade can be tried.
+#[test]
+fn a_failed_upgrade_leaves_the_server_serving() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("deploy-upgrade-failed");
+    let installed = dir.join("tidegate");
+    std::fs::copy(server_binary(), &installed).unwrap();
+    let conf = dir.join("upgrade.yml");
+    std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
+    let p = ports(&dir, "failed");
+    let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
+    let mut server = start_binary(&installed, &dir, "server", &conf, &p, &[]);
+    let broken = dir.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &installed).unwrap();
+    let kill = Command::new(peer("kill"))
+        .args(["-USR2", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    poll(
+        Duration::from_secs(30),
+        || format!("no failed upgrade logged:\n{}", server.stderr()),
+        || {
+            let log = server.stdout() + &server.stderr();
+            log.contains("[upgrade] failed, this process goes on serving: the new process exited")
+                .then_some(())
+        },
+    );
+    let api: SocketAddr = format!("127.0.0.1:{}", p.api).parse().unwrap();
+    assert_eq!(fetch(api, "/readyz", &[]).status, 200);
+    rtmp_handshake(p.rtmp).unwrap();
+    let mut publisher = ffmpeg_publish(
+        &format!("srt://127.0.0.1:{srt_port}?streamid=publish:live/cam&latency=200000"),
+        30,
+        "mpegts",
+        &dir,
+    );
+    poll(
+        Duration::from_secs(20),
+        || {
+            format!(
+                "no SRT publish after a failed upgrade: {}",
+                publisher.stderr()
+            )
+        },
+        || {
+            fetch(api, "/v3/paths/get/live/cam", &[])
+                .text()
+                .contains("\"ready\":true")
+                .then_some(())
+        },
+    );
+    let mut reader = ffmpeg_decoding(
+        &format!("rtmp://127.0.0.1:{}/live/cam", p.rtmp),
+        4,
+        &dir,
+        "reader",
+    );
+    let frames = decoded_frames(&mut reader);
+    assert!(frames >= 90, "{frames} frames after a failed upgrade");
+    publisher.kill9();
+    assert!(server.stderr().contains("broken build"));
+    assert!(server.pid() > 0 && exe_alive(server.pid()));
+}
+
+/// Whether process `pid` still runs.
+fn exe_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/exe")).exists()
 }
 
 /// The port a [`Ports`] environment variable gives.
@@ -873,6 +968,8 @@ fn the_systemd_unit_is_hardened_and_verifies_cleanly() {
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Type=notify",
+        "NotifyAccess=all",
     ] {
         assert!(unit.contains(want), "{want}");
     }
