@@ -779,7 +779,7 @@ fn a_failed_upgrade_leaves_the_server_serving() {
     std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
     let p = ports(&dir, "failed");
     let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
-    let mut server = start_binary(&installed, &dir, "server", &conf, &p, &[]);
+    let server = start_binary(&installed, &dir, "server", &conf, &p, &[]);
     let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
