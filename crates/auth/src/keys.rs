@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 use tidegate_core::Action;
 
 /// What a key looks like: `tgk_` and 32 hex digits.
@@ -129,7 +128,8 @@ fn from_ms(v: Option<i64>) -> Option<SystemTime> {
 }
 
 fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes())
+        .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -3,7 +3,6 @@
 //! MediaMTX writes them.
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use tidegate_core::auth::same;
 
@@ -62,7 +61,9 @@ impl Secret {
         match self {
             Secret::Plain(p) => same(p, guess),
             Secret::Sha256(h) => {
-                let d = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(guess));
+                let d = base64::engine::general_purpose::STANDARD.encode(
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, guess.as_bytes()),
+                );
                 same(h, &d)
             }
             Secret::Argon2(phc) => {

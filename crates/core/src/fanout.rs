@@ -1565,7 +1565,7 @@ mod tests {
     async fn tls_readers_are_written_by_the_egress_under_backpressure() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
         let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

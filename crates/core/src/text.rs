@@ -77,12 +77,11 @@ pub fn uuid_v4() -> String {
     )
 }
 
-/// `n` hex digits from the operating system's CSPRNG (ring's `SystemRandom`): for anything a
+/// `n` hex digits from the operating system's CSPRNG (aws-lc-rs's `rand::fill`): for anything a
 /// client could abuse by guessing (ICE passwords, WHIP/WHEP resource ids, RTSP session ids).
 pub fn secret_hex(n: usize) -> String {
-    use ring::rand::SecureRandom;
     let mut raw = vec![0u8; n.div_ceil(2)];
-    if ring::rand::SystemRandom::new().fill(&mut raw).is_err() {
+    if aws_lc_rs::rand::fill(&mut raw).is_err() {
         // Never seen on a working Linux: fall back to SipHash keyed from the OS's randomness,
         // and say so.
         tracing::error!("the operating system's random number generator failed");

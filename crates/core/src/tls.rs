@@ -1,7 +1,8 @@
 //! TLS for pulled sources and pushes (`rtsps://`, `rtmps://`): the remote server's certificate
 //! is checked against the Web PKI roots, as browsers do, or, when the path sets
 //! `sourceFingerprint`, against that SHA-256 fingerprint alone (cameras and encoders with
-//! self-signed certificates). rustls on the `ring` provider.
+//! self-signed certificates). rustls on the `aws-lc-rs` provider (the
+//! workspace's one crypto provider, docs/design.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
 /// The SHA-256 fingerprint of a DER certificate, as lowercase hex (what `sourceFingerprint`
 /// takes and what errors show).
 pub fn fingerprint_hex(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -55,7 +56,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        let got = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
         if got.as_ref() == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -104,7 +105,7 @@ impl ServerCertVerifier for Pinned {
 /// A client configuration: Web PKI roots, or only the certificate `fingerprint` names when it
 /// is not empty.
 pub fn client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;

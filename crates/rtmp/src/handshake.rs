@@ -8,8 +8,8 @@
 //! - **plain**: C1 has no valid digest (GStreamer, simple clients): S2 echoes C1 and S1 has
 //!   zero version bytes, which tells clients not to look for a digest.
 
+use aws_lc_rs::hmac;
 use bytes::{Buf, BufMut, BytesMut};
-use ring::hmac;
 
 /// The public keys of the Flash handshake: "Genuine Adobe Flash Player 001" /
 /// "Genuine Adobe Flash Media Server 001", each followed by the same 32 bytes.

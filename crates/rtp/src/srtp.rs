@@ -8,13 +8,13 @@
 //! receiving side (these check the tag first and refuse a forged or replayed packet).
 //!
 //! Our own implementation: the crates that exist are tied to a WebRTC stack (webrtc-srtp) or
-//! to libsrtp through C bindings; this is 200 lines over `aes`, `ctr` and ring's HMAC.
+//! to libsrtp through C bindings; this is 200 lines over aws-lc-rs's AES-CTR and HMAC (the
+//! workspace's one crypto provider, docs/design.md).
 
 use std::collections::HashMap;
 
-use aes::cipher::{KeyIvInit, StreamCipher};
-
-type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
+use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128};
+use aws_lc_rs::hmac;
 
 /// Master key plus master salt, as MIKEY and libsrtp carry them.
 pub const MASTER_LEN: usize = 30;
@@ -39,20 +39,35 @@ pub enum SrtpError {
     Replay,
     #[error("too many SSRCs in one SRTP session")]
     TooManySsrcs,
+    #[error("SRTP cipher failure")]
+    Cipher,
 }
 
 /// A fresh master key and salt from the operating system's CSPRNG (None if it failed).
 pub fn random_master() -> Option<[u8; MASTER_LEN]> {
-    use ring::rand::SecureRandom;
     let mut k = [0u8; MASTER_LEN];
-    ring::rand::SystemRandom::new().fill(&mut k).ok()?;
+    aws_lc_rs::rand::fill(&mut k).ok()?;
     Some(k)
 }
 
+/// AES-128 in counter mode with `key` (16 bytes: it cannot fail).
+fn aes_cm(key: &[u8; KEY_LEN]) -> EncryptingKey {
+    UnboundCipherKey::new(&AES_128, key)
+        .and_then(EncryptingKey::ctr)
+        .unwrap_or_else(|_| unreachable!("a 16-byte AES-128 key"))
+}
+
+/// Applies `key`'s AES-CM keystream from counter block `iv` to `data` (encrypts or decrypts).
+fn apply(key: &EncryptingKey, iv: [u8; 16], data: &mut [u8]) -> Result<(), SrtpError> {
+    key.less_safe_encrypt(data, EncryptionContext::Iv128(iv.into()))
+        .map(|_| ())
+        .map_err(|_| SrtpError::Cipher)
+}
+
 struct Keys {
-    enc: [u8; KEY_LEN],
+    enc: EncryptingKey,
     salt: [u8; SALT_LEN],
-    auth: ring::hmac::Key,
+    auth: hmac::Key,
 }
 
 /// One of RFC 3711's key derivations (section 4.3.1, rate 0): AES-CM of the master key over
@@ -62,7 +77,9 @@ fn derive(master: &[u8; MASTER_LEN], label: u8, out: &mut [u8]) {
     iv[..SALT_LEN].copy_from_slice(&master[KEY_LEN..]);
     iv[7] ^= label;
     out.fill(0);
-    Aes128Ctr::new((&master[..KEY_LEN]).into(), (&iv).into()).apply_keystream(out);
+    let mut key = [0u8; KEY_LEN];
+    key.copy_from_slice(&master[..KEY_LEN]);
+    apply(&aes_cm(&key), iv, out).unwrap_or_else(|_| unreachable!("AES-CM over a few bytes"));
 }
 
 impl Keys {
@@ -72,14 +89,14 @@ impl Keys {
         derive(master, first_label + 1, &mut auth);
         derive(master, first_label + 2, &mut salt);
         Keys {
-            enc,
+            enc: aes_cm(&enc),
             salt,
-            auth: ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
         }
     }
 
     /// Applies the AES-CM keystream of (ssrc, index) to `data` (encrypts or decrypts).
-    fn crypt(&self, ssrc: u32, index: u64, data: &mut [u8]) {
+    fn crypt(&self, ssrc: u32, index: u64, data: &mut [u8]) -> Result<(), SrtpError> {
         let mut iv = [0u8; 16];
         iv[..SALT_LEN].copy_from_slice(&self.salt);
         for (i, b) in ssrc.to_be_bytes().iter().enumerate() {
@@ -88,11 +105,11 @@ impl Keys {
         for (i, b) in index.to_be_bytes()[2..].iter().enumerate() {
             iv[8 + i] ^= b;
         }
-        Aes128Ctr::new((&self.enc).into(), (&iv).into()).apply_keystream(data);
+        apply(&self.enc, iv, data)
     }
 
     fn tag(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
-        let mut ctx = ring::hmac::Context::with_key(&self.auth);
+        let mut ctx = hmac::Context::with_key(&self.auth);
         for p in parts {
             ctx.update(p);
         }
@@ -244,7 +261,7 @@ impl Context {
         let roc = (index >> 16) as u32;
         let mut out = Vec::with_capacity(packet.len() + TAG_LEN);
         out.extend_from_slice(packet);
-        self.rtp.crypt(ssrc, index, &mut out[head..]);
+        self.rtp.crypt(ssrc, index, &mut out[head..])?;
         let tag = self.rtp.tag(&[&out, &roc.to_be_bytes()]);
         out.extend_from_slice(&tag);
         Ok(out)
@@ -268,7 +285,7 @@ impl Context {
             return Err(SrtpError::Auth);
         }
         let mut out = body.to_vec();
-        self.rtp.crypt(ssrc, index, &mut out[head..]);
+        self.rtp.crypt(ssrc, index, &mut out[head..])?;
         self.state(ssrc)?.accept(index);
         Ok(out)
     }
@@ -284,7 +301,7 @@ impl Context {
         st.rtcp_index = st.rtcp_index.wrapping_add(1);
         let mut out = Vec::with_capacity(packet.len() + 4 + TAG_LEN);
         out.extend_from_slice(packet);
-        self.rtcp.crypt(ssrc, u64::from(index), &mut out[8..]);
+        self.rtcp.crypt(ssrc, u64::from(index), &mut out[8..])?;
         out.extend_from_slice(&(0x8000_0000 | index).to_be_bytes());
         let tag = self.rtcp.tag(&[&out]);
         out.extend_from_slice(&tag);
@@ -330,19 +347,40 @@ impl Context {
         }
         let mut out = rtcp.to_vec();
         if e_index & 0x8000_0000 != 0 {
-            self.rtcp.crypt(ssrc, u64::from(index), &mut out[8..]);
+            self.rtcp.crypt(ssrc, u64::from(index), &mut out[8..])?;
         }
         Ok(out)
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 3711 B.2's AES-CM keystream (the blocks it shares with NIST SP 800-38A F.5.1): the
+    /// session salt F0F1..FCFD, SSRC 0, index 0, so that block n is counter F0F1..FCFD|n.
+    #[test]
+    fn the_keystream_is_rfc_3711_b2s() {
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(&hex("2B7E151628AED2A6ABF7158809CF4F3C"));
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&hex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD"));
+        let keys = Keys {
+            enc: aes_cm(&key),
+            salt,
+            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &[0u8; AUTH_KEY_LEN]),
+        };
+        let mut stream = vec![0u8; 0xff02 * 16];
+        keys.crypt(0, 0, &mut stream).unwrap();
+        let block = |n: usize| &stream[n * 16..n * 16 + 16];
+        assert_eq!(block(0xfeff), hex("EC8CDF7398607CB0F2D21675EA9EA1E4"));
+        assert_eq!(block(0xff00), hex("362B7C3C6773516318A077D7FC5073AE"));
+        assert_eq!(block(0xff01), hex("6A2CC3787889374FBEB4C81B17BA6C44"));
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();

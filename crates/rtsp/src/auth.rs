@@ -104,7 +104,7 @@ fn md5_hex(s: &str) -> String {
 }
 
 fn sha256_hex(s: &str) -> String {
-    hex(&sha2::Sha256::digest(s.as_bytes()))
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes()).as_ref())
 }
 
 /// Whether a Digest response proves knowledge of `pass`.

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use base64::Engine;
-use sha1::{Digest, Sha1};
 use tidegate_core::Transport;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -26,10 +25,11 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
-    let mut h = Sha1::new();
+    use aws_lc_rs::digest;
+    let mut h = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
     h.update(key.trim().as_bytes());
     h.update(GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    base64::engine::general_purpose::STANDARD.encode(h.finish())
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

@@ -29,7 +29,7 @@ impl CertStore {
         }
         let key = PrivateKeyDer::from_pem_file(key_path)
             .map_err(|e| format!("cannot read private key {key_path}: {e}"))?;
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
         let signer = provider
             .key_provider
             .load_private_key(key)
@@ -86,7 +86,7 @@ pub fn acceptor_with_alpn(
         current: RwLock::new(CertStore::load(key_path, cert_path)?),
         files: RwLock::new((key_path.to_string(), cert_path.to_string())),
     });
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -107,12 +107,9 @@ pub struct Webhooks {
 
 /// HMAC-SHA256 of `msg` under `key`, in hex.
 pub fn sign(key: &[u8], msg: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(msg);
-    mac.finalize()
-        .into_bytes()
+    use aws_lc_rs::hmac;
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), msg)
+        .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
