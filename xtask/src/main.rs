@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Some("vendor") => vendor::run_vendor(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args] | lint | peers | soak [--minutes N] [--debug] | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [target...] | vendor hls.js|dash.js [version]"
+                "usage: cargo xtask test [cargo test args] | lint | peers | soak [--minutes N] [--debug] | bench [core|rtmp-fanout|hls-readers|rtsp-fanout|webrtc] [n...] | fuzz [seconds] [--jobs N] [target...] | vendor hls.js|dash.js [version]"
             );
             return ExitCode::from(2);
         }
@@ -102,11 +102,25 @@ fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Runs every fuzz target (or those named) for `seconds` each (default 60). Installs
+/// Runs every fuzz target (or those named) for `seconds` each (default 60), `--jobs N` of them
+/// at a time (default 1). Each starts from its committed seeds (`fuzz/seeds/<target>/`) and the
+/// corpus earlier runs left (`fuzz/corpus/<target>/`, not committed); libFuzzer's output goes
+/// to `fuzz/logs/<target>.log`. Prints a table of runs, coverage, corpus size and the outcome
+/// of each; fails if any target crashed (its input is in `fuzz/artifacts/<target>/`). Installs
 /// cargo-fuzz if missing; uses RUSTC_BOOTSTRAP because the machine has a stable toolchain only.
 fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
-    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let named: Vec<&String> = args.iter().filter(|a| a.parse::<u64>().is_err()).collect();
+    let mut jobs = 1usize;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--jobs" {
+            jobs = it.next().and_then(|j| j.parse().ok()).unwrap_or(1).max(1);
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let seconds: u64 = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let named: Vec<&String> = rest.iter().filter(|a| a.parse::<u64>().is_err()).collect();
     let have = Command::new("cargo")
         .args(["fuzz", "--version"])
         .output()
@@ -125,20 +139,119 @@ fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
         .map(str::to_string)
         .filter(|t| named.is_empty() || named.contains(&t))
         .collect();
-    for t in targets {
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
-        run(Command::new("cargo")
-            .current_dir(&dir)
+    // Built once, before the runs share the machine.
+    run(Command::new("cargo")
+        .current_dir(&dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "build"]))?;
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
+    let queue = std::sync::Mutex::new(targets.clone());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let Some(t) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                    return;
+                };
+                let r = fuzz_one(&dir, &t, seconds);
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by(|a, b| a.target.cmp(&b.target));
+    println!(
+        "{:<18} {:>7} {:>12} {:>8} {:>8} {:>7}  result",
+        "target", "seconds", "runs", "cov", "ft", "corpus"
+    );
+    for r in &results {
+        println!(
+            "{:<18} {:>7} {:>12} {:>8} {:>8} {:>7}  {}",
+            r.target, r.seconds, r.runs, r.cov, r.ft, r.corpus, r.outcome
+        );
+    }
+    let crashed: Vec<&str> = results
+        .iter()
+        .filter(|r| r.outcome != "clean")
+        .map(|r| r.target.as_str())
+        .collect();
+    if crashed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("fuzz targets that failed: {crashed:?} (see fuzz/logs/)"))
+    }
+}
+
+/// One target's run, as [`fuzz`] reports it.
+struct FuzzRun {
+    target: String,
+    seconds: u64,
+    runs: u64,
+    cov: u64,
+    ft: u64,
+    corpus: usize,
+    outcome: String,
+}
+
+fn fuzz_one(dir: &Path, t: &str, seconds: u64) -> FuzzRun {
+    let corpus = dir.join("corpus").join(t);
+    let _ = std::fs::create_dir_all(&corpus);
+    if let Ok(seeds) = std::fs::read_dir(dir.join("seeds").join(t)) {
+        for s in seeds.flatten() {
+            let _ = std::fs::copy(s.path(), corpus.join(s.file_name()));
+        }
+    }
+    eprintln!("xtask: fuzzing {t} for {seconds} s");
+    let log = dir.join("logs").join(format!("{t}.log"));
+    let started = std::time::Instant::now();
+    let status = std::fs::File::create(&log).and_then(|f| {
+        Command::new("cargo")
+            .current_dir(dir)
             .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", t])
+            .arg(&corpus)
             .args([
-                "fuzz",
-                "run",
-                &t,
                 "--",
                 &format!("-max_total_time={seconds}"),
-            ]))?;
+                "-print_final_stats=1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(f)
+            .status()
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // libFuzzer's last status line ("#N ... cov: X ft: Y corp: ...") and final stats.
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let last = text
+        .lines()
+        .filter(|l| l.starts_with('#') && l.contains("cov:"))
+        .last()
+        .unwrap_or("");
+    let runs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let outcome = match status {
+        Ok(s) if s.success() => "clean".to_string(),
+        Ok(s) => format!("FAILED ({s}): {}", log.display()),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    FuzzRun {
+        target: t.to_string(),
+        seconds: started.elapsed().as_secs(),
+        runs,
+        cov: field(last, "cov:"),
+        ft: field(last, "ft:"),
+        corpus: std::fs::read_dir(&corpus).map_or(0, |d| d.count()),
+        outcome,
     }
-    Ok(())
 }
 
 /// `soak [--minutes N] [--debug]`: builds the server (release unless `--debug`) and the soak
