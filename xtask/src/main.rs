@@ -178,7 +178,9 @@ fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
     if crashed.is_empty() {
         Ok(())
     } else {
-        Err(format!("fuzz targets that failed: {crashed:?} (see fuzz/logs/)"))
+        Err(format!(
+            "fuzz targets that failed: {crashed:?} (see fuzz/logs/)"
+        ))
     }
 }
 
@@ -230,8 +232,8 @@ fn fuzz_one(dir: &Path, t: &str, seconds: u64) -> FuzzRun {
     };
     let last = text
         .lines()
-        .filter(|l| l.starts_with('#') && l.contains("cov:"))
-        .last()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains("cov:"))
         .unwrap_or("");
     let runs = text
         .lines()
