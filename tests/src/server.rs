@@ -364,6 +364,14 @@ impl TestServer {
     }
 
     /// Waits (bounded) until `path` has at least `n` readers.
+    /// RTSP sessions reading from this server now (an edge's pulls, on an origin).
+    pub fn rtsp_reads(&self) -> usize {
+        let v = crate::http::get_json(self.api_addr(), "/v3/rtspsessions/list");
+        v["items"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|s| s["state"] == "read").count())
+    }
+
     pub fn wait_readers(&self, path: &str, n: usize, limit: Duration) {
         self.wait_until(path, limit, &format!("read by {n}"), |p| {
             p.is_some_and(|p| p.readers.len() >= n)

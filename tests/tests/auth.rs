@@ -886,15 +886,7 @@ fn an_edge_checks_the_origins_tokens_and_carries_them_to_the_origin() {
         &dir,
     );
     origin.wait_ready("live/cam", READY);
-    let pulls = || {
-        let v = tidegate_tests::http::get_json(origin.api_addr(), "/v3/rtspsessions/list");
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["state"] == "read")
-            .count()
-    };
+    let pulls = || origin.rtsp_reads();
     let readers: Vec<PeerProcess> = (0..2)
         .map(|i| {
             tidegate_tests::peers::ffmpeg_decoding(

@@ -498,12 +498,7 @@ fn rtmp_handshake(port: u16) -> Result<(), String> {
 /// publisher comes back to the new one.
 #[test]
 fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
-    let dir = scratch("deploy-upgrade");
-    let installed = dir.join("tidegate");
-    std::fs::copy(server_binary(), &installed).unwrap();
-    let conf = dir.join("upgrade.yml");
-    std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
-    let p = ports(&dir, "upgrade");
+    let (dir, installed, conf, p) = installed_copy("deploy-upgrade");
     let hls_port = port_env(&p, "TIDEGATE_HLSADDRESS");
     let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
     // systemd's notification socket, as a Type=notify unit has it.
@@ -772,12 +767,7 @@ fn sigusr2_upgrades_the_binary_without_dropping_anyone() {
 #[test]
 fn a_failed_upgrade_leaves_the_server_serving() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = scratch("deploy-upgrade-failed");
-    let installed = dir.join("tidegate");
-    std::fs::copy(server_binary(), &installed).unwrap();
-    let conf = dir.join("upgrade.yml");
-    std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
-    let p = ports(&dir, "failed");
+    let (dir, installed, conf, p) = installed_copy("deploy-upgrade-failed");
     let srt_port = port_env(&p, "TIDEGATE_SRTADDRESS");
     let server = start_binary(&installed, &dir, "server", &conf, &p, &[]);
     let broken = dir.join("broken");
@@ -838,6 +828,19 @@ fn a_failed_upgrade_leaves_the_server_serving() {
 /// Whether process `pid` still runs.
 fn exe_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/exe")).exists()
+}
+
+/// A scratch directory `name` with a copy of the binary installed in it (as a package
+/// installs it, to be replaced by an upgrade), a configuration with every path open, and
+/// ports.
+fn installed_copy(name: &str) -> (PathBuf, PathBuf, PathBuf, Ports) {
+    let dir = scratch(name);
+    let installed = dir.join("tidegate");
+    std::fs::copy(server_binary(), &installed).unwrap();
+    let conf = dir.join("upgrade.yml");
+    std::fs::write(&conf, "paths:\n  all_others:\n").unwrap();
+    let p = ports(&dir, name);
+    (dir, installed, conf, p)
 }
 
 /// The port a [`Ports`] environment variable gives.

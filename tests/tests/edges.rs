@@ -35,13 +35,7 @@ fn edge(origins: &[String]) -> TestServer {
 
 /// RTSP sessions reading from `server` now.
 fn pulls(server: &TestServer) -> usize {
-    let v = get_json(server.api_addr(), "/v3/rtspsessions/list");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "read")
-        .count()
+    server.rtsp_reads()
 }
 
 /// One origin, two edges: an ffmpeg RTMP publish on the origin is decoded on both edges by

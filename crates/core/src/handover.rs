@@ -160,6 +160,58 @@ pub fn set_udp_stage(stage: UdpStage) {
     STAGE.send_replace(stage);
 }
 
+/// What a UDP receive loop keeps of a handover: whether it still reads the shared socket, and
+/// which peers it has given a connected twin (each once).
+pub struct Twins {
+    stage: watch::Receiver<UdpStage>,
+    twinned: std::collections::HashSet<SocketAddr>,
+    reading: bool,
+}
+
+impl Default for Twins {
+    fn default() -> Self {
+        Twins {
+            stage: udp_stage(),
+            twinned: std::collections::HashSet::new(),
+            reading: true,
+        }
+    }
+}
+
+impl Twins {
+    /// Whether the shared socket is still read here.
+    pub fn reading(&self) -> bool {
+        self.reading
+    }
+
+    /// Waits for the next stage; returns which of `peers` (the loop's sessions now) to twin.
+    pub async fn changed<I: IntoIterator<Item = SocketAddr>>(
+        &mut self,
+        peers: impl FnOnce() -> I,
+    ) -> Vec<SocketAddr> {
+        let now = match self.stage.changed().await {
+            Ok(()) => *self.stage.borrow_and_update(),
+            // The sender is a static: never dropped. Should it be, nothing changes again.
+            Err(_) => std::future::pending().await,
+        };
+        self.reading = now != UdpStage::Released;
+        if now == UdpStage::Serving {
+            self.twinned.clear();
+            return Vec::new();
+        }
+        peers()
+            .into_iter()
+            .filter(|p| self.twinned.insert(*p))
+            .collect()
+    }
+
+    /// Whether `peer`, just heard from on the shared socket, is to be twinned now (a handover
+    /// is under way and it has no twin yet).
+    pub fn newly_heard(&mut self, peer: SocketAddr) -> bool {
+        *self.stage.borrow() != UdpStage::Serving && self.twinned.insert(peer)
+    }
+}
+
 /// A socket bound where `shared` is and connected to `peer`: the kernel delivers `peer`'s
 /// datagrams to it rather than to `shared` (a connected socket is the better match), here or in
 /// another process. Both get `SO_REUSEADDR`, which binding twice needs.

@@ -118,29 +118,18 @@ impl Udp {
     }
 
     async fn receive(self: Arc<Self>, shutdown: CancellationToken) {
-        use handover::UdpStage;
         let mut buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         // An upgrade: every UDP session's peer addresses get connected twins of both sockets,
         // then the shared sockets are left to the new process (read no more; still sent from).
-        let mut stage = handover::udp_stage();
-        let mut twinned = std::collections::HashSet::new();
-        let mut reading = true;
+        let mut twins = handover::Twins::default();
         loop {
+            let reading = twins.reading();
             let (from, rtcp, n) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = stage.changed() => {
-                    let now = r.map(|()| *stage.borrow_and_update()).unwrap_or(UdpStage::Serving);
-                    reading = now != UdpStage::Released;
-                    if now == UdpStage::Serving {
-                        twinned.clear();
-                    } else {
-                        let peers: Vec<SocketAddr> = self.routes().keys().copied().collect();
-                        for peer in peers {
-                            if twinned.insert(peer) {
-                                self.clone().twin(peer, &shutdown);
-                            }
-                        }
+                peers = twins.changed(|| self.routes().keys().copied().collect::<Vec<_>>()) => {
+                    for peer in peers {
+                        self.clone().twin(peer, &shutdown);
                     }
                     continue;
                 }
@@ -154,10 +143,7 @@ impl Udp {
                 }
             };
             self.route(from, rtcp, if rtcp { &rtcp_buf[..n] } else { &buf[..n] });
-            if *stage.borrow() != UdpStage::Serving
-                && self.routes().contains_key(&from)
-                && twinned.insert(from)
-            {
+            if self.routes().contains_key(&from) && twins.newly_heard(from) {
                 self.clone().twin(from, &shutdown);
             }
         }

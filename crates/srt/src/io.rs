@@ -205,9 +205,7 @@ pub async fn listen(
     let mut given_up = std::collections::HashSet::new();
     // An upgrade: sessions get connected twins, then the shared socket is left to the new
     // process (read no more; still sent from).
-    let mut stage = tidegate_core::handover::udp_stage();
-    let mut twinning = false;
-    let mut reading = true;
+    let mut twins = tidegate_core::handover::Twins::default();
     loop {
         sessions.open.store(open.len(), Ordering::Relaxed);
         sessions.pending.store(pending.len(), Ordering::Relaxed);
@@ -245,7 +243,7 @@ pub async fn listen(
                 let r = match pending.remove(&session) {
                     Some(tx) => {
                         let (packets, conn) = spawn_connection(socket.clone(), connection);
-                        if twinning {
+                        if twins.newly_heard(session.0) {
                             twin(&socket, session, &packets, ipv6);
                         }
                         open.insert(session, packets);
@@ -280,22 +278,16 @@ pub async fn listen(
             Action::UpdateStatistics(_) => next.input_from(Ok::<(), ()>(())),
             Action::WaitForInput => tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = stage.changed() => {
-                    use tidegate_core::handover::UdpStage;
-                    let now = match r {
-                        Ok(()) => *stage.borrow_and_update(),
-                        Err(_) => UdpStage::Serving,
-                    };
-                    if now != UdpStage::Serving && !twinning {
-                        for (session, packets) in &open {
-                            twin(&socket, *session, packets, ipv6);
+                peers = twins.changed(|| open.keys().map(|s| s.0).collect::<Vec<_>>()) => {
+                    for peer in peers {
+                        let session = SessionId(peer);
+                        if let Some(packets) = open.get(&session) {
+                            twin(&socket, session, packets, ipv6);
                         }
                     }
-                    twinning = now != UdpStage::Serving;
-                    reading = now != UdpStage::Released;
                     Input::Timer
                 }
-                r = socket.recv_from(&mut buf), if reading => Input::Packet(match r {
+                r = socket.recv_from(&mut buf), if twins.reading() => Input::Packet(match r {
                     Ok((n, from)) => parse_datagram(&buf[..n], ipv6).map(|p| (p, from)),
                     Err(e) => Err(ReceivePacketError::Io(e)),
                 }),

@@ -359,7 +359,6 @@ fn host_candidates(local: SocketAddr, config: &WebRtcConfig) -> Vec<SocketAddr> 
 }
 
 async fn receive_loop(inner: Arc<Inner>) {
-    use tidegate_core::handover::UdpStage;
     let Some(socket) = inner.socket.clone() else {
         return;
     };
@@ -367,10 +366,9 @@ async fn receive_loop(inner: Arc<Inner>) {
     let mut unrouted: u64 = 0;
     // An upgrade: every session's peer address gets a connected twin, then the shared socket
     // is left to the new process (read no more; still sent from).
-    let mut stage = tidegate_core::handover::udp_stage();
-    let mut twinned = std::collections::HashSet::new();
-    let mut reading = true;
+    let mut twins = tidegate_core::handover::Twins::default();
     loop {
+        let reading = twins.reading();
         let (n, source) = tokio::select! {
             r = socket.recv_from(&mut buf), if reading => match r {
                 Ok(x) => x,
@@ -380,18 +378,11 @@ async fn receive_loop(inner: Arc<Inner>) {
                     continue;
                 }
             },
-            r = stage.changed() => {
-                let now = r.map(|()| *stage.borrow_and_update()).unwrap_or(UdpStage::Serving);
-                reading = now != UdpStage::Released;
-                if now == UdpStage::Serving {
-                    twinned.clear();
-                } else {
-                    let routes: Vec<_> = inner.routes().by_addr.iter()
-                        .map(|(a, (_, tx))| (*a, tx.clone())).collect();
-                    for (addr, tx) in routes {
-                        if twinned.insert(addr) {
-                            twin(&socket, addr, tx);
-                        }
+            peers = twins.changed(|| inner.routes().by_addr.keys().copied().collect::<Vec<_>>()) => {
+                for peer in peers {
+                    let tx = inner.routes().by_addr.get(&peer).map(|(_, tx)| tx.clone());
+                    if let Some(tx) = tx {
+                        twin(&socket, peer, tx);
                     }
                 }
                 continue;
@@ -408,7 +399,7 @@ async fn receive_loop(inner: Arc<Inner>) {
                     data: Bytes::copy_from_slice(data),
                     at: Instant::now(),
                 });
-                if *stage.borrow() != UdpStage::Serving && twinned.insert(source) {
+                if twins.newly_heard(source) {
                     twin(&socket, source, tx);
                 }
             }
