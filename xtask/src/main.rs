@@ -154,6 +154,16 @@ fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
                     return;
                 };
                 let r = fuzz_one(&dir, &t, seconds);
+                // Each run's row as it ends, so a campaign cut short keeps what it measured.
+                let row = format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    r.target, r.seconds, r.runs, r.cov, r.ft, r.corpus, r.outcome
+                );
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("logs").join("runs.tsv"))
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, row.as_bytes()));
                 results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
             });
         }
