@@ -22,44 +22,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::AbortOnDrop;
 use crate::ingest::InTrack;
-use crate::source::AbortOnDrop;
+use crate::message::{self, Input, Parser, Response};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A response head larger than this, or a body larger than [`MAX_BODY`], ends the session.
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 64 * 1024;
-
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
 
 /// The RTSP connection: requests out, responses in (interleaved data skipped).
 struct Conn {
     io: Box<dyn Io>,
-    buf: Vec<u8>,
+    /// The crate's one RTSP parser (`message`), here for responses.
+    parser: Parser,
     cseq: u32,
     session: Option<String>,
     creds: Option<(String, String)>,
@@ -67,67 +42,11 @@ struct Conn {
     challenges: Vec<String>,
 }
 
-/// Parses one response from the front of `buf`: Ok(None) when more bytes are needed; the
-/// number of bytes it used. Interleaved frames (`$`) before it are skipped.
-fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
-    let mut start = 0;
-    while buf.get(start) == Some(&b'$') {
-        let Some(h) = buf.get(start..start + 4) else {
-            return Ok(None);
-        };
-        start += 4 + usize::from(u16::from_be_bytes([h[2], h[3]]));
-        if start > buf.len() {
-            return Ok(None);
-        }
-    }
-    let rest = &buf[start..];
-    let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if rest.len() > MAX_HEAD {
-            return Err("response head over 16 KiB".into());
-        }
-        return Ok(None);
-    };
-    let head = String::from_utf8_lossy(&rest[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .strip_prefix("RTSP/1.0 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an RTSP response: {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .take(64)
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    if len > MAX_BODY {
-        return Err("response body over 64 KiB".into());
-    }
-    let body_start = start + end + 4;
-    if buf.len() < body_start + len {
-        return Ok(None);
-    }
-    let body = buf[body_start..body_start + len].to_vec();
-    Ok(Some((
-        Response {
-            status,
-            headers,
-            body,
-        },
-        body_start + len,
-    )))
-}
-
 impl Conn {
     fn new(io: Box<dyn Io>, creds: Option<(String, String)>) -> Conn {
         Conn {
             io,
-            buf: Vec::new(),
+            parser: Parser::default(),
             cseq: 0,
             session: None,
             creds,
@@ -152,28 +71,18 @@ impl Conn {
         body: &[u8],
     ) -> Result<(), String> {
         self.cseq += 1;
-        let mut req = format!(
-            "{method} {uri} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: Tidegate\r\n",
-            self.cseq
-        );
+        let mut headers = vec![("User-Agent", "Tidegate".to_string())];
         if let Some(s) = &self.session {
-            req.push_str(&format!("Session: {s}\r\n"));
+            headers.push(("Session", s.clone()));
         }
         if let Some((user, pass)) = &self.creds {
             let ch: Vec<&str> = self.challenges.iter().map(String::as_str).collect();
             if let Some(a) = crate::auth::authorization(&ch, method, uri, user, pass) {
-                req.push_str(&format!("Authorization: {a}\r\n"));
+                headers.push(("Authorization", a));
             }
         }
-        for (k, v) in extra {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut req = req.into_bytes();
-        req.extend_from_slice(body);
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        let req = message::request(method, uri, self.cseq, &headers, body);
         tokio::time::timeout(IO_TIMEOUT, self.io.write_all(&req))
             .await
             .map_err(|_| format!("{method}: the camera accepted nothing for 10 s"))?
@@ -184,9 +93,15 @@ impl Conn {
         let deadline = Instant::now() + IO_TIMEOUT;
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((r, used)) = parse_response(&self.buf)? {
-                self.buf.drain(..used);
-                return Ok(r);
+            // Interleaved data before the answer is skipped, and so is a request from the
+            // server (RTSP 1.0 servers may send GET_PARAMETER; nothing here needs one).
+            loop {
+                match self.parser.poll() {
+                    Ok(Some(Input::Response(r))) => return Ok(r),
+                    Ok(Some(Input::Interleaved { .. } | Input::Request(_))) => {}
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("{method}: {e}")),
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let n = tokio::time::timeout(left, self.io.read(&mut chunk))
@@ -196,7 +111,7 @@ impl Conn {
             if n == 0 {
                 return Err(format!("{method}: the camera closed the connection"));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.parser.feed(&chunk[..n]);
         }
     }
 
@@ -220,11 +135,7 @@ impl Conn {
         self.send_body(method, uri, extra, body).await?;
         let mut r = self.response(method).await?;
         if r.status == 401 && self.creds.is_some() && self.challenges.is_empty() {
-            self.challenges = r
-                .all("WWW-Authenticate")
-                .into_iter()
-                .map(str::to_string)
-                .collect();
+            self.challenges = r.all("WWW-Authenticate").map(str::to_string).collect();
             self.send_body(method, uri, extra, body).await?;
             r = self.response(method).await?;
         }
@@ -353,8 +264,12 @@ async fn push_once(
 /// For the fuzz target: the response parser on arbitrary bytes.
 #[doc(hidden)]
 pub fn fuzz_response(data: &[u8]) {
-    if let Ok(Some((r, used))) = parse_response(data) {
-        assert!(used <= data.len() && r.body.len() <= MAX_BODY);
+    let mut p = Parser::default();
+    p.feed(data);
+    while let Ok(Some(i)) = p.poll() {
+        if let Input::Response(r) = i {
+            assert!(r.body.len() <= message::MAX_BODY);
+        }
     }
     let _ = multicast_target(&String::from_utf8_lossy(data));
 }
@@ -905,7 +820,7 @@ async fn pull_on(
                         }
                         continue;
                     };
-                    let (p, s) = crate::source::publish_camera(paths, path, desc)?;
+                    let (p, s) = crate::ingest::publish_camera(paths, path, desc)?;
                     crate::ingest::mark_mpegts(&tracks.iter().collect::<Vec<_>>(), &s);
                     stream = Some(s);
                     publisher = Some(p);
@@ -931,27 +846,6 @@ async fn pull_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_parse_after_interleaved_data_and_wait_for_their_body() {
-        let mut buf = vec![b'$', 0, 0, 2, 9, 9];
-        buf.extend_from_slice(
-            b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 4\r\nSession: ab;timeout=60\r\n\r\nv=0",
-        );
-        assert!(
-            parse_response(&buf).unwrap().is_none(),
-            "the body is one byte short"
-        );
-        buf.push(b'\n');
-        let (r, used) = parse_response(&buf).unwrap().unwrap();
-        assert_eq!(
-            (r.status, used, r.body.as_slice()),
-            (200, buf.len(), &b"v=0\n"[..])
-        );
-        assert_eq!(r.header("session"), Some("ab;timeout=60"));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
-        assert!(parse_response(&vec![b'a'; MAX_HEAD + 1]).is_err());
-    }
 
     #[test]
     fn only_the_cameras_packets_are_taken() {

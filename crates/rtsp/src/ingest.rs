@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tidegate_codec::{h264, h265, nal};
-use tidegate_core::{CodecParams, Frame, StreamDesc, Track};
+use tidegate_core::{CodecParams, Frame, PathManager, SessionInfo, StreamDesc, Track};
 use tidegate_rtp::RtpPacket;
 
 use crate::sdp::Incoming;
@@ -284,4 +284,32 @@ pub fn desc<'a>(tracks: impl IntoIterator<Item = &'a InTrack>) -> Option<StreamD
         })
         .collect::<Option<Vec<Track>>>()?;
     Some(StreamDesc { tracks })
+}
+
+/// The pulled camera as the publisher of `path`, its stream started with `desc`.
+pub(crate) fn publish_camera(
+    paths: &PathManager,
+    path: &str,
+    desc: StreamDesc,
+) -> Result<(tidegate_core::Publisher, Arc<tidegate_core::Stream>), String> {
+    let session = SessionInfo {
+        id: paths.new_session_id(),
+        kind: "rtspSource",
+        remote: None,
+        query: String::new(),
+    };
+    let mut p = paths
+        .publish_source(path, session)
+        .map_err(|e| e.to_string())?;
+    let stream = p.start(desc);
+    Ok((p, stream))
+}
+
+/// A task that ends with its owner.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

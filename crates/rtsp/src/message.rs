@@ -1,9 +1,10 @@
-//! RTSP 1.0 messages (RFC 2326) off a TCP stream: requests and `$`-framed interleaved data,
-//! with limits on everything allocated.
+//! RTSP 1.0 messages (RFC 2326) off a TCP stream: requests, responses and `$`-framed
+//! interleaved data, with limits on everything allocated. The one parser of the crate: the
+//! server reads requests with it, the client (pulls and `forward`) responses.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Largest request line plus headers.
+/// Largest request or status line plus headers.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest body (an SDP).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -11,13 +12,13 @@ pub const MAX_HEADERS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
-    #[error("request head larger than {MAX_HEAD} bytes")]
+    #[error("message head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
     #[error("body larger than {MAX_BODY} bytes")]
     BodyTooLarge,
     #[error("more than {MAX_HEADERS} headers")]
     TooManyHeaders,
-    #[error("malformed request: {0}")]
+    #[error("malformed message: {0}")]
     Malformed(&'static str),
 }
 
@@ -42,9 +43,36 @@ impl Request {
     }
 }
 
+/// A response to one of our requests (the client's side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header that may repeat (`WWW-Authenticate`).
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Request(Request),
+    Response(Response),
     Interleaved { channel: u8, data: Bytes },
 }
 
@@ -102,17 +130,6 @@ impl Parser {
             .map_err(|_| MessageError::Malformed("not UTF-8"))?;
         let mut lines = head.split("\r\n");
         let first = lines.next().ok_or(MessageError::Malformed("empty"))?;
-        let mut parts = first.split(' ');
-        let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(MessageError::Malformed("bad request line"));
-        };
-        if !version.starts_with("RTSP/")
-            || method.is_empty()
-            || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
-        {
-            return Err(MessageError::Malformed("bad request line"));
-        }
         let mut headers = Vec::new();
         for line in lines {
             let (k, v) = line
@@ -135,19 +152,64 @@ impl Parser {
         if len > MAX_BODY {
             return Err(MessageError::BodyTooLarge);
         }
+        let first = start_line(first)?;
         if self.buf.len() < end + 4 + len {
             return Ok(None);
         }
-        let req = Request {
-            method: method.to_string(),
-            uri: uri.to_string(),
-            headers,
-            body: Bytes::new(),
-        };
         self.buf.advance(end + 4);
         let body = self.buf.split_to(len).freeze();
-        Ok(Some(Input::Request(Request { body, ..req })))
+        Ok(Some(match first {
+            StartLine::Request { method, uri } => Input::Request(Request {
+                method,
+                uri,
+                headers,
+                body,
+            }),
+            StartLine::Status { status, reason } => Input::Response(Response {
+                status,
+                reason,
+                headers,
+                body,
+            }),
+        }))
     }
+}
+
+enum StartLine {
+    Request { method: String, uri: String },
+    Status { status: u16, reason: String },
+}
+
+/// `METHOD uri RTSP/1.0` or `RTSP/1.0 200 OK`.
+fn start_line(line: &str) -> Result<StartLine, MessageError> {
+    if let Some(rest) = line.strip_prefix("RTSP/") {
+        let mut parts = rest.splitn(3, ' ');
+        let _version = parts.next();
+        let status = parts
+            .next()
+            .filter(|s| s.len() == 3)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or(MessageError::Malformed("bad status line"))?;
+        return Ok(StartLine::Status {
+            status,
+            reason: parts.next().unwrap_or("").to_string(),
+        });
+    }
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(MessageError::Malformed("bad request line"));
+    };
+    if !version.starts_with("RTSP/")
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+    {
+        return Err(MessageError::Malformed("bad request line"));
+    }
+    Ok(StartLine::Request {
+        method: method.to_string(),
+        uri: uri.to_string(),
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -175,6 +237,27 @@ pub fn response(
     out.put_slice(b"\r\n");
     out.put_slice(body);
     out.freeze()
+}
+
+/// A request: `CSeq`, then the given headers (`Content-Length` added for a body).
+pub fn request(
+    method: &str,
+    uri: &str,
+    cseq: u32,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{method} {uri} RTSP/1.0\r\nCSeq: {cseq}\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// `$ channel len data`.
@@ -213,6 +296,58 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn responses_come_after_interleaved_data_and_wait_for_their_body() {
+        let mut p = Parser::default();
+        p.feed(b"$\x00\x00\x02\x09\x09RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 4\r\n");
+        p.feed(b"Session: ab;timeout=60\r\nWWW-Authenticate: Basic\r\nwww-authenticate: Digest\r\n\r\nv=0");
+        assert!(matches!(
+            p.poll(),
+            Ok(Some(Input::Interleaved { channel: 0, .. }))
+        ));
+        assert_eq!(p.poll(), Ok(None), "the body is one byte short");
+        p.feed(b"\n");
+        let Ok(Some(Input::Response(r))) = p.poll() else {
+            panic!("no response");
+        };
+        assert_eq!(
+            (r.status, r.reason.as_str(), &r.body[..]),
+            (200, "OK", &b"v=0\n"[..])
+        );
+        assert_eq!(r.header("session"), Some("ab;timeout=60"));
+        assert_eq!(
+            r.all("WWW-Authenticate").collect::<Vec<_>>(),
+            ["Basic", "Digest"]
+        );
+        let mut p = Parser::default();
+        p.feed(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(p.poll().is_err());
+        let mut p = Parser::default();
+        p.feed(b"RTSP/1.0 2x0 OK\r\n\r\n");
+        assert!(p.poll().is_err());
+    }
+
+    #[test]
+    fn a_request_is_written_as_it_parses() {
+        let raw = request(
+            "ANNOUNCE",
+            "rtsp://h/a",
+            3,
+            &[("Session", "x".into())],
+            b"v=0\n",
+        );
+        let mut p = Parser::default();
+        p.feed(&raw);
+        let Ok(Some(Input::Request(r))) = p.poll() else {
+            panic!("no request");
+        };
+        assert_eq!(
+            (r.method.as_str(), r.cseq(), r.header("session")),
+            ("ANNOUNCE", "3", Some("x"))
+        );
+        assert_eq!(&r.body[..], b"v=0\n");
     }
 
     #[test]

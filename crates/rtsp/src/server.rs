@@ -656,6 +656,8 @@ impl Conn {
                                 out.extend_from_slice(&resp);
                             }
                             Ok(Some(Input::Interleaved { channel, data })) => self.on_interleaved(channel, data),
+                            // We send no requests, so a response answers nothing.
+                            Ok(Some(Input::Response(_))) => {}
                             Ok(None) => {
                                 partial = match partial {
                                     Some(t) if parser.partial_request() => Some(t),

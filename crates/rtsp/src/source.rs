@@ -19,8 +19,10 @@ use retina::client::{
 use retina::codec::{CodecItem, ParametersRef};
 use tidegate_codec::{h264, h265};
 use tidegate_core::relay::{with_backoff, RelayStatus};
-use tidegate_core::{CodecParams, Frame, G711Law, PathManager, SessionInfo, StreamDesc, Track};
+use tidegate_core::{CodecParams, Frame, G711Law, PathManager, StreamDesc, Track};
 use tokio_util::sync::CancellationToken;
+
+use crate::ingest::{publish_camera, AbortOnDrop};
 
 /// How a pulled source asks for RTP (`rtspTransport`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,34 +128,6 @@ fn ours(encoding: &str) -> bool {
             | "MP2T"
     ) || e.starts_with("G726-")
         || e.starts_with("AAL2-G726-")
-}
-
-/// The pulled camera as the publisher of `path`, its stream started with `desc`.
-pub(crate) fn publish_camera(
-    paths: &PathManager,
-    path: &str,
-    desc: StreamDesc,
-) -> Result<(tidegate_core::Publisher, Arc<tidegate_core::Stream>), String> {
-    let session = SessionInfo {
-        id: paths.new_session_id(),
-        kind: "rtspSource",
-        remote: None,
-        query: String::new(),
-    };
-    let mut p = paths
-        .publish_source(path, session)
-        .map_err(|e| e.to_string())?;
-    let stream = p.start(desc);
-    Ok((p, stream))
-}
-
-/// A task that ends with its owner.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Puts `upstream` (a camera's connection: TLS, a WebSocket, a dumped TCP one) behind a relay
