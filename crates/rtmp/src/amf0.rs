@@ -3,6 +3,7 @@
 //! Decoding is bounded: nesting depth is limited and every length is checked against the
 //! bytes actually present before anything is allocated.
 
+use crate::RtmpError;
 use bytes::{BufMut, BytesMut};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -18,19 +19,7 @@ pub enum Amf0 {
     Date(f64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Amf0Error {
-    #[error("AMF0 value truncated")]
-    Truncated,
-    #[error("AMF0 marker {0:#04x} is not supported")]
-    UnsupportedMarker(u8),
-    #[error("AMF0 values nested deeper than {MAX_DEPTH}")]
-    TooDeep,
-    #[error("AMF0 string is not UTF-8")]
-    NotUtf8,
-}
-
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 impl Amf0 {
     pub fn as_str(&self) -> Option<&str> {
@@ -142,40 +131,43 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Amf0Error> {
-        let end = self.pos.checked_add(n).ok_or(Amf0Error::Truncated)?;
-        let s = self.data.get(self.pos..end).ok_or(Amf0Error::Truncated)?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RtmpError> {
+        let end = self.pos.checked_add(n).ok_or(RtmpError::AmfTruncated)?;
+        let s = self
+            .data
+            .get(self.pos..end)
+            .ok_or(RtmpError::AmfTruncated)?;
         self.pos = end;
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, Amf0Error> {
+    fn u8(&mut self) -> Result<u8, RtmpError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, Amf0Error> {
+    fn u16(&mut self) -> Result<u16, RtmpError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, Amf0Error> {
+    fn u32(&mut self) -> Result<u32, RtmpError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn f64(&mut self) -> Result<f64, Amf0Error> {
+    fn f64(&mut self) -> Result<f64, RtmpError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(f64::from_be_bytes(a))
     }
 
-    fn string(&mut self, len: usize) -> Result<String, Amf0Error> {
+    fn string(&mut self, len: usize) -> Result<String, RtmpError> {
         let b = self.take(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| Amf0Error::NotUtf8)
+        String::from_utf8(b.to_vec()).map_err(|_| RtmpError::AmfNotUtf8)
     }
 
-    fn props(&mut self, depth: usize) -> Result<Vec<(String, Amf0)>, Amf0Error> {
+    fn props(&mut self, depth: usize) -> Result<Vec<(String, Amf0)>, RtmpError> {
         let mut props = Vec::new();
         loop {
             let len = usize::from(self.u16()?);
@@ -185,7 +177,7 @@ impl<'a> Reader<'a> {
                 if self.pos < self.data.len() {
                     let marker = self.u8()?;
                     if marker != 0x09 {
-                        return Err(Amf0Error::UnsupportedMarker(marker));
+                        return Err(RtmpError::AmfMarker(marker));
                     }
                 }
                 return Ok(props);
@@ -196,9 +188,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Amf0, Amf0Error> {
+    fn value(&mut self, depth: usize) -> Result<Amf0, RtmpError> {
         if depth > MAX_DEPTH {
-            return Err(Amf0Error::TooDeep);
+            return Err(RtmpError::AmfTooDeep);
         }
         let marker = self.u8()?;
         Ok(match marker {
@@ -219,7 +211,7 @@ impl<'a> Reader<'a> {
                 let count = self.u32()? as usize;
                 // Each element takes at least one byte: a count beyond the input is a lie.
                 if count > self.data.len() - self.pos {
-                    return Err(Amf0Error::Truncated);
+                    return Err(RtmpError::AmfTruncated);
                 }
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -237,13 +229,13 @@ impl<'a> Reader<'a> {
                 Amf0::String(self.string(len)?)
             }
             // AMF3 switch inside AMF0 data (some encoders): not supported, reported clearly.
-            m => return Err(Amf0Error::UnsupportedMarker(m)),
+            m => return Err(RtmpError::AmfMarker(m)),
         })
     }
 }
 
 /// Decodes every value in `data`.
-pub fn decode_all(data: &[u8]) -> Result<Vec<Amf0>, Amf0Error> {
+pub fn decode_all(data: &[u8]) -> Result<Vec<Amf0>, RtmpError> {
     let mut r = Reader { data, pos: 0 };
     let mut out = Vec::new();
     while r.pos < data.len() {
@@ -293,14 +285,14 @@ mod tests {
         // A strict array claiming 4 billion elements.
         assert_eq!(
             decode_all(&[0x0a, 0xff, 0xff, 0xff, 0xff]),
-            Err(Amf0Error::Truncated)
+            Err(RtmpError::AmfTruncated)
         );
         // Deep nesting.
         let mut deep = vec![];
         for _ in 0..100 {
             deep.extend_from_slice(&[0x03, 0, 1, b'a']);
         }
-        assert_eq!(decode_all(&deep), Err(Amf0Error::TooDeep));
-        assert_eq!(decode_all(&[0x11]), Err(Amf0Error::UnsupportedMarker(0x11)));
+        assert_eq!(decode_all(&deep), Err(RtmpError::AmfTooDeep));
+        assert_eq!(decode_all(&[0x11]), Err(RtmpError::AmfMarker(0x11)));
     }
 }

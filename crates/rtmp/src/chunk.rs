@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use crate::RtmpError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// A whole RTMP message.
@@ -19,23 +20,11 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChunkError {
-    #[error("chunk of stream {0} continues a message that was never started")]
-    NoHeader(u32),
-    #[error("more than {MAX_CHUNK_STREAMS} chunk streams in flight")]
-    TooManyStreams,
-    #[error("partial messages exceed {MAX_PARTIAL_BYTES} bytes")]
-    TooMuchBuffered,
-    #[error("chunk size {0} is out of range")]
-    BadChunkSize(u32),
-}
-
 pub const DEFAULT_CHUNK_SIZE: usize = 128;
 /// Largest chunk size a peer may set (the spec allows 2^31-1; no encoder needs more).
 pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
-const MAX_CHUNK_STREAMS: usize = 64;
-const MAX_PARTIAL_BYTES: usize = 32 << 20;
+pub(crate) const MAX_CHUNK_STREAMS: usize = 64;
+pub(crate) const MAX_PARTIAL_BYTES: usize = 32 << 20;
 
 #[derive(Default)]
 struct ChunkStream {
@@ -72,9 +61,9 @@ fn be24(b: &[u8]) -> u32 {
 
 impl ChunkReader {
     /// Applies the peer's Set Chunk Size.
-    pub fn set_chunk_size(&mut self, size: u32) -> Result<(), ChunkError> {
+    pub fn set_chunk_size(&mut self, size: u32) -> Result<(), RtmpError> {
         if size == 0 || size > MAX_CHUNK_SIZE {
-            return Err(ChunkError::BadChunkSize(size));
+            return Err(RtmpError::BadChunkSize(size));
         }
         self.chunk_size = size as usize;
         Ok(())
@@ -90,7 +79,7 @@ impl ChunkReader {
 
     /// Consumes whole chunks from `input` until a message is complete (returned) or the input
     /// ends mid-chunk (`Ok(None)`: feed more bytes and call again).
-    pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Message>, ChunkError> {
+    pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Message>, RtmpError> {
         loop {
             let Some(consumed) = self.read_chunk(input)? else {
                 return Ok(None);
@@ -104,7 +93,7 @@ impl ChunkReader {
     /// One chunk: `None` when incomplete, `Some(None)` when consumed without finishing a
     /// message, `Some(Some(msg))` when it finished one.
     #[allow(clippy::type_complexity)]
-    fn read_chunk(&mut self, input: &mut BytesMut) -> Result<Option<Option<Message>>, ChunkError> {
+    fn read_chunk(&mut self, input: &mut BytesMut) -> Result<Option<Option<Message>>, RtmpError> {
         let data = &input[..];
         let Some(&first) = data.first() else {
             return Ok(None);
@@ -127,11 +116,11 @@ impl ChunkReader {
         };
         pos += header_len;
         if !self.streams.contains_key(&csid) && self.streams.len() >= MAX_CHUNK_STREAMS {
-            return Err(ChunkError::TooManyStreams);
+            return Err(RtmpError::TooManyStreams);
         }
         let prev = self.streams.get(&csid);
         if fmt != 0 && !prev.is_some_and(|s| s.started) {
-            return Err(ChunkError::NoHeader(csid));
+            return Err(RtmpError::NoHeader(csid));
         }
         let ts_field = if fmt < 3 { be24(&header[0..3]) } else { 0 };
         let extended = if fmt < 3 {
@@ -181,7 +170,7 @@ impl ChunkReader {
             return Ok(None);
         }
         if new_message && self.partial_bytes + length as usize > MAX_PARTIAL_BYTES {
-            return Err(ChunkError::TooMuchBuffered);
+            return Err(RtmpError::TooMuchBuffered);
         }
         // Commit.
         input.advance(pos);
@@ -332,7 +321,7 @@ mod tests {
     fn hostile_input_is_refused() {
         let mut r = ChunkReader::default();
         let mut input = BytesMut::from(&[0x43, 0, 0, 0, 0, 0, 1, 8][..]);
-        assert_eq!(r.read(&mut input), Err(ChunkError::NoHeader(3)));
+        assert_eq!(r.read(&mut input), Err(RtmpError::NoHeader(3)));
 
         // A declared 16 MB message with no data allocates nothing up front.
         let mut r = ChunkReader::default();
@@ -352,7 +341,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(err, Some(ChunkError::TooManyStreams));
+        assert_eq!(err, Some(RtmpError::TooManyStreams));
         assert!(r.set_chunk_size(0).is_err());
         assert!(r.set_chunk_size(u32::MAX >> 1).is_err());
     }

@@ -9,10 +9,10 @@ use crate::amf0::{decode_all, Amf0};
 use crate::chunk::{write_message, ChunkReader};
 use crate::handshake::HANDSHAKE_SIZE;
 use crate::session::{
-    be32, write_command, write_control, Acker, SessionError, MSG_AUDIO, MSG_COMMAND_AMF0,
-    MSG_DATA_AMF0, MSG_SET_CHUNK_SIZE, MSG_USER_CONTROL, MSG_VIDEO, MSG_WINDOW_ACK_SIZE,
-    OUT_CHUNK_SIZE,
+    be32, write_command, write_control, Acker, MSG_AUDIO, MSG_COMMAND_AMF0, MSG_DATA_AMF0,
+    MSG_SET_CHUNK_SIZE, MSG_USER_CONTROL, MSG_VIDEO, MSG_WINDOW_ACK_SIZE, OUT_CHUNK_SIZE,
 };
+use crate::RtmpError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -98,7 +98,7 @@ impl ClientSession {
         self.events.pop_front()
     }
 
-    pub fn feed(&mut self, data: &[u8]) -> Result<(), SessionError> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), RtmpError> {
         let ack = self.acker.received(data.len());
         self.input.extend_from_slice(data);
         if self.state == State::Handshake {
@@ -106,7 +106,7 @@ impl ClientSession {
                 return Ok(());
             }
             if self.input[0] != 3 {
-                return Err(SessionError::Protocol(
+                return Err(RtmpError::Protocol(
                     "server answered with another RTMP version",
                 ));
             }
@@ -154,7 +154,7 @@ impl ClientSession {
         write_command(&mut self.output, stream_id, values);
     }
 
-    fn handle(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+    fn handle(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), RtmpError> {
         match type_id {
             MSG_SET_CHUNK_SIZE if payload.len() >= 4 => {
                 self.reader.set_chunk_size(be32(&payload) & 0x7fff_ffff)?
@@ -346,26 +346,29 @@ pub struct RtmpUrl {
 }
 
 impl RtmpUrl {
-    pub fn parse(url: &str) -> Result<RtmpUrl, String> {
+    pub fn parse(url: &str) -> Result<RtmpUrl, RtmpError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("rtmps://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("rtmp://") {
             (false, r)
         } else {
-            return Err(format!("not an rtmp:// or rtmps:// URL: {url}"));
+            return Err(RtmpError::Url(format!(
+                "not an rtmp:// or rtmps:// URL: {url}"
+            )));
         };
         let (authority, path) = rest
             .split_once('/')
-            .ok_or_else(|| format!("no app in {url}"))?;
+            .ok_or_else(|| RtmpError::Url(format!("no app in {url}")))?;
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                p.parse().map_err(|_| format!("bad port in {url}"))?,
+                p.parse()
+                    .map_err(|_| RtmpError::Url(format!("bad port in {url}")))?,
             ),
             _ => (authority.to_string(), if tls { 443 } else { 1935 }),
         };
         if host.is_empty() {
-            return Err(format!("no host in {url}"));
+            return Err(RtmpError::Url(format!("no host in {url}")));
         }
         let (app, name) = path.split_once('/').unwrap_or((path, ""));
         let scheme = if tls { "rtmps" } else { "rtmp" };

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::RtmpError;
 use bytes::{BufMut, Bytes, BytesMut};
 use tidegate_codec::aac::AudioSpecificConfig;
 use tidegate_codec::h264::AvcConfig;
@@ -15,18 +16,6 @@ use tidegate_core::{CodecParams, Frame, G711Law, TrackId};
 pub const VIDEO_TRACK: TrackId = 0;
 pub const AUDIO_TRACK: TrackId = 1;
 pub const VIDEO_CLOCK: u32 = 90_000;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlvError {
-    #[error("empty or truncated FLV {0} tag")]
-    Truncated(&'static str),
-    #[error("unsupported FLV {0}")]
-    Unsupported(String),
-    #[error("bad codec configuration: {0}")]
-    Config(#[from] tidegate_codec::CodecError),
-    #[error("coded frame before its sequence header")]
-    NoSequenceHeader,
-}
 
 /// What one RTMP audio or video message turned into.
 #[derive(Debug)]
@@ -62,8 +51,8 @@ impl VideoState {
     }
 
     /// Parses a video tag body.
-    pub fn parse(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, FlvError> {
-        let b0 = *body.first().ok_or(FlvError::Truncated("video"))?;
+    pub fn parse(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, RtmpError> {
+        let b0 = *body.first().ok_or(RtmpError::FlvTruncated("video"))?;
         if b0 & 0x80 != 0 {
             return self.parse_enhanced(ts_ms, body);
         }
@@ -73,7 +62,7 @@ impl VideoState {
         }
         match b0 & 0x0f {
             7 => {
-                let hdr = body.get(1..5).ok_or(FlvError::Truncated("AVC video"))?;
+                let hdr = body.get(1..5).ok_or(RtmpError::FlvTruncated("AVC video"))?;
                 let cts = si24(&hdr[1..4]);
                 let data = body.slice(5..);
                 match hdr[0] {
@@ -84,7 +73,9 @@ impl VideoState {
             }
             12 => {
                 // HEVC with the non-standard codec id 12 (pre-Enhanced-RTMP forks).
-                let hdr = body.get(1..5).ok_or(FlvError::Truncated("HEVC video"))?;
+                let hdr = body
+                    .get(1..5)
+                    .ok_or(RtmpError::FlvTruncated("HEVC video"))?;
                 let cts = si24(&hdr[1..4]);
                 let data = body.slice(5..);
                 match hdr[0] {
@@ -93,17 +84,17 @@ impl VideoState {
                     _ => Ok(Parsed::Nothing),
                 }
             }
-            id => Err(FlvError::Unsupported(format!("video codec id {id}"))),
+            id => Err(RtmpError::FlvUnsupported(format!("video codec id {id}"))),
         }
     }
 
-    fn parse_enhanced(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, FlvError> {
+    fn parse_enhanced(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, RtmpError> {
         let b0 = body[0];
         let packet_type = b0 & 0x0f;
         let frame_type = (b0 >> 4) & 0x07;
         let fourcc = body
             .get(1..5)
-            .ok_or(FlvError::Truncated("Enhanced RTMP video"))?;
+            .ok_or(RtmpError::FlvTruncated("Enhanced RTMP video"))?;
         let rest = body.slice(5..);
         if matches!(packet_type, 2 | 4 | 7) || frame_type == 5 {
             return Ok(Parsed::Nothing); // end of sequence, metadata, ModEx, command frames
@@ -124,7 +115,7 @@ impl VideoState {
                 Ok(Parsed::Params(CodecParams::Vp9))
             }
             (b"avc1" | b"hvc1", 1) => {
-                let cts = si24(rest.get(0..3).ok_or(FlvError::Truncated("video"))?);
+                let cts = si24(rest.get(0..3).ok_or(RtmpError::FlvTruncated("video"))?);
                 self.frame(ts_ms, cts, rest.slice(3..), fourcc == b"hvc1")
             }
             (b"avc1" | b"hvc1", 3) => self.frame(ts_ms, 0, rest, fourcc == b"hvc1"),
@@ -132,7 +123,7 @@ impl VideoState {
             // the key flag is the frame type of the header.
             (b"av01" | b"vp09", 1 | 3) => {
                 if self.params.is_none() {
-                    return Err(FlvError::NoSequenceHeader);
+                    return Err(RtmpError::NoSequenceHeader);
                 }
                 if fourcc == b"av01" {
                     tidegate_codec::av1::split_obus(&rest)?;
@@ -144,17 +135,17 @@ impl VideoState {
                     data: rest,
                 })
             }
-            (b"avc1" | b"hvc1" | b"av01" | b"vp09", t) => Err(FlvError::Unsupported(format!(
+            (b"avc1" | b"hvc1" | b"av01" | b"vp09", t) => Err(RtmpError::FlvUnsupported(format!(
                 "Enhanced RTMP video packet type {t}"
             ))),
-            (other, _) => Err(FlvError::Unsupported(format!(
+            (other, _) => Err(RtmpError::FlvUnsupported(format!(
                 "Enhanced RTMP video FourCC {:?}",
                 String::from_utf8_lossy(other)
             ))),
         }
     }
 
-    fn configure_avc(&mut self, record: &[u8]) -> Result<Parsed, FlvError> {
+    fn configure_avc(&mut self, record: &[u8]) -> Result<Parsed, RtmpError> {
         let c = AvcConfig::parse(record)?;
         let params = CodecParams::H264 {
             sps: c.sps[0].clone(),
@@ -165,7 +156,7 @@ impl VideoState {
         Ok(Parsed::Params(params))
     }
 
-    fn configure_hevc(&mut self, record: &[u8]) -> Result<Parsed, FlvError> {
+    fn configure_hevc(&mut self, record: &[u8]) -> Result<Parsed, RtmpError> {
         let c = HevcConfig::parse(record)?;
         let params = CodecParams::H265 {
             vps: c.vps[0].clone(),
@@ -177,9 +168,9 @@ impl VideoState {
         Ok(Parsed::Params(params))
     }
 
-    fn frame(&self, ts_ms: i64, cts: i64, data: Bytes, hevc: bool) -> Result<Parsed, FlvError> {
+    fn frame(&self, ts_ms: i64, cts: i64, data: Bytes, hevc: bool) -> Result<Parsed, RtmpError> {
         if self.params.is_none() {
-            return Err(FlvError::NoSequenceHeader);
+            return Err(RtmpError::NoSequenceHeader);
         }
         let nals = nal::split_length_prefixed(&data, self.length_size)?;
         let keyframe = if hevc {
@@ -218,8 +209,8 @@ impl AudioState {
         self.clock_rate
     }
 
-    pub fn parse(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, FlvError> {
-        let b0 = *body.first().ok_or(FlvError::Truncated("audio"))?;
+    pub fn parse(&mut self, ts_ms: i64, body: &Bytes) -> Result<Parsed, RtmpError> {
+        let b0 = *body.first().ok_or(RtmpError::FlvTruncated("audio"))?;
         let frame = |data: Bytes| Parsed::Frame {
             dts_ms: ts_ms,
             cts_ms: 0,
@@ -228,7 +219,7 @@ impl AudioState {
         };
         match b0 >> 4 {
             10 => {
-                let kind = *body.get(1).ok_or(FlvError::Truncated("AAC audio"))?;
+                let kind = *body.get(1).ok_or(RtmpError::FlvTruncated("AAC audio"))?;
                 let data = body.slice(2..);
                 if kind == 0 {
                     let asc = AudioSpecificConfig::parse(&data)?;
@@ -238,7 +229,7 @@ impl AudioState {
                     return Ok(Parsed::Params(params));
                 }
                 if self.params.is_none() {
-                    return Err(FlvError::NoSequenceHeader);
+                    return Err(RtmpError::NoSequenceHeader);
                 }
                 Ok(frame(data))
             }
@@ -273,10 +264,10 @@ impl AudioState {
                 let packet_type = b0 & 0x0f;
                 let fourcc = body
                     .get(1..5)
-                    .ok_or(FlvError::Truncated("Enhanced RTMP audio"))?;
+                    .ok_or(RtmpError::FlvTruncated("Enhanced RTMP audio"))?;
                 let rest = body.slice(5..);
                 if fourcc != b"Opus" {
-                    return Err(FlvError::Unsupported(format!(
+                    return Err(RtmpError::FlvUnsupported(format!(
                         "Enhanced RTMP audio FourCC {:?}",
                         String::from_utf8_lossy(fourcc)
                     )));
@@ -300,7 +291,7 @@ impl AudioState {
                     _ => Ok(Parsed::Nothing),
                 }
             }
-            f => Err(FlvError::Unsupported(format!("audio sound format {f}"))),
+            f => Err(RtmpError::FlvUnsupported(format!("audio sound format {f}"))),
         }
     }
 }
@@ -315,9 +306,9 @@ pub struct FileTag {
 }
 
 /// Reads the audio, video and script tags of an FLV file (a truncated last tag is dropped).
-pub fn read_file(data: &[u8]) -> Result<Vec<FileTag>, FlvError> {
+pub fn read_file(data: &[u8]) -> Result<Vec<FileTag>, RtmpError> {
     if data.len() < 13 || &data[..3] != b"FLV" {
-        return Err(FlvError::Truncated("file header"));
+        return Err(RtmpError::FlvTruncated("file header"));
     }
     let header_len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;
     let mut pos = header_len.max(9) + 4;
@@ -484,7 +475,7 @@ mod tests {
                 0,
                 &Bytes::from_static(&[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41])
             ),
-            Err(FlvError::NoSequenceHeader)
+            Err(RtmpError::NoSequenceHeader)
         ));
         match v.parse(0, &sequence_header(&params).unwrap()).unwrap() {
             Parsed::Params(p) => assert_eq!(p, params),

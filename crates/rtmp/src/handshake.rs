@@ -8,6 +8,7 @@
 //! - **plain**: C1 has no valid digest (GStreamer, simple clients): S2 echoes C1 and S1 has
 //!   zero version bytes, which tells clients not to look for a digest.
 
+use crate::RtmpError;
 use aws_lc_rs::hmac;
 use bytes::{Buf, BufMut, BytesMut};
 
@@ -68,12 +69,6 @@ fn client_digest(c1: &[u8]) -> Option<(usize, [u8; 32])> {
 
 pub const HANDSHAKE_SIZE: usize = 1536;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("RTMP version {0} is not supported (only 3; RTMPE/RTMPT are not)")]
-    Version(u8),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     C0C1,
@@ -108,17 +103,13 @@ impl Handshake {
 
     /// Consumes what it can from `input`, appending replies to `out`. Returns whether the
     /// handshake is complete (the rest of `input` is then chunk data).
-    pub fn feed(
-        &mut self,
-        input: &mut BytesMut,
-        out: &mut BytesMut,
-    ) -> Result<bool, HandshakeError> {
+    pub fn feed(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<bool, RtmpError> {
         if self.state == State::C0C1 {
             if input.is_empty() {
                 return Ok(false);
             }
             if input[0] != 3 {
-                return Err(HandshakeError::Version(input[0]));
+                return Err(RtmpError::Version(input[0]));
             }
             if input.len() < 1 + HANDSHAKE_SIZE {
                 return Ok(false);
@@ -257,7 +248,7 @@ mod tests {
         let mut input = BytesMut::from(&[6u8][..]);
         assert_eq!(
             h.feed(&mut input, &mut BytesMut::new()),
-            Err(HandshakeError::Version(6))
+            Err(RtmpError::Version(6))
         );
     }
 }

@@ -10,6 +10,7 @@ use tidegate_core::{CodecParams, Frame, Publisher, StreamDesc, Track};
 use crate::amf0::{decode_all, Amf0};
 use crate::flv::{self, AudioState, Parsed, VideoState, AUDIO_TRACK, VIDEO_CLOCK, VIDEO_TRACK};
 use crate::session::{MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO};
+use crate::RtmpError;
 
 /// Frames held back until the tracks are known (both sequence headers, or the metadata says
 /// a track is absent). Bounded: past this the stream starts with what it has.
@@ -64,7 +65,7 @@ impl Ingest {
         type_id: u8,
         timestamp: u32,
         payload: Bytes,
-    ) -> Result<(), flv::FlvError> {
+    ) -> Result<(), RtmpError> {
         match type_id {
             MSG_DATA_AMF0 => {
                 self.on_metadata(&payload);
@@ -84,7 +85,7 @@ impl Ingest {
         let parsed = match parsed {
             Ok(p) => p,
             // A frame before its sequence header: drop it (encoders do this at start).
-            Err(flv::FlvError::NoSequenceHeader) => return Ok(()),
+            Err(RtmpError::NoSequenceHeader) => return Ok(()),
             Err(e) => return Err(e),
         };
         match parsed {

@@ -4,6 +4,7 @@
 pub mod amf0;
 pub mod chunk;
 pub mod client;
+mod error;
 pub mod flv;
 pub mod handshake;
 mod ingest;
@@ -13,6 +14,7 @@ pub mod rtmpt;
 mod server;
 pub mod session;
 
+pub use error::RtmpError;
 pub use relay::{pull, push, redact, RelayStatus};
 pub use server::{serve, spawn_conn, RtmpConfig, RtmpListener};
 pub use tidegate_core::{ConnInfo, ConnRegistry, ConnState};

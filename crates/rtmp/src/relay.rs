@@ -106,7 +106,7 @@ fn parse_or_fail(url: &str, status: &RelayStatus) -> Option<RtmpUrl> {
         Ok(u) => Some(u),
         Err(e) => {
             status.set_state("failed");
-            status.set_error(&e);
+            status.set_error(&e.to_string());
             None
         }
     }

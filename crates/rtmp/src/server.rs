@@ -26,6 +26,7 @@ use crate::session::{
     Event, ServerSession, CSID_DATA, MEDIA_STREAM_ID, MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO,
     OUT_CHUNK_SIZE,
 };
+use crate::RtmpError;
 use tidegate_core::{
     ConnGuard, ConnRegistry, ConnState, SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus,
     Transport,
@@ -201,7 +202,7 @@ pub async fn serve(
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
     #[error("{0}")]
-    Session(#[from] crate::session::SessionError),
+    Rtmp(#[from] RtmpError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("no data for {0:?}")]
@@ -212,8 +213,6 @@ enum ConnError {
     WriteTimeout(Duration),
     #[error("refused: {0}")]
     Refused(String),
-    #[error("{0}")]
-    Media(#[from] flv::FlvError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("kicked")]

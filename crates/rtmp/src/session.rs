@@ -9,9 +9,10 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::amf0::{decode_all, encode_all, Amf0, Amf0Error};
-use crate::chunk::{write_message, ChunkError, ChunkReader};
-use crate::handshake::{Handshake, HandshakeError};
+use crate::amf0::{decode_all, encode_all, Amf0};
+use crate::chunk::{write_message, ChunkReader};
+use crate::handshake::Handshake;
+use crate::RtmpError;
 
 /// The chunk size this server writes with. Every connection uses the same, so media chunks
 /// are serialised once per stream.
@@ -38,18 +39,6 @@ pub const MSG_DATA_AMF0: u8 = 18;
 pub const MSG_COMMAND_AMF0: u8 = 20;
 
 const WINDOW_ACK_SIZE: u32 = 2_500_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("handshake: {0}")]
-    Handshake(#[from] HandshakeError),
-    #[error("chunk stream: {0}")]
-    Chunk(#[from] ChunkError),
-    #[error("command: {0}")]
-    Amf(#[from] Amf0Error),
-    #[error("protocol: {0}")]
-    Protocol(&'static str),
-}
 
 /// What the client asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +141,7 @@ impl ServerSession {
         self.acker.total()
     }
 
-    pub fn feed(&mut self, data: &[u8]) -> Result<(), SessionError> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), RtmpError> {
         let ack = self.acker.received(data.len());
         self.input.extend_from_slice(data);
         if !self.handshake.is_done() {
@@ -210,11 +199,11 @@ impl ServerSession {
         self.control(MSG_USER_CONTROL, &b);
     }
 
-    fn handle(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+    fn handle(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), RtmpError> {
         match type_id {
             MSG_SET_CHUNK_SIZE => {
                 if payload.len() < 4 {
-                    return Err(SessionError::Protocol("short Set Chunk Size"));
+                    return Err(RtmpError::Protocol("short Set Chunk Size"));
                 }
                 let size = be32(&payload) & 0x7fff_ffff;
                 self.reader.set_chunk_size(size)?;
@@ -256,7 +245,7 @@ impl ServerSession {
         Ok(())
     }
 
-    fn on_command(&mut self, values: &[Amf0]) -> Result<(), SessionError> {
+    fn on_command(&mut self, values: &[Amf0]) -> Result<(), RtmpError> {
         let name = values.first().and_then(Amf0::as_str).unwrap_or("");
         let txn = values.get(1).and_then(Amf0::as_f64).unwrap_or(0.0);
         let arg = |i: usize| {

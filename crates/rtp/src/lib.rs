@@ -25,7 +25,7 @@ pub use packet::RtpPacket;
 /// The largest access unit a depacketizer assembles (a 4K intra frame is well below).
 pub const MAX_UNIT: usize = 8 * 1024 * 1024;
 
-/// Why a packet was refused.
+/// The crate's one error: why an RTP, RTCP or SRTP packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RtpError {
     #[error("truncated RTP packet")]
@@ -34,4 +34,20 @@ pub enum RtpError {
     Version,
     #[error("bad padding")]
     Padding,
+    #[error("truncated RTCP packet")]
+    RtcpTruncated,
+    #[error("not RTCP version 2")]
+    RtcpVersion,
+    #[error("RTCP packet shorter than its report count says")]
+    RtcpCount,
+    #[error("SRTP packet too short")]
+    SrtpTruncated,
+    #[error("SRTP authentication failed")]
+    SrtpAuth,
+    #[error("SRTP replay")]
+    SrtpReplay,
+    #[error("too many SSRCs in one SRTP session")]
+    SrtpTooManySsrcs,
+    #[error("SRTP cipher failure")]
+    SrtpCipher,
 }

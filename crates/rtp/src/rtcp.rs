@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 
+use crate::RtpError;
+
 /// Seconds from the NTP epoch (1900) to the Unix epoch.
 const NTP_UNIX: i128 = 2_208_988_800;
 
@@ -97,32 +99,21 @@ pub struct ReportBlock {
     pub jitter: u32,
 }
 
-/// Why an RTCP compound packet was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RtcpError {
-    #[error("truncated RTCP packet")]
-    Truncated,
-    #[error("not RTCP version 2")]
-    Version,
-    #[error("RTCP packet shorter than its report count says")]
-    Count,
-}
-
 /// The report blocks of the sender (200) and receiver (201) reports in a compound RTCP packet;
 /// other packet types (SDES, BYE, feedback) are skipped. Allocates at most one entry per 24
 /// bytes of input.
-pub fn report_blocks(mut compound: &[u8]) -> Result<Vec<ReportBlock>, RtcpError> {
+pub fn report_blocks(mut compound: &[u8]) -> Result<Vec<ReportBlock>, RtpError> {
     let mut out = Vec::new();
     if compound.is_empty() {
-        return Err(RtcpError::Truncated);
+        return Err(RtpError::RtcpTruncated);
     }
     while !compound.is_empty() {
-        let head = compound.get(..4).ok_or(RtcpError::Truncated)?;
+        let head = compound.get(..4).ok_or(RtpError::RtcpTruncated)?;
         if head[0] >> 6 != 2 {
-            return Err(RtcpError::Version);
+            return Err(RtpError::RtcpVersion);
         }
         let size = (usize::from(u16::from_be_bytes([head[2], head[3]])) + 1) * 4;
-        let pkt = compound.get(..size).ok_or(RtcpError::Truncated)?;
+        let pkt = compound.get(..size).ok_or(RtpError::RtcpTruncated)?;
         compound = &compound[size..];
         let count = usize::from(head[0] & 0x1f).min(MAX_BLOCKS);
         let first = match head[1] {
@@ -130,7 +121,9 @@ pub fn report_blocks(mut compound: &[u8]) -> Result<Vec<ReportBlock>, RtcpError>
             201 => 8,
             _ => continue,
         };
-        let blocks = pkt.get(first..first + 24 * count).ok_or(RtcpError::Count)?;
+        let blocks = pkt
+            .get(first..first + 24 * count)
+            .ok_or(RtpError::RtcpCount)?;
         for b in blocks.chunks_exact(24) {
             let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
             // The 24-bit count, sign-extended.
@@ -224,15 +217,15 @@ mod tests {
     #[test]
     fn malformed_reports_are_refused() {
         let c = rr(9, 1, 0, 0, 0);
-        assert_eq!(report_blocks(&c[..30]), Err(RtcpError::Truncated));
-        assert_eq!(report_blocks(&[]), Err(RtcpError::Truncated));
+        assert_eq!(report_blocks(&c[..30]), Err(RtpError::RtcpTruncated));
+        assert_eq!(report_blocks(&[]), Err(RtpError::RtcpTruncated));
         let mut v1 = c.clone();
         v1[0] = 0x41;
-        assert_eq!(report_blocks(&v1), Err(RtcpError::Version));
+        assert_eq!(report_blocks(&v1), Err(RtpError::RtcpVersion));
         // Two blocks announced, room for one.
         let mut two = c.clone();
         two[0] = 0x82;
-        assert_eq!(report_blocks(&two), Err(RtcpError::Count));
+        assert_eq!(report_blocks(&two), Err(RtpError::RtcpCount));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128};
 use aws_lc_rs::hmac;
 
+use crate::RtpError;
+
 /// Master key plus master salt, as MIKEY and libsrtp carry them.
 pub const MASTER_LEN: usize = 30;
 const KEY_LEN: usize = 16;
@@ -27,21 +29,6 @@ pub const TAG_LEN: usize = 10;
 const MAX_SSRCS: usize = 64;
 /// Packets this far behind the newest are refused as replays (RFC 3711's minimum window).
 const REPLAY_WINDOW: u64 = 64;
-
-/// Why a packet was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SrtpError {
-    #[error("SRTP packet too short")]
-    Truncated,
-    #[error("SRTP authentication failed")]
-    Auth,
-    #[error("SRTP replay")]
-    Replay,
-    #[error("too many SSRCs in one SRTP session")]
-    TooManySsrcs,
-    #[error("SRTP cipher failure")]
-    Cipher,
-}
 
 /// A fresh master key and salt from the operating system's CSPRNG (None if it failed).
 pub fn random_master() -> Option<[u8; MASTER_LEN]> {
@@ -58,10 +45,10 @@ fn aes_cm(key: &[u8; KEY_LEN]) -> EncryptingKey {
 }
 
 /// Applies `key`'s AES-CM keystream from counter block `iv` to `data` (encrypts or decrypts).
-fn apply(key: &EncryptingKey, iv: [u8; 16], data: &mut [u8]) -> Result<(), SrtpError> {
+fn apply(key: &EncryptingKey, iv: [u8; 16], data: &mut [u8]) -> Result<(), RtpError> {
     key.less_safe_encrypt(data, EncryptionContext::Iv128(iv.into()))
         .map(|_| ())
-        .map_err(|_| SrtpError::Cipher)
+        .map_err(|_| RtpError::SrtpCipher)
 }
 
 struct Keys {
@@ -96,7 +83,7 @@ impl Keys {
     }
 
     /// Applies the AES-CM keystream of (ssrc, index) to `data` (encrypts or decrypts).
-    fn crypt(&self, ssrc: u32, index: u64, data: &mut [u8]) -> Result<(), SrtpError> {
+    fn crypt(&self, ssrc: u32, index: u64, data: &mut [u8]) -> Result<(), RtpError> {
         let mut iv = [0u8; 16];
         iv[..SALT_LEN].copy_from_slice(&self.salt);
         for (i, b) in ssrc.to_be_bytes().iter().enumerate() {
@@ -161,13 +148,13 @@ impl SsrcState {
     }
 
     /// Refuses an index at or behind the window's packets already seen.
-    fn check_replay(&self, index: u64) -> Result<(), SrtpError> {
+    fn check_replay(&self, index: u64) -> Result<(), RtpError> {
         if !self.started || index > self.newest() {
             return Ok(());
         }
         let back = self.newest() - index;
         if back >= REPLAY_WINDOW || self.rtp_seen & (1 << back) != 0 {
-            return Err(SrtpError::Replay);
+            return Err(RtpError::SrtpReplay);
         }
         Ok(())
     }
@@ -201,17 +188,17 @@ pub struct Context {
 }
 
 /// Where an RTP packet's payload starts (after CSRCs and the header extension).
-fn rtp_header_len(p: &[u8]) -> Result<usize, SrtpError> {
+fn rtp_header_len(p: &[u8]) -> Result<usize, RtpError> {
     if p.len() < 12 {
-        return Err(SrtpError::Truncated);
+        return Err(RtpError::SrtpTruncated);
     }
     let mut n = 12 + 4 * usize::from(p[0] & 0x0f);
     if p[0] & 0x10 != 0 {
-        let ext = p.get(n + 2..n + 4).ok_or(SrtpError::Truncated)?;
+        let ext = p.get(n + 2..n + 4).ok_or(RtpError::SrtpTruncated)?;
         n += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
     }
     if n > p.len() {
-        return Err(SrtpError::Truncated);
+        return Err(RtpError::SrtpTruncated);
     }
     Ok(n)
 }
@@ -226,9 +213,9 @@ impl Context {
         }
     }
 
-    fn state(&mut self, ssrc: u32) -> Result<&mut SsrcState, SrtpError> {
+    fn state(&mut self, ssrc: u32) -> Result<&mut SsrcState, RtpError> {
         if !self.ssrcs.contains_key(&ssrc) && self.ssrcs.len() >= MAX_SSRCS {
-            return Err(SrtpError::TooManySsrcs);
+            return Err(RtpError::SrtpTooManySsrcs);
         }
         Ok(self.ssrcs.entry(ssrc).or_default())
     }
@@ -236,7 +223,7 @@ impl Context {
     /// The rollover counter of `ssrc`'s first packet, as a key exchange gives it (MIKEY's
     /// SRTP-ID map): for a receiver joining a stream that has already wrapped its sequence
     /// numbers. Ignored once a packet of `ssrc` went through.
-    pub fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), SrtpError> {
+    pub fn set_roc(&mut self, ssrc: u32, roc: u32) -> Result<(), RtpError> {
         let st = self.state(ssrc)?;
         if !st.started {
             st.first_roc = roc;
@@ -251,7 +238,7 @@ impl Context {
 
     /// Encrypts and tags an RTP packet. The rollover counter of its SSRC starts at 0 with the
     /// first packet this context protects, as a receiver that was given no ROC assumes.
-    pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+    pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, RtpError> {
         let head = rtp_header_len(packet)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
@@ -268,9 +255,9 @@ impl Context {
     }
 
     /// Checks the tag of an SRTP packet, refuses replays, and decrypts it.
-    pub fn unprotect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+    pub fn unprotect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, RtpError> {
         if packet.len() < 12 + TAG_LEN {
-            return Err(SrtpError::Truncated);
+            return Err(RtpError::SrtpTruncated);
         }
         let (body, tag) = packet.split_at(packet.len() - TAG_LEN);
         let head = rtp_header_len(body)?;
@@ -282,7 +269,7 @@ impl Context {
         let roc = (index >> 16) as u32;
         let want = self.rtp.tag(&[body, &roc.to_be_bytes()]);
         if !constant_time_eq(&want, tag) {
-            return Err(SrtpError::Auth);
+            return Err(RtpError::SrtpAuth);
         }
         let mut out = body.to_vec();
         self.rtp.crypt(ssrc, index, &mut out[head..])?;
@@ -291,9 +278,9 @@ impl Context {
     }
 
     /// Encrypts and tags a compound RTCP packet (SRTCP, E flag set).
-    pub fn protect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+    pub fn protect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, RtpError> {
         if packet.len() < 8 {
-            return Err(SrtpError::Truncated);
+            return Err(RtpError::SrtpTruncated);
         }
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let st = self.state(ssrc)?;
@@ -309,14 +296,14 @@ impl Context {
     }
 
     /// Checks and decrypts an SRTCP packet.
-    pub fn unprotect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+    pub fn unprotect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, RtpError> {
         if packet.len() < 8 + 4 + TAG_LEN {
-            return Err(SrtpError::Truncated);
+            return Err(RtpError::SrtpTruncated);
         }
         let (body, tag) = packet.split_at(packet.len() - TAG_LEN);
         let want = self.rtcp.tag(&[body]);
         if !constant_time_eq(&want, tag) {
-            return Err(SrtpError::Auth);
+            return Err(RtpError::SrtpAuth);
         }
         let (rtcp, e_index) = body.split_at(body.len() - 4);
         let e_index = u32::from_be_bytes([e_index[0], e_index[1], e_index[2], e_index[3]]);
@@ -327,7 +314,7 @@ impl Context {
             Some(max) if index <= max => {
                 let back = u64::from(max - index);
                 if back >= REPLAY_WINDOW || st.rtcp_seen & (1 << back) != 0 {
-                    return Err(SrtpError::Replay);
+                    return Err(RtpError::SrtpReplay);
                 }
                 st.rtcp_seen |= 1 << back;
             }
@@ -432,9 +419,9 @@ mod tests {
             assert_ne!(&sealed[12..112], &plain[12..], "the payload is encrypted");
             let mut forged = sealed.clone();
             forged[20] ^= 1;
-            assert_eq!(rx.unprotect_rtp(&forged), Err(SrtpError::Auth));
+            assert_eq!(rx.unprotect_rtp(&forged), Err(RtpError::SrtpAuth));
             assert_eq!(rx.unprotect_rtp(&sealed).unwrap(), plain);
-            assert_eq!(rx.unprotect_rtp(&sealed), Err(SrtpError::Replay));
+            assert_eq!(rx.unprotect_rtp(&sealed), Err(RtpError::SrtpReplay));
             seq = seq.wrapping_add(1);
         }
         assert_eq!(
@@ -457,12 +444,12 @@ mod tests {
             let sealed = tx.protect_rtcp(&sr).unwrap();
             assert_eq!(sealed.len(), sr.len() + 4 + TAG_LEN);
             assert_eq!(rx.unprotect_rtcp(&sealed).unwrap(), sr);
-            assert_eq!(rx.unprotect_rtcp(&sealed), Err(SrtpError::Replay));
+            assert_eq!(rx.unprotect_rtcp(&sealed), Err(RtpError::SrtpReplay));
         }
         let sealed = tx.protect_rtcp(&sr).unwrap();
         let mut other = Context::new(&[2; MASTER_LEN]);
-        assert_eq!(other.unprotect_rtcp(&sealed), Err(SrtpError::Auth));
-        assert_eq!(other.unprotect_rtp(&[0u8; 5]), Err(SrtpError::Truncated));
+        assert_eq!(other.unprotect_rtcp(&sealed), Err(RtpError::SrtpAuth));
+        assert_eq!(other.unprotect_rtp(&[0u8; 5]), Err(RtpError::SrtpTruncated));
     }
 
     #[test]
@@ -482,7 +469,7 @@ mod tests {
         // Told nothing, a receiver assumes ROC 0 and the tag fails.
         assert_eq!(
             Context::new(&master).unprotect_rtp(&wrapped),
-            Err(SrtpError::Auth)
+            Err(RtpError::SrtpAuth)
         );
         let mut rx = Context::new(&master);
         rx.set_roc(9, 1).unwrap();

@@ -597,7 +597,7 @@ async fn pull_on(
         .or_else(|| r.header("Content-Location"))
         .unwrap_or(&url_s)
         .to_string();
-    let medias = crate::sdp::parse(&String::from_utf8_lossy(&r.body))?;
+    let medias = crate::sdp::parse(&String::from_utf8_lossy(&r.body)).map_err(|e| e.to_string())?;
     // `dumpPackets` names, as MediaMTX's.
     let dump_prefix = if url_s.starts_with("rtsps") {
         "rtsps_source_packet_conn"

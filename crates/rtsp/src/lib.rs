@@ -7,6 +7,7 @@
 pub mod auth;
 mod batch;
 pub mod client;
+mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod message;
@@ -19,4 +20,5 @@ pub mod source;
 pub mod tunnel;
 pub mod ws;
 
+pub use error::RtspError;
 pub use server::{serve, RtspConfig, RtspConns, RtspListener, RtspStats, Udp};

@@ -2,6 +2,7 @@
 //! interleaved data, with limits on everything allocated. The one parser of the crate: the
 //! server reads requests with it, the client (pulls and `forward`) responses.
 
+use crate::RtspError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Largest request or status line plus headers.
@@ -9,18 +10,6 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest body (an SDP).
 pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 64;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MessageError {
-    #[error("message head larger than {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("body larger than {MAX_BODY} bytes")]
-    BodyTooLarge,
-    #[error("more than {MAX_HEADERS} headers")]
-    TooManyHeaders,
-    #[error("malformed message: {0}")]
-    Malformed(&'static str),
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -96,7 +85,7 @@ impl Parser {
             .is_some_and(|b| *b != b'$')
     }
 
-    pub fn poll(&mut self) -> Result<Option<Input>, MessageError> {
+    pub fn poll(&mut self) -> Result<Option<Input>, RtspError> {
         // Clients may send CRLFs between messages.
         while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
             self.buf.advance(1);
@@ -119,24 +108,24 @@ impl Parser {
         }
         let Some(end) = find(&self.buf, b"\r\n\r\n") else {
             if self.buf.len() > MAX_HEAD {
-                return Err(MessageError::HeadTooLarge);
+                return Err(RtspError::HeadTooLarge);
             }
             return Ok(None);
         };
         if end > MAX_HEAD {
-            return Err(MessageError::HeadTooLarge);
+            return Err(RtspError::HeadTooLarge);
         }
-        let head = std::str::from_utf8(&self.buf[..end])
-            .map_err(|_| MessageError::Malformed("not UTF-8"))?;
+        let head =
+            std::str::from_utf8(&self.buf[..end]).map_err(|_| RtspError::Malformed("not UTF-8"))?;
         let mut lines = head.split("\r\n");
-        let first = lines.next().ok_or(MessageError::Malformed("empty"))?;
+        let first = lines.next().ok_or(RtspError::Malformed("empty"))?;
         let mut headers = Vec::new();
         for line in lines {
             let (k, v) = line
                 .split_once(':')
-                .ok_or(MessageError::Malformed("header without ':'"))?;
+                .ok_or(RtspError::Malformed("header without ':'"))?;
             if headers.len() >= MAX_HEADERS {
-                return Err(MessageError::TooManyHeaders);
+                return Err(RtspError::TooManyHeaders);
             }
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
@@ -145,12 +134,12 @@ impl Parser {
             .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
             .map(|(_, v)| {
                 v.parse::<usize>()
-                    .map_err(|_| MessageError::Malformed("bad Content-Length"))
+                    .map_err(|_| RtspError::Malformed("bad Content-Length"))
             })
             .transpose()?
             .unwrap_or(0);
         if len > MAX_BODY {
-            return Err(MessageError::BodyTooLarge);
+            return Err(RtspError::BodyTooLarge);
         }
         let first = start_line(first)?;
         if self.buf.len() < end + 4 + len {
@@ -181,7 +170,7 @@ enum StartLine {
 }
 
 /// `METHOD uri RTSP/1.0` or `RTSP/1.0 200 OK`.
-fn start_line(line: &str) -> Result<StartLine, MessageError> {
+fn start_line(line: &str) -> Result<StartLine, RtspError> {
     if let Some(rest) = line.strip_prefix("RTSP/") {
         let mut parts = rest.splitn(3, ' ');
         let _version = parts.next();
@@ -189,7 +178,7 @@ fn start_line(line: &str) -> Result<StartLine, MessageError> {
             .next()
             .filter(|s| s.len() == 3)
             .and_then(|s| s.parse::<u16>().ok())
-            .ok_or(MessageError::Malformed("bad status line"))?;
+            .ok_or(RtspError::Malformed("bad status line"))?;
         return Ok(StartLine::Status {
             status,
             reason: parts.next().unwrap_or("").to_string(),
@@ -198,13 +187,13 @@ fn start_line(line: &str) -> Result<StartLine, MessageError> {
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(MessageError::Malformed("bad request line"));
+        return Err(RtspError::Malformed("bad request line"));
     };
     if !version.starts_with("RTSP/")
         || method.is_empty()
         || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
     {
-        return Err(MessageError::Malformed("bad request line"));
+        return Err(RtspError::Malformed("bad request line"));
     }
     Ok(StartLine::Request {
         method: method.to_string(),
@@ -354,16 +343,16 @@ mod tests {
     fn limits_and_garbage() {
         let mut p = Parser::default();
         p.feed(&vec![b'A'; MAX_HEAD + 10]);
-        assert_eq!(p.poll(), Err(MessageError::HeadTooLarge));
+        assert_eq!(p.poll(), Err(RtspError::HeadTooLarge));
         let mut p = Parser::default();
         p.feed(b"DESCRIBE x RTSP/1.0\r\nContent-Length: 99999999\r\n\r\n");
-        assert_eq!(p.poll(), Err(MessageError::BodyTooLarge));
+        assert_eq!(p.poll(), Err(RtspError::BodyTooLarge));
         let mut p = Parser::default();
         p.feed(b"\x00\x01 garbage\r\n\r\n");
         assert!(p.poll().is_err());
         let mut p = Parser::default();
         let many: String = (0..100).map(|i| format!("X{i}: y\r\n")).collect();
         p.feed(format!("OPTIONS * RTSP/1.0\r\n{many}\r\n").as_bytes());
-        assert_eq!(p.poll(), Err(MessageError::TooManyHeaders));
+        assert_eq!(p.poll(), Err(RtspError::TooManyHeaders));
     }
 }

@@ -7,25 +7,11 @@
 //! GStreamer reads the key data as key and salt together); [`parse`] reads such a message
 //! from a peer, with the salt in the key data or in its own field.
 
+use crate::RtspError;
 use base64::Engine;
 
 /// A MIKEY message larger than this is refused before it is parsed.
 pub const MAX_LEN: usize = 4096;
-
-/// Why a MIKEY message was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MikeyError {
-    #[error("MIKEY message truncated")]
-    Truncated,
-    #[error("MIKEY message larger than {MAX_LEN} bytes")]
-    TooLong,
-    #[error("not base64")]
-    Base64,
-    #[error("unsupported MIKEY message: {0}")]
-    Unsupported(&'static str),
-    #[error("the MIKEY key is {0} bytes; AES_CM_128_HMAC_SHA1_80 needs 30 (key and salt)")]
-    KeyLength(usize),
-}
 
 // Payload types (RFC 3830, 6.1).
 const PT_LAST: u8 = 0;
@@ -118,27 +104,27 @@ fn ntp_now() -> u64 {
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MikeyError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RtspError> {
         if self.0.len() < n {
-            return Err(MikeyError::Truncated);
+            return Err(RtspError::MikeyTruncated);
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
     }
 
-    fn u8(&mut self) -> Result<u8, MikeyError> {
+    fn u8(&mut self) -> Result<u8, RtspError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<usize, MikeyError> {
+    fn u16(&mut self) -> Result<usize, RtspError> {
         let b = self.take(2)?;
         Ok(usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
 }
 
 /// The SRTP master key (key then salt) of a MIKEY message.
-pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], RtspError> {
     parse_with_sessions(data).map(|(key, _)| key)
 }
 
@@ -146,9 +132,9 @@ pub fn parse(data: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyE
 #[allow(clippy::type_complexity)]
 pub fn parse_with_sessions(
     data: &[u8],
-) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), MikeyError> {
+) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), RtspError> {
     if data.len() > MAX_LEN {
-        return Err(MikeyError::TooLong);
+        return Err(RtspError::MikeyTooLong);
     }
     let mut c = Cursor(data);
     let version = c.u8()?;
@@ -158,15 +144,15 @@ pub fn parse_with_sessions(
     let n_cs = usize::from(c.u8()?);
     let map_type = c.u8()?;
     if version != 1 {
-        return Err(MikeyError::Unsupported("version"));
+        return Err(RtspError::MikeyUnsupported("version"));
     }
     if data_type != 0 && data_type != 1 {
-        return Err(MikeyError::Unsupported(
+        return Err(RtspError::MikeyUnsupported(
             "only pre-shared-key messages are read",
         ));
     }
     if map_type != 0 {
-        return Err(MikeyError::Unsupported("crypto session map"));
+        return Err(RtspError::MikeyUnsupported("crypto session map"));
     }
     let mut sessions = Vec::with_capacity(n_cs);
     for _ in 0..n_cs {
@@ -185,7 +171,7 @@ pub fn parse_with_sessions(
                 let len = match c.u8()? {
                     0 | 1 => 8,
                     2 => 4,
-                    _ => return Err(MikeyError::Unsupported("timestamp type")),
+                    _ => return Err(RtspError::MikeyUnsupported("timestamp type")),
                 };
                 c.take(len)?;
             }
@@ -209,19 +195,21 @@ pub fn parse_with_sessions(
                 let body = c.take(len)?;
                 let mac = c.u8()?;
                 if enc != 0 || mac != 0 {
-                    return Err(MikeyError::Unsupported("encrypted or MACed key payload"));
+                    return Err(RtspError::MikeyUnsupported(
+                        "encrypted or MACed key payload",
+                    ));
                 }
                 key = Some(key_data(body)?);
             }
-            _ => return Err(MikeyError::Unsupported("payload type")),
+            _ => return Err(RtspError::MikeyUnsupported("payload type")),
         }
     }
-    let key = key.ok_or(MikeyError::Unsupported("no key payload"))?;
+    let key = key.ok_or(RtspError::MikeyUnsupported("no key payload"))?;
     Ok((key, sessions))
 }
 
 /// The first key data sub-payload of a KEMAC: key, plus its salt when separate.
-fn key_data(body: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+fn key_data(body: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], RtspError> {
     let mut c = Cursor(body);
     let _next = c.u8()?;
     let type_kv = c.u8()?;
@@ -234,15 +222,15 @@ fn key_data(body: &[u8]) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyEr
         key.extend_from_slice(c.take(len)?);
     }
     if kv > 2 {
-        return Err(MikeyError::Unsupported("key validity type"));
+        return Err(RtspError::MikeyUnsupported("key validity type"));
     }
     key.as_slice()
         .try_into()
-        .map_err(|_| MikeyError::KeyLength(key.len()))
+        .map_err(|_| RtspError::MikeyKeyLength(key.len()))
 }
 
 /// The key of a base64 MIKEY message (`a=key-mgmt:mikey <b64>`, or `KeyMgmt`'s `data=`).
-pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], MikeyError> {
+pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], RtspError> {
     parse_base64_with_sessions(b64).map(|(key, _)| key)
 }
 
@@ -250,14 +238,14 @@ pub fn parse_base64(b64: &str) -> Result<[u8; tidegate_rtp::srtp::MASTER_LEN], M
 #[allow(clippy::type_complexity)]
 pub fn parse_base64_with_sessions(
     b64: &str,
-) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), MikeyError> {
+) -> Result<([u8; tidegate_rtp::srtp::MASTER_LEN], Vec<CryptoSession>), RtspError> {
     let b64 = b64.trim().trim_matches('"');
     if b64.len() > MAX_LEN * 4 / 3 + 4 {
-        return Err(MikeyError::TooLong);
+        return Err(RtspError::MikeyTooLong);
     }
     let data = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| MikeyError::Base64)?;
+        .map_err(|_| RtspError::MikeyBase64)?;
     parse_with_sessions(&data)
 }
 
@@ -311,12 +299,15 @@ mod tests {
         for n in 0..good.len() {
             assert!(parse(&good[..n]).is_err(), "a message cut at {n} bytes");
         }
-        assert_eq!(parse(&vec![1; MAX_LEN + 1]), Err(MikeyError::TooLong));
-        assert_eq!(parse_base64("%%%"), Err(MikeyError::Base64));
+        assert_eq!(parse(&vec![1; MAX_LEN + 1]), Err(RtspError::MikeyTooLong));
+        assert_eq!(parse_base64("%%%"), Err(RtspError::MikeyBase64));
         let mut encrypted = good.clone();
         let kemac_enc = encrypted.len() - 1 - (4 + 30) - 2 - 1;
         encrypted[kemac_enc] = 1;
-        assert!(matches!(parse(&encrypted), Err(MikeyError::Unsupported(_))));
+        assert!(matches!(
+            parse(&encrypted),
+            Err(RtspError::MikeyUnsupported(_))
+        ));
     }
 
     #[test]

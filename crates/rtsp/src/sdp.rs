@@ -1,6 +1,7 @@
 //! The SDP RTSP needs (RFC 4566): media lines with rtpmap, fmtp and control, parsed from
 //! ANNOUNCE and built for DESCRIBE.
 
+use crate::RtspError;
 use base64::Engine;
 use bytes::Bytes;
 use std::fmt::Write;
@@ -35,7 +36,11 @@ impl Media {
     }
 }
 
-pub fn parse(sdp: &str) -> Result<Vec<Media>, String> {
+pub fn parse(sdp: &str) -> Result<Vec<Media>, RtspError> {
+    parse_text(sdp).map_err(RtspError::Sdp)
+}
+
+fn parse_text(sdp: &str) -> Result<Vec<Media>, String> {
     let mut out: Vec<Media> = Vec::new();
     let mut session_key = None;
     for line in sdp.lines().map(str::trim) {
@@ -171,7 +176,11 @@ pub struct Incoming {
 }
 
 /// The track a published media becomes, or why it cannot be carried.
-pub fn incoming(m: &Media) -> Result<Incoming, String> {
+pub fn incoming(m: &Media) -> Result<Incoming, RtspError> {
+    incoming_track(m).map_err(RtspError::Sdp)
+}
+
+fn incoming_track(m: &Media) -> Result<Incoming, String> {
     let enc = m.encoding.as_str();
     Ok(match enc {
         "H264" => {

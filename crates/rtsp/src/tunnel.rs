@@ -190,12 +190,6 @@ fn cookie(head: &str) -> Option<String> {
 }
 
 impl Tunnels {
-    /// A GET: answered, then kept for its POST.
-    pub async fn get<S: Transport>(&self, mut sock: S, remote: SocketAddr) -> Result<(), String> {
-        let (head, _) = read_head(&mut sock).await?;
-        self.get_with_head(sock, &head, remote).await
-    }
-
     /// A GET whose head was read already.
     pub async fn get_with_head<S: Transport>(
         &self,
@@ -227,7 +221,7 @@ impl Tunnels {
     }
 
     /// A POST: paired with its GET into one RTSP connection's transport.
-    pub async fn post<S: Transport>(&self, mut sock: S) -> Result<HttpTunnel, String> {
+    pub(crate) async fn post<S: Transport>(&self, mut sock: S) -> Result<HttpTunnel, String> {
         let (head, rest) = read_head(&mut sock).await?;
         let c = cookie(&head).ok_or("HTTP POST without x-sessioncookie")?;
         let (get, _) = self

@@ -13,6 +13,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::RtspError;
 use base64::Engine;
 use tidegate_core::Transport;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -45,7 +46,11 @@ pub fn is_upgrade(head: &str) -> bool {
 }
 
 /// The server's answer to a WebSocket request head, or why it is refused.
-pub fn handshake_answer(head: &str) -> Result<String, String> {
+pub fn handshake_answer(head: &str) -> Result<String, RtspError> {
+    answer(head).map_err(RtspError::WsHandshake)
+}
+
+fn answer(head: &str) -> Result<String, String> {
     let key = header(head, "sec-websocket-key").ok_or("no Sec-WebSocket-Key")?;
     if key.len() > 64 {
         return Err("Sec-WebSocket-Key too long".into());
@@ -101,21 +106,6 @@ pub enum Frame {
     Close,
 }
 
-/// Why a frame was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WsError {
-    #[error("WebSocket frame of {0} bytes (at most 1 MiB)")]
-    TooLarge(u64),
-    #[error("a text WebSocket message where RTSP needs binary")]
-    Text,
-    #[error("WebSocket frame with reserved bits or an unknown opcode {0}")]
-    Opcode(u8),
-    #[error("WebSocket control frame over 125 bytes or fragmented")]
-    Control,
-    #[error("WebSocket frame not masked by the client")]
-    Unmasked,
-}
-
 /// Takes frames apart from bytes as they come.
 #[derive(Default)]
 pub struct Decoder {
@@ -137,18 +127,18 @@ impl Decoder {
     }
 
     /// The next whole frame, if its bytes are all here.
-    pub fn poll(&mut self) -> Result<Option<Frame>, WsError> {
+    pub fn poll(&mut self) -> Result<Option<Frame>, RtspError> {
         let b = &self.buf;
         if b.len() < 2 {
             return Ok(None);
         }
         let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
         if rsv != 0 {
-            return Err(WsError::Opcode(b[0]));
+            return Err(RtspError::WsOpcode(b[0]));
         }
         let masked = b[1] & 0x80 != 0;
         if self.expect_masked && !masked {
-            return Err(WsError::Unmasked);
+            return Err(RtspError::WsUnmasked);
         }
         let (len, mut at) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
@@ -161,11 +151,11 @@ impl Decoder {
             n => (u64::from(n), 2),
         };
         if len > MAX_PAYLOAD as u64 {
-            return Err(WsError::TooLarge(len));
+            return Err(RtspError::WsTooLarge(len));
         }
         let control = opcode & 0x08 != 0;
         if control && (len > 125 || !fin) {
-            return Err(WsError::Control);
+            return Err(RtspError::WsControl);
         }
         let key = if masked {
             if b.len() < at + 4 {
@@ -190,11 +180,11 @@ impl Decoder {
         self.buf.drain(..at + len);
         match opcode {
             0x0 | 0x2 => Ok(Some(Frame::Data(payload))),
-            0x1 => Err(WsError::Text),
+            0x1 => Err(RtspError::WsText),
             0x8 => Ok(Some(Frame::Close)),
             0x9 => Ok(Some(Frame::Ping(payload))),
             0xa => Ok(Some(Frame::Pong)),
-            other => Err(WsError::Opcode(other)),
+            other => Err(RtspError::WsOpcode(other)),
         }
     }
 }
@@ -402,13 +392,13 @@ mod tests {
         }
         let mut d = Decoder::new(true);
         d.feed(&encode(2, b"x", None));
-        assert_eq!(d.poll(), Err(WsError::Unmasked));
+        assert_eq!(d.poll(), Err(RtspError::WsUnmasked));
         let mut d = Decoder::new(false);
         d.feed(&[0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0]);
-        assert_eq!(d.poll(), Err(WsError::TooLarge(0x1000_0000)));
+        assert_eq!(d.poll(), Err(RtspError::WsTooLarge(0x1000_0000)));
         let mut d = Decoder::new(false);
         d.feed(&encode(1, b"text", None));
-        assert_eq!(d.poll(), Err(WsError::Text));
+        assert_eq!(d.poll(), Err(RtspError::WsText));
         let mut d = Decoder::new(false);
         d.feed(&encode(9, b"hi", None));
         d.feed(&encode(8, b"", None));

@@ -252,7 +252,8 @@ pub async fn udp_rtp(
 ) {
     use tidegate_rtsp::ingest::InTrack;
     let setup = udp_params(&url).and_then(|p| {
-        let medias = tidegate_rtsp::sdp::parse(&sdp).map_err(|e| format!("rtpSDP: {e}"))?;
+        let medias =
+            tidegate_rtsp::sdp::parse(&sdp).map_err(|e| format!("rtpSDP is not usable: {e}"))?;
         if medias.is_empty() {
             return Err("rtpSDP: no media (m=) line".to_string());
         }
