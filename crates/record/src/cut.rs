@@ -10,21 +10,14 @@ use bytes::Bytes;
 use tidegate_fmp4::{Sample, TrackRun};
 
 use crate::index::Segment;
-use crate::read::{scan, ReadError, Scan};
+use crate::read::{scan, Scan};
+use crate::RecordError;
 
 /// Consecutive segments further apart than this are not joined: the output stops at a gap.
 pub const MAX_GAP_US: i64 = 1_000_000;
 
 /// Largest part read into memory at once.
 pub const MAX_PART: u64 = 256 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CutError {
-    #[error("no recording in the asked window")]
-    Nothing,
-    #[error("{0}")]
-    Read(#[from] ReadError),
-}
 
 /// What `/get` sends: the init, then fragments made by [`Cut::next_fragment`].
 pub struct Cut {
@@ -82,7 +75,11 @@ fn ticks_to_us(t: u64, ts: u32) -> i64 {
 
 impl Cut {
     /// Plans the cut of `[start_us, start_us + duration_us)` from `segments` (time order).
-    pub fn new(segments: Vec<Segment>, start_us: i64, duration_us: i64) -> Result<Cut, CutError> {
+    pub fn new(
+        segments: Vec<Segment>,
+        start_us: i64,
+        duration_us: i64,
+    ) -> Result<Cut, RecordError> {
         let end_us = start_us.saturating_add(duration_us.max(0));
         let mut chosen: Vec<(Segment, Scan)> = Vec::new();
         for s in segments {
@@ -101,7 +98,7 @@ impl Cut {
                     break;
                 }
             }
-            let f = File::open(&s.file).map_err(ReadError::Io)?;
+            let f = File::open(&s.file).map_err(RecordError::Io)?;
             let sc = scan(&mut BufReader::new(f))?;
             if let Some((_, first)) = chosen.first() {
                 if first.tracks != sc.tracks {
@@ -123,7 +120,7 @@ impl Cut {
             }
         }
         let Some((first, sc)) = chosen.first() else {
-            return Err(CutError::Nothing);
+            return Err(RecordError::Nothing);
         };
         // The key track: the first video track, else the first track.
         let key = sc
@@ -132,7 +129,7 @@ impl Cut {
             .find(|t| t.video)
             .or(sc.tracks.first())
             .map(|t| t.id)
-            .ok_or(CutError::Nothing)?;
+            .ok_or(RecordError::Nothing)?;
         // The last sync sample of the key track at or before start (else the first).
         let mut origin_us = None;
         'parts: for p in &sc.parts {
@@ -149,9 +146,9 @@ impl Cut {
                 }
             }
         }
-        let origin_us = origin_us.ok_or(CutError::Nothing)?;
+        let origin_us = origin_us.ok_or(RecordError::Nothing)?;
         if origin_us >= end_us {
-            return Err(CutError::Nothing);
+            return Err(RecordError::Nothing);
         }
         // Presentation starts at the asked time; decoding at the key frame before it.
         let skip = (start_us - origin_us).max(0);
@@ -172,7 +169,7 @@ impl Cut {
     }
 
     /// The next fragment, or `None` when the window is sent. Blocking (reads the file).
-    pub fn next_fragment(&mut self) -> Result<Option<Bytes>, CutError> {
+    pub fn next_fragment(&mut self) -> Result<Option<Bytes>, RecordError> {
         loop {
             let Some((seg, sc)) = self.segments.get(self.seg) else {
                 return Ok(None);
@@ -185,7 +182,7 @@ impl Cut {
             };
             self.part += 1;
             if self.file.is_none() {
-                self.file = Some(File::open(&seg.file).map_err(ReadError::Io)?);
+                self.file = Some(File::open(&seg.file).map_err(RecordError::Io)?);
             }
             // Skip whole parts outside the window.
             let part_start = seg.start.saturating_add((sc.part_start(part) * 1e6) as i64);
@@ -210,13 +207,13 @@ impl Cut {
             }
             let len = part.end - part.offset;
             if len > MAX_PART {
-                return Err(ReadError::Format("part too large").into());
+                return Err(RecordError::Format("part too large").into());
             }
             let mut buf = vec![0u8; len as usize];
-            let f = self.file.as_mut().ok_or(CutError::Nothing)?;
+            let f = self.file.as_mut().ok_or(RecordError::Nothing)?;
             f.seek(SeekFrom::Start(part.offset))
-                .map_err(ReadError::Io)?;
-            f.read_exact(&mut buf).map_err(ReadError::Io)?;
+                .map_err(RecordError::Io)?;
+            f.read_exact(&mut buf).map_err(RecordError::Io)?;
             let buf = Bytes::from(buf);
             let mut runs: Vec<(u32, u64, Vec<Sample>)> = Vec::new();
             for (traf, ts, times) in runs_meta {
@@ -231,7 +228,7 @@ impl Cut {
                         continue;
                     }
                     let Some(data) = buf.get(range.clone()).map(|_| buf.slice(range)) else {
-                        return Err(ReadError::Format("sample outside its part").into());
+                        return Err(RecordError::Format("sample outside its part").into());
                     };
                     if base.is_none() {
                         // Output time: from the key frame, in this track's ticks.
@@ -391,7 +388,7 @@ pub struct Mp4Plan {
 
 impl Cut {
     /// The samples of the window as chunks (metadata only; nothing of the media is read).
-    fn chunks(&self) -> Result<Vec<Chunk>, CutError> {
+    fn chunks(&self) -> Result<Vec<Chunk>, RecordError> {
         let mut chunks = Vec::new();
         let mut total = 0usize;
         for (si, (seg, sc)) in self.segments.iter().enumerate() {
@@ -428,7 +425,7 @@ impl Cut {
                     }
                 }
                 if total > MAX_MP4_SAMPLES {
-                    return Err(ReadError::Format(
+                    return Err(RecordError::Format(
                         "the window is too long for format=mp4 (use fmp4)",
                     )
                     .into());
@@ -436,21 +433,21 @@ impl Cut {
             }
         }
         if chunks.is_empty() {
-            return Err(CutError::Nothing);
+            return Err(RecordError::Nothing);
         }
         Ok(chunks)
     }
 
     /// Plans a non-fragmented MP4 of the window (`/get?format=mp4`): sample tables for every
     /// track, an edit list at the asked start, media read from the segments in order.
-    pub fn mp4(self) -> Result<Mp4Plan, CutError> {
+    pub fn mp4(self) -> Result<Mp4Plan, RecordError> {
         let chunks = self.chunks()?;
         let src = split_boxes(&self.source_init);
         let moov_src = src
             .iter()
             .find(|(k, _)| k == b"moov")
             .map(|(_, b)| &b[8..])
-            .ok_or(ReadError::Format("no moov"))?;
+            .ok_or(RecordError::Format("no moov"))?;
         let traks: Vec<&[u8]> = split_boxes(moov_src)
             .into_iter()
             .filter(|(k, _)| k == b"trak")

@@ -10,7 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tidegate_codec::aac::AudioSpecificConfig;
 use tidegate_core::{CodecParams, Frame, StreamDesc, Track};
 
-use crate::read::{be32, child, children, parse_moof, traks, ReadError};
+use crate::read::{be32, child, children, parse_moof, traks};
+use crate::RecordError;
 
 /// Video tracks are carried on a 90 kHz clock whatever their `mdhd` timescale.
 const VIDEO_CLOCK: u32 = 90_000;
@@ -29,19 +30,19 @@ pub struct InitTrack {
 }
 
 /// The tracks of an init section (`ftyp` and `moov`, as an HLS `EXT-X-MAP` gives it).
-pub fn parse_init(data: &[u8]) -> Result<Vec<InitTrack>, ReadError> {
-    let moov = child(data, b"moov")?.ok_or(ReadError::Format("init without moov"))?;
+pub fn parse_init(data: &[u8]) -> Result<Vec<InitTrack>, RecordError> {
+    let moov = child(data, b"moov")?.ok_or(RecordError::Format("init without moov"))?;
     let mut out = Vec::new();
     for t in traks(moov)? {
         let (id, timescale) = (t.id, t.timescale);
         if timescale == 0 {
-            return Err(ReadError::Format("mdhd timescale 0"));
+            return Err(RecordError::Format("mdhd timescale 0"));
         }
-        let stsd = t.stsd.ok_or(ReadError::Format("trak without stsd"))?;
+        let stsd = t.stsd.ok_or(RecordError::Format("trak without stsd"))?;
         // stsd: version and flags, entry count, then the entries (boxes).
-        let entries = children(stsd.get(8..).ok_or(ReadError::Format("stsd too short"))?)?;
+        let entries = children(stsd.get(8..).ok_or(RecordError::Format("stsd too short"))?)?;
         let Some((entry, body)) = entries.first().copied() else {
-            return Err(ReadError::Format("stsd without entries"));
+            return Err(RecordError::Format("stsd without entries"));
         };
         let (params, length_size) = sample_entry(&entry, body).unwrap_or((None, 4));
         let track = params.map(|params| {
@@ -68,7 +69,7 @@ pub fn parse_init(data: &[u8]) -> Result<Vec<InitTrack>, ReadError> {
         });
     }
     if out.is_empty() {
-        return Err(ReadError::Format("moov without tracks"));
+        return Err(RecordError::Format("moov without tracks"));
     }
     Ok(out)
 }
@@ -177,7 +178,7 @@ pub fn stream_desc(tracks: &[InitTrack]) -> StreamDesc {
 
 /// The frames of the fragments in `data` (one or more `moof` + `mdat`, as a segment or a
 /// part holds them), for the carried tracks, in file order per track.
-pub fn fragment_frames(tracks: &[InitTrack], data: &Bytes) -> Result<Vec<Frame>, ReadError> {
+pub fn fragment_frames(tracks: &[InitTrack], data: &Bytes) -> Result<Vec<Frame>, RecordError> {
     let received = Instant::now();
     let mut frames = Vec::new();
     let mut at = 0usize;
@@ -185,7 +186,7 @@ pub fn fragment_frames(tracks: &[InitTrack], data: &Bytes) -> Result<Vec<Frame>,
         let size = be32(data, at)? as usize;
         let kind = &data[at + 4..at + 8];
         if size < 8 || size > data.len() - at {
-            return Err(ReadError::Format("box size past the data"));
+            return Err(RecordError::Format("box size past the data"));
         }
         if kind == b"moof" {
             for traf in parse_moof(&data[at..])? {
@@ -199,7 +200,7 @@ pub fn fragment_frames(tracks: &[InitTrack], data: &Bytes) -> Result<Vec<Frame>,
                     let start = usize::try_from(offset).unwrap_or(usize::MAX);
                     let end = start.saturating_add(s.size as usize);
                     if end > data.len() {
-                        return Err(ReadError::Format("sample past the data"));
+                        return Err(RecordError::Format("sample past the data"));
                     }
                     let sample = data.slice(start..end);
                     let video = track.codec().is_video();
@@ -236,8 +237,8 @@ const MAX_FILE_SAMPLES: usize = 1 << 20;
 
 /// Every frame of an MP4 file held in memory, progressive (`moov` with sample tables) or
 /// fragmented (`moof`s), for the carried tracks, in file order per track; and the tracks.
-pub fn file_frames(data: &Bytes) -> Result<(Vec<InitTrack>, Vec<Frame>), ReadError> {
-    let moov = child(data, b"moov")?.ok_or(ReadError::Format("a file without moov"))?;
+pub fn file_frames(data: &Bytes) -> Result<(Vec<InitTrack>, Vec<Frame>), RecordError> {
+    let moov = child(data, b"moov")?.ok_or(RecordError::Format("a file without moov"))?;
     let tracks = parse_init(data)?;
     let mut frames = fragment_frames(&tracks, data)?;
     let received = Instant::now();
@@ -255,7 +256,7 @@ pub fn file_frames(data: &Bytes) -> Result<(Vec<InitTrack>, Vec<Frame>), ReadErr
             let start = usize::try_from(s.offset).unwrap_or(usize::MAX);
             let end = start.saturating_add(s.size as usize);
             if end > data.len() {
-                return Err(ReadError::Format("sample past the end of the file"));
+                return Err(RecordError::Format("sample past the end of the file"));
             }
             let sample = data.slice(start..end);
             frames.push(Frame {
@@ -292,15 +293,15 @@ struct TableSample {
 /// The samples a `stbl` indexes: sizes (`stsz`/`stz2` 32-bit only), chunks (`stsc`, `stco`
 /// or `co64`), durations (`stts`), composition offsets (`ctts`) and sync samples (`stss`;
 /// without it every sample is one).
-fn sample_table(stbl: &[u8]) -> Result<Vec<TableSample>, ReadError> {
-    let need = |k: &[u8; 4]| -> Result<&[u8], ReadError> {
-        child(stbl, k)?.ok_or(ReadError::Format("sample table without a needed box"))
+fn sample_table(stbl: &[u8]) -> Result<Vec<TableSample>, RecordError> {
+    let need = |k: &[u8; 4]| -> Result<&[u8], RecordError> {
+        child(stbl, k)?.ok_or(RecordError::Format("sample table without a needed box"))
     };
     // Each table: version and flags, then a count, then entries.
-    let table = |b: &'_ [u8], at: usize, width: usize| -> Result<usize, ReadError> {
+    let table = |b: &'_ [u8], at: usize, width: usize| -> Result<usize, RecordError> {
         let n = be32(b, at)? as usize;
         if n > MAX_FILE_SAMPLES || b.len() < at + 4 + n.saturating_mul(width) {
-            return Err(ReadError::Format("sample table count past its box"));
+            return Err(RecordError::Format("sample table count past its box"));
         }
         Ok(n)
     };
@@ -308,13 +309,13 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<TableSample>, ReadError> {
     let fixed = be32(stsz, 4)?;
     let count = be32(stsz, 8)? as usize;
     if count > MAX_FILE_SAMPLES {
-        return Err(ReadError::Format("too many samples"));
+        return Err(RecordError::Format("too many samples"));
     }
     let sizes: Vec<u32> = if fixed != 0 {
         vec![fixed; count]
     } else {
         if stsz.len() < 12 + count * 4 {
-            return Err(ReadError::Format("stsz shorter than its count"));
+            return Err(RecordError::Format("stsz shorter than its count"));
         }
         (0..count)
             .map(|i| be32(stsz, 12 + i * 4))
@@ -336,7 +337,7 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<TableSample>, ReadError> {
     let runs = table(stsc, 4, 12)?;
     let stsc: Vec<(u32, u32)> = (0..runs)
         .map(|i| Ok((be32(stsc, 8 + i * 12)?, be32(stsc, 12 + i * 12)?)))
-        .collect::<Result<_, ReadError>>()?;
+        .collect::<Result<_, RecordError>>()?;
     let stts = need(b"stts")?;
     let n = table(stts, 4, 8)?;
     let mut durations = Vec::with_capacity(count);

@@ -8,6 +8,7 @@
 
 pub mod cut;
 pub mod demux;
+mod error;
 pub mod index;
 pub mod mux;
 pub mod playback;
@@ -27,6 +28,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::RecordError;
 pub use index::{Index, Segment};
 pub use mux::Format;
 pub use template::Template;

@@ -14,8 +14,9 @@ use axum::Router;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::cut::{Cut, CutError};
+use crate::cut::Cut;
 use crate::index::Index;
+use crate::RecordError;
 
 /// Consecutive segments closer than this are one span in `/list`.
 pub const SPAN_TOLERANCE_US: i64 = 1_000_000;
@@ -202,7 +203,9 @@ async fn get_window(
     let planned = tokio::task::spawn_blocking(move || Cut::new(segments, start, duration_us)).await;
     let mut cut = match planned {
         Ok(Ok(c)) => c,
-        Ok(Err(CutError::Nothing)) => return error(StatusCode::NOT_FOUND, "no recordings found"),
+        Ok(Err(RecordError::Nothing)) => {
+            return error(StatusCode::NOT_FOUND, "no recordings found")
+        }
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     };
@@ -259,7 +262,9 @@ fn streamed(
 async fn mp4_answer(cut: Cut) -> Response {
     let plan = match tokio::task::spawn_blocking(move || cut.mp4()).await {
         Ok(Ok(p)) => p,
-        Ok(Err(CutError::Nothing)) => return error(StatusCode::NOT_FOUND, "no recordings found"),
+        Ok(Err(RecordError::Nothing)) => {
+            return error(StatusCode::NOT_FOUND, "no recordings found")
+        }
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     };

@@ -7,20 +7,13 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::RecordError;
 use bytes::Bytes;
 
 /// Largest `moov` read (ours are a few hundred bytes).
 pub const MAX_MOOV: u64 = 4 << 20;
 /// Largest `moof` read: 16 bytes per sample, so about a million samples.
 pub const MAX_MOOF: u64 = 16 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("not an fMP4 segment: {0}")]
-    Format(&'static str),
-}
 
 /// One `traf` of a `moof`: a track's run of samples.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,13 +120,13 @@ impl Scan {
     }
 }
 
-pub(crate) fn be32(b: &[u8], at: usize) -> Result<u32, ReadError> {
+pub(crate) fn be32(b: &[u8], at: usize) -> Result<u32, RecordError> {
     b.get(at..at + 4)
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(ReadError::Format("box too short"))
+        .ok_or(RecordError::Format("box too short"))
 }
 
-pub(crate) fn be64(b: &[u8], at: usize) -> Result<u64, ReadError> {
+pub(crate) fn be64(b: &[u8], at: usize) -> Result<u64, RecordError> {
     Ok((u64::from(be32(b, at)?) << 32) | u64::from(be32(b, at + 4)?))
 }
 
@@ -141,7 +134,7 @@ pub(crate) fn be64(b: &[u8], at: usize) -> Result<u64, ReadError> {
 type Child<'a> = ([u8; 4], &'a [u8]);
 
 /// The child boxes of `body`.
-pub(crate) fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
+pub(crate) fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, RecordError> {
     let mut v = Vec::new();
     while body.len() >= 8 {
         let size = u64::from(be32(body, 0)?);
@@ -152,7 +145,7 @@ pub(crate) fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
             s => (8, s),
         };
         if size < header as u64 || size > body.len() as u64 {
-            return Err(ReadError::Format("box size past its parent"));
+            return Err(RecordError::Format("box size past its parent"));
         }
         v.push((kind, &body[header..size as usize]));
         body = &body[size as usize..];
@@ -160,7 +153,7 @@ pub(crate) fn children(mut body: &[u8]) -> Result<Vec<Child<'_>>, ReadError> {
     Ok(v)
 }
 
-pub(crate) fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, ReadError> {
+pub(crate) fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, RecordError> {
     Ok(children(body)?
         .into_iter()
         .find(|(k, _)| k == kind)
@@ -178,26 +171,26 @@ pub(crate) struct Trak<'a> {
 }
 
 /// The `trak`s of a `moov` (its content, without the box header).
-pub(crate) fn traks(moov: &[u8]) -> Result<Vec<Trak<'_>>, ReadError> {
+pub(crate) fn traks(moov: &[u8]) -> Result<Vec<Trak<'_>>, RecordError> {
     let mut out = Vec::new();
     for (kind, trak) in children(moov)? {
         if &kind != b"trak" {
             continue;
         }
-        let tkhd = child(trak, b"tkhd")?.ok_or(ReadError::Format("trak without tkhd"))?;
+        let tkhd = child(trak, b"tkhd")?.ok_or(RecordError::Format("trak without tkhd"))?;
         let id = if tkhd.first() == Some(&1) {
             be32(tkhd, 20)?
         } else {
             be32(tkhd, 12)?
         };
-        let mdia = child(trak, b"mdia")?.ok_or(ReadError::Format("trak without mdia"))?;
-        let mdhd = child(mdia, b"mdhd")?.ok_or(ReadError::Format("mdia without mdhd"))?;
+        let mdia = child(trak, b"mdia")?.ok_or(RecordError::Format("trak without mdia"))?;
+        let mdhd = child(mdia, b"mdhd")?.ok_or(RecordError::Format("mdia without mdhd"))?;
         let timescale = if mdhd.first() == Some(&1) {
             be32(mdhd, 20)?
         } else {
             be32(mdhd, 12)?
         };
-        let hdlr = child(mdia, b"hdlr")?.ok_or(ReadError::Format("mdia without hdlr"))?;
+        let hdlr = child(mdia, b"hdlr")?.ok_or(RecordError::Format("mdia without hdlr"))?;
         let stbl = child(mdia, b"minf")?
             .map(|m| child(m, b"stbl"))
             .transpose()?
@@ -212,13 +205,13 @@ pub(crate) fn traks(moov: &[u8]) -> Result<Vec<Trak<'_>>, ReadError> {
         });
     }
     if out.is_empty() {
-        return Err(ReadError::Format("moov without tracks"));
+        return Err(RecordError::Format("moov without tracks"));
     }
     Ok(out)
 }
 
 /// The tracks of a `moov` (its content, without the box header).
-pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, ReadError> {
+pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, RecordError> {
     Ok(traks(moov)?
         .into_iter()
         .map(|t| {
@@ -237,10 +230,10 @@ pub fn parse_moov(moov: &[u8]) -> Result<Vec<TrackInfo>, ReadError> {
 }
 
 /// The runs of a `moof` given from its header on (anything after the box is ignored).
-pub fn parse_moof(data: &[u8]) -> Result<Vec<Traf>, ReadError> {
+pub fn parse_moof(data: &[u8]) -> Result<Vec<Traf>, RecordError> {
     let size = be32(data, 0)? as usize;
     if data.get(4..8) != Some(b"moof") || size < 8 || size > data.len() {
-        return Err(ReadError::Format("not a moof"));
+        return Err(RecordError::Format("not a moof"));
     }
     let mut trafs = Vec::new();
     for (kind, traf) in children(&data[8..size])? {
@@ -307,7 +300,7 @@ pub fn parse_moof(data: &[u8]) -> Result<Vec<Traf>, ReadError> {
                         .count()
                         * 4;
                     if count.saturating_mul(per) > b.len().saturating_sub(at) {
-                        return Err(ReadError::Format("trun sample count past its box"));
+                        return Err(RecordError::Format("trun sample count past its box"));
                     }
                     t.samples.reserve(count);
                     for i in 0..count {
@@ -354,7 +347,7 @@ pub fn parse_moof(data: &[u8]) -> Result<Vec<Traf>, ReadError> {
 }
 
 /// Reads a box header at the reader's position: (type, header length, total size).
-fn header(r: &mut impl Read, left: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
+fn header(r: &mut impl Read, left: u64) -> Result<Option<([u8; 4], u64, u64)>, RecordError> {
     if left < 8 {
         return Ok(None);
     }
@@ -379,7 +372,7 @@ fn header(r: &mut impl Read, left: u64) -> Result<Option<([u8; 4], u64, u64)>, R
 
 /// Scans a segment: its init, and every whole part. A cut trailing box ends the scan without
 /// an error; a file without a usable init is an error.
-pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
+pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, RecordError> {
     let file_len = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(0))?;
     let mut pos = 0u64;
@@ -394,7 +387,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
         match &kind {
             b"ftyp" | b"moov" if tracks.is_none() => {
                 if size > MAX_MOOV {
-                    return Err(ReadError::Format("init box too large"));
+                    return Err(RecordError::Format("init box too large"));
                 }
                 let mut b = vec![0u8; size as usize];
                 r.seek(SeekFrom::Start(pos))?;
@@ -406,7 +399,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
             }
             b"moof" => {
                 if size > MAX_MOOF {
-                    return Err(ReadError::Format("moof too large"));
+                    return Err(RecordError::Format("moof too large"));
                 }
                 let mut b = vec![0u8; size as usize];
                 r.seek(SeekFrom::Start(pos))?;
@@ -428,7 +421,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
                     pos.saturating_add(t.data_offset).saturating_add(len) <= end
                 });
                 if !inside {
-                    return Err(ReadError::Format("sample data outside its mdat"));
+                    return Err(RecordError::Format("sample data outside its mdat"));
                 }
                 parts.push(PartInfo {
                     offset: pos,
@@ -446,7 +439,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
         valid_len = pos;
         r.seek(SeekFrom::Start(pos))?;
     }
-    let tracks = tracks.ok_or(ReadError::Format("no moov"))?;
+    let tracks = tracks.ok_or(RecordError::Format("no moov"))?;
     Ok(Scan {
         init: Bytes::from(init),
         tracks,
@@ -458,7 +451,7 @@ pub fn scan<R: Read + Seek>(r: &mut R) -> Result<Scan, ReadError> {
 
 /// Scans `path` and, when its end is a cut part, trims the file to its last whole box so
 /// every player reads it cleanly. Returns the scan (after trimming).
-pub fn recover(path: &std::path::Path) -> Result<Scan, ReadError> {
+pub fn recover(path: &std::path::Path) -> Result<Scan, RecordError> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -478,6 +471,6 @@ pub fn recover(path: &std::path::Path) -> Result<Scan, ReadError> {
 }
 
 /// For fuzzing: everything the scanner reads, from memory.
-pub fn scan_bytes(data: &[u8]) -> Result<Scan, ReadError> {
+pub fn scan_bytes(data: &[u8]) -> Result<Scan, RecordError> {
     scan(&mut std::io::Cursor::new(data))
 }

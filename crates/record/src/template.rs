@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::RecordError;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use regex::Regex;
@@ -18,23 +19,15 @@ pub struct Template {
     pattern: Regex,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TemplateError {
-    #[error("recordPath must contain %path")]
-    NoPath,
-    #[error("recordPath must contain either %s or all of %Y %m %d %H %M %S")]
-    NoTime,
-}
-
 const TIME_PARTS: [&str; 6] = ["%Y", "%m", "%d", "%H", "%M", "%S"];
 
 impl Template {
-    pub fn new(raw: &str) -> Result<Template, TemplateError> {
+    pub fn new(raw: &str) -> Result<Template, RecordError> {
         if !raw.contains("%path") {
-            return Err(TemplateError::NoPath);
+            return Err(RecordError::NoPath);
         }
         if !raw.contains("%s") && !TIME_PARTS.iter().all(|p| raw.contains(p)) {
-            return Err(TemplateError::NoTime);
+            return Err(RecordError::NoTime);
         }
         let mut re = String::from("^");
         let mut used: Vec<&str> = Vec::new();
@@ -72,7 +65,7 @@ impl Template {
         }
         re.push_str(&regex::escape(rest));
         re.push_str("\\.(?P<ext>mp4|ts)$");
-        let pattern = Regex::new(&re).map_err(|_| TemplateError::NoPath)?;
+        let pattern = Regex::new(&re).map_err(|_| RecordError::NoPath)?;
         Ok(Template {
             raw: raw.to_string(),
             pattern,
@@ -190,13 +183,13 @@ mod tests {
 
     #[test]
     fn templates_without_path_or_time_are_refused() {
-        assert_eq!(
+        assert!(matches!(
             Template::new("./r/%Y%m%d").unwrap_err(),
-            TemplateError::NoPath
-        );
-        assert_eq!(
+            RecordError::NoPath
+        ));
+        assert!(matches!(
             Template::new("./r/%path/%Y").unwrap_err(),
-            TemplateError::NoTime
-        );
+            RecordError::NoTime
+        ));
     }
 }
