@@ -129,7 +129,9 @@ async fn exchange(
             }
         }
         "https" => {
-            let tls = tidegate_core::tls::connect(&host, port, fingerprint, limit).await?;
+            let tls = tidegate_core::tls::connect(&host, port, fingerprint, limit)
+                .await
+                .map_err(|e| e.to_string())?;
             match dump {
                 Some(prefix) => send(tidegate_core::dump::tls_client(tls, prefix), req).await,
                 None => send(tls, req).await,

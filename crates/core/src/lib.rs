@@ -50,7 +50,7 @@ pub use path::{
     RecordConf,
 };
 pub use registry::{
-    Fallback, PathError, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader,
+    CoreError, Fallback, PathEvent, PathEventKind, PathInfo, PathManager, Publisher, Reader,
     SessionId, SessionInfo,
 };
 pub use stream::{RecvError, Stream, StreamConfig, StreamReader, StreamStats};

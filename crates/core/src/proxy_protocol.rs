@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::CoreError;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -23,75 +24,79 @@ pub fn trusted(proxies: &[ipnet::IpNet], ip: IpAddr) -> bool {
 
 /// Reads the PROXY header: the client's address, or None when the proxy speaks for itself
 /// (v1 `UNKNOWN`, v2 `LOCAL`).
-pub async fn read_header<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<SocketAddr>, String> {
+pub async fn read_header<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<SocketAddr>, CoreError> {
+    header(s).await.map_err(CoreError::ProxyHeader)
+}
+
+async fn header<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<SocketAddr>, String> {
     let mut first = [0u8; 1];
-    s.read_exact(&mut first)
-        .await
-        .map_err(|e| format!("PROXY header: {e}"))?;
+    s.read_exact(&mut first).await.map_err(|e| format!("{e}"))?;
     match first[0] {
         b'P' => {
             let mut line = vec![b'P'];
             while !line.ends_with(b"\r\n") {
                 if line.len() >= V1_MAX {
-                    return Err("PROXY header: v1 line over 107 bytes".into());
+                    return Err("v1 line over 107 bytes".into());
                 }
                 let mut b = [0u8; 1];
-                s.read_exact(&mut b)
-                    .await
-                    .map_err(|e| format!("PROXY header: {e}"))?;
+                s.read_exact(&mut b).await.map_err(|e| format!("{e}"))?;
                 line.push(b[0]);
             }
-            parse_v1(&line)
+            v1(&line)
         }
         b'\r' => {
             let mut head = [0u8; 16];
             head[0] = b'\r';
             s.read_exact(&mut head[1..])
                 .await
-                .map_err(|e| format!("PROXY header: {e}"))?;
+                .map_err(|e| format!("{e}"))?;
             let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
             if len > V2_MAX {
-                return Err(format!("PROXY header: v2 length {len} over {V2_MAX}"));
+                return Err(format!("v2 length {len} over {V2_MAX}"));
             }
             let mut body = vec![0u8; len];
-            s.read_exact(&mut body)
-                .await
-                .map_err(|e| format!("PROXY header: {e}"))?;
-            parse_v2(&head, &body)
+            s.read_exact(&mut body).await.map_err(|e| format!("{e}"))?;
+            v2(&head, &body)
         }
         _ => Err("a trusted proxy's connection without a PROXY header".into()),
     }
 }
 
 /// `PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n` (or `TCP6`, or `UNKNOWN …`).
-pub fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "PROXY header: not text")?;
+pub fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, CoreError> {
+    v1(line).map_err(CoreError::ProxyHeader)
+}
+
+fn v1(line: &[u8]) -> Result<Option<SocketAddr>, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not text")?;
     let parts: Vec<&str> = text.trim_end_matches("\r\n").split(' ').collect();
     match parts.as_slice() {
         ["PROXY", "UNKNOWN", ..] => Ok(None),
         ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => {
-            let ip: IpAddr = src
-                .parse()
-                .map_err(|_| "PROXY header: bad source address")?;
-            let port: u16 = sport.parse().map_err(|_| "PROXY header: bad source port")?;
+            let ip: IpAddr = src.parse().map_err(|_| "bad source address")?;
+            let port: u16 = sport.parse().map_err(|_| "bad source port")?;
             Ok(Some(SocketAddr::new(ip, port)))
         }
-        _ => Err(format!("PROXY header: not understood: {text:?}")),
+        _ => Err(format!("not understood: {text:?}")),
     }
 }
 
 /// A v2 header: its 16-byte head and the address block.
-pub fn parse_v2(head: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr>, String> {
+pub fn parse_v2(head: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr>, CoreError> {
+    v2(head, body).map_err(CoreError::ProxyHeader)
+}
+
+fn v2(head: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr>, String> {
     if &head[..12] != V2_SIGNATURE {
-        return Err("PROXY header: bad v2 signature".into());
+        return Err("bad v2 signature".into());
     }
     if head[12] >> 4 != 2 {
-        return Err("PROXY header: not version 2".into());
+        return Err("not version 2".into());
     }
     match head[12] & 0x0f {
         0 => return Ok(None), // LOCAL: the proxy's own connection (health checks)
         1 => {}
-        c => return Err(format!("PROXY header: command {c}")),
+        c => return Err(format!("command {c}")),
     }
     match head[13] >> 4 {
         1 if body.len() >= 12 => {
@@ -110,7 +115,7 @@ pub fn parse_v2(head: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr>, Stri
             )))
         }
         0 => Ok(None), // AF_UNSPEC
-        _ => Err("PROXY header: address block too short or family unknown".into()),
+        _ => Err("address block too short or family unknown".into()),
     }
 }
 

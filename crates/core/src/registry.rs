@@ -49,9 +49,11 @@ impl SessionInfo {
     }
 }
 
-/// Why a path operation was refused.
+/// The crate's one error: why a path operation was refused (the name's and the credentials'
+/// reasons carried by one variant each, as their own types), or why a PROXY header or a TLS
+/// client setting was not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub enum CoreError {
     #[error("invalid path name: {0}")]
     InvalidName(#[from] PathNameError),
     #[error("path '{0}' is not configured")]
@@ -66,6 +68,10 @@ pub enum PathError {
     TooManyReaders(String, u32),
     #[error("not authorized: {0}")]
     Auth(#[from] AuthError),
+    #[error("PROXY header: {0}")]
+    ProxyHeader(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What happened on a path.
@@ -318,12 +324,12 @@ impl PathManager {
     }
 
     /// Finds the configuration of a concrete path name.
-    pub fn find(&self, name: &str) -> Result<PathMatch, PathError> {
+    pub fn find(&self, name: &str) -> Result<PathMatch, CoreError> {
         validate_path_name(name)?;
         let matcher = self.shared.lock().matcher.clone();
         matcher
             .find(name)
-            .ok_or_else(|| PathError::NotConfigured(name.to_string()))
+            .ok_or_else(|| CoreError::NotConfigured(name.to_string()))
     }
 
     /// Replaces the path configuration (a reload). A live path whose configuration is the
@@ -406,7 +412,7 @@ impl PathManager {
     pub async fn authorize(
         &self,
         req: &AuthRequest,
-    ) -> Result<(Option<PathMatch>, Grant), PathError> {
+    ) -> Result<(Option<PathMatch>, Grant), CoreError> {
         let found = if req.action.on_path() {
             Some(self.find(&req.path)?)
         } else {
@@ -425,7 +431,7 @@ impl PathManager {
     pub async fn authorize_path(
         &self,
         req: &mut AuthRequest,
-    ) -> Result<(PathMatch, Grant), PathError> {
+    ) -> Result<(PathMatch, Grant), CoreError> {
         if let Some((parent, last)) = req.path.rsplit_once('/') {
             let matcher = self.shared.lock().matcher.clone();
             if matcher.exact(parent).is_some_and(|c| c.stream_key_in_path) && !last.is_empty() {
@@ -444,16 +450,16 @@ impl PathManager {
     /// Reserves `name` for a publisher. The path becomes ready when [`Publisher::start`] is
     /// called with the tracks. A second publisher is refused, unless the path has
     /// `overridePublisher`, in which case the current one is kicked and replaced.
-    pub fn publish(&self, name: &str, session: SessionInfo) -> Result<Publisher, PathError> {
+    pub fn publish(&self, name: &str, session: SessionInfo) -> Result<Publisher, CoreError> {
         let m = self.find(name)?;
         if m.conf.source != "publisher" {
-            return Err(PathError::NotPublishable(name.to_string()));
+            return Err(CoreError::NotPublishable(name.to_string()));
         }
         self.claim(name, m.conf, session, false)
     }
 
     /// Reserves a path for a pulled source (the server itself publishes on it).
-    pub fn publish_source(&self, name: &str, session: SessionInfo) -> Result<Publisher, PathError> {
+    pub fn publish_source(&self, name: &str, session: SessionInfo) -> Result<Publisher, CoreError> {
         let m = self.find(name)?;
         self.claim(name, m.conf, session, false)
     }
@@ -464,7 +470,7 @@ impl PathManager {
         &self,
         name: &str,
         session: SessionInfo,
-    ) -> Result<Publisher, PathError> {
+    ) -> Result<Publisher, CoreError> {
         let m = self.find(name)?;
         self.claim(name, m.conf, session, true)
     }
@@ -481,7 +487,7 @@ impl PathManager {
         conf: Arc<PathConf>,
         session: SessionInfo,
         offline: bool,
-    ) -> Result<Publisher, PathError> {
+    ) -> Result<Publisher, CoreError> {
         let kick = CancellationToken::new();
         let mut reg = self.shared.lock();
         let entry = reg
@@ -500,7 +506,7 @@ impl PathManager {
         if let Some(current) = &entry.publisher {
             if offline {
                 // The offline stream waits for the path to be free.
-                return Err(PathError::Busy(name.to_string()));
+                return Err(CoreError::Busy(name.to_string()));
             }
             if current.offline {
                 tracing::info!(
@@ -509,7 +515,7 @@ impl PathManager {
                     "a publisher takes over from the offline stream (alwaysAvailable)"
                 );
             } else if !conf.override_publisher {
-                return Err(PathError::Busy(name.to_string()));
+                return Err(CoreError::Busy(name.to_string()));
             } else {
                 tracing::info!(
                     path = name,
@@ -565,11 +571,11 @@ impl PathManager {
     }
 
     /// Starts reading `name`. Its publisher must be ready.
-    pub fn read(&self, name: &str, session: SessionInfo) -> Result<Reader, PathError> {
+    pub fn read(&self, name: &str, session: SessionInfo) -> Result<Reader, CoreError> {
         let m = self.find(name)?;
         let mut reg = self.shared.lock();
         let Some(entry) = reg.paths.get_mut(name) else {
-            return Err(PathError::NoOnePublishing(name.to_string()));
+            return Err(CoreError::NoOnePublishing(name.to_string()));
         };
         // An `alwaysAvailable` path between a publisher and its offline stream (or the other
         // way round) is read from the stream one of them is about to continue.
@@ -585,11 +591,11 @@ impl PathManager {
             .and_then(|p| p.stream.clone())
             .or_else(held)
         else {
-            return Err(PathError::NoOnePublishing(name.to_string()));
+            return Err(CoreError::NoOnePublishing(name.to_string()));
         };
         let max = m.conf.max_readers;
         if max > 0 && entry.readers.len() >= max as usize {
-            return Err(PathError::TooManyReaders(name.to_string(), max));
+            return Err(CoreError::TooManyReaders(name.to_string(), max));
         }
         entry.readers.insert(session.id, session.clone());
         let bytes_sent = entry.bytes_sent.clone();
@@ -613,10 +619,10 @@ impl PathManager {
         &self,
         name: &str,
         session: SessionInfo,
-    ) -> Result<Reader, PathError> {
+    ) -> Result<Reader, CoreError> {
         let mut events = self.events();
         match self.read(name, session.clone()) {
-            Err(PathError::NoOnePublishing(_)) => {}
+            Err(CoreError::NoOnePublishing(_)) => {}
             other => return other,
         }
         let m = self.find(name)?;
@@ -626,23 +632,23 @@ impl PathManager {
             m.conf.hooks.run_on_demand_start_timeout
         } else if let Some(fallback) = self.fallback().filter(|_| m.conf.source == "publisher") {
             if !fallback.start(name.to_string()).await {
-                return Err(PathError::NoOnePublishing(name.to_string()));
+                return Err(CoreError::NoOnePublishing(name.to_string()));
             }
             FALLBACK_START_TIMEOUT
         } else {
-            return Err(PathError::NoOnePublishing(name.to_string()));
+            return Err(CoreError::NoOnePublishing(name.to_string()));
         };
         self.shared.emit(PathEventKind::Demand, name, &session);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.read(name, session.clone()) {
-                Err(PathError::NoOnePublishing(_)) => {}
+                Err(CoreError::NoOnePublishing(_)) => {}
                 other => return other,
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return Err(PathError::NoOnePublishing(name.to_string())),
+                Err(_) => return Err(CoreError::NoOnePublishing(name.to_string())),
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
-                    return Err(PathError::NoOnePublishing(name.to_string()))
+                    return Err(CoreError::NoOnePublishing(name.to_string()))
                 }
                 Ok(_) => {}
             }

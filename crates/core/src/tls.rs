@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::CoreError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -15,7 +16,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// `sourceFingerprint` as written (hex, with or without colons, any case) to 32 bytes.
-pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], CoreError> {
+    fingerprint_bytes(s).map_err(CoreError::Tls)
+}
+
+fn fingerprint_bytes(s: &str) -> Result<[u8; 32], String> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     let wrong =
         || format!("{s:?} is not a SHA-256 fingerprint (64 hexadecimal digits, colons allowed)");
@@ -104,7 +109,11 @@ impl ServerCertVerifier for Pinned {
 
 /// A client configuration: Web PKI roots, or only the certificate `fingerprint` names when it
 /// is not empty.
-pub fn client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, CoreError> {
+    config(fingerprint).map_err(CoreError::Tls)
+}
+
+fn config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -114,7 +123,7 @@ pub fn client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, Str
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
-        let expected = parse_fingerprint(fingerprint)?;
+        let expected = fingerprint_bytes(fingerprint)?;
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned { expected, provider }))
@@ -130,8 +139,19 @@ pub async fn connect(
     port: u16,
     fingerprint: &str,
     limit: Duration,
+) -> Result<TlsStream<TcpStream>, CoreError> {
+    open(host, port, fingerprint, limit)
+        .await
+        .map_err(CoreError::Tls)
+}
+
+async fn open(
+    host: &str,
+    port: u16,
+    fingerprint: &str,
+    limit: Duration,
 ) -> Result<TlsStream<TcpStream>, String> {
-    let config = client_config(fingerprint)?;
+    let config = config(fingerprint)?;
     let tcp = tokio::time::timeout(limit, TcpStream::connect((host, port)))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -144,8 +164,8 @@ pub async fn connect(
         tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
-    .map_err(|_| "TLS handshake timed out".to_string())?
-    .map_err(|e| format!("TLS: {e}"))
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidegate_core::{
-    CodecParams, Frame, PathConf, PathError, PathEventKind, PathManager, PathMatcher, RecvError,
+    CodecParams, CoreError, Frame, PathConf, PathEventKind, PathManager, PathMatcher, RecvError,
     SessionInfo, StreamConfig, StreamDesc, Track,
 };
 
@@ -79,7 +79,7 @@ async fn publish_read_and_unregister_on_drop() {
     // Reserved but not ready: nobody can read yet.
     assert!(matches!(
         m.read("live/a", session(&m, "rtmpConn")),
-        Err(PathError::NoOnePublishing(_))
+        Err(CoreError::NoOnePublishing(_))
     ));
     let stream = publisher.start(desc());
     assert_eq!(
@@ -134,7 +134,7 @@ async fn second_publisher_is_refused() {
     let _first = m.publish("cam", session(&m, "rtmpConn")).unwrap();
     assert!(matches!(
         m.publish("cam", session(&m, "srtConn")),
-        Err(PathError::Busy(_))
+        Err(CoreError::Busy(_))
     ));
 }
 
@@ -166,11 +166,11 @@ async fn unconfigured_and_invalid_paths_are_refused() {
     let m = manager(vec![conf(r"~^cam(\d+)$")]);
     assert!(matches!(
         m.publish("other", session(&m, "rtmpConn")),
-        Err(PathError::NotConfigured(_))
+        Err(CoreError::NotConfigured(_))
     ));
     assert!(matches!(
         m.publish("../etc", session(&m, "rtmpConn")),
-        Err(PathError::InvalidName(_))
+        Err(CoreError::InvalidName(_))
     ));
     let found = m.find("cam7").unwrap();
     assert_eq!(found.captures, vec!["cam7", "7"]);
@@ -184,7 +184,7 @@ async fn source_paths_refuse_publishers() {
     }]);
     assert!(matches!(
         m.publish("cam", session(&m, "rtmpConn")),
-        Err(PathError::NotPublishable(_))
+        Err(CoreError::NotPublishable(_))
     ));
     assert!(m.publish_source("cam", session(&m, "rtspSource")).is_ok());
 }
@@ -201,7 +201,7 @@ async fn max_readers_is_enforced() {
     let _r2 = m.read("cam", session(&m, "rtmpConn")).unwrap();
     assert!(matches!(
         m.read("cam", session(&m, "rtmpConn")),
-        Err(PathError::TooManyReaders(_, 2))
+        Err(CoreError::TooManyReaders(_, 2))
     ));
     drop(r1);
     assert!(m.read("cam", session(&m, "rtmpConn")).is_ok());

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
-use tidegate_core::{Action, AuthRequest, Credentials, PathError};
+use tidegate_core::{Action, AuthRequest, CoreError, Credentials};
 
 use crate::muxer::Muxer;
 use crate::segmenter::Variant;
@@ -292,7 +292,7 @@ async fn route(
     }
     if let Err(e) = authorized {
         return match e {
-            PathError::Auth(e) => {
+            CoreError::Auth(e) => {
                 tracing::info!("[HLS] {remote} refused on '{path}': {e}");
                 let mut r = text(StatusCode::UNAUTHORIZED, format!("{e}\n"));
                 r.headers_mut().insert(

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tidegate_core::{PathError, PathEventKind, PathManager};
+use tidegate_core::{CoreError, PathEventKind, PathManager};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,12 +81,12 @@ impl Inner {
     pub(crate) async fn muxer_or_demand(
         self: &Arc<Self>,
         path: &str,
-    ) -> Result<Arc<Muxer>, PathError> {
+    ) -> Result<Arc<Muxer>, CoreError> {
         if let Some(m) = self.existing(path) {
             return Ok(m);
         }
         match self.muxer(path) {
-            Err(PathError::NoOnePublishing(_)) => {}
+            Err(CoreError::NoOnePublishing(_)) => {}
             other => return other,
         }
         let reader = self
@@ -98,7 +98,7 @@ impl Inner {
     }
 
     /// The path's muxer, started if the path has a publisher.
-    pub(crate) fn muxer(self: &Arc<Self>, path: &str) -> Result<Arc<Muxer>, PathError> {
+    pub(crate) fn muxer(self: &Arc<Self>, path: &str) -> Result<Arc<Muxer>, CoreError> {
         let mut t = self.table();
         if let Some(m) = t.get(path) {
             return Ok(m.clone());

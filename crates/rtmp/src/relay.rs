@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_core::relay::with_backoff;
 pub use tidegate_core::relay::RelayStatus;
-use tidegate_core::{PathError, PathManager, RecvError, SessionInfo};
+use tidegate_core::{CoreError, PathManager, RecvError, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +39,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// `fingerprint` (the path's `sourceFingerprint`) when it is set.
 async fn connect(url: &RtmpUrl, fingerprint: &str) -> Result<Box<dyn Io>, String> {
     if url.tls {
-        let tls =
-            tidegate_core::tls::connect(&url.host, url.port, fingerprint, CONNECT_TIMEOUT).await?;
+        let tls = tidegate_core::tls::connect(&url.host, url.port, fingerprint, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(Box::new(tidegate_core::dump::tls_client(
             tls,
             "rtmps_source_conn",
@@ -145,7 +146,7 @@ async fn push_once(
     let mut reader = match paths.read(path, session_info) {
         Ok(r) => r,
         // The stream ended: the next publish starts a new push.
-        Err(PathError::NoOnePublishing(_)) => return Ok(()),
+        Err(CoreError::NoOnePublishing(_)) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     status.set_state("connecting");

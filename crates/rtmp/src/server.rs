@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{
-    Action, AuthRequest, CodecParams, Credentials, PathError, PathManager, SessionInfo, StreamDesc,
+    Action, AuthRequest, CodecParams, CoreError, Credentials, PathManager, SessionInfo, StreamDesc,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -435,7 +435,7 @@ impl<S: Transport> Conn<S> {
             .with_id(self.id)
     }
 
-    async fn refuse(&mut self, code: &str, err: PathError) -> Result<(), ConnError> {
+    async fn refuse(&mut self, code: &str, err: CoreError) -> Result<(), ConnError> {
         tracing::warn!("{err}");
         self.session.reject(code, &err.to_string());
         self.flush().await?;

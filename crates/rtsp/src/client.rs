@@ -186,7 +186,7 @@ async fn push_once(
     ) {
         Ok(r) => r,
         // The stream ended: the next publish starts a new push.
-        Err(tidegate_core::PathError::NoOnePublishing(_)) => return Ok(()),
+        Err(tidegate_core::CoreError::NoOnePublishing(_)) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     let source = reader.stream().clone();
@@ -554,7 +554,9 @@ async fn connect(
     let tls = url.scheme() == "rtsps";
     let port = url.port().unwrap_or(if tls { 322 } else { 554 });
     Ok(if tls {
-        let s = tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT).await?;
+        let s = tidegate_core::tls::connect(&host, port, fingerprint, IO_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
         let camera = s.get_ref().0.peer_addr().map_err(|e| e.to_string())?.ip();
         (
             Box::new(tidegate_core::dump::tls_client(s, "rtsps_source_conn")),

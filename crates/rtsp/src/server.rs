@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tidegate_core::{
-    Action, AuthRequest, ConnGuard, Credentials, Frame, Grant, PathError, PathManager, Publisher,
+    Action, AuthRequest, ConnGuard, CoreError, Credentials, Frame, Grant, PathManager, Publisher,
     Reader, SessionInfo, Stream,
 };
 use tidegate_rtp::srtp;
@@ -847,7 +847,7 @@ impl Conn {
             .with_id(self.id);
         match self.paths.authorize_path(&mut ask).await {
             Ok((_, grant)) => Ok((grant, ask.path)),
-            Err(PathError::Auth(e)) => Err(self.unauthorized(cseq, &e.to_string())),
+            Err(CoreError::Auth(e)) => Err(self.unauthorized(cseq, &e.to_string())),
             Err(e) => Err(response(
                 404,
                 "Not Found",
@@ -923,7 +923,7 @@ impl Conn {
             Err(e) => {
                 // The deprecated `fallback`: RTSP readers of a path with no stream go there.
                 let fallback = conf.as_ref().map(|c| c.fallback.as_str()).unwrap_or("");
-                if matches!(e, tidegate_core::PathError::NoOnePublishing(_)) && !fallback.is_empty()
+                if matches!(e, tidegate_core::CoreError::NoOnePublishing(_)) && !fallback.is_empty()
                 {
                     return redirect(cseq, &req.uri, fallback, &path);
                 }
@@ -1034,7 +1034,7 @@ impl Conn {
             self.info("rtspSession").with_query(uri_query(&req.uri)),
         ) {
             Ok(p) => p,
-            Err(e @ PathError::Busy(_)) => {
+            Err(e @ CoreError::Busy(_)) => {
                 return response(409, "Conflict", cseq, &[], format!("{e}\n").as_bytes())
             }
             Err(e) => return response(403, "Forbidden", cseq, &[], format!("{e}\n").as_bytes()),

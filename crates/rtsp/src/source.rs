@@ -172,7 +172,9 @@ async fn tls_tunnel(url: &url::Url, fingerprint: &str) -> Result<(url::Url, Abor
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port().unwrap_or(322);
     let tls = tidegate_core::dump::tls_client(
-        tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+        tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?,
         "rtsps_source_conn",
     );
     relay(tls, url).await
@@ -197,7 +199,9 @@ async fn open_camera(
 ) -> Result<Box<dyn Stream>, String> {
     if tls {
         Ok(Box::new(tidegate_core::dump::tls_client(
-            tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT).await?,
+            tidegate_core::tls::connect(host, port, fingerprint, IO_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?,
             "rtsps_source_conn",
         )))
     } else {

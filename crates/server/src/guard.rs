@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use tidegate_core::{Action, AuthError, AuthRequest, Credentials, PathError, PathManager};
+use tidegate_core::{Action, AuthError, AuthRequest, CoreError, Credentials, PathManager};
 
 #[derive(Clone)]
 pub struct Guard {
@@ -77,11 +77,11 @@ pub async fn require(
         .with_query(req.uri().query().unwrap_or(""));
     match guard.paths.authorize(&ask).await {
         Ok(_) => next.run(req).await,
-        Err(PathError::Auth(e)) => refused(&e),
+        Err(CoreError::Auth(e)) => refused(&e),
         Err(e) => {
             let mut r = Response::new(Body::from(format!("{e}\n")));
             *r.status_mut() = match e {
-                PathError::NotConfigured(_) | PathError::InvalidName(_) => StatusCode::NOT_FOUND,
+                CoreError::NotConfigured(_) | CoreError::InvalidName(_) => StatusCode::NOT_FOUND,
                 _ => StatusCode::FORBIDDEN,
             };
             r

@@ -74,7 +74,8 @@ impl Client {
                         &self.fingerprint,
                         REQUEST_TIMEOUT,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| e.to_string())?;
                     handshake(tidegate_core::dump::tls_client(tls, "hls_source_conn")).await?
                 }
                 other => return Err(format!("unsupported scheme {other}")),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tidegate_core::{
-    Bytes, CodecParams, Frame, G711Law, OfflineTrack, PathConf, PathError, PathManager,
+    Bytes, CodecParams, CoreError, Frame, G711Law, OfflineTrack, PathConf, PathManager,
     SessionInfo, StreamDesc, Track, TrackId,
 };
 use tokio_util::sync::CancellationToken;
@@ -531,7 +531,7 @@ async fn run(
                 drop(publisher);
                 continue;
             }
-            Err(PathError::Busy(_)) => {}
+            Err(CoreError::Busy(_)) => {}
             Err(e) => {
                 tracing::error!(path, "the offline stream cannot start: {e}");
             }

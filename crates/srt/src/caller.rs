@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::io::{CallSettings, SrtConn};
 use tidegate_core::relay::{with_backoff, RelayStatus};
-use tidegate_core::{PathError, PathManager, SessionInfo};
+use tidegate_core::{CoreError, PathManager, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{publish, read, TsMuxer};
@@ -215,7 +215,7 @@ pub async fn push(
         ) {
             Ok(r) => r,
             // The stream ended: the next publish starts a new push.
-            Err(PathError::NoOnePublishing(_)) => return Ok(()),
+            Err(CoreError::NoOnePublishing(_)) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
         let source = reader.stream().clone();

@@ -12,7 +12,7 @@ use srt_protocol::options::Passphrase;
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tidegate_core::{
-    Action, AuthRequest, ConnGuard, ConnRegistry, ConnState, Credentials, PathError, PathManager,
+    Action, AuthRequest, ConnGuard, ConnRegistry, ConnState, CoreError, Credentials, PathManager,
     SessionInfo, Stream,
 };
 use tidegate_mpegts::mux::Muxer;
@@ -275,7 +275,7 @@ async fn handle(
     };
     let (found, grant) = match authorized {
         Ok(m) => m,
-        Err(e @ PathError::Auth(_)) => {
+        Err(e @ CoreError::Auth(_)) => {
             return reject(req, ServerRejectReason::Unauthorized, e.to_string()).await
         }
         Err(e) => return reject(req, ServerRejectReason::Notfound, e.to_string()).await,
@@ -300,7 +300,7 @@ async fn handle(
         Mode::Publish => {
             let publisher = match paths.publish(&sid.path, session) {
                 Ok(p) => p,
-                Err(e @ PathError::Busy(_)) => {
+                Err(e @ CoreError::Busy(_)) => {
                     return reject(req, ServerRejectReason::Conflict, e.to_string()).await
                 }
                 Err(e) => return reject(req, ServerRejectReason::Forbidden, e.to_string()).await,

@@ -19,7 +19,7 @@ use str0m::format::Codec as RtcCodec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig};
 use tidegate_core::relay::{with_backoff, RelayStatus};
-use tidegate_core::{CodecParams, Frame, PathError, PathManager, RecvError, SessionInfo};
+use tidegate_core::{CodecParams, CoreError, Frame, PathManager, RecvError, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{media_time, rtc_codec};
@@ -79,7 +79,7 @@ async fn push_once(
     ) {
         Ok(r) => r,
         // The stream ended: the next publish starts a new forward.
-        Err(PathError::NoOnePublishing(_)) => return Ok(()),
+        Err(CoreError::NoOnePublishing(_)) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     // The tracks WebRTC carries: one video, one audio (AAC through the audio bridge).

@@ -18,7 +18,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionMap, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tidegate_core::{
-    Action, AuthRequest, ConnGuard, ConnState, Credentials, Frame, PathError, Reader, RecvError,
+    Action, AuthRequest, ConnGuard, ConnState, CoreError, Credentials, Frame, Reader, RecvError,
     SessionInfo, StreamReader, TrackId,
 };
 use tokio::sync::mpsc;
@@ -73,16 +73,17 @@ impl Refused {
     }
 }
 
-impl From<PathError> for Refused {
-    fn from(e: PathError) -> Refused {
+impl From<CoreError> for Refused {
+    fn from(e: CoreError) -> Refused {
         let status = match &e {
-            PathError::InvalidName(_) => 400,
-            PathError::NotConfigured(_) | PathError::NoOnePublishing(_) => 404,
-            PathError::NotPublishable(_) => 400,
-            PathError::Busy(_) => 409,
-            PathError::TooManyReaders(..) => 503,
-            PathError::Auth(tidegate_core::AuthError::IpNotAllowed(..)) => 403,
-            PathError::Auth(_) => 401,
+            CoreError::InvalidName(_) => 400,
+            CoreError::NotConfigured(_) | CoreError::NoOnePublishing(_) => 404,
+            CoreError::NotPublishable(_) => 400,
+            CoreError::Busy(_) => 409,
+            CoreError::TooManyReaders(..) => 503,
+            CoreError::Auth(tidegate_core::AuthError::IpNotAllowed(..)) => 403,
+            CoreError::Auth(_) => 401,
+            CoreError::ProxyHeader(_) | CoreError::Tls(_) => 500,
         };
         Refused::new(status, e.to_string())
     }

@@ -352,7 +352,7 @@ pub fn rtsp_transport(v: &Node) -> Result<String, String> {
 pub fn fingerprint(v: &Node) -> Result<String, String> {
     let s = string(v)?;
     if !s.is_empty() {
-        tidegate_core::tls::parse_fingerprint(&s)?;
+        tidegate_core::tls::parse_fingerprint(&s).map_err(|e| e.to_string())?;
     }
     Ok(s)
 }
