@@ -202,7 +202,7 @@ fuzz_target!(|s: Session| {
                         }
                     }
                 }
-                Ok(Some(Input::Interleaved { .. })) => {}
+                Ok(Some(Input::Interleaved { .. } | Input::Response(_))) => {}
                 Ok(None) => break,
                 // The server closes the connection there.
                 Err(_) => return,

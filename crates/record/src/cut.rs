@@ -207,7 +207,7 @@ impl Cut {
             }
             let len = part.end - part.offset;
             if len > MAX_PART {
-                return Err(RecordError::Format("part too large").into());
+                return Err(RecordError::Format("part too large"));
             }
             let mut buf = vec![0u8; len as usize];
             let f = self.file.as_mut().ok_or(RecordError::Nothing)?;
@@ -228,7 +228,7 @@ impl Cut {
                         continue;
                     }
                     let Some(data) = buf.get(range.clone()).map(|_| buf.slice(range)) else {
-                        return Err(RecordError::Format("sample outside its part").into());
+                        return Err(RecordError::Format("sample outside its part"));
                     };
                     if base.is_none() {
                         // Output time: from the key frame, in this track's ticks.
@@ -427,8 +427,7 @@ impl Cut {
                 if total > MAX_MP4_SAMPLES {
                     return Err(RecordError::Format(
                         "the window is too long for format=mp4 (use fmp4)",
-                    )
-                    .into());
+                    ));
                 }
             }
         }
