@@ -19,6 +19,7 @@ use tidegate_core::Action;
 
 use crate::fetch;
 use crate::users::Permission;
+use crate::AccessError;
 
 const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 const UNKNOWN_KID_BACKOFF: Duration = Duration::from_secs(5);
@@ -31,15 +32,6 @@ pub struct JwtConfig {
     pub claim_key: String,
     pub issuer: String,
     pub audience: String,
-}
-
-/// Why a token was not accepted.
-#[derive(Debug)]
-pub enum Error {
-    /// The JWKS could not be had: nothing could be checked.
-    Unavailable(String),
-    /// The token is not valid, or not for this.
-    Refused(String),
 }
 
 /// A verified token: its subject, its permissions and when it expires.
@@ -123,14 +115,15 @@ impl Jwt {
     }
 
     /// Verifies `token`; the error says why it is refused (never the token itself).
-    pub async fn verify(&self, token: &str) -> Result<Verified, Error> {
-        let header =
-            decode_header(token).map_err(|e| Error::Refused(format!("invalid JWT: {e}")))?;
+    pub async fn verify(&self, token: &str) -> Result<Verified, AccessError> {
+        let header = decode_header(token)
+            .map_err(|e| AccessError::TokenRefused(format!("invalid JWT: {e}")))?;
         let set = self
             .keys(header.kid.as_deref())
             .await
-            .map_err(Error::Unavailable)?;
-        self.check(&set, &header, token).map_err(Error::Refused)
+            .map_err(AccessError::JwksUnavailable)?;
+        self.check(&set, &header, token)
+            .map_err(AccessError::TokenRefused)
     }
 
     fn check(
@@ -225,7 +218,11 @@ pub fn verify_for_fuzzing(token: &str) -> usize {
 }
 
 /// `[{action, path}]` as JSON.
-pub fn parse_permissions(v: &serde_json::Value) -> Result<Vec<Permission>, String> {
+pub fn parse_permissions(v: &serde_json::Value) -> Result<Vec<Permission>, AccessError> {
+    permissions(v).map_err(AccessError::Permission)
+}
+
+fn permissions(v: &serde_json::Value) -> Result<Vec<Permission>, String> {
     let list = v.as_array().ok_or("expected a list of permissions")?;
     list.iter()
         .map(|p| {
@@ -239,7 +236,7 @@ pub fn parse_permissions(v: &serde_json::Value) -> Result<Vec<Permission>, Strin
                 .get("path")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("");
-            Permission::new(action, path)
+            Permission::new(action, path).map_err(|e| e.to_string())
         })
         .collect()
 }

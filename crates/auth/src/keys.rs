@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::AccessError;
 use ipnet::IpNet;
 use rusqlite::{params, Connection, OptionalExtension};
 use tidegate_core::Action;
@@ -66,29 +67,6 @@ pub struct NewKey {
     pub expires: Option<SystemTime>,
     pub max_uses: Option<u64>,
     pub ips: Vec<IpNet>,
-}
-
-/// Why a key is not accepted (said to the client and the log; never the key).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("unknown stream key")]
-    Unknown,
-    #[error("the stream key is for another path or action")]
-    OtherPath,
-    #[error("the stream key was revoked")]
-    Revoked,
-    #[error("the stream key is not valid yet")]
-    NotYet,
-    #[error("the stream key has expired")]
-    Expired,
-    #[error("the stream key has been used its maximum number of times")]
-    UsedUp,
-    #[error("the stream key may not be used from {0}")]
-    Address(IpAddr),
-    #[error("key store: {0}")]
-    Store(String),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// The state of a key that a live session depends on.
@@ -194,11 +172,11 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 impl KeyStore {
     /// A store in the SQLite file at `location` (created, with its directory, on first use),
     /// or in PostgreSQL when `location` is a `postgres://` URL.
-    pub fn open(location: &str) -> Result<KeyStore, String> {
+    pub fn open(location: &str) -> Result<KeyStore, AccessError> {
         if location.starts_with("postgres://") || location.starts_with("postgresql://") {
             location
                 .parse::<tokio_postgres::Config>()
-                .map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+                .map_err(|e| AccessError::Store(format!("bad PostgreSQL URL: {e}")))?;
             return Ok(KeyStore {
                 backend: Backend::Postgres {
                     url: location.to_string(),
@@ -210,7 +188,9 @@ impl KeyStore {
         let file = location.strip_prefix("sqlite:").unwrap_or(location);
         let file = file.strip_prefix("//").unwrap_or(file);
         if file.is_empty() {
-            return Err("expected a SQLite file or a postgres:// URL".into());
+            return Err(AccessError::Store(
+                "expected a SQLite file or a postgres:// URL".into(),
+            ));
         }
         Ok(KeyStore {
             backend: Backend::Sqlite {
@@ -221,9 +201,9 @@ impl KeyStore {
         })
     }
 
-    fn connect(location: &std::path::Path) -> Result<Connection, KeyError> {
+    fn connect(location: &std::path::Path) -> Result<Connection, AccessError> {
         let at =
-            |e: &dyn std::fmt::Display| KeyError::Store(format!("{}: {e}", location.display()));
+            |e: &dyn std::fmt::Display| AccessError::Store(format!("{}: {e}", location.display()));
         if let Some(dir) = location.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         }
@@ -240,8 +220,8 @@ impl KeyStore {
     async fn with<T: Send + 'static>(
         db: &Arc<Mutex<Option<Connection>>>,
         file: &std::path::Path,
-        f: impl FnOnce(&mut Connection) -> Result<T, KeyError> + Send + 'static,
-    ) -> Result<T, KeyError> {
+        f: impl FnOnce(&mut Connection) -> Result<T, AccessError> + Send + 'static,
+    ) -> Result<T, AccessError> {
         let db = db.clone();
         let location = file.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -251,21 +231,21 @@ impl KeyStore {
             }
             match guard.as_mut() {
                 Some(c) => f(c),
-                None => Err(KeyError::Store("not open".into())),
+                None => Err(AccessError::Store("not open".into())),
             }
         })
         .await
-        .map_err(|e| KeyError::Store(e.to_string()))?
+        .map_err(|e| AccessError::Store(e.to_string()))?
     }
 
     /// Creates a key; returns its record and the key itself (shown this once).
-    pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), KeyError> {
+    pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), AccessError> {
         let (row, secret) = new_row(&new)?;
         match &self.backend {
             Backend::Sqlite { db, file } => Self::with(db, file, move |c| {
                 sqlite_insert(c, &row)?;
                 sqlite_get(c, &row.id)?
-                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))
+                    .ok_or_else(|| AccessError::Store("the new key vanished".into()))
             })
             .await
             .map(|r| (r, secret)),
@@ -275,13 +255,13 @@ impl KeyStore {
                 pg_insert(c, &row).await?;
                 let rec = pg_get(c, &row.id)
                     .await?
-                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                    .ok_or_else(|| AccessError::Store("the new key vanished".into()))?;
                 Ok((rec, secret))
             }
         }
     }
 
-    pub async fn list(&self, path: Option<String>) -> Result<Vec<KeyRecord>, KeyError> {
+    pub async fn list(&self, path: Option<String>) -> Result<Vec<KeyRecord>, AccessError> {
         match &self.backend {
             Backend::Sqlite { db, file } => {
                 Self::with(db, file, move |c| {
@@ -306,7 +286,7 @@ impl KeyStore {
         }
     }
 
-    pub async fn get(&self, id: String) -> Result<Option<KeyRecord>, KeyError> {
+    pub async fn get(&self, id: String) -> Result<Option<KeyRecord>, AccessError> {
         match &self.backend {
             Backend::Sqlite { db, file } => Self::with(db, file, move |c| sqlite_get(c, &id)).await,
             Backend::Postgres { url, client } => {
@@ -317,7 +297,7 @@ impl KeyStore {
     }
 
     /// Revokes a key at once. Returns its record, or None if there is no such key.
-    pub async fn revoke(&self, id: String) -> Result<Option<KeyRecord>, KeyError> {
+    pub async fn revoke(&self, id: String) -> Result<Option<KeyRecord>, AccessError> {
         let now = ms(SystemTime::now());
         match &self.backend {
             Backend::Sqlite { db, file } => {
@@ -351,7 +331,7 @@ impl KeyStore {
         &self,
         id: String,
         grace: Duration,
-    ) -> Result<Option<(KeyRecord, String)>, KeyError> {
+    ) -> Result<Option<(KeyRecord, String)>, AccessError> {
         let until = SystemTime::now() + grace;
         match &self.backend {
             Backend::Sqlite { db, file } => {
@@ -368,7 +348,7 @@ impl KeyStore {
                     )
                     .map_err(store)?;
                     let rec = sqlite_get(&tx, &row.id)?
-                        .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                        .ok_or_else(|| AccessError::Store("the new key vanished".into()))?;
                     tx.commit().map_err(store)?;
                     Ok(Some((rec, secret)))
                 })
@@ -391,7 +371,7 @@ impl KeyStore {
                 .map_err(pg_err)?;
                 let rec = pg_get(&tx, &row.id)
                     .await?
-                    .ok_or_else(|| KeyError::Store("the new key vanished".into()))?;
+                    .ok_or_else(|| AccessError::Store("the new key vanished".into()))?;
                 tx.commit().await.map_err(pg_err)?;
                 Ok(Some((rec, secret)))
             }
@@ -406,7 +386,7 @@ impl KeyStore {
         path: String,
         action: Action,
         ip: IpAddr,
-    ) -> Result<KeyRecord, KeyError> {
+    ) -> Result<KeyRecord, AccessError> {
         let now = SystemTime::now();
         let h = hash(&secret);
         match &self.backend {
@@ -417,7 +397,7 @@ impl KeyStore {
                         .query_row(&sql, params![h], record)
                         .optional()
                         .map_err(store)?
-                        .ok_or(KeyError::Unknown)?;
+                        .ok_or(AccessError::Unknown)?;
                     validate(&rec, &path, action, ip, now)?;
                     c.execute(
                         "UPDATE stream_keys SET uses = uses + 1, last_used = ?2, last_used_ip = ?3 WHERE id = ?1",
@@ -433,7 +413,7 @@ impl KeyStore {
                 let c = pg_client(&mut g)?;
                 let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE hash = $1");
                 let row = c.query_opt(&sql, &[&h]).await.map_err(pg_err)?;
-                let rec = pg_record(&row.ok_or(KeyError::Unknown)?)?;
+                let rec = pg_record(&row.ok_or(AccessError::Unknown)?)?;
                 validate(&rec, &path, action, ip, now)?;
                 c.execute(
                     "UPDATE stream_keys SET uses = uses + 1, last_used = $2, last_used_ip = $3 WHERE id = $1",
@@ -447,7 +427,7 @@ impl KeyStore {
     }
 
     /// The states of keys live sessions depend on.
-    pub async fn states(&self, ids: Vec<String>) -> Result<Vec<(String, KeyState)>, KeyError> {
+    pub async fn states(&self, ids: Vec<String>) -> Result<Vec<(String, KeyState)>, AccessError> {
         let rows: Vec<(String, Option<i64>, Option<i64>)> = match &self.backend {
             Backend::Sqlite { db, file } => {
                 Self::with(db, file, move |c| {
@@ -492,7 +472,7 @@ impl KeyStore {
                                 ))
                             })
                     })
-                    .collect::<Result<Vec<_>, KeyError>>()?
+                    .collect::<Result<Vec<_>, AccessError>>()?
             }
         };
         Ok(rows
@@ -525,13 +505,13 @@ struct Row {
     created: i64,
 }
 
-fn new_row(new: &NewKey) -> Result<(Row, String), KeyError> {
+fn new_row(new: &NewKey) -> Result<(Row, String), AccessError> {
     if new.path.is_empty() {
-        return Err(KeyError::Invalid("a key needs a path".into()));
+        return Err(AccessError::Invalid("a key needs a path".into()));
     }
     let action = new.action.unwrap_or(Action::Publish);
     if !matches!(action, Action::Publish | Action::Read) {
-        return Err(KeyError::Invalid("a key is for publish or read".into()));
+        return Err(AccessError::Invalid("a key is for publish or read".into()));
     }
     let secret = format!("{PREFIX}{}", tidegate_core::text::secret_hex(32));
     let ips: Vec<String> = new.ips.iter().map(ToString::to_string).collect();
@@ -554,9 +534,9 @@ fn new_row(new: &NewKey) -> Result<(Row, String), KeyError> {
 
 /// The key that replaces `old` (same settings), and when `old` dies: `until`, or its own
 /// expiry if sooner.
-fn successor(old: &KeyRecord, until: SystemTime) -> Result<(Row, String, i64), KeyError> {
+fn successor(old: &KeyRecord, until: SystemTime) -> Result<(Row, String, i64), AccessError> {
     if old.revoked.is_some() {
-        return Err(KeyError::Revoked);
+        return Err(AccessError::Revoked);
     }
     let (row, secret) = new_row(&NewKey {
         path: old.path.clone(),
@@ -581,25 +561,25 @@ fn validate(
     action: Action,
     ip: IpAddr,
     now: SystemTime,
-) -> Result<(), KeyError> {
+) -> Result<(), AccessError> {
     if rec.path != path || rec.action != action.as_str() {
-        return Err(KeyError::OtherPath);
+        return Err(AccessError::OtherPath);
     }
     if rec.revoked.is_some() {
-        return Err(KeyError::Revoked);
+        return Err(AccessError::Revoked);
     }
     if rec.not_before.is_some_and(|t| now < t) {
-        return Err(KeyError::NotYet);
+        return Err(AccessError::NotYet);
     }
     if rec.expires.is_some_and(|t| now >= t) {
-        return Err(KeyError::Expired);
+        return Err(AccessError::Expired);
     }
     if rec.max_uses.is_some_and(|m| rec.uses >= m) {
-        return Err(KeyError::UsedUp);
+        return Err(AccessError::UsedUp);
     }
     let nets: Vec<IpNet> = rec.ips.iter().filter_map(|s| s.parse().ok()).collect();
     if !nets.is_empty() && !nets.iter().any(|n| n.contains(&ip)) {
-        return Err(KeyError::Address(ip));
+        return Err(AccessError::Address(ip));
     }
     Ok(())
 }
@@ -639,7 +619,7 @@ CREATE INDEX IF NOT EXISTS stream_keys_path ON stream_keys(path);
 async fn pg<'a>(
     slot: &'a tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     url: &str,
-) -> Result<tokio::sync::MutexGuard<'a, Option<tokio_postgres::Client>>, KeyError> {
+) -> Result<tokio::sync::MutexGuard<'a, Option<tokio_postgres::Client>>, AccessError> {
     let mut g = slot.lock().await;
     if g.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
         let (client, conn) = tokio::time::timeout(
@@ -647,7 +627,7 @@ async fn pg<'a>(
             tokio_postgres::connect(url, tokio_postgres::NoTls),
         )
         .await
-        .map_err(|_| KeyError::Store("PostgreSQL did not answer within 10 s".into()))?
+        .map_err(|_| AccessError::Store("PostgreSQL did not answer within 10 s".into()))?
         .map_err(pg_err)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -662,16 +642,16 @@ async fn pg<'a>(
 
 fn pg_client<'a>(
     g: &'a mut tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>,
-) -> Result<&'a mut tokio_postgres::Client, KeyError> {
+) -> Result<&'a mut tokio_postgres::Client, AccessError> {
     g.as_mut()
-        .ok_or_else(|| KeyError::Store("PostgreSQL is not connected".into()))
+        .ok_or_else(|| AccessError::Store("PostgreSQL is not connected".into()))
 }
 
-fn pg_err(e: tokio_postgres::Error) -> KeyError {
-    KeyError::Store(format!("PostgreSQL: {e}"))
+fn pg_err(e: tokio_postgres::Error) -> AccessError {
+    AccessError::Store(format!("PostgreSQL: {e}"))
 }
 
-fn pg_record(r: &tokio_postgres::Row) -> Result<KeyRecord, KeyError> {
+fn pg_record(r: &tokio_postgres::Row) -> Result<KeyRecord, AccessError> {
     let ips: String = r.try_get(8).map_err(pg_err)?;
     Ok(KeyRecord {
         id: r.try_get(0).map_err(pg_err)?,
@@ -701,7 +681,7 @@ fn pg_record(r: &tokio_postgres::Row) -> Result<KeyRecord, KeyError> {
 async fn pg_get<C: tokio_postgres::GenericClient>(
     c: &C,
     id: &str,
-) -> Result<Option<KeyRecord>, KeyError> {
+) -> Result<Option<KeyRecord>, AccessError> {
     let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE id = $1");
     match c.query_opt(&sql, &[&id]).await.map_err(pg_err)? {
         Some(r) => pg_record(&r).map(Some),
@@ -709,7 +689,7 @@ async fn pg_get<C: tokio_postgres::GenericClient>(
     }
 }
 
-async fn pg_insert<C: tokio_postgres::GenericClient>(c: &C, r: &Row) -> Result<(), KeyError> {
+async fn pg_insert<C: tokio_postgres::GenericClient>(c: &C, r: &Row) -> Result<(), AccessError> {
     c.execute(
         "INSERT INTO stream_keys (id, path, action, label, hash, not_before, expires, max_uses, ips, created)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -731,18 +711,18 @@ async fn pg_insert<C: tokio_postgres::GenericClient>(c: &C, r: &Row) -> Result<(
     Ok(())
 }
 
-fn store(e: rusqlite::Error) -> KeyError {
-    KeyError::Store(e.to_string())
+fn store(e: rusqlite::Error) -> AccessError {
+    AccessError::Store(e.to_string())
 }
 
-fn sqlite_get(c: &Connection, id: &str) -> Result<Option<KeyRecord>, KeyError> {
+fn sqlite_get(c: &Connection, id: &str) -> Result<Option<KeyRecord>, AccessError> {
     let sql = format!("SELECT {COLUMNS} FROM stream_keys WHERE id = ?1");
     c.query_row(&sql, params![id], record)
         .optional()
         .map_err(store)
 }
 
-fn sqlite_insert(c: &Connection, r: &Row) -> Result<(), KeyError> {
+fn sqlite_insert(c: &Connection, r: &Row) -> Result<(), AccessError> {
     c.execute(
         "INSERT INTO stream_keys (id, path, action, label, hash, not_before, expires, max_uses, ips, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -796,11 +776,11 @@ mod tests {
         );
         assert_eq!(
             check(&key, "other", Action::Publish).await,
-            Err(KeyError::OtherPath)
+            Err(AccessError::OtherPath)
         );
         assert_eq!(
             check(&key, "live", Action::Read).await,
-            Err(KeyError::OtherPath)
+            Err(AccessError::OtherPath)
         );
         assert_eq!(
             check(
@@ -809,7 +789,7 @@ mod tests {
                 Action::Publish
             )
             .await,
-            Err(KeyError::Unknown)
+            Err(AccessError::Unknown)
         );
         // The store never holds the key itself.
         let raw = std::fs::read(&file).unwrap();
@@ -826,7 +806,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             check(&key, "live", Action::Publish).await,
-            Err(KeyError::Expired)
+            Err(AccessError::Expired)
         );
         assert_eq!(
             store.get(rec.id.clone()).await.unwrap().unwrap().rotated_to,
@@ -838,7 +818,7 @@ mod tests {
         assert!(check(&new_key, "live", Action::Publish).await.is_ok());
         assert_eq!(
             check(&new_key, "live", Action::Publish).await,
-            Err(KeyError::UsedUp)
+            Err(AccessError::UsedUp)
         );
         let r = store.get(new_rec.id.clone()).await.unwrap().unwrap();
         assert_eq!(r.uses, 3);
@@ -855,7 +835,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             check(&key3, "live", Action::Publish).await,
-            Err(KeyError::Address(ip()))
+            Err(AccessError::Address(ip()))
         );
         let other = KeyStore::open(file.to_str().unwrap()).unwrap();
         other.revoke(rec3.id.clone()).await.unwrap();

@@ -21,6 +21,7 @@
 //! Every failed attempt with credentials is delayed and counted per address ([`limiter`]), and
 //! logged with protocol, action, path and address, never with the secret.
 
+mod error;
 pub mod fetch;
 pub mod jwt;
 pub mod keys;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_core::{AuthError, AuthFuture, AuthRequest, Authenticator, Grant, PathConf};
 
+pub use error::AccessError;
 pub use jwt::JwtConfig;
 pub use secret::Secret;
 pub use users::{default_users, localhost, InternalUser, Permission};
@@ -326,7 +328,7 @@ impl AuthManager {
                 live.push(Live::of(&rec.id, &mut grant));
                 Some(Ok(grant))
             }
-            Err(keys::KeyError::Store(e)) => {
+            Err(AccessError::Store(e)) => {
                 tracing::error!("[auth] key store: {e}; refusing");
                 Some(Err(AuthError::Unavailable(e)))
             }
@@ -427,11 +429,11 @@ impl AuthManager {
             return Err(AuthError::CredentialsRequired);
         };
         let v = self.jwt().verify(token).await.map_err(|e| match e {
-            jwt::Error::Unavailable(e) => {
+            AccessError::JwksUnavailable(e) => {
                 tracing::error!("[auth] {e}; refusing");
                 AuthError::Unavailable(e)
             }
-            jwt::Error::Refused(e) => AuthError::Denied(e),
+            other => AuthError::Denied(other.to_string()),
         })?;
         if !covered(&v.permissions, req) {
             return Err(AuthError::Denied(format!(

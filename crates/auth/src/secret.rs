@@ -4,6 +4,7 @@
 
 use base64::Engine;
 
+use crate::AccessError;
 use tidegate_core::auth::same;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +19,11 @@ pub enum Secret {
 impl Secret {
     /// Parses a configured value; an `argon2:` value must be a valid PHC string and a
     /// `sha256:` value valid base64 of 32 bytes.
-    pub fn parse(s: &str) -> Result<Secret, String> {
+    pub fn parse(s: &str) -> Result<Secret, AccessError> {
+        Secret::read(s).map_err(AccessError::Secret)
+    }
+
+    fn read(s: &str) -> Result<Secret, String> {
         if let Some(h) = s.strip_prefix("sha256:") {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(h)

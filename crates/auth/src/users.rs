@@ -6,6 +6,7 @@ use regex::Regex;
 use tidegate_core::{Action, AuthRequest};
 
 use crate::secret::Secret;
+use crate::AccessError;
 
 /// One permission: an action, and for path actions which paths.
 #[derive(Clone, Debug)]
@@ -24,9 +25,12 @@ impl PartialEq for Permission {
 
 impl Permission {
     /// A permission; a `~regex` path must compile.
-    pub fn new(action: Action, path: &str) -> Result<Permission, String> {
+    pub fn new(action: Action, path: &str) -> Result<Permission, AccessError> {
         let regex = match path.strip_prefix('~') {
-            Some(re) => Some(Regex::new(re).map_err(|e| format!("bad regular expression: {e}"))?),
+            Some(re) => Some(
+                Regex::new(re)
+                    .map_err(|e| AccessError::Permission(format!("bad regular expression: {e}")))?,
+            ),
             None => None,
         };
         Ok(Permission {

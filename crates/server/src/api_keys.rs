@@ -17,7 +17,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use tidegate_auth::keys::{KeyError, KeyRecord, KeyStore, NewKey};
+use tidegate_auth::keys::{KeyRecord, KeyStore, NewKey};
+use tidegate_auth::AccessError;
 
 use crate::api::ApiState;
 
@@ -37,9 +38,9 @@ fn no_store() -> Response {
     err(StatusCode::NOT_FOUND, "no key store is configured")
 }
 
-fn key_err(e: KeyError) -> Response {
+fn key_err(e: AccessError) -> Response {
     match e {
-        KeyError::Store(m) => err(StatusCode::INTERNAL_SERVER_ERROR, m),
+        AccessError::Store(m) => err(StatusCode::INTERNAL_SERVER_ERROR, m),
         other => err(StatusCode::BAD_REQUEST, other.to_string()),
     }
 }

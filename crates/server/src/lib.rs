@@ -286,7 +286,7 @@ impl Server {
             .map(Arc::new)
             .map_err(|message| StartError::Config {
                 key: "keyStore",
-                message,
+                message: message.to_string(),
             })?;
         let auth = tidegate_auth::AuthManager::with_keys(config.auth.clone(), Some(keys));
         paths.set_authenticator(auth.clone());

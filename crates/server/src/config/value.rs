@@ -434,10 +434,12 @@ pub fn internal_users(v: &Node) -> Result<Vec<tidegate_auth::InternalUser>, Stri
             let at = |m: String| format!("line {}: {}: {m}", e.line, e.key);
             match e.key.as_str() {
                 "user" => {
-                    user.user = tidegate_auth::Secret::parse(&string(&e.value)?).map_err(at)?
+                    user.user = tidegate_auth::Secret::parse(&string(&e.value)?)
+                        .map_err(|x| at(x.to_string()))?
                 }
                 "pass" => {
-                    user.pass = tidegate_auth::Secret::parse(&string(&e.value)?).map_err(at)?
+                    user.pass = tidegate_auth::Secret::parse(&string(&e.value)?)
+                        .map_err(|x| at(x.to_string()))?
                 }
                 "ips" => user.ips = ip_list(&e.value).map_err(at)?,
                 "permissions" => user.permissions = permissions(&e.value).map_err(at)?,
@@ -475,7 +477,7 @@ pub fn http_url(v: &Node) -> Result<String, String> {
 /// `postgres://user:pass@host/db` URL.
 pub fn key_store(v: &Node) -> Result<String, String> {
     let s = string(v)?;
-    tidegate_auth::keys::KeyStore::open(&s)?;
+    tidegate_auth::keys::KeyStore::open(&s).map_err(|e| e.to_string())?;
     Ok(s)
 }
 
