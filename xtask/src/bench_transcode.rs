@@ -38,7 +38,8 @@ fn in_process(rate: u32) -> Result<f64, String> {
     }
     let frames = tidegate_codec::aac::split_adts(&out.stdout).map_err(|e| e.to_string())?;
     let asc = frames.first().ok_or("no AAC")?.config.to_bytes();
-    let mut tc = tidegate_transcode::AacToOpus::new(&asc, rate, 128_000)?;
+    let mut tc =
+        tidegate_transcode::AacToOpus::new(&asc, rate, 128_000).map_err(|e| e.to_string())?;
     let mut made = Vec::new();
     // The loop runs on this one thread, busy throughout: its wall time is its CPU time.
     let t0 = std::time::Instant::now();
@@ -64,7 +65,7 @@ fn in_process(rate: u32) -> Result<f64, String> {
 
 /// Opus → AAC on 60 s of stereo Opus (two tones and noise, as libopus makes it at 128 kbit/s).
 fn in_process_opus() -> Result<f64, String> {
-    let mut enc = tidegate_transcode::opus::Encoder::new(2, 128_000)?;
+    let mut enc = tidegate_transcode::opus::Encoder::new(2, 128_000).map_err(|e| e.to_string())?;
     let mut seed = 7u32;
     let mut packets = Vec::new();
     for i in 0..3000usize {
@@ -78,9 +79,10 @@ fn in_process_opus() -> Result<f64, String> {
                     + 0.05 * noise
             })
             .collect();
-        packets.push(enc.encode(&pcm)?);
+        packets.push(enc.encode(&pcm).map_err(|e| e.to_string())?);
     }
-    let mut tc = tidegate_transcode::OpusToAac::new(2, 48_000, 128_000)?;
+    let mut tc =
+        tidegate_transcode::OpusToAac::new(2, 48_000, 128_000).map_err(|e| e.to_string())?;
     let mut made = Vec::new();
     let t0 = std::time::Instant::now();
     for (i, p) in packets.iter().enumerate() {

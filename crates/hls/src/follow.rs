@@ -3,6 +3,8 @@
 //! updates numbered right) and deciding what to fetch next from where the client is.
 //! Everything is bounded by the text it is given (the caller limits that).
 
+use crate::HlsError;
+
 /// One part of an LL-HLS playlist.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Part {
@@ -260,7 +262,11 @@ pub fn best_variant(text: &str) -> Option<Variant> {
 }
 
 /// Parses a media playlist.
-pub fn parse_media(text: &str) -> Result<MediaPlaylist, String> {
+pub fn parse_media(text: &str) -> Result<MediaPlaylist, HlsError> {
+    media(text).map_err(HlsError::Playlist)
+}
+
+fn media(text: &str) -> Result<MediaPlaylist, String> {
     if !text.trim_start().starts_with("#EXTM3U") {
         return Err("not a playlist (no #EXTM3U)".into());
     }

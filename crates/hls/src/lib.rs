@@ -6,6 +6,7 @@
 //! updates, init segments, segments, and parts streamed while they are written.
 
 pub mod dash;
+mod error;
 pub mod follow;
 pub mod http;
 pub mod muxer;
@@ -21,6 +22,7 @@ use tidegate_core::{CoreError, PathEventKind, PathManager};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::HlsError;
 pub use muxer::Muxer;
 pub use segmenter::Variant;
 

@@ -187,7 +187,7 @@ fn bridge_opus(path: &str, reader: &Reader) -> Option<Arc<tidegate_core::Transco
     } else {
         match tidegate_transcode::opus_to_aac(reader.stream(), conf.audio_transcode_bitrate) {
             Ok(v) => return Some(v),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     };
     tracing::warn!(

@@ -26,6 +26,11 @@ use tidegate_core::{
     Frame, PathManager, Publisher, SessionInfo, Stream, StreamDesc, Track, TrackId,
 };
 use tidegate_hls::follow::{best_variant, parse_media, step, MediaPlaylist, Step};
+
+/// A media playlist, its error as the message the path's source status shows.
+fn media(text: &str) -> Result<MediaPlaylist, String> {
+    parse_media(text).map_err(|e| e.to_string())
+}
 use tidegate_mpegts::demux::Demuxer;
 use tidegate_mpegts::frames::{Output, TsToFrames};
 use tidegate_record::demux::{fragment_frames, parse_init, stream_desc, InitTrack};
@@ -220,13 +225,12 @@ async fn run(
     let text = fetch_text(&mut client, &top, REQUEST_TIMEOUT).await?;
     let mut followers = Vec::new();
     match best_variant(&text) {
-        None => followers.push(Follower::new(client, top, parse_media(&text)?, "variant")),
+        None => followers.push(Follower::new(client, top, media(&text)?, "variant")),
         Some(v) => {
             let media_url = top
                 .join(&v.uri)
                 .map_err(|e| format!("variant URI {}: {e}", v.uri))?;
-            let playlist =
-                parse_media(&fetch_text(&mut client, &media_url, REQUEST_TIMEOUT).await?)?;
+            let playlist = media(&fetch_text(&mut client, &media_url, REQUEST_TIMEOUT).await?)?;
             followers.push(Follower::new(client, media_url, playlist, "variant"));
             if let Some(a) = v.audio {
                 let mut client = Client {
@@ -236,8 +240,7 @@ async fn run(
                 let audio_url = top
                     .join(&a)
                     .map_err(|e| format!("audio rendition URI {a}: {e}"))?;
-                let playlist =
-                    parse_media(&fetch_text(&mut client, &audio_url, REQUEST_TIMEOUT).await?)?;
+                let playlist = media(&fetch_text(&mut client, &audio_url, REQUEST_TIMEOUT).await?)?;
                 followers.push(Follower::new(
                     client,
                     audio_url,
@@ -520,7 +523,7 @@ impl Follower {
                             (self.media_url.clone(), REQUEST_TIMEOUT)
                         };
                         self.playlist =
-                            parse_media(&fetch_text(&mut self.client, &reload, wait).await?)?;
+                            media(&fetch_text(&mut self.client, &reload, wait).await?)?;
                     }
                     Step::Behind => {
                         let from = at;

@@ -13,6 +13,7 @@ use tidegate_core::{CoreError, PathManager, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{publish, read, TsMuxer};
+use crate::SrtError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pulled source that sends nothing for this long is reconnected.
@@ -34,7 +35,11 @@ fn decode(v: &str) -> String {
 }
 
 impl SrtUrl {
-    pub fn parse(url: &str) -> Result<SrtUrl, String> {
+    pub fn parse(url: &str) -> Result<SrtUrl, SrtError> {
+        SrtUrl::read(url).map_err(SrtError::Url)
+    }
+
+    fn read(url: &str) -> Result<SrtUrl, String> {
         let rest = url
             .strip_prefix("srt://")
             .ok_or_else(|| format!("not an srt:// URL: {url}"))?;
@@ -150,7 +155,7 @@ fn parse_or_fail(url: &str, status: &RelayStatus) -> Option<SrtUrl> {
     SrtUrl::parse(url)
         .map_err(|e| {
             status.set_state("failed");
-            status.set_error(&e);
+            status.set_error(&e.to_string());
         })
         .ok()
 }

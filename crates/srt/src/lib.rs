@@ -4,8 +4,10 @@
 //! own I/O loop ([`io`]). The TS work is `tidegate-mpegts`.
 
 pub mod caller;
+mod error;
 pub mod io;
 mod server;
 pub mod streamid;
 
+pub use error::SrtError;
 pub use server::{bind, serve, write_ts, Figure, SrtConfig, SrtServer, SrtStats};

@@ -260,7 +260,7 @@ async fn handle(
     };
     let sid = match streamid::parse(&raw) {
         Ok(s) => s,
-        Err(e) => return reject(req, ServerRejectReason::BadRequest, e).await,
+        Err(e) => return reject(req, ServerRejectReason::BadRequest, e.to_string()).await,
     };
     let action = match sid.mode {
         Mode::Publish => Action::Publish,

@@ -3,6 +3,8 @@
 //! - the SRT Access Control form `#!::r=<path>,m=publish|request,u=<user>,s=<session>` (plus
 //!   `p=<pass>` for a password, as MediaMTX accepts).
 
+use crate::SrtError;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     Publish,
@@ -20,7 +22,11 @@ pub struct StreamId {
 /// Stream ids are at most 512 bytes in SRT; anything longer is refused.
 const MAX_LEN: usize = 512;
 
-pub fn parse(s: &str) -> Result<StreamId, String> {
+pub fn parse(s: &str) -> Result<StreamId, SrtError> {
+    read(s).map_err(SrtError::StreamId)
+}
+
+fn read(s: &str) -> Result<StreamId, String> {
     if s.len() > MAX_LEN {
         return Err("stream id longer than 512 bytes".into());
     }

@@ -18,6 +18,7 @@ use symphonia_core::formats::Packet;
 use tidegate_core::{rescale, CodecParams, Frame, TrackTranscoder};
 
 use crate::opus;
+use crate::TranscodeError;
 
 /// Samples per channel of one AAC-LC frame.
 const AAC_FRAME: usize = 1024;
@@ -29,7 +30,7 @@ const JUMP: i64 = 4800;
 /// Why an AAC track cannot be transcoded here, or None when it can.
 pub fn why_not(config: &[u8]) -> Option<String> {
     if let Err(e) = opus::available() {
-        return Some(e);
+        return Some(e.to_string());
     }
     match tidegate_codec::aac::AudioSpecificConfig::parse(config) {
         Err(e) => Some(format!("AAC configuration: {e}")),
@@ -68,20 +69,21 @@ pub struct AacToOpus {
 
 impl AacToOpus {
     /// For an AAC track with this AudioSpecificConfig and clock rate.
-    pub fn new(config: &[u8], clock_rate: u32, bitrate: u32) -> Result<AacToOpus, String> {
+    pub fn new(config: &[u8], clock_rate: u32, bitrate: u32) -> Result<AacToOpus, TranscodeError> {
+        opus::available()?;
         if let Some(why) = why_not(config) {
-            return Err(why);
+            return Err(TranscodeError::Unsupported(why));
         }
         let asc = tidegate_codec::aac::AudioSpecificConfig::parse(config)
-            .map_err(|e| format!("AAC configuration: {e}"))?;
+            .map_err(|e| TranscodeError::Unsupported(format!("AAC configuration: {e}")))?;
         let channels = usize::from(asc.channels);
-        let decoder = new_decoder(config)?;
+        let decoder = new_decoder(config).map_err(TranscodeError::Codec)?;
         let resampler = if asc.sample_rate == 48_000 {
             None
         } else {
             Some(
                 FftFixedIn::<f32>::new(asc.sample_rate as usize, 48_000, AAC_FRAME, 2, channels)
-                    .map_err(|e| format!("resampler: {e}"))?,
+                    .map_err(|e| TranscodeError::Codec(format!("resampler: {e}")))?,
             )
         };
         let encoder = opus::Encoder::new(asc.channels, bitrate)?;

@@ -7,6 +7,7 @@
 //! libopus 1.0. This is the crate's one module with `unsafe` code.
 #![allow(unsafe_code)]
 
+use crate::TranscodeError;
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
 
@@ -80,8 +81,8 @@ fn lib() -> Result<&'static Lib, String> {
 }
 
 /// Whether libopus can be loaded here (and why not).
-pub fn available() -> Result<(), String> {
-    lib().map(|_| ())
+pub fn available() -> Result<(), TranscodeError> {
+    lib().map(|_| ()).map_err(TranscodeError::Unavailable)
 }
 
 /// An Opus encoder at 48 kHz.
@@ -96,10 +97,12 @@ pub struct Encoder {
 unsafe impl Send for Encoder {}
 
 impl Encoder {
-    pub fn new(channels: u8, bitrate: u32) -> Result<Encoder, String> {
-        let lib = lib()?;
+    pub fn new(channels: u8, bitrate: u32) -> Result<Encoder, TranscodeError> {
+        let lib = lib().map_err(TranscodeError::Unavailable)?;
         if !(1..=2).contains(&channels) {
-            return Err(format!("Opus takes 1 or 2 channels, not {channels}"));
+            return Err(TranscodeError::Unsupported(format!(
+                "Opus takes 1 or 2 channels, not {channels}"
+            )));
         }
         let mut err: c_int = 0;
         // SAFETY: valid arguments; the result is checked.
@@ -107,7 +110,9 @@ impl Encoder {
             (lib.encoder_create)(48_000, c_int::from(channels), APPLICATION_AUDIO, &mut err)
         };
         if st.is_null() || err != OK {
-            return Err(format!("opus_encoder_create failed ({err})"));
+            return Err(TranscodeError::Codec(format!(
+                "opus_encoder_create failed ({err})"
+            )));
         }
         let enc = Encoder {
             lib,
@@ -118,12 +123,16 @@ impl Encoder {
         // SAFETY: OPUS_SET_BITRATE takes one opus_int32.
         let r = unsafe { (lib.encoder_ctl)(st, SET_BITRATE_REQUEST, bitrate) };
         if r != OK {
-            return Err(format!("OPUS_SET_BITRATE({bitrate}) failed ({r})"));
+            return Err(TranscodeError::Codec(format!(
+                "OPUS_SET_BITRATE({bitrate}) failed ({r})"
+            )));
         }
         // SAFETY: OPUS_SET_COMPLEXITY takes one opus_int32.
         let r = unsafe { (lib.encoder_ctl)(st, SET_COMPLEXITY_REQUEST, COMPLEXITY) };
         if r != OK {
-            return Err(format!("OPUS_SET_COMPLEXITY({COMPLEXITY}) failed ({r})"));
+            return Err(TranscodeError::Codec(format!(
+                "OPUS_SET_COMPLEXITY({COMPLEXITY}) failed ({r})"
+            )));
         }
         Ok(enc)
     }
@@ -142,10 +151,10 @@ impl Encoder {
     }
 
     /// Encodes one frame of interleaved samples (2.5 to 60 ms at 48 kHz).
-    pub fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u8>, String> {
+    pub fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u8>, TranscodeError> {
         let frame = pcm.len() / self.channels;
         if frame == 0 || frame * self.channels != pcm.len() {
-            return Err("a partial Opus frame".into());
+            return Err(TranscodeError::Codec("a partial Opus frame".into()));
         }
         let mut out = vec![0u8; 1500];
         // SAFETY: `pcm` holds `frame` samples per channel, `out` its stated length.
@@ -159,7 +168,9 @@ impl Encoder {
             )
         };
         if n < 0 {
-            return Err(format!("opus_encode_float failed ({n})"));
+            return Err(TranscodeError::Codec(format!(
+                "opus_encode_float failed ({n})"
+            )));
         }
         out.truncate(n as usize);
         Ok(out)
@@ -189,16 +200,20 @@ pub struct Decoder {
 unsafe impl Send for Decoder {}
 
 impl Decoder {
-    pub fn new(channels: u8) -> Result<Decoder, String> {
-        let lib = lib()?;
+    pub fn new(channels: u8) -> Result<Decoder, TranscodeError> {
+        let lib = lib().map_err(TranscodeError::Unavailable)?;
         if !(1..=2).contains(&channels) {
-            return Err(format!("Opus decodes to 1 or 2 channels, not {channels}"));
+            return Err(TranscodeError::Unsupported(format!(
+                "Opus decodes to 1 or 2 channels, not {channels}"
+            )));
         }
         let mut err: c_int = 0;
         // SAFETY: valid arguments; the result is checked.
         let st = unsafe { (lib.decoder_create)(48_000, c_int::from(channels), &mut err) };
         if st.is_null() || err != OK {
-            return Err(format!("opus_decoder_create failed ({err})"));
+            return Err(TranscodeError::Codec(format!(
+                "opus_decoder_create failed ({err})"
+            )));
         }
         Ok(Decoder {
             lib,
@@ -209,7 +224,7 @@ impl Decoder {
     }
 
     /// Decodes one packet into interleaved samples (at most 120 ms).
-    pub fn decode(&mut self, packet: &[u8]) -> Result<&[f32], String> {
+    pub fn decode(&mut self, packet: &[u8]) -> Result<&[f32], TranscodeError> {
         // SAFETY: `out` holds MAX_DECODED samples per channel.
         let n = unsafe {
             (self.lib.decode_float)(
@@ -222,7 +237,9 @@ impl Decoder {
             )
         };
         if n < 0 {
-            return Err(format!("opus_decode_float failed ({n})"));
+            return Err(TranscodeError::Codec(format!(
+                "opus_decode_float failed ({n})"
+            )));
         }
         Ok(&self.out[..n as usize * self.channels])
     }

@@ -14,6 +14,7 @@ use tidegate_core::{rescale, Frame, TrackTranscoder};
 
 use crate::aacenc::{self, FRAME};
 use crate::opus;
+use crate::TranscodeError;
 
 /// An input jump (or gap) longer than this re-anchors the output (48 kHz samples: 100 ms).
 const JUMP: i64 = 4800;
@@ -21,7 +22,7 @@ const JUMP: i64 = 4800;
 /// Why an Opus track of `channels` cannot be transcoded here, or None when it can.
 pub fn why_not(channels: u8) -> Option<String> {
     if let Err(e) = opus::available() {
-        return Some(e);
+        return Some(e.to_string());
     }
     if !(1..=2).contains(&channels) {
         return Some(format!(
@@ -47,9 +48,10 @@ pub struct OpusToAac {
 }
 
 impl OpusToAac {
-    pub fn new(channels: u8, clock_rate: u32, bitrate: u32) -> Result<OpusToAac, String> {
+    pub fn new(channels: u8, clock_rate: u32, bitrate: u32) -> Result<OpusToAac, TranscodeError> {
+        opus::available()?;
         if let Some(why) = why_not(channels) {
-            return Err(why);
+            return Err(TranscodeError::Unsupported(why));
         }
         Ok(OpusToAac {
             clock_rate: clock_rate.max(1),

@@ -98,10 +98,13 @@ async fn push_once(
                     tracing::warn!(path, "forward: the AAC track is not sent: {why}");
                     continue;
                 }
-                bridge = Some(tidegate_transcode::aac_to_opus(
-                    reader.stream(),
-                    reader.conf().audio_transcode_bitrate,
-                )?);
+                bridge = Some(
+                    tidegate_transcode::aac_to_opus(
+                        reader.stream(),
+                        reader.conf().audio_transcode_bitrate,
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
                 picked.push((t.clone(), RtcCodec::Opus, 48_000));
             }
             None => {

@@ -216,6 +216,7 @@ pub struct WebRtc {
     inner: Arc<Inner>,
 }
 
+/// The crate's one error (its sessions answer with HTTP statuses, `session::Refused`).
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
     #[error("cannot listen on UDP {0}: {1}")]

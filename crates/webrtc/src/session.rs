@@ -302,6 +302,7 @@ fn bridge_aac(
         ));
     }
     tidegate_transcode::aac_to_opus(reader.stream(), conf.audio_transcode_bitrate)
+        .map_err(|e| e.to_string())
 }
 
 /// A session's `Rtc` and what the stream's writer needs of it (RTP-mode viewers), shared by

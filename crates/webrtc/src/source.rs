@@ -44,7 +44,7 @@ pub struct WhepSource {
 
 /// The HTTP URL of a `whep(s)://` or `whip(s)://` URL, and Basic credentials from its user
 /// and password.
-pub fn http_url(url: &str) -> Result<(String, Option<String>), String> {
+pub(crate) fn http_url(url: &str) -> Result<(String, Option<String>), String> {
     let (scheme, rest) = if let Some(r) = url
         .strip_prefix("whep://")
         .or_else(|| url.strip_prefix("whip://"))

@@ -293,7 +293,7 @@ pub fn source(v: &Node) -> Result<String, String> {
         return Ok(s);
     }
     if s.starts_with("srt://") {
-        tidegate_srt::caller::SrtUrl::parse(&s)?;
+        tidegate_srt::caller::SrtUrl::parse(&s).map_err(|e| e.to_string())?;
         return Ok(s);
     }
     if s == "publisher" || SCHEMES.iter().any(|p| s.starts_with(p)) {
@@ -311,7 +311,7 @@ pub fn push_list(v: &Node) -> Result<Vec<String>, String> {
     let urls = string_list(v)?;
     for u in &urls {
         if u.starts_with("srt://") {
-            tidegate_srt::caller::SrtUrl::parse(u)?;
+            tidegate_srt::caller::SrtUrl::parse(u).map_err(|e| e.to_string())?;
             continue;
         }
         let ok = (u.starts_with("rtmp://") || u.starts_with("rtmps://"))
@@ -677,7 +677,7 @@ pub fn forward_list(v: &Node) -> Result<Vec<tidegate_core::ForwardDest>, String>
             ));
         }
         if d.dest.starts_with("srt://") {
-            tidegate_srt::caller::SrtUrl::parse(&d.dest)?;
+            tidegate_srt::caller::SrtUrl::parse(&d.dest).map_err(|e| e.to_string())?;
         }
         out.push(d);
     }

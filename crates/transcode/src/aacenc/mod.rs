@@ -20,6 +20,7 @@
 mod mdct;
 mod tables;
 
+use crate::TranscodeError;
 use mdct::Mdct;
 use tidegate_codec::bits::BitWriter;
 
@@ -82,16 +83,16 @@ struct Channel {
 
 impl Encoder {
     /// A 48 or 44.1 kHz mono or stereo encoder at `bitrate` bit/s (all channels).
-    pub fn new(sample_rate: u32, channels: u8, bitrate: u32) -> Result<Encoder, String> {
+    pub fn new(sample_rate: u32, channels: u8, bitrate: u32) -> Result<Encoder, TranscodeError> {
         if sample_rate != 48_000 && sample_rate != 44_100 {
-            return Err(format!(
+            return Err(TranscodeError::Unsupported(format!(
                 "the AAC encoder takes 44.1 or 48 kHz, not {sample_rate} Hz"
-            ));
+            )));
         }
         if !(1..=2).contains(&channels) {
-            return Err(format!(
+            return Err(TranscodeError::Unsupported(format!(
                 "the AAC encoder takes mono or stereo, not {channels} channels"
-            ));
+            )));
         }
         let channels = usize::from(channels);
         let bitrate = bitrate.clamp(8_000 * channels as u32, 288_000 * channels as u32);
