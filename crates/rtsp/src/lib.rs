@@ -16,6 +16,7 @@ pub mod multicast;
 pub mod mux;
 pub mod sdp;
 pub mod server;
+mod session;
 pub mod source;
 pub mod tunnel;
 pub mod ws;

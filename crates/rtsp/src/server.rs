@@ -24,6 +24,7 @@ use crate::ingest::InTrack;
 use crate::message::{interleaved, response, Input, Parser, Request};
 use crate::mux::{count_rtp, split, RtpMux, SrtpMux};
 use crate::sdp;
+use crate::session::{uri_query, Channel, Policy, Role, Session, Step, Tr, TransportReq};
 use tidegate_core::dump::DumpedUdp;
 use tidegate_core::handover;
 use tidegate_core::{SharedTcp, SharedTls, Sink, SinkLimits, SinkStatus, Transport};
@@ -288,8 +289,7 @@ pub async fn serve(
                 }
             }
             let guard = conns.add(id, remote);
-            let mut conn = Conn::new(id, remote, paths, config, udp, guard);
-            conn.tls = tls.is_some();
+            let conn = Conn::new(id, remote, paths, config, udp, guard, tls.is_some());
             let name = if tls.is_some() { "RTSPS" } else { "RTSP" };
             tracing::info!(conn = id, "[{name}] {remote} connected");
             let r = match tls {
@@ -390,25 +390,11 @@ async fn serve_kind<S: Transport>(
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tr {
-    Tcp {
-        ch: u8,
-    },
-    Udp {
-        rtp: SocketAddr,
-        rtcp: SocketAddr,
-    },
-    /// Sent once per stream to the track's group (see `multicast`), not by this session.
-    Multicast,
-}
-
 struct PubTrack {
     t: InTrack,
     control: String,
     /// The publisher's MIKEY key from ANNOUNCE (`a=key-mgmt`), for `RTP/SAVP`.
     key_mgmt: Option<String>,
-    tr: Option<Tr>,
 }
 
 struct Conn {
@@ -417,9 +403,8 @@ struct Conn {
     paths: PathManager,
     config: RtspConfig,
     udp: Option<Arc<Udp>>,
-    session: String,
-    nonce: String,
-    path: Option<String>,
+    /// The protocol's state, without I/O (`session.rs`).
+    session: Session,
     pubs: Vec<PubTrack>,
     /// `useAbsoluteTimestamp` of the path published.
     absolute: crate::ingest::Absolute,
@@ -428,7 +413,6 @@ struct Conn {
     started: Instant,
     mux: Option<Arc<RtpMux>>,
     reader: Option<Reader>,
-    reads: Vec<Option<Tr>>,
     playing: Option<tidegate_core::EgressReader>,
     /// Plain TCP: every write goes through this sink, so that a stream's fan-out writer can
     /// write the media of a reader on the usual channels to the socket itself.
@@ -458,8 +442,6 @@ struct Conn {
     tls: bool,
     /// The stream's SRTP packets (RTSPS), sealed once for every `RTP/SAVP` reader.
     sealer: Option<Arc<Option<SrtpMux>>>,
-    /// A reader's profile, from its first SETUP: `RTP/SAVP` (true) or `RTP/AVP`.
-    savp: Option<bool>,
     /// Per track: SRTP for what a publisher sends, or for a reader's SRTCP reports.
     srtp_in: Vec<Option<srtp::Context>>,
     srtp_refused: u64,
@@ -484,71 +466,6 @@ fn redirect(cseq: &str, uri: &str, to: &str, path: &str) -> Bytes {
     response(302, "Found", cseq, &[("Location", location)], b"")
 }
 
-fn uri_path(uri: &str) -> String {
-    // Any scheme: rtsp, rtsps, and rtsph (GStreamer's over HTTP) among them.
-    let rest = uri
-        .split_once("://")
-        .filter(|(scheme, _)| {
-            scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
-        })
-        .map_or(uri, |(_, rest)| rest);
-    let rest = match rest.find('/') {
-        Some(i) if uri.contains("://") => &rest[i..],
-        Some(_) => rest,
-        None => "",
-    };
-    let rest = rest.split('?').next().unwrap_or("");
-    rest.trim_matches('/').to_string()
-}
-
-struct TransportReq {
-    /// `RTP/SAVP`: SRTP, keyed by MIKEY.
-    savp: bool,
-    tcp: bool,
-    interleaved: Option<(u8, u8)>,
-    client_port: Option<(u16, u16)>,
-    multicast: bool,
-}
-
-fn parse_transport(h: &str) -> Option<TransportReq> {
-    let first = h.split(',').next()?;
-    let mut t = TransportReq {
-        savp: false,
-        tcp: false,
-        interleaved: None,
-        client_port: None,
-        multicast: false,
-    };
-    for (i, part) in first.split(';').map(str::trim).enumerate() {
-        if i == 0 {
-            if !part.starts_with("RTP/AVP") && !part.starts_with("RTP/SAVP") {
-                return None;
-            }
-            t.savp = part.starts_with("RTP/SAVP");
-            t.tcp = part.ends_with("/TCP");
-            continue;
-        }
-        let pair = |v: &str| -> Option<(u16, u16)> {
-            let (a, b) = v.split_once('-').unwrap_or((v, ""));
-            let a: u16 = a.parse().ok()?;
-            Some((a, b.parse().unwrap_or(a.wrapping_add(1))))
-        };
-        if part == "multicast" {
-            t.multicast = true;
-        } else if let Some(v) = part.strip_prefix("interleaved=") {
-            let (a, b) = pair(v)?;
-            t.interleaved = Some((a.min(255) as u8, b.min(255) as u8));
-        } else if let Some(v) = part.strip_prefix("client_port=") {
-            t.client_port = pair(v);
-        }
-    }
-    Some(t)
-}
-
-const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, RECORD, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
-
 impl Conn {
     fn new(
         id: u64,
@@ -557,20 +474,31 @@ impl Conn {
         config: RtspConfig,
         udp: Option<Arc<Udp>>,
         guard: ConnGuard<RtspStats>,
+        tls: bool,
     ) -> Conn {
+        let policy = Policy {
+            tls,
+            tcp: config.allow_tcp,
+            udp: udp.is_some(),
+            multicast: config.multicast.is_some(),
+        };
+        let session = Session::new(
+            tidegate_core::text::secret_hex(16),
+            format!(
+                "{:016x}{:016x}",
+                tidegate_core::text::random_u64(),
+                tidegate_core::text::random_u64()
+            ),
+            policy,
+            remote.ip(),
+        );
         Conn {
             id,
             remote,
             paths,
             config,
             udp,
-            session: tidegate_core::text::secret_hex(16),
-            nonce: format!(
-                "{:016x}{:016x}",
-                tidegate_core::text::random_u64(),
-                tidegate_core::text::random_u64()
-            ),
-            path: None,
+            session,
             pubs: Vec::new(),
             absolute: crate::ingest::Absolute::new(false),
             publisher: None,
@@ -578,7 +506,6 @@ impl Conn {
             started: Instant::now(),
             mux: None,
             reader: None,
-            reads: Vec::new(),
             playing: None,
             sink: None,
             attached: None,
@@ -595,9 +522,8 @@ impl Conn {
             guard,
             lost_reported: 0,
             dropped_reported: 0,
-            tls: false,
+            tls,
             sealer: None,
-            savp: None,
             srtp_in: Vec::new(),
             srtp_refused: 0,
             reports: Vec::new(),
@@ -679,7 +605,7 @@ impl Conn {
                 }
                 f = recv_playing(&mut self.playing) => match f {
                     // The usual TCP layout: the shared bytes go out as they are, no copy.
-                    Some(frame) if self.direct() => direct = Some(frame.data.clone()),
+                    Some(frame) if self.session.direct() => direct = Some(frame.data.clone()),
                     Some(frame) => self.send_packets(&frame, &mut out).await,
                     None => break Err("the publisher left".into()),
                 },
@@ -796,7 +722,7 @@ impl Conn {
             401,
             "Unauthorized",
             cseq,
-            &auth::challenges(self.config.auth_methods, &self.nonce)
+            &auth::challenges(self.config.auth_methods, &self.session.nonce)
                 .into_iter()
                 .map(|c| ("WWW-Authenticate", c))
                 .collect::<Vec<_>>(),
@@ -827,7 +753,7 @@ impl Conn {
                 creds.pass = Some(pass);
             }
             Given::Digest(d) => {
-                let fresh = d.nonce == self.nonce;
+                let fresh = d.nonce == self.session.nonce;
                 let method = req.method.clone();
                 creds.user = Some(d.user.clone());
                 creds.proof = Some(std::sync::Arc::new(move |user: &str, pass: &str| {
@@ -858,45 +784,46 @@ impl Conn {
         }
     }
 
-    fn session_header(&self) -> (&'static str, String) {
-        ("Session", format!("{};timeout=60", self.session))
-    }
-
     async fn handle(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq().to_string();
-        match req.method.as_str() {
-            "OPTIONS" | "GET_PARAMETER" | "SET_PARAMETER" => response(
-                200,
-                "OK",
-                &cseq,
-                &[("Public", PUBLIC.to_string()), self.session_header()],
-                b"",
-            ),
-            "DESCRIBE" => self.describe(req).await,
-            "ANNOUNCE" => self.announce(req).await,
-            "SETUP" => self.setup(req).await,
-            "PLAY" => self.play(req),
-            "RECORD" => self.record(req),
-            "PAUSE" => {
+        match self.session.request(req) {
+            Step::Reply(answer) => answer,
+            Step::Describe { path } => self.describe(req, &path).await,
+            Step::Announce { path } => self.announce(req, &path).await,
+            Step::DescribeFirst { path } => {
+                let mut fake = req.clone();
+                fake.uri = format!("rtsp://x/{path}");
+                let answer = self.describe(&fake, &path).await;
+                if self.session.role() != Role::Reader {
+                    return answer;
+                }
+                match self.session.request(req) {
+                    Step::Setup { idx, t } => self.setup(req, idx, t),
+                    Step::Reply(answer) => answer,
+                    _ => response(500, "Internal Server Error", &cseq, &[], b""),
+                }
+            }
+            Step::Setup { idx, t } => self.setup(req, idx, t),
+            Step::Play => self.play(req),
+            Step::Record => self.record(req),
+            Step::Pause => {
                 self.playing = None;
                 self.attached = None;
                 self.attach_after_reply = None;
                 self.count_fan();
                 self.fan = None;
-                response(200, "OK", &cseq, &[self.session_header()], b"")
+                self.session.ok(&cseq, &[])
             }
-            "TEARDOWN" => {
+            Step::Teardown => {
                 self.close = true;
-                response(200, "OK", &cseq, &[self.session_header()], b"")
+                self.session.ok(&cseq, &[])
             }
-            _ => response(501, "Not Implemented", &cseq, &[], b""),
         }
     }
 
-    async fn describe(&mut self, req: &Request) -> Bytes {
+    async fn describe(&mut self, req: &Request, path: &str) -> Bytes {
         let cseq = req.cseq();
-        let path = uri_path(&req.uri);
-        let (grant, path) = match self.authorize(req, &path, Action::Read).await {
+        let (grant, path) = match self.authorize(req, path, Action::Read).await {
             Ok(g) => g,
             Err(r) => return r,
         };
@@ -954,7 +881,7 @@ impl Conn {
                     )
                 })
             }));
-        self.reads = vec![None; mux.tracks.len()];
+        self.session.reading(path.clone(), mux.tracks.len());
         self.srtp_in = (0..mux.tracks.len()).map(|_| None).collect();
         self.reports = vec![None; mux.tracks.len()];
         let mut sdp = mux.sdp.clone();
@@ -969,7 +896,6 @@ impl Conn {
             sdp = sdp::secure(&sdp, |i| mikey_of(&sealer, i));
         }
         tracing::Span::current().record("path", path.as_str());
-        self.path = Some(path);
         let base = format!("{}/", req.uri.trim_end_matches('/'));
         response(
             200,
@@ -983,10 +909,9 @@ impl Conn {
         )
     }
 
-    async fn announce(&mut self, req: &Request) -> Bytes {
+    async fn announce(&mut self, req: &Request, path: &str) -> Bytes {
         let cseq = req.cseq();
-        let path = uri_path(&req.uri);
-        let (grant, path) = match self.authorize(req, &path, Action::Publish).await {
+        let (grant, path) = match self.authorize(req, path, Action::Publish).await {
             Ok(g) => g,
             Err(r) => return r,
         };
@@ -1007,7 +932,6 @@ impl Conn {
                     t: InTrack::new(inc),
                     control: m.control.clone().unwrap_or_else(|| format!("trackID={i}")),
                     key_mgmt: m.key_mgmt.clone(),
-                    tr: None,
                 }),
                 Err(e) => {
                     return response(
@@ -1044,113 +968,22 @@ impl Conn {
         );
         self.publisher = Some(publisher);
         self.srtp_in = pubs.iter().map(|_| None).collect();
+        self.session.publishing(
+            path.clone(),
+            pubs.iter().map(|p| p.control.clone()).collect(),
+        );
         self.pubs = pubs;
         tracing::Span::current().record("path", path.as_str());
-        self.path = Some(path);
-        response(200, "OK", cseq, &[self.session_header()], b"")
+        self.session.ok(cseq, &[])
     }
 
-    /// Which track a SETUP URL names: its control suffix, or the next one not set up.
-    fn track_index(&self, uri: &str, controls: &[String], set: &[bool]) -> Option<usize> {
-        let full = uri_path(uri);
-        let base = self.path.clone().unwrap_or_default();
-        let rest = full.strip_prefix(&base).unwrap_or(&full).trim_matches('/');
-        if !rest.is_empty() {
-            if let Some(i) = controls.iter().position(|c| {
-                let c = c.trim_matches('/');
-                c == rest || uri.ends_with(c) || c.ends_with(rest)
-            }) {
-                return Some(i);
-            }
-            if let Some(n) = rest.strip_prefix("trackID=").and_then(|n| n.parse().ok()) {
-                return (n < controls.len()).then_some(n);
-            }
-        }
-        set.iter().position(|s| !s)
-    }
-
-    async fn setup(&mut self, req: &Request) -> Bytes {
+    /// SETUP of track `idx` as `t` asks, its checks passed (`Session::request`): SRTP keys,
+    /// the transport (a multicast group is the stream's), UDP routes.
+    fn setup(&mut self, req: &Request, idx: usize, t: TransportReq) -> Bytes {
         let cseq = req.cseq();
-        let Some(t) = req.header("Transport").and_then(parse_transport) else {
-            return response(461, "Unsupported Transport", cseq, &[], b"");
-        };
-        if t.multicast && (self.config.multicast.is_none() || self.publisher.is_some()) {
-            return response(
-                461,
-                "Unsupported Transport",
-                cseq,
-                &[],
-                b"multicast is for reading, and only with multicast in rtspTransports\n",
-            );
-        }
-        if t.savp && !self.tls {
-            return response(
-                461,
-                "Unsupported Transport",
-                cseq,
-                &[],
-                b"RTP/SAVP (SRTP) is offered over RTSPS\n",
-            );
-        }
-        if self.tls && !t.savp && !t.tcp {
-            return response(
-                461,
-                "Unsupported Transport",
-                cseq,
-                &[],
-                b"over RTSPS, UDP and multicast need RTP/SAVP (SRTP): RTP in the clear is refused\n",
-            );
-        }
-        if t.tcp && !self.config.allow_tcp {
-            return response(
-                461,
-                "Unsupported Transport",
-                cseq,
-                &[],
-                b"TCP is disabled (rtspTransports)\n",
-            );
-        }
         let publishing = self.publisher.is_some();
-        if !publishing && self.mux.is_none() {
-            // SETUP without DESCRIBE: describe now (VLC and some NVRs do this).
-            let path = uri_path(&req.uri);
-            let path = path
-                .rsplit_once('/')
-                .map(|(p, _)| p.to_string())
-                .unwrap_or(path);
-            let mut fake = req.clone();
-            fake.uri = format!("rtsp://x/{path}");
-            let r = self.describe(&fake).await;
-            if self.mux.is_none() {
-                return r;
-            }
-        }
-        let controls: Vec<String> = if publishing {
-            self.pubs.iter().map(|p| p.control.clone()).collect()
-        } else {
-            (0..self.reads.len())
-                .map(|i| format!("trackID={i}"))
-                .collect()
-        };
-        let set: Vec<bool> = if publishing {
-            self.pubs.iter().map(|p| p.tr.is_some()).collect()
-        } else {
-            self.reads.iter().map(Option::is_some).collect()
-        };
-        let Some(idx) = self.track_index(&req.uri, &controls, &set) else {
-            return response(404, "Not Found", cseq, &[], b"no such track\n");
-        };
         let profile = if t.savp { "RTP/SAVP" } else { "RTP/AVP" };
         let mut key_mgmt = None;
-        if !publishing && *self.savp.get_or_insert(t.savp) != t.savp {
-            return response(
-                461,
-                "Unsupported Transport",
-                cseq,
-                &[],
-                b"every track of a session takes the same profile (RTP/AVP or RTP/SAVP)\n",
-            );
-        }
         if t.savp {
             self.guard.extra.srtp.store(true, Ordering::Relaxed);
             if publishing {
@@ -1189,7 +1022,7 @@ impl Conn {
                 return response(461, "Unsupported Transport", cseq, &[], b"");
             };
             let sg = crate::multicast::stream_groups(reader.stream(), t.savp);
-            let group = sg.group(groups, idx, self.reads.len());
+            let group = sg.group(groups, idx, self.session.transports.len());
             (
                 Tr::Multicast,
                 format!(
@@ -1197,41 +1030,9 @@ impl Conn {
                     groups.conf.rtp_port, groups.conf.rtcp_port
                 ),
             )
-        } else if t.tcp {
-            let (a, b) = t.interleaved.unwrap_or((2 * idx as u8, 2 * idx as u8 + 1));
-            (
-                Tr::Tcp { ch: a },
-                format!("{profile}/TCP;unicast;interleaved={a}-{b}"),
-            )
         } else {
-            let Some(udp) = &self.udp else {
-                return response(
-                    461,
-                    "Unsupported Transport",
-                    cseq,
-                    &[],
-                    b"UDP is disabled (rtspTransports)\n",
-                );
-            };
-            let Some((rtp, rtcp)) = t.client_port else {
-                return response(
-                    461,
-                    "Unsupported Transport",
-                    cseq,
-                    &[],
-                    b"client_port missing\n",
-                );
-            };
-            let (srtp, srtcp) = udp.ports();
-            let client = SocketAddr::new(self.remote.ip(), rtp);
-            let client_rtcp = SocketAddr::new(self.remote.ip(), rtcp);
-            (
-                Tr::Udp {
-                    rtp: client,
-                    rtcp: client_rtcp,
-                },
-                format!("{profile};unicast;client_port={rtp}-{rtcp};server_port={srtp}-{srtcp}"),
-            )
+            let ports = self.udp.as_ref().map_or((0, 0), |u| u.ports());
+            self.session.unicast(idx, &t, ports)
         };
         *self
             .guard
@@ -1262,12 +1063,8 @@ impl Conn {
                 self.routes.push(from);
             }
         }
-        if publishing {
-            self.pubs[idx].tr = Some(tr);
-        } else {
-            self.reads[idx] = Some(tr);
-        }
-        let mut headers = vec![("Transport", header), self.session_header()];
+        self.session.set_up(idx, tr);
+        let mut headers = vec![("Transport", header), self.session.header()];
         if let Some(k) = key_mgmt {
             headers.push(("KeyMgmt", k));
         }
@@ -1305,7 +1102,7 @@ impl Conn {
 
     fn play(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
-        let savp = self.savp == Some(true);
+        let savp = self.session.savp == Some(true);
         // The fan-out engine's RTP egress of the stream (sealed for SRTP readers), held while
         // this reader plays.
         let plain = match (&self.mux, &self.reader) {
@@ -1322,20 +1119,16 @@ impl Conn {
         let Some(packets) = packets else {
             return response(455, "Method Not Valid in This State", cseq, &[], b"");
         };
-        if self.reads.iter().all(Option::is_none) {
-            return response(
-                455,
-                "Method Not Valid in This State",
-                cseq,
-                &[],
-                b"no track set up\n",
-            );
-        }
-        let udp_only = self.reads.iter().all(|t| matches!(t, Some(Tr::Udp { .. })));
+        let udp_only = self
+            .session
+            .transports
+            .iter()
+            .all(|t| matches!(t, Some(Tr::Udp { .. })));
         match (self.udp.clone(), udp_only) {
             (Some(udp), true) => {
                 let dests = self
-                    .reads
+                    .session
+                    .transports
                     .iter()
                     .map(|t| match t {
                         Some(Tr::Udp { rtp, rtcp }) => Some((*rtp, *rtcp)),
@@ -1355,49 +1148,34 @@ impl Conn {
                 ));
             }
             // The usual channel layout on plain TCP: the egress writes to the socket itself.
-            _ if self.sink.is_some() && self.direct() => {
+            _ if self.sink.is_some() && self.session.direct() => {
                 self.attach_after_reply = Some(packets.clone());
             }
             _ => self.playing = Some(packets.subscribe()),
         }
-        if self.reads.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
+        if self.session.transports.contains(&Some(Tr::Multicast)) && self.multicast.is_none() {
             if let (Some(groups), Some(reader)) = (&self.config.multicast, &self.reader) {
                 let sg = crate::multicast::stream_groups(reader.stream(), savp);
                 self.multicast = Some(sg.join(&packets, &groups.conf));
             }
         }
-        let path = self.path.clone().unwrap_or_default();
+        let path = self.session.path.clone().unwrap_or_default();
         self.guard.set(tidegate_core::ConnState::Read, &path, "");
-        response(
-            200,
-            "OK",
-            cseq,
-            &[self.session_header(), ("Range", "npt=0.000-".into())],
-            b"",
-        )
+        self.session.ok(cseq, &[("Range", "npt=0.000-".into())])
     }
 
     fn record(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
-        if self.publisher.is_none() || self.pubs.iter().any(|p| p.tr.is_none()) {
-            return response(
-                455,
-                "Method Not Valid in This State",
-                cseq,
-                &[],
-                b"set up every track first\n",
-            );
-        }
         tracing::info!(
             conn = self.id,
-            path = self.path.as_deref().unwrap_or(""),
+            path = self.session.path.as_deref().unwrap_or(""),
             "[RTSP] is publishing"
         );
         self.started = Instant::now();
-        let path = self.path.clone().unwrap_or_default();
+        let path = self.session.path.clone().unwrap_or_default();
         self.guard.set(tidegate_core::ConnState::Publish, &path, "");
         self.try_start();
-        response(200, "OK", cseq, &[self.session_header()], b"")
+        self.session.ok(cseq, &[])
     }
 
     /// Starts the stream once every track's parameters are known.
@@ -1417,31 +1195,13 @@ impl Conn {
     }
 
     fn on_interleaved(&mut self, channel: u8, data: Bytes) {
-        if self.publisher.is_none() {
-            // A reader's RTCP, on the channel after its track's RTP.
-            let ch = channel.wrapping_sub(1);
-            if let Some(idx) = self
-                .reads
-                .iter()
-                .position(|t| channel % 2 == 1 && *t == Some(Tr::Tcp { ch }))
-            {
-                self.on_reader_rtcp(idx, &data);
-            }
-            return;
-        }
-        if let Some(idx) = self
-            .pubs
-            .iter()
-            .position(|p| p.tr == Some(Tr::Tcp { ch: channel }))
-        {
-            self.on_rtp(idx, &data);
-        } else if let Some(idx) = self.pubs.iter().position(|p| {
-            p.tr == Some(Tr::Tcp {
-                ch: channel.wrapping_sub(1),
-            })
-        }) {
+        match (self.publisher.is_some(), self.session.channel(channel)) {
+            (true, Some(Channel::Rtp(idx))) => self.on_rtp(idx, &data),
             // Its RTCP, on the channel after its RTP.
-            self.on_publisher_rtcp(idx, &data);
+            (true, Some(Channel::Rtcp(idx))) => self.on_publisher_rtcp(idx, &data),
+            // A reader's RTCP, on the channel after its track's RTP.
+            (false, Some(Channel::Rtcp(idx))) => self.on_reader_rtcp(idx, &data),
+            _ => {}
         }
     }
 
@@ -1449,7 +1209,7 @@ impl Conn {
     /// (None when it does not open, or came under a key the peer never sent).
     fn plain_rtcp<'a>(&mut self, idx: usize, data: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
         match (
-            self.savp == Some(true),
+            self.session.savp == Some(true),
             self.srtp_in.get_mut(idx).and_then(Option::as_mut),
         ) {
             (false, _) => Some(std::borrow::Cow::Borrowed(data)),
@@ -1578,21 +1338,12 @@ impl Conn {
         }
     }
 
-    /// Whether every track is set up over TCP on the usual channels (track *i* on 2*i*), so
-    /// the mux's framed bytes can be written as they are.
-    fn direct(&self) -> bool {
-        self.reads
-            .iter()
-            .enumerate()
-            .all(|(i, t)| *t == Some(Tr::Tcp { ch: 2 * i as u8 }))
-    }
-
     async fn send_packets(&mut self, frame: &Frame, out: &mut BytesMut) {
         // A frame's RTP packets to UDP readers leave in one `sendmmsg` at the end.
         let mut batch: Vec<(Bytes, SocketAddr)> = Vec::new();
         for (ch, pkt) in split(frame.data.clone()) {
             let (idx, rtcp) = (usize::from(ch / 2), ch % 2 == 1);
-            let Some(tr) = self.reads.get(idx).copied().flatten() else {
+            let Some(tr) = self.session.transports.get(idx).copied().flatten() else {
                 continue;
             };
             if !rtcp {
@@ -1717,35 +1468,8 @@ async fn recv_udp(r: &mut Option<mpsc::Receiver<UdpIn>>) -> Option<UdpIn> {
     }
 }
 
-/// The query string of a request URI (`rtsp://host/path?a=1` gives `a=1`).
-fn uri_query(uri: &str) -> &str {
-    uri.split_once('?').map_or("", |(_, q)| q)
-}
-
 /// A UDP listener with `udpReadBufferSize` applied.
 fn tuned(s: UdpSocket) -> UdpSocket {
     tidegate_core::udp::tune(&s);
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uris_and_transports() {
-        assert_eq!(
-            uri_path("rtsp://127.0.0.1:8554/live/cam/trackID=1?x=1"),
-            "live/cam/trackID=1"
-        );
-        assert_eq!(uri_path("rtsp://host/cam"), "cam");
-        assert_eq!(uri_path("rtsph://host:8554/live/cam"), "live/cam");
-        assert_eq!(uri_path("rtsp://host"), "");
-        let t = parse_transport("RTP/AVP/TCP;unicast;interleaved=2-3;mode=record").unwrap();
-        assert!(t.tcp && t.interleaved == Some((2, 3)));
-        let t = parse_transport("RTP/AVP;unicast;client_port=5000-5001").unwrap();
-        assert!(!t.tcp && t.client_port == Some((5000, 5001)));
-        assert!(parse_transport("RAW/RAW/UDP;unicast").is_none());
-        assert!(parse_transport("RTP/AVP;multicast").unwrap().multicast);
-    }
 }

@@ -33,6 +33,8 @@ mod bench_record;
 mod bench_transcode;
 #[path = "../bench_webrtc.rs"]
 mod bench_webrtc;
+#[path = "../whep_viewer.rs"]
+mod whep_viewer;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -3,8 +3,10 @@
 //! One Tidegate runs with every TCP listener and SRT on loopback. Around it, for N minutes:
 //! - a persistent RTMP publisher (`soak/main`) with a decoding RTMP reader and an HLS reader
 //!   that must play throughout (their frame counts must keep growing);
-//! - churn cycles: RTMP, RTSP and SRT publishers that come and go; RTMP, RTSP (TCP and UDP),
-//!   SRT and HLS readers that join, leave, stall (SIGSTOP) and die (SIGKILL);
+//! - churn cycles: RTMP, RTMPS, RTSP, RTSPS and SRT publishers that come and go (the RTMPS
+//!   one recorded, its recording listed and played back while it runs); RTMP, RTMPS, RTSP (TCP
+//!   and UDP), RTSPS, SRT, HLS and WHEP readers that join, leave, stall (SIGSTOP) and die
+//!   (SIGKILL), each of which must get frames;
 //! - a pulled source (`soak/pulled` ← `rtsp://…/soak/upstream`) whose upstream publisher dies
 //!   and comes back every cycle;
 //! - the API and `/metrics` polled every two seconds, and the configuration file rewritten
@@ -25,6 +27,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../whep_viewer.rs"]
+mod whep_viewer;
 
 /// One churn cycle.
 const CYCLE: Duration = Duration::from_secs(60);
@@ -59,12 +64,18 @@ fn main() {
 
 struct Ports {
     rtmp: u16,
+    rtmps: u16,
     rtsp: u16,
+    rtsps: u16,
     rtp: u16,
+    srtp: u16,
     srt: u16,
     hls: u16,
     api: u16,
     metrics: u16,
+    webrtc: u16,
+    webrtc_udp: u16,
+    playback: u16,
 }
 
 fn free_port() -> u16 {
@@ -95,13 +106,27 @@ fn config(p: &Ports, dir: &Path, reload_round: u64) -> String {
     } else {
         String::new()
     };
+    let (key, cert) = (
+        dir.join("server.key").display().to_string(),
+        dir.join("server.crt").display().to_string(),
+    );
     format!(
         "logLevel: info\nrtmpAddress: 127.0.0.1:{}\nrtspAddress: 127.0.0.1:{}\n\
          rtpAddress: 127.0.0.1:{}\nrtcpAddress: 127.0.0.1:{}\nsrtAddress: 127.0.0.1:{}\n\
          hlsAddress: 127.0.0.1:{}\napiAddress: 127.0.0.1:{}\nmetricsAddress: 127.0.0.1:{}\n\
-         metrics: yes\nwebrtc: no\nplayback: no\nkeyStore: {}\n\
+         metrics: yes\nkeyStore: {}\n\
+         rtmpEncryption: optional\nrtmpsAddress: 127.0.0.1:{}\n\
+         rtmpServerKey: {key}\nrtmpServerCert: {cert}\n\
+         rtspEncryption: optional\nrtspsAddress: 127.0.0.1:{}\n\
+         srtpAddress: 127.0.0.1:{}\nsrtcpAddress: 127.0.0.1:{}\n\
+         rtspServerKey: {key}\nrtspServerCert: {cert}\n\
+         webrtc: yes\nwebrtcAddress: 127.0.0.1:{}\nwebrtcLocalUDPAddress: 127.0.0.1:{}\n\
+         playback: yes\nplaybackAddress: 127.0.0.1:{}\n\
          paths:\n  soak/pulled:\n    source: rtsp://127.0.0.1:{}/soak/upstream\n\
-         \x20   rtspTransport: tcp\n  all_others:\n{extra}",
+         \x20   rtspTransport: tcp\n\
+         \x20 \"~^soak/rec\":\n    record: yes\n    recordPath: {}/%path/%s\n\
+         \x20   recordSegmentDuration: 10s\n    recordDeleteAfter: 30s\n\
+         \x20 all_others:\n{extra}",
         p.rtmp,
         p.rtsp,
         p.rtp,
@@ -111,25 +136,116 @@ fn config(p: &Ports, dir: &Path, reload_round: u64) -> String {
         p.api,
         p.metrics,
         dir.join("keys.db").display(),
+        p.rtmps,
+        p.rtsps,
+        p.srtp,
+        p.srtp + 1,
+        p.webrtc,
+        p.webrtc_udp,
+        p.playback,
         p.rtsp,
+        dir.join("recordings").display(),
     )
 }
 
-/// A GET over HTTP/1.0; the body, or None.
+/// A self-signed certificate for 127.0.0.1 (RTMPS, RTSPS), made with openssl.
+fn certificate(dir: &Path) -> Result<(), String> {
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "7"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.join("server.key"))
+        .arg("-out")
+        .arg(dir.join("server.crt"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("openssl: {e}"))?
+        .success();
+    ok.then_some(())
+        .ok_or_else(|| "openssl could not make a certificate".into())
+}
+
+/// WHEP viewers of `target` for `seconds`: the video frames each got (or why it failed).
+fn whep_viewers(port: u16, target: &str, n: usize, seconds: u64) -> Vec<Result<u64, String>> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec![Err("no runtime".into()); n];
+    };
+    rt.block_on(async {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts: Vec<Arc<whep_viewer::ViewerCount>> = (0..n)
+            .map(|_| Arc::new(whep_viewer::ViewerCount::default()))
+            .collect();
+        let tasks: Vec<_> = counts
+            .iter()
+            .map(|c| {
+                tokio::spawn(whep_viewer::viewer(
+                    port,
+                    target.to_string(),
+                    c.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (t, c) in tasks.into_iter().zip(&counts) {
+            let ended = tokio::time::timeout(Duration::from_secs(5), t).await;
+            out.push(match ended {
+                Ok(Ok(Ok(()))) => Ok(c.video_frames.load(Ordering::Relaxed)),
+                Ok(Ok(Err(e))) => Err(e),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("did not stop".into()),
+            });
+        }
+        out
+    })
+}
+
+/// Whether playback lists `path` and serves a few seconds of it as fMP4.
+fn played_back(port: u16, path: &str) -> bool {
+    let Some(list) = http_get(port, &format!("/list?path={path}")) else {
+        return false;
+    };
+    let Ok(spans) = serde_json::from_str::<serde_json::Value>(&list) else {
+        return false;
+    };
+    let Some(start) = spans
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|s| s.get("start"))
+        .and_then(|s| s.as_str())
+    else {
+        return false;
+    };
+    let start = start.replace(':', "%3A").replace('+', "%2B");
+    http_get_bytes(port, &format!("/get?path={path}&start={start}&duration=3"))
+        .is_some_and(|body| body.windows(4).any(|w| w == b"moof"))
+}
+
+/// A GET over HTTP/1.0; the body (text), or None.
 fn http_get(port: u16, target: &str) -> Option<String> {
+    http_get_bytes(port, target).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A GET over HTTP/1.0; the body, or None unless the answer is 200.
+fn http_get_bytes(port: u16, target: &str) -> Option<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.write_all(format!("GET {target} HTTP/1.0\r\nHost: soak\r\n\r\n").as_bytes())
         .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+    let mut out = Vec::new();
+    s.take(64 << 20).read_to_end(&mut out).ok()?;
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = &out[..end];
+    (head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+        .then(|| out[end + 4..].to_vec())
 }
 
-/// A `/proc` figure of the server.
 fn proc_status(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -264,13 +380,20 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
     let server_log = dir.join("server.log");
     let ports = Ports {
         rtmp: free_port(),
+        rtmps: free_port(),
         rtsp: free_port(),
+        rtsps: free_port(),
         rtp: free_udp_pair(),
+        srtp: free_udp_pair(),
         srt: free_port(),
         hls: free_port(),
         api: free_port(),
         metrics: free_port(),
+        webrtc: free_port(),
+        webrtc_udp: free_udp_pair(),
+        playback: free_port(),
     };
+    certificate(dir)?;
     let conf = dir.join("tidegate.yml");
     std::fs::write(&conf, config(&ports, dir, 0)).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(&server_log).map_err(|e| e.to_string())?;
@@ -292,6 +415,8 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
     }
     let rtmp = |p: &str| format!("rtmp://127.0.0.1:{}/{p}", ports.rtmp);
     let rtsp = |p: &str| format!("rtsp://127.0.0.1:{}/{p}", ports.rtsp);
+    let rtmps = |p: &str| format!("rtmps://127.0.0.1:{}/{p}", ports.rtmps);
+    let rtsps = |p: &str| format!("rtsps://127.0.0.1:{}/{p}", ports.rtsps);
     let srt = |p: &str, mode: &str| {
         format!(
             "srt://127.0.0.1:{}?streamid={mode}:{p}&latency=200000&pkt_size=1316",
@@ -345,6 +470,10 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
                     (api, "/v3/rtspsessions/list"),
                     (api, "/v3/srtconns/list"),
                     (api, "/v3/hlsmuxers/list"),
+                    (api, "/v3/webrtcsessions/list"),
+                    (api, "/v3/rtspssessions/list"),
+                    (api, "/v3/rtmpsconns/list"),
+                    (api, "/v3/recordings/list"),
                     (metrics, "/metrics"),
                 ] {
                     if http_get(port, target).is_some() {
@@ -390,6 +519,12 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
     let mut next_reload = RELOAD_EVERY;
     let mut stalls = Vec::new();
     let mut progress: Vec<(u64, u64, u64)> = Vec::new();
+    // Churn readers that got no frame, by kind; WHEP viewers that failed or got nothing;
+    // cycles whose recording could not be played back.
+    let mut silent: Vec<String> = Vec::new();
+    let mut whep_failed: Vec<String> = Vec::new();
+    let mut playback_failed = 0u64;
+    let mut readers_run = 0u64;
     while began.elapsed() + CYCLE <= length {
         cycle += 1;
         let cycle_start = Instant::now();
@@ -406,24 +541,40 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
             &peers_log,
         ));
         churn.extend(publisher(&rtmp("soak/upstream"), "flv", 30, &peers_log));
+        churn.extend(publisher(&rtmps(&tag("rec")), "flv", 35, &peers_log));
+        churn.extend(publisher(&rtsps(&tag("rtsps")), "rtsp", 35, &peers_log));
         std::thread::sleep(Duration::from_secs(6));
-        let mut readers: Vec<Child> = Vec::new();
-        readers.extend(reader(&rtmp(&tag("rtmp")), &[], 20, &peers_log));
-        readers.extend(reader(
-            &rtsp(&tag("rtsp")),
-            &["-rtsp_transport", "tcp"],
-            15,
-            &peers_log,
-        ));
-        readers.extend(reader(
-            &rtsp("soak/main"),
-            &["-rtsp_transport", "udp"],
-            15,
-            &peers_log,
-        ));
-        readers.extend(reader(&srt(&tag("srt"), "read"), &[], 15, &peers_log));
-        readers.extend(reader(&rtmp("soak/pulled"), &[], 15, &peers_log));
-        readers.extend(reader(&hls, &[], 20, &peers_log));
+        let tcp: &[&str] = &["-rtsp_transport", "tcp"];
+        let mut readers: Vec<(String, Child, Arc<AtomicU64>)> = Vec::new();
+        for (kind, url, extra, seconds) in [
+            ("RTMP", rtmp(&tag("rtmp")), &[][..], 20),
+            ("RTSP/TCP", rtsp(&tag("rtsp")), tcp, 15),
+            (
+                "RTSP/UDP",
+                rtsp("soak/main"),
+                &["-rtsp_transport", "udp"][..],
+                15,
+            ),
+            ("SRT", srt(&tag("srt"), "read"), &[][..], 15),
+            (
+                "RTMP of the pulled source",
+                rtmp("soak/pulled"),
+                &[][..],
+                15,
+            ),
+            ("HLS", hls.clone(), &[][..], 20),
+            ("RTMPS", rtmps(&tag("rec")), &[][..], 15),
+            ("RTSPS", rtsps(&tag("rtsps")), tcp, 15),
+        ] {
+            if let Some(mut c) = reader(&url, extra, seconds, &peers_log) {
+                let frames = follow_frames(&mut c);
+                readers.push((kind.to_string(), c, frames));
+            }
+        }
+        let whep = {
+            let port = ports.webrtc;
+            std::thread::spawn(move || whep_viewers(port, "/soak/main/whep", 3, 15))
+        };
         let stalled = reader(&rtmp("soak/main"), &[], 60, &peers_log);
         let doomed = reader(
             &rtsp("soak/main"),
@@ -439,9 +590,16 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
             signal(&d, "-KILL");
             finish(d);
         }
-        // Samples while the churn runs.
+        // Samples while the churn runs; the recording is played back while it grows.
         let mut next_sample = Instant::now();
+        let mut playback_checked = false;
         while cycle_start.elapsed() < Duration::from_secs(40) {
+            if !playback_checked && cycle_start.elapsed() >= Duration::from_secs(30) {
+                playback_checked = true;
+                if !played_back(ports.playback, &tag("rec")) {
+                    playback_failed += 1;
+                }
+            }
             if Instant::now() >= next_sample {
                 let s = sample(false);
                 show(&s);
@@ -455,7 +613,27 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
             signal(&s, "-KILL");
             stalls.push(s);
         }
-        for c in churn.into_iter().chain(readers).chain(stalls.drain(..)) {
+        for (kind, c, frames) in readers {
+            finish(c);
+            readers_run += 1;
+            if frames.load(Ordering::Relaxed) == 0 {
+                silent.push(format!("{kind} (cycle {cycle})"));
+            }
+        }
+        match whep.join() {
+            Ok(results) => {
+                for r in results {
+                    readers_run += 1;
+                    match r {
+                        Ok(0) => whep_failed.push(format!("no frame (cycle {cycle})")),
+                        Ok(_) => {}
+                        Err(e) => whep_failed.push(format!("{e} (cycle {cycle})")),
+                    }
+                }
+            }
+            Err(_) => whep_failed.push(format!("the viewers' thread panicked (cycle {cycle})")),
+        }
+        for c in churn.into_iter().chain(stalls.drain(..)) {
             finish(c);
         }
         if began.elapsed() >= next_reload {
@@ -539,7 +717,20 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
         persistent.rtmp_frames.load(Ordering::Relaxed),
         persistent.hls_frames.load(Ordering::Relaxed)
     );
-    ok &= stalled_cycles == 0 && panics == 0;
+    println!(
+        "churn readers (RTMP, RTMPS, RTSP/TCP, RTSP/UDP, RTSPS, SRT, HLS, WHEP): {readers_run}; \
+         without a frame: {} {:?}; WHEP failures: {} {:?}; recordings not played back: \
+         {playback_failed} of {cycle}",
+        silent.len(),
+        silent.iter().take(10).collect::<Vec<_>>(),
+        whep_failed.len(),
+        whep_failed.iter().take(10).collect::<Vec<_>>(),
+    );
+    ok &= stalled_cycles == 0
+        && panics == 0
+        && silent.is_empty()
+        && whep_failed.is_empty()
+        && playback_failed == 0;
     println!("verdict: {}", if ok { "PASS" } else { "FAIL" });
     for c in [
         persistent.publisher,
