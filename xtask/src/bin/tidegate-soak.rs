@@ -3,7 +3,8 @@
 //! One Tidegate runs with every TCP listener and SRT on loopback. Around it, for N minutes:
 //! - a persistent RTMP publisher (`soak/main`) with a decoding RTMP reader and an HLS reader
 //!   that must play throughout (their frame counts must keep growing);
-//! - churn cycles: RTMP, RTMPS, RTSP, RTSPS and SRT publishers that come and go (the RTMPS
+//! - churn cycles: RTMP, RTMPS, RTSP, RTSPS, SRT and WHIP (ffmpeg 9) publishers that come and
+//!   go (the RTMPS
 //!   one recorded, its recording listed and played back while it runs); RTMP, RTMPS, RTSP (TCP
 //!   and UDP), RTSPS, SRT, HLS and WHEP readers that join, leave, stall (SIGSTOP) and die
 //!   (SIGKILL), each of which must get frames;
@@ -303,6 +304,34 @@ fn publisher(url: &str, format: &str, seconds: u64, log: &Path) -> Option<Child>
     spawn(cmd, log)
 }
 
+/// Where `cargo xtask peers` put `bin/ffmpeg9` (ffmpeg 9, which has a WHIP muxer).
+fn ffmpeg9() -> std::path::PathBuf {
+    let dir = std::env::var_os("PEERS_DIR").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            Path::new(&home).join(".cache/tidegate-peers")
+        },
+        std::path::PathBuf::from,
+    );
+    dir.join("bin/ffmpeg9")
+}
+
+/// An ffmpeg 9 publishing a test pattern (H.264 baseline) with a tone (Opus) over WHIP.
+fn whip_publisher(url: &str, seconds: u64, log: &Path) -> Option<Child> {
+    let mut cmd = Command::new(ffmpeg9());
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-profile:v", "baseline", "-bf", "0"])
+        .args(["-preset", "ultrafast", "-tune", "zerolatency", "-g", "25"])
+        .args([
+            "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ar", "48000", "-ac", "2",
+        ])
+        .args(["-f", "whip", url]);
+    spawn(cmd, log)
+}
+
 /// An ffmpeg reading `url` (decoding the video) for `seconds`, reporting its frame count.
 fn reader(url: &str, extra: &[&str], seconds: u64, log: &Path) -> Option<Child> {
     let mut cmd = Command::new("ffmpeg");
@@ -543,6 +572,11 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
         churn.extend(publisher(&rtmp("soak/upstream"), "flv", 30, &peers_log));
         churn.extend(publisher(&rtmps(&tag("rec")), "flv", 35, &peers_log));
         churn.extend(publisher(&rtsps(&tag("rtsps")), "rtsp", 35, &peers_log));
+        churn.extend(whip_publisher(
+            &format!("http://127.0.0.1:{}/{}/whip", ports.webrtc, tag("whip")),
+            35,
+            &peers_log,
+        ));
         std::thread::sleep(Duration::from_secs(6));
         let tcp: &[&str] = &["-rtsp_transport", "tcp"];
         let mut readers: Vec<(String, Child, Arc<AtomicU64>)> = Vec::new();
@@ -565,6 +599,7 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
             ("HLS", hls.clone(), &[][..], 20),
             ("RTMPS", rtmps(&tag("rec")), &[][..], 15),
             ("RTSPS", rtsps(&tag("rtsps")), tcp, 15),
+            ("RTMP of a WHIP publish", rtmp(&tag("whip")), &[][..], 15),
         ] {
             if let Some(mut c) = reader(&url, extra, seconds, &peers_log) {
                 let frames = follow_frames(&mut c);
@@ -718,7 +753,7 @@ fn soak(bin: &Path, length: Duration, dir: &Path) -> Result<bool, String> {
         persistent.hls_frames.load(Ordering::Relaxed)
     );
     println!(
-        "churn readers (RTMP, RTMPS, RTSP/TCP, RTSP/UDP, RTSPS, SRT, HLS, WHEP): {readers_run}; \
+        "churn readers (RTMP, RTMPS, RTSP/TCP, RTSP/UDP, RTSPS, SRT, HLS, RTMP of WHIP, WHEP): {readers_run}; \
          without a frame: {} {:?}; WHEP failures: {} {:?}; recordings not played back: \
          {playback_failed} of {cycle}",
         silent.len(),
