@@ -115,16 +115,32 @@ impl Parser {
         if end > MAX_HEAD {
             return Err(RtspError::HeadTooLarge);
         }
-        let head =
-            std::str::from_utf8(&self.buf[..end]).map_err(|_| RtspError::Malformed("not UTF-8"))?;
+        // A response (the client's side) is read as cameras write it: bytes that are not
+        // UTF-8 are replaced, header lines without ':' skipped and headers past the limit
+        // dropped, as RTSP clients do. A request (the server's side) must be well formed.
+        let response = self.buf.starts_with(b"RTSP/");
+        let head = if response {
+            String::from_utf8_lossy(&self.buf[..end])
+        } else {
+            std::borrow::Cow::Borrowed(
+                std::str::from_utf8(&self.buf[..end])
+                    .map_err(|_| RtspError::Malformed("not UTF-8"))?,
+            )
+        };
         let mut lines = head.split("\r\n");
         let first = lines.next().ok_or(RtspError::Malformed("empty"))?;
         let mut headers = Vec::new();
         for line in lines {
-            let (k, v) = line
-                .split_once(':')
-                .ok_or(RtspError::Malformed("header without ':'"))?;
+            let Some((k, v)) = line.split_once(':') else {
+                if response {
+                    continue;
+                }
+                return Err(RtspError::Malformed("header without ':'"));
+            };
             if headers.len() >= MAX_HEADERS {
+                if response {
+                    break;
+                }
                 return Err(RtspError::TooManyHeaders);
             }
             headers.push((k.trim().to_string(), v.trim().to_string()));
@@ -310,6 +326,14 @@ mod tests {
             r.all("WWW-Authenticate").collect::<Vec<_>>(),
             ["Basic", "Digest"]
         );
+        // A camera's sloppy answer is read the way the client always read it.
+        let mut p = Parser::default();
+        p.feed(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nno colon here\r\nServer: caf\xe9\r\n\r\n");
+        let Ok(Some(Input::Response(r))) = p.poll() else {
+            panic!("a sloppy answer was refused");
+        };
+        assert_eq!(r.header("cseq"), Some("3"));
+        assert_eq!(r.header("server"), Some("caf\u{fffd}"));
         let mut p = Parser::default();
         p.feed(b"HTTP/1.1 200 OK\r\n\r\n");
         assert!(p.poll().is_err());
