@@ -717,7 +717,7 @@ impl Conn {
     }
 
     fn unauthorized(&self, cseq: &str, why: &str) -> Bytes {
-        tracing::info!(conn = self.id, "[RTSP] {} refused: {why}", self.remote);
+        tracing::info!("[RTSP] refused: {why}");
         response(
             401,
             "Unauthorized",
@@ -870,7 +870,7 @@ impl Conn {
                 b"no track of this stream can travel over RTSP\n",
             );
         }
-        tracing::info!(conn = self.id, path, "[RTSP] is reading");
+        tracing::info!(path, "[RTSP] is reading");
         self.guard
             .counters
             .set_carriage(tidegate_core::Carriage::sort(&source.desc(), |t| {
@@ -1166,11 +1166,7 @@ impl Conn {
 
     fn record(&mut self, req: &Request) -> Bytes {
         let cseq = req.cseq();
-        tracing::info!(
-            conn = self.id,
-            path = self.session.path.as_deref().unwrap_or(""),
-            "[RTSP] is publishing"
-        );
+        tracing::info!("[RTSP] is publishing");
         self.started = Instant::now();
         let path = self.session.path.clone().unwrap_or_default();
         self.guard.set(tidegate_core::ConnState::Publish, &path, "");
@@ -1280,7 +1276,6 @@ impl Conn {
                         .store(self.srtp_refused, Ordering::Relaxed);
                     if self.srtp_refused.is_power_of_two() {
                         tracing::warn!(
-                            conn = self.id,
                             refused = self.srtp_refused,
                             "[RTSP] SRTP packet refused: {e}"
                         );

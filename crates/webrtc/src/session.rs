@@ -749,7 +749,7 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         req.query,
     );
     for w in &warnings {
-        tracing::warn!("[WebRTC] [session {id}] {w}");
+        tracing::warn!(session = id, "[WebRTC] {w}");
     }
     guard.extra.update_notes(|n| n.warnings = warnings.clone());
     if let Some(c) = carriage {
@@ -770,7 +770,8 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
         },
     );
     tracing::info!(
-        "[WebRTC] [session {id}] {} session created for '{}' from {}",
+        session = id,
+        "[WebRTC] {} session created for '{}' from {}",
         req.role.name(),
         req.path,
         req.remote
@@ -778,7 +779,6 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
     let task = Task {
         inner: inner.clone(),
         key,
-        id,
         role: req.role,
         secret: secret.clone(),
         rx,
@@ -808,7 +808,6 @@ pub(crate) async fn create(inner: &Arc<Inner>, req: Request<'_>) -> Result<Creat
 struct Task {
     inner: Arc<Inner>,
     key: u64,
-    id: u64,
     role: Role,
     secret: String,
     rx: mpsc::Receiver<Datagram>,
@@ -959,14 +958,14 @@ impl Task {
                         contents,
                     });
                     if let Err(e) = cell.lock().rtc.handle_input(input) {
-                        tracing::debug!("[WebRTC] [session {}] input: {e}", self.id);
+                        tracing::debug!("[WebRTC] input: {e}");
                     }
                 }
                 c = self.cand_rx.recv() => {
                     if let Some(line) = c {
                         match Candidate::from_sdp_string(&line) {
                             Ok(c) => cell.lock().rtc.add_remote_candidate(c),
-                            Err(e) => tracing::debug!("[WebRTC] [session {}] candidate {line:?}: {e}", self.id),
+                            Err(e) => tracing::debug!("[WebRTC] candidate {line:?}: {e}"),
                         }
                     }
                 }
@@ -1059,8 +1058,7 @@ impl Task {
         self.inner.remove_routes(self.key);
         self.inner.resources().remove(&self.secret);
         tracing::info!(
-            "[WebRTC] [session {}] {} session closed: {}",
-            self.id,
+            "[WebRTC] {} session closed: {}",
             self.role.name(),
             ctx.ended.as_deref().unwrap_or("connection ended")
         );
@@ -1119,8 +1117,7 @@ impl Task {
                     n.remote_candidate = remote.map(|r| r.to_string()).unwrap_or_default();
                 });
                 tracing::info!(
-                    "[WebRTC] [session {}] peer connection established ({} <-> {})",
-                    self.id,
+                    "[WebRTC] peer connection established ({} <-> {})",
                     local,
                     remote.map(|r| r.to_string()).unwrap_or_default()
                 );
@@ -1273,7 +1270,7 @@ impl Task {
         let time = media::media_time(frame.pts, out.clock, out.codec);
         let wall = core.wallclock.at(frame, out.clock);
         if let Err(e) = writer.write(pt, wall, time, frame.data.to_vec()) {
-            tracing::debug!("[WebRTC] [session {}] write: {e}", self.id);
+            tracing::debug!("[WebRTC] write: {e}");
         }
         Ok(())
     }
