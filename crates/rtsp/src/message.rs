@@ -148,9 +148,11 @@ impl Parser {
         let len = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
-            .map(|(_, v)| {
-                v.parse::<usize>()
-                    .map_err(|_| RtspError::Malformed("bad Content-Length"))
+            .map(|(_, v)| match v.parse::<usize>() {
+                Ok(n) => Ok(n),
+                // A camera's answer with a Content-Length it did not mean: no body.
+                Err(_) if response => Ok(0),
+                Err(_) => Err(RtspError::Malformed("bad Content-Length")),
             })
             .transpose()?
             .unwrap_or(0);
@@ -188,16 +190,16 @@ enum StartLine {
 /// `METHOD uri RTSP/1.0` or `RTSP/1.0 200 OK`.
 fn start_line(line: &str) -> Result<StartLine, RtspError> {
     if let Some(rest) = line.strip_prefix("RTSP/") {
-        let mut parts = rest.splitn(3, ' ');
-        let _version = parts.next();
-        let status = parts
-            .next()
-            .filter(|s| s.len() == 3)
-            .and_then(|s| s.parse::<u16>().ok())
+        // The three digits after the version, whatever follows them (`200 OK`, `200\tOK`).
+        let after = rest.split_once(' ').map_or("", |(_, a)| a.trim_start());
+        let status = after
+            .get(..3)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u16>().ok())
             .ok_or(RtspError::Malformed("bad status line"))?;
         return Ok(StartLine::Status {
             status,
-            reason: parts.next().unwrap_or("").to_string(),
+            reason: after[3..].trim().to_string(),
         });
     }
     let mut parts = line.split(' ');
@@ -334,6 +336,15 @@ mod tests {
         };
         assert_eq!(r.header("cseq"), Some("3"));
         assert_eq!(r.header("server"), Some("caf\u{fffd}"));
+        let mut p = Parser::default();
+        p.feed(b"RTSP/1.0 200\tOK\r\nContent-Length: \r\n\r\n");
+        assert!(
+            matches!(
+                p.poll(),
+                Ok(Some(Input::Response(Response { status: 200, .. })))
+            ),
+            "an odd status line or an empty Content-Length"
+        );
         let mut p = Parser::default();
         p.feed(b"HTTP/1.1 200 OK\r\n\r\n");
         assert!(p.poll().is_err());

@@ -276,7 +276,11 @@ pub async fn serve(
                 )
                 .await;
                 match header {
-                    Ok(Ok(Some(client))) => remote = client,
+                    Ok(Ok(Some(client))) => {
+                        remote = client;
+                        // The session's lines name the client, not the proxy.
+                        tracing::Span::current().record("remote", tracing::field::display(remote));
+                    }
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
                         tracing::info!(conn = id, %remote, "[RTSP] closed: {e}");
@@ -717,7 +721,7 @@ impl Conn {
     }
 
     fn unauthorized(&self, cseq: &str, why: &str) -> Bytes {
-        tracing::info!("[RTSP] refused: {why}");
+        tracing::info!("[RTSP] {} refused: {why}", self.remote);
         response(
             401,
             "Unauthorized",

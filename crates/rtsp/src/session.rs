@@ -224,6 +224,10 @@ impl Session {
                 &[("Public", PUBLIC.to_string()), self.header()],
                 b"",
             )),
+            // A publishing session describes nothing: its tracks are the ones it announced.
+            "DESCRIBE" if self.role == Role::Publisher => {
+                refuse(455, "Method Not Valid in This State", cseq, b"publishing\n")
+            }
             "DESCRIBE" => Step::Describe {
                 path: uri_path(&req.uri),
             },
@@ -523,6 +527,10 @@ mod tests {
         };
         s.set_up(idx, s.unicast(idx, &t, (8000, 8001)).0);
         assert_eq!(s.request(&req("RECORD", "rtsp://h/cam", &[])), Step::Record);
+        assert_eq!(
+            status(&s.request(&req("DESCRIBE", "rtsp://h/cam", &[]))),
+            455
+        );
         assert_eq!(s.channel(0), Some(Channel::Rtp(0)));
         assert_eq!(s.channel(1), Some(Channel::Rtcp(0)));
         assert_eq!(s.channel(4), None);
