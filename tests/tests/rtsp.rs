@@ -2043,7 +2043,7 @@ fn a_pulled_recording_starts_at_rtsp_range_start() {
     let mut camera = Camera::start_with(port, &["--file", file.to_str().unwrap()]);
     let server = TestServer::start(&format!(
         "paths:\n  rec:\n    source: rtsp://127.0.0.1:{port}/cam\n    sourceOnDemand: yes\n    \
-         rtspRangeType: npt\n    rtspRangeStart: 5s\n    rtspScale: \"1\"\n    \
+         sourceOnDemandStartTimeout: 30s\n    rtspRangeType: npt\n    rtspRangeStart: 5s\n    rtspScale: \"1\"\n    \
          rtspUDPSourcePortRange: [41000, 41200]\n"
     ));
     // Read in the test until the recording's end (no frame for 3 s).
