@@ -239,10 +239,15 @@ async fn route(
     let full = uri.path().trim_start_matches('/');
     // The player's library, served from the binary: public code, no credentials needed, and
     // no request leaves the machine for it.
-    if full == HLS_JS_FILE || full.ends_with(&format!("/{HLS_JS_FILE}")) {
+    // `<file>` or `…/<file>`, without a string made per request.
+    let is_file = |name: &str| {
+        full.strip_suffix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+    };
+    if is_file(HLS_JS_FILE) {
         return hls_js(headers);
     }
-    if full == DASH_JS_FILE || full.ends_with(&format!("/{DASH_JS_FILE}")) {
+    if is_file(DASH_JS_FILE) {
         return dash_js(headers);
     }
     let Some((path, file)) = full.rsplit_once('/') else {

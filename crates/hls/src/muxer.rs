@@ -18,7 +18,14 @@ pub struct Muxer {
     pub path: String,
     pub created: SystemTime,
     state: Mutex<State>,
+    /// Moves with every change of the state, the open part's bytes included: what readers of
+    /// the open part (the preload hint, LL-DASH's segment being written) wait on.
     changed: watch::Sender<u64>,
+    /// The playlist version: moves when what playlists list changes (a part or segment begins
+    /// or ends, a new init segment, the muxer refuses or closes), not with the open part's
+    /// bytes. Blocking reloads and every other wait for a listed thing wait on it, so a frame
+    /// wakes only the readers of the open part, and playlists are rendered once per version.
+    listed: watch::Sender<u64>,
     started: Instant,
     last_request_ms: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -53,6 +60,7 @@ impl Muxer {
             created: SystemTime::now(),
             state: Mutex::new(state),
             changed: watch::channel(0).0,
+            listed: watch::channel(0).0,
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -91,7 +99,7 @@ impl Muxer {
     ) -> bytes::Bytes {
         // The version moves under the state's lock (see `apply`), so it names this state.
         let st = self.state();
-        let version = *self.changed.borrow();
+        let version = *self.listed.borrow();
         let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
             cache.entries.clear();
@@ -136,13 +144,22 @@ impl Muxer {
         e.gzip.clone().unwrap_or_default()
     }
 
+    /// Every change, the open part's bytes included.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
+    /// Marks a change of what playlists list (and so of everything).
+    fn bump(&self) {
+        self.listed.send_modify(|v| *v += 1);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// Waits until `ready` holds for the state, or `limit` passes. Returns whether it holds.
+    /// `ready` may look only at what playlists list (parts, segments, inits, refusal): it is
+    /// checked again when that changes, not at every frame.
     pub async fn wait_for(&self, limit: Duration, mut ready: impl FnMut(&State) -> bool) -> bool {
-        let mut rx = self.subscribe();
+        let mut rx = self.listed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if ready(&self.state()) {
@@ -158,16 +175,22 @@ impl Muxer {
         }
     }
 
-    fn apply(&self, events: &mut Vec<crate::segmenter::Event>) {
+    pub(crate) fn apply(&self, events: &mut Vec<crate::segmenter::Event>) {
         if events.is_empty() {
             return;
         }
         let mut st = self.state();
+        let mut listed = false;
         for ev in events.drain(..) {
+            listed |= !matches!(ev, crate::segmenter::Event::Chunk(..));
             st.apply(ev);
         }
         // Under the state's lock: a playlist rendered for a version holds what it names.
-        self.changed.send_modify(|v| *v += 1);
+        if listed {
+            self.bump();
+        } else {
+            self.changed.send_modify(|v| *v += 1);
+        }
         drop(st);
     }
 }
@@ -203,7 +226,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mux: Arc<Muxer>, reader: Reader) {
     // table, so whoever sees the muxer gone also sees the path without it.
     read_streams(&inner, &mux, reader).await;
     mux.closed.cancel();
-    mux.changed.send_modify(|v| *v += 1);
+    mux.bump();
     inner.remove(&mux);
     tracing::info!(path = mux.path, "[HLS] muxer closed");
 }
@@ -252,7 +275,7 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
             .carries_nothing()
             .then(|| seg.unsupported.clone())
             .flatten();
-        mux.changed.send_modify(|v| *v += 1);
+        mux.bump();
         let mut out = Vec::new();
         let mut first = true;
         let video = desc

@@ -61,8 +61,16 @@ impl Session {
             >= IDLE
     }
 
-    /// Counts the bytes of `r`'s body as they are sent.
+    /// Counts the bytes of `r`'s body: a body of known length (a playlist, a complete part or
+    /// segment, held in memory) at once, and unchanged, so that it keeps its `Content-Length`
+    /// (players, TVs and HTTP caches want it, and chunked framing costs every request); a
+    /// streamed one (the open part) as its chunks are sent.
     pub fn count(self: &Arc<Self>, r: Response) -> Response {
+        use axum::body::HttpBody;
+        if let Some(n) = r.body().size_hint().exact() {
+            self.outbound_bytes.fetch_add(n, Ordering::Relaxed);
+            return r;
+        }
         let (parts, body) = r.into_parts();
         let me = self.clone();
         let stream = body.into_data_stream().map(move |chunk| {

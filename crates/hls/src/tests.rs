@@ -358,3 +358,65 @@ fn a_segment_without_keyframes_is_cut_at_its_size_bound() {
         assert_eq!(s.cut_by_size, sizes.len() as u64, "{variant:?}");
     }
 }
+
+/// A held request (blocking reload) is checked again when what playlists list changes, not at
+/// every CMAF chunk of the open part; a reader of the open part sees every chunk.
+#[tokio::test]
+async fn held_requests_wake_per_listed_change_not_per_chunk() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let st = state::State::new("w".into(), Variant::LowLatency, 1.0, 0.2, 3);
+    let mux = std::sync::Arc::new(muxer::Muxer::new("w".into(), st));
+    let events = run(Variant::LowLatency, 30.0, 30, 1.5, true);
+    let first_part = events
+        .iter()
+        .position(|e| matches!(e, Event::PartEnd { .. }))
+        .expect("a part");
+    let checks = std::sync::Arc::new(AtomicUsize::new(0));
+    let (m, c) = (mux.clone(), checks.clone());
+    let held = tokio::spawn(async move {
+        m.wait_for(std::time::Duration::from_secs(10), |s| {
+            c.fetch_add(1, Ordering::SeqCst);
+            s.has(0, Some(0))
+        })
+        .await
+    });
+    let mut open = mux.subscribe();
+    // Let the held request make its first check and wait.
+    for _ in 0..100 {
+        if checks.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(checks.load(Ordering::SeqCst), 1);
+    // Everything before the first part ends: the init, the segment's start, then chunks.
+    let mut chunks = 0;
+    for e in events[..first_part].iter().cloned() {
+        let chunk = matches!(e, Event::Chunk(..));
+        chunks += usize::from(chunk);
+        mux.apply(&mut vec![e]);
+        if chunk {
+            assert!(
+                open.has_changed().unwrap_or(false),
+                "a chunk reaches readers of the open part"
+            );
+            open.borrow_and_update();
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(chunks >= 3, "{chunks} chunks before the first part ended");
+    let before = checks.load(Ordering::SeqCst);
+    // Woken by the init and the segment's start (listed), not by any of the chunks.
+    assert!(
+        before <= 3,
+        "the held request was checked {before} times for {chunks} chunks"
+    );
+    mux.apply(&mut vec![events[first_part].clone()]);
+    let ok = tokio::time::timeout(std::time::Duration::from_secs(5), held)
+        .await
+        .expect("answered in time")
+        .expect("task");
+    assert!(ok, "the part's end answers the held request");
+}

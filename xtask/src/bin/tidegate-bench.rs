@@ -418,11 +418,14 @@ fn start_tidegate_with(
 }
 
 /// The release binary on `conf`, its log to `stderr`.
+/// The release build of the workspace, or the binary `TIDEGATE_BENCH_SERVER` names (to measure
+/// an earlier build beside the current one).
 fn spawn_tidegate(root: &Path, conf: &Path, stderr: Stdio) -> Result<Child, String> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("release/tidegate");
+    let bin = std::env::var_os("TIDEGATE_BENCH_SERVER")
+        .map_or_else(|| target.join("release/tidegate"), PathBuf::from);
     Command::new(&bin)
         .arg(conf)
         .stdout(Stdio::null())
@@ -1162,9 +1165,11 @@ fn rtmp_idle(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Strin
             // The stream is ready (the API says so) before the baseline is taken.
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let mut s = TcpStream::connect(("127.0.0.1", api))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut s = tokio::io::BufStream::new(
+                    TcpStream::connect(("127.0.0.1", api))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
                 if let Ok((200, body)) = http_get(&mut s, "/v3/paths/get/live/bench").await {
                     if String::from_utf8_lossy(&body).contains("\"ready\":true") {
                         break;
@@ -1260,32 +1265,69 @@ struct HlsTotals {
 }
 
 /// One HTTP/1.1 keep-alive GET; returns the status and body (Content-Length bodies only).
-async fn http_get(s: &mut TcpStream, target: &str) -> Result<(u16, Vec<u8>), String> {
+/// The connection is buffered (`BufStream`): the head is read line by line from the buffer,
+/// as a player's HTTP stack does, not a system call per byte.
+async fn http_get<S>(s: &mut S, target: &str) -> Result<(u16, Vec<u8>), String>
+where
+    S: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
     let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
     let mut head = Vec::new();
-    let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+        if s.read_until(b'\n', &mut head)
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
             return Err("closed".into());
         }
-        head.push(byte[0]);
         if head.len() > 16 * 1024 {
             return Err("header too long".into());
         }
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     let status = head.get(9..12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let len: usize = head
+    let len: Option<usize> = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no content-length")?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok((status, body))
+        .and_then(|v| v.trim().parse().ok());
+    if let Some(len) = len {
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        return Ok((status, body));
+    }
+    if !head.contains("transfer-encoding: chunked") {
+        return Err(format!("neither a length nor chunks in {head:?}"));
+    }
+    // Chunked: size line, data, CRLF, until the empty chunk (no trailers expected).
+    let mut body = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        s.read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let size = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.trim().split(';').next()?, 16).ok())
+            .ok_or("bad chunk size")?;
+        if size > 64 << 20 || body.len() > 64 << 20 {
+            return Err("chunked body too large".into());
+        }
+        let at = body.len();
+        body.resize(at + size + 2, 0);
+        s.read_exact(&mut body[at..])
+            .await
+            .map_err(|e| e.to_string())?;
+        body.truncate(at + size);
+        if size == 0 {
+            return Ok((status, body));
+        }
+    }
 }
 
 /// A player's loop: blocking reload for the next part, then the newest listed part.
@@ -1300,7 +1342,7 @@ async fn hls_client(
             return;
         }
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
-            break s;
+            break tokio::io::BufStream::new(s);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -1312,16 +1354,27 @@ async fn hls_client(
             None => "/live/bench/stream.m3u8".to_string(),
         };
         let t0 = Instant::now();
-        let Ok((status, body)) = http_get(&mut s, &target).await else {
-            totals.errors.fetch_add(1, Ordering::Relaxed);
-            return;
+        let (status, body) = match http_get(&mut s, &target).await {
+            Ok(v) => v,
+            Err(e) => {
+                if stop.load(Ordering::Relaxed) == 0
+                    && totals.errors.fetch_add(1, Ordering::Relaxed) == 0
+                {
+                    eprintln!("hls client: {target}: {e}");
+                }
+                return;
+            }
         };
         totals.requests.fetch_add(1, Ordering::Relaxed);
         totals.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         if status != 200 {
-            // Before the stream starts, 404/503 are expected; after, they are errors.
-            if next.is_some() {
-                totals.errors.fetch_add(1, Ordering::Relaxed);
+            // Before the stream starts, 404/503 are expected; after, they are errors, unless the
+            // run is over (the publisher has left: blocking reloads then time out).
+            if next.is_some()
+                && stop.load(Ordering::Relaxed) == 0
+                && totals.errors.fetch_add(1, Ordering::Relaxed) == 0
+            {
+                eprintln!("hls client: {target}: {status}");
             }
             next = None;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1352,8 +1405,12 @@ async fn hls_client(
                     totals.requests.fetch_add(1, Ordering::Relaxed);
                     totals.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
-                _ => {
-                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                other => {
+                    if stop.load(Ordering::Relaxed) == 0
+                        && totals.errors.fetch_add(1, Ordering::Relaxed) == 0
+                    {
+                        eprintln!("hls client: part {uri}: {:?}", other.map(|(s, _)| s));
+                    }
                     return;
                 }
             }
@@ -1740,9 +1797,11 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
 /// The metrics page, through the bench's one HTTP client ([`http_get`]).
 fn webrtc_metrics(rt: &tokio::runtime::Runtime, metrics_port: u16) -> Result<String, String> {
     rt.block_on(async {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut s = tokio::io::BufStream::new(
+            TcpStream::connect(("127.0.0.1", metrics_port))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
         let (status, body) =
             tokio::time::timeout(Duration::from_secs(5), http_get(&mut s, "/metrics"))
                 .await
