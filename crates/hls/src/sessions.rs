@@ -27,12 +27,79 @@ pub const IDLE: Duration = Duration::from_secs(30);
 /// viewers are still served, only not listed).
 const MAX_SESSIONS: usize = 100_000;
 
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Debug)]
 struct Key {
     path: String,
     ip: IpAddr,
     user: String,
     user_agent: String,
+}
+
+/// A session's identity, owned ([`Key`], in the maps) or borrowed from a request
+/// ([`KeyRef`]): a request finds its session without making a string.
+trait AsKey {
+    fn parts(&self) -> (&str, IpAddr, &str, &str);
+}
+
+impl AsKey for Key {
+    fn parts(&self) -> (&str, IpAddr, &str, &str) {
+        (&self.path, self.ip, &self.user, &self.user_agent)
+    }
+}
+
+struct KeyRef<'a> {
+    path: &'a str,
+    ip: IpAddr,
+    user: &'a str,
+    user_agent: &'a str,
+}
+
+impl AsKey for KeyRef<'_> {
+    fn parts(&self) -> (&str, IpAddr, &str, &str) {
+        (self.path, self.ip, self.user, self.user_agent)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsKey + 'a> for Key {
+    fn borrow(&self) -> &(dyn AsKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn AsKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn AsKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn AsKey + '_ {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self as &dyn AsKey).hash(h)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Key {}
+
+/// The first 256 characters of a `User-Agent` (what a session keeps of it).
+fn user_agent_prefix(ua: &str) -> &str {
+    match ua.char_indices().nth(256) {
+        Some((at, _)) => &ua[..at],
+        None => ua,
+    }
 }
 
 /// One viewer of one path.
@@ -107,36 +174,46 @@ impl Sessions {
     /// The session of a request that passed authentication, made if new; None when the
     /// viewer was kicked and this is not a fresh start.
     pub fn track(&self, seen: Seen) -> Option<Arc<Session>> {
-        let key = Key {
-            path: seen.path.to_string(),
+        let key = KeyRef {
+            path: seen.path,
             ip: if seen.is_cdn {
                 IpAddr::from([0, 0, 0, 0])
             } else {
                 seen.remote.ip()
             },
-            user: seen.user.to_string(),
+            user: seen.user,
             user_agent: if seen.is_cdn {
-                String::new()
+                ""
             } else {
-                seen.user_agent.chars().take(256).collect()
+                user_agent_prefix(seen.user_agent)
             },
         };
+        let key: &dyn AsKey = &key;
         {
             let mut kicked = self.kicked.lock().unwrap_or_else(|e| e.into_inner());
-            kicked.retain(|_, t| t.elapsed() < IDLE);
-            if kicked.contains_key(&key) {
-                if !seen.entry {
-                    return None;
+            if !kicked.is_empty() {
+                kicked.retain(|_, t| t.elapsed() < IDLE);
+                if kicked.contains_key(key) {
+                    if !seen.entry {
+                        return None;
+                    }
+                    kicked.remove(key);
                 }
-                kicked.remove(&key);
             }
         }
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = live.get(&key).filter(|s| !s.idle()) {
+        if let Some(s) = live.get(key).filter(|s| !s.idle()) {
             *s.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             *s.remote_addr.lock().unwrap_or_else(|e| e.into_inner()) = seen.remote;
             return Some(s.clone());
         }
+        let (path, ip, user, user_agent) = key.parts();
+        let key = Key {
+            path: path.to_string(),
+            ip,
+            user: user.to_string(),
+            user_agent: user_agent.to_string(),
+        };
         if live.len() >= MAX_SESSIONS {
             live.retain(|_, s| !s.idle());
             if live.len() >= MAX_SESSIONS {
@@ -226,5 +303,15 @@ mod tests {
         let again = s.track(seen("10.0.0.1", "hls.js", true)).unwrap();
         assert_ne!(again.id, a.id);
         assert!(s.track(seen("10.0.0.1", "hls.js", false)).is_some());
+        // A long User-Agent is kept to its first 256 characters (multi-byte ones included):
+        // the same viewer is found again without a string made for the lookup.
+        let long = "é".repeat(300);
+        let l1 = s.track(seen("10.0.0.3", &long, true)).unwrap();
+        let l2 = s.track(seen("10.0.0.3", &long, false)).unwrap();
+        assert!(Arc::ptr_eq(&l1, &l2));
+        assert_eq!(l1.user_agent.chars().count(), 256);
+        let other = format!("{}x", "é".repeat(256));
+        let l3 = s.track(seen("10.0.0.3", &other, false)).unwrap();
+        assert!(Arc::ptr_eq(&l1, &l3), "the same first 256 characters");
     }
 }
