@@ -357,7 +357,8 @@ async fn route(
         }
     }
     match session {
-        Some(s) if r.status().is_success() => s.count(r),
+        // A HEAD answer's body is dropped in `handle`: nothing of it is sent.
+        Some(s) if r.status().is_success() && method != Method::HEAD => s.count(r),
         _ => r,
     }
 }

@@ -308,9 +308,13 @@ async fn read_streams(inner: &Arc<Inner>, mux: &Arc<Muxer>, mut reader: Reader) 
                                 let span = (frame.dts - *start) as f64 / f64::from(clock.max(1));
                                 if *n == 60 || (span >= 2.0 && *n > 1) {
                                     let fps = f64::from(*n) / span;
-                                    if fps.is_finite() && fps > 0.0 && mux.state().frame_rate.is_none() {
-                                        mux.state().frame_rate = Some(fps);
+                                    let mut st = mux.state();
+                                    if fps.is_finite() && fps > 0.0 && st.frame_rate.is_none() {
+                                        st.frame_rate = Some(fps);
+                                        // The multivariant playlist names it: a new version.
+                                        mux.bump();
                                     }
+                                    drop(st);
                                     let _ = vid;
                                 }
                             }
