@@ -231,6 +231,36 @@ impl TestServer {
         self.wait_for(path, limit, true);
     }
 
+    /// [`TestServer::wait_ready`] for a path that `publisher` feeds: on failure the panic
+    /// carries the end of the publisher's log and the server's log lines that name `also`
+    /// (e.g. the path, a protocol's tag), so a failure on a loaded machine says why.
+    pub fn wait_ready_of(
+        &self,
+        path: &str,
+        limit: Duration,
+        publisher: &crate::peers::PeerProcess,
+        also: &[&str],
+    ) {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_ready(path, limit)
+        }));
+        if ok.is_err() {
+            let log = publisher.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let mut server: Vec<String> = Vec::new();
+            for part in std::iter::once(path).chain(also.iter().copied()) {
+                server.extend(crate::logs::lines_with(&[part]));
+            }
+            let server = &server[server.len().saturating_sub(60)..];
+            panic!(
+                "path '{path}' did not become ready within {limit:?}\n\
+                 publisher's log (end):\n{}\nserver's log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                server.join("\n")
+            );
+        }
+    }
+
     /// Waits (bounded) until `path` has no ready publisher.
     pub fn wait_not_ready(&self, path: &str, limit: Duration) {
         self.wait_for(path, limit, false);

@@ -785,8 +785,8 @@ fn rtmpt_publishes_and_plays_through_http() {
     let dir = scratch("rtmpt");
     let server = TestServer::start("readTimeout: 3s\n");
     let rtmpt = |path: &str| format!("rtmpt://{}/{path}", server.hls_addr());
-    let _publisher = ffmpeg_publish(&rtmpt("live/cam"), 40, "flv", &dir);
-    server.wait_ready("live/cam", READY);
+    let publisher = ffmpeg_publish(&rtmpt("live/cam"), 40, "flv", &dir);
+    server.wait_ready_of("live/cam", READY, &publisher, &["RTMPT"]);
 
     for (what, url) in [
         ("rtmpt", rtmpt("live/cam")),
