@@ -452,7 +452,8 @@ impl Authenticator for AuthManager {
     fn authorize<'a>(&'a self, req: &'a AuthRequest, conf: Option<&'a PathConf>) -> AuthFuture<'a> {
         Box::pin(async move {
             let ip = req.creds.ip;
-            let what = describe(req);
+            // Formatted only when a line is logged.
+            let what = Describe(req);
             if let Before::Refuse { first } = self.limiter.before(ip, Instant::now()) {
                 if first {
                     tracing::warn!(
@@ -492,15 +493,26 @@ impl Authenticator for AuthManager {
 
 /// `rtmp 127.0.0.1 publish 'cam1' (user 'bob')`: what the logs say of a request, without any
 /// secret.
-fn describe(req: &AuthRequest) -> String {
-    let mut s = format!("{} {} {}", req.protocol, req.creds.ip, req.action.as_str());
-    if req.action.on_path() {
-        s.push_str(&format!(" '{}'", req.path));
+struct Describe<'a>(&'a AuthRequest);
+
+impl std::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let req = self.0;
+        write!(
+            f,
+            "{} {} {}",
+            req.protocol,
+            req.creds.ip,
+            req.action.as_str()
+        )?;
+        if req.action.on_path() {
+            write!(f, " '{}'", req.path)?;
+        }
+        if let Some(u) = req.creds.user.as_deref().filter(|u| !u.is_empty()) {
+            write!(f, " (user '{u}')")?;
+        }
+        Ok(())
     }
-    if let Some(u) = req.creds.user.as_deref().filter(|u| !u.is_empty()) {
-        s.push_str(&format!(" (user '{u}')"));
-    }
-    s
 }
 
 /// `authMethod: internal` (and what HTTP and JWT exclude).

@@ -94,7 +94,7 @@ pub enum Match {
 
 impl InternalUser {
     pub fn is_any(&self) -> bool {
-        self.user == Secret::Plain("any".into())
+        matches!(&self.user, Secret::Plain(u) if u == "any")
     }
 
     /// Checks the request against this user. Credentials are only looked at when the IP and

@@ -98,15 +98,15 @@ pub fn secret_hex(n: usize) -> String {
 /// CORS: the `Access-Control-Allow-Origin` value for a request's `Origin` under an allow list
 /// (`*allowOrigins`): `*` when the list has `*`; the origin itself when it matches an entry
 /// exactly or through one wildcard (`https://*.example.com`); none otherwise.
-pub fn allowed_origin(allowed: &[String], origin: Option<&str>) -> Option<String> {
+pub fn allowed_origin<'a>(allowed: &[String], origin: Option<&'a str>) -> Option<&'a str> {
     if allowed.iter().any(|a| a == "*") {
-        return Some("*".to_string());
+        return Some("*");
     }
     let origin = origin?;
     allowed
         .iter()
         .any(|a| origin_matches(a, origin))
-        .then(|| origin.to_string())
+        .then_some(origin)
 }
 
 /// One allow-list entry against an origin; `*` stands for any run of characters, once.
@@ -193,15 +193,12 @@ mod tests {
         assert_ne!(uuid_v4(), u);
         let list = vec!["https://*.example.com".to_string()];
         assert_eq!(
-            allowed_origin(&list, Some("https://a.example.com")).as_deref(),
+            allowed_origin(&list, Some("https://a.example.com")),
             Some("https://a.example.com")
         );
         assert_eq!(allowed_origin(&list, Some("https://evil.com")), None);
         assert_eq!(allowed_origin(&list, None), None);
-        assert_eq!(
-            allowed_origin(&["*".to_string()], None).as_deref(),
-            Some("*")
-        );
+        assert_eq!(allowed_origin(&["*".to_string()], None), Some("*"));
     }
 
     #[test]

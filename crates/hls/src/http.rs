@@ -120,7 +120,11 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 fn cors(inner: &Inner, origin: Option<&str>, r: &mut Response) {
     let h = r.headers_mut();
     let allow = tidegate_core::text::allowed_origin(&inner.cfg.allow_origins, origin);
-    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    let v = match allow {
+        Some("*") => Some(HeaderValue::from_static("*")),
+        other => other.and_then(|a| HeaderValue::from_str(a).ok()),
+    };
+    if let Some(v) = v {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(
@@ -144,10 +148,11 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn handle(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    req: axum::extract::Request,
 ) -> Response {
+    // Taken apart, not extracted piece by piece: the extractors clone the URI and headers.
+    let (parts, _) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let mut r = route(&inner, remote, &method, &uri, &headers).await;
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     cors(&inner, origin, &mut r);

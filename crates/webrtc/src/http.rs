@@ -123,7 +123,7 @@ fn credentials(headers: &HeaderMap, query: &str, remote: SocketAddr) -> Credenti
 fn cors(inner: &Inner, origin: Option<&str>, mut r: Response) -> Response {
     let h = r.headers_mut();
     let allow = tidegate_core::text::allowed_origin(&inner.config.allow_origins, origin);
-    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(a).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(
