@@ -5,7 +5,8 @@
 //!
 //! `hls-readers` runs N LL-HLS clients (blocking reload on every part, then the part) beside
 //! one RTMP reader, and reports the server's CPU, the RTMP reader's frame latency (does HLS
-//! load slow the publisher's other readers?) and how long blocking reloads waited.
+//! load slow the publisher's other readers?) and how long blocking reloads waited; then the
+//! same clients against the LL-HLS floor (`bench_hls_floor`), sized on what they got.
 //!
 //! `rtmp-fanout` runs the same load against Tidegate and nginx-rtmp in one invocation: one
 //! publisher sends a pre-encoded clip in real time, N readers in this process play it. For each
@@ -27,6 +28,8 @@ use tidegate_rtmp::flv::FileTag as Tag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../bench_hls_floor.rs"]
+mod bench_hls_floor;
 #[path = "../bench_record.rs"]
 mod bench_record;
 #[path = "../bench_transcode.rs"]
@@ -43,6 +46,14 @@ fn main() {
         args.get(1).and_then(|p| p.parse::<u16>().ok()),
     ) {
         floor_main(port);
+    }
+    if let (Some("__hls_floor"), Some(port), Some(playlist), Some(part)) = (
+        args.first().map(String::as_str),
+        args.get(1).and_then(|p| p.parse::<u16>().ok()),
+        args.get(2).and_then(|p| p.parse::<usize>().ok()),
+        args.get(3).and_then(|p| p.parse::<usize>().ok()),
+    ) {
+        bench_hls_floor::main(port, playlist, part);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1262,6 +1273,11 @@ struct HlsTotals {
     requests: AtomicU64,
     errors: AtomicU64,
     bytes: AtomicU64,
+    /// Playlists and parts answered 200, and their bytes (the floor is sized on them).
+    playlists: AtomicU64,
+    playlist_bytes: AtomicU64,
+    parts: AtomicU64,
+    part_bytes: AtomicU64,
 }
 
 /// One HTTP/1.1 keep-alive GET; returns the status and body (Content-Length bodies only).
@@ -1380,6 +1396,10 @@ async fn hls_client(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        totals.playlists.fetch_add(1, Ordering::Relaxed);
+        totals
+            .playlist_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         if next.is_some() {
             mine.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
@@ -1404,6 +1424,10 @@ async fn hls_client(
                 Ok((200, b)) => {
                     totals.requests.fetch_add(1, Ordering::Relaxed);
                     totals.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    totals.parts.fetch_add(1, Ordering::Relaxed);
+                    totals
+                        .part_bytes
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
                 other => {
                     if stop.load(Ordering::Relaxed) == 0
@@ -1478,8 +1502,120 @@ fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
             totals.errors.load(Ordering::Relaxed)
         );
         drop(server);
+        if n > 0 {
+            let avg = |bytes: &AtomicU64, count: &AtomicU64| {
+                let c = count.load(Ordering::Relaxed).max(1);
+                (bytes.load(Ordering::Relaxed) / c) as usize
+            };
+            let sizes = (
+                avg(&totals.playlist_bytes, &totals.playlists),
+                avg(&totals.part_bytes, &totals.parts),
+            );
+            let floor = rt.block_on(hls_floor_run(n, sizes, seconds))?;
+            println!(
+                "{:>8} {:>9.1}% {:>9.1} {:>13} {:>13} {:>10.0} {:>12.1} {:>12.1} {:>7}   floor ({} B playlists, {} B parts)",
+                "floor",
+                floor.cpu_share * 100.0,
+                floor.rss_mb,
+                "-",
+                "-",
+                floor.rate,
+                floor.p50,
+                floor.p99,
+                floor.errors,
+                sizes.0,
+                sizes.1
+            );
+            println!(
+                "{:>8} Tidegate / floor: {:.2}x CPU (per request: {:.1} / {:.1} us)",
+                "",
+                r.cpu_share / floor.cpu_share.max(1e-9),
+                r.cpu_share * 1e6
+                    / (totals.requests.load(Ordering::Relaxed) as f64 / wall).max(1.0),
+                floor.cpu_share * 1e6 / floor.rate.max(1.0)
+            );
+        }
     }
     Ok(())
+}
+
+struct FloorRun {
+    cpu_share: f64,
+    rss_mb: f64,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+}
+
+/// The same N clients against the LL-HLS floor (`bench_hls_floor`), measured as the server
+/// is: warm-up, then the floor process's CPU over `seconds`.
+async fn hls_floor_run(
+    n: usize,
+    (playlist_bytes, part_bytes): (usize, usize),
+    seconds: u64,
+) -> Result<FloorRun, String> {
+    let port = free_port();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = Command::new(exe)
+        .args([
+            "__hls_floor",
+            &port.to_string(),
+            &playlist_bytes.to_string(),
+            &part_bytes.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("hls floor: {e}"))?;
+    let floor = Server {
+        name: "hls-floor",
+        child,
+        port,
+    };
+    wait_port(port).await?;
+    let totals = Arc::new(HlsTotals::default());
+    let waits: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(hls_client(
+                port,
+                totals.clone(),
+                waits.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = floor.child.id();
+    let (cpu0, req0) = (cpu_seconds(pid), totals.requests.load(Ordering::Relaxed));
+    let t0 = Instant::now();
+    waits.lock().map(|mut w| w.clear()).ok();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (cpu1, req1) = (cpu_seconds(pid), totals.requests.load(Ordering::Relaxed));
+    let wall = t0.elapsed().as_secs_f64();
+    let rss_mb = rss_kib(pid) / 1024.0;
+    stop.store(1, Ordering::Relaxed);
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    }
+    let mut w = waits.lock().map(|w| w.clone()).unwrap_or_default();
+    w.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        w.get(((w.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    drop(floor);
+    Ok(FloorRun {
+        cpu_share: (cpu1 - cpu0) / wall,
+        rss_mb,
+        rate: (req1 - req0) as f64 / wall,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        errors: totals.errors.load(Ordering::Relaxed),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
