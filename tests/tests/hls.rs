@@ -264,6 +264,11 @@ fn hlsjs_plays_low_latency_from_rtmp() {
     assert!(metrics.contains("hls_muxers_bytes_sent{name=\"live/cam\"} "));
 }
 
+/// GStreamer plays `url` for `seconds`: the video buffers that reach the video sink through a
+/// filter that lets only 640x360 pictures through (the decoder's pads link to it only if the
+/// size is that), the audio buffers, and the video caps the log names (`-v` does not always
+/// print them: its notifications of pad caps are sometimes missed on a loaded machine, so the
+/// filter is what holds the size).
 fn gst_read(url: &str, seconds: u64, dir: &std::path::Path) -> (usize, usize, String) {
     let out = run_bounded(
         Command::new(peer("timeout"))
@@ -272,6 +277,8 @@ fn gst_read(url: &str, seconds: u64, dir: &std::path::Path) -> (usize, usize, St
             .args(["-e", "-v", "uridecodebin3", &format!("uri={url}"), "name=d"])
             .args([
                 "d.",
+                "!",
+                "video/x-raw,width=640,height=360",
                 "!",
                 "queue",
                 "!",
@@ -327,7 +334,12 @@ fn ffmpeg_and_gstreamer_play_every_variant() {
             audio >= 100,
             "{variant}: GStreamer decoded {audio} audio buffers"
         );
-        assert!(caps.contains("width=(int)640, height=(int)360"), "{caps}");
+        // The size: the video branch takes only 640x360 (above); what the log says of the
+        // caps, when it says anything, must agree.
+        assert!(
+            caps.is_empty() || caps.contains("width=(int)640, height=(int)360"),
+            "{caps}"
+        );
         let (status, _) = (hls_file(&server, "cam", "stream.m3u8").status, ());
         assert_eq!(status, 200);
         let text = hls_file(&server, "cam", "stream.m3u8").text();

@@ -1478,18 +1478,8 @@ fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         let r = rt.block_on(run_load(&server, tags.clone(), 1, seconds))?;
         let wall = t0.elapsed().as_secs_f64();
         stop.store(1, Ordering::Relaxed);
-        rt.block_on(async {
-            for c in clients {
-                let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
-            }
-        });
-        let mut w = waits.lock().map(|w| w.clone()).unwrap_or_default();
-        w.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| {
-            w.get(((w.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
+        rt.block_on(join_clients(clients));
+        let pct = percentiles(&waits);
         println!(
             "{n:>8} {:>9.1}% {:>9.1} {:>13.2} {:>13.2} {:>10.0} {:>12.1} {:>12.1} {:>7}",
             r.cpu_share * 100.0,
@@ -1537,6 +1527,24 @@ fn hls_readers(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// Waits (5 s each at most) for the load clients to stop.
+async fn join_clients(clients: Vec<tokio::task::JoinHandle<()>>) {
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    }
+}
+
+/// The p-th fraction (0..=1) of the recorded waits, NaN with none.
+fn percentiles(waits: &Mutex<Vec<f64>>) -> impl Fn(f64) -> f64 {
+    let mut w = waits.lock().map(|w| w.clone()).unwrap_or_default();
+    w.sort_by(|a, b| a.total_cmp(b));
+    move |p: f64| {
+        w.get(((w.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
 }
 
 struct FloorRun {
@@ -1597,16 +1605,8 @@ async fn hls_floor_run(
     let wall = t0.elapsed().as_secs_f64();
     let rss_mb = rss_kib(pid) / 1024.0;
     stop.store(1, Ordering::Relaxed);
-    for c in clients {
-        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
-    }
-    let mut w = waits.lock().map(|w| w.clone()).unwrap_or_default();
-    w.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        w.get(((w.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    join_clients(clients).await;
+    let pct = percentiles(&waits);
     drop(floor);
     Ok(FloorRun {
         cpu_share: (cpu1 - cpu0) / wall,
