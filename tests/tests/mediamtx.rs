@@ -355,17 +355,17 @@ fn rtsp_readers_follow_source_redirect_and_fallback() {
 fn whole_blocks(file: &Path) -> std::path::PathBuf {
     let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let mut end = 0;
-    while end + 12 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[end + 4..end + 8].try_into().unwrap()) as usize;
-        if len < 12 || len % 4 != 0 || end + len > bytes.len() {
+    while let Some(len) = bytes.get(end + 4..end + 8) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len < 12 || !len.is_multiple_of(4) || end + len > bytes.len() {
             break;
         }
         end += len;
     }
-    let dir = file.parent().unwrap().join("snapshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let copy = dir.join(file.file_name().unwrap());
-    std::fs::write(&copy, &bytes[..end]).unwrap();
+    let dir = file.with_file_name("snapshots");
+    std::fs::create_dir_all(&dir).expect("a snapshots directory");
+    let copy = dir.join(file.file_name().expect("a file name"));
+    std::fs::write(&copy, &bytes[..end]).expect("a snapshot written");
     copy
 }
 
