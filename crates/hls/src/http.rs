@@ -4,21 +4,22 @@
 //! `/<path>/index.mpd`, its tracks' init segments and segments, `/<path>/dash` (a dash.js
 //! page).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
 use tidegate_core::{Action, AuthRequest, CoreError, Credentials};
 
 use crate::muxer::Muxer;
+use crate::reply::{Reply, ReplyBody, Request, Verb};
 use crate::segmenter::Variant;
 use crate::Inner;
 
@@ -79,9 +80,9 @@ fn parse_query(q: Option<&str>) -> Query {
     out
 }
 
-fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+fn basic_auth(authorization: Option<&str>) -> Option<(String, String)> {
     use base64::Engine;
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let v = authorization?;
     let b64 = v
         .strip_prefix("Basic ")
         .or_else(|| v.strip_prefix("basic "))?;
@@ -94,11 +95,8 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// Whether the client takes `Content-Encoding: gzip`.
-fn takes_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+fn takes_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
 }
 
 pub(crate) fn gzip(data: &[u8], level: flate2::Compression) -> Vec<u8> {
@@ -109,39 +107,29 @@ pub(crate) fn gzip(data: &[u8], level: flate2::Compression) -> Vec<u8> {
 }
 
 /// `Authorization: Bearer <token>`.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+fn bearer(authorization: Option<&str>) -> Option<String> {
+    let v = authorization?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_string())
 }
 
-fn cors(inner: &Inner, origin: Option<&str>, r: &mut Response) {
-    let h = r.headers_mut();
-    let allow = tidegate_core::text::allowed_origin(&inner.cfg.allow_origins, origin);
-    let v = match allow {
-        Some("*") => Some(HeaderValue::from_static("*")),
-        other => other.and_then(|a| HeaderValue::from_str(a).ok()),
+/// `Access-Control-Allow-Origin` for `origin` (`hlsAllowOrigins`).
+fn cors(inner: &Inner, origin: Option<&str>, r: &mut Reply) {
+    r.allow_origin = match tidegate_core::text::allowed_origin(&inner.cfg.allow_origins, origin) {
+        Some("*") => Some(Cow::Borrowed("*")),
+        other => other.map(|a| Cow::Owned(a.to_string())),
     };
-    if let Some(v) = v {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-    }
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    let mut r = Response::new(Body::from(msg.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+fn text(status: u16, msg: impl Into<String>) -> Reply {
+    let mut r = Reply::new(
+        status,
+        "text/plain; charset=utf-8",
+        ReplyBody::Full(Bytes::from(msg.into())),
     );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.cache_control = Cow::Borrowed("no-store");
     r
 }
 
@@ -152,13 +140,17 @@ async fn handle(
 ) -> Response {
     // Taken apart, not extracted piece by piece: the extractors clone the URI and headers.
     let (parts, _) = req.into_parts();
-    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
-    let mut r = route(&inner, remote, &method, &uri, &headers).await;
-    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    cors(&inner, origin, &mut r);
-    if method == Method::HEAD {
-        *r.body_mut() = Body::empty();
-    }
+    let req = Request::of(&parts);
+    answer(&inner, remote, &req)
+        .await
+        .into_response(req.verb == Verb::Head)
+}
+
+/// The reply to `req` from `remote` (the client's address), CORS headers included; a HEAD
+/// request's reply still carries its body, which the front does not send.
+pub(crate) async fn answer(inner: &Arc<Inner>, remote: SocketAddr, req: &Request<'_>) -> Reply {
+    let mut r = route(inner, remote, req).await;
+    cors(inner, req.origin, &mut r);
     r
 }
 
@@ -218,30 +210,16 @@ fn parse_file(file: &str, prefix: Option<&str>) -> File {
     File::Other
 }
 
-async fn route(
-    inner: &Arc<Inner>,
-    remote: SocketAddr,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
-    if method == Method::OPTIONS {
-        let mut r = text(StatusCode::NO_CONTENT, "");
-        let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("OPTIONS, GET, HEAD"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Range"),
-        );
+async fn route(inner: &Arc<Inner>, remote: SocketAddr, req: &Request<'_>) -> Reply {
+    if req.verb == Verb::Options {
+        let mut r = text(204, "");
+        r.preflight = true;
         return r;
     }
-    if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    if req.verb != Verb::Get && req.verb != Verb::Head {
+        return text(405, "method not allowed\n");
     }
-    let full = uri.path().trim_start_matches('/');
+    let full = req.path.trim_start_matches('/');
     // The player's library, served from the binary: public code, no credentials needed, and
     // no request leaves the machine for it.
     // `<file>` or `…/<file>`, without a string made per request.
@@ -250,39 +228,40 @@ async fn route(
             .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
     };
     if is_file(HLS_JS_FILE) {
-        return hls_js(headers);
+        return hls_js(req.accept_encoding);
     }
     if is_file(DASH_JS_FILE) {
-        return dash_js(headers);
+        return dash_js(req.accept_encoding);
     }
     let Some((path, file)) = full.rsplit_once('/') else {
         if full.is_empty() {
-            return text(StatusCode::NOT_FOUND, "no path given\n");
+            return text(404, "no path given\n");
         }
         // `/cam1` → `/cam1/` (the player page), keeping the query.
-        let loc = match uri.query() {
+        let loc = match req.query {
             Some(q) => format!("/{full}/?{q}"),
             None => format!("/{full}/"),
         };
-        let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
-        if let Ok(v) = HeaderValue::from_str(&loc) {
-            r.headers_mut().insert(header::LOCATION, v);
+        let mut r = text(301, "");
+        // What a header may carry (the axum front would refuse the rest).
+        if loc.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+            r.location = Some(loc);
         }
         return r;
     };
-    let q = parse_query(uri.query());
-    let (user, pass) = match basic_auth(headers) {
+    let q = parse_query(req.query);
+    let (user, pass) = match basic_auth(req.authorization) {
         Some((u, p)) => (Some(u), Some(p)),
         None => (q.user.clone(), q.pass.clone()),
     };
     let mut creds = Credentials::new(user, pass, remote.ip());
-    creds.token = bearer(headers);
+    creds.token = bearer(req.authorization);
     if creds.token.is_none() && q.token.is_some() {
         creds.token = q.token.clone();
         creds.token_from_query = true;
     }
     let mut ask =
-        AuthRequest::new(Action::Read, path, "hls", creds).with_query(uri.query().unwrap_or(""));
+        AuthRequest::new(Action::Read, path, "hls", creds).with_query(req.query.unwrap_or(""));
     // A `streamKeyInPath` name (`live/<key>/index.m3u8`) is read as its path.
     // `hlsCDNSecret`: the CDN enforces its own access rules; its requests need no others.
     let from_cdn = !inner.cfg.cdn_secret.is_empty()
@@ -304,14 +283,11 @@ async fn route(
         return match e {
             CoreError::Auth(e) => {
                 tracing::info!("[HLS] {remote} refused on '{path}': {e}");
-                let mut r = text(StatusCode::UNAUTHORIZED, format!("{e}\n"));
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"tidegate\""),
-                );
+                let mut r = text(401, format!("{e}\n"));
+                r.www_authenticate = true;
                 r
             }
-            other => text(StatusCode::NOT_FOUND, format!("{other}\n")),
+            other => text(404, format!("{other}\n")),
         };
     }
     let existing = inner.existing(path);
@@ -321,49 +297,35 @@ async fn route(
         File::Page | File::DashPage | File::Other => None,
         _ => {
             let user = ask.creds.user.clone().unwrap_or_default();
-            let user_agent = headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let user_agent = req.user_agent.unwrap_or("");
             let seen = crate::sessions::Seen {
                 path,
                 remote,
                 user: &user,
                 user_agent,
-                query: uri.query().unwrap_or(""),
+                query: req.query.unwrap_or(""),
                 is_cdn: from_cdn,
                 entry: matches!(parse_file(file, None), File::Multivariant | File::Mpd),
             };
             match inner.sessions.track(seen) {
                 Some(s) => Some(s),
-                None => {
-                    return text(
-                        StatusCode::UNAUTHORIZED,
-                        "this session was kicked: load the stream again\n",
-                    )
-                }
+                None => return text(401, "this session was kicked: load the stream again\n"),
             }
         }
     };
-    let mut r = serve(inner, path, existing, kind, file, &q, headers).await;
+    let mut r = serve(inner, path, existing, kind, file, &q, req).await;
     // What a viewer got with credentials is theirs: shared caches must not serve it to
     // others (the CDN's own requests, made with hlsCDNSecret, stay public).
     let credentials =
         ask.creds.user.is_some() || ask.creds.pass.is_some() || ask.creds.token.is_some();
     if credentials && !from_cdn {
-        let private = r
-            .headers()
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("public"))
-            .and_then(|rest| HeaderValue::from_str(&format!("private{rest}")).ok());
-        if let Some(v) = private {
-            r.headers_mut().insert(header::CACHE_CONTROL, v);
+        if let Some(rest) = r.cache_control.strip_prefix("public") {
+            r.cache_control = Cow::Owned(format!("private{rest}"));
         }
     }
     match session {
-        // A HEAD answer's body is dropped in `handle`: nothing of it is sent.
-        Some(s) if r.status().is_success() && method != Method::HEAD => s.count(r),
+        // A HEAD answer's body is not sent.
+        Some(s) if r.is_success() && req.verb != Verb::Head => s.count(r),
         _ => r,
     }
 }
@@ -376,15 +338,15 @@ async fn serve(
     kind: File,
     file: &str,
     q: &Query,
-    headers: &HeaderMap,
-) -> Response {
+    req: &Request<'_>,
+) -> Reply {
     match kind {
         File::Page => page(path),
         File::DashPage => dash_page(path),
         File::Mpd => {
             if inner.cfg.variant == Variant::MpegTs {
                 return text(
-                    StatusCode::NOT_FOUND,
+                    404,
                     "DASH needs fMP4 segments: set hlsVariant to lowLatency or fmp4\n",
                 );
             }
@@ -392,7 +354,7 @@ async fn serve(
                 Some(m) => m,
                 None => match inner.muxer_or_demand(path).await {
                     Ok(m) => m,
-                    Err(e) => return text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                    Err(e) => return text(404, format!("{e}\n")),
                 },
             };
             mux.touch();
@@ -403,17 +365,17 @@ async fn serve(
                 Some(m) => m,
                 None => match inner.muxer_or_demand(path).await {
                     Ok(m) => m,
-                    Err(e) => return text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                    Err(e) => return text(404, format!("{e}\n")),
                 },
             };
             mux.touch();
             let multivariant = matches!(parse_file(file, None), File::Multivariant);
-            playlist(inner, &mux, multivariant, q, headers).await
+            playlist(inner, &mux, multivariant, q, req.accept_encoding).await
         }
-        File::Other => text(StatusCode::NOT_FOUND, "not found\n"),
+        File::Other => text(404, "not found\n"),
         f => {
             let Some(mux) = existing else {
-                return text(StatusCode::NOT_FOUND, "no muxer for this path\n");
+                return text(404, "no muxer for this path\n");
             };
             mux.touch();
             media_file(&mux, f).await
@@ -430,75 +392,59 @@ async fn playlist(
     mux: &Arc<Muxer>,
     multivariant: bool,
     q: &Query,
-    headers: &HeaderMap,
-) -> Response {
+    accept_encoding: Option<&str>,
+) -> Reply {
     // The first segment: up to a GOP away. hls.js waits 10 s for a manifest by default.
     let first_wait = Duration::from_secs(8).max(inner.cfg.segment_duration * 3);
     if !mux
         .wait_for(first_wait, |s| s.ready() || s.refused.is_some())
         .await
     {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the muxer has no segment yet\n",
-        );
+        return text(503, "the muxer has no segment yet\n");
     }
     if let Some(why) = mux.state().refused.clone() {
-        return text(StatusCode::NOT_FOUND, format!("{why}\n"));
+        return text(404, format!("{why}\n"));
     }
     let ll = inner.cfg.variant == Variant::LowLatency;
     let mut blocking = false;
     if !multivariant && ll {
         let msn = match q.msn {
             Some(Ok(m)) => Some(m),
-            Some(Err(())) => return text(StatusCode::BAD_REQUEST, "bad _HLS_msn\n"),
+            Some(Err(())) => return text(400, "bad _HLS_msn\n"),
             None => None,
         };
         let part = match q.part {
             Some(Ok(p)) => Some(p),
-            Some(Err(())) => return text(StatusCode::BAD_REQUEST, "bad _HLS_part\n"),
+            Some(Err(())) => return text(400, "bad _HLS_part\n"),
             None => None,
         };
         if part.is_some() && msn.is_none() {
-            return text(StatusCode::BAD_REQUEST, "_HLS_part needs _HLS_msn\n");
+            return text(400, "_HLS_part needs _HLS_msn\n");
         }
         if let Some(msn) = msn {
             let last = mux.state().last_msn().unwrap_or(0);
             if msn > last + 2 {
                 return text(
-                    StatusCode::BAD_REQUEST,
+                    400,
                     format!("_HLS_msn {msn} is too far ahead of the playlist (last {last})\n"),
                 );
             }
             blocking = true;
             let limit = target(mux) * 3;
             if !mux.wait_for(limit, |s| s.has(msn, part)).await {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the requested part did not appear in time\n",
-                );
+                return text(503, "the requested part did not appear in time\n");
             }
         }
     }
-    let gz = takes_gzip(headers);
+    let gz = takes_gzip(accept_encoding);
     let body = mux.playlist(multivariant, q.skip && ll && !multivariant, &q.forward, gz);
     mux.bytes_sent
         .fetch_add(body.len() as u64, Ordering::Relaxed);
-    let mut r = Response::new(Body::from(body));
-    if gz {
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/vnd.apple.mpegurl"),
-    );
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    let mut r = Reply::new(200, "application/vnd.apple.mpegurl", ReplyBody::Full(body));
+    r.gzip = gz;
+    r.vary = true;
     let target = mux.state().target_duration.max(1);
-    if let Ok(v) = HeaderValue::from_str(&playlist_cache_control(blocking, ll, target)) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
+    r.cache_control = playlist_cache_control(blocking, ll, target);
     r
 }
 
@@ -510,7 +456,11 @@ async fn playlist(
 /// - a plain LL-HLS playlist changes with every part: one second (as AWS MediaPackage does;
 ///   a player's next request is a blocking one, which catches up at once);
 /// - a plain HLS playlist changes with every segment: half a target duration, at least 1 s.
-fn playlist_cache_control(blocking: bool, low_latency: bool, target_secs: u64) -> String {
+fn playlist_cache_control(
+    blocking: bool,
+    low_latency: bool,
+    target_secs: u64,
+) -> Cow<'static, str> {
     let secs = if blocking {
         3 * target_secs
     } else if low_latency {
@@ -518,29 +468,24 @@ fn playlist_cache_control(blocking: bool, low_latency: bool, target_secs: u64) -
     } else {
         (target_secs / 2).max(1)
     };
-    format!("public, max-age={secs}")
+    match secs {
+        1 => Cow::Borrowed("public, max-age=1"),
+        3 => Cow::Borrowed("public, max-age=3"),
+        _ => Cow::Owned(format!("public, max-age={secs}")),
+    }
 }
 
-fn media_response(mux: &Muxer, body: Body, len: Option<usize>, ts: bool) -> Response {
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(if ts { "video/mp2t" } else { "video/mp4" }),
-    );
-    // File names are unique per muxer: their content never changes.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    if let Some(n) = len {
+fn media_response(mux: &Muxer, body: ReplyBody, ts: bool) -> Reply {
+    if let Some(n) = body.whole_len() {
         mux.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    let mut r = Reply::new(200, if ts { "video/mp2t" } else { "video/mp4" }, body);
+    // File names are unique per muxer: their content never changes.
+    r.cache_control = Cow::Borrowed("public, max-age=31536000, immutable");
     r
 }
 
-async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
+async fn media_file(mux: &Arc<Muxer>, f: File) -> Reply {
     let limit = target(mux) * 3;
     let ts = mux.state().variant == Variant::MpegTs;
     match f {
@@ -552,11 +497,8 @@ async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
                 .find(|(n, _)| *n == v)
                 .map(|(_, d)| d.clone());
             match data {
-                Some(d) => {
-                    let n = d.len();
-                    media_response(mux, Body::from(d), Some(n), false)
-                }
-                None => text(StatusCode::NOT_FOUND, "no such init segment\n"),
+                Some(d) => media_response(mux, ReplyBody::Full(d), false),
+                None => text(404, "no such init segment\n"),
             }
         }
         File::Segment(msn) => {
@@ -591,14 +533,8 @@ async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
                 None => parts,
             };
             match parts {
-                Some(parts) => {
-                    let n = parts.iter().map(Bytes::len).sum();
-                    let body = Body::from_stream(futures::stream::iter(
-                        parts.into_iter().map(Ok::<_, std::convert::Infallible>),
-                    ));
-                    media_response(mux, body, Some(n), ts)
-                }
-                None => text(StatusCode::NOT_FOUND, "no such segment\n"),
+                Some(parts) => media_response(mux, ReplyBody::Parts(parts), ts),
+                None => text(404, "no such segment\n"),
             }
         }
         File::Part(msn, idx) => part(mux, msn, idx, limit).await,
@@ -611,39 +547,32 @@ async fn media_file(mux: &Arc<Muxer>, f: File) -> Response {
                 .and_then(|(_, t)| t.iter().find(|t| t.id == track))
                 .map(|t| t.init.clone());
             match data {
-                Some(d) => {
-                    let n = d.len();
-                    media_response(mux, Body::from(d), Some(n), false)
-                }
-                None => text(StatusCode::NOT_FOUND, "no such init segment\n"),
+                Some(d) => media_response(mux, ReplyBody::Full(d), false),
+                None => text(404, "no such init segment\n"),
             }
         }
         File::DashSegment(msn, track) => dash_segment(mux, msn, track, limit).await,
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => text(404, "not found\n"),
     }
 }
 
 /// The MPD: the first request turns DASH on for the muxer (segments keep their chunks by
 /// track from the next one) and waits for a segment made that way.
-async fn mpd(inner: &Inner, mux: &Arc<Muxer>, q: &Query) -> Response {
+async fn mpd(inner: &Inner, mux: &Arc<Muxer>, q: &Query) -> Reply {
     mux.state().dash = true;
     let first_wait = Duration::from_secs(10).max(inner.cfg.segment_duration * 4);
     if !mux.wait_for(first_wait, crate::dash::ready).await {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the muxer has no DASH segment yet\n",
-        );
+        return text(503, "the muxer has no DASH segment yet\n");
     }
     let body = crate::dash::mpd(&mux.state(), &q.forward, std::time::SystemTime::now());
     mux.bytes_sent
         .fetch_add(body.len() as u64, Ordering::Relaxed);
-    let mut r = Response::new(Body::from(body));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/dash+xml"),
+    let mut r = Reply::new(
+        200,
+        "application/dash+xml",
+        ReplyBody::Full(Bytes::from(body)),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.cache_control = Cow::Borrowed("no-cache");
     r
 }
 
@@ -668,27 +597,23 @@ fn seg_now(s: &crate::state::State, msn: u64, track: u32, from: usize) -> SegNow
 
 /// A track's DASH segment: a complete one at once; the one being written (LL-DASH) streamed
 /// chunk by chunk as the muxer cuts them, until it completes.
-async fn dash_segment(mux: &Arc<Muxer>, msn: u64, track: u32, limit: Duration) -> Response {
+async fn dash_segment(mux: &Arc<Muxer>, msn: u64, track: u32, limit: Duration) -> Reply {
     let started = mux
         .wait_for(limit, |s| {
             !matches!(seg_now(s, msn, track, 0), SegNow::Later)
         })
         .await;
     if !started {
-        return text(StatusCode::NOT_FOUND, "the segment did not start in time\n");
+        return text(404, "the segment did not start in time\n");
     }
     let now = seg_now(&mux.state(), msn, track, 0);
     match now {
-        SegNow::Gone | SegNow::Later => text(StatusCode::NOT_FOUND, "no such segment\n"),
+        SegNow::Gone | SegNow::Later => text(404, "no such segment\n"),
         SegNow::Chunks(chunks, true) => {
             if chunks.is_empty() {
-                return text(StatusCode::NOT_FOUND, "no such track in the segment\n");
+                return text(404, "no such track in the segment\n");
             }
-            let n = chunks.iter().map(Bytes::len).sum();
-            let body = Body::from_stream(futures::stream::iter(
-                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-            ));
-            media_response(mux, body, Some(n), false)
+            media_response(mux, ReplyBody::Parts(chunks), false)
         }
         SegNow::Chunks(_, false) => {
             let rx = mux.subscribe();
@@ -728,7 +653,7 @@ async fn dash_segment(mux: &Arc<Muxer>, msn: u64, track: u32, limit: Duration) -
                     }
                 },
             );
-            media_response(mux, Body::from_stream(stream), None, false)
+            media_response(mux, ReplyBody::Stream(stream.boxed()), false)
         }
     }
 }
@@ -772,27 +697,21 @@ async fn read_range(path: &std::path::Path, at: u64, len: u64) -> std::io::Resul
 
 /// A part: complete ones at once; the part being written (the preload hint) streamed chunk
 /// by chunk as the muxer writes it; one further ahead held until it starts.
-async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response {
+async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Reply {
     let started = mux
         .wait_for(limit, |s| !matches!(part_now(s, msn, idx), PartNow::Later))
         .await;
     if !started {
-        return text(StatusCode::NOT_FOUND, "the part did not start in time\n");
+        return text(404, "the part did not start in time\n");
     }
     let now = part_now(&mux.state(), msn, idx);
     match now {
-        PartNow::Done(d) => {
-            let n = d.len();
-            media_response(mux, Body::from(d), Some(n), false)
-        }
+        PartNow::Done(d) => media_response(mux, ReplyBody::Full(d), false),
         PartNow::OnDisk(f, at, len) => match read_range(&f, at, len).await {
-            Ok(d) => {
-                let n = d.len();
-                media_response(mux, Body::from(d), Some(n), false)
-            }
-            Err(_) => text(StatusCode::NOT_FOUND, "no such part\n"),
+            Ok(d) => media_response(mux, ReplyBody::Full(d), false),
+            Err(_) => text(404, "no such part\n"),
         },
-        PartNow::Gone | PartNow::Later => text(StatusCode::NOT_FOUND, "no such part\n"),
+        PartNow::Gone | PartNow::Later => text(404, "no such part\n"),
         PartNow::Open => {
             let mux2 = mux.clone();
             let rx = mux.subscribe();
@@ -864,12 +783,12 @@ async fn part(mux: &Arc<Muxer>, msn: u64, idx: u64, limit: Duration) -> Response
                     }
                 },
             );
-            media_response(mux, Body::from_stream(stream), None, false)
+            media_response(mux, ReplyBody::Stream(stream.boxed()), false)
         }
     }
 }
 
-fn page(path: &str) -> Response {
+fn page(path: &str) -> Reply {
     player_page(
         PLAYER_PAGE,
         path,
@@ -879,21 +798,20 @@ fn page(path: &str) -> Response {
 }
 
 /// A player page for `path`: `template` with the path and the library's URL filled in.
-fn player_page(template: &str, path: &str, lib_key: &str, lib_url: &str) -> Response {
+fn player_page(template: &str, path: &str, lib_key: &str, lib_url: &str) -> Reply {
     let html = template
         .replace("{{PATH}}", &html_escape(path))
         .replace(lib_key, lib_url);
-    let mut r = Response::new(Body::from(html));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+    let mut r = Reply::new(
+        200,
+        "text/html; charset=utf-8",
+        ReplyBody::Full(Bytes::from(html)),
     );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.cache_control = Cow::Borrowed("no-cache");
     r
 }
 
-fn dash_page(path: &str) -> Response {
+fn dash_page(path: &str) -> Reply {
     player_page(
         DASH_PAGE,
         path,
@@ -915,9 +833,9 @@ pub fn dash_js_version() -> &'static str {
     include_str!("../assets/dash.js/VERSION").trim()
 }
 
-fn dash_js(headers: &HeaderMap) -> Response {
+fn dash_js(accept_encoding: Option<&str>) -> Reply {
     static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    library(headers, DASH_JS, &GZIPPED)
+    library(accept_encoding, DASH_JS, &GZIPPED)
 }
 
 /// The name the player page asks for, next to itself (`/<path>/hls.min.js`).
@@ -933,18 +851,18 @@ pub fn hls_js_version() -> &'static str {
 }
 
 /// hls.js, gzipped once (to about a third) for every client that takes gzip.
-fn hls_js(headers: &HeaderMap) -> Response {
+fn hls_js(accept_encoding: Option<&str>) -> Reply {
     static GZIPPED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    library(headers, HLS_JS, &GZIPPED)
+    library(accept_encoding, HLS_JS, &GZIPPED)
 }
 
 /// A player library, gzipped once for every client that takes gzip.
 fn library(
-    headers: &HeaderMap,
+    accept_encoding: Option<&str>,
     js: &'static str,
     gzipped_once: &'static std::sync::OnceLock<Bytes>,
-) -> Response {
-    let gzipped = takes_gzip(headers);
+) -> Reply {
+    let gzipped = takes_gzip(accept_encoding);
     let body = if gzipped {
         gzipped_once
             .get_or_init(|| Bytes::from(gzip(js.as_bytes(), flate2::Compression::best())))
@@ -952,20 +870,10 @@ fn library(
     } else {
         Bytes::from_static(js.as_bytes())
     };
-    let mut r = Response::new(Body::from(body));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=86400"),
-    );
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if gzipped {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
+    let mut r = Reply::new(200, "text/javascript; charset=utf-8", ReplyBody::Full(body));
+    r.cache_control = Cow::Borrowed("public, max-age=86400");
+    r.vary = true;
+    r.gzip = gzipped;
     r
 }
 
@@ -999,11 +907,8 @@ pub fn parse_request_for_fuzzing(target: &str, authorization: &[u8]) -> usize {
         .wrapping_add(q.forward.len())
         .wrapping_add(q.user.map_or(0, |u| u.len()))
         .wrapping_add(usize::from(q.skip));
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_bytes(authorization) {
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    n.wrapping_add(basic_auth(&headers).map_or(0, |(u, p)| u.len() + p.len()))
+    let authorization = std::str::from_utf8(authorization).ok();
+    n.wrapping_add(basic_auth(authorization).map_or(0, |(u, p)| u.len() + p.len()))
 }
 
 #[cfg(test)]

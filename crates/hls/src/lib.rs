@@ -10,6 +10,7 @@ mod error;
 pub mod follow;
 pub mod http;
 pub mod muxer;
+pub mod reply;
 pub mod segmenter;
 pub mod sessions;
 pub mod state;
@@ -226,6 +227,17 @@ impl Hls {
     /// `hlsAddress`; requests must carry the client's `ConnectInfo`.
     pub fn router(&self) -> axum::Router {
         http::router(self.inner.clone())
+    }
+
+    /// The reply to `req` from `remote` (the client's address), as the router would give it:
+    /// for the server's own HTTP/1.1 lane. A HEAD request's reply still holds its body, which
+    /// the caller does not send.
+    pub async fn answer(
+        &self,
+        remote: std::net::SocketAddr,
+        req: &reply::Request<'_>,
+    ) -> reply::Reply {
+        http::answer(&self.inner, remote, req).await
     }
 }
 

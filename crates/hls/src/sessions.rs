@@ -16,10 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Body;
-use axum::response::Response;
-use futures::StreamExt;
-
 /// A session that made no request for this long has ended.
 pub const IDLE: Duration = Duration::from_secs(30);
 
@@ -132,22 +128,28 @@ impl Session {
     /// segment, held in memory) at once, and unchanged, so that it keeps its `Content-Length`
     /// (players, TVs and HTTP caches want it, and chunked framing costs every request); a
     /// streamed one (the open part) as its chunks are sent.
-    pub fn count(self: &Arc<Self>, r: Response) -> Response {
-        use axum::body::HttpBody;
-        if let Some(n) = r.body().size_hint().exact() {
-            self.outbound_bytes.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn count(self: &Arc<Self>, mut r: crate::reply::Reply) -> crate::reply::Reply {
+        use crate::reply::ReplyBody;
+        use futures::StreamExt;
+        if let Some(n) = r.body.whole_len() {
+            self.outbound_bytes.fetch_add(n as u64, Ordering::Relaxed);
             return r;
         }
-        let (parts, body) = r.into_parts();
-        let me = self.clone();
-        let stream = body.into_data_stream().map(move |chunk| {
-            if let Ok(c) = &chunk {
-                me.outbound_bytes
-                    .fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-            chunk
-        });
-        Response::from_parts(parts, Body::from_stream(stream))
+        let body = std::mem::replace(&mut r.body, ReplyBody::Full(bytes::Bytes::new()));
+        if let ReplyBody::Stream(s) = body {
+            let me = self.clone();
+            r.body = ReplyBody::Stream(
+                s.map(move |chunk| {
+                    if let Ok(c) = &chunk {
+                        me.outbound_bytes
+                            .fetch_add(c.len() as u64, Ordering::Relaxed);
+                    }
+                    chunk
+                })
+                .boxed(),
+            );
+        }
+        r
     }
 }
 

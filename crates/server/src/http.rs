@@ -22,6 +22,8 @@ pub struct Options {
     pub stop: Option<CancellationToken>,
     /// `readTimeout`: the most a request head may take to arrive.
     pub header_timeout: Duration,
+    /// The HLS listener's own HTTP/1.1 lane for players' requests ([`crate::h1`]).
+    pub hls_lane: Option<tidegate_hls::Hls>,
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the rightmost
@@ -32,13 +34,30 @@ pub fn client_address(
     headers: &axum::http::HeaderMap,
     trusted: &[ipnet::IpNet],
 ) -> SocketAddr {
+    client_address_of(
+        peer,
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().ok()),
+        trusted,
+    )
+}
+
+/// [`client_address`] from the `X-Forwarded-For` values in order (None: one that is not
+/// text).
+pub fn client_address_of<'a>(
+    peer: SocketAddr,
+    forwarded_for: impl Iterator<Item = Option<&'a str>>,
+    trusted: &[ipnet::IpNet],
+) -> SocketAddr {
     let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer.ip()) {
         return peer;
     }
     let mut client = peer;
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(v) = value.to_str() else { return peer };
+    for value in forwarded_for {
+        let Some(v) = value else { return peer };
         for part in v.rsplit(',') {
             match part.trim().parse::<std::net::IpAddr>() {
                 Ok(ip) if is_trusted(&ip) => continue,
@@ -102,7 +121,7 @@ pub async fn serve(
             remote,
             router.clone(),
             (tls.clone(), options.header_timeout, permit),
-            trusted.clone(),
+            (options.hls_lane.clone(), trusted.clone()),
             shutdown.clone(),
         ));
     }
@@ -118,9 +137,10 @@ async fn connection(
         Duration,
         tidegate_core::guard::ConnPermit,
     ),
-    trusted: Arc<Vec<ipnet::IpNet>>,
+    (lane, trusted): (Option<tidegate_hls::Hls>, Arc<Vec<ipnet::IpNet>>),
     shutdown: CancellationToken,
 ) {
+    let trusted_lane = trusted.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let client = client_address(remote, req.headers(), &trusted);
         req.extensions_mut().insert(ConnectInfo(client));
@@ -140,6 +160,39 @@ async fn connection(
     // `dumpPackets`: MediaMTX's file names (`hls_server_conn_…`, `api_server_conn_…`).
     let local = sock.local_addr().ok();
     let prefix = format!("{}_server_conn", name.to_ascii_lowercase());
+    // Players' HTTP/1.1 requests go through the lane while it takes them; the rest of a
+    // connection it hands on goes to hyper.
+    macro_rules! serve_io {
+        ($io:expr, $lane:expr) => {{
+            let io = $io;
+            match $lane {
+                Some(hls) => {
+                    let handed = tokio::select! {
+                        r = crate::h1::serve(&hls, io, remote, &trusted_lane, header_timeout) => r,
+                        _ = shutdown.cancelled() => None,
+                    };
+                    match handed {
+                        Some(io) => {
+                            let conn =
+                                builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+                            tokio::select! {
+                                r = conn => r,
+                                _ = shutdown.cancelled() => Ok(()),
+                            }
+                        }
+                        None => Ok(()),
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+                    tokio::select! {
+                        r = conn => r,
+                        _ = shutdown.cancelled() => Ok(()),
+                    }
+                }
+            }
+        }};
+    }
     let result = match tls {
         Some(acc) => {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await
@@ -151,20 +204,14 @@ async fn connection(
                 }
                 Err(_) => return,
             };
+            // HTTP/2 (ALPN `h2`) is hyper's.
+            let lane = lane.filter(|_| stream.get_ref().1.alpn_protocol() != Some(b"h2"));
             let stream = tidegate_core::dump::Dumped::new(stream, &prefix, local, remote, true);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => r,
-                _ = shutdown.cancelled() => Ok(()),
-            }
+            serve_io!(stream, lane)
         }
         None => {
             let sock = tidegate_core::dump::Dumped::new(sock, &prefix, local, remote, true);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
-            tokio::select! {
-                r = conn => r,
-                _ = shutdown.cancelled() => Ok(()),
-            }
+            serve_io!(sock, lane)
         }
     };
     if let Err(e) = result {

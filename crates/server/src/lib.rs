@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_api;
 pub mod console;
 pub mod guard;
+pub mod h1;
 pub mod hls_source;
 mod hooks;
 pub mod http;
@@ -164,10 +165,11 @@ fn serve_http(
     configured: SocketAddr,
     listener: TcpListener,
     router: axum::Router,
-    (tls, trusted, header_timeout): (
+    (tls, trusted, header_timeout, hls_lane): (
         Option<tokio_rustls::TlsAcceptor>,
         Vec<ipnet::IpNet>,
         Duration,
+        Option<tidegate_hls::Hls>,
     ),
     (shutdown, tasks): (&CancellationToken, &TaskTracker),
 ) {
@@ -189,6 +191,7 @@ fn serve_http(
                     trusted_proxies: trusted.clone(),
                     stop: Some(stop),
                     header_timeout,
+                    hls_lane: hls_lane.clone(),
                 },
                 sd.clone(),
                 t.clone(),
@@ -579,6 +582,7 @@ impl Server {
                     playback_tls,
                     config.playback_trusted_proxies.clone(),
                     config.read_timeout,
+                    None,
                 ),
                 (&shutdown, &tasks),
             );
@@ -698,6 +702,7 @@ impl Server {
                     api_tls,
                     config.api_trusted_proxies.clone(),
                     config.read_timeout,
+                    None,
                 ),
                 (&shutdown, &tasks),
             );
@@ -734,6 +739,7 @@ impl Server {
                     metrics_tls,
                     config.metrics_trusted_proxies.clone(),
                     config.read_timeout,
+                    None,
                 ),
                 (&shutdown, &tasks),
             );
@@ -761,6 +767,7 @@ impl Server {
                     pprof_tls,
                     config.pprof_trusted_proxies.clone(),
                     config.read_timeout,
+                    None,
                 ),
                 (&shutdown, &tasks),
             );
@@ -872,6 +879,9 @@ impl Server {
                     hls_tls,
                     config.hls_trusted_proxies.clone(),
                     config.read_timeout,
+                    // Answers bridged to a previous process go through the router's proxy
+                    // layer: hyper's path then.
+                    predecessor.is_none().then(|| hls.clone()),
                 ),
                 (&shutdown, &tasks),
             );
@@ -953,6 +963,7 @@ impl Server {
                     webrtc_tls,
                     config.webrtc_trusted_proxies.clone(),
                     config.read_timeout,
+                    None,
                 ),
                 (&shutdown, &tasks),
             );
