@@ -47,9 +47,13 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(512);
+    // A whole head within `header_timeout` of the wait for it (as hyper's
+    // `header_read_timeout`). One timer for the connection, moved only when it fires early
+    // for the current head: a timer set and cleared per request costs more than the request's
+    // parse.
+    let mut timer = std::pin::pin!(tokio::time::sleep(header_timeout));
     loop {
-        // A whole head within `header_timeout` (as hyper's `header_read_timeout`).
-        let deadline = tokio::time::Instant::now() + header_timeout;
+        let waiting_since = tokio::time::Instant::now();
         let head_len = loop {
             match parse(&buf) {
                 Parsed::Complete(n) => break n,
@@ -64,9 +68,19 @@ where
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
-            match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
+            tokio::select! {
+                biased;
+                r = io.read_buf(&mut buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return None,
+                },
+                () = &mut timer => {
+                    let deadline = waiting_since + header_timeout;
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
             }
         };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
