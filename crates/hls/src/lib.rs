@@ -8,6 +8,7 @@
 pub mod dash;
 mod error;
 pub mod follow;
+pub mod h1;
 pub mod http;
 pub mod muxer;
 pub mod reply;
