@@ -20,6 +20,7 @@ pub mod handover;
 pub mod latency;
 pub mod media;
 pub mod path;
+pub mod prefixed;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod relay;

@@ -80,67 +80,9 @@ pub async fn read_kind<S: AsyncRead + Unpin>(sock: &mut S) -> (Kind, Vec<u8>) {
     (kind, b)
 }
 
-/// A transport whose first bytes were already read: they are read again first.
-pub struct Prefixed<S> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
-        Prefixed {
-            prefix,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = (self.prefix.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: Transport> Transport for Prefixed<S> {
-    fn shared_tcp(&self) -> Option<SharedTcp> {
-        self.inner.shared_tcp()
-    }
-
-    fn sink_io(&self) -> Option<(std::sync::Arc<dyn SinkIo>, std::sync::Arc<dyn Writable>)> {
-        self.inner.sink_io()
-    }
-}
+/// A transport whose first bytes were already read (one type for every place that peeks by
+/// reading: the RTSP tunnel's detection here, the HLS listener's HTTP/1.1 lane).
+pub use tidegate_core::prefixed::Prefixed;
 
 /// A tunnel's GET (its connection, where the server's output goes) and when it came.
 type Waiting = (Box<dyn Transport>, Instant);

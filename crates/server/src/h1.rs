@@ -13,20 +13,19 @@
 //! `Upgrade` and no `Expect`, a target in origin form, a head under [`MAX_HEAD`] with at most
 //! [`MAX_HEADERS`] headers. On anything else (an RTMPT POST, HTTP/2's preface, a malformed or
 //! oversized head) the connection goes to hyper for the rest of its life, with the bytes read
-//! so far ([`Rewind`]), and hyper answers as it did before this lane existed.
+//! so far ([`Prefixed`]), and hyper answers as it did before this lane existed.
 
 use std::cell::RefCell;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
+use tidegate_core::prefixed::Prefixed;
 use tidegate_hls::h1::{parse, Head, Parsed, MAX_HEAD, MAX_HEADERS};
 use tidegate_hls::reply::{ReplyBody, Verb};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Serves requests on `io` until the client closes, a reply says close, `header_timeout`
 /// passes without a whole request head, or a write fails (`None`); or until a request the lane
@@ -37,7 +36,7 @@ pub async fn serve<S>(
     peer: SocketAddr,
     trusted: &[ipnet::IpNet],
     header_timeout: Duration,
-) -> Option<Rewind<S>>
+) -> Option<Prefixed<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -54,12 +53,7 @@ where
             match parse(&buf) {
                 Parsed::Complete(n) => break n,
                 Parsed::Partial if buf.len() < MAX_HEAD => {}
-                Parsed::Partial | Parsed::NotOurs => {
-                    return Some(Rewind {
-                        pre: buf.freeze(),
-                        io,
-                    })
-                }
+                Parsed::Partial | Parsed::NotOurs => return Some(Prefixed::new(buf.freeze(), io)),
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
@@ -191,76 +185,4 @@ fn date() -> String {
         }
         d.1.clone()
     })
-}
-
-/// A connection handed on, with the bytes already read from it first.
-pub struct Rewind<S> {
-    pre: Bytes,
-    io: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            let part = self.pre.split_to(n);
-            buf.put_slice(&part);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    #[tokio::test]
-    async fn a_rewound_connection_reads_what_was_read_before() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut r = Rewind {
-            pre: Bytes::from_static(b"GET / HTTP/1.1\r\n"),
-            io: a,
-        };
-        b.write_all(b"\r\n").await.unwrap();
-        drop(b);
-        let mut all = Vec::new();
-        r.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all, b"GET / HTTP/1.1\r\n\r\n");
-    }
 }
