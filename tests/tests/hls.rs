@@ -117,8 +117,10 @@ fn parse(text: &str) -> Playlist {
             p.segments.push(std::mem::take(&mut cur));
         }
     }
-    if !cur.parts.is_empty() || p.preload_hint.is_some() {
-        // The open segment: parts (or only a preload hint), no EXTINF yet.
+    if !cur.parts.is_empty() || cur.pdt || cur.map.is_some() {
+        // The open segment: its tags (and parts, when it has any), no EXTINF yet. A preload
+        // hint alone is no segment: when the publisher has just left, the last segment is
+        // complete and the hint names the first part of one that does not exist yet.
         cur.msn = next_msn;
         p.segments.push(cur);
     }

@@ -177,9 +177,11 @@ fn gstreamer_srtsink_publishes() {
 }
 
 /// 5 % of the datagrams lost each way between an ffmpeg publisher and the listener, 40 ms
-/// added to the round trip, at 200 ms latency: SRT's retransmission delivers every frame (read
+/// added to the round trip, at 400 ms latency: SRT's retransmission delivers every frame (read
 /// back over RTMP, no gap), and the connection's statistics show the loss, the retransmissions,
-/// the round-trip time and the receive buffer.
+/// the round-trip time and the receive buffer. The latency follows Haivision's guidance for 5 %
+/// loss (6x the RTT, about 280 ms here) with room for a loaded machine: at 200 ms, a retransmission
+/// that is itself lost needed a second NAK round that a busy CI machine could not always fit.
 #[test]
 fn five_percent_loss_loses_no_frames() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -187,7 +189,7 @@ fn five_percent_loss_loses_no_frames() {
     let dir = scratch("srt-loss");
     let server = TestServer::start("");
     let relay = LossyRelay::start_delayed(server.srt_addr(), 5, 0x5eed, Duration::from_millis(40));
-    let url = format!("srt://{}?streamid=publish:lossy&latency=200000", relay.addr);
+    let url = format!("srt://{}?streamid=publish:lossy&latency=400000", relay.addr);
     let _publisher = ffmpeg_publish(&url, 40, "mpegts", &dir);
     server.wait_ready("lossy", READY);
     let out = dir.join("read.mkv");
@@ -230,10 +232,10 @@ fn five_percent_loss_loses_no_frames() {
     let rtt = conn["msRTT"].as_f64().unwrap();
     assert!((35.0..150.0).contains(&rtt), "msRTT {rtt}: {conn}");
     // The receive buffer holds about the agreed latency of media.
-    assert_eq!(conn["msReceiveTsbPdDelay"], 200.0, "{conn}");
+    assert_eq!(conn["msReceiveTsbPdDelay"], 400.0, "{conn}");
     let buffered = conn["msReceiveBuf"].as_f64().unwrap();
     assert!(
-        (50.0..=400.0).contains(&buffered),
+        (50.0..=800.0).contains(&buffered),
         "msReceiveBuf {buffered}: {conn}"
     );
     assert!(conn["packetsReceiveBuf"].as_u64().unwrap() > 10, "{conn}");
