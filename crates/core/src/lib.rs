@@ -29,6 +29,7 @@ pub mod text;
 pub mod tls;
 pub mod transcode;
 pub mod udp;
+pub mod udp_batch;
 
 pub use auth::{
     Action, AuthError, AuthFuture, AuthRequest, Authenticator, Credentials, Grant, PathRules, Proof,

@@ -26,12 +26,39 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return Parsed::Partial;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    match take(buf, &mut headers) {
+        Ok((n, _)) => Parsed::Complete(n),
+        Err(p) => p,
+    }
+}
+
+/// Whether `buf` holds the empty line that ends a request head (CRLF or bare LF, as
+/// `httparse` reads them): the lane parses a head once it is whole, once.
+pub fn head_complete(buf: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = buf[at..].iter().position(|b| *b == b'\n') {
+        let i = at + i;
+        match buf.get(i + 1) {
+            Some(b'\n') => return true,
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return true,
+            _ => at = i + 1,
+        }
+    }
+    false
+}
+
+/// The head at the start of `buf`, parsed into `headers`, with its length, when it is whole
+/// and the lane takes it; otherwise what [`parse`] would say.
+pub fn take<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Result<(usize, httparse::Request<'h, 'b>), Parsed> {
+    let mut req = httparse::Request::new(headers);
     let n = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Partial) => return Err(Parsed::Partial),
         // Malformed, HTTP/2's preface, too many headers: hyper answers.
-        Err(_) => return Parsed::NotOurs,
+        Err(_) => return Err(Parsed::NotOurs),
     };
     let ours = matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
         && req.path.is_some_and(|p| p.starts_with('/'))
@@ -46,9 +73,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
             }
         });
     if ours {
-        Parsed::Complete(n)
+        Ok((n, req))
     } else {
-        Parsed::NotOurs
+        Err(Parsed::NotOurs)
     }
 }
 
@@ -131,17 +158,20 @@ fn visible(v: &[u8]) -> Option<&str> {
         .flatten()
 }
 
-/// For the fuzz target: a buffer through [`parse`] and [`Head::of`], as the lane reads it.
+/// For the fuzz target: a buffer through [`parse`], [`head_complete`], [`take`] and
+/// [`Head::of`], as the lane reads it.
 #[doc(hidden)]
 pub fn parse_for_fuzzing(buf: &[u8]) -> usize {
+    let whole = head_complete(buf);
     let Parsed::Complete(n) = parse(buf) else {
+        return usize::from(whole);
+    };
+    // A whole head has its empty line.
+    assert!(whole, "a complete head without its empty line");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Ok((_, req)) = take(buf, &mut headers) else {
         return 0;
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if req.parse(buf).is_err() {
-        return 0;
-    }
     let head = Head::of(&req);
     let r = head.request;
     n + r.path.len()
@@ -166,6 +196,8 @@ mod tests {
                      Host: x\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n";
         assert!(matches!(parse(ours), Parsed::Complete(n) if n == ours.len()));
         assert!(matches!(parse(&ours[..20]), Parsed::Partial));
+        assert!(head_complete(ours) && !head_complete(&ours[..ours.len() - 1]));
+        assert!(head_complete(b"GET / HTTP/1.0\n\n") && !head_complete(b"GET / HTTP/1.0\r\n"));
         for not_ours in [
             &b"POST /open/1 HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",

@@ -7,7 +7,6 @@
 //! (docs/performance.md, "LL-HLS").
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -129,53 +128,53 @@ impl Reply {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        let mut s = String::with_capacity(256);
+        use std::io::Write as _;
+        out.reserve(256);
         let _ = write!(
-            s,
+            out,
             "HTTP/1.{} {} {reason}\r\n",
             if http10 { 0 } else { 1 },
             self.status
         );
         if !self.content_type.is_empty() {
-            let _ = write!(s, "content-type: {}\r\n", self.content_type);
+            let _ = write!(out, "content-type: {}\r\n", self.content_type);
         }
         if !self.cache_control.is_empty() {
-            let _ = write!(s, "cache-control: {}\r\n", self.cache_control);
+            let _ = write!(out, "cache-control: {}\r\n", self.cache_control);
         }
         if self.gzip {
-            s.push_str("content-encoding: gzip\r\n");
+            out.extend_from_slice(b"content-encoding: gzip\r\n");
         }
         if self.vary {
-            s.push_str("vary: Accept-Encoding\r\n");
+            out.extend_from_slice(b"vary: Accept-Encoding\r\n");
         }
         if let Some(l) = &self.location {
-            let _ = write!(s, "location: {l}\r\n");
+            let _ = write!(out, "location: {l}\r\n");
         }
         if self.www_authenticate {
-            s.push_str("www-authenticate: Basic realm=\"tidegate\"\r\n");
+            out.extend_from_slice(b"www-authenticate: Basic realm=\"tidegate\"\r\n");
         }
         if self.preflight {
-            s.push_str(
-                "access-control-allow-methods: OPTIONS, GET, HEAD\r\n\
+            out.extend_from_slice(
+                b"access-control-allow-methods: OPTIONS, GET, HEAD\r\n\
                  access-control-allow-headers: Authorization, Range\r\n",
             );
         }
         if let Some(o) = &self.allow_origin {
-            let _ = write!(s, "access-control-allow-origin: {o}\r\n");
+            let _ = write!(out, "access-control-allow-origin: {o}\r\n");
         }
-        s.push_str("access-control-allow-credentials: true\r\n");
+        out.extend_from_slice(b"access-control-allow-credentials: true\r\n");
         match self.body.whole_len() {
             Some(n) => {
-                let _ = write!(s, "content-length: {n}\r\n");
+                let _ = write!(out, "content-length: {n}\r\n");
             }
-            None if !http10 => s.push_str("transfer-encoding: chunked\r\n"),
+            None if !http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             None => {}
         }
         if close {
-            s.push_str("connection: close\r\n");
+            out.extend_from_slice(b"connection: close\r\n");
         }
-        let _ = write!(s, "date: {date}\r\n\r\n");
-        out.extend_from_slice(s.as_bytes());
+        let _ = write!(out, "date: {date}\r\n\r\n");
     }
 
     /// The axum response of this reply (`head`: a HEAD request's, without its body).

@@ -200,18 +200,18 @@ async fn send_frame(rtp: &DumpedUdp, rtcp: &DumpedUdp, frame: &Frame, members: &
                 .filter_map(|m| m.dests.get(track).copied().flatten())
                 .map(|(_, rtcp_addr)| (pkts[from].1.clone(), rtcp_addr))
                 .collect();
-            crate::batch::send_all_dumped(rtcp, &to).await;
+            tidegate_core::udp_batch::send_all_dumped(rtcp, &to).await;
             from += 1;
             continue;
         }
-        let end = crate::batch::same_size_run(&pkts, from);
+        let end = tidegate_core::udp_batch::same_size_run(&pkts, from);
         let run: Vec<&Bytes> = pkts[from..end].iter().map(|(_, b)| b).collect();
         let targets: Vec<(&Arc<Member>, SocketAddr)> = members
             .iter()
             .filter_map(|m| Some((m, m.dests.get(track).copied().flatten()?.0)))
             .collect();
         let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
-        let sent = crate::batch::send_run_to_many(rtp, &run, &addrs).await;
+        let sent = tidegate_core::udp_batch::send_run_to_many(rtp, &run, &addrs).await;
         for (to, _) in addrs.iter().zip(&sent).filter(|(_, ok)| **ok) {
             for p in &run {
                 rtp.dump.outbound(*to, p);

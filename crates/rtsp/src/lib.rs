@@ -5,7 +5,6 @@
 //! or UDP unicast and multicast; over RTSPS, SRTP keyed by MIKEY ([`mikey`]).
 
 pub mod auth;
-mod batch;
 pub mod client;
 mod error;
 pub mod fanout;

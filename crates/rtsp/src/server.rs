@@ -1369,7 +1369,7 @@ impl Conn {
             }
         }
         if let (false, Some(udp)) = (batch.is_empty(), &self.udp) {
-            let sent = crate::batch::send_all_dumped(&udp.rtp, &batch).await;
+            let sent = tidegate_core::udp_batch::send_all_dumped(&udp.rtp, &batch).await;
             self.count_sent(sent);
         }
     }

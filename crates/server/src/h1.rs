@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use tidegate_core::prefixed::Prefixed;
-use tidegate_hls::h1::{parse, Head, Parsed, MAX_HEAD, MAX_HEADERS};
+use tidegate_hls::h1::{head_complete, parse, take, Head, Parsed, MAX_HEAD, MAX_HEADERS};
 use tidegate_hls::reply::{ReplyBody, Verb};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -49,9 +49,14 @@ where
     let mut timer = std::pin::pin!(tokio::time::sleep(header_timeout));
     loop {
         let waiting_since = tokio::time::Instant::now();
-        let head_len = loop {
+        loop {
+            // A whole head is parsed once, below. A part of one is parsed here only to hand
+            // what the lane does not take (garbage, HTTP/2's preface) to hyper at once.
+            if head_complete(&buf) {
+                break;
+            }
             match parse(&buf) {
-                Parsed::Complete(n) => break n,
+                Parsed::Complete(_) => break,
                 Parsed::Partial if buf.len() < MAX_HEAD => {}
                 Parsed::Partial | Parsed::NotOurs => return Some(Prefixed::new(buf.freeze(), io)),
             }
@@ -72,13 +77,12 @@ where
                     timer.as_mut().reset(deadline);
                 }
             }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        // Parsed whole above: cannot fail now.
-        if !matches!(parsed.parse(&buf), Ok(httparse::Status::Complete(_))) {
-            return None;
         }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (head_len, parsed) = match take(&buf, &mut headers) {
+            Ok(taken) => taken,
+            Err(_) => return Some(Prefixed::new(buf.freeze(), io)),
+        };
         let head = Head::of(&parsed);
         let client = crate::http::client_address_of(peer, head.forwarded_for(&parsed), trusted);
         let reply = hls.answer(client, &head.request).await;
@@ -86,7 +90,7 @@ where
         let streamed = matches!(reply.body, ReplyBody::Stream(_));
         let close = head.close || (http10 && streamed && !is_head);
         out.clear();
-        reply.write_head(&mut out, http10, close, &date());
+        with_date(|date| reply.write_head(&mut out, http10, close, date));
         buf.advance(head_len);
         let sent = if is_head {
             write_all(&mut io, &mut [IoSlice::new(&out)]).await
@@ -169,8 +173,8 @@ async fn stream<S: AsyncWrite + Unpin>(
     http10 || write_all(io, &mut [IoSlice::new(b"0\r\n\r\n")]).await
 }
 
-/// The `Date` header's value, formatted once a second per thread.
-fn date() -> String {
+/// `f` with the `Date` header's value, formatted once a second per thread.
+fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -183,6 +187,6 @@ fn date() -> String {
         if d.0 != secs {
             *d = (secs, httpdate::fmt_http_date(now));
         }
-        d.1.clone()
+        f(&d.1)
     })
 }

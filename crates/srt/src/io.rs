@@ -42,6 +42,13 @@ const CONNECTION_QUEUE: usize = 1024;
 const DATA_QUEUE: usize = 128;
 /// The largest UDP datagram read (SRT packets are at most 1500 bytes).
 const MAX_DATAGRAM: usize = 65_536;
+/// The most bytes one serialised SRT packet takes (a 1500-byte MTU's payload, and room).
+const MAX_PACKET: usize = 1600;
+/// A connection's send buffer grows by this much at a time; each packet of a turn is a slice
+/// of it (a frame of a few Mbit/s fits; its space is reused once the turn's packets are sent).
+const BATCH_BYTES: usize = 16 * 1024;
+/// The most inputs of one kind a connection takes in one turn before it sends.
+const DRAIN: usize = 64;
 
 /// What a connection knows of its link, refreshed every second.
 #[derive(Clone, Debug, Default)]
@@ -391,6 +398,14 @@ fn spawn_connection(
 
 /// One connection's loop, as srt-tokio's, plus the statistics: packets in from the listener,
 /// data in from the user, packets out to the socket, data out to the user, timers.
+///
+/// Each turn takes every input already waiting (a reader's frame arrives as several payloads
+/// at once; the listener may hold several packets), then runs the timers, then sends all the
+/// packets that produced in one batch ([`tidegate_core::udp_batch`]: a frame's data packets,
+/// all of one size but the last, leave as one UDP GSO send): one wake-up and one system call
+/// per frame per reader rather than one per packet. srt-protocol paces data by its SND timer
+/// (one packet per period, 10 us at its unlimited bandwidth); the periods that passed since
+/// the last turn release that many packets at once, so the pacing stays srt-protocol's.
 async fn run_connection(
     mut conn: DuplexConnection,
     socket: Arc<UdpSocket>,
@@ -400,7 +415,8 @@ async fn run_connection(
     stats: watch::Sender<LinkStats>,
     mut link: LinkStats,
 ) {
-    let mut out = BytesMut::with_capacity(1500);
+    let mut out = BytesMut::with_capacity(BATCH_BYTES);
+    let mut batch: Vec<(Bytes, SocketAddr)> = Vec::new();
     let mut sending_done = false;
     while conn.is_open() {
         let now = Instant::now();
@@ -409,23 +425,38 @@ async fn run_connection(
             link.socket = conn.statistics().clone();
             stats.send_replace(link.clone());
         }
+        let wake = conn.check_timers(now);
         while let Some((packet, to)) = conn.next_packet(now) {
             link.observe(&packet, true);
+            if out.capacity() - out.len() < MAX_PACKET {
+                out.reserve(BATCH_BYTES);
+            }
+            packet.serialize(&mut out);
+            batch.push((out.split().freeze(), to));
+        }
+        if !batch.is_empty() {
             // A refused send is a lost packet; SRT retransmits it.
-            let _ = send(&socket, &mut out, &packet, to).await;
+            tidegate_core::udp_batch::send_all(&socket, &batch).await;
+            batch.clear();
         }
         while let Some(data) = conn.next_data(now) {
             if !received.is_closed() {
                 let _ = received.send(data).await;
             }
         }
-        let wake = conn.check_timers(now);
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {}
             p = packets.next() => match p {
                 Some(p) => {
-                    link.observe(&p.0, false);
-                    conn.handle_packet_input(Instant::now(), Ok(p));
+                    let mut p = p;
+                    for _ in 0..DRAIN {
+                        link.observe(&p.0, false);
+                        conn.handle_packet_input(Instant::now(), Ok(p));
+                        match packets.try_recv() {
+                            Ok(next) => p = next,
+                            Err(_) => break,
+                        }
+                    }
                 }
                 // The listener is gone (shutdown).
                 None => break,
@@ -433,7 +464,17 @@ async fn run_connection(
             d = to_send.next(), if !sending_done => {
                 // None: the user closed its end; the connection flushes and shuts down.
                 sending_done = d.is_none();
-                conn.handle_data_input(Instant::now(), d);
+                let now = Instant::now();
+                conn.handle_data_input(now, d);
+                for _ in 1..DRAIN {
+                    if sending_done {
+                        break;
+                    }
+                    match to_send.try_recv() {
+                        Ok(d) => conn.handle_data_input(now, Some(d)),
+                        Err(_) => break,
+                    }
+                }
             }
         }
     }

@@ -45,7 +45,7 @@ fn main() {
         args.first().map(String::as_str),
         args.get(1).and_then(|p| p.parse::<u16>().ok()),
     ) {
-        floor_main(port);
+        floor_main(port, args.get(2).is_some_and(|a| a == "av"));
     }
     if let (Some("__hls_floor"), Some(port), Some(playlist), Some(part)) = (
         args.first().map(String::as_str),
@@ -984,7 +984,9 @@ fn edge(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
 /// same publisher and players, and from the publisher's thread writes each message's chunks,
 /// made once, to every player with one blocking `write` each. No ring, no tasks, no queues,
 /// no coalescing: the cost of the system calls and of loopback itself, which every server pays.
-fn floor_main(port: u16) -> ! {
+/// With `av` ("floor-av"), an audio message waits for the next video message and leaves in the
+/// same write: Tidegate's write pattern (`audioCoalesce`), at the floor's cost.
+fn floor_main(port: u16, av: bool) -> ! {
     let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
         Ok(l) => l,
         Err(e) => {
@@ -996,18 +998,19 @@ fn floor_main(port: u16) -> ! {
     for conn in listener.incoming() {
         let Ok(s) = conn else { continue };
         let players = players.clone();
-        std::thread::spawn(move || floor_conn(s, &players));
+        std::thread::spawn(move || floor_conn(s, &players, av));
     }
     std::process::exit(0)
 }
 
-fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStream>>) {
+fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStream>>, av: bool) {
     use std::io::{Read, Write};
     use tidegate_rtmp::session::{Event, ServerSession, CSID_AUDIO, CSID_VIDEO, MEDIA_STREAM_ID};
     let _ = s.set_nodelay(true);
     let mut session = ServerSession::new(0);
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = bytes::BytesMut::new();
+    let mut out_sent = true;
     loop {
         let n = match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
@@ -1036,7 +1039,10 @@ fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStrea
                     timestamp,
                     payload,
                 } if type_id == 8 || type_id == 9 => {
-                    out.clear();
+                    // floor-av: audio stays in `out` until a video message follows it.
+                    if !av || out_sent {
+                        out.clear();
+                    }
                     let csid = if type_id == 9 { CSID_VIDEO } else { CSID_AUDIO };
                     tidegate_rtmp::chunk::write_message(
                         &mut out,
@@ -1047,6 +1053,10 @@ fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStrea
                         &payload,
                         tidegate_rtmp::session::OUT_CHUNK_SIZE,
                     );
+                    out_sent = !av || type_id == 9;
+                    if !out_sent {
+                        continue;
+                    }
                     if let Ok(mut p) = players.lock() {
                         p.retain_mut(|w| w.write_all(&out).is_ok());
                     }
@@ -1061,17 +1071,17 @@ fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStrea
     }
 }
 
-fn start_floor() -> Result<Server, String> {
+fn start_floor(av: bool) -> Result<Server, String> {
     let port = free_port();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = Command::new(exe)
-        .args(["__floor", &port.to_string()])
+        .args(["__floor", &port.to_string(), if av { "av" } else { "" }])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("floor: {e}"))?;
     Ok(Server {
-        name: "floor",
+        name: if av { "floor-av" } else { "floor" },
         child,
         port,
     })
@@ -1098,11 +1108,11 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     );
     for &n in counts {
         let mut results = Vec::new();
-        for which in ["tidegate", "nginx-rtmp", "floor"] {
+        for which in ["tidegate", "nginx-rtmp", "floor", "floor-av"] {
             let server = match which {
                 "tidegate" => start_tidegate(&root, &dir, None)?,
                 "nginx-rtmp" => start_nginx(&dir)?,
-                _ => start_floor()?,
+                _ => start_floor(which == "floor-av")?,
             };
             let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
             println!(
@@ -1121,13 +1131,21 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
             results.push(r);
             drop(server);
         }
-        if let [t, g, f] = &results[..] {
+        if let [t, g, f, fav] = &results[..] {
             println!(
                 "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}, tidegate / floor = {:.2}, nginx-rtmp / floor = {:.2}",
                 "ratio",
                 t.cpu_per_gbit / g.cpu_per_gbit,
                 t.cpu_per_gbit / f.cpu_per_gbit,
                 g.cpu_per_gbit / f.cpu_per_gbit,
+            );
+            // floor-av writes as Tidegate does: what any server with one write per video frame
+            // can reach here, against nginx-rtmp.
+            println!(
+                "{n:>8} {:>11} CPU per Gbit: floor-av / nginx-rtmp = {:.2}, tidegate / floor-av = {:.2}",
+                "ratio",
+                fav.cpu_per_gbit / g.cpu_per_gbit,
+                t.cpu_per_gbit / fav.cpu_per_gbit,
             );
         }
     }
@@ -1886,9 +1904,19 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         "p99 ms",
         "readers"
     );
+    // TIDEGATE_BENCH_READERS=rtmp,srt measures only those kinds (RTMP first: the others'
+    // ratios are to it).
+    let only = std::env::var("TIDEGATE_BENCH_READERS").ok();
+    let kinds: Vec<&str> = ["rtmp", "rtsp-tcp", "rtsp-udp", "srt"]
+        .into_iter()
+        .filter(|k| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|x| x == *k))
+        })
+        .collect();
     for &n in counts {
         let mut rtmp_cost = None;
-        for name in ["rtmp", "rtsp-tcp", "rtsp-udp", "srt"] {
+        for &name in &kinds {
             let rtsp_ports = (free_port(), free_udp_pair(), 0);
             let rtsp_ports = (rtsp_ports.0, rtsp_ports.1, rtsp_ports.1 + 1);
             let server = start_tidegate_with(&root, &dir, None, Some(rtsp_ports))?;

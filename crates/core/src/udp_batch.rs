@@ -1,5 +1,5 @@
-//! Sending a frame's RTP packets to a UDP reader in as few system calls as possible, instead of
-//! one `sendto` per packet. A run of packets of one size (a video frame's fragments; the last
+//! Sending datagrams in as few system calls as possible, instead of one `sendto` per packet:
+//! a frame's RTP packets to an RTSP reader over UDP, or one SRT connection's packets of a turn. A run of packets of one size (a video frame's fragments; the last
 //! may be shorter) goes as one UDP GSO send (`UDP_SEGMENT`: the kernel cuts it into datagrams
 //! late, so the stack runs once per run rather than once per packet); the rest go in one
 //! `sendmmsg`. Through nix's safe wrappers (the workspace forbids `unsafe`). Where GSO is
@@ -12,10 +12,10 @@ use std::os::fd::AsRawFd;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::dump::DumpedUdp;
 use nix::sys::socket::{
     sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
-use tidegate_core::dump::DumpedUdp;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -49,14 +49,14 @@ fn run_end_by<T, K: PartialEq>(pkts: &[T], from: usize, key: impl Fn(&T) -> (K, 
 }
 
 /// [`run_end_by`] for packets with their addresses.
-fn run_end(pkts: &[(Bytes, SocketAddr)], from: usize) -> usize {
-    run_end_by(pkts, from, |(b, a)| (*a, b.len()))
+fn run_end<B: AsRef<[u8]>>(pkts: &[(B, SocketAddr)], from: usize) -> usize {
+    run_end_by(pkts, from, |(b, a)| (*a, b.as_ref().len()))
 }
 
 /// One GSO send of a run: the kernel sends each `segment` bytes as a datagram.
-fn send_gso(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> std::io::Result<usize> {
-    let segment = run[0].0.len() as u16;
-    let iov: Vec<IoSlice<'_>> = run.iter().map(|(b, _)| IoSlice::new(b)).collect();
+fn send_gso<B: AsRef<[u8]>>(sock: &UdpSocket, run: &[(B, SocketAddr)]) -> std::io::Result<usize> {
+    let segment = run[0].0.as_ref().len() as u16;
+    let iov: Vec<IoSlice<'_>> = run.iter().map(|(b, _)| IoSlice::new(b.as_ref())).collect();
     let to = SockaddrStorage::from(run[0].1);
     let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
     Ok(sendmsg(
@@ -69,9 +69,12 @@ fn send_gso(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> std::io::Result<us
 }
 
 /// One `sendmmsg` of the first packets of `pkts`: how many the kernel took.
-fn send_some(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> std::io::Result<usize> {
+fn send_some<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]) -> std::io::Result<usize> {
     let n = pkts.len().min(MAX_BATCH);
-    let slices: Vec<[IoSlice<'_>; 1]> = pkts[..n].iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+    let slices: Vec<[IoSlice<'_>; 1]> = pkts[..n]
+        .iter()
+        .map(|(b, _)| [IoSlice::new(b.as_ref())])
+        .collect();
     let addrs: Vec<Option<SockaddrStorage>> = pkts[..n]
         .iter()
         .map(|(_, a)| Some(SockaddrStorage::from(*a)))
@@ -92,7 +95,7 @@ fn send_some(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> std::io::Result<
 /// [`send_all`] from a socket whose datagrams are dumped (`dumpPackets`).
 pub async fn send_all_dumped(sock: &DumpedUdp, pkts: &[(Bytes, SocketAddr)]) -> u64 {
     let sent = send_all(sock, pkts).await;
-    if tidegate_core::dump::enabled() {
+    if crate::dump::enabled() {
         for (p, to) in pkts {
             sock.dump.outbound(*to, p);
         }
@@ -103,7 +106,7 @@ pub async fn send_all_dumped(sock: &DumpedUdp, pkts: &[(Bytes, SocketAddr)]) -> 
 /// Sends every packet of `pkts` from `sock`, as few system calls as the kernel allows, waiting
 /// while the socket buffer is full. Returns the bytes sent. A packet the kernel refuses (an
 /// ICMP error queued for the socket, say) is skipped, as a failed `sendto` would be.
-pub async fn send_all(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> u64 {
+pub async fn send_all<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]) -> u64 {
     let mut bytes = 0u64;
     let mut from = 0;
     let mut rest_start = None;
@@ -133,17 +136,17 @@ pub async fn send_all(sock: &UdpSocket, pkts: &[(Bytes, SocketAddr)]) -> u64 {
 }
 
 /// A run as one GSO send, waiting while the buffer is full. None when the kernel refuses GSO.
-async fn send_run(sock: &UdpSocket, run: &[(Bytes, SocketAddr)]) -> Option<u64> {
+async fn send_run<B: AsRef<[u8]>>(sock: &UdpSocket, run: &[(B, SocketAddr)]) -> Option<u64> {
     loop {
         if sock.writable().await.is_err() {
             return Some(0);
         }
         match sock.try_io(Interest::WRITABLE, || send_gso(sock, run)) {
-            Ok(_) => return Some(run.iter().map(|(b, _)| b.len() as u64).sum()),
+            Ok(_) => return Some(run.iter().map(|(b, _)| b.as_ref().len() as u64).sum()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
             {
-                tracing::info!("UDP GSO refused ({e}): RTP to UDP readers goes by sendmmsg");
+                tracing::info!("UDP GSO refused ({e}): batched datagrams go by sendmmsg");
                 return None;
             }
             // Another error (an ICMP error queued for the socket): the run is lost, as a failed
@@ -204,7 +207,7 @@ pub async fn send_run_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
             {
-                tracing::info!("UDP GSO refused ({e}): RTP to UDP readers goes by sendmmsg");
+                tracing::info!("UDP GSO refused ({e}): batched datagrams go by sendmmsg");
                 GSO.store(false, Ordering::Relaxed);
             }
             // The first destination refused it (an ICMP error queued for the socket): skipped,
@@ -224,7 +227,14 @@ pub async fn send_run_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr
 }
 
 /// `pkts` by `sendmmsg`, waiting while the buffer is full.
-async fn send_mmsg_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u64 {
+async fn send_mmsg_all<B: AsRef<[u8]>>(sock: &UdpSocket, mut pkts: &[(B, SocketAddr)]) -> u64 {
+    // A lone datagram (an SRT control packet, say) by plain `sendto`: no headers to build.
+    if let [(b, to)] = pkts {
+        return match sock.send_to(b.as_ref(), *to).await {
+            Ok(n) => n as u64,
+            Err(_) => 0,
+        };
+    }
     let mut bytes = 0u64;
     while !pkts.is_empty() {
         if sock.writable().await.is_err() {
@@ -233,7 +243,10 @@ async fn send_mmsg_all(sock: &UdpSocket, mut pkts: &[(Bytes, SocketAddr)]) -> u6
         match sock.try_io(Interest::WRITABLE, || send_some(sock, pkts)) {
             Ok(n) => {
                 let n = n.max(1).min(pkts.len());
-                bytes += pkts[..n].iter().map(|(b, _)| b.len() as u64).sum::<u64>();
+                bytes += pkts[..n]
+                    .iter()
+                    .map(|(b, _)| b.as_ref().len() as u64)
+                    .sum::<u64>();
                 pkts = &pkts[n..];
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
