@@ -447,14 +447,15 @@ async fn run_connection(
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {}
             p = packets.next() => match p {
-                Some(p) => {
-                    let mut p = p;
-                    for _ in 0..DRAIN {
+                Some(first) => {
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some(p) = next.take() {
                         link.observe(&p.0, false);
                         conn.handle_packet_input(Instant::now(), Ok(p));
-                        match packets.try_recv() {
-                            Ok(next) => p = next,
-                            Err(_) => break,
+                        taken += 1;
+                        if taken < DRAIN {
+                            next = packets.try_recv().ok();
                         }
                     }
                 }
