@@ -52,6 +52,13 @@ impl PeerProcess {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Whether the process has exited already (it is not waited for).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Waits for the process to exit, at most `limit`; panics with its log otherwise.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("not waited yet");

@@ -21,28 +21,47 @@ struct Node {
     rtmp: u16,
 }
 
+/// The binary on ports picked by [`free_port`]. Such a port can be taken by another socket
+/// before the server binds it (outgoing connections draw from the same ephemeral range), and
+/// the server then exits at start: it is started again on other ports, up to five times. It
+/// has started when both its listeners (API and RTMP, the only ones enabled) take
+/// connections while it runs.
 fn start(dir: &Path, name: &str, store: &str) -> Node {
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let rtmp = free_port();
-    let conf = dir.join(format!("{name}.yml"));
-    std::fs::write(
-        &conf,
-        format!(
-            "metrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
-             apiAddress: {api}\nrtmpAddress: 127.0.0.1:{rtmp}\nkeyStore: {}\n\
-             paths:\n  live:\n    streamKeyRequired: yes\n    streamKeyInPath: yes\n\
-             \x20 studio/cam:\n    streamKeyRequired: yes\n",
-            store
-        ),
-    )
-    .unwrap();
-    let process = PeerProcess::spawn(name, Command::new(server_binary()).arg(&conf), dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(api).is_err() {
-        assert!(Instant::now() < deadline, "{}", process.stderr());
-        std::thread::sleep(Duration::from_millis(50));
+    let mut logs = String::new();
+    for _attempt in 0..5 {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let rtmp = free_port();
+        let conf = dir.join(format!("{name}.yml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "metrics: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\n\
+                 apiAddress: {api}\nrtmpAddress: 127.0.0.1:{rtmp}\nkeyStore: {}\n\
+                 paths:\n  live:\n    streamKeyRequired: yes\n    streamKeyInPath: yes\n\
+                 \x20 studio/cam:\n    streamKeyRequired: yes\n",
+                store
+            ),
+        )
+        .unwrap();
+        let mut process = PeerProcess::spawn(name, Command::new(server_binary()).arg(&conf), dir);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if process.exited() {
+                logs.push_str(&process.stderr());
+                break;
+            }
+            let rtmp_addr: SocketAddr = format!("127.0.0.1:{rtmp}").parse().unwrap();
+            if std::net::TcpStream::connect(api).is_ok()
+                && std::net::TcpStream::connect(rtmp_addr).is_ok()
+                && !process.exited()
+            {
+                return Node { process, api, rtmp };
+            }
+            assert!(Instant::now() < deadline, "{}", process.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    Node { process, api, rtmp }
+    panic!("{name} did not start in five attempts:\n{logs}");
 }
 
 impl Node {
