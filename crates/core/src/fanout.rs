@@ -186,9 +186,10 @@ impl Egress {
             let mut items: Vec<Item> = Vec::with_capacity(MAX_BATCH);
             let mut ended = false;
             // While frames are held for the next key-track frame: when they must leave anyway.
-            let mut deadline: Option<tokio::time::Instant> = None;
-            let timer = tokio::time::sleep(std::time::Duration::ZERO);
-            tokio::pin!(timer);
+            // Dropped (so taken out of the timer wheel) as soon as they leave: a timer left
+            // armed would still fire, waking this task and a parked worker for nothing, once
+            // per held audio frame (about 30 times a second per stream).
+            let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
             while !ended {
                 let mut due = false;
                 tokio::select! {
@@ -198,7 +199,7 @@ impl Egress {
                         Ok(f) => batch.push(f),
                         Err(RecvError::Closed) => ended = true,
                     },
-                    _ = &mut timer, if deadline.is_some() => due = true,
+                    () = held(&mut timer), if timer.is_some() => due = true,
                 }
                 while !ended && batch.len() < MAX_BATCH {
                     match src.try_recv() {
@@ -211,15 +212,13 @@ impl Egress {
                     let key = shared.key_track;
                     if !batch.iter().any(|f| Some(f.track) == key) {
                         // Only other tracks' frames: hold them for the next video frame.
-                        if deadline.is_none() && !batch.is_empty() {
-                            let at = tokio::time::Instant::now() + hold;
-                            deadline = Some(at);
-                            timer.as_mut().reset(at);
+                        if timer.is_none() && !batch.is_empty() {
+                            timer = Some(Box::pin(tokio::time::sleep(hold)));
                         }
                         continue;
                     }
                 }
-                deadline = None;
+                timer = None;
                 let mut muxed = Vec::with_capacity(batch.len());
                 for f in batch.drain(..) {
                     if let Some(data) = muxer.mux(&f) {
@@ -391,6 +390,14 @@ impl Drop for Attached {
             .cloned()
             .collect();
         *g = Arc::new(list);
+    }
+}
+
+/// Until the hold timer fires (never without one: its `select!` branch is off then).
+async fn held(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
