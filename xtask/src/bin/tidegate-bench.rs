@@ -1108,7 +1108,16 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     );
     for &n in counts {
         let mut results = Vec::new();
-        for which in ["tidegate", "nginx-rtmp", "floor", "floor-av"] {
+        // TIDEGATE_BENCH_SERVERS=tidegate,floor-av measures only those (for A/B runs of two
+        // builds; the ratios then print only for the servers measured).
+        let only = std::env::var("TIDEGATE_BENCH_SERVERS").ok();
+        for which in ["tidegate", "nginx-rtmp", "floor", "floor-av"]
+            .into_iter()
+            .filter(|k| {
+                only.as_deref()
+                    .is_none_or(|o| o.split(',').any(|x| x == *k))
+            })
+        {
             let server = match which {
                 "tidegate" => start_tidegate(&root, &dir, None)?,
                 "nginx-rtmp" => start_nginx(&dir)?,
