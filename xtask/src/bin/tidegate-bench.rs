@@ -1071,6 +1071,12 @@ fn floor_conn(mut s: std::net::TcpStream, players: &Mutex<Vec<std::net::TcpStrea
     }
 }
 
+/// Whether `name` is measured: the environment variable `var` lists the chosen ones
+/// (comma-separated); unset, all are.
+fn chosen(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |o| o.split(',').any(|x| x == name))
+}
+
 fn start_floor(av: bool) -> Result<Server, String> {
     let port = free_port();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -1110,13 +1116,9 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         let mut results = Vec::new();
         // TIDEGATE_BENCH_SERVERS=tidegate,floor-av measures only those (for A/B runs of two
         // builds; the ratios then print only for the servers measured).
-        let only = std::env::var("TIDEGATE_BENCH_SERVERS").ok();
         for which in ["tidegate", "nginx-rtmp", "floor", "floor-av"]
             .into_iter()
-            .filter(|k| {
-                only.as_deref()
-                    .is_none_or(|o| o.split(',').any(|x| x == *k))
-            })
+            .filter(|k| chosen("TIDEGATE_BENCH_SERVERS", k))
         {
             let server = match which {
                 "tidegate" => start_tidegate(&root, &dir, None)?,
@@ -1915,13 +1917,9 @@ fn rtsp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     );
     // TIDEGATE_BENCH_READERS=rtmp,srt measures only those kinds (RTMP first: the others'
     // ratios are to it).
-    let only = std::env::var("TIDEGATE_BENCH_READERS").ok();
     let kinds: Vec<&str> = ["rtmp", "rtsp-tcp", "rtsp-udp", "srt"]
         .into_iter()
-        .filter(|k| {
-            only.as_deref()
-                .is_none_or(|o| o.split(',').any(|x| x == *k))
-        })
+        .filter(|k| chosen("TIDEGATE_BENCH_READERS", k))
         .collect();
     for &n in counts {
         let mut rtmp_cost = None;
