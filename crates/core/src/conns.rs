@@ -109,6 +109,8 @@ pub struct Counters {
     pub sent: AtomicU64,
     reader: Mutex<Option<std::sync::Weak<dyn ReaderProbe>>>,
     carriage: Mutex<Option<crate::Carriage>>,
+    /// A push reader's sink whose own byte count is part of `sent` (see [`Counters::count_sink`]).
+    sink: Mutex<Option<Arc<crate::fanout::Sink>>>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -121,6 +123,25 @@ impl std::fmt::Debug for Counters {
 }
 
 impl Counters {
+    /// Bytes sent: `sent` and what the counted sink wrote.
+    pub fn bytes_sent(&self) -> u64 {
+        let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        self.sent.load(Ordering::Relaxed) + sink.as_ref().map_or(0, |s| s.bytes_sent())
+    }
+
+    /// Counts what `sink` writes as this connection's bytes sent, read from the sink when the
+    /// API asks (the stream's writer adds nothing per write here), until the guard goes: then
+    /// the sink's bytes are added to `sent` for good.
+    pub fn count_sink(self: &Arc<Self>, sink: &Arc<crate::fanout::Sink>) -> SinkCounted {
+        let mut slot = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.replace(sink.clone()) {
+            self.sent.fetch_add(old.bytes_sent(), Ordering::Relaxed);
+        }
+        SinkCounted {
+            counters: self.clone(),
+        }
+    }
+
     /// The reader whose figures the API and metrics show for this connection (held weakly:
     /// it goes with the reader).
     pub fn set_reader(&self, probe: std::sync::Weak<dyn ReaderProbe>) {
@@ -147,6 +168,22 @@ impl Counters {
             .as_ref()
             .and_then(|w| w.upgrade())
             .map(|p| p.figures())
+    }
+}
+
+/// Counts a sink's bytes as its connection's until dropped ([`Counters::count_sink`]).
+#[must_use = "the sink's bytes are counted while this lives"]
+pub struct SinkCounted {
+    counters: Arc<Counters>,
+}
+
+impl Drop for SinkCounted {
+    fn drop(&mut self) {
+        let c = &self.counters;
+        let mut slot = c.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = slot.take() {
+            c.sent.fetch_add(sink.bytes_sent(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -257,7 +294,7 @@ impl<X: Default + Send + Sync + 'static> ConnRegistry<X> {
                 path: e.path.clone(),
                 query: e.query.clone(),
                 bytes_received: e.counters.received.load(Ordering::Relaxed),
-                bytes_sent: e.counters.sent.load(Ordering::Relaxed),
+                bytes_sent: e.counters.bytes_sent(),
                 reader: e.counters.reader(),
                 carriage: e.counters.carriage(),
                 extra: e.extra.clone(),

@@ -246,9 +246,7 @@ impl Egress {
                     }
                     g.clone()
                 };
-                for s in sinks.iter() {
-                    s.offer(&items);
-                }
+                count_offers(&sinks, &items);
                 items.clear();
                 // Ingest to the readers' sockets (push) or their queue (pull): once per frame
                 // and push reader, or once per frame.
@@ -311,7 +309,8 @@ impl Egress {
                     })
                     .collect();
                 for chunk in items.chunks(MAX_BATCH) {
-                    sink.offer(chunk);
+                    let n = sink.offer(chunk);
+                    sink.count_path(n);
                 }
             }
             let mut list = Vec::with_capacity(g.len() + 1);
@@ -394,6 +393,38 @@ impl Drop for Attached {
 }
 
 /// Until the hold timer fires (never without one: its `select!` branch is off then).
+/// Offers a batch to every push reader and adds what each wrote to its path's counter: once
+/// per run of readers that share a counter (all of one path's, usually), not per write.
+fn count_offers(sinks: &[Arc<Sink>], items: &[Item]) {
+    let mut run: Option<(&Arc<AtomicU64>, u64)> = None;
+    for (i, s) in sinks.iter().enumerate() {
+        // Two readers ahead: its sink; one ahead: its socket (reached through the sink).
+        if let Some(ahead) = sinks.get(i + 2) {
+            ahead.warm();
+        }
+        if let Some(ahead) = sinks.get(i + 1) {
+            ahead.io.warm();
+        }
+        let n = s.offer(items);
+        match (&mut run, &s.path_sent) {
+            (Some((c, total)), Some(p)) if Arc::ptr_eq(c, p) => *total += n,
+            (_, p) => {
+                if let Some((c, total)) = run.take() {
+                    if total > 0 {
+                        c.fetch_add(total, Ordering::Relaxed);
+                    }
+                }
+                run = p.as_ref().map(|p| (p, n));
+            }
+        }
+    }
+    if let Some((c, total)) = run {
+        if total > 0 {
+            c.fetch_add(total, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn held(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
@@ -415,6 +446,18 @@ struct Item {
 pub trait SinkIo: Send + Sync + 'static {
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// The stream's writer's write: like [`SinkIo::try_write_vectored`], but it may bypass the
+    /// runtime's readiness (a plain socket's `sendmsg`, with no readiness check and without
+    /// the `writev` path through the VFS). Its `WouldBlock` leaves the runtime's readiness as it
+    /// was, so only the stream's writer uses it; the reader's task, which waits for
+    /// writability, writes with `try_write_vectored`, which clears readiness on `WouldBlock`.
+    fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.try_write_vectored(bufs)
+    }
+
+    /// Loads what the next write reads (see [`Sink::warm`]).
+    fn warm(&self) {}
 
     /// Bytes accepted but not on the socket yet (TLS records waiting).
     fn pending(&self) -> bool {
@@ -446,6 +489,15 @@ impl Writable for tokio::net::TcpStream {
 impl SinkIo for tokio::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         tokio::net::TcpStream::try_write_vectored(self, bufs)
+    }
+
+    fn warm(&self) {
+        std::hint::black_box(std::os::fd::AsRawFd::as_raw_fd(self));
+    }
+
+    fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // The socket is non-blocking (the runtime set it so). `sendmsg` with MSG_NOSIGNAL.
+        socket2::SockRef::from(self).send_vectored(bufs)
     }
 }
 
@@ -806,17 +858,22 @@ impl crate::ReaderProbe for Sink {
 }
 
 /// A push reader's socket and private queue.
+///
+/// In declaration order (`repr(C)`): what the stream's writer touches for each write comes
+/// first, so that it spans as few cache lines as it can; [`Sink::warm`] loads them ahead.
+#[repr(C)]
 pub struct Sink {
-    io: Arc<dyn SinkIo>,
-    state: Mutex<SinkState>,
-    notify: Notify,
-    limits: SinkLimits,
     detached: AtomicBool,
-    /// The stream whose stats count this reader's skips (the API's `readerSkips`).
-    source: Mutex<Weak<Stream>>,
+    state: Mutex<SinkState>,
+    io: Arc<dyn SinkIo>,
     sent: AtomicU64,
     units: AtomicU64,
-    on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
+    /// The path's bytes-sent counter this reader adds to (see [`Sink::counting`]).
+    path_sent: Option<Arc<AtomicU64>>,
+    notify: Notify,
+    limits: SinkLimits,
+    /// The stream whose stats count this reader's skips (the API's `readerSkips`).
+    source: Mutex<Weak<Stream>>,
 }
 
 impl Sink {
@@ -830,14 +887,34 @@ impl Sink {
             source: Mutex::new(Weak::new()),
             sent: AtomicU64::new(0),
             units: AtomicU64::new(0),
-            on_sent: None,
+            path_sent: None,
         }
     }
 
-    /// Calls `f` with the number of bytes after each write that took some (byte counters).
-    pub fn on_sent(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Sink {
-        self.on_sent = Some(Box::new(f));
+    /// Adds the bytes this reader writes to `path_sent` (a path's counter, shared by its
+    /// readers). The stream's writer adds once per batch for all the readers that share one
+    /// counter, not once per write: a counter touched after every write to every reader is a
+    /// cache line fetched a thousand times per frame at a thousand readers. The connection's
+    /// own count reads [`Sink::bytes_sent`] ([`crate::Counters::count_sink`]).
+    pub fn counting(mut self, path_sent: Arc<AtomicU64>) -> Sink {
+        self.path_sent = Some(path_sent);
         self
+    }
+
+    /// Loads what the next write to this reader reads (plain loads, whose values are not
+    /// used), so that the memory arrives while the writer is busy with the readers before it.
+    /// At a thousand readers those lines are out of the cache by the next frame; fetched one
+    /// by one, each write waits for them in turn.
+    fn warm(&self) {
+        std::hint::black_box(self.detached.load(Ordering::Relaxed));
+        std::hint::black_box(self.sent.load(Ordering::Relaxed));
+        std::hint::black_box(self.path_sent.is_some());
+    }
+
+    fn count_path(&self, n: u64) {
+        if let (Some(c), true) = (&self.path_sent, n > 0) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SinkState> {
@@ -887,7 +964,11 @@ impl Sink {
         }
         if st.queue.is_empty() {
             let slices = [IoSlice::new(&data)];
-            match self.write_now(&slices) {
+            let written = self.write_now(&slices, false);
+            if let Ok(n) = written {
+                self.count_path(n as u64);
+            }
+            match written {
                 Ok(n) if n == data.len() && !self.io.pending() => return,
                 Ok(n) if n == data.len() => {}
                 Ok(n) => {
@@ -910,19 +991,22 @@ impl Sink {
         st.queue.push_back(Queued { data, media });
     }
 
-    /// One non-blocking vectored write; `Ok(0)` when the socket takes nothing now.
-    fn write_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    /// One non-blocking vectored write; `Ok(0)` when the socket takes nothing now. `fast`: the
+    /// stream's writer's write ([`SinkIo::send_now`]).
+    fn write_now(&self, slices: &[IoSlice<'_>], fast: bool) -> io::Result<usize> {
         loop {
-            match self.io.try_write_vectored(slices) {
+            let r = if fast {
+                self.io.send_now(slices)
+            } else {
+                self.io.try_write_vectored(slices)
+            };
+            match r {
                 Ok(0) if !slices.iter().all(|s| s.is_empty()) => {
                     return Err(io::ErrorKind::WriteZero.into())
                 }
                 Ok(n) => {
                     if n > 0 {
                         self.sent.fetch_add(n as u64, Ordering::Relaxed);
-                        if let Some(f) = &self.on_sent {
-                            f(n as u64);
-                        }
                     }
                     return Ok(n);
                 }
@@ -934,13 +1018,14 @@ impl Sink {
     }
 
     /// Offers muxed frames: written at once if the socket takes them, else queued (bounded).
-    fn offer(&self, items: &[Item]) {
+    /// Returns the bytes written now (for the path's counter: the caller adds them).
+    fn offer(&self, items: &[Item]) -> u64 {
         if self.detached.load(Ordering::Relaxed) {
-            return;
+            return 0;
         }
         let mut st = self.lock();
         if st.failed.is_some() || st.ended {
-            return;
+            return 0;
         }
         let mut items = items;
         if st.resync {
@@ -951,15 +1036,16 @@ impl Sink {
                     st.resync = false;
                     items = &items[at..];
                 }
-                None => return,
+                None => return 0,
             }
         }
         if items.is_empty() {
-            return;
+            return 0;
         }
         self.units
             .fetch_add(items.iter().map(|i| i.units).sum(), Ordering::Relaxed);
         let mut wake = false;
+        let mut written = 0u64;
         if st.queue.is_empty() {
             // The common case: the socket takes the whole batch in one system call.
             let mut done = 0; // items written whole
@@ -976,16 +1062,17 @@ impl Sink {
                     slices[count] = IoSlice::new(&i.data);
                     count += 1;
                 }
-                let mut n = match self.write_now(&slices[..count]) {
+                let mut n = match self.write_now(&slices[..count], true) {
                     Ok(0) => break 'write,
                     Ok(n) => n,
                     Err(e) => {
                         st.failed = Some(e.kind());
                         drop(st);
                         self.notify.notify_one();
-                        return;
+                        return written;
                     }
                 };
+                written += n as u64;
                 while n > 0 && done < items.len() {
                     let left = items[done].data.len() - partial;
                     if n >= left {
@@ -1020,6 +1107,7 @@ impl Sink {
         if wake {
             self.notify.notify_one();
         }
+        written
     }
 
     /// Past the bounds, the queued media goes (but a partly written frame and control bytes
@@ -1093,9 +1181,12 @@ impl Sink {
                 .take(MAX_IOV)
                 .map(|q| IoSlice::new(&q.data))
                 .collect();
-            let mut n = match self.write_now(&slices) {
+            let mut n = match self.write_now(&slices, false) {
                 Ok(0) => return Ok(false),
-                Ok(n) => n,
+                Ok(n) => {
+                    self.count_path(n as u64);
+                    n
+                }
                 Err(e) => {
                     st.failed = Some(e.kind());
                     return Err(e);
@@ -1313,6 +1404,45 @@ mod tests {
             seen.push(i64::from_be_bytes(f.data[..].try_into().unwrap()));
         }
         assert_eq!(seen.first(), Some(&10));
+    }
+
+    #[tokio::test]
+    async fn readers_bytes_count_once_for_their_path_and_for_their_connection() {
+        let stream = Arc::new(Stream::new(desc(), config()));
+        let egress = stream.egress(|_| muxer());
+        let path = Arc::new(AtomicU64::new(0));
+        let other = Arc::new(AtomicU64::new(0));
+        let (a, b, c) = (Pipe::open(), Pipe::open(), Pipe::open());
+        let sa = Arc::new(Sink::new(a.clone(), SinkLimits::default()).counting(path.clone()));
+        let sb = Arc::new(Sink::new(b.clone(), SinkLimits::default()).counting(path.clone()));
+        let sc = Arc::new(Sink::new(c.clone(), SinkLimits::default()).counting(other.clone()));
+        // A head written by the reader's own task counts too.
+        sa.send_control(Bytes::from_static(b"headhead"));
+        let counters = Arc::new(crate::conns::Counters::default());
+        counters.sent.fetch_add(100, Ordering::Relaxed); // the handshake, written before
+        let counted = counters.count_sink(&sa);
+        let (_a, _b, _c) = (
+            egress.attach(sa.clone()),
+            egress.attach(sb.clone()),
+            egress.attach(sc.clone()),
+        );
+        for n in 0..6 {
+            stream.write(video(n, 3));
+        }
+        until("frame 5 at every reader", || {
+            [&a, &b, &c].iter().all(|p| p.frames().last() == Some(&5))
+        })
+        .await;
+        let got = |p: &Pipe| p.got.lock().unwrap().len() as u64;
+        assert_eq!(sa.bytes_sent(), got(&a));
+        assert_eq!(got(&a), 8 + 6 * 8);
+        assert_eq!(path.load(Ordering::Relaxed), got(&a) + got(&b));
+        assert_eq!(other.load(Ordering::Relaxed), got(&c));
+        // The connection's count reads the sink's, and keeps it when the sink goes.
+        assert_eq!(counters.bytes_sent(), 100 + got(&a));
+        drop(counted);
+        drop((_a, sa));
+        assert_eq!(counters.bytes_sent(), 100 + got(&a));
     }
 
     #[tokio::test]

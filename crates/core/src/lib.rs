@@ -38,7 +38,7 @@ pub use auth::{
 pub use bytes::Bytes;
 pub use conns::{
     ConnEvent, ConnEventKind, ConnGuard, ConnInfo, ConnRegistry, ConnState, PullFigures,
-    ReaderFigures, ReaderProbe,
+    ReaderFigures, ReaderProbe, SinkCounted,
 };
 pub use fanout::{
     Attached, Egress, EgressReader, Muxer, SharedTcp, SharedTls, Sink, SinkIo, SinkLimits,

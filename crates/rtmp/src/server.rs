@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -585,16 +584,13 @@ impl<S: Transport> Conn<S> {
         // keeps an idle player cheap.
         buf.truncate(4096);
         buf.shrink_to_fit();
-        let counters = self.guard.counters.clone();
-        let path_sent = reader.bytes_sent_counter();
         let limits = SinkLimits {
             max_frames: reader.stream().config().ring_capacity,
             max_bytes: reader.stream().config().gop_cache_max_bytes,
         };
-        let sink = Arc::new(Sink::new(io, limits).on_sent(move |n| {
-            counters.sent.fetch_add(n, Ordering::Relaxed);
-            path_sent.fetch_add(n, Ordering::Relaxed);
-        }));
+        let sink = Arc::new(Sink::new(io, limits).counting(reader.bytes_sent_counter()));
+        // The connection's bytes sent are read from the sink (nothing added per write).
+        let _counted = self.guard.counters.count_sink(&sink);
         sink.send_control(head.freeze());
         let probe: Arc<dyn tidegate_core::ReaderProbe> = sink.clone();
         self.guard.counters.set_reader(Arc::downgrade(&probe));
