@@ -436,20 +436,16 @@ fn count_offers(sinks: &[Arc<Sink>], items: &[Item], whole: Option<&Bytes>) {
         let n = s.offer(items, whole);
         match (&mut run, &s.path_sent) {
             (Some((c, total)), Some(p)) if Arc::ptr_eq(c, p) => *total += n,
-            (_, p) => {
-                if let Some((c, total)) = run.take() {
-                    if total > 0 {
-                        c.fetch_add(total, Ordering::Relaxed);
-                    }
-                }
-                run = p.as_ref().map(|p| (p, n));
-            }
+            (_, p) => add(std::mem::replace(&mut run, p.as_ref().map(|p| (p, n)))),
         }
     }
-    if let Some((c, total)) = run {
-        if total > 0 {
-            c.fetch_add(total, Ordering::Relaxed);
-        }
+    add(run);
+}
+
+/// Adds a run's total to its counter.
+fn add(run: Option<(&Arc<AtomicU64>, u64)>) {
+    if let Some((c, total)) = run.filter(|(_, t)| *t > 0) {
+        c.fetch_add(total, Ordering::Relaxed);
     }
 }
 
@@ -476,8 +472,8 @@ pub trait SinkIo: Send + Sync + 'static {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 
     /// The stream's writer's write: like [`SinkIo::try_write_vectored`], but it may bypass the
-    /// runtime's readiness (a plain socket's `sendmsg`, with no readiness check and without
-    /// the `writev` path through the VFS). Its `WouldBlock` leaves the runtime's readiness as it
+    /// runtime's readiness (a plain socket's `send` or `sendmsg`, with no readiness check and
+    /// without the `writev` path through the VFS). Its `WouldBlock` leaves the runtime's readiness as it
     /// was, so only the stream's writer uses it; the reader's task, which waits for
     /// writability, writes with `try_write_vectored`, which clears readiness on `WouldBlock`.
     fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
