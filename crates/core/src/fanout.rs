@@ -36,10 +36,10 @@ pub trait Muxer: Send + 'static {
     /// The wire bytes of one frame, or None to leave the frame out.
     fn mux(&mut self, frame: &Frame) -> Option<Bytes>;
 
-    /// Whether frames of the other tracks (audio) may wait up to the stream's
-    /// `audio_coalesce` for the next frame of the key track (video), so that they leave in
-    /// one write with it: for byte-stream egresses whose readers buffer by timestamp (RTMP,
-    /// RTSP over TCP), where each write costs a system call per reader.
+    /// Whether frames of the other tracks (audio) may wait for the next frame of the key track
+    /// (video), as the stream's `audio_coalesce` says, so that they leave in one write with
+    /// it: for byte-stream egresses whose readers buffer by timestamp (RTMP, RTSP over TCP),
+    /// where each write costs a system call per reader.
     fn coalesce(&self) -> bool {
         false
     }
@@ -68,6 +68,10 @@ impl<F: FnMut(&Frame) -> Option<Bytes> + Send + 'static> Muxer for F {
 /// Frames taken from the source per wake-up at most: frames that arrived together (audio and
 /// video of one publisher read) leave together, in one write per reader.
 const MAX_BATCH: usize = 64;
+/// How much longer than `audioCoalesce` a held frame may wait when the publisher sends nothing
+/// after it (with the publisher's next frame, it leaves at once once it has waited
+/// `audioCoalesce`).
+const HOLD_SLACK: std::time::Duration = std::time::Duration::from_millis(200);
 /// Buffers per vectored write (Linux takes up to 1024).
 const MAX_IOV: usize = 128;
 
@@ -173,7 +177,8 @@ impl Egress {
         let mut src = source.subscribe();
         let task_shared = shared.clone();
         let task_stop = stop.clone();
-        let hold = if muxer.coalesce() {
+        // Holding only makes sense when there is a key track (video) to wait for.
+        let hold = if muxer.coalesce() && key_track.is_some() {
             source.config().audio_coalesce
         } else {
             std::time::Duration::ZERO
@@ -185,11 +190,18 @@ impl Egress {
             let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(MAX_BATCH);
             let mut items: Vec<Item> = Vec::with_capacity(MAX_BATCH);
             let mut ended = false;
-            // While frames are held for the next key-track frame: when they must leave anyway.
-            // Dropped (so taken out of the timer wheel) as soon as they leave: a timer left
-            // armed would still fire, waking this task and a parked worker for nothing, once
-            // per held audio frame (about 30 times a second per stream).
-            let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            // Held frames (audio) leave with the next key-track frame; once they have waited
+            // `hold`, with the next frame of any track; and when the publisher sends nothing
+            // more, when `fallback` fires, `HOLD_SLACK` later. The publisher's own frames are
+            // the clock: a timer at `hold` would fire, or make the runtime wake up to move it
+            // down its timer wheel, about once per held frame (30 to 40 wake-ups a second
+            // per stream, most of a one-reader stream's fixed cost). `fallback` lives as long
+            // as the task and is only ever pushed later while in use, which tokio does with a
+            // compare-and-swap (no timer-wheel lock, no driver wake-up per held frame).
+            let fallback = tokio::time::sleep(std::time::Duration::ZERO);
+            tokio::pin!(fallback);
+            let mut armed = false;
+            let mut held_since: Option<tokio::time::Instant> = None;
             while !ended {
                 let mut due = false;
                 tokio::select! {
@@ -199,7 +211,7 @@ impl Egress {
                         Ok(f) => batch.push(f),
                         Err(RecvError::Closed) => ended = true,
                     },
-                    () = held(&mut timer), if timer.is_some() => due = true,
+                    () = &mut fallback, if armed => due = true,
                 }
                 while !ended && batch.len() < MAX_BATCH {
                     match src.try_recv() {
@@ -212,13 +224,23 @@ impl Egress {
                     let key = shared.key_track;
                     if !batch.iter().any(|f| Some(f.track) == key) {
                         // Only other tracks' frames: hold them for the next video frame.
-                        if timer.is_none() && !batch.is_empty() {
-                            timer = Some(Box::pin(tokio::time::sleep(hold)));
+                        let now = tokio::time::Instant::now();
+                        let since = match held_since {
+                            Some(t) => t,
+                            None => {
+                                held_since = Some(now);
+                                fallback.as_mut().reset(now + hold + HOLD_SLACK);
+                                armed = true;
+                                now
+                            }
+                        };
+                        if now < since + hold {
+                            continue;
                         }
-                        continue;
                     }
                 }
-                timer = None;
+                held_since = None;
+                armed = false;
                 let mut muxed = Vec::with_capacity(batch.len());
                 for f in batch.drain(..) {
                     if let Some(data) = muxer.mux(&f) {
@@ -397,7 +419,6 @@ impl Drop for Attached {
     }
 }
 
-/// Until the hold timer fires (never without one: its `select!` branch is off then).
 /// A batch of several frames (audio held for the video frame after it) copied once into one
 /// buffer, the items becoming slices of it: each reader then gets one plain `send` of one
 /// buffer, which costs the kernel less than a vectored `sendmsg` of the pieces (a copy per
@@ -446,13 +467,6 @@ fn count_offers(sinks: &[Arc<Sink>], items: &[Item], whole: Option<&Bytes>) {
 fn add(run: Option<(&Arc<AtomicU64>, u64)>) {
     if let Some((c, total)) = run.filter(|(_, t)| *t > 0) {
         c.fetch_add(total, Ordering::Relaxed);
-    }
-}
-
-async fn held(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -549,14 +563,29 @@ impl tokio::io::AsyncRead for SharedTcp {
     ) -> std::task::Poll<io::Result<()>> {
         loop {
             std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return std::task::Poll::Ready(Ok(()));
+            let dst = buf.initialize_unfilled();
+            let want = dst.len();
+            let mut got = 0;
+            // A short read means the socket's receive queue is empty: the read readiness is
+            // cleared then (as tokio's own `TcpStream` does), so the next read waits for the
+            // next data instead of first making a `recv` that returns EAGAIN. `try_io`
+            // clears it when the closure says WouldBlock; the bytes read are kept in `got`.
+            let r = self.0.try_io(tokio::io::Interest::READABLE, || {
+                use std::io::Read;
+                got = (&*socket2::SockRef::from(&*self.0)).read(dst)?;
+                if got > 0 && got < want {
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(())
+            });
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return std::task::Poll::Ready(Err(e)),
             }
+            buf.advance(got);
+            return std::task::Poll::Ready(Ok(()));
         }
     }
 }
@@ -1751,16 +1780,62 @@ mod tests {
         until("audio and video", || pipe.frames().len() == 4).await;
         assert_eq!(pipe.frames(), [0, 100, 101, 1]);
         assert_eq!(calls(), 2);
-        // Without video, audio waits no longer than audio_coalesce.
+        // Without video, audio that has waited audio_coalesce leaves with the next frame
+        // of any track...
         stream.write(audio(102));
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
         assert_eq!(pipe.frames().len(), 4);
         tokio::time::advance(Duration::from_millis(51)).await;
-        until("the held audio", || pipe.frames().len() == 5).await;
-        assert_eq!(pipe.frames()[4], 102);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames().len(), 4, "no timer fires at audio_coalesce");
+        stream.write(audio(103));
+        until("the held audio", || pipe.frames().len() == 6).await;
+        assert_eq!(pipe.frames()[4..], [102, 103]);
         assert_eq!(calls(), 3);
+        // ...and when the publisher sends nothing more, HOLD_SLACK later.
+        stream.write(audio(104));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_millis(50) + HOLD_SLACK - Duration::from_millis(2))
+            .await;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames().len(), 6);
+        tokio::time::advance(Duration::from_millis(3)).await;
+        until("the last held audio", || pipe.frames().len() == 7).await;
+        assert_eq!(pipe.frames()[6], 104);
+        assert_eq!(calls(), 4);
+    }
+
+    /// A stream without video has nothing to hold its audio for: every frame leaves at once.
+    #[tokio::test(start_paused = true)]
+    async fn audio_of_a_stream_without_video_is_not_held() {
+        let d = StreamDesc {
+            tracks: vec![Track {
+                id: 1,
+                params: CodecParams::Opus { channels: 2 },
+                clock_rate: 48_000,
+            }],
+        };
+        let stream = Arc::new(Stream::new(d, config()));
+        let egress = stream.egress(|_| Coalescing);
+        let pipe = Pipe::open();
+        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        for n in 0..3 {
+            stream.write(Frame {
+                track: 1,
+                keyframe: true,
+                ..video(n, 1)
+            });
+            until("the audio frame", || pipe.frames().len() == n as usize + 1).await;
+        }
+        assert_eq!(pipe.frames(), [0, 1, 2]);
     }
 
     /// An RTMPS-like reader: a TLS connection whose record layer the egress writer shares. A

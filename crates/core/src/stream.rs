@@ -25,9 +25,10 @@ pub struct StreamConfig {
     pub gop_cache_max_frames: usize,
     /// ...or this many payload bytes.
     pub gop_cache_max_bytes: usize,
-    /// How long byte-stream egresses (RTMP, RTSP over TCP) may hold an audio frame so that it
-    /// leaves in one write with the next video frame (`audioCoalesce`); zero writes each frame
-    /// at once.
+    /// How long byte-stream egresses (RTMP, RTSP over TCP) hold an audio frame for the next
+    /// video frame, so that both leave in one write (`audioCoalesce`): after this, it leaves
+    /// with the publisher's next frame of any track (or a fallback timer 200 ms later); zero
+    /// writes each frame at once.
     pub audio_coalesce: std::time::Duration,
 }
 

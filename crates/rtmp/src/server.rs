@@ -482,8 +482,31 @@ impl<S: Transport> Conn<S> {
         self.flush().await?;
         let kicked = publisher.kicked();
         let mut ingest = crate::ingest::Ingest::new(publisher);
+        // The publisher's reads: one stop future and one read deadline for the whole session,
+        // the deadline pushed later after each read (a compare-and-swap in tokio's timer),
+        // rather than a timer and three cancellation futures set up and torn down per read.
+        let limit = self.config.read_timeout;
+        let stopped = Self::stopped(self.shutdown.clone(), self.guard.kick.clone());
+        let replaced = kicked.cancelled_owned();
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(stopped, replaced, deadline);
         loop {
-            let open = self.step(&mut buf, &kicked).await?;
+            let n = tokio::select! {
+                biased;
+                r = &mut stopped => return r,
+                () = &mut replaced => {
+                    return Err(ConnError::Refused("replaced by another publisher, or kicked".into()))
+                }
+                () = &mut deadline => return Err(ConnError::ReadTimeout(limit)),
+                r = self.socket.read(&mut buf) => r?,
+            };
+            let open = n > 0;
+            if open {
+                deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                self.received(n);
+                self.session.feed(&buf[..n])?;
+                self.flush().await?;
+            }
             while let Some(ev) = self.session.poll_event() {
                 match ev {
                     Event::Media {
