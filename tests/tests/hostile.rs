@@ -314,6 +314,59 @@ fn slowloris_clients_are_closed_after_the_read_timeout() {
     }
 }
 
+/// An RTMP publisher that stops sending without closing (its ffmpeg frozen with SIGSTOP: a
+/// hung encoder, a dead uplink) is closed after `readTimeout` (2 s here): the path stops being
+/// ready, and a new publisher takes it and a reader decodes it.
+#[test]
+fn a_frozen_rtmp_publisher_is_closed_after_the_read_timeout() {
+    let dir = scratch("hostile-frozen");
+    let [rtmp, api] = [(); 2].map(|_| free_port());
+    let _server = start(
+        &dir,
+        "tidegate-frozen",
+        &format!(
+            "readTimeout: 2s\nrtmpAddress: 127.0.0.1:{rtmp}\napiAddress: 127.0.0.1:{api}\n\
+             rtsp: no\nhls: no\nmetrics: no\nsrt: no\nwebrtc: no\nplayback: no\n"
+        ),
+        None,
+    );
+    for p in [rtmp, api] {
+        wait_listening(p, Duration::from_secs(20));
+    }
+    let url = format!("rtmp://127.0.0.1:{rtmp}/live/frozen");
+    let frozen = ffmpeg_publish(&url, 60, "flv", &dir);
+    let addr = wait_ready(api, "live/frozen");
+    let stop = Command::new(peer("sh"))
+        .args(["-c", &format!("kill -STOP {}", frozen.pid())])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let frozen_at = Instant::now();
+    tidegate_tests::poll(
+        Duration::from_secs(15),
+        || "the frozen publisher's path is still ready after 15 s".into(),
+        || {
+            let r = tidegate_tests::http::fetch(addr, "/v3/paths/get/live/frozen", &[]);
+            (!r.text().contains("\"ready\":true")).then_some(())
+        },
+    );
+    let closed = frozen_at.elapsed();
+    eprintln!("the frozen publisher was closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1500) && closed <= Duration::from_secs(10),
+        "closed after {closed:?}"
+    );
+    drop(frozen);
+    let _publisher = ffmpeg_publish(&url, 30, "flv", &dir);
+    wait_ready(api, "live/frozen");
+    let mut reader = ffmpeg_decoding(&url, 4, &dir, "ffmpeg-reader");
+    let frames = decoded_frames(&mut reader);
+    assert!(
+        frames >= 60,
+        "the new publisher's reader decoded {frames} frames in 4 s"
+    );
+}
+
 /// A TCP connection to 127.0.0.1:`port` from `source` (any loopback address).
 fn connect_from(source: &str, port: u16) -> TcpStream {
     use socket2::{Domain, Socket, Type};
