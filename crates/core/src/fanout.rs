@@ -177,8 +177,7 @@ impl Egress {
         let mut src = source.subscribe();
         let task_shared = shared.clone();
         let task_stop = stop.clone();
-        // Holding only makes sense when there is a key track (video) to wait for.
-        let hold = if muxer.coalesce() && key_track.is_some() {
+        let hold = if muxer.coalesce() {
             source.config().audio_coalesce
         } else {
             std::time::Duration::ZERO
@@ -1813,7 +1812,8 @@ mod tests {
         assert_eq!(calls(), 4);
     }
 
-    /// A stream without video has nothing to hold its audio for: every frame leaves at once.
+    /// A stream without video has nothing to hold its audio for: its first track is its key
+    /// track, so every frame leaves at once.
     #[tokio::test(start_paused = true)]
     async fn audio_of_a_stream_without_video_is_not_held() {
         let d = StreamDesc {
@@ -1836,6 +1836,8 @@ mod tests {
             until("the audio frame", || pipe.frames().len() == n as usize + 1).await;
         }
         assert_eq!(pipe.frames(), [0, 1, 2]);
+        // The paused clock never moved: nothing waited for a timer.
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     /// An RTMPS-like reader: a TLS connection whose record layer the egress writer shares. A
