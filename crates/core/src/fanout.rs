@@ -1827,6 +1827,7 @@ mod tests {
         let egress = stream.egress(|_| Coalescing);
         let pipe = Pipe::open();
         let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        let start = tokio::time::Instant::now();
         for n in 0..3 {
             stream.write(Frame {
                 track: 1,
