@@ -153,7 +153,7 @@ fn serve_rtsp(
                 rtsp_config.clone(),
                 sd.clone(),
                 t.clone(),
-            ));
+            ))
         }),
     );
 }
@@ -195,7 +195,7 @@ fn serve_http(
                 },
                 sd.clone(),
                 t.clone(),
-            ));
+            ))
         }),
     );
 }
@@ -814,7 +814,7 @@ impl Server {
                             rtmp_config.clone(),
                             sd.clone(),
                             t.clone(),
-                        ));
+                        ))
                     }),
                 );
             }

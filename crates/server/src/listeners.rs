@@ -1,7 +1,8 @@
 //! TCP listeners a reload can move: when a listener's address key (`rtmpAddress`,
 //! `hlsAddress`, `apiAddress`, …) changes, the new address is bound first (a failure leaves
 //! the old listener as it is, logged), its accept loop started, and only then the old
-//! listener closed. Connections accepted by the old one go on: only accepting moves.
+//! listener closed: the move is logged once the old accept loop has ended (so the old address
+//! refuses from then on). Connections accepted by the old one go on: only accepting moves.
 //! UDP sockets (SRT, WebRTC, RTP/RTCP) are not moved: a changed UDP address is named as
 //! needing a restart.
 
@@ -13,14 +14,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// Starts an accept loop on a listener; it stops accepting when the token is cancelled.
-pub(crate) type Spawn = Box<dyn Fn(TcpListener, CancellationToken) + Send + Sync>;
+/// Starts an accept loop on a listener; it stops accepting (and drops the listener) when the
+/// token is cancelled. Its task (the accept loop alone: connections have tasks of their own).
+pub(crate) type Spawn =
+    Box<dyn Fn(TcpListener, CancellationToken) -> tokio::task::JoinHandle<()> + Send + Sync>;
 
 struct Rebindable {
     key: &'static str,
     name: &'static str,
     configured: SocketAddr,
     stop: CancellationToken,
+    accepting: Option<tokio::task::JoinHandle<()>>,
     spawn: Spawn,
 }
 
@@ -68,7 +72,7 @@ impl Listeners {
         spawn: Spawn,
     ) {
         let stop = shutdown.child_token();
-        spawn(listener, stop.clone());
+        let accepting = Some(spawn(listener, stop.clone()));
         self.list
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -77,6 +81,7 @@ impl Listeners {
                 name,
                 configured,
                 stop,
+                accepting,
                 spawn,
             });
     }
@@ -116,13 +121,21 @@ impl Listeners {
                 }
             };
             let local = listener.local_addr().unwrap_or(to);
-            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(r) = list.get_mut(i) else { continue };
-            let stop = shutdown.child_token();
-            (r.spawn)(listener, stop.clone());
-            r.stop.cancel();
-            r.stop = stop;
-            r.configured = to;
+            let old = {
+                let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(r) = list.get_mut(i) else { continue };
+                let stop = shutdown.child_token();
+                let accepting = (r.spawn)(listener, stop.clone());
+                r.stop.cancel();
+                r.stop = stop;
+                r.configured = to;
+                r.accepting.replace(accepting)
+            };
+            // The old accept loop returns as soon as it sees its token cancelled, dropping
+            // the old listener; bounded all the same.
+            if let Some(old) = old {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), old).await;
+            }
             tracing::info!(
                 "[reload] [{name}] listener moved from {from} to {local}; open connections are kept"
             );
