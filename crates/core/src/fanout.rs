@@ -199,7 +199,6 @@ impl Egress {
             // compare-and-swap (no timer-wheel lock, no driver wake-up per held frame).
             let fallback = tokio::time::sleep(std::time::Duration::ZERO);
             tokio::pin!(fallback);
-            let mut armed = false;
             let mut held_since: Option<tokio::time::Instant> = None;
             while !ended {
                 let mut due = false;
@@ -210,7 +209,7 @@ impl Egress {
                         Ok(f) => batch.push(f),
                         Err(RecvError::Closed) => ended = true,
                     },
-                    () = &mut fallback, if armed => due = true,
+                    () = &mut fallback, if held_since.is_some() => due = true,
                 }
                 while !ended && batch.len() < MAX_BATCH {
                     match src.try_recv() {
@@ -229,7 +228,6 @@ impl Egress {
                             None => {
                                 held_since = Some(now);
                                 fallback.as_mut().reset(now + hold + HOLD_SLACK);
-                                armed = true;
                                 now
                             }
                         };
@@ -239,7 +237,6 @@ impl Egress {
                     }
                 }
                 held_since = None;
-                armed = false;
                 let mut muxed = Vec::with_capacity(batch.len());
                 for f in batch.drain(..) {
                     if let Some(data) = muxer.mux(&f) {
