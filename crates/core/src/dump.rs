@@ -314,20 +314,21 @@ impl Drop for UdpDump {
 /// whose `recv_from`/`send_to`/`recv`/`send_to` it shadows with dumping ones; datagrams sent
 /// another way (`sendmmsg` batches) are passed to [`UdpDump::outbound`] by their sender.
 pub struct DumpedUdp {
-    sock: tokio::net::UdpSocket,
+    sock: crate::udp::QuietUdp,
     pub dump: UdpDump,
 }
 
 impl DumpedUdp {
-    /// `prefix` names the file, e.g. `rtsp_server_packet_conn`.
-    pub fn new(sock: tokio::net::UdpSocket, prefix: &'static str) -> DumpedUdp {
+    /// `prefix` names the file, e.g. `rtsp_server_packet_conn`. The socket is watched for
+    /// reading only ([`crate::udp::QuietUdp`]).
+    pub fn new(sock: tokio::net::UdpSocket, prefix: &'static str) -> io::Result<DumpedUdp> {
         let local = sock
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        DumpedUdp {
-            sock,
+        Ok(DumpedUdp {
+            sock: crate::udp::QuietUdp::new(sock)?,
             dump: UdpDump::new(prefix, local),
-        }
+        })
     }
 
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -342,20 +343,17 @@ impl DumpedUdp {
         Ok(n)
     }
 
+    /// A send that does not wait (`WouldBlock` when the buffer is full).
     pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let n = self.sock.try_send_to(buf, to)?;
+        let n = self.sock.get_ref().send_to(buf, to)?;
         self.dump.outbound(to, &buf[..n]);
         Ok(n)
-    }
-
-    pub fn into_inner(self) -> tokio::net::UdpSocket {
-        self.sock
     }
 }
 
 impl std::ops::Deref for DumpedUdp {
-    type Target = tokio::net::UdpSocket;
-    fn deref(&self) -> &tokio::net::UdpSocket {
+    type Target = crate::udp::QuietUdp;
+    fn deref(&self) -> &crate::udp::QuietUdp {
         &self.sock
     }
 }

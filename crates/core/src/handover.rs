@@ -216,12 +216,16 @@ impl Twins {
 /// datagrams to it rather than to `shared` (a connected socket is the better match), here or in
 /// another process. Both get `SO_REUSEADDR`, which binding twice needs.
 pub fn connected_twin(
-    shared: &tokio::net::UdpSocket,
+    shared: &impl std::os::fd::AsFd,
     peer: SocketAddr,
 ) -> std::io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let local = shared.local_addr()?;
-    socket2::SockRef::from(shared).set_reuse_address(true)?;
+    let shared = socket2::SockRef::from(shared);
+    let local = shared
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP socket"))?;
+    shared.set_reuse_address(true)?;
     let s = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;

@@ -14,10 +14,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dump::DumpedUdp;
 use nix::sys::socket::{
-    sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+    sendmmsg, sendmsg, sendto, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use crate::udp::QuietUdp;
+
+/// A socket the batched sends go out of: tokio's (registered for writing, so its sends wait
+/// for the runtime's word that there is room) or a [`QuietUdp`] (registered for reading only:
+/// a full buffer is retried a millisecond later).
+pub trait UdpOut: AsRawFd + Sync {
+    /// One attempt at a send that must not block (`WouldBlock` when the buffer is full).
+    fn try_send<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R>;
+    /// Until a send may find room.
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl UdpOut for UdpSocket {
+    fn try_send<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        self.try_io(Interest::WRITABLE, f)
+    }
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.writable()
+    }
+}
+
+impl UdpOut for QuietUdp {
+    fn try_send<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        f()
+    }
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.writable()
+    }
+}
 
 /// At most this many datagrams per system call.
 const MAX_BATCH: usize = 64;
@@ -54,7 +84,7 @@ fn run_end<B: AsRef<[u8]>>(pkts: &[(B, SocketAddr)], from: usize) -> usize {
 }
 
 /// One GSO send of a run: the kernel sends each `segment` bytes as a datagram.
-fn send_gso<B: AsRef<[u8]>>(sock: &UdpSocket, run: &[(B, SocketAddr)]) -> std::io::Result<usize> {
+fn send_gso<B: AsRef<[u8]>>(sock: &impl UdpOut, run: &[(B, SocketAddr)]) -> std::io::Result<usize> {
     let segment = run[0].0.as_ref().len() as u16;
     let iov: Vec<IoSlice<'_>> = run.iter().map(|(b, _)| IoSlice::new(b.as_ref())).collect();
     let to = SockaddrStorage::from(run[0].1);
@@ -69,7 +99,10 @@ fn send_gso<B: AsRef<[u8]>>(sock: &UdpSocket, run: &[(B, SocketAddr)]) -> std::i
 }
 
 /// One `sendmmsg` of the first packets of `pkts`: how many the kernel took.
-fn send_some<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]) -> std::io::Result<usize> {
+fn send_some<B: AsRef<[u8]>>(
+    sock: &impl UdpOut,
+    pkts: &[(B, SocketAddr)],
+) -> std::io::Result<usize> {
     let n = pkts.len().min(MAX_BATCH);
     let slices: Vec<[IoSlice<'_>; 1]> = pkts[..n]
         .iter()
@@ -94,7 +127,7 @@ fn send_some<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]) -> std:
 
 /// [`send_all`] from a socket whose datagrams are dumped (`dumpPackets`).
 pub async fn send_all_dumped(sock: &DumpedUdp, pkts: &[(Bytes, SocketAddr)]) -> u64 {
-    let sent = send_all(sock, pkts).await;
+    let sent = send_all(&**sock, pkts).await;
     if crate::dump::enabled() {
         for (p, to) in pkts {
             sock.dump.outbound(*to, p);
@@ -106,7 +139,7 @@ pub async fn send_all_dumped(sock: &DumpedUdp, pkts: &[(Bytes, SocketAddr)]) -> 
 /// Sends every packet of `pkts` from `sock`, as few system calls as the kernel allows, waiting
 /// while the socket buffer is full. Returns the bytes sent. A packet the kernel refuses (an
 /// ICMP error queued for the socket, say) is skipped, as a failed `sendto` would be.
-pub async fn send_all<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]) -> u64 {
+pub async fn send_all<B: AsRef<[u8]>>(sock: &impl UdpOut, pkts: &[(B, SocketAddr)]) -> u64 {
     let mut bytes = 0u64;
     let mut from = 0;
     let mut rest_start = None;
@@ -136,14 +169,15 @@ pub async fn send_all<B: AsRef<[u8]>>(sock: &UdpSocket, pkts: &[(B, SocketAddr)]
 }
 
 /// A run as one GSO send, waiting while the buffer is full. None when the kernel refuses GSO.
-async fn send_run<B: AsRef<[u8]>>(sock: &UdpSocket, run: &[(B, SocketAddr)]) -> Option<u64> {
+async fn send_run<B: AsRef<[u8]>>(sock: &impl UdpOut, run: &[(B, SocketAddr)]) -> Option<u64> {
     loop {
-        if sock.writable().await.is_err() {
-            return Some(0);
-        }
-        match sock.try_io(Interest::WRITABLE, || send_gso(sock, run)) {
+        match sock.try_send(|| send_gso(sock, run)) {
             Ok(_) => return Some(run.iter().map(|(b, _)| b.as_ref().len() as u64).sum()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.ready().await.is_err() {
+                    return Some(0);
+                }
+            }
             Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
             {
                 tracing::info!("UDP GSO refused ({e}): batched datagrams go by sendmmsg");
@@ -163,7 +197,7 @@ pub fn same_size_run(pkts: &[(u8, Bytes)], from: usize) -> usize {
 
 /// One `sendmmsg` of the run to the first addresses of `to` (at most [`MAX_BATCH`]), each as
 /// one GSO message: how many the kernel took.
-fn gso_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr]) -> std::io::Result<usize> {
+fn gso_to_many(sock: &impl UdpOut, run: &[&Bytes], to: &[SocketAddr]) -> std::io::Result<usize> {
     let n = to.len().min(MAX_BATCH);
     let iov: Vec<IoSlice<'_>> = run.iter().map(|b| IoSlice::new(b)).collect();
     let slices = std::iter::repeat_n(&iov, n);
@@ -188,23 +222,24 @@ fn gso_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr]) -> std::io::
 /// A run of same-size packets (the last may be shorter) to every address of `to`: one GSO
 /// message per address, [`MAX_BATCH`] addresses per system call; by `sendmmsg` of single
 /// datagrams where the kernel refuses GSO. Returns, per address, whether it was sent.
-pub async fn send_run_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr]) -> Vec<bool> {
+pub async fn send_run_to_many(sock: &impl UdpOut, run: &[&Bytes], to: &[SocketAddr]) -> Vec<bool> {
     let mut sent = vec![false; to.len()];
     if run.is_empty() {
         return sent;
     }
     let mut at = 0;
     while at < to.len() && GSO.load(Ordering::Relaxed) {
-        if sock.writable().await.is_err() {
-            return sent;
-        }
-        match sock.try_io(Interest::WRITABLE, || gso_to_many(sock, run, &to[at..])) {
+        match sock.try_send(|| gso_to_many(sock, run, &to[at..])) {
             Ok(n) => {
                 let n = n.max(1).min(to.len() - at);
                 sent[at..at + n].iter_mut().for_each(|s| *s = true);
                 at += n;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.ready().await.is_err() {
+                    return sent;
+                }
+            }
             Err(e) if matches!(e.raw_os_error(), Some(code) if code == nix::libc::EINVAL || code == nix::libc::EIO || code == nix::libc::ENOPROTOOPT) =>
             {
                 tracing::info!("UDP GSO refused ({e}): batched datagrams go by sendmmsg");
@@ -227,20 +262,33 @@ pub async fn send_run_to_many(sock: &UdpSocket, run: &[&Bytes], to: &[SocketAddr
 }
 
 /// `pkts` by `sendmmsg`, waiting while the buffer is full.
-async fn send_mmsg_all<B: AsRef<[u8]>>(sock: &UdpSocket, mut pkts: &[(B, SocketAddr)]) -> u64 {
+async fn send_mmsg_all<B: AsRef<[u8]>>(sock: &impl UdpOut, mut pkts: &[(B, SocketAddr)]) -> u64 {
     // A lone datagram (an SRT control packet, say) by plain `sendto`: no headers to build.
     if let [(b, to)] = pkts {
-        return match sock.send_to(b.as_ref(), *to).await {
-            Ok(n) => n as u64,
-            Err(_) => 0,
-        };
+        let to = SockaddrStorage::from(*to);
+        loop {
+            let sent = sock.try_send(|| {
+                Ok(sendto(
+                    sock.as_raw_fd(),
+                    b.as_ref(),
+                    &to,
+                    MsgFlags::empty(),
+                )?)
+            });
+            match sent {
+                Ok(n) => return n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if sock.ready().await.is_err() {
+                        return 0;
+                    }
+                }
+                Err(_) => return 0,
+            }
+        }
     }
     let mut bytes = 0u64;
     while !pkts.is_empty() {
-        if sock.writable().await.is_err() {
-            break;
-        }
-        match sock.try_io(Interest::WRITABLE, || send_some(sock, pkts)) {
+        match sock.try_send(|| send_some(sock, pkts)) {
             Ok(n) => {
                 let n = n.max(1).min(pkts.len());
                 bytes += pkts[..n]
@@ -249,7 +297,11 @@ async fn send_mmsg_all<B: AsRef<[u8]>>(sock: &UdpSocket, mut pkts: &[(B, SocketA
                     .sum::<u64>();
                 pkts = &pkts[n..];
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.ready().await.is_err() {
+                    break;
+                }
+            }
             Err(_) => pkts = &pkts[1..],
         }
     }
@@ -281,6 +333,46 @@ mod tests {
         );
         assert_eq!(run_end(&pkts, 4), 5, "another address");
         assert_eq!(run_end(&pkts, 5), 6);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_socket_sends_runs_and_singles_and_receives_them_in_order() {
+        let bind =
+            || async { QuietUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap() };
+        let (rx, tx) = (bind().await, bind().await);
+        let (to, from) = (rx.local_addr().unwrap(), tx.local_addr().unwrap());
+        // A run of one size with a shorter last one, then a lone datagram, then a run again.
+        let sizes: Vec<usize> = std::iter::repeat_n(1200, 7)
+            .chain([400, 90])
+            .chain(std::iter::repeat_n(800, 3))
+            .collect();
+        let pkts: Vec<(Bytes, SocketAddr)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Bytes::from(vec![i as u8; *n]), to))
+            .collect();
+        assert_eq!(
+            send_all(&tx, &pkts).await,
+            sizes.iter().sum::<usize>() as u64
+        );
+        assert_eq!(tx.send_to(b"last", to).await.unwrap(), 4);
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        for _ in 0..=sizes.len() {
+            let (n, source) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv_from(&mut buf))
+                    .await
+                    .expect("in time")
+                    .expect("received");
+            got.push((n, source, buf[0]));
+        }
+        let want: Vec<(usize, SocketAddr, u8)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, from, i as u8))
+            .chain([(4, from, b'l')])
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -634,11 +634,12 @@ async fn pull_on(
                     .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
                 let sock = join(group, rtp_port)
                     .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
-                let sock = DumpedUdp::new(sock, dump_prefix);
+                let sock = DumpedUdp::new(sock, dump_prefix)
+                    .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
                 // The group's RTCP: the sender's reports (absolute times). A camera that sends
                 // none, or a port we cannot join, only costs those.
                 let rtcp = match join(group, rtcp_port) {
-                    Ok(s) => Some(DumpedUdp::new(s, dump_prefix)),
+                    Ok(s) => DumpedUdp::new(s, dump_prefix).ok(),
                     Err(e) => {
                         tracing::warn!(
                             path,
@@ -686,8 +687,8 @@ async fn pull_on(
             } => {
                 let (rtp, rtcp) = port_pair(play.ports).await?;
                 let (rtp, rtcp) = (
-                    DumpedUdp::new(rtp, dump_prefix),
-                    DumpedUdp::new(rtcp, dump_prefix),
+                    DumpedUdp::new(rtp, dump_prefix).map_err(|e| e.to_string())?,
+                    DumpedUdp::new(rtcp, dump_prefix).map_err(|e| e.to_string())?,
                 );
                 let p = rtp.local_addr().map_err(|e| e.to_string())?.port();
                 let mut headers = vec![(

@@ -211,7 +211,7 @@ async fn send_frame(rtp: &DumpedUdp, rtcp: &DumpedUdp, frame: &Frame, members: &
             .filter_map(|m| Some((m, m.dests.get(track).copied().flatten()?.0)))
             .collect();
         let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
-        let sent = tidegate_core::udp_batch::send_run_to_many(rtp, &run, &addrs).await;
+        let sent = tidegate_core::udp_batch::send_run_to_many(&**rtp, &run, &addrs).await;
         for (to, _) in addrs.iter().zip(&sent).filter(|(_, ok)| **ok) {
             for p in &run {
                 rtp.dump.outbound(*to, p);
@@ -295,7 +295,7 @@ mod tests {
     async fn joiners_get_the_gop_in_order_then_live_frames_and_leavers_nothing() {
         let s = stream();
         let bind = || UdpSocket::bind("127.0.0.1:0");
-        let dumped = |s| Arc::new(DumpedUdp::new(s, "test"));
+        let dumped = |s| Arc::new(DumpedUdp::new(s, "test").expect("registered"));
         let (rtp, rtcp) = (dumped(bind().await.unwrap()), dumped(bind().await.unwrap()));
         let (a, b) = (bind().await.unwrap(), bind().await.unwrap());
         let to = |u: &UdpSocket| {

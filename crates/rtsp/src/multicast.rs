@@ -83,14 +83,17 @@ impl StreamGroups {
             let mut sub = packets.subscribe_from_next_keyframe();
             let (rtp_port, rtcp_port) = (conf.rtp_port, conf.rtcp_port);
             tokio::spawn(async move {
-                let sock = match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
-                    Ok(s) => tidegate_core::dump::DumpedUdp::new(s, "rtsp_server_packet_conn"),
+                let sock = match tokio::net::UdpSocket::bind("0.0.0.0:0")
+                    .await
+                    .and_then(|s| tidegate_core::dump::DumpedUdp::new(s, "rtsp_server_packet_conn"))
+                {
+                    Ok(s) => s,
                     Err(e) => {
                         tracing::warn!("[RTSP] multicast socket: {e}");
                         return;
                     }
                 };
-                let _ = sock.set_multicast_ttl_v4(16);
+                let _ = sock.get_ref().set_multicast_ttl_v4(16);
                 loop {
                     let frame = tokio::select! {
                         f = sub.recv() => match f {

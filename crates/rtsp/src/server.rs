@@ -92,16 +92,16 @@ impl Udp {
         rtcp: SocketAddr,
         dump_prefix: &'static str,
     ) -> std::io::Result<Arc<Udp>> {
-        let open = |s: UdpSocket| Arc::new(DumpedUdp::new(tuned(s), dump_prefix));
+        let open = |s: UdpSocket| DumpedUdp::new(tuned(s), dump_prefix).map(Arc::new);
         Ok(Arc::new(Udp {
-            rtp: open(handover::udp(&format!("{dump_prefix} RTP"), rtp).await?),
-            rtcp: open(handover::udp(&format!("{dump_prefix} RTCP"), rtcp).await?),
+            rtp: open(handover::udp(&format!("{dump_prefix} RTP"), rtp).await?)?,
+            rtcp: open(handover::udp(&format!("{dump_prefix} RTCP"), rtcp).await?)?,
             routes: Mutex::new(HashMap::new()),
         }))
     }
 
     pub fn ports(&self) -> (u16, u16) {
-        let p = |s: &UdpSocket| s.local_addr().map(|a| a.port()).unwrap_or(0);
+        let p = |s: &DumpedUdp| s.local_addr().map(|a| a.port()).unwrap_or(0);
         (p(&self.rtp), p(&self.rtcp))
     }
 
@@ -155,8 +155,8 @@ impl Udp {
     /// session lets go of the address.
     fn twin(self: Arc<Self>, peer: SocketAddr, shutdown: &CancellationToken) {
         for rtcp in [false, true] {
-            let shared: &UdpSocket = if rtcp { &self.rtcp } else { &self.rtp };
-            let socket = match handover::connected_twin(shared, peer) {
+            let shared: &DumpedUdp = if rtcp { &self.rtcp } else { &self.rtp };
+            let socket = match handover::connected_twin(&**shared, peer) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("[upgrade] RTSP UDP peer {peer}: no connected socket ({e})");

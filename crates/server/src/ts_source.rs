@@ -92,7 +92,7 @@ pub fn bind_udp(
     }
     let s = tokio::net::UdpSocket::from_std(s.into()).map_err(err)?;
     tidegate_core::udp::tune(&s);
-    Ok(tidegate_core::dump::DumpedUdp::new(s, dump_prefix))
+    tidegate_core::dump::DumpedUdp::new(s, dump_prefix).map_err(err)
 }
 
 /// The IPv4 address of an interface, by name.

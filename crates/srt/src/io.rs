@@ -29,6 +29,7 @@ use srt_protocol::listener::{
 use srt_protocol::packet::{Acknowledgement, ControlTypes, Packet, ReceivePacketError};
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use srt_protocol::statistics::SocketStatistics;
+use tidegate_core::udp::QuietUdp;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -195,6 +196,9 @@ pub async fn listen(
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 ) {
+    let Ok(socket) = QuietUdp::new(socket) else {
+        return;
+    };
     let socket = Arc::new(socket);
     let Ok(local) = socket.local_addr() else {
         return;
@@ -351,7 +355,7 @@ pub fn parse_datagram(data: &[u8], ipv6: bool) -> Result<Packet, ReceivePacketEr
 }
 
 async fn send(
-    socket: &UdpSocket,
+    socket: &QuietUdp,
     out: &mut BytesMut,
     packet: &Packet,
     to: SocketAddr,
@@ -363,7 +367,7 @@ async fn send(
 
 /// Starts a connection's task: returns where the listener hands it packets, and its user's end.
 fn spawn_connection(
-    socket: Arc<UdpSocket>,
+    socket: Arc<QuietUdp>,
     connection: Connection,
 ) -> (mpsc::Sender<(Packet, SocketAddr)>, SrtConn) {
     let (packets_tx, packets) = mpsc::channel(CONNECTION_QUEUE);
@@ -408,7 +412,7 @@ fn spawn_connection(
 /// the last turn release that many packets at once, so the pacing stays srt-protocol's.
 async fn run_connection(
     mut conn: DuplexConnection,
-    socket: Arc<UdpSocket>,
+    socket: Arc<QuietUdp>,
     mut packets: mpsc::Receiver<(Packet, SocketAddr)>,
     mut to_send: mpsc::Receiver<(Instant, Bytes)>,
     mut received: mpsc::Sender<(Instant, Bytes)>,
@@ -436,7 +440,7 @@ async fn run_connection(
         }
         if !batch.is_empty() {
             // A refused send is a lost packet; SRT retransmits it.
-            tidegate_core::udp_batch::send_all(&socket, &batch).await;
+            tidegate_core::udp_batch::send_all(&*socket, &batch).await;
             batch.clear();
         }
         while let Some(data) = conn.next_data(now) {
@@ -527,7 +531,7 @@ pub async fn call(
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let socket = Arc::new(UdpSocket::bind(local).await?);
+    let socket = Arc::new(QuietUdp::new(UdpSocket::bind(local).await?)?);
     let ipv6 = remote.is_ipv6();
     let mut connect = srt_protocol::protocol::pending_connection::connect::Connect::new(
         remote,
@@ -587,7 +591,7 @@ pub async fn call(
 /// connection ends: a caller's own socket, or a listener session's connected twin during an
 /// upgrade ([`tidegate_core::handover`]).
 fn forward_datagrams(
-    socket: Arc<UdpSocket>,
+    socket: Arc<QuietUdp>,
     remote: SocketAddr,
     mut packets: mpsc::Sender<(Packet, SocketAddr)>,
     ipv6: bool,
@@ -622,13 +626,19 @@ fn forward_datagrams(
 /// Gives an open session a connected twin of the listener's socket (an upgrade is under way):
 /// its peer's datagrams then reach it there, whichever process reads the shared socket.
 fn twin(
-    shared: &UdpSocket,
+    shared: &QuietUdp,
     session: SessionId,
     packets: &mpsc::Sender<(Packet, SocketAddr)>,
     ipv6: bool,
 ) {
     match tidegate_core::handover::connected_twin(shared, session.0) {
-        Ok(t) => forward_datagrams(Arc::new(t), session.0, packets.clone(), ipv6),
+        Ok(t) => match QuietUdp::new(t) {
+            Ok(t) => forward_datagrams(Arc::new(t), session.0, packets.clone(), ipv6),
+            Err(e) => tracing::warn!(
+                "[upgrade] SRT session with {}: no connected socket ({e}); it ends with the handover",
+                session.0
+            ),
+        },
         Err(e) => tracing::warn!(
             "[upgrade] SRT session with {}: no connected socket ({e}); it ends with the handover",
             session.0

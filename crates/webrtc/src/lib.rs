@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidegate_core::{ConnRegistry, PathManager};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,7 +142,7 @@ pub(crate) struct Resource {
 pub(crate) struct Inner {
     pub paths: PathManager,
     pub config: WebRtcConfig,
-    pub socket: Option<Arc<UdpSocket>>,
+    pub socket: Option<Arc<tidegate_core::udp::QuietUdp>>,
     /// UDP host candidates.
     pub candidates: Vec<SocketAddr>,
     /// ICE-TCP passive host candidates (`webrtcLocalTCPAddress`).
@@ -245,6 +244,9 @@ impl WebRtc {
                 .await
                 .map_err(|e| WebRtcError::Bind(addr, e))?;
             tidegate_core::udp::tune(&s);
+            // Watched for reading only: its sends would otherwise wake the runtime once per
+            // datagram sent (docs/performance.md).
+            let s = tidegate_core::udp::QuietUdp::new(s).map_err(|e| WebRtcError::Bind(addr, e))?;
             let local = s.local_addr().map_err(|e| WebRtcError::Bind(addr, e))?;
             candidates = host_candidates(local, &config);
             tracing::info!(
@@ -419,7 +421,7 @@ async fn receive_loop(inner: Arc<Inner>) {
 /// A session's peer address gets a connected twin of the shared socket (an upgrade is under
 /// way): its datagrams reach the session there, whichever process reads the shared socket,
 /// until the session ends.
-fn twin(shared: &UdpSocket, peer: SocketAddr, tx: mpsc::Sender<Datagram>) {
+fn twin(shared: &tidegate_core::udp::QuietUdp, peer: SocketAddr, tx: mpsc::Sender<Datagram>) {
     let socket = match tidegate_core::handover::connected_twin(shared, peer) {
         Ok(s) => s,
         Err(e) => {

@@ -1099,7 +1099,7 @@ impl Task {
 
     async fn flush(&self, outbox: &mut Outbox) {
         if let (false, Some(sock)) = (outbox.is_empty(), &self.inner.socket) {
-            outbox.flush(sock).await;
+            outbox.flush(sock.as_ref()).await;
         }
     }
 

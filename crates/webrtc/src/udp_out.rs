@@ -8,8 +8,6 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
-
 /// Datagrams waiting for one flush, in the order they were given.
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -27,7 +25,7 @@ impl Outbox {
 
     /// Sends everything, in order (a datagram the kernel refuses is lost, as a failed `sendto`
     /// would lose it; SRTP's receivers see a loss), and keeps the allocation for the next turn.
-    pub async fn flush(&mut self, sock: &UdpSocket) {
+    pub async fn flush(&mut self, sock: &impl tidegate_core::udp_batch::UdpOut) {
         tidegate_core::udp_batch::send_all(sock, &self.items).await;
         self.items.clear();
     }
@@ -36,6 +34,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UdpSocket;
 
     #[tokio::test]
     async fn a_flush_delivers_every_datagram_whole_and_in_order() {

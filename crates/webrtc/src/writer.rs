@@ -196,7 +196,7 @@ async fn run(
             }
         }
         if let Some(sock) = &inner.socket {
-            outbox.flush(sock).await;
+            outbox.flush(sock.as_ref()).await;
         }
         if let Some((f, _)) = made.first() {
             // An upper bound for each: the last viewer's datagrams left then.
