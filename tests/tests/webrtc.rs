@@ -1297,7 +1297,10 @@ fn aac_reaches_chromium_as_opus_in_sync() {
     // time less RTP time, audio less video, every 50 ms) is judged over the second half: 80 ms
     // at the 90th percentile. The heard-vs-shown measure adds the page's own ~50 ms of audio
     // play-out slack (output latency, script processor): it must settle under 120 ms and never
-    // pass 200 ms.
+    // pass 350 ms. Where it starts is Chromium's audio lead before it synchronises: 84 to
+    // 290 ms in eleven runs on 2026-12-06, with and without that day's change (a 200 ms bound
+    // failed one run in five of the unchanged build); a broken mapping of the two tracks'
+    // times would show as 500 ms or more and never settle.
     let sync_p90 = av["syncP90Ms"].as_f64().unwrap();
     assert!(
         sync_p90 <= 80.0,
@@ -1307,7 +1310,7 @@ fn aac_reaches_chromium_as_opus_in_sync() {
     assert!(sync.abs() <= 40.0, "delivery skew {sync} ms (median): {av}");
     let worst_start = skews.iter().fold(0.0f64, |m, s| m.max(s.abs()));
     assert!(
-        worst_start <= 200.0,
+        worst_start <= 350.0,
         "audio/video skew up to {worst_start} ms: {av}"
     );
     let mut settled = skews[skews.len() - 5..].to_vec();
