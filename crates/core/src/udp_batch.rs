@@ -335,6 +335,15 @@ mod tests {
         assert_eq!(run_end(&pkts, 5), 6);
     }
 
+    /// A datagram of each size to `to`, each filled with its index.
+    fn numbered(sizes: &[usize], to: SocketAddr) -> Vec<(Bytes, SocketAddr)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Bytes::from(vec![i as u8; *n]), to))
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_quiet_socket_sends_runs_and_singles_and_receives_them_in_order() {
         let bind =
@@ -346,11 +355,7 @@ mod tests {
             .chain([400, 90])
             .chain(std::iter::repeat_n(800, 3))
             .collect();
-        let pkts: Vec<(Bytes, SocketAddr)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (Bytes::from(vec![i as u8; *n]), to))
-            .collect();
+        let pkts = numbered(&sizes, to);
         assert_eq!(
             send_all(&tx, &pkts).await,
             sizes.iter().sum::<usize>() as u64
@@ -388,11 +393,7 @@ mod tests {
             .chain(std::iter::repeat_n(900, 10))
             .chain([10])
             .collect();
-        let pkts: Vec<(Bytes, SocketAddr)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (Bytes::from(vec![i as u8; *n]), to))
-            .collect();
+        let pkts = numbered(&sizes, to);
         let sent = send_all(&tx, &pkts).await;
         assert_eq!(sent, sizes.iter().sum::<usize>() as u64);
         eprintln!("UDP GSO in use: {}", GSO.load(Ordering::Relaxed));
