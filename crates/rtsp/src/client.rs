@@ -633,13 +633,13 @@ async fn pull_on(
                 let (group, rtp_port, rtcp_port) = multicast_target(transport)
                     .ok_or_else(|| format!("SETUP: no multicast group in {transport:?}"))?;
                 let sock = join(group, rtp_port)
-                    .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
-                let sock = DumpedUdp::new(sock, dump_prefix)
+                    .and_then(|s| DumpedUdp::new(s, dump_prefix))
                     .map_err(|e| format!("joining {group}:{rtp_port}: {e}"))?;
                 // The group's RTCP: the sender's reports (absolute times). A camera that sends
                 // none, or a port we cannot join, only costs those.
-                let rtcp = match join(group, rtcp_port) {
-                    Ok(s) => DumpedUdp::new(s, dump_prefix).ok(),
+                let rtcp = match join(group, rtcp_port).and_then(|s| DumpedUdp::new(s, dump_prefix))
+                {
+                    Ok(s) => Some(s),
                     Err(e) => {
                         tracing::warn!(
                             path,

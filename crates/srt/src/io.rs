@@ -196,8 +196,12 @@ pub async fn listen(
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 ) {
-    let Ok(socket) = QuietUdp::new(socket) else {
-        return;
+    let socket = match QuietUdp::new(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("[SRT] listener socket: {e}");
+            return;
+        }
     };
     let socket = Arc::new(socket);
     let Ok(local) = socket.local_addr() else {
@@ -631,14 +635,8 @@ fn twin(
     packets: &mpsc::Sender<(Packet, SocketAddr)>,
     ipv6: bool,
 ) {
-    match tidegate_core::handover::connected_twin(shared, session.0) {
-        Ok(t) => match QuietUdp::new(t) {
-            Ok(t) => forward_datagrams(Arc::new(t), session.0, packets.clone(), ipv6),
-            Err(e) => tracing::warn!(
-                "[upgrade] SRT session with {}: no connected socket ({e}); it ends with the handover",
-                session.0
-            ),
-        },
+    match tidegate_core::handover::connected_twin(shared, session.0).and_then(QuietUdp::new) {
+        Ok(t) => forward_datagrams(Arc::new(t), session.0, packets.clone(), ipv6),
         Err(e) => tracing::warn!(
             "[upgrade] SRT session with {}: no connected socket ({e}); it ends with the handover",
             session.0
