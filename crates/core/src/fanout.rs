@@ -39,7 +39,8 @@ pub trait Muxer: Send + 'static {
     /// Whether frames of the other tracks (audio) may wait for the next frame of the key track
     /// (video), as the stream's `audio_coalesce` says, so that they leave in one write with
     /// it: for byte-stream egresses whose readers buffer by timestamp (RTMP, RTSP over TCP),
-    /// where each write costs a system call per reader.
+    /// where each write costs a system call per reader. Asked per batch, so a muxer may
+    /// hold only while it has many readers (WHEP's).
     fn coalesce(&self) -> bool {
         false
     }
@@ -177,11 +178,7 @@ impl Egress {
         let mut src = source.subscribe();
         let task_shared = shared.clone();
         let task_stop = stop.clone();
-        let hold = if muxer.coalesce() {
-            source.config().audio_coalesce
-        } else {
-            std::time::Duration::ZERO
-        };
+        let hold = source.config().audio_coalesce;
         let latency = crate::latency::egress(muxer.egress_name());
         tokio::spawn(async move {
             let shared = task_shared;
@@ -218,7 +215,8 @@ impl Egress {
                         Err(RecvError::Closed) => ended = true,
                     }
                 }
-                if !hold.is_zero() && !due && !ended && batch.len() < MAX_BATCH {
+                if !hold.is_zero() && !due && !ended && batch.len() < MAX_BATCH && muxer.coalesce()
+                {
                     let key = shared.key_track;
                     if !batch.iter().any(|f| Some(f.track) == key) {
                         // Only other tracks' frames: hold them for the next video frame.
@@ -1807,6 +1805,64 @@ mod tests {
         until("the last held audio", || pipe.frames().len() == 7).await;
         assert_eq!(pipe.frames()[6], 104);
         assert_eq!(calls(), 4);
+    }
+
+    /// A muxer that holds audio only while its flag is set (WHEP's holds from many viewers on).
+    struct HoldsWhen(Arc<AtomicBool>);
+
+    impl Muxer for HoldsWhen {
+        fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
+            Some(frame.data.clone())
+        }
+        fn coalesce(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_muxer_that_holds_only_sometimes_is_asked_per_batch() {
+        let mut d = desc();
+        d.tracks.push(Track {
+            id: 1,
+            params: CodecParams::Opus { channels: 2 },
+            clock_rate: 48_000,
+        });
+        let stream = Arc::new(Stream::new(d, config()));
+        let hold = Arc::new(AtomicBool::new(false));
+        let egress = stream.egress(|_| HoldsWhen(hold.clone()));
+        let pipe = Pipe::open();
+        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        let audio = |n: i64| Frame {
+            track: 1,
+            keyframe: true,
+            ..video(n, 1)
+        };
+        stream.write(video(0, 30));
+        until("the video frame", || pipe.frames() == [0]).await;
+        // Not holding: audio leaves on its own.
+        stream.write(audio(100));
+        until("the audio frame", || pipe.frames() == [0, 100]).await;
+        // Holding: audio waits for the next video frame and leaves in its write.
+        hold.store(true, Ordering::Relaxed);
+        stream.write(audio(101));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames(), [0, 100]);
+        let calls = pipe.calls.load(Ordering::Relaxed);
+        stream.write(video(1, 30));
+        until("audio and video", || pipe.frames() == [0, 100, 101, 1]).await;
+        assert_eq!(pipe.calls.load(Ordering::Relaxed), calls + 1);
+        // Held audio leaves with the next frame once the muxer stops holding.
+        stream.write(audio(102));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipe.frames().len(), 4);
+        hold.store(false, Ordering::Relaxed);
+        stream.write(audio(103));
+        until("both audio frames", || pipe.frames().len() == 6).await;
+        assert_eq!(pipe.frames()[4..], [102, 103]);
     }
 
     /// A stream without video has nothing to hold its audio for: its first track is its key

@@ -902,6 +902,9 @@ impl Task {
             outbox: Default::default(),
             alive: true,
         };
+        // Only a WHIP session watches its incoming layers for silence; a WHEP viewer's task
+        // wakes for its peer, its timers and its writer alone.
+        let whip = matches!(state, RoleState::Whip(_));
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             let turned = {
@@ -979,7 +982,7 @@ impl Task {
                         ctx.ended = Some(format!("timer: {e}"));
                     }
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if whip => {
                     if let RoleState::Whip(i) = &mut state {
                         let quiet = i.tick(Instant::now());
                         if !quiet.is_empty() && ctx.keyframe_due(Instant::now()) {

@@ -12,6 +12,7 @@
 //! The writer starts with the stream's first such viewer and stops with its last (its egress
 //! with it); a viewer that joins waits for the next video keyframe.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tidegate_core::{EgressReader, Frame, RecvError, Stream};
@@ -64,6 +65,8 @@ fn lock(v: &Viewers) -> MutexGuard<'_, List> {
 pub(crate) struct Writer {
     viewers: Viewers,
     stop: CancellationToken,
+    /// How many viewers the list has, for the stream's muxer (it holds audio for many).
+    count: Arc<AtomicUsize>,
 }
 
 impl Drop for Writer {
@@ -75,8 +78,10 @@ impl Drop for Writer {
 /// A stream's writer, if one runs (kept with the stream). One task for all the stream's
 /// viewers: two (one per core) measured a third more CPU per viewer here, for a lower latency
 /// (docs/performance.md).
+/// The viewer count lives with the stream, so that an egress still running from an earlier
+/// writer reads the new writer's count.
 #[derive(Default)]
-struct Running(Mutex<Weak<Writer>>);
+struct Running(Mutex<Weak<Writer>>, Arc<AtomicUsize>);
 
 /// A viewer's place with its stream's writer; leaving drops it from the list.
 pub(crate) struct Joined {
@@ -93,6 +98,7 @@ impl Drop for Joined {
             .filter(|c| !Arc::ptr_eq(c, &self.cell))
             .cloned()
             .collect();
+        self.writer.count.store(list.len(), Ordering::Relaxed);
         g.cells = Arc::new(list);
     }
 }
@@ -104,11 +110,13 @@ pub(crate) fn join(inner: &Arc<Inner>, stream: &Arc<Stream>, cell: Arc<Cell>) ->
     let writer = match slot.upgrade() {
         Some(w) => w,
         None => {
-            let egress = stream.egress(|s| media::RtcMuxer::new(&s.desc()));
+            let count = running.1.clone();
+            let egress = stream.egress(|s| media::RtcMuxer::new(&s.desc(), count.clone()));
             let reader = egress.subscribe_from_next_keyframe();
             let w = Arc::new(Writer {
                 viewers: Viewers::default(),
                 stop: CancellationToken::new(),
+                count,
             });
             inner.tasks.spawn(run(
                 reader,
@@ -131,6 +139,7 @@ pub(crate) fn join(inner: &Arc<Inner>, stream: &Arc<Stream>, cell: Arc<Cell>) ->
         } else {
             let mut list: Vec<Arc<Cell>> = g.cells.iter().cloned().collect();
             list.push(cell.clone());
+            writer.count.store(list.len(), Ordering::Relaxed);
             g.cells = Arc::new(list);
         }
     }
