@@ -999,21 +999,7 @@ fn fifty_whep_viewers() {
     let rss0 = rss_kib();
     let cpu0 = cpu_ticks();
     let t0 = Instant::now();
-    let mut viewers = webrtc_peer(&[
-        "whep",
-        &server.webrtc_url("fan", "whep"),
-        "--seconds",
-        "10",
-        "--viewers",
-        "50",
-    ]);
-    let mut viewers = PeerProcess::spawn("aiortc-whep-50", &mut viewers, &dir);
-    let all = wait_sessions(
-        &server,
-        |s| s.len() == 50 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
-        Duration::from_secs(30),
-    );
-    assert_eq!(all.len(), 50);
+    let mut viewers = whep_viewers(&server, "fan", 50, 10, &[], &dir);
     let rss_peak = rss_kib();
     let v = viewer_report(&mut viewers);
     let cpu = (cpu_ticks() - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
@@ -1040,6 +1026,31 @@ fn fifty_whep_viewers() {
         cpu * 100.0
     );
     publisher.kill9();
+}
+
+/// `n` aiortc WHEP viewers of `path` in one process for `seconds`, once all `n` sessions are
+/// established (within 30 s).
+fn whep_viewers(
+    server: &TestServer,
+    path: &str,
+    n: usize,
+    seconds: u32,
+    extra: &[&str],
+    dir: &Path,
+) -> PeerProcess {
+    let url = server.webrtc_url(path, "whep");
+    let (secs, count) = (seconds.to_string(), n.to_string());
+    let mut args = vec!["whep", &url, "--seconds", &secs, "--viewers", &count];
+    args.extend_from_slice(extra);
+    let mut cmd = webrtc_peer(&args);
+    let viewers = PeerProcess::spawn(&format!("aiortc-whep-{n}"), &mut cmd, dir);
+    let all = wait_sessions(
+        server,
+        |s| s.len() == n && s.iter().all(|x| x["peerConnectionEstablished"] == true),
+        Duration::from_secs(30),
+    );
+    assert_eq!(all.len(), n);
+    viewers
 }
 
 /// (p50, p99) upper bounds in ms, and the count, from `webrtc_egress_latency_seconds`.
@@ -1279,22 +1290,7 @@ fn ten_whep_viewers_get_audio_held_for_video_in_sync() {
     let _rtsp = PeerProcess::spawn("ffmpeg-flash-rtsp-opus", &mut cmd, &dir);
     server.wait_ready("ten", READY);
     let seconds = 12;
-    let mut cmd = webrtc_peer(&[
-        "whep",
-        &server.webrtc_url("ten", "whep"),
-        "--seconds",
-        &seconds.to_string(),
-        "--viewers",
-        "10",
-        "--analyse",
-    ]);
-    let mut viewers = PeerProcess::spawn("aiortc-whep-10", &mut cmd, &dir);
-    let all = wait_sessions(
-        &server,
-        |s| s.len() == 10 && s.iter().all(|x| x["peerConnectionEstablished"] == true),
-        Duration::from_secs(30),
-    );
-    assert_eq!(all.len(), 10);
+    let mut viewers = whep_viewers(&server, "ten", 10, seconds, &["--analyse"], &dir);
     let r = viewer_report(&mut viewers);
     let list = r["viewers"].as_array().unwrap();
     assert_eq!(list.len(), 10);

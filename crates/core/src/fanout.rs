@@ -1728,20 +1728,27 @@ mod tests {
         assert_eq!(pipe.calls.load(Ordering::Relaxed), 1);
     }
 
-    /// A muxer that holds audio for the next video frame, as RTMP's does.
-    struct Coalescing;
+    /// A muxer that holds audio for the next video frame while its flag is set: RTMP's always,
+    /// WHEP's from many viewers on.
+    struct HoldsWhen(Arc<AtomicBool>);
 
-    impl Muxer for Coalescing {
+    impl Muxer for HoldsWhen {
         fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
             Some(frame.data.clone())
         }
         fn coalesce(&self) -> bool {
-            true
+            self.0.load(Ordering::Relaxed)
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn audio_waits_for_the_next_video_frame_at_most_audio_coalesce() {
+    /// A muxer that always holds audio, as RTMP's does.
+    fn coalescing() -> HoldsWhen {
+        HoldsWhen(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// A stream of video (track 0) and Opus (track 1), a reader's pipe on the egress that
+    /// `muxer` makes, and the frame number `n` as a track-1 frame.
+    fn av_egress(muxer: HoldsWhen) -> (Arc<Stream>, Arc<Egress>, Arc<Pipe>, Attached) {
         let mut d = desc();
         d.tracks.push(Track {
             id: 1,
@@ -1749,15 +1756,24 @@ mod tests {
             clock_rate: 48_000,
         });
         let stream = Arc::new(Stream::new(d, config()));
-        assert_eq!(stream.config().audio_coalesce, Duration::from_millis(50));
-        let egress = stream.egress(|_| Coalescing);
+        let egress = stream.egress(|_| muxer);
         let pipe = Pipe::open();
-        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
-        let audio = |n: i64| Frame {
+        let a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
+        (stream, egress, pipe, a)
+    }
+
+    fn audio(n: i64) -> Frame {
+        Frame {
             track: 1,
             keyframe: true,
             ..video(n, 1)
-        };
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_waits_for_the_next_video_frame_at_most_audio_coalesce() {
+        let (stream, _egress, pipe, _a) = av_egress(coalescing());
+        assert_eq!(stream.config().audio_coalesce, Duration::from_millis(50));
         let calls = || pipe.calls.load(Ordering::Relaxed);
         stream.write(video(0, 30));
         until("the video frame", || pipe.frames() == [0]).await;
@@ -1807,36 +1823,10 @@ mod tests {
         assert_eq!(calls(), 4);
     }
 
-    /// A muxer that holds audio only while its flag is set (WHEP's holds from many viewers on).
-    struct HoldsWhen(Arc<AtomicBool>);
-
-    impl Muxer for HoldsWhen {
-        fn mux(&mut self, frame: &Frame) -> Option<Bytes> {
-            Some(frame.data.clone())
-        }
-        fn coalesce(&self) -> bool {
-            self.0.load(Ordering::Relaxed)
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_muxer_that_holds_only_sometimes_is_asked_per_batch() {
-        let mut d = desc();
-        d.tracks.push(Track {
-            id: 1,
-            params: CodecParams::Opus { channels: 2 },
-            clock_rate: 48_000,
-        });
-        let stream = Arc::new(Stream::new(d, config()));
         let hold = Arc::new(AtomicBool::new(false));
-        let egress = stream.egress(|_| HoldsWhen(hold.clone()));
-        let pipe = Pipe::open();
-        let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
-        let audio = |n: i64| Frame {
-            track: 1,
-            keyframe: true,
-            ..video(n, 1)
-        };
+        let (stream, _egress, pipe, _a) = av_egress(HoldsWhen(hold.clone()));
         stream.write(video(0, 30));
         until("the video frame", || pipe.frames() == [0]).await;
         // Not holding: audio leaves on its own.
@@ -1877,7 +1867,7 @@ mod tests {
             }],
         };
         let stream = Arc::new(Stream::new(d, config()));
-        let egress = stream.egress(|_| Coalescing);
+        let egress = stream.egress(|_| coalescing());
         let pipe = Pipe::open();
         let _a = egress.attach(Arc::new(Sink::new(pipe.clone(), SinkLimits::default())));
         let start = tokio::time::Instant::now();
