@@ -39,8 +39,8 @@ pub trait Muxer: Send + 'static {
     /// Whether frames of the other tracks (audio) may wait for the next frame of the key track
     /// (video), as the stream's `audio_coalesce` says, so that they leave in one write with
     /// it: for byte-stream egresses whose readers buffer by timestamp (RTMP, RTSP over TCP),
-    /// where each write costs a system call per reader. Asked per batch, so a muxer may
-    /// hold only while it has many readers (WHEP's).
+    /// where each write costs a system call per reader; and WHEP's while a stream has many
+    /// viewers, where each viewer's turn costs a str0m timer sweep. Asked per batch.
     fn coalesce(&self) -> bool {
         false
     }
@@ -1746,8 +1746,8 @@ mod tests {
         HoldsWhen(Arc::new(AtomicBool::new(true)))
     }
 
-    /// A stream of video (track 0) and Opus (track 1), a reader's pipe on the egress that
-    /// `muxer` makes, and the frame number `n` as a track-1 frame.
+    /// A stream of video (track 0) and Opus (track 1), and a reader's pipe on the egress that
+    /// `muxer` makes.
     fn av_egress(muxer: HoldsWhen) -> (Arc<Stream>, Arc<Egress>, Arc<Pipe>, Attached) {
         let mut d = desc();
         d.tracks.push(Track {
@@ -1762,6 +1762,7 @@ mod tests {
         (stream, egress, pipe, a)
     }
 
+    /// Frame number `n` on track 1 (audio).
     fn audio(n: i64) -> Frame {
         Frame {
             track: 1,

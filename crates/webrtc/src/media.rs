@@ -477,7 +477,7 @@ pub(crate) struct RtcMuxer {
 
 /// From this many WHEP viewers of a stream on, its audio waits for the next video frame
 /// (`audioCoalesce`): a viewer's turn in the writer (str0m's timer sweep, its sends) then
-/// serves both, 15 % less CPU per viewer at 100 viewers (docs/performance.md). Fewer viewers
+/// serves both, 14 % less CPU per viewer at 100 viewers (docs/performance.md). Fewer viewers
 /// (a call, a monitor) get each audio frame at once, as before.
 pub(crate) const HOLD_FROM_VIEWERS: usize = 10;
 
