@@ -1275,7 +1275,7 @@ fn aac_reaches_whep_viewers_as_opus_in_sync() {
 /// The flash + beep pattern is published over RTSP with Opus (each RTP packet its own frame,
 /// so audio reaches the stream between video frames). Ten aiortc viewers each decode video and
 /// audio and hear every beep within 80 ms of its flash; the server's added latency stays
-/// within the hold's bound (measured: p50 <= 2 ms, p99 <= 50 ms; without the hold p99 <= 10 ms).
+/// within the hold's bound (measured: p50 <= 2 ms, p99 <= 50 ms).
 /// The hold itself (which batches wait, from how many viewers) is unit-tested in
 /// `tidegate-core` (fanout) and `tidegate-webrtc` (media).
 #[test]
