@@ -374,3 +374,17 @@ pub fn in_ns(pid: u32, cmd: &Command) -> Command {
     }
     c
 }
+
+/// An SRT induction handshake from caller socket `id` (HSv4, as libsrt sends it), with no
+/// connection to follow: a stranger's, for flood and port-reuse tests.
+pub fn srt_induction(id: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for word in [4, 2, id, 1500, 8192, 1, id, 0] {
+        // version, extension field, initial sequence number, MTU, flow window,
+        // handshake type (induction), socket id, SYN cookie
+        p.extend_from_slice(&u32::to_be_bytes(word));
+    }
+    p.extend_from_slice(&[127, 0, 0, 1]);
+    p.extend_from_slice(&[0; 12]);
+    p
+}

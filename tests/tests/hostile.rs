@@ -879,23 +879,6 @@ fn ten_thousand_idle_connections_are_held_or_refused() {
     drop(conns);
 }
 
-/// An SRT induction handshake (HSv4 caller's first packet) from socket `id`.
-fn srt_induction(id: u32) -> Vec<u8> {
-    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p.extend_from_slice(&4u32.to_be_bytes()); // version
-    p.extend_from_slice(&0u16.to_be_bytes()); // encryption
-    p.extend_from_slice(&2u16.to_be_bytes()); // extension field
-    p.extend_from_slice(&id.to_be_bytes()); // initial sequence number
-    p.extend_from_slice(&1500u32.to_be_bytes()); // MTU
-    p.extend_from_slice(&8192u32.to_be_bytes()); // flow window
-    p.extend_from_slice(&1u32.to_be_bytes()); // handshake type: induction
-    p.extend_from_slice(&id.to_be_bytes()); // socket id
-    p.extend_from_slice(&0u32.to_be_bytes()); // SYN cookie
-    p.extend_from_slice(&[127, 0, 0, 1]);
-    p.extend_from_slice(&[0; 12]);
-    p
-}
-
 /// A STUN binding request with a username no session has and a bogus integrity.
 fn stun_wrong_credentials(n: u32) -> Vec<u8> {
     let user = format!("nobody{n}:whoever");
@@ -962,7 +945,10 @@ fn srt_handshake_and_stun_floods_cost_no_state() {
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
     for (i, s) in socks.iter().enumerate() {
-        let _ = s.send_to(&srt_induction(1000 + i as u32), ("127.0.0.1", srt));
+        let _ = s.send_to(
+            &tidegate_tests::srt_induction(1000 + i as u32),
+            ("127.0.0.1", srt),
+        );
     }
     let stun = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for n in 0..20_000 {

@@ -457,3 +457,61 @@ fn push_to_an_srt_destination() {
     let push = &path["push"][0];
     assert!(push["bytes"].as_u64().unwrap() > 100_000, "{path}");
 }
+
+/// A caller from the address of an unfinished handshake gets in: a stranger sends an
+/// induction from a local port and never concludes (as after a flood, or an encoder that
+/// restarted on its fixed source port), then srt-live-transmit reads from that same port. The
+/// listener answered the second caller with the first's saved answer before, and libsrt,
+/// which matches answers to its socket id, waited until its connect timeout.
+#[test]
+fn a_reader_from_the_port_of_an_unfinished_handshake_gets_in() {
+    let dir = scratch("srt-port-reuse");
+    let server = TestServer::start("");
+    let _publisher = ffmpeg_publish(&server.rtmp_url("live/cam"), 60, "flv", &dir);
+    server.wait_ready("live/cam", READY);
+    let port = {
+        let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger
+            .send_to(&tidegate_tests::srt_induction(77), server.srt_addr())
+            .unwrap();
+        stranger
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = [0u8; 1500];
+        let (n, _) = stranger.recv_from(&mut answer).unwrap();
+        // Addressed to the stranger's socket id (77).
+        assert_eq!(answer[12..16], 77u32.to_be_bytes(), "{:?}", &answer[..n]);
+        stranger.local_addr().unwrap().port()
+    };
+    // srt-live-transmit binds `port` as its own and writes what it receives for 5 s. Its
+    // connect timeout (conntimeo) is 3 s: the handshake must not wait for the stranger's to
+    // expire.
+    let url = format!(
+        "{}&latency=200&port={port}",
+        server.srt_url("read:live/cam", "")
+    );
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "5"])
+            .arg(peer("srt-live-transmit"))
+            .args([url.as_str(), "file://con"]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !out.stdout.is_empty(),
+        "srt-live-transmit got nothing:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ts = dir.join("slt.ts");
+    std::fs::write(&ts, &out.stdout).unwrap();
+    let p = probe_file(&ts);
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    let frames = p.packets_of("video").len();
+    assert!(frames >= 60, "srt-live-transmit got {frames} frames in 5 s");
+    assert!(p.dts_monotonic("video"));
+}

@@ -9,7 +9,7 @@
 //! per connection (its packets handed over on a bounded channel). Callers ([`call`]) use the
 //! same connection loop on a socket of their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,7 +26,9 @@ use srt_protocol::listener::{
     AccessControlRequest, AccessControlResponse, Action, Input, MultiplexListener,
     NextInputContext, ResultOf, SessionId,
 };
-use srt_protocol::packet::{Acknowledgement, ControlTypes, Packet, ReceivePacketError};
+use srt_protocol::packet::{
+    Acknowledgement, ControlPacket, ControlTypes, Packet, ReceivePacketError, ShakeType, SocketId,
+};
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use srt_protocol::statistics::SocketStatistics;
 use tidegate_core::udp::QuietUdp;
@@ -50,6 +52,12 @@ const MAX_PACKET: usize = 1600;
 const BATCH_BYTES: usize = 16 * 1024;
 /// The most inputs of one kind a connection takes in one turn before it sends.
 const DRAIN: usize = 64;
+/// How long the listener keeps a handshake that was answered but not concluded (libsrt's
+/// callers give up after 3 s by default; ffmpeg's `connect_timeout` is often set higher).
+const HANDSHAKE_TTL: Duration = Duration::from_secs(10);
+/// The most handshakes kept at once; past it the oldest are forgotten (a flood of inductions
+/// from many addresses costs bounded memory).
+const MAX_HANDSHAKES: usize = 16_384;
 
 /// What a connection knows of its link, refreshed every second.
 #[derive(Clone, Debug, Default)]
@@ -184,6 +192,8 @@ impl Incoming {
 pub struct Sessions {
     pub open: std::sync::atomic::AtomicUsize,
     pub pending: std::sync::atomic::AtomicUsize,
+    /// Handshakes answered and not yet concluded (nor forgotten).
+    pub handshakes: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs the listener on `socket` until `shutdown`: handshakes are answered here, connection
@@ -221,10 +231,35 @@ pub async fn listen(
     // An upgrade: sessions get connected twins, then the shared socket is left to the new
     // process (read no more; still sent from).
     let mut twins = tidegate_core::handover::Twins::default();
+    let mut handshakes = Handshakes::default();
     loop {
         sessions.open.store(open.len(), Ordering::Relaxed);
         sessions.pending.store(pending.len(), Ordering::Relaxed);
-        let action = listener.handle_input(Instant::now(), input);
+        sessions
+            .handshakes
+            .store(handshakes.by_session.len(), Ordering::Relaxed);
+        let now = Instant::now();
+        if let Input::Packet(Ok((packet, from))) = &input {
+            let session = SessionId(*from);
+            if let Some(id) = induction_from(packet) {
+                if !pending.contains_key(&session)
+                    && !open.contains_key(&session)
+                    && handshakes.induction(session, id, now)
+                {
+                    // A new caller from the address of an earlier, unfinished handshake (a
+                    // restarted encoder, or a port reused after a flood): srt-protocol would
+                    // answer it with the earlier caller's saved answer, which the new one
+                    // ignores, and it would never get in.
+                    forget(&mut listener, session, now);
+                }
+                for session in handshakes.expired(now) {
+                    if !pending.contains_key(&session) && !open.contains_key(&session) {
+                        forget(&mut listener, session, now);
+                    }
+                }
+            }
+        }
+        let action = listener.handle_input(now, input);
         let next = NextInputContext::for_action(&action);
         input = match action {
             Action::SendPacket((packet, to)) => {
@@ -307,16 +342,91 @@ pub async fn listen(
                     Err(e) => Err(ReceivePacketError::Io(e)),
                 }),
                 r = response_rx.next() => Input::AccessResponse(r),
-                _ = tick.tick() => match ended(&open, &pending, &mut given_up) {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for session in handshakes.expired(now) {
+                        if !pending.contains_key(&session) && !open.contains_key(&session) {
+                            forget(&mut listener, session, now);
+                        }
+                    }
+                    match ended(&open, &pending, &mut given_up) {
                     // Forgotten as a failed delivery would be: the listener drops the session.
                     Some(session) => Input::Failure(ResultOf::DelegatePacket(session)),
                     None => Input::Timer,
+                    }
                 },
             },
             Action::Close => break,
         };
     }
     // Dropping the packet senders ends every connection's task.
+}
+
+/// The socket id of an SRT induction handshake's caller.
+fn induction_from(packet: &Packet) -> Option<SocketId> {
+    match packet {
+        Packet::Control(ControlPacket {
+            control_type: ControlTypes::Handshake(shake),
+            ..
+        }) if shake.shake_type == ShakeType::Induction => Some(shake.socket_id),
+        _ => None,
+    }
+}
+
+/// Makes srt-protocol's listener forget what it holds for `session`. It has no timer for
+/// handshakes; a dropped session's success is what removes one.
+fn forget(listener: &mut MultiplexListener, session: SessionId, now: Instant) {
+    let _ = listener.handle_input(now, Input::Success(ResultOf::DropConnection(session)));
+}
+
+/// The handshakes srt-protocol's listener was asked to answer, by caller address: which
+/// caller (socket id) and since when. It keeps each until it is forgotten, so a flood of
+/// inductions would cost memory for good, and a caller from the address of an earlier
+/// unfinished handshake would get that one's answer. Entries here outlive their handshake's
+/// success; the listener loop skips those that became connections.
+#[derive(Debug, Default)]
+struct Handshakes {
+    by_session: HashMap<SessionId, (SocketId, Instant)>,
+    /// When each entry began, oldest first (entries replaced since are stale here).
+    order: VecDeque<(Instant, SessionId)>,
+}
+
+impl Handshakes {
+    /// An induction from caller `id` at `session`: true when an earlier caller's handshake
+    /// from that address is held (to be forgotten before this one is answered).
+    fn induction(&mut self, session: SessionId, id: SocketId, now: Instant) -> bool {
+        let earlier = match self.by_session.get_mut(&session) {
+            // The same caller again (a retransmission): its handshake keeps its start.
+            Some((known, _)) if *known == id => return false,
+            Some(entry) => {
+                *entry = (id, now);
+                true
+            }
+            None => {
+                self.by_session.insert(session, (id, now));
+                false
+            }
+        };
+        self.order.push_back((now, session));
+        earlier
+    }
+
+    /// The sessions to forget: those whose handshake began `HANDSHAKE_TTL` ago, and the
+    /// oldest past `MAX_HANDSHAKES`.
+    fn expired(&mut self, now: Instant) -> Vec<SessionId> {
+        let mut gone = Vec::new();
+        while let Some(&(since, session)) = self.order.front() {
+            if now.duration_since(since) < HANDSHAKE_TTL && self.order.len() <= MAX_HANDSHAKES {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_session.get(&session).is_some_and(|e| e.1 == since) {
+                self.by_session.remove(&session);
+                gone.push(session);
+            }
+        }
+        gone
+    }
 }
 
 /// A session whose connection task has ended, or whose caller stopped waiting for its
@@ -775,6 +885,108 @@ mod tests {
             next += 1;
         }
         shutdown.cancel();
+    }
+
+    /// An SRT induction handshake from caller `id` (HSv4, as libsrt sends it).
+    fn induction(id: u32) -> BytesMut {
+        use srt_protocol::options::{PacketCount, PacketSize};
+        use srt_protocol::packet::{HandshakeControlInfo, HandshakeVsInfo, SeqNumber, SocketType};
+        let shake = HandshakeControlInfo {
+            init_seq_num: SeqNumber::new_truncate(id),
+            max_packet_size: PacketSize(1500),
+            max_flow_size: PacketCount(8192),
+            shake_type: ShakeType::Induction,
+            socket_id: SocketId(id),
+            syn_cookie: 0,
+            peer_addr: [127, 0, 0, 1].into(),
+            info: HandshakeVsInfo::V4(SocketType::Datagram),
+        };
+        let mut out = BytesMut::new();
+        Packet::Control(ControlPacket {
+            timestamp: srt_protocol::packet::TimeStamp::from_micros(0),
+            dest_sockid: SocketId(0),
+            control_type: ControlTypes::Handshake(shake),
+        })
+        .serialize(&mut out);
+        out
+    }
+
+    /// Two callers one after the other from one address, the first never concluding (an
+    /// encoder restarted on its fixed source port, or a port reused after a flood of
+    /// inductions): the second's induction is answered to its own socket id. srt-protocol
+    /// alone answered it with the first's saved answer, which libsrt ignores, and the caller
+    /// never got in. A retransmitted induction keeps its handshake.
+    #[tokio::test]
+    async fn a_new_caller_from_an_unfinished_handshakes_address_gets_its_own_answer() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let sessions = Arc::new(Sessions::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(listen(
+            sock,
+            settings(addr).unwrap(),
+            tx,
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 1500];
+        for id in [7u32, 7, 9] {
+            caller.send_to(&induction(id), addr).await.unwrap();
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), caller.recv_from(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            let answer = parse_datagram(&buf[..n], false).unwrap();
+            let Packet::Control(ControlPacket {
+                dest_sockid,
+                control_type: ControlTypes::Handshake(shake),
+                ..
+            }) = answer
+            else {
+                panic!("not a handshake: {answer:?}");
+            };
+            assert_eq!(dest_sockid, SocketId(id), "answered to another caller");
+            assert_eq!(shake.shake_type, ShakeType::Induction);
+        }
+        // Counted when the listener goes round again (after it sent the answer).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sessions.handshakes.load(Ordering::Relaxed) != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "handshakes held: not 1 after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+    }
+
+    /// Handshakes are forgotten `HANDSHAKE_TTL` after they began, and past
+    /// `MAX_HANDSHAKES` the oldest go first; a retransmission neither restarts nor renews one.
+    #[test]
+    fn handshakes_expire_and_are_bounded() {
+        let t0 = Instant::now();
+        let at = |port: u16| SessionId(SocketAddr::from(([127, 0, 0, 1], port)));
+        let mut h = Handshakes::default();
+        assert!(!h.induction(at(1), SocketId(1), t0));
+        assert!(!h.induction(at(1), SocketId(1), t0 + Duration::from_secs(5)));
+        assert!(!h.induction(at(2), SocketId(2), t0 + Duration::from_secs(1)));
+        assert!(h.expired(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(h.expired(t0 + HANDSHAKE_TTL), vec![at(1)]);
+        // A new caller at 2 restarts its handshake's clock.
+        assert!(h.induction(at(2), SocketId(3), t0 + Duration::from_secs(10)));
+        assert!(h.expired(t0 + Duration::from_secs(15)).is_empty());
+        assert_eq!(h.expired(t0 + Duration::from_secs(20)), vec![at(2)]);
+        assert!(h.by_session.is_empty() && h.order.is_empty());
+
+        let now = t0 + Duration::from_secs(30);
+        for port in 0..(MAX_HANDSHAKES as u16 + 10) {
+            h.induction(at(port), SocketId(1), now);
+        }
+        let gone = h.expired(now);
+        assert_eq!(gone, (0..10).map(at).collect::<Vec<_>>());
+        assert_eq!(h.by_session.len(), MAX_HANDSHAKES);
     }
 
     #[test]
