@@ -46,6 +46,8 @@ const MAX_BODY: usize = 4 << 20;
 const MAX_WAITING: usize = 1 << 20;
 const MAX_SESSIONS: usize = 10_000;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long a request's small body may take after its head.
+const BODY_WAIT: Duration = Duration::from_secs(5);
 const CONTENT_TYPE: &str = "application/x-fcs";
 
 /// The RTMPT service: its sessions and what their RTMP connections need.
@@ -293,15 +295,28 @@ fn answer(status: StatusCode, body: impl Into<Body>) -> Response {
         .unwrap_or_default()
 }
 
+/// Reads the small body of an open, an idle, a close or an ident (clients send one byte)
+/// before the answer. hyper keeps a connection alive after an answer only if the request's
+/// body was read whole; an unread body that had not arrived with the head (a loaded machine)
+/// made it close the connection, and ffmpeg, which sends its next request on the same
+/// connection, failed with a broken pipe.
+/// A body that does not come within `BODY_WAIT` is left unread (the connection then closes).
+async fn skip_body(body: Body) {
+    let _ = tokio::time::timeout(BODY_WAIT, axum::body::to_bytes(body, 16)).await;
+}
+
 /// Flash asks this first; Red5 and FMS answer 404 when there is no edge to name.
-async fn ident() -> Response {
+async fn ident(body: Body) -> Response {
+    skip_body(body).await;
     answer(StatusCode::NOT_FOUND, "")
 }
 
 async fn open(
     State(me): State<Arc<Rtmpt>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    body: Body,
 ) -> Response {
+    skip_body(body).await;
     if me.sessions.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_SESSIONS {
         tracing::warn!(%remote, "[RTMPT] refused: {MAX_SESSIONS} sessions open");
         return answer(StatusCode::SERVICE_UNAVAILABLE, "");
@@ -389,15 +404,20 @@ async fn idle(
     Path((id, _seq)): Path<(String, u64)>,
     body: Body,
 ) -> Response {
+    // Clients send a byte with an idle; it is not RTMP data.
+    skip_body(body).await;
     let Some(t) = me.get(&id) else {
         return answer(StatusCode::NOT_FOUND, "");
     };
-    // Clients send a byte with an idle; it is not RTMP data.
-    let _ = axum::body::to_bytes(body, 16).await;
     drain(&t, IDLE_WAIT).await
 }
 
-async fn close(State(me): State<Arc<Rtmpt>>, Path((id, _seq)): Path<(String, u64)>) -> Response {
+async fn close(
+    State(me): State<Arc<Rtmpt>>,
+    Path((id, _seq)): Path<(String, u64)>,
+    body: Body,
+) -> Response {
+    skip_body(body).await;
     let t = me
         .sessions
         .lock()
