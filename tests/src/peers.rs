@@ -261,8 +261,10 @@ pub fn nginx(name: &str, body: &str, dir: &Path) -> PeerProcess {
 }
 
 /// nginx with the RTMP module listening on 127.0.0.1:`port` with a `live` application.
+/// Returns once it accepts: a push or a publish to it started earlier would count a
+/// reconnect (or fail) on a loaded machine, where nginx takes a while to start.
 pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
-    nginx(
+    let p = nginx(
         "nginx",
         &format!(
             "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
@@ -271,7 +273,9 @@ pub fn nginx_rtmp(port: u16, dir: &Path) -> PeerProcess {
                application live {{ live on; record off; }} }} }}\n"
         ),
         dir,
-    )
+    );
+    wait_listening(port, Duration::from_secs(15));
+    p
 }
 
 /// nginx serving the files under `root` over plain HTTP on 127.0.0.1:`port` (HLS types, no
