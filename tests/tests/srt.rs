@@ -261,6 +261,33 @@ fn ffmpeg_read_srt(
     ffmpeg_read(url, seconds, out, dir)
 }
 
+/// srt-live-transmit reads `url` for 5 s, writing what it receives to stdout: that TS,
+/// probed, with H.264 video in it.
+fn srt_live_transmit_reads(url: &str, dir: &std::path::Path) -> Probe {
+    let out = run_bounded(
+        Command::new(peer("timeout"))
+            .args(["-s", "INT", "5"])
+            .arg(peer("srt-live-transmit"))
+            .args([url, "file://con"]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !out.stdout.is_empty(),
+        "srt-live-transmit got nothing:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ts = dir.join("slt.ts");
+    std::fs::write(&ts, &out.stdout).unwrap();
+    let p = probe_file(&ts);
+    assert_eq!(
+        p.codec("video").as_deref(),
+        Some("h264"),
+        "{:#?}",
+        p.streams
+    );
+    p
+}
+
 /// RTMP in → SRT out: ffmpeg (libsrt) and srt-live-transmit read the stream over SRT, in both
 /// stream id forms; the media is whole.
 #[test]
@@ -287,24 +314,8 @@ fn rtmp_in_srt_out_for_ffmpeg_and_srt_live_transmit() {
             "first frame is not a keyframe"
         );
     }
-    // srt-live-transmit writes what it receives to stdout for 5 s.
     let url = format!("{}&latency=200", server.srt_url("read:live/cam", ""));
-    let out = run_bounded(
-        Command::new(peer("timeout"))
-            .args(["-s", "INT", "5"])
-            .arg(peer("srt-live-transmit"))
-            .args([url.as_str(), "file://con"]),
-        Duration::from_secs(20),
-    );
-    let ts = dir.join("slt.ts");
-    std::fs::write(&ts, &out.stdout).unwrap();
-    let p = probe_file(&ts);
-    assert_eq!(
-        p.codec("video").as_deref(),
-        Some("h264"),
-        "{:#?}",
-        p.streams
-    );
+    let p = srt_live_transmit_reads(&url, &dir);
     assert_eq!(p.codec("audio").as_deref(), Some("aac"));
     assert_eq!(p.dimensions(), Some((640, 360)));
     let frames = p.packets_of("video").len();
@@ -490,27 +501,7 @@ fn a_reader_from_the_port_of_an_unfinished_handshake_gets_in() {
         "{}&latency=200&port={port}",
         server.srt_url("read:live/cam", "")
     );
-    let out = run_bounded(
-        Command::new(peer("timeout"))
-            .args(["-s", "INT", "5"])
-            .arg(peer("srt-live-transmit"))
-            .args([url.as_str(), "file://con"]),
-        Duration::from_secs(20),
-    );
-    assert!(
-        !out.stdout.is_empty(),
-        "srt-live-transmit got nothing:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ts = dir.join("slt.ts");
-    std::fs::write(&ts, &out.stdout).unwrap();
-    let p = probe_file(&ts);
-    assert_eq!(
-        p.codec("video").as_deref(),
-        Some("h264"),
-        "{:#?}",
-        p.streams
-    );
+    let p = srt_live_transmit_reads(&url, &dir);
     let frames = p.packets_of("video").len();
     assert!(frames >= 60, "srt-live-transmit got {frames} frames in 5 s");
     assert!(p.dts_monotonic("video"));

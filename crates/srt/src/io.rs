@@ -787,13 +787,17 @@ mod tests {
         0xff, 0xff, 0x00, 0x07, 0xff, 0xff, 0xff, 0x00, 0, 0, 0, 0, 0, 0x15, 0, 0,
     ];
 
-    /// A caller of ours connects to a listener of ours, data flows, both ends close: the
-    /// listener forgets the session (no entry left behind for a peer that never sends again).
-    #[tokio::test]
-    async fn a_closed_connection_leaves_the_listener() {
+    /// A listener of ours on an ephemeral loopback port: its address, its connection
+    /// requests, what it holds, and its shutdown.
+    async fn listener() -> (
+        SocketAddr,
+        mpsc::Receiver<Incoming>,
+        Arc<Sessions>,
+        CancellationToken,
+    ) {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(8);
         let sessions = Arc::new(Sessions::default());
         let shutdown = CancellationToken::new();
         tokio::spawn(listen(
@@ -803,6 +807,14 @@ mod tests {
             sessions.clone(),
             shutdown.clone(),
         ));
+        (addr, rx, sessions, shutdown)
+    }
+
+    /// A caller of ours connects to a listener of ours, data flows, both ends close: the
+    /// listener forgets the session (no entry left behind for a peer that never sends again).
+    #[tokio::test]
+    async fn a_closed_connection_leaves_the_listener() {
+        let (addr, mut rx, sessions, shutdown) = listener().await;
         let server = tokio::spawn(async move {
             let req = rx.next().await.unwrap();
             assert_eq!(req.stream_id().as_deref(), Some("publish:x"));
@@ -845,17 +857,7 @@ mod tests {
     /// default buffer the sender evicted unsent packets and then stalled for good.
     #[tokio::test]
     async fn a_burst_larger_than_the_default_send_buffer_arrives_whole() {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(listen(
-            sock,
-            settings(addr).unwrap(),
-            tx,
-            Arc::new(Sessions::default()),
-            shutdown.clone(),
-        ));
+        let (addr, mut rx, _, shutdown) = listener().await;
         let server = tokio::spawn(async move {
             let req = rx.next().await.unwrap();
             req.accept(None).await.unwrap()
@@ -918,18 +920,7 @@ mod tests {
     /// never got in. A retransmitted induction keeps its handshake.
     #[tokio::test]
     async fn a_new_caller_from_an_unfinished_handshakes_address_gets_its_own_answer() {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let sessions = Arc::new(Sessions::default());
-        let shutdown = CancellationToken::new();
-        tokio::spawn(listen(
-            sock,
-            settings(addr).unwrap(),
-            tx,
-            sessions.clone(),
-            shutdown.clone(),
-        ));
+        let (addr, _rx, sessions, shutdown) = listener().await;
         let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = [0u8; 1500];
         for id in [7u32, 7, 9] {
