@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client for the control API: one request, `Connection: close`.
+//! A minimal HTTP/1.1 client for the control API and HTTP listeners: one request per
+//! connection (`Connection: close`), or one answer read off a connection kept alive.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -171,4 +172,35 @@ fn dechunk_bytes(mut body: &[u8]) -> Vec<u8> {
         body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// One HTTP/1.1 answer read off a connection kept alive (the helpers above close theirs): the
+/// status code and the body (by its Content-Length). Bounded by `c`'s read timeout.
+pub fn answer_on(c: &mut TcpStream) -> Result<(u16, Vec<u8>), String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            Ok(_) => return Err(format!("closed after {} bytes of a head", got.len())),
+            Err(e) => return Err(format!("{e} after {} bytes of a head", got.len())),
+        }
+        if got.len() > 16 * 1024 {
+            return Err("a head over 16 KiB".into());
+        }
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("no status in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(format!("no length in {head:?}"))?;
+    let mut body = vec![0u8; length];
+    c.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+    Ok((status, body))
 }

@@ -778,37 +778,6 @@ fn rtmps_strict_serves_only_tls() {
     assert_media(&probe_file(&out), "h264", "aac", 3);
 }
 
-/// One HTTP/1.1 answer read off `c`: the status code and the body (by its Content-Length).
-fn http_answer(c: &mut std::net::TcpStream) -> Result<(u16, Vec<u8>), String> {
-    use std::io::Read;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        match c.read(&mut byte) {
-            Ok(1) => got.push(byte[0]),
-            Ok(_) => return Err(format!("closed after {} bytes of a head", got.len())),
-            Err(e) => return Err(format!("{e} after {} bytes of a head", got.len())),
-        }
-        if got.len() > 16 * 1024 {
-            return Err("a head over 16 KiB".into());
-        }
-    }
-    let head = String::from_utf8_lossy(&got).to_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(format!("no status in {head:?}"))?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or(format!("no length in {head:?}"))?;
-    let mut body = vec![0u8; length];
-    c.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-    Ok((status, body))
-}
-
 /// RTMPT requests whose one-byte bodies arrive after their heads (a slow link, or a loaded
 /// machine: seen in CI) keep their HTTP connection, as ffmpeg, which sends each next request
 /// on the same connection, needs: an open, an idle and a close, each body 300 ms after its
@@ -830,7 +799,7 @@ fn rtmpt_bodies_that_come_after_their_heads_keep_the_connection() {
         // The client's pace, not a wait for the server: the body comes late on purpose.
         std::thread::sleep(Duration::from_millis(300));
         c.write_all(&[0]).map_err(|e| e.to_string())?;
-        http_answer(&mut c)
+        tidegate_tests::http::answer_on(&mut c)
     };
     let (status, body) = ask("/open/1").unwrap();
     assert_eq!(status, 200);
