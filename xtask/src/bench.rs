@@ -4,7 +4,9 @@
 //! - `core`: the in-process fan-out rate of one stream (no peer: the ceiling every egress
 //!   shares).
 //! - `rtmp-fanout`: Tidegate and nginx-rtmp under the same load in the same run (default 100
-//!   and 1000 readers), as a ratio.
+//!   and 1000 readers), as a ratio, beside the loopback floors. `TIDEGATE_BENCH_ROUNDS=K`
+//!   alternates the servers K times per size and prints the medians; with 1 among the sizes it
+//!   also prints each server's fixed cost (one reader) and what each further reader adds.
 //! - `hls-readers`: 0 and 200 LL-HLS clients polling with blocking reload beside one RTMP
 //!   reader: server CPU, and whether the RTMP reader's latency moves.
 //! - `rtsp-fanout`: RTSP readers over TCP and UDP and SRT readers beside RTMP readers of the same clip

@@ -1182,55 +1182,145 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
         "audio p50/p99 ms",
         "readers"
     );
+    // TIDEGATE_BENCH_SERVERS=tidegate,floor-av measures only those (for A/B runs of two
+    // builds; the ratios then print only for the servers measured).
+    let servers: Vec<&str> = ["tidegate", "nginx-rtmp", "floor", "floor-av"]
+        .into_iter()
+        .filter(|k| chosen("TIDEGATE_BENCH_SERVERS", k))
+        .collect();
+    // TIDEGATE_BENCH_ROUNDS=K runs every server K times per size, alternating, and prints the
+    // median of each figure and of each ratio: on a shared machine the hour moves a figure by a
+    // fifth or more, so one run per server can put a ratio on either side of a goal.
+    let rounds = rounds();
+    let mut all: Runs = Vec::new();
     for &n in counts {
-        let mut results = Vec::new();
-        // TIDEGATE_BENCH_SERVERS=tidegate,floor-av measures only those (for A/B runs of two
-        // builds; the ratios then print only for the servers measured).
-        for which in ["tidegate", "nginx-rtmp", "floor", "floor-av"]
-            .into_iter()
-            .filter(|k| chosen("TIDEGATE_BENCH_SERVERS", k))
-        {
-            let server = match which {
-                "tidegate" => start_tidegate(&root, &dir, None)?,
-                "nginx-rtmp" => start_nginx(&dir)?,
-                _ => start_floor(which == "floor-av")?,
-            };
-            let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
-            println!(
-                "{n:>8} {:>11} {:>9.3} {:>11.3} {:>9.1}% {:>8.1} {:>7.2} / {:<6.2} {:>7.2} / {:<6.2} {:>8}",
-                server.name,
-                r.gbits,
-                r.cpu_per_gbit,
-                r.cpu_share * 100.0,
-                r.rss_mb,
-                r.p50_ms,
-                r.p99_ms,
-                r.audio_p50_ms,
-                r.audio_p99_ms,
-                r.readers_ok
-            );
-            results.push(r);
-            drop(server);
+        let mut per_round: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..rounds {
+            let mut results = Vec::new();
+            for &which in &servers {
+                let server = match which {
+                    "tidegate" => start_tidegate(&root, &dir, None)?,
+                    "nginx-rtmp" => start_nginx(&dir)?,
+                    _ => start_floor(which == "floor-av")?,
+                };
+                let r = rt.block_on(run_load(&server, tags.clone(), n, seconds))?;
+                println!(
+                    "{n:>8} {:>11} {:>9.3} {:>11.3} {:>9.1}% {:>8.1} {:>7.2} / {:<6.2} {:>7.2} / {:<6.2} {:>8}",
+                    server.name,
+                    r.gbits,
+                    r.cpu_per_gbit,
+                    r.cpu_share * 100.0,
+                    r.rss_mb,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.audio_p50_ms,
+                    r.audio_p99_ms,
+                    r.readers_ok
+                );
+                match all.iter_mut().find(|(m, w, _)| *m == n && *w == which) {
+                    Some((_, _, v)) => v.push((r.cpu_share, r.cpu_per_gbit)),
+                    None => all.push((n, which, vec![(r.cpu_share, r.cpu_per_gbit)])),
+                }
+                results.push(r.cpu_per_gbit);
+                drop(server);
+            }
+            if let [t, g, f, fav] = results[..] {
+                println!(
+                    "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}, tidegate / floor = {:.2}, nginx-rtmp / floor = {:.2}",
+                    "ratio",
+                    t / g,
+                    t / f,
+                    g / f,
+                );
+                // floor-av writes as Tidegate does: what any server with one write per video
+                // frame can reach here, against nginx-rtmp.
+                println!(
+                    "{n:>8} {:>11} CPU per Gbit: floor-av / nginx-rtmp = {:.2}, tidegate / floor-av = {:.2}",
+                    "ratio",
+                    fav / g,
+                    t / fav,
+                );
+                per_round.push(vec![t / g, t / f, fav / g, t / fav]);
+            }
         }
-        if let [t, g, f, fav] = &results[..] {
-            println!(
-                "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}, tidegate / floor = {:.2}, nginx-rtmp / floor = {:.2}",
-                "ratio",
-                t.cpu_per_gbit / g.cpu_per_gbit,
-                t.cpu_per_gbit / f.cpu_per_gbit,
-                g.cpu_per_gbit / f.cpu_per_gbit,
-            );
-            // floor-av writes as Tidegate does: what any server with one write per video frame
-            // can reach here, against nginx-rtmp.
-            println!(
-                "{n:>8} {:>11} CPU per Gbit: floor-av / nginx-rtmp = {:.2}, tidegate / floor-av = {:.2}",
-                "ratio",
-                fav.cpu_per_gbit / g.cpu_per_gbit,
-                t.cpu_per_gbit / fav.cpu_per_gbit,
-            );
+        if rounds > 1 {
+            for &which in &servers {
+                if let Some((_, _, v)) = all.iter().find(|(m, w, _)| *m == n && *w == which) {
+                    let per_gbit: Vec<f64> = v.iter().map(|x| x.1).collect();
+                    println!(
+                        "{n:>8} {which:>11} median of {rounds}: {:.3} CPU s per Gbit (runs {})",
+                        median(&per_gbit),
+                        spread(&per_gbit, 3),
+                    );
+                }
+            }
+            if !per_round.is_empty() {
+                let col = |i: usize| -> Vec<f64> { per_round.iter().map(|r| r[i]).collect() };
+                println!(
+                    "{n:>8} {:>11} median of {rounds} rounds: tidegate / nginx-rtmp = {:.2} ({}), floor-av / nginx-rtmp = {:.2} ({}), tidegate / floor-av = {:.2} ({})",
+                    "ratio",
+                    median(&col(0)),
+                    spread(&col(0), 2),
+                    median(&col(2)),
+                    spread(&col(2), 2),
+                    median(&col(3)),
+                    spread(&col(3), 2),
+                );
+            }
+        }
+    }
+    // With one reader among the sizes: each server's fixed cost (its CPU share with one
+    // reader) and what each further reader adds, from the medians. At small sizes the fixed
+    // cost is most of a ratio; per reader is where the write pattern shows.
+    if counts.contains(&1) {
+        for &n in counts.iter().filter(|&&n| n > 1) {
+            for &which in &servers {
+                let share = |m: usize| {
+                    all.iter()
+                        .find(|(k, w, _)| *k == m && *w == which)
+                        .map(|(_, _, v)| median(&v.iter().map(|x| x.0).collect::<Vec<_>>()))
+                };
+                if let (Some(one), Some(many)) = (share(1), share(n)) {
+                    println!(
+                        "{n:>8} {which:>11} fixed (1 reader) {:.3} % of a core, each further reader {:.4} %",
+                        one * 100.0,
+                        (many - one) / (n - 1) as f64 * 100.0,
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Per (readers, server): the CPU share and the CPU s per Gbit of each round.
+type Runs<'a> = Vec<(usize, &'a str, Vec<(f64, f64)>)>;
+
+/// `TIDEGATE_BENCH_ROUNDS` (default 1): how many times each server runs per size.
+fn rounds() -> usize {
+    std::env::var("TIDEGATE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k: &usize| (1..=50).contains(&k))
+        .unwrap_or(1)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// The runs' figures, in run order, for the reader to judge the spread.
+fn spread(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------------
