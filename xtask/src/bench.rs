@@ -13,7 +13,8 @@
 //!   (`--mbps=8` for the 8 Mbit/s publish the RTSP issue names; the default clip is 1 Mbit/s).
 //! - `webrtc`: one RTSP publisher of a 720p 2 Mbit/s clip and 1, 100 and 300 str0m WHEP viewers
 //!   (DTLS-SRTP, every packet decrypted): server CPU per viewer, memory, the added latency
-//!   (frame ingress -> datagrams sent, the server's histogram).
+//!   (frame ingress -> datagrams sent, the server's histogram); then the same viewers against
+//!   the WHEP floor (one thread, the same str0m and UDP sender, no publisher), as a ratio.
 //! - `webrtc-aiortc`: one ffmpeg 9 WHIP publisher and 1 and 20 aiortc WHEP viewers that decode.
 //! - `transcode`: the audio bridge (AAC -> Opus, Opus -> AAC) per stream, in process, and AAC -> Opus with 50 paths each
 //!   read by one WHEP viewer, against the same paths publishing Opus.

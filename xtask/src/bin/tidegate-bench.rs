@@ -36,6 +36,8 @@ mod bench_record;
 mod bench_transcode;
 #[path = "../bench_webrtc.rs"]
 mod bench_webrtc;
+#[path = "../bench_whep_floor.rs"]
+mod bench_whep_floor;
 #[path = "../whep_viewer.rs"]
 mod whep_viewer;
 
@@ -54,6 +56,14 @@ fn main() {
         args.get(3).and_then(|p| p.parse::<usize>().ok()),
     ) {
         bench_hls_floor::main(port, playlist, part);
+    }
+    if let (Some("__whep_floor"), Some(http), Some(udp), Some(clip)) = (
+        args.first().map(String::as_str),
+        args.get(1).and_then(|p| p.parse::<u16>().ok()),
+        args.get(2).and_then(|p| p.parse::<u16>().ok()),
+        args.get(3),
+    ) {
+        bench_whep_floor::main(http, udp, std::path::Path::new(clip));
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
