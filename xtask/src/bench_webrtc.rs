@@ -133,13 +133,13 @@ fn watch(
     Ok(Watched { cpu, base, fewest })
 }
 
-/// The WHEP floor (`bench_whep_floor`) under the same viewers: its CPU per viewer.
+/// The WHEP floor (`bench_whep_floor`) under the same viewers, and its peak RSS (MB).
 fn floor_run(
     rt: &tokio::runtime::Runtime,
     clip: &Path,
     n: usize,
     window: f64,
-) -> Result<Watched, String> {
+) -> Result<(Watched, f64), String> {
     let (http, udp) = (free_port(), free_port());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let floor = super::Server {
@@ -154,9 +154,11 @@ fn floor_run(
         port: http,
     };
     rt.block_on(wait_port(http))?;
-    let w = watch(rt, floor.child.id(), http, "/whep", n, window, |_| Ok(()))?;
+    let pid = floor.child.id();
+    let w = watch(rt, pid, http, "/whep", n, window, |_| Ok(()))?;
+    let rss = peak_rss_mb(pid);
     drop(floor);
-    Ok(w)
+    Ok((w, rss))
 }
 
 pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), String> {
@@ -190,14 +192,14 @@ pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Stri
             per_viewer.push(tidegate_run(rt, &root, &dir, &clip, n, window)?);
         }
         if chosen("whep-floor") {
-            let f = floor_run(rt, &clip, n, window)?;
+            let (f, rss) = floor_run(rt, &clip, n, window)?;
             let pv = (f.cpu - f.base) * 100.0 / n as f64;
             println!(
-                "{n:>8} {:>10} {:>9.1}% {:>14.3}% {:>9} {:>14} {:>14} {:>13} {:>12}",
+                "{n:>8} {:>10} {:>9.1}% {:>14.3}% {:>9.1} {:>14} {:>14} {:>13} {:>12}",
                 "whep-floor",
                 f.cpu * 100.0,
                 pv,
-                "",
+                rss,
                 "",
                 "",
                 f.fewest.0,
