@@ -1204,7 +1204,7 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     let rounds = rounds();
     let mut all: Runs = Vec::new();
     for &n in counts {
-        let mut per_round: Vec<Vec<f64>> = Vec::new();
+        let mut per_round: Vec<Vec<(usize, f64)>> = Vec::new();
         for _ in 0..rounds {
             let mut results = Vec::new();
             for &which in &servers {
@@ -1231,27 +1231,25 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
                     Some((_, _, v)) => v.push((r.cpu_share, r.cpu_per_gbit)),
                     None => all.push((n, which, vec![(r.cpu_share, r.cpu_per_gbit)])),
                 }
-                results.push(r.cpu_per_gbit);
+                results.push((which, r.cpu_per_gbit));
                 drop(server);
             }
-            if let [t, g, f, fav] = results[..] {
-                println!(
-                    "{n:>8} {:>11} CPU per Gbit: tidegate / nginx-rtmp = {:.2}, tidegate / floor = {:.2}, nginx-rtmp / floor = {:.2}",
-                    "ratio",
-                    t / g,
-                    t / f,
-                    g / f,
-                );
-                // floor-av writes as Tidegate does: what any server with one write per video
-                // frame can reach here, against nginx-rtmp.
-                println!(
-                    "{n:>8} {:>11} CPU per Gbit: floor-av / nginx-rtmp = {:.2}, tidegate / floor-av = {:.2}",
-                    "ratio",
-                    fav / g,
-                    t / fav,
-                );
-                per_round.push(vec![t / g, t / f, fav / g, t / fav]);
+            // Every ratio whose two servers ran. floor-av writes as Tidegate does: what any
+            // server with one write per video frame can reach here, against nginx-rtmp.
+            let got = |name: &str| results.iter().find(|(w, _)| *w == name).map(|r| r.1);
+            let ratios: Vec<(usize, f64)> = RATIOS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (a, b))| Some((i, got(a)? / got(b)?)))
+                .collect();
+            if !ratios.is_empty() {
+                let text: Vec<String> = ratios
+                    .iter()
+                    .map(|&(i, r)| format!("{} / {} = {r:.2}", RATIOS[i].0, RATIOS[i].1))
+                    .collect();
+                println!("{n:>8} {:>11} CPU per Gbit: {}", "ratio", text.join(", "));
             }
+            per_round.push(ratios);
         }
         if rounds > 1 {
             for &which in &servers {
@@ -1264,17 +1262,28 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
                     );
                 }
             }
-            if !per_round.is_empty() {
-                let col = |i: usize| -> Vec<f64> { per_round.iter().map(|r| r[i]).collect() };
+            let medians: Vec<String> = (0..RATIOS.len())
+                .filter_map(|i| {
+                    let col: Vec<f64> = per_round
+                        .iter()
+                        .filter_map(|r| r.iter().find(|x| x.0 == i).map(|x| x.1))
+                        .collect();
+                    (!col.is_empty()).then(|| {
+                        format!(
+                            "{} / {} = {:.2} ({})",
+                            RATIOS[i].0,
+                            RATIOS[i].1,
+                            median(&col),
+                            spread(&col, 2)
+                        )
+                    })
+                })
+                .collect();
+            if !medians.is_empty() {
                 println!(
-                    "{n:>8} {:>11} median of {rounds} rounds: tidegate / nginx-rtmp = {:.2} ({}), floor-av / nginx-rtmp = {:.2} ({}), tidegate / floor-av = {:.2} ({})",
+                    "{n:>8} {:>11} median of {rounds} rounds: {}",
                     "ratio",
-                    median(&col(0)),
-                    spread(&col(0), 2),
-                    median(&col(2)),
-                    spread(&col(2), 2),
-                    median(&col(3)),
-                    spread(&col(3), 2),
+                    medians.join(", ")
                 );
             }
         }
@@ -1302,6 +1311,15 @@ fn rtmp_fanout(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Str
     }
     Ok(())
 }
+
+/// The ratios the RTMP fan-out prints, when both servers ran (CPU s per Gbit).
+const RATIOS: [(&str, &str); 5] = [
+    ("tidegate", "nginx-rtmp"),
+    ("tidegate", "floor"),
+    ("nginx-rtmp", "floor"),
+    ("floor-av", "nginx-rtmp"),
+    ("tidegate", "floor-av"),
+];
 
 /// Per (readers, server): the CPU share and the CPU s per Gbit of each round.
 type Runs<'a> = Vec<(usize, &'a str, Vec<(f64, f64)>)>;
