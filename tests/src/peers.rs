@@ -231,12 +231,23 @@ pub fn testsrc_mp4(file: &Path, seconds: u32, size: &str) {
     );
 }
 
-/// A free TCP port on 127.0.0.1 for a peer that needs its port in a config file.
+/// A port on 127.0.0.1 free for TCP and for UDP alike, for a peer or a server that needs its
+/// port in a config file. Some listeners take both (WebRTC's local address serves ICE over UDP
+/// and TCP), and ephemeral UDP sockets of other tests share the range: a port free for TCP
+/// alone once met a UDP socket there ("Address already in use").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..100 {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = tcp.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 free for both TCP and UDP in 100 tries")
 }
 
 /// nginx in the foreground, one process, with `body` (modules to load, then the `events`

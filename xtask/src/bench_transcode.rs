@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tidegate_core::{Frame, TrackTranscoder};
 
-use super::bench_webrtc::{viewer, ViewerCount};
-use super::{bench_dirs, cpu_seconds, free_port, spawn_tidegate, wait_port};
+use super::bench_webrtc::{rtsp_publisher, start_rtsp_webrtc, viewer, ViewerCount};
+use super::{bench_dirs, cpu_seconds, wait_port};
 
 /// Seconds of CPU measurement per round.
 const WINDOW: f64 = 10.0;
@@ -153,40 +153,14 @@ fn round(
     clip: &Path,
     paths: usize,
 ) -> Result<Round, String> {
-    let (http, udp, rtsp) = (free_port(), free_port(), free_port());
-    let conf = dir.join("transcode.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "logLevel: warn\napi: no\nmetrics: no\nrtmp: no\nhls: no\nsrt: no\n\
-             rtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
-             webrtcAddress: 127.0.0.1:{http}\nwebrtcLocalUDPAddress: 127.0.0.1:{udp}\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let server = super::Server {
-        name: "tidegate",
-        child: spawn_tidegate(root, &conf, Stdio::null())?,
-        port: http,
-    };
+    let (server, http, rtsp) = start_rtsp_webrtc(root, dir, "transcode.yml", None)?;
     let pid = server.child.id();
     rt.block_on(wait_port(rtsp))?;
     rt.block_on(wait_port(http))?;
     let mut publishers: Vec<Child> = Vec::new();
     let result = (|| -> Result<Round, String> {
         for i in 0..paths {
-            publishers.push(
-                Command::new("ffmpeg")
-                    .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-                    .args(["-stream_loop", "-1", "-i"])
-                    .arg(clip)
-                    .args(["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp"])
-                    .arg(format!("rtsp://127.0.0.1:{rtsp}/p{i}"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("ffmpeg: {e}"))?,
-            );
+            publishers.push(rtsp_publisher(clip, rtsp, &format!("p{i}"))?);
         }
         // Publishers settle, then the server alone with them.
         rt.block_on(async { tokio::time::sleep(Duration::from_secs(3)).await });

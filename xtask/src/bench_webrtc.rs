@@ -9,7 +9,7 @@
 //! `whep-floor` runs one of them).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,35 +227,12 @@ fn tidegate_run(
     n: usize,
     window: f64,
 ) -> Result<f64, String> {
-    let (http, udp, metrics, rtsp) = (free_port(), free_port(), free_port(), free_port());
-    let conf = dir.join("webrtc.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "logLevel: warn\napi: no\nmetrics: yes\nmetricsAddress: 127.0.0.1:{metrics}\nrtmp: no\nhls: no\nsrt: no\n\
-             rtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
-             webrtcAddress: 127.0.0.1:{http}\nwebrtcLocalUDPAddress: 127.0.0.1:{udp}\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let server = super::Server {
-        name: "tidegate",
-        child: spawn_tidegate(root, &conf, Stdio::null())?,
-        port: http,
-    };
+    let metrics = free_port();
+    let (server, http, rtsp) = start_rtsp_webrtc(root, dir, "webrtc.yml", Some(metrics))?;
     let pid = server.child.id();
     rt.block_on(wait_port(metrics))?;
     rt.block_on(wait_port(rtsp))?;
-    let mut publisher = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-stream_loop", "-1", "-i"])
-        .arg(clip)
-        .args(["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp"])
-        .arg(format!("rtsp://127.0.0.1:{rtsp}/bench"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("ffmpeg: {e}"))?;
+    let mut publisher = rtsp_publisher(clip, rtsp, "bench")?;
     let result = (|| -> Result<f64, String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !webrtc_metrics(rt, metrics)?.contains("paths{name=\"bench\",state=\"ready\"} 1") {
@@ -299,4 +276,51 @@ fn tidegate_run(
     let _ = publisher.wait();
     drop(server);
     result
+}
+
+/// Tidegate for the WebRTC benches: RTSP over TCP in, WHEP out, and Prometheus metrics at
+/// `metrics` if given (`conf` names its configuration file in `dir`). Gives the server and its
+/// (WHEP HTTP, RTSP) ports.
+pub fn start_rtsp_webrtc(
+    root: &Path,
+    dir: &Path,
+    conf: &str,
+    metrics: Option<u16>,
+) -> Result<(super::Server, u16, u16), String> {
+    let (http, udp, rtsp) = (free_port(), free_port(), free_port());
+    let metrics = match metrics {
+        Some(port) => format!("metrics: yes\nmetricsAddress: 127.0.0.1:{port}\n"),
+        None => "metrics: no\n".into(),
+    };
+    let conf = dir.join(conf);
+    std::fs::write(
+        &conf,
+        format!(
+            "logLevel: warn\napi: no\n{metrics}rtmp: no\nhls: no\nsrt: no\n\
+             rtspAddress: 127.0.0.1:{rtsp}\nrtspTransports: [tcp]\n\
+             webrtcAddress: 127.0.0.1:{http}\nwebrtcLocalUDPAddress: 127.0.0.1:{udp}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let server = super::Server {
+        name: "tidegate",
+        child: spawn_tidegate(root, &conf, Stdio::null())?,
+        port: http,
+    };
+    Ok((server, http, rtsp))
+}
+
+/// ffmpeg publishing `clip` in a loop, in real time and unchanged (`-c copy`), over RTSP/TCP
+/// to `path`.
+pub fn rtsp_publisher(clip: &Path, rtsp: u16, path: &str) -> Result<Child, String> {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-stream_loop", "-1", "-i"])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp"])
+        .arg(format!("rtsp://127.0.0.1:{rtsp}/{path}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("ffmpeg: {e}"))
 }
