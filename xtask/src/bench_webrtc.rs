@@ -59,16 +59,19 @@ fn totals(counts: &[Arc<ViewerCount>]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// What N viewers cost a server (`pid`, WHEP at `http` + `target`): its CPU share with the
-/// viewers all receiving, its share before they came, and the fewest (video frames, audio
-/// packets) any viewer got in the window. `around(false)` runs just before the window,
-/// `around(true)` just after.
+/// What [`watch`] measured of a server.
 struct Watched {
+    /// Its CPU share with the viewers all receiving.
     cpu: f64,
+    /// Its CPU share before they came.
     base: f64,
+    /// The fewest (video frames, audio packets) any viewer got in the window.
     fewest: (u64, u64),
 }
 
+/// N viewers of a server (`pid`, WHEP at `http` + `target`), measured over `window` seconds
+/// once all of them get video. `around(false)` runs just before the window, `around(true)`
+/// just after.
 fn watch(
     rt: &tokio::runtime::Runtime,
     pid: u32,
@@ -183,9 +186,7 @@ pub fn webrtc(rt: &tokio::runtime::Runtime, counts: &[usize]) -> Result<(), Stri
         "fewest frames",
         "fewest audio"
     );
-    let chosen = |name: &str| {
-        std::env::var("TIDEGATE_BENCH_SERVERS").map_or(true, |o| o.split(',').any(|x| x == name))
-    };
+    let chosen = |name: &str| super::chosen("TIDEGATE_BENCH_SERVERS", name);
     for &n in counts {
         let mut per_viewer = Vec::new();
         if chosen("tidegate") {
